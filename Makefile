@@ -1,0 +1,27 @@
+# Two commands set up everything on a fresh machine:
+#   make run    build the venv if missing, then run the main job
+#   make test   build the venv if missing, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+export NUMBA_NUM_THREADS ?= 2
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/vecdb bench --dataset digits-64 --index flat
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .numba_cache

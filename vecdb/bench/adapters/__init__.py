@@ -1,0 +1,5 @@
+"""Bench targets. Importing this package registers every adapter module below."""
+from vecdb.bench.adapters import flat  # noqa: F401
+from vecdb.bench.adapters.base import TARGETS, Target, register
+
+__all__ = ["TARGETS", "Target", "register"]

@@ -1,0 +1,74 @@
+"""The Target protocol: how the harness drives vecdb indexes and reference libraries alike."""
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from vecdb.types import F32Matrix, Metric
+
+TARGETS: dict[str, type["Target"]] = {}
+T = TypeVar("T", bound=type["Target"])
+
+
+def register(cls: T) -> T:
+    """Class decorator: make a Target selectable by its ``name`` from the CLI."""
+    TARGETS[cls.name] = cls
+    return cls
+
+
+class Target(abc.ABC):
+    """One index implementation under test.
+
+    ``build_params`` are shared names (``M``, ``ef_construction``, ``m``, ``nbits`` ...) that
+    each target maps to its own knobs, so every target in a run is built the same way.
+    ``search`` returns int64 row numbers of ``base`` (nq, k), -1 padded.
+    """
+
+    name: ClassVar[str] = ""
+    #: search parameter names this target understands (others in a sweep are ignored)
+    search_knobs: ClassVar[tuple[str, ...]] = ()
+    #: True when ``search`` honours ``allow`` exactly (filtered benchmarks skip others)
+    supports_filter: ClassVar[bool] = False
+
+    def __init__(self, metric: Metric, dim: int, build_params: dict[str, Any]) -> None:
+        self.metric = metric
+        self.dim = dim
+        self.build_params = dict(build_params)
+
+    @abc.abstractmethod
+    def build(self, base: F32Matrix) -> None:
+        """Index every row of ``base`` under its row number."""
+
+    @abc.abstractmethod
+    def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
+        """Top-k row numbers per query; ``allow`` (sorted int64 rows) restricts the results."""
+
+    @abc.abstractmethod
+    def memory_bytes(self) -> int:
+        """Bytes the built index holds in memory (as the library reports or documents it)."""
+
+    def close(self) -> None:
+        """Free resources (default: nothing)."""
+
+    def label(self, params: dict[str, Any]) -> str:
+        """Short text naming this target and the search knobs it used."""
+        used = {k: v for k, v in params.items() if k in self.search_knobs}
+        return self.name + ("" if not used else " " + ",".join(f"{k}={v}" for k, v in used.items()))
+
+
+def prepare_for_metric(x: F32Matrix, metric: Metric) -> F32Matrix:
+    """For libraries without cosine: unit-normalise rows so inner product ranks as cosine."""
+    from vecdb.kernels.distances import normalize_rows
+
+    return normalize_rows(x) if metric is Metric.COSINE else np.ascontiguousarray(x, np.float32)
+
+
+def faiss_metric(metric: Metric) -> int:
+    """faiss metric constant for a vecdb metric (cosine is inner product on unit rows)."""
+    import faiss
+
+    return faiss.METRIC_L2 if metric is Metric.L2 else faiss.METRIC_INNER_PRODUCT
+
+

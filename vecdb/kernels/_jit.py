@@ -1,0 +1,45 @@
+"""The one place that decides how vecdb kernels are compiled."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import numba
+from numba import types as nt
+
+F32 = nt.float32
+I32 = nt.int32
+I64 = nt.int64
+F32_ROW = nt.Array(nt.float32, 1, "C", readonly=True)   # readonly accepts mutable arrays too
+F32_MAT = nt.Array(nt.float32, 2, "C", readonly=True)
+U64_ROW = nt.Array(nt.uint64, 1, "C", readonly=True)
+U64_MAT = nt.Array(nt.uint64, 2, "C", readonly=True)
+
+# fast-math without nnan/ninf: heap and search kernels compare against +inf sentinels.
+ARITH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+METRIC_L2, METRIC_IP, METRIC_COSINE = 0, 1, 2
+
+
+def kernel(signature: Any = None, *, fastmath: Any = False, parallel: bool = False) -> Callable:
+    """``numba.njit`` with vecdb's fixed policy: cached, GIL released, fast-math only when asked."""
+    options = dict(cache=True, nogil=True, fastmath=fastmath, parallel=parallel, error_model="numpy")
+    return numba.njit(signature, **options) if signature is not None else numba.njit(**options)
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` Numba and BLAS threads (None: leave as is); restores on exit."""
+    if n is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    previous = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        numba.set_num_threads(previous)

@@ -1,0 +1,84 @@
+r"""Float32 distance kernels: one query against many rows, and blocks of queries against rows.
+
+Distances follow one convention (smaller is closer): ``l2`` is :math:`\sum_i (x_i-y_i)^2`,
+``ip`` is :math:`-\langle x, y\rangle`, ``cosine`` is :math:`1 - \cos(x, y)` (0 for a zero vector).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from vecdb.kernels._jit import ARITH, F32, F32_MAT, F32_ROW, I64, METRIC_COSINE, METRIC_IP, METRIC_L2, kernel
+
+
+@kernel(F32(F32_ROW, F32_ROW), fastmath=ARITH)
+def l2_sq(x, y):
+    r"""Squared Euclidean distance, :math:`\sum_i (x_i - y_i)^2`."""
+    acc = np.float32(0.0)
+    for i in range(x.shape[0]):
+        d = x[i] - y[i]
+        acc += d * d
+    return acc
+
+
+@kernel(F32(F32_ROW, F32_ROW), fastmath=ARITH)
+def dot(x, y):
+    r"""Inner product, :math:`\sum_i x_i y_i`."""
+    acc = np.float32(0.0)
+    for i in range(x.shape[0]):
+        acc += x[i] * y[i]
+    return acc
+
+
+@kernel(F32(F32_ROW, F32_ROW), fastmath=ARITH)
+def cosine_distance(x, y):
+    r"""Cosine distance, :math:`1 - \frac{\langle x,y\rangle}{\|x\|\|y\|}`; 1 when either is zero."""
+    xy = np.float32(0.0)
+    xx = np.float32(0.0)
+    yy = np.float32(0.0)
+    for i in range(x.shape[0]):
+        xy += x[i] * y[i]
+        xx += x[i] * x[i]
+        yy += y[i] * y[i]
+    if xx == 0.0 or yy == 0.0:
+        return np.float32(1.0)
+    return np.float32(1.0) - xy / (np.sqrt(xx) * np.sqrt(yy))
+
+
+@kernel(F32(F32_ROW, F32_ROW, I64))
+def distance(x, y, metric):
+    """Distance between two rows under the metric code (0 l2, 1 ip, 2 cosine)."""
+    if metric == METRIC_L2:
+        return l2_sq(x, y)
+    if metric == METRIC_IP:
+        return -dot(x, y)
+    return cosine_distance(x, y)
+
+
+@kernel(numba.float32[::1](F32_ROW, F32_MAT, I64))
+def one_to_many(q, rows, metric):
+    """Distances from one query to every row: float32 (n,)."""
+    n = rows.shape[0]
+    out = np.empty(n, np.float32)
+    for j in range(n):
+        out[j] = distance(q, rows[j], metric)
+    return out
+
+
+@kernel(numba.float32[:, ::1](F32_MAT, F32_MAT, I64), parallel=True)
+def many_to_many(queries, rows, metric):
+    """Distance matrix between a block of queries and rows: float32 (n_queries, n_rows)."""
+    nq = queries.shape[0]
+    n = rows.shape[0]
+    out = np.empty((nq, n), np.float32)
+    for i in numba.prange(nq):
+        for j in range(n):
+            out[i, j] = distance(queries[i], rows[j], metric)
+    return out
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Return float32 rows scaled to unit L2 norm; zero rows stay zero (cosine 0 to everything)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
+    norms[norms == 0] = 1.0
+    return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)

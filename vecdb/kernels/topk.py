@@ -1,0 +1,179 @@
+"""Fixed-size top-k heaps and the exact scans built on them.
+
+A heap is two parallel arrays ``(dists, slots)`` of length k, a max-heap on ``(dist, slot)``
+with ``(+inf, -1)`` sentinels, so the root is the current k-th best. Ordering by the pair
+makes ties go to the smaller slot whatever order rows are scanned in.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from vecdb.kernels._jit import ARITH, F32, F32_MAT, F32_ROW, I64, METRIC_COSINE, METRIC_IP, METRIC_L2, kernel
+from vecdb.kernels.distances import distance
+
+F32_OUT = numba.float32[::1]
+I64_OUT = numba.int64[::1]
+
+
+@kernel
+def _worse(d1, s1, d2, s2):
+    """True when (d1, s1) ranks after (d2, s2)."""
+    return d1 > d2 or (d1 == d2 and s1 > s2)
+
+
+@kernel(numba.boolean(F32_OUT, I64_OUT, F32, I64))
+def heap_push(dists, slots, d, s):
+    """Offer (d, s) to the heap; keep it when it beats the root. Returns True if kept."""
+    if not _worse(dists[0], slots[0], d, s):
+        return False
+    k = dists.shape[0]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= k:
+            break
+        child = left
+        right = left + 1
+        if right < k and _worse(dists[right], slots[right], dists[left], slots[left]):
+            child = right
+        if _worse(d, s, dists[child], slots[child]):
+            break
+        dists[i] = dists[child]
+        slots[i] = slots[child]
+        i = child
+    dists[i] = d
+    slots[i] = s
+    return True
+
+
+@kernel(numba.void(F32_OUT, I64_OUT))
+def heap_sort(dists, slots):
+    """Sort a heap in place, ascending by (dist, slot); sentinels end up last."""
+    k = dists.shape[0]
+    for end in range(k - 1, 0, -1):
+        d, s = dists[end], slots[end]
+        dists[end], slots[end] = dists[0], slots[0]
+        i = 0
+        while True:
+            left = 2 * i + 1
+            if left >= end:
+                break
+            child = left
+            right = left + 1
+            if right < end and _worse(dists[right], slots[right], dists[left], slots[left]):
+                child = right
+            if _worse(d, s, dists[child], slots[child]):
+                break
+            dists[i] = dists[child]
+            slots[i] = slots[child]
+            i = child
+        dists[i] = d
+        slots[i] = s
+
+
+@kernel
+def new_heaps(n, k):
+    """n empty heaps of size k: (dists float32 (n, k) = +inf, slots int64 (n, k) = -1)."""
+    return np.full((n, k), np.inf, np.float32), np.full((n, k), -1, np.int64)
+
+
+@kernel(parallel=True)
+def topk_rows(dist_matrix, k):
+    """Top-k of every row of a (n, m) distance matrix: (slots (n, k), dists (n, k)), sorted."""
+    n, m = dist_matrix.shape
+    hd, hs = new_heaps(n, k)
+    for i in numba.prange(n):
+        for j in range(m):
+            heap_push(hd[i], hs[i], dist_matrix[i, j], j)
+        heap_sort(hd[i], hs[i])
+    return hs, hd
+
+
+@kernel(parallel=True)
+def scan_topk(queries, rows, metric, k, n_chunks):
+    """Exact top-k of each query over all rows, computing distances directly.
+
+    Work is split into (query, chunk) tasks so that a single query also uses every thread;
+    each task fills its own heap, then the chunk heaps of a query are merged.
+    """
+    nq = queries.shape[0]
+    n = rows.shape[0]
+    chunk = (n + n_chunks - 1) // n_chunks if n > 0 else 1
+    hd, hs = new_heaps(nq * n_chunks, k)
+    for t in numba.prange(nq * n_chunks):
+        qi = t // n_chunks
+        c = t % n_chunks
+        q = queries[qi]
+        for j in range(c * chunk, min(n, (c + 1) * chunk)):
+            heap_push(hd[t], hs[t], distance(q, rows[j], metric), j)
+    out_d, out_s = new_heaps(nq, k)
+    for qi in numba.prange(nq):
+        for c in range(n_chunks):
+            t = qi * n_chunks + c
+            for j in range(k):
+                if hs[t, j] >= 0:
+                    heap_push(out_d[qi], out_s[qi], hd[t, j], hs[t, j])
+        heap_sort(out_d[qi], out_s[qi])
+    return out_s, out_d
+
+
+@kernel(parallel=True)
+def scan_topk_subset(queries, rows, subset, metric, k):
+    """Exact top-k of each query over ``rows[subset]``; returns row numbers (slots), sorted."""
+    nq = queries.shape[0]
+    hd, hs = new_heaps(nq, k)
+    for qi in numba.prange(nq):
+        q = queries[qi]
+        for t in range(subset.shape[0]):
+            j = subset[t]
+            heap_push(hd[qi], hs[qi], distance(q, rows[j], metric), j)
+        heap_sort(hd[qi], hs[qi])
+    return hs, hd
+
+
+@kernel(parallel=True, fastmath=ARITH)
+def merge_gram_block(gram, row_sqnorms, offset, metric, heap_d, heap_s):
+    """Fold a block of inner products ``gram = Q @ rows[offset:offset+m].T`` into running heaps.
+
+    The score ranks rows the way the metric does, up to a per-query constant: l2 uses
+    ``|x|^2 - 2<q,x>``, ip ``-<q,x>``, cosine on unit rows ``1 - <q,x>``.
+    Callers recompute exact distances of the survivors with ``rescore``.
+    """
+    nq, m = gram.shape
+    for i in numba.prange(nq):
+        hd = heap_d[i]
+        hs = heap_s[i]
+        for j in range(m):
+            if metric == METRIC_L2:
+                score = row_sqnorms[j] - np.float32(2.0) * gram[i, j]
+            elif metric == METRIC_IP:
+                score = -gram[i, j]
+            else:
+                score = np.float32(1.0) - gram[i, j]
+            if score < hd[0] or (score == hd[0] and offset + j < hs[0]):
+                heap_push(hd, hs, score, offset + j)
+
+
+@kernel(parallel=True)
+def rescore(queries, rows, slots, metric):
+    """Exact distances of ``rows[slots[i]]`` to query i, rows re-sorted; -1 slots stay +inf."""
+    nq, k = slots.shape
+    out_d = np.full((nq, k), np.inf, np.float32)
+    out_s = slots.copy()
+    for i in numba.prange(nq):
+        for j in range(k):
+            s = slots[i, j]
+            if s >= 0:
+                out_d[i, j] = distance(queries[i], rows[s], metric)
+        # insertion sort by (dist, slot): k is small
+        for a in range(1, k):
+            d, s = out_d[i, a], out_s[i, a]
+            b = a - 1
+            while b >= 0 and (out_d[i, b] > d or (out_d[i, b] == d and out_s[i, b] > s)):
+                out_d[i, b + 1] = out_d[i, b]
+                out_s[i, b + 1] = out_s[i, b]
+                b -= 1
+            out_d[i, b + 1] = d
+            out_s[i, b + 1] = s
+    return out_s, out_d

@@ -1,0 +1,82 @@
+"""Input checks done once at the public boundary; everything beneath trusts its inputs."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vecdb.errors import DimensionMismatchError, InvalidArgumentError
+from vecdb.types import F32Matrix, I64Vector
+
+
+def as_matrix(vectors: Any, dim: int | None, *, what: str = "vectors") -> F32Matrix:
+    """Return ``vectors`` as a C-contiguous float32 (n, dim) array; a 1-D input is one row.
+
+    Raises InvalidArgumentError for non-numeric dtypes, wrong rank and NaN/inf, and
+    DimensionMismatchError when ``dim`` is given and differs.
+    """
+    try:
+        arr = np.asarray(vectors)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(f"{what} must be a numeric array: {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidArgumentError(f"{what} must have a real numeric dtype, got {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise InvalidArgumentError(f"{what} must be 1-D or 2-D (n, dim), got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise DimensionMismatchError(f"{what} have dim {arr.shape[1]}, expected {dim}")
+    if arr.shape[1] == 0:
+        raise InvalidArgumentError(f"{what} must have at least one dimension")
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if out.size and not np.isfinite(out).all():
+        bad = int(np.argwhere(~np.isfinite(out))[0, 0])
+        raise InvalidArgumentError(f"{what} contain NaN or inf (first at row {bad})")
+    return out
+
+
+def as_ids(ids: Any, n: int, *, what: str = "ids") -> I64Vector:
+    """Return ``ids`` as a 1-D int64 array of length ``n`` with no repeats."""
+    arr = as_id_array(ids, what=what)
+    if arr.shape[0] != n:
+        raise InvalidArgumentError(f"got {arr.shape[0]} {what} for {n} vectors")
+    uniq, counts = np.unique(arr, return_counts=True)
+    if uniq.shape[0] != arr.shape[0]:
+        raise InvalidArgumentError(f"duplicate {what} in one call: {uniq[counts > 1][:5].tolist()}")
+    return arr
+
+
+def as_id_array(ids: Any, *, what: str = "ids") -> I64Vector:
+    """Return ``ids`` (a scalar, sequence or array of integers) as a 1-D int64 array."""
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidArgumentError(f"{what} must be a 1-D array of integers, got {arr.dtype} shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.unsignedinteger) and arr.max() > np.iinfo(np.int64).max:
+        raise InvalidArgumentError(f"{what} must fit in int64")
+    out = arr.astype(np.int64, copy=False)
+    if (out < 0).any():
+        raise InvalidArgumentError(f"{what} must be non-negative (-1 marks an empty result slot)")
+    return out
+
+
+def as_k(k: Any) -> int:
+    """Return ``k`` as a positive int."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise InvalidArgumentError(f"k must be an integer, got {type(k).__name__}")
+    if k <= 0:
+        raise InvalidArgumentError(f"k must be >= 1, got {k}")
+    return int(k)
+
+
+def as_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as an int >= ``minimum`` (for build and search knobs)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)

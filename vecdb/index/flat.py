@@ -13,8 +13,8 @@ from vecdb.types import F32Matrix, I64Vector, Metric
 
 # Below this many queries a direct SIMD scan wins; above it a BLAS matrix product does (faiss uses 20).
 BLAS_MIN_QUERIES = 16
-_QUERY_BLOCK = 1024
-_ROW_BLOCK = 16384
+_QUERY_BLOCK = 4096
+_ROW_BLOCK = 1024  # blocks sized as faiss sizes its BLAS path (4096 queries x 1024 rows)
 _MIN_ROWS_PER_CHUNK = 4096
 
 

@@ -132,36 +132,53 @@ def scan_topk_subset(queries, rows, subset, metric, k):
     return hs, hd
 
 
-@kernel(parallel=True, fastmath=ARITH)
+@kernel(fastmath=ARITH)
 def merge_gram_block(gram, row_sqnorms, offset, metric, heap_d, heap_s):
     """Fold a block of inner products ``gram = Q @ rows[offset:offset+m].T`` into running heaps.
 
     The score ranks rows the way the metric does, up to a per-query constant: l2 uses
     ``|x|^2 - 2<q,x>``, ip ``-<q,x>``, cosine on unit rows ``1 - <q,x>``.
-    Callers recompute exact distances of the survivors with ``rescore``.
+    Callers recompute exact distances of the survivors with ``rescore``. Serial on purpose:
+    it runs between multi-threaded BLAS calls, and OpenMP workers spinning after a parallel
+    region would steal the cores BLAS needs next.
     """
     nq, m = gram.shape
-    for i in numba.prange(nq):
+    two = np.float32(2.0)
+    one = np.float32(1.0)
+    for i in range(nq):
         hd = heap_d[i]
         hs = heap_s[i]
-        for j in range(m):
-            if metric == METRIC_L2:
-                score = row_sqnorms[j] - np.float32(2.0) * gram[i, j]
-            elif metric == METRIC_IP:
-                score = -gram[i, j]
-            else:
-                score = np.float32(1.0) - gram[i, j]
-            if score < hd[0] or (score == hd[0] and offset + j < hs[0]):
-                heap_push(hd, hs, score, offset + j)
+        g = gram[i]
+        bound = hd[0]
+        # slots grow along the scan, so an equal score never beats the root: strict < suffices
+        if metric == METRIC_L2:
+            for j in range(m):
+                score = row_sqnorms[j] - two * g[j]
+                if score < bound:
+                    heap_push(hd, hs, score, offset + j)
+                    bound = hd[0]
+        elif metric == METRIC_IP:
+            for j in range(m):
+                score = -g[j]
+                if score < bound:
+                    heap_push(hd, hs, score, offset + j)
+                    bound = hd[0]
+        else:
+            for j in range(m):
+                score = one - g[j]
+                if score < bound:
+                    heap_push(hd, hs, score, offset + j)
+                    bound = hd[0]
 
 
-@kernel(parallel=True)
+@kernel
 def rescore(queries, rows, slots, metric):
-    """Exact distances of ``rows[slots[i]]`` to query i, rows re-sorted; -1 slots stay +inf."""
+    """Exact distances of ``rows[slots[i]]`` to query i, rows re-sorted; -1 slots stay +inf.
+    Serial for the same reason as ``merge_gram_block`` (k distances per query are cheap)."""
     nq, k = slots.shape
     out_d = np.full((nq, k), np.inf, np.float32)
     out_s = slots.copy()
-    for i in numba.prange(nq):
+    for i in range(nq):
         for j in range(k):
             s = slots[i, j]
             if s >= 0:

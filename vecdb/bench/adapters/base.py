@@ -31,6 +31,8 @@ class Target(abc.ABC):
     search_knobs: ClassVar[tuple[str, ...]] = ()
     #: True when ``search`` honours ``allow`` exactly (filtered benchmarks skip others)
     supports_filter: ClassVar[bool] = False
+    #: threads the runner allows for the next calls (for libraries that take it per call)
+    threads: int = 1
 
     def __init__(self, metric: Metric, dim: int, build_params: dict[str, Any]) -> None:
         self.metric = metric

@@ -1,0 +1,31 @@
+"""Shared fixtures: seeded generators, small datasets, Hypothesis profiles."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Profiles: fast (default, CI), normal, slow — picked by one validated variable.
+settings.register_profile("fast", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("normal", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("slow", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_PROFILE = os.environ.get("VECDB_HYPOTHESIS_PROFILE", "fast")
+if _PROFILE not in ("fast", "normal", "slow"):
+    raise RuntimeError(f"VECDB_HYPOTHESIS_PROFILE must be fast, normal or slow, not {_PROFILE!r}")
+settings.load_profile(_PROFILE)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1338)
+
+
+@pytest.fixture(scope="session")
+def clustered() -> tuple[np.ndarray, np.ndarray]:
+    """(base 3000 x 32, queries 200 x 32) from a seeded Gaussian mixture."""
+    from vecdb.data.synthetic import gaussian_mixture
+
+    x = gaussian_mixture(3200, 32, n_clusters=20, seed=1338)
+    return x[:3000].copy(), x[3000:].copy()

@@ -1,0 +1,128 @@
+"""Bad input raises a vecdb error that names the problem, and changes nothing."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import vecdb
+from vecdb.errors import AlreadyExistsError, DataLossError, DimensionMismatchError, InvalidArgumentError
+from vecdb.index.flat import FlatIndex
+from vecdb.types import Metric
+
+
+@pytest.fixture
+def index(rng) -> FlatIndex:
+    ix = FlatIndex(4)
+    ix.add(rng.standard_normal((10, 4)))
+    return ix
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 5)), "dim 5, expected 4"),
+    (np.array([[1, 2, np.nan, 4]]), "NaN or inf"),
+    (np.array([[1, 2, np.inf, 4]]), "NaN or inf"),
+    (np.array([["a", "b", "c", "d"]]), "numeric dtype"),
+    (np.array([[1 + 1j, 2, 3, 4]]), "numeric dtype"),
+    (np.zeros((2, 2, 4)), "1-D or 2-D"),
+    ([[1, 2], [3]], "numeric"),
+])
+def test_bad_vectors_are_rejected_and_nothing_is_added(index, bad, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        index.add(bad)
+    assert len(index) == 10
+
+
+def test_wrong_dimension_is_a_dimension_mismatch(index):
+    with pytest.raises(DimensionMismatchError):
+        index.search(np.zeros(3), 1)
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, "3", True, None])
+def test_bad_k_is_rejected(index, k):
+    with pytest.raises(InvalidArgumentError, match="k must"):
+        index.search(np.zeros(4), k)
+
+
+def test_nan_query_is_rejected(index):
+    with pytest.raises(InvalidArgumentError, match="queries contain NaN"):
+        index.search(np.array([0, np.nan, 0, 0]), 1)
+
+
+def test_unknown_metric_lists_the_valid_ones():
+    with pytest.raises(InvalidArgumentError, match="l2, ip, cosine"):
+        FlatIndex(4, "manhattan")
+    assert Metric.parse("COSINE") is Metric.COSINE
+
+
+def test_metric_unsupported_by_the_index_is_rejected():
+    with pytest.raises(InvalidArgumentError, match="does not support metric 'hamming'"):
+        FlatIndex(4, "hamming")
+
+
+@pytest.mark.parametrize("dim", [0, -3, 2.0])
+def test_bad_dim_is_rejected(dim):
+    with pytest.raises(InvalidArgumentError, match="dim"):
+        FlatIndex(dim)
+
+
+def test_duplicate_ids_within_a_call(index, rng):
+    with pytest.raises(InvalidArgumentError, match="duplicate ids"):
+        index.add(rng.standard_normal((2, 4)), ids=[50, 50])
+    assert len(index) == 10
+
+
+def test_ids_already_stored(index, rng):
+    with pytest.raises(AlreadyExistsError, match=r"\[3\]"):
+        index.add(rng.standard_normal((2, 4)), ids=[3, 99])
+    assert 99 not in index and len(index) == 10
+
+
+@pytest.mark.parametrize("ids, message", [([1, 2, 3], "got 3 ids for 2"), ([-1, 5], "non-negative"),
+                                          (["a", "b"], "integers"), ([1.5, 2.5], "integers")])
+def test_bad_ids(index, rng, ids, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        index.add(rng.standard_normal((2, 4)), ids=ids)
+
+
+def test_unknown_search_parameter(index):
+    with pytest.raises(InvalidArgumentError, match="unknown search parameter"):
+        index.search(np.zeros(4), 1, ef=10)
+
+
+def test_integer_vectors_are_accepted_as_float32(index):
+    index.add(np.ones((1, 4), dtype=np.int64), ids=[77])
+    assert index.search(np.ones(4), 1).ids[0, 0] == 77
+
+
+def test_corrupt_or_missing_saved_index_is_data_loss(tmp_path, index):
+    with pytest.raises(DataLossError, match="meta.json missing"):
+        vecdb.load_index(tmp_path / "nothing")
+    index.save(tmp_path / "ix")
+    (tmp_path / "ix" / "vectors.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(DataLossError, match="corrupt"):
+        vecdb.load_index(tmp_path / "ix")
+    index.save(tmp_path / "ix2")
+    meta = json.loads((tmp_path / "ix2" / "meta.json").read_text())
+    (tmp_path / "ix2" / "meta.json").write_text(json.dumps(dict(meta, version=99)))
+    with pytest.raises(DataLossError, match="version 99"):
+        vecdb.load_index(tmp_path / "ix2")
+    (tmp_path / "ix2" / "meta.json").write_text("{not json")
+    with pytest.raises(DataLossError, match="corrupt index metadata"):
+        vecdb.load_index(tmp_path / "ix2")
+
+
+def test_truncated_vectors_array_is_data_loss(tmp_path, index):
+    index.save(tmp_path / "ix")
+    np.save(tmp_path / "ix" / "vectors.npy", np.zeros((3, 4), np.float32))
+    with pytest.raises(DataLossError, match="shape"):
+        vecdb.load_index(tmp_path / "ix")
+
+
+def test_every_error_knows_its_grpc_status():
+    classes = vecdb.errors.error_classes()
+    assert classes["DimensionMismatchError"].grpc_code == "INVALID_ARGUMENT"
+    assert classes["CollectionNotFoundError"].grpc_code == "NOT_FOUND"
+    assert all(isinstance(c.grpc_code, str) for c in classes.values())
+    assert issubclass(classes["InvalidArgumentError"], ValueError)

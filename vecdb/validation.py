@@ -15,6 +15,13 @@ def as_matrix(vectors: Any, dim: int | None, *, what: str = "vectors") -> F32Mat
     Raises InvalidArgumentError for non-numeric dtypes, wrong rank and NaN/inf, and
     DimensionMismatchError when ``dim`` is given and differs.
     """
+    if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.ndim == 2
+            and vectors.flags.c_contiguous and vectors.shape[1] == dim and dim):
+        # fast path for the common case (one small call per query matters for latency)
+        if not np.isfinite(vectors).all():
+            bad = int(np.argwhere(~np.isfinite(vectors))[0, 0])
+            raise InvalidArgumentError(f"{what} contain NaN or inf (first at row {bad})")
+        return vectors
     try:
         arr = np.asarray(vectors)
     except (ValueError, TypeError) as exc:

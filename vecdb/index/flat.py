@@ -15,7 +15,7 @@ from vecdb.types import F32Matrix, I64Vector, Metric
 BLAS_MIN_QUERIES = 16
 _QUERY_BLOCK = 4096
 _ROW_BLOCK = 1024  # blocks sized as faiss sizes its BLAS path (4096 queries x 1024 rows)
-_MIN_ROWS_PER_CHUNK = 4096
+_MIN_ROWS_PER_CHUNK = 16384  # below this a thread launch costs more than it saves
 
 
 class VectorStore:
@@ -66,9 +66,10 @@ def exact_search(rows: F32Matrix, sqnorms: np.ndarray, queries: F32Matrix, k: in
     n = len(rows)
     nq = len(queries)
     if nq < BLAS_MIN_QUERIES:
-        n_threads = numba.get_num_threads()
-        n_chunks = max(1, min(-(-n_threads // nq), n // _MIN_ROWS_PER_CHUNK))
-        return topk.scan_topk(queries, rows, kernel_metric, k, n_chunks)
+        n_chunks = 1 if n < 2 * _MIN_ROWS_PER_CHUNK else min(-(-numba.get_num_threads() // nq), n // _MIN_ROWS_PER_CHUNK)
+        if n_chunks <= 1:
+            return topk.scan_topk(queries, rows, kernel_metric, k)
+        return topk.scan_topk_chunked(queries, rows, kernel_metric, k, n_chunks)
     out_s = np.empty((nq, k), np.int64)
     out_d = np.empty((nq, k), np.float32)
     for q0 in range(0, nq, _QUERY_BLOCK):

@@ -90,9 +90,12 @@ class IdMap:
         self._n_slots = n_slots
 
     def ids_of(self, slots: np.ndarray) -> np.ndarray:
-        """Ids of ``slots`` (any shape); -1 slots map to -1."""
-        out = np.where(slots >= 0, self._slot_ids[np.maximum(slots, 0)], -1)
-        return out.astype(np.int64, copy=False)
+        """Ids of ``slots`` (any shape); -1 slots map to -1.
+
+        One gather: the backing array always keeps a free (-1) entry at its end, which is
+        exactly what index -1 reads.
+        """
+        return self._slot_ids[slots]
 
     def live_slots(self) -> I64Vector:
         """Sorted slots that hold an id."""
@@ -103,7 +106,7 @@ class IdMap:
         return int(self._slot_ids.nbytes + 100 * len(self._slot_of))
 
     def _reserve(self, n: int) -> None:
-        if n > len(self._slot_ids):
-            grown = np.full(max(n, int(len(self._slot_ids) * _GROWTH)), -1, np.int64)
+        if n + 1 > len(self._slot_ids):            # + 1: the spare -1 entry ids_of relies on
+            grown = np.full(max(n + 1, int(len(self._slot_ids) * _GROWTH)), -1, np.int64)
             grown[: self._n_slots] = self._slot_ids[: self._n_slots]
             self._slot_ids = grown

@@ -90,13 +90,32 @@ def topk_rows(dist_matrix, k):
     return hs, hd
 
 
-@kernel(parallel=True)
-def scan_topk(queries, rows, metric, k, n_chunks):
-    """Exact top-k of each query over all rows, computing distances directly.
+@kernel
+def scan_topk(queries, rows, metric, k):
+    """Exact top-k of each query over all rows, computing distances directly (one thread).
 
-    Work is split into (query, chunk) tasks so that a single query also uses every thread;
-    each task fills its own heap, then the chunk heaps of a query are merged.
+    The low-overhead path for a few queries: no thread launch, one heap per query.
     """
+    nq = queries.shape[0]
+    hd, hs = new_heaps(nq, k)
+    for qi in range(nq):
+        q = queries[qi]
+        d_heap = hd[qi]
+        s_heap = hs[qi]
+        bound = d_heap[0]
+        for j in range(rows.shape[0]):
+            d = distance(q, rows[j], metric)
+            if d < bound:               # rows are scanned in slot order: ties keep the earlier slot
+                heap_push(d_heap, s_heap, d, j)
+                bound = d_heap[0]
+        heap_sort(d_heap, s_heap)
+    return hs, hd
+
+
+@kernel(parallel=True)
+def scan_topk_chunked(queries, rows, metric, k, n_chunks):
+    """``scan_topk`` split into (query, chunk of rows) tasks, so one query uses every thread;
+    each task fills its own heap, then the chunk heaps of a query are merged."""
     nq = queries.shape[0]
     n = rows.shape[0]
     chunk = (n + n_chunks - 1) // n_chunks if n > 0 else 1
@@ -106,9 +125,11 @@ def scan_topk(queries, rows, metric, k, n_chunks):
         c = t % n_chunks
         q = queries[qi]
         for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            heap_push(hd[t], hs[t], distance(q, rows[j], metric), j)
+            d = distance(q, rows[j], metric)
+            if d < hd[t, 0]:
+                heap_push(hd[t], hs[t], d, j)
     out_d, out_s = new_heaps(nq, k)
-    for qi in numba.prange(nq):
+    for qi in range(nq):
         for c in range(n_chunks):
             t = qi * n_chunks + c
             for j in range(k):

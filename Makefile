@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh machine:
-#   make run    build the venv if missing, then run the main job
-#   make test   build the venv if missing, then run the test suite
+#   make run    build the venv if missing, then start the server (data in ./data, 127.0.0.1:50051)
+#   make test   build the venv if missing, then run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/vecdb bench --dataset digits-64 --index flat
+	$(BIN)/vecdb serve --data ./data --host 127.0.0.1 --port 50051
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/vecdb bench --dataset digits-64-euclidean --targets vecdb-flat,faiss-flat --threads 1,2
 
 clean:
 	rm -rf $(VENV) .numba_cache

@@ -7,12 +7,14 @@ from vecdb.errors import (
     NotFoundError,
     VecdbError,
 )
+from vecdb.client import connect
+from vecdb.database import open
 from vecdb.index import FlatIndex, load_index
 from vecdb.types import Metric, SearchResult
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlreadyExistsError", "DataLossError", "DimensionMismatchError", "FlatIndex", "InvalidArgumentError",
-    "Metric", "NotFoundError", "SearchResult", "VecdbError", "load_index", "__version__",
+    "AlreadyExistsError", "connect", "DataLossError", "DimensionMismatchError", "FlatIndex", "InvalidArgumentError",
+    "Metric", "NotFoundError", "open", "SearchResult", "VecdbError", "load_index", "__version__",
 ]

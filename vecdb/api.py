@@ -89,8 +89,8 @@ class CollectionAPI(Protocol):
 
     def count(self, tenant: str | None = None) -> int: ...
 
-    def get(self, ids: Sequence[int | str] | np.ndarray) -> GetResult:
-        """Fetch points; IdNotFoundError if any is missing."""
+    def get(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> GetResult:
+        """Fetch points; IdNotFoundError if any is missing (or, with ``tenant``, not that tenant's)."""
 
     def search(self, queries: Any, k: int = 10, filter: Filter | None = None, tenant: str | None = None,
                params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult: ...

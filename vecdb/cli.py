@@ -82,10 +82,10 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(argv: Sequence[str]) -> int:
     from vecdb.server.__main__ import main as serve_main
 
-    return int(serve_main(args.serve_args) or 0)
+    return int(serve_main(list(argv)) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,9 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version").set_defaults(func=_version)
     sub.add_parser("datasets", help="list dataset names the benchmark can load").set_defaults(func=_datasets)
-    serve = sub.add_parser("serve", help="run the gRPC server (see `vecdb serve --help`)", add_help=False)
-    serve.add_argument("serve_args", nargs=argparse.REMAINDER)
-    serve.set_defaults(func=_serve)
+    # `serve` owns its flags (vecdb.server.__main__); main() hands them over untouched
+    sub.add_parser("serve", help="run the gRPC server (see `vecdb serve --help`)", add_help=False)
     b = sub.add_parser("bench", help="benchmark recall / QPS / latency / build / memory against references")
     b.add_argument("--dataset", required=True, help="name (see `vecdb datasets`) or path")
     b.add_argument("--targets", default="vecdb-flat,faiss-flat", help=f"comma list of: {', '.join(sorted(TARGETS))}")
@@ -121,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vecdb`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -109,7 +109,7 @@ class FlatIndex(BaseIndex):
         if allowed is None:
             slots, dists = exact_search(store.rows, store.sqnorms, q, k, self._kernel_metric)
         elif len(q) < BLAS_MIN_QUERIES:
-            slots, dists = topk.scan_topk_subset(q, store.rows, allowed, self._kernel_metric, k)
+            slots, dists = topk.scan_subset(q, store.rows, allowed, self._kernel_metric, k)
         else:
             sub_s, dists = exact_search(store.rows[allowed], store.sqnorms[allowed], q, k, self._kernel_metric)
             slots = np.where(sub_s >= 0, allowed[np.maximum(sub_s, 0)], -1)

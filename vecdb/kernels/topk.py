@@ -139,18 +139,35 @@ def scan_topk_chunked(queries, rows, metric, k, n_chunks):
     return out_s, out_d
 
 
-@kernel(parallel=True)
+@kernel
 def scan_topk_subset(queries, rows, subset, metric, k):
-    """Exact top-k of each query over ``rows[subset]``; returns row numbers (slots), sorted."""
+    """Exact top-k of each query over ``rows[subset]``; returns row numbers (slots), sorted.
+    One thread: called for small allow-sets and few queries, where a launch costs more."""
+    nq = queries.shape[0]
+    hd, hs = new_heaps(nq, k)
+    for qi in range(nq):
+        _subset_into_heap(queries[qi], rows, subset, metric, hd[qi], hs[qi])
+    return hs, hd
+
+
+@kernel(parallel=True)
+def scan_topk_subset_batch(queries, rows, subset, metric, k):
+    """``scan_topk_subset`` parallel over queries, for batches."""
     nq = queries.shape[0]
     hd, hs = new_heaps(nq, k)
     for qi in numba.prange(nq):
-        q = queries[qi]
-        for t in range(subset.shape[0]):
-            j = subset[t]
-            heap_push(hd[qi], hs[qi], distance(q, rows[j], metric), j)
-        heap_sort(hd[qi], hs[qi])
+        _subset_into_heap(queries[qi], rows, subset, metric, hd[qi], hs[qi])
     return hs, hd
+
+
+@kernel
+def _subset_into_heap(q, rows, subset, metric, heap_d, heap_s):
+    for t in range(subset.shape[0]):
+        j = subset[t]
+        d = distance(q, rows[j], metric)
+        if d < heap_d[0] or (d == heap_d[0] and j < heap_s[0]):
+            heap_push(heap_d, heap_s, d, j)
+    heap_sort(heap_d, heap_s)
 
 
 @kernel(fastmath=ARITH)
@@ -215,3 +232,10 @@ def rescore(queries, rows, slots, metric):
             out_d[i, b + 1] = d
             out_s[i, b + 1] = s
     return out_s, out_d
+
+
+def scan_subset(queries, rows, subset, metric, k, parallel_min_queries=16):
+    """Exact top-k over ``rows[subset]``: serial for a few queries, parallel over a batch."""
+    if queries.shape[0] < parallel_min_queries:
+        return scan_topk_subset(queries, rows, subset, metric, k)
+    return scan_topk_subset_batch(queries, rows, subset, metric, k)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 4 benchmark: compressed codes vs faiss in the same run, 1 thread, k=10, 1000 queries.
+# Recall tables come from `vecdb bench` (each prints a table and saves JSON under $OUT);
+# scan throughput (codes/s) from bench/codes_scan.py. Run from the repository root:
+#   bash bench/codes.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VECDB=.venv/bin/vecdb
+PY=.venv/bin/python
+OUT=${OUT:-bench/results/codes}
+mkdir -p "$OUT"
+export NUMBA_NUM_THREADS=${NUMBA_NUM_THREADS:-2}
+
+# m per dataset: 8 dims per sub-quantizer where dim allows (glove: 50 = 10 x 5)
+declare -A PQ_M=([arxiv-minilm-384]=48 [glove-6b-50d-angular]=10 [mnist-784-euclidean]=98)
+DATASETS="arxiv-minilm-384 glove-6b-50d-angular mnist-784-euclidean"
+RERANKS="rerank=0;rerank=50;rerank=100;rerank=200;rerank=500;rerank=1000;rerank=2000"
+
+for ds in $DATASETS; do
+  m=${PQ_M[$ds]}
+  # 1. PQ recall@10 vs faiss.IndexPQ at the same m and nbits=8, with re-ranking depths
+  $VECDB bench --dataset "$ds" --targets vecdb-pq,faiss-pq --build "m=$m,nbits=8" --search "$RERANKS" \
+    --k 10 --threads 1 --batch 1000 --baseline faiss-pq --out "$OUT/pq-$ds.json"
+  # 1b. OPQ and 4-bit PQ (vecdb only; OPQ is kept only when it lowers training error)
+  $VECDB bench --dataset "$ds" --targets vecdb-pq --build "m=$m,nbits=8,opq=1" --search "rerank=0;rerank=100" \
+    --k 10 --threads 1 --batch 1000 --out "$OUT/opq-$ds.json"
+  $VECDB bench --dataset "$ds" --targets vecdb-pq,faiss-pq --build "m=$m,nbits=4" --search "rerank=0;rerank=100" \
+    --k 10 --threads 1 --batch 1000 --baseline faiss-pq --out "$OUT/pq4-$ds.json"
+  # 2. binary codes, 1/2/4 bits per dimension, re-rank depth sweep (faiss: IndexLSH, bits*dim sign bits)
+  for bits in 1 2 4; do
+    $VECDB bench --dataset "$ds" --targets vecdb-binary,faiss-binary --build "bits=$bits,rotate=1" --search "$RERANKS" \
+      --k 10 --threads 1 --batch 1000 --baseline faiss-binary --out "$OUT/binary$bits-$ds.json"
+  done
+  # 3. SQ8, re-rank off (and a shallow re-rank for reference)
+  $VECDB bench --dataset "$ds" --targets vecdb-sq8,faiss-sq8 --search "rerank=0;rerank=20" \
+    --k 10 --threads 1 --batch 1000 --baseline faiss-sq8 --out "$OUT/sq8-$ds.json"
+done
+
+# 2b. glove's 1-bit codes (8 B, 1/25 of float32) need a deeper re-rank than the sweep above
+$VECDB bench --dataset glove-6b-50d-angular --targets vecdb-binary,faiss-binary --build "bits=1,rotate=1" \
+  --search "rerank=2000;rerank=3000;rerank=5000" --k 10 --threads 1 --batch 1000 --baseline faiss-binary \
+  --out "$OUT/binary1-deep-glove-6b-50d-angular.json"
+
+# 4. scan throughput, codes per second, 1 thread, vecdb vs faiss side by side
+$PY bench/codes_scan.py --datasets "${DATASETS// /,}" --queries 200 --repeats 5 --out "$OUT/scan.json"

@@ -1,0 +1,295 @@
+"""The embedded database API: lifecycle, collections, ids, payloads, tenants, bad input that
+changes nothing, snapshots, map growth, concurrency, and the HNSW index through the registry."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import vecdb
+from vecdb.api import CollectionAPI, DatabaseAPI
+from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DimensionMismatchError, FailedPreconditionError,
+                          IdNotFoundError, InvalidArgumentError, TenantNotFoundError)
+
+DIM = 8
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Any:
+    with vecdb.open(tmp_path / "db") as database:
+        yield database
+
+
+def filled(db: Any, n: int = 50, **kwargs: Any) -> Any:
+    col = db.create_collection("docs", dim=DIM, metric=kwargs.pop("metric", "l2"), index=kwargs.pop("index", "flat"), **kwargs)
+    x = np.random.default_rng(3).standard_normal((n, DIM)).astype(np.float32)
+    ids = list(range(n)) if col.info.id_type == "int" else [f"d{i}" for i in range(n)]
+    col.upsert(ids, x, [{"lang": "en" if i % 2 else "fr", "year": 2000 + i, "i": i} for i in range(n)])
+    return col, ids, x
+
+
+def test_protocols_and_lifecycle(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "db"
+    with vecdb.open(path) as db:
+        assert isinstance(db, DatabaseAPI)
+        col = db.create_collection("docs", dim=DIM, index="flat")
+        assert isinstance(col, CollectionAPI)
+        assert col.info == vecdb.database.CollectionInfo("docs", DIM, "cosine", "flat", {}, "int")
+        assert [c.name for c in db.list_collections()] == ["docs"]
+        assert db.get_collection("docs") is col
+        with pytest.raises(FailedPreconditionError, match="already open"):
+            vecdb.open(path)
+    with pytest.raises(FailedPreconditionError):
+        db.get_collection("docs")
+    with pytest.raises(FailedPreconditionError):
+        col.count()
+    db.close()  # harmless twice
+    with vecdb.open(path) as db:
+        col = db.get_collection("docs")
+        assert col.info.index == "flat"
+        db.drop_collection("docs")
+        assert db.list_collections() == []
+        with pytest.raises(CollectionNotFoundError):
+            db.get_collection("docs")
+        with pytest.raises(CollectionNotFoundError):
+            db.drop_collection("docs")
+        with pytest.raises(CollectionNotFoundError):
+            col.count()
+
+
+def test_create_collection_validates(db: Any) -> None:
+    db.create_collection("a", dim=4, index="flat")
+    with pytest.raises(AlreadyExistsError):
+        db.create_collection("a", dim=4, index="flat")
+    for kwargs, match in [({"name": "bad name!"}, "collection name"), ({"dim": 0}, "dim"), ({"metric": "cheb"}, "metric"),
+                          ({"metric": "hamming"}, "float vectors"), ({"index": "nope"}, "unknown index"),
+                          ({"id_type": "uuid"}, "id_type"), ({"index_params": {"bogus": 1}}, "rejects index_params")]:
+        args = {"name": "b", "dim": 4, "index": "flat"} | kwargs
+        with pytest.raises(InvalidArgumentError, match=match):
+            db.create_collection(**args)
+    assert [c.name for c in db.list_collections()] == ["a"]
+
+
+def test_upsert_get_search_and_replace(db: Any) -> None:
+    col, ids, x = filled(db)
+    assert col.count() == 50
+    got = col.get([3, 1])
+    np.testing.assert_array_equal(got.ids, [3, 1])
+    np.testing.assert_array_equal(got.vectors, x[[3, 1]])
+    assert got.payloads[0] == {"lang": "en", "year": 2003, "i": 3}
+    res = col.search(x[:2], k=3, with_payloads=True)
+    np.testing.assert_array_equal(res.ids[:, 0], [0, 1])
+    assert res.payloads is not None and res.payloads[1][0]["i"] == 1
+    # replacing an id swaps vector and payload together; filters follow the new payload
+    col.upsert([1], x[10:11] + 5, [{"lang": "de"}])
+    assert col.count() == 50
+    np.testing.assert_array_equal(col.get([1]).vectors[0], x[10] + 5)
+    assert col.search(x[1], k=50, filter={"lang": "en"}).ids[0].tolist().count(1) == 0
+    assert col.search(x[10] + 5, k=1, filter={"lang": "de"}).ids[0, 0] == 1
+    col.upsert([2], x[2], None)
+    assert col.get([2]).payloads == [None]
+    with pytest.raises(IdNotFoundError, match="999"):
+        col.get([1, 999])
+    assert col.delete([1, 2, 999]) == 2
+    assert col.count() == 48
+    res = col.search(x[1], k=60)
+    assert res.ids.shape == (1, 60) and (res.ids[0, 48:] == -1).all() and np.isinf(res.distances[0, 48:]).all()
+
+
+def test_filters_through_search(db: Any) -> None:
+    col, _, x = filled(db)
+    res = col.search(x[0], k=50, filter={"lang": "en", "year": {"gte": 2020}})
+    found = sorted(i for i in res.ids[0].tolist() if i >= 0)
+    assert found == [i for i in range(50) if i % 2 and i >= 20]
+    res = col.search(x[0], k=50, filter={"$or": [{"i": {"lt": 3}}, {"$not": {"year": {"lt": 2048}}}]})
+    assert sorted(i for i in res.ids[0].tolist() if i >= 0) == [0, 1, 2, 48, 49]
+    assert (col.search(x[0], k=5, filter={"lang": "xx"}).ids == -1).all()
+
+
+def test_str_ids(db: Any) -> None:
+    col, ids, x = filled(db, id_type="str")
+    res = col.search(x[4], k=2)
+    assert res.ids.dtype == object and res.ids[0, 0] == "d4"
+    assert col.search(x[4], k=60).ids[0, -1] is None
+    assert list(col.get(["d7", "d2"]).ids) == ["d7", "d2"]
+    with pytest.raises(InvalidArgumentError, match="str ids"):
+        col.upsert([5], x[:1])
+    with pytest.raises(InvalidArgumentError, match="str ids"):
+        col.upsert([""], x[:1])
+
+
+def assert_unchanged(col: Any, x: np.ndarray, n: int) -> None:
+    assert col.count() == n
+    np.testing.assert_array_equal(col.get(list(range(n))).vectors, x[:n])
+
+
+def test_bad_input_is_rejected_and_changes_nothing(db: Any) -> None:
+    col, _, x = filled(db, n=20)
+    col.create_tenant("t")
+    new = np.ones((2, DIM), np.float32)
+    cases = [
+        (DimensionMismatchError, lambda: col.upsert([100, 101], np.ones((2, DIM + 1)))),
+        (InvalidArgumentError, lambda: col.upsert([100, 101], np.where(new > 0, np.nan, 0))),
+        (InvalidArgumentError, lambda: col.upsert([100, 100], new)),
+        (InvalidArgumentError, lambda: col.upsert([100, 101, 102], new)),
+        (InvalidArgumentError, lambda: col.upsert([100, 101], new, payloads=[{"a": {1, 2}}, None])),
+        (InvalidArgumentError, lambda: col.upsert([100, 101], new, payloads=[{"a": 1}])),
+        (InvalidArgumentError, lambda: col.upsert([100, 101], new, payloads=[{"a": float("nan")}, None])),
+        (InvalidArgumentError, lambda: col.upsert(["x", "y"], new)),
+        (InvalidArgumentError, lambda: col.upsert([-1, 2], new)),
+        (TenantNotFoundError, lambda: col.upsert([100, 101], new, tenant="nobody")),
+        (TenantNotFoundError, lambda: col.upsert([100, 101], new, tenant=["t", "nobody"])),
+        (InvalidArgumentError, lambda: col.search(x[0], k=3, filter={"lang": {"like": "e%"}})),
+        (InvalidArgumentError, lambda: col.search(x[0], k=0)),
+        (DimensionMismatchError, lambda: col.search(np.ones(DIM + 2), k=3)),
+        (InvalidArgumentError, lambda: col.search(x[0], k=3, params={"nprobe": 3})),
+        (TenantNotFoundError, lambda: col.search(x[0], k=3, tenant="nobody")),
+        (TenantNotFoundError, lambda: col.count(tenant="nobody")),
+        (TenantNotFoundError, lambda: col.delete([1], tenant="nobody")),
+        (IdNotFoundError, lambda: col.grant("t", [1, 555])),
+        (IdNotFoundError, lambda: col.get([555])),
+        (AlreadyExistsError, lambda: col.create_tenant("t")),
+        (CollectionNotFoundError, lambda: db.get_collection("missing")),
+    ]
+    for error, call in cases:
+        with pytest.raises(error):
+            call()
+        assert_unchanged(col, x, 20)
+        assert col.count(tenant="t") == 0
+
+
+def test_tenants_isolate_whatever_the_filter(db: Any) -> None:
+    col, _, x = filled(db, n=30)
+    col.create_tenant("a")
+    col.create_tenant("b")
+    y = np.random.default_rng(9).standard_normal((10, DIM)).astype(np.float32)
+    col.upsert(list(range(100, 110)), y, [{"lang": "en"}] * 10, tenant="a")
+    col.upsert(list(range(200, 205)), y[:5], [{"lang": "en"}] * 5, tenant=["a", "b"])
+    assert col.list_tenants() == ["a", "b"]
+    assert (col.count(), col.count("a"), col.count("b")) == (45, 15, 5)
+    for flt in (None, {"lang": "en"}, {"$not": {"lang": "en"}}, {"i": {"gte": 0}}):
+        res = col.search(x[:3], k=45, filter=flt, tenant="b")
+        assert set(res.ids[res.ids >= 0].tolist()) <= set(range(200, 205))
+    col.grant("b", [0, 1])
+    assert col.count("b") == 7
+    assert set(col.search(x[0], k=10, tenant="b").ids[0, :7].tolist()) == {0, 1, 200, 201, 202, 203, 204}
+    col.revoke("b", [0, 200])
+    assert col.count("b") == 5 and col.count() == 45
+    assert col.delete(list(range(100, 105)) + [1], tenant="a") == 5  # 1 is not in "a"
+    assert col.count() == 40 and col.count("a") == 10
+    col.drop_tenant("a")
+    assert col.list_tenants() == ["b"] and col.count() == 40
+    with pytest.raises(TenantNotFoundError):
+        col.search(x[0], k=3, tenant="a")
+
+
+def test_reopen_keeps_everything(tmp_path: Path) -> None:
+    with vecdb.open(tmp_path / "db", checkpoint_points=10) as db:
+        col, _, x = filled(db, n=40)
+        col.create_tenant("t")
+        col.grant("t", [3, 4])
+        col.delete([5])
+        before = col.search(x[:4], k=5, filter={"lang": "fr"})
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.get_collection("docs")
+        assert col.count() == 39 and col.count("t") == 2
+        after = col.search(x[:4], k=5, filter={"lang": "fr"})
+        np.testing.assert_array_equal(before.ids, after.ids)
+        np.testing.assert_allclose(before.distances, after.distances)
+        stats = col.stats()
+        assert stats.count == 39 and stats.n_tenants == 1 and stats.index == "flat"
+        assert stats.memory_bytes > 39 * DIM * 4 and stats.disk_bytes > 39 * DIM * 4
+
+
+def test_hnsw_collection_recall_and_reopen(tmp_path: Path) -> None:
+    from vecdb.data.synthetic import gaussian_mixture
+
+    data = gaussian_mixture(2100, 16, seed=1338)
+    base, queries = data[:2000], data[2000:]
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("h", dim=16, metric="l2", index="hnsw", index_params={"M": 8, "seed": 1})
+        col.upsert(np.arange(2000), base, [{"even": i % 2 == 0} for i in range(2000)])
+        col.delete(np.arange(0, 2000, 10))
+        res = col.search(queries, k=10, filter={"even": True}, params={"ef": 64})
+    keep = np.array([i for i in range(2000) if i % 2 == 0 and i % 10], np.int64)
+    d = ((queries[:, None, :] - base[keep][None]) ** 2).sum(-1)
+    truth = keep[np.argsort(d, axis=1)[:, :10]]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res.ids.tolist(), truth.tolist())])
+    assert recall >= 0.9  # measured 0.99+ (seed 1338, n=2000, d=16, M=8, ef=64)
+    with vecdb.open(tmp_path / "db") as db:
+        again = db.get_collection("h").search(queries, k=10, filter={"even": True}, params={"ef": 64})
+    np.testing.assert_array_equal(again.ids, res.ids)
+
+
+def test_map_grows_automatically(tmp_path: Path) -> None:
+    with vecdb.open(tmp_path / "db", map_size=256 * 1024) as db:
+        col = db.create_collection("g", dim=64, index="flat", metric="l2")
+        x = np.random.default_rng(0).standard_normal((4000, 64)).astype(np.float32)
+        for b in range(0, 4000, 1000):
+            col.upsert(np.arange(b, b + 1000), x[b : b + 1000], [{"b": b}] * 1000)
+        assert col.count() == 4000
+        assert db._store.map_size() > 256 * 1024
+    with vecdb.open(tmp_path / "db") as db:
+        np.testing.assert_array_equal(db.get_collection("g").get([3999]).vectors[0], x[3999])
+
+
+def test_snapshot_while_writing_is_consistent(tmp_path: Path) -> None:
+    batch = 100
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("s", dim=DIM, index="flat", metric="l2")
+        x = np.random.default_rng(1).standard_normal((batch * 30, DIM)).astype(np.float32)
+        stop = threading.Event()
+
+        def writer() -> None:
+            for b in range(30):
+                if stop.is_set():
+                    return
+                col.upsert(np.arange(b * batch, (b + 1) * batch), x[b * batch : (b + 1) * batch], [{"b": b}] * batch)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        db.snapshot(tmp_path / "snap")
+        stop.set()
+        t.join()
+        with pytest.raises(InvalidArgumentError):
+            db.snapshot(tmp_path / "snap")
+    with vecdb.open(tmp_path / "snap") as snap:
+        col = snap.get_collection("s")
+        n = col.count()
+        assert n % batch == 0
+        if n:
+            np.testing.assert_array_equal(col.get(np.arange(n)).vectors, x[:n])
+            assert col.search(x[n - 1], k=1).ids[0, 0] == n - 1
+
+
+def test_readers_never_see_half_a_batch(db: Any) -> None:
+    batch = 50
+    col = db.create_collection("c", dim=DIM, index="flat", metric="l2")
+    x = np.random.default_rng(2).standard_normal((batch * 40, DIM)).astype(np.float32)
+    done = threading.Event()
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            n = col.count()
+            if n % batch:
+                problems.append(f"count {n}")
+            res = col.search(x[0], k=batch * 2, filter={"b": {"gte": 0}})
+            got = res.ids[0][res.ids[0] >= 0]
+            if len(got) != min(n, batch * 2) and len(got) % batch:
+                problems.append(f"search saw {len(got)}")
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    for b in range(40):
+        col.upsert(np.arange(b * batch, (b + 1) * batch), x[b * batch : (b + 1) * batch], [{"b": b}] * batch)
+        if b % 7 == 6:
+            col.delete(np.arange((b - 3) * batch, (b - 2) * batch))
+    done.set()
+    for t in readers:
+        t.join()
+    assert not problems, problems[:5]

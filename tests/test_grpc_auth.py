@@ -1,0 +1,192 @@
+"""End-to-end auth and tenant isolation against a real server process with API keys.
+
+Keys are random per run and reach the server through environment variables named in its
+key file (``key_env``) or as SHA-256 digests, never as literals in code or files."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import vecdb
+from vecdb.client import RemoteDatabase
+from vecdb.errors import (
+    IdNotFoundError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from vecdb.server.auth import hash_key
+from vecdb.server.process import ServerProcess, start_server_process
+from vecdb.v1 import vecdb_pb2, vecdb_pb2_grpc
+
+DIM = 8
+KEYS = {name: secrets.token_urlsafe(24) for name in ("admin", "acme", "beta", "both")}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("auth-server")
+    auth = {"keys": [
+        {"name": "ops", "role": "admin", "sha256": hash_key(KEYS["admin"])},
+        {"name": "acme-app", "tenants": ["acme"], "key_env": "TEST_ACME_KEY"},
+        {"name": "beta-app", "tenants": ["beta"], "key_env": "TEST_BETA_KEY"},
+        {"name": "both-app", "tenants": ["acme", "beta"], "sha256": hash_key(KEYS["both"])},
+    ]}
+    (root / "auth.json").write_text(json.dumps(auth))
+    env = {**os.environ, "TEST_ACME_KEY": KEYS["acme"], "TEST_BETA_KEY": KEYS["beta"]}
+    proc = start_server_process(root / "data", root / "server.log", env=env,
+                                args=["--auth-file", str(root / "auth.json"), "--no-metrics"])
+    admin = vecdb.connect(proc.address, api_key=KEYS["admin"], timeout=60)
+    docs = admin.create_collection("docs", DIM, metric="l2", index="flat")
+    for tenant in ("acme", "beta"):
+        docs.create_tenant(tenant)
+    x = np.random.default_rng(3).standard_normal((40, DIM)).astype(np.float32)
+    docs.upsert(np.arange(20), x[:20], [{"owner": "acme"}] * 20, tenant="acme")
+    docs.upsert(np.arange(20, 40), x[20:], [{"owner": "beta"}] * 20, tenant="beta")
+    admin.close()
+    yield proc
+    assert proc.stop() == 0
+    # keys never reach the log
+    log = proc.log_path.read_text()
+    assert not any(key in log for key in KEYS.values())
+
+
+def client(server: ServerProcess, who: str | None) -> RemoteDatabase:
+    key = None if who is None else KEYS.get(who, who)
+    return vecdb.connect(server.address, api_key=key, timeout=30)
+
+
+def test_missing_key_is_unauthenticated(server: ServerProcess) -> None:
+    with client(server, None) as db:
+        with pytest.raises(UnauthenticatedError, match="missing API key"):
+            db.list_collections()
+
+
+def test_wrong_key_is_unauthenticated(server: ServerProcess) -> None:
+    with client(server, "not-a-key-" + secrets.token_hex(8)) as db:
+        with pytest.raises(UnauthenticatedError, match="unknown API key"):
+            db.get_collection("docs")
+    # a near miss (one character changed) is just as unknown
+    near = KEYS["admin"][:-1] + ("a" if KEYS["admin"][-1] != "a" else "b")
+    with client(server, near) as db, pytest.raises(UnauthenticatedError):
+        db.list_collections()
+
+
+def test_bearer_header_is_accepted(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = vecdb_pb2_grpc.CollectionServiceStub(channel)
+        answer = stub.ListCollections(vecdb_pb2.ListCollectionsRequest(), timeout=10,
+                                      metadata=(("authorization", f"Bearer {KEYS['admin']}"),))
+        assert [c.name for c in answer.collections] == ["docs"]
+
+
+def test_admin_key_can_do_everything(server: ServerProcess) -> None:
+    with client(server, "admin") as db:
+        coll = db.create_collection("scratch", DIM, index="flat")
+        coll.create_tenant("x")
+        coll.upsert([1], np.ones((1, DIM)), tenant="x")
+        coll.grant("x", [1])
+        coll.revoke("x", [1])
+        assert coll.stats().count == 1
+        docs = db.get_collection("docs")
+        assert docs.count() == 40
+        assert docs.count(tenant="beta") == 20
+        assert sorted(docs.list_tenants()) == ["acme", "beta"]
+        assert docs.get([25]).payloads == [{"owner": "beta"}]
+        db.drop_collection("scratch")
+
+
+def test_tenant_key_sees_only_its_own_points(server: ServerProcess) -> None:
+    with client(server, "acme") as db:
+        docs = db.get_collection("docs")
+        assert docs.count() == 20
+        assert docs.list_tenants() == ["acme"]
+        q = np.random.default_rng(5).standard_normal((5, DIM))
+        res = docs.search(q, k=40, with_payloads=True)
+        hits = res.ids[res.ids >= 0]
+        assert len(hits) == 5 * 20 and (hits < 20).all()
+        assert all(p == {"owner": "acme"} for row in res.payloads for p in row if p is not None)
+        # a filter cannot widen the scope
+        res = docs.search(q, k=40, filter={"owner": "beta"})
+        assert (res.ids == -1).all()
+        assert docs.get([3]).payloads == [{"owner": "acme"}]   # its own points are readable by id
+
+
+def test_tenant_key_reading_another_tenant_fails(server: ServerProcess) -> None:
+    with client(server, "acme") as db:
+        docs = db.get_collection("docs")
+        with pytest.raises(PermissionDeniedError, match="may not access tenant 'beta'"):
+            docs.search(np.ones(DIM), k=3, tenant="beta")
+        with pytest.raises(PermissionDeniedError):
+            docs.count(tenant="beta")
+        with pytest.raises(PermissionDeniedError):
+            docs.delete([25], tenant="beta")
+        with pytest.raises(IdNotFoundError, match="not in tenant 'acme'"):
+            docs.get([25])                    # beta's point answers NOT_FOUND, like a missing one
+        with pytest.raises(PermissionDeniedError):
+            docs.get([25], tenant="beta")
+
+
+def test_tenant_key_cannot_write_into_other_tenants(server: ServerProcess) -> None:
+    with client(server, "acme") as db:
+        docs = db.get_collection("docs")
+        with pytest.raises(PermissionDeniedError):
+            docs.upsert([100], np.ones((1, DIM)), tenant="beta")
+        with pytest.raises(PermissionDeniedError, match="may not replace"):
+            docs.upsert([25], np.zeros((1, DIM)))  # id 25 is beta's point
+        assert docs.delete([25]) == 0  # scoped to acme: beta's point is untouched
+        docs.upsert([100], np.ones((1, DIM)), [{"owner": "acme"}])  # new id: lands in acme
+        assert docs.count() == 21
+    with client(server, "admin") as db:
+        docs = db.get_collection("docs")
+        got = docs.get([25])
+        assert got.payloads == [{"owner": "beta"}] and not (got.vectors == 0).all()
+        assert docs.count(tenant="acme") == 21 and docs.count(tenant="beta") == 20
+        assert docs.delete([100]) == 1
+
+
+def test_tenant_key_cannot_manage(server: ServerProcess) -> None:
+    with client(server, "beta") as db:
+        docs = db.get_collection("docs")
+        for action in (lambda: db.create_collection("mine", DIM), lambda: db.drop_collection("docs"),
+                       lambda: docs.create_tenant("gamma"), lambda: docs.grant("beta", [1]),
+                       lambda: docs.revoke("acme", [1]), lambda: docs.stats(), lambda: db.snapshot("s")):
+            with pytest.raises(PermissionDeniedError, match="admin API key"):
+                action()
+
+
+def test_multi_tenant_key_must_choose(server: ServerProcess) -> None:
+    with client(server, "both") as db:
+        docs = db.get_collection("docs")
+        with pytest.raises(InvalidArgumentError, match="pass tenant="):
+            docs.count()
+        assert docs.count(tenant="acme") == 20 and docs.count(tenant="beta") == 20
+        assert sorted(docs.list_tenants()) == ["acme", "beta"]
+
+
+@pytest.mark.parametrize("key, code, name", [
+    (None, "UNAUTHENTICATED", "UnauthenticatedError"),
+    ("wrong", "UNAUTHENTICATED", "UnauthenticatedError"),
+    ("beta", "PERMISSION_DENIED", "PermissionDeniedError"),
+])
+def test_auth_status_codes_on_the_wire(server: ServerProcess, key: str | None, code: str, name: str) -> None:
+    metadata = () if key is None else (("x-api-key", KEYS.get(key, key)),)
+    request = vecdb_pb2.CountRequest(collection="docs", tenant="acme")
+    with grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            vecdb_pb2_grpc.PointServiceStub(channel).Count(request, timeout=10, metadata=metadata)
+    assert info.value.code().name == code
+    assert dict(info.value.trailing_metadata())["vecdb-error"] == name
+
+
+def test_health_needs_no_key(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING

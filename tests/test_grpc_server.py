@@ -1,0 +1,274 @@
+"""End-to-end tests of the server process: every status code (with the vecdb class in the
+trailing metadata), health, reflection, metrics, structured logs, graceful shutdown, TLS,
+retries and the asyncio client. (Auth codes are in test_grpc_auth.py.)"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+import vecdb
+from vecdb import aio_client
+from vecdb.client import RemoteDatabase
+from vecdb.errors import (
+    AlreadyExistsError,
+    CollectionNotFoundError,
+    DimensionMismatchError,
+    IdNotFoundError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+    VecdbTimeoutError,
+)
+from vecdb.server import healthcheck
+from vecdb.server.app import create_server
+from vecdb.server.process import ServerProcess, start_server_process
+from vecdb.v1 import types_pb2, vecdb_pb2, vecdb_pb2_grpc
+
+DIM = 8
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("server")
+    proc = start_server_process(root / "data", root / "server.log", args=["--max-message-mb", "1", "--max-k", "1000"])
+    yield proc
+    assert proc.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def db(server: ServerProcess) -> Iterator[RemoteDatabase]:
+    with vecdb.connect(server.address, timeout=30, max_message_mb=8) as conn:
+        coll = conn.create_collection("pts", DIM, metric="l2", index="flat")
+        coll.upsert(np.arange(100), np.random.default_rng(1).standard_normal((100, DIM)))
+        yield conn
+
+
+def raw_status(server: ServerProcess, method: str, request: object) -> tuple[grpc.StatusCode, str | None, str]:
+    """Call an RPC with the generated stub; return (code, vecdb-error header, details)."""
+    with grpc.insecure_channel(server.address) as channel:
+        stubs = [vecdb_pb2_grpc.SearchServiceStub(channel), vecdb_pb2_grpc.PointServiceStub(channel),
+                 vecdb_pb2_grpc.CollectionServiceStub(channel)]
+        fn = next(getattr(s, method) for s in stubs if hasattr(s, method))
+        try:
+            fn(request, timeout=10)
+        except grpc.RpcError as exc:
+            header = dict(exc.trailing_metadata() or ()).get("vecdb-error")
+            return exc.code(), header, exc.details()
+    return grpc.StatusCode.OK, None, ""
+
+
+def f32(rows: int, cols: int = DIM) -> types_pb2.Matrix:
+    return types_pb2.Matrix(n_rows=rows, n_cols=cols, dtype=types_pb2.FLOAT32, data=bytes(4 * rows * cols))
+
+
+@pytest.mark.parametrize("method, request_, code, name", [
+    ("Search", vecdb_pb2.SearchRequest(collection="pts", queries=f32(1), k=0), "INVALID_ARGUMENT", "InvalidArgumentError"),
+    ("Search", vecdb_pb2.SearchRequest(collection="pts", queries=f32(1, 3), k=1), "INVALID_ARGUMENT",
+     "DimensionMismatchError"),
+    ("Search", vecdb_pb2.SearchRequest(collection="nope", queries=f32(1), k=1), "NOT_FOUND", "CollectionNotFoundError"),
+    ("Get", vecdb_pb2.GetRequest(collection="pts", ids=types_pb2.Ids(int64=np.int64([999]).tobytes())), "NOT_FOUND",
+     "IdNotFoundError"),
+    ("CreateCollection", vecdb_pb2.CreateCollectionRequest(name="pts", dim=DIM), "ALREADY_EXISTS", "AlreadyExistsError"),
+    ("Search", vecdb_pb2.SearchRequest(collection="pts", queries=f32(1), k=10**9), "RESOURCE_EXHAUSTED",
+     "ResourceExhaustedError"),
+])
+def test_status_codes_and_error_header(server: ServerProcess, db: RemoteDatabase, method: str, request_: object,
+                                       code: str, name: str) -> None:
+    got_code, header, details = raw_status(server, method, request_)
+    assert (got_code.name, header) == (code, name)
+    assert details  # a message a user can act on
+
+
+def test_errors_rehydrate_as_vecdb_classes(db: RemoteDatabase) -> None:
+    coll = db.get_collection("pts")
+    with pytest.raises(InvalidArgumentError, match="k must be"):
+        coll.search(np.ones(DIM), k=-1)
+    with pytest.raises(DimensionMismatchError):
+        coll.search(np.ones(DIM + 1), k=1)
+    with pytest.raises(CollectionNotFoundError, match="nope"):
+        db.get_collection("nope")
+    with pytest.raises(IdNotFoundError):
+        coll.get([12345])
+    with pytest.raises(AlreadyExistsError):
+        db.create_collection("pts", DIM)
+    with pytest.raises(ResourceExhaustedError, match="limit of 1000"):
+        coll.search(np.ones(DIM), k=5000)
+
+
+def test_oversize_message_is_resource_exhausted(db: RemoteDatabase) -> None:
+    coll = db.get_collection("pts")
+    big = np.ones((50_000, DIM), np.float32)  # 1.6 MB > the server's 1 MiB limit
+    with pytest.raises(ResourceExhaustedError):
+        coll.upsert(np.arange(1000, 51_000), big)
+    assert coll.count() == 100
+
+
+def test_deadline_exceeded_is_timeout(server: ServerProcess, db: RemoteDatabase) -> None:
+    rng = np.random.default_rng(8)
+    coll = db.create_collection("deadline", 64, metric="l2", index="flat")
+    coll.upsert(np.arange(3000), rng.standard_normal((3000, 64)))
+    queries = rng.standard_normal((2000, 64))  # ~10^8 distance terms: far more than 5 ms
+    with vecdb.connect(server.address, timeout=0.005) as hurried:
+        with pytest.raises(VecdbTimeoutError):
+            hurried.get_collection("deadline")
+            hurried.get_collection("deadline").search(queries, k=10)
+    assert isinstance(VecdbTimeoutError("x"), TimeoutError)
+
+
+def test_unavailable_is_retried_within_the_deadline() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with vecdb.connect(f"127.0.0.1:{port}", timeout=5, retries=3) as nowhere:
+        with pytest.raises(UnavailableError):
+            nowhere.list_collections()
+    assert time.monotonic() - start < 5
+    with vecdb.connect(f"127.0.0.1:{port}", timeout=0.3, retries=100) as nowhere:
+        with pytest.raises((UnavailableError, VecdbTimeoutError)):
+            nowhere.list_collections()
+    assert time.monotonic() - start < 6
+
+
+def test_retry_reaches_a_server_that_comes_up_late(tmp_path: Path) -> None:
+    """A call made while nothing listens is retried (UNAVAILABLE) until the server is up."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = vecdb.open(str(tmp_path / "data"))
+    server, _ = create_server(db, f"127.0.0.1:{port}")
+    threading.Timer(0.4, server.start).start()
+    start = time.monotonic()
+    try:
+        with vecdb.connect(f"127.0.0.1:{port}", timeout=20, retries=8) as late:
+            assert late.list_collections() == []
+        assert time.monotonic() - start >= 0.35  # the first attempts found nothing listening
+    finally:
+        server.stop(None).wait()
+        db.close()
+
+
+def test_health_and_reflection(server: ServerProcess) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "vecdb.v1.SearchService", "vecdb.v1.PointService"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {"vecdb.v1.CollectionService", "vecdb.v1.PointService", "vecdb.v1.SearchService",
+                "vecdb.v1.TenantService", "vecdb.v1.AdminService", "grpc.health.v1.Health"} <= services
+    assert healthcheck.main([server.address]) == 0  # the container HEALTHCHECK command
+
+
+def test_metrics_endpoint(server: ServerProcess, db: RemoteDatabase) -> None:
+    coll = db.get_collection("pts")
+    for _ in range(3):
+        coll.search(np.ones(DIM), k=2)
+    with pytest.raises(IdNotFoundError):
+        coll.get([4242])
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'vecdb_requests_total{code="OK",method="Search"}' in text
+    assert 'vecdb_requests_total{code="NOT_FOUND",method="Get"}' in text
+    assert 'vecdb_request_duration_seconds_bucket{le="0.01",method="Search"}' in text
+    assert 'vecdb_collection_points{collection="pts"}' in text
+
+
+def test_structured_logs(server: ServerProcess, db: RemoteDatabase) -> None:
+    events = server.log_events()
+    serving = [e for e in events if e.get("event") == "serving"]
+    assert serving and serving[0]["port"] == server.port and serving[0]["level"] == "info"
+    assert any(e.get("event") == "auth_open" and e["level"] == "warning" for e in events)
+    assert any(e.get("event") == "rpc_error" and e.get("code") == "NOT_FOUND" for e in events)
+
+
+def test_streaming_upsert_in_chunks(server: ServerProcess) -> None:
+    with vecdb.connect(server.address, timeout=60) as conn:
+        coll = conn.create_collection("bulk", DIM, index="flat")
+        coll._chunk_bytes = 10_000  # force many UpsertStream messages
+        x = np.random.default_rng(2).standard_normal((3000, DIM)).astype(np.float32)
+        coll.upsert(np.arange(3000), x, [{"i": i} for i in range(3000)])
+        assert coll.count() == 3000
+        got = coll.get([0, 2999])
+        np.testing.assert_array_equal(got.vectors, x[[0, 2999]])
+        assert got.payloads == [{"i": 0}, {"i": 2999}]
+
+
+def test_asyncio_client(server: ServerProcess, db: RemoteDatabase) -> None:
+    async def scenario() -> None:
+        async with aio_client.connect(server.address, timeout=30) as adb:
+            coll = await adb.create_collection("aio", DIM, metric="l2", index="flat")
+            x = np.random.default_rng(4).standard_normal((20, DIM)).astype(np.float32)
+            await coll.upsert(np.arange(20), x, [{"n": i} for i in range(20)])
+            assert await coll.count() == 20
+            res, got = await asyncio.gather(coll.search(x[:3], k=2, with_payloads=True), coll.get([7]))
+            np.testing.assert_array_equal(res.ids[:, 0], [0, 1, 2])
+            assert res.payloads[1][0] == {"n": 1} and got.payloads == [{"n": 7}]
+            coll._chunk_bytes = 2_000  # the streaming upsert, too
+            await coll.upsert(np.arange(100, 400), np.ones((300, DIM)), [{"n": i} for i in range(300)])
+            assert await coll.count() == 320
+            assert "aio" in [c.name for c in await adb.list_collections()]
+            with pytest.raises(CollectionNotFoundError):
+                await adb.get_collection("missing")
+            await adb.drop_collection("aio")
+    asyncio.run(scenario())
+
+
+def test_graceful_shutdown_finishes_in_flight_and_closes_cleanly(tmp_path: Path) -> None:
+    proc = start_server_process(tmp_path / "data", tmp_path / "server.log", args=["--no-metrics"])
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((20_000, 64)).astype(np.float32)
+    with vecdb.connect(proc.address, timeout=120, max_message_mb=64) as conn:
+        coll = conn.create_collection("slow", 64, metric="l2", index="flat")
+        coll.upsert(np.arange(len(base)), base)
+        outcome: dict[str, object] = {}
+
+        def long_search() -> None:
+            try:
+                outcome["result"] = coll.search(rng.standard_normal((3000, 64)), k=5)
+            except Exception as exc:  # recorded for the assertion below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=long_search)
+        worker.start()
+        time.sleep(0.3)
+        assert proc.stop(timeout=60) == 0
+        worker.join(60)
+    assert healthcheck.main([proc.address, "--timeout", "1"]) == 1  # gone
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].ids.shape == (3000, 5)
+    events = [e.get("event") for e in proc.log_events()]
+    assert events.index("signal") < events.index("stopped")
+    with vecdb.open(str(tmp_path / "data")) as reopened:  # LMDB closed cleanly: reopens with all points
+        assert reopened.get_collection("slow").count() == 20_000
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
+def test_tls(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    proc = start_server_process(tmp_path / "data", tmp_path / "server.log",
+                                args=["--tls-cert", str(cert), "--tls-key", str(key), "--no-metrics"])
+    try:
+        assert healthcheck.main([f"localhost:{proc.port}", "--tls-ca", str(cert)]) == 0
+        with vecdb.connect(f"localhost:{proc.port}", tls=True, root_certificates=cert.read_bytes(), timeout=30) as conn:
+            assert conn.list_collections() == []
+        with vecdb.connect(f"localhost:{proc.port}", timeout=3, retries=0) as plain:
+            with pytest.raises((UnavailableError, VecdbTimeoutError)):
+                plain.list_collections()
+    finally:
+        assert proc.stop() == 0

@@ -1,0 +1,59 @@
+"""Scalar int8 quantizer: error bound, distances equal to decoded, argument checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vecdb.errors import FailedPreconditionError, InvalidArgumentError
+from vecdb.kernels.sq8 import sq8_distances
+from vecdb.quant import SQ8
+
+
+@pytest.fixture(scope="module")
+def data() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((600, 19)) * rng.random(19) * 10
+    x[:, 4] = 2.5  # a constant dimension
+    return x.astype(np.float32)
+
+
+def test_error_is_at_most_half_a_step_inside_the_range(data: np.ndarray) -> None:
+    sq = SQ8(19)
+    sq.train(data)
+    err = np.abs(sq.decode(sq.encode(data)) - data)
+    assert (err <= sq.max_error() * (1 + 1e-5) + 1e-6).all()
+    assert err[:, 4].max() == 0.0
+
+
+def test_values_outside_the_range_are_clipped(data: np.ndarray) -> None:
+    sq = SQ8(19)
+    sq.train(data)
+    far = data[:2] + 1000.0
+    codes = sq.encode(far)
+    assert (codes[:, np.flatnonzero(sq.step > 0)] == 255).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_distances_equal_brute_force_to_decoded(data: np.ndarray, metric: str) -> None:
+    sq = SQ8(19)
+    sq.train(data)
+    codes = sq.encode(data)
+    dec = sq.decode(codes).astype(np.float64)
+    q = data[7] * 0.5 + 1.0
+    qt, w, bias, mode = sq.fold_queries(q, metric)
+    got = sq8_distances(qt[0], w, bias[0], codes, mode)
+    want = ((dec - q) ** 2).sum(1) if metric == "l2" else -(dec @ q)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_checks(data: np.ndarray) -> None:
+    sq = SQ8(19)
+    with pytest.raises(FailedPreconditionError, match="not trained"):
+        sq.encode(data)
+    sq.train(data)
+    with pytest.raises(InvalidArgumentError, match="codes must be uint8, got float32"):
+        sq.decode(data)
+    with pytest.raises(InvalidArgumentError, match="l2 and ip"):
+        sq.fold_queries(data[:1], "hamming")
+    params, arrays = sq.state()
+    np.testing.assert_array_equal(SQ8.from_state(params, arrays).encode(data), sq.encode(data))

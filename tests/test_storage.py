@@ -1,0 +1,124 @@
+"""The LMDB layer: key order, value round trips, atomic batches, map growth, the RW lock."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+from vecdb.errors import DataLossError, ResourceExhaustedError
+from vecdb.storage import RWLock, Store
+from vecdb.storage import keys as K
+from vecdb.storage.arrays import F32_LE, U64_LE, decode_json, encode_json, from_bytes, rows_to_bytes, to_bytes
+
+
+def test_big_endian_keys_sort_like_numbers() -> None:
+    values = np.array([0, 1, 255, 256, 65535, 2**32, 2**40 + 3, 2**63 - 1], np.uint64)
+    keys = K.u64_many(values)
+    assert keys == sorted(keys)
+    assert [K.read_u64(k) for k in keys] == values.tolist()
+    assert K.read_u32(K.u32(123456)) == 123456
+    assert K.decode_id_key(K.int_id_key(42)) == 42
+    assert K.decode_id_key(K.str_id_key("héllo")) == "héllo"
+
+
+def test_arrays_round_trip_as_little_endian_copies() -> None:
+    rows = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    recs = rows_to_bytes(rows)
+    assert len(recs) == 3 and all(len(r) == 20 for r in recs)
+    back = np.stack([from_bytes(r, F32_LE, count=5) for r in recs])
+    np.testing.assert_array_equal(back, rows)
+    assert back.flags.writeable and back.flags.aligned
+    ids = np.array([1, 2**40], np.int64)
+    np.testing.assert_array_equal(from_bytes(to_bytes(ids, U64_LE), U64_LE), ids)
+    with pytest.raises(DataLossError):
+        from_bytes(b"abc", F32_LE)
+    with pytest.raises(DataLossError):
+        from_bytes(recs[0], F32_LE, count=4)
+
+
+def test_json_values_are_standard_json() -> None:
+    assert decode_json(encode_json({"a": [1, "é", None, True]})) == {"a": [1, "é", None, True]}
+    with pytest.raises(ValueError):
+        encode_json({"x": float("nan")})
+    with pytest.raises(DataLossError):
+        decode_json(b"{not json")
+
+
+def test_failed_batch_writes_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "env")
+    db = store.db("t")
+
+    def batch(txn: lmdb.Transaction) -> None:
+        txn.put(b"a", b"1", db=db)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        store.write(batch)
+    with store.read() as txn:
+        assert txn.get(b"a", db=db) is None
+    store.close()
+
+
+def test_map_grows_instead_of_failing_and_keeps_data(tmp_path: Path) -> None:
+    store = Store(tmp_path / "env", map_size=64 * 1024)
+    db = store.db("t")
+    blob = np.random.default_rng(1).bytes(4000)
+    for i in range(200):  # ~800 KB, far over the initial 64 KB map
+        store.write(lambda txn, i=i: txn.put(K.u64(i), blob, db=db))
+    assert store.map_size() > 64 * 1024
+    with store.read() as txn:
+        assert sum(1 for _ in txn.cursor(db=db)) == 200
+        assert txn.get(K.u64(199), db=db) == blob
+    assert store.used_bytes(["t"]) >= 200 * 4000
+    store.close()
+
+
+def test_growth_stops_at_max_map_size(tmp_path: Path) -> None:
+    store = Store(tmp_path / "env", map_size=64 * 1024, max_map_size=128 * 1024)
+    db = store.db("t")
+    blob = b"x" * 100_000
+    with pytest.raises(ResourceExhaustedError, match="max_map_size"):
+        store.write(lambda txn: [txn.put(K.u64(i), blob, db=db) for i in range(5)])
+    with store.read() as txn:
+        assert txn.get(K.u64(0), db=db) is None
+    store.close()
+
+
+def test_reopened_store_keeps_values_and_copy_is_consistent(tmp_path: Path) -> None:
+    store = Store(tmp_path / "env")
+    db = store.db("t")
+    store.write(lambda txn: txn.put(b"k", b"v", db=db))
+    store.copy_to(tmp_path / "copy")
+    store.close()
+    for where in ("env", "copy"):
+        again = Store(tmp_path / where)
+        handle = again.db("t")  # handles are opened outside transactions
+        with again.read() as txn:
+            assert txn.get(b"k", db=handle) == b"v"
+        again.close()
+
+
+def test_rwlock_writer_excludes_readers_and_readers_share() -> None:
+    lock = RWLock()
+    events: list[str] = []
+    inside = threading.Barrier(2)
+
+    def reader() -> None:
+        with lock.read():
+            inside.wait(timeout=5)  # both readers inside at once
+            time.sleep(0.05)
+            events.append("r")
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.01)
+    with lock.write():
+        events.append("w")
+    for t in threads:
+        t.join()
+    assert events == ["r", "r", "w"]

@@ -1,0 +1,191 @@
+"""The asyncio variant of the client SDK: ``await`` the same methods as ``vecdb.connect``.
+
+    from vecdb.aio_client import connect
+    async with connect("localhost:50051", api_key=key) as db:
+        docs = await db.get_collection("docs")
+        hits = await docs.search(queries, k=10)
+
+Requests, responses, errors, deadlines and the UNAVAILABLE retry policy are the sync
+client's (``vecdb.client``); only the waiting differs (``grpc.aio``, ``asyncio.sleep``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from vecdb import wire
+from vecdb.api import CollectionInfo, CollectionStats, Filter, GetResult, Payload, QueryResult
+from vecdb.client import (
+    API_KEY_HEADER,
+    MIB,
+    Call,
+    RetryPolicy,
+    _build,
+    channel_options,
+    create_collection_call,
+    credentials,
+    delete_call,
+    error_from_status,
+    get_call,
+    ids_call,
+    search_call,
+    simple_call,
+    stub_methods,
+    tenant_call,
+    upsert_calls,
+)
+from vecdb.errors import VecdbTimeoutError
+from vecdb.v1 import vecdb_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+
+class _AsyncTransport:
+    """Runs ``Call``s on a ``grpc.aio`` channel with metadata, deadline and retries."""
+
+    def __init__(self, channel: grpc.aio.Channel, api_key: str | None, timeout: float, retry: RetryPolicy) -> None:
+        self.channel = channel
+        self._methods = stub_methods(channel)
+        self._metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
+        self.timeout = timeout
+        self._retry = retry
+
+    async def run(self, call: Call) -> Any:
+        deadline = time.monotonic() + self.timeout
+        fn = self._methods[call.method]
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise VecdbTimeoutError(f"{call.method}: no answer within {self.timeout:g} s")
+            request = iter(call.request) if call.streaming else call.request
+            try:
+                return call.parse(await fn(request, timeout=remaining, metadata=self._metadata))
+            except grpc.aio.AioRpcError as exc:
+                err = error_from_status(exc.code(), exc.details(), tuple(exc.trailing_metadata() or ()))
+            pause = self._retry.pause(attempt, deadline - time.monotonic()) if err.retriable else None
+            if pause is None:
+                raise err
+            logger.debug("%s: %s, retry %d in %.2f s", call.method, type(err).__name__, attempt + 1, pause)
+            await asyncio.sleep(pause)
+            attempt += 1
+
+
+class AsyncCollection:
+    """A collection on a vecdb server; the embedded ``Collection`` methods, as coroutines."""
+
+    def __init__(self, transport: _AsyncTransport, info: CollectionInfo, chunk_bytes: int) -> None:
+        self._t = transport
+        self._info = info
+        self._chunk_bytes = chunk_bytes
+
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    @property
+    def info(self) -> CollectionInfo:
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"AsyncCollection({self._info.name!r}, dim={self._info.dim}, index={self._info.index!r})"
+
+    async def upsert(self, ids: Sequence[int | str] | np.ndarray, vectors: Any,
+                     payloads: Sequence[Payload | None] | None = None,
+                     tenant: str | Sequence[str] | None = None) -> None:
+        """Insert or replace points; acknowledged once durable on the server."""
+        await self._t.run(upsert_calls(self._info, ids, vectors, payloads, tenant, self._chunk_bytes))
+
+    async def delete(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> int:
+        return int(await self._t.run(delete_call(self._info, ids, tenant)))
+
+    async def count(self, tenant: str | None = None) -> int:
+        req = _build(lambda: pb.CountRequest(collection=self._info.name, tenant=tenant))
+        return int(await self._t.run(simple_call("Count", req, lambda r: int(r.count))))
+
+    async def get(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> GetResult:
+        return await self._t.run(get_call(self._info, ids, tenant))  # type: ignore[no-any-return]
+
+    async def search(self, queries: Any, k: int = 10, filter: Filter | None = None, tenant: str | None = None,
+                     params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult:
+        return await self._t.run(search_call(self._info, queries, k, filter, tenant, params, with_payloads))  # type: ignore[no-any-return]
+
+    async def create_tenant(self, tenant: str) -> None:
+        await self._t.run(tenant_call("CreateTenant", self._info, tenant))
+
+    async def drop_tenant(self, tenant: str) -> None:
+        await self._t.run(tenant_call("DropTenant", self._info, tenant))
+
+    async def list_tenants(self) -> list[str]:
+        req = pb.ListTenantsRequest(collection=self._info.name)
+        return await self._t.run(simple_call("ListTenants", req, lambda r: list(r.tenants)))  # type: ignore[no-any-return]
+
+    async def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
+        await self._t.run(ids_call("Grant", self._info, tenant, ids))
+
+    async def revoke(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
+        await self._t.run(ids_call("Revoke", self._info, tenant, ids))
+
+    async def stats(self) -> CollectionStats:
+        req = pb.StatsRequest(collection=self._info.name)
+        return await self._t.run(simple_call("Stats", req, lambda r: wire.stats_from_proto(r.stats)))  # type: ignore[no-any-return]
+
+
+class AsyncDatabase:
+    """A vecdb server seen through the ``DatabaseAPI`` methods, as coroutines."""
+
+    def __init__(self, address: str, api_key: str | None = None, *, timeout: float = 30.0, retries: int = 3,
+                 tls: bool = False, root_certificates: bytes | None = None, max_message_mb: int = 64,
+                 stream_chunk_mb: float = 8.0) -> None:
+        creds = credentials(tls, root_certificates)
+        options = channel_options(max_message_mb)
+        channel = grpc.aio.secure_channel(address, creds, options) if creds else grpc.aio.insecure_channel(address, options)
+        self.address = address
+        self._t = _AsyncTransport(channel, api_key, timeout, RetryPolicy(retries=retries))
+        self._chunk_bytes = int(stream_chunk_mb * MIB)
+
+    def __repr__(self) -> str:
+        return f"AsyncDatabase({self.address!r})"
+
+    def _collection(self, info: CollectionInfo) -> AsyncCollection:
+        return AsyncCollection(self._t, info, self._chunk_bytes)
+
+    async def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
+                                index_params: Mapping[str, Any] | None = None, id_type: str = "int") -> AsyncCollection:
+        return self._collection(await self._t.run(create_collection_call(name, dim, metric, index, index_params, id_type)))
+
+    async def get_collection(self, name: str) -> AsyncCollection:
+        req = _build(lambda: pb.GetCollectionRequest(name=name))
+        return self._collection(await self._t.run(simple_call("GetCollection", req, lambda r: wire.info_from_proto(r.info))))
+
+    async def list_collections(self) -> list[CollectionInfo]:
+        parse = lambda r: [wire.info_from_proto(c) for c in r.collections]  # noqa: E731
+        return await self._t.run(simple_call("ListCollections", pb.ListCollectionsRequest(), parse))  # type: ignore[no-any-return]
+
+    async def drop_collection(self, name: str) -> None:
+        await self._t.run(simple_call("DropCollection", _build(lambda: pb.DropCollectionRequest(name=name))))
+
+    async def snapshot(self, path: str) -> None:
+        await self._t.run(simple_call("Snapshot", _build(lambda: pb.SnapshotRequest(path=str(path)))))
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._t.channel.close()
+
+    async def __aenter__(self) -> "AsyncDatabase":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def connect(address: str = "localhost:50051", api_key: str | None = None, *, timeout: float = 30.0, retries: int = 3,
+            tls: bool = False, root_certificates: bytes | None = None, max_message_mb: int = 64) -> AsyncDatabase:
+    """Connect to a vecdb server from asyncio code (call inside a running event loop)."""
+    return AsyncDatabase(address, api_key, timeout=timeout, retries=retries, tls=tls,
+                         root_certificates=root_certificates, max_message_mb=max_message_mb)

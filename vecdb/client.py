@@ -1,0 +1,383 @@
+"""The gRPC client SDK: ``vecdb.connect(address, api_key=...)`` returns a database object with
+exactly the embedded API (``vecdb.api.DatabaseAPI``): same method names, arguments,
+defaults, result dataclasses and exception classes, numpy in and numpy out.
+
+- Every call has a deadline (``timeout`` seconds, set at connect).
+- Calls answered UNAVAILABLE (server starting, draining or unreachable) are retried with
+  capped exponential back-off and jitter, at most ``retries`` times, always inside the
+  call's deadline. Nothing else is retried.
+- Errors are rebuilt as the vecdb exception class the server raised (trailing metadata
+  ``vecdb-error``), or by status code when that is absent; DEADLINE_EXCEEDED becomes
+  ``VecdbTimeoutError``.
+- Upserts larger than ``stream_chunk_mb`` go through the client-streaming ``UpsertStream``
+  RPC in chunks; each chunk is atomic (a single embedded upsert is atomic as a whole).
+
+The request builders and response parsers below are shared with the asyncio client
+(``vecdb.aio_client``), which differs only in how it waits.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from vecdb import wire
+from vecdb.api import CollectionInfo, CollectionStats, Filter, GetResult, Payload, QueryResult
+from vecdb.errors import InvalidArgumentError, VecdbError, VecdbTimeoutError, error_classes
+from vecdb.v1 import vecdb_pb2 as pb
+from vecdb.v1 import vecdb_pb2_grpc as pb_grpc
+from vecdb.validation import as_k, as_matrix
+
+logger = logging.getLogger(__name__)
+
+API_KEY_HEADER = "x-api-key"
+ERROR_HEADER = "vecdb-error"
+MIB = 1 << 20
+
+
+# ---- errors -----------------------------------------------------------------------------
+def _class_for_code(code_name: str) -> type[VecdbError]:
+    """The most general VecdbError class carrying ``code_name`` (VecdbError if none does)."""
+    for cls in sorted(error_classes().values(), key=lambda c: len(c.__mro__)):
+        if cls.grpc_code == code_name:
+            return cls
+    return VecdbError
+
+
+def error_from_status(code: grpc.StatusCode, details: str | None, trailing: Iterable[tuple[str, Any]] | None) -> VecdbError:
+    """Rebuild the vecdb exception a server answered with (by class name, else by code)."""
+    name = None
+    for key, value in trailing or ():
+        if key == ERROR_HEADER:
+            name = value.decode() if isinstance(value, bytes) else str(value)
+    cls = error_classes().get(name or "") or _class_for_code(code.name)
+    return cls(details or f"{code.name} from the vecdb server")
+
+
+def error_from_rpc(exc: grpc.RpcError) -> VecdbError:
+    """``error_from_status`` for a sync-call ``grpc.RpcError``."""
+    return error_from_status(exc.code(), exc.details(), exc.trailing_metadata())  # type: ignore[attr-defined]
+
+
+# ---- retry policy -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry UNAVAILABLE ``retries`` times, sleeping ``initial * 2**attempt`` seconds (at
+    most ``cap``, times a random factor in [0.5, 1]), never past the call's deadline."""
+
+    retries: int = 3
+    initial: float = 0.1
+    cap: float = 2.0
+
+    def pause(self, attempt: int, remaining: float) -> float | None:
+        """Seconds to sleep before retry ``attempt`` (0-based), or None to give up."""
+        if attempt >= self.retries:
+            return None
+        delay = min(self.cap, self.initial * (2 ** attempt)) * random.uniform(0.5, 1.0)
+        return delay if delay < remaining else None
+
+
+# ---- calls: request builders and response parsers ------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    """One RPC to make: its name, its request (a list of messages for the streaming
+    UpsertStream) and how to turn the response into the API's return value."""
+
+    method: str
+    request: Any
+    parse: Callable[[Any], Any]
+    streaming: bool = False
+
+
+def _none(_: Any) -> None:
+    return None
+
+
+def _build(fn: Callable[[], Any]) -> Any:
+    """Build a request; protobuf's TypeError/ValueError for out-of-range or mistyped values
+    become InvalidArgumentError, as the embedded database raises for the same input."""
+    try:
+        return fn()
+    except VecdbError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+def create_collection_call(name: str, dim: int, metric: str, index: str, index_params: Mapping[str, Any] | None,
+                           id_type: str) -> Call:
+    """CreateCollection; parses to the new collection's info."""
+    req = _build(lambda: pb.CreateCollectionRequest(
+        name=name, dim=dim, metric=metric, index=index, id_type=id_type,
+        index_params_json=wire.params_to_json(index_params, what="index_params")))
+    return Call("CreateCollection", req, lambda r: wire.info_from_proto(r.info))
+
+
+def upsert_calls(info: CollectionInfo, ids: Any, vectors: Any, payloads: Sequence[Payload | None] | None,
+                 tenant: str | Sequence[str] | None, chunk_bytes: int) -> Call:
+    """Upsert, or UpsertStream in chunks of about ``chunk_bytes`` for large batches."""
+    x = np.zeros((0, 0), np.float32) if np.asarray(vectors).size == 0 else as_matrix(vectors, None)
+    pb_ids = wire.ids_to_proto(ids, id_type=info.id_type)
+    id_list = wire.ids_from_proto(pb_ids)
+    if payloads is not None and not isinstance(payloads, (list, tuple)):
+        raise InvalidArgumentError("payloads must be a list with one dict (or None) per id")
+    tenants = _build(lambda: wire.tenants_to_list(tenant))
+    payloads_json = None if payloads is None else wire.payloads_to_json(payloads, len(id_list))
+    size = x.nbytes + len(payloads_json or "") + len(pb_ids.int64) + sum(len(v) for v in pb_ids.str.values)
+    if size <= chunk_bytes or len(id_list) != x.shape[0]:
+        req = _build(lambda: pb.UpsertRequest(collection=info.name, ids=pb_ids, vectors=wire.matrix_to_proto(x),
+                                              payloads_json=payloads_json, tenants=tenants))
+        return Call("Upsert", req, _none)
+    per_chunk = max(1, int(x.shape[0] * chunk_bytes / size))
+    messages = []
+    for start in range(0, x.shape[0], per_chunk):
+        stop = start + per_chunk
+        part = pb.UpsertRequest(
+            collection=info.name, ids=wire.ids_to_proto(id_list[start:stop], id_type=info.id_type),
+            vectors=wire.matrix_to_proto(x[start:stop]), tenants=tenants,
+            payloads_json=None if payloads is None else wire.dumps(list(payloads[start:stop]), what="payloads"))
+        messages.append(pb.UpsertStreamRequest(batch=part))
+    return Call("UpsertStream", messages, _none, streaming=True)
+
+
+def delete_call(info: CollectionInfo, ids: Any, tenant: str | None) -> Call:
+    """Delete; parses to the number deleted."""
+    req = _build(lambda: pb.DeleteRequest(collection=info.name, ids=wire.ids_to_proto(ids, id_type=info.id_type),
+                                          tenant=tenant))
+    return Call("Delete", req, lambda r: int(r.deleted))
+
+
+def get_call(info: CollectionInfo, ids: Any, tenant: str | None = None) -> Call:
+    """Get; parses to a GetResult."""
+    req = _build(lambda: pb.GetRequest(collection=info.name, ids=wire.ids_to_proto(ids, id_type=info.id_type),
+                                       tenant=tenant))
+    return Call("Get", req, lambda r: wire.get_result_from_proto(r.ids, r.vectors, r.payloads_json))
+
+
+def search_call(info: CollectionInfo, queries: Any, k: int, filter: Filter | None, tenant: str | None,
+                params: Mapping[str, Any] | None, with_payloads: bool) -> Call:
+    """Search; parses to a QueryResult."""
+    q = as_matrix(queries, None, what="queries")
+    k = as_k(k)
+    req = _build(lambda: pb.SearchRequest(
+        collection=info.name, queries=wire.matrix_to_proto(q), k=k, filter_json=wire.optional_json(filter, what="filter"),
+        tenant=tenant, params_json=wire.params_to_json(params, what="params"), with_payloads=bool(with_payloads)))
+
+    def parse(r: pb.SearchResponse) -> QueryResult:
+        return wire.query_result_from_proto(r.ids, r.distances, r.payloads_json if r.HasField("payloads_json") else None)
+    return Call("Search", req, parse)
+
+
+def ids_call(method: str, info: CollectionInfo, tenant: str, ids: Any) -> Call:
+    """Grant or Revoke."""
+    request_cls = pb.GrantRequest if method == "Grant" else pb.RevokeRequest
+    req = _build(lambda: request_cls(collection=info.name, tenant=tenant, ids=wire.ids_to_proto(ids, id_type=info.id_type)))
+    return Call(method, req, _none)
+
+
+def tenant_call(method: str, info: CollectionInfo, tenant: str) -> Call:
+    """CreateTenant or DropTenant."""
+    request_cls = pb.CreateTenantRequest if method == "CreateTenant" else pb.DropTenantRequest
+    return Call(method, _build(lambda: request_cls(collection=info.name, tenant=tenant)), _none)
+
+
+def simple_call(method: str, request: Any, parse: Callable[[Any], Any] = _none) -> Call:
+    """Any other call whose request is built by the caller."""
+    return Call(method, request, parse)
+
+
+def stub_methods(channel: Any) -> dict[str, Any]:
+    """Every RPC's multi-callable by method name, from the generated stubs."""
+    methods: dict[str, Any] = {}
+    for name, service in pb.DESCRIPTOR.services_by_name.items():
+        stub = getattr(pb_grpc, f"{name}Stub")(channel)
+        for method in service.methods:
+            methods[method.name] = getattr(stub, method.name)
+    return methods
+
+
+def channel_options(max_message_mb: int) -> list[tuple[str, Any]]:
+    """Channel options shared by both clients: message limits; gRPC's own retries off
+    (ours are explicit and deadline-bound)."""
+    return [("grpc.max_send_message_length", max_message_mb * MIB),
+            ("grpc.max_receive_message_length", max_message_mb * MIB),
+            ("grpc.enable_retries", 0),
+            # reconnect soon after a server (re)start, so our retries can reach it
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
+    """TLS credentials when asked for (system roots unless ``root_certificates`` is given)."""
+    if not tls and root_certificates is None:
+        return None
+    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+
+
+# ---- the sync client ------------------------------------------------------------------------
+class _Transport:
+    """Runs ``Call``s on a channel with metadata, deadline and UNAVAILABLE retries."""
+
+    def __init__(self, channel: grpc.Channel, api_key: str | None, timeout: float, retry: RetryPolicy) -> None:
+        self.channel = channel
+        self._methods = stub_methods(channel)
+        self._metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
+        self.timeout = timeout
+        self._retry = retry
+
+    def run(self, call: Call) -> Any:
+        deadline = time.monotonic() + self.timeout
+        fn = self._methods[call.method]
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise VecdbTimeoutError(f"{call.method}: no answer within {self.timeout:g} s")
+            request = iter(call.request) if call.streaming else call.request
+            try:
+                return call.parse(fn(request, timeout=remaining, metadata=self._metadata))
+            except grpc.RpcError as exc:
+                err = error_from_rpc(exc)
+            pause = self._retry.pause(attempt, deadline - time.monotonic()) if err.retriable else None
+            if pause is None:
+                raise err
+            logger.debug("%s: %s, retry %d in %.2f s", call.method, type(err).__name__, attempt + 1, pause)
+            time.sleep(pause)
+            attempt += 1
+
+
+class RemoteCollection:
+    """A collection on a vecdb server; the same methods as the embedded ``Collection``."""
+
+    def __init__(self, transport: _Transport, info: CollectionInfo, chunk_bytes: int) -> None:
+        self._t = transport
+        self._info = info
+        self._chunk_bytes = chunk_bytes
+
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    @property
+    def info(self) -> CollectionInfo:
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"RemoteCollection({self._info.name!r}, dim={self._info.dim}, index={self._info.index!r})"
+
+    def upsert(self, ids: Sequence[int | str] | np.ndarray, vectors: Any,
+               payloads: Sequence[Payload | None] | None = None, tenant: str | Sequence[str] | None = None) -> None:
+        """Insert or replace points; acknowledged once durable on the server."""
+        self._t.run(upsert_calls(self._info, ids, vectors, payloads, tenant, self._chunk_bytes))
+
+    def delete(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> int:
+        """Delete points (with ``tenant``: only that tenant's); returns how many."""
+        return int(self._t.run(delete_call(self._info, ids, tenant)))
+
+    def count(self, tenant: str | None = None) -> int:
+        """Number of points (of ``tenant`` when given)."""
+        req = _build(lambda: pb.CountRequest(collection=self._info.name, tenant=tenant))
+        return int(self._t.run(simple_call("Count", req, lambda r: int(r.count))))
+
+    def get(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> GetResult:
+        """Fetch points in the order asked; IdNotFoundError if any is missing (or not ``tenant``'s)."""
+        return self._t.run(get_call(self._info, ids, tenant))  # type: ignore[no-any-return]
+
+    def search(self, queries: Any, k: int = 10, filter: Filter | None = None, tenant: str | None = None,
+               params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult:
+        """The ``k`` nearest points to each query row (see ``CollectionAPI.search``)."""
+        return self._t.run(search_call(self._info, queries, k, filter, tenant, params, with_payloads))  # type: ignore[no-any-return]
+
+    def create_tenant(self, tenant: str) -> None:
+        self._t.run(tenant_call("CreateTenant", self._info, tenant))
+
+    def drop_tenant(self, tenant: str) -> None:
+        self._t.run(tenant_call("DropTenant", self._info, tenant))
+
+    def list_tenants(self) -> list[str]:
+        req = pb.ListTenantsRequest(collection=self._info.name)
+        return self._t.run(simple_call("ListTenants", req, lambda r: list(r.tenants)))  # type: ignore[no-any-return]
+
+    def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
+        """Give ``tenant`` access to existing points."""
+        self._t.run(ids_call("Grant", self._info, tenant, ids))
+
+    def revoke(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
+        """Take away ``tenant``'s access to points (the points stay)."""
+        self._t.run(ids_call("Revoke", self._info, tenant, ids))
+
+    def stats(self) -> CollectionStats:
+        req = pb.StatsRequest(collection=self._info.name)
+        return self._t.run(simple_call("Stats", req, lambda r: wire.stats_from_proto(r.stats)))  # type: ignore[no-any-return]
+
+
+class RemoteDatabase:
+    """A vecdb server seen through ``vecdb.api.DatabaseAPI``; build with ``vecdb.connect``."""
+
+    def __init__(self, address: str, api_key: str | None = None, *, timeout: float = 30.0, retries: int = 3,
+                 tls: bool = False, root_certificates: bytes | None = None, max_message_mb: int = 64,
+                 stream_chunk_mb: float = 8.0) -> None:
+        creds = credentials(tls, root_certificates)
+        options = channel_options(max_message_mb)
+        channel = grpc.secure_channel(address, creds, options) if creds else grpc.insecure_channel(address, options)
+        self.address = address
+        self._t = _Transport(channel, api_key, timeout, RetryPolicy(retries=retries))
+        self._chunk_bytes = int(stream_chunk_mb * MIB)
+
+    def __repr__(self) -> str:
+        return f"RemoteDatabase({self.address!r})"
+
+    def _collection(self, info: CollectionInfo) -> RemoteCollection:
+        return RemoteCollection(self._t, info, self._chunk_bytes)
+
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
+                          index_params: Mapping[str, Any] | None = None, id_type: str = "int") -> RemoteCollection:
+        """Create a collection (admin keys only); AlreadyExistsError if the name is taken."""
+        return self._collection(self._t.run(create_collection_call(name, dim, metric, index, index_params, id_type)))
+
+    def get_collection(self, name: str) -> RemoteCollection:
+        """A handle on an existing collection; CollectionNotFoundError if there is none."""
+        req = _build(lambda: pb.GetCollectionRequest(name=name))
+        return self._collection(self._t.run(simple_call("GetCollection", req, lambda r: wire.info_from_proto(r.info))))
+
+    def list_collections(self) -> list[CollectionInfo]:
+        parse = lambda r: [wire.info_from_proto(c) for c in r.collections]  # noqa: E731
+        return self._t.run(simple_call("ListCollections", pb.ListCollectionsRequest(), parse))  # type: ignore[no-any-return]
+
+    def drop_collection(self, name: str) -> None:
+        """Drop a collection and its points (admin keys only)."""
+        self._t.run(simple_call("DropCollection", _build(lambda: pb.DropCollectionRequest(name=name))))
+
+    def snapshot(self, path: str) -> None:
+        """Write a consistent copy of the database under the server's snapshot directory
+        (``path`` is relative to it, or absolute inside it). Admin keys only."""
+        self._t.run(simple_call("Snapshot", _build(lambda: pb.SnapshotRequest(path=str(path)))))
+
+    def close(self) -> None:
+        """Close the channel; in-flight calls are cancelled."""
+        self._t.channel.close()
+
+    def __enter__(self) -> "RemoteDatabase":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(address: str = "localhost:50051", api_key: str | None = None, *, timeout: float = 30.0, retries: int = 3,
+            tls: bool = False, root_certificates: bytes | None = None, max_message_mb: int = 64) -> RemoteDatabase:
+    """Connect to a vecdb server; the result has exactly the embedded database's API.
+
+    ``timeout`` bounds every call (retries included); ``retries`` is how many times an
+    UNAVAILABLE answer is retried; ``tls``/``root_certificates`` enable TLS (a custom CA);
+    ``max_message_mb`` should match the server's ``--max-message-mb``. The channel
+    connects lazily: an unreachable server shows as UnavailableError on the first call.
+    """
+    return RemoteDatabase(address, api_key, timeout=timeout, retries=retries, tls=tls,
+                          root_certificates=root_certificates, max_message_mb=max_message_mb)

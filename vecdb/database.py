@@ -1,0 +1,271 @@
+"""The embedded database: a directory holding one LMDB environment and index checkpoints.
+
+Layout of ``path/``::
+
+    LOCK                       held (flock) while a process has the database open
+    lmdb/data.mdb, lock.mdb    the environment: sub-databases ``meta`` (format version,
+                               next collection number), ``collections`` (name -> JSON
+                               CollectionInfo + number), ``manifest`` (collection number ->
+                               JSON newest index checkpoint and its write sequence), and
+                               per collection ``c<number>.{ids,rev,vec,pay,ten,mem,log,ctr}``
+    index/c<number>/<seq>/     index checkpoints written by ``Index.save``
+
+A database may be open once at a time: a second open in the same process or in another
+process raises FailedPreconditionError (LMDB forbids opening one environment twice in a
+process, and two writers' in-memory indexes would diverge).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+from vecdb.api import CollectionInfo
+from vecdb.collection import Collection
+from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
+                          InvalidArgumentError, ResourceExhaustedError, VecdbError)
+from vecdb.index.base import _REGISTRY
+from vecdb.storage import keys as K
+from vecdb.storage.arrays import decode_json, encode_json
+from vecdb.storage.env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
+from vecdb.storage.state import PARTS, CheckpointPolicy
+from vecdb.types import Metric
+
+FORMAT = {"format": "vecdb-db", "version": 1}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_OPEN: set[str] = set()
+_OPEN_LOCK = threading.Lock()
+
+
+class Database:
+    """The embedded implementation of ``vecdb.api.DatabaseAPI``; create with ``vecdb.open``."""
+
+    def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
+                 max_map_size: int = DEFAULT_MAX_MAP_SIZE, sync: bool = True, max_readers: int = 256,
+                 max_collections: int = 500, checkpoint_points: int = 100_000,
+                 checkpoint_seconds: float = 600.0) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise InvalidArgumentError(f"{self.path} exists and is not a directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._key = os.path.realpath(self.path)
+        self._max_collections = int(max_collections)
+        self._policy = CheckpointPolicy(points=int(checkpoint_points), seconds=float(checkpoint_seconds))
+        with _OPEN_LOCK:
+            if self._key in _OPEN:
+                raise FailedPreconditionError(f"database {self.path} is already open in this process")
+            _OPEN.add(self._key)
+        self._lock_fd = -1
+        try:
+            self._lock_fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FailedPreconditionError(f"database {self.path} is open in another process") from None
+            self._store = Store(self.path / "lmdb", map_size=map_size, max_map_size=max_map_size,
+                                max_dbs=len(PARTS) * max_collections + 3, max_readers=max_readers, sync=sync)
+            self._meta = self._store.db("meta")
+            self._catalog = self._store.db("collections")
+            self._manifest = self._store.db("manifest")
+            self._check_format()
+        except BaseException:
+            self._release()
+            raise
+        self._index_root = self.path / "index"
+        self._index_root.mkdir(exist_ok=True)
+        self._lock = threading.RLock()
+        self._ckpt_lock = threading.Lock()
+        self._collections: dict[str, Collection] = {}
+        self._closed = False
+
+    # ---- collections -----------------------------------------------------------------
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
+                          index_params: Mapping[str, Any] | None = None, id_type: str = "int") -> Collection:
+        """Create and return a new collection; AlreadyExistsError if the name is taken."""
+        info = _validate_info(name, dim, metric, index, index_params, id_type)
+        with self._lock:
+            self._check()
+            key = name.encode("utf-8")
+            with self._store.read() as txn:
+                if txn.get(key, db=self._catalog) is not None:
+                    raise AlreadyExistsError(f"collection {name!r} already exists")
+                raw = txn.get(b"next_cid", db=self._meta)
+            cid = 0 if raw is None else K.read_u64(raw)
+            if len(self.list_collections()) >= self._max_collections:
+                raise ResourceExhaustedError(f"at most {self._max_collections} collections per database "
+                                             f"(open with a larger max_collections)")
+            record = encode_json({"cid": cid, "name": info.name, "dim": info.dim, "metric": info.metric,
+                                  "index": info.index, "index_params": info.index_params, "id_type": info.id_type})
+
+            def batch(txn: Any) -> None:
+                txn.put(key, record, db=self._catalog)
+                txn.put(b"next_cid", K.u64(cid + 1), db=self._meta)
+
+            self._store.write(batch)
+            col = Collection(self, info, cid, self._policy)
+            self._collections[name] = col
+            return col
+
+    def get_collection(self, name: str) -> Collection:
+        """The collection named ``name`` (loaded on first use); CollectionNotFoundError if none."""
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"collection name must be a string, got {type(name).__name__}")
+        with self._lock:
+            self._check()
+            col = self._collections.get(name)
+            if col is None:
+                info, cid = self._lookup(name)
+                col = Collection(self, info, cid, self._policy)
+                self._collections[name] = col
+            return col
+
+    def list_collections(self) -> list[CollectionInfo]:
+        """Every collection's CollectionInfo, sorted by name."""
+        self._check()
+        with self._store.read() as txn:
+            return [_info_of(decode_json(v))[0] for _, v in txn.cursor(self._catalog).iternext()]
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection and all its data; CollectionNotFoundError if none."""
+        with self._lock:
+            self._check()
+            _info, cid = self._lookup(name)
+            col = self._collections.pop(name, None)
+            if col is not None:
+                col._drop()
+            names = [f"c{cid:08x}.{part}" for part in PARTS]
+            handles = list(self._store.dbs(names).values())
+
+            def batch(txn: Any) -> None:
+                txn.delete(name.encode("utf-8"), db=self._catalog)
+                txn.delete(K.u32(cid), db=self._manifest)
+                for handle in handles:
+                    Store.drop_in(txn, handle)
+
+            self._store.write(batch)
+            self._store.forget(names)
+            shutil.rmtree(self._index_root / f"c{cid:08x}", ignore_errors=True)
+
+    # ---- maintenance -----------------------------------------------------------------
+    def snapshot(self, path: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the database into ``path`` (missing or empty) while
+        serving: searches and writes continue; only index checkpointing waits. The copy is a
+        database of its own; opening it replays writes newer than its checkpoints."""
+        target = Path(path)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise InvalidArgumentError(f"snapshot target {target} must be missing or an empty directory")
+        with self._ckpt_lock:
+            self._check()
+            target.mkdir(parents=True, exist_ok=True)
+            self._store.copy_to(target / "lmdb")
+            shutil.copytree(self._index_root, target / "index", ignore=shutil.ignore_patterns(".*"))
+
+    def close(self) -> None:
+        """Checkpoint changed collections and close the store; further calls raise
+        FailedPreconditionError. Closing twice is harmless."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                for col in self._collections.values():
+                    col._close()
+            finally:
+                self._closed = True
+                self._collections.clear()
+                self._store.close()
+                self._release()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r}{', closed' if self._closed else ''})"
+
+    # ---- internals -------------------------------------------------------------------
+    def _check(self) -> None:
+        if self._closed:
+            raise FailedPreconditionError(f"database {self.path} is closed")
+
+    def _lookup(self, name: str) -> tuple[CollectionInfo, int]:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise CollectionNotFoundError(f"no collection named {name!r}")
+        with self._store.read() as txn:
+            raw = txn.get(name.encode("utf-8"), db=self._catalog)
+        if raw is None:
+            raise CollectionNotFoundError(f"no collection named {name!r}")
+        return _info_of(decode_json(raw))
+
+    def _check_format(self) -> None:
+        with self._store.read() as txn:
+            raw = txn.get(b"format", db=self._meta)
+        if raw is None:
+            record = encode_json(FORMAT)
+            self._store.write(lambda txn: txn.put(b"format", record, db=self._meta))
+            return
+        found = decode_json(raw)
+        if found != FORMAT:
+            raise DataLossError(f"{self.path} holds format {found}, this vecdb reads {FORMAT}")
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        with _OPEN_LOCK:
+            _OPEN.discard(self._key)
+
+
+def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: Any, id_type: Any) -> CollectionInfo:
+    """Check create_collection arguments (including that the index accepts its parameters)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidArgumentError(f"collection name must be 1-128 characters of letters, digits, '_', '.', '-' "
+                                   f"starting with a letter or digit; got {name!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65536:
+        raise InvalidArgumentError(f"dim must be an integer in 1..65536, got {dim!r}")
+    m = Metric.parse(metric)
+    if m is Metric.HAMMING:
+        raise InvalidArgumentError("collections store float vectors; metric must be cosine, l2 or ip")
+    cls = _REGISTRY.get(index) if isinstance(index, str) else None
+    if cls is None:
+        raise InvalidArgumentError(f"unknown index {index!r}; available: {sorted(_REGISTRY)}")
+    if id_type not in ("int", "str"):
+        raise InvalidArgumentError(f"id_type must be 'int' or 'str', got {id_type!r}")
+    if index_params is None:
+        index_params = {}
+    if not isinstance(index_params, Mapping) or not all(isinstance(k, str) for k in index_params):
+        raise InvalidArgumentError(f"index_params must be a dict, got {index_params!r}")
+    params = dict(index_params)
+    try:
+        encode_json(params)
+        cls(int(dim), m, **params)
+    except VecdbError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"index {index!r} rejects index_params {params}: {exc}") from None
+    return CollectionInfo(name=name, dim=int(dim), metric=m.value, index=index, index_params=params, id_type=id_type)
+
+
+def _info_of(record: dict[str, Any]) -> tuple[CollectionInfo, int]:
+    try:
+        info = CollectionInfo(name=record["name"], dim=int(record["dim"]), metric=record["metric"],
+                              index=record["index"], index_params=dict(record["index_params"]), id_type=record["id_type"])
+        return info, int(record["cid"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataLossError(f"corrupt collection record {record!r}: {exc}") from None
+
+
+def open(path: str | os.PathLike[str], **options: Any) -> Database:  # noqa: A001 - the public name is vecdb.open
+    """Open (creating when missing) the database in directory ``path``.
+
+    Options (keyword): ``map_size`` (initial LMDB map, grows automatically), ``max_map_size``,
+    ``sync`` (fsync each commit; default True = every acknowledged write is durable),
+    ``max_readers``, ``max_collections``, ``checkpoint_points`` / ``checkpoint_seconds``
+    (index checkpoint policy). Use as ``with vecdb.open(path) as db: ...``.
+    """
+    return Database(path, **options)

@@ -1,0 +1,445 @@
+"""Payload filters: parsing and validation of the filter grammar (see ``vecdb.api``), and their
+evaluation through in-memory payload indexes into an allow-set of internal ids.
+
+Each indexed field keeps one ``Column`` per value kind (numbers, strings, booleans): a
+value-sorted run of ``(value, internal id, epoch)`` entries plus an unsorted tail of recent
+additions. Equality, ``in`` and ranges are binary searches on the sorted run plus one
+vectorised pass over the tail, so a filter never scans payloads. Removing a point bumps its
+epoch, which makes all of its old entries stale at once; stale entries are dropped when the
+column is re-sorted (amortised: only once the tail or the garbage reaches a quarter of it).
+
+Semantics: several keys in one dict are ANDed; a field holding a list matches when any
+element does; nested objects are indexed under dotted paths (``{"a": {"b": 1}}`` is field
+``"a.b"``); ``ne`` is ``$not eq`` (points without the field match); ``null`` is not indexed.
+Numbers compare as float64 (ints beyond 2**53 lose precision); bools never equal numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from vecdb.errors import DataLossError, InvalidArgumentError
+
+Node = tuple[Any, ...]
+RANGE_OPS = ("gt", "gte", "lt", "lte")
+FIELD_OPS = frozenset(("eq", "ne", "in") + RANGE_OPS)
+MAX_DEPTH = 32
+_MIN_TAIL = 4096
+
+# ---- payload validation ----------------------------------------------------------------
+
+
+def check_payload(payload: Any, *, where: str = "payload") -> dict[str, Any] | None:
+    """Return ``payload`` as a plain JSON-like dict (or None); raise InvalidArgumentError otherwise.
+
+    Accepted: dicts with str keys whose values are None, bool, int, finite float, str, lists
+    and dicts of those. numpy scalars become Python scalars and tuples become lists.
+    """
+    if payload is None:
+        return None
+    if not isinstance(payload, Mapping):
+        raise InvalidArgumentError(f"{where} must be a dict or None, got {type(payload).__name__}")
+    try:
+        return _json_like(payload, 0)
+    except _NotJson as exc:
+        raise InvalidArgumentError(f"{where}{''.join(reversed(exc.path))} {exc.problem}") from None
+
+
+class _NotJson(Exception):
+    """Internal: a payload value that is not JSON-like; ``path`` grows while unwinding."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str] = []
+
+
+def _json_like(value: Any, depth: int) -> Any:
+    # exact-type fast paths first: isinstance against typing ABCs costs ~1 us per call
+    t = type(value)
+    if t is str or t is bool or t is int or value is None:
+        return value
+    if t is float:
+        if not math.isfinite(value):
+            raise _NotJson(f"holds a non-finite number ({value}); JSON has no NaN/inf")
+        return value
+    if depth > MAX_DEPTH:
+        raise _NotJson(f"is nested deeper than {MAX_DEPTH} levels")
+    if t is dict or isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotJson(f"has a non-string key {key!r}")
+            try:
+                out[key] = _json_like(item, depth + 1)
+            except _NotJson as exc:
+                exc.path.append(f".{key}")
+                raise
+        return out
+    if t is list or t is tuple:
+        items = []
+        for i, item in enumerate(value):
+            try:
+                items.append(_json_like(item, depth + 1))
+            except _NotJson as exc:
+                exc.path.append(f"[{i}]")
+                raise
+        return items
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _json_like(float(value), depth)
+    if isinstance(value, str):
+        return str(value)
+    raise _NotJson(f"holds a {t.__name__}, which is not JSON-like")
+
+
+def flatten(payload: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str, Any]]:
+    """Yield ``(field path, kind, value)`` for every indexable scalar of ``payload``.
+
+    kind is ``"n"`` (number, as float), ``"s"`` (string) or ``"b"`` (bool, as 0.0/1.0).
+    """
+    for key, value in payload.items():
+        yield from _leaves(prefix + key, value)
+
+
+def _leaves(path: str, value: Any) -> Iterator[tuple[str, str, Any]]:
+    if isinstance(value, bool):
+        yield path, "b", float(value)
+    elif isinstance(value, (int, float)):
+        yield path, "n", float(value)
+    elif isinstance(value, str):
+        yield path, "s", value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _leaves(path, item)
+    elif isinstance(value, dict):
+        yield from flatten(value, path + ".")
+
+
+# ---- filter parsing --------------------------------------------------------------------
+
+
+def parse_filter(spec: Any) -> Node | None:
+    """Validate a filter dict and return its tree; None for no filter.
+
+    Node shapes: ``("all",)``, ``("and", [nodes])``, ``("or", [nodes])``, ``("not", node)``,
+    ``("in", field, kind, [values])`` (equality is a one-value ``in``) and
+    ``("range", field, kind, lo, lo_inclusive, hi, hi_inclusive)``.
+    Raises InvalidArgumentError naming the offending part.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise InvalidArgumentError(f"filter must be a dict, got {type(spec).__name__}")
+    return _parse(spec, 0)
+
+
+def _parse(spec: Mapping[str, Any], depth: int) -> Node:
+    if depth > MAX_DEPTH:
+        raise InvalidArgumentError(f"filter is nested deeper than {MAX_DEPTH} levels")
+    parts: list[Node] = []
+    for key, value in spec.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidArgumentError(f"filter keys must be non-empty strings, got {key!r}")
+        if key in ("$and", "$or"):
+            if not isinstance(value, (list, tuple)) or not value:
+                raise InvalidArgumentError(f"{key} takes a non-empty list of filters, got {value!r}")
+            subs = []
+            for item in value:
+                if not isinstance(item, Mapping):
+                    raise InvalidArgumentError(f"{key} items must be filter dicts, got {item!r}")
+                subs.append(_parse(item, depth + 1))
+            parts.append((key[1:], subs))
+        elif key == "$not":
+            if not isinstance(value, Mapping):
+                raise InvalidArgumentError(f"$not takes one filter dict, got {value!r}")
+            parts.append(("not", _parse(value, depth + 1)))
+        elif key.startswith("$"):
+            raise InvalidArgumentError(f"unknown filter operator {key!r}; expected $and, $or or $not")
+        else:
+            parts.append(_parse_field(key, value))
+    if not parts:
+        return ("all",)
+    return parts[0] if len(parts) == 1 else ("and", parts)
+
+
+def _parse_field(field: str, cond: Any) -> Node:
+    if not isinstance(cond, Mapping):
+        if isinstance(cond, (list, tuple)):
+            raise InvalidArgumentError(f"field {field!r}: a list is not a value; use {{'in': [...]}}")
+        kind, value = _scalar(field, cond)
+        return ("in", field, kind, [value])
+    if not cond:
+        raise InvalidArgumentError(f"field {field!r}: empty condition")
+    unknown = set(cond) - FIELD_OPS
+    if unknown:
+        raise InvalidArgumentError(f"field {field!r}: unknown operator(s) {sorted(map(str, unknown))}; "
+                                   f"expected {sorted(FIELD_OPS)}")
+    parts: list[Node] = []
+    if "eq" in cond:
+        kind, value = _scalar(field, cond["eq"])
+        parts.append(("in", field, kind, [value]))
+    if "ne" in cond:
+        kind, value = _scalar(field, cond["ne"])
+        parts.append(("not", ("in", field, kind, [value])))
+    if "in" in cond:
+        values = cond["in"]
+        if not isinstance(values, (list, tuple)):
+            raise InvalidArgumentError(f"field {field!r}: 'in' takes a list, got {type(values).__name__}")
+        by_kind: dict[str, list[Any]] = {}
+        for item in values:
+            kind, value = _scalar(field, item)
+            by_kind.setdefault(kind, []).append(value)
+        alts: list[Node] = [("in", field, kind, vals) for kind, vals in sorted(by_kind.items())]
+        parts.append(alts[0] if len(alts) == 1 else ("or", alts) if alts else ("none",))
+    if any(op in cond for op in RANGE_OPS):
+        parts.append(_parse_range(field, cond))
+    return parts[0] if len(parts) == 1 else ("and", parts)
+
+
+def _parse_range(field: str, cond: Mapping[str, Any]) -> Node:
+    if "gt" in cond and "gte" in cond or "lt" in cond and "lte" in cond:
+        raise InvalidArgumentError(f"field {field!r}: give at most one lower (gt/gte) and one upper (lt/lte) bound")
+    kinds = set()
+    bounds: dict[str, Any] = {}
+    for op in RANGE_OPS:
+        if op not in cond:
+            continue
+        bound = cond[op]
+        if isinstance(bound, (bool, np.bool_)) or not isinstance(bound, (int, float, str, np.integer, np.floating)):
+            raise InvalidArgumentError(f"field {field!r}: {op} bound must be a number or a string, got {bound!r}")
+        kind, value = _scalar(field, bound)
+        kinds.add(kind)
+        bounds[op] = value
+    if len(kinds) > 1:
+        raise InvalidArgumentError(f"field {field!r}: range bounds mix numbers and strings")
+    lo_op = "gt" if "gt" in bounds else "gte" if "gte" in bounds else None
+    hi_op = "lt" if "lt" in bounds else "lte" if "lte" in bounds else None
+    return ("range", field, kinds.pop(), bounds.get(lo_op) if lo_op else None, lo_op == "gte",
+            bounds.get(hi_op) if hi_op else None, hi_op == "lte")
+
+
+def _scalar(field: str, value: Any) -> tuple[str, Any]:
+    if isinstance(value, (bool, np.bool_)):
+        return "b", float(bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        f = float(value)
+        if not math.isfinite(f):
+            raise InvalidArgumentError(f"field {field!r}: NaN/inf cannot be compared")
+        return "n", f
+    if isinstance(value, str):
+        return "s", value
+    raise InvalidArgumentError(f"field {field!r}: value must be a string, number or bool, got {value!r}")
+
+
+# ---- payload index ---------------------------------------------------------------------
+
+
+class Column:
+    """All values of one (field, kind): sorted run + unsorted tail, entries tagged with epochs."""
+
+    def __init__(self, kind: str) -> None:
+        self.dtype = np.dtype(object) if kind == "s" else np.dtype(np.float64)
+        self.vals = np.zeros(0, self.dtype)
+        self.iids = np.zeros(0, np.int64)
+        self.epochs = np.zeros(0, np.uint32)
+        self._tail_vals: list[Any] = []
+        self._tail_iids: list[int] = []
+        self._tail_epochs: list[int] = []
+        self._tail_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def append(self, value: Any, iid: int, epoch: int) -> None:
+        self._tail_vals.append(value)
+        self._tail_iids.append(iid)
+        self._tail_epochs.append(epoch)
+        self._tail_cache = None
+
+    def tail(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The tail as arrays (built once per write; concurrent readers build identical copies)."""
+        cached = self._tail_cache
+        if cached is None:
+            vals = np.empty(len(self._tail_vals), self.dtype)
+            vals[:] = self._tail_vals
+            cached = (vals, np.array(self._tail_iids, np.int64), np.array(self._tail_epochs, np.uint32))
+            self._tail_cache = cached
+        return cached
+
+    def compact(self, epoch: np.ndarray, force: bool = False) -> None:
+        """Re-sort when the tail or stale entries reach a quarter of the run (or when forced)."""
+        n_tail = len(self._tail_iids)
+        if not force and n_tail < max(_MIN_TAIL, len(self.iids) // 4):
+            stale = int((self.epochs != epoch[self.iids]).sum()) if len(self.iids) else 0
+            if stale < max(_MIN_TAIL, len(self.iids) // 4):
+                return
+        tv, ti, te = self.tail()
+        vals = np.concatenate([self.vals, tv])
+        iids = np.concatenate([self.iids, ti])
+        epochs = np.concatenate([self.epochs, te])
+        keep = epochs == epoch[iids]
+        vals, iids, epochs = vals[keep], iids[keep], epochs[keep]
+        order = np.argsort(vals, kind="stable")
+        self.vals, self.iids, self.epochs = vals[order], iids[order], epochs[order]
+        self._tail_vals, self._tail_iids, self._tail_epochs = [], [], []
+        self._tail_cache = None
+
+    def match(self, out: np.ndarray, epoch: np.ndarray, intervals: list[tuple[Any, bool, Any, bool]]) -> None:
+        """Set ``out[iid] = True`` for every live entry whose value lies in one of ``intervals``
+        (``(lo, lo_inclusive, hi, hi_inclusive)``, None for an open end)."""
+        tv, ti, te = self.tail()
+        for lo, lo_inc, hi, hi_inc in intervals:
+            if len(self.vals):
+                i0 = 0 if lo is None else int(np.searchsorted(self.vals, lo, "left" if lo_inc else "right"))
+                i1 = len(self.vals) if hi is None else int(np.searchsorted(self.vals, hi, "right" if hi_inc else "left"))
+                if i1 > i0:
+                    iids = self.iids[i0:i1]
+                    out[iids[self.epochs[i0:i1] == epoch[iids]]] = True
+            if len(tv):
+                sel = te == epoch[ti]
+                if lo is not None:
+                    sel &= (tv >= lo) if lo_inc else (tv > lo)
+                if hi is not None:
+                    sel &= (tv <= hi) if hi_inc else (tv < hi)
+                out[ti[sel]] = True
+
+    def memory_bytes(self) -> int:
+        per_tail = 8 + 28 + 28
+        extra = 50 * len(self.vals) if self.dtype == object else 0
+        return int(self.vals.nbytes + self.iids.nbytes + self.epochs.nbytes + extra + per_tail * len(self._tail_iids))
+
+
+class PayloadIndex:
+    """Indexes of every payload field of one collection, keyed by internal id.
+
+    Mutated only by the collection's single writer (under its exclusive lock); ``evaluate``
+    is safe from many reader threads at once.
+    """
+
+    def __init__(self) -> None:
+        self.columns: dict[tuple[str, str], Column] = {}
+        self.epoch = np.zeros(0, np.uint32)
+
+    def reserve(self, n: int) -> None:
+        """Make room for internal ids below ``n``."""
+        if n > len(self.epoch):
+            grown = np.zeros(max(n, int(len(self.epoch) * 1.5), 1024), np.uint32)
+            grown[: len(self.epoch)] = self.epoch
+            self.epoch = grown
+
+    def add(self, iid: int, payload: Mapping[str, Any] | None) -> None:
+        """Index the payload of point ``iid`` (which must not be indexed already)."""
+        if not payload:
+            return
+        ep = int(self.epoch[iid])
+        columns = self.columns
+        for field, kind, value in flatten(payload):
+            col = columns.get((field, kind))
+            if col is None:
+                col = columns[(field, kind)] = Column(kind)
+            col.append(value, iid, ep)
+
+    def remove(self, iids: np.ndarray) -> None:
+        """Forget the payloads of ``iids`` (their entries become stale)."""
+        if len(iids):
+            self.epoch[iids] += np.uint32(1)
+
+    def compact(self, force: bool = False) -> None:
+        """Re-sort columns whose tail or garbage has grown (amortised O(n log n))."""
+        for col in self.columns.values():
+            col.compact(self.epoch, force)
+
+    def evaluate(self, node: Node, live: np.ndarray) -> np.ndarray:
+        """Boolean mask over internal ids (length ``len(live)``) of live points matching ``node``."""
+        op = node[0]
+        if op == "all":
+            return live.copy()
+        if op == "none":
+            return np.zeros(len(live), bool)
+        if op == "and":
+            out = self.evaluate(node[1][0], live)
+            for sub in node[1][1:]:
+                if not out.any():
+                    break
+                out &= self.evaluate(sub, live)
+            return out
+        if op == "or":
+            out = self.evaluate(node[1][0], live)
+            for sub in node[1][1:]:
+                out |= self.evaluate(sub, live)
+            return out
+        if op == "not":
+            return live & ~self.evaluate(node[1], live)
+        out = np.zeros(len(live), bool)
+        col = self.columns.get((node[1], node[2]))
+        if col is not None:
+            if op == "in":
+                intervals = [(v, True, v, True) for v in node[3]]
+            else:
+                intervals = [(node[3], node[4], node[5], node[6])]
+            col.match(out, self.epoch, intervals)
+        return out & live
+
+    def memory_bytes(self) -> int:
+        return int(self.epoch.nbytes + sum(c.memory_bytes() for c in self.columns.values()))
+
+
+# ---- persistence (next to index checkpoints) -------------------------------------------
+
+
+def save_payload_index(index: PayloadIndex, path: Path) -> None:
+    """Write ``index`` into the new folder ``path`` as .npy arrays + meta.json (no pickle:
+    string values are one UTF-8 blob plus offsets). Reads only, so searches may run."""
+    path.mkdir(parents=True)
+    fields = []
+    for n, ((field, kind), col) in enumerate(sorted(index.columns.items())):
+        tv, ti, te = col.tail()
+        vals = np.concatenate([col.vals, tv])
+        arrays = {"iids": np.concatenate([col.iids, ti]), "epochs": np.concatenate([col.epochs, te])}
+        if kind == "s":
+            encoded = [v.encode("utf-8") for v in vals.tolist()]
+            arrays["blob"] = np.frombuffer(b"".join(encoded), np.uint8)
+            arrays["offsets"] = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+        else:
+            arrays["vals"] = vals.astype(np.float64)
+        for name, arr in arrays.items():
+            np.save(path / f"c{n}.{name}.npy", arr, allow_pickle=False)
+        fields.append({"field": field, "kind": kind, "file": f"c{n}", "sorted": len(col.iids)})
+    np.save(path / "epoch.npy", index.epoch, allow_pickle=False)
+    (path / "meta.json").write_text(json.dumps({"format": "vecdb-payload-index", "version": 1, "columns": fields}))
+
+
+def load_payload_index(path: Path) -> PayloadIndex:
+    """Inverse of ``save_payload_index``; DataLossError when missing or malformed."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") != "vecdb-payload-index" or meta.get("version") != 1:
+            raise ValueError(f"unknown format {meta.get('format')!r} v{meta.get('version')}")
+        index = PayloadIndex()
+        index.epoch = np.load(path / "epoch.npy", allow_pickle=False).astype(np.uint32)
+        for entry in meta["columns"]:
+            kind, stem, n_sorted = entry["kind"], path / entry["file"], int(entry["sorted"])
+            col = Column(kind)
+            iids = np.load(f"{stem}.iids.npy", allow_pickle=False).astype(np.int64)
+            epochs = np.load(f"{stem}.epochs.npy", allow_pickle=False).astype(np.uint32)
+            if kind == "s":
+                blob = np.load(f"{stem}.blob.npy", allow_pickle=False).tobytes()
+                offsets = np.load(f"{stem}.offsets.npy", allow_pickle=False).tolist()
+                vals = np.empty(len(offsets) - 1, object)
+                vals[:] = [blob[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])]
+            else:
+                vals = np.load(f"{stem}.vals.npy", allow_pickle=False).astype(np.float64)
+            if not (len(vals) == len(iids) == len(epochs)) or (len(iids) and iids.max() >= len(index.epoch)):
+                raise ValueError(f"column {entry['field']!r} arrays disagree")
+            col.vals, col.iids, col.epochs = vals[:n_sorted], iids[:n_sorted], epochs[:n_sorted]
+            col._tail_vals, col._tail_iids, col._tail_epochs = (vals[n_sorted:].tolist(), iids[n_sorted:].tolist(),
+                                                                epochs[n_sorted:].tolist())
+            index.columns[(str(entry["field"]), kind)] = col
+        return index
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise DataLossError(f"payload index checkpoint at {path} is unreadable: {exc}") from None

@@ -1,0 +1,332 @@
+"""HNSW: hierarchical navigable small-world graph index (Malkov & Yashunin, 2018), in Numba.
+
+The graph lives in flat numpy arrays (see ``vecdb.kernels.graph``); Python only hands slots
+to the kernels, grows capacity and picks the filtered-search strategy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+
+from vecdb.errors import InvalidArgumentError
+from vecdb.index.base import BaseIndex
+from vecdb.kernels import graph, graph_build, topk
+from vecdb.kernels.distances import normalize_rows
+from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
+from vecdb.validation import as_id_array, as_positive_int
+
+#: ef used when the caller gives none (raised to k when k is larger).
+DEFAULT_EF = 64
+#: nodes per insertion call (one parallel region each); the progress bar moves per chunk.
+PROGRESS_CHUNK = 20_000
+#: below this many queries the serial kernel is used (no parallel-region launch per call).
+SERIAL_QUERIES = 4
+#: adds of at least this many vectors show a progress bar unless ``progress=False``.
+PROGRESS_MIN = 50_000
+MAX_LEVEL = 60
+_GROWTH = 1.5
+_NO_MASK = np.zeros(1, np.uint8)
+#: filtered search scans the allowed set exactly when that costs fewer distance computations
+#: than a filtered traversal is expected to need (about ef * 2M * FILTER_COST / selectivity).
+FILTER_COST = 0.5
+FILTER_MODES = ("auto", "scan", "graph")
+
+
+class HNSW(BaseIndex):
+    """Approximate k-NN on a layered proximity graph.
+
+    Parameters
+    ----------
+    dim : vector dimension.
+    metric : "l2", "ip" or "cosine" (cosine stores unit rows and ranks by inner product).
+    M : links per node on upper layers, 2M on layer 0 (paper's M, M_max0 = 2M); more links
+        raise recall and memory (about 8M bytes per vector) and slow the build. >= 2.
+    ef_construction : beam width while inserting; higher builds a better graph, slower. >= 1.
+    seed : seeds the level draws; with a fixed seed and one thread the graph is deterministic
+        (with more threads, insertion order varies as in hnswlib).
+    progress : show a tqdm bar while adding; None shows it for adds of >= 50,000 vectors.
+
+    Search knobs (per call): ``ef`` — beam width at layer 0 (default 64, at least k);
+    ``filter_mode`` — how ``allow=`` is served: "auto" (by estimated cost), "scan" (exact scan
+    of the allowed ids) or "graph" (filtered traversal).
+    """
+
+    kind = "hnsw"
+    search_params = frozenset({"ef", "filter_mode"})
+
+    def __init__(self, dim: int, metric: Metric | str = Metric.L2, M: int = 16, ef_construction: int = 200,
+                 *, seed: int = 0, progress: bool | None = None) -> None:
+        super().__init__(dim, metric)
+        self.M = as_positive_int(M, "M", minimum=2)
+        self.ef_construction = as_positive_int(ef_construction, "ef_construction")
+        self.seed = as_positive_int(seed, "seed", minimum=0)
+        if progress is not None and not isinstance(progress, bool):
+            raise InvalidArgumentError(f"progress must be True, False or None, got {progress!r}")
+        self.progress = progress
+        self._level_mult = 1.0 / math.log(self.M)
+        self._rng = np.random.default_rng(self.seed)
+        self._metric_code = Metric.L2.code if self.metric is Metric.L2 else Metric.IP.code
+        self._vecs = np.zeros((0, self.dim), np.float32)
+        self._levels = np.full(0, -1, np.int8)
+        self._adj0 = np.zeros((0, 2 * self.M + 1), np.int32)
+        self._uoff = np.full(0, -1, np.int32)
+        self._adjU = np.zeros((16, self.M + 1), np.int32)
+        self._n_up = 0
+        self._entry = -1
+        self._max_level = -1
+        self._pool: list[tuple[np.ndarray, np.ndarray]] = []
+        self._sorted_ids: tuple[np.ndarray, np.ndarray, bool] | None = None
+
+    # ---- capacity -------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        """Slots allocated; grows geometrically so repeated adds do not copy the graph each time."""
+        return int(self._levels.shape[0])
+
+    def _reserve(self, n: int) -> None:
+        if n <= self.capacity:
+            return
+        cap = max(n, int(self.capacity * _GROWTH), 16)
+        used = self._ids.n_slots
+        self._vecs = _grown(self._vecs, cap, used, 0)
+        self._levels = _grown(self._levels, cap, used, -1)
+        self._adj0 = _grown(self._adj0, cap, used, 0)
+        self._uoff = _grown(self._uoff, cap, used, -1)
+        self._pool.clear()
+
+    def _reserve_upper(self, rows: int) -> None:
+        if rows > len(self._adjU):
+            self._adjU = _grown(self._adjU, max(rows, int(len(self._adjU) * _GROWTH)), self._n_up, 0)
+
+    def _writable(self) -> None:
+        """Arrays loaded with mmap=True are read-only; copy them before the first change."""
+        for name in ("_vecs", "_levels", "_adj0", "_uoff", "_adjU"):
+            arr = getattr(self, name)
+            if not arr.flags.writeable:
+                setattr(self, name, np.array(arr))
+
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        """Visited marks (one row per Numba thread) and their tags, from a small pool so that
+        concurrent callers never share a row."""
+        pool = self._pool
+        while pool:
+            try:
+                vis, tags = pool.pop()
+            except IndexError:
+                break
+            if vis.shape[1] == self.capacity:
+                return vis, tags
+        rows = numba.config.NUMBA_NUM_THREADS
+        return np.zeros((rows, self.capacity), np.uint16), np.zeros(rows, np.uint16)
+
+    def _give_back(self, scratch: tuple[np.ndarray, np.ndarray]) -> None:
+        if len(self._pool) < 4 and scratch[0].shape[1] == self.capacity:
+            self._pool.append(scratch)
+
+    # ---- add ------------------------------------------------------------------------
+    def _add(self, vectors: F32Matrix, ids: I64Vector) -> None:
+        x = normalize_rows(vectors) if self.metric is Metric.COSINE else vectors
+        self._writable()
+        n = len(x)
+        used = self._ids.n_slots
+        free = np.flatnonzero(self._levels[:used] < 0)[:n]
+        slots = np.concatenate([free, np.arange(used, used + n - len(free))]).astype(np.int64)
+        self._reserve(used + n - len(free))
+        rows_free = (-1 - self._levels[slots].astype(np.int64))  # upper rows a freed slot still owns
+        levels = np.minimum(np.floor(-np.log1p(-self._rng.random(n)) * self._level_mult), MAX_LEVEL).astype(np.int64)
+        fresh = levels > rows_free
+        starts = self._n_up + np.concatenate([[0], np.cumsum(levels[fresh])[:-1]]).astype(np.int64)
+        self._reserve_upper(self._n_up + int(levels[fresh].sum()))
+        self._uoff[slots[fresh]] = starts
+        self._n_up += int(levels[fresh].sum())
+        up = levels > 0
+        rows = np.repeat(self._uoff[slots[up]].astype(np.int64), levels[up])
+        rows += np.arange(len(rows)) - np.repeat(np.cumsum(levels[up]) - levels[up], levels[up])
+        self._adjU[rows, 0] = 0
+        self._vecs[slots] = x
+        self._levels[slots] = levels
+        self._adj0[slots, 0] = 0
+        self._ids.assign(ids, slots)
+        self._sorted_ids = None
+        self._link(slots)
+
+    def _link(self, slots: I64Vector) -> None:
+        """Insert ``slots`` concurrently, in chunks so the progress bar can move."""
+        from tqdm.auto import tqdm
+
+        show = self.progress if self.progress is not None else len(slots) >= PROGRESS_MIN
+        scratch = self._scratch()
+        locks = np.zeros(self.capacity + 1, np.int32)
+        state = np.array([self._entry, self._max_level], np.int64)
+        workers = numba.get_num_threads()
+        with tqdm(total=len(slots), disable=not show, desc="hnsw add", unit="vec", mininterval=1.0) as bar:
+            for start in range(0, len(slots), PROGRESS_CHUNK):
+                chunk = slots[start : start + PROGRESS_CHUNK]
+                graph_build.insert_nodes(chunk, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
+                                         self._metric_code, state, self.M, self.ef_construction, scratch[0],
+                                         scratch[1], locks, workers)
+                bar.update(len(chunk))
+        self._entry, self._max_level = int(state[0]), int(state[1])
+        self._give_back(scratch)
+
+    # ---- search ---------------------------------------------------------------------
+    def search(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> SearchResult:
+        """The ``k`` nearest stored vectors to each query, closest first (see ``BaseIndex.search``).
+
+        A few unfiltered float32 query rows take a short path that checks the same things as the
+        base class (shape, finiteness, k, knobs) in ~2 us instead of ~25 us; anything else,
+        including every invalid input, goes through the base class and its errors.
+        """
+        if (allow is None and type(queries) is np.ndarray and queries.dtype == np.float32
+                and (queries.ndim == 1 or (queries.ndim == 2 and 0 < queries.shape[0] < SERIAL_QUERIES))
+                and queries.shape[-1] == self.dim and type(k) is int and k > 0 and self._entry >= 0
+                and (not params or (len(params) == 1 and type(params.get("ef")) is int and params["ef"] > 0))
+                and queries.flags.c_contiguous and np.isfinite(queries).all()):
+            ef = max(k, params.get("ef", DEFAULT_EF))
+            q = queries.reshape(-1, self.dim)
+            if self.metric is Metric.COSINE:
+                q = normalize_rows(q)
+            scratch = self._scratch()
+            slots, dists = graph.search_serial(q, k, ef, self._vecs, self._adj0, self._adjU, self._uoff,
+                                               self._metric_code, self._entry, self._max_level, scratch[0],
+                                               scratch[1], _NO_MASK, False)
+            self._give_back(scratch)
+            if self.metric is Metric.COSINE:
+                dists += np.float32(1.0)
+            return SearchResult(self._ids.ids_of(slots), dists)
+        return super().search(queries, k, allow=allow, **params)
+
+    def _search(self, queries: F32Matrix, k: int, allowed: I64Vector | None, **params: Any) -> tuple[np.ndarray, np.ndarray]:
+        ef = params.get("ef")
+        ef = max(k, DEFAULT_EF if ef is None else as_positive_int(ef, "ef"))
+        mode = params.get("filter_mode", "auto")
+        if mode not in FILTER_MODES:
+            raise InvalidArgumentError(f"filter_mode must be one of {', '.join(FILTER_MODES)}, got {mode!r}")
+        q = normalize_rows(queries) if self.metric is Metric.COSINE else queries
+        if allowed is not None and len(allowed) >= len(self):
+            allowed = None
+        exact = mode == "scan" or (mode == "auto" and allowed is not None and self.prefers_exact(len(allowed), ef))
+        if allowed is not None and exact:
+            slots, dists = topk.scan_subset(q, self._vecs, allowed, self._metric_code, k)
+        else:
+            if allowed is None:
+                mask = _NO_MASK
+            else:
+                mask = np.zeros(self.capacity, np.uint8)
+                mask[allowed] = 1
+            run = graph.search_serial if len(q) < SERIAL_QUERIES else graph.search_batch
+            scratch = self._scratch()
+            slots, dists = run(q, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
+                               self._entry, self._max_level, scratch[0], scratch[1], mask, allowed is not None,
+                               numba.get_num_threads())
+            self._give_back(scratch)
+        if self.metric is Metric.COSINE:
+            dists += np.float32(1.0)
+        return slots, dists
+
+    def prefers_exact(self, n_allowed: int, ef: int = DEFAULT_EF) -> bool:
+        """True when a filter admitting ``n_allowed`` ids is searched by an exact scan of those
+        ids rather than a filtered graph traversal (the cheaper one by estimated distance count).
+
+        A filtered traversal has to walk about ef / selectivity nodes before its result list
+        holds ef allowed ones; a scan costs one distance per allowed id.
+        """
+        n = max(len(self), 1)
+        selectivity = max(n_allowed, 1) / n
+        traversal = ef * 2 * self.M * FILTER_COST / selectivity
+        return n_allowed <= traversal
+
+    def _allowed_slots(self, allow: Any) -> I64Vector:
+        """Vectorised id -> slot lookup (the dict walk of the base costs ~100 ns per id).
+
+        When every live slot holds the id equal to its number (ids added by default or as
+        0..n-1), ids are slots and only liveness is checked.
+        """
+        if isinstance(allow, (set, frozenset)):
+            allow = np.fromiter(allow, np.int64, len(allow))
+        want = as_id_array(allow, what="allow ids")
+        sid = self._ids.slot_ids
+        if self._sorted_ids is None:
+            live = np.flatnonzero(sid >= 0)
+            order = np.argsort(sid[live], kind="stable")
+            identity = bool(np.array_equal(sid[live], live))
+            self._sorted_ids = (sid[live][order], live[order].astype(np.int64), identity)
+        keys, slots, identity = self._sorted_ids
+        if identity:
+            found = want[want < len(sid)]
+            found = found[sid[found] == found]
+        elif len(keys) == 0:
+            return np.zeros(0, np.int64)
+        else:
+            pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+            found = slots[pos[keys[pos] == want]]
+        if len(found) > 1 and not (found[1:] > found[:-1]).all():
+            found = np.unique(found)
+        return found
+
+    # ---- remove ---------------------------------------------------------------------
+    def _remove(self, slots: I64Vector) -> None:
+        self._writable()
+        self._sorted_ids = None
+        dead = np.zeros(self.capacity, np.uint8)
+        dead[slots] = 1
+        scratch = self._scratch()
+        graph_build.unlink(dead, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
+                           self._metric_code, self.M, scratch[0], scratch[1])
+        self._give_back(scratch)
+        if self._entry >= 0 and dead[self._entry]:
+            levels = self._levels[: self._ids.n_slots]
+            if len(levels) and levels.max() >= 0:
+                self._entry = int(np.argmax(levels))
+                self._max_level = int(levels[self._entry])
+            else:
+                self._entry, self._max_level = -1, -1
+
+    # ---- persistence ----------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        n = self._ids.n_slots
+        params = {"M": self.M, "ef_construction": self.ef_construction, "seed": self.seed}
+        header = np.array([self._entry, self._max_level, self._n_up], np.int64)
+        arrays = {"vectors": self._vecs[:n], "levels": self._levels[:n], "adj0": self._adj0[:n],
+                  "uoff": self._uoff[:n], "adj_upper": self._adjU[: max(self._n_up, 1)], "header": header}
+        return params, arrays
+
+    @classmethod
+    def _from_state(cls, dim: int, metric: Metric, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "HNSW":
+        index = cls(dim, metric, M=int(params["M"]), ef_construction=int(params["ef_construction"]),
+                    seed=int(params["seed"]))
+        n = len(arrays["slot_ids"])
+        expect = {"vectors": (n, dim), "levels": (n,), "adj0": (n, 2 * index.M + 1), "uoff": (n,), "header": (3,)}
+        for name, shape in expect.items():
+            if arrays[name].shape != shape:
+                raise ValueError(f"{name} array has shape {arrays[name].shape}, expected {shape}")
+        if arrays["adj_upper"].ndim != 2 or arrays["adj_upper"].shape[1] != index.M + 1:
+            raise ValueError(f"adj_upper array has shape {arrays['adj_upper'].shape}, expected (rows, {index.M + 1})")
+        entry, max_level, n_up = (int(v) for v in arrays["header"])
+        if not (-1 <= entry < max(n, 1)) or n_up > len(arrays["adj_upper"]):
+            raise ValueError("header (entry point, levels) is inconsistent with the arrays")
+        index._vecs = np.asarray(arrays["vectors"])
+        index._levels = np.asarray(arrays["levels"])
+        index._adj0 = np.asarray(arrays["adj0"])
+        index._uoff = np.asarray(arrays["uoff"])
+        index._adjU = np.asarray(arrays["adj_upper"])
+        index._entry, index._max_level, index._n_up = entry, max_level, n_up
+        index._rng = np.random.default_rng([index.seed, n])
+        return index
+
+    def _memory_bytes(self) -> int:
+        arrays = [self._vecs, self._levels, self._adj0, self._uoff, self._adjU]
+        arrays += [a for scratch in self._pool for a in scratch]
+        if self._sorted_ids is not None:
+            arrays += self._sorted_ids[:2]
+        return int(sum(a.nbytes for a in arrays))
+
+
+def _grown(arr: np.ndarray, cap: int, used: int, fill: int) -> np.ndarray:
+    """Copy of the first ``used`` rows of ``arr`` in an array of ``cap`` rows, rest = ``fill``."""
+    out = np.full((cap,) + arr.shape[1:], fill, arr.dtype)
+    out[:used] = arr[:used]
+    return out

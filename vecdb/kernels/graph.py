@@ -1,0 +1,355 @@
+"""HNSW graph kernels over flat arrays: layer search, neighbour selection and query entry points.
+
+Graph layout (all numpy, no per-node objects):
+
+- ``vecs`` float32 (cap, dim): one row per slot.
+- ``adj0`` int32 (cap, 2M + 1): layer-0 adjacency; column 0 is the neighbour count, so one
+  cache line brings the count and the first neighbours (hnswlib stores its lists the same way).
+- ``adjU`` int32 (rows, M + 1): upper-layer adjacency for nodes with level > 0 only; the row of
+  node ``x`` at layer ``l >= 1`` is ``uoff[x] + l - 1``.
+- ``vis`` uint16 (cap,): visited marks compared against a per-search tag, so clearing is O(1)
+  except once every 65,535 searches.
+
+Distances are computed by ``vecdb.kernels.distances.distance`` with a metric code; cosine
+callers store unit rows and pass the inner-product code.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from vecdb.kernels._jit import kernel
+from vecdb.kernels.atomics import atomic_add
+from vecdb.kernels.distances import distance
+from vecdb.kernels.prefetch import prefetch
+
+#: how much of each neighbour row to prefetch (floats; 16 floats = one 64-byte cache line)
+PREFETCH_FLOATS = 128
+
+
+@kernel
+def adj_row(adj0, adjU, uoff, node, layer):
+    """Adjacency row of ``node`` at ``layer``: [count, n_1, ..., n_count, ...]."""
+    if layer == 0:
+        return adj0[node]
+    return adjU[uoff[node] + layer - 1]
+
+
+@kernel
+def next_tag(vis, tags, t):
+    """Fresh visited tag for scratch row ``t``; wipes the row when the uint16 tag wraps."""
+    v = np.int64(tags[t]) + 1
+    if v > 65535:
+        vis[:] = 0
+        v = 1
+    tags[t] = v
+    return v
+
+
+@kernel
+def greedy_descent(q, ep, ep_d, top, stop, vecs, adj0, adjU, uoff, metric):
+    """Greedy walk (ef = 1) through layers ``top`` down to ``stop + 1``; returns (node, dist)."""
+    for layer in range(top, stop, -1):
+        changed = True
+        while changed:
+            changed = False
+            row = adj_row(adj0, adjU, uoff, ep, layer)
+            for t in range(1, row[0] + 1):
+                nb = row[t]
+                d = distance(q, vecs[nb], metric)
+                if d < ep_d:
+                    ep_d = d
+                    ep = nb
+                    changed = True
+    return ep, ep_d
+
+
+@kernel
+def beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, vis, tag, out_d, out_i):
+    """Best-first search at one layer keeping the ``ef`` closest nodes (paper Alg. 2).
+
+    Candidates are a min-heap, results a max-heap of at most ef held in ``out_d``/``out_i``
+    (length >= ef); the search stops when the closest candidate is farther than the worst
+    of ef results. Results are returned sorted ascending; returns their count.
+    """
+    todo = np.empty(adj0.shape[1], np.int32)
+    prefetch_cols = min(vecs.shape[1], PREFETCH_FLOATS)
+    ccap = 2 * ef + 64
+    cd = np.empty(ccap, np.float32)
+    ci = np.empty(ccap, np.int32)
+    _heap_push_min(cd, ci, 0, ep_d, ep)
+    cn = 1
+    _heap_push_max(out_d, out_i, 0, ep_d, ep)
+    rn = 1
+    vis[ep] = tag
+    while cn > 0:
+        if rn == ef and cd[0] > out_d[0]:
+            break
+        node = ci[0]
+        _heap_pop_min(cd, ci, cn)
+        cn -= 1
+        row = adj_row(adj0, adjU, uoff, node, layer)
+        fresh = 0
+        for t in range(1, row[0] + 1):
+            nb = row[t]
+            if vis[nb] != tag:
+                vis[nb] = tag
+                todo[fresh] = nb
+                fresh += 1
+                for c in range(0, prefetch_cols, 16):
+                    prefetch(vecs, nb, c)
+        for t in range(fresh):
+            nb = todo[t]
+            d = distance(q, vecs[nb], metric)
+            if rn == ef and d >= out_d[0]:
+                continue
+            if cn == ccap:
+                ccap *= 2
+                nd = np.empty(ccap, np.float32)
+                ni = np.empty(ccap, np.int32)
+                nd[:cn] = cd[:cn]
+                ni[:cn] = ci[:cn]
+                cd = nd
+                ci = ni
+            _heap_push_min(cd, ci, cn, d, nb)
+            cn += 1
+            if rn < ef:
+                _heap_push_max(out_d, out_i, rn, d, nb)
+                rn += 1
+            else:
+                _heap_replace_max(out_d, out_i, rn, d, nb)
+    for end in range(rn - 1, 0, -1):
+        td = out_d[0]
+        ti = out_i[0]
+        _heap_pop_max(out_d, out_i, end + 1)
+        out_d[end] = td
+        out_i[end] = ti
+    return rn
+
+
+@kernel
+def _heap_push_max(hd, hi, size, d, node):
+    """Push onto a binary max-heap stored in (hd, hi); caller guarantees room."""
+    j = size
+    while j > 0:
+        parent = (j - 1) >> 1
+        if hd[parent] >= d:
+            break
+        hd[j] = hd[parent]
+        hi[j] = hi[parent]
+        j = parent
+    hd[j] = d
+    hi[j] = node
+
+
+@kernel
+def _sift_down_max(hd, hi, n, d, node):
+    """Place (d, node) at the root of a max-heap of n items and sift it down."""
+    j = 0
+    while True:
+        c = 2 * j + 1
+        if c >= n:
+            break
+        if c + 1 < n and hd[c + 1] > hd[c]:
+            c += 1
+        if d >= hd[c]:
+            break
+        hd[j] = hd[c]
+        hi[j] = hi[c]
+        j = c
+    hd[j] = d
+    hi[j] = node
+
+
+@kernel
+def _heap_replace_max(hd, hi, size, d, node):
+    """Replace the root (the worst result) of a max-heap of ``size`` items by (d, node)."""
+    _sift_down_max(hd, hi, size, d, node)
+
+
+@kernel
+def _heap_pop_max(hd, hi, size):
+    """Remove the root of a max-heap of ``size`` items (size >= 1)."""
+    if size > 1:
+        _sift_down_max(hd, hi, size - 1, hd[size - 1], hi[size - 1])
+
+
+@kernel
+def select_neighbors(cand_d, cand_i, n_cand, max_n, vecs, metric, out_i, out_d):
+    """The paper's heuristic (Alg. 4): walk candidates closest first and keep one only if it
+    is closer to the base node than to every neighbour already kept. Keeps bridges between
+    clusters that plain "closest M" would drop. Candidates must be sorted ascending."""
+    kept = 0
+    for a in range(n_cand):
+        c = cand_i[a]
+        dc = cand_d[a]
+        good = True
+        for b in range(kept):
+            if distance(vecs[c], vecs[out_i[b]], metric) < dc:
+                good = False
+                break
+        if good:
+            out_i[kept] = c
+            out_d[kept] = dc
+            kept += 1
+            if kept == max_n:
+                break
+    return kept
+
+
+@kernel
+def _heap_push_min(hd, hi, size, d, node):
+    """Push onto a binary min-heap stored in (hd, hi); caller guarantees room."""
+    j = size
+    while j > 0:
+        parent = (j - 1) >> 1
+        if hd[parent] <= d:
+            break
+        hd[j] = hd[parent]
+        hi[j] = hi[parent]
+        j = parent
+    hd[j] = d
+    hi[j] = node
+
+
+@kernel
+def _heap_pop_min(hd, hi, size):
+    """Remove the root of a min-heap of ``size`` items (size >= 1)."""
+    last_d = hd[size - 1]
+    last_i = hi[size - 1]
+    n = size - 1
+    j = 0
+    while True:
+        c = 2 * j + 1
+        if c >= n:
+            break
+        if c + 1 < n and hd[c + 1] < hd[c]:
+            c += 1
+        if last_d <= hd[c]:
+            break
+        hd[j] = hd[c]
+        hi[j] = hi[c]
+        j = c
+    if n > 0:
+        hd[j] = last_d
+        hi[j] = last_i
+
+
+@kernel
+def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d, res_i):
+    """Layer-0 search whose result set only admits nodes with ``mask[node] != 0``.
+
+    Traversal still expands through non-allowed nodes (they are candidates, never results),
+    so the graph stays connected under any filter; stops once the closest unexpanded
+    candidate is farther than the worst of ef allowed results. Returns the result count.
+    """
+    cap = 4 * ef + 64
+    hd = np.empty(cap, np.float32)
+    hi = np.empty(cap, np.int32)
+    hsize = 0
+    _heap_push_min(hd, hi, hsize, ep_d, ep)
+    hsize = 1
+    vis[ep] = tag
+    nres = 0
+    if mask[ep]:
+        res_d[0] = ep_d
+        res_i[0] = ep
+        nres = 1
+    while hsize > 0:
+        d0 = hd[0]
+        node = hi[0]
+        if nres == ef and d0 > res_d[ef - 1]:
+            break
+        _heap_pop_min(hd, hi, hsize)
+        hsize -= 1
+        row = adj0[node]
+        for t in range(1, row[0] + 1):
+            nb = row[t]
+            if vis[nb] == tag:
+                continue
+            vis[nb] = tag
+            d = distance(q, vecs[nb], metric)
+            if nres == ef and d >= res_d[ef - 1]:
+                continue
+            if hsize == cap:
+                cap *= 2
+                nd = np.empty(cap, np.float32)
+                ni = np.empty(cap, np.int32)
+                nd[:hsize] = hd[:hsize]
+                ni[:hsize] = hi[:hsize]
+                hd = nd
+                hi = ni
+            _heap_push_min(hd, hi, hsize, d, nb)
+            hsize += 1
+            if mask[nb]:
+                j = nres if nres < ef else ef - 1
+                while j > 0 and res_d[j - 1] > d:
+                    res_d[j] = res_d[j - 1]
+                    res_i[j] = res_i[j - 1]
+                    j -= 1
+                res_d[j] = d
+                res_i[j] = nb
+                if nres < ef:
+                    nres += 1
+    return nres
+
+
+@kernel
+def search_one(q, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, t, mask, filtered,
+               out_s, out_d):
+    """k nearest slots of one query: greedy descent, then an ef-wide search at layer 0
+    (filtered by ``mask`` when ``filtered``). Writes sorted results into out_s/out_d."""
+    ep_d = distance(q, vecs[entry], metric)
+    ep, ep_d = greedy_descent(q, np.int64(entry), ep_d, max_level, 0, vecs, adj0, adjU, uoff, metric)
+    tag = next_tag(vis[t], tags, t)
+    res_d = np.empty(ef, np.float32)
+    res_i = np.empty(ef, np.int32)
+    if filtered:
+        n = filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis[t], tag, res_d, res_i)
+    else:
+        n = beam_search(q, ep, ep_d, 0, ef, vecs, adj0, adjU, uoff, metric, vis[t], tag, res_d, res_i)
+    m = min(n, k)
+    for j in range(m):
+        out_s[j] = res_i[j]
+        out_d[j] = res_d[j]
+    for j in range(m, k):
+        out_s[j] = -1
+        out_d[j] = np.inf
+
+
+@kernel(parallel=True)
+def search_batch(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, mask, filtered,
+                 n_workers):
+    """Batch entry point, parallel over queries with ``n_workers`` threads, each with its own
+    visited row.
+
+    Threads take the next query from a shared counter (dynamic scheduling), so a thread
+    that the OS pauses does not leave half the batch waiting behind it.
+    Returns (slots int64 (nq, k), dists float32 (nq, k)), sorted, padded -1/+inf.
+    """
+    nq = queries.shape[0]
+    out_s = np.empty((nq, k), np.int64)
+    out_d = np.empty((nq, k), np.float32)
+    counter = np.zeros(1, np.int64)
+    for w in numba.prange(n_workers):
+        t = numba.get_thread_id()
+        while True:
+            i = atomic_add(counter, 0, 1)
+            if i >= nq:
+                break
+            search_one(queries[i], k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, t,
+                       mask, filtered, out_s[i], out_d[i])
+    return out_s, out_d
+
+
+@kernel
+def search_serial(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, mask, filtered,
+                  n_workers=1):
+    """Serial twin of ``search_batch`` for one or a few queries (no parallel-region launch)."""
+    nq = queries.shape[0]
+    out_s = np.empty((nq, k), np.int64)
+    out_d = np.empty((nq, k), np.float32)
+    for i in range(nq):
+        search_one(queries[i], k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, 0,
+                   mask, filtered, out_s[i], out_d[i])
+    return out_s, out_d

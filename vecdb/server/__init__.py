@@ -1,0 +1,1 @@
+"""The vecdb gRPC server: ``python -m vecdb.server`` / ``vecdb serve`` (see ``app.serve``)."""

@@ -1,0 +1,72 @@
+"""Command line of the gRPC server: ``python -m vecdb.server --data DIR`` (``vecdb serve``).
+
+The defaults give an embedded local setup: data in ./data, listening on 127.0.0.1:50051,
+metrics on 127.0.0.1:9464, no TLS, and no API keys (open, with a warning) unless
+``--auth-file``, ``VECDB_AUTH_FILE`` or ``VECDB_API_KEYS`` provides them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from vecdb.errors import VecdbError
+from vecdb.server.app import configure_logging, serve
+from vecdb.server.auth import hash_key, load_keyring
+from vecdb.server.config import ServerConfig, default_workers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``serve`` flags (the lead's ``vecdb serve`` reuses this parser via ``main``)."""
+    p = argparse.ArgumentParser(prog="vecdb serve", description="Serve a vecdb database over gRPC.")
+    p.add_argument("--data", type=Path, default=Path("data"), help="database directory (default: ./data)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port, 0 picks a free one (default: 50051)")
+    p.add_argument("--metrics-host", default=None, help="Prometheus listen address (default: same as --host)")
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port, 0 picks a free one (default: 9464)")
+    p.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
+    p.add_argument("--max-message-mb", type=int, default=64, help="largest request/response in MiB (default: 64)")
+    p.add_argument("--workers", type=int, default=default_workers(), help="RPC threads (default: 4 per core, 4..32)")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=256, help="RPCs accepted at once (default: 256)")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight RPCs get on shutdown (default: 10)")
+    p.add_argument("--auth-file", type=Path, default=None, help="JSON API-key file (see vecdb/server/auth.py)")
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain (with --tls-key enables TLS)")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
+    p.add_argument("--snapshot-dir", type=Path, default=None, help="where Snapshot may write (default: <data>-snapshots)")
+    p.add_argument("--max-k", type=int, default=10_000, help="largest k a search may ask for (default: 10000)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="json", choices=["json", "text"])
+    p.add_argument("--hash-key", action="store_true", help="print the sha256 of a key read from stdin, for a key file, and exit")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """A ServerConfig from parsed flags (keys loaded from the file or environment)."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("vecdb serve: --tls-cert and --tls-key go together")
+    return ServerConfig(
+        data_dir=args.data, host=args.host, port=args.port,
+        metrics_host=args.metrics_host or args.host, metrics_port=None if args.no_metrics else args.metrics_port,
+        max_message_mb=args.max_message_mb, workers=args.workers, max_concurrent_rpcs=args.max_concurrent_rpcs,
+        grace_seconds=args.grace, keys=load_keyring(args.auth_file), tls_cert=args.tls_cert, tls_key=args.tls_key,
+        snapshot_dir=args.snapshot_dir, max_k=args.max_k,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]) and run the server until SIGTERM/SIGINT."""
+    args = build_parser().parse_args(argv)
+    if args.hash_key:
+        sys.stdout.write(hash_key(sys.stdin.readline().rstrip("\n")) + "\n")
+        return 0
+    configure_logging(args.log_level, args.log_format)
+    try:
+        return serve(config_from_args(args))
+    except (VecdbError, OSError) as exc:  # bad key file, database locked by another process, port taken
+        sys.stderr.write(f"vecdb serve: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The vecdb.v1 servicer: each RPC decodes its request with ``vecdb.wire``, applies the
+caller's key scope, calls one ``DatabaseAPI`` method and encodes the answer.
+
+Every RPC passes through ``VecdbServicer._run``, which in one place:
+  refuses new work while draining (UNAVAILABLE), authenticates the API key, rejects
+  requests whose bytes did not parse or that carry fields this server does not know
+  (INVALID_ARGUMENT: a field it would silently ignore could be a filter or a tenant),
+  checks the deadline, maps every exception to a status (``vecdb.server.errors``),
+  records metrics and logs failures.
+
+Tenant keys (see ``vecdb.server.auth``) are enforced here, whatever the request says:
+searches, counts, deletes and gets run under the key's tenant (a named foreign tenant is
+PERMISSION_DENIED), upserts assign only the key's tenants, ``list_tenants`` shows only the
+key's tenants, and collection/tenant/access management, stats and snapshots need an admin
+key. A tenant key's ``get`` runs under its tenant: points outside it answer NOT_FOUND,
+exactly as missing ones, so a key cannot probe which ids other tenants hold. A tenant key's upsert may not replace a stored point that is not provably its own.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import grpc
+import numpy as np
+from google.protobuf import message_factory, unknown_fields
+from google.protobuf.message import Message
+
+from vecdb import wire
+from vecdb.api import CollectionAPI, DatabaseAPI
+from vecdb.errors import (
+    IdNotFoundError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnavailableError,
+    VecdbError,
+    VecdbTimeoutError,
+)
+from vecdb.server.auth import OPEN_ACCESS, Principal
+from vecdb.server.config import ServerConfig
+from vecdb.server.errors import abort, as_vecdb_error
+from vecdb.server.metrics import ServerMetrics
+from vecdb.v1 import vecdb_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+SERVICES = tuple(pb.DESCRIPTOR.services_by_name.values())
+SERVICE_NAMES = tuple(s.full_name for s in SERVICES)
+
+
+class _Malformed:
+    """Stands in for a request whose bytes are not a valid message of the RPC's type."""
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.reason = reason
+
+
+def _parser(cls: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+    """A request deserializer that turns undecodable bytes into ``_Malformed`` (answered
+    INVALID_ARGUMENT by ``_run``) instead of gRPC's generic INTERNAL."""
+    def parse(data: bytes) -> Message | _Malformed:
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # protobuf raises DecodeError, or RuntimeError on bad nesting
+            return _Malformed(cls.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+    return parse
+
+
+def _check_request(request: Any, path: str = "request") -> None:
+    """InvalidArgumentError if ``request`` did not parse or holds unknown fields (at any depth)."""
+    if isinstance(request, _Malformed):
+        raise InvalidArgumentError(f"request bytes are not a valid {request.type_name} message: {request.reason}")
+    unknown = unknown_fields.UnknownFieldSet(request)
+    if len(unknown):
+        numbers = sorted({f.field_number for f in unknown})
+        raise InvalidArgumentError(
+            f"{path} has fields this server does not know (field numbers {numbers}); "
+            "use a client built for the same vecdb.v1 API as the server"
+        )
+    for fd, value in request.ListFields():
+        if fd.message_type is None:
+            continue
+        if fd.is_repeated:
+            for i, item in enumerate(value):
+                _check_request(item, f"{path}.{fd.name}[{i}]")
+        else:
+            _check_request(value, f"{path}.{fd.name}")
+
+
+def _snake(name: str) -> str:
+    """RPC name to servicer method name: ``CreateCollection`` -> ``create_collection``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _optional(message: Message, field: str) -> str | None:
+    """The value of an ``optional string`` field, or None when unset."""
+    return getattr(message, field) if message.HasField(field) else None
+
+
+@functools.lru_cache(maxsize=None)
+class VecdbServicer:
+    """Serves every vecdb.v1 RPC from one ``DatabaseAPI``; register with ``add_to_server``."""
+
+    def __init__(self, db: DatabaseAPI, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
+        self._db = db
+        self._config = config
+        self._metrics = metrics
+        self._draining = threading.Event()
+
+    def drain(self) -> None:
+        """Answer new RPCs with UNAVAILABLE (retriable) while in-flight ones finish."""
+        self._draining.set()
+
+    # ---- the one wrapper every RPC goes through -----------------------------------------
+    def _run(self, method: str, handler: Callable[[Any, Principal], Message], request: Any,
+             context: grpc.ServicerContext) -> Message:
+        start = time.perf_counter()
+        code = "OK"
+        who: Principal | None = None
+        if self._metrics is not None:
+            self._metrics.started()
+        try:
+            if self._draining.is_set():
+                raise UnavailableError("the server is shutting down; retry in a moment or against another replica")
+            keys = self._config.keys
+            who = OPEN_ACCESS if keys is None else keys.authenticate(context.invocation_metadata())
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise VecdbTimeoutError(f"{method}: the deadline passed before the server started the call")
+            if not isinstance(request, Iterator):
+                _check_request(request)
+            return handler(request, who)
+        except Exception as exc:
+            err = as_vecdb_error(exc, method)
+            code = err.grpc_code
+            logger.info("%s failed: %s %s", method, code, err, extra={
+                "event": "rpc_error", "method": method, "code": code, "error": type(err).__name__,
+                "principal": who.name if who else None})
+            abort(context, err)
+        finally:
+            elapsed = time.perf_counter() - start
+            if self._metrics is not None:
+                self._metrics.finished(method, code, elapsed)
+            if code == "OK":
+                logger.debug("%s ok", method, extra={"event": "rpc", "method": method, "seconds": round(elapsed, 6)})
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _collection(self, name: str) -> CollectionAPI:
+        return self._db.get_collection(name)
+
+    def _search_one(self, req: pb.SearchRequest, who: Principal) -> pb.SearchResponse:
+        queries = wire.matrix_from_proto(req.queries, what="queries")
+        k = int(req.k)
+        if k > self._config.max_k:
+            raise ResourceExhaustedError(f"k={k} is over this server's limit of {self._config.max_k}; ask for fewer neighbours")
+        if k > 0 and queries.shape[0] * k > self._config.max_result_cells:
+            raise ResourceExhaustedError(
+                f"{queries.shape[0]} queries x k={k} is over this server's limit of {self._config.max_result_cells} "
+                "results per request; split the queries into smaller batches"
+            )
+        coll = self._collection(req.collection)
+        result = coll.search(
+            queries, k=k, filter=wire.loads_object(req.filter_json, what="filter"),
+            tenant=who.scope_tenant(_optional(req, "tenant")),
+            params=wire.loads_object(req.params_json, what="params"), with_payloads=req.with_payloads,
+        )
+        ids, distances, payloads = wire.query_result_to_proto(result)
+        return pb.SearchResponse(ids=ids, distances=distances, payloads_json=payloads)
+
+    def _upsert_one(self, req: pb.UpsertRequest, who: Principal) -> int:
+        coll = self._collection(req.collection)
+        ids = wire.ids_from_proto(req.ids)
+        vectors = wire.matrix_from_proto(req.vectors, what="vectors")
+        payloads = wire.payloads_from_json(req.payloads_json) if req.HasField("payloads_json") else None
+        tenants = who.scope_tenants(list(req.tenants))
+        if not who.admin:
+            self._refuse_foreign(coll, ids, tenants)
+        tenant: str | list[str] | None = tenants[0] if len(tenants) == 1 else (tenants or None)
+        coll.upsert(ids, vectors, payloads, tenant=tenant)
+        return int(vectors.shape[0])
+
+    def _refuse_foreign(self, coll: CollectionAPI, ids: Any, tenants: list[str]) -> None:
+        """PermissionDeniedError if a tenant key's upsert would replace a stored point that
+        is not provably its own (an upsert keeps a point's tenants and replaces its vector,
+        so without this check a key could rewrite another tenant's point).
+
+        Ownership is proven with ``get(ids, tenant=...)``. The check runs before the write,
+        so a concurrent admin insert of the same id can slip between the two.
+        """
+        try:
+            coll.get(ids)
+            candidates = list(ids)
+        except IdNotFoundError:
+            candidates = []
+            for one in ids:
+                try:
+                    coll.get([one])
+                    candidates.append(one)
+                except IdNotFoundError:
+                    continue
+        if not candidates:
+            return
+        foreign = []
+        for one in candidates:
+            try:
+                for tenant in tenants:
+                    coll.get([one], tenant=tenant)
+            except IdNotFoundError:
+                foreign.append(one)
+        if foreign:
+            shown = [x.item() if isinstance(x, np.generic) else x for x in foreign[:5]]
+            raise PermissionDeniedError(
+                f"{len(foreign)} id(s) name stored points this key may not replace: {shown}; "
+                "choose new ids, or ask an admin to replace them"
+            )
+
+    def _snapshot_target(self, requested: str) -> Path:
+        root = self._config.snapshot_root.resolve()
+        if not requested:
+            raise InvalidArgumentError(f"snapshot path is empty; name a directory under {root}")
+        path = Path(requested)
+        target = (path if path.is_absolute() else root / path).resolve()
+        if root not in target.parents:
+            raise InvalidArgumentError(
+                f"snapshot path {requested!r} is outside the server's snapshot directory {root}; "
+                "pass a name relative to it"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    # ---- collections ------------------------------------------------------------------
+    def create_collection(self, req: pb.CreateCollectionRequest, who: Principal) -> pb.CreateCollectionResponse:
+        who.require_admin("creating a collection")
+        options: dict[str, Any] = {}
+        for name in ("metric", "index", "id_type"):
+            if getattr(req, name):
+                options[name] = getattr(req, name)
+        params = wire.loads_object(req.index_params_json, what="index_params")
+        if params is not None:
+            options["index_params"] = params
+        coll = self._db.create_collection(req.name, int(req.dim), **options)
+        return pb.CreateCollectionResponse(info=wire.info_to_proto(coll.info))
+
+    def get_collection(self, req: pb.GetCollectionRequest, who: Principal) -> pb.GetCollectionResponse:
+        return pb.GetCollectionResponse(info=wire.info_to_proto(self._collection(req.name).info))
+
+    def list_collections(self, req: pb.ListCollectionsRequest, who: Principal) -> pb.ListCollectionsResponse:
+        return pb.ListCollectionsResponse(collections=[wire.info_to_proto(i) for i in self._db.list_collections()])
+
+    def drop_collection(self, req: pb.DropCollectionRequest, who: Principal) -> pb.DropCollectionResponse:
+        who.require_admin("dropping a collection")
+        self._db.drop_collection(req.name)
+        return pb.DropCollectionResponse()
+
+    # ---- points -----------------------------------------------------------------------
+    def upsert(self, req: pb.UpsertRequest, who: Principal) -> pb.UpsertResponse:
+        return pb.UpsertResponse(upserted=self._upsert_one(req, who))
+
+    def upsert_stream(self, requests: Iterable[Any], who: Principal) -> pb.UpsertStreamResponse:
+        total = batches = 0
+        collection: str | None = None
+        for item in requests:
+            try:
+                _check_request(item, f"stream message {batches}")
+                if collection is None:
+                    collection = item.batch.collection
+                elif item.batch.collection != collection:
+                    raise InvalidArgumentError(
+                        f"every batch of one stream must name the same collection ({collection!r}), "
+                        f"got {item.batch.collection!r}"
+                    )
+                total += self._upsert_one(item.batch, who)
+                batches += 1
+            except VecdbError as err:
+                raise type(err)(
+                    f"batch {batches} failed: {err}; the {batches} batches before it ({total} points) were stored"
+                ) from None
+        return pb.UpsertStreamResponse(upserted=total, batches=batches)
+
+    def delete(self, req: pb.DeleteRequest, who: Principal) -> pb.DeleteResponse:
+        coll = self._collection(req.collection)
+        deleted = coll.delete(wire.ids_from_proto(req.ids), tenant=who.scope_tenant(_optional(req, "tenant")))
+        return pb.DeleteResponse(deleted=int(deleted))
+
+    def get(self, req: pb.GetRequest, who: Principal) -> pb.GetResponse:
+        coll = self._collection(req.collection)
+        ids = wire.ids_from_proto(req.ids)
+        tenant = who.scope_tenant(_optional(req, "tenant"))
+        result = coll.get(ids, tenant=tenant)
+        ids_pb, vectors, payloads = wire.get_result_to_proto(result)
+        return pb.GetResponse(ids=ids_pb, vectors=vectors, payloads_json=payloads)
+
+    def count(self, req: pb.CountRequest, who: Principal) -> pb.CountResponse:
+        coll = self._collection(req.collection)
+        return pb.CountResponse(count=int(coll.count(tenant=who.scope_tenant(_optional(req, "tenant")))))
+
+    # ---- search -----------------------------------------------------------------------
+    def search(self, req: pb.SearchRequest, who: Principal) -> pb.SearchResponse:
+        return self._search_one(req, who)
+
+    def search_batch(self, req: pb.SearchBatchRequest, who: Principal) -> pb.SearchBatchResponse:
+        results = []
+        for i, one in enumerate(req.searches):
+            try:
+                results.append(self._search_one(one, who))
+            except VecdbError as err:
+                raise type(err)(f"searches[{i}]: {err}") from None
+        return pb.SearchBatchResponse(results=results)
+
+    # ---- tenants and access -------------------------------------------------------------
+    def create_tenant(self, req: pb.CreateTenantRequest, who: Principal) -> pb.CreateTenantResponse:
+        who.require_admin("creating a tenant")
+        self._collection(req.collection).create_tenant(req.tenant)
+        return pb.CreateTenantResponse()
+
+    def drop_tenant(self, req: pb.DropTenantRequest, who: Principal) -> pb.DropTenantResponse:
+        who.require_admin("dropping a tenant")
+        self._collection(req.collection).drop_tenant(req.tenant)
+        return pb.DropTenantResponse()
+
+    def list_tenants(self, req: pb.ListTenantsRequest, who: Principal) -> pb.ListTenantsResponse:
+        return pb.ListTenantsResponse(tenants=who.visible_tenants(self._collection(req.collection).list_tenants()))
+
+    def grant(self, req: pb.GrantRequest, who: Principal) -> pb.GrantResponse:
+        who.require_admin("granting a tenant access to points")
+        self._collection(req.collection).grant(req.tenant, wire.ids_from_proto(req.ids))
+        return pb.GrantResponse()
+
+    def revoke(self, req: pb.RevokeRequest, who: Principal) -> pb.RevokeResponse:
+        who.require_admin("revoking a tenant's access to points")
+        self._collection(req.collection).revoke(req.tenant, wire.ids_from_proto(req.ids))
+        return pb.RevokeResponse()
+
+    # ---- admin ------------------------------------------------------------------------
+    def stats(self, req: pb.StatsRequest, who: Principal) -> pb.StatsResponse:
+        who.require_admin("reading collection stats")
+        return pb.StatsResponse(stats=wire.stats_to_proto(self._collection(req.collection).stats()))
+
+    def snapshot(self, req: pb.SnapshotRequest, who: Principal) -> pb.SnapshotResponse:
+        who.require_admin("taking a snapshot")
+        target = self._snapshot_target(req.path)
+        self._db.snapshot(str(target))
+        logger.info("snapshot written", extra={"event": "snapshot", "path": str(target), "principal": who.name})
+        return pb.SnapshotResponse(path=str(target))
+
+
+def add_to_server(servicer: VecdbServicer, server: grpc.Server) -> None:
+    """Register every vecdb.v1 RPC, with request parsing that reports malformed bytes as
+    INVALID_ARGUMENT, built from the proto descriptors so no RPC can be left out."""
+    for service in SERVICES:
+        handlers = {}
+        for method in service.methods:
+            request_cls = message_factory.GetMessageClass(method.input_type)
+            response_cls = message_factory.GetMessageClass(method.output_type)
+            impl = getattr(servicer, _snake(method.name))
+            behaviour = functools.partial(servicer._run, method.name, impl)
+            make = grpc.stream_unary_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
+            handlers[method.name] = make(behaviour, request_deserializer=_parser(request_cls),
+                                         response_serializer=response_cls.SerializeToString)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -1,0 +1,53 @@
+"""Values: ndarray <-> little-endian bytes (dtype and shape known from collection metadata)
+and payloads as compact UTF-8 JSON. Never pickle: stored bytes must not be executable."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from vecdb.errors import DataLossError
+
+F32_LE = np.dtype("<f4")
+U32_LE = np.dtype("<u4")
+U64_LE = np.dtype("<u8")
+
+
+def to_bytes(arr: np.ndarray, dtype: np.dtype[Any]) -> bytes:
+    """Raw little-endian bytes of ``arr`` cast to ``dtype``."""
+    return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+
+
+def rows_to_bytes(rows: np.ndarray) -> list[bytes]:
+    """One float32 little-endian record per row of a (n, d) matrix."""
+    raw = np.ascontiguousarray(rows, dtype=F32_LE)
+    width = raw.shape[1] * 4
+    flat = raw.tobytes()
+    return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+
+def from_bytes(buf: bytes | memoryview, dtype: np.dtype[Any], *, count: int | None = None) -> np.ndarray:
+    """Copy of the array stored in ``buf`` (a copy outlives the LMDB transaction and is aligned)."""
+    if len(buf) % dtype.itemsize:
+        raise DataLossError(f"stored array of {len(buf)} bytes is not a multiple of {dtype.itemsize}")
+    arr = np.frombuffer(buf, dtype=dtype).astype(dtype.newbyteorder("="), copy=True)
+    if count is not None and len(arr) != count:
+        raise DataLossError(f"stored array has {len(arr)} items, expected {count}")
+    return arr
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact UTF-8 JSON (NaN/inf rejected so every stored payload is standard JSON)."""
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+def decode_json(buf: bytes | memoryview) -> Any:
+    """Inverse of ``encode_json``; corrupt bytes become DataLossError."""
+    try:
+        return json.loads(bytes(buf).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataLossError(f"corrupt JSON record in store: {exc}") from None

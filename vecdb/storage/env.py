@@ -1,0 +1,169 @@
+"""The LMDB environment of one database: named sub-databases, short read transactions, write
+transactions that grow the map and retry instead of failing at the size limit.
+
+Rules kept here (py-lmdb manual, "Transaction management", "Handling database growth"):
+  - every transaction lives in a ``with`` block; read transactions are short;
+  - ``set_mapsize`` needs no open transaction in this process, so every transaction holds a
+    shared "gate" and growth takes it exclusively, between two attempts of the same batch;
+  - a write batch is a function of the transaction, so it can be re-run after growth;
+  - durability flags are chosen here only (see ``Store.__init__``).
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import lmdb
+
+from vecdb.errors import DataLossError, ResourceExhaustedError
+from vecdb.storage.locks import RWLock
+
+T = TypeVar("T")
+DEFAULT_MAP_SIZE = 1 << 30
+DEFAULT_MAX_MAP_SIZE = 1 << 40
+
+
+class Store:
+    """One LMDB environment (a directory holding ``data.mdb`` and ``lock.mdb``).
+
+    Parameters
+    ----------
+    path : directory of the environment; created when missing.
+    map_size : initial map size in bytes. On 64-bit systems this is only a virtual address
+        reservation; it doubles automatically (up to ``max_map_size``) when a write needs more.
+    max_dbs : how many named sub-databases may exist (each collection uses a handful).
+    max_readers : concurrent read transactions allowed (LMDB reader table slots).
+    sync : fsync on every commit. True (the default) makes a commit durable before the call
+        returns, which is what "acknowledged only after commit" means; False trades that
+        for speed (a machine crash may lose the last commits, never corrupt the store).
+    """
+
+    def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+                 max_dbs: int = 4096, max_readers: int = 256, sync: bool = True) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.max_map_size = int(max_map_size)
+        try:
+            # writemap/map_async stay off: a stray write through a writable map could corrupt
+            # the store, and map_async would acknowledge commits before they reach the disk.
+            self._env = lmdb.open(str(self.path), map_size=int(map_size), max_dbs=max_dbs, max_readers=max_readers,
+                                  subdir=True, lock=True, sync=sync, metasync=sync, writemap=False, map_async=False,
+                                  readahead=False, meminit=False)
+        except lmdb.InvalidError as exc:
+            raise DataLossError(f"{self.path} is not a valid LMDB environment: {exc}") from None
+        except lmdb.Error as exc:
+            raise DataLossError(f"cannot open LMDB environment at {self.path}: {exc}") from None
+        self._gate = RWLock()
+        self._dbi_lock = threading.Lock()
+        self._dbs: dict[str, "lmdb._Database"] = {}
+
+    # ---- sub-databases ---------------------------------------------------------------
+    def db(self, name: str) -> "lmdb._Database":
+        """Handle of the named sub-database ``name``, created when missing (handles are cached).
+
+        LMDB allows only one transaction at a time to open handles, hence the lock.
+        """
+        handle = self._dbs.get(name)
+        if handle is not None:
+            return handle
+        with self._dbi_lock:
+            handle = self._dbs.get(name)
+            if handle is None:
+                key = name.encode("utf-8")
+                handle = self.write(lambda txn: self._env.open_db(key, txn=txn, create=True))
+                self._dbs[name] = handle
+            return handle
+
+    def dbs(self, names: list[str]) -> dict[str, "lmdb._Database"]:
+        """Handles of several sub-databases, the missing ones created in one transaction."""
+        with self._dbi_lock:
+            missing = [n for n in names if n not in self._dbs]
+            if missing:
+                opened = self.write(lambda txn: [self._env.open_db(n.encode("utf-8"), txn=txn, create=True)
+                                                 for n in missing])
+                self._dbs.update(zip(missing, opened))
+            return {n: self._dbs[n] for n in names}
+
+    def forget(self, names: list[str]) -> None:
+        """Drop the cached handles of sub-databases deleted by ``drop_in``."""
+        for name in names:
+            self._dbs.pop(name, None)
+
+    @staticmethod
+    def drop_in(txn: lmdb.Transaction, handle: "lmdb._Database") -> None:
+        """Delete a sub-database and its contents inside the write transaction ``txn``."""
+        txn.drop(handle, delete=True)
+
+    # ---- transactions ----------------------------------------------------------------
+    @contextmanager
+    def read(self, *, buffers: bool = False) -> Iterator[lmdb.Transaction]:
+        """A short read-only transaction (a consistent snapshot). With ``buffers=True``
+        values are memoryviews valid only inside the block: copy what must outlive it."""
+        with self._gate.read():
+            with self._env.begin(write=False, buffers=buffers) as txn:
+                yield txn
+
+    def write(self, batch: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``batch(txn)`` in one write transaction and commit it; returns its result.
+
+        The batch is all-or-nothing: if it raises, nothing is written. When the map is full
+        the attempt is aborted, the map grows, and ``batch`` runs again on a fresh
+        transaction, so it must only depend on its inputs and ``txn``.
+        """
+        while True:
+            try:
+                with self._gate.read():
+                    with self._env.begin(write=True) as txn:
+                        return batch(txn)
+            except lmdb.MapFullError:
+                self._grow()
+
+    def _grow(self) -> None:
+        with self._gate.write():
+            current = int(self._env.info()["map_size"])
+            if current >= self.max_map_size:
+                raise ResourceExhaustedError(
+                    f"LMDB map is full at {current} bytes and may not grow past max_map_size={self.max_map_size}")
+            try:
+                self._env.set_mapsize(min(current * 2, self.max_map_size))
+            except lmdb.Error as exc:
+                raise ResourceExhaustedError(f"cannot grow LMDB map beyond {current} bytes: {exc}") from None
+
+    # ---- figures and maintenance -----------------------------------------------------
+    def map_size(self) -> int:
+        """Current map size in bytes."""
+        return int(self._env.info()["map_size"])
+
+    def used_bytes(self, names: list[str]) -> int:
+        """Bytes of pages used by the named sub-databases (branch + leaf + overflow pages)."""
+        total = 0
+        with self.read() as txn:
+            for name in names:
+                handle = self._dbs.get(name)
+                if handle is None:
+                    continue
+                st = txn.stat(handle)
+                total += (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
+        return int(total)
+
+    def file_bytes(self) -> int:
+        """Size of ``data.mdb`` on disk."""
+        try:
+            return (self.path / "data.mdb").stat().st_size
+        except OSError:
+            return 0
+
+    def copy_to(self, path: str | Path) -> None:
+        """Write a compacted, consistent copy of the environment into directory ``path``
+        (LMDB copies from one read snapshot, so writers keep running)."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with self._gate.read():
+            self._env.copy(str(path), compact=True)
+
+    def close(self) -> None:
+        """Close the environment; every handle becomes invalid."""
+        with self._gate.write():
+            self._dbs.clear()
+            self._env.close()

@@ -27,8 +27,7 @@ import numpy as np
 
 from vecdb.kernels._jit import F32, F32_MAT, I64, U64_MAT, U64_ROW, kernel
 from vecdb.kernels.hamming import _ctpop_u64
-from vecdb.kernels.pq import merge_chunk_heaps
-from vecdb.kernels.topk import heap_push, new_heaps
+from vecdb.kernels.topk import heap_push, merge_chunk_heaps, new_heaps
 
 
 @kernel(F32(U64_ROW, U64_ROW, I64, I64, F32_MAT, F32, I64))

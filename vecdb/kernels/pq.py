@@ -17,7 +17,7 @@ from numba import types as nt
 
 from vecdb.kernels._jit import ARITH, F32_MAT, kernel
 from vecdb.kernels.distances import distance
-from vecdb.kernels.topk import heap_push, heap_sort, new_heaps
+from vecdb.kernels.topk import heap_push, heap_sort, merge_chunk_heaps, new_heaps
 
 U8_MAT = nt.Array(nt.uint8, 2, "C", readonly=True)
 F32_3D = nt.Array(nt.float32, 3, "C", readonly=True)
@@ -36,23 +36,6 @@ def adc_distances(table, codes):
             acc += table[s, row[s]]
         out[j] = acc
     return out
-
-
-@kernel
-def merge_chunk_heaps(hd, hs, nq, n_chunks, k):
-    """Merge the ``n_chunks`` heaps of each query (rows ``q*n_chunks + c``) into sorted top-k.
-
-    Returns (slots int64 (nq, k), dists float32 (nq, k)), padded with -1/+inf.
-    """
-    out_d, out_s = new_heaps(nq, k)
-    for qi in range(nq):
-        for c in range(n_chunks):
-            t = qi * n_chunks + c
-            for j in range(k):
-                if hs[t, j] >= 0:
-                    heap_push(out_d[qi], out_s[qi], hd[t, j], hs[t, j])
-        heap_sort(out_d[qi], out_s[qi])
-    return out_s, out_d
 
 
 @kernel(parallel=True, fastmath=ARITH)

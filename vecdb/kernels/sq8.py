@@ -16,8 +16,8 @@ import numpy as np
 from numba import types as nt
 
 from vecdb.kernels._jit import ARITH, F32_ROW, I64, kernel
-from vecdb.kernels.pq import U8_MAT, merge_chunk_heaps
-from vecdb.kernels.topk import heap_push, new_heaps
+from vecdb.kernels.pq import U8_MAT
+from vecdb.kernels.topk import heap_push, merge_chunk_heaps, new_heaps
 
 
 @kernel(nt.float32(F32_ROW, F32_ROW, nt.Array(nt.uint8, 1, "C", readonly=True), I64), fastmath=ARITH)

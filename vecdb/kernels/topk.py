@@ -22,20 +22,17 @@ def _worse(d1, s1, d2, s2):
     return d1 > d2 or (d1 == d2 and s1 > s2)
 
 
-@kernel(numba.boolean(F32_OUT, I64_OUT, F32, I64))
-def heap_push(dists, slots, d, s):
-    """Offer (d, s) to the heap; keep it when it beats the root. Returns True if kept."""
-    if not _worse(dists[0], slots[0], d, s):
-        return False
-    k = dists.shape[0]
+@kernel
+def _sift_down(dists, slots, d, s, end):
+    """Place (d, s) at the root of the heap ``[:end]`` and sift it down to its place."""
     i = 0
     while True:
         left = 2 * i + 1
-        if left >= k:
+        if left >= end:
             break
         child = left
         right = left + 1
-        if right < k and _worse(dists[right], slots[right], dists[left], slots[left]):
+        if right < end and _worse(dists[right], slots[right], dists[left], slots[left]):
             child = right
         if _worse(d, s, dists[child], slots[child]):
             break
@@ -44,38 +41,47 @@ def heap_push(dists, slots, d, s):
         i = child
     dists[i] = d
     slots[i] = s
+
+
+@kernel(numba.boolean(F32_OUT, I64_OUT, F32, I64))
+def heap_push(dists, slots, d, s):
+    """Offer (d, s) to the heap; keep it when it beats the root. Returns True if kept."""
+    if not _worse(dists[0], slots[0], d, s):
+        return False
+    _sift_down(dists, slots, d, s, dists.shape[0])
     return True
 
 
 @kernel(numba.void(F32_OUT, I64_OUT))
 def heap_sort(dists, slots):
     """Sort a heap in place, ascending by (dist, slot); sentinels end up last."""
-    k = dists.shape[0]
-    for end in range(k - 1, 0, -1):
+    for end in range(dists.shape[0] - 1, 0, -1):
         d, s = dists[end], slots[end]
         dists[end], slots[end] = dists[0], slots[0]
-        i = 0
-        while True:
-            left = 2 * i + 1
-            if left >= end:
-                break
-            child = left
-            right = left + 1
-            if right < end and _worse(dists[right], slots[right], dists[left], slots[left]):
-                child = right
-            if _worse(d, s, dists[child], slots[child]):
-                break
-            dists[i] = dists[child]
-            slots[i] = slots[child]
-            i = child
-        dists[i] = d
-        slots[i] = s
+        _sift_down(dists, slots, d, s, end)
 
 
 @kernel
 def new_heaps(n, k):
     """n empty heaps of size k: (dists float32 (n, k) = +inf, slots int64 (n, k) = -1)."""
     return np.full((n, k), np.inf, np.float32), np.full((n, k), -1, np.int64)
+
+
+@kernel
+def merge_chunk_heaps(hd, hs, nq, n_chunks, k):
+    """Merge the ``n_chunks`` heaps of each query (rows ``q*n_chunks + c``) into sorted top-k.
+
+    Returns (slots int64 (nq, k), dists float32 (nq, k)), padded with -1/+inf.
+    """
+    out_d, out_s = new_heaps(nq, k)
+    for qi in range(nq):
+        for c in range(n_chunks):
+            t = qi * n_chunks + c
+            for j in range(k):
+                if hs[t, j] >= 0:
+                    heap_push(out_d[qi], out_s[qi], hd[t, j], hs[t, j])
+        heap_sort(out_d[qi], out_s[qi])
+    return out_s, out_d
 
 
 @kernel(parallel=True)
@@ -128,15 +134,7 @@ def scan_topk_chunked(queries, rows, metric, k, n_chunks):
             d = distance(q, rows[j], metric)
             if d < hd[t, 0]:
                 heap_push(hd[t], hs[t], d, j)
-    out_d, out_s = new_heaps(nq, k)
-    for qi in range(nq):
-        for c in range(n_chunks):
-            t = qi * n_chunks + c
-            for j in range(k):
-                if hs[t, j] >= 0:
-                    heap_push(out_d[qi], out_s[qi], hd[t, j], hs[t, j])
-        heap_sort(out_d[qi], out_s[qi])
-    return out_s, out_d
+    return merge_chunk_heaps(hd, hs, nq, n_chunks, k)
 
 
 @kernel

@@ -24,6 +24,7 @@ from vecdb.client import (
     API_KEY_HEADER,
     MIB,
     Call,
+    CollectionHandle,
     RetryPolicy,
     _build,
     channel_options,
@@ -76,24 +77,8 @@ class _AsyncTransport:
             attempt += 1
 
 
-class AsyncCollection:
+class AsyncCollection(CollectionHandle):
     """A collection on a vecdb server; the embedded ``Collection`` methods, as coroutines."""
-
-    def __init__(self, transport: _AsyncTransport, info: CollectionInfo, chunk_bytes: int) -> None:
-        self._t = transport
-        self._info = info
-        self._chunk_bytes = chunk_bytes
-
-    @property
-    def name(self) -> str:
-        return self._info.name
-
-    @property
-    def info(self) -> CollectionInfo:
-        return self._info
-
-    def __repr__(self) -> str:
-        return f"AsyncCollection({self._info.name!r}, dim={self._info.dim}, index={self._info.index!r})"
 
     async def upsert(self, ids: Sequence[int | str] | np.ndarray, vectors: Any,
                      payloads: Sequence[Payload | None] | None = None,

@@ -252,10 +252,10 @@ class _Transport:
             attempt += 1
 
 
-class RemoteCollection:
-    """A collection on a vecdb server; the same methods as the embedded ``Collection``."""
+class CollectionHandle:
+    """What the sync and asyncio remote collections share: a transport and the collection info."""
 
-    def __init__(self, transport: _Transport, info: CollectionInfo, chunk_bytes: int) -> None:
+    def __init__(self, transport: Any, info: CollectionInfo, chunk_bytes: int) -> None:
         self._t = transport
         self._info = info
         self._chunk_bytes = chunk_bytes
@@ -269,7 +269,11 @@ class RemoteCollection:
         return self._info
 
     def __repr__(self) -> str:
-        return f"RemoteCollection({self._info.name!r}, dim={self._info.dim}, index={self._info.index!r})"
+        return f"{type(self).__name__}({self._info.name!r}, dim={self._info.dim}, index={self._info.index!r})"
+
+
+class RemoteCollection(CollectionHandle):
+    """A collection on a vecdb server; the same methods as the embedded ``Collection``."""
 
     def upsert(self, ids: Sequence[int | str] | np.ndarray, vectors: Any,
                payloads: Sequence[Payload | None] | None = None, tenant: str | Sequence[str] | None = None) -> None:

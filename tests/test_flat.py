@@ -47,6 +47,18 @@ def test_flat_equals_numpy_on_random_data(metric, n_queries, rng):
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_few_queries_on_many_short_rows_use_blas_and_stay_exact(metric, rng):
+    base = rng.standard_normal((40000, 12)).astype(np.float32)    # n and dim select the BLAS path
+    queries = rng.standard_normal((3, 12)).astype(np.float32)
+    index = FlatIndex(12, metric)
+    index.add(base)
+    ids, dist = index.search(queries, 10)
+    ref_ids, ref_dist = brute_force(base, queries, 10, metric)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 def test_flat_equals_numpy_on_real_digits(metric):
     ds = read_npy_folder(DIGITS)

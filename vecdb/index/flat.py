@@ -15,6 +15,8 @@ from vecdb.types import F32Matrix, I64Vector, Metric
 BLAS_MIN_QUERIES = 16
 _QUERY_BLOCK = 4096
 _ROW_BLOCK = 1024  # blocks sized as faiss sizes its BLAS path (4096 queries x 1024 rows)
+_BLAS_MAX_DIM_FEW_QUERIES = 96     # measured: BLAS wins for few queries on glove (d=50), loses on d>=128
+_BLAS_MIN_ROWS_FEW_QUERIES = 32768
 _MIN_ROWS_PER_CHUNK = 16384  # below this a thread launch costs more than it saves
 
 
@@ -59,13 +61,19 @@ class VectorStore:
 def exact_search(rows: F32Matrix, sqnorms: np.ndarray, queries: F32Matrix, k: int, kernel_metric: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k slots/distances of ``queries`` over ``rows`` (metric code 0 l2 / 1 ip).
 
-    Few queries: a direct scan split across threads. Many queries: BLAS inner products in
-    blocks folded into heaps, then the k survivors re-scored exactly (BLAS' |x|^2-2<q,x>
-    form loses precision for near neighbours).
+    Few queries: a direct scan (split across threads on large sets), or for short rows one
+    matrix-vector product. Many queries: BLAS inner products in blocks folded into heaps.
+    Both BLAS paths re-score the k survivors exactly (|x|^2-2<q,x> loses precision for
+    near neighbours).
     """
     n = len(rows)
     nq = len(queries)
     if nq < BLAS_MIN_QUERIES:
+        if rows.shape[1] < _BLAS_MAX_DIM_FEW_QUERIES and n >= _BLAS_MIN_ROWS_FEW_QUERIES:
+            # short rows: a per-row SIMD reduction wastes lanes, a matrix-vector product does not
+            heap_d, heap_s = topk.new_heaps(nq, k)
+            topk.merge_gram_block(np.ascontiguousarray((rows @ queries.T).T), sqnorms, 0, kernel_metric, heap_d, heap_s)
+            return topk.rescore(queries, rows, heap_s, kernel_metric)
         n_chunks = 1 if n < 2 * _MIN_ROWS_PER_CHUNK else min(-(-numba.get_num_threads() // nq), n // _MIN_ROWS_PER_CHUNK)
         if n_chunks <= 1:
             return topk.scan_topk(queries, rows, kernel_metric, k)

@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import vecdb
+from vecdb.index.warmup import warm_up
 from vecdb.api import DatabaseAPI
 from vecdb.server.config import ServerConfig
 from vecdb.server.metrics import ServerMetrics
@@ -127,6 +128,8 @@ def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.E
         metrics_port = metrics.serve_http(config.metrics_host, config.metrics_port) \
             if config.metrics_port is not None else None
         server.start()
+        # compile kernels now, off the request path (Numba caches them for the next start)
+        threading.Thread(target=warm_up, name="vecdb-warm-up", daemon=True).start()
         logger.info("serving", extra={
             "event": "serving", "host": config.host, "port": port, "metrics_port": metrics_port,
             "data_dir": str(config.data_dir), "workers": config.workers,

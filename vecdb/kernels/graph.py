@@ -74,9 +74,8 @@ def beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, vis, tag
     """
     todo = np.empty(adj0.shape[1], np.int32)
     prefetch_cols = min(vecs.shape[1], PREFETCH_FLOATS)
-    ccap = 2 * ef + 64
-    cd = np.empty(ccap, np.float32)
-    ci = np.empty(ccap, np.int32)
+    cd = np.empty(2 * ef + 64, np.float32)
+    ci = np.empty(2 * ef + 64, np.int32)
     _heap_push_min(cd, ci, 0, ep_d, ep)
     cn = 1
     _heap_push_max(out_d, out_i, 0, ep_d, ep)
@@ -103,15 +102,7 @@ def beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, vis, tag
             d = distance(q, vecs[nb], metric)
             if rn == ef and d >= out_d[0]:
                 continue
-            if cn == ccap:
-                ccap *= 2
-                nd = np.empty(ccap, np.float32)
-                ni = np.empty(ccap, np.int32)
-                nd[:cn] = cd[:cn]
-                ni[:cn] = ci[:cn]
-                cd = nd
-                ci = ni
-            _heap_push_min(cd, ci, cn, d, nb)
+            cd, ci = _push_candidate(cd, ci, cn, d, nb)
             cn += 1
             if rn < ef:
                 _heap_push_max(out_d, out_i, rn, d, nb)
@@ -213,6 +204,21 @@ def _heap_push_min(hd, hi, size, d, node):
 
 
 @kernel
+def _push_candidate(cd, ci, n, d, node):
+    """Push (d, node) on the candidate min-heap of size ``n``, doubling its arrays when full;
+    returns the (possibly new) arrays."""
+    if n == cd.shape[0]:
+        nd = np.empty(2 * n, np.float32)
+        ni = np.empty(2 * n, np.int32)
+        nd[:n] = cd[:n]
+        ni[:n] = ci[:n]
+        cd = nd
+        ci = ni
+    _heap_push_min(cd, ci, n, d, node)
+    return cd, ci
+
+
+@kernel
 def _heap_pop_min(hd, hi, size):
     """Remove the root of a min-heap of ``size`` items (size >= 1)."""
     last_d = hd[size - 1]
@@ -243,9 +249,8 @@ def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d,
     so the graph stays connected under any filter; stops once the closest unexpanded
     candidate is farther than the worst of ef allowed results. Returns the result count.
     """
-    cap = 4 * ef + 64
-    hd = np.empty(cap, np.float32)
-    hi = np.empty(cap, np.int32)
+    hd = np.empty(4 * ef + 64, np.float32)
+    hi = np.empty(4 * ef + 64, np.int32)
     hsize = 0
     _heap_push_min(hd, hi, hsize, ep_d, ep)
     hsize = 1
@@ -271,15 +276,7 @@ def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d,
             d = distance(q, vecs[nb], metric)
             if nres == ef and d >= res_d[ef - 1]:
                 continue
-            if hsize == cap:
-                cap *= 2
-                nd = np.empty(cap, np.float32)
-                ni = np.empty(cap, np.int32)
-                nd[:hsize] = hd[:hsize]
-                ni[:hsize] = hi[:hsize]
-                hd = nd
-                hi = ni
-            _heap_push_min(hd, hi, hsize, d, nb)
+            hd, hi = _push_candidate(hd, hi, hsize, d, nb)
             hsize += 1
             if mask[nb]:
                 j = nres if nres < ef else ef - 1

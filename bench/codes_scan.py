@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -24,14 +24,22 @@ from typing import Any
 
 import numpy as np
 
-DATA_ROOT = Path("/work/shared/datasets")
 # m per dataset: dim / 8 (8 dims per sub-quantizer) where it divides, else dim / 5
 PQ_M = {"arxiv-minilm-384": 48, "glove-6b-50d-angular": 10, "mnist-784-euclidean": 98}
 
 
-def fastest(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+class Times(dict):
+    """Best wall time per callable, plus how quiet the machine was meanwhile (``quiet``)."""
+
+    quiet: dict[str, Any]
+
+
+def fastest(fns: dict[str, Callable[[], Any]], repeats: int) -> Times:
     """Best wall time of each callable, running them round-robin ``repeats`` times."""
-    best = {name: float("inf") for name in fns}
+    from vecdb.bench.machine import Watch
+
+    watch = Watch()
+    best = Times({name: float("inf") for name in fns})
     for fn in fns.values():
         fn()  # warm-up (JIT load, caches)
     for _ in range(repeats):
@@ -39,16 +47,20 @@ def fastest(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]
             t0 = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)
+    q = watch.stop()
+    best.quiet = {"others_share": q.others_share, "busy": q.busy, "load_before": q.load_before,
+                  "load_after": q.load_after}
     return best
 
 
 def load(name: str, n_queries: int) -> tuple[np.ndarray, np.ndarray, str]:
-    folder = DATA_ROOT / name
-    info = json.loads((folder / "info.json").read_text())
-    base = np.load(folder / "base.npy")
-    queries = np.load(folder / "query.npy")[:n_queries]
-    metric = "l2" if "euclid" in str(info.get("metric", name)) else "cosine"
-    return np.ascontiguousarray(base, np.float32), np.ascontiguousarray(queries, np.float32), metric
+    """Base, queries and metric of a dataset the harness can load (see `vecdb datasets`)."""
+    from vecdb.data import load_dataset
+
+    ds = load_dataset(name)
+    metric = "l2" if ds.metric.value == "l2" else "cosine"
+    return (np.ascontiguousarray(ds.base, np.float32), np.ascontiguousarray(ds.queries[:n_queries], np.float32),
+            metric)
 
 
 def bench_dataset(name: str, n_queries: int, n_train: int, repeats: int) -> list[dict[str, Any]]:
@@ -73,7 +85,7 @@ def bench_dataset(name: str, n_queries: int, n_train: int, repeats: int) -> list
 
     def add_row(kind: str, times: dict[str, float], ours: str, theirs: str | None, code_bytes: int, note: str = "") -> None:
         row = {"dataset": name, "scan": kind, "code_bytes": code_bytes, "float_bytes": 4 * dim,
-               "vecdb": ours, "vecdb_codes_per_s": scanned / times[ours], "note": note}
+               "vecdb": ours, "vecdb_codes_per_s": scanned / times[ours], "note": note, **times.quiet}
         if theirs is not None:
             row.update(faiss=theirs, faiss_codes_per_s=scanned / times[theirs], ratio=times[theirs] / times[ours])
         rows.append(row)
@@ -139,7 +151,7 @@ def bench_dataset(name: str, n_queries: int, n_train: int, repeats: int) -> list
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'dataset':22} {'scan':20} {'code B':>6} {'/f32':>6} {'vecdb path':26} {'vecdb codes/s':>13} {'faiss path':16} {'faiss codes/s':>13} {'ratio':>6}"
+    header = f"{'dataset':22} {'scan':20} {'code B':>6} {'/f32':>6} {'vecdb path':26} {'vecdb codes/s':>13} {'faiss path':16} {'faiss codes/s':>13} {'ratio':>6} busy"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -147,38 +159,49 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         frac = f"1/{r['float_bytes'] / r['code_bytes']:.1f}"
         print(f"{r['dataset']:22} {r['scan']:20} {r['code_bytes']:>6} {frac:>6} {r['vecdb']:26} {r['vecdb_codes_per_s']:>13.3g} "
-              f"{r.get('faiss', '-'):16} {faiss_rate:>13} {ratio:>6}")
+              f"{r.get('faiss', '-'):16} {faiss_rate:>13} {ratio:>6} {'!' if r['busy'] else ''}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="arxiv-minilm-384,glove-6b-50d-angular,mnist-784-euclidean")
     parser.add_argument("--queries", type=int, default=200, help="queries per timed batch")
     parser.add_argument("--train", type=int, default=20000, help="training sample size")
     parser.add_argument("--repeats", type=int, default=5, help="timed passes; the fastest is kept")
+    parser.add_argument("--allow-busy", action="store_true", help="run on a busy machine (rows flagged)")
     parser.add_argument("--out", default="bench/results/codes_scan.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import faiss
-    import numba
 
+    from vecdb.bench import machine
+    from vecdb.errors import VecdbError
     from vecdb.kernels._jit import threads
 
     faiss.omp_set_num_threads(1)
     rows: list[dict[str, Any]] = []
-    with threads(1):
-        for name in args.datasets.split(","):
-            rows.extend(bench_dataset(name, args.queries, args.train, args.repeats))
+    try:
+        with machine.bench_lock():
+            start_check = machine.check_quiet(args.allow_busy)
+            prov = machine.provenance(None if argv is None else ["bench/codes_scan.py", *argv])
+            with threads(1):
+                for name in args.datasets.split(","):
+                    rows.extend(bench_dataset(name, args.queries, args.train, args.repeats))
+    except VecdbError as exc:
+        print(f"codes_scan.py: error: {exc}", file=sys.stderr)
+        return 2
     print_table(rows)
-    record = {"meta": {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-                       "threads": 1, "queries": args.queries, "repeats": args.repeats, "k": 10,
-                       "versions": {"numpy": np.__version__, "numba": numba.__version__, "faiss": faiss.__version__}},
-              "rows": rows}
+    busy = start_check["busy"] or any(r["busy"] for r in rows)
+    record = {"meta": {"threads": 1, "queries": args.queries, "repeats": args.repeats, "k": 10, "stat": "best"},
+              "provenance": prov, "start_check": start_check, "busy": {"flagged": busy}, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
+    if busy:
+        print("WARNING: BUSY MACHINE: other processes used more than a quarter of the CPUs; rows marked '!'")
     print(f"saved {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

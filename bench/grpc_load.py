@@ -27,6 +27,9 @@ import numpy as np
 
 import vecdb
 from vecdb.api import CollectionAPI
+from vecdb.bench import machine
+from vecdb.bench.machine import Watch
+from vecdb.errors import VecdbError
 from vecdb.server.process import start_server_process
 
 WRITE_BATCH = 100
@@ -155,15 +158,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-pause", type=float, default=0.0,
                    help="seconds the writer sleeps between upserts (0: write back to back, the worst case)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-busy", action="store_true", help="run on a busy machine (the result is flagged)")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
+    try:
+        with machine.bench_lock():
+            start_check = machine.check_quiet(args.allow_busy)
+            prov = machine.provenance(None if argv is None else ["bench/grpc_load.py", *argv])
+            return _run(args, start_check, prov)
+    except VecdbError as exc:
+        print(f"grpc_load.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, start_check: dict[str, Any], prov: dict[str, Any]) -> int:
+    """The load test proper (under the benchmark lock); the server process counts as ours."""
     rng = np.random.default_rng(args.seed)
     base = rng.standard_normal((args.n, args.dim)).astype(np.float32)
     queries = rng.standard_normal((1000, args.dim)).astype(np.float32)
     params = {"ef": args.ef} if args.index == "hnsw" else {}
     work = Path(tempfile.mkdtemp(prefix="vecdb-grpc-load-"))
     server = start_server_process(work / "server-data", work / "server.log", args=["--no-metrics"])
-    report: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    report: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                              "provenance": prov, "start_check": start_check}
     try:
         with vecdb.connect(server.address, timeout=120) as remote, vecdb.open(str(work / "embedded-data")) as local:
             colls = {}
@@ -177,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.settle)  # let background index checkpoints after the load finish
             ratios = {}
             for batch in (1, 100):  # same data in both; rounds alternate, best round counts
+                watch = Watch()
                 best = {"grpc": 0.0, "embedded": 0.0}
                 for _ in range(args.rounds):
                     for name, c in colls.items():
@@ -184,14 +202,16 @@ def main(argv: list[str] | None = None) -> int:
                                          args.ratio_seconds)
                         best[name] = max(best[name], qps)
                 ratios[f"batch_{batch}"] = {"grpc_qps": round(best["grpc"], 1), "embedded_qps": round(best["embedded"], 1),
-                                            "ratio": round(best["grpc"] / best["embedded"], 3)}
+                                            "ratio": round(best["grpc"] / best["embedded"], 3),
+                                            "quiet": asdict(watch.stop())}
                 print(f"batch={batch:>3}  grpc={best['grpc']:>9.1f} q/s  embedded={best['embedded']:>9.1f} q/s  "
                       f"ratio={best['grpc'] / best['embedded']:.3f}", flush=True)
             phases = []
             for i, threads in enumerate(int(t) for t in args.threads.split(",")):
+                watch = Watch()
                 res = run_phase(colls["grpc"], queries, threads, args.seconds, args.k, params,
                                 FIRST_WRITE_ID + i * 10_000_000, args.write_pause)
-                phases.append(asdict(res))
+                phases.append({**asdict(res), "quiet": asdict(watch.stop())})
                 print(f"threads={res.threads:>2}  qps={res.qps:>8.1f}  p50={res.p50_ms:7.2f} ms  p99={res.p99_ms:7.2f} ms  "
                       f"errors={res.errors}  writes acked={res.writes_acked} readable={res.writes_readable}", flush=True)
             report["phases"] = phases
@@ -202,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     ok = code == 0 and all(ph["errors"] == 0 and ph["writes_acked"] == ph["writes_readable"]
                            for ph in report.get("phases", []))
     report["ok"] = ok
+    busy = start_check["busy"] or any(ph["quiet"]["busy"] for ph in report.get("phases", [])) or any(
+        r["quiet"]["busy"] for r in report.get("ratio", {}).values())
+    report["busy"] = {"flagged": busy, "allowed": args.allow_busy}
+    if busy:
+        print("WARNING: BUSY MACHINE: other processes used more than a quarter of the CPUs; figures not comparable")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

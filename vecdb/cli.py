@@ -49,22 +49,29 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _bench(args: argparse.Namespace) -> int:
     from vecdb.bench.report import render
-    from vecdb.bench.runner import RunConfig, run, save
+    from vecdb.bench.runner import RunConfig, raise_if_invalid, run, save
 
-    config = RunConfig(dataset=args.dataset, targets=[t.strip() for t in args.targets.split(",") if t.strip()],
-                       build_params=parse_params(args.build), search_grid=parse_grid(args.search), k=args.k,
-                       threads=_ints(args.threads), batches=_ints(args.batch), selectivities=_floats(args.filter),
-                       baseline=args.baseline, at_recall=args.at_recall, max_queries=args.max_queries,
-                       build_threads=args.build_threads, repeats=args.repeats)
-    if config.baseline is None:
-        config.baseline = next((t for t in config.targets if not t.startswith("vecdb")), None)
-    record = run(config)
+    targets = _names(args.targets)
+    baselines = _names(args.baseline) if args.baseline else [t for t in targets if not t.startswith("vecdb")][:1]
+    config = RunConfig(dataset=args.dataset, targets=targets, build_params=parse_params(args.build),
+                       search_grid=parse_grid(args.search), k=args.k, threads=_ints(args.threads),
+                       batches=_ints(args.batch), selectivities=_floats(args.filter),
+                       filter_strategies=_names(args.filter_strategies), baselines=baselines,
+                       at_recall=args.at_recall, max_queries=args.max_queries, build_threads=args.build_threads,
+                       repeats=args.repeats, stat=args.stat, memory=args.memory, allow_busy=args.allow_busy,
+                       check_knobs=not args.skip_knob_check)
+    record = run(config, argv=args.argv)
     print(render(record))
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("bench/results") / f"{Path(args.dataset).name}__{'+'.join(config.targets)}__{stamp}.json"
     print(f"\nsaved {save(record, out)}")
+    raise_if_invalid(record)
     return 0
 
 
@@ -108,13 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", default="1", help="thread counts, e.g. 1,2")
     b.add_argument("--batch", default="1,1000", help="queries per call, e.g. 1,1000")
     b.add_argument("--filter", default="", help="filter selectivities, e.g. 0.01,0.1,0.5")
-    b.add_argument("--baseline", default=None, help="target the ratios divide by (default: first non-vecdb)")
+    b.add_argument("--baseline", default=None,
+                   help="comma list of targets the ratios divide by; each row uses the first of its algorithm "
+                        "class, exact or ann (default: the first non-vecdb target)")
+    b.add_argument("--filter-strategies", default="graph,scan,auto",
+                   help="filter strategies timed for graph indexes: graph (filtered traversal), scan (exact scan "
+                        "of the allowed rows; references share one), auto (vecdb's rule, applied to every target)")
     b.add_argument("--at-recall", type=float, default=0.95, help="recall@k the summary requires")
     b.add_argument("--max-queries", type=int, default=None)
     b.add_argument("--build-threads", type=int, default=None, help="threads for building (default: max --threads)")
-    b.add_argument("--repeats", type=int, default=1, help="timing passes per setting; the fastest is kept")
+    b.add_argument("--repeats", type=int, default=3, help="timed passes per setting, targets interleaved")
+    b.add_argument("--stat", choices=("best", "median"), default="best", help="which pass a row reports")
+    b.add_argument("--memory", choices=("fresh", "skip"), default="fresh",
+                   help="fresh: also build each target in a fresh process and measure its RSS growth")
+    b.add_argument("--allow-busy", action="store_true",
+                   help="run even when other processes use > 1/4 of the machine (the result is flagged busy)")
+    b.add_argument("--skip-knob-check", action="store_true",
+                   help="exploratory runs only: do not fail when a swept knob leaves recall unchanged")
     b.add_argument("--out", default=None, help="result JSON path (default bench/results/...)")
-    b.set_defaults(func=_bench)
+    b.set_defaults(func=_bench, argv=None)
     return parser
 
 
@@ -125,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = ["vecdb", *argv]  # the command line a result records
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

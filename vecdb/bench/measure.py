@@ -1,18 +1,21 @@
-"""Timing primitives of the harness: one query per call, and batched calls."""
+"""Timing primitives of the harness: one timed pass over all queries, the passes of one
+setting (best or median reported), and small helpers (duplicate rows, folder sizes)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vecdb.bench.adapters.base import Target
+if TYPE_CHECKING:
+    from vecdb.bench.adapters.base import Target
 
 
 @dataclass
 class Timing:
-    """Raw outcome of one search configuration over all queries."""
+    """Raw outcome of one pass of one search configuration over all queries."""
 
     ids: np.ndarray            # (nq, k) row numbers
     latencies_s: np.ndarray    # seconds per call
@@ -27,31 +30,43 @@ class Timing:
         return float(np.percentile(self.latencies_s, p) * 1e3)
 
 
-def time_search(target: Target, queries: np.ndarray, k: int, params: dict[str, Any], batch: int,
-                allow: np.ndarray | None = None, repeats: int = 1) -> Timing:
-    """Search all ``queries`` in calls of ``batch`` rows; keep the fastest of ``repeats`` passes.
+@dataclass
+class Passes:
+    """All timed passes of one target at one setting."""
 
-    Uses ``time.perf_counter`` per call. A warm-up call precedes timing so one-off costs
-    (lazy compilation, page faults) are not counted.
-    """
+    timings: list[Timing] = field(default_factory=list)
+
+    def add(self, timing: Timing) -> None:
+        self.timings.append(timing)
+
+    def pick(self, stat: str) -> Timing:
+        """The fastest pass ("best") or the median one by total time ("median"; the lower
+        middle for an even count, so it is always a pass that ran)."""
+        order = sorted(self.timings, key=lambda t: t.total_s)
+        return order[0] if stat == "best" else order[(len(order) - 1) // 2]
+
+    def qps_list(self) -> list[float]:
+        return [t.qps for t in self.timings]
+
+    def percentile_ms(self, p: float) -> float:
+        """Latency percentile over the calls of every pass."""
+        return float(np.percentile(np.concatenate([t.latencies_s for t in self.timings]), p) * 1e3)
+
+
+def time_pass(target: Target, queries: np.ndarray, k: int, params: dict[str, Any], batch: int,
+              allow: np.ndarray | None = None) -> Timing:
+    """Search all ``queries`` in calls of ``batch`` rows, timing each call (``perf_counter``)."""
     nq = len(queries)
     batch = max(1, min(batch, nq))
-    target.search(queries[: min(batch, 8)], k, params, allow)
-    best: Timing | None = None
-    for _ in range(max(1, repeats)):
-        ids = np.full((nq, k), -1, np.int64)
-        lat = []
-        t_all = time.perf_counter()
-        for start in range(0, nq, batch):
-            t0 = time.perf_counter()
-            got = target.search(queries[start : start + batch], k, params, allow)
-            lat.append(time.perf_counter() - t0)
-            ids[start : start + batch, : got.shape[1]] = got[:, :k]
-        total = time.perf_counter() - t_all
-        if best is None or total < best.total_s:
-            best = Timing(ids, np.asarray(lat), total, batch)
-    assert best is not None
-    return best
+    ids = np.full((nq, k), -1, np.int64)
+    lat = []
+    t_all = time.perf_counter()
+    for start in range(0, nq, batch):
+        t0 = time.perf_counter()
+        got = target.search(queries[start : start + batch], k, params, allow)
+        lat.append(time.perf_counter() - t0)
+        ids[start : start + batch, : got.shape[1]] = got[:, :k]
+    return Timing(ids, np.asarray(lat), time.perf_counter() - t_all, batch)
 
 
 def duplicate_rows(ids: np.ndarray) -> int:
@@ -63,10 +78,7 @@ def duplicate_rows(ids: np.ndarray) -> int:
     return bad
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-    except OSError:
-        return 0
+def dir_bytes(path: Path) -> int:
+    """Bytes of all files below ``path`` (0 when it does not exist)."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0

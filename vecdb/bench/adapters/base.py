@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -29,10 +30,22 @@ class Target(abc.ABC):
     name: ClassVar[str] = ""
     #: search parameter names this target understands (others in a sweep are ignored)
     search_knobs: ClassVar[tuple[str, ...]] = ()
+    #: knobs whose sweep must move recall (the runner checks; default: every search knob)
+    recall_knobs: ClassVar[tuple[str, ...] | None] = None
     #: True when ``search`` honours ``allow`` exactly (filtered benchmarks skip others)
     supports_filter: ClassVar[bool] = False
+    #: "exact" or "ann": ratios are only taken between targets of the same class
+    algorithm: ClassVar[str] = "ann"
+    #: filter strategies this target can run ("graph", "scan", "auto"); the first is its own
+    filter_strategies: ClassVar[tuple[str, ...]] = ("scan",)
+    #: what each strategy runs, in words (printed under the tables)
+    filter_paths: ClassVar[dict[str, str]] = {"scan": "the index's own filtered scan"}
+    #: where ``memory_bytes`` comes from: "library" (its own count) or "formula" (documented layout)
+    memory_source: ClassVar[str] = "library"
     #: threads the runner allows for the next calls (for libraries that take it per call)
     threads: int = 1
+    #: a folder of its own for targets that persist (set by the runner before ``build``)
+    workdir: Path | None = None
 
     def __init__(self, metric: Metric, dim: int, build_params: dict[str, Any]) -> None:
         self.metric = metric
@@ -54,6 +67,22 @@ class Target(abc.ABC):
     def close(self) -> None:
         """Free resources (default: nothing)."""
 
+    def disk_bytes(self) -> int | None:
+        """Bytes on disk for targets that persist (databases); None for in-memory indexes."""
+        return None
+
+    def build_info(self) -> dict[str, Any]:
+        """Extra build figures a target measures itself (e.g. insert vs index seconds)."""
+        return {}
+
+    def knobs_for_recall(self) -> tuple[str, ...]:
+        """The search knobs whose sweep must move recall."""
+        return self.search_knobs if self.recall_knobs is None else self.recall_knobs
+
+    def strategy_used(self, params: dict[str, Any], allow: np.ndarray, k: int) -> str:
+        """The strategy a filtered search with ``params`` actually runs ("graph" or "scan")."""
+        return self.filter_strategies[0]
+
     def label(self, params: dict[str, Any]) -> str:
         """Short text naming this target and the search knobs it used."""
         used = {k: v for k, v in params.items() if k in self.search_knobs}
@@ -74,3 +103,22 @@ def faiss_metric(metric: Metric) -> int:
     return faiss.METRIC_L2 if metric is Metric.L2 else faiss.METRIC_INNER_PRODUCT
 
 
+class SubsetScan:
+    """The exact-scan fallback every reference target shares: gather the allowed rows and run
+    faiss' brute-force ``knn`` over them (BLAS, its OpenMP threads), per call, from the ids."""
+
+    path = "scan: gather allowed rows + faiss.knn (shared by every reference)"
+
+    def __init__(self, base: F32Matrix, metric: Metric) -> None:
+        self.metric = metric
+        self.base = prepare_for_metric(base, metric)
+
+    def search(self, queries: F32Matrix, k: int, allow: np.ndarray) -> np.ndarray:
+        import faiss
+
+        q = prepare_for_metric(queries, self.metric)
+        sub = self.base[allow]
+        _, rows = faiss.knn(q, sub, min(k, len(sub)), metric=faiss_metric(self.metric))
+        out = np.full((len(q), k), -1, np.int64)
+        out[:, : rows.shape[1]] = np.where(rows >= 0, allow[np.maximum(rows, 0)], -1)
+        return out

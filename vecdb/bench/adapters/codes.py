@@ -39,6 +39,7 @@ def _pq_shape(dim: int, params: dict[str, Any]) -> tuple[int, int]:
 class _VecdbCodes(Target):
     search_knobs = ("rerank",)
     supports_filter = True
+    filter_paths = {"scan": "scan: code scan of the allowed rows"}
     index: CodeIndex
 
     @abc.abstractmethod
@@ -91,6 +92,7 @@ class _FaissCodes(Target):
     """A faiss code index wrapped in ``IndexRefineFlat`` (which keeps the float vectors)."""
 
     search_knobs = ("rerank",)
+    memory_source = "formula"
 
     @abc.abstractmethod
     def _make(self) -> Any:

@@ -14,6 +14,8 @@ from vecdb.types import F32Matrix
 class VecdbFlat(Target):
     name = "vecdb-flat"
     supports_filter = True
+    algorithm = "exact"
+    filter_paths = {"scan": "scan: FlatIndex over the allowed rows"}
 
     def build(self, base: F32Matrix) -> None:
         self.index = FlatIndex(self.dim, self.metric)
@@ -30,6 +32,9 @@ class VecdbFlat(Target):
 class FaissFlat(Target):
     name = "faiss-flat"
     supports_filter = True
+    algorithm = "exact"
+    memory_source = "formula"
+    filter_paths = {"scan": "scan: IndexFlat over all rows with IDSelectorBatch"}
 
     def build(self, base: F32Matrix) -> None:
         import faiss

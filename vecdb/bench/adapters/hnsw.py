@@ -1,13 +1,21 @@
 """HNSW targets: vecdb's HNSW, hnswlib and faiss IndexHNSWFlat, built with the same M and
-ef_construction and searched with the same ``ef``."""
+ef_construction and searched with the same ``ef``.
+
+Filtered searches run under a strategy the runner passes as ``params["filter_strategy"]``:
+"graph" (the library's filtered traversal), "scan" (exact scan of the allowed rows: vecdb's
+own kernel; the references share ``SubsetScan``) or "auto" (scan when the rule of
+``scan_preferred`` -- vecdb's own ``HNSW.prefers_exact`` -- says a scan is cheaper, else graph).
+"""
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import numpy as np
 
-from vecdb.bench.adapters.base import Target, faiss_metric, prepare_for_metric, register
-from vecdb.index.hnsw import HNSW
+from vecdb.bench.adapters.base import SubsetScan, Target, faiss_metric, prepare_for_metric, register
+from vecdb.errors import InvalidArgumentError
+from vecdb.index.hnsw import DEFAULT_EF, FILTER_COST, HNSW
 from vecdb.types import F32Matrix, Metric
 
 DEFAULT_M = 16
@@ -15,15 +23,73 @@ DEFAULT_EF_CONSTRUCTION = 200
 SEED = 1
 
 
+GRAPH_STRATEGIES = ("graph", "scan", "auto")
+
+
 def _build_knobs(params: dict[str, Any]) -> tuple[int, int]:
     return int(params.get("M", DEFAULT_M)), int(params.get("ef_construction", DEFAULT_EF_CONSTRUCTION))
+
+
+def scan_preferred(n_allowed: int, n: int, ef: int, M: int) -> bool:
+    """vecdb's rule for "auto", applied to any HNSW: scan the allowed rows when that costs fewer
+    distances than a filtered traversal is expected to (ef * 2M * FILTER_COST / selectivity)."""
+    selectivity = max(n_allowed, 1) / max(n, 1)
+    return n_allowed <= ef * 2 * M * FILTER_COST / selectivity
+
+
+def _strategy(params: dict[str, Any]) -> str:
+    strategy = params.get("filter_strategy", "graph")
+    if strategy not in GRAPH_STRATEGIES:
+        raise InvalidArgumentError(f"filter_strategy must be one of {GRAPH_STRATEGIES}, got {strategy!r}")
+    return strategy
+
+
+class _ReferenceHNSW(Target):
+    """A reference HNSW library: graph filter of its own, the shared scan, vecdb's auto rule."""
+
+    search_knobs = ("ef",)
+    supports_filter = True
+    filter_strategies = GRAPH_STRATEGIES
+    scan: SubsetScan | None = None
+    default_ef = 10
+    n = 0
+    M = DEFAULT_M
+
+    def attach_scan(self, scan: SubsetScan) -> None:
+        """Give this target the shared exact-scan fallback (kept outside its memory figures)."""
+        self.scan = scan
+
+    def _ef(self, params: dict[str, Any], k: int) -> int:
+        return max(k, int(params.get("ef", self.default_ef)))
+
+    def strategy_used(self, params: dict[str, Any], allow: np.ndarray, k: int) -> str:
+        strategy = _strategy(params)
+        if strategy == "auto":
+            return "scan" if scan_preferred(len(allow), self.n, self._ef(params, k), self.M) else "graph"
+        return strategy
+
+    def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
+        if allow is not None and self.strategy_used(params, allow, k) == "scan":
+            if self.scan is None:
+                raise InvalidArgumentError(f"{self.name}: the scan strategy needs attach_scan() first")
+            return self.scan.search(queries, k, allow)
+        return self._graph_search(queries, k, params, allow)
+
+    @abc.abstractmethod
+    def _graph_search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None) -> np.ndarray:
+        """The library's own (filtered) graph search."""
 
 
 @register
 class VecdbHNSW(Target):
     name = "vecdb-hnsw"
     search_knobs = ("ef", "filter_mode")
+    recall_knobs = ("ef",)
     supports_filter = True
+    filter_strategies = GRAPH_STRATEGIES
+    filter_paths = {"graph": "graph: filtered traversal, uint8 mask (Numba)",
+                    "scan": "scan: exact scan of the allowed rows (Numba scan_subset)",
+                    "auto": "auto: vecdb's own filter_mode=auto (prefers_exact)"}
 
     def build(self, base: F32Matrix) -> None:
         M, efc = _build_knobs(self.build_params)
@@ -32,19 +98,29 @@ class VecdbHNSW(Target):
 
     def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
         knobs = {key: params[key] for key in self.search_knobs if key in params}
+        if allow is not None and "filter_strategy" in params:
+            knobs["filter_mode"] = _strategy(params)
         return self.index.search(queries, k, allow=allow, **knobs).ids
+
+    def strategy_used(self, params: dict[str, Any], allow: np.ndarray, k: int) -> str:
+        mode = params.get("filter_mode") or _strategy(params)
+        if mode == "auto":
+            ef = max(k, int(params.get("ef", DEFAULT_EF)))
+            return "scan" if self.index.prefers_exact(len(allow), ef) else "graph"
+        return mode
 
     def memory_bytes(self) -> int:
         return self.index.memory_bytes()
 
 
 @register
-class Hnswlib(Target):
-    """hnswlib with its native spaces; filters go through its per-label filter callable."""
+class Hnswlib(_ReferenceHNSW):
+    """hnswlib with its native spaces; its graph filter is its per-label Python callable."""
 
     name = "hnswlib"
-    search_knobs = ("ef",)
-    supports_filter = True
+    memory_source = "formula"
+    filter_paths = {"graph": "graph: Python callable per visited node, under the GIL (hnswlib's only filter API)",
+                    "scan": SubsetScan.path, "auto": "auto: vecdb's rule picks graph or the shared scan"}
 
     def build(self, base: F32Matrix) -> None:
         import hnswlib
@@ -65,14 +141,14 @@ class Hnswlib(Target):
             self._filter_for = (allow, mask.__getitem__)
         return self._filter_for[1]
 
-    def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
-        self.index.set_ef(max(k, int(params.get("ef", 10))))
+    def _graph_search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None) -> np.ndarray:
+        self.index.set_ef(self._ef(params, k))
         flt = None if allow is None else self._filter(allow)
         ids, _ = self.index.knn_query(queries, k=k, num_threads=getattr(self, "threads", 1), filter=flt)
         return ids.astype(np.int64)
 
     def memory_bytes(self) -> int:
-        """From hnswlib's layout (hnswalg.h): per element the level-0 block (count + 2M links +
+        """hnswlib exposes no byte count; this is a formula from its layout (hnswalg.h): per element the level-0 block (count + 2M links +
         vector + 8-byte label), a link-list pointer, its level (int), a std::mutex (40 B) and a
         label-map entry (~40 B); upper-level blocks of (M + 1) ints per level; 65,536 label
         mutexes; one uint16 visited list."""
@@ -83,12 +159,14 @@ class Hnswlib(Target):
 
 
 @register
-class FaissHNSW(Target):
+class FaissHNSW(_ReferenceHNSW):
     """faiss IndexHNSWFlat; cosine runs as inner product on unit rows; filters via IDSelector."""
 
     name = "faiss-hnsw"
-    search_knobs = ("ef",)
-    supports_filter = True
+    default_ef = 16
+    memory_source = "formula"
+    filter_paths = {"graph": "graph: IDSelectorBatch checked per visited node (C++)",
+                    "scan": SubsetScan.path, "auto": "auto: vecdb's rule picks graph or the shared scan"}
 
     def build(self, base: F32Matrix) -> None:
         import faiss
@@ -108,11 +186,11 @@ class FaissHNSW(Target):
             self._sel_for = (allow, faiss.IDSelectorBatch(ids), ids)
         return self._sel_for[1]
 
-    def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
+    def _graph_search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None) -> np.ndarray:
         import faiss
 
         sp = faiss.SearchParametersHNSW()
-        sp.efSearch = max(k, int(params.get("ef", 16)))
+        sp.efSearch = self._ef(params, k)
         if allow is not None:
             sp.sel = self._selector(allow)
         return self.index.search(prepare_for_metric(queries, self.metric), k, params=sp)[1]

@@ -217,8 +217,8 @@ def test_search_filter_tenant_payloads(db: DatabaseAPI) -> None:
     assert coll.list_tenants() == ["t1"]
     assert coll.count(tenant="t1") == 3
     assert coll.get([10, 12], tenant="t1").ids.tolist() == [10, 12]
-    with pytest.raises(IdNotFoundError, match="not in tenant 't1'"):
-        coll.get([10, 13], tenant="t1")
+    with pytest.raises(IdNotFoundError, match=r"1 id\(s\) not found in collection '\w+': \[13\]"):
+        coll.get([10, 13], tenant="t1")  # 13 exists but is not t1's: answered as if missing
     with pytest.raises(TenantNotFoundError):
         coll.get([10], tenant="nobody")
     scoped = coll.search(q, k=10, tenant="t1")
@@ -253,8 +253,31 @@ def test_results_are_identical_across_backends(embedded: tuple[Database, Path], 
 
 
 def test_snapshot(backend: tuple[DatabaseAPI, Path]) -> None:
+    """The snapshot opens as a database holding the collection as it was at the call (same
+    points, payloads, tenants and search answers); writes after the call are not in it."""
     db, root = backend
-    make(db, n=5)
+    coll = make(db, n=40)
+    coll.create_tenant("t")
+    coll.grant("t", [1, 2])
+    coll.delete([7])
+    ids = [i for i in range(40) if i != 7]
+    q = data(5, seed=3)
+    at_call = coll.get(ids), coll.search(q, k=6, filter={"lang": "en"}, with_payloads=True)
     target = root / fresh("snap")
     db.snapshot(str(target))
-    assert target.exists()
+    coll.upsert([1000], np.ones((1, DIM)), None)
+    coll.delete([3])
+    with vecdb.open(str(target)) as copy:
+        snap = copy.get_collection(coll.name)
+        assert snap.info == coll.info
+        assert (snap.count(), snap.count(tenant="t"), snap.list_tenants()) == (39, 2, ["t"])
+        got, res = snap.get(ids), snap.search(q, k=6, filter={"lang": "en"}, with_payloads=True)
+        np.testing.assert_array_equal(got.vectors, at_call[0].vectors)
+        assert got.payloads == at_call[0].payloads
+        np.testing.assert_array_equal(res.ids, at_call[1].ids)
+        np.testing.assert_array_equal(res.distances, at_call[1].distances)
+        assert res.payloads == at_call[1].payloads
+        with pytest.raises(IdNotFoundError):
+            snap.get([1000])
+        assert snap.get([3]).ids.tolist() == [3]
+    assert coll.count() == 39 and coll.get([1000]).ids.tolist() == [1000]

@@ -237,59 +237,195 @@ def test_map_grows_automatically(tmp_path: Path) -> None:
 
 
 def test_snapshot_while_writing_is_consistent(tmp_path: Path) -> None:
-    batch = 100
+    """A snapshot taken while a writer commits batch after batch holds whole batches only:
+    every batch acknowledged before the call, and none that the writer committed after it
+    (the writer provably runs before, during and after the snapshot)."""
+    batch, max_batches = 100, 5000
+
+    def vectors(b: int) -> np.ndarray:
+        return np.random.default_rng(b).standard_normal((batch, DIM)).astype(np.float32)
+
     with vecdb.open(tmp_path / "db") as db:
         col = db.create_collection("s", dim=DIM, index="flat", metric="l2")
-        x = np.random.default_rng(1).standard_normal((batch * 30, DIM)).astype(np.float32)
+        acked: list[int] = []
+        progress = threading.Condition()
         stop = threading.Event()
 
         def writer() -> None:
-            for b in range(30):
+            for b in range(max_batches):  # bounded; stopped long before the end
                 if stop.is_set():
                     return
-                col.upsert(np.arange(b * batch, (b + 1) * batch), x[b * batch : (b + 1) * batch], [{"b": b}] * batch)
+                col.upsert(np.arange(b * batch, (b + 1) * batch), vectors(b), [{"b": b}] * batch)
+                with progress:
+                    acked.append(b)
+                    progress.notify_all()
 
         t = threading.Thread(target=writer)
         t.start()
-        db.snapshot(tmp_path / "snap")
-        stop.set()
-        t.join()
+        try:
+            with progress:
+                assert progress.wait_for(lambda: len(acked) >= 10, timeout=120)
+                before = len(acked)
+            db.snapshot(tmp_path / "snap")
+            with progress:
+                after = len(acked)
+                assert progress.wait_for(lambda: len(acked) > after + 1, timeout=120), "the writer stopped"
+        finally:
+            stop.set()
+            t.join()
+        live = col.count()
         with pytest.raises(InvalidArgumentError):
             db.snapshot(tmp_path / "snap")
     with vecdb.open(tmp_path / "snap") as snap:
         col = snap.get_collection("s")
         n = col.count()
         assert n % batch == 0
-        if n:
-            np.testing.assert_array_equal(col.get(np.arange(n)).vectors, x[:n])
-            assert col.search(x[n - 1], k=1).ids[0, 0] == n - 1
+        # a batch committed just before the snapshot may not be in ``acked`` yet: hence + 1
+        assert before * batch <= n <= (after + 1) * batch < live
+        got = col.get(np.arange(n))
+        np.testing.assert_array_equal(got.vectors, np.vstack([vectors(b) for b in range(n // batch)]))
+        assert got.payloads == [{"b": i // batch} for i in range(n)]
+        with pytest.raises(IdNotFoundError):
+            col.get([n])  # the next batch was committed after the snapshot
+        everything = col.search(vectors(0)[0], k=n + batch).ids[0]
+        np.testing.assert_array_equal(np.sort(everything[everything >= 0]), np.arange(n))
 
 
 def test_readers_never_see_half_a_batch(db: Any) -> None:
-    batch = 50
+    """Readers counting and searching (k covering every point) while batches are upserted
+    and deleted see each batch entirely or not at all."""
+    batch, batches = 50, 40
     col = db.create_collection("c", dim=DIM, index="flat", metric="l2")
-    x = np.random.default_rng(2).standard_normal((batch * 40, DIM)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((batch * batches, DIM)).astype(np.float32)
     done = threading.Event()
     problems: list[str] = []
+    seen_counts: set[int] = set()
+    reads = [0]
+    progress = threading.Condition()
 
     def reader() -> None:
         while not done.is_set():
             n = col.count()
+            seen_counts.add(n)
             if n % batch:
                 problems.append(f"count {n}")
-            res = col.search(x[0], k=batch * 2, filter={"b": {"gte": 0}})
+            res = col.search(x[0], k=batch * batches, filter={"b": {"gte": 0}})
             got = res.ids[0][res.ids[0] >= 0]
-            if len(got) != min(n, batch * 2) and len(got) % batch:
-                problems.append(f"search saw {len(got)}")
+            per_batch = np.bincount(got // batch, minlength=batches)
+            if not np.isin(per_batch, [0, batch]).all():
+                problems.append(f"search saw batches partly: {per_batch[~np.isin(per_batch, [0, batch])][:3]}")
+            with progress:
+                reads[0] += 1
+                progress.notify_all()
 
     readers = [threading.Thread(target=reader) for _ in range(3)]
     for t in readers:
         t.start()
-    for b in range(40):
-        col.upsert(np.arange(b * batch, (b + 1) * batch), x[b * batch : (b + 1) * batch], [{"b": b}] * batch)
-        if b % 7 == 6:
-            col.delete(np.arange((b - 3) * batch, (b - 2) * batch))
-    done.set()
-    for t in readers:
-        t.join()
+    try:
+        for b in range(batches):
+            with progress:  # every reader state overlaps the writes: wait for fresh reads each batch
+                start = reads[0]
+                assert progress.wait_for(lambda: reads[0] >= start + 2, timeout=120), "readers stalled"
+            col.upsert(np.arange(b * batch, (b + 1) * batch), x[b * batch : (b + 1) * batch], [{"b": b}] * batch)
+            if b % 7 == 6:
+                col.delete(np.arange((b - 3) * batch, (b - 2) * batch))
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
     assert not problems, problems[:5]
+    assert len(seen_counts) >= batches // 2  # the readers watched the collection grow
+
+
+# ---- issue 9: requests that were acknowledged or accepted although wrong ------------------------
+def test_rows_without_ids_are_refused(db: Any) -> None:
+    col, _, _ = filled(db, n=5)
+    for vectors in (np.zeros((2**32 - 1, 0), np.float32), np.zeros((3, 0)), np.zeros((2, DIM))):
+        with pytest.raises(InvalidArgumentError, match=f"got {len(vectors)} vectors but no ids"):
+            col.upsert([], vectors)
+    col.upsert([], np.zeros((0, DIM)))  # an empty batch stays a harmless no-op
+    assert col.count() == 5
+
+
+def test_collection_names_must_match_in_full(db: Any) -> None:
+    db.create_collection("ok", dim=4, index="flat")
+    for name in ("ok\n", "new\n", "new\nline", "a" * 129):
+        with pytest.raises(InvalidArgumentError, match="collection name"):
+            db.create_collection(name, dim=4, index="flat")
+        with pytest.raises(CollectionNotFoundError):
+            db.get_collection(name)
+    assert [c.name for c in db.list_collections()] == ["ok"]
+
+
+def test_get_racing_a_drop_answers_not_found(db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A get that passed its first state check before a drop completed must not touch the
+    dropped store: it re-checks under the collection's lock (sync by events, no sleeps)."""
+    col, _, _ = filled(db, n=10)
+    entered, proceed = threading.Event(), threading.Event()
+    keys_of = col._keys_of
+
+    def paused(*args: Any, **kwargs: Any) -> Any:  # runs after get's first check, before its lock
+        out = keys_of(*args, **kwargs)
+        entered.set()
+        proceed.wait()
+        return out
+
+    monkeypatch.setattr(col, "_keys_of", paused)
+    outcome: list[BaseException | None] = []
+
+    def get() -> None:
+        try:
+            col.get([1, 2])
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects whatever was raised
+            outcome.append(exc)
+
+    reader = threading.Thread(target=get)
+    reader.start()
+    assert entered.wait(60)  # a deadlock guard, not a timing bound
+    db.drop_collection("docs")
+    proceed.set()
+    reader.join()
+    assert isinstance(outcome[0], CollectionNotFoundError), outcome
+
+
+def test_loading_a_collection_does_not_stall_other_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one collection loads (held here by an event), calls about other collections
+    complete; a second caller of the loading one waits for it and gets the same object."""
+    from vecdb.collection import Collection
+
+    with vecdb.open(tmp_path / "db") as db:
+        filled(db, n=10)
+        db.create_collection("other", dim=4, index="flat").upsert([1], np.ones((1, 4)))
+    entered, release = threading.Event(), threading.Event()
+    load = Collection._load
+
+    def held_load(self: Any) -> None:
+        if self.name == "docs":
+            entered.set()
+            release.wait()
+        load(self)
+
+    monkeypatch.setattr(Collection, "_load", held_load)
+    with vecdb.open(tmp_path / "db") as db:
+        got: dict[str, Any] = {}
+        first = threading.Thread(target=lambda: got.setdefault("first", db.get_collection("docs")))
+        first.start()
+        assert entered.wait(60)
+        others_done = threading.Event()
+
+        def others() -> None:
+            got["other"] = db.get_collection("other").count()
+            got["names"] = [c.name for c in db.list_collections()]
+            others_done.set()
+
+        threading.Thread(target=others, daemon=True).start()
+        completed = others_done.wait(60)  # a deadlock guard, not a timing bound
+        second = threading.Thread(target=lambda: got.setdefault("second", db.get_collection("docs")))
+        second.start()
+        release.set()
+        first.join()
+        second.join()
+        assert completed, "get_collection of another collection waited for the load"
+        assert got["other"] == 1 and got["names"] == ["docs", "other"]
+        assert got["first"] is got["second"] and got["first"].count() == 10

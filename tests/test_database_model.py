@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import vecdb
-from vecdb.errors import IdNotFoundError, TenantNotFoundError
+from vecdb.errors import AlreadyExistsError, IdNotFoundError, PermissionDeniedError, TenantNotFoundError
 
 DIM = 4
 TENANTS = ["t1", "t2", "t3"]
@@ -114,11 +114,15 @@ def oracle_distance(metric: str, q: np.ndarray, x: np.ndarray) -> float:
 class DatabaseMachine(RuleBasedStateMachine):
     """Random operations on one collection, compared with a dict-of-points oracle."""
 
+    #: the collection's index; HNSW below (at most 31 points, ef 64: its search is exact here)
+    INDEX = "flat"
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="vecdb-model-"))
         self.db: Any = None
-        self.points: dict[Any, tuple[np.ndarray, Any, set[str]]] = {}
+        # uid -> (vector, payload, {tenant: access level "o" owner / "w" write / "r" read})
+        self.points: dict[Any, tuple[np.ndarray, Any, dict[str, str]]] = {}
         self.tenants: set[str] = set()
 
     @initialize(id_type=st.sampled_from(["int", "str"]), metric=st.sampled_from(["cosine", "l2", "ip"]),
@@ -126,7 +130,7 @@ class DatabaseMachine(RuleBasedStateMachine):
     def setup(self, id_type: str, metric: str, checkpoint_points: int) -> None:
         self.id_type, self.metric, self.ckpt = id_type, metric, checkpoint_points
         self.db = vecdb.open(self.dir / "db", checkpoint_points=checkpoint_points)
-        self.col = self.db.create_collection("c", dim=DIM, metric=metric, index="flat", id_type=id_type)
+        self.col = self.db.create_collection("c", dim=DIM, metric=metric, index=self.INDEX, id_type=id_type)
 
     def uid(self, n: int) -> Any:
         return n if self.id_type == "int" else f"id-{n}"
@@ -148,12 +152,17 @@ class DatabaseMachine(RuleBasedStateMachine):
             with pytest.raises(TenantNotFoundError):
                 self.col.upsert(uids, vecs, pls, tenant=tenant)
             return
+        if tenant is not None:  # a tenant-scoped write may only replace what the tenant can write
+            blocked = [u for u in uids if u in self.points and self.points[u][2].get(tenant) not in ("o", "w")]
+            if blocked:
+                hidden = [u for u in blocked if tenant not in self.points[u][2]]
+                with pytest.raises(AlreadyExistsError if hidden else PermissionDeniedError):
+                    self.col.upsert(uids, vecs, pls, tenant=tenant)
+                return
         self.col.upsert(uids, vecs, pls, tenant=tenant)
         for u, v, p in zip(uids, vecs, pls):
-            members = self.points[u][2] if u in self.points else set()
-            if tenant is not None:
-                members.add(tenant)
-            self.points[u] = (v.copy(), p, members)
+            access = self.points[u][2] if u in self.points else ({} if tenant is None else {tenant: "o"})
+            self.points[u] = (v.copy(), p, access)
 
     @rule(ids=st.lists(st.integers(0, 30), min_size=1, max_size=6), tenant=st.sampled_from([None] + TENANTS))
     def delete(self, ids: list[int], tenant: str | None) -> None:
@@ -162,10 +171,13 @@ class DatabaseMachine(RuleBasedStateMachine):
             with pytest.raises(TenantNotFoundError):
                 self.col.delete(uids, tenant=tenant)
             return
-        gone = {u for u in uids if u in self.points and (tenant is None or tenant in self.points[u][2])}
-        assert self.col.delete(uids, tenant=tenant) == len(gone)
-        for u in gone:
-            del self.points[u]
+        seen = {u for u in uids if u in self.points and (tenant is None or tenant in self.points[u][2])}
+        assert self.col.delete(uids, tenant=tenant) == len(seen)
+        for u in seen:  # an owner's (or unscoped) delete removes the point; a grantee's only its grant
+            if tenant is None or self.points[u][2][tenant] == "o":
+                del self.points[u]
+            else:
+                del self.points[u][2][tenant]
 
     @rule(tenant=st.sampled_from(TENANTS))
     def create_tenant(self, tenant: str) -> None:
@@ -182,18 +194,25 @@ class DatabaseMachine(RuleBasedStateMachine):
         tenant = data.draw(st.sampled_from(sorted(self.tenants)))
         self.col.drop_tenant(tenant)
         self.tenants.discard(tenant)
-        for _, _, members in self.points.values():
-            members.discard(tenant)
+        for _, _, access in self.points.values():
+            access.pop(tenant, None)
 
     @precondition(lambda self: self.tenants and self.points)
-    @rule(data=st.data(), grant=st.booleans())
-    def grant_or_revoke(self, data: Any, grant: bool) -> None:
+    @rule(data=st.data(), grant=st.booleans(), write=st.booleans())
+    def grant_or_revoke(self, data: Any, grant: bool, write: bool) -> None:
         tenant = data.draw(st.sampled_from(sorted(self.tenants)))
         keys = sorted(self.points, key=str)
         chosen = data.draw(st.lists(st.sampled_from(keys), min_size=1, max_size=5))
-        (self.col.grant if grant else self.col.revoke)(tenant, chosen)
+        if grant:
+            self.col.grant(tenant, chosen, write=write)
+        else:
+            self.col.revoke(tenant, chosen)
         for u in chosen:
-            (self.points[u][2].add if grant else self.points[u][2].discard)(tenant)
+            access = self.points[u][2]
+            if not grant:
+                access.pop(tenant, None)
+            elif access.get(tenant) != "o":  # owners stay owners
+                access[tenant] = "w" if write else "r"
 
     @rule(missing=st.integers(25, 30))
     def grant_missing_changes_nothing(self, missing: int) -> None:
@@ -240,6 +259,21 @@ class DatabaseMachine(RuleBasedStateMachine):
             np.testing.assert_array_equal(got.vectors[row], self.points[u][0])
             assert got.payloads[row] == self.points[u][1]
 
+    @precondition(lambda self: self.tenants)
+    @rule(data=st.data(), ids=st.lists(st.integers(0, 30), min_size=1, max_size=5))
+    def get_as_tenant(self, data: Any, ids: list[int]) -> None:
+        """A tenant reads exactly what it may access; every other id answers like a missing one."""
+        tenant = data.draw(st.sampled_from(sorted(self.tenants)))
+        uids = [self.uid(i) for i in ids]
+        absent = [u for u in uids if u not in self.points or tenant not in self.points[u][2]]
+        if absent:
+            with pytest.raises(IdNotFoundError) as info:
+                self.col.get(uids, tenant=tenant)
+            assert str(info.value) == f"{len(absent)} id(s) not found in collection 'c': {absent[:5]}"
+            return
+        got = self.col.get(uids, tenant=tenant)
+        assert got.payloads == [self.points[u][1] for u in uids]
+
     @rule(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 8), flt=st.one_of(st.none(), filters),
           tenant=st.sampled_from([None] + TENANTS), with_payloads=st.booleans())
     def search(self, seed: int, k: int, flt: Any, tenant: str | None, with_payloads: bool) -> None:
@@ -282,9 +316,28 @@ TestDatabaseModel = DatabaseMachine.TestCase
 TestDatabaseModel.settings = _fast
 
 
+class HnswDatabaseMachine(DatabaseMachine):
+    """The same machine over an HNSW collection, the default index: replacements and deletes
+    unlink and relink graph nodes, checkpoints save the graph, reopens load it."""
+
+    INDEX = "hnsw"
+
+
+TestDatabaseModelHnsw = HnswDatabaseMachine.TestCase
+TestDatabaseModelHnsw.settings = _fast
+
+
 class SlowDatabaseMachine(DatabaseMachine):
     """The same machine with many more and longer runs."""
 
 
 TestDatabaseModelSlow = pytest.mark.slow(SlowDatabaseMachine.TestCase)
 TestDatabaseModelSlow.settings = settings(_fast, max_examples=150, stateful_step_count=50)
+
+
+class SlowHnswDatabaseMachine(HnswDatabaseMachine):
+    """The HNSW machine with many more and longer runs."""
+
+
+TestDatabaseModelHnswSlow = pytest.mark.slow(SlowHnswDatabaseMachine.TestCase)
+TestDatabaseModelHnswSlow.settings = settings(_fast, max_examples=150, stateful_step_count=50)

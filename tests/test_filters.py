@@ -177,3 +177,73 @@ def test_payload_index_matches_brute_force_through_changes(tmp_path: Path) -> No
     check_all(again, store, live)
     again.compact(force=True)
     check_all(again, store, live)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"n": int("9" * 400)}, "float64 range"),
+    ({"n": -(2 ** 1030)}, "float64 range"),
+    ({"a": [1, {"n": np.int64(3), "m": 2 ** 1100}]}, "float64 range"),
+    ({"s": "ok \ud800"}, "lone surrogate"),
+    ({"\udfff": 1}, "key with a lone surrogate"),
+    ({"l": ["fine", "\udc00"]}, "lone surrogate"),
+])
+def test_payloads_the_index_or_utf8_cannot_hold_are_rejected(bad: Any, message: str) -> None:
+    """Rejected before any write: indexing them after the commit would fail (issue 9, item 1)."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        check_payload(bad)
+
+
+def test_large_but_representable_numbers_and_unicode_are_accepted() -> None:
+    ok = {"n": 2 ** 1000, "m": -(10 ** 300), "s": "caf\u00e9 \U0001f600", "\u00e9": 1}
+    assert check_payload(ok) == ok
+    index = PayloadIndex()
+    index.reserve(1)
+    index.add(0, ok)
+    assert list(index.evaluate(parse_filter({"n": {"gt": 1e300}}), np.ones(1, bool))) == [True]
+
+
+def test_filter_values_outside_float64_are_invalid_arguments() -> None:
+    for bad in ({"n": int("9" * 400)}, {"n": {"in": [1, 10 ** 400]}}, {"n": {"lt": -(10 ** 400)}}):
+        with pytest.raises(InvalidArgumentError, match="float64 range"):
+            parse_filter(bad)
+
+
+def test_in_matches_brute_force_on_sorted_run_tail_and_stale_entries() -> None:
+    """The vectorised ``in`` (binary searches of all values at once) agrees with a scan,
+    with duplicates in the column, entries in the unsorted tail and removed points."""
+    rng = np.random.default_rng(5)
+    n = 6000
+    values = [f"v{int(v)}" for v in rng.integers(0, 500, n)]
+    numbers = rng.integers(0, 300, n).astype(float)
+    index = PayloadIndex()
+    index.reserve(n)
+    for i in range(5000):
+        index.add(i, {"s": values[i], "x": float(numbers[i])})
+    index.compact(force=True)
+    for i in range(5000, n):  # stays in the tail
+        index.add(i, {"s": values[i], "x": float(numbers[i])})
+    removed = rng.choice(n, 700, replace=False)
+    index.remove(removed)
+    live = np.ones(n, bool)
+    live[removed] = False
+    for _ in range(5):
+        want_s = [f"v{int(v)}" for v in rng.integers(0, 600, int(rng.integers(1, 400)))]
+        want_x = rng.integers(-5, 305, int(rng.integers(1, 200))).tolist()
+        got = index.evaluate(parse_filter({"s": {"in": want_s}}), live)
+        expect = np.array([live[i] and values[i] in set(want_s) for i in range(n)])
+        np.testing.assert_array_equal(got, expect)
+        got = index.evaluate(parse_filter({"x": {"in": want_x}}), live)
+        expect = np.array([live[i] and numbers[i] in set(map(float, want_x)) for i in range(n)])
+        np.testing.assert_array_equal(got, expect)
+
+
+def test_filter_size_counts_conditions_and_values() -> None:
+    from vecdb.filters import filter_size
+
+    assert filter_size({"a": 1}) == (1, 0)
+    assert filter_size({"$or": [{"a": {"in": [1, 2, 3]}}, {"b": {"gt": 1, "lt": 5}}]}) == (6, 3)
+    deep: dict[str, Any] = {}
+    for _ in range(10_000):  # iterative: any nesting is safe to measure
+        deep = {"$not": deep}
+    assert filter_size(deep) == (10_000, 0)
+    assert filter_size({"a": {"in": list(range(10 ** 6))}}, stop_at=10)[1] <= 10 ** 6

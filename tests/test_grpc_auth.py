@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import vecdb
 from vecdb.client import RemoteDatabase
 from vecdb.errors import (
+    AlreadyExistsError,
     IdNotFoundError,
     InvalidArgumentError,
     PermissionDeniedError,
@@ -24,7 +25,7 @@ from vecdb.errors import (
 )
 from vecdb.server.auth import hash_key
 from vecdb.server.process import ServerProcess, start_server_process
-from vecdb.v1 import vecdb_pb2, vecdb_pb2_grpc
+from vecdb.v1 import types_pb2, vecdb_pb2, vecdb_pb2_grpc
 
 DIM = 8
 KEYS = {name: secrets.token_urlsafe(24) for name in ("admin", "acme", "beta", "both")}
@@ -128,7 +129,7 @@ def test_tenant_key_reading_another_tenant_fails(server: ServerProcess) -> None:
             docs.count(tenant="beta")
         with pytest.raises(PermissionDeniedError):
             docs.delete([25], tenant="beta")
-        with pytest.raises(IdNotFoundError, match="not in tenant 'acme'"):
+        with pytest.raises(IdNotFoundError, match=r"1 id\(s\) not found in collection 'docs': \[25\]"):
             docs.get([25])                    # beta's point answers NOT_FOUND, like a missing one
         with pytest.raises(PermissionDeniedError):
             docs.get([25], tenant="beta")
@@ -139,7 +140,7 @@ def test_tenant_key_cannot_write_into_other_tenants(server: ServerProcess) -> No
         docs = db.get_collection("docs")
         with pytest.raises(PermissionDeniedError):
             docs.upsert([100], np.ones((1, DIM)), tenant="beta")
-        with pytest.raises(PermissionDeniedError, match="may not replace"):
+        with pytest.raises(AlreadyExistsError, match="not available to tenant 'acme'"):
             docs.upsert([25], np.zeros((1, DIM)))  # id 25 is beta's point
         assert docs.delete([25]) == 0  # scoped to acme: beta's point is untouched
         docs.upsert([100], np.ones((1, DIM)), [{"owner": "acme"}])  # new id: lands in acme
@@ -190,3 +191,43 @@ def test_health_needs_no_key(server: ServerProcess) -> None:
     with grpc.insecure_channel(server.address) as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_rows_without_ids_and_newline_names_are_refused_over_the_wire(server: ServerProcess) -> None:
+    """Issue 9 item 10: an (2**32 - 1, 0) vectors matrix with no ids was acknowledged as
+    "upserted 4294967295"; a name ending in a newline was accepted."""
+    with client(server, "admin") as db:
+        docs = db.get_collection("docs")
+        before = docs.count()
+        with pytest.raises(InvalidArgumentError, match="got 4294967295 vectors but no ids"):
+            docs.upsert([], np.zeros((2**32 - 1, 0), np.float32))
+        with pytest.raises(InvalidArgumentError, match="collection name"):
+            db.create_collection("ok\n", DIM)
+        assert "ok\n" not in [c.name for c in db.list_collections()]
+        assert docs.count() == before
+    request = vecdb_pb2.UpsertRequest(collection="docs", ids=types_pb2.Ids(int64=b""), vectors=types_pb2.Matrix(
+        n_rows=2**32 - 1, n_cols=0, dtype=types_pb2.FLOAT32))
+    with grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            vecdb_pb2_grpc.PointServiceStub(channel).Upsert(request, timeout=10, metadata=(("x-api-key", KEYS["admin"]),))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "got 4294967295 vectors but no ids" in info.value.details()
+
+
+def test_upsert_checks_the_request_before_ownership(server: ServerProcess) -> None:
+    """Issue 9 item 4: a wrong-dimension upsert naming another tenant's ids answers exactly as
+    one naming free ids (INVALID_ARGUMENT), and a hidden id reads exactly as a missing one."""
+    with client(server, "acme") as db:
+        docs = db.get_collection("docs")
+        errors = []
+        for ids in ([25, 26], [5000, 5001]):  # beta's ids, free ids
+            with pytest.raises(InvalidArgumentError) as info:
+                docs.upsert(ids, np.ones((2, DIM + 1)))
+            errors.append(str(info.value))
+        assert errors[0] == errors[1]
+        messages = []
+        for one in (25, 5000):
+            with pytest.raises(IdNotFoundError) as found:
+                docs.get([one])
+            messages.append(str(found.value).replace(str(one), "ID"))
+        assert messages[0] == messages[1] == "1 id(s) not found in collection 'docs': [ID]"

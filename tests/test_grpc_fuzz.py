@@ -46,12 +46,15 @@ def db(server: ServerProcess) -> Iterator[RemoteDatabase]:
 
 
 def state(db: RemoteDatabase) -> tuple:
-    """Everything observable about the stored data."""
+    """Everything observable about the stored data (every stored point: exact flat search)."""
     coll = db.get_collection("fz")
-    got = coll.get(np.arange(N))
+    everything = coll.search(np.zeros(DIM), k=1000).ids[0]
+    stored = np.sort(everything[everything >= 0])
+    got = coll.get(stored)
     hits = coll.search(np.eye(DIM), k=5)
-    return (coll.count(), coll.count(tenant="t"), got.vectors.tobytes(), got.payloads, hits.ids.tobytes(),
-            [c.name for c in db.list_collections()])
+    return (coll.count(), coll.count(tenant="t"), stored.tobytes(), got.vectors.tobytes(), got.payloads,
+            hits.ids.tobytes(), [c.name for c in db.list_collections()], coll.list_tenants(),
+            coll.search(np.eye(DIM), k=N, tenant="t").ids.tobytes())
 
 
 def send(server: ServerProcess, method: str, payload: bytes | list[bytes]) -> str:
@@ -156,6 +159,21 @@ def test_hostile_requests_get_errors_and_data_is_unchanged(server: ServerProcess
     assert state(db) == before
 
 
+def mutate(rng: np.random.Generator, good: bytes, i: int) -> bytes:
+    """Bit flips, a truncation or a splice of random bytes (by ``i % 3``)."""
+    data = bytearray(good)
+    kind = i % 3
+    if kind == 0:
+        for _ in range(1 + int(rng.integers(4))):
+            data[int(rng.integers(len(data)))] ^= 1 << int(rng.integers(8))
+    elif kind == 1:
+        data = data[: int(rng.integers(len(data)))]
+    else:
+        at = int(rng.integers(len(data)))
+        data = data[:at] + bytearray(rng.bytes(int(rng.integers(1, 16)))) + data[at:]
+    return bytes(data)
+
+
 def test_random_mutations_never_crash_the_server(server: ServerProcess, db: RemoteDatabase) -> None:
     """Seeded bit flips, truncations and splices of valid read requests: each is answered
     (an error, or OK when the mutation happens to stay valid), never INTERNAL/UNKNOWN."""
@@ -164,22 +182,39 @@ def test_random_mutations_never_crash_the_server(server: ServerProcess, db: Remo
     seeds = [("Search", search(k=4, filter_json='{"i": {"lt": 10}}')), ("Count", pb.CountRequest(collection="fz", tenant="t").SerializeToString()),
              ("Get", pb.GetRequest(collection="fz", ids=int_ids(1, 2, 3)).SerializeToString()),
              ("ListTenants", pb.ListTenantsRequest(collection="fz").SerializeToString())]
-    codes = []
-    for i in range(120):
-        method, good = seeds[i % len(seeds)]
-        data = bytearray(good)
-        kind = i % 3
-        if kind == 0:
-            for _ in range(1 + int(rng.integers(4))):
-                data[int(rng.integers(len(data)))] ^= 1 << int(rng.integers(8))
-        elif kind == 1:
-            data = data[: int(rng.integers(len(data)))]
-        else:
-            at = int(rng.integers(len(data)))
-            data = data[:at] + bytearray(rng.bytes(int(rng.integers(1, 16)))) + data[at:]
-        codes.append(send(server, method, bytes(data)))
+    codes = [send(server, method, mutate(rng, good, i)) for i, (method, good) in
+             ((i, seeds[i % len(seeds)]) for i in range(120))]
     assert not {c for c in codes if c not in ERROR_CODES | {"OK"}}, codes
     with grpc.insecure_channel(server.address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
     assert status == health_pb2.HealthCheckResponse.SERVING
     assert state(db) == before
+
+
+def test_mutated_writes_change_nothing_when_refused(server: ServerProcess, db: RemoteDatabase) -> None:
+    """Seeded mutations of valid write requests (upsert, stream, delete, grant, revoke,
+    tenant and collection creation): never INTERNAL/UNKNOWN, and whenever the answer is an
+    error the stored state is exactly what it was before the request."""
+    rng = np.random.default_rng(77)
+    payloads = '[{"i": 5, "tag": "x"}, {"i": 6, "s": "y"}]'
+    seeds = [
+        ("Upsert", upsert(ids=int_ids(5, 6), vectors=f32(2, DIM, np.arange(2 * DIM, dtype="<f4").tobytes()),
+                          payloads_json=payloads, tenants=["t"])),
+        ("Delete", pb.DeleteRequest(collection="fz", ids=int_ids(7, 8)).SerializeToString()),
+        ("Grant", pb.GrantRequest(collection="fz", tenant="t", ids=int_ids(9, 10)).SerializeToString()),
+        ("Revoke", pb.RevokeRequest(collection="fz", tenant="t", ids=int_ids(1)).SerializeToString()),
+        ("CreateTenant", pb.CreateTenantRequest(collection="fz", tenant="u").SerializeToString()),
+        ("CreateCollection", pb.CreateCollectionRequest(name="made", dim=DIM, index="flat").SerializeToString()),
+    ]
+    before = state(db)
+    codes = []
+    for i in range(150):
+        method, good = seeds[i % len(seeds)]
+        code = send(server, method, mutate(rng, good, i))
+        codes.append(code)
+        after = state(db)
+        if code != "OK":
+            assert after == before, (i, method, code)
+        before = after
+    assert not {c for c in codes if c not in ERROR_CODES | {"OK"}}, codes
+    assert codes.count("OK") < len(codes) and server.process.poll() is None

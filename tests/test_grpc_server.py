@@ -4,6 +4,7 @@ retries and the asyncio client. (Auth codes are in test_grpc_auth.py.)"""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import socket
 import subprocess
@@ -11,13 +12,14 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from prometheus_client.parser import text_string_to_metric_families
 
 import vecdb
 from vecdb import aio_client
@@ -70,6 +72,31 @@ def raw_status(server: ServerProcess, method: str, request: object) -> tuple[grp
     return grpc.StatusCode.OK, None, ""
 
 
+def metric_samples(server: ServerProcess) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample on the server's /metrics page as (name, labels, value)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def search_outcomes(server: ServerProcess) -> tuple[dict[str, float], float]:
+    """(finished Search RPCs by status code, how many of them took at most 0.1 s)."""
+    samples = metric_samples(server)
+    codes = {labels["code"]: value for name, labels, value in samples
+             if name == "vecdb_requests_total" and labels.get("method") == "Search"}
+    quick = next((value for name, labels, value in samples if name == "vecdb_request_duration_seconds_bucket"
+                  and labels.get("method") == "Search" and float(labels["le"]) == 0.1), 0.0)
+    return codes, quick
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll ``condition`` until true (a safety bound, not a timing assumption: a test that
+    hits it has found a hang)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.005)
+
+
 def f32(rows: int, cols: int = DIM) -> types_pb2.Matrix:
     return types_pb2.Matrix(n_rows=rows, n_cols=cols, dtype=types_pb2.FLOAT32, data=bytes(4 * rows * cols))
 
@@ -117,30 +144,49 @@ def test_oversize_message_is_resource_exhausted(db: RemoteDatabase) -> None:
 
 
 def test_deadline_exceeded_is_timeout(server: ServerProcess, db: RemoteDatabase) -> None:
+    """A search still running at its deadline raises VecdbTimeoutError, and the server shows
+    it had started that search: it ran it (code OK, the answer found no caller) or stopped
+    it mid-way, after more than 0.1 s; not a call turned away before it began."""
     rng = np.random.default_rng(8)
     coll = db.create_collection("deadline", 64, metric="l2", index="flat")
-    coll.upsert(np.arange(3000), rng.standard_normal((3000, 64)))
-    queries = rng.standard_normal((2000, 64))  # ~10^8 distance terms: far more than 5 ms
-    with vecdb.connect(server.address, timeout=0.005) as hurried:
+    for start in range(0, 60_000, 3000):  # requests stay under the server's 1 MiB limit
+        coll.upsert(np.arange(start, start + 3000), rng.standard_normal((3000, 64)).astype(np.float32))
+    queries = rng.standard_normal((3500, 64)).astype(np.float32)  # ~1.5 s of exact search here
+    before, quick_before = search_outcomes(server)
+    with vecdb.connect(server.address, timeout=0.4, retries=0) as hurried:
+        hurried_coll = hurried.get_collection("deadline")
         with pytest.raises(VecdbTimeoutError):
-            hurried.get_collection("deadline")
-            hurried.get_collection("deadline").search(queries, k=10)
+            hurried_coll.search(queries, k=10)
+    wait_for(lambda: sum(search_outcomes(server)[0].values()) > sum(before.values()), "the server to finish the search")
+    after, quick_after = search_outcomes(server)
+    new = {code: n - before.get(code, 0) for code, n in after.items() if n > before.get(code, 0)}
+    assert new == {"OK": 1} or (new in ({"DEADLINE_EXCEEDED": 1}, {"CANCELLED": 1}) and quick_after == quick_before), new
     assert isinstance(VecdbTimeoutError("x"), TimeoutError)
 
 
-def test_unavailable_is_retried_within_the_deadline() -> None:
+def retry_pauses(caplog: pytest.LogCaptureFixture) -> list[float]:
+    """The pauses (seconds) the client logged before each retry."""
+    return [float(r.args[3]) for r in caplog.records  # type: ignore[index]
+            if r.name == "vecdb.client" and "retry" in r.msg and isinstance(r.args, tuple)]
+
+
+def test_unavailable_is_retried_within_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    """UNAVAILABLE is retried exactly ``retries`` times; with a short deadline the client gives
+    up before its retries are used, never planning a pause past the deadline."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    start = time.monotonic()
-    with vecdb.connect(f"127.0.0.1:{port}", timeout=5, retries=3) as nowhere:
+    caplog.set_level(logging.DEBUG, logger="vecdb.client")
+    with vecdb.connect(f"127.0.0.1:{port}", timeout=60, retries=3) as nowhere:
         with pytest.raises(UnavailableError):
             nowhere.list_collections()
-    assert time.monotonic() - start < 5
+    assert len(retry_pauses(caplog)) == 3
+    caplog.clear()
     with vecdb.connect(f"127.0.0.1:{port}", timeout=0.3, retries=100) as nowhere:
         with pytest.raises((UnavailableError, VecdbTimeoutError)):
             nowhere.list_collections()
-    assert time.monotonic() - start < 6
+    pauses = retry_pauses(caplog)
+    assert len(pauses) < 100 and sum(pauses) < 0.3, pauses
 
 
 def test_retry_reaches_a_server_that_comes_up_late(tmp_path: Path) -> None:
@@ -150,13 +196,29 @@ def test_retry_reaches_a_server_that_comes_up_late(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     db = vecdb.open(str(tmp_path / "data"))
     server, _ = create_server(db, f"127.0.0.1:{port}")
-    threading.Timer(0.4, server.start).start()
-    start = time.monotonic()
+    failures: list[str] = []
+
+    class StartOnFirstRetry(logging.Handler):
+        """Starts the server when the client logs its first retry: the first attempt has
+        then provably found nothing listening."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "retry" in record.msg and not failures:
+                failures.append(str(record.args[1]))  # type: ignore[index]
+                server.start()
+
+    handler = StartOnFirstRetry(logging.DEBUG)
+    client_log = logging.getLogger("vecdb.client")
+    level = client_log.level
+    client_log.addHandler(handler)
+    client_log.setLevel(logging.DEBUG)
     try:
-        with vecdb.connect(f"127.0.0.1:{port}", timeout=20, retries=8) as late:
+        with vecdb.connect(f"127.0.0.1:{port}", timeout=60, retries=8) as late:
             assert late.list_collections() == []
-        assert time.monotonic() - start >= 0.35  # the first attempts found nothing listening
+        assert failures == ["UnavailableError"]
     finally:
+        client_log.removeHandler(handler)
+        client_log.setLevel(level)
         server.stop(None).wait()
         db.close()
 
@@ -227,9 +289,13 @@ def test_asyncio_client(server: ServerProcess, db: RemoteDatabase) -> None:
 
 
 def test_graceful_shutdown_finishes_in_flight_and_closes_cleanly(tmp_path: Path) -> None:
-    proc = start_server_process(tmp_path / "data", tmp_path / "server.log", args=["--no-metrics"])
+    """SIGTERM while a search is in flight (seen on the server's in-flight gauge): the search
+    finishes after the signal (the server logs it between "signal" and "stopped") and its
+    caller gets the full answer; then the database closes cleanly."""
+    proc = start_server_process(tmp_path / "data", tmp_path / "server.log", args=["--log-level", "debug", "--grace", "120"])
     rng = np.random.default_rng(6)
     base = rng.standard_normal((20_000, 64)).astype(np.float32)
+    queries = rng.standard_normal((3000, 64)).astype(np.float32)  # ~0.5 s of exact search here
     with vecdb.connect(proc.address, timeout=120, max_message_mb=64) as conn:
         coll = conn.create_collection("slow", 64, metric="l2", index="flat")
         coll.upsert(np.arange(len(base)), base)
@@ -237,20 +303,27 @@ def test_graceful_shutdown_finishes_in_flight_and_closes_cleanly(tmp_path: Path)
 
         def long_search() -> None:
             try:
-                outcome["result"] = coll.search(rng.standard_normal((3000, 64)), k=5)
+                outcome["result"] = coll.search(queries, k=5)
             except Exception as exc:  # recorded for the assertion below
                 outcome["error"] = exc
 
+        def in_flight() -> float:
+            return next(v for name, _, v in metric_samples(proc) if name == "vecdb_requests_in_flight")
+
+        assert in_flight() == 0
         worker = threading.Thread(target=long_search)
         worker.start()
-        time.sleep(0.3)
+        wait_for(lambda: in_flight() >= 1 or not worker.is_alive(), "the search to reach the server")
         assert proc.stop(timeout=60) == 0
         worker.join(60)
     assert healthcheck.main([proc.address, "--timeout", "1"]) == 1  # gone
     assert "error" not in outcome, outcome.get("error")
     assert outcome["result"].ids.shape == (3000, 5)
-    events = [e.get("event") for e in proc.log_events()]
-    assert events.index("signal") < events.index("stopped")
+    events = proc.log_events()
+    order = [e.get("event") for e in events]
+    searched = [i for i, e in enumerate(events) if e.get("event") == "rpc" and e.get("method") == "Search"]
+    assert len(searched) == 1
+    assert order.index("signal") < searched[0] < order.index("stopped"), "the search was not in flight at SIGTERM"
     with vecdb.open(str(tmp_path / "data")) as reopened:  # LMDB closed cleanly: reopens with all points
         assert reopened.get_collection("slow").count() == 20_000
 

@@ -103,22 +103,40 @@ def test_reopened_store_keeps_values_and_copy_is_consistent(tmp_path: Path) -> N
 
 
 def test_rwlock_writer_excludes_readers_and_readers_share() -> None:
+    """Two readers hold the lock at once; a writer that arrives meanwhile (provably waiting:
+    the lock counts it) gets in only after both have left. Events and the lock's own state
+    order it all, no guessed delays."""
     lock = RWLock()
     events: list[str] = []
-    inside = threading.Barrier(2)
+    inside = threading.Barrier(3)  # the two readers, holding the lock, and this thread
+    release = threading.Event()
+    entered = threading.Event()
 
     def reader() -> None:
         with lock.read():
-            inside.wait(timeout=5)  # both readers inside at once
-            time.sleep(0.05)
+            inside.wait(timeout=60)  # both readers inside at once (else BrokenBarrierError)
+            assert release.wait(timeout=60)
             events.append("r")
 
-    threads = [threading.Thread(target=reader) for _ in range(2)]
-    for t in threads:
+    def writer() -> None:
+        with lock.write():
+            entered.set()
+            events.append("w")
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
         t.start()
-    time.sleep(0.01)
-    with lock.write():
-        events.append("w")
-    for t in threads:
-        t.join()
+    inside.wait(timeout=60)  # both readers now hold the lock
+    w = threading.Thread(target=writer)
+    w.start()
+    for _ in range(60_000):  # bounded poll of the lock's own count: the writer is waiting
+        with lock._cond:
+            if lock._waiting_writers == 1:
+                break
+        time.sleep(0.001)
+    assert lock._waiting_writers == 1
+    assert not entered.is_set() and events == []
+    release.set()
+    for t in [*readers, w]:
+        t.join(timeout=60)
     assert events == ["r", "r", "w"]

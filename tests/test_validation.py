@@ -126,3 +126,24 @@ def test_every_error_knows_its_grpc_status():
     assert classes["CollectionNotFoundError"].grpc_code == "NOT_FOUND"
     assert all(isinstance(c.grpc_code, str) for c in classes.values())
     assert issubclass(classes["InvalidArgumentError"], ValueError)
+
+
+def test_positive_int_upper_bound():
+    from vecdb.validation import as_positive_int
+
+    assert as_positive_int(100_000, "ef", maximum=100_000) == 100_000
+    for huge in (100_001, 2 ** 62, 10 ** 30):
+        with pytest.raises(InvalidArgumentError, match="ef must be <= 100000"):
+            as_positive_int(huge, "ef", maximum=100_000)
+
+
+@pytest.mark.parametrize("path, message", [
+    ("", "empty"), ("a\0b", "NUL"), ("x" * 5000, "4096"), ("d/" + "y" * 300, "component"),
+    ("bad\ud800", "surrogate"), (b"bytes", "string path"), (7, "string path"),
+])
+def test_file_system_paths_are_checked_before_use(path, message):
+    from vecdb.validation import as_fs_path
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        as_fs_path(path, what="snapshot path")
+    assert as_fs_path("snapshots/2026-11-29") == "snapshots/2026-11-29"

@@ -110,8 +110,8 @@ class AsyncCollection(CollectionHandle):
         req = pb.ListTenantsRequest(collection=self._info.name)
         return await self._t.run(simple_call("ListTenants", req, lambda r: list(r.tenants)))  # type: ignore[no-any-return]
 
-    async def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
-        await self._t.run(ids_call("Grant", self._info, tenant, ids))
+    async def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray, write: bool = False) -> None:
+        await self._t.run(ids_call("Grant", self._info, tenant, ids, write))
 
     async def revoke(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
         await self._t.run(ids_call("Revoke", self._info, tenant, ids))

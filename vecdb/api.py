@@ -12,8 +12,34 @@ Filters (payload conditions) are JSON-like dicts:
   ``{"$and": [f1, f2]}``, ``{"$or": [...]}``, ``{"$not": f}``  boolean combinations
   Several keys in one dict are ANDed. A field holding a list matches when any element does.
 
-Tenants: a point belongs to zero or more named tenants (created with ``create_tenant``);
-``tenant=`` on search/count sees only that tenant's points, whatever the filter says.
+Tenants: a tenant (created with ``create_tenant``) has access to some points, at one of
+three levels: *owner* (the tenant created the point), *write* or *read* (granted by an
+admin). ``tenant=`` makes a call act as that tenant (a tenant API key always does):
+
+  - search / count / get see exactly the points the tenant may access, whatever the filter
+    says. ``get`` of an id the tenant cannot see raises IdNotFoundError with the same
+    message as for a missing id ("N id(s) not found in collection 'c': [...]"), so a tenant
+    cannot tell another tenant's id from a free one.
+  - upsert creates new points owned by the tenant, and replaces existing points only if the
+    tenant owns them or holds a write grant. Ids form one namespace per collection, so an
+    upsert of an id the tenant cannot see must fail: it raises AlreadyExistsError ("not
+    available to tenant ...") that says nothing about the point (not whose, nor what it
+    holds); an id shared with the tenant read-only raises PermissionDeniedError. The check
+    runs in the same write transaction as the write: of two tenants racing for one new id,
+    exactly one wins. Requests are validated (dimension, ids, payloads) before any access
+    check, so a malformed request answers InvalidArgumentError whatever the ids.
+    Tenants that must never collide can use disjoint ids (e.g. str ids with a prefix).
+  - delete removes the points the tenant owns (for every tenant); on points it was only
+    granted, it revokes its own access (the point stays for the others); ids it cannot see
+    are ignored. It returns how many points left the tenant's view.
+
+Calls without ``tenant=`` act as an admin: upsert replaces any point (keeping its
+tenants' access) and creates points no tenant holds; delete removes points for everyone.
+``grant(tenant, ids, write=False)`` gives read access (``write=True``: also replace);
+points the tenant owns stay owned, other levels are replaced. ``revoke`` takes every access
+away, ownership included; ``drop_tenant`` removes the tenant and its access; points stay.
+A point may have several owners (an upsert naming several tenants): each owner's delete
+removes it. Databases written before owners existed load every access as a read grant.
 """
 from __future__ import annotations
 
@@ -82,15 +108,18 @@ class CollectionAPI(Protocol):
 
     def upsert(self, ids: Sequence[int | str] | np.ndarray, vectors: Any,
                payloads: Sequence[Payload | None] | None = None, tenant: str | Sequence[str] | None = None) -> None:
-        """Insert or replace points atomically; acknowledged only once durable."""
+        """Insert or replace points atomically; acknowledged only once durable. With
+        ``tenant``: new points are owned by it; existing ones need ownership or a write grant."""
 
     def delete(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> int:
-        """Delete points (with ``tenant``: only points of that tenant); returns how many."""
+        """Delete points; with ``tenant``: its own points, and its grants on others (see the
+        module docs); returns how many left the caller's view."""
 
     def count(self, tenant: str | None = None) -> int: ...
 
     def get(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> GetResult:
-        """Fetch points; IdNotFoundError if any is missing (or, with ``tenant``, not that tenant's)."""
+        """Fetch points; IdNotFoundError if any is missing (or, with ``tenant``, not visible to
+        it: the same message, so the two cannot be told apart)."""
 
     def search(self, queries: Any, k: int = 10, filter: Filter | None = None, tenant: str | None = None,
                params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult: ...
@@ -98,10 +127,10 @@ class CollectionAPI(Protocol):
     def create_tenant(self, tenant: str) -> None: ...
     def drop_tenant(self, tenant: str) -> None: ...
     def list_tenants(self) -> list[str]: ...
-    def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
-        """Give ``tenant`` access to existing points."""
+    def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray, write: bool = False) -> None:
+        """Give ``tenant`` read access (``write=True``: also replace) to existing points."""
     def revoke(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
-        """Take away ``tenant``'s access to points (the points stay)."""
+        """Take away all of ``tenant``'s access to points, ownership included (the points stay)."""
 
     def stats(self) -> CollectionStats: ...
 

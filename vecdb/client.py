@@ -121,7 +121,7 @@ def create_collection_call(name: str, dim: int, metric: str, index: str, index_p
 def upsert_calls(info: CollectionInfo, ids: Any, vectors: Any, payloads: Sequence[Payload | None] | None,
                  tenant: str | Sequence[str] | None, chunk_bytes: int) -> Call:
     """Upsert, or UpsertStream in chunks of about ``chunk_bytes`` for large batches."""
-    x = np.zeros((0, 0), np.float32) if np.asarray(vectors).size == 0 else as_matrix(vectors, None)
+    x = _empty_rows(vectors) if np.asarray(vectors).size == 0 else as_matrix(vectors, None)
     pb_ids = wire.ids_to_proto(ids, id_type=info.id_type)
     id_list = wire.ids_from_proto(pb_ids)
     if payloads is not None and not isinstance(payloads, (list, tuple)):
@@ -143,6 +143,13 @@ def upsert_calls(info: CollectionInfo, ids: Any, vectors: Any, payloads: Sequenc
             payloads_json=None if payloads is None else wire.dumps(list(payloads[start:stop]), what="payloads"))
         messages.append(pb.UpsertStreamRequest(batch=part))
     return Call("UpsertStream", messages, _none, streaming=True)
+
+
+def _empty_rows(vectors: Any) -> np.ndarray:
+    """Vectors holding no values as an (n, 0) matrix that keeps their row count, so the
+    server (like the embedded database) can refuse n > 0 rows that carry no values."""
+    arr = np.asarray(vectors)
+    return np.zeros((arr.shape[0] if arr.ndim else 0, 0), np.float32)
 
 
 def delete_call(info: CollectionInfo, ids: Any, tenant: str | None) -> Call:
@@ -169,14 +176,17 @@ def search_call(info: CollectionInfo, queries: Any, k: int, filter: Filter | Non
         tenant=tenant, params_json=wire.params_to_json(params, what="params"), with_payloads=bool(with_payloads)))
 
     def parse(r: pb.SearchResponse) -> QueryResult:
-        return wire.query_result_from_proto(r.ids, r.distances, r.payloads_json if r.HasField("payloads_json") else None)
+        return wire.query_result_from_proto(r.ids, r.distances, r.payloads if r.HasField("payloads") else None)
     return Call("Search", req, parse)
 
 
-def ids_call(method: str, info: CollectionInfo, tenant: str, ids: Any) -> Call:
-    """Grant or Revoke."""
-    request_cls = pb.GrantRequest if method == "Grant" else pb.RevokeRequest
-    req = _build(lambda: request_cls(collection=info.name, tenant=tenant, ids=wire.ids_to_proto(ids, id_type=info.id_type)))
+def ids_call(method: str, info: CollectionInfo, tenant: str, ids: Any, write: bool = False) -> Call:
+    """Grant (``write``: with write access) or Revoke."""
+    pb_ids = wire.ids_to_proto(ids, id_type=info.id_type)
+    if method == "Grant":
+        req = _build(lambda: pb.GrantRequest(collection=info.name, tenant=tenant, ids=pb_ids, write=wire.flag(write, what="write")))
+    else:
+        req = _build(lambda: pb.RevokeRequest(collection=info.name, tenant=tenant, ids=pb_ids))
     return Call(method, req, _none)
 
 
@@ -308,12 +318,12 @@ class RemoteCollection(CollectionHandle):
         req = pb.ListTenantsRequest(collection=self._info.name)
         return self._t.run(simple_call("ListTenants", req, lambda r: list(r.tenants)))  # type: ignore[no-any-return]
 
-    def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
-        """Give ``tenant`` access to existing points."""
-        self._t.run(ids_call("Grant", self._info, tenant, ids))
+    def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray, write: bool = False) -> None:
+        """Give ``tenant`` read access (``write=True``: also replace) to existing points."""
+        self._t.run(ids_call("Grant", self._info, tenant, ids, write))
 
     def revoke(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
-        """Take away ``tenant``'s access to points (the points stay)."""
+        """Take away all of ``tenant``'s access to points, ownership included (the points stay)."""
         self._t.run(ids_call("Revoke", self._info, tenant, ids))
 
     def stats(self) -> CollectionStats:

@@ -2,15 +2,28 @@
 an in-memory index, payload indexes and tenant sets that mirror the committed store.
 
 Durability: every upsert / delete / grant / revoke / tenant change is one LMDB write
-transaction, which also bumps the collection's write sequence and, for changes that touch
-the index, appends ``seq -> internal ids`` to the op log. Memory is updated only after the
-commit, under the collection's exclusive lock, so searches see the state before or after a
-batch and never half of it. Index checkpoints (``index.save``) are recorded with their
+transaction; changes that touch the index (upserts, deletes of points) also bump the
+collection's write sequence and append ``seq -> internal ids`` to the op log. Memory is
+updated only after the commit, in one short step under the collection's exclusive lock that
+publishes the whole batch (new rows are staged and searched exactly, replaced and deleted
+index entries hidden: ``vecdb.index.staging``); the staged rows then move into the index in
+steps of about 20 ms, each exclusive, so searches see the state before or after a batch and
+never half of it, and never wait long behind a large one. Index checkpoints (``index.save``) are recorded with their
 sequence number in the manifest; opening loads the newest checkpoint and replays the logged
 ids newer than it from the stored vectors (or rebuilds from all vectors when there is none).
 
 Internal ids are dense int64 numbers handed out in order and never reused; the index, the
 payload indexes and the tenant sets work on them, and only the id map knows user ids.
+
+Tenants and owners (the semantics are documented in ``vecdb.api``): each membership record
+holds an access level, owner / write grant / read grant. Every check of a tenant's access
+runs inside the write lock, against the same state the write then commits, so two tenants
+racing for the same new id cannot both win. A get answers an id the tenant cannot see
+exactly as a missing one. Requests are validated before any access check.
+
+A committed batch never makes points unreachable: if applying it to memory fails, memory is
+rebuilt from the store (``vecdb.storage.state``), degrading to an exact scan or to unindexed
+payloads where the index or the payload index cannot take the points.
 """
 from __future__ import annotations
 
@@ -20,14 +33,16 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from vecdb import calls
 from vecdb.api import CollectionInfo, CollectionStats, GetResult, Payload, QueryResult
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
-                          IdNotFoundError, InvalidArgumentError, TenantNotFoundError)
+                          IdNotFoundError, InvalidArgumentError, PermissionDeniedError, TenantNotFoundError,
+                          UnavailableError)
 from vecdb.filters import check_payload, parse_filter
 from vecdb.storage import keys as K
 from vecdb.storage.arrays import F32_LE, U64_LE, decode_json, encode_json, from_bytes, rows_to_bytes, to_bytes
 from vecdb.storage.locks import RWLock
-from vecdb.storage.state import PARTS, CheckpointPolicy, CollectionState, TenantSet, dir_bytes
+from vecdb.storage.state import OWNER, PARTS, READ, WRITE, CheckpointPolicy, CollectionState, TenantSet, dir_bytes
 from vecdb.types import SearchResult
 from vecdb.validation import as_id_array, as_k, as_matrix
 
@@ -53,7 +68,7 @@ class Collection(CollectionState):
         self._h = {part: handles[name] for part, name in self._names.items()}
         self._ckpt_root = db._index_root / f"c{cid:08x}"
         self._writer = threading.Lock()
-        self._rw = RWLock()
+        self._rw = RWLock("collection")
         self._state = "open"
         with self._writer:
             self._load()
@@ -76,15 +91,18 @@ class Collection(CollectionState):
         """Insert or replace points atomically; returns once the batch is committed to disk.
 
         A replaced point gets the new vector and payload (None clears it) and keeps its
-        tenants; ``tenant`` adds every point of the batch to that tenant (or tenants).
-        Raises InvalidArgumentError / DimensionMismatchError / TenantNotFoundError with
-        nothing written.
+        tenants. With ``tenant`` the write is scoped to that tenant (or tenants): new points
+        are owned by it, and existing ones may be replaced only if it owns them or holds a
+        write grant; otherwise AlreadyExistsError (ids it cannot see) or
+        PermissionDeniedError (ids shared with it read-only). Raises InvalidArgumentError /
+        DimensionMismatchError / TenantNotFoundError too; in every case nothing is written.
         """
         self._check()
         idkeys, uids = self._keys_of(ids, unique=True)
         if not idkeys:
-            if np.asarray(vectors).size:
-                raise InvalidArgumentError("got vectors but no ids")
+            rows = _row_count(vectors)
+            if rows:
+                raise InvalidArgumentError(f"got {rows} vectors but no ids")
             return
         x = as_matrix(vectors, self._info.dim)
         n = len(idkeys)
@@ -118,12 +136,12 @@ class Collection(CollectionState):
                     iids[i] = K.read_u64(old)
                     is_new[i] = False
             seq = self._seq + 1
-            iid_keys = K.u64_many(iids)
-            new_members = [[(ts, int(iid), k) for iid, k in zip(iids.tolist(), iid_keys) if iid not in ts.members]
-                           for ts in tsets]
-
             new_rows = np.flatnonzero(is_new).tolist()
             old_rows = np.flatnonzero(~is_new).tolist()
+            if tsets and old_rows:
+                self._check_writable(tenant_names, tsets, [int(iids[i]) for i in old_rows], [uids[i] for i in old_rows])
+            iid_keys = K.u64_many(iids)
+            owner_keys = [K.u32(ts.number) + iid_keys[i] for ts in tsets for i in new_rows]
             vec_bytes = rows_to_bytes(x)
 
             def batch(txn: Any) -> None:
@@ -140,20 +158,24 @@ class Collection(CollectionState):
                         txn.delete(iid_keys[i], db=h["pay"])
                 pay_cur.putmulti([(iid_keys[i], pay_bytes[i]) for i in old_rows if pay_bytes[i] is not None])
                 pay_cur.putmulti([(iid_keys[i], pay_bytes[i]) for i in new_rows if pay_bytes[i] is not None], append=True)
-                for members in new_members:
-                    txn.cursor(h["mem"]).putmulti([(K.u32(ts.number) + k, b"") for ts, _, k in members])
+                if owner_keys:
+                    txn.cursor(h["mem"]).putmulti([(key, OWNER) for key in owner_keys])
                 txn.put(K.u64(seq), to_bytes(iids, U64_LE), db=h["log"], append=True)
                 txn.put(b"seq", K.u64(seq), db=h["ctr"])
                 txn.put(b"next_iid", K.u64(next_iid), db=h["ctr"])
 
             with self._rw.write():
                 self._store.write(batch)
-                self._apply(lambda: self._apply_upsert(iids, is_new, uids, x, pays, new_members, seq, next_iid))
+                self._apply(lambda: self._apply_upsert(iids, is_new, uids, x, pays, tsets, seq, next_iid))
+            self._drain()
             self._maybe_checkpoint()
 
     def delete(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> int:
-        """Delete the stored ones among ``ids`` (with ``tenant``: only points of that tenant);
-        returns how many were deleted. Unknown ids are ignored."""
+        """Delete the stored ones among ``ids``; returns how many left the caller's view.
+
+        Without ``tenant`` every found point is deleted. With ``tenant``, points the tenant
+        owns are deleted (for every tenant), points it was only granted lose that grant (they
+        stay for the others), and ids it cannot see are ignored, like unknown ones."""
         self._check()
         idkeys, _ = self._keys_of(ids, unique=False)
         tenant_names = [] if tenant is None else [self._one_tenant(tenant)]
@@ -164,13 +186,17 @@ class Collection(CollectionState):
             with self._store.read() as txn:
                 found = dict(txn.cursor(h["ids"]).getmulti(list(dict.fromkeys(idkeys))))
             pairs = [(key, K.read_u64(v)) for key, v in found.items()]
+            revoke: list[int] = []
             if tsets:
-                pairs = [(key, iid) for key, iid in pairs if iid in tsets[0].members]
-            if not pairs:
+                levels = [(key, iid, tsets[0].level(iid)) for key, iid in pairs]
+                revoke = [iid for _, iid, level in levels if level is not None and level != OWNER]
+                pairs = [(key, iid) for key, iid, level in levels if level == OWNER]
+            if not pairs and not revoke:
                 return 0
             iids = np.array([iid for _, iid in pairs], np.int64)
-            seq = self._seq + 1
+            seq = self._seq + 1 if pairs else self._seq
             member_of = {iid: sorted(self._point_tenants.get(iid, ())) for _, iid in pairs}
+            revoke_keys = [K.u32(tsets[0].number) + K.u64(iid) for iid in revoke]
 
             def batch(txn: Any) -> None:
                 for key, iid in pairs:
@@ -181,14 +207,24 @@ class Collection(CollectionState):
                     txn.delete(ik, db=h["pay"])
                     for number in member_of[iid]:
                         txn.delete(K.u32(number) + ik, db=h["mem"])
-                txn.put(K.u64(seq), to_bytes(iids, U64_LE), db=h["log"])
-                txn.put(b"seq", K.u64(seq), db=h["ctr"])
+                for key in revoke_keys:
+                    txn.delete(key, db=h["mem"])
+                if pairs:
+                    txn.put(K.u64(seq), to_bytes(iids, U64_LE), db=h["log"])
+                    txn.put(b"seq", K.u64(seq), db=h["ctr"])
+
+            def change() -> None:
+                if pairs:
+                    self._apply_delete(iids, seq)
+                if revoke:
+                    self._set_access(tsets, revoke, None)
 
             with self._rw.write():
                 self._store.write(batch)
-                self._apply(lambda: self._apply_delete(iids, seq))
+                self._apply(change)
+            self._drain()
             self._maybe_checkpoint()
-            return len(pairs)
+            return len(pairs) + len(revoke)
 
     def create_tenant(self, tenant: str) -> None:
         """Create an empty tenant; AlreadyExistsError if it exists."""
@@ -237,15 +273,22 @@ class Collection(CollectionState):
         with self._rw.read():
             return sorted(self._tenants)
 
-    def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
-        """Give ``tenant`` access to existing points; IdNotFoundError (nothing changed) if any is missing."""
-        self._membership(tenant, ids, add=True)
+    def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray, write: bool = False) -> None:
+        """Give ``tenant`` read access (``write=True``: also the right to replace) to existing
+        points; IdNotFoundError (nothing changed) if any is missing. Points the tenant owns
+        stay owned; on other points the grant replaces any earlier grant's level."""
+        if not isinstance(write, (bool, np.bool_)):
+            raise InvalidArgumentError(f"write must be True or False, got {write!r:.80}")
+        self._membership(tenant, ids, WRITE if write else READ)
 
     def revoke(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
-        """Take ``tenant``'s access to existing points away (the points stay)."""
-        self._membership(tenant, ids, add=False)
+        """Take all of ``tenant``'s access to existing points away, ownership included (the
+        points stay; a point no tenant holds is reachable by unscoped calls only)."""
+        self._membership(tenant, ids, None)
 
-    def _membership(self, tenant: str, ids: Any, *, add: bool) -> None:
+    def _membership(self, tenant: str, ids: Any, level: bytes | None) -> None:
+        """Set ``tenant``'s access to ``ids`` to ``level`` (None: remove it); owners keep
+        ownership when granted."""
         self._check()
         name = self._one_tenant(tenant)
         idkeys, uids = self._keys_of(ids, unique=False)
@@ -254,7 +297,10 @@ class Collection(CollectionState):
             ts = self._tenant(name)
             with self._store.read() as txn:
                 iids = self._lookup(txn, idkeys, uids)
-            change = sorted({i for i in iids.tolist() if (i in ts.members) != add})
+            if level is None:
+                change = sorted({i for i in iids.tolist() if i in ts.members})
+            else:
+                change = sorted({i for i in iids.tolist() if ts.level(i) not in (OWNER, level)})
             if not change:
                 return
             mem_keys = [K.u32(ts.number) + K.u64(i) for i in change]
@@ -262,21 +308,14 @@ class Collection(CollectionState):
 
             def batch(txn: Any) -> None:
                 for key in mem_keys:
-                    if add:
-                        txn.put(key, b"", db=mem_db)
-                    else:
+                    if level is None:
                         txn.delete(key, db=mem_db)
+                    else:
+                        txn.put(key, level, db=mem_db)
 
             with self._rw.write():
                 self._store.write(batch)
-                for iid in change:
-                    if add:
-                        ts.members.add(iid)
-                        self._point_tenants.setdefault(iid, set()).add(ts.number)
-                    else:
-                        ts.members.discard(iid)
-                        self._point_tenants[iid].discard(ts.number)
-                ts.changed()
+                self._apply(lambda: self._set_access([ts], change, level))
 
     # ---- reads -----------------------------------------------------------------------
     def count(self, tenant: str | None = None) -> int:
@@ -288,31 +327,36 @@ class Collection(CollectionState):
             return self._n_live if name is None else len(self._tenant(name).members)
 
     def get(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> GetResult:
-        """Vectors and payloads of ``ids`` in the order asked; IdNotFoundError if any is missing
-        (with ``tenant``: also if any is not that tenant's, so a tenant cannot probe others' ids)."""
+        """Vectors and payloads of ``ids`` in the order asked; IdNotFoundError if any is missing.
+        With ``tenant``, an id the tenant cannot see answers exactly as a missing one (same
+        class, same message), so a tenant cannot probe which ids other tenants hold."""
         self._check()
         idkeys, uids = self._keys_of(ids, unique=False)
         name = None if tenant is None else self._one_tenant(tenant)
-        d = self._info.dim
-        with self._rw.read(), self._store.read() as txn:
-            iids = self._lookup(txn, idkeys, uids)
-            if name is not None:
-                members = self._tenant(name).members
-                foreign = [u for u, iid in zip(uids, iids.tolist()) if iid not in members]
-                if foreign:
-                    raise IdNotFoundError(f"{len(foreign)} id(s) not in tenant {name!r} of collection "
-                                          f"{self.name!r}: {foreign[:5]}")
-            vectors = np.empty((len(iids), d), np.float32)
-            payloads: list[Payload | None] = []
-            for row, iid in enumerate(iids.tolist()):
-                key = K.u64(iid)
-                raw = txn.get(key, db=self._h["vec"])
-                if raw is None:
-                    raise DataLossError(f"point {uids[row]!r} has no stored vector")
-                vectors[row] = from_bytes(raw, F32_LE, count=d)
-                pay = txn.get(key, db=self._h["pay"])
-                payloads.append(None if pay is None else decode_json(pay))
+        with self._rw.read():
+            self._check()  # a drop may have completed since the check above
+            members = None if name is None else self._tenant(name).members
+            with self._store.read() as txn:
+                iids = self._lookup(txn, idkeys, uids, visible=members)
+                vectors, payloads = self._read_points(txn, iids, uids)
         return GetResult(self._id_array(uids), vectors, payloads)
+
+    def _read_points(self, txn: Any, iids: np.ndarray, uids: list[Any]) -> tuple[np.ndarray, list[Payload | None]]:
+        """Stored vectors and payloads of ``iids`` (read in ``txn``)."""
+        d = self._info.dim
+        vectors = np.empty((len(iids), d), np.float32)
+        payloads: list[Payload | None] = []
+        for row, iid in enumerate(iids.tolist()):
+            key = K.u64(iid)
+            raw = txn.get(key, db=self._h["vec"])
+            if raw is None:
+                raise DataLossError(f"point {uids[row]!r} has no stored vector")
+            vectors[row] = from_bytes(raw, F32_LE, count=d)
+            pay = txn.get(key, db=self._h["pay"])
+            if pay is not None:
+                calls.spend_payload_bytes(len(pay))  # the server's per-call budget, before decoding
+            payloads.append(None if pay is None else decode_json(pay))
+        return vectors, payloads
 
     def search(self, queries: Any, k: int = 10, filter: Mapping[str, Any] | None = None, tenant: str | None = None,
                params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult:
@@ -328,7 +372,11 @@ class Collection(CollectionState):
         if params is None:
             params = {}
         if not isinstance(params, Mapping) or not all(isinstance(p, str) for p in params):
-            raise InvalidArgumentError(f"params must be a dict of search knobs, got {params!r}")
+            raise InvalidArgumentError(f"params must be a dict of search knobs, got {params!r:.200}")
+        unknown = sorted(set(params) - self._index.search_params)  # also names like "allow"
+        if unknown:
+            raise InvalidArgumentError(f"unknown search parameter(s) {unknown} for index {self._info.index!r}; "
+                                       f"known: {', '.join(sorted(self._index.search_params)) or 'none'}")
         name = None if tenant is None else self._one_tenant(tenant)
         with self._rw.read():
             self._check()
@@ -342,7 +390,7 @@ class Collection(CollectionState):
                 self._index.search(q[:0], k, **params)  # still reject unknown knobs
                 res = SearchResult.empty(len(q), k)
             else:
-                res = self._index.search(q, k, allow=allow, **params)
+                res = self._staging.search(self._index, q, k, allow, params)
             ids = self._translate(res.ids)
             payloads = self._hit_payloads(res.ids) if with_payloads else None
         return QueryResult(ids, res.distances, payloads)
@@ -352,7 +400,7 @@ class Collection(CollectionState):
         self._check()
         with self._rw.read():
             self._check()
-            memory = (self._index.memory_bytes() + self._payidx.memory_bytes() + self._live.nbytes
+            memory = (self._index.memory_bytes() + self._staging.memory_bytes() + self._payidx.memory_bytes() + self._live.nbytes
                       + self._uid_of.nbytes + (50 * self._n_live if self._info.id_type == "str" else 0)
                       + 64 * sum(len(t.members) for t in self._tenants.values()))
             disk = self._store.used_bytes(list(self._names.values())) + dir_bytes(self._ckpt_root)
@@ -366,6 +414,9 @@ class Collection(CollectionState):
             raise FailedPreconditionError(f"collection {self.name!r}: the database is closed")
         if self._state == "dropped":
             raise CollectionNotFoundError(f"collection {self.name!r} was dropped")
+        if self._state == "failed":
+            raise UnavailableError(f"collection {self.name!r} could not rebuild its memory after a failure; "
+                                   "get it from the database again to reload it")
 
     def _keys_of(self, ids: Any, *, unique: bool) -> tuple[list[bytes], list[Any]]:
         """Validated user ids -> (LMDB keys, ids as Python values)."""
@@ -414,12 +465,34 @@ class Collection(CollectionState):
             raise TenantNotFoundError(f"no tenant {name!r} in collection {self.name!r}")
         return ts
 
-    def _lookup(self, txn: Any, idkeys: list[bytes], uids: list[Any]) -> np.ndarray:
+    def _lookup(self, txn: Any, idkeys: list[bytes], uids: list[Any], visible: set[int] | None = None) -> np.ndarray:
+        """Internal ids of ``idkeys``; IdNotFoundError if any is missing or (with ``visible``)
+        outside it: one message for both, so the two cannot be told apart."""
         found = dict(txn.cursor(self._h["ids"]).getmulti(list(dict.fromkeys(idkeys))))
-        missing = [u for u, key in zip(uids, idkeys) if key not in found]
-        if missing:
-            raise IdNotFoundError(f"{len(missing)} id(s) not in collection {self.name!r}: {missing[:5]}")
-        return np.array([K.read_u64(found[key]) for key in idkeys], np.int64)
+        iids = [None if raw is None else K.read_u64(raw) for raw in (found.get(key) for key in idkeys)]
+        absent = [u for u, iid in zip(uids, iids) if iid is None or (visible is not None and iid not in visible)]
+        if absent:
+            raise IdNotFoundError(f"{len(absent)} id(s) not found in collection {self.name!r}: {absent[:5]}")
+        return np.array(iids, np.int64)
+
+    def _check_writable(self, names: list[str], tsets: list[TenantSet], iids: list[int], uids: list[Any]) -> None:
+        """Refuse a write scoped to ``tsets`` that would replace stored points not every one of
+        them may write. Points none of them can see answer AlreadyExistsError, which says
+        only that the ids are taken (not by whom, nor what they hold); points one of them
+        sees read-only answer PermissionDeniedError."""
+        hidden: list[Any] = []
+        read_only: list[Any] = []
+        for iid, uid in zip(iids, uids):
+            if not all(ts.can_write(iid) for ts in tsets):
+                (read_only if any(iid in ts.members for ts in tsets) else hidden).append(uid)
+        who = ", ".join(repr(n) for n in names)
+        if hidden:
+            raise AlreadyExistsError(f"{len(hidden)} id(s) are not available to tenant {who} in collection "
+                                     f"{self.name!r}: {hidden[:5]}; ids are shared by all tenants of a collection, "
+                                     "choose other ids")
+        if read_only:
+            raise PermissionDeniedError(f"{len(read_only)} id(s) are shared with tenant {who} read-only in collection "
+                                        f"{self.name!r}: {read_only[:5]}; replacing them needs a write grant")
 
     def _id_array(self, uids: list[Any]) -> np.ndarray:
         if self._info.id_type == "int":
@@ -441,6 +514,17 @@ class Collection(CollectionState):
         with self._store.read() as txn:
             for iid in np.unique(iids[iids >= 0]).tolist():
                 raw = txn.get(K.u64(iid), db=self._h["pay"])
+                if raw is not None:
+                    calls.spend_payload_bytes(len(raw))  # the server's per-call budget, before decoding
                 cache[iid] = None if raw is None else decode_json(raw)
         return [[cache.get(i) if i >= 0 else None for i in row] for row in iids.tolist()]
 
+
+
+def _row_count(vectors: Any) -> int:
+    """Rows in ``vectors`` as given (an (n, 0) matrix has n rows and no values)."""
+    try:
+        arr = np.asarray(vectors)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"vectors must be a 2-D array of numbers: {exc}") from None
+    return int(arr.shape[0]) if arr.ndim else int(arr.size)

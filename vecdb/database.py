@@ -13,6 +13,10 @@ Layout of ``path/``::
 A database may be open once at a time: a second open in the same process or in another
 process raises FailedPreconditionError (LMDB forbids opening one environment twice in a
 process, and two writers' in-memory indexes would diverge).
+
+Loading a collection (index checkpoint, replay) can take long, so it runs outside the
+database-wide lock: one thread loads, others asking for the same name wait for it, and
+calls about other collections go on. Drop and close wait for loads in progress.
 """
 from __future__ import annotations
 
@@ -32,11 +36,12 @@ from vecdb.index.base import _REGISTRY
 from vecdb.storage import keys as K
 from vecdb.storage.arrays import decode_json, encode_json
 from vecdb.storage.env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
-from vecdb.storage.state import PARTS, CheckpointPolicy
+from vecdb.storage.state import PARTS, CheckpointPolicy, collection_index_problem
 from vecdb.types import Metric
+from vecdb.validation import as_fs_path
 
 FORMAT = {"format": "vecdb-db", "version": 1}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # always used with fullmatch
 _OPEN: set[str] = set()
 _OPEN_LOCK = threading.Lock()
 
@@ -80,6 +85,7 @@ class Database:
         self._lock = threading.RLock()
         self._ckpt_lock = threading.Lock()
         self._collections: dict[str, Collection] = {}
+        self._loading: dict[str, _Loading] = {}
         self._closed = False
 
     # ---- collections -----------------------------------------------------------------
@@ -117,11 +123,29 @@ class Database:
         with self._lock:
             self._check()
             col = self._collections.get(name)
-            if col is None:
+            if col is not None and col._state != "failed":
+                return col
+            loading = self._loading.get(name)
+            if loading is None:
                 info, cid = self._lookup(name)
-                col = Collection(self, info, cid, self._policy)
-                self._collections[name] = col
-            return col
+                loading = self._loading[name] = _Loading()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            return loading.wait()
+        try:
+            col = Collection(self, info, cid, self._policy)  # without the database lock: may take long
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[name]
+            loading.finish(None, exc)
+            raise
+        with self._lock:
+            del self._loading[name]
+            self._collections[name] = col
+        loading.finish(col, None)
+        return col
 
     def list_collections(self) -> list[CollectionInfo]:
         """Every collection's CollectionInfo, sorted by name."""
@@ -129,33 +153,53 @@ class Database:
         with self._store.read() as txn:
             return [_info_of(decode_json(v))[0] for _, v in txn.cursor(self._catalog).iternext()]
 
+    def point_counts(self) -> dict[str, int]:
+        """Points per collection name, read from LMDB's entry counts without loading any
+        collection (for ``/metrics``: a scrape must not build indexes)."""
+        with self._lock:  # no drop in between, which would re-create a dropped sub-database
+            self._check()
+            with self._store.read() as txn:
+                cids = {i.name: cid for i, cid in (_info_of(decode_json(v)) for _, v in txn.cursor(self._catalog).iternext())}
+            handles = self._store.dbs([f"c{cid:08x}.ids" for cid in cids.values()])
+            with self._store.read() as txn:
+                return {name: int(txn.stat(handles[f"c{cid:08x}.ids"])["entries"]) for name, cid in cids.items()}
+
     def drop_collection(self, name: str) -> None:
         """Delete a collection and all its data; CollectionNotFoundError if none."""
-        with self._lock:
-            self._check()
-            _info, cid = self._lookup(name)
-            col = self._collections.pop(name, None)
-            if col is not None:
-                col._drop()
-            names = [f"c{cid:08x}.{part}" for part in PARTS]
-            handles = list(self._store.dbs(names).values())
+        while True:
+            with self._lock:
+                self._check()
+                pending = self._loading.get(name) if isinstance(name, str) else None
+                if pending is None:
+                    self._drop_now(name)
+                    return
+            pending.done.wait()  # a load reads the sub-databases about to be dropped
 
-            def batch(txn: Any) -> None:
-                txn.delete(name.encode("utf-8"), db=self._catalog)
-                txn.delete(K.u32(cid), db=self._manifest)
-                for handle in handles:
-                    Store.drop_in(txn, handle)
+    def _drop_now(self, name: str) -> None:
+        """``drop_collection`` once no load of ``name`` is in progress (caller holds the lock)."""
+        _info, cid = self._lookup(name)
+        col = self._collections.pop(name, None)
+        if col is not None:
+            col._drop()
+        names = [f"c{cid:08x}.{part}" for part in PARTS]
+        handles = list(self._store.dbs(names).values())
 
-            self._store.write(batch)
-            self._store.forget(names)
-            shutil.rmtree(self._index_root / f"c{cid:08x}", ignore_errors=True)
+        def batch(txn: Any) -> None:
+            txn.delete(name.encode("utf-8"), db=self._catalog)
+            txn.delete(K.u32(cid), db=self._manifest)
+            for handle in handles:
+                Store.drop_in(txn, handle)
+
+        self._store.write(batch)
+        self._store.forget(names)
+        shutil.rmtree(self._index_root / f"c{cid:08x}", ignore_errors=True)
 
     # ---- maintenance -----------------------------------------------------------------
     def snapshot(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the database into ``path`` (missing or empty) while
         serving: searches and writes continue; only index checkpointing waits. The copy is a
         database of its own; opening it replays writes newer than its checkpoints."""
-        target = Path(path)
+        target = Path(as_fs_path(path, what="snapshot path"))
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise InvalidArgumentError(f"snapshot target {target} must be missing or an empty directory")
         with self._ckpt_lock:
@@ -166,18 +210,27 @@ class Database:
 
     def close(self) -> None:
         """Checkpoint changed collections and close the store; further calls raise
-        FailedPreconditionError. Closing twice is harmless."""
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                for col in self._collections.values():
-                    col._close()
-            finally:
-                self._closed = True
-                self._collections.clear()
-                self._store.close()
-                self._release()
+        FailedPreconditionError. Closing twice is harmless. Waits for loads in progress."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                pending = next(iter(self._loading.values()), None)
+                if pending is None:
+                    self._close_now()
+                    return
+            pending.done.wait()  # a load reads the store this closes
+
+    def _close_now(self) -> None:
+        """``close`` once no load is in progress (caller holds the lock)."""
+        try:
+            for col in self._collections.values():
+                col._close()
+        finally:
+            self._closed = True
+            self._collections.clear()
+            self._store.close()
+            self._release()
 
     def __enter__(self) -> "Database":
         return self
@@ -194,7 +247,7 @@ class Database:
             raise FailedPreconditionError(f"database {self.path} is closed")
 
     def _lookup(self, name: str) -> tuple[CollectionInfo, int]:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise CollectionNotFoundError(f"no collection named {name!r}")
         with self._store.read() as txn:
             raw = txn.get(name.encode("utf-8"), db=self._catalog)
@@ -221,9 +274,30 @@ class Database:
             _OPEN.discard(self._key)
 
 
+class _Loading:
+    """A collection being loaded by one thread; other threads asking for it wait here."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self._result: Collection | None = None
+        self._error: BaseException | None = None
+
+    def finish(self, result: Collection | None, error: BaseException | None) -> None:
+        self._result, self._error = result, error
+        self.done.set()
+
+    def wait(self) -> Collection:
+        """The loaded collection, or the loader's exception raised again."""
+        self.done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: Any, id_type: Any) -> CollectionInfo:
     """Check create_collection arguments (including that the index accepts its parameters)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidArgumentError(f"collection name must be 1-128 characters of letters, digits, '_', '.', '-' "
                                    f"starting with a letter or digit; got {name!r}")
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65536:
@@ -234,6 +308,9 @@ def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: A
     cls = _REGISTRY.get(index) if isinstance(index, str) else None
     if cls is None:
         raise InvalidArgumentError(f"unknown index {index!r}; available: {sorted(_REGISTRY)}")
+    problem = collection_index_problem(index)
+    if problem is not None:
+        raise InvalidArgumentError(problem)
     if id_type not in ("int", "str"):
         raise InvalidArgumentError(f"id_type must be 'int' or 'str', got {id_type!r}")
     if index_params is None:

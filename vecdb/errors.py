@@ -76,6 +76,12 @@ class VecdbTimeoutError(VecdbError, TimeoutError):
     grpc_code = "DEADLINE_EXCEEDED"
 
 
+class VecdbCancelledError(VecdbError):
+    """The caller cancelled the call (or went away) while it was running."""
+
+    grpc_code = "CANCELLED"
+
+
 class UnavailableError(VecdbError):
     """The server is starting, draining or unreachable; retrying may help."""
 

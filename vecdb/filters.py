@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from vecdb import calls
 from vecdb.errors import DataLossError, InvalidArgumentError
 
 Node = tuple[Any, ...]
@@ -58,10 +59,37 @@ class _NotJson(Exception):
         self.path: list[str] = []
 
 
+def _checked_int(value: int) -> int:
+    """``value`` if the payload index can hold it as a float64, else _NotJson (checked before
+    the commit: indexing it after would fail with the batch already stored)."""
+    if value.bit_length() > 1023:
+        try:
+            float(value)
+        except OverflowError:
+            raise _NotJson(f"holds an integer of {value.bit_length()} bits, outside the float64 range "
+                           "payload numbers are indexed in (about ±1.8e308); store it as a string") from None
+    return value
+
+
+def _checked_str(value: str, what: str = "a string") -> str:
+    """``value`` if it can be stored as UTF-8 (no lone surrogates such as "\\ud800"), else _NotJson."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _NotJson(f"holds {what} with a lone surrogate ({value[exc.start]!r} at index {exc.start}), "
+                           "which is not valid Unicode text and cannot be stored as UTF-8") from None
+    return value
+
+
 def _json_like(value: Any, depth: int) -> Any:
     # exact-type fast paths first: isinstance against typing ABCs costs ~1 us per call
     t = type(value)
-    if t is str or t is bool or t is int or value is None:
+    if t is str:
+        return _checked_str(value)
+    if t is int:
+        return _checked_int(value)
+    if t is bool or value is None:
         return value
     if t is float:
         if not math.isfinite(value):
@@ -74,6 +102,7 @@ def _json_like(value: Any, depth: int) -> Any:
         for key, item in value.items():
             if type(key) is not str:
                 raise _NotJson(f"has a non-string key {key!r}")
+            _checked_str(key, "a key")
             try:
                 out[key] = _json_like(item, depth + 1)
             except _NotJson as exc:
@@ -92,11 +121,11 @@ def _json_like(value: Any, depth: int) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        return _checked_int(int(value))
     if isinstance(value, (float, np.floating)):
         return _json_like(float(value), depth)
     if isinstance(value, str):
-        return str(value)
+        return _checked_str(str(value))
     raise _NotJson(f"holds a {t.__name__}, which is not JSON-like")
 
 
@@ -104,23 +133,36 @@ def flatten(payload: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str,
     """Yield ``(field path, kind, value)`` for every indexable scalar of ``payload``.
 
     kind is ``"n"`` (number, as float), ``"s"`` (string) or ``"b"`` (bool, as 0.0/1.0).
+    Iterative (an explicit stack, no generator per container), since it runs while the
+    collection's write lock is held: large nested payloads must cost little per node.
     """
-    for key, value in payload.items():
-        yield from _leaves(prefix + key, value)
-
-
-def _leaves(path: str, value: Any) -> Iterator[tuple[str, str, Any]]:
-    if isinstance(value, bool):
-        yield path, "b", float(value)
-    elif isinstance(value, (int, float)):
-        yield path, "n", float(value)
-    elif isinstance(value, str):
-        yield path, "s", value
-    elif isinstance(value, list):
-        for item in value:
-            yield from _leaves(path, item)
-    elif isinstance(value, dict):
-        yield from flatten(value, path + ".")
+    stack: list[tuple[str, Any]] = [(prefix + key, value) for key, value in reversed(payload.items())]
+    pop, push = stack.pop, stack.append
+    while stack:
+        path, value = pop()
+        t = type(value)
+        if t is str:
+            yield path, "s", value
+        elif t is bool:
+            yield path, "b", float(value)
+        elif t is int or t is float:
+            yield path, "n", float(value)
+        elif t is list:
+            if value:
+                stack.extend((path, item) for item in reversed(value))
+        elif t is dict:
+            if value:
+                stack.extend((f"{path}.{key}", item) for key, item in reversed(value.items()))
+        elif isinstance(value, bool):
+            yield path, "b", float(value)
+        elif isinstance(value, (int, float)):
+            yield path, "n", float(value)
+        elif isinstance(value, str):
+            yield path, "s", value
+        elif isinstance(value, list):
+            stack.extend((path, item) for item in reversed(value))
+        elif isinstance(value, dict):
+            stack.extend((f"{path}.{key}", item) for key, item in reversed(value.items()))
 
 
 # ---- filter parsing --------------------------------------------------------------------
@@ -139,6 +181,28 @@ def parse_filter(spec: Any) -> Node | None:
     if not isinstance(spec, Mapping):
         raise InvalidArgumentError(f"filter must be a dict, got {type(spec).__name__}")
     return _parse(spec, 0)
+
+
+def filter_size(spec: Any, *, stop_at: int | None = None) -> tuple[int, int]:
+    """``(conditions, values)`` of a raw filter: every dict key counts as a condition and
+    every scalar list item (``in`` values) as a value. Iterative, so any nesting is safe;
+    stops early once either count passes ``stop_at``. The server caps both per request."""
+    conditions = values = 0
+    todo = [spec]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Mapping):
+            conditions += len(item)
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            for sub in item:
+                if isinstance(sub, (Mapping, list, tuple)):
+                    todo.append(sub)
+                else:
+                    values += 1
+        if stop_at is not None and max(conditions, values) > stop_at:
+            break
+    return conditions, values
 
 
 def _parse(spec: Mapping[str, Any], depth: int) -> Node:
@@ -197,7 +261,8 @@ def _parse_field(field: str, cond: Any) -> Node:
         for item in values:
             kind, value = _scalar(field, item)
             by_kind.setdefault(kind, []).append(value)
-        alts: list[Node] = [("in", field, kind, vals) for kind, vals in sorted(by_kind.items())]
+        # sorted and deduplicated here, outside any lock, for the vectorised match in Column
+        alts: list[Node] = [("in", field, kind, sorted(set(vals))) for kind, vals in sorted(by_kind.items())]
         parts.append(alts[0] if len(alts) == 1 else ("or", alts) if alts else ("none",))
     if any(op in cond for op in RANGE_OPS):
         parts.append(_parse_range(field, cond))
@@ -230,7 +295,11 @@ def _scalar(field: str, value: Any) -> tuple[str, Any]:
     if isinstance(value, (bool, np.bool_)):
         return "b", float(bool(value))
     if isinstance(value, (int, float, np.integer, np.floating)):
-        f = float(value)
+        try:
+            f = float(value)
+        except OverflowError:
+            raise InvalidArgumentError(f"field {field!r}: an integer of {int(value).bit_length()} bits "
+                                       "is outside the float64 range payload numbers are compared in") from None
         if not math.isfinite(f):
             raise InvalidArgumentError(f"field {field!r}: NaN/inf cannot be compared")
         return "n", f
@@ -308,6 +377,27 @@ class Column:
                     sel &= (tv <= hi) if hi_inc else (tv < hi)
                 out[ti[sel]] = True
 
+    def match_values(self, out: np.ndarray, epoch: np.ndarray, values: np.ndarray) -> None:
+        """Set ``out[iid] = True`` for every live entry equal to one of ``values`` (sorted,
+        unique, of this column's dtype): O(m log n) binary searches on the sorted run and
+        O(t log m) for the tail, all vectorised, whatever the number m of values."""
+        if len(self.vals):
+            lo = np.searchsorted(self.vals, values, "left")
+            hi = np.searchsorted(self.vals, values, "right")
+            hit = hi > lo
+            lo, hi = lo[hit], hi[hit]
+            if len(lo):
+                lengths = hi - lo
+                starts = np.cumsum(lengths) - lengths
+                pos = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(lo - starts, lengths)
+                iids = self.iids[pos]
+                out[iids[self.epochs[pos] == epoch[iids]]] = True
+        tv, ti, te = self.tail()
+        if len(tv):
+            at = np.minimum(np.searchsorted(values, tv), len(values) - 1)
+            sel = (values[at] == tv) & (te == epoch[ti])
+            out[ti[sel]] = True
+
     def memory_bytes(self) -> int:
         per_tail = 8 + 28 + 28
         extra = 50 * len(self.vals) if self.dtype == object else 0
@@ -355,7 +445,11 @@ class PayloadIndex:
             col.compact(self.epoch, force)
 
     def evaluate(self, node: Node, live: np.ndarray) -> np.ndarray:
-        """Boolean mask over internal ids (length ``len(live)``) of live points matching ``node``."""
+        """Boolean mask over internal ids (length ``len(live)``) of live points matching ``node``.
+
+        Checks the current call's deadline and cancellation (``vecdb.calls``) at every node,
+        so a large filter stops when its caller gives up."""
+        calls.check()
         op = node[0]
         if op == "all":
             return live.copy()
@@ -379,10 +473,11 @@ class PayloadIndex:
         col = self.columns.get((node[1], node[2]))
         if col is not None:
             if op == "in":
-                intervals = [(v, True, v, True) for v in node[3]]
+                values = np.empty(len(node[3]), col.dtype)
+                values[:] = node[3]
+                col.match_values(out, self.epoch, values)
             else:
-                intervals = [(node[3], node[4], node[5], node[6])]
-            col.match(out, self.epoch, intervals)
+                col.match(out, self.epoch, [(node[3], node[4], node[5], node[6])])
         return out & live
 
     def memory_bytes(self) -> int:

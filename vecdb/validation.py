@@ -1,6 +1,7 @@
 """Input checks done once at the public boundary; everything beneath trusts its inputs."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -80,10 +81,45 @@ def as_k(k: Any) -> int:
     return int(k)
 
 
-def as_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    """Return ``value`` as an int >= ``minimum`` (for build and search knobs)."""
+def as_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` as an int >= ``minimum`` (and <= ``maximum`` when given), for build and
+    search knobs; a bound keeps huge values from reaching kernels that size arrays by them."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise InvalidArgumentError(f"{name} must be an integer, got {type(value).__name__}")
     if value < minimum:
         raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        shown = value if value.bit_length() <= 64 else f"a {len(str(abs(int(value))))}-digit number"
+        raise InvalidArgumentError(f"{name} must be <= {maximum}, got {shown}")
     return int(value)
+
+
+#: longest file-system path accepted (Linux PATH_MAX) and longest single component (NAME_MAX).
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
+
+def as_fs_path(path: Any, *, what: str = "path") -> str:
+    """Return ``path`` (str or os.PathLike) as a str the OS can take: not empty, no NUL, no
+    lone surrogate, at most 4096 bytes and 255 bytes per component (else InvalidArgumentError,
+    instead of the ValueError/OSError the file system would raise half-way through)."""
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a string path, got {type(path).__name__}") from None
+    if not isinstance(text, str):
+        raise InvalidArgumentError(f"{what} must be a string path, got bytes")
+    if not text:
+        raise InvalidArgumentError(f"{what} is empty")
+    if "\0" in text:
+        raise InvalidArgumentError(f"{what} contains a NUL character")
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what} is not valid text (it holds a lone surrogate)") from None
+    if len(raw) > MAX_PATH_BYTES:
+        raise InvalidArgumentError(f"{what} is {len(raw)} bytes long; at most {MAX_PATH_BYTES} are allowed")
+    longest = max(len(part) for part in raw.split(b"/"))
+    if longest > MAX_NAME_BYTES:
+        raise InvalidArgumentError(f"{what} has a component of {longest} bytes; at most {MAX_NAME_BYTES} are allowed")
+    return text

@@ -6,7 +6,8 @@ defined in one place:
 
 - numeric arrays travel as ``Matrix`` (packed little-endian bytes plus shape and dtype),
 - ids as ``Ids`` (packed int64, or strings) and result ids as ``IdMatrix``,
-- filters, payloads and index/search parameters as JSON text ("" means "not given").
+- filters, payloads and index/search parameters as JSON text ("" means "not given");
+  search hits' payloads as ``HitPayloads``: each distinct payload once plus an index.
 
 Decoding is defensive because the server decodes whatever a client sends: every shape,
 size and dtype inconsistency raises ``InvalidArgumentError`` with a message that says
@@ -22,6 +23,7 @@ import numpy as np
 from vecdb.api import CollectionInfo, CollectionStats, GetResult, Payload, QueryResult
 from vecdb.errors import InvalidArgumentError
 from vecdb.v1 import types_pb2 as pb
+from vecdb.v1 import vecdb_pb2 as vpb
 
 _DTYPES: dict[int, np.dtype[Any]] = {
     pb.FLOAT32: np.dtype("<f4"),
@@ -192,6 +194,14 @@ def result_ids_from_proto(message: pb.IdMatrix) -> np.ndarray:
     return np.frombuffer(data, dtype="<i8").astype(np.int64).reshape(rows, cols)
 
 
+def flag(value: Any, *, what: str) -> bool:
+    """A bool argument (numpy bools too); InvalidArgumentError for anything else, as the
+    embedded database raises, instead of protobuf's truthiness."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentError(f"{what} must be True or False, got {value!r:.80}")
+    return bool(value)
+
+
 def tenants_to_list(tenant: str | Sequence[str] | None) -> list[str]:
     """The ``tenant=`` of an upsert (one name, several, or None) as a list of names."""
     if tenant is None:
@@ -277,20 +287,66 @@ def get_result_from_proto(ids: pb.Ids, vectors: pb.Matrix, payloads_json: str) -
     )
 
 
-def query_result_to_proto(result: QueryResult) -> tuple[pb.IdMatrix, pb.Matrix, str | None]:
-    """Encode a ``QueryResult`` as (ids, distances, payloads_json) fields of a SearchResponse."""
-    payloads = None if result.payloads is None else dumps(result.payloads, what="payloads")
+def hit_payloads_to_proto(payloads: Sequence[Sequence[Payload | None]], n_rows: int, n_cols: int) -> vpb.HitPayloads:
+    """Encode per-hit payloads with each distinct payload once: a point hit by many queries
+    (the same object in ``payloads``, as the database returns it) or equal payloads of
+    different points are encoded and sent one time, plus an (nq, k) index into them."""
+    index = np.full(n_rows * n_cols, -1, dtype=np.int64)
+    blobs: list[str] = []
+    by_object: dict[int, int] = {}
+    by_text: dict[str, int] = {}
+    if len(payloads) != n_rows:
+        raise InvalidArgumentError(f"got payloads for {len(payloads)} queries, expected {n_rows}")
+    for row, hits in enumerate(payloads):
+        if len(hits) > n_cols:
+            raise InvalidArgumentError(f"query {row} has {len(hits)} payloads for {n_cols} hits")
+        for col, payload in enumerate(hits):
+            if payload is None:
+                continue
+            at = by_object.get(id(payload))
+            if at is None:
+                text = dumps(payload, what="payloads")
+                at = by_text.setdefault(text, len(blobs))
+                if at == len(blobs):
+                    blobs.append(text)
+                by_object[id(payload)] = at
+            index[row * n_cols + col] = at
+    return vpb.HitPayloads(distinct_json=blobs, index=matrix_to_proto(index.reshape(n_rows, n_cols)))
+
+
+def hit_payloads_from_proto(message: vpb.HitPayloads, n_rows: int, n_cols: int) -> list[list[Payload | None]]:
+    """Decode ``HitPayloads``: each distinct payload is parsed once and shared by every hit
+    that points at it (as the embedded database shares one dict per point)."""
+    index = matrix_from_proto(message.index, what="payload index", dtype=np.int64)
+    if index.shape != (n_rows, n_cols):
+        raise InvalidArgumentError(f"payload index has shape {index.shape}, expected ({n_rows}, {n_cols})")
+    distinct: list[Payload | None] = []
+    for i, text in enumerate(message.distinct_json):
+        value = loads(text, what=f"payload {i}")
+        if not isinstance(value, dict):
+            raise InvalidArgumentError(f"payload {i} must be a JSON object, got {type(value).__name__}")
+        distinct.append(value)
+    if index.size and (index.min() < -1 or index.max() >= len(distinct)):
+        raise InvalidArgumentError(f"payload index points outside the {len(distinct)} payloads sent")
+    table = distinct + [None]  # -1 picks the trailing None
+    return [[table[j] for j in row] for row in index.tolist()]
+
+
+def query_result_to_proto(result: QueryResult) -> tuple[pb.IdMatrix, pb.Matrix, vpb.HitPayloads | None]:
+    """Encode a ``QueryResult`` as (ids, distances, payloads) fields of a SearchResponse."""
     distances = np.asarray(result.distances, dtype=np.float32)
+    payloads = None
+    if result.payloads is not None:
+        payloads = hit_payloads_to_proto(result.payloads, *distances.shape)
     return result_ids_to_proto(result.ids), matrix_to_proto(distances), payloads
 
 
-def query_result_from_proto(ids: pb.IdMatrix, distances: pb.Matrix, payloads_json: str | None) -> QueryResult:
+def query_result_from_proto(ids: pb.IdMatrix, distances: pb.Matrix, payloads: vpb.HitPayloads | None) -> QueryResult:
     """Decode the fields of a SearchResponse into a ``QueryResult``."""
-    payloads = None
-    if payloads_json is not None:
-        payloads = payloads_from_json(payloads_json)
+    dist = matrix_from_proto(distances, what="distances")
     return QueryResult(
-        ids=result_ids_from_proto(ids), distances=matrix_from_proto(distances, what="distances"), payloads=payloads,
+        ids=result_ids_from_proto(ids), distances=dist,
+        payloads=None if payloads is None else hit_payloads_from_proto(payloads, *dist.shape),
     )
 
 

@@ -109,6 +109,11 @@ class BaseIndex(abc.ABC):
             self._remove(slots)
         return int(len(slots))
 
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` stored vectors ahead of time, so a later ``add`` need not grow
+        (copy) its arrays. Safe while searches run (never while adds or removes run): growth
+        only copies, and readers see the old or the new arrays, both holding every row."""
+
     def __contains__(self, ident: int) -> bool:
         return bool(self._ids.contains(np.array([ident], np.int64))[0])
 

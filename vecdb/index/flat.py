@@ -37,8 +37,8 @@ class VectorStore:
     def sqnorms(self) -> np.ndarray:
         return self._sqnorms[: self.n]
 
-    def append(self, x: F32Matrix) -> None:
-        need = self.n + len(x)
+    def reserve(self, need: int) -> None:
+        """Grow the backing arrays to hold ``need`` rows (geometrically, by copying)."""
         if need > len(self._rows):
             cap = max(need, int(len(self._rows) * 1.5), 64)
             grown = np.empty((cap, self.dim), np.float32)
@@ -46,6 +46,10 @@ class VectorStore:
             norms = np.empty(cap, np.float32)
             norms[: self.n] = self._sqnorms[: self.n]
             self._rows, self._sqnorms = grown, norms
+
+    def append(self, x: F32Matrix) -> None:
+        need = self.n + len(x)
+        self.reserve(need)
         self._rows[self.n : need] = x
         self._sqnorms[self.n : need] = np.einsum("ij,ij->i", x, x)
         self.n = need
@@ -106,6 +110,10 @@ class FlatIndex(BaseIndex):
 
     def _prepare(self, x: F32Matrix) -> F32Matrix:
         return normalize_rows(x) if self.metric is Metric.COSINE else x
+
+    def reserve(self, n: int) -> None:
+        """Grow the row store to ``n`` rows now (see ``BaseIndex.reserve``)."""
+        self._store.reserve(n)
 
     def _add(self, vectors: F32Matrix, ids: I64Vector) -> None:
         self._store.append(self._prepare(vectors))

@@ -6,6 +6,8 @@ to the kernels, grows capacity and picks the filtered-search strategy.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import numba
@@ -20,6 +22,9 @@ from vecdb.validation import as_id_array, as_positive_int
 
 #: ef used when the caller gives none (raised to k when k is larger).
 DEFAULT_EF = 64
+#: largest ef a search may ask for: ef sizes per-query heaps, so an unbounded one (10**30,
+#: 2**62) would overflow the kernel or exhaust memory. Far above any useful beam width.
+MAX_EF = 100_000
 #: nodes per insertion call (one parallel region each); the progress bar moves per chunk.
 PROGRESS_CHUNK = 20_000
 #: below this many queries the serial kernel is used (no parallel-region launch per call).
@@ -33,6 +38,26 @@ _NO_MASK = np.zeros(1, np.uint8)
 #: than a filtered traversal is expected to need (about ef * 2M * FILTER_COST / selectivity).
 FILTER_COST = 0.5
 FILTER_MODES = ("auto", "scan", "graph")
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """Work one ``HNSW.search_with_stats`` call did, per query, counted inside the kernels.
+
+    distances : int64 (nq,), distance computations (entry point, descent and layer 0).
+    expanded : int64 (nq,), nodes whose neighbour list was read (0 for an exact scan).
+    strategy : "graph", "filtered-graph", "scan" (exact scan of the allowed ids) or
+        "none" (nothing to search: empty index, no queries or nothing allowed).
+    """
+
+    distances: np.ndarray
+    expanded: np.ndarray
+    strategy: str
+
+
+#: where ``_search`` reports its work while ``search_with_stats`` runs in this thread/task
+#: (a context variable, so concurrent calls never see each other's counts).
+_STATS_SINK: ContextVar[list[SearchStats] | None] = ContextVar("hnsw_stats_sink", default=None)
 
 
 class HNSW(BaseIndex):
@@ -49,9 +74,11 @@ class HNSW(BaseIndex):
         (with more threads, insertion order varies as in hnswlib).
     progress : show a tqdm bar while adding; None shows it for adds of >= 50,000 vectors.
 
-    Search knobs (per call): ``ef`` — beam width at layer 0 (default 64, at least k);
+    Search knobs (per call): ``ef`` — beam width at layer 0 (default 64, at least k, at most
+    ``MAX_EF`` = 100,000);
     ``filter_mode`` — how ``allow=`` is served: "auto" (by estimated cost), "scan" (exact scan
-    of the allowed ids) or "graph" (filtered traversal).
+    of the allowed ids) or "graph" (filtered traversal). ``search_with_stats`` also returns
+    each query's distance computations and expanded nodes (``SearchStats``).
     """
 
     kind = "hnsw"
@@ -96,6 +123,13 @@ class HNSW(BaseIndex):
         self._adj0 = _grown(self._adj0, cap, used, 0)
         self._uoff = _grown(self._uoff, cap, used, -1)
         self._pool.clear()
+
+    def reserve(self, n: int) -> None:
+        """Grow capacity to ``n`` nodes now (see ``BaseIndex.reserve``): ``add`` reuses freed
+        slots first, so ``len(self) + n_new`` nodes fit without a copy."""
+        if n > self.capacity:
+            self._writable()
+            self._reserve(n)
 
     def _reserve_upper(self, rows: int) -> None:
         if rows > len(self._adjU):
@@ -183,16 +217,16 @@ class HNSW(BaseIndex):
         if (allow is None and type(queries) is np.ndarray and queries.dtype == np.float32
                 and (queries.ndim == 1 or (queries.ndim == 2 and 0 < queries.shape[0] < SERIAL_QUERIES))
                 and queries.shape[-1] == self.dim and type(k) is int and k > 0 and self._entry >= 0
-                and (not params or (len(params) == 1 and type(params.get("ef")) is int and params["ef"] > 0))
+                and (not params or (len(params) == 1 and type(params.get("ef")) is int and 0 < params["ef"] <= MAX_EF))
                 and queries.flags.c_contiguous and np.isfinite(queries).all()):
             ef = max(k, params.get("ef", DEFAULT_EF))
             q = queries.reshape(-1, self.dim)
             if self.metric is Metric.COSINE:
                 q = normalize_rows(q)
             scratch = self._scratch()
-            slots, dists = graph.search_serial(q, k, ef, self._vecs, self._adj0, self._adjU, self._uoff,
-                                               self._metric_code, self._entry, self._max_level, scratch[0],
-                                               scratch[1], _NO_MASK, False)
+            slots, dists, _work = graph.search_serial(q, k, ef, self._vecs, self._adj0, self._adjU, self._uoff,
+                                                      self._metric_code, self._entry, self._max_level, scratch[0],
+                                                      scratch[1], _NO_MASK, False)
             self._give_back(scratch)
             if self.metric is Metric.COSINE:
                 dists += np.float32(1.0)
@@ -201,7 +235,7 @@ class HNSW(BaseIndex):
 
     def _search(self, queries: F32Matrix, k: int, allowed: I64Vector | None, **params: Any) -> tuple[np.ndarray, np.ndarray]:
         ef = params.get("ef")
-        ef = max(k, DEFAULT_EF if ef is None else as_positive_int(ef, "ef"))
+        ef = max(k, DEFAULT_EF if ef is None else as_positive_int(ef, "ef", maximum=MAX_EF))
         mode = params.get("filter_mode", "auto")
         if mode not in FILTER_MODES:
             raise InvalidArgumentError(f"filter_mode must be one of {', '.join(FILTER_MODES)}, got {mode!r}")
@@ -209,8 +243,11 @@ class HNSW(BaseIndex):
         if allowed is not None and len(allowed) >= len(self):
             allowed = None
         exact = mode == "scan" or (mode == "auto" and allowed is not None and self.prefers_exact(len(allowed), ef))
+        sink = _STATS_SINK.get()
         if allowed is not None and exact:
             slots, dists = topk.scan_subset(q, self._vecs, allowed, self._metric_code, k)
+            if sink is not None:
+                sink.append(SearchStats(np.full(len(q), len(allowed), np.int64), np.zeros(len(q), np.int64), "scan"))
         else:
             if allowed is None:
                 mask = _NO_MASK
@@ -219,13 +256,31 @@ class HNSW(BaseIndex):
                 mask[allowed] = 1
             run = graph.search_serial if len(q) < SERIAL_QUERIES else graph.search_batch
             scratch = self._scratch()
-            slots, dists = run(q, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
-                               self._entry, self._max_level, scratch[0], scratch[1], mask, allowed is not None,
-                               numba.get_num_threads())
+            slots, dists, work = run(q, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
+                                     self._entry, self._max_level, scratch[0], scratch[1], mask, allowed is not None,
+                                     numba.get_num_threads())
             self._give_back(scratch)
+            if sink is not None:
+                sink.append(SearchStats(work[:, graph.WORK_DISTANCES].copy(), work[:, graph.WORK_EXPANDED].copy(),
+                                        "graph" if allowed is None else "filtered-graph"))
         if self.metric is Metric.COSINE:
             dists += np.float32(1.0)
         return slots, dists
+
+    def search_with_stats(self, queries: Any, k: int, *, allow: Any = None,
+                          **params: Any) -> tuple[SearchResult, SearchStats]:
+        """``search`` (same arguments, checks and results) plus the work each query did, as
+        counted by the kernels: what shows that a search visits a small part of the graph."""
+        sink: list[SearchStats] = []
+        token = _STATS_SINK.set(sink)
+        try:
+            result = BaseIndex.search(self, queries, k, allow=allow, **params)
+        finally:
+            _STATS_SINK.reset(token)
+        if sink:
+            return result, sink[0]
+        zeros = np.zeros(len(result.ids), np.int64)
+        return result, SearchStats(zeros, zeros.copy(), "none")
 
     def prefers_exact(self, n_allowed: int, ef: int = DEFAULT_EF) -> bool:
         """True when a filter admitting ``n_allowed`` ids is searched by an exact scan of those

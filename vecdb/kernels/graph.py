@@ -12,6 +12,11 @@ Graph layout (all numpy, no per-node objects):
 
 Distances are computed by ``vecdb.kernels.distances.distance`` with a metric code; cosine
 callers store unit rows and pass the inner-product code.
+
+Query kernels count their work in an int64 row per query, ``work[WORK_DISTANCES]`` (distance
+computations) and ``work[WORK_EXPANDED]`` (nodes whose neighbour list was read): one add per
+node expanded, so the count is free next to the distances it counts, and it shows that a
+search is a graph walk rather than a scan.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from vecdb.kernels.prefetch import prefetch
 
 #: how much of each neighbour row to prefetch (floats; 16 floats = one 64-byte cache line)
 PREFETCH_FLOATS = 128
+#: columns of the per-query work counters
+WORK_DISTANCES, WORK_EXPANDED = 0, 1
 
 
 @kernel
@@ -49,11 +56,19 @@ def next_tag(vis, tags, t):
 @kernel
 def greedy_descent(q, ep, ep_d, top, stop, vecs, adj0, adjU, uoff, metric):
     """Greedy walk (ef = 1) through layers ``top`` down to ``stop + 1``; returns (node, dist)."""
+    return counted_descent(q, ep, ep_d, top, stop, vecs, adj0, adjU, uoff, metric, np.zeros(2, np.int64))
+
+
+@kernel
+def counted_descent(q, ep, ep_d, top, stop, vecs, adj0, adjU, uoff, metric, work):
+    """``greedy_descent`` that adds its distance computations and expanded nodes to ``work``."""
     for layer in range(top, stop, -1):
         changed = True
         while changed:
             changed = False
             row = adj_row(adj0, adjU, uoff, ep, layer)
+            work[WORK_EXPANDED] += 1
+            work[WORK_DISTANCES] += row[0]
             for t in range(1, row[0] + 1):
                 nb = row[t]
                 d = distance(q, vecs[nb], metric)
@@ -72,6 +87,13 @@ def beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, vis, tag
     (length >= ef); the search stops when the closest candidate is farther than the worst
     of ef results. Results are returned sorted ascending; returns their count.
     """
+    return counted_beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, vis, tag, out_d, out_i,
+                               np.zeros(2, np.int64))
+
+
+@kernel
+def counted_beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, vis, tag, out_d, out_i, work):
+    """``beam_search`` that adds its distance computations and expanded nodes to ``work``."""
     todo = np.empty(adj0.shape[1], np.int32)
     prefetch_cols = min(vecs.shape[1], PREFETCH_FLOATS)
     cd = np.empty(2 * ef + 64, np.float32)
@@ -97,6 +119,8 @@ def beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, vis, tag
                 fresh += 1
                 for c in range(0, prefetch_cols, 16):
                     prefetch(vecs, nb, c)
+        work[WORK_EXPANDED] += 1
+        work[WORK_DISTANCES] += fresh
         for t in range(fresh):
             nb = todo[t]
             d = distance(q, vecs[nb], metric)
@@ -242,12 +266,13 @@ def _heap_pop_min(hd, hi, size):
 
 
 @kernel
-def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d, res_i):
+def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d, res_i, work):
     """Layer-0 search whose result set only admits nodes with ``mask[node] != 0``.
 
     Traversal still expands through non-allowed nodes (they are candidates, never results),
     so the graph stays connected under any filter; stops once the closest unexpanded
-    candidate is farther than the worst of ef allowed results. Returns the result count.
+    candidate is farther than the worst of ef allowed results. Returns the result count;
+    adds its distance computations and expanded nodes to ``work``.
     """
     hd = np.empty(4 * ef + 64, np.float32)
     hi = np.empty(4 * ef + 64, np.int32)
@@ -268,11 +293,13 @@ def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d,
         _heap_pop_min(hd, hi, hsize)
         hsize -= 1
         row = adj0[node]
+        work[WORK_EXPANDED] += 1
         for t in range(1, row[0] + 1):
             nb = row[t]
             if vis[nb] == tag:
                 continue
             vis[nb] = tag
+            work[WORK_DISTANCES] += 1
             d = distance(q, vecs[nb], metric)
             if nres == ef and d >= res_d[ef - 1]:
                 continue
@@ -293,18 +320,22 @@ def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d,
 
 @kernel
 def search_one(q, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, t, mask, filtered,
-               out_s, out_d):
+               out_s, out_d, work):
     """k nearest slots of one query: greedy descent, then an ef-wide search at layer 0
-    (filtered by ``mask`` when ``filtered``). Writes sorted results into out_s/out_d."""
+    (filtered by ``mask`` when ``filtered``). Writes sorted results into out_s/out_d and
+    the query's distance computations and expanded nodes into ``work`` (zeroed first)."""
+    work[WORK_DISTANCES] = 1
+    work[WORK_EXPANDED] = 0
     ep_d = distance(q, vecs[entry], metric)
-    ep, ep_d = greedy_descent(q, np.int64(entry), ep_d, max_level, 0, vecs, adj0, adjU, uoff, metric)
+    ep, ep_d = counted_descent(q, np.int64(entry), ep_d, max_level, 0, vecs, adj0, adjU, uoff, metric, work)
     tag = next_tag(vis[t], tags, t)
     res_d = np.empty(ef, np.float32)
     res_i = np.empty(ef, np.int32)
     if filtered:
-        n = filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis[t], tag, res_d, res_i)
+        n = filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis[t], tag, res_d, res_i, work)
     else:
-        n = beam_search(q, ep, ep_d, 0, ef, vecs, adj0, adjU, uoff, metric, vis[t], tag, res_d, res_i)
+        n = counted_beam_search(q, ep, ep_d, 0, ef, vecs, adj0, adjU, uoff, metric, vis[t], tag, res_d, res_i,
+                                work)
     m = min(n, k)
     for j in range(m):
         out_s[j] = res_i[j]
@@ -322,11 +353,13 @@ def search_batch(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_leve
 
     Threads take the next query from a shared counter (dynamic scheduling), so a thread
     that the OS pauses does not leave half the batch waiting behind it.
-    Returns (slots int64 (nq, k), dists float32 (nq, k)), sorted, padded -1/+inf.
+    Returns (slots int64 (nq, k), dists float32 (nq, k), work int64 (nq, 2)), results sorted
+    and padded -1/+inf; ``work`` holds each query's counters (see the module docstring).
     """
     nq = queries.shape[0]
     out_s = np.empty((nq, k), np.int64)
     out_d = np.empty((nq, k), np.float32)
+    work = np.empty((nq, 2), np.int64)
     counter = np.zeros(1, np.int64)
     for w in numba.prange(n_workers):
         t = numba.get_thread_id()
@@ -335,8 +368,8 @@ def search_batch(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_leve
             if i >= nq:
                 break
             search_one(queries[i], k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, t,
-                       mask, filtered, out_s[i], out_d[i])
-    return out_s, out_d
+                       mask, filtered, out_s[i], out_d[i], work[i])
+    return out_s, out_d, work
 
 
 @kernel
@@ -346,7 +379,8 @@ def search_serial(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_lev
     nq = queries.shape[0]
     out_s = np.empty((nq, k), np.int64)
     out_d = np.empty((nq, k), np.float32)
+    work = np.empty((nq, 2), np.int64)
     for i in range(nq):
         search_one(queries[i], k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, 0,
-                   mask, filtered, out_s[i], out_d[i])
-    return out_s, out_d
+                   mask, filtered, out_s[i], out_d[i], work[i])
+    return out_s, out_d, work

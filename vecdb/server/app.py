@@ -131,7 +131,8 @@ def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.E
         # compile kernels now, off the request path (Numba caches them for the next start)
         threading.Thread(target=warm_up, name="vecdb-warm-up", daemon=True).start()
         logger.info("serving", extra={
-            "event": "serving", "host": config.host, "port": port, "metrics_port": metrics_port,
+            "event": "serving", "host": config.host, "port": port, "metrics_host": config.metrics_host,
+            "metrics_port": metrics_port,
             "data_dir": str(config.data_dir), "workers": config.workers,
             "tls": bool(config.tls_cert and config.tls_key), "auth": config.keys is not None,
             "max_message_mb": config.max_message_mb})

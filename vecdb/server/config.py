@@ -33,7 +33,20 @@ class ServerConfig:
     tls_cert, tls_key: PEM files; both set enables TLS.
     snapshot_dir: where Snapshot RPCs may write (default: ``<data_dir>-snapshots`` beside
         the data directory).
-    max_k, max_result_cells: limits on a search's k and on queries*k per request.
+    Limits of one request, each checked before the server allocates for it (over a limit:
+    RESOURCE_EXHAUSTED, with a message naming the flag):
+    max_k: largest k of a search (--max-k).
+    max_queries: query rows per Search, summed over a SearchBatch (--max-queries).
+    max_result_cells: queries x k per request, summed over a SearchBatch (--max-result-cells);
+        each cell costs about 60 bytes while the answer is built and sent.
+    max_response_payload_mb: stored payload bytes one answer (Search with_payloads, Get) may
+        read, in MiB (--max-response-payload-mb); payloads are decoded only within it.
+    max_filter_bytes, max_filter_conditions, max_filter_values: size of a search filter's
+        JSON, its number of conditions (dict keys) and of listed values (``in`` lists), which
+        bound how long it is evaluated under the collection's lock.
+    metrics_host: where ``/metrics`` listens; 127.0.0.1 by default whatever ``host`` is, as it
+        has no authentication (names and sizes of every collection). Expose it on purpose with
+        ``--metrics-host 0.0.0.0`` behind a firewall or a scraping proxy.
     """
 
     data_dir: Path = Path("data")
@@ -50,7 +63,12 @@ class ServerConfig:
     tls_key: Path | None = None
     snapshot_dir: Path | None = None
     max_k: int = 10_000
-    max_result_cells: int = 50_000_000
+    max_queries: int = 10_000
+    max_result_cells: int = 1_000_000
+    max_response_payload_mb: int = 8
+    max_filter_bytes: int = 256 * 1024
+    max_filter_conditions: int = 1_000
+    max_filter_values: int = 10_000
 
     @property
     def address(self) -> str:
@@ -62,6 +80,11 @@ class ServerConfig:
     def max_message_bytes(self) -> int:
         """``max_message_mb`` in bytes."""
         return self.max_message_mb * MIB
+
+    @property
+    def max_response_payload_bytes(self) -> int:
+        """``max_response_payload_mb`` in bytes."""
+        return self.max_response_payload_mb * MIB
 
     @property
     def snapshot_root(self) -> Path:

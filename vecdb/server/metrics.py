@@ -3,7 +3,15 @@
 - ``vecdb_requests_total{method, code}``: finished RPCs by status code.
 - ``vecdb_request_duration_seconds{method}``: latency histogram per RPC.
 - ``vecdb_requests_in_flight``: RPCs being served now.
-- ``vecdb_collection_points{collection}``: points per collection, read at scrape time.
+- ``vecdb_collection_points{collection}``: points per collection, read at scrape time from
+  LMDB's entry counts (``Database.point_counts``): a scrape never loads a collection.
+- ``vecdb_lock_hold_seconds{lock, mode, clock}``: how long locks were held (histogram), and
+  ``vecdb_lock_hold_max_seconds{lock, mode, clock}`` the longest hold, since the process
+  started; ``lock="collection"`` is each collection's readers-writer lock, ``clock`` is
+  "wall" (what others waited) or "cpu" (work done by the holder; see ``vecdb.storage.locks``).
+
+The endpoint has no authentication, so ``vecdb serve`` binds it to 127.0.0.1 unless
+``--metrics-host`` says otherwise (see ``vecdb serve --help``).
 
 Each server owns its registry (not the process-global one) so several servers, as in
 tests, never clash over metric names.
@@ -14,11 +22,12 @@ import logging
 from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vecdb.api import DatabaseAPI
 from vecdb.errors import VecdbError
+from vecdb.storage.locks import HOLD_BUCKETS, hold_stats
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +36,36 @@ LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.
 
 
 class _CollectionSizes(Collector):
-    """Reads each collection's point count when Prometheus scrapes."""
+    """Reads each collection's point count when Prometheus scrapes, without loading any."""
 
     def __init__(self, db: DatabaseAPI) -> None:
-        self._db = db
+        self._counts = getattr(db, "point_counts", None)
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("vecdb_collection_points", "Points stored per collection", labels=["collection"])
         try:
-            for info in self._db.list_collections():
-                family.add_metric([info.name], float(self._db.get_collection(info.name).count()))
-        except VecdbError as exc:  # e.g. the database is closing, or a collection was just dropped
+            if self._counts is not None:
+                for name, count in sorted(self._counts().items()):
+                    family.add_metric([name], float(count))
+        except VecdbError as exc:  # e.g. the database is closing
             logger.debug("collection sizes unavailable: %s", exc)
         yield family
+
+
+class _LockHolds(Collector):
+    """Lock hold times of this process (``vecdb.storage.locks.hold_stats``) at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        stats = hold_stats()
+        labels = ["lock", "mode", "clock"]
+        hist = HistogramMetricFamily("vecdb_lock_hold_seconds", "How long locks were held", labels=labels)
+        longest = GaugeMetricFamily("vecdb_lock_hold_max_seconds", "Longest hold of a lock", labels=labels)
+        for key, st in sorted(stats.items()):
+            buckets = [(repr(bound), float(n)) for bound, n in zip(HOLD_BUCKETS, st.buckets)]
+            hist.add_metric(list(key), buckets + [("+Inf", float(st.count))], sum_value=st.total)
+            longest.add_metric(list(key), st.longest)
+        yield hist
+        yield longest
 
 
 class ServerMetrics:
@@ -52,6 +78,7 @@ class ServerMetrics:
                                   buckets=LATENCY_BUCKETS, registry=self.registry)
         self._in_flight = Gauge("vecdb_requests_in_flight", "RPCs being served", registry=self.registry)
         self.registry.register(_CollectionSizes(db))
+        self.registry.register(_LockHolds())
         self._http = None
         self.port: int | None = None
 

@@ -8,15 +8,17 @@ Every RPC passes through ``VecdbServicer._run``, which in one place:
   checks the deadline, maps every exception to a status (``vecdb.server.errors``),
   records metrics and logs failures.
 
-Tenant keys (see ``vecdb.server.auth``) are enforced here, whatever the request says:
-searches, counts, deletes and gets run under the key's tenant (a named foreign tenant is
-PERMISSION_DENIED), upserts assign only the key's tenants, ``list_tenants`` shows only the
-key's tenants, and collection/tenant/access management, stats and snapshots need an admin
-key. A tenant key's ``get`` runs under its tenant: points outside it answer NOT_FOUND,
-exactly as missing ones, so a key cannot probe which ids other tenants hold. A tenant key's upsert may not replace a stored point that is not provably its own.
+Tenant keys (see ``vecdb.server.auth``) are scoped here, whatever the request says: every
+point call of a tenant key runs as the key's tenant (a named foreign tenant is
+PERMISSION_DENIED), ``list_tenants`` shows only the key's tenants, and collection/tenant/
+access management, stats and snapshots need an admin key. What a tenant may then do with
+points (owners, read and write grants; gets that answer a hidden id exactly as a missing
+one; upserts that cannot take over another tenant's id) is enforced by the collection,
+inside its write lock (semantics in ``vecdb.api``): the servicer only passes the tenant.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import re
@@ -30,12 +32,11 @@ import numpy as np
 from google.protobuf import message_factory, unknown_fields
 from google.protobuf.message import Message
 
-from vecdb import wire
-from vecdb.api import CollectionAPI, DatabaseAPI
+from vecdb import calls, filters, wire
+from vecdb.api import CollectionAPI, DatabaseAPI, QueryResult
 from vecdb.errors import (
-    IdNotFoundError,
+    FailedPreconditionError,
     InvalidArgumentError,
-    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
     VecdbError,
@@ -45,6 +46,7 @@ from vecdb.server.auth import OPEN_ACCESS, Principal
 from vecdb.server.config import ServerConfig
 from vecdb.server.errors import abort, as_vecdb_error
 from vecdb.server.metrics import ServerMetrics
+from vecdb.validation import as_fs_path
 from vecdb.v1 import vecdb_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -103,9 +105,39 @@ def _optional(message: Message, field: str) -> str | None:
     return getattr(message, field) if message.HasField(field) else None
 
 
-@functools.lru_cache(maxsize=None)
+#: work of one search step (see ``_rows_per_step``), in units of one vector component
+#: compared; about 10-30 ms of one core, so a step holds a collection's read lock briefly.
+STEP_WORK = 20_000_000
+#: per-distance overhead in the same units (memory access, heap update), which dominates at small dims.
+DISTANCE_OVERHEAD = 32
+#: cost of one result cell (top-k selection, exact rescoring, id translation; ~1 us measured
+#: for flat k=1000), in the same units.
+RESULT_COST = 600
+
+
+def _rows_per_step(coll: CollectionAPI, k: int, params: dict[str, Any] | None, *, filtered: bool) -> int:
+    """How many query rows one search step may take so that it does about ``STEP_WORK``:
+    a query costs about ``candidates x (dim + DISTANCE_OVERHEAD) + k x RESULT_COST``, where an
+    unfiltered HNSW search compares at most ef x 2M candidates and any other search up to
+    every point. A single query is never split, so one step is at least one query."""
+    info = coll.info
+    n = max(coll.count(), 1)
+    candidates = n
+    if info.index == "hnsw" and not filtered:
+        ef = (params or {}).get("ef", 64)
+        ef = ef if isinstance(ef, int) and not isinstance(ef, bool) and ef > 0 else 64
+        m = info.index_params.get("M", 16)
+        m = m if isinstance(m, int) and m > 0 else 16
+        candidates = min(n, max(ef, k) * 2 * m)
+    per_query = candidates * (info.dim + DISTANCE_OVERHEAD) + max(k, 0) * RESULT_COST
+    return max(1, STEP_WORK // per_query)
+
+
 class VecdbServicer:
-    """Serves every vecdb.v1 RPC from one ``DatabaseAPI``; register with ``add_to_server``."""
+    """Serves every vecdb.v1 RPC from one ``DatabaseAPI``; register with ``add_to_server``.
+
+    Each instance has its own draining flag: two servers never share one servicer.
+    """
 
     def __init__(self, db: DatabaseAPI, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
         self._db = db
@@ -135,7 +167,12 @@ class VecdbServicer:
                 raise VecdbTimeoutError(f"{method}: the deadline passed before the server started the call")
             if not isinstance(request, Iterator):
                 _check_request(request)
-            return handler(request, who)
+            call = calls.CallContext(
+                what=method, deadline=None if remaining is None else time.monotonic() + remaining,
+                cancelled=lambda: not context.is_active(), payload_bytes=self._config.max_response_payload_bytes,
+                payload_flag=f"--max-response-payload-mb={self._config.max_response_payload_mb}")
+            with calls.call_scope(call):
+                return handler(request, who)
         except Exception as exc:
             err = as_vecdb_error(exc, method)
             code = err.grpc_code
@@ -154,24 +191,69 @@ class VecdbServicer:
     def _collection(self, name: str) -> CollectionAPI:
         return self._db.get_collection(name)
 
-    def _search_one(self, req: pb.SearchRequest, who: Principal) -> pb.SearchResponse:
-        queries = wire.matrix_from_proto(req.queries, what="queries")
-        k = int(req.k)
-        if k > self._config.max_k:
-            raise ResourceExhaustedError(f"k={k} is over this server's limit of {self._config.max_k}; ask for fewer neighbours")
-        if k > 0 and queries.shape[0] * k > self._config.max_result_cells:
+    def _check_search_sizes(self, reqs: Iterable[pb.SearchRequest]) -> None:
+        """ResourceExhaustedError, before anything is decoded or allocated, when the searches
+        of one request together ask for more than the server's limits (each names its flag)."""
+        cfg = self._config
+        queries = cells = 0
+        for req in reqs:
+            k = int(req.k)
+            if k > cfg.max_k:
+                raise ResourceExhaustedError(f"k={k} is over this server's limit of {cfg.max_k} (--max-k); "
+                                             "ask for fewer neighbours")
+            queries += int(req.queries.n_rows)
+            cells += int(req.queries.n_rows) * max(k, 0)
+        if queries > cfg.max_queries:
             raise ResourceExhaustedError(
-                f"{queries.shape[0]} queries x k={k} is over this server's limit of {self._config.max_result_cells} "
-                "results per request; split the queries into smaller batches"
-            )
+                f"{queries} queries in one request is over this server's limit of {cfg.max_queries} "
+                "(--max-queries); split them into smaller requests")
+        if cells > cfg.max_result_cells:
+            raise ResourceExhaustedError(
+                f"{queries} queries x k ask for {cells} results, over this server's limit of {cfg.max_result_cells} "
+                "results per request (--max-result-cells); split the queries or ask for a smaller k")
+
+    def _filter(self, text: str) -> dict[str, Any] | None:
+        """The request's filter, refused (RESOURCE_EXHAUSTED, naming the flag) when it is larger
+        than the server allows, so its evaluation under the collection's lock stays short."""
+        cfg = self._config
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > cfg.max_filter_bytes:
+            raise ResourceExhaustedError(f"the filter is {size} bytes of JSON, over this server's limit of "
+                                         f"{cfg.max_filter_bytes} (--max-filter-bytes)")
+        spec = wire.loads_object(text, what="filter")
+        if spec is None:
+            return None
+        conditions, values = filters.filter_size(spec, stop_at=max(cfg.max_filter_conditions, cfg.max_filter_values))
+        if conditions > cfg.max_filter_conditions:
+            raise ResourceExhaustedError(f"the filter has over {cfg.max_filter_conditions} conditions "
+                                         "(--max-filter-conditions); simplify it")
+        if values > cfg.max_filter_values:
+            raise ResourceExhaustedError(f"the filter lists over {cfg.max_filter_values} values "
+                                         "(--max-filter-values); split the 'in' list over several requests")
+        return spec
+
+    def _search_one(self, req: pb.SearchRequest, who: Principal) -> pb.SearchResponse:
+        """One search, run in steps of ``_rows_per_step`` query rows: each step takes the
+        collection's read lock on its own, so a large request never holds off writers (and
+        the searches queued behind them) for longer than one bounded step. Steps may see
+        writes that land between them; each query row sees one consistent state."""
+        queries = wire.matrix_from_proto(req.queries, what="queries")
         coll = self._collection(req.collection)
-        result = coll.search(
-            queries, k=k, filter=wire.loads_object(req.filter_json, what="filter"),
-            tenant=who.scope_tenant(_optional(req, "tenant")),
-            params=wire.loads_object(req.params_json, what="params"), with_payloads=req.with_payloads,
-        )
+        spec = self._filter(req.filter_json)
+        tenant = who.scope_tenant(_optional(req, "tenant"))
+        params = wire.loads_object(req.params_json, what="params")
+        k = int(req.k)
+        step = _rows_per_step(coll, k, params, filtered=spec is not None or tenant is not None)
+        parts = []
+        for start in range(0, max(len(queries), 1), step):
+            calls.check()
+            parts.append(coll.search(queries[start:start + step], k=k, filter=spec, tenant=tenant, params=params,
+                                     with_payloads=req.with_payloads))
+        result = parts[0] if len(parts) == 1 else QueryResult(
+            ids=np.concatenate([p.ids for p in parts]), distances=np.concatenate([p.distances for p in parts]),
+            payloads=None if parts[0].payloads is None else [row for p in parts for row in p.payloads or []])
         ids, distances, payloads = wire.query_result_to_proto(result)
-        return pb.SearchResponse(ids=ids, distances=distances, payloads_json=payloads)
+        return pb.SearchResponse(ids=ids, distances=distances, payloads=payloads)
 
     def _upsert_one(self, req: pb.UpsertRequest, who: Principal) -> int:
         coll = self._collection(req.collection)
@@ -179,59 +261,26 @@ class VecdbServicer:
         vectors = wire.matrix_from_proto(req.vectors, what="vectors")
         payloads = wire.payloads_from_json(req.payloads_json) if req.HasField("payloads_json") else None
         tenants = who.scope_tenants(list(req.tenants))
-        if not who.admin:
-            self._refuse_foreign(coll, ids, tenants)
         tenant: str | list[str] | None = tenants[0] if len(tenants) == 1 else (tenants or None)
-        coll.upsert(ids, vectors, payloads, tenant=tenant)
-        return int(vectors.shape[0])
-
-    def _refuse_foreign(self, coll: CollectionAPI, ids: Any, tenants: list[str]) -> None:
-        """PermissionDeniedError if a tenant key's upsert would replace a stored point that
-        is not provably its own (an upsert keeps a point's tenants and replaces its vector,
-        so without this check a key could rewrite another tenant's point).
-
-        Ownership is proven with ``get(ids, tenant=...)``. The check runs before the write,
-        so a concurrent admin insert of the same id can slip between the two.
-        """
-        try:
-            coll.get(ids)
-            candidates = list(ids)
-        except IdNotFoundError:
-            candidates = []
-            for one in ids:
-                try:
-                    coll.get([one])
-                    candidates.append(one)
-                except IdNotFoundError:
-                    continue
-        if not candidates:
-            return
-        foreign = []
-        for one in candidates:
-            try:
-                for tenant in tenants:
-                    coll.get([one], tenant=tenant)
-            except IdNotFoundError:
-                foreign.append(one)
-        if foreign:
-            shown = [x.item() if isinstance(x, np.generic) else x for x in foreign[:5]]
-            raise PermissionDeniedError(
-                f"{len(foreign)} id(s) name stored points this key may not replace: {shown}; "
-                "choose new ids, or ask an admin to replace them"
-            )
+        coll.upsert(ids, vectors, payloads, tenant=tenant)  # validates, then checks access under its write lock
+        return len(ids)
 
     def _snapshot_target(self, requested: str) -> Path:
         root = self._config.snapshot_root.resolve()
         if not requested:
             raise InvalidArgumentError(f"snapshot path is empty; name a directory under {root}")
-        path = Path(requested)
+        path = Path(as_fs_path(requested, what="snapshot path"))
         target = (path if path.is_absolute() else root / path).resolve()
         if root not in target.parents:
             raise InvalidArgumentError(
                 f"snapshot path {requested!r} is outside the server's snapshot directory {root}; "
                 "pass a name relative to it"
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            cls = InvalidArgumentError if exc.errno == errno.ENAMETOOLONG else FailedPreconditionError
+            raise cls(f"cannot create the snapshot directory for {requested!r:.100}: {exc.strerror}") from None
         return target
 
     # ---- collections ------------------------------------------------------------------
@@ -291,6 +340,11 @@ class VecdbServicer:
     def get(self, req: pb.GetRequest, who: Principal) -> pb.GetResponse:
         coll = self._collection(req.collection)
         ids = wire.ids_from_proto(req.ids)
+        vector_bytes = len(ids) * coll.info.dim * 4  # ids may repeat: each copy is a row of the answer
+        if vector_bytes > self._config.max_message_bytes:
+            raise ResourceExhaustedError(
+                f"{len(ids)} ids x dim {coll.info.dim} make {vector_bytes} bytes of vectors, over this server's "
+                f"message limit of {self._config.max_message_bytes} (--max-message-mb); ask for fewer ids")
         tenant = who.scope_tenant(_optional(req, "tenant"))
         result = coll.get(ids, tenant=tenant)
         ids_pb, vectors, payloads = wire.get_result_to_proto(result)
@@ -302,9 +356,11 @@ class VecdbServicer:
 
     # ---- search -----------------------------------------------------------------------
     def search(self, req: pb.SearchRequest, who: Principal) -> pb.SearchResponse:
+        self._check_search_sizes([req])
         return self._search_one(req, who)
 
     def search_batch(self, req: pb.SearchBatchRequest, who: Principal) -> pb.SearchBatchResponse:
+        self._check_search_sizes(req.searches)  # the whole batch, before the first search runs
         results = []
         for i, one in enumerate(req.searches):
             try:
@@ -329,7 +385,7 @@ class VecdbServicer:
 
     def grant(self, req: pb.GrantRequest, who: Principal) -> pb.GrantResponse:
         who.require_admin("granting a tenant access to points")
-        self._collection(req.collection).grant(req.tenant, wire.ids_from_proto(req.ids))
+        self._collection(req.collection).grant(req.tenant, wire.ids_from_proto(req.ids), write=req.write)
         return pb.GrantResponse()
 
     def revoke(self, req: pb.RevokeRequest, who: Principal) -> pb.RevokeResponse:

@@ -1,20 +1,76 @@
-"""A small writer-preferring readers-writer lock (threading has none).
+"""A small writer-preferring readers-writer lock (threading has none), which records how long
+it is held.
 
 Many readers may hold it together; a writer waits for current readers and blocks new ones, so
 a steady stream of searches cannot starve writes. Not reentrant: a thread must not take it
 twice, nor take the write side while holding the read side.
+
+Every hold is timed and counted per lock name and mode ("read"/"write") in a process-wide
+table (``hold_stats()``), which the server exports on ``/metrics``: a hold blocks writers
+(read) or everyone (write), so its length is the latency it can add to other requests.
+Two clocks are kept: "wall" (what other threads wait) and "cpu" (CPU time of the holding
+thread: the work done under the lock, which does not grow when the machine is overloaded).
 """
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Iterator
+
+#: upper bounds (seconds) of the hold-time histogram buckets; the last bucket is +inf.
+HOLD_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass
+class HoldStats:
+    """Holds of one (lock name, mode): how many, their total and longest seconds, and
+    how many lasted at most each of ``HOLD_BUCKETS`` (cumulative, like Prometheus)."""
+
+    count: int = 0
+    total: float = 0.0
+    longest: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(HOLD_BUCKETS))
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        if seconds > self.longest:
+            self.longest = seconds
+        for i, bound in enumerate(HOLD_BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
+
+
+_STATS: dict[tuple[str, str, str], HoldStats] = {}
+_STATS_LOCK = threading.Lock()
+
+
+def _record(name: str, mode: str, wall: float, cpu: float) -> None:
+    with _STATS_LOCK:
+        for clock, seconds in (("wall", wall), ("cpu", cpu)):
+            stats = _STATS.get((name, mode, clock))
+            if stats is None:
+                stats = _STATS[(name, mode, clock)] = HoldStats()
+            stats.add(seconds)
+
+
+def hold_stats() -> dict[tuple[str, str, str], HoldStats]:
+    """A copy of the hold figures of this process by (lock name, mode, clock "wall"/"cpu")."""
+    with _STATS_LOCK:
+        return {key: HoldStats(s.count, s.total, s.longest, list(s.buckets)) for key, s in _STATS.items()}
 
 
 class RWLock:
-    """Readers-writer lock with ``read()`` / ``write()`` context managers."""
+    """Readers-writer lock with ``read()`` / ``write()`` context managers. ``name`` groups
+    its hold times in ``hold_stats()`` (e.g. every collection's lock is "collection");
+    ``longest_read`` / ``longest_write`` are this lock's own longest holds in seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "lock") -> None:
+        self.name = name
+        self.longest_read = 0.0
+        self.longest_write = 0.0
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer = False
@@ -27,13 +83,18 @@ class RWLock:
             while self._writer or self._waiting_writers:
                 self._cond.wait()
             self._readers += 1
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
+            held = time.perf_counter() - start
             with self._cond:
                 self._readers -= 1
                 if not self._readers:
                     self._cond.notify_all()
+                if held > self.longest_read:
+                    self.longest_read = held
+            _record(self.name, "read", held, time.thread_time() - cpu)
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -46,9 +107,14 @@ class RWLock:
             finally:
                 self._waiting_writers -= 1
             self._writer = True
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
+            held = time.perf_counter() - start
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+                if held > self.longest_write:
+                    self.longest_write = held
+            _record(self.name, "write", held, time.thread_time() - cpu)

@@ -164,14 +164,22 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., tenant: _Optional[str] = ..., params_json: _Optional[str] = ..., with_payloads: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("ids", "distances", "payloads_json")
+    __slots__ = ("ids", "distances", "payloads")
     IDS_FIELD_NUMBER: _ClassVar[int]
     DISTANCES_FIELD_NUMBER: _ClassVar[int]
-    PAYLOADS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     ids: _types_pb2.IdMatrix
     distances: _types_pb2.Matrix
-    payloads_json: str
-    def __init__(self, ids: _Optional[_Union[_types_pb2.IdMatrix, _Mapping]] = ..., distances: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., payloads_json: _Optional[str] = ...) -> None: ...
+    payloads: HitPayloads
+    def __init__(self, ids: _Optional[_Union[_types_pb2.IdMatrix, _Mapping]] = ..., distances: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., payloads: _Optional[_Union[HitPayloads, _Mapping]] = ...) -> None: ...
+
+class HitPayloads(_message.Message):
+    __slots__ = ("distinct_json", "index")
+    DISTINCT_JSON_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    distinct_json: _containers.RepeatedScalarFieldContainer[str]
+    index: _types_pb2.Matrix
+    def __init__(self, distinct_json: _Optional[_Iterable[str]] = ..., index: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ...) -> None: ...
 
 class SearchBatchRequest(_message.Message):
     __slots__ = ("searches",)
@@ -222,14 +230,16 @@ class ListTenantsResponse(_message.Message):
     def __init__(self, tenants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GrantRequest(_message.Message):
-    __slots__ = ("collection", "tenant", "ids")
+    __slots__ = ("collection", "tenant", "ids", "write")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     tenant: str
     ids: _types_pb2.Ids
-    def __init__(self, collection: _Optional[str] = ..., tenant: _Optional[str] = ..., ids: _Optional[_Union[_types_pb2.Ids, _Mapping]] = ...) -> None: ...
+    write: bool
+    def __init__(self, collection: _Optional[str] = ..., tenant: _Optional[str] = ..., ids: _Optional[_Union[_types_pb2.Ids, _Mapping]] = ..., write: _Optional[bool] = ...) -> None: ...
 
 class GrantResponse(_message.Message):
     __slots__ = ()

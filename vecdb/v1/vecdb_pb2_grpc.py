@@ -691,14 +691,15 @@ class TenantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Grant(self, request, context):
-        """Give a tenant access to existing points. Admin keys only.
+        """Give a tenant read access (write = true: also replace) to existing points; points
+        the tenant owns stay owned. Admin keys only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Revoke(self, request, context):
-        """Take away a tenant's access to points. Admin keys only.
+        """Take away all of a tenant's access to points, ownership included. Admin keys only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

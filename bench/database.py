@@ -128,9 +128,11 @@ def run_own(args: argparse.Namespace) -> dict[str, Any]:
                              "load_after": qz.load_after})
                 log(f"  filter {label:>4} {mode or '-':>5} ef={ef:<4} qps={qps:8.1f} "
                     f"recall@10={runs[-1][f'recall_at_{K}']:.4f}{' BUSY' if qz.busy else ''}")
+    if args.hnswlib and args.index == "hnsw":
+        runs += hnswlib_beside(args, base, queries, bucket)
     result["runs"] = runs
     # every filter case under graph mode (and unfiltered) must respond to ef; auto at 1% scans exactly
-    checked = [dict(r, selectivity=None, target=f"vecdb[{r['filter']},{r['params'].get('filter_mode', '-')}]",
+    checked = [dict(r, selectivity=None, target=f"{r['target']}[{r['filter']},{r['params'].get('filter_mode', '-')}]",
                     params={"ef": r["params"].get("ef")})
                for r in runs if r["params"].get("filter_mode", "graph") == "graph"]
     dead = dead_knobs(checked, K, {t: ("ef",) for t in {r["target"] for r in checked}}) if len(efs) > 1 else []
@@ -141,6 +143,65 @@ def run_own(args: argparse.Namespace) -> dict[str, Any]:
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def hnswlib_beside(args: argparse.Namespace, base: np.ndarray, queries: np.ndarray,
+                   bucket: np.ndarray) -> list[dict[str, Any]]:
+    """hnswlib on the same data, M, ef_construction and queries: build time, then the same ef
+    sweep one query per call, unfiltered and with each filter under both strategies: its graph
+    filter (a Python callable per visited node, its only filter API) and the exact scan of the
+    allowed rows (numpy, one matrix-vector product per query), as vecdb's auto picks at 1%."""
+    import hnswlib
+    from numba import config as numba_config
+
+    n, d = base.shape
+    threads = numba_config.NUMBA_NUM_THREADS
+    index = hnswlib.Index(space="l2", dim=d)
+    index.init_index(max_elements=n, M=args.M, ef_construction=args.ef_construction, random_seed=1)
+    start = time.perf_counter()
+    index.add_items(base, np.arange(n), num_threads=threads)
+    build = time.perf_counter() - start
+    log(f"hnswlib: built {n} x {d} in {build:.1f}s with {threads} threads")
+    efs = [int(e) for e in args.ef.split(",")]
+    runs = []
+    for label, pct in [("none", None), ("1%", 1), ("10%", 10), ("50%", 50)]:
+        q = queries if pct is None else queries[: args.filter_queries]
+        rows = None if pct is None else np.flatnonzero(bucket < pct)
+        truth = ground_truth(base, q, K, "l2", allow=rows)[0]
+        if pct is None:
+            cases: list[tuple[str, Any]] = [("graph", None)]
+        else:
+            allowed = np.zeros(n, bool)
+            allowed[rows] = True
+            sub, sub_norms = base[rows], np.einsum("ij,ij->i", base[rows], base[rows])
+
+            def scan(v: np.ndarray, sub: np.ndarray = sub, sub_norms: np.ndarray = sub_norms,
+                     rows: np.ndarray = rows) -> np.ndarray:
+                dist = sub_norms - 2 * (sub @ v)
+                top = np.argpartition(dist, K)[:K]
+                return rows[top[np.argsort(dist[top])]]
+            cases = [("graph", allowed.__getitem__), ("scan", scan)]
+        for mode, how in cases:
+            for ef in (efs if mode == "graph" else [0]):
+                if mode == "graph":
+                    index.set_ef(max(ef, K))
+                    search = (lambda v: index.knn_query(v, k=K, num_threads=1, filter=how)[0][0])  # noqa: E731
+                else:
+                    search = how
+                quiet = machine.Watch()
+                found, qps, all_qps = timed_queries(search, q, args.repeats, args.stat)
+                qz = quiet.stop()
+                params: dict[str, Any] = {"ef": ef} if ef else {}
+                if pct is not None:
+                    params["filter_mode"] = mode
+                runs.append({"target": "hnswlib", "filter": label, "selectivity": None if pct is None else pct / 100,
+                             "params": params, "threads": 0, "batch": 1, "qps": qps, "qps_passes": all_qps,
+                             f"recall_at_{K}": recall_at_k(found, truth, K), "queries": len(q),
+                             "build_seconds": build, "others_share": qz.others_share, "busy": qz.busy,
+                             "load_before": qz.load_before, "load_after": qz.load_after})
+                log(f"  hnswlib filter {label:>4} {mode:>5} ef={ef:<4} qps={qps:8.1f} "
+                    f"recall@10={runs[-1][f'recall_at_{K}']:.4f}{' BUSY' if qz.busy else ''}")
+    return runs
 
 
 # ---- peers ---------------------------------------------------------------------------------
@@ -173,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     own.add_argument("--queries", type=int, default=1000, help="unfiltered queries")
     own.add_argument("--filter-queries", type=int, default=200, help="queries per filtered setting")
     own.add_argument("--keep", action="store_true", help="keep the database folder")
+    own.add_argument("--no-hnswlib", dest="hnswlib", action="store_false",
+                     help="skip hnswlib on the same data (built and queried after vecdb)")
     own.add_argument("--workdir", default=str(ROOT / ".bench-work"))
     peers = sub.add_parser("peers", help="vecdb's database against the embedded peers (bench/.venv-peers)")
     peers.add_argument("--dataset", default="arxiv-minilm-384")

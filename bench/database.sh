@@ -5,7 +5,7 @@
 # filters (200 queries each) under filter_mode=auto and filter_mode=graph; 3 passes per
 # setting. ~45 min (upsert ~20, searches ~25).
 # Part 2 (peers, bench/.venv-peers): vecdb's database and the embedded peers on arxiv-minilm-384
-# (50k x 384, cosine, 500 held-out queries, exact ground truth), exact against exact and indexed
+# (50k x 384, cosine, 300 held-out queries, exact ground truth), exact against exact and indexed
 # against indexed, targets alternating per setting, 3 passes. ~35 min.
 #   bash bench/database.sh [own|peers|all]     (results: bench/results/database_*.json)
 set -euo pipefail
@@ -20,6 +20,6 @@ if [[ "$what" == own || "$what" == all ]]; then
 fi
 if [[ "$what" == peers || "$what" == all ]]; then
   bash bench/peers-venv.sh
-  bench/.venv-peers/bin/python bench/database.py peers --dataset arxiv-minilm-384 --max-queries 500 \
+  bench/.venv-peers/bin/python bench/database.py peers --dataset arxiv-minilm-384 --max-queries 300 \
     --repeats 3 ${BENCH_FLAGS:-} --out $R/database_peers_arxiv.json
 fi

@@ -14,6 +14,8 @@ thread: the work done under the lock, which does not grow when the machine is ov
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
+from itertools import accumulate
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,21 +28,25 @@ HOLD_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 @dataclass
 class HoldStats:
     """Holds of one (lock name, mode): how many, their total and longest seconds, and
-    how many lasted at most each of ``HOLD_BUCKETS`` (cumulative, like Prometheus)."""
+    how many fell in each bucket of ``HOLD_BUCKETS`` (``buckets`` gives them cumulative,
+    like Prometheus). Recording is O(1): it runs on every search."""
 
     count: int = 0
     total: float = 0.0
     longest: float = 0.0
-    buckets: list[int] = field(default_factory=lambda: [0] * len(HOLD_BUCKETS))
+    per_bucket: list[int] = field(default_factory=lambda: [0] * (len(HOLD_BUCKETS) + 1))
 
     def add(self, seconds: float) -> None:
         self.count += 1
         self.total += seconds
         if seconds > self.longest:
             self.longest = seconds
-        for i, bound in enumerate(HOLD_BUCKETS):
-            if seconds <= bound:
-                self.buckets[i] += 1
+        self.per_bucket[bisect_left(HOLD_BUCKETS, seconds)] += 1
+
+    @property
+    def buckets(self) -> list[int]:
+        """Holds of at most each bound of ``HOLD_BUCKETS`` (cumulative counts)."""
+        return list(accumulate(self.per_bucket[: len(HOLD_BUCKETS)]))
 
 
 _STATS: dict[tuple[str, str, str], HoldStats] = {}
@@ -59,7 +65,7 @@ def _record(name: str, mode: str, wall: float, cpu: float) -> None:
 def hold_stats() -> dict[tuple[str, str, str], HoldStats]:
     """A copy of the hold figures of this process by (lock name, mode, clock "wall"/"cpu")."""
     with _STATS_LOCK:
-        return {key: HoldStats(s.count, s.total, s.longest, list(s.buckets)) for key, s in _STATS.items()}
+        return {key: HoldStats(s.count, s.total, s.longest, list(s.per_bucket)) for key, s in _STATS.items()}
 
 
 class RWLock:

@@ -3,13 +3,13 @@
 # takes /tmp/vecdb-bench.lock and refuses to start on a busy machine). Run on a quiet machine at
 # the commit whose figures you want; each result JSON records that commit, a dirty-tree flag,
 # library versions, the machine, load averages and the command line.
-# Approximate durations on the 2-core machine (from scaled-down smoke runs; add ~20% margin):
-#   flat.sh        ~15 min
-#   hnsw.sh        ~120 min (4 datasets, ~30 each)
-#   codes.sh       ~45 min
-#   database.sh    ~80 min (own 1M x 128 ~45, peers ~35; creates bench/.venv-peers first if needed)
-#   grpc.sh        ~6 min
-#   total          ~4.5 hours
+# Durations on the 2-core machine, measured at commit 495b785 (codes.sh estimated; add ~20% margin):
+#   flat.sh        4 min (measured at 495b785)
+#   hnsw.sh        33 min (4 datasets)
+#   codes.sh       ~35 min
+#   database.sh    29 min (own 1M x 128 15, peers 14; creates bench/.venv-peers first if needed)
+#   grpc.sh        3 min
+#   total          under 2 hours
 #   bash bench/run_all.sh            (BENCH_FLAGS=--allow-busy to run anyway, results flagged busy)
 set -euo pipefail
 cd "$(dirname "$0")/.."

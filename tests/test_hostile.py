@@ -319,7 +319,7 @@ def check_item9(db: object) -> None:
             call()
 
 
-def test_item9_codes_embedded(tmp_path: Path) -> None:
+def test_inputs_that_answered_internal_get_their_codes_embedded(tmp_path: Path) -> None:
     with vecdb.open(tmp_path / "db") as db:
         x = np.random.default_rng(1).standard_normal((50, DIM))
         db.create_collection("docs", DIM, metric="l2", index="flat").upsert(np.arange(50), x)
@@ -328,7 +328,7 @@ def test_item9_codes_embedded(tmp_path: Path) -> None:
         assert db.get_collection("hn").count() == 50
 
 
-def test_item9_codes_remote(server: ServerProcess) -> None:
+def test_inputs_that_answered_internal_get_their_codes_remote(server: ServerProcess) -> None:
     with connect(server) as db:
         check_item9(db)
         assert db.get_collection("docs").count() == N

@@ -40,6 +40,11 @@ points the tenant owns stay owned, other levels are replaced. ``revoke`` takes e
 away, ownership included; ``drop_tenant`` removes the tenant and its access; points stay.
 A point may have several owners (an upsert naming several tenants): each owner's delete
 removes it. Databases written before owners existed load every access as a read grant.
+
+Consistency: a write is acknowledged once committed, and every search sees each batch whole
+or not at all. Over gRPC a search with many query rows runs in steps of bounded work, each
+under its own short lock, so that no request holds writers off for long: rows of one answer
+may then reflect writes that landed between steps (each row sees one consistent state).
 """
 from __future__ import annotations
 

@@ -72,11 +72,14 @@ class Fault:
         monkeypatch.setattr(HNSW, "_add", _add)
 
 
+def points(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, int]]]:
+    """Seeded vectors, ids 0..n-1 and one small payload per point."""
+    return vectors(n, seed), np.arange(n), [{"i": i} for i in range(n)]
+
+
 # ---- embedded ------------------------------------------------------------------------------
 def test_apply_failure_once_keeps_the_batch_and_acknowledges_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    x = vectors(300, 1)
-    ids = np.arange(300)
-    pays = [{"i": i} for i in range(300)]
+    x, ids, pays = points(300, 1)
     fault = Fault(monkeypatch)
     with vecdb.open(tmp_path / "db") as db:
         col = db.create_collection("c", DIM, metric="l2", index="hnsw")
@@ -99,9 +102,7 @@ def test_apply_failure_once_keeps_the_batch_and_acknowledges_it(tmp_path: Path, 
 
 
 def test_index_that_never_takes_the_points_serves_by_exact_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    x = vectors(120, 2)
-    ids = np.arange(120)
-    pays = [{"i": i} for i in range(120)]
+    x, ids, pays = points(120, 2)
     fault = Fault(monkeypatch)
     with vecdb.open(tmp_path / "db") as db:
         col = db.create_collection("c", DIM, metric="l2", index="hnsw")

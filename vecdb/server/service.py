@@ -121,14 +121,14 @@ def _rows_per_step(coll: CollectionAPI, k: int, params: dict[str, Any] | None, *
     unfiltered HNSW search compares at most ef x 2M candidates and any other search up to
     every point. A single query is never split, so one step is at least one query."""
     info = coll.info
-    n = max(coll.count(), 1)
-    candidates = n
-    if info.index == "hnsw" and not filtered:
+    if info.index == "hnsw" and not filtered:  # bounded by the beam: no need to count the points
         ef = (params or {}).get("ef", 64)
         ef = ef if isinstance(ef, int) and not isinstance(ef, bool) and ef > 0 else 64
         m = info.index_params.get("M", 16)
         m = m if isinstance(m, int) and m > 0 else 16
-        candidates = min(n, max(ef, k) * 2 * m)
+        candidates = max(ef, k) * 2 * m
+    else:
+        candidates = max(coll.count(), 1)
     per_query = candidates * (info.dim + DISTANCE_OVERHEAD) + max(k, 0) * RESULT_COST
     return max(1, STEP_WORK // per_query)
 

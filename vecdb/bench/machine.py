@@ -225,11 +225,13 @@ def machine() -> dict[str, Any]:
 def provenance(argv: list[str] | None = None) -> dict[str, Any]:
     """Everything needed to say which code, libraries and machine made a result, and how."""
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # tracked files changed since the commit; saved results (bench/results/) are not code
+    changed = _git("diff", "--name-only", "HEAD")
+    files = None if changed is None else [f for f in changed.splitlines() if f and not f.startswith("bench/results/")]
     return {
         "commit": commit,
-        "dirty": None if status is None else bool(status),
-        "dirty_files": None if not status else [line[3:] for line in status.splitlines()],
+        "dirty": None if files is None else bool(files),
+        "dirty_files": files or None,
         "versions": versions(),
         "machine": machine(),
         "load_average": os.getloadavg(),

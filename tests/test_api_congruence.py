@@ -20,6 +20,7 @@ from vecdb.database import Database
 from vecdb.errors import (
     AlreadyExistsError,
     CollectionNotFoundError,
+    FailedPreconditionError,
     IdNotFoundError,
     InvalidArgumentError,
     TenantNotFoundError,
@@ -228,6 +229,21 @@ def test_search_filter_tenant_payloads(db: DatabaseAPI) -> None:
     assert coll.delete([10, 11, 12], tenant="t1") == 2
     coll.drop_tenant("t1")
     assert coll.list_tenants() == []
+
+
+@pytest.mark.parametrize("index", ["sq8", "hnsw"])
+def test_train(db: DatabaseAPI, index: str) -> None:
+    """train() on an empty collection is a FailedPreconditionError; with points it trains the
+    index (sq8 below its automatic threshold: exact scan until then) and searches agree."""
+    coll = db.create_collection(fresh(), DIM, metric="l2", index=index)
+    with pytest.raises(FailedPreconditionError, match="empty"):
+        coll.train()
+    x = data(60, seed=3)
+    coll.upsert(np.arange(60), x)
+    assert coll.stats().trained is (index == "hnsw")
+    coll.train()
+    assert coll.stats().trained is True
+    np.testing.assert_array_equal(coll.search(x[:10], k=1).ids[:, 0], np.arange(10))
 
 
 def test_hnsw_search_params(db: DatabaseAPI) -> None:

@@ -273,3 +273,240 @@ def test_param_parsing():
 def test_version_command(capsys):
     assert main(["version"]) == 0
     assert capsys.readouterr().out.startswith("vecdb ")
+
+
+# ---- timing primitives shared by every script ----------------------------------------------------
+def test_time_passes_warms_up_once_and_times_every_call():
+    from vecdb.bench.measure import time_passes
+
+    calls = []
+
+    def search(block):
+        calls.append(len(block))
+        return np.tile(np.arange(3, dtype=np.int64), (len(block), 1)) + block[:, :1].astype(np.int64)
+
+    queries = np.arange(10, dtype=np.float32).reshape(10, 1)
+    passes = time_passes(search, queries, k=5, repeats=2, batch=4)
+    assert calls == [4] + [4, 4, 2] * 2            # one warm-up call, then 2 passes of 3 calls
+    assert len(passes.timings) == 2
+    t = passes.pick("best")
+    assert t.batch == 4 and len(t.latencies_s) == 3 and t.total_s >= t.latencies_s.sum()
+    assert t.ids.shape == (10, 5) and (t.ids[:, 3:] == -1).all()  # short rows padded with -1
+    assert t.ids[7].tolist() == [7, 8, 9, -1, -1]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_gathered_scan_is_exact_over_the_allowed_rows(metric):
+    from vecdb.bench.adapters.base import GatheredScan
+    from vecdb.eval import ground_truth
+
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((600, 12)).astype(np.float32)
+    queries = rng.standard_normal((7, 12)).astype(np.float32)
+    allow = np.sort(rng.choice(600, 150, replace=False)).astype(np.int64)
+    scan = GatheredScan(base, Metric.parse(metric))
+    got = scan.search(queries, 10, allow)
+    truth = ground_truth(base, queries, 10, metric, allow=allow)[0]
+    assert np.array_equal(got, truth)
+    assert np.isin(got, allow).all()
+    few = allow[:4]  # fewer allowed rows than k: all of them, then -1
+    short = scan.search(queries[:2], 10, few)
+    assert sorted(short[0, :4].tolist()) == few.tolist() and (short[:, 4:] == -1).all()
+
+
+# ---- bench/database.py: a thin script over vecdb.bench --------------------------------------------
+OWN_FIELDS = {"workload", "n", "dim", "metric", "index", "index_params", "batch", "queries", "filter_queries",
+              "repeats", "stat", "upsert_seconds", "upsert_vectors_per_s", "close_checkpoint_seconds", "disk_bytes",
+              "reopen_seconds", "load_quiet", "stats", "runs", "knob_check", "busy", "provenance", "start_check",
+              "valid"}
+OWN_ROW_FIELDS = {"target", "filter", "selectivity", "params", "threads", "batch", "qps", "qps_passes",
+                  "recall_at_10", "queries", "others_share", "busy", "load_before", "load_after"}
+
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / name
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, path.read_text()
+
+
+def test_database_own_keeps_its_json_fields_and_uses_the_harness(tmp_path):
+    database, source = _script("database.py")
+    # the script only parses its command line: timing, recall, ground truth and the
+    # reference library live in vecdb.bench (one harness)
+    for own_code in ("perf_counter", "recall_at_k", "ground_truth", "import hnswlib", "def timed_queries"):
+        assert own_code not in source, own_code
+    out = tmp_path / "own.json"
+    code = database.main(["own", "--n", "2500", "--dim", "16", "--ef", "1,64", "--M", "4", "--ef-construction", "8",
+                          "--queries", "40", "--filter-queries", "30", "--batch", "1000", "--repeats", "2",
+                          "--allow-busy", "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert set(result) == OWN_FIELDS                                  # comparable with saved results
+    assert result["knob_check"] == {"ok": True, "dead": []} and result["valid"] is True
+    assert result["disk_bytes"] > 0 and result["stats"]["count"] == 2500
+    runs = result["runs"]
+    for r in runs:
+        assert OWN_ROW_FIELDS <= set(r) and len(r["qps_passes"]) == 2 and r["qps"] == max(r["qps_passes"])
+    assert {r["target"] for r in runs} == {"vecdb", "hnswlib"}
+    assert all("build_seconds" in r for r in runs if r["target"] == "hnswlib")
+    # hnswlib under each strategy: the exact scan of the allowed rows finds the exact answer
+    scans = [r for r in runs if r["target"] == "hnswlib" and r["params"].get("filter_mode") == "scan"]
+    assert {r["filter"] for r in scans} == {"1%", "10%", "50%"} and all(r["recall_at_10"] == 1.0 for r in scans)
+    graph = {(r["filter"], r["params"]["ef"]): r["recall_at_10"] for r in runs
+             if r["target"] == "hnswlib" and r["params"].get("filter_mode") == "graph"}
+    assert set(graph) == {(f, ef) for f in ("1%", "10%", "50%") for ef in (1, 64)}
+    vecdb_modes = {(r["filter"], r["params"].get("filter_mode")) for r in runs if r["target"] == "vecdb"}
+    assert vecdb_modes == {("none", None)} | {(f, m) for f in ("1%", "10%", "50%") for m in ("auto", "graph")}
+    assert not (tmp_path / "work" / "own-db").exists()  # removed unless --keep
+
+
+def test_peer_command_line_comes_from_the_harness():
+    from vecdb.bench.embedded import ANN_PEERS, EXACT_PEERS, peers_argv
+    from vecdb.cli import build_parser
+
+    argv = peers_argv("arxiv-minilm-384", "/tmp/x.json", max_queries=300, allow_busy=True)
+    args = build_parser().parse_args(argv)
+    assert args.targets == f"{EXACT_PEERS},{ANN_PEERS}" and args.baseline == "db-vecdb-flat,db-vecdb-hnsw"
+    assert args.batch == "1" and args.threads == "1" and args.max_queries == 300 and args.allow_busy
+    assert all(t in TARGETS for t in args.targets.split(","))
+
+
+# ---- vecdb-collection: Collection.search in the harness -------------------------------------------
+def test_collection_target_searches_a_real_database_and_ef_reaches_the_index(tmp_path):
+    code, record = _bench(tmp_path, "--targets", "vecdb-collection,hnswlib", "--build", "M=8,ef_construction=32",
+                          "--search", "ef=1;ef=128", "--threads", "1", "--batch", "1,20", "--max-queries", "40",
+                          "--memory", "skip", "--baseline", "hnswlib")
+    assert code == 0 and record["knob_check"]["ok"]  # ef moved the collection's recall: it reaches the index
+    build = next(b for b in record["builds"] if b["target"] == "vecdb-collection")
+    assert build["disk_bytes"] > 0 and build["memory_source"] == "library" and build["memory_bytes"] > 0
+    rows = {(r["params"]["ef"], r["batch"]): r for r in record["runs"] if r["target"] == "vecdb-collection"}
+    assert rows[(128, 1)]["recall_at_10"] >= 0.9 and rows[(1, 1)]["recall_at_10"] < rows[(128, 1)]["recall_at_10"]
+    for ef in (1, 128):  # one call per query or 20 per call: the same answers
+        assert rows[(ef, 1)]["recall_at_10"] == rows[(ef, 20)]["recall_at_10"]
+    assert all(r["duplicate_rows"] == 0 for r in rows.values())
+    summary = [s for s in record["summary"] if s["target"] == "vecdb-collection" and s["ratio_vs_baseline"]]
+    assert summary and all(s["baseline"] == "hnswlib" for s in summary)
+
+
+# ---- bench/contract.py: issue 11's "Done when" figures ---------------------------------------------
+def _summary_row(target, qps, label, recall=0.97, threads=1, batch=1, selectivity=None, strategy=None):
+    return {"target": target, "threads": threads, "batch": batch, "selectivity": selectivity, "strategy": strategy,
+            "qps": qps, "label": label, "recall_at_10": recall if qps else None}
+
+
+def test_contract_figures_from_a_fabricated_record():
+    from vecdb.bench.contract import harness_figures
+
+    def run_row(target, ef, qps, recall):
+        return {"target": target, "selectivity": None, "params": {"ef": ef}, "qps": qps, "recall_at_10": recall}
+
+    record = {"meta": {"config": {"dataset": "arxiv", "k": 10, "at_recall": 0.95}, "n_queries": 1000},
+              "summary": [_summary_row("vecdb-hnsw", 3000.0, "vecdb-hnsw ef=32"),
+                          _summary_row("hnswlib", 4000.0, "hnswlib ef=32")],
+              "runs": [run_row("vecdb-hnsw", 10, 6000.0, 0.80), run_row("hnswlib", 10, 6000.0, 0.81),
+                       run_row("vecdb-hnsw", 32, 3000.0, 0.97), run_row("hnswlib", 32, 4000.0, 0.96)]}
+    at_recall, ef10 = harness_figures("a", record)
+    assert at_recall.value == pytest.approx(0.75) and at_recall.met is False and at_recall.goal == "≥ 1"
+    assert at_recall.detail["vecdb_setting"] == "vecdb-hnsw ef=32" and at_recall.detail["reference_qps"] == 4000.0
+    assert ef10.value == pytest.approx(1.0) and ef10.met is True and ef10.goal == "≥ 0.9"
+    assert ef10.detail["vecdb_recall_at_10"] == 0.80
+    # a target that never reached the recall bound: no ratio, and the note says why
+    record["summary"][0] = _summary_row("vecdb-hnsw", None, None)
+    missing = harness_figures("a", record)[0]
+    assert missing.value is None and missing.met is None and "vecdb-hnsw" in missing.detail["missing"]
+    # filtered: like with like per strategy (goal on the graph one), and vecdb's best against hnswlib's callable
+    record = {"meta": {"config": {"dataset": "glove", "k": 10, "at_recall": 0.95, "selectivities": [0.5],
+                                  "filter_strategies": ["graph", "scan"]}, "n_queries": 1000},
+              "summary": [_summary_row("vecdb-hnsw", 900.0, "g", selectivity=0.5, strategy="graph"),
+                          _summary_row("hnswlib", 1000.0, "g", selectivity=0.5, strategy="graph"),
+                          _summary_row("vecdb-hnsw", 1500.0, "s", selectivity=0.5, strategy="scan"),
+                          _summary_row("hnswlib", 500.0, "s", selectivity=0.5, strategy="scan")], "runs": []}
+    graph, scan, best = harness_figures("e", record)
+    assert graph.value == pytest.approx(0.9) and graph.met is False
+    assert scan.value == pytest.approx(3.0) and scan.goal is None
+    assert best.value == pytest.approx(1.5) and best.detail["vecdb_strategy"] == "scan"
+
+
+def test_contract_rss_and_grpc_figures():
+    from vecdb.bench.contract import grpc_figures, rss_figures
+
+    mib = 2**20
+
+    def probe(start, numba, imported, warm, holding, counted):
+        return {"rss_bytes": {"start": start * mib, "numba": numba * mib, "imported": imported * mib,
+                              "warm": warm * mib, "holding": holding * mib},
+                "fixed_bytes": (warm - start) * mib, "index_bytes": (holding - warm) * mib, "counted_bytes": counted}
+
+    figs = rss_figures("f", "arxiv", {"vecdb-hnsw": probe(30, 90, 160, 170, 260, 85 * mib),
+                                      "hnswlib": probe(30, 30, 31, 32, 120, None)})
+    ratio, fixed_vecdb, fixed_ref, held = figs
+    assert ratio.value == pytest.approx(260 / 120) and ratio.met is False and ratio.goal == "≤ 1.3"
+    assert fixed_vecdb.value == pytest.approx(140) and fixed_vecdb.detail["numba_import_mib"] == pytest.approx(60)
+    assert fixed_ref.value == pytest.approx(2) and held.value == pytest.approx(90 / 88)
+    result = {"n": 2000, "dim": 32, "phases": [
+        {"threads": 1, "qps": 2500.0, "p50_ms": 0.3, "p99_ms": 0.9, "errors": 0},
+        {"threads": 16, "qps": 3900.0, "p50_ms": 3.0, "p99_ms": 9.0, "errors": 0}]}
+    one, many, p99 = grpc_figures("g", result)
+    assert (one.met, many.met, p99.met) == (True, False, True) and one.dataset == "2000x32"
+
+
+def test_rss_probe_measures_each_library_in_its_own_process(tmp_path):
+    from vecdb.bench.rss import probe
+
+    base = np.random.default_rng(5).standard_normal((3000, 16)).astype(np.float32)
+    np.save(tmp_path / "base.npy", base)
+    mine = probe("vecdb-hnsw", tmp_path / "base.npy", "l2", M=8, ef_construction=32, threads=1)
+    theirs = probe("hnswlib", tmp_path / "base.npy", "l2", M=8, ef_construction=32, threads=1)
+    assert theirs["loaded"] == {"numba": False, "vecdb": False, "hnswlib": True}  # nothing of ours in its process
+    assert mine["loaded"] == {"numba": True, "vecdb": True, "hnswlib": False}
+    r = mine["rss_bytes"]
+    assert r["numba"] > r["start"] > 0 and r["imported"] > r["numba"]  # Numba's runtime and vecdb's imports cost
+    assert mine["fixed_bytes"] == r["warm"] - r["start"] and mine["index_bytes"] == r["holding"] - r["warm"]
+    assert mine["counted_bytes"] >= base.nbytes and theirs["counted_bytes"] is None
+    assert theirs["rss_bytes"]["numba"] == theirs["rss_bytes"]["start"]
+    with pytest.raises(InvalidArgumentError, match="library"):
+        probe("faiss", tmp_path / "base.npy", "l2")
+
+
+def test_contract_harness_part_saves_its_record_with_figures(tmp_path):
+    import dataclasses
+
+    from vecdb.bench.contract import SMOKE, figures_table, run_part
+
+    sizes = dataclasses.replace(SMOKE, flat_sets=("digits-64-euclidean",), queries=20)
+    shown = []
+    figures = run_part("c", sizes, tmp_path, allow_busy=True, argv=["bench/contract.py", "--smoke"],
+                       show=shown.append)
+    assert len(figures) == 1 and figures[0].part == "c" and figures[0].value > 0 and figures[0].goal == "≥ 0.9"
+    record = json.loads((tmp_path / "c-digits-64-euclidean.json").read_text())
+    assert record["contract"]["figures"][0]["value"] == figures[0].value
+    assert {b["target"] for b in record["builds"]} == {"vecdb-flat", "faiss-flat"}
+    assert {(r["threads"], r["batch"]) for r in record["runs"]} == {(1, 1)}
+    assert record["provenance"]["command"].startswith("bench/contract.py")
+    assert any("Best QPS" in text for text in shown)
+    assert "FlatIndex ÷ faiss IndexFlat" in figures_table(figures)
+
+
+def test_contract_script_rejects_unknown_parts_and_smoke_without_out(capsys):
+    contract, source = _script("contract.py")
+    assert contract.main(["--parts", "a,z"]) == 2 and "unknown part" in capsys.readouterr().err
+    assert contract.main(["--smoke"]) == 2 and "needs --out" in capsys.readouterr().err
+    for part in "abcdefg":  # the expected duration of every part is written at the top
+        assert f"\n  {part}  " in source.split('"""')[1]
+
+
+@pytest.mark.slow
+def test_contract_smoke_run_covers_every_part(tmp_path):
+    """The whole script on tiny sizes, gRPC server and fresh processes included (about a minute)."""
+    contract, _ = _script("contract.py")
+    assert contract.main(["--smoke", "--allow-busy", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["smoke"] is True and {f["part"] for f in summary["figures"]} == set("abcdefg")
+    assert (tmp_path / "f-rss.json").exists() and (tmp_path / "g-grpc.json").exists()
+    grpc = json.loads((tmp_path / "g-grpc.json").read_text())
+    assert all(ph["errors"] == 0 and ph["calls"] > 0 for ph in grpc["raw"]["phases"])

@@ -398,15 +398,15 @@ def test_loading_a_collection_does_not_stall_other_calls(tmp_path: Path, monkeyp
         filled(db, n=10)
         db.create_collection("other", dim=4, index="flat").upsert([1], np.ones((1, 4)))
     entered, release = threading.Event(), threading.Event()
-    load = Collection._load
+    init = Collection.__init__
 
-    def held_load(self: Any) -> None:
-        if self.name == "docs":
+    def held_init(self: Any, host: Any, info: Any, cid: int) -> None:
+        if info.name == "docs":
             entered.set()
             release.wait()
-        load(self)
+        init(self, host, info, cid)
 
-    monkeypatch.setattr(Collection, "_load", held_load)
+    monkeypatch.setattr(Collection, "__init__", held_init)
     with vecdb.open(tmp_path / "db") as db:
         got: dict[str, Any] = {}
         first = threading.Thread(target=lambda: got.setdefault("first", db.get_collection("docs")))
@@ -429,3 +429,34 @@ def test_loading_a_collection_does_not_stall_other_calls(tmp_path: Path, monkeyp
         assert completed, "get_collection of another collection waited for the load"
         assert got["other"] == 1 and got["names"] == ["docs", "other"]
         assert got["first"] is got["second"] and got["first"].count() == 10
+
+
+def test_filter_results_are_cached_per_write(tmp_path: Path) -> None:
+    """A repeated filter is answered from the collection's cache of filter results, which is
+    keyed by the write sequence: any write makes the next search see the new payloads."""
+    from vecdb.collection.memory import FILTER_CACHE_ENTRIES, FilterCache
+    from vecdb.index.allow import AllowSet
+
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=4, metric="l2", index="flat")
+        col.upsert(np.arange(10), np.zeros((10, 4), np.float32), [{"k": i % 2} for i in range(10)])
+        q = np.zeros((1, 4), np.float32)
+        first = col.search(q, k=10, filter={"k": 1})
+        assert set(first.ids[0][first.ids[0] >= 0].tolist()) == {1, 3, 5, 7, 9}
+        again = col.search(q, k=10, filter={"k": 1})
+        np.testing.assert_array_equal(first.ids, again.ids)
+        col.upsert([2], np.zeros((1, 4), np.float32), [{"k": 1}])
+        after = col.search(q, k=10, filter={"k": 1})
+        assert set(after.ids[0][after.ids[0] >= 0].tolist()) == {1, 2, 3, 5, 7, 9}
+        col.delete([1])
+        after = col.search(q, k=10, filter={"k": {"in": [1]}})
+        assert set(after.ids[0][after.ids[0] >= 0].tolist()) == {2, 3, 5, 7, 9}
+    cache = FilterCache()
+    sets = [AllowSet.from_ids([i]) for i in range(FILTER_CACHE_ENTRIES + 1)]
+    for i, s in enumerate(sets):
+        cache.put((("in", "k", "n", (float(i),)), 1), s, size=8)
+        assert cache.get((("in", "k", "n", (0.0,)), 1)) is sets[0]  # recently used: kept
+    assert cache.get((("in", "k", "n", (1.0,)), 1)) is None  # the least recently used went
+    assert cache.get((("in", "k", "n", (0.0,)), 2)) is None  # another write seq: another entry
+    cache.put(("big", 1), sets[0], size=1 << 40)  # one huge bitmap: only it is kept
+    assert cache.get((("in", "k", "n", (0.0,)), 1)) is None and cache.get(("big", 1)) is sets[0]

@@ -158,7 +158,8 @@ def test_tenant_key_cannot_manage(server: ServerProcess) -> None:
         docs = db.get_collection("docs")
         for action in (lambda: db.create_collection("mine", DIM), lambda: db.drop_collection("docs"),
                        lambda: docs.create_tenant("gamma"), lambda: docs.grant("beta", [1]),
-                       lambda: docs.revoke("acme", [1]), lambda: docs.stats(), lambda: db.snapshot("s")):
+                       lambda: docs.revoke("acme", [1]), lambda: docs.stats(), lambda: docs.train(),
+                       lambda: db.snapshot("s")):
             with pytest.raises(PermissionDeniedError, match="admin API key"):
                 action()
 

@@ -28,6 +28,7 @@ from vecdb.errors import (
     AlreadyExistsError,
     CollectionNotFoundError,
     DimensionMismatchError,
+    FailedPreconditionError,
     IdNotFoundError,
     InvalidArgumentError,
     ResourceExhaustedError,
@@ -189,6 +190,28 @@ def test_unavailable_is_retried_within_the_deadline(caplog: pytest.LogCaptureFix
     assert len(pauses) < 100 and sum(pauses) < 0.3, pauses
 
 
+def test_asyncio_client_follows_the_same_transport_policy(caplog: pytest.LogCaptureFixture) -> None:
+    """The asyncio client retries UNAVAILABLE by the sync client's policy (one
+    ``TransportPolicy``, logging its retries the same way) and gives up inside its deadline."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.DEBUG, logger="vecdb.client")
+
+    async def call(timeout: float, retries: int) -> None:
+        async with aio_client.connect(f"127.0.0.1:{port}", timeout=timeout, retries=retries) as nowhere:
+            await nowhere.list_collections()
+
+    with pytest.raises(UnavailableError):
+        asyncio.run(call(60, 2))
+    assert len(retry_pauses(caplog)) == 2
+    caplog.clear()
+    with pytest.raises((UnavailableError, VecdbTimeoutError)):
+        asyncio.run(call(0.3, 100))
+    pauses = retry_pauses(caplog)
+    assert len(pauses) < 100 and sum(pauses) < 0.3, pauses
+
+
 def test_retry_reaches_a_server_that_comes_up_late(tmp_path: Path) -> None:
     """A call made while nothing listens is retried (UNAVAILABLE) until the server is up."""
     with socket.socket() as s:
@@ -285,6 +308,38 @@ def test_asyncio_client(server: ServerProcess, db: RemoteDatabase) -> None:
             with pytest.raises(CollectionNotFoundError):
                 await adb.get_collection("missing")
             await adb.drop_collection("aio")
+    asyncio.run(scenario())
+
+
+def test_train_and_trained_travel_over_the_wire(server: ServerProcess) -> None:
+    """A collection whose index needs training reports ``trained=False`` over the wire while an
+    exact scan stands in, until ``train()`` (sync and asyncio clients) builds the index; an
+    empty collection refuses to train with the embedded class."""
+    x = np.random.default_rng(9).standard_normal((50, DIM)).astype(np.float32)
+    with vecdb.connect(server.address, timeout=60) as conn:
+        coll = conn.create_collection("codes", DIM, metric="l2", index="sq8")
+        coll.upsert(np.arange(50), x)
+        assert coll.stats().trained is False
+        assert coll.search(x[7], k=1).ids.tolist() == [[7]]  # served by the exact scan meanwhile
+        coll.train()
+        stats = coll.stats()
+        assert stats.trained is True and stats.count == 50
+        assert coll.search(x[7], k=1).ids.tolist() == [[7]]
+        empty = conn.create_collection("codes-empty", DIM, metric="l2", index="sq8")
+        with pytest.raises(FailedPreconditionError, match="empty"):
+            empty.train()
+        conn.drop_collection("codes-empty")
+        with pytest.raises(CollectionNotFoundError):
+            empty.train()
+
+    async def scenario() -> None:
+        async with aio_client.connect(server.address, timeout=60) as adb:
+            acoll = await adb.create_collection("codes-aio", DIM, metric="l2", index="sq8")
+            await acoll.upsert(np.arange(50), x)
+            assert (await acoll.stats()).trained is False
+            await acoll.train()
+            assert (await acoll.stats()).trained is True
+            await adb.drop_collection("codes-aio")
     asyncio.run(scenario())
 
 

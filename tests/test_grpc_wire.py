@@ -56,9 +56,19 @@ def test_info_round_trip(name: str, dim: int, metric: str, index: str, params: d
     assert wire.info_from_proto(wire.info_to_proto(info)) == info
 
 
-def test_stats_round_trip() -> None:
-    stats = CollectionStats(10, 2048, 4096, "hnsw", {"M": 16}, 3)
+@pytest.mark.parametrize("trained", [True, False])
+def test_stats_round_trip(trained: bool) -> None:
+    stats = CollectionStats(10, 2048, 4096, "hnsw", {"M": 16}, 3, trained=trained)
     assert wire.stats_from_proto(wire.stats_to_proto(stats)) == stats
+
+
+def test_byte_swapped_and_strided_matrices_travel_as_little_endian() -> None:
+    strided = np.arange(24, dtype=np.float32).reshape(3, 8)[:, ::2]
+    x = np.ascontiguousarray(strided)
+    for given in (x.astype(">f4"), np.asfortranarray(x), strided):
+        message = wire.matrix_to_proto(given)
+        assert message.data == x.astype("<f4").tobytes()
+        np.testing.assert_array_equal(wire.matrix_from_proto(message, what="x"), x)
 
 
 @given(st.lists(payloads, min_size=1, max_size=5), st.data())

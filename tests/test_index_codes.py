@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vecdb.errors import FailedPreconditionError, InvalidArgumentError
+from vecdb.errors import DimensionMismatchError, FailedPreconditionError, InvalidArgumentError
 from vecdb.index import BinaryIndex, FlatIndex, PQIndex, SQ8Index, load_index
+from vecdb.index.rows import RowStore
 from vecdb.kernels.distances import normalize_rows
 
 DIM = 24
@@ -172,6 +173,83 @@ def test_add_before_train_is_a_failed_precondition(data, kind: str) -> None:
     index.add(base[:10])
     with pytest.raises(FailedPreconditionError, match="train before adding"):
         index.train(base)
+
+
+def test_training_contract_of_code_indexes(data) -> None:
+    """Code indexes need training and say how many points a collection should gather first;
+    flat needs none. ``train`` validates its sample and normalises it for cosine."""
+    base, _ = data
+    want = {"pq8": 40 * 256, "pq4": 1000, "binary1": 1000, "binary3": 1000, "sq8": 1000}
+    for kind, points in want.items():
+        index = FACTORIES[kind]("l2")
+        assert index.needs_training and not index.is_trained
+        assert index.min_train_points == points
+    flat = FlatIndex(DIM)
+    assert not flat.needs_training and flat.is_trained and flat.min_train_points == 0
+    flat.train(base)                                   # a no-op: nothing to fit
+    assert len(flat) == 0 and flat.is_trained
+    pq = FACTORIES["pq8"]("l2")
+    with pytest.raises(InvalidArgumentError, match="at least 256 training vectors"):
+        pq.train(base[:100])
+    with pytest.raises(DimensionMismatchError):
+        pq.train(base[:, :-1])
+    with pytest.raises(InvalidArgumentError):
+        pq.train(np.full((300, DIM), np.nan, np.float32))
+    assert not pq.is_trained
+    sq = SQ8Index(DIM, "cosine")
+    sq.train(base * 100)                               # trained on unit rows, whatever the scale
+    assert sq.is_trained
+    assert (np.abs(sq.codec.vmin) <= 1.0).all() and (sq.codec.vmin + 255 * sq.codec.step <= 1.0 + 1e-5).all()
+
+
+def test_row_store_grows_moves_truncates_and_copies_on_write(tmp_path) -> None:
+    store = RowStore(3, np.uint64)
+    grown = 0
+    for start in range(0, 1000, 7):
+        before = store.capacity
+        store.append(np.arange(start, start + 7, dtype=np.uint64)[:, None].repeat(3, 1))
+        grown += store.capacity != before
+    assert len(store) == store.n == 1001 and grown <= 12              # geometric growth
+    assert (store.rows[:, 0] == np.arange(1001)).all() and store.rows.dtype == np.uint64
+    store.reserve(5000)
+    assert store.capacity >= 5000 and store.nbytes() == store.capacity * 3 * 8
+    store.move(np.array([1000, 999]), np.array([0, 1]))
+    store.truncate(999)
+    assert store.rows[0, 0] == 1000 and store.rows[1, 0] == 999 and store.n == 999
+    with pytest.raises(ValueError):
+        store.truncate(1000)
+    with pytest.raises(ValueError, match="expected"):
+        RowStore(3, np.uint64, np.zeros((2, 4), np.uint64))
+    floats = RowStore(2, np.float32, sqnorms=True)
+    floats.append(np.array([[3, 4], [1, 0]], np.float32))
+    np.testing.assert_array_equal(floats.sqnorms, [25, 1])
+    floats.move(np.array([1]), np.array([0]))
+    np.testing.assert_array_equal(floats.sqnorms, [1, 1])
+    with pytest.raises(AttributeError, match="keeps no norms"):
+        store.sqnorms
+    np.save(tmp_path / "rows.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
+    mapped = RowStore(3, np.float32, np.load(tmp_path / "rows.npy", mmap_mode="r"), sqnorms=True)
+    mapped.move(np.array([3]), np.array([0]))                         # first write copies the mapping
+    mapped.truncate(3)
+    np.testing.assert_array_equal(mapped.rows[0], [9, 10, 11])
+    assert mapped.sqnorms[0] == 81 + 100 + 121
+    np.testing.assert_array_equal(np.load(tmp_path / "rows.npy")[0], [0, 1, 2])  # the file is untouched
+
+
+def test_memory_mapped_flat_index_removes_and_adds(tmp_path, data) -> None:
+    """Flat and the code indexes share the row store, so a memory-mapped flat index copies its
+    rows on the first removal too (it raised ValueError on the read-only mapping before)."""
+    base, queries = data
+    flat = oracle("l2", base)
+    flat.save(tmp_path / "flat")
+    mapped = load_index(tmp_path / "flat", mmap=True)
+    ids = np.arange(len(base), dtype=np.int64) * 3 + 1
+    assert mapped.remove(ids[:50]) == 50
+    mapped.add(base[:50], ids[:50] + 10**6)
+    assert flat.remove(ids[:50]) == 50
+    flat.add(base[:50], ids[:50] + 10**6)
+    np.testing.assert_array_equal(mapped.search(queries, 10).ids, flat.search(queries, 10).ids)
+    assert len(load_index(tmp_path / "flat")) == len(base)             # the saved copy is untouched
 
 
 def test_bad_arguments_raise_clear_errors(data) -> None:

@@ -1,12 +1,18 @@
 """Every kernel against a plain numpy formula: odd dims, d = 1, zero rows, duplicates, ties."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vecdb.kernels import distances, hamming, topk
+from vecdb.kernels import distances, hamming, heaps, pq, scan, sq8, topk
+from vecdb.kernels.binary_codes import plane_scan_topk
 
 
 def numpy_distances(q: np.ndarray, x: np.ndarray, metric: int) -> np.ndarray:
@@ -112,3 +118,138 @@ def test_popcount_of_extreme_words():
     assert hamming.popcount64(np.uint64(0)) == 0
     assert hamming.popcount64(np.uint64(2**64 - 1)) == 64
     assert hamming.popcount64(np.uint64(2**63)) == 1
+
+
+def pair_order(dists: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions of (dist, id) pairs sorted by distance, then id: the order every heap keeps."""
+    return np.lexsort((ids, dists))
+
+
+@given(seed=st.integers(0, 2**31), n=st.integers(1, 60), k=st.integers(1, 20), id64=st.booleans())
+def test_heaps_order_entries_by_distance_then_id(seed, n, k, id64):
+    """Max-, min- and top-k heaps agree with a lexsort on (dist, id) whatever the arrival order."""
+    rng = np.random.default_rng(seed)
+    d = rng.integers(0, 6, n).astype(np.float32)          # few distinct values: ties everywhere
+    ids = rng.permutation(n).astype(np.int64 if id64 else np.int32)
+    want = pair_order(d, ids)
+    # max-heap filled to size n, then sorted in place
+    hd, hi = np.empty(n, np.float32), np.empty(n, ids.dtype)
+    for j in range(n):
+        heaps.max_push(hd, hi, j, d[j], ids[j])
+    assert hd[0] == d.max() and hi[0] == ids[d == d.max()].max()
+    heaps.max_sort(hd, hi, n)
+    np.testing.assert_array_equal(hi, ids[want])
+    # min-heap popped one by one (grown from a too-small array)
+    md, mi = np.empty(1, np.float32), np.empty(1, ids.dtype)
+    for j in range(n):
+        md, mi = heaps.min_push_grow(md, mi, j, d[j], ids[j])
+    popped = []
+    for size in range(n, 0, -1):
+        popped.append(mi[0])
+        heaps.min_pop(md, mi, size)
+    np.testing.assert_array_equal(popped, ids[want])
+    # a bounded beam result set: the ef best by (dist, id) survive replacements of the root
+    ef = min(k, n)
+    rd, ri = np.empty(ef, np.float32), np.empty(ef, ids.dtype)
+    for j in range(n):
+        if j < ef:
+            heaps.max_push(rd, ri, j, d[j], ids[j])
+        elif heaps.after(rd[0], ri[0], d[j], ids[j]):
+            heaps.max_replace(rd, ri, ef, d[j], ids[j])
+    heaps.max_sort(rd, ri, ef)
+    np.testing.assert_array_equal(ri, ids[want][:ef])
+    # fixed-size top-k heaps with sentinels (int64 slots)
+    td, ts = heaps.new_heaps(1, k)
+    for j in range(n):
+        heaps.heap_push(td[0], ts[0], d[j], np.int64(ids[j]))
+    heaps.heap_sort(td[0], ts[0])
+    kk = min(k, n)
+    np.testing.assert_array_equal(ts[0, :kk], ids[want][:kk])
+    assert (ts[0, kk:] == -1).all() and np.isinf(td[0, kk:]).all()
+
+
+@st.composite
+def code_scans(draw):
+    """Random small code sets with many ties, a chunk count and an optional sorted subset."""
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    n = draw(st.integers(1, 80))
+    nq = draw(st.integers(1, 4))
+    subset = np.sort(rng.choice(n, draw(st.integers(1, n)), replace=False)).astype(np.int64) if draw(st.booleans()) else None
+    return rng, n, nq, draw(st.integers(1, 20)), draw(st.integers(1, 6)), subset
+
+
+def reference_topk(dist: np.ndarray, k: int, subset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k slots by (distance, slot) over all rows or ``subset``, padded -1/+inf."""
+    nq, n = dist.shape
+    cols = np.arange(n) if subset is None else subset
+    slots = np.full((nq, k), -1, np.int64)
+    out = np.full((nq, k), np.inf, np.float32)
+    for i in range(nq):
+        order = cols[np.lexsort((cols, dist[i, cols]))][:k]
+        slots[i, : len(order)] = order
+        out[i, : len(order)] = dist[i, order]
+    return slots, out
+
+
+@given(case=code_scans())
+def test_every_scan_on_the_skeleton_equals_numpy_for_any_chunking(case):
+    """PQ, SQ8, plane and float scans share one chunk-and-merge skeleton: any chunk count and
+    any subset give the numpy top-k, ties to the smaller slot."""
+    rng, n, nq, k, chunks, subset = case
+    use = subset is not None
+    sub = subset if use else np.zeros(0, np.int64)
+    # PQ: integer table entries make equal sums common
+    codes = rng.integers(0, 4, (n, 3)).astype(np.uint8)
+    tables = rng.integers(0, 3, (nq, 3, 256)).astype(np.float32)
+    ref = tables[:, np.arange(3)[None, :], codes].sum(-1)
+    got = pq.adc_topk(tables, codes, sub, use, k, chunks)
+    want = reference_topk(ref, k, subset)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1])
+    hd, hs = heaps.new_heaps(1, k)                    # the same scanner, called from Python
+    scan.offer_rows(pq.ADCTables(tables), 0, codes, sub, use, 0, len(sub) if use else n, hd[0], hs[0])
+    heaps.heap_sort(hd[0], hs[0])
+    np.testing.assert_array_equal(hs[0], want[0][0])
+    # SQ8 (l2 mode, unit weights): integer codes and queries make exact ties
+    qt = rng.integers(0, 4, (nq, 3)).astype(np.float32)
+    ref = ((qt[:, None, :] - codes[None, :, :].astype(np.float32)) ** 2).sum(-1)
+    got = sq8.sq8_topk(qt, np.ones(3, np.float32), np.zeros(nq, np.float32), codes, 0, sub, use, k, chunks)
+    np.testing.assert_array_equal(got[0], reference_topk(ref, k, subset)[0])
+    # two-plane binary codes, ip mode with unit weights: distance = sum of four popcounts
+    words = rng.integers(0, 4, (n, 2)).astype(np.uint64)
+    qw = rng.integers(0, 4, (nq, 2)).astype(np.uint64)
+    pc = np.vectorize(lambda v: bin(int(v)).count("1"))
+    ref = (pc(qw[:, None, 0] ^ words[None, :, 0]) + pc(qw[:, None, 1] ^ words[None, :, 1])
+           + pc(qw[:, None, 0] ^ words[None, :, 1]) + pc(qw[:, None, 1] ^ words[None, :, 0])).astype(np.float32)
+    got = plane_scan_topk(qw, words, 2, 1, np.ones((2, 2), np.float32), np.float32(0.0), 1, sub, use, k, chunks)
+    np.testing.assert_array_equal(got[0], reference_topk(ref, k, subset)[0])
+    # float rows through the chunked and the serial skeletons
+    x = rng.integers(-2, 3, (n, 5)).astype(np.float32)
+    q = rng.integers(-2, 3, (nq, 5)).astype(np.float32)
+    want = reference_topk(distances.many_to_many(q, x, 0), k, subset)[0]
+    if use:
+        np.testing.assert_array_equal(topk.scan_topk_subset(q, x, sub, 0, k)[0], want)
+        np.testing.assert_array_equal(topk.scan_topk_subset_batch(q, x, sub, 0, k)[0], want)
+    else:
+        np.testing.assert_array_equal(topk.scan_topk_chunked(q, x, 0, k, chunks)[0], want)
+
+
+def test_scan_kernels_load_from_the_disk_cache_in_a_new_process():
+    """The skeleton dispatches on the context's type (not on a function object), so a second
+    process loads every scan kernel from Numba's on-disk cache instead of compiling it."""
+    script = (
+        "import numpy as np\n"
+        "from vecdb.kernels import hamming, pq, scan, topk\n"
+        "x = np.ones((5, 3), np.float32)\n"
+        "topk.scan_topk(x, x, 0, 2); topk.scan_topk_chunked(x, x, 0, 2, 2)\n"
+        "pq.adc_topk(np.ones((1, 2, 4), np.float32), np.zeros((5, 2), np.uint8), scan.no_subset(), False, 2, 1)\n"
+        "hamming.hamming_topk(np.zeros((1, 1), np.uint64), np.zeros((4, 1), np.uint64), 2)\n"
+        "fns = (topk.scan_topk, topk.scan_topk_chunked, pq.adc_topk, hamming.hamming_topk)\n"
+        "print(sum(sum(f.stats.cache_misses.values()) for f in fns), sum(sum(f.stats.cache_hits.values()) for f in fns))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    runs = [subprocess.run([sys.executable, "-c", script], env=dict(os.environ), cwd=root, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert sum(map(int, runs[0])) == 4    # the first process compiles (and writes) or loads each kernel
+    assert runs[1] == ["0", "4"]          # the second one only loads

@@ -28,7 +28,7 @@ from vecdb.errors import InvalidArgumentError
 from vecdb.filters import PayloadIndex
 from vecdb.index.hnsw import HNSW
 from vecdb.server.process import ServerProcess, start_server_process
-from vecdb.storage.state import ExactScan
+from vecdb.collection.memory import ExactScan
 
 DIM = 8
 
@@ -88,7 +88,7 @@ def test_apply_failure_once_keeps_the_batch_and_acknowledges_it(tmp_path: Path, 
         col.upsert(ids[200:], x[200:], pays[200:])  # committed; applying fails once; memory is rebuilt
         assert fault.fired == 1
         check_all(col, ids, x, pays)
-        assert col._degraded is None and not isinstance(col._index, ExactScan)
+        assert col._mem.degraded is None and not isinstance(col._mem.index, ExactScan)
         col.upsert([5], x[:1], [{"again": True}])  # the collection keeps taking writes
         pays[5] = {"again": True}
         x = x.copy()
@@ -109,19 +109,19 @@ def test_index_that_never_takes_the_points_serves_by_exact_scan(tmp_path: Path, 
         col.upsert(ids[:60], x[:60], pays[:60])
         fault.always = True
         col.upsert(ids[60:], x[60:], pays[60:])  # the rebuild cannot use HNSW either: exact scan
-        assert isinstance(col._index, ExactScan) and "hnsw" in col._degraded
+        assert isinstance(col._mem.index, ExactScan) and "hnsw" in col._mem.degraded
         check_all(col, ids, x, pays)
         res = col.search(x[:5] + 0.01, k=3, params={"ef": 50})  # HNSW's knobs are still accepted
         np.testing.assert_array_equal(res.ids[:, 0], exact_top1(x, x[:5] + 0.01))
         np.testing.assert_array_equal(col.search(x[:4], k=2, filter={"i": {"gte": 100}}).ids[:, 0] >= 100, True)
     with vecdb.open(tmp_path / "db") as db:  # the index still fails: reopening works all the same
         col = db.get_collection("c")
-        assert isinstance(col._index, ExactScan)
+        assert isinstance(col._mem.index, ExactScan)
         check_all(col, ids, x, pays)
     monkeypatch.undo()
     with vecdb.open(tmp_path / "db") as db:  # once the index works again, it is used again
         col = db.get_collection("c")
-        assert isinstance(col._index, HNSW) and col._degraded is None
+        assert isinstance(col._mem.index, HNSW) and col._mem.degraded is None
         check_all(col, ids, x, pays)
 
 
@@ -141,7 +141,7 @@ def test_payload_the_payload_index_rejects_stays_stored_and_readable(tmp_path: P
     with vecdb.open(tmp_path / "db") as db:
         col = db.create_collection("c", DIM, metric="l2", index="flat")
         col.upsert(np.arange(20), x, pays)
-        assert "could not be indexed" in col._degraded
+        assert "could not be indexed" in col._mem.degraded
         check_all(col, np.arange(20), x, pays)
         hits = col.search(x[7], k=20, filter={"i": {"gte": 0}}).ids[0]
         assert 7 not in hits.tolist() and sorted(hits[hits >= 0].tolist()) == [i for i in range(20) if i != 7]
@@ -158,6 +158,42 @@ def put_raw(path: Path, name: str, key: bytes, value: bytes) -> None:
             txn.put(key, value, db=env.open_db(name.encode(), txn=txn))
     finally:
         env.close()
+
+
+def test_log_records_of_older_versions_replay(tmp_path: Path) -> None:
+    """A log record as vecdb wrote it before tenants were logged (bare u64 LE internal ids of the
+    touched points) is still replayed over the checkpoint on open."""
+    x = vectors(11, 9)
+    with vecdb.open(tmp_path / "db") as db:
+        db.create_collection("c", DIM, metric="l2", index="hnsw").upsert(np.arange(10), x[:10])
+    # point 10 written by an older version: its records, the counters, and a bare-id log record
+    db_path = tmp_path / "db"
+    put_raw(db_path, "c00000000.ids", b"i" + (10).to_bytes(8, "big"), (10).to_bytes(8, "big"))
+    put_raw(db_path, "c00000000.rev", (10).to_bytes(8, "big"), b"i" + (10).to_bytes(8, "big"))
+    put_raw(db_path, "c00000000.vec", (10).to_bytes(8, "big"), x[10].astype("<f4").tobytes())
+    put_raw(db_path, "c00000000.log", (2).to_bytes(8, "big"), np.array([10], "<u8").tobytes())
+    put_raw(db_path, "c00000000.ctr", b"seq", (2).to_bytes(8, "big"))
+    put_raw(db_path, "c00000000.ctr", b"next_iid", (11).to_bytes(8, "big"))
+    with vecdb.open(db_path) as db:
+        col = db.get_collection("c")
+        assert col._mem.ckpt_seq == 1  # served by checkpoint + replay, not by a rebuild
+        assert col.count() == 11
+        np.testing.assert_array_equal(col.search(x, k=1).ids[:, 0], np.arange(11))
+
+
+def test_op_log_records_round_trip_and_corrupt_ones_are_data_loss() -> None:
+    from vecdb.collection import oplog
+    from vecdb.errors import DataLossError
+
+    ops = [oplog.Op(oplog.POINTS, 0, np.array([3, 1, 2])), oplog.Op(oplog.GRANT, 7, np.array([1])),
+           oplog.Op(oplog.CREATE, 9), oplog.Op(oplog.REVOKE, 2**32 - 1, np.arange(5))]
+    raw = oplog.encode(ops)
+    assert len(raw) % 8  # never mistaken for an older bare-id record
+    back = oplog.decode(raw)
+    assert [(o.tag, o.tenant, o.ids.tolist()) for o in back] == [(o.tag, o.tenant, list(o.ids)) for o in ops]
+    for bad in (raw[:-3], b"\x02" + raw[1:], raw[:20]):
+        with pytest.raises(DataLossError):
+            oplog.decode(bad)
 
 
 def test_stored_payload_that_cannot_be_indexed_does_not_brick(tmp_path: Path) -> None:
@@ -178,11 +214,13 @@ def test_stored_payload_that_cannot_be_indexed_does_not_brick(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("kind, params", [("pq", {"m": 4}), ("binary", {}), ("sq8", {})])
-def test_compressed_index_is_refused_at_create(tmp_path: Path, kind: str, params: dict) -> None:
+def test_compressed_index_is_accepted_at_create_and_bad_params_are_not(tmp_path: Path, kind: str, params: dict) -> None:
     with vecdb.open(tmp_path / "db") as db:
-        with pytest.raises(InvalidArgumentError, match=f"index '{kind}' cannot be used in a collection yet: it needs training"):
-            db.create_collection("c", DIM, index=kind, index_params=params)
-        assert db.list_collections() == []
+        col = db.create_collection("c", DIM, index=kind, index_params=params)
+        assert col.count() == 0 and col.stats().trained is False  # exact scan until trained
+        with pytest.raises(InvalidArgumentError, match=f"index {kind!r} rejects index_params"):
+            db.create_collection("d", DIM, index=kind, index_params={**params, "no_such_knob": 1})
+        assert [c.name for c in db.list_collections()] == ["c"]
 
 
 def make_legacy_pq(path: Path, n: int = 40) -> tuple[np.ndarray, list[Any]]:
@@ -209,8 +247,9 @@ def test_existing_compressed_collection_opens_and_serves(tmp_path: Path) -> None
     ids = np.arange(len(x))
     with vecdb.open(tmp_path / "db") as db:
         col = db.get_collection("legacy")
-        assert col.info.index == "pq" and isinstance(col._index, ExactScan)
-        assert "needs training" in col._degraded
+        # too few points to train PQ: served by the exact-scan stand-in, which is not a degradation
+        assert col.info.index == "pq" and isinstance(col._mem.index, ExactScan)
+        assert col._mem.degraded is None and col.stats().trained is False
         check_all(col, ids, x, pays)
         more = vectors(10, 6)
         col.upsert(np.arange(40, 50), more, [{"i": i} for i in range(40, 50)])  # writes work too
@@ -246,18 +285,18 @@ _hold = os.environ.get("VECDB_TEST_HOLD_LOAD")
 if _hold:
     from vecdb.collection import Collection
 
-    _load = Collection._load
+    _init = Collection.__init__
 
-    def _held_load(self):
+    def _held_init(self, host, info, cid):
         # named pipes: the test reads "entered" once the load started, then opens "release"
-        if self.name == "slow":
+        if info.name == "slow":
             with open(_hold + ".entered", "w") as pipe:
                 pipe.write("loading")
             with open(_hold + ".release") as pipe:
                 pipe.read()
-        _load(self)
+        _init(self, host, info, cid)
 
-    Collection._load = _held_load
+    Collection.__init__ = _held_init
 '''
 
 
@@ -320,10 +359,7 @@ def test_compressed_collections_over_grpc(tmp_path: Path) -> None:
         server = start_server_process(tmp_path / "data", tmp_path / f"server{restart}.log", args=["--no-metrics"])
         try:
             with vecdb.connect(server.address, timeout=60) as db:
-                with pytest.raises(InvalidArgumentError, match="index 'pq' cannot be used in a collection yet"):
-                    db.create_collection(f"new{restart}", DIM, index="pq", index_params={"m": 4})
-                with pytest.raises(InvalidArgumentError, match="index 'sq8' cannot be used in a collection yet"):
-                    db.create_collection(f"new{restart}", DIM, index="sq8")
+                assert db.create_collection(f"new{restart}", DIM, index="sq8").count() == 0
                 col = db.get_collection("legacy")
                 assert col.info.index == "pq"
                 check_all(col, ids, x, pays)
@@ -332,7 +368,7 @@ def test_compressed_collections_over_grpc(tmp_path: Path) -> None:
                     col.upsert(np.arange(40, 45), more, [{"i": i} for i in range(40, 45)])
                     x, pays, ids = np.vstack([x, more]), pays + [{"i": i} for i in range(40, 45)], np.arange(45)
                     check_all(col, ids, x, pays)
-                assert sorted(c.name for c in db.list_collections()) == ["legacy"]
+                assert sorted(c.name for c in db.list_collections()) == ["legacy"] + [f"new{i}" for i in range(restart + 1)]
         finally:
             assert server.stop() == 0
 

@@ -26,7 +26,7 @@ def oracle(logical: dict[int, np.ndarray], queries: np.ndarray, k: int, allow: n
 
 def check(staging: Staging, index: FlatIndex, logical: dict[int, np.ndarray], queries: np.ndarray, k: int,
           allow: np.ndarray | None, metric: str) -> None:
-    got = staging.search(index, queries, k, allow, {})
+    got = staging.search_trusted(index, queries, k, allow, None, {})
     want_ids, want_d = oracle(logical, queries, k, allow, metric)
     np.testing.assert_allclose(got.distances, want_d, rtol=1e-5, atol=1e-5)
     # ids may differ only where distances tie; compare the id sets at each distinct distance
@@ -86,7 +86,7 @@ def test_many_stale_ids_use_an_allow_set_instead_of_overfetching() -> None:
     staging = Staging(DIM, "l2")
     gone = np.arange(0, n, 2, dtype=np.int64)           # more stale ids than the over-fetch limit
     staging.hide(gone)
-    res = staging.search(index, x[:20], 5, None, {"ef": 64})
+    res = staging.search_trusted(index, x[:20], 5, None, None, {"ef": 64})
     assert not np.isin(res.ids, gone).any()
     assert (res.ids[:, 0][1::2] == np.arange(1, 20, 2)).all()   # odd rows find themselves
     while staging.busy:

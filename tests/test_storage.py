@@ -140,3 +140,14 @@ def test_rwlock_writer_excludes_readers_and_readers_share() -> None:
     for t in [*readers, w]:
         t.join(timeout=60)
     assert events == ["r", "r", "w"]
+
+
+def test_dir_bytes_counts_every_file_below_and_zero_when_missing(tmp_path: Path) -> None:
+    from vecdb.storage.files import dir_bytes, fsync_tree
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "x.bin").write_bytes(b"1" * 100)
+    (tmp_path / "a" / "b" / "y.bin").write_bytes(b"2" * 23)
+    fsync_tree(tmp_path / "a")  # every file and folder is synced; the contents stay
+    assert dir_bytes(tmp_path / "a") == 123
+    assert dir_bytes(tmp_path / "missing") == 0

@@ -388,3 +388,23 @@ def test_randomized_multi_tenant_race(backend: Backend) -> None:
 def test_randomized_multi_tenant_race_long(backend: Backend) -> None:
     ops = run_race(backend, rounds=150, steps=20, seed=77)
     assert ops >= 12_000
+
+
+def test_tenant_allow_set_is_cached_until_its_membership_changes() -> None:
+    """A tenant's AllowSet is built once and reused by every search until a point joins or
+    leaves the tenant; a change of access level only keeps it."""
+    from vecdb.collection.layout import OWNER, READ, WRITE
+    from vecdb.collection.tenants import TenantSet
+
+    ts = TenantSet(3)
+    ts.set_level(5, OWNER)
+    ts.set_level(2, READ)
+    first = ts.allow()
+    assert first is ts.allow() and first.ids.tolist() == [2, 5]
+    ts.set_level(2, WRITE)  # a level change: same members, same set
+    assert ts.allow() is first
+    ts.set_level(9, READ)
+    assert ts.allow() is not first and ts.allow().ids.tolist() == [2, 5, 9]
+    grown = ts.allow()
+    ts.discard(5)
+    assert ts.allow().ids.tolist() == [2, 9] and grown.ids.tolist() == [2, 5, 9]

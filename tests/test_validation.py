@@ -50,6 +50,38 @@ def test_nan_query_is_rejected(index):
         index.search(np.array([0, np.nan, 0, 0]), 1)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("shape", [(4,), (1, 4), (3, 4)])
+def test_non_finite_float32_queries_are_rejected_on_the_fast_path(index, bad, shape):
+    q = np.zeros(shape, np.float32)
+    q.reshape(-1)[-1] = bad
+    with pytest.raises(InvalidArgumentError, match="queries contain NaN or inf"):
+        index.search(q, 1)
+    with pytest.raises(InvalidArgumentError, match="vectors contain NaN or inf"):
+        index.add(q)
+    assert len(index) == 10
+
+
+def test_huge_finite_values_are_accepted(index):
+    """A sum of squares that overflows float32 is no reason to reject finite input."""
+    big = np.full((1, 4), 3e38, np.float32)
+    index.add(big, ids=[500])
+    assert index.search(big, 1).ids[0, 0] == 500
+    assert index.search(big.astype(np.float64), 1).ids[0, 0] == 500
+
+
+@pytest.mark.parametrize("tenant", [-1, 1.0, "t", True, None, 2**63])
+def test_bad_tenant_numbers_are_rejected(index, rng, tenant):
+    from vecdb.validation import as_tenant
+
+    with pytest.raises(InvalidArgumentError, match="tenant"):
+        as_tenant(tenant)
+    if tenant is not None:
+        with pytest.raises(InvalidArgumentError, match="tenant"):
+            index.add(rng.standard_normal((1, 4)), ids=[600], tenant=tenant)
+        assert 600 not in index
+
+
 def test_unknown_metric_lists_the_valid_ones():
     with pytest.raises(InvalidArgumentError, match="l2, ip, cosine"):
         FlatIndex(4, "manhattan")

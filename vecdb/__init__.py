@@ -7,10 +7,21 @@ from vecdb.errors import (
     NotFoundError,
     VecdbError,
 )
-from vecdb.client import connect
-from vecdb.database import open
-from vecdb.index import FlatIndex, load_index
 from vecdb.types import Metric, SearchResult
+
+#: imported on first use, so ``import vecdb.index`` (or the client alone) does not load gRPC,
+#: LMDB and every kernel: name -> module that defines it
+_LAZY = {"connect": "vecdb.client", "open": "vecdb.database", "FlatIndex": "vecdb.index", "load_index": "vecdb.index"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vecdb' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

@@ -6,13 +6,12 @@
         hits = await docs.search(queries, k=10)
 
 Requests, responses, errors, deadlines and the UNAVAILABLE retry policy are the sync
-client's (``vecdb.client``); only the waiting differs (``grpc.aio``, ``asyncio.sleep``).
+client's (``vecdb.client``: ``TransportPolicy``); only the waiting differs (``grpc.aio``,
+``asyncio.sleep``).
 """
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from typing import Any, Mapping, Sequence
 
 import grpc
@@ -21,60 +20,41 @@ import numpy as np
 from vecdb import wire
 from vecdb.api import CollectionInfo, CollectionStats, Filter, GetResult, Payload, QueryResult
 from vecdb.client import (
-    API_KEY_HEADER,
     MIB,
     Call,
     CollectionHandle,
-    RetryPolicy,
+    Transport,
+    TransportPolicy,
     _build,
     channel_options,
     create_collection_call,
     credentials,
     delete_call,
-    error_from_status,
     get_call,
     ids_call,
     search_call,
     simple_call,
-    stub_methods,
     tenant_call,
+    train_call,
     upsert_calls,
 )
-from vecdb.errors import VecdbTimeoutError
 from vecdb.v1 import vecdb_pb2 as pb
 
-logger = logging.getLogger(__name__)
 
-
-class _AsyncTransport:
-    """Runs ``Call``s on a ``grpc.aio`` channel with metadata, deadline and retries."""
-
-    def __init__(self, channel: grpc.aio.Channel, api_key: str | None, timeout: float, retry: RetryPolicy) -> None:
-        self.channel = channel
-        self._methods = stub_methods(channel)
-        self._metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
-        self.timeout = timeout
-        self._retry = retry
+class AsyncTransport(Transport):
+    """Runs ``Call``s on a ``grpc.aio`` channel: the sync transport's loop, awaited."""
 
     async def run(self, call: Call) -> Any:
-        deadline = time.monotonic() + self.timeout
         fn = self._methods[call.method]
-        attempt = 0
+        attempts = self.policy.start(call.method)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise VecdbTimeoutError(f"{call.method}: no answer within {self.timeout:g} s")
             request = iter(call.request) if call.streaming else call.request
             try:
-                return call.parse(await fn(request, timeout=remaining, metadata=self._metadata))
-            except grpc.aio.AioRpcError as exc:
-                err = error_from_status(exc.code(), exc.details(), tuple(exc.trailing_metadata() or ()))
-            pause = self._retry.pause(attempt, deadline - time.monotonic()) if err.retriable else None
-            if pause is None:
-                raise err
-            logger.debug("%s: %s, retry %d in %.2f s", call.method, type(err).__name__, attempt + 1, pause)
-            await asyncio.sleep(pause)
-            attempt += 1
+                response = await fn(request, timeout=attempts.remaining(), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                await asyncio.sleep(attempts.failed(exc))
+                continue
+            return call.parse(response)
 
 
 class AsyncCollection(CollectionHandle):
@@ -120,6 +100,10 @@ class AsyncCollection(CollectionHandle):
         req = pb.StatsRequest(collection=self._info.name)
         return await self._t.run(simple_call("Stats", req, lambda r: wire.stats_from_proto(r.stats)))  # type: ignore[no-any-return]
 
+    async def train(self) -> None:
+        """Train (or retrain) the index on the stored points and rebuild it (admin keys only)."""
+        await self._t.run(train_call(self._info))
+
 
 class AsyncDatabase:
     """A vecdb server seen through the ``DatabaseAPI`` methods, as coroutines."""
@@ -131,7 +115,7 @@ class AsyncDatabase:
         options = channel_options(max_message_mb)
         channel = grpc.aio.secure_channel(address, creds, options) if creds else grpc.aio.insecure_channel(address, options)
         self.address = address
-        self._t = _AsyncTransport(channel, api_key, timeout, RetryPolicy(retries=retries))
+        self._t = AsyncTransport(channel, api_key, TransportPolicy(timeout=timeout, retries=retries))
         self._chunk_bytes = int(stream_chunk_mb * MIB)
 
     def __repr__(self) -> str:

@@ -45,15 +45,27 @@ Consistency: a write is acknowledged once committed, and every search sees each 
 or not at all. Over gRPC a search with many query rows runs in steps of bounded work, each
 under its own short lock, so that no request holds writers off for long: rows of one answer
 may then reflect writes that landed between steps (each row sees one consistent state).
+
+Training: a collection whose index needs training (pq, binary, sq8) answers searches by an
+exact scan of its stored vectors until it holds the index's ``min_train_points`` points, then
+trains the index on a seeded sample of them and serves from it (``stats().trained`` says
+which). ``train()`` trains (or rebuilds) the index on request; searches go on meanwhile.
+
+Validation happens once, at the boundary: ``SearchRequest.build`` checks a search (the
+embedded ``search`` and the server both build one), and the collection's ``execute`` runs it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from vecdb.errors import InvalidArgumentError
+from vecdb.filters import parse_filter
 from vecdb.types import F32Matrix
+from vecdb.validation import as_k, as_matrix
 
 Payload = dict[str, Any]
 Filter = Mapping[str, Any]
@@ -81,6 +93,7 @@ class CollectionStats:
     index: str
     index_params: dict[str, Any]
     n_tenants: int = 0
+    trained: bool = True  # False while an index that needs training is stood in for by an exact scan
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,75 @@ class QueryResult:
     ids: np.ndarray
     distances: np.ndarray
     payloads: list[list[Payload | None]] | None = None
+
+
+MAX_TENANT_BYTES = 200
+
+
+def check_tenant(tenant: Any) -> str:
+    """A tenant name: a non-empty string of at most ``MAX_TENANT_BYTES`` UTF-8 bytes."""
+    if not isinstance(tenant, str) or not tenant or len(tenant.encode("utf-8")) > MAX_TENANT_BYTES:
+        raise InvalidArgumentError(f"tenant must be a non-empty string of at most {MAX_TENANT_BYTES} bytes, "
+                                   f"got {tenant!r:.300}")
+    return tenant
+
+
+def check_tenants(tenant: Any) -> list[str]:
+    """The distinct tenant names of an upsert's ``tenant`` (None, one name, or several)."""
+    if tenant is None:
+        return []
+    names = [tenant] if isinstance(tenant, str) else list(tenant) if isinstance(tenant, (list, tuple)) else [tenant]
+    return list(dict.fromkeys(check_tenant(name) for name in names))
+
+
+@dataclass(frozen=True, eq=False)
+class SearchRequest:
+    """One search, validated once (by ``build``) at the public boundary: the embedded
+    ``Collection.search`` and the server build it, and ``Collection.execute`` trusts it.
+
+    queries: C-contiguous finite float32 (nq, dim); k >= 1; filter: the parsed filter tree
+    (``vecdb.filters.parse_filter``, lists frozen to tuples so it can key a cache) or None for
+    every point; tenant: a checked name or None; params: the raw search knobs (names and
+    values are resolved by the serving index, once per request); with_payloads: bool.
+    """
+
+    queries: F32Matrix
+    k: int
+    filter: Any
+    tenant: str | None
+    params: Mapping[str, Any]
+    with_payloads: bool
+
+    @classmethod
+    def build(cls, info: CollectionInfo, queries: Any, k: Any = 10, filter: Any = None, tenant: Any = None,
+              params: Any = None, with_payloads: Any = False) -> "SearchRequest":
+        """Validate a search against collection ``info``; InvalidArgumentError /
+        DimensionMismatchError name the offending argument."""
+        q = as_matrix(queries, info.dim, what="queries")
+        k = as_k(k)
+        node = None if filter is None else parse_filter(filter)
+        if not params:
+            if params is not None and not isinstance(params, Mapping):
+                raise InvalidArgumentError(f"params must be a dict of search knobs, got {params!r:.200}")
+            knobs: Mapping[str, Any] = _NO_PARAMS
+        elif not isinstance(params, Mapping) or not all(isinstance(p, str) for p in params):
+            raise InvalidArgumentError(f"params must be a dict of search knobs, got {params!r:.200}")
+        else:
+            knobs = MappingProxyType(dict(params))
+        if with_payloads is not False and with_payloads is not True and not isinstance(with_payloads, np.bool_):
+            raise InvalidArgumentError(f"with_payloads must be True or False, got {with_payloads!r:.80}")
+        return cls(q, k, None if node is None or node == ("all",) else _frozen(node),
+                   None if tenant is None else check_tenant(tenant), knobs, bool(with_payloads))
+
+
+_NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
+
+
+def _frozen(node: Any) -> Any:
+    """The filter tree with every list turned into a tuple (hashable, and read the same way)."""
+    if isinstance(node, (list, tuple)):
+        return tuple(_frozen(part) for part in node)
+    return node
 
 
 @runtime_checkable
@@ -138,6 +220,10 @@ class CollectionAPI(Protocol):
         """Take away all of ``tenant``'s access to points, ownership included (the points stay)."""
 
     def stats(self) -> CollectionStats: ...
+
+    def train(self) -> None:
+        """Train (or retrain) the configured index on the stored points and rebuild it; searches
+        are served meanwhile. FailedPreconditionError when the collection is empty."""
 
 
 @runtime_checkable

@@ -12,7 +12,8 @@ defaults, result dataclasses and exception classes, numpy in and numpy out.
 - Upserts larger than ``stream_chunk_mb`` go through the client-streaming ``UpsertStream``
   RPC in chunks; each chunk is atomic (a single embedded upsert is atomic as a whole).
 
-The request builders and response parsers below are shared with the asyncio client
+The request builders, response parsers and the transport policy (``TransportPolicy``:
+deadline, retries with back-off, error mapping) below are shared with the asyncio client
 (``vecdb.aio_client``), which differs only in how it waits.
 """
 from __future__ import annotations
@@ -32,11 +33,10 @@ from vecdb.errors import InvalidArgumentError, VecdbError, VecdbTimeoutError, er
 from vecdb.v1 import vecdb_pb2 as pb
 from vecdb.v1 import vecdb_pb2_grpc as pb_grpc
 from vecdb.validation import as_k, as_matrix
+from vecdb.wire import API_KEY_HEADER, ERROR_HEADER
 
 logger = logging.getLogger(__name__)
 
-API_KEY_HEADER = "x-api-key"
-ERROR_HEADER = "vecdb-error"
 MIB = 1 << 20
 
 
@@ -60,19 +60,27 @@ def error_from_status(code: grpc.StatusCode, details: str | None, trailing: Iter
 
 
 def error_from_rpc(exc: grpc.RpcError) -> VecdbError:
-    """``error_from_status`` for a sync-call ``grpc.RpcError``."""
+    """``error_from_status`` for a failed call of either client (``grpc.aio.AioRpcError`` is
+    a ``grpc.RpcError`` with the same accessors)."""
     return error_from_status(exc.code(), exc.details(), exc.trailing_metadata())  # type: ignore[attr-defined]
 
 
-# ---- retry policy -----------------------------------------------------------------------
+# ---- the transport policy both clients follow ---------------------------------------------
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Retry UNAVAILABLE ``retries`` times, sleeping ``initial * 2**attempt`` seconds (at
-    most ``cap``, times a random factor in [0.5, 1]), never past the call's deadline."""
+class TransportPolicy:
+    """How every call of both clients runs: within ``timeout`` seconds in all (retries
+    included); UNAVAILABLE retried at most ``retries`` times after ``initial * 2**attempt``
+    seconds (at most ``cap``, times a random factor in [0.5, 1]) and never past the deadline;
+    nothing else retried; every failure rebuilt as the vecdb exception the server raised."""
 
+    timeout: float = 30.0
     retries: int = 3
     initial: float = 0.1
     cap: float = 2.0
+
+    def start(self, method: str) -> "Attempts":
+        """The attempts of one call of ``method``, its deadline starting now."""
+        return Attempts(self, method)
 
     def pause(self, attempt: int, remaining: float) -> float | None:
         """Seconds to sleep before retry ``attempt`` (0-based), or None to give up."""
@@ -80,6 +88,38 @@ class RetryPolicy:
             return None
         delay = min(self.cap, self.initial * (2 ** attempt)) * random.uniform(0.5, 1.0)
         return delay if delay < remaining else None
+
+
+class Attempts:
+    """One call's attempts under a ``TransportPolicy``: the time each attempt may take, and
+    what follows a failed one (a pause before the next, or the error to raise). The sync
+    and asyncio transports differ only in how they wait (``time.sleep``/``asyncio.sleep``)."""
+
+    __slots__ = ("policy", "method", "deadline", "attempt")
+
+    def __init__(self, policy: TransportPolicy, method: str) -> None:
+        self.policy = policy
+        self.method = method
+        self.deadline = time.monotonic() + policy.timeout
+        self.attempt = 0
+
+    def remaining(self) -> float:
+        """Seconds the next attempt may take; VecdbTimeoutError once the deadline has passed."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise VecdbTimeoutError(f"{self.method}: no answer within {self.policy.timeout:g} s")
+        return left
+
+    def failed(self, exc: grpc.RpcError) -> float:
+        """The pause before retrying after ``exc``; raises ``exc`` as its vecdb exception when
+        it is not retriable, the retries are spent or the pause would pass the deadline."""
+        err = error_from_rpc(exc)
+        pause = self.policy.pause(self.attempt, self.deadline - time.monotonic()) if err.retriable else None
+        if pause is None:
+            raise err from None
+        logger.debug("%s: %s, retry %d in %.2f s", self.method, type(err).__name__, self.attempt + 1, pause)
+        self.attempt += 1
+        return pause
 
 
 # ---- calls: request builders and response parsers ------------------------------------------
@@ -196,6 +236,11 @@ def tenant_call(method: str, info: CollectionInfo, tenant: str) -> Call:
     return Call(method, _build(lambda: request_cls(collection=info.name, tenant=tenant)), _none)
 
 
+def train_call(info: CollectionInfo) -> Call:
+    """Train: (re)build the collection's index, training it first; parses to None."""
+    return Call("Train", _build(lambda: pb.TrainRequest(collection=info.name)), _none)
+
+
 def simple_call(method: str, request: Any, parse: Callable[[Any], Any] = _none) -> Call:
     """Any other call whose request is built by the caller."""
     return Call(method, request, parse)
@@ -231,35 +276,31 @@ def credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCrede
 
 
 # ---- the sync client ------------------------------------------------------------------------
-class _Transport:
-    """Runs ``Call``s on a channel with metadata, deadline and UNAVAILABLE retries."""
+class Transport:
+    """What both clients' transports hold: the channel, its RPCs, the API key metadata and
+    the ``TransportPolicy`` every call follows."""
 
-    def __init__(self, channel: grpc.Channel, api_key: str | None, timeout: float, retry: RetryPolicy) -> None:
+    def __init__(self, channel: Any, api_key: str | None, policy: TransportPolicy) -> None:
         self.channel = channel
+        self.policy = policy
         self._methods = stub_methods(channel)
         self._metadata = ((API_KEY_HEADER, api_key),) if api_key else ()
-        self.timeout = timeout
-        self._retry = retry
+
+
+class SyncTransport(Transport):
+    """Runs ``Call``s on a blocking channel, sleeping between attempts."""
 
     def run(self, call: Call) -> Any:
-        deadline = time.monotonic() + self.timeout
         fn = self._methods[call.method]
-        attempt = 0
+        attempts = self.policy.start(call.method)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise VecdbTimeoutError(f"{call.method}: no answer within {self.timeout:g} s")
             request = iter(call.request) if call.streaming else call.request
             try:
-                return call.parse(fn(request, timeout=remaining, metadata=self._metadata))
+                response = fn(request, timeout=attempts.remaining(), metadata=self._metadata)
             except grpc.RpcError as exc:
-                err = error_from_rpc(exc)
-            pause = self._retry.pause(attempt, deadline - time.monotonic()) if err.retriable else None
-            if pause is None:
-                raise err
-            logger.debug("%s: %s, retry %d in %.2f s", call.method, type(err).__name__, attempt + 1, pause)
-            time.sleep(pause)
-            attempt += 1
+                time.sleep(attempts.failed(exc))
+                continue
+            return call.parse(response)
 
 
 class CollectionHandle:
@@ -330,6 +371,12 @@ class RemoteCollection(CollectionHandle):
         req = pb.StatsRequest(collection=self._info.name)
         return self._t.run(simple_call("Stats", req, lambda r: wire.stats_from_proto(r.stats)))  # type: ignore[no-any-return]
 
+    def train(self) -> None:
+        """Train (or retrain) the index on the stored points and rebuild it; searches are
+        served meanwhile (admin keys only). The wait is bounded by the connection's
+        ``timeout``: a VecdbTimeoutError leaves the training running to its end on the server."""
+        self._t.run(train_call(self._info))
+
 
 class RemoteDatabase:
     """A vecdb server seen through ``vecdb.api.DatabaseAPI``; build with ``vecdb.connect``."""
@@ -341,7 +388,7 @@ class RemoteDatabase:
         options = channel_options(max_message_mb)
         channel = grpc.secure_channel(address, creds, options) if creds else grpc.insecure_channel(address, options)
         self.address = address
-        self._t = _Transport(channel, api_key, timeout, RetryPolicy(retries=retries))
+        self._t = SyncTransport(channel, api_key, TransportPolicy(timeout=timeout, retries=retries))
         self._chunk_bytes = int(stream_chunk_mb * MIB)
 
     def __repr__(self) -> str:

@@ -10,6 +10,10 @@ Layout of ``path/``::
                                per collection ``c<number>.{ids,rev,vec,pay,ten,mem,log,ctr}``
     index/c<number>/<seq>/     index checkpoints written by ``Index.save``
 
+Each collection is handed a ``CollectionHost`` (the store, the manifest handle, the
+checkpoint lock, the index folder and the checkpoint policy) and reads nothing else of the
+database; the op log ``log`` holds the records of ``vecdb.collection.oplog``.
+
 A database may be open once at a time: a second open in the same process or in another
 process raises FailedPreconditionError (LMDB forbids opening one environment twice in a
 process, and two writers' in-memory indexes would diverge).
@@ -29,14 +33,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from vecdb.api import CollectionInfo
-from vecdb.collection import Collection
+from vecdb.collection import PARTS, CheckpointPolicy, Collection, CollectionHost
+from vecdb.collection.layout import checkpoint_root, part_names
+from vecdb.collection.training import index_class
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
                           InvalidArgumentError, ResourceExhaustedError, VecdbError)
-from vecdb.index.base import _REGISTRY
+from vecdb.index.base import registered_kinds
 from vecdb.storage import keys as K
 from vecdb.storage.arrays import decode_json, encode_json
 from vecdb.storage.env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
-from vecdb.storage.state import PARTS, CheckpointPolicy, collection_index_problem
 from vecdb.types import Metric
 from vecdb.validation import as_fs_path
 
@@ -59,7 +64,7 @@ class Database:
         self.path.mkdir(parents=True, exist_ok=True)
         self._key = os.path.realpath(self.path)
         self._max_collections = int(max_collections)
-        self._policy = CheckpointPolicy(points=int(checkpoint_points), seconds=float(checkpoint_seconds))
+        policy = CheckpointPolicy(points=int(checkpoint_points), seconds=float(checkpoint_seconds))
         with _OPEN_LOCK:
             if self._key in _OPEN:
                 raise FailedPreconditionError(f"database {self.path} is already open in this process")
@@ -84,6 +89,9 @@ class Database:
         self._index_root.mkdir(exist_ok=True)
         self._lock = threading.RLock()
         self._ckpt_lock = threading.Lock()
+        # what every collection is handed explicitly (it reads nothing else of the database)
+        self._host = CollectionHost(store=self._store, manifest=self._manifest, checkpoint_lock=self._ckpt_lock,
+                                    index_root=self._index_root, policy=policy)
         self._collections: dict[str, Collection] = {}
         self._loading: dict[str, _Loading] = {}
         self._closed = False
@@ -112,7 +120,7 @@ class Database:
                 txn.put(b"next_cid", K.u64(cid + 1), db=self._meta)
 
             self._store.write(batch)
-            col = Collection(self, info, cid, self._policy)
+            col = Collection(self._host, info, cid)
             self._collections[name] = col
             return col
 
@@ -123,7 +131,7 @@ class Database:
         with self._lock:
             self._check()
             col = self._collections.get(name)
-            if col is not None and col._state != "failed":
+            if col is not None and not col.failed:
                 return col
             loading = self._loading.get(name)
             if loading is None:
@@ -135,7 +143,7 @@ class Database:
         if not mine:
             return loading.wait()
         try:
-            col = Collection(self, info, cid, self._policy)  # without the database lock: may take long
+            col = Collection(self._host, info, cid)  # without the database lock: may take long
         except BaseException as exc:
             with self._lock:
                 del self._loading[name]
@@ -160,9 +168,9 @@ class Database:
             self._check()
             with self._store.read() as txn:
                 cids = {i.name: cid for i, cid in (_info_of(decode_json(v)) for _, v in txn.cursor(self._catalog).iternext())}
-            handles = self._store.dbs([f"c{cid:08x}.ids" for cid in cids.values()])
+            handles = self._store.dbs([part_names(cid)["ids"] for cid in cids.values()])
             with self._store.read() as txn:
-                return {name: int(txn.stat(handles[f"c{cid:08x}.ids"])["entries"]) for name, cid in cids.items()}
+                return {name: int(txn.stat(handles[part_names(cid)["ids"]])["entries"]) for name, cid in cids.items()}
 
     def drop_collection(self, name: str) -> None:
         """Delete a collection and all its data; CollectionNotFoundError if none."""
@@ -180,8 +188,8 @@ class Database:
         _info, cid = self._lookup(name)
         col = self._collections.pop(name, None)
         if col is not None:
-            col._drop()
-        names = [f"c{cid:08x}.{part}" for part in PARTS]
+            col.mark_dropped()
+        names = list(part_names(cid).values())
         handles = list(self._store.dbs(names).values())
 
         def batch(txn: Any) -> None:
@@ -192,7 +200,7 @@ class Database:
 
         self._store.write(batch)
         self._store.forget(names)
-        shutil.rmtree(self._index_root / f"c{cid:08x}", ignore_errors=True)
+        shutil.rmtree(checkpoint_root(self._index_root, cid), ignore_errors=True)
 
     # ---- maintenance -----------------------------------------------------------------
     def snapshot(self, path: str | os.PathLike[str]) -> None:
@@ -225,7 +233,7 @@ class Database:
         """``close`` once no load is in progress (caller holds the lock)."""
         try:
             for col in self._collections.values():
-                col._close()
+                col.shutdown()
         finally:
             self._closed = True
             self._collections.clear()
@@ -305,12 +313,9 @@ def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: A
     m = Metric.parse(metric)
     if m is Metric.HAMMING:
         raise InvalidArgumentError("collections store float vectors; metric must be cosine, l2 or ip")
-    cls = _REGISTRY.get(index) if isinstance(index, str) else None
-    if cls is None:
-        raise InvalidArgumentError(f"unknown index {index!r}; available: {sorted(_REGISTRY)}")
-    problem = collection_index_problem(index)
-    if problem is not None:
-        raise InvalidArgumentError(problem)
+    kinds = registered_kinds()
+    if not isinstance(index, str) or index not in kinds:
+        raise InvalidArgumentError(f"unknown index {index!r}; available: {sorted(kinds)}")
     if id_type not in ("int", "str"):
         raise InvalidArgumentError(f"id_type must be 'int' or 'str', got {id_type!r}")
     if index_params is None:
@@ -318,14 +323,15 @@ def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: A
     if not isinstance(index_params, Mapping) or not all(isinstance(k, str) for k in index_params):
         raise InvalidArgumentError(f"index_params must be a dict, got {index_params!r}")
     params = dict(index_params)
+    info = CollectionInfo(name=name, dim=int(dim), metric=m.value, index=index, index_params=params, id_type=id_type)
     try:
         encode_json(params)
-        cls(int(dim), m, **params)
+        index_class(info)(int(dim), m, **params)
     except VecdbError:
         raise
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"index {index!r} rejects index_params {params}: {exc}") from None
-    return CollectionInfo(name=name, dim=int(dim), metric=m.value, index=index, index_params=params, id_type=id_type)
+    return info
 
 
 def _info_of(record: dict[str, Any]) -> tuple[CollectionInfo, int]:

@@ -16,9 +16,11 @@ def as_matrix(vectors: Any, dim: int | None, *, what: str = "vectors") -> F32Mat
     Raises InvalidArgumentError for non-numeric dtypes, wrong rank and NaN/inf, and
     DimensionMismatchError when ``dim`` is given and differs.
     """
-    if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.ndim == 2
-            and vectors.flags.c_contiguous and vectors.shape[1] == dim and dim):
+    if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and 0 < vectors.ndim <= 2
+            and vectors.shape[-1] == dim and dim and vectors.flags.c_contiguous):
         # fast path for the common case (one small call per query matters for latency)
+        if vectors.ndim == 1:
+            vectors = vectors.reshape(1, dim)
         if not np.isfinite(vectors).all():
             bad = int(np.argwhere(~np.isfinite(vectors))[0, 0])
             raise InvalidArgumentError(f"{what} contain NaN or inf (first at row {bad})")
@@ -92,6 +94,12 @@ def as_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int | N
         shown = value if value.bit_length() <= 64 else f"a {len(str(abs(int(value))))}-digit number"
         raise InvalidArgumentError(f"{name} must be <= {maximum}, got {shown}")
     return int(value)
+
+
+def as_tenant(tenant: Any) -> int:
+    """Return a tenant number (a collection's int64 tenant key, as indexes see tenants) as a
+    non-negative int; InvalidArgumentError otherwise."""
+    return as_positive_int(tenant, "tenant", minimum=0, maximum=np.iinfo(np.int64).max)
 
 
 #: longest file-system path accepted (Linux PATH_MAX) and longest single component (NAME_MAX).

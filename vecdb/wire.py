@@ -12,6 +12,8 @@ defined in one place:
 Decoding is defensive because the server decodes whatever a client sends: every shape,
 size and dtype inconsistency raises ``InvalidArgumentError`` with a message that says
 what was expected and what arrived.
+
+The call metadata keys both sides use (API key, error class) are defined here too, once.
 """
 from __future__ import annotations
 
@@ -32,6 +34,15 @@ _DTYPES: dict[int, np.dtype[Any]] = {
 }
 _PB_DTYPES = {np.dtype(np.float32): pb.FLOAT32, np.dtype(np.int64): pb.INT64, np.dtype(np.uint8): pb.UINT8}
 _INT64_MAX = np.iinfo(np.int64).max
+
+# ---- call metadata (gRPC headers and trailers) ------------------------------------------------
+#: request header carrying the caller's API key
+API_KEY_HEADER = "x-api-key"
+#: request header also accepted for the key, as ``authorization: Bearer <key>``
+AUTHORIZATION_HEADER = "authorization"
+BEARER_PREFIX = "bearer "
+#: trailer naming the vecdb exception class of a failed call (``vecdb.errors``)
+ERROR_HEADER = "vecdb-error"
 
 
 # ---- JSON --------------------------------------------------------------------------------
@@ -79,15 +90,17 @@ def loads_object(text: str, *, what: str) -> dict[str, Any] | None:
 
 # ---- matrices ----------------------------------------------------------------------------
 def matrix_to_proto(array: np.ndarray) -> pb.Matrix:
-    """Pack a 2-D float32/int64/uint8 array as a little-endian ``Matrix``."""
+    """Pack a 2-D float32/int64/uint8 array (any byte order) as a little-endian ``Matrix``."""
     arr = np.asarray(array)
     if arr.ndim != 2:
         raise InvalidArgumentError(f"a Matrix must be 2-D, got shape {arr.shape}")
-    code = _PB_DTYPES.get(arr.dtype.newbyteorder("=") if arr.dtype.byteorder not in "=|" else arr.dtype)
+    code = _PB_DTYPES.get(arr.dtype)
     if code is None:
-        raise InvalidArgumentError(f"cannot send dtype {arr.dtype}; expected float32, int64 or uint8")
-    data = np.ascontiguousarray(arr, dtype=_DTYPES[code]).tobytes()
-    return pb.Matrix(n_rows=arr.shape[0], n_cols=arr.shape[1], dtype=code, data=data)
+        code = _PB_DTYPES.get(arr.dtype.newbyteorder("="))
+        if code is None:
+            raise InvalidArgumentError(f"cannot send dtype {arr.dtype}; expected float32, int64 or uint8")
+    rows, cols = arr.shape
+    return pb.Matrix(n_rows=rows, n_cols=cols, dtype=code, data=arr.astype(_DTYPES[code], copy=False).tobytes())
 
 
 def matrix_from_proto(message: pb.Matrix, *, what: str, dtype: Any = np.float32) -> np.ndarray:
@@ -95,17 +108,15 @@ def matrix_from_proto(message: pb.Matrix, *, what: str, dtype: Any = np.float32)
     dtype tag and that the byte length equals ``n_rows * n_cols * itemsize``."""
     want = np.dtype(dtype)
     code = _PB_DTYPES[want]
+    rows, cols, data = message.n_rows, message.n_cols, message.data
     if message.dtype != code:
         got = pb.DType.Name(message.dtype) if message.dtype in pb.DType.values() else str(message.dtype)
         raise InvalidArgumentError(f"{what} must be a {pb.DType.Name(code)} Matrix, got dtype {got}")
-    expected = int(message.n_rows) * int(message.n_cols) * want.itemsize
-    if len(message.data) != expected:
+    expected = rows * cols * want.itemsize
+    if len(data) != expected:
         raise InvalidArgumentError(
-            f"{what} Matrix has {len(message.data)} bytes of data but shape "
-            f"({message.n_rows}, {message.n_cols}) of {want} needs {expected}"
-        )
-    flat = np.frombuffer(message.data, dtype=_DTYPES[code])
-    return flat.astype(want, copy=True).reshape(int(message.n_rows), int(message.n_cols))
+            f"{what} Matrix has {len(data)} bytes of data but shape ({rows}, {cols}) of {want} needs {expected}")
+    return np.frombuffer(data, dtype=_DTYPES[code]).astype(want).reshape(rows, cols)
 
 
 # ---- ids ---------------------------------------------------------------------------------
@@ -234,7 +245,7 @@ def stats_to_proto(stats: CollectionStats) -> pb.CollectionStats:
     return pb.CollectionStats(
         count=int(stats.count), memory_bytes=int(stats.memory_bytes), disk_bytes=int(stats.disk_bytes),
         index=str(stats.index), index_params_json=dumps(dict(stats.index_params), what="index_params"),
-        n_tenants=int(stats.n_tenants),
+        n_tenants=int(stats.n_tenants), trained=bool(stats.trained),
     )
 
 
@@ -243,7 +254,7 @@ def stats_from_proto(message: pb.CollectionStats) -> CollectionStats:
     return CollectionStats(
         count=int(message.count), memory_bytes=int(message.memory_bytes), disk_bytes=int(message.disk_bytes),
         index=message.index, index_params=loads_object(message.index_params_json, what="index_params") or {},
-        n_tenants=int(message.n_tenants),
+        n_tenants=int(message.n_tenants), trained=bool(message.trained),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -53,9 +53,9 @@ class Passes:
         return float(np.percentile(np.concatenate([t.latencies_s for t in self.timings]), p) * 1e3)
 
 
-def time_pass(target: Target, queries: np.ndarray, k: int, params: dict[str, Any], batch: int,
-              allow: np.ndarray | None = None) -> Timing:
-    """Search all ``queries`` in calls of ``batch`` rows, timing each call (``perf_counter``)."""
+def time_calls(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, k: int, batch: int = 1) -> Timing:
+    """Search all ``queries`` in calls of ``batch`` rows through ``search`` (a (b, dim) block ->
+    its (b, <= k) ids), timing each call with ``perf_counter``."""
     nq = len(queries)
     batch = max(1, min(batch, nq))
     ids = np.full((nq, k), -1, np.int64)
@@ -63,10 +63,26 @@ def time_pass(target: Target, queries: np.ndarray, k: int, params: dict[str, Any
     t_all = time.perf_counter()
     for start in range(0, nq, batch):
         t0 = time.perf_counter()
-        got = target.search(queries[start : start + batch], k, params, allow)
+        got = search(queries[start : start + batch])
         lat.append(time.perf_counter() - t0)
-        ids[start : start + batch, : got.shape[1]] = got[:, :k]
+        ids[start : start + batch, : min(k, got.shape[1])] = got[:, :k]
     return Timing(ids, np.asarray(lat), time.perf_counter() - t_all, batch)
+
+
+def time_passes(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, k: int, repeats: int,
+                batch: int = 1) -> Passes:
+    """One untimed warm-up call (JIT, caches), then ``repeats`` timed passes of ``time_calls``."""
+    search(queries[: min(batch, len(queries))])
+    passes = Passes()
+    for _ in range(repeats):
+        passes.add(time_calls(search, queries, k, batch))
+    return passes
+
+
+def time_pass(target: Target, queries: np.ndarray, k: int, params: dict[str, Any], batch: int,
+              allow: np.ndarray | None = None) -> Timing:
+    """Search all ``queries`` through a harness target in calls of ``batch`` rows."""
+    return time_calls(lambda block: target.search(block, k, params, allow), queries, k, batch)
 
 
 def duplicate_rows(ids: np.ndarray) -> int:

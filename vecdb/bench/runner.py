@@ -143,9 +143,13 @@ def _cases(strategies: list[str], targets: dict[str, Target], filters: list[tupl
     return cases
 
 
-def run(config: RunConfig, dataset: Dataset | None = None, argv: list[str] | None = None) -> dict[str, Any]:
-    """Execute ``config`` under the benchmark lock; returns the result record."""
+def run(config: RunConfig, dataset: Dataset | None = None, argv: list[str] | None = None, *,
+        lock: bool = True) -> dict[str, Any]:
+    """Execute ``config`` under the benchmark lock (``lock=False``: the caller holds it for a
+    sequence of runs); returns the result record."""
     config.validate()
+    if not lock:
+        return _run_locked(config, dataset, argv)
     with machine.bench_lock():
         return _run_locked(config, dataset, argv)
 

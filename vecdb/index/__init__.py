@@ -1,12 +1,13 @@
 """Indexes: one module per index type, all implementing ``vecdb.index.base.Index``."""
-from vecdb.index.base import BaseIndex, Index, load_index, registered_kinds, save_index
+from vecdb.index.allow import AllowSet
+from vecdb.index.base import BaseIndex, Index, SearchParams, load_index, registered_kinds, save_index
 from vecdb.index.binary import BinaryIndex
 from vecdb.index.flat import FlatIndex
-from vecdb.index.hnsw import HNSW
+from vecdb.index.hnsw import HNSW, HNSWParams
 from vecdb.index.pq import PQIndex
 from vecdb.index.sq8 import SQ8Index
 
 load = load_index
 
-__all__ = ["BaseIndex", "BinaryIndex", "FlatIndex", "HNSW", "Index", "PQIndex", "SQ8Index", "load", "load_index",
-           "registered_kinds", "save_index"]
+__all__ = ["AllowSet", "BaseIndex", "BinaryIndex", "FlatIndex", "HNSW", "HNSWParams", "Index", "PQIndex", "SQ8Index",
+           "SearchParams", "load", "load_index", "registered_kinds", "save_index"]

@@ -1,40 +1,121 @@
-"""The Index protocol every vecdb index implements, and the base class that validates input
-once at this boundary, maps user ids to slots, and saves/loads any index type."""
+"""The Index contract every vecdb index implements (``Index``), and ``BaseIndex``, which holds
+the parts every index shares: validation at the public boundary, the id map, allow-sets in slot
+space, cosine normalisation and its distance fix-up, membership no-ops, save/load."""
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Protocol, runtime_checkable
+from typing import Any, ClassVar, Iterable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from vecdb.errors import AlreadyExistsError, DataLossError, InvalidArgumentError
+from vecdb.index.allow import AllowSet, as_allow
 from vecdb.index.ids import IdMap
+from vecdb.kernels.distances import all_finite, normalize_rows
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
-from vecdb.validation import as_id_array, as_ids, as_k, as_matrix, as_positive_int
+from vecdb.validation import as_id_array, as_ids, as_k, as_matrix, as_positive_int, as_tenant
 
 FORMAT = "vecdb-index"
 FORMAT_VERSION = 1
 _REGISTRY: dict[str, type["BaseIndex"]] = {}
+#: distinct knob mappings remembered per index (resolving ``{"ef": 32}`` again is a dict hit).
+_PARAMS_CACHE_SIZE = 64
+#: allow-sets remembered per index with their slot-space translation (per id-map version).
+_ALLOW_CACHE_SIZE = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchParams:
+    """Typed search knobs of one index class, validated once by ``resolve_params``.
+
+    Subclasses are frozen dataclasses whose fields (all with defaults) are the knob names;
+    ``__post_init__`` checks and normalises the values (raising InvalidArgumentError).
+    """
+
+    @classmethod
+    def knobs(cls) -> frozenset[str]:
+        """The knob names this class accepts."""
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def build(cls, params: Mapping[str, Any]) -> "SearchParams":
+        """An instance from a mapping whose names were already checked (others are ignored)."""
+        return cls(**{name: params[name] for name in cls.knobs() if name in params})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The knobs as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @runtime_checkable
 class Index(Protocol):
-    """What every index offers. Ids are int64 user labels; results are ``SearchResult``."""
+    """The contract between an index and its callers (collections, standalone users).
+
+    Ids are non-negative int64 labels; results are ``SearchResult`` (ids int64 (nq, k) padded
+    with -1, distances float32 (nq, k) padded with +inf, smaller is closer).
+
+    Public path (standalone users): ``add``, ``remove``, ``search``, ``train`` and the
+    membership operations validate every argument and raise ``VecdbError`` subclasses; a
+    failed call changes nothing.
+
+    Trusted path (a collection, after validating once at its own boundary):
+    ``resolve_params(params)`` checks knob names and values once and returns a frozen typed
+    ``SearchParams``; ``search_trusted(queries, k, allow, tenant, params)`` takes C-contiguous
+    finite float32 queries (nq, dim) (not normalised: the index normalises for cosine), k >= 1,
+    an ``AllowSet`` of ids or None, and repeats no checks. ``search`` == validate +
+    ``search_trusted``.
+
+    Training: ``needs_training`` (class) says whether ``add`` needs a trained index;
+    ``is_trained`` is True once it is (always, for indexes needing none); ``train(sample)``
+    fits the index to sample vectors (a no-op when none is needed); ``min_train_points`` is how
+    many points a collection gathers before it trains automatically (0 when none are needed).
+
+    Tenants: an index with ``tenant_aware`` True keeps tenant membership itself
+    (``create_tenant``, ``drop_tenant``, ``grant``, ``revoke``, ``add(..., tenant=)``) and
+    serves ``search(..., tenant=t)``; for the others the membership operations are no-ops and a
+    tenant's members arrive as ``allow=`` (``search(tenant=)`` is an InvalidArgumentError).
+
+    Persistence: ``persistence`` is "checkpoint" (the collection saves the index to a folder
+    with ``save`` and replays its log over it) or "self" (the index keeps its own state in
+    LMDB sub-databases, written with the batch).
+    """
 
     dim: int
     metric: Metric
+    search_params: ClassVar[frozenset[str]]
+    needs_training: ClassVar[bool]
+    tenant_aware: ClassVar[bool]
+    persistence: ClassVar[str]
 
-    def add(self, vectors: Any, ids: Any = None) -> None: ...
-    def search(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> SearchResult: ...
+    def add(self, vectors: Any, ids: Any = None, *, tenant: int | None = None) -> None: ...
     def remove(self, ids: Any) -> int: ...
+    def search(self, queries: Any, k: int, *, allow: Any = None, tenant: int | None = None,
+               **params: Any) -> SearchResult: ...
+    def resolve_params(self, params: Mapping[str, Any]) -> SearchParams: ...
+    def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                       params: SearchParams) -> SearchResult: ...
+    def train(self, sample: Any) -> None: ...
+    @property
+    def is_trained(self) -> bool: ...
+    @property
+    def min_train_points(self) -> int: ...
+    def create_tenant(self, tenant: int) -> None: ...
+    def drop_tenant(self, tenant: int) -> None: ...
+    def grant(self, tenant: int, ids: Any) -> None: ...
+    def revoke(self, tenant: int, ids: Any) -> None: ...
     def __len__(self) -> int: ...
+    @property
+    def ids(self) -> I64Vector: ...
     def memory_bytes(self) -> int: ...
     def save(self, path: str | os.PathLike[str]) -> None: ...
+    def reserve(self, n: int) -> None: ...
+    def params(self) -> dict[str, Any]: ...
 
 
 class BaseIndex(abc.ABC):
@@ -42,23 +123,41 @@ class BaseIndex(abc.ABC):
 
     Subclass contract:
       - ``kind``: registry name stored in saved files; ``metrics``: supported metrics;
-        ``search_params``: names of keyword knobs ``search`` accepts (checked here).
-      - ``_add(vectors, ids)`` stores validated float32 rows under new, unused ids and
-        records them in ``self._ids``.
-      - ``_search(queries, k, allowed, **params) -> (slots, dists)``, int64/float32 (nq, k),
-        sorted, padded with -1/+inf; ``allowed`` is None or a sorted int64 array of live slots.
+        ``params_type``: a ``SearchParams`` dataclass naming the per-call knobs (its field
+        names become ``search_params``).
+      - ``_add(vectors, ids)`` stores validated float32 rows (already unit-normalised for
+        cosine) under new, unused ids and records them in ``self._ids``.
+      - ``_search_slots(queries, k, allow, tenant, params) -> (slots, dists)``: ``queries``
+        prepared by ``_prepare_vectors`` (unit rows for cosine), ``allow`` None or a non-empty
+        ``AllowSet`` of live slots, ``params`` of ``params_type``; returns int64/float32
+        (nq, k) arrays it owns, sorted, padded with -1/+inf, distances as the kernels give them
+        (cosine: -<q, x>); the base applies ``_finish_distances`` (cosine: + 1).
       - ``_remove(slots)`` forgets the given slots (already released from ``self._ids``).
       - ``_state() -> (params, arrays)`` and ``_from_state(dim, metric, params, arrays)``.
       - ``_memory_bytes()`` bytes held besides the id map.
+      - training (``needs_training`` True): ``_train(sample)`` and ``is_trained``.
+      - tenants (``tenant_aware`` True): ``_create_tenant``, ``_drop_tenant``, ``_grant``,
+        ``_revoke``, and ``_search_slots`` honouring ``tenant``.
     """
 
     kind: ClassVar[str] = ""
     metrics: ClassVar[tuple[Metric, ...]] = (Metric.L2, Metric.IP, Metric.COSINE)
+    params_type: ClassVar[type[SearchParams]] = SearchParams
     search_params: ClassVar[frozenset[str]] = frozenset()
+    needs_training: ClassVar[bool] = False
+    tenant_aware: ClassVar[bool] = False
+    persistence: ClassVar[str] = "checkpoint"
+    _default_params: ClassVar[SearchParams] = SearchParams()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "params_type" in cls.__dict__:
+            cls.search_params = cls.params_type.knobs()
+        cls._default_params = cls.params_type.build({})
+        if cls.persistence not in ("checkpoint", "self"):
+            raise TypeError(f"{cls.__name__}.persistence must be 'checkpoint' or 'self'")
         if cls.kind:
+            _check_hooks(cls)
             _REGISTRY[cls.kind] = cls
 
     def __init__(self, dim: int, metric: Metric | str = Metric.L2) -> None:
@@ -67,40 +166,99 @@ class BaseIndex(abc.ABC):
         if self.metric not in self.metrics:
             valid = ", ".join(m.value for m in self.metrics)
             raise InvalidArgumentError(f"{type(self).__name__} does not support metric {self.metric.value!r}; use {valid}")
+        self._cosine = self.metric is Metric.COSINE
         self._ids = IdMap()
+        self._params_cache: dict[Any, SearchParams] = {}
+        self._allow_cache: dict[int, tuple[AllowSet, int, AllowSet]] = {}
 
     # ---- public surface -------------------------------------------------------------
-    def add(self, vectors: Any, ids: Any = None) -> None:
-        """Add float32 rows ``vectors`` (n, dim) under int64 ``ids`` (default: sequential).
+    def add(self, vectors: Any, ids: Any = None, *, tenant: int | None = None) -> None:
+        """Add float32 rows ``vectors`` (n, dim) under int64 ``ids`` (default: sequential),
+        granted to ``tenant`` when given (ignored by indexes that keep no tenants).
 
-        Raises InvalidArgumentError / DimensionMismatchError for bad vectors or ids and
+        Raises InvalidArgumentError / DimensionMismatchError for bad vectors, ids or tenant and
         AlreadyExistsError when an id is already stored; nothing is added then.
         """
         x = as_matrix(vectors, self.dim)
+        number = None if tenant is None else as_tenant(tenant)
         ids_arr = self._ids.next_free_ids(len(x)) if ids is None else as_ids(ids, len(x))
         present = self._ids.contains(ids_arr)
         if present.any():
             raise AlreadyExistsError(f"ids already in the index: {ids_arr[present][:5].tolist()}")
         if len(x):
-            self._add(x, ids_arr)
+            self._add(self._prepare_vectors(x), ids_arr)
+            if number is not None:
+                self._grant(number, ids_arr)
 
-    def search(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> SearchResult:
+    def search(self, queries: Any, k: int, *, allow: Any = None, tenant: int | None = None,
+               **params: Any) -> SearchResult:
         """The ``k`` nearest stored vectors to each query, closest first.
 
-        ``queries``: (nq, dim) or one (dim,) row. ``allow``: optional ids; only those can be
-        returned. ``params``: per-call knobs of this index type (``search_params``).
+        ``queries``: (nq, dim) or one (dim,) row. ``allow``: optional ids (AllowSet, array,
+        list or set); only those can be returned. ``tenant``: only for tenant-aware indexes.
+        ``params``: per-call knobs of this index type (``search_params``).
         """
-        q = as_matrix(queries, self.dim, what="queries")
-        k = as_k(k)
-        unknown = set(params) - self.search_params
+        if (type(queries) is np.ndarray and queries.dtype == np.float32 and 0 < queries.ndim <= 2
+                and queries.shape[-1] == self.dim and queries.flags.c_contiguous and all_finite(queries)):
+            q = queries if queries.ndim == 2 else queries.reshape(1, self.dim)   # the common case, checked
+        else:
+            q = as_matrix(queries, self.dim, what="queries")
+        if type(k) is not int or k < 1:
+            k = as_k(k)
+        p = self.resolve_params(params) if params else self._default_params
+        if tenant is not None:
+            if not self.tenant_aware:
+                raise InvalidArgumentError(f"index {type(self).__name__} does not keep tenants; "
+                                           f"pass the tenant's ids as allow=")
+            tenant = as_tenant(tenant)
+        return self.search_trusted(q, k, None if allow is None else as_allow(allow), tenant, p)
+
+    def resolve_params(self, params: Mapping[str, Any] | None = None) -> SearchParams:
+        """Check knob names and values once; a frozen ``params_type`` instance (cached per
+        distinct mapping of hashable values). InvalidArgumentError on unknown or bad knobs."""
+        if not params:
+            return self._default_params
+        if type(params) is not dict and not isinstance(params, Mapping):
+            raise InvalidArgumentError(f"search params must be a mapping of knob names to values, got {type(params).__name__}")
+        # the key holds each value's type, so True / 1.0 never hit the entry of 1
+        if len(params) == 1:
+            ((name, value),) = params.items()
+            key: Any = (name, value.__class__, value)
+        else:
+            key = tuple((name, value.__class__, value) for name, value in params.items())
+        try:
+            hit = self._params_cache.get(key)
+        except TypeError:                        # an unhashable value: resolve without caching
+            hit, key = None, None
+        if hit is not None:
+            return hit
+        known = self.search_params
+        unknown = [name for name in params if name not in known]
         if unknown:
-            known = ", ".join(sorted(self.search_params)) or "none"
-            raise InvalidArgumentError(f"unknown search parameter(s) {sorted(unknown)} for {type(self).__name__}; known: {known}")
-        allowed = None if allow is None else self._allowed_slots(allow)
-        if len(self) == 0 or len(q) == 0 or (allowed is not None and len(allowed) == 0):
-            return SearchResult.empty(len(q), k)
-        slots, dists = self._search(q, k, allowed, **params)
-        return SearchResult(self._ids.ids_of(slots), dists)
+            shown = ", ".join(sorted(known)) or "none"
+            raise InvalidArgumentError(f"unknown search parameter(s) {sorted(map(str, unknown))} for "
+                                       f"{type(self).__name__}; known: {shown}")
+        resolved = self.params_type.build(params)
+        if key is not None:
+            if len(self._params_cache) >= _PARAMS_CACHE_SIZE:
+                self._params_cache.clear()
+            self._params_cache[key] = resolved
+        return resolved
+
+    def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                       params: SearchParams) -> SearchResult:
+        """``search`` without checks (see ``Index``): ``queries`` C-contiguous finite float32
+        (nq, dim), ``k`` >= 1, ``allow`` an AllowSet of ids or None, ``params`` from
+        ``resolve_params``."""
+        nq = len(queries)
+        if nq == 0 or len(self._ids) == 0:
+            return SearchResult.empty(nq, k)
+        if allow is not None:
+            allow = self._slot_allow(allow)
+            if not len(allow):
+                return SearchResult.empty(nq, k)
+        slots, dists = self._search_slots(self._prepare_vectors(queries), k, allow, tenant, params)
+        return SearchResult(self._ids.ids_of(slots), self._finish_distances(dists))
 
     def remove(self, ids: Any) -> int:
         """Remove the stored ones among ``ids``; returns how many were removed."""
@@ -109,6 +267,42 @@ class BaseIndex(abc.ABC):
             self._remove(slots)
         return int(len(slots))
 
+    # ---- training -------------------------------------------------------------------
+    def train(self, sample: Any) -> None:
+        """Fit the index to ``sample`` vectors (n, dim); a no-op for indexes that need no
+        training (``needs_training`` False), which are always trained."""
+        x = as_matrix(sample, self.dim, what="training vectors")
+        if self.needs_training:
+            self._train(self._prepare_vectors(x))
+
+    @property
+    def is_trained(self) -> bool:
+        """True when ``add`` can take vectors (always, for indexes that need no training)."""
+        return True
+
+    @property
+    def min_train_points(self) -> int:
+        """Points a collection gathers before training this index automatically (0: none needed)."""
+        return 0
+
+    # ---- tenants (no-ops unless tenant_aware) ---------------------------------------
+    def create_tenant(self, tenant: int) -> None:
+        """Start keeping membership for tenant number ``tenant`` (no-op unless tenant-aware)."""
+        self._create_tenant(as_tenant(tenant))
+
+    def drop_tenant(self, tenant: int) -> None:
+        """Forget tenant ``tenant`` and its membership (points stay; no-op unless tenant-aware)."""
+        self._drop_tenant(as_tenant(tenant))
+
+    def grant(self, tenant: int, ids: Any) -> None:
+        """Make ``ids`` members of ``tenant`` (no-op unless tenant-aware)."""
+        self._grant(as_tenant(tenant), as_id_array(ids))
+
+    def revoke(self, tenant: int, ids: Any) -> None:
+        """Remove ``ids`` from ``tenant``'s members (no-op unless tenant-aware)."""
+        self._revoke(as_tenant(tenant), as_id_array(ids))
+
+    # ---- the rest of the surface ----------------------------------------------------
     def reserve(self, n: int) -> None:
         """Make room for ``n`` stored vectors ahead of time, so a later ``add`` need not grow
         (copy) its arrays. Safe while searches run (never while adds or removes run): growth
@@ -142,12 +336,53 @@ class BaseIndex(abc.ABC):
         """Write the index to directory ``path`` (replaced atomically): meta.json + .npy arrays."""
         save_index(self, path)
 
+    # ---- shared steps (the one place for cosine handling) ---------------------------
+    def _prepare_vectors(self, x: F32Matrix) -> F32Matrix:
+        """Rows as the index stores and searches them: unit-normalised (a copy) for cosine,
+        ``x`` itself otherwise. Applied to added rows, training samples and queries."""
+        return normalize_rows(x) if self._cosine else x
+
+    def _finish_distances(self, dists: np.ndarray) -> np.ndarray:
+        """Kernel distances as the metric defines them, in place: cosine ranks by -<q, x> on
+        unit rows, and 1 - cos = that + 1 (padding +inf stays +inf)."""
+        if self._cosine:
+            dists += np.float32(1.0)
+        return dists
+
+    def _slot_allow(self, allow: AllowSet) -> AllowSet:
+        """``allow`` (ids) as the AllowSet of the live slots holding them. When ids are slots
+        and all are live, ``allow`` itself (its cached bitmap is reused); other translations
+        are cached per allow-set and id-map version."""
+        idmap = self._ids
+        ids = allow.ids
+        if idmap.is_identity and (not len(ids) or ids[-1] < idmap.n_slots) and len(idmap) == idmap.n_slots:
+            return allow
+        hit = self._allow_cache.get(id(allow))
+        if hit is not None and hit[0] is allow and hit[1] == idmap.version:
+            return hit[2]
+        if idmap.is_identity:
+            ids = ids[: np.searchsorted(ids, idmap.n_slots)]
+            slots = ids[idmap.slot_ids[ids] >= 0]
+            out = allow if len(slots) == len(allow) else AllowSet(slots)
+        else:
+            slots = idmap.lookup(ids)
+            slots = slots[slots >= 0]
+            slots.sort()
+            out = AllowSet(slots)
+        cache = self._allow_cache
+        if len(cache) >= _ALLOW_CACHE_SIZE:
+            cache.clear()
+        cache[id(allow)] = (allow, idmap.version, out)
+        return out
+
     # ---- hooks ----------------------------------------------------------------------
     @abc.abstractmethod
     def _add(self, vectors: F32Matrix, ids: I64Vector) -> None: ...
 
     @abc.abstractmethod
-    def _search(self, queries: F32Matrix, k: int, allowed: I64Vector | None, **params: Any) -> tuple[np.ndarray, np.ndarray]: ...
+    def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                      params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k slots of prepared queries (see the class docstring)."""
 
     @abc.abstractmethod
     def _remove(self, slots: I64Vector) -> None: ...
@@ -162,13 +397,34 @@ class BaseIndex(abc.ABC):
     @abc.abstractmethod
     def _memory_bytes(self) -> int: ...
 
-    # ---- helpers for subclasses -----------------------------------------------------
-    def _allowed_slots(self, allow: Any) -> I64Vector:
-        """Sorted unique live slots of the ids in ``allow`` (unknown ids are ignored)."""
-        if isinstance(allow, (set, frozenset)):
-            allow = np.fromiter(allow, np.int64, len(allow))
-        slots = self._ids.lookup(as_id_array(allow, what="allow ids"))
-        return np.unique(slots[slots >= 0])
+    def _train(self, sample: F32Matrix) -> None:
+        """Fit to prepared sample rows; only called when ``needs_training`` (then required)."""
+
+    def _create_tenant(self, tenant: int) -> None:
+        """Membership hook: no tenants are kept unless the index is tenant-aware."""
+
+    def _drop_tenant(self, tenant: int) -> None:
+        """Membership hook: no tenants are kept unless the index is tenant-aware."""
+
+    def _grant(self, tenant: int, ids: I64Vector) -> None:
+        """Membership hook: no tenants are kept unless the index is tenant-aware."""
+
+    def _revoke(self, tenant: int, ids: I64Vector) -> None:
+        """Membership hook: no tenants are kept unless the index is tenant-aware."""
+
+
+def _check_hooks(cls: type[BaseIndex]) -> None:
+    """A registered index class that needs training or keeps tenants must define those hooks
+    (else TypeError when the class is created, not a silent no-op later)."""
+    def defines(*names: str) -> bool:
+        return any(getattr(cls, name, None) not in (None, getattr(BaseIndex, name, None)) for name in names)
+
+    if cls.needs_training and not defines("_train", "train"):
+        raise TypeError(f"{cls.__name__} needs training but defines no _train")
+    if cls.tenant_aware:
+        for op in ("create_tenant", "drop_tenant", "grant", "revoke"):
+            if not defines(f"_{op}", op):
+                raise TypeError(f"{cls.__name__} is tenant-aware but defines no _{op}")
 
 
 def save_index(index: BaseIndex, path: str | os.PathLike[str]) -> None:
@@ -223,7 +479,10 @@ def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> BaseIndex
         for name in meta["arrays"]:
             arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
         index = cls._from_state(int(meta["dim"]), Metric.parse(meta["metric"]), dict(meta["params"]), arrays)
-        index._ids = IdMap(np.array(arrays["slot_ids"], np.int64))
+        slot_ids = np.array(arrays["slot_ids"], np.int64)
+        if slot_ids.ndim != 1 or (slot_ids < -1).any() or len(np.unique(slot_ids[slot_ids >= 0])) != int((slot_ids >= 0).sum()):
+            raise ValueError("slot_ids must be a 1-D array of distinct ids (-1 for free slots)")
+        index._ids = IdMap(slot_ids)
     except DataLossError:
         raise
     except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:

@@ -49,7 +49,8 @@ class BinaryIndex(CodeIndex):
             slots, dists = plane_scan_topk(qcodes, self._codes.rows, codec.bits_per_dim, codec.n_words, weights,
                                            const, mode, subset, use_subset, depth, chunks)
         if self.metric is Metric.COSINE:
-            dists = dists * np.float32(0.5)
+            # half the squared distance of unit reconstructions ~ 1 - cos; the base adds the 1
+            dists = dists * np.float32(0.5) - np.float32(1.0)
         return slots, np.where(slots >= 0, dists, np.float32(np.inf)).astype(np.float32)
 
     @classmethod

@@ -8,58 +8,30 @@ moves the last rows into the holes (as ``FlatIndex`` does).
 
 Training is explicit: ``index.train(sample)`` before the first ``add``; adding to an untrained
 index raises ``FailedPreconditionError`` (a silent auto-train on a small first batch would
-freeze a poor quantizer into the index).
+freeze a poor quantizer into the index). ``needs_training`` is True and ``min_train_points``
+says how many points a collection gathers before it trains the index automatically (the
+codec's ``recommended_train_size``: see ``vecdb.quant``).
 """
 from __future__ import annotations
 
 import abc
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numba
 import numpy as np
 
 from vecdb.errors import FailedPreconditionError
-from vecdb.index.base import BaseIndex
-from vecdb.index.flat import VectorStore
-from vecdb.kernels.distances import normalize_rows
+from vecdb.index.allow import AllowSet
+from vecdb.index.base import BaseIndex, SearchParams
+from vecdb.index.rows import RowStore
 from vecdb.kernels.pq import rerank_topk
 from vecdb.quant.base import BaseCodec
 from vecdb.types import F32Matrix, I64Vector, Metric
-from vecdb.validation import as_matrix, as_positive_int
+from vecdb.validation import as_positive_int
 
 _MIN_ROWS_PER_CHUNK = 4096
 _EMPTY_SUBSET = np.zeros(0, np.int64)
-
-
-class CodeStore:
-    """A growable dense array of fixed-width code rows (any dtype), amortised O(1) append."""
-
-    def __init__(self, width: int, dtype: np.dtype, rows: np.ndarray | None = None) -> None:
-        self.width = width
-        self.dtype = np.dtype(dtype)
-        self._rows = np.zeros((0, width), self.dtype) if rows is None else np.ascontiguousarray(rows, self.dtype)
-        self.n = len(self._rows)
-
-    @property
-    def rows(self) -> np.ndarray:
-        return self._rows[: self.n]
-
-    def append(self, codes: np.ndarray) -> None:
-        need = self.n + len(codes)
-        if need > len(self._rows):
-            cap = max(need, int(len(self._rows) * 1.5), 64)
-            grown = np.empty((cap, self.width), self.dtype)
-            grown[: self.n] = self._rows[: self.n]
-            self._rows = grown
-        self._rows[self.n : need] = codes
-        self.n = need
-
-    def move(self, src: np.ndarray, dst: np.ndarray) -> None:
-        self._rows[dst] = self._rows[src]
-
-    def nbytes(self) -> int:
-        """Bytes of the live code rows (spare capacity excluded)."""
-        return int(self.n * self.width * self.dtype.itemsize)
 
 
 def scan_chunks(n_queries: int, n_items: int) -> int:
@@ -69,20 +41,35 @@ def scan_chunks(n_queries: int, n_items: int) -> int:
 
 
 def subset_args(allowed: I64Vector | None) -> tuple[np.ndarray, bool]:
-    """Kernel arguments (subset, use_subset) for an optional allow-list of slots."""
+    """Kernel arguments (subset, use_subset) for an optional sorted array of allowed slots."""
     return (_EMPTY_SUBSET, False) if allowed is None else (np.ascontiguousarray(allowed, np.int64), True)
+
+
+@dataclass(frozen=True)
+class CodeParams(SearchParams):
+    """Code index search knobs: ``rerank`` (candidates re-scored exactly on the stored float
+    vectors; None = the index's default, 0 = return code distances)."""
+
+    rerank: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rerank is not None:
+            object.__setattr__(self, "rerank", as_positive_int(self.rerank, "rerank", minimum=0))
 
 
 class CodeIndex(BaseIndex):
     """Base of flat code indexes. Subclasses set ``kind``, build ``self.codec`` and implement
-    ``_scan(queries, depth, allowed) -> (slots, approximate distances)`` over ``self._codes``.
+    ``_scan(queries, depth, allowed) -> (slots, distances)`` over ``self._codes``.
 
     ``rerank`` (constructor default, overridable per ``search`` call): number of candidates
     re-scored exactly with the stored float vectors; 0 returns approximate distances.
     ``keep_vectors``: store the float vectors (needed for ``rerank > 0``).
+    Cosine is handled by the base: rows and queries arrive unit-normalised, scans rank by
+    inner product and return ``-<q, x>``-style distances, to which the base adds 1.
     """
 
-    search_params = frozenset({"rerank"})
+    params_type = CodeParams
+    needs_training: ClassVar[bool] = True
 
     def __init__(self, dim: int, metric: Metric | str, codec: BaseCodec, *, rerank: int = 0,
                  keep_vectors: bool = True) -> None:
@@ -90,8 +77,9 @@ class CodeIndex(BaseIndex):
         self.codec = codec
         self.rerank = as_positive_int(rerank, "rerank", minimum=0)
         self.keep_vectors = bool(keep_vectors)
-        self._codes = CodeStore(codec.code_width, codec.code_dtype)
-        self._store = VectorStore(self.dim)
+        self._kernel_metric = Metric.L2.code if self.metric is Metric.L2 else Metric.IP.code
+        self._codes = RowStore(codec.code_width, codec.code_dtype)
+        self._vectors = RowStore(self.dim, np.float32)
 
     # ---- training -------------------------------------------------------------------
     @property
@@ -99,12 +87,18 @@ class CodeIndex(BaseIndex):
         """True once the codec is trained; ``add`` requires it."""
         return self.codec.is_trained
 
-    def train(self, vectors: Any) -> None:
-        """Train the codec on sample ``vectors`` (n, dim). Only allowed while the index is empty,
-        since stored codes would not match a new codec."""
-        if len(self._codes.rows):
+    @property
+    def min_train_points(self) -> int:
+        """Points a collection gathers before training this index automatically: the codec's
+        ``recommended_train_size`` (PQ: max(1000, 40 * 2**nbits); SQ8, binary: 1000)."""
+        return int(max(self.codec.recommended_train_size, self.codec.min_train_size))
+
+    def _train(self, sample: F32Matrix) -> None:
+        """Train the codec on prepared sample rows. Only while the index is empty: stored codes
+        would not match a new codec (a collection retrains by building a fresh index)."""
+        if self._codes.n:
             raise FailedPreconditionError(f"{type(self).__name__} already holds {len(self)} codes; train before adding")
-        self.codec.train(self._prepare(as_matrix(vectors, self.dim, what="training vectors")))
+        self.codec.train(sample)
 
     @property
     def codes(self) -> np.ndarray:
@@ -114,93 +108,82 @@ class CodeIndex(BaseIndex):
     # ---- memory ---------------------------------------------------------------------
     def memory_breakdown(self) -> dict[str, int]:
         """Bytes in memory by part: ``codes`` (scanned per query), ``rerank_vectors`` (float32
-        rows and norms for re-ranking), ``codec`` (trained tables), ``ids`` (id map)."""
-        return {"codes": self._codes.nbytes(), "rerank_vectors": self._store.nbytes(),
+        rows for re-ranking), ``codec`` (trained tables), ``ids`` (id map)."""
+        return {"codes": self._codes.nbytes(), "rerank_vectors": self._vectors.nbytes(),
                 "codec": self.codec.memory_bytes(), "ids": self._ids.memory_bytes()}
 
     def _memory_bytes(self) -> int:
         parts = self.memory_breakdown()
         return parts["codes"] + parts["rerank_vectors"] + parts["codec"]
 
+    def reserve(self, n: int) -> None:
+        """Grow the code (and re-rank vector) stores to ``n`` rows now (see ``BaseIndex.reserve``)."""
+        self._codes.reserve(n)
+        if self.keep_vectors:
+            self._vectors.reserve(n)
+
     # ---- hooks ----------------------------------------------------------------------
-    @property
-    def _kernel_metric(self) -> int:
-        return Metric.L2.code if self.metric is Metric.L2 else Metric.IP.code
-
-    def _prepare(self, x: F32Matrix) -> F32Matrix:
-        return normalize_rows(x) if self.metric is Metric.COSINE else x
-
     def _add(self, vectors: F32Matrix, ids: I64Vector) -> None:
         if not self.codec.is_trained:
             raise FailedPreconditionError(f"{type(self).__name__} is not trained; call train(vectors) before add")
-        x = self._prepare(vectors)
-        codes = self.codec.encode(x)
+        codes = self.codec.encode(vectors)
         self._codes.append(codes)
         if self.keep_vectors:
-            self._store.append(x)
+            self._vectors.append(vectors)
         self._ids.append(ids)
 
-    def _search(self, queries: F32Matrix, k: int, allowed: I64Vector | None, **params: Any) -> tuple[np.ndarray, np.ndarray]:
-        rerank = self.rerank if params.get("rerank") is None else as_positive_int(params["rerank"], "rerank", minimum=0)
+    def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                      params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+        rerank = getattr(params, "rerank", None)
+        rerank = self.rerank if rerank is None else rerank
         if rerank and not self.keep_vectors:
             raise FailedPreconditionError(f"{type(self).__name__} was built with keep_vectors=False; rerank must be 0")
-        q = self._prepare(queries)
+        allowed = None if allow is None else allow.ids
         if not rerank:
-            return self._scan(q, k, allowed)
-        cand, _ = self._scan(q, max(k, rerank), allowed)
-        slots, dists = rerank_topk(q, self._store.rows, cand, self._kernel_metric, k)
-        if self.metric is Metric.COSINE:
-            dists = dists + np.float32(1.0)
-        return slots, dists
+            return self._scan(queries, k, allowed)
+        cand, _ = self._scan(queries, max(k, rerank), allowed)
+        return rerank_topk(queries, self._vectors.rows, cand, self._kernel_metric, k)
 
     @abc.abstractmethod
     def _scan(self, queries: F32Matrix, depth: int, allowed: I64Vector | None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``depth`` slots per prepared query by code distance, with approximate distances
-        in the index's metric convention, sorted, padded with -1/+inf."""
+        """Top-``depth`` slots per prepared query by code distance, sorted, padded with -1/+inf;
+        distances in the kernels' convention (l2 squared, ip and cosine ``-<q, x>``-like)."""
 
     def _remove(self, slots: I64Vector) -> None:
-        self._make_writable()
         n_live = len(self._ids)
         holes = np.sort(slots[slots < n_live])
         tail = np.arange(n_live, self._codes.n, dtype=np.int64)
         movers = tail[self._ids.slot_ids[tail] >= 0]
         self._codes.move(movers, holes)
+        self._codes.truncate(n_live)
         if self.keep_vectors:
-            self._store.move(movers, holes)
-            self._store.n = n_live
-        for src, dst in zip(movers.tolist(), holes.tolist()):
-            self._ids.move(src, dst)
-        self._codes.n = n_live
+            self._vectors.move(movers, holes)
+            self._vectors.truncate(n_live)
+        self._ids.move_many(movers, holes)
         self._ids.truncate(n_live)
-
-    def _make_writable(self) -> None:
-        """Copy arrays memory-mapped read-only by ``load_index(mmap=True)`` before editing them."""
-        if not self._codes.rows.flags.writeable:
-            self._codes = CodeStore(self._codes.width, self._codes.dtype, np.array(self._codes.rows))
-        if self.keep_vectors and not self._store.rows.flags.writeable:
-            self._store = VectorStore(self.dim, np.array(self._store.rows))
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         codec_params, codec_arrays = self.codec.state()
         params = {"rerank": self.rerank, "keep_vectors": self.keep_vectors, "codec": codec_params}
         arrays = {"codes": self._codes.rows, **{f"codec_{k}": v for k, v in codec_arrays.items()}}
         if self.keep_vectors:
-            arrays["vectors"] = self._store.rows
+            arrays["vectors"] = self._vectors.rows
         return params, arrays
 
     @classmethod
     def _restore(cls, index: CodeIndex, arrays: dict[str, np.ndarray]) -> CodeIndex:
-        """Fill a freshly built index (its codec already restored) with saved codes and vectors."""
+        """Fill a freshly built index (its codec already restored) with saved codes and vectors
+        (memory-mapped arrays are read in place and copied on the first write)."""
         n = len(arrays["slot_ids"])
         codes = arrays["codes"]
-        if codes.shape != (n, index.codec.code_width) or codes.dtype != index.codec.code_dtype:
-            raise ValueError(f"codes array has shape {codes.shape} {codes.dtype}, expected ({n}, {index.codec.code_width}) {index.codec.code_dtype}")
-        index._codes = CodeStore(index.codec.code_width, index.codec.code_dtype, codes)
+        if len(codes) != n:
+            raise ValueError(f"codes array has {len(codes)} rows, expected {n}")
+        index._codes = RowStore(index.codec.code_width, index.codec.code_dtype, codes)
         if index.keep_vectors:
             rows = arrays["vectors"]
-            if rows.shape != (n, index.dim):
-                raise ValueError(f"vectors array has shape {rows.shape}, expected ({n}, {index.dim})")
-            index._store = VectorStore(index.dim, rows)
+            if len(rows) != n:
+                raise ValueError(f"vectors array has {len(rows)} rows, expected {n}")
+            index._vectors = RowStore(index.dim, np.float32, rows)
         return index
 
     @staticmethod

@@ -3,85 +3,58 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 
-from vecdb.index.base import BaseIndex
+from vecdb.errors import IdNotFoundError
+from vecdb.index.allow import AllowSet
+from vecdb.index.base import BaseIndex, SearchParams
+from vecdb.index.rows import RowStore
 from vecdb.kernels import topk
-from vecdb.kernels.distances import normalize_rows
 from vecdb.types import F32Matrix, I64Vector, Metric
+from vecdb.validation import as_id_array
 
-# Below this many queries a direct SIMD scan wins; above it a BLAS matrix product does (faiss uses 20).
+# Below this many queries a few BLAS matrix-vector products (or a direct scan of small sets)
+# win; above it a BLAS matrix product in blocks does (faiss uses 20).
 BLAS_MIN_QUERIES = 16
 _QUERY_BLOCK = 4096
 _ROW_BLOCK = 1024  # blocks sized as faiss sizes its BLAS path (4096 queries x 1024 rows)
-_BLAS_MAX_DIM_FEW_QUERIES = 96     # measured: BLAS wins for few queries on glove (d=50), loses on d>=128
-_BLAS_MIN_ROWS_FEW_QUERIES = 32768
-_MIN_ROWS_PER_CHUNK = 16384  # below this a thread launch costs more than it saves
+#: below this many rows a few queries scan the rows directly (the BLAS call and the exact
+#: re-score of the survivors cost more than they save). Measured at 1 thread (20k x 96: BLAS
+#: 175 us vs scan 690 us; 1k x 96: 25 vs 42 us; 100k x 128: 2970 vs 4440 us).
+_GEMV_MIN_ROWS = 256
+#: a filter admitting at least this fraction of the rows is served by the matrix-vector
+#: product over all rows (its allowed columns kept) instead of a gathered scan.
+_GEMV_MIN_SELECTIVITY = 0.25
 
 
-class VectorStore:
-    """A growable, dense float32 row store with cached squared norms (amortised O(1) append)."""
+def exact_search(rows: F32Matrix, sqnorms: np.ndarray, queries: F32Matrix, k: int, kernel_metric: int,
+                 subset: I64Vector | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k slots/distances of ``queries`` over ``rows`` (metric code 0 l2 / 1 ip),
+    among the sorted slots ``subset`` when given.
 
-    def __init__(self, dim: int, rows: F32Matrix | None = None) -> None:
-        self.dim = dim
-        self._rows = np.zeros((0, dim), np.float32) if rows is None else np.ascontiguousarray(rows, np.float32)
-        self.n = len(self._rows)
-        self._sqnorms = np.einsum("ij,ij->i", self._rows, self._rows).astype(np.float32)
-
-    @property
-    def rows(self) -> F32Matrix:
-        return self._rows[: self.n]
-
-    @property
-    def sqnorms(self) -> np.ndarray:
-        return self._sqnorms[: self.n]
-
-    def reserve(self, need: int) -> None:
-        """Grow the backing arrays to hold ``need`` rows (geometrically, by copying)."""
-        if need > len(self._rows):
-            cap = max(need, int(len(self._rows) * 1.5), 64)
-            grown = np.empty((cap, self.dim), np.float32)
-            grown[: self.n] = self._rows[: self.n]
-            norms = np.empty(cap, np.float32)
-            norms[: self.n] = self._sqnorms[: self.n]
-            self._rows, self._sqnorms = grown, norms
-
-    def append(self, x: F32Matrix) -> None:
-        need = self.n + len(x)
-        self.reserve(need)
-        self._rows[self.n : need] = x
-        self._sqnorms[self.n : need] = np.einsum("ij,ij->i", x, x)
-        self.n = need
-
-    def move(self, src: np.ndarray, dst: np.ndarray) -> None:
-        self._rows[dst] = self._rows[src]
-        self._sqnorms[dst] = self._sqnorms[src]
-
-    def nbytes(self) -> int:
-        return int(self._rows.nbytes + self._sqnorms.nbytes)
-
-
-def exact_search(rows: F32Matrix, sqnorms: np.ndarray, queries: F32Matrix, k: int, kernel_metric: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k slots/distances of ``queries`` over ``rows`` (metric code 0 l2 / 1 ip).
-
-    Few queries: a direct scan (split across threads on large sets), or for short rows one
-    matrix-vector product. Many queries: BLAS inner products in blocks folded into heaps.
-    Both BLAS paths re-score the k survivors exactly (|x|^2-2<q,x> loses precision for
-    near neighbours).
+    Few queries: one BLAS matrix-vector product per query (a direct scan for tiny sets or a
+    sparse subset). Many queries: BLAS inner products in blocks folded into heaps. The BLAS
+    paths re-score the k survivors exactly (|x|^2-2<q,x> loses precision for near neighbours).
     """
     n = len(rows)
     nq = len(queries)
     if nq < BLAS_MIN_QUERIES:
-        if rows.shape[1] < _BLAS_MAX_DIM_FEW_QUERIES and n >= _BLAS_MIN_ROWS_FEW_QUERIES:
-            # short rows: a per-row SIMD reduction wastes lanes, a matrix-vector product does not
-            heap_d, heap_s = topk.new_heaps(nq, k)
-            topk.merge_gram_block(np.ascontiguousarray((rows @ queries.T).T), sqnorms, 0, kernel_metric, heap_d, heap_s)
-            return topk.rescore(queries, rows, heap_s, kernel_metric)
-        n_chunks = 1 if n < 2 * _MIN_ROWS_PER_CHUNK else min(-(-numba.get_num_threads() // nq), n // _MIN_ROWS_PER_CHUNK)
-        if n_chunks <= 1:
+        if n < _GEMV_MIN_ROWS or (subset is not None and len(subset) < _GEMV_MIN_SELECTIVITY * n):
+            if subset is not None:
+                return topk.scan_subset(queries, rows, subset, kernel_metric, k)
             return topk.scan_topk(queries, rows, kernel_metric, k)
-        return topk.scan_topk_chunked(queries, rows, kernel_metric, k, n_chunks)
+        gram = queries @ rows.T                     # (nq, n): a matrix-vector product per query
+        norms = sqnorms
+        if subset is not None:
+            gram, norms = gram[:, subset], sqnorms[subset]
+        heap_d, heap_s = topk.new_heaps(nq, k)
+        topk.merge_gram_block(gram, norms, 0, kernel_metric, heap_d, heap_s)
+        if subset is not None:
+            heap_s = np.where(heap_s >= 0, subset[np.maximum(heap_s, 0)], -1)
+        return topk.rescore(queries, rows, heap_s, kernel_metric)
+    if subset is not None:
+        sub_s, dists = exact_search(rows[subset], sqnorms[subset], queries, k, kernel_metric)
+        return np.where(sub_s >= 0, subset[np.maximum(sub_s, 0)], -1), dists
     out_s = np.empty((nq, k), np.int64)
     out_d = np.empty((nq, k), np.float32)
     for q0 in range(0, nq, _QUERY_BLOCK):
@@ -102,36 +75,22 @@ class FlatIndex(BaseIndex):
 
     def __init__(self, dim: int, metric: Metric | str = Metric.L2) -> None:
         super().__init__(dim, metric)
-        self._store = VectorStore(self.dim)
-
-    @property
-    def _kernel_metric(self) -> int:
-        return Metric.L2.code if self.metric is Metric.L2 else Metric.IP.code
-
-    def _prepare(self, x: F32Matrix) -> F32Matrix:
-        return normalize_rows(x) if self.metric is Metric.COSINE else x
+        self._store = RowStore(self.dim, np.float32, sqnorms=True)
+        self._kernel_metric = Metric.L2.code if self.metric is Metric.L2 else Metric.IP.code
 
     def reserve(self, n: int) -> None:
         """Grow the row store to ``n`` rows now (see ``BaseIndex.reserve``)."""
         self._store.reserve(n)
 
     def _add(self, vectors: F32Matrix, ids: I64Vector) -> None:
-        self._store.append(self._prepare(vectors))
+        self._store.append(vectors)
         self._ids.append(ids)
 
-    def _search(self, queries: F32Matrix, k: int, allowed: I64Vector | None, **params: Any) -> tuple[np.ndarray, np.ndarray]:
-        q = self._prepare(queries)
+    def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                      params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
         store = self._store
-        if allowed is None:
-            slots, dists = exact_search(store.rows, store.sqnorms, q, k, self._kernel_metric)
-        elif len(q) < BLAS_MIN_QUERIES:
-            slots, dists = topk.scan_subset(q, store.rows, allowed, self._kernel_metric, k)
-        else:
-            sub_s, dists = exact_search(store.rows[allowed], store.sqnorms[allowed], q, k, self._kernel_metric)
-            slots = np.where(sub_s >= 0, allowed[np.maximum(sub_s, 0)], -1)
-        if self.metric is Metric.COSINE:
-            dists = dists + np.float32(1.0)
-        return slots, dists
+        return exact_search(store.rows, store.sqnorms, queries, k, self._kernel_metric,
+                            None if allow is None else allow.ids)
 
     def _remove(self, slots: I64Vector) -> None:
         n_live = len(self._ids)
@@ -139,16 +98,12 @@ class FlatIndex(BaseIndex):
         tail = np.arange(n_live, self._store.n, dtype=np.int64)
         movers = tail[self._ids.slot_ids[tail] >= 0]
         self._store.move(movers, holes)
-        for src, dst in zip(movers.tolist(), holes.tolist()):
-            self._ids.move(src, dst)
+        self._ids.move_many(movers, holes)
         self._store.n = n_live
         self._ids.truncate(n_live)
 
     def vectors(self, ids: Any) -> F32Matrix:
         """Stored rows of ``ids`` (unit-normalised for cosine); raises IdNotFoundError if any is missing."""
-        from vecdb.errors import IdNotFoundError
-        from vecdb.validation import as_id_array
-
         want = as_id_array(ids)
         slots = self._ids.lookup(want)
         if (slots < 0).any():
@@ -164,7 +119,7 @@ class FlatIndex(BaseIndex):
         rows = arrays["vectors"]
         if rows.ndim != 2 or rows.shape[1] != dim or len(rows) != len(arrays["slot_ids"]):
             raise ValueError(f"vectors array has shape {rows.shape}, expected (n_slots, {dim})")
-        index._store = VectorStore(dim, rows)
+        index._store = RowStore(dim, np.float32, rows, sqnorms=True)
         return index
 
     def _memory_bytes(self) -> int:

@@ -14,11 +14,11 @@ import numba
 import numpy as np
 
 from vecdb.errors import InvalidArgumentError
-from vecdb.index.base import BaseIndex
+from vecdb.index.allow import AllowSet
+from vecdb.index.base import BaseIndex, SearchParams
 from vecdb.kernels import graph, graph_build, topk
-from vecdb.kernels.distances import normalize_rows
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
-from vecdb.validation import as_id_array, as_positive_int
+from vecdb.validation import as_positive_int
 
 #: ef used when the caller gives none (raised to k when k is larger).
 DEFAULT_EF = 64
@@ -38,6 +38,21 @@ _NO_MASK = np.zeros(1, np.uint8)
 #: than a filtered traversal is expected to need (about ef * 2M * FILTER_COST / selectivity).
 FILTER_COST = 0.5
 FILTER_MODES = ("auto", "scan", "graph")
+
+
+@dataclass(frozen=True)
+class HNSWParams(SearchParams):
+    """HNSW search knobs: ``ef`` (beam width at layer 0; None = ``DEFAULT_EF``; raised to k)
+    and ``filter_mode`` ("auto", "scan" or "graph": how ``allow=`` is served)."""
+
+    ef: int | None = None
+    filter_mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.ef is not None:
+            object.__setattr__(self, "ef", as_positive_int(self.ef, "ef", maximum=MAX_EF))
+        if not isinstance(self.filter_mode, str) or self.filter_mode not in FILTER_MODES:
+            raise InvalidArgumentError(f"filter_mode must be one of {', '.join(FILTER_MODES)}, got {self.filter_mode!r}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +89,7 @@ class HNSW(BaseIndex):
         (with more threads, insertion order varies as in hnswlib).
     progress : show a tqdm bar while adding; None shows it for adds of >= 50,000 vectors.
 
-    Search knobs (per call): ``ef`` — beam width at layer 0 (default 64, at least k, at most
+    Search knobs (per call, resolved once into ``HNSWParams``): ``ef`` — beam width at layer 0 (default 64, at least k, at most
     ``MAX_EF`` = 100,000);
     ``filter_mode`` — how ``allow=`` is served: "auto" (by estimated cost), "scan" (exact scan
     of the allowed ids) or "graph" (filtered traversal). ``search_with_stats`` also returns
@@ -82,7 +97,7 @@ class HNSW(BaseIndex):
     """
 
     kind = "hnsw"
-    search_params = frozenset({"ef", "filter_mode"})
+    params_type = HNSWParams
 
     def __init__(self, dim: int, metric: Metric | str = Metric.L2, M: int = 16, ef_construction: int = 200,
                  *, seed: int = 0, progress: bool | None = None) -> None:
@@ -105,7 +120,6 @@ class HNSW(BaseIndex):
         self._entry = -1
         self._max_level = -1
         self._pool: list[tuple[np.ndarray, np.ndarray]] = []
-        self._sorted_ids: tuple[np.ndarray, np.ndarray, bool] | None = None
 
     # ---- capacity -------------------------------------------------------------------
     @property
@@ -161,8 +175,7 @@ class HNSW(BaseIndex):
             self._pool.append(scratch)
 
     # ---- add ------------------------------------------------------------------------
-    def _add(self, vectors: F32Matrix, ids: I64Vector) -> None:
-        x = normalize_rows(vectors) if self.metric is Metric.COSINE else vectors
+    def _add(self, x: F32Matrix, ids: I64Vector) -> None:
         self._writable()
         n = len(x)
         used = self._ids.n_slots
@@ -184,19 +197,16 @@ class HNSW(BaseIndex):
         self._levels[slots] = levels
         self._adj0[slots, 0] = 0
         self._ids.assign(ids, slots)
-        self._sorted_ids = None
         self._link(slots)
 
     def _link(self, slots: I64Vector) -> None:
         """Insert ``slots`` concurrently, in chunks so the progress bar can move."""
-        from tqdm.auto import tqdm
-
         show = self.progress if self.progress is not None else len(slots) >= PROGRESS_MIN
         scratch = self._scratch()
         locks = np.zeros(self.capacity + 1, np.int32)
         state = np.array([self._entry, self._max_level], np.int64)
         workers = numba.get_num_threads()
-        with tqdm(total=len(slots), disable=not show, desc="hnsw add", unit="vec", mininterval=1.0) as bar:
+        with _progress_bar(show, len(slots)) as bar:
             for start in range(0, len(slots), PROGRESS_CHUNK):
                 chunk = slots[start : start + PROGRESS_CHUNK]
                 graph_build.insert_nodes(chunk, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
@@ -207,64 +217,34 @@ class HNSW(BaseIndex):
         self._give_back(scratch)
 
     # ---- search ---------------------------------------------------------------------
-    def search(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> SearchResult:
-        """The ``k`` nearest stored vectors to each query, closest first (see ``BaseIndex.search``).
-
-        A few unfiltered float32 query rows take a short path that checks the same things as the
-        base class (shape, finiteness, k, knobs) in ~2 us instead of ~25 us; anything else,
-        including every invalid input, goes through the base class and its errors.
-        """
-        if (allow is None and type(queries) is np.ndarray and queries.dtype == np.float32
-                and (queries.ndim == 1 or (queries.ndim == 2 and 0 < queries.shape[0] < SERIAL_QUERIES))
-                and queries.shape[-1] == self.dim and type(k) is int and k > 0 and self._entry >= 0
-                and (not params or (len(params) == 1 and type(params.get("ef")) is int and 0 < params["ef"] <= MAX_EF))
-                and queries.flags.c_contiguous and np.isfinite(queries).all()):
-            ef = max(k, params.get("ef", DEFAULT_EF))
-            q = queries.reshape(-1, self.dim)
-            if self.metric is Metric.COSINE:
-                q = normalize_rows(q)
-            scratch = self._scratch()
-            slots, dists, _work = graph.search_serial(q, k, ef, self._vecs, self._adj0, self._adjU, self._uoff,
-                                                      self._metric_code, self._entry, self._max_level, scratch[0],
-                                                      scratch[1], _NO_MASK, False)
-            self._give_back(scratch)
-            if self.metric is Metric.COSINE:
-                dists += np.float32(1.0)
-            return SearchResult(self._ids.ids_of(slots), dists)
-        return super().search(queries, k, allow=allow, **params)
-
-    def _search(self, queries: F32Matrix, k: int, allowed: I64Vector | None, **params: Any) -> tuple[np.ndarray, np.ndarray]:
-        ef = params.get("ef")
-        ef = max(k, DEFAULT_EF if ef is None else as_positive_int(ef, "ef", maximum=MAX_EF))
-        mode = params.get("filter_mode", "auto")
-        if mode not in FILTER_MODES:
-            raise InvalidArgumentError(f"filter_mode must be one of {', '.join(FILTER_MODES)}, got {mode!r}")
-        q = normalize_rows(queries) if self.metric is Metric.COSINE else queries
-        if allowed is not None and len(allowed) >= len(self):
-            allowed = None
-        exact = mode == "scan" or (mode == "auto" and allowed is not None and self.prefers_exact(len(allowed), ef))
+    def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                      params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+        p: HNSWParams = params  # type: ignore[assignment]
+        ef = DEFAULT_EF if p.ef is None else p.ef
+        if ef < k:
+            ef = k
         sink = _STATS_SINK.get()
-        if allowed is not None and exact:
-            slots, dists = topk.scan_subset(q, self._vecs, allowed, self._metric_code, k)
+        if allow is not None and len(allow) >= len(self._ids):
+            allow = None
+        if allow is not None and (p.filter_mode == "scan" or (p.filter_mode == "auto" and self.prefers_exact(len(allow), ef))):
+            slots, dists = topk.scan_subset(queries, self._vecs, allow.ids, self._metric_code, k)
             if sink is not None:
-                sink.append(SearchStats(np.full(len(q), len(allowed), np.int64), np.zeros(len(q), np.int64), "scan"))
+                sink.append(SearchStats(np.full(len(queries), len(allow), np.int64), np.zeros(len(queries), np.int64), "scan"))
+            return slots, dists
+        mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+        scratch = self._scratch()
+        if len(queries) < SERIAL_QUERIES:
+            slots, dists, work = graph.search_serial(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff,
+                                                     self._metric_code, self._entry, self._max_level, scratch[0],
+                                                     scratch[1], mask, allow is not None)
         else:
-            if allowed is None:
-                mask = _NO_MASK
-            else:
-                mask = np.zeros(self.capacity, np.uint8)
-                mask[allowed] = 1
-            run = graph.search_serial if len(q) < SERIAL_QUERIES else graph.search_batch
-            scratch = self._scratch()
-            slots, dists, work = run(q, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
-                                     self._entry, self._max_level, scratch[0], scratch[1], mask, allowed is not None,
-                                     numba.get_num_threads())
-            self._give_back(scratch)
-            if sink is not None:
-                sink.append(SearchStats(work[:, graph.WORK_DISTANCES].copy(), work[:, graph.WORK_EXPANDED].copy(),
-                                        "graph" if allowed is None else "filtered-graph"))
-        if self.metric is Metric.COSINE:
-            dists += np.float32(1.0)
+            slots, dists, work = graph.search_batch(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff,
+                                                    self._metric_code, self._entry, self._max_level, scratch[0],
+                                                    scratch[1], mask, allow is not None, numba.get_num_threads())
+        self._give_back(scratch)
+        if sink is not None:
+            sink.append(SearchStats(work[:, graph.WORK_DISTANCES].copy(), work[:, graph.WORK_EXPANDED].copy(),
+                                    "graph" if allow is None else "filtered-graph"))
         return slots, dists
 
     def search_with_stats(self, queries: Any, k: int, *, allow: Any = None,
@@ -274,7 +254,7 @@ class HNSW(BaseIndex):
         sink: list[SearchStats] = []
         token = _STATS_SINK.set(sink)
         try:
-            result = BaseIndex.search(self, queries, k, allow=allow, **params)
+            result = self.search(queries, k, allow=allow, **params)
         finally:
             _STATS_SINK.reset(token)
         if sink:
@@ -294,38 +274,9 @@ class HNSW(BaseIndex):
         traversal = ef * 2 * self.M * FILTER_COST / selectivity
         return n_allowed <= traversal
 
-    def _allowed_slots(self, allow: Any) -> I64Vector:
-        """Vectorised id -> slot lookup (the dict walk of the base costs ~100 ns per id).
-
-        When every live slot holds the id equal to its number (ids added by default or as
-        0..n-1), ids are slots and only liveness is checked.
-        """
-        if isinstance(allow, (set, frozenset)):
-            allow = np.fromiter(allow, np.int64, len(allow))
-        want = as_id_array(allow, what="allow ids")
-        sid = self._ids.slot_ids
-        if self._sorted_ids is None:
-            live = np.flatnonzero(sid >= 0)
-            order = np.argsort(sid[live], kind="stable")
-            identity = bool(np.array_equal(sid[live], live))
-            self._sorted_ids = (sid[live][order], live[order].astype(np.int64), identity)
-        keys, slots, identity = self._sorted_ids
-        if identity:
-            found = want[want < len(sid)]
-            found = found[sid[found] == found]
-        elif len(keys) == 0:
-            return np.zeros(0, np.int64)
-        else:
-            pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
-            found = slots[pos[keys[pos] == want]]
-        if len(found) > 1 and not (found[1:] > found[:-1]).all():
-            found = np.unique(found)
-        return found
-
     # ---- remove ---------------------------------------------------------------------
     def _remove(self, slots: I64Vector) -> None:
         self._writable()
-        self._sorted_ids = None
         dead = np.zeros(self.capacity, np.uint8)
         dead[slots] = 1
         scratch = self._scratch()
@@ -375,9 +326,29 @@ class HNSW(BaseIndex):
     def _memory_bytes(self) -> int:
         arrays = [self._vecs, self._levels, self._adj0, self._uoff, self._adjU]
         arrays += [a for scratch in self._pool for a in scratch]
-        if self._sorted_ids is not None:
-            arrays += self._sorted_ids[:2]
         return int(sum(a.nbytes for a in arrays))
+
+
+class _NoBar:
+    """Stands in for a tqdm bar that is not shown (tqdm, ~5 MB, is only imported to show one)."""
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _progress_bar(show: bool, total: int) -> Any:
+    """A tqdm bar over ``total`` vectors when ``show``, else a silent stand-in."""
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="hnsw add", unit="vec", mininterval=1.0)
 
 
 def _grown(arr: np.ndarray, cap: int, used: int, fill: int) -> np.ndarray:

@@ -41,8 +41,6 @@ class PQIndex(CodeIndex):
         subset, use_subset = subset_args(allowed)
         n_items = len(subset) if use_subset else self._codes.n
         slots, dists = adc_topk(tables, self._codes.rows, subset, use_subset, depth, scan_chunks(len(queries), n_items))
-        if self.metric is Metric.COSINE:
-            dists = dists + np.float32(1.0)
         return slots, dists
 
     @classmethod

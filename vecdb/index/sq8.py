@@ -31,8 +31,6 @@ class SQ8Index(CodeIndex):
         n_items = len(subset) if use_subset else self._codes.n
         slots, dists = sq8_topk(qt, weights, bias, self._codes.rows, mode, subset, use_subset, depth,
                                 scan_chunks(len(queries), n_items))
-        if self.metric is Metric.COSINE:
-            dists = dists + np.float32(1.0)
         return slots, dists
 
     @classmethod

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vecdb.index.base import BaseIndex
+from vecdb.index.allow import AllowSet
+from vecdb.index.base import BaseIndex, SearchParams
 from vecdb.index.flat import FlatIndex
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
 
@@ -87,27 +88,35 @@ class Staging:
         else:
             self._queue.pop(0)
 
-    def search(self, index: BaseIndex, queries: F32Matrix, k: int, allow: I64Vector | None,
-               params: Mapping[str, Any]) -> SearchResult:
-        """``index.search`` as if the staged work were already applied: stale entries are left
-        out, staged rows are scanned exactly, and the two answers are merged by distance."""
+    def search_trusted(self, index: BaseIndex, queries: F32Matrix, k: int, allow: AllowSet | None,
+                       tenant: int | None, params: SearchParams | Mapping[str, Any] | None) -> SearchResult:
+        """``index.search_trusted`` as if the staged work were already applied: stale entries
+        are left out, staged rows are scanned exactly, and the two answers are merged by
+        distance. ``queries`` are validated already; ``allow`` holds ids (staged ones included)
+        and also restricts the staged rows; ``tenant`` goes to the index only (staged rows know
+        no tenants: for a tenant-aware index the caller narrows ``allow`` for them)."""
+        if not isinstance(params, SearchParams):
+            params = index.resolve_params(params)
+        if allow is not None and not isinstance(allow, AllowSet):
+            allow = AllowSet.from_ids(allow)
         stale = self.stale
         fetch, in_index = k, allow
         if len(stale):
             if allow is not None:
-                in_index = allow[~np.isin(allow, stale)]
+                in_index = allow.without(stale)
             elif len(stale) <= OVERFETCH_LIMIT:
                 fetch = k + len(stale)
             else:
                 indexed = index.ids
-                in_index = indexed[~np.isin(indexed, stale, assume_unique=True)]
-        res = index.search(queries, fetch, allow=in_index, **params)
+                indexed.sort(kind="stable")             # slot order is often sorted already: O(n) then
+                in_index = AllowSet.from_sorted(indexed[~np.isin(indexed, stale, assume_unique=True)])
+        res = index.search_trusted(queries, fetch, in_index, tenant, params)
         ids, dists = res.ids, res.distances
         if fetch > k:
             hidden = np.isin(ids, stale)
             ids, dists = _first_k(np.where(hidden, -1, ids), np.where(hidden, np.inf, dists).astype(np.float32), k)
         if len(self.rows):
-            extra = self.rows.search(queries, k, allow=allow)
+            extra = self.rows.search_trusted(queries, k, allow, None, self.rows.resolve_params(None))
             ids, dists = _first_k(np.concatenate([ids, extra.ids], axis=1),
                                   np.concatenate([dists, extra.distances], axis=1), k)
         return SearchResult(ids, dists)

@@ -22,12 +22,17 @@ than scalar POPCNT in a micro-benchmark.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
 from vecdb.kernels._jit import F32, F32_MAT, I64, U64_MAT, U64_ROW, kernel
-from vecdb.kernels.hamming import _ctpop_u64
-from vecdb.kernels.topk import heap_push, merge_chunk_heaps, new_heaps
+from vecdb.kernels.hamming import _ctpop_u64, hamming_scan_topk
+from vecdb.kernels.heaps import heap_push
+from vecdb.kernels.scan import row_scanner, topk_scan
+
+__all__ = ["plane_distance", "plane_distances", "hamming_scan_topk", "plane_scan_topk", "PlaneQueries"]
 
 
 @kernel(F32(U64_ROW, U64_ROW, I64, I64, F32_MAT, F32, I64))
@@ -62,63 +67,6 @@ def plane_distances(a, codes, n_planes, n_words, weights, const, mode):
     for j in range(n):
         out[j] = plane_distance(a, codes[j], n_planes, n_words, weights, const, mode)
     return out
-
-
-@kernel
-def _hamming_rows(q, codes, subset, use_subset, lo, hi, dh, sh):
-    """Offer rows ``lo..hi`` (of ``subset`` when ``use_subset``) to one heap by Hamming distance.
-
-    Kept as separate tight loops (contiguous vs subset, one word vs many) so LLVM sees no
-    branch inside the per-row loop; the integer bound avoids float work for rejected rows.
-    """
-    n_words = codes.shape[1]
-    bound = np.uint64(n_words * 64 + 1)
-    if not use_subset and n_words == 1:
-        q0 = q[0]
-        for j in range(lo, hi):
-            h = _ctpop_u64(q0 ^ codes[j, 0])
-            if h < bound:
-                heap_push(dh, sh, np.float32(h), j)
-                if sh[0] >= 0:
-                    bound = np.uint64(dh[0])
-    elif not use_subset:
-        for j in range(lo, hi):
-            h = np.uint64(0)
-            for w in range(n_words):
-                h += _ctpop_u64(q[w] ^ codes[j, w])
-            if h < bound:
-                heap_push(dh, sh, np.float32(h), j)
-                if sh[0] >= 0:
-                    bound = np.uint64(dh[0])
-    else:
-        for r in range(lo, hi):
-            j = subset[r]
-            h = np.uint64(0)
-            for w in range(n_words):
-                h += _ctpop_u64(q[w] ^ codes[j, w])
-            if h < bound:
-                heap_push(dh, sh, np.float32(h), j)
-                if sh[0] >= 0:
-                    bound = np.uint64(dh[0])
-
-
-@kernel(parallel=True)
-def hamming_scan_topk(queries, codes, subset, use_subset, k, n_chunks):
-    """Top-k rows per query by plain Hamming distance over all words of the codes.
-
-    Returns (slots int64 (nq, k), Hamming distances as float32 (nq, k)), sorted by
-    (distance, slot), padded with -1/+inf. ``subset`` restricts the scan when ``use_subset``.
-    """
-    nq = queries.shape[0]
-    n_items = subset.shape[0] if use_subset else codes.shape[0]
-    chunk = (n_items + n_chunks - 1) // n_chunks if n_items > 0 else 1
-    hd, hs = new_heaps(nq * n_chunks, k)
-    for t in numba.prange(nq * n_chunks):
-        qi = t // n_chunks
-        c = t % n_chunks
-        lo = c * chunk
-        _hamming_rows(queries[qi], codes, subset, use_subset, lo, min(n_items, lo + chunk), hd[t], hs[t])
-    return merge_chunk_heaps(hd, hs, nq, n_chunks, k)
 
 
 @kernel
@@ -238,34 +186,48 @@ def _four_plane_rows(q, codes, subset, use_subset, lo, hi, n_words, weights, con
             heap_push(dh, sh, d, j)
 
 
-@kernel(parallel=True)
+class PlaneQueries(NamedTuple):
+    """Scan context of multi-plane codes: query codes (nq, planes * words) and the distance
+    parameters of ``plane_distance``."""
+
+    codes: np.ndarray
+    n_planes: int
+    n_words: int
+    weights: np.ndarray
+    const: float
+    mode: int
+
+
+@row_scanner(PlaneQueries)
+@kernel
+def _plane_rows(ctx, qi, codes, subset, use_subset, lo, hi, dh, sh):
+    """Offer code rows to one heap by ``plane_distance``, with unrolled 2- and 4-plane loops."""
+    q = ctx.codes[qi]
+    n_planes = ctx.n_planes
+    n_words = ctx.n_words
+    weights = ctx.weights
+    const = np.float32(ctx.const)
+    mode = ctx.mode
+    if n_planes == 2:
+        _two_plane_rows(q, codes, subset, use_subset, lo, hi, n_words, weights, const, mode, dh, sh)
+    elif n_planes == 4:
+        _four_plane_rows(q, codes, subset, use_subset, lo, hi, n_words, weights, const, mode, dh, sh)
+    elif use_subset:
+        for r in range(lo, hi):
+            j = subset[r]
+            d = _plane_row_distance(q, codes, j, n_planes, n_words, weights, const, mode)
+            if d < dh[0]:
+                heap_push(dh, sh, d, j)
+    else:
+        for j in range(lo, hi):
+            d = _plane_row_distance(q, codes, j, n_planes, n_words, weights, const, mode)
+            if d < dh[0]:
+                heap_push(dh, sh, d, j)
+
+
+@kernel
 def plane_scan_topk(queries, codes, n_planes, n_words, weights, const, mode, subset, use_subset, k, n_chunks):
-    """Top-k rows per query code by ``plane_distance``; same layout and result as above."""
-    nq = queries.shape[0]
-    n_items = subset.shape[0] if use_subset else codes.shape[0]
-    chunk = (n_items + n_chunks - 1) // n_chunks if n_items > 0 else 1
-    hd, hs = new_heaps(nq * n_chunks, k)
-    for t in numba.prange(nq * n_chunks):
-        qi = t // n_chunks
-        c = t % n_chunks
-        q = queries[qi]
-        dh = hd[t]
-        sh = hs[t]
-        lo = c * chunk
-        hi = min(n_items, lo + chunk)
-        if n_planes == 2:
-            _two_plane_rows(q, codes, subset, use_subset, lo, hi, n_words, weights, const, mode, dh, sh)
-        elif n_planes == 4:
-            _four_plane_rows(q, codes, subset, use_subset, lo, hi, n_words, weights, const, mode, dh, sh)
-        elif use_subset:
-            for r in range(lo, hi):
-                j = subset[r]
-                d = _plane_row_distance(q, codes, j, n_planes, n_words, weights, const, mode)
-                if d < dh[0]:
-                    heap_push(dh, sh, d, j)
-        else:
-            for j in range(lo, hi):
-                d = _plane_row_distance(q, codes, j, n_planes, n_words, weights, const, mode)
-                if d < dh[0]:
-                    heap_push(dh, sh, d, j)
-    return merge_chunk_heaps(hd, hs, nq, n_chunks, k)
+    """Top-k rows per query code by ``plane_distance``: (slots int64 (nq, k), dists float32
+    (nq, k)), sorted by (distance, slot), padded with -1/+inf; ``subset`` as in ``hamming_scan_topk``."""
+    ctx = PlaneQueries(queries, n_planes, n_words, weights, const, mode)
+    return topk_scan(ctx, queries.shape[0], codes, subset, use_subset, k, n_chunks)

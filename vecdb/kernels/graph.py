@@ -11,7 +11,9 @@ Graph layout (all numpy, no per-node objects):
   except once every 65,535 searches.
 
 Distances are computed by ``vecdb.kernels.distances.distance`` with a metric code; cosine
-callers store unit rows and pass the inner-product code.
+callers store unit rows and pass the inner-product code. Candidate and result sets are the
+heaps of ``vecdb.kernels.heaps`` (ordered by (distance, node), so equal distances resolve to
+the smaller node id, as in the exact scans).
 
 Query kernels count their work in an int64 row per query, ``work[WORK_DISTANCES]`` (distance
 computations) and ``work[WORK_EXPANDED]`` (nodes whose neighbour list was read): one add per
@@ -26,6 +28,7 @@ import numpy as np
 from vecdb.kernels._jit import kernel
 from vecdb.kernels.atomics import atomic_add
 from vecdb.kernels.distances import distance
+from vecdb.kernels.heaps import max_push, max_replace, max_sort, min_pop, min_push, min_push_grow
 from vecdb.kernels.prefetch import prefetch
 
 #: how much of each neighbour row to prefetch (floats; 16 floats = one 64-byte cache line)
@@ -98,16 +101,16 @@ def counted_beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, 
     prefetch_cols = min(vecs.shape[1], PREFETCH_FLOATS)
     cd = np.empty(2 * ef + 64, np.float32)
     ci = np.empty(2 * ef + 64, np.int32)
-    _heap_push_min(cd, ci, 0, ep_d, ep)
+    min_push(cd, ci, 0, ep_d, ep)
     cn = 1
-    _heap_push_max(out_d, out_i, 0, ep_d, ep)
+    max_push(out_d, out_i, 0, ep_d, ep)
     rn = 1
     vis[ep] = tag
     while cn > 0:
         if rn == ef and cd[0] > out_d[0]:
             break
         node = ci[0]
-        _heap_pop_min(cd, ci, cn)
+        min_pop(cd, ci, cn)
         cn -= 1
         row = adj_row(adj0, adjU, uoff, node, layer)
         fresh = 0
@@ -126,67 +129,15 @@ def counted_beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, 
             d = distance(q, vecs[nb], metric)
             if rn == ef and d >= out_d[0]:
                 continue
-            cd, ci = _push_candidate(cd, ci, cn, d, nb)
+            cd, ci = min_push_grow(cd, ci, cn, d, nb)
             cn += 1
             if rn < ef:
-                _heap_push_max(out_d, out_i, rn, d, nb)
+                max_push(out_d, out_i, rn, d, nb)
                 rn += 1
             else:
-                _heap_replace_max(out_d, out_i, rn, d, nb)
-    for end in range(rn - 1, 0, -1):
-        td = out_d[0]
-        ti = out_i[0]
-        _heap_pop_max(out_d, out_i, end + 1)
-        out_d[end] = td
-        out_i[end] = ti
+                max_replace(out_d, out_i, rn, d, nb)
+    max_sort(out_d, out_i, rn)
     return rn
-
-
-@kernel
-def _heap_push_max(hd, hi, size, d, node):
-    """Push onto a binary max-heap stored in (hd, hi); caller guarantees room."""
-    j = size
-    while j > 0:
-        parent = (j - 1) >> 1
-        if hd[parent] >= d:
-            break
-        hd[j] = hd[parent]
-        hi[j] = hi[parent]
-        j = parent
-    hd[j] = d
-    hi[j] = node
-
-
-@kernel
-def _sift_down_max(hd, hi, n, d, node):
-    """Place (d, node) at the root of a max-heap of n items and sift it down."""
-    j = 0
-    while True:
-        c = 2 * j + 1
-        if c >= n:
-            break
-        if c + 1 < n and hd[c + 1] > hd[c]:
-            c += 1
-        if d >= hd[c]:
-            break
-        hd[j] = hd[c]
-        hi[j] = hi[c]
-        j = c
-    hd[j] = d
-    hi[j] = node
-
-
-@kernel
-def _heap_replace_max(hd, hi, size, d, node):
-    """Replace the root (the worst result) of a max-heap of ``size`` items by (d, node)."""
-    _sift_down_max(hd, hi, size, d, node)
-
-
-@kernel
-def _heap_pop_max(hd, hi, size):
-    """Remove the root of a max-heap of ``size`` items (size >= 1)."""
-    if size > 1:
-        _sift_down_max(hd, hi, size - 1, hd[size - 1], hi[size - 1])
 
 
 @kernel
@@ -213,59 +164,6 @@ def select_neighbors(cand_d, cand_i, n_cand, max_n, vecs, metric, out_i, out_d):
 
 
 @kernel
-def _heap_push_min(hd, hi, size, d, node):
-    """Push onto a binary min-heap stored in (hd, hi); caller guarantees room."""
-    j = size
-    while j > 0:
-        parent = (j - 1) >> 1
-        if hd[parent] <= d:
-            break
-        hd[j] = hd[parent]
-        hi[j] = hi[parent]
-        j = parent
-    hd[j] = d
-    hi[j] = node
-
-
-@kernel
-def _push_candidate(cd, ci, n, d, node):
-    """Push (d, node) on the candidate min-heap of size ``n``, doubling its arrays when full;
-    returns the (possibly new) arrays."""
-    if n == cd.shape[0]:
-        nd = np.empty(2 * n, np.float32)
-        ni = np.empty(2 * n, np.int32)
-        nd[:n] = cd[:n]
-        ni[:n] = ci[:n]
-        cd = nd
-        ci = ni
-    _heap_push_min(cd, ci, n, d, node)
-    return cd, ci
-
-
-@kernel
-def _heap_pop_min(hd, hi, size):
-    """Remove the root of a min-heap of ``size`` items (size >= 1)."""
-    last_d = hd[size - 1]
-    last_i = hi[size - 1]
-    n = size - 1
-    j = 0
-    while True:
-        c = 2 * j + 1
-        if c >= n:
-            break
-        if c + 1 < n and hd[c + 1] < hd[c]:
-            c += 1
-        if last_d <= hd[c]:
-            break
-        hd[j] = hd[c]
-        hi[j] = hi[c]
-        j = c
-    if n > 0:
-        hd[j] = last_d
-        hi[j] = last_i
-
-
-@kernel
 def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d, res_i, work):
     """Layer-0 search whose result set only admits nodes with ``mask[node] != 0``.
 
@@ -277,7 +175,7 @@ def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d,
     hd = np.empty(4 * ef + 64, np.float32)
     hi = np.empty(4 * ef + 64, np.int32)
     hsize = 0
-    _heap_push_min(hd, hi, hsize, ep_d, ep)
+    min_push(hd, hi, hsize, ep_d, ep)
     hsize = 1
     vis[ep] = tag
     nres = 0
@@ -290,7 +188,7 @@ def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d,
         node = hi[0]
         if nres == ef and d0 > res_d[ef - 1]:
             break
-        _heap_pop_min(hd, hi, hsize)
+        min_pop(hd, hi, hsize)
         hsize -= 1
         row = adj0[node]
         work[WORK_EXPANDED] += 1
@@ -303,7 +201,7 @@ def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d,
             d = distance(q, vecs[nb], metric)
             if nres == ef and d >= res_d[ef - 1]:
                 continue
-            hd, hi = _push_candidate(hd, hi, hsize, d, nb)
+            hd, hi = min_push_grow(hd, hi, hsize, d, nb)
             hsize += 1
             if mask[nb]:
                 j = nres if nres < ef else ef - 1

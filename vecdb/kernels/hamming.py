@@ -1,13 +1,16 @@
 """Hamming distance on packed binary codes (uint64 words) with a hardware popcount."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba import types as nt
 from numba.extending import intrinsic
 
 from vecdb.kernels._jit import I64, U64_MAT, U64_ROW, kernel
-from vecdb.kernels.topk import heap_push, heap_sort, new_heaps
+from vecdb.kernels.heaps import heap_push
+from vecdb.kernels.scan import no_subset, row_scanner, topk_scan
 
 
 @intrinsic
@@ -58,18 +61,66 @@ def hamming_many_to_many(queries, codes):
     return out
 
 
-@kernel(parallel=True)
+class HammingQueries(NamedTuple):
+    """Scan context of packed codes ranked by plain Hamming distance: query codes (nq, words)."""
+
+    codes: np.ndarray
+
+
+@row_scanner(HammingQueries)
+@kernel
+def _hamming_rows(ctx, qi, codes, subset, use_subset, lo, hi, dh, sh):
+    """Offer code rows to one heap by Hamming distance (see ``vecdb.kernels.scan``).
+
+    Kept as separate tight loops (contiguous vs subset, one word vs many) so LLVM sees no
+    branch inside the per-row loop; the integer bound avoids float work for rejected rows.
+    """
+    q = ctx.codes[qi]
+    n_words = codes.shape[1]
+    bound = np.uint64(n_words * 64 + 1)
+    if not use_subset and n_words == 1:
+        q0 = q[0]
+        for j in range(lo, hi):
+            h = _ctpop_u64(q0 ^ codes[j, 0])
+            if h < bound:
+                heap_push(dh, sh, np.float32(h), j)
+                if sh[0] >= 0:
+                    bound = np.uint64(dh[0])
+    elif not use_subset:
+        for j in range(lo, hi):
+            h = np.uint64(0)
+            for w in range(n_words):
+                h += _ctpop_u64(q[w] ^ codes[j, w])
+            if h < bound:
+                heap_push(dh, sh, np.float32(h), j)
+                if sh[0] >= 0:
+                    bound = np.uint64(dh[0])
+    else:
+        for r in range(lo, hi):
+            j = subset[r]
+            h = np.uint64(0)
+            for w in range(n_words):
+                h += _ctpop_u64(q[w] ^ codes[j, w])
+            if h < bound:
+                heap_push(dh, sh, np.float32(h), j)
+                if sh[0] >= 0:
+                    bound = np.uint64(dh[0])
+
+
+@kernel
+def hamming_scan_topk(queries, codes, subset, use_subset, k, n_chunks):
+    """Top-k rows per query by plain Hamming distance over all words of the codes.
+
+    Returns (slots int64 (nq, k), Hamming distances as float32 (nq, k)), sorted by
+    (distance, slot), padded with -1/+inf. ``subset`` restricts the scan when ``use_subset``.
+    """
+    return topk_scan(HammingQueries(queries), queries.shape[0], codes, subset, use_subset, k, n_chunks)
+
+
+@kernel
 def hamming_topk(queries, codes, k):
     """Exact top-k by Hamming distance: (slots int64 (nq, k), dists float32 (nq, k)), sorted."""
-    nq = queries.shape[0]
-    hd, hs = new_heaps(nq, k)
-    for i in numba.prange(nq):
-        for j in range(codes.shape[0]):
-            d = np.float32(hamming(queries[i], codes[j]))
-            if d <= hd[i, 0]:
-                heap_push(hd[i], hs[i], d, j)
-        heap_sort(hd[i], hs[i])
-    return hs, hd
+    return hamming_scan_topk(queries, codes, no_subset(), False, k, 1)
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:

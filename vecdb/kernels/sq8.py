@@ -11,13 +11,16 @@ A row's value in dimension i is :math:`v_i + c_i s_i` (per-dimension offset ``v`
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba import types as nt
 
 from vecdb.kernels._jit import ARITH, F32_ROW, I64, kernel
 from vecdb.kernels.pq import U8_MAT
-from vecdb.kernels.topk import heap_push, merge_chunk_heaps, new_heaps
+from vecdb.kernels.heaps import heap_push
+from vecdb.kernels.scan import row_scanner, topk_scan
 
 
 @kernel(nt.float32(F32_ROW, F32_ROW, nt.Array(nt.uint8, 1, "C", readonly=True), I64), fastmath=ARITH)
@@ -44,29 +47,36 @@ def sq8_distances(qt, weights, bias, codes, mode):
     return out
 
 
-@kernel(parallel=True, fastmath=ARITH)
+class SQ8Queries(NamedTuple):
+    """Scan context of SQ8 codes: folded queries ``qt`` (nq, dim), ``weights`` (dim,), per-query
+    ``bias`` (nq,) and the mode (0 l2, 1 ip)."""
+
+    qt: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+    mode: int
+
+
+@row_scanner(SQ8Queries)
+@kernel(fastmath=ARITH)
+def _sq8_rows(ctx, qi, codes, subset, use_subset, lo, hi, heap_d, heap_s):
+    """Offer code rows to one heap by ``sq8_distance`` (see ``vecdb.kernels.scan``)."""
+    q = ctx.qt[qi]
+    b = ctx.bias[qi]
+    weights = ctx.weights
+    mode = ctx.mode
+    for r in range(lo, hi):
+        j = subset[r] if use_subset else r
+        d = b + sq8_distance(q, weights, codes[j], mode)
+        if d < heap_d[0]:
+            heap_push(heap_d, heap_s, d, j)
+
+
+@kernel
 def sq8_topk(qt, weights, bias, codes, mode, subset, use_subset, k, n_chunks):
     """Top-k code rows per folded query ``qt`` (nq, dim); ``bias`` (nq,) is added (ip).
 
     ``subset`` (sorted int64 slots) restricts the scan when ``use_subset``. Returns
     (slots (nq, k), dists (nq, k)) sorted by (distance, slot), padded with -1/+inf.
     """
-    nq = qt.shape[0]
-    n_items = subset.shape[0] if use_subset else codes.shape[0]
-    chunk = (n_items + n_chunks - 1) // n_chunks if n_items > 0 else 1
-    hd, hs = new_heaps(nq * n_chunks, k)
-    for t in numba.prange(nq * n_chunks):
-        qi = t // n_chunks
-        c = t % n_chunks
-        q = qt[qi]
-        b = bias[qi]
-        dh = hd[t]
-        sh = hs[t]
-        lo = c * chunk
-        hi = min(n_items, lo + chunk)
-        for r in range(lo, hi):
-            j = subset[r] if use_subset else r
-            d = b + sq8_distance(q, weights, codes[j], mode)
-            if d < dh[0]:
-                heap_push(dh, sh, d, j)
-    return merge_chunk_heaps(hd, hs, nq, n_chunks, k)
+    return topk_scan(SQ8Queries(qt, weights, bias, mode), qt.shape[0], codes, subset, use_subset, k, n_chunks)

@@ -1,87 +1,53 @@
-"""Fixed-size top-k heaps and the exact scans built on them.
+"""Exact top-k scans over float32 rows, and top-k of distance matrices and BLAS blocks.
 
-A heap is two parallel arrays ``(dists, slots)`` of length k, a max-heap on ``(dist, slot)``
-with ``(+inf, -1)`` sentinels, so the root is the current k-th best. Ordering by the pair
-makes ties go to the smaller slot whatever order rows are scanned in.
+Heaps come from ``vecdb.kernels.heaps`` (max-heaps on ``(dist, slot)`` with ``(+inf, -1)``
+sentinels, so ties go to the smaller slot whatever order rows are scanned in); the row scans
+are the float-vector instance of the skeleton in ``vecdb.kernels.scan``.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
-from vecdb.kernels._jit import ARITH, F32, F32_MAT, F32_ROW, I64, METRIC_COSINE, METRIC_IP, METRIC_L2, kernel
+from vecdb.kernels._jit import ARITH, METRIC_IP, METRIC_L2, kernel
 from vecdb.kernels.distances import distance
+from vecdb.kernels.heaps import heap_push, heap_sort, merge_chunk_heaps, new_heaps
+from vecdb.kernels.scan import no_subset, row_scanner, serial_topk, topk_scan
 
-F32_OUT = numba.float32[::1]
-I64_OUT = numba.int64[::1]
+__all__ = ["heap_push", "heap_sort", "merge_chunk_heaps", "new_heaps", "FloatQueries", "topk_rows", "scan_topk",
+           "scan_topk_chunked", "scan_topk_subset", "scan_topk_subset_batch", "merge_gram_block", "rescore",
+           "scan_subset"]
 
 
+class FloatQueries(NamedTuple):
+    """Scan context of float32 queries (nq, dim) against float32 rows under a metric code."""
+
+    queries: np.ndarray
+    metric: int
+
+
+@row_scanner(FloatQueries)
 @kernel
-def _worse(d1, s1, d2, s2):
-    """True when (d1, s1) ranks after (d2, s2)."""
-    return d1 > d2 or (d1 == d2 and s1 > s2)
-
-
-@kernel
-def _sift_down(dists, slots, d, s, end):
-    """Place (d, s) at the root of the heap ``[:end]`` and sift it down to its place."""
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= end:
-            break
-        child = left
-        right = left + 1
-        if right < end and _worse(dists[right], slots[right], dists[left], slots[left]):
-            child = right
-        if _worse(d, s, dists[child], slots[child]):
-            break
-        dists[i] = dists[child]
-        slots[i] = slots[child]
-        i = child
-    dists[i] = d
-    slots[i] = s
-
-
-@kernel(numba.boolean(F32_OUT, I64_OUT, F32, I64))
-def heap_push(dists, slots, d, s):
-    """Offer (d, s) to the heap; keep it when it beats the root. Returns True if kept."""
-    if not _worse(dists[0], slots[0], d, s):
-        return False
-    _sift_down(dists, slots, d, s, dists.shape[0])
-    return True
-
-
-@kernel(numba.void(F32_OUT, I64_OUT))
-def heap_sort(dists, slots):
-    """Sort a heap in place, ascending by (dist, slot); sentinels end up last."""
-    for end in range(dists.shape[0] - 1, 0, -1):
-        d, s = dists[end], slots[end]
-        dists[end], slots[end] = dists[0], slots[0]
-        _sift_down(dists, slots, d, s, end)
-
-
-@kernel
-def new_heaps(n, k):
-    """n empty heaps of size k: (dists float32 (n, k) = +inf, slots int64 (n, k) = -1)."""
-    return np.full((n, k), np.inf, np.float32), np.full((n, k), -1, np.int64)
-
-
-@kernel
-def merge_chunk_heaps(hd, hs, nq, n_chunks, k):
-    """Merge the ``n_chunks`` heaps of each query (rows ``q*n_chunks + c``) into sorted top-k.
-
-    Returns (slots int64 (nq, k), dists float32 (nq, k)), padded with -1/+inf.
-    """
-    out_d, out_s = new_heaps(nq, k)
-    for qi in range(nq):
-        for c in range(n_chunks):
-            t = qi * n_chunks + c
-            for j in range(k):
-                if hs[t, j] >= 0:
-                    heap_push(out_d[qi], out_s[qi], hd[t, j], hs[t, j])
-        heap_sort(out_d[qi], out_s[qi])
-    return out_s, out_d
+def _float_rows(ctx, qi, rows, subset, use_subset, lo, hi, heap_d, heap_s):
+    """Offer float rows to one heap by ``distance`` (see ``vecdb.kernels.scan``)."""
+    q = ctx.queries[qi]
+    metric = ctx.metric
+    bound = heap_d[0]
+    if use_subset:
+        for r in range(lo, hi):
+            j = subset[r]
+            d = distance(q, rows[j], metric)
+            if d < bound:               # slots grow along the scan: ties keep the earlier slot
+                heap_push(heap_d, heap_s, d, j)
+                bound = heap_d[0]
+    else:
+        for j in range(lo, hi):
+            d = distance(q, rows[j], metric)
+            if d < bound:
+                heap_push(heap_d, heap_s, d, j)
+                bound = heap_d[0]
 
 
 @kernel(parallel=True)
@@ -98,74 +64,28 @@ def topk_rows(dist_matrix, k):
 
 @kernel
 def scan_topk(queries, rows, metric, k):
-    """Exact top-k of each query over all rows, computing distances directly (one thread).
-
-    The low-overhead path for a few queries: no thread launch, one heap per query.
-    """
-    nq = queries.shape[0]
-    hd, hs = new_heaps(nq, k)
-    for qi in range(nq):
-        q = queries[qi]
-        d_heap = hd[qi]
-        s_heap = hs[qi]
-        bound = d_heap[0]
-        for j in range(rows.shape[0]):
-            d = distance(q, rows[j], metric)
-            if d < bound:               # rows are scanned in slot order: ties keep the earlier slot
-                heap_push(d_heap, s_heap, d, j)
-                bound = d_heap[0]
-        heap_sort(d_heap, s_heap)
-    return hs, hd
+    """Exact top-k of each query over all rows on the calling thread (one heap per query):
+    the low-overhead path for a few queries. Returns (slots (nq, k), dists (nq, k)), sorted."""
+    return serial_topk(FloatQueries(queries, metric), queries.shape[0], rows, no_subset(), False, k)
 
 
-@kernel(parallel=True)
+@kernel
 def scan_topk_chunked(queries, rows, metric, k, n_chunks):
-    """``scan_topk`` split into (query, chunk of rows) tasks, so one query uses every thread;
-    each task fills its own heap, then the chunk heaps of a query are merged."""
-    nq = queries.shape[0]
-    n = rows.shape[0]
-    chunk = (n + n_chunks - 1) // n_chunks if n > 0 else 1
-    hd, hs = new_heaps(nq * n_chunks, k)
-    for t in numba.prange(nq * n_chunks):
-        qi = t // n_chunks
-        c = t % n_chunks
-        q = queries[qi]
-        for j in range(c * chunk, min(n, (c + 1) * chunk)):
-            d = distance(q, rows[j], metric)
-            if d < hd[t, 0]:
-                heap_push(hd[t], hs[t], d, j)
-    return merge_chunk_heaps(hd, hs, nq, n_chunks, k)
+    """``scan_topk`` split into (query, chunk of rows) tasks, so one query uses every thread."""
+    return topk_scan(FloatQueries(queries, metric), queries.shape[0], rows, no_subset(), False, k, n_chunks)
 
 
 @kernel
 def scan_topk_subset(queries, rows, subset, metric, k):
-    """Exact top-k of each query over ``rows[subset]``; returns row numbers (slots), sorted.
+    """Exact top-k of each query over ``rows[subset]`` (sorted slots); returns slots, sorted.
     One thread: called for small allow-sets and few queries, where a launch costs more."""
-    nq = queries.shape[0]
-    hd, hs = new_heaps(nq, k)
-    for qi in range(nq):
-        _subset_into_heap(queries[qi], rows, subset, metric, hd[qi], hs[qi])
-    return hs, hd
-
-
-@kernel(parallel=True)
-def scan_topk_subset_batch(queries, rows, subset, metric, k):
-    """``scan_topk_subset`` parallel over queries, for batches."""
-    nq = queries.shape[0]
-    hd, hs = new_heaps(nq, k)
-    for qi in numba.prange(nq):
-        _subset_into_heap(queries[qi], rows, subset, metric, hd[qi], hs[qi])
-    return hs, hd
+    return serial_topk(FloatQueries(queries, metric), queries.shape[0], rows, subset, True, k)
 
 
 @kernel
-def _subset_into_heap(q, rows, subset, metric, heap_d, heap_s):
-    for t in range(subset.shape[0]):
-        j = subset[t]
-        d = distance(q, rows[j], metric)
-        if d < heap_d[0] or (d == heap_d[0] and j < heap_s[0]):
-            heap_push(heap_d, heap_s, d, j)
-    heap_sort(heap_d, heap_s)
+def scan_topk_subset_batch(queries, rows, subset, metric, k):
+    """``scan_topk_subset`` parallel over queries, for batches."""
+    return topk_scan(FloatQueries(queries, metric), queries.shape[0], rows, subset, True, k, 1)
 
 
 @kernel(fastmath=ARITH)

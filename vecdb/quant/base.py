@@ -26,6 +26,8 @@ class Codec(Protocol):
     def is_trained(self) -> bool: ...
     @property
     def code_size(self) -> int: ...
+    @property
+    def recommended_train_size(self) -> int: ...
     def train(self, vectors: Any) -> None: ...
     def encode(self, vectors: Any) -> np.ndarray: ...
     def decode(self, codes: Any) -> F32Matrix: ...
@@ -106,6 +108,13 @@ class BaseCodec(abc.ABC):
     def min_train_size(self) -> int:
         """Fewest training vectors ``train`` accepts."""
         return 1
+
+    @property
+    def recommended_train_size(self) -> int:
+        """Sample size that trains this codec well: what a collection gathers before training
+        automatically (``CodeIndex.min_train_points``). Default 1,000, enough for statistics
+        that are means or ranges per dimension (binary centring and plane scales, SQ8 ranges)."""
+        return max(1000, self.min_train_size)
 
     def require_trained(self) -> None:
         """Raise FailedPreconditionError unless the codec is trained."""

@@ -78,6 +78,7 @@ class Binary(BaseCodec):
         self.mean = np.zeros(self.dim, np.float32)
         self.scales = np.zeros(bits, np.float32)
         self.rotation: F32Matrix | None = None
+        self._weights: dict[Metric, tuple[np.ndarray, np.float32, int]] = {}
 
     # ---- codec ----------------------------------------------------------------------
     @property
@@ -101,6 +102,7 @@ class Binary(BaseCodec):
             raise ValueError(f"binary codec arrays have shapes {self.mean.shape}, {self.scales.shape}")
         rot = arrays.get("rotation")
         self.rotation = None if rot is None else np.ascontiguousarray(rot, np.float32)
+        self._weights = {}
 
     def _train(self, x: F32Matrix) -> None:
         self.mean = x.mean(axis=0).astype(np.float32) if self.center else np.zeros(self.dim, np.float32)
@@ -113,6 +115,7 @@ class Binary(BaseCodec):
         if not (scales > 0).all():
             scales = np.maximum(scales, np.float32(np.finfo(np.float32).tiny))
         self.scales = scales
+        self._weights = {}
 
     def _encode(self, x: F32Matrix) -> np.ndarray:
         r = self.transform(x)
@@ -147,15 +150,22 @@ class Binary(BaseCodec):
         """
         self.require_trained()
         metric = Metric.parse(metric)
+        known = self._weights.get(metric)
+        if known is not None:
+            return known
         a = self.scales.astype(np.float64)
         outer = np.outer(a, a)
         if metric is Metric.IP:
-            return (2.0 * outer).astype(np.float32), np.float32(-self.dim * a.sum() ** 2), 1
-        if metric in (Metric.L2, Metric.COSINE):
+            out = (2.0 * outer).astype(np.float32), np.float32(-self.dim * a.sum() ** 2), 1
+        elif metric in (Metric.L2, Metric.COSINE):
             w = np.triu(8.0 * outer, 1)
             np.fill_diagonal(w, 4.0 * a * a)
-            return w.astype(np.float32), np.float32(0.0), 0
-        raise InvalidArgumentError(f"binary distances support l2, ip and cosine, got {metric.value!r}")
+            out = w.astype(np.float32), np.float32(0.0), 0
+        else:
+            raise InvalidArgumentError(f"binary distances support l2, ip and cosine, got {metric.value!r}")
+        out[0].flags.writeable = False           # cached per metric (cleared by training): shared, read-only
+        self._weights[metric] = out
+        return out
 
     def code_distances(self, query_code: Any, codes: Any, metric: Metric | str = Metric.L2) -> np.ndarray:
         """Symmetric distances from one code to every code row: float32 (n,).

@@ -75,6 +75,12 @@ class PQ(BaseCodec):
     def min_train_size(self) -> int:
         return self.ksub
 
+    @property
+    def recommended_train_size(self) -> int:
+        """max(1000, 40 * 2**nbits): k-means in each sub-space wants about 40 points per
+        centroid (faiss warns below 39), so 10,240 for 8-bit codes and 1,000 for 4-bit ones."""
+        return max(1000, 40 * self.ksub)
+
     def params(self) -> dict[str, Any]:
         return {"dim": self.dim, "m": self.m, "nbits": self.nbits, "opq": self.opq, "n_iter": self.n_iter,
                 "opq_iters": self.opq_iters, "seed": self.seed}

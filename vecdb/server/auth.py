@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from vecdb.errors import InvalidArgumentError, PermissionDeniedError, UnauthenticatedError
+from vecdb.wire import API_KEY_HEADER, AUTHORIZATION_HEADER, BEARER_PREFIX
 
 logger = logging.getLogger(__name__)
 
-API_KEY_HEADER = "x-api-key"
 AUTH_FILE_ENV = "VECDB_AUTH_FILE"
 API_KEYS_ENV = "VECDB_API_KEYS"
 
@@ -179,8 +179,8 @@ def extract_key(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         if key == API_KEY_HEADER and text:
             return text
-        if key == "authorization" and text.lower().startswith("bearer ") and text[7:].strip():
-            return text[7:].strip()
+        if key == AUTHORIZATION_HEADER and text.lower().startswith(BEARER_PREFIX) and text[len(BEARER_PREFIX):].strip():
+            return text[len(BEARER_PREFIX):].strip()
     return None
 
 

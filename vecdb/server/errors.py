@@ -15,10 +15,9 @@ from typing import NoReturn
 import grpc
 
 from vecdb.errors import InternalError, ResourceExhaustedError, VecdbError
+from vecdb.wire import ERROR_HEADER
 
 logger = logging.getLogger(__name__)
-
-ERROR_HEADER = "vecdb-error"
 
 
 def as_vecdb_error(exc: BaseException, method: str) -> VecdbError:

@@ -24,8 +24,9 @@ import logging
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import grpc
 import numpy as np
@@ -33,7 +34,7 @@ from google.protobuf import message_factory, unknown_fields
 from google.protobuf.message import Message
 
 from vecdb import calls, filters, wire
-from vecdb.api import CollectionAPI, DatabaseAPI, QueryResult
+from vecdb.api import CollectionAPI, DatabaseAPI, QueryResult, SearchRequest
 from vecdb.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -115,14 +116,16 @@ DISTANCE_OVERHEAD = 32
 RESULT_COST = 600
 
 
-def _rows_per_step(coll: CollectionAPI, k: int, params: dict[str, Any] | None, *, filtered: bool) -> int:
+def _rows_per_step(coll: CollectionAPI, search: SearchRequest) -> int:
     """How many query rows one search step may take so that it does about ``STEP_WORK``:
     a query costs about ``candidates x (dim + DISTANCE_OVERHEAD) + k x RESULT_COST``, where an
     unfiltered HNSW search compares at most ef x 2M candidates and any other search up to
     every point. A single query is never split, so one step is at least one query."""
     info = coll.info
-    if info.index == "hnsw" and not filtered:  # bounded by the beam: no need to count the points
-        ef = (params or {}).get("ef", 64)
+    k = search.k
+    if info.index == "hnsw" and search.filter is None and search.tenant is None:
+        # bounded by the beam: no need to count the points
+        ef = search.params.get("ef", 64)
         ef = ef if isinstance(ef, int) and not isinstance(ef, bool) and ef > 0 else 64
         m = info.index_params.get("M", 16)
         m = m if isinstance(m, int) and m > 0 else 16
@@ -144,13 +147,14 @@ class VecdbServicer:
         self._config = config
         self._metrics = metrics
         self._draining = threading.Event()
+        self._payload_flag = f"--max-response-payload-mb={config.max_response_payload_mb}"
 
     def drain(self) -> None:
         """Answer new RPCs with UNAVAILABLE (retriable) while in-flight ones finish."""
         self._draining.set()
 
     # ---- the one wrapper every RPC goes through -----------------------------------------
-    def _run(self, method: str, handler: Callable[[Any, Principal], Message], request: Any,
+    def _run(self, method: str, handler: Callable[[Any, Principal], Message], streaming: bool, request: Any,
              context: grpc.ServicerContext) -> Message:
         start = time.perf_counter()
         code = "OK"
@@ -165,12 +169,12 @@ class VecdbServicer:
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 raise VecdbTimeoutError(f"{method}: the deadline passed before the server started the call")
-            if not isinstance(request, Iterator):
+            if not streaming:  # a stream's messages are checked one by one as they are read
                 _check_request(request)
             call = calls.CallContext(
                 what=method, deadline=None if remaining is None else time.monotonic() + remaining,
                 cancelled=lambda: not context.is_active(), payload_bytes=self._config.max_response_payload_bytes,
-                payload_flag=f"--max-response-payload-mb={self._config.max_response_payload_mb}")
+                payload_flag=self._payload_flag)
             with calls.call_scope(call):
                 return handler(request, who)
         except Exception as exc:
@@ -184,7 +188,7 @@ class VecdbServicer:
             elapsed = time.perf_counter() - start
             if self._metrics is not None:
                 self._metrics.finished(method, code, elapsed)
-            if code == "OK":
+            if code == "OK" and logger.isEnabledFor(logging.DEBUG):
                 logger.debug("%s ok", method, extra={"event": "rpc", "method": method, "seconds": round(elapsed, 6)})
 
     # ---- helpers ----------------------------------------------------------------------
@@ -233,22 +237,23 @@ class VecdbServicer:
         return spec
 
     def _search_one(self, req: pb.SearchRequest, who: Principal) -> pb.SearchResponse:
-        """One search, run in steps of ``_rows_per_step`` query rows: each step takes the
+        """One search, validated once (``SearchRequest.build``) and run by the collection's
+        trusted ``execute`` in steps of ``_rows_per_step`` query rows: each step takes the
         collection's read lock on its own, so a large request never holds off writers (and
         the searches queued behind them) for longer than one bounded step. Steps may see
         writes that land between them; each query row sees one consistent state."""
         queries = wire.matrix_from_proto(req.queries, what="queries")
         coll = self._collection(req.collection)
-        spec = self._filter(req.filter_json)
-        tenant = who.scope_tenant(_optional(req, "tenant"))
-        params = wire.loads_object(req.params_json, what="params")
-        k = int(req.k)
-        step = _rows_per_step(coll, k, params, filtered=spec is not None or tenant is not None)
+        search = SearchRequest.build(coll.info, queries, req.k, self._filter(req.filter_json),
+                                     who.scope_tenant(_optional(req, "tenant")),
+                                     wire.loads_object(req.params_json, what="params"), req.with_payloads)
+        step = _rows_per_step(coll, search)
+        rows = len(search.queries)
         parts = []
-        for start in range(0, max(len(queries), 1), step):
+        for start in range(0, max(rows, 1), step):
             calls.check()
-            parts.append(coll.search(queries[start:start + step], k=k, filter=spec, tenant=tenant, params=params,
-                                     with_payloads=req.with_payloads))
+            part = search if rows <= step else replace(search, queries=search.queries[start:start + step])
+            parts.append(coll.execute(part))  # type: ignore[attr-defined]  # the served database is embedded
         result = parts[0] if len(parts) == 1 else QueryResult(
             ids=np.concatenate([p.ids for p in parts]), distances=np.concatenate([p.distances for p in parts]),
             payloads=None if parts[0].payloads is None else [row for p in parts for row in p.payloads or []])
@@ -306,6 +311,11 @@ class VecdbServicer:
         who.require_admin("dropping a collection")
         self._db.drop_collection(req.name)
         return pb.DropCollectionResponse()
+
+    def train(self, req: pb.TrainRequest, who: Principal) -> pb.TrainResponse:
+        who.require_admin("training a collection's index")
+        self._collection(req.collection).train()
+        return pb.TrainResponse()
 
     # ---- points -----------------------------------------------------------------------
     def upsert(self, req: pb.UpsertRequest, who: Principal) -> pb.UpsertResponse:
@@ -415,7 +425,7 @@ def add_to_server(servicer: VecdbServicer, server: grpc.Server) -> None:
             request_cls = message_factory.GetMessageClass(method.input_type)
             response_cls = message_factory.GetMessageClass(method.output_type)
             impl = getattr(servicer, _snake(method.name))
-            behaviour = functools.partial(servicer._run, method.name, impl)
+            behaviour = functools.partial(servicer._run, method.name, impl, method.client_streaming)
             make = grpc.stream_unary_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
             handlers[method.name] = make(behaviour, request_deserializer=_parser(request_cls),
                                          response_serializer=response_cls.SerializeToString)

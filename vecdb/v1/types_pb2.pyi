@@ -81,17 +81,19 @@ class CollectionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., id_type: _Optional[str] = ...) -> None: ...
 
 class CollectionStats(_message.Message):
-    __slots__ = ("count", "memory_bytes", "disk_bytes", "index", "index_params_json", "n_tenants")
+    __slots__ = ("count", "memory_bytes", "disk_bytes", "index", "index_params_json", "n_tenants", "trained")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     N_TENANTS_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_FIELD_NUMBER: _ClassVar[int]
     count: int
     memory_bytes: int
     disk_bytes: int
     index: str
     index_params_json: str
     n_tenants: int
-    def __init__(self, count: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., n_tenants: _Optional[int] = ...) -> None: ...
+    trained: bool
+    def __init__(self, count: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., n_tenants: _Optional[int] = ..., trained: _Optional[bool] = ...) -> None: ...

@@ -61,6 +61,16 @@ class DropCollectionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class TrainRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "ids", "vectors", "payloads_json", "tenants")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]

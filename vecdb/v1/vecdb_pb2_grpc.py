@@ -57,6 +57,11 @@ class CollectionServiceStub:
                 request_serializer=vecdb_dot_v1_dot_vecdb__pb2.DropCollectionRequest.SerializeToString,
                 response_deserializer=vecdb_dot_v1_dot_vecdb__pb2.DropCollectionResponse.FromString,
                 _registered_method=True)
+        self.Train = channel.unary_unary(
+                '/vecdb.v1.CollectionService/Train',
+                request_serializer=vecdb_dot_v1_dot_vecdb__pb2.TrainRequest.SerializeToString,
+                response_deserializer=vecdb_dot_v1_dot_vecdb__pb2.TrainResponse.FromString,
+                _registered_method=True)
 
 
 class CollectionServiceServicer:
@@ -93,6 +98,14 @@ class CollectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Train(self, request, context):
+        """Train (or retrain) the collection's index on its stored points and rebuild it;
+        searches are served meanwhile. FAILED_PRECONDITION if it holds no points. Admin keys only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +128,11 @@ def add_CollectionServiceServicer_to_server(servicer, server):
                     servicer.DropCollection,
                     request_deserializer=vecdb_dot_v1_dot_vecdb__pb2.DropCollectionRequest.FromString,
                     response_serializer=vecdb_dot_v1_dot_vecdb__pb2.DropCollectionResponse.SerializeToString,
+            ),
+            'Train': grpc.unary_unary_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=vecdb_dot_v1_dot_vecdb__pb2.TrainRequest.FromString,
+                    response_serializer=vecdb_dot_v1_dot_vecdb__pb2.TrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +246,33 @@ class CollectionService:
             '/vecdb.v1.CollectionService/DropCollection',
             vecdb_dot_v1_dot_vecdb__pb2.DropCollectionRequest.SerializeToString,
             vecdb_dot_v1_dot_vecdb__pb2.DropCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vecdb.v1.CollectionService/Train',
+            vecdb_dot_v1_dot_vecdb__pb2.TrainRequest.SerializeToString,
+            vecdb_dot_v1_dot_vecdb__pb2.TrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

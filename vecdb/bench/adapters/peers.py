@@ -1,6 +1,8 @@
 """Embedded database targets: vecdb's database (``vecdb.open``) and the embedded peers, each
 inserting every row under its row number into a folder of its own and searching one query per
-call, the way an application calls an embedded database.
+call, the way an application calls an embedded database. ``vecdb-collection`` is vecdb's
+database measured against the index libraries (``Collection.search`` with the same seed and
+knobs as ``vecdb-hnsw``, each call's block of queries in one call).
 
 Like is compared with like: each target says whether it searches exactly (``algorithm =
 "exact"``: db-vecdb-flat, qdrant-local, lancedb without an index, Milvus Lite FLAT) or with an
@@ -22,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from vecdb.bench.adapters.base import Target, register
+from vecdb.bench.adapters.hnsw import SEED as HNSW_SEED
 from vecdb.bench.measure import dir_bytes
 from vecdb.errors import FailedPreconditionError
 from vecdb.types import F32Matrix, Metric
@@ -101,13 +104,15 @@ class _VecdbDb(_Peer):
     def _open(self) -> None:
         import vecdb
 
-        params = {}
-        if self.index_kind == "hnsw":
-            params = {"M": int(self.build_params.get("M", 16)),
-                      "ef_construction": int(self.build_params.get("ef_construction", 100)), "progress": False}
         self.db = vecdb.open(self.workdir)
         self.col = self.db.create_collection("bench", dim=self.dim, metric=self.metric.value, index=self.index_kind,
-                                             index_params=params)
+                                             index_params=self._index_params())
+
+    def _index_params(self) -> dict[str, Any]:
+        if self.index_kind != "hnsw":
+            return {}
+        return {"M": int(self.build_params.get("M", 16)),
+                "ef_construction": int(self.build_params.get("ef_construction", 100)), "progress": False}
 
     def _insert(self, ids: np.ndarray, rows: F32Matrix) -> None:
         self.col.upsert(ids, rows)
@@ -135,6 +140,34 @@ class DbVecdbHNSW(_VecdbDb):
     name = "db-vecdb-hnsw"
     index_kind = "hnsw"
     search_knobs = ("ef",)
+
+
+@register
+class VecdbCollection(DbVecdbHNSW):
+    """``Collection.search`` as an application calls it: a real LMDB folder, points upserted in
+    batches under their row numbers, each call's block of queries passed in one ``search`` (so
+    batch 1 is one query per call, with nothing around it but the call). No filter. Build param
+    ``index`` picks the index kind (default hnsw: M, ef_construction; knob ef); the count is the
+    collection's own ``stats().memory_bytes``."""
+
+    name = "vecdb-collection"
+    memory_source = "library"
+
+    def __init__(self, metric: Metric, dim: int, build_params: dict[str, Any]) -> None:
+        super().__init__(metric, dim, build_params)
+        self.index_kind = str(self.build_params.get("index", "hnsw"))
+        self.search_knobs = ("ef",) if self.index_kind == "hnsw" else ()
+
+    def _index_params(self) -> dict[str, Any]:
+        # the same level-draw seed as the vecdb-hnsw target and hnswlib
+        return {**super()._index_params(), "seed": HNSW_SEED} if self.index_kind == "hnsw" else {}
+
+    def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
+        knobs = {key: params[key] for key in self.search_knobs if key in params}
+        return self.col.search(queries, k=k, params=knobs).ids
+
+    def memory_bytes(self) -> int | None:  # type: ignore[override]
+        return int(self.col.stats().memory_bytes)
 
 
 # ---- chroma ---------------------------------------------------------------------------------------

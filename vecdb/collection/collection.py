@@ -2,18 +2,23 @@
 an in-memory index, payload indexes and tenant sets that mirror the committed store.
 
 Durability: every upsert / delete / grant / revoke / tenant change is one LMDB write
-transaction; changes that touch the index (upserts, deletes of points) also bump the
-collection's write sequence and append ``seq -> internal ids`` to the op log. Memory is
-updated only after the commit, in one short step under the collection's exclusive lock that
-publishes the whole batch (new rows are staged and searched exactly, replaced and deleted
-index entries hidden: ``vecdb.index.staging``); the staged rows then move into the index in
-steps of about 20 ms, each exclusive, so searches see the state before or after a batch and
-never half of it, and never wait long behind a large one. Index checkpoints (``index.save``) are recorded with their
-sequence number in the manifest; opening loads the newest checkpoint and replays the logged
-ids newer than it from the stored vectors (or rebuilds from all vectors when there is none).
+transaction; a change the index must see (points written or deleted, tenants created or
+dropped, memberships gained or lost) also bumps the collection's write sequence and appends
+an op record to the log (``oplog``). Memory is updated only after the commit, in one short
+step under the collection's exclusive lock that publishes the whole batch, then staged rows
+move into the index in bounded steps (``apply``). Index checkpoints are recorded with their
+sequence number in the manifest; opening loads the newest checkpoint and replays the log
+written since (``recovery``), which hands the index every change after the checkpoint once.
 
 Internal ids are dense int64 numbers handed out in order and never reused; the index, the
-payload indexes and the tenant sets work on them, and only the id map knows user ids.
+payload indexes and the tenant sets work on them (the index stores them as its ids: one id
+space), and only the id records and ``uid_of`` know user ids.
+
+An index that needs training (pq, binary, sq8) is stood in for by an exact scan of the
+stored vectors until the collection holds ``index.min_train_points`` points; then the writer
+trains it on a seeded sample of the stored vectors and builds it in one go (searches keep
+being served by the exact scan meanwhile) and checkpoints it. ``train()`` does the same on
+request, for any index kind.
 
 Tenants and owners (the semantics are documented in ``vecdb.api``): each membership record
 holds an access level, owner / write grant / read grant. Every check of a tenant's access
@@ -22,56 +27,60 @@ racing for the same new id cannot both win. A get answers an id the tenant canno
 exactly as a missing one. Requests are validated before any access check.
 
 A committed batch never makes points unreachable: if applying it to memory fails, memory is
-rebuilt from the store (``vecdb.storage.state``), degrading to an exact scan or to unindexed
-payloads where the index or the payload index cannot take the points.
+rebuilt from the store, degrading to an exact scan or to unindexed payloads where the index
+or the payload index cannot take the points.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from vecdb import calls
-from vecdb.api import CollectionInfo, CollectionStats, GetResult, Payload, QueryResult
-from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
-                          IdNotFoundError, InvalidArgumentError, PermissionDeniedError, TenantNotFoundError,
+from vecdb.api import (CollectionInfo, CollectionStats, GetResult, Payload, QueryResult, SearchRequest, check_tenant,
+                       check_tenants)
+from vecdb.collection import oplog
+from vecdb.collection.apply import apply_delete, apply_upsert, deletion_ops, drain, hand_ops
+from vecdb.collection.checkpoint import Checkpoints
+from vecdb.collection.layout import OWNER, READ, WRITE, CollectionHost, part_names
+from vecdb.collection.memory import Memory
+from vecdb.collection.points import StoredPoints
+from vecdb.collection.recovery import Recovery
+from vecdb.collection.search import run_search
+from vecdb.collection.tenants import TenantSet
+from vecdb.collection.training import build_index
+from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, FailedPreconditionError, IdNotFoundError,
+                          InternalError, InvalidArgumentError, PermissionDeniedError, TenantNotFoundError,
                           UnavailableError)
-from vecdb.filters import check_payload, parse_filter
+from vecdb.filters import check_payload
 from vecdb.storage import keys as K
-from vecdb.storage.arrays import F32_LE, U64_LE, decode_json, encode_json, from_bytes, rows_to_bytes, to_bytes
+from vecdb.storage.arrays import encode_json, rows_to_bytes
+from vecdb.storage.files import dir_bytes
 from vecdb.storage.locks import RWLock
-from vecdb.storage.state import OWNER, PARTS, READ, WRITE, CheckpointPolicy, CollectionState, TenantSet, dir_bytes
-from vecdb.types import SearchResult
-from vecdb.validation import as_id_array, as_k, as_matrix
-
-if TYPE_CHECKING:
-    from vecdb.database import Database
+from vecdb.validation import as_id_array, as_matrix
 
 log = logging.getLogger(__name__)
 
-MAX_TENANT_BYTES = 200
 
-
-class Collection(CollectionState):
+class Collection:
     """The embedded implementation of ``vecdb.api.CollectionAPI``; get one from ``Database``."""
 
-    def __init__(self, db: "Database", info: CollectionInfo, cid: int, policy: CheckpointPolicy) -> None:
-        self._db = db
-        self._store = db._store
+    def __init__(self, host: CollectionHost, info: CollectionInfo, cid: int) -> None:
+        self._store = host.store
         self._info = info
-        self._cid = cid
-        self._policy = policy
-        self._names = {part: f"c{cid:08x}.{part}" for part in PARTS}
+        self._names = part_names(cid)
         handles = self._store.dbs(list(self._names.values()))
         self._h = {part: handles[name] for part, name in self._names.items()}
-        self._ckpt_root = db._index_root / f"c{cid:08x}"
+        self._points = StoredPoints(self._store, self._h, info)
+        self._checkpoints = Checkpoints(host, cid, info, self._h["log"])
+        self._recovery = Recovery(host, info, self._h, self._checkpoints, self._points)
         self._writer = threading.Lock()
         self._rw = RWLock("collection")
         self._state = "open"
+        self._step_rows = 256
         with self._writer:
-            self._load()
+            self._mem: Memory = self._recovery.load()
 
     # ---- identity --------------------------------------------------------------------
     @property
@@ -81,6 +90,11 @@ class Collection(CollectionState):
     @property
     def info(self) -> CollectionInfo:
         return self._info
+
+    @property
+    def failed(self) -> bool:
+        """True when memory could not be rebuilt after a failure (the database reloads it)."""
+        return self._state == "failed"
 
     def __repr__(self) -> str:
         return f"Collection({self._info.name!r}, dim={self._info.dim}, metric={self._info.metric!r}, index={self._info.index!r})"
@@ -117,16 +131,17 @@ class Collection(CollectionState):
                 raise InvalidArgumentError(f"got {len(payloads)} payloads for {n} ids")
             pays = [check_payload(p, where=f"payloads[{i}]") for i, p in enumerate(payloads)]
         pay_bytes = [None if p is None else encode_json(p) for p in pays]
-        tenant_names = self._tenant_names(tenant)
+        tenant_names = check_tenants(tenant)
         with self._writer:
             self._check()
+            mem = self._mem
             tsets = [self._tenant(t) for t in tenant_names]
             h = self._h
             with self._store.read() as txn:
                 found = dict(txn.cursor(h["ids"]).getmulti(idkeys))
             iids = np.empty(n, np.int64)
             is_new = np.ones(n, bool)
-            next_iid = self._next_iid
+            next_iid = mem.next_iid
             for i, key in enumerate(idkeys):
                 old = found.get(key)
                 if old is None:
@@ -135,7 +150,7 @@ class Collection(CollectionState):
                 else:
                     iids[i] = K.read_u64(old)
                     is_new[i] = False
-            seq = self._seq + 1
+            seq = mem.seq + 1
             new_rows = np.flatnonzero(is_new).tolist()
             old_rows = np.flatnonzero(~is_new).tolist()
             if tsets and old_rows:
@@ -143,6 +158,10 @@ class Collection(CollectionState):
             iid_keys = K.u64_many(iids)
             owner_keys = [K.u32(ts.number) + iid_keys[i] for ts in tsets for i in new_rows]
             vec_bytes = rows_to_bytes(x)
+            ops = [oplog.Op(oplog.POINTS, 0, iids)]
+            if new_rows:
+                ops += [oplog.Op(oplog.GRANT, ts.number, iids[new_rows]) for ts in tsets]
+            record = oplog.encode(ops)
 
             def batch(txn: Any) -> None:
                 # New internal ids are larger than every stored key, so their records are
@@ -160,15 +179,11 @@ class Collection(CollectionState):
                 pay_cur.putmulti([(iid_keys[i], pay_bytes[i]) for i in new_rows if pay_bytes[i] is not None], append=True)
                 if owner_keys:
                     txn.cursor(h["mem"]).putmulti([(key, OWNER) for key in owner_keys])
-                txn.put(K.u64(seq), to_bytes(iids, U64_LE), db=h["log"], append=True)
+                txn.put(K.u64(seq), record, db=h["log"], append=True)
                 txn.put(b"seq", K.u64(seq), db=h["ctr"])
                 txn.put(b"next_iid", K.u64(next_iid), db=h["ctr"])
 
-            with self._rw.write():
-                self._store.write(batch)
-                self._apply(lambda: self._apply_upsert(iids, is_new, uids, x, pays, tsets, seq, next_iid))
-            self._drain()
-            self._maybe_checkpoint()
+            self._commit(batch, lambda: apply_upsert(self._mem, iids, is_new, uids, x, pays, tsets, ops, seq, next_iid))
 
     def delete(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> int:
         """Delete the stored ones among ``ids``; returns how many left the caller's view.
@@ -178,9 +193,10 @@ class Collection(CollectionState):
         stay for the others), and ids it cannot see are ignored, like unknown ones."""
         self._check()
         idkeys, _ = self._keys_of(ids, unique=False)
-        tenant_names = [] if tenant is None else [self._one_tenant(tenant)]
+        tenant_names = [] if tenant is None else [check_tenant(tenant)]
         with self._writer:
             self._check()
+            mem = self._mem
             tsets = [self._tenant(t) for t in tenant_names]
             h = self._h
             with self._store.read() as txn:
@@ -189,13 +205,21 @@ class Collection(CollectionState):
             revoke: list[int] = []
             if tsets:
                 levels = [(key, iid, tsets[0].level(iid)) for key, iid in pairs]
-                revoke = [iid for _, iid, level in levels if level is not None and level != OWNER]
+                revoke = sorted(iid for _, iid, level in levels if level is not None and level != OWNER)
                 pairs = [(key, iid) for key, iid, level in levels if level == OWNER]
             if not pairs and not revoke:
                 return 0
             iids = np.array([iid for _, iid in pairs], np.int64)
-            seq = self._seq + 1 if pairs else self._seq
-            member_of = {iid: sorted(self._point_tenants.get(iid, ())) for _, iid in pairs}
+            seq = mem.seq + 1
+            member_of = {iid: sorted(mem.tenants.of_point.get(iid, ())) for _, iid in pairs}
+            lost: dict[int, list[int]] = {}
+            for iid, numbers in member_of.items():
+                for number in numbers:
+                    lost.setdefault(number, []).append(iid)
+            if revoke:
+                lost.setdefault(tsets[0].number, []).extend(revoke)
+            ops = deletion_ops(iids, lost)
+            record = oplog.encode(ops)
             revoke_keys = [K.u32(tsets[0].number) + K.u64(iid) for iid in revoke]
 
             def batch(txn: Any) -> None:
@@ -209,50 +233,52 @@ class Collection(CollectionState):
                         txn.delete(K.u32(number) + ik, db=h["mem"])
                 for key in revoke_keys:
                     txn.delete(key, db=h["mem"])
-                if pairs:
-                    txn.put(K.u64(seq), to_bytes(iids, U64_LE), db=h["log"])
-                    txn.put(b"seq", K.u64(seq), db=h["ctr"])
+                txn.put(K.u64(seq), record, db=h["log"], append=True)
+                txn.put(b"seq", K.u64(seq), db=h["ctr"])
 
-            def change() -> None:
-                if pairs:
-                    self._apply_delete(iids, seq)
-                if revoke:
-                    self._set_access(tsets, revoke, None)
-
-            with self._rw.write():
-                self._store.write(batch)
-                self._apply(change)
-            self._drain()
-            self._maybe_checkpoint()
+            owner = tsets[0] if tsets else None
+            self._commit(batch, lambda: apply_delete(self._mem, iids, revoke, owner, ops, seq))
             return len(pairs) + len(revoke)
 
     def create_tenant(self, tenant: str) -> None:
         """Create an empty tenant; AlreadyExistsError if it exists."""
         self._check()
-        name = self._one_tenant(tenant)
+        name = check_tenant(tenant)
         with self._writer:
             self._check()
-            if name in self._tenants:
+            mem = self._mem
+            if name in mem.tenants:
                 raise AlreadyExistsError(f"tenant {name!r} already exists in collection {self.name!r}")
-            number = self._next_tenant
+            number, seq = mem.next_tenant, mem.seq + 1
+            ops = [oplog.Op(oplog.CREATE, number)]
+            record = oplog.encode(ops)
             h = self._h
 
             def batch(txn: Any) -> None:
                 txn.put(name.encode("utf-8"), K.u32(number), db=h["ten"])
                 txn.put(b"next_tenant", K.u64(number + 1), db=h["ctr"])
+                txn.put(K.u64(seq), record, db=h["log"], append=True)
+                txn.put(b"seq", K.u64(seq), db=h["ctr"])
 
-            with self._rw.write():
-                self._store.write(batch)
-                self._tenants[name] = TenantSet(number)
-                self._next_tenant = number + 1
+            def change() -> None:
+                mem = self._mem
+                mem.tenants.add(name, number)
+                mem.next_tenant = number + 1
+                self._membership_done(mem, ops, seq, 1)
+
+            self._commit(batch, change)
 
     def drop_tenant(self, tenant: str) -> None:
         """Delete a tenant and all its memberships (the points stay)."""
         self._check()
-        name = self._one_tenant(tenant)
+        name = check_tenant(tenant)
         with self._writer:
             self._check()
+            mem = self._mem
             ts = self._tenant(name)
+            seq = mem.seq + 1
+            ops = [oplog.Op(oplog.DROP, ts.number)]
+            record = oplog.encode(ops)
             h = self._h
             member_keys = [K.u32(ts.number) + K.u64(i) for i in sorted(ts.members)]
 
@@ -260,18 +286,21 @@ class Collection(CollectionState):
                 txn.delete(name.encode("utf-8"), db=h["ten"])
                 for key in member_keys:
                     txn.delete(key, db=h["mem"])
+                txn.put(K.u64(seq), record, db=h["log"], append=True)
+                txn.put(b"seq", K.u64(seq), db=h["ctr"])
 
-            with self._rw.write():
-                self._store.write(batch)
-                del self._tenants[name]
-                for iid in ts.members:
-                    self._point_tenants[iid].discard(ts.number)
+            def change() -> None:
+                mem = self._mem
+                mem.tenants.drop(name)
+                self._membership_done(mem, ops, seq, 1 + len(member_keys))
+
+            self._commit(batch, change)
 
     def list_tenants(self) -> list[str]:
         """Names of all tenants, sorted."""
         self._check()
         with self._rw.read():
-            return sorted(self._tenants)
+            return self._mem.tenants.names()
 
     def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray, write: bool = False) -> None:
         """Give ``tenant`` read access (``write=True``: also the right to replace) to existing
@@ -288,43 +317,77 @@ class Collection(CollectionState):
 
     def _membership(self, tenant: str, ids: Any, level: bytes | None) -> None:
         """Set ``tenant``'s access to ``ids`` to ``level`` (None: remove it); owners keep
-        ownership when granted."""
+        ownership when granted. Gained or lost memberships are logged for the index; a
+        level change within the tenant's access is not (the index keeps no levels)."""
         self._check()
-        name = self._one_tenant(tenant)
+        name = check_tenant(tenant)
         idkeys, uids = self._keys_of(ids, unique=False)
         with self._writer:
             self._check()
+            mem = self._mem
             ts = self._tenant(name)
             with self._store.read() as txn:
                 iids = self._lookup(txn, idkeys, uids)
             if level is None:
                 change = sorted({i for i in iids.tolist() if i in ts.members})
+                joined = change
             else:
                 change = sorted({i for i in iids.tolist() if ts.level(i) not in (OWNER, level)})
+                joined = [i for i in change if i not in ts.members]
             if not change:
                 return
+            ops = [oplog.Op(oplog.REVOKE if level is None else oplog.GRANT, ts.number, np.array(joined, np.int64))]
+            seq = mem.seq + 1 if joined else mem.seq
+            record = oplog.encode(ops) if joined else b""
             mem_keys = [K.u32(ts.number) + K.u64(i) for i in change]
-            mem_db = self._h["mem"]
+            h = self._h
 
             def batch(txn: Any) -> None:
                 for key in mem_keys:
                     if level is None:
-                        txn.delete(key, db=mem_db)
+                        txn.delete(key, db=h["mem"])
                     else:
-                        txn.put(key, level, db=mem_db)
+                        txn.put(key, level, db=h["mem"])
+                if joined:
+                    txn.put(K.u64(seq), record, db=h["log"], append=True)
+                    txn.put(b"seq", K.u64(seq), db=h["ctr"])
 
-            with self._rw.write():
-                self._store.write(batch)
-                self._apply(lambda: self._set_access([ts], change, level))
+            def apply() -> None:
+                mem = self._mem
+                mem.tenants.set_access([ts], change, level)
+                if joined:
+                    self._membership_done(mem, ops, seq, len(joined))
+
+            self._commit(batch, apply)
+
+    @staticmethod
+    def _membership_done(mem: Memory, ops: list[oplog.Op], seq: int, dirty: int) -> None:
+        hand_ops(mem, ops)
+        mem.seq = seq
+        mem.dirty += dirty
+
+    def train(self) -> None:
+        """Train (or retrain) the configured index on the stored points and rebuild it; searches
+        are served meanwhile by the index in place (or the exact scan). FailedPreconditionError
+        when the collection is empty; the index's own error (nothing changes) when it cannot
+        be trained on the stored points."""
+        self._check()
+        with self._writer:
+            self._check()
+            if not self._mem.n_live:
+                raise FailedPreconditionError(f"collection {self.name!r} is empty: there is nothing to train the "
+                                              f"{self._info.index!r} index on")
+            self._drain()
+            self._rebuild(reason="requested")
 
     # ---- reads -----------------------------------------------------------------------
     def count(self, tenant: str | None = None) -> int:
         """Number of points (of ``tenant`` when given)."""
         self._check()
-        name = None if tenant is None else self._one_tenant(tenant)
+        name = None if tenant is None else check_tenant(tenant)
         with self._rw.read():
             self._check()
-            return self._n_live if name is None else len(self._tenant(name).members)
+            return self._mem.n_live if name is None else len(self._tenant(name).members)
 
     def get(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> GetResult:
         """Vectors and payloads of ``ids`` in the order asked; IdNotFoundError if any is missing.
@@ -332,31 +395,14 @@ class Collection(CollectionState):
         class, same message), so a tenant cannot probe which ids other tenants hold."""
         self._check()
         idkeys, uids = self._keys_of(ids, unique=False)
-        name = None if tenant is None else self._one_tenant(tenant)
+        name = None if tenant is None else check_tenant(tenant)
         with self._rw.read():
             self._check()  # a drop may have completed since the check above
             members = None if name is None else self._tenant(name).members
             with self._store.read() as txn:
                 iids = self._lookup(txn, idkeys, uids, visible=members)
-                vectors, payloads = self._read_points(txn, iids, uids)
+                vectors, payloads = self._points.points(txn, iids, uids)
         return GetResult(self._id_array(uids), vectors, payloads)
-
-    def _read_points(self, txn: Any, iids: np.ndarray, uids: list[Any]) -> tuple[np.ndarray, list[Payload | None]]:
-        """Stored vectors and payloads of ``iids`` (read in ``txn``)."""
-        d = self._info.dim
-        vectors = np.empty((len(iids), d), np.float32)
-        payloads: list[Payload | None] = []
-        for row, iid in enumerate(iids.tolist()):
-            key = K.u64(iid)
-            raw = txn.get(key, db=self._h["vec"])
-            if raw is None:
-                raise DataLossError(f"point {uids[row]!r} has no stored vector")
-            vectors[row] = from_bytes(raw, F32_LE, count=d)
-            pay = txn.get(key, db=self._h["pay"])
-            if pay is not None:
-                calls.spend_payload_bytes(len(pay))  # the server's per-call budget, before decoding
-            payloads.append(None if pay is None else decode_json(pay))
-        return vectors, payloads
 
     def search(self, queries: Any, k: int = 10, filter: Mapping[str, Any] | None = None, tenant: str | None = None,
                params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult:
@@ -364,49 +410,117 @@ class Collection(CollectionState):
         ``filter`` and (when given) belonging to ``tenant``. ``params`` are the index's search
         knobs (e.g. ``{"ef": 64}`` for HNSW). ids are -1 (int) / None (str) where no hit."""
         self._check()
-        q = as_matrix(queries, self._info.dim, what="queries")
-        k = as_k(k)
-        node = parse_filter(filter)
-        if node == ("all",):
-            node = None
-        if params is None:
-            params = {}
-        if not isinstance(params, Mapping) or not all(isinstance(p, str) for p in params):
-            raise InvalidArgumentError(f"params must be a dict of search knobs, got {params!r:.200}")
-        unknown = sorted(set(params) - self._index.search_params)  # also names like "allow"
-        if unknown:
-            raise InvalidArgumentError(f"unknown search parameter(s) {unknown} for index {self._info.index!r}; "
-                                       f"known: {', '.join(sorted(self._index.search_params)) or 'none'}")
-        name = None if tenant is None else self._one_tenant(tenant)
-        with self._rw.read():
-            self._check()
-            allow: np.ndarray | None = None
-            if name is not None:
-                allow = self._tenant(name).array()
-            if node is not None:
-                mask = self._payidx.evaluate(node, self._live)
-                allow = np.flatnonzero(mask) if allow is None else allow[mask[allow]]
-            if allow is not None and len(allow) == 0:
-                self._index.search(q[:0], k, **params)  # still reject unknown knobs
-                res = SearchResult.empty(len(q), k)
-            else:
-                res = self._staging.search(self._index, q, k, allow, params)
-            ids = self._translate(res.ids)
-            payloads = self._hit_payloads(res.ids) if with_payloads else None
-        return QueryResult(ids, res.distances, payloads)
+        return self.execute(SearchRequest.build(self._info, queries, k, filter, tenant, params, with_payloads))
 
-    def stats(self) -> CollectionStats:
-        """Point count, bytes in memory and on disk (LMDB pages + index checkpoint), index parameters."""
+    def execute(self, req: SearchRequest) -> QueryResult:
+        """Run a search validated by ``SearchRequest.build`` (the trusted path: nothing is
+        checked again but the knobs, resolved once by the serving index)."""
         self._check()
         with self._rw.read():
             self._check()
-            memory = (self._index.memory_bytes() + self._staging.memory_bytes() + self._payidx.memory_bytes() + self._live.nbytes
-                      + self._uid_of.nbytes + (50 * self._n_live if self._info.id_type == "str" else 0)
-                      + 64 * sum(len(t.members) for t in self._tenants.values()))
-            disk = self._store.used_bytes(list(self._names.values())) + dir_bytes(self._ckpt_root)
-            return CollectionStats(count=self._n_live, memory_bytes=int(memory), disk_bytes=int(disk),
+            mem = self._mem
+            ts = None if req.tenant is None else self._tenant(req.tenant)
+            res = run_search(mem, req, ts)
+            ids = self._translate(res.ids)
+        payloads = self._points.hit_payloads(res.ids) if req.with_payloads else None
+        return QueryResult(ids, res.distances, payloads)
+
+    def stats(self) -> CollectionStats:
+        """Point count, bytes in memory and on disk (LMDB pages + index checkpoint), index
+        parameters, and whether the configured index serves (``trained``)."""
+        self._check()
+        with self._rw.read():
+            self._check()
+            mem = self._mem
+            disk = self._store.used_bytes(list(self._names.values())) + dir_bytes(self._checkpoints.root)
+            return CollectionStats(count=mem.n_live, memory_bytes=mem.memory_bytes(), disk_bytes=int(disk),
                                    index=self._info.index, index_params=dict(self._info.index_params),
-                                   n_tenants=len(self._tenants))
+                                   n_tenants=len(mem.tenants), trained=mem.trained)
+
+    # ---- lifecycle (called by the Database) --------------------------------------------
+    def shutdown(self) -> None:
+        """Checkpoint if anything changed, then refuse further calls (database close)."""
+        with self._writer:
+            if self._state != "open":
+                return
+            try:
+                mem = self._mem
+                if mem.dirty and mem.trained:
+                    self._checkpoints.save(mem)
+            finally:
+                with self._rw.write():
+                    self._state = "closed"
+
+    def mark_dropped(self) -> None:
+        """Refuse further calls (the database deletes the stored data)."""
+        with self._writer:
+            with self._rw.write():
+                self._state = "dropped"
+
+    # ---- writer internals ------------------------------------------------------------
+    def _commit(self, batch: Callable[[Any], None], change: Callable[[], None]) -> None:
+        """Commit ``batch`` and publish ``change`` to memory in one exclusive step, then the
+        writer's follow-up work (caller holds the writer lock)."""
+        with self._rw.write():
+            self._store.write(batch)
+            self._apply(change)
+        self._drain()
+        self._maybe_train()
+        if self._checkpoints.due(self._mem):
+            self._checkpoints.save(self._mem)
+
+    def _apply(self, change: Callable[[], None]) -> None:
+        """Apply a committed batch to memory. If that fails (a bug, or an index that cannot
+        take the points), memory is rebuilt from the committed store, which then serves the
+        batch as well (loading never drops stored points), so the write stands and the cause
+        is logged. Only if the store itself cannot be read is the collection marked "failed";
+        the database then reloads it on the next ``get_collection``."""
+        try:
+            change()
+        except Exception as exc:
+            log.error("collection %r: applying a committed batch failed (%s: %s); rebuilding memory from the store",
+                      self._info.name, type(exc).__name__, exc, exc_info=True,
+                      extra={"event": "apply_failed", "collection": self._info.name})
+            try:
+                self._mem = self._recovery.load()
+            except Exception as again:
+                self._state = "failed"
+                log.exception("collection %r: rebuilding memory from the store failed", self._info.name)
+                raise InternalError(f"collection {self._info.name!r}: the batch was committed, but memory could not "
+                                    f"be rebuilt from the store ({type(again).__name__}: {again}); get the "
+                                    "collection again to reload it") from exc
+
+    def _drain(self) -> None:
+        self._step_rows = drain(lambda: self._mem, self._rw.write, self._apply, self._step_rows)
+
+    def _maybe_train(self) -> None:
+        """Train the configured index once the exact-scan stand-in holds enough points. A
+        failure is logged and retried when the collection has doubled."""
+        mem = self._mem
+        if mem.trained or mem.train_at is None or mem.n_live < mem.train_at:
+            return
+        try:
+            self._rebuild(reason="automatic")
+        except Exception as exc:
+            mem.train_at = 2 * mem.n_live
+            log.error("collection %r: training the %s index on %d points failed (%s: %s); searches keep scanning "
+                      "exactly; next attempt at %d points", self._info.name, self._info.index, mem.n_live,
+                      type(exc).__name__, exc, extra={"event": "train_failed", "collection": self._info.name})
+
+    def _rebuild(self, *, reason: str) -> None:
+        """Build the configured index from every stored point (trained on a sample when it
+        needs training), swap it in, and checkpoint it (caller holds the writer lock and has
+        drained the staged rows, so memory equals the store and does not change meanwhile)."""
+        mem = self._mem
+        live = np.flatnonzero(mem.live).astype(np.int64)
+        index = build_index(self._info, self._points.vectors(live, mem.n_live), live, mem.tenants)
+        with self._rw.write():
+            mem.index = index
+            mem.index_problem = None
+            mem.dirty = max(mem.dirty, 1)
+        log.info("collection %r: %s index built on %d points (%s)", self._info.name, self._info.index, len(live),
+                 reason, extra={"event": "index_trained", "collection": self._info.name, "points": len(live)})
+        self._checkpoints.save(mem)
 
     # ---- helpers: validation ---------------------------------------------------------
     def _check(self) -> None:
@@ -445,22 +559,8 @@ class Collection(CollectionState):
             raise InvalidArgumentError(f"duplicate ids in one batch: {dups[:5]}")
         return keys, uids
 
-    def _tenant_names(self, tenant: Any) -> list[str]:
-        if tenant is None:
-            return []
-        names = [tenant] if isinstance(tenant, str) else list(tenant)
-        for name in names:
-            if not isinstance(name, str) or not name or len(name.encode("utf-8")) > MAX_TENANT_BYTES:
-                raise InvalidArgumentError(f"tenant must be a non-empty string of at most {MAX_TENANT_BYTES} bytes, got {name!r}")
-        return list(dict.fromkeys(names))
-
-    def _one_tenant(self, tenant: Any) -> str:
-        if not isinstance(tenant, str):
-            raise InvalidArgumentError(f"tenant must be a string, got {tenant!r}")
-        return self._tenant_names(tenant)[0]
-
     def _tenant(self, name: str) -> TenantSet:
-        ts = self._tenants.get(name)
+        ts = self._mem.tenants.get(name)
         if ts is None:
             raise TenantNotFoundError(f"no tenant {name!r} in collection {self.name!r}")
         return ts
@@ -502,23 +602,17 @@ class Collection(CollectionState):
         return out
 
     def _translate(self, iids: np.ndarray) -> np.ndarray:
-        hit = iids >= 0
+        """User ids of internal ids (-1 / None where no hit)."""
+        uid_of = self._mem.uid_of
         if self._info.id_type == "int":
-            return np.where(hit, self._uid_of[np.maximum(iids, 0)], -1).astype(np.int64)
+            out = uid_of.take(iids)  # -1 (no hit) reads the last entry: reset below
+            if iids.size and iids.min() < 0:
+                out[iids < 0] = -1
+            return out
+        hit = iids >= 0
         out = np.empty(iids.shape, object)
-        out[hit] = self._uid_of[iids[hit]]
+        out[hit] = uid_of[iids[hit]]
         return out
-
-    def _hit_payloads(self, iids: np.ndarray) -> list[list[Payload | None]]:
-        cache: dict[int, Payload | None] = {}
-        with self._store.read() as txn:
-            for iid in np.unique(iids[iids >= 0]).tolist():
-                raw = txn.get(K.u64(iid), db=self._h["pay"])
-                if raw is not None:
-                    calls.spend_payload_bytes(len(raw))  # the server's per-call budget, before decoding
-                cache[iid] = None if raw is None else decode_json(raw)
-        return [[cache.get(i) if i >= 0 else None for i in row] for row in iids.tolist()]
-
 
 
 def _row_count(vectors: Any) -> int:

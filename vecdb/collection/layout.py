@@ -1,0 +1,59 @@
+"""What one collection keeps where, and what the database hands a collection explicitly.
+
+Sub-databases of one collection, named ``c<cid as 8 hex>.<part>``::
+
+    ids  user-id key -> u64 iid          rev  u64 iid -> user-id key
+    vec  u64 iid -> float32 LE row       pay  u64 iid -> JSON payload
+    ten  tenant name -> u32 tenant no.   mem  u32 tenant no. + u64 iid -> access level
+    log  u64 seq -> op record (``oplog``) ctr  b"seq" / b"next_iid" / b"next_tenant" -> u64
+
+Index checkpoints live in ``<index root>/c<cid as 8 hex>/<seq as 16 hex>/``.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vecdb.storage.env import Store
+
+PARTS = ("ids", "rev", "vec", "pay", "ten", "mem", "log", "ctr")
+
+# Access levels, as stored in ``mem`` values. Databases written before owners existed hold
+# b"" for every membership, which therefore reads as a read grant (the least access).
+OWNER, WRITE, READ = b"o", b"w", b""
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When to save the index: once ``points`` points changed (or half the collection when
+    that is larger, so the cost per point stays bounded), or ``seconds`` after the last
+    checkpoint if anything changed; always on close. Replay on open costs time proportional
+    to the changes since the last checkpoint."""
+
+    points: int = 100_000
+    seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class CollectionHost:
+    """What a collection gets from its database: the LMDB store, the handle of the
+    ``manifest`` sub-database (collection number -> newest checkpoint), the lock that keeps
+    checkpoints apart from snapshots, the folder of index checkpoints and the policy."""
+
+    store: Store
+    manifest: Any
+    checkpoint_lock: threading.Lock
+    index_root: Path
+    policy: CheckpointPolicy
+
+
+def part_names(cid: int) -> dict[str, str]:
+    """Sub-database name of each part of collection number ``cid``."""
+    return {part: f"c{cid:08x}.{part}" for part in PARTS}
+
+
+def checkpoint_root(index_root: Path, cid: int) -> Path:
+    """Folder holding the checkpoints of collection number ``cid``."""
+    return index_root / f"c{cid:08x}"

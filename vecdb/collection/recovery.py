@@ -1,0 +1,190 @@
+"""Loading a collection's memory from its store: the newest checkpoint plus a replay of the
+op log written since, or, without a usable checkpoint, a rebuild from every stored record.
+
+Committed points never become unreachable: loading rebuilds from the stored records when the
+checkpoint path fails, leaves a payload the payload index rejects unindexed, and serves an
+index that cannot be built by an exact scan of the stored vectors (each such degradation is
+logged and named in ``Memory.degraded``; the next open tries again). An index that needs
+training serves by exact scan, not degraded, until the collection holds enough points.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from vecdb.api import CollectionInfo
+from vecdb.collection.checkpoint import Checkpoint, Checkpoints
+from vecdb.collection.layout import CollectionHost
+from vecdb.collection.memory import ExactScan, Memory
+from vecdb.collection.oplog import Replay, logged_since
+from vecdb.collection.points import StoredPoints
+from vecdb.collection.tenants import Tenants
+from vecdb.collection.training import apply_membership, build_index, new_index, train_threshold
+from vecdb.errors import DataLossError
+from vecdb.filters import PayloadIndex
+from vecdb.index.base import BaseIndex
+from vecdb.storage import keys as K
+from vecdb.storage.arrays import decode_json
+
+log = logging.getLogger(__name__)
+
+
+class Recovery:
+    """Builds a ``Memory`` equal to the committed store of one collection. Given explicitly:
+    the store and the collection's sub-database handles, its checkpoints, and a reader of
+    its stored points."""
+
+    def __init__(self, host: CollectionHost, info: CollectionInfo, handles: dict[str, Any],
+                 checkpoints: Checkpoints, points: StoredPoints) -> None:
+        self._store = host.store
+        self._info = info
+        self._h = handles
+        self._checkpoints = checkpoints
+        self._points = points
+
+    def load(self) -> Memory:
+        """Memory from the checkpoint + replay, or (if that path fails) from every stored
+        record. Only an unreadable store makes this raise."""
+        try:
+            return self._load(use_checkpoint=True)
+        except Exception:
+            log.exception("collection %r: loading via the checkpoint failed; rebuilding from the store", self._info.name)
+            return self._load(use_checkpoint=False)
+
+    def _load(self, *, use_checkpoint: bool) -> Memory:
+        info, h = self._info, self._h
+        new_index(info)  # the kind must exist, and accept its parameters, before anything else
+        ckpt = self._checkpoints.load(self._checkpoints.manifest()) if use_checkpoint else None
+        mem = Memory(info)
+        mem.payidx = ckpt.payidx if ckpt is not None else PayloadIndex()
+        rejected: list[int] = []
+        replay: Replay | None = None
+        with self._store.read() as txn:
+            ctr = {key: K.read_u64(val) for key, val in txn.cursor(h["ctr"]).iternext()}
+            seq = ctr.get(b"seq", 0)
+            if ckpt is not None and ckpt.seq > seq:
+                log.warning("collection %r: checkpoint is newer than the store; rebuilding", info.name)
+                ckpt, mem.payidx = None, PayloadIndex()
+            mem.reserve(ctr.get(b"next_iid", 0))
+            if ckpt is None:
+                self._load_ids(mem, list(txn.cursor(h["rev"]).iternext()))
+                for key, val in txn.cursor(h["pay"]).iternext():
+                    _index_payload(mem, K.read_u64(key), decode_json(val), rejected)
+            else:
+                replay = logged_since(txn, h["log"], ckpt.seq)
+                self._replay_ids(txn, mem, ckpt, replay.touched, rejected)
+            tenants = {k.decode("utf-8"): K.read_u32(v) for k, v in txn.cursor(h["ten"]).iternext()}
+            mem_keys, mem_levels = [], []
+            for key, val in txn.cursor(h["mem"]).iternext():
+                mem_keys.append(key)
+                mem_levels.append(val[:1] or b"r")
+        if rejected:
+            mem.payload_problem = (f"{len(rejected)} payload(s) could not be indexed (e.g. of internal id "
+                                   f"{rejected[0]}); filters do not see them, get returns them")
+        mem.n_live = int(mem.live.sum())
+        mem.payidx.compact(force=ckpt is None)
+        mem.tenants = Tenants.load(tenants, b"".join(mem_keys), b"".join(mem_levels), info.name)
+        mem.seq, mem.next_iid, mem.next_tenant = seq, ctr.get(b"next_iid", 0), ctr.get(b"next_tenant", 0)
+        index = None
+        if ckpt is not None and replay is not None:
+            index = self._replayed(ckpt.index, mem, replay)
+        if index is None:
+            index = self._fresh_index(mem)
+            mem.dirty = max(mem.n_live, 1) if seq else 0
+        else:
+            mem.dirty = len(replay.touched) + len(replay.membership) if replay is not None else 0
+        mem.index = index
+        mem.ckpt_seq = ckpt.seq if ckpt is not None and index is ckpt.index else 0
+        if mem.degraded:
+            log.warning("collection %r serves in a degraded mode: %s", info.name, mem.degraded,
+                        extra={"event": "collection_degraded", "collection": info.name})
+        return mem
+
+    def _replay_ids(self, txn: Any, mem: Memory, ckpt: Checkpoint, touched: np.ndarray, rejected: list[int]) -> None:
+        """Ids and payloads as of the checkpoint, then those of the points written since."""
+        info, h = self._info, self._h
+        n = len(ckpt.uid_of)
+        mem.uid_of[:n] = ckpt.uid_of
+        mem.live[:n] = ckpt.uid_of >= 0 if info.id_type == "int" else ckpt.uid_of != ""
+        if info.id_type == "str":
+            mem.uid_of[:n][~mem.live[:n]] = None
+        mem.payidx.remove(touched)
+        for iid, key in zip(touched.tolist(), K.u64_many(touched)):
+            idkey = txn.get(key, db=h["rev"])
+            mem.live[iid] = idkey is not None
+            mem.uid_of[iid] = (-1 if info.id_type == "int" else None) if idkey is None else K.decode_id_key(idkey)
+            pay = txn.get(key, db=h["pay"]) if idkey is not None else None
+            if pay is not None:
+                _index_payload(mem, iid, decode_json(pay), rejected)
+
+    def _replayed(self, index: BaseIndex, mem: Memory, replay: Replay) -> BaseIndex | None:
+        """The checkpointed index with the logged writes applied once: touched points removed
+        and the live ones added from the store, then the membership ops in write order.
+        None (rebuild) if that fails or leaves a different number of points than stored."""
+        info = self._info
+        try:
+            touched = replay.touched
+            index.remove(touched)
+            keep = touched[mem.live[touched]] if len(touched) else touched
+            if len(keep):
+                index.add(self._points.vectors(keep, mem.n_live), keep)
+            for op in replay.membership:
+                apply_membership(index, op)
+        except DataLossError:
+            raise
+        except Exception:
+            log.exception("collection %r: replaying onto the checkpointed index failed; rebuilding", info.name)
+            return None
+        if len(index) != mem.n_live:
+            log.warning("collection %r: checkpoint + replay holds %d points, store %d; rebuilding",
+                        info.name, len(index), mem.n_live)
+            return None
+        return index
+
+    def _fresh_index(self, mem: Memory) -> BaseIndex:
+        """The configured index holding every live point, trained first if it needs it; the
+        exact-scan stand-in while it needs training and too few points are stored, or when
+        it cannot be built (the reason goes to ``mem.index_problem``)."""
+        info = self._info
+        live = np.flatnonzero(mem.live).astype(np.int64)
+        configured = new_index(info)
+        mem.train_at = train_threshold(configured)
+        if mem.train_at is None or mem.n_live >= mem.train_at:
+            try:
+                return build_index(info, self._points.vectors(live, mem.n_live), live, mem.tenants)
+            except DataLossError:
+                raise
+            except Exception as exc:
+                log.exception("collection %r: building the %s index failed", info.name, info.index)
+                mem.index_problem = (f"building the {info.index!r} index failed ({type(exc).__name__}: {exc}); "
+                                     "searches scan the stored vectors exactly")
+                mem.train_at = None
+        stand_in = ExactScan(info.dim, info.metric, configured)
+        if len(live):
+            stand_in.add(self._points.vectors(live, mem.n_live), live)
+        return stand_in
+
+    @staticmethod
+    def _load_ids(mem: Memory, rev: list[tuple[bytes, bytes]]) -> None:
+        """Fill the internal-id -> user-id array and the live mask from all ``rev`` records."""
+        iids = np.frombuffer(b"".join(k for k, _ in rev), ">u8").astype(np.int64)
+        if mem.uid_of.dtype != object:
+            mem.uid_of[iids] = np.frombuffer(b"".join(v[1:9] for _, v in rev), ">u8").astype(np.int64)
+        else:
+            mem.uid_of[iids] = [K.decode_id_key(v) for _, v in rev]
+        mem.live[iids] = True
+
+
+def _index_payload(mem: Memory, iid: int, payload: Any, rejected: list[int]) -> None:
+    """Add one stored payload to the payload index; one it rejects is left unindexed (its
+    half-added entries are made stale) and noted in ``rejected``."""
+    try:
+        mem.payidx.add(iid, payload)
+    except Exception as exc:
+        mem.payidx.remove(np.array([iid], np.int64))
+        if not rejected:
+            log.error("collection %r: the payload of internal id %d cannot be indexed (%s: %s); leaving it "
+                      "unindexed", mem.info.name, iid, type(exc).__name__, exc)
+        rejected.append(iid)

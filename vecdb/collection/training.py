@@ -1,0 +1,86 @@
+"""Building a collection's configured index from stored points: training it on a seeded
+sample first when it needs training, and handing a tenant-aware index every membership."""
+from __future__ import annotations
+
+import numpy as np
+
+from vecdb.api import CollectionInfo
+from vecdb.collection import oplog
+from vecdb.collection.tenants import Tenants
+from vecdb.errors import DataLossError
+from vecdb.index.base import _REGISTRY, BaseIndex
+
+#: most rows a collection trains its index on (a seeded uniform sample of the stored points)
+TRAIN_SAMPLE = 65_536
+#: seed of that sample, so a rebuild from the same store trains the same codec
+TRAIN_SEED = 0x5EED
+
+
+def index_class(info: CollectionInfo) -> type[BaseIndex]:
+    """The registered index class of ``info.index``; DataLossError when it is not available
+    (a database written by a vecdb with more index kinds)."""
+    import vecdb.index  # noqa: F401  (registers every index kind)
+
+    cls = _REGISTRY.get(info.index)
+    if cls is None:
+        raise DataLossError(f"collection {info.name!r} uses index kind {info.index!r}, which is not available "
+                            f"(known: {sorted(_REGISTRY)})")
+    return cls
+
+
+def new_index(info: CollectionInfo) -> BaseIndex:
+    """An empty configured index (untrained when its kind needs training)."""
+    return index_class(info)(info.dim, info.metric, **info.index_params)
+
+
+def train_threshold(index: BaseIndex) -> int | None:
+    """Points at which a collection trains ``index`` automatically; None when it needs no training."""
+    if not index.needs_training:
+        return None
+    return max(1, int(index.min_train_points))
+
+
+def sample(vectors: np.ndarray, size: int = TRAIN_SAMPLE) -> np.ndarray:
+    """A seeded uniform sample of at most ``size`` rows (all of them when fewer)."""
+    if len(vectors) <= size:
+        return vectors
+    rows = np.random.default_rng(TRAIN_SEED).choice(len(vectors), size, replace=False)
+    rows.sort()
+    return vectors[rows]
+
+
+def build_index(info: CollectionInfo, vectors: np.ndarray, iids: np.ndarray, tenants: Tenants) -> BaseIndex:
+    """The configured index holding ``vectors`` under internal ids ``iids``: trained on a
+    sample of them first when its kind needs training, and given every tenant membership
+    when it is tenant-aware. Raises whatever the index raises (the caller keeps serving)."""
+    index = new_index(info)
+    if index.needs_training:
+        index.train(sample(vectors))
+    if len(iids):
+        index.reserve(len(iids))
+        index.add(vectors, iids)
+    hand_memberships(index, tenants)
+    return index
+
+
+def hand_memberships(index: BaseIndex, tenants: Tenants) -> None:
+    """Give a tenant-aware index every tenant and its members (others keep no membership)."""
+    if not index.tenant_aware:
+        return
+    for ts in tenants.by_name.values():
+        index.create_tenant(ts.number)
+        if ts.members:
+            index.grant(ts.number, ts.allow().ids)
+
+
+def apply_membership(index: BaseIndex, op: oplog.Op) -> None:
+    """Hand one logged membership op to the index (no-ops for indexes that keep no tenants)."""
+    if op.tag == oplog.CREATE:
+        index.create_tenant(op.tenant)
+    elif op.tag == oplog.DROP:
+        index.drop_tenant(op.tenant)
+    elif op.tag == oplog.GRANT:
+        index.grant(op.tenant, op.ids)
+    elif op.tag == oplog.REVOKE:
+        index.revoke(op.tenant, op.ids)
+

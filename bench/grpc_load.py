@@ -14,6 +14,7 @@ Traffic goes only to 127.0.0.1; every loop is bounded in time. Exact commands: b
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -28,6 +29,7 @@ import numpy as np
 import vecdb
 from vecdb.api import CollectionAPI
 from vecdb.bench import machine
+from vecdb.bench.loadgen import run_load
 from vecdb.bench.machine import Watch
 from vecdb.errors import VecdbError
 from vecdb.server.process import start_server_process
@@ -49,21 +51,6 @@ class PhaseResult:
     errors: int
     writes_acked: int
     writes_readable: int
-
-
-def search_loop(coll: CollectionAPI, queries: np.ndarray, k: int, params: dict[str, Any], stop: threading.Event,
-                latencies: list[float], errors: list[BaseException], seed: int) -> None:
-    """Search one random query at a time until ``stop``; record each latency."""
-    rng = np.random.default_rng(seed)
-    while not stop.is_set():
-        q = queries[int(rng.integers(len(queries)))]
-        start = time.perf_counter()
-        try:
-            coll.search(q, k=k, params=params)
-        except Exception as exc:  # counted and reported: the run must show none
-            errors.append(exc)
-            continue
-        latencies.append(time.perf_counter() - start)
 
 
 def write_loop(coll: CollectionAPI, dim: int, first_id: int, stop: threading.Event, acked: list[int],
@@ -98,28 +85,16 @@ def readable(coll: CollectionAPI, ids: list[int]) -> int:
 def run_phase(coll: CollectionAPI, queries: np.ndarray, threads: int, seconds: float, k: int,
               params: dict[str, Any], first_write_id: int, write_pause: float = 0.0) -> PhaseResult:
     """``threads`` searchers plus one writer for ``seconds``; then verify the writes."""
-    stop = threading.Event()
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    errors: list[BaseException] = []
     acked: list[int] = []
-    workers = [threading.Thread(target=search_loop, args=(coll, queries, k, params, stop, latencies[i], errors, i))
-               for i in range(threads)]
-    workers.append(threading.Thread(target=write_loop, args=(coll, queries.shape[1], first_write_id, stop, acked, errors,
-                                                                     write_pause)))
-    start = time.perf_counter()
-    for w in workers:
-        w.start()
-    time.sleep(seconds)
-    stop.set()
-    for w in workers:
-        w.join()
-    elapsed = time.perf_counter() - start
-    lat = np.array([x for row in latencies for x in row]) * 1e3
+
+    def writer(stop: threading.Event, errors: list[BaseException]) -> None:
+        write_loop(coll, queries.shape[1], first_write_id, stop, acked, errors, write_pause)
+
+    run = run_load(functools.partial(coll.search, k=k, params=params), queries, threads, seconds, [writer])
     return PhaseResult(
-        threads=threads, seconds=round(elapsed, 2), searches=len(lat), qps=round(len(lat) / elapsed, 1),
-        p50_ms=round(float(np.percentile(lat, 50)), 3) if len(lat) else float("nan"),
-        p99_ms=round(float(np.percentile(lat, 99)), 3) if len(lat) else float("nan"),
-        errors=len(errors), writes_acked=len(acked), writes_readable=readable(coll, acked),
+        threads=threads, seconds=round(run.seconds, 2), searches=run.calls, qps=round(run.qps, 1),
+        p50_ms=run.percentile_ms(50), p99_ms=run.percentile_ms(99),
+        errors=len(run.errors), writes_acked=len(acked), writes_readable=readable(coll, acked),
     )
 
 

@@ -20,35 +20,33 @@ server: the child), which says more than QPS on a machine shared with other work
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 
-def _search_loop(coll: Any, queries: np.ndarray, k: int, stop: threading.Event, out: list[float],
-                 errors: list[BaseException], seed: int) -> None:
-    """One query per call until ``stop``; record each call's latency in seconds."""
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(len(queries), size=1 << 16)
-    i = 0
-    while not stop.is_set():
-        q = queries[pick[i & 0xFFFF]]
-        i += 1
-        start = time.perf_counter()
-        try:
-            coll.search(q, k=k)
-        except Exception as exc:  # counted and reported: a run must show none
-            errors.append(exc)
-            continue
-        out.append(time.perf_counter() - start)
+def _load_generator() -> ModuleType:
+    """``vecdb/bench/loadgen.py`` of this script's own checkout, loaded by path: with ``--src``
+    the vecdb on the import path is the tree being measured, which may predate it."""
+    path = Path(__file__).resolve().parents[1] / "vecdb" / "bench" / "loadgen.py"
+    spec = importlib.util.spec_from_file_location("_grpc_small_loadgen", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+loadgen = _load_generator()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -60,28 +58,15 @@ def _cpu_seconds(pid: int) -> float:
 def _phase(coll: Any, queries: np.ndarray, k: int, threads: int, seconds: float, server_pid: int) -> dict[str, Any]:
     """``threads`` client threads searching for ``seconds``: QPS, latency percentiles and the
     CPU each side spent per call (client: this process; server: the child)."""
-    stop = threading.Event()
-    lat: list[list[float]] = [[] for _ in range(threads)]
-    errors: list[BaseException] = []
-    workers = [threading.Thread(target=_search_loop, args=(coll, queries, k, stop, lat[i], errors, i))
-               for i in range(threads)]
-    start = time.perf_counter()
     cpu_client, cpu_server = time.process_time(), _cpu_seconds(server_pid)
-    for w in workers:
-        w.start()
-    stop.wait(seconds)
-    stop.set()
-    for w in workers:
-        w.join()
-    elapsed = time.perf_counter() - start
+    run = loadgen.run_load(functools.partial(coll.search, k=k), queries, threads, seconds)
     cpu_client, cpu_server = time.process_time() - cpu_client, _cpu_seconds(server_pid) - cpu_server
-    ms = np.array([x for row in lat for x in row]) * 1e3
-    return {"threads": threads, "calls": int(ms.size), "qps": round(ms.size / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 3) if ms.size else None,
-            "p99_ms": round(float(np.percentile(ms, 99)), 3) if ms.size else None,
-            "client_cpu_us": round(cpu_client / max(ms.size, 1) * 1e6, 1),
-            "server_cpu_us": round(cpu_server / max(ms.size, 1) * 1e6, 1),
-            "errors": len(errors), "first_error": repr(errors[0]) if errors else None}
+    return {"threads": threads, "calls": run.calls, "qps": round(run.qps, 1),
+            "p50_ms": run.percentile_ms(50) if run.calls else None,
+            "p99_ms": run.percentile_ms(99) if run.calls else None,
+            "client_cpu_us": round(cpu_client / max(run.calls, 1) * 1e6, 1),
+            "server_cpu_us": round(cpu_server / max(run.calls, 1) * 1e6, 1),
+            "errors": len(run.errors), "first_error": repr(run.errors[0]) if run.errors else None}
 
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:

@@ -385,3 +385,34 @@ def test_work_of_filtered_and_scanned_searches(built: tuple[HNSW, FlatIndex], da
     assert stats.strategy == "none" and (stats.distances == 0).all()
     with pytest.raises(InvalidArgumentError, match="ef must be >= 1"):
         index.search_with_stats(queries, 10, ef=0)
+
+
+
+@pytest.mark.parametrize("dim", [3, 40, 50])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_exhaustive_walk_is_exact_around_the_prefetch_split(dim: int, metric: str) -> None:
+    """Rows shorter than the prefetched head (3 floats) and rows ending in a partial cache line
+    (40, 50): with ef > n the walk returns (nearly) every node with its exact distance, sorted,
+    the same for one query per call and a batch, and every other cell of the caller-allocated
+    output arrays is padding (-1 / +inf); the filtered traversal likewise, within the allow-set."""
+    rng = np.random.default_rng(dim)
+    base = rng.standard_normal((300, dim)).astype(np.float32)
+    queries = rng.standard_normal((6, dim)).astype(np.float32)
+    index = HNSW(dim, metric, M=6, ef_construction=40, seed=3)
+    index.add(base)
+    exact = FlatIndex(dim, metric)
+    exact.add(base)
+    one = [index.search(q, 310, ef=310) for q in queries]
+    batch = index.search(queries, 310, ef=310)
+    assert (np.vstack([r.ids for r in one]) == batch.ids).all()
+    assert (np.vstack([r.distances for r in one]) == batch.distances).all()
+    allow = np.arange(1, 300)
+    filtered = index.search(queries, 310, ef=310, allow=allow, filter_mode="graph")
+    for (ids, dists), allowed in ((batch, np.arange(300)), (filtered, allow)):
+        for row, drow, q in zip(ids, dists, queries):
+            found = row[row >= 0]
+            assert len(found) >= 0.97 * len(allowed)  # a node may lack in-links at layer 0
+            assert (row[len(found):] == -1).all() and np.isinf(drow[len(found):]).all()
+            assert np.isin(found, allowed).all() and len(np.unique(found)) == len(found)
+            truth = exact.search(q, 300, allow=found)
+            np.testing.assert_allclose(drow[: len(found)], truth.distances[0, : len(found)], rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ import pytest
 from vecdb.errors import DimensionMismatchError, InvalidArgumentError
 from vecdb.index import HNSW, FlatIndex, Index
 from vecdb.index.allow import AllowSet
-from vecdb.index.base import BaseIndex, SearchParams
+from vecdb.index.base import BaseIndex, SearchParams, index_class, index_kinds
 from vecdb.index.hnsw import HNSWParams
 from vecdb.types import F32Matrix, I64Vector, Metric
 
@@ -247,3 +247,13 @@ def test_a_tenant_aware_index_gets_membership_and_the_tenant_argument() -> None:
     assert index.seen_tenants == [5, 6, None]
     index.drop_tenant(6)
     assert index.search(q, 1, tenant=6).ids[0, 0] == -1
+
+
+def test_index_kinds_and_their_classes_come_from_the_registry() -> None:
+    kinds = index_kinds()
+    assert {"binary", "flat", "hnsw", "pq", "sq8"} <= set(kinds) and kinds == sorted(kinds)
+    assert index_class("hnsw") is HNSW and index_class("flat") is FlatIndex
+    assert all(index_class(kind).kind == kind for kind in kinds)
+    for bad in ("nope", "HNSW", None, 3):
+        with pytest.raises(InvalidArgumentError, match=r"unknown index kind .*; known: binary, flat, hnsw, pq, sq8"):
+            index_class(bad)  # type: ignore[arg-type]

@@ -253,3 +253,18 @@ def test_scan_kernels_load_from_the_disk_cache_in_a_new_process():
                            text=True, check=True).stdout.split() for _ in range(2)]
     assert sum(map(int, runs[0])) == 4    # the first process compiles (and writes) or loads each kernel
     assert runs[1] == ["0", "4"]          # the second one only loads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_normalize_rows_gives_new_unit_float32_rows(rng, dtype):
+    x = rng.standard_normal((7, 33)).astype(dtype)
+    x[3] = 0.0                                           # a zero row stays zero
+    view = x[:, ::2]                                     # strided input is read as it is
+    for src in (x, view):
+        out = distances.normalize_rows(src)
+        assert out.dtype == np.float32 and out.flags.c_contiguous and out.shape == src.shape
+        assert not np.shares_memory(out, src)
+        ref = src.astype(np.float64)
+        norms = np.linalg.norm(ref, axis=1, keepdims=True)
+        np.testing.assert_allclose(out, np.divide(ref, norms, out=np.zeros_like(ref), where=norms > 0), rtol=1e-6, atol=1e-7)
+        assert (out[3] == 0).all()

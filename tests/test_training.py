@@ -283,3 +283,12 @@ def test_a_fresh_build_hands_a_tenant_aware_index_every_membership(tmp_path: Pat
         assert RecordingTenantIndex.calls == [("create", 0), ("grant", 0, tuple(range(6)))]
         res = col.search(rows(1, 12), k=9, tenant="a")
         assert set(res.ids[res.ids >= 0].tolist()) == set(range(6))
+
+
+def test_a_stored_collection_of_an_unknown_index_kind_is_data_loss() -> None:
+    """A database written by a vecdb with more index kinds: its collection cannot be built here."""
+    from vecdb.errors import DataLossError
+
+    info = CollectionInfo("later", 4, "l2", "spann-from-a-later-vecdb")
+    with pytest.raises(DataLossError, match=r"'later' uses index kind 'spann-from-a-later-vecdb'.*known: binary, flat"):
+        new_index(info)

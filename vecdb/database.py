@@ -8,6 +8,8 @@ Layout of ``path/``::
                                CollectionInfo + number), ``manifest`` (collection number ->
                                JSON newest index checkpoint and its write sequence), and
                                per collection ``c<number>.{ids,rev,vec,pay,ten,mem,log,ctr}``
+                               and, for an index that persists itself, its own
+                               ``c<number>.x<generation>.<name>`` (a snapshot copies them all)
     index/c<number>/<seq>/     index checkpoints written by ``Index.save``
 
 Each collection is handed a ``CollectionHost`` (the store, the manifest handle, the
@@ -34,14 +36,14 @@ from typing import Any, Mapping
 
 from vecdb.api import CollectionInfo
 from vecdb.collection import PARTS, CheckpointPolicy, Collection, CollectionHost
-from vecdb.collection.layout import checkpoint_root, part_names
-from vecdb.collection.training import index_class
+from vecdb.collection.layout import checkpoint_root, index_space_prefix, part_names
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
                           InvalidArgumentError, ResourceExhaustedError, VecdbError)
-from vecdb.index.base import registered_kinds
+from vecdb.index.base import index_class
 from vecdb.storage import keys as K
 from vecdb.storage.arrays import decode_json, encode_json
 from vecdb.storage.env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
+from vecdb.storage.space import MAX_SPACE_DBS
 from vecdb.types import Metric
 from vecdb.validation import as_fs_path
 
@@ -76,8 +78,11 @@ class Database:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise FailedPreconditionError(f"database {self.path} is open in another process") from None
+            # names: each collection's parts and its index's own sub-databases (one spare space
+            # for the next generation while an index is rebuilt), plus meta/collections/manifest
             self._store = Store(self.path / "lmdb", map_size=map_size, max_map_size=max_map_size,
-                                max_dbs=len(PARTS) * max_collections + 3, max_readers=max_readers, sync=sync)
+                                max_dbs=(len(PARTS) + MAX_SPACE_DBS) * max_collections + MAX_SPACE_DBS + 3,
+                                max_readers=max_readers, sync=sync)
             self._meta = self._store.db("meta")
             self._catalog = self._store.db("collections")
             self._manifest = self._store.db("manifest")
@@ -189,7 +194,7 @@ class Database:
         col = self._collections.pop(name, None)
         if col is not None:
             col.mark_dropped()
-        names = list(part_names(cid).values())
+        names = list(part_names(cid).values()) + self._store.names(index_space_prefix(cid))
         handles = list(self._store.dbs(names).values())
 
         def batch(txn: Any) -> None:
@@ -313,9 +318,7 @@ def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: A
     m = Metric.parse(metric)
     if m is Metric.HAMMING:
         raise InvalidArgumentError("collections store float vectors; metric must be cosine, l2 or ip")
-    kinds = registered_kinds()
-    if not isinstance(index, str) or index not in kinds:
-        raise InvalidArgumentError(f"unknown index {index!r}; available: {sorted(kinds)}")
+    cls = index_class(index)
     if id_type not in ("int", "str"):
         raise InvalidArgumentError(f"id_type must be 'int' or 'str', got {id_type!r}")
     if index_params is None:
@@ -326,7 +329,7 @@ def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: A
     info = CollectionInfo(name=name, dim=int(dim), metric=m.value, index=index, index_params=params, id_type=id_type)
     try:
         encode_json(params)
-        index_class(info)(int(dim), m, **params)
+        cls(int(dim), m, **params)
     except VecdbError:
         raise
     except (TypeError, ValueError) as exc:

@@ -10,39 +10,16 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vecdb.errors import VecdbError
+from vecdb.bench.rss import reset_peak, run_child, status_bytes
 
 #: rows of the warm-up build (enough to train PQ with 256 centroids)
 WARMUP_ROWS = 1000
-
-
-def proc_status_bytes(field: str, text: str | None = None) -> int:
-    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM) in bytes; 0 where /proc is missing."""
-    if text is None:
-        try:
-            text = Path("/proc/self/status").read_text()
-        except OSError:
-            return 0
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def measure_build(spec: dict[str, Any]) -> dict[str, Any]:
@@ -68,15 +45,15 @@ def measure_build(spec: dict[str, Any]) -> dict[str, Any]:
         warm.close()
         del warm
         gc.collect()
-        peak_reset = _reset_peak()
-        rss0 = proc_status_bytes("VmRSS")
+        peak_reset = reset_peak()
+        rss0 = status_bytes("VmRSS")
         target = cls(metric, base.shape[1], spec["build_params"])
         target.threads, target.workdir = spec["threads"], work / "build"
         t0 = time.perf_counter()
         target.build(base)
         build_s = time.perf_counter() - t0
         gc.collect()
-        rss1, hwm = proc_status_bytes("VmRSS"), proc_status_bytes("VmHWM")
+        rss1, hwm = status_bytes("VmRSS"), status_bytes("VmHWM")
         library = target.memory_bytes()
         target.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -89,11 +66,7 @@ def probe(target: str, metric: str, base_path: Path, build_params: dict[str, Any
     """Run ``measure_build`` in a fresh interpreter and return its figures."""
     spec = {"target": target, "metric": metric, "base": str(base_path), "build_params": build_params,
             "threads": threads}
-    out = subprocess.run([sys.executable, "-m", "vecdb.bench.memory", json.dumps(spec)], capture_output=True,
-                         text=True)
-    if out.returncode != 0:
-        raise VecdbError(f"memory probe of {target} failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(["-m", "vecdb.bench.memory", json.dumps(spec)], f"memory probe of {target}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ process holding the index" costs; ``fixed`` (warm - start) is the runtime's part
 
 The harness's ``--memory fresh`` probe (``vecdb.bench.memory``) measures RSS growth of a build;
 this one measures the whole process, which that probe cannot: it imports vecdb for every target.
+Both read /proc and run their child through the helpers here (this file imports nothing of vecdb).
 
 The child runs this file by path (``python rss.py '<json spec>'``): nothing of vecdb is imported
 before the stage that asks for it.
@@ -28,8 +29,8 @@ SEARCH_ROWS = 100
 STAGES = ("start", "numba", "imported", "warm", "holding")
 
 
-def _status_bytes(field: str) -> int:
-    """A ``kB`` field of /proc/self/status in bytes (0 where /proc is missing)."""
+def status_bytes(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM) in bytes; 0 where /proc is missing."""
     try:
         text = Path("/proc/self/status").read_text()
     except OSError:
@@ -40,12 +41,24 @@ def _status_bytes(field: str) -> int:
     return 0
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs); False where it cannot."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
     except OSError:
         return False
+
+
+def run_child(argv: list[str], what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a probe's fresh interpreter (``argv`` after the Python executable) and return the JSON
+    line it prints last; VecdbError naming ``what`` with the end of its stderr when it fails."""
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        from vecdb.errors import VecdbError
+
+        raise VecdbError(f"{what} failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _vecdb_builder(spec: dict[str, Any]) -> Any:
@@ -86,31 +99,31 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     """The measurement itself, in the fresh process (see the module docs for the stages)."""
     import numpy as np
 
-    rss = {"start": _status_bytes("VmRSS")}
+    rss = {"start": status_bytes("VmRSS")}
     if spec["library"] == "vecdb-hnsw":
         import numba  # noqa: F401  (the runtime's own share, before vecdb)
 
-        rss["numba"] = _status_bytes("VmRSS")
+        rss["numba"] = status_bytes("VmRSS")
         build, search, counted = _vecdb_builder(spec)
     else:
         rss["numba"] = rss["start"]
         build, search, counted = _hnswlib_builder(spec)
-    rss["imported"] = _status_bytes("VmRSS")
+    rss["imported"] = status_bytes("VmRSS")
     base = np.load(spec["base"])
     probe = np.ascontiguousarray(base[:SEARCH_ROWS])
     warm = build(np.ascontiguousarray(base[: min(len(base), WARMUP_ROWS)]))
     search(warm, probe)
     del warm, base
     gc.collect()
-    rss["warm"] = _status_bytes("VmRSS")
-    peak_reset = _reset_peak()
+    rss["warm"] = status_bytes("VmRSS")
+    peak_reset = reset_peak()
     base = np.load(spec["base"])
     index = build(base)
     del base
     gc.collect()
     search(index, probe)
-    rss["holding"] = _status_bytes("VmRSS")
-    return {"library": spec["library"], "rss_bytes": rss, "peak_bytes": _status_bytes("VmHWM") if peak_reset else None,
+    rss["holding"] = status_bytes("VmRSS")
+    return {"library": spec["library"], "rss_bytes": rss, "peak_bytes": status_bytes("VmHWM") if peak_reset else None,
             "fixed_bytes": rss["warm"] - rss["start"], "index_bytes": rss["holding"] - rss["warm"],
             "counted_bytes": counted(index), "threads": spec["threads"],
             "loaded": {name: name in sys.modules for name in ("numba", "vecdb", "hnswlib")}}
@@ -119,18 +132,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def probe(library: str, base_path: Path, metric: str, *, M: int = 16, ef_construction: int = 200, ef: int = 64,
           threads: int = 1) -> dict[str, Any]:
     """Run ``child`` for ``library`` over the .npy at ``base_path`` in a fresh interpreter."""
-    from vecdb.errors import InvalidArgumentError, VecdbError
+    from vecdb.errors import InvalidArgumentError
 
     if library not in LIBRARIES:
         raise InvalidArgumentError(f"library must be one of {LIBRARIES}, got {library!r}")
     spec = {"library": library, "base": str(base_path), "metric": metric, "M": M, "ef_construction": ef_construction,
             "ef": ef, "threads": threads}
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), json.dumps(spec)], capture_output=True,
-                         text=True, env=env)
-    if out.returncode != 0:
-        raise VecdbError(f"RSS probe of {library} failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child([str(Path(__file__).resolve()), json.dumps(spec)], f"RSS probe of {library}", env)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Modules: ``collection`` (the public ``Collection``), ``layout`` (what is stored 
 what the database hands a collection), ``oplog`` (log records replayed after a checkpoint),
 ``memory`` (the in-memory mirror), ``tenants``, ``points`` (reading stored points),
 ``recovery`` (checkpoint + replay, or rebuild), ``checkpoint``, ``training`` (building and
-training the configured index), ``apply`` (committed batches, the staged drain) and
-``search`` (the trusted search path).
+training the configured index), ``apply`` (committed batches, the staged drain),
+``spaces`` (the LMDB sub-databases of an index that persists itself) and ``search`` (the
+trusted search path).
 """
 from vecdb.collection.collection import Collection
 from vecdb.collection.layout import PARTS, CheckpointPolicy, CollectionHost

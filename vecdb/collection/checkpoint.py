@@ -1,5 +1,7 @@
 """Index checkpoints of one collection: saving the index, payload index and user ids as of a
-write sequence, recording that in the manifest and trimming the op log; reading them back."""
+write sequence, recording that in the manifest and trimming the op log; reading them back.
+An index with persistence "self" is not saved (its state is in LMDB, committed with every
+batch): its checkpoints hold the payload index and user ids only."""
 from __future__ import annotations
 
 import json
@@ -27,11 +29,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Checkpoint:
-    """What a checkpoint folder holds: the index, the payload index and internal -> user ids,
-    all as of write sequence ``seq``."""
+    """What a checkpoint folder holds: the index (None when it persists itself), the payload
+    index and internal -> user ids, all as of write sequence ``seq``."""
 
     seq: int
-    index: BaseIndex
+    index: BaseIndex | None
     payidx: PayloadIndex
     uid_of: np.ndarray
 
@@ -75,11 +77,13 @@ class Checkpoints:
             target = self.root / name
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
-            mem.index.save(target / "index")
+            saved = mem.index.persistence != "self"
+            if saved:
+                mem.index.save(target / "index")
             save_payload_index(mem.payidx, target / "payload")
             _save_uids(target, mem.uid_of[: mem.next_iid])
             fsync_tree(target)
-            record = json.dumps({"seq": seq, "dir": name, "kind": mem.index.kind}).encode("utf-8")
+            record = json.dumps({"seq": seq, "dir": name, "kind": mem.index.kind, "index": saved}).encode("utf-8")
             cid_key, log_db, man_db, limit = K.u32(self._cid), self._log_db, self._host.manifest, K.u64(seq)
 
             def batch(txn: Any) -> None:
@@ -110,13 +114,13 @@ class Checkpoints:
         folder = self.root / str(keep)
         info = self._info
         try:
-            index = load_index(folder / "index")
+            index = load_index(folder / "index") if manifest.get("index", True) else None
             payidx = load_payload_index(folder / "payload")
             uid_of = _load_uids(folder, info.id_type)
         except DataLossError as exc:
             log.warning("collection %r: checkpoint unreadable (%s); rebuilding from the store", info.name, exc)
             return None
-        if index.kind != info.index or index.dim != info.dim:
+        if index is not None and (index.kind != info.index or index.dim != info.dim):
             log.warning("collection %r: checkpoint is %s/%d, expected %s/%d; rebuilding", info.name,
                         index.kind, index.dim, info.index, info.dim)
             return None

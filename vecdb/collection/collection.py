@@ -9,6 +9,10 @@ step under the collection's exclusive lock that publishes the whole batch, then 
 move into the index in bounded steps (``apply``). Index checkpoints are recorded with their
 sequence number in the manifest; opening loads the newest checkpoint and replays the log
 written since (``recovery``), which hands the index every change after the checkpoint once.
+An index that persists itself (persistence "self") instead writes each batch into its own
+sub-databases inside the batch's transaction, before the commit (``spaces``); it is loaded
+from them, never checkpointed to a folder nor replayed, and a build or training writes it
+whole into a new generation of sub-databases while the old index keeps serving.
 
 Internal ids are dense int64 numbers handed out in order and never reused; the index, the
 payload indexes and the tenant sets work on them (the index stores them as its ids: one id
@@ -32,9 +36,10 @@ or the payload index cannot take the points.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -48,8 +53,9 @@ from vecdb.collection.memory import Memory
 from vecdb.collection.points import StoredPoints
 from vecdb.collection.recovery import Recovery
 from vecdb.collection.search import run_search
+from vecdb.collection.spaces import IndexSpaces, index_batch, persist
 from vecdb.collection.tenants import TenantSet
-from vecdb.collection.training import build_index
+from vecdb.collection.training import build_index, new_index
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, FailedPreconditionError, IdNotFoundError,
                           InternalError, InvalidArgumentError, PermissionDeniedError, TenantNotFoundError,
                           UnavailableError)
@@ -74,7 +80,9 @@ class Collection:
         self._h = {part: handles[name] for part, name in self._names.items()}
         self._points = StoredPoints(self._store, self._h, info)
         self._checkpoints = Checkpoints(host, cid, info, self._h["log"])
-        self._recovery = Recovery(host, info, self._h, self._checkpoints, self._points)
+        self._spaces = IndexSpaces(self._store, cid, self._h["ctr"])
+        self._own = new_index(info).persistence == "self"
+        self._recovery = Recovery(host, info, self._h, self._checkpoints, self._points, self._spaces)
         self._writer = threading.Lock()
         self._rw = RWLock("collection")
         self._state = "open"
@@ -132,9 +140,7 @@ class Collection:
             pays = [check_payload(p, where=f"payloads[{i}]") for i, p in enumerate(payloads)]
         pay_bytes = [None if p is None else encode_json(p) for p in pays]
         tenant_names = check_tenants(tenant)
-        with self._writer:
-            self._check()
-            mem = self._mem
+        with self._writing() as mem:
             tsets = [self._tenant(t) for t in tenant_names]
             h = self._h
             with self._store.read() as txn:
@@ -162,6 +168,7 @@ class Collection:
             if new_rows:
                 ops += [oplog.Op(oplog.GRANT, ts.number, iids[new_rows]) for ts in tsets]
             record = oplog.encode(ops)
+            for_index = self._for_index(seq, ids=iids, vectors=x, removed=iids[~is_new], membership=oplog.membership(ops))
 
             def batch(txn: Any) -> None:
                 # New internal ids are larger than every stored key, so their records are
@@ -182,6 +189,7 @@ class Collection:
                 txn.put(K.u64(seq), record, db=h["log"], append=True)
                 txn.put(b"seq", K.u64(seq), db=h["ctr"])
                 txn.put(b"next_iid", K.u64(next_iid), db=h["ctr"])
+                for_index(txn)
 
             self._commit(batch, lambda: apply_upsert(self._mem, iids, is_new, uids, x, pays, tsets, ops, seq, next_iid))
 
@@ -194,9 +202,7 @@ class Collection:
         self._check()
         idkeys, _ = self._keys_of(ids, unique=False)
         tenant_names = [] if tenant is None else [check_tenant(tenant)]
-        with self._writer:
-            self._check()
-            mem = self._mem
+        with self._writing() as mem:
             tsets = [self._tenant(t) for t in tenant_names]
             h = self._h
             with self._store.read() as txn:
@@ -221,6 +227,7 @@ class Collection:
             ops = deletion_ops(iids, lost)
             record = oplog.encode(ops)
             revoke_keys = [K.u32(tsets[0].number) + K.u64(iid) for iid in revoke]
+            for_index = self._for_index(seq, removed=iids, membership=oplog.membership(ops))
 
             def batch(txn: Any) -> None:
                 for key, iid in pairs:
@@ -235,6 +242,7 @@ class Collection:
                     txn.delete(key, db=h["mem"])
                 txn.put(K.u64(seq), record, db=h["log"], append=True)
                 txn.put(b"seq", K.u64(seq), db=h["ctr"])
+                for_index(txn)
 
             owner = tsets[0] if tsets else None
             self._commit(batch, lambda: apply_delete(self._mem, iids, revoke, owner, ops, seq))
@@ -244,21 +252,21 @@ class Collection:
         """Create an empty tenant; AlreadyExistsError if it exists."""
         self._check()
         name = check_tenant(tenant)
-        with self._writer:
-            self._check()
-            mem = self._mem
+        with self._writing() as mem:
             if name in mem.tenants:
                 raise AlreadyExistsError(f"tenant {name!r} already exists in collection {self.name!r}")
             number, seq = mem.next_tenant, mem.seq + 1
             ops = [oplog.Op(oplog.CREATE, number)]
             record = oplog.encode(ops)
             h = self._h
+            for_index = self._for_index(seq, membership=oplog.membership(ops))
 
             def batch(txn: Any) -> None:
                 txn.put(name.encode("utf-8"), K.u32(number), db=h["ten"])
                 txn.put(b"next_tenant", K.u64(number + 1), db=h["ctr"])
                 txn.put(K.u64(seq), record, db=h["log"], append=True)
                 txn.put(b"seq", K.u64(seq), db=h["ctr"])
+                for_index(txn)
 
             def change() -> None:
                 mem = self._mem
@@ -272,15 +280,14 @@ class Collection:
         """Delete a tenant and all its memberships (the points stay)."""
         self._check()
         name = check_tenant(tenant)
-        with self._writer:
-            self._check()
-            mem = self._mem
+        with self._writing() as mem:
             ts = self._tenant(name)
             seq = mem.seq + 1
             ops = [oplog.Op(oplog.DROP, ts.number)]
             record = oplog.encode(ops)
             h = self._h
             member_keys = [K.u32(ts.number) + K.u64(i) for i in sorted(ts.members)]
+            for_index = self._for_index(seq, membership=oplog.membership(ops))
 
             def batch(txn: Any) -> None:
                 txn.delete(name.encode("utf-8"), db=h["ten"])
@@ -288,6 +295,7 @@ class Collection:
                     txn.delete(key, db=h["mem"])
                 txn.put(K.u64(seq), record, db=h["log"], append=True)
                 txn.put(b"seq", K.u64(seq), db=h["ctr"])
+                for_index(txn)
 
             def change() -> None:
                 mem = self._mem
@@ -322,9 +330,7 @@ class Collection:
         self._check()
         name = check_tenant(tenant)
         idkeys, uids = self._keys_of(ids, unique=False)
-        with self._writer:
-            self._check()
-            mem = self._mem
+        with self._writing() as mem:
             ts = self._tenant(name)
             with self._store.read() as txn:
                 iids = self._lookup(txn, idkeys, uids)
@@ -341,6 +347,7 @@ class Collection:
             record = oplog.encode(ops) if joined else b""
             mem_keys = [K.u32(ts.number) + K.u64(i) for i in change]
             h = self._h
+            for_index = self._for_index(seq, membership=oplog.membership(ops)) if joined else _no_index_write
 
             def batch(txn: Any) -> None:
                 for key in mem_keys:
@@ -351,6 +358,7 @@ class Collection:
                 if joined:
                     txn.put(K.u64(seq), record, db=h["log"], append=True)
                     txn.put(b"seq", K.u64(seq), db=h["ctr"])
+                for_index(txn)
 
             def apply() -> None:
                 mem = self._mem
@@ -372,8 +380,7 @@ class Collection:
         when the collection is empty; the index's own error (nothing changes) when it cannot
         be trained on the stored points."""
         self._check()
-        with self._writer:
-            self._check()
+        with self._writing():
             if not self._mem.n_live:
                 raise FailedPreconditionError(f"collection {self.name!r} is empty: there is nothing to train the "
                                               f"{self._info.index!r} index on")
@@ -426,13 +433,15 @@ class Collection:
         return QueryResult(ids, res.distances, payloads)
 
     def stats(self) -> CollectionStats:
-        """Point count, bytes in memory and on disk (LMDB pages + index checkpoint), index
+        """Point count, bytes in memory and on disk (LMDB pages, an index's own sub-databases
+        included, + index checkpoint), index
         parameters, and whether the configured index serves (``trained``)."""
         self._check()
         with self._rw.read():
             self._check()
             mem = self._mem
-            disk = self._store.used_bytes(list(self._names.values())) + dir_bytes(self._checkpoints.root)
+            names = list(self._names.values()) + (self._spaces.names() if self._own else [])
+            disk = self._store.used_bytes(names) + dir_bytes(self._checkpoints.root)
             return CollectionStats(count=mem.n_live, memory_bytes=mem.memory_bytes(), disk_bytes=int(disk),
                                    index=self._info.index, index_params=dict(self._info.index_params),
                                    n_tenants=len(mem.tenants), trained=mem.trained)
@@ -513,14 +522,29 @@ class Collection:
         drained the staged rows, so memory equals the store and does not change meanwhile)."""
         mem = self._mem
         live = np.flatnonzero(mem.live).astype(np.int64)
-        index = build_index(self._info, self._points.vectors(live, mem.n_live), live, mem.tenants)
+        vectors = self._points.vectors(live, mem.n_live)
+        if self._own:  # written whole into a new generation; the old index serves from its own meanwhile
+            index = self._spaces.build(lambda space: build_index(self._info, vectors, live, mem.tenants, space))
+        else:
+            index = build_index(self._info, vectors, live, mem.tenants)
         with self._rw.write():
             mem.index = index
             mem.index_problem = None
             mem.dirty = max(mem.dirty, 1)
+        if self._own:
+            self._spaces.drop_others(self._spaces.live())
         log.info("collection %r: %s index built on %d points (%s)", self._info.name, self._info.index, len(live),
                  reason, extra={"event": "index_trained", "collection": self._info.name, "points": len(live)})
         self._checkpoints.save(mem)
+
+    def _for_index(self, seq: int, **parts: Any) -> Callable[[Any], None]:
+        """What write ``seq``'s transaction writes for the serving index: the index's own
+        records when it persists itself (an ``IndexBatch`` of ``parts``), nothing otherwise."""
+        index = self._mem.index
+        if index.persistence != "self":
+            return _no_index_write
+        batch = index_batch(seq, self._info.dim, **parts)
+        return lambda txn: persist(index, txn, batch)
 
     # ---- helpers: validation ---------------------------------------------------------
     def _check(self) -> None:
@@ -531,6 +555,14 @@ class Collection:
         if self._state == "failed":
             raise UnavailableError(f"collection {self.name!r} could not rebuild its memory after a failure; "
                                    "get it from the database again to reload it")
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Memory]:
+        """Hold the writer lock, checking again under it that the collection is open (it may
+        have been closed or dropped while this thread waited); yields the live memory."""
+        with self._writer:
+            self._check()
+            yield self._mem
 
     def _keys_of(self, ids: Any, *, unique: bool) -> tuple[list[bytes], list[Any]]:
         """Validated user ids -> (LMDB keys, ids as Python values)."""
@@ -622,3 +654,7 @@ def _row_count(vectors: Any) -> int:
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"vectors must be a 2-D array of numbers: {exc}") from None
     return int(arr.shape[0]) if arr.ndim else int(arr.size)
+
+
+def _no_index_write(txn: Any) -> None:
+    """The index part of a batch whose index keeps nothing in LMDB (persistence "checkpoint")."""

@@ -5,9 +5,13 @@ Sub-databases of one collection, named ``c<cid as 8 hex>.<part>``::
     ids  user-id key -> u64 iid          rev  u64 iid -> user-id key
     vec  u64 iid -> float32 LE row       pay  u64 iid -> JSON payload
     ten  tenant name -> u32 tenant no.   mem  u32 tenant no. + u64 iid -> access level
-    log  u64 seq -> op record (``oplog``) ctr  b"seq" / b"next_iid" / b"next_tenant" -> u64
+    log  u64 seq -> op record (``oplog``) ctr  b"seq" / b"next_iid" / b"next_tenant" /
+                                              b"index_gen" -> u64
 
-Index checkpoints live in ``<index root>/c<cid as 8 hex>/<seq as 16 hex>/``.
+An index with persistence "self" owns ``c<cid as 8 hex>.x<generation in hex>.<name>``
+(``index_space_prefix``; the live generation is ``ctr``'s ``index_gen``, see ``spaces``).
+Index checkpoints live in ``<index root>/c<cid as 8 hex>/<seq as 16 hex>/`` (for a "self"
+index they hold the payload index and user ids only).
 """
 from __future__ import annotations
 
@@ -57,3 +61,10 @@ def part_names(cid: int) -> dict[str, str]:
 def checkpoint_root(index_root: Path, cid: int) -> Path:
     """Folder holding the checkpoints of collection number ``cid``."""
     return index_root / f"c{cid:08x}"
+
+
+def index_space_prefix(cid: int, gen: int | None = None) -> str:
+    """Name prefix of the sub-databases that collection ``cid``'s "self" index owns in
+    generation ``gen`` (of every generation when None)."""
+    base = f"c{cid:08x}.x"
+    return base if gen is None else f"{base}{gen:x}."

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vecdb.errors import DataLossError
+from vecdb.index.base import MembershipOp
 from vecdb.storage import keys as K
 
 MAGIC = b"\x01"
@@ -24,6 +25,7 @@ POINTS, CREATE, DROP, GRANT, REVOKE = b"p", b"c", b"x", b"g", b"r"
 _MEMBERSHIP = (CREATE, DROP, GRANT, REVOKE)
 _HEAD = struct.Struct("<c3xIQ")
 _NO_IDS = np.zeros(0, np.int64)
+_OP_NAMES = {CREATE: "create", DROP: "drop", GRANT: "grant", REVOKE: "revoke"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,11 @@ class Op:
     tag: bytes
     tenant: int = 0
     ids: np.ndarray = field(default_factory=lambda: _NO_IDS)
+
+
+def membership(ops: list[Op]) -> tuple[MembershipOp, ...]:
+    """The membership ops among ``ops``, in order, as an index that persists itself takes them."""
+    return tuple(MembershipOp(_OP_NAMES[op.tag], op.tenant, op.ids) for op in ops if op.tag != POINTS)
 
 
 def encode(ops: list[Op]) -> bytes:

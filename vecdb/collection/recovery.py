@@ -6,6 +6,10 @@ checkpoint path fails, leaves a payload the payload index rejects unindexed, and
 index that cannot be built by an exact scan of the stored vectors (each such degradation is
 logged and named in ``Memory.degraded``; the next open tries again). An index that needs
 training serves by exact scan, not degraded, until the collection holds enough points.
+
+An index with persistence "self" is loaded from its live generation of sub-databases, which
+hold every committed batch exactly once: the log is replayed into the payload index and ids
+only, never into it. Building it writes a new generation (``spaces``).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from vecdb.collection.layout import CollectionHost
 from vecdb.collection.memory import ExactScan, Memory
 from vecdb.collection.oplog import Replay, logged_since
 from vecdb.collection.points import StoredPoints
+from vecdb.collection.spaces import IndexSpaces
 from vecdb.collection.tenants import Tenants
 from vecdb.collection.training import apply_membership, build_index, new_index, train_threshold
 from vecdb.errors import DataLossError
@@ -34,15 +39,16 @@ log = logging.getLogger(__name__)
 class Recovery:
     """Builds a ``Memory`` equal to the committed store of one collection. Given explicitly:
     the store and the collection's sub-database handles, its checkpoints, and a reader of
-    its stored points."""
+    its stored points, and the generations of a "self" index's sub-databases."""
 
     def __init__(self, host: CollectionHost, info: CollectionInfo, handles: dict[str, Any],
-                 checkpoints: Checkpoints, points: StoredPoints) -> None:
+                 checkpoints: Checkpoints, points: StoredPoints, spaces: IndexSpaces) -> None:
         self._store = host.store
         self._info = info
         self._h = handles
         self._checkpoints = checkpoints
         self._points = points
+        self._spaces = spaces
 
     def load(self) -> Memory:
         """Memory from the checkpoint + replay, or (if that path fails) from every stored
@@ -55,8 +61,11 @@ class Recovery:
 
     def _load(self, *, use_checkpoint: bool) -> Memory:
         info, h = self._info, self._h
-        new_index(info)  # the kind must exist, and accept its parameters, before anything else
+        # the kind must exist, and accept its parameters, before anything else
+        own = new_index(info).persistence == "self"
         ckpt = self._checkpoints.load(self._checkpoints.manifest()) if use_checkpoint else None
+        if ckpt is not None and ckpt.index is None and not own:
+            ckpt = None  # saved while the kind persisted itself: no index to replay onto
         mem = Memory(info)
         mem.payidx = ckpt.payidx if ckpt is not None else PayloadIndex()
         rejected: list[int] = []
@@ -88,15 +97,18 @@ class Recovery:
         mem.tenants = Tenants.load(tenants, b"".join(mem_keys), b"".join(mem_levels), info.name)
         mem.seq, mem.next_iid, mem.next_tenant = seq, ctr.get(b"next_iid", 0), ctr.get(b"next_tenant", 0)
         index = None
-        if ckpt is not None and replay is not None:
+        if own:
+            index = self._own_index(mem)
+        elif ckpt is not None and ckpt.index is not None and replay is not None:
             index = self._replayed(ckpt.index, mem, replay)
-        if index is None:
-            index = self._fresh_index(mem)
+        if index is None or replay is None:
+            if index is None:
+                index = self._fresh_index(mem, own)
             mem.dirty = max(mem.n_live, 1) if seq else 0
         else:
-            mem.dirty = len(replay.touched) + len(replay.membership) if replay is not None else 0
+            mem.dirty = len(replay.touched) + len(replay.membership)
         mem.index = index
-        mem.ckpt_seq = ckpt.seq if ckpt is not None and index is ckpt.index else 0
+        mem.ckpt_seq = ckpt.seq if ckpt is not None and (own or index is ckpt.index) else 0
         if mem.degraded:
             log.warning("collection %r serves in a degraded mode: %s", info.name, mem.degraded,
                         extra={"event": "collection_degraded", "collection": info.name})
@@ -143,17 +155,47 @@ class Recovery:
             return None
         return index
 
-    def _fresh_index(self, mem: Memory) -> BaseIndex:
-        """The configured index holding every live point, trained first if it needs it; the
+    def _own_index(self, mem: Memory) -> BaseIndex | None:
+        """The "self" index loaded from its live generation of sub-databases (nothing is
+        replayed into it); None (rebuild) when none is live, it cannot be loaded, or it holds
+        another number of points than the store. Generations that are not live (a crash
+        during a build left them) are dropped first."""
+        info, spaces = self._info, self._spaces
+        gen = spaces.live()
+        spaces.drop_others(gen)
+        if gen is None:
+            return None
+        index = new_index(info)
+        try:
+            index.attach(spaces.space(gen))
+        except Exception:
+            log.exception("collection %r: loading the %s index from its sub-databases failed; rebuilding",
+                          info.name, info.index)
+            return None
+        if len(index) != mem.n_live:
+            log.warning("collection %r: the %s index's sub-databases hold %d points, the store %d; rebuilding",
+                        info.name, info.index, len(index), mem.n_live)
+            return None
+        return index
+
+    def _fresh_index(self, mem: Memory, own: bool) -> BaseIndex:
+        """The configured index holding every live point, trained first if it needs it (a
+        "self" index written whole into a new live generation of sub-databases); the
         exact-scan stand-in while it needs training and too few points are stored, or when
-        it cannot be built (the reason goes to ``mem.index_problem``)."""
-        info = self._info
+        it cannot be built (the reason goes to ``mem.index_problem``; a "self" index's
+        sub-databases are then dropped, as later batches will not reach them)."""
+        info, spaces = self._info, self._spaces
         live = np.flatnonzero(mem.live).astype(np.int64)
         configured = new_index(info)
         mem.train_at = train_threshold(configured)
         if mem.train_at is None or mem.n_live >= mem.train_at:
             try:
-                return build_index(info, self._points.vectors(live, mem.n_live), live, mem.tenants)
+                vectors = self._points.vectors(live, mem.n_live)
+                if not own:
+                    return build_index(info, vectors, live, mem.tenants)
+                index = spaces.build(lambda space: build_index(info, vectors, live, mem.tenants, space))
+                spaces.drop_others(spaces.live())
+                return index
             except DataLossError:
                 raise
             except Exception as exc:
@@ -161,6 +203,8 @@ class Recovery:
                 mem.index_problem = (f"building the {info.index!r} index failed ({type(exc).__name__}: {exc}); "
                                      "searches scan the stored vectors exactly")
                 mem.train_at = None
+        if own:
+            spaces.retire()
         stand_in = ExactScan(info.dim, info.metric, configured)
         if len(live):
             stand_in.add(self._points.vectors(live, mem.n_live), live)

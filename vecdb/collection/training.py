@@ -7,8 +7,9 @@ import numpy as np
 from vecdb.api import CollectionInfo
 from vecdb.collection import oplog
 from vecdb.collection.tenants import Tenants
-from vecdb.errors import DataLossError
-from vecdb.index.base import _REGISTRY, BaseIndex
+from vecdb.errors import DataLossError, InvalidArgumentError
+from vecdb.index.base import BaseIndex, index_class, index_kinds
+from vecdb.storage.space import IndexSpace
 
 #: most rows a collection trains its index on (a seeded uniform sample of the stored points)
 TRAIN_SAMPLE = 65_536
@@ -16,21 +17,19 @@ TRAIN_SAMPLE = 65_536
 TRAIN_SEED = 0x5EED
 
 
-def index_class(info: CollectionInfo) -> type[BaseIndex]:
+def configured_class(info: CollectionInfo) -> type[BaseIndex]:
     """The registered index class of ``info.index``; DataLossError when it is not available
     (a database written by a vecdb with more index kinds)."""
-    import vecdb.index  # noqa: F401  (registers every index kind)
-
-    cls = _REGISTRY.get(info.index)
-    if cls is None:
+    try:
+        return index_class(info.index)
+    except InvalidArgumentError:
         raise DataLossError(f"collection {info.name!r} uses index kind {info.index!r}, which is not available "
-                            f"(known: {sorted(_REGISTRY)})")
-    return cls
+                            f"(known: {', '.join(index_kinds())})") from None
 
 
 def new_index(info: CollectionInfo) -> BaseIndex:
     """An empty configured index (untrained when its kind needs training)."""
-    return index_class(info)(info.dim, info.metric, **info.index_params)
+    return configured_class(info)(info.dim, info.metric, **info.index_params)
 
 
 def train_threshold(index: BaseIndex) -> int | None:
@@ -49,11 +48,15 @@ def sample(vectors: np.ndarray, size: int = TRAIN_SAMPLE) -> np.ndarray:
     return vectors[rows]
 
 
-def build_index(info: CollectionInfo, vectors: np.ndarray, iids: np.ndarray, tenants: Tenants) -> BaseIndex:
-    """The configured index holding ``vectors`` under internal ids ``iids``: trained on a
+def build_index(info: CollectionInfo, vectors: np.ndarray, iids: np.ndarray, tenants: Tenants,
+                space: IndexSpace | None = None) -> BaseIndex:
+    """The configured index holding ``vectors`` under internal ids ``iids``: attached to the
+    (empty) ``space`` right after construction when given (persistence "self"), trained on a
     sample of them first when its kind needs training, and given every tenant membership
     when it is tenant-aware. Raises whatever the index raises (the caller keeps serving)."""
     index = new_index(info)
+    if space is not None:
+        index.attach(space)
     if index.needs_training:
         index.train(sample(vectors))
     if len(iids):

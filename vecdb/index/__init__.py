@@ -1,6 +1,6 @@
 """Indexes: one module per index type, all implementing ``vecdb.index.base.Index``."""
 from vecdb.index.allow import AllowSet
-from vecdb.index.base import BaseIndex, Index, SearchParams, load_index, registered_kinds, save_index
+from vecdb.index.base import BaseIndex, Index, SearchParams, index_class, index_kinds, load_index, save_index
 from vecdb.index.binary import BinaryIndex
 from vecdb.index.flat import FlatIndex
 from vecdb.index.hnsw import HNSW, HNSWParams
@@ -10,4 +10,4 @@ from vecdb.index.sq8 import SQ8Index
 load = load_index
 
 __all__ = ["AllowSet", "BaseIndex", "BinaryIndex", "FlatIndex", "HNSW", "HNSWParams", "Index", "PQIndex", "SQ8Index",
-           "SearchParams", "load", "load_index", "registered_kinds", "save_index"]
+           "SearchParams", "index_class", "index_kinds", "load", "load_index", "save_index"]

@@ -10,16 +10,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from vecdb.errors import AlreadyExistsError, DataLossError, InvalidArgumentError
+from vecdb.errors import AlreadyExistsError, DataLossError, FailedPreconditionError, InvalidArgumentError
 from vecdb.index.allow import AllowSet, as_allow
 from vecdb.index.ids import IdMap
 from vecdb.kernels.distances import all_finite, normalize_rows
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
 from vecdb.validation import as_id_array, as_ids, as_k, as_matrix, as_positive_int, as_tenant
+
+if TYPE_CHECKING:
+    from vecdb.storage.space import IndexSpace
 
 FORMAT = "vecdb-index"
 FORMAT_VERSION = 1
@@ -28,6 +31,7 @@ _REGISTRY: dict[str, type["BaseIndex"]] = {}
 _PARAMS_CACHE_SIZE = 64
 #: allow-sets remembered per index with their slot-space translation (per id-map version).
 _ALLOW_CACHE_SIZE = 4
+_ONE = np.float32(1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,30 @@ class SearchParams:
     def as_dict(self) -> dict[str, Any]:
         """The knobs as keyword arguments."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class MembershipOp(NamedTuple):
+    """One membership change as an index with persistence "self" writes it: ``op`` ("create",
+    "drop", "grant" or "revoke"), the tenant number, and the ids (empty for create / drop)."""
+
+    op: str
+    tenant: int
+    ids: I64Vector
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexBatch:
+    """What one write batch changes for an index with persistence "self", to apply in this
+    order: ``removed`` ids leave (deleted points, and the old entries of replaced ones), then
+    ``ids`` enter with ``vectors`` (read-only float32 rows as given to ``add``: the index
+    prepares them itself), then the ``membership`` ops in order. ``seq`` is the batch's write
+    sequence (increasing; each committed batch has its own)."""
+
+    seq: int
+    ids: I64Vector
+    vectors: F32Matrix
+    removed: I64Vector
+    membership: tuple[MembershipOp, ...] = ()
 
 
 @runtime_checkable
@@ -82,8 +110,19 @@ class Index(Protocol):
     tenant's members arrive as ``allow=`` (``search(tenant=)`` is an InvalidArgumentError).
 
     Persistence: ``persistence`` is "checkpoint" (the collection saves the index to a folder
-    with ``save`` and replays its log over it) or "self" (the index keeps its own state in
-    LMDB sub-databases, written with the batch).
+    with ``save`` and replays its op log over it after a restart) or "self" (the index keeps
+    its state in LMDB sub-databases of the collection's environment, written in the same
+    transaction as each batch; it is never saved to a folder and never replayed, so a change
+    reaches its disk state exactly once). A "self" index is ``attach``ed to its ``IndexSpace``
+    once, right after construction, and loads the state the space holds (a reopened
+    collection); ``persist_batch(txn, batch)`` writes one ``IndexBatch`` (points removed,
+    points written with their vectors, membership ops) inside the batch's write transaction,
+    before the commit, changing nothing in memory (the transaction may still abort, or run
+    again after the map grows); after the commit the collection applies the same batch to
+    memory through ``add`` / ``remove`` / the membership operations, which write nothing.
+    ``persist_all(txn)`` writes the whole state into its empty space after a build or
+    training (the collection makes that space live in the same transaction, while the old
+    index keeps serving from its own space until the swap).
     """
 
     dim: int
@@ -116,6 +155,11 @@ class Index(Protocol):
     def save(self, path: str | os.PathLike[str]) -> None: ...
     def reserve(self, n: int) -> None: ...
     def params(self) -> dict[str, Any]: ...
+    @property
+    def space(self) -> "IndexSpace | None": ...
+    def attach(self, space: "IndexSpace") -> None: ...
+    def persist_batch(self, txn: Any, batch: IndexBatch) -> None: ...
+    def persist_all(self, txn: Any) -> None: ...
 
 
 class BaseIndex(abc.ABC):
@@ -138,6 +182,11 @@ class BaseIndex(abc.ABC):
       - training (``needs_training`` True): ``_train(sample)`` and ``is_trained``.
       - tenants (``tenant_aware`` True): ``_create_tenant``, ``_drop_tenant``, ``_grant``,
         ``_revoke``, and ``_search_slots`` honouring ``tenant``.
+      - persistence "self": ``_attach(space)`` opens its sub-databases (``space.db(name)``,
+        outside any transaction) and loads the state they hold; ``_persist_batch(txn, batch)``
+        and ``_persist_all(txn)`` read and write through ``txn`` only (another transaction in
+        the same thread is refused: it would deadlock) and change nothing in memory; ``add``,
+        ``remove`` and the membership hooks change memory only.
     """
 
     kind: ClassVar[str] = ""
@@ -148,6 +197,7 @@ class BaseIndex(abc.ABC):
     tenant_aware: ClassVar[bool] = False
     persistence: ClassVar[str] = "checkpoint"
     _default_params: ClassVar[SearchParams] = SearchParams()
+    _space: "IndexSpace | None" = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -156,7 +206,7 @@ class BaseIndex(abc.ABC):
         cls._default_params = cls.params_type.build({})
         if cls.persistence not in ("checkpoint", "self"):
             raise TypeError(f"{cls.__name__}.persistence must be 'checkpoint' or 'self'")
-        if cls.kind:
+        if cls.kind and "kind" in cls.__dict__:   # a subclass without its own kind never replaces its parent's
             _check_hooks(cls)
             _REGISTRY[cls.kind] = cls
 
@@ -302,6 +352,40 @@ class BaseIndex(abc.ABC):
         """Remove ``ids`` from ``tenant``'s members (no-op unless tenant-aware)."""
         self._revoke(as_tenant(tenant), as_id_array(ids))
 
+    # ---- persistence "self": state in LMDB sub-databases ------------------------------
+    @property
+    def space(self) -> "IndexSpace | None":
+        """The sub-databases this index keeps its state in (None until ``attach``, and
+        always for persistence "checkpoint")."""
+        return self._space
+
+    def attach(self, space: "IndexSpace") -> None:
+        """Bind an index with persistence "self" to ``space``, once, right after construction;
+        the state the space holds is loaded into memory. FailedPreconditionError for a
+        "checkpoint" index or a second attach."""
+        if self.persistence != "self":
+            raise FailedPreconditionError(f"{type(self).__name__} keeps no state in LMDB (persistence 'checkpoint')")
+        if self._space is not None:
+            raise FailedPreconditionError(f"{type(self).__name__} is already attached to {self._space!r}")
+        self._attach(space)
+        self._space = space
+
+    def persist_batch(self, txn: Any, batch: IndexBatch) -> None:
+        """Write ``batch`` to this index's sub-databases inside the write transaction ``txn``,
+        before it commits; memory is left unchanged (see ``Index``)."""
+        self._check_attached()
+        self._persist_batch(txn, batch)
+
+    def persist_all(self, txn: Any) -> None:
+        """Write this index's whole state into its (empty) sub-databases inside ``txn``."""
+        self._check_attached()
+        self._persist_all(txn)
+
+    def _check_attached(self) -> None:
+        if self._space is None:
+            raise FailedPreconditionError(f"{type(self).__name__} is not attached to LMDB sub-databases "
+                                          f"(persistence {self.persistence!r})")
+
     # ---- the rest of the surface ----------------------------------------------------
     def reserve(self, n: int) -> None:
         """Make room for ``n`` stored vectors ahead of time, so a later ``add`` need not grow
@@ -346,7 +430,7 @@ class BaseIndex(abc.ABC):
         """Kernel distances as the metric defines them, in place: cosine ranks by -<q, x> on
         unit rows, and 1 - cos = that + 1 (padding +inf stays +inf)."""
         if self._cosine:
-            dists += np.float32(1.0)
+            dists += _ONE
         return dists
 
     def _slot_allow(self, allow: AllowSet) -> AllowSet:
@@ -412,9 +496,21 @@ class BaseIndex(abc.ABC):
     def _revoke(self, tenant: int, ids: I64Vector) -> None:
         """Membership hook: no tenants are kept unless the index is tenant-aware."""
 
+    def _attach(self, space: "IndexSpace") -> None:
+        """Persistence hook ("self" indexes define it): open the sub-databases, load their state."""
+        raise FailedPreconditionError(f"{type(self).__name__} defines no _attach")
+
+    def _persist_batch(self, txn: Any, batch: IndexBatch) -> None:
+        """Persistence hook ("self" indexes define it): write one batch through ``txn``."""
+        raise FailedPreconditionError(f"{type(self).__name__} defines no _persist_batch")
+
+    def _persist_all(self, txn: Any) -> None:
+        """Persistence hook ("self" indexes define it): write the whole state through ``txn``."""
+        raise FailedPreconditionError(f"{type(self).__name__} defines no _persist_all")
+
 
 def _check_hooks(cls: type[BaseIndex]) -> None:
-    """A registered index class that needs training or keeps tenants must define those hooks
+    """A registered index class that needs training, keeps tenants or persists itself must define those hooks
     (else TypeError when the class is created, not a silent no-op later)."""
     def defines(*names: str) -> bool:
         return any(getattr(cls, name, None) not in (None, getattr(BaseIndex, name, None)) for name in names)
@@ -425,6 +521,10 @@ def _check_hooks(cls: type[BaseIndex]) -> None:
         for op in ("create_tenant", "drop_tenant", "grant", "revoke"):
             if not defines(f"_{op}", op):
                 raise TypeError(f"{cls.__name__} is tenant-aware but defines no _{op}")
+    if cls.persistence == "self":
+        for hook in ("_attach", "_persist_batch", "_persist_all"):
+            if not defines(hook):
+                raise TypeError(f"{cls.__name__} persists itself but defines no {hook}")
 
 
 def save_index(index: BaseIndex, path: str | os.PathLike[str]) -> None:
@@ -490,8 +590,18 @@ def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> BaseIndex
     return index
 
 
-def registered_kinds() -> Iterable[str]:
-    """Names of all index kinds that ``load_index`` can restore."""
-    import vecdb.index  # noqa: F401
+def index_kinds() -> list[str]:
+    """Names of all registered index kinds, sorted: what ``index_class`` and ``load_index`` accept."""
+    import vecdb.index  # noqa: F401  (registers every index kind)
 
     return sorted(_REGISTRY)
+
+
+def index_class(kind: str) -> type[BaseIndex]:
+    """The index class registered as ``kind``; InvalidArgumentError naming the known kinds otherwise."""
+    import vecdb.index  # noqa: F401  (registers every index kind)
+
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InvalidArgumentError(f"unknown index kind {kind!r}; known: {', '.join(index_kinds())}")
+    return cls

@@ -160,19 +160,21 @@ class HNSW(BaseIndex):
         """Visited marks (one row per Numba thread) and their tags, from a small pool so that
         concurrent callers never share a row."""
         pool = self._pool
+        cap = self._levels.shape[0]
         while pool:
             try:
-                vis, tags = pool.pop()
+                scratch = pool.pop()
             except IndexError:
                 break
-            if vis.shape[1] == self.capacity:
-                return vis, tags
+            if scratch[0].shape[1] == cap:
+                return scratch
         rows = numba.config.NUMBA_NUM_THREADS
-        return np.zeros((rows, self.capacity), np.uint16), np.zeros(rows, np.uint16)
+        return np.zeros((rows, cap), np.uint16), np.zeros(rows, np.uint16)
 
     def _give_back(self, scratch: tuple[np.ndarray, np.ndarray]) -> None:
-        if len(self._pool) < 4 and scratch[0].shape[1] == self.capacity:
-            self._pool.append(scratch)
+        pool = self._pool
+        if len(pool) < 4 and scratch[0].shape[1] == self._levels.shape[0]:
+            pool.append(scratch)
 
     # ---- add ------------------------------------------------------------------------
     def _add(self, x: F32Matrix, ids: I64Vector) -> None:
@@ -232,15 +234,20 @@ class HNSW(BaseIndex):
                 sink.append(SearchStats(np.full(len(queries), len(allow), np.int64), np.zeros(len(queries), np.int64), "scan"))
             return slots, dists
         mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+        nq = len(queries)
+        # outputs allocated here: a kernel that returns its three arrays costs ~3 us more per call
+        slots = np.empty((nq, k), np.int64)
+        dists = np.empty((nq, k), np.float32)
+        work = np.empty((nq, 2), np.int64)
         scratch = self._scratch()
-        if len(queries) < SERIAL_QUERIES:
-            slots, dists, work = graph.search_serial(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff,
-                                                     self._metric_code, self._entry, self._max_level, scratch[0],
-                                                     scratch[1], mask, allow is not None)
+        if nq < SERIAL_QUERIES:
+            graph.search_serial(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
+                                self._entry, self._max_level, scratch[0], scratch[1], mask, allow is not None,
+                                slots, dists, work)
         else:
-            slots, dists, work = graph.search_batch(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff,
-                                                    self._metric_code, self._entry, self._max_level, scratch[0],
-                                                    scratch[1], mask, allow is not None, numba.get_num_threads())
+            graph.search_batch(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
+                               self._entry, self._max_level, scratch[0], scratch[1], mask, allow is not None,
+                               slots, dists, work, numba.get_num_threads())
         self._give_back(scratch)
         if sink is not None:
             sink.append(SearchStats(work[:, graph.WORK_DISTANCES].copy(), work[:, graph.WORK_EXPANDED].copy(),

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from vecdb.api import DatabaseAPI
 from vecdb.errors import VecdbError
-from vecdb.storage.locks import HOLD_BUCKETS, hold_stats
+from vecdb.storage.locks import HOLD_BUCKETS, hold_stats, record_cpu_time
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class ServerMetrics:
         self._in_flight = Gauge("vecdb_requests_in_flight", "RPCs being served", registry=self.registry)
         self.registry.register(_CollectionSizes(db))
         self.registry.register(_LockHolds())
+        record_cpu_time(True)   # the "cpu" clock of the lock holds exported here
         self._http = None
         self.port: int | None = None
         # labelled children by (method, code): looking labels up costs more than recording

@@ -6,6 +6,8 @@ Rules kept here (py-lmdb manual, "Transaction management", "Handling database gr
   - ``set_mapsize`` needs no open transaction in this process, so every transaction holds a
     shared "gate" and growth takes it exclusively, between two attempts of the same batch;
   - a write batch is a function of the transaction, so it can be re-run after growth;
+  - a thread holding a write transaction opens no other transaction (LMDB would deadlock on
+    its writer lock, and a read would not see the batch): ``Store`` refuses it;
   - durability flags are chosen here only (see ``Store.__init__``).
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Callable, Iterator, TypeVar
 
 import lmdb
 
-from vecdb.errors import DataLossError, ResourceExhaustedError
+from vecdb.errors import DataLossError, InternalError, ResourceExhaustedError
 from vecdb.storage.locks import RWLock
 
 T = TypeVar("T")
@@ -58,6 +60,7 @@ class Store:
         self._gate = RWLock()
         self._dbi_lock = threading.Lock()
         self._dbs: dict[str, "lmdb._Database"] = {}
+        self._local = threading.local()  # .writing: this thread is inside ``write``
 
     # ---- sub-databases ---------------------------------------------------------------
     def db(self, name: str) -> "lmdb._Database":
@@ -72,7 +75,7 @@ class Store:
             handle = self._dbs.get(name)
             if handle is None:
                 key = name.encode("utf-8")
-                handle = self.write(lambda txn: self._env.open_db(key, txn=txn, create=True))
+                handle = self.write(lambda txn: _open_db(self._env, txn, key))
                 self._dbs[name] = handle
             return handle
 
@@ -81,10 +84,23 @@ class Store:
         with self._dbi_lock:
             missing = [n for n in names if n not in self._dbs]
             if missing:
-                opened = self.write(lambda txn: [self._env.open_db(n.encode("utf-8"), txn=txn, create=True)
-                                                 for n in missing])
+                opened = self.write(lambda txn: [_open_db(self._env, txn, n.encode("utf-8")) for n in missing])
                 self._dbs.update(zip(missing, opened))
             return {n: self._dbs[n] for n in names}
+
+    def names(self, prefix: str) -> list[str]:
+        """Names of the sub-databases starting with ``prefix``, sorted (each named sub-database
+        has a record in LMDB's main database)."""
+        start = prefix.encode("utf-8")
+        found = []
+        with self.read() as txn:
+            cur = txn.cursor()
+            if cur.set_range(start):
+                for key in cur.iternext(values=False):
+                    if not key.startswith(start):
+                        break
+                    found.append(bytes(key).decode("utf-8"))
+        return found
 
     def forget(self, names: list[str]) -> None:
         """Drop the cached handles of sub-databases deleted by ``drop_in``."""
@@ -101,6 +117,9 @@ class Store:
     def read(self, *, buffers: bool = False) -> Iterator[lmdb.Transaction]:
         """A short read-only transaction (a consistent snapshot). With ``buffers=True``
         values are memoryviews valid only inside the block: copy what must outlive it."""
+        if getattr(self._local, "writing", False):
+            raise InternalError("a read transaction was opened inside a write transaction of the same thread; "
+                                "read through the write transaction")
         with self._gate.read():
             with self._env.begin(write=False, buffers=buffers) as txn:
                 yield txn
@@ -110,15 +129,24 @@ class Store:
 
         The batch is all-or-nothing: if it raises, nothing is written. When the map is full
         the attempt is aborted, the map grows, and ``batch`` runs again on a fresh
-        transaction, so it must only depend on its inputs and ``txn``.
+        transaction, so it must only depend on its inputs and ``txn``. Inside ``batch`` the
+        thread opens no other transaction (InternalError; nothing is written).
         """
-        while True:
-            try:
-                with self._gate.read():
-                    with self._env.begin(write=True) as txn:
-                        return batch(txn)
-            except lmdb.MapFullError:
-                self._grow()
+        local = self._local
+        if getattr(local, "writing", False):
+            raise InternalError("a write transaction was opened inside another one of the same thread "
+                                "(LMDB would deadlock); write through the open transaction")
+        local.writing = True
+        try:
+            while True:
+                try:
+                    with self._gate.read():
+                        with self._env.begin(write=True) as txn:
+                            return batch(txn)
+                except lmdb.MapFullError:
+                    self._grow()
+        finally:
+            local.writing = False
 
     def _grow(self) -> None:
         with self._gate.write():
@@ -167,3 +195,13 @@ class Store:
         with self._gate.write():
             self._dbs.clear()
             self._env.close()
+
+
+def _open_db(env: lmdb.Environment, txn: lmdb.Transaction, key: bytes) -> "lmdb._Database":
+    """Open (creating) the named sub-database ``key`` in ``txn``; ResourceExhaustedError when
+    the environment's table of names (``max_dbs``) is full."""
+    try:
+        return env.open_db(key, txn=txn, create=True)
+    except lmdb.DbsFullError:
+        raise ResourceExhaustedError(f"cannot create LMDB sub-database {key.decode('utf-8', 'replace')!r}: the "
+                                     "environment holds as many as it was opened for (max_dbs)") from None

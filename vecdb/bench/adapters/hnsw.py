@@ -15,6 +15,7 @@ import numpy as np
 
 from vecdb.bench.adapters.base import SubsetScan, Target, faiss_metric, prepare_for_metric, register
 from vecdb.errors import InvalidArgumentError
+from vecdb.index.allow import AllowSet
 from vecdb.index.hnsw import DEFAULT_EF, FILTER_COST, HNSW
 from vecdb.types import F32Matrix, Metric
 
@@ -100,7 +101,14 @@ class VecdbHNSW(Target):
         knobs = {key: params[key] for key in self.search_knobs if key in params}
         if allow is not None and "filter_strategy" in params:
             knobs["filter_mode"] = _strategy(params)
-        return self.index.search(queries, k, allow=allow, **knobs).ids
+        return self.index.search(queries, k, allow=None if allow is None else self._allow_set(allow), **knobs).ids
+
+    def _allow_set(self, allow: np.ndarray) -> AllowSet:
+        # built once per allow set (the harness reuses the array), as the references' filters
+        # are and as an application reusing a filter would
+        if getattr(self, "_allow_for", None) is None or self._allow_for[0] is not allow:
+            self._allow_for = (allow, AllowSet.from_ids(allow))
+        return self._allow_for[1]
 
     def strategy_used(self, params: dict[str, Any], allow: np.ndarray, k: int) -> str:
         mode = params.get("filter_mode") or _strategy(params)

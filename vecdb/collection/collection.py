@@ -55,7 +55,7 @@ from vecdb.collection.recovery import Recovery
 from vecdb.collection.search import run_search
 from vecdb.collection.spaces import IndexSpaces, index_batch, persist
 from vecdb.collection.tenants import TenantSet
-from vecdb.collection.training import build_index, new_index
+from vecdb.collection.training import build_index, configured_class
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, FailedPreconditionError, IdNotFoundError,
                           InternalError, InvalidArgumentError, PermissionDeniedError, TenantNotFoundError,
                           UnavailableError)
@@ -81,7 +81,7 @@ class Collection:
         self._points = StoredPoints(self._store, self._h, info)
         self._checkpoints = Checkpoints(host, cid, info, self._h["log"])
         self._spaces = IndexSpaces(self._store, cid, self._h["ctr"])
-        self._own = new_index(info).persistence == "self"
+        self._own = configured_class(info).persistence == "self"   # the class says it; no index is built here
         self._recovery = Recovery(host, info, self._h, self._checkpoints, self._points, self._spaces)
         self._writer = threading.Lock()
         self._rw = RWLock("collection")

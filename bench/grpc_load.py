@@ -113,9 +113,10 @@ def throughput(search: Callable[[np.ndarray], object], queries: np.ndarray, batc
 
 
 def load_points(coll: CollectionAPI, base: np.ndarray) -> None:
-    """Upsert ``base`` in batches of 5000 under ids 0..n-1."""
+    """Upsert ``base`` in batches of 5000 under ids 0..n-1, then wait until it is indexed."""
     for start in range(0, len(base), 5000):
         coll.upsert(np.arange(start, min(start + 5000, len(base))), base[start:start + 5000])
+    coll.wait_indexed()
 
 
 def main(argv: list[str] | None = None) -> int:

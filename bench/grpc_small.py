@@ -13,9 +13,12 @@ be exported without touching the working tree: ``git archive HEAD | tar -x -C /t
     python bench/grpc_small.py --src /tmp/old --src .   # before/after, alternating rounds
 
 Besides QPS and latency it prints the CPU each side spent per call (client: this process,
-server: the child), which says more than QPS on a machine shared with other work. With
-``--floor`` it first times a bare gRPC echo of a search's size against a plain gRPC server
-(same client loop, vecdb's default worker count): the cost of gRPC itself on this machine.
+server: the child), which says more than QPS on a machine shared with other work. In the same
+run (unless ``--no-floor``) it times the floor: a bare gRPC echo of a search's size on the
+server shape ``vecdb serve`` uses (``vecdb.server.app.bare_server``: same thread pool, options
+and limits) from a client shaped like vecdb's (same channel options, deadline and metadata per
+call), alternating floor and vecdb phases, and prints vecdb ÷ floor ratios: what gRPC itself
+costs on this machine, and what vecdb's own work adds to it.
 """
 from __future__ import annotations
 
@@ -70,16 +73,19 @@ def _phase(coll: Any, queries: np.ndarray, k: int, threads: int, seconds: float,
 
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    """Start a server from the importable vecdb, load the points, time each thread count."""
+    """Start a server from the importable vecdb (and, unless ``--no-floor``, the echo floor),
+    load the points, then time each thread count: the floor's phase, then vecdb's."""
     import vecdb  # here, not at the top: with --src only the children import a tree
     from vecdb.server.process import start_server_process
 
     rng = np.random.default_rng(args.seed)
     base = rng.standard_normal((args.n, args.dim)).astype(np.float32)
     queries = rng.standard_normal((1000, args.dim)).astype(np.float32)
+    floor: list[dict[str, Any]] | None = None if args.no_floor else []
     with tempfile.TemporaryDirectory(prefix="vecdb-grpc-small-") as tmp:
         work = Path(tmp)
         server = start_server_process(work / "data", work / "server.log", args=["--no-metrics", *args.server_arg])
+        echo = None if floor is None else EchoFloor(4 * args.dim + 40)
         try:
             deadline = time.monotonic() + 120  # the server compiles (or loads) its kernels in the background
             while not any(e.get("event") == "warm_up" for e in server.log_events()) and time.monotonic() < deadline:
@@ -87,38 +93,51 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             with vecdb.connect(server.address, timeout=60) as db:
                 coll = db.create_collection("small", args.dim, metric=args.metric, index=args.index)
                 coll.upsert(np.arange(args.n), base)
+                coll.wait_indexed()   # acknowledged on commit: measure the index, not the staged scan
                 pid = server.process.pid
                 _phase(coll, queries, args.k, 1, args.warmup, pid)  # compile and warm every path first
-                phases = [_phase(coll, queries, args.k, t, args.seconds, pid) for t in args.threads]
+                if echo is not None:
+                    _phase(echo, queries, args.k, 1, args.warmup, echo.pid)
+                phases = []
+                for t in args.threads:  # alternating, so both see the same machine
+                    if echo is not None and floor is not None:
+                        floor.append(_phase(echo, queries, args.k, t, args.seconds, echo.pid))
+                    phases.append(_phase(coll, queries, args.k, t, args.seconds, pid))
         finally:
             code = server.stop()
-    return {"vecdb": str(Path(vecdb.__file__).resolve().parent.parent), "phases": phases, "server_exit": code}
+            if echo is not None:
+                echo.close()
+    return {"vecdb": str(Path(vecdb.__file__).resolve().parent.parent), "phases": phases, "server_exit": code,
+            "floor": floor, "ratios": None if floor is None else _ratios(phases, floor)}
 
 
-class _Echo:
-    """The floor: a bare gRPC unary call of a search's size to a server that echoes it."""
-
-    def __init__(self, address: str, size: int) -> None:
-        import grpc
-
-        self._channel = grpc.insecure_channel(address)
-        self._call = self._channel.unary_unary("/floor.Echo/Echo")
-        self._payload = bytes(size)
-
-    def search(self, q: np.ndarray, k: int) -> bytes:
-        return self._call(self._payload, timeout=60)  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self._channel.close()
+def _ratios(phases: list[dict[str, Any]], floor: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """vecdb against the floor per thread count: QPS and p99 ratios, and the CPU per call vecdb
+    adds on each side (microseconds)."""
+    out = []
+    for mine, bare in zip(phases, floor, strict=True):
+        out.append({"threads": mine["threads"],
+                    "qps_ratio": round(mine["qps"] / bare["qps"], 3) if bare["qps"] else None,
+                    "p99_ratio": round(mine["p99_ms"] / bare["p99_ms"], 3) if bare["p99_ms"] else None,
+                    "client_cpu_added_us": round(mine["client_cpu_us"] - bare["client_cpu_us"], 1),
+                    "server_cpu_added_us": round(mine["server_cpu_us"] - bare["server_cpu_us"], 1)})
+    return out
 
 
-def echo_server(workers: int) -> None:
-    """Serve the echo method on a free loopback port (printed on stdout) until stdin closes."""
-    from concurrent import futures
-
+def echo_server() -> None:
+    """Serve an echo method on ``vecdb serve``'s server shape (``bare_server`` with the default
+    config), on a free loopback port printed on stdout, until stdin closes."""
     import grpc
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    from vecdb.server.config import ServerConfig
+
+    try:
+        from vecdb.server.app import bare_server
+        server = bare_server(ServerConfig())
+    except ImportError:  # a tree from before bare_server (--src): the thread-pool server it used
+        from concurrent import futures
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=ServerConfig().workers))
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("floor.Echo", {"Echo": handler}),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -128,24 +147,32 @@ def echo_server(workers: int) -> None:
     server.stop(None)
 
 
-def run_floor(args: argparse.Namespace) -> dict[str, Any]:
-    """The same phases against ``echo_server`` (gRPC's own cost, with vecdb's default workers)."""
-    from vecdb.server.config import default_workers
+class EchoFloor:
+    """The floor: an ``echo_server`` child, and a client making the calls vecdb's sync client
+    makes (same channel options, a deadline and metadata per call) with no vecdb code around them."""
 
-    child = subprocess.Popen([sys.executable, __file__, "--echo-server", str(default_workers())],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        echo = _Echo(f"127.0.0.1:{int(child.stdout.readline())}", 4 * args.dim + 40)
+    def __init__(self, size: int) -> None:
+        import grpc
+
+        self._child = subprocess.Popen([sys.executable, __file__, "--echo-server"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True)
+        assert self._child.stdout is not None
+        self.pid = self._child.pid
         try:
-            queries = np.zeros((1, args.dim), np.float32)
-            _phase(echo, queries, args.k, 1, args.warmup, child.pid)
-            phases = [_phase(echo, queries, args.k, t, args.seconds, child.pid) for t in args.threads]
-        finally:
-            echo.close()
-    finally:
-        child.communicate(timeout=30)  # closes its stdin: it stops
-    return {"vecdb": "gRPC echo floor", "phases": phases, "server_exit": child.returncode}
+            from vecdb.client import channel_options
+            options = channel_options(64)
+        except ImportError:
+            options = []
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{int(self._child.stdout.readline())}", options)
+        self._call = self._channel.unary_unary("/floor.Echo/Echo")
+        self._payload = bytes(size)
+
+    def search(self, q: np.ndarray, k: int) -> bytes:
+        return self._call(self._payload, timeout=60, metadata=())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._channel.close()
+        self._child.communicate(timeout=30)  # closes its stdin: it stops
 
 
 def _child(src: Path, argv: list[str]) -> dict[str, Any]:
@@ -156,12 +183,26 @@ def _child(src: Path, argv: list[str]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _line(label: str, ph: dict[str, Any]) -> None:
+    print(f"{label}  threads={ph['threads']:>2}  qps={ph['qps']:>8.1f}  p50={ph['p50_ms']:6.3f} ms  "
+          f"p99={ph['p99_ms']:6.3f} ms  cpu/call client={ph['client_cpu_us']:5.0f} us "
+          f"server={ph['server_cpu_us']:5.0f} us  errors={ph['errors']}", flush=True)
+
+
 def _show(label: str, result: dict[str, Any]) -> None:
-    """One line per phase."""
+    """One line per phase: the floor's (when measured), vecdb's, and their ratios."""
+    floor = {ph["threads"]: ph for ph in result.get("floor") or []}
+    ratios = {r["threads"]: r for r in result.get("ratios") or []}
+    width = max(len(label), 5)
     for ph in result["phases"]:
-        print(f"{label}  threads={ph['threads']:>2}  qps={ph['qps']:>8.1f}  p50={ph['p50_ms']:6.3f} ms  "
-              f"p99={ph['p99_ms']:6.3f} ms  cpu/call client={ph['client_cpu_us']:5.0f} us "
-              f"server={ph['server_cpu_us']:5.0f} us  errors={ph['errors']}", flush=True)
+        if ph["threads"] in floor:
+            _line(f"{'floor':<{width}}", floor[ph["threads"]])
+        _line(f"{label:<{width}}", ph)
+        r = ratios.get(ph["threads"])
+        if r is not None:
+            print(f"{'ratio':<{width}}  threads={r['threads']:>2}  vecdb/floor qps={r['qps_ratio']:.2f}x  "
+                  f"p99={r['p99_ratio']:.2f}x  cpu/call added client={r['client_cpu_added_us']:+.0f} us "
+                  f"server={r['server_cpu_added_us']:+.0f} us", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,25 +221,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds over the --src trees")
     p.add_argument("--one", action="store_true",
                    help="run the importable vecdb once and print the figures as one JSON line (vecdb.bench.contract)")
-    p.add_argument("--floor", action="store_true",
-                   help="also time a bare gRPC echo of the same size (what gRPC alone costs here)")
-    p.add_argument("--echo-server", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the echo floor (a bare gRPC echo of a search's size on the same server shape)")
+    p.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old commands
+    p.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.echo_server is not None:
-        echo_server(args.echo_server)
+    if args.echo_server:
+        echo_server()
         return 0
     if args.one:
         print(json.dumps(run_one(args)))
         return 0
-    if args.floor:
-        _show("floor", run_floor(args))
     if not args.src:
         result = run_one(args)
         _show("this", result)
         return 0 if all(ph["errors"] == 0 for ph in result["phases"]) else 1
     forwarded = [f"--n={args.n}", f"--dim={args.dim}", f"--index={args.index}", f"--metric={args.metric}",
                  f"--k={args.k}", f"--threads={','.join(map(str, args.threads))}", f"--seconds={args.seconds}",
-                 f"--warmup={args.warmup}", f"--seed={args.seed}", *(f"--server-arg={a}" for a in args.server_arg)]
+                 f"--warmup={args.warmup}", f"--seed={args.seed}", *(f"--server-arg={a}" for a in args.server_arg),
+                 *(["--no-floor"] if args.no_floor else [])]
     best: dict[Path, dict[int, dict[str, Any]]] = {}
     for _ in range(args.rounds):
         for src in args.src:

@@ -246,6 +246,23 @@ def test_train(db: DatabaseAPI, index: str) -> None:
     np.testing.assert_array_equal(coll.search(x[:10], k=1).ids[:, 0], np.arange(10))
 
 
+def test_wait_indexed(db: DatabaseAPI) -> None:
+    """Writes are searchable at once; wait_indexed() returns True once the background indexer
+    holds every point (stats then count them all as indexed); bad timeouts raise alike."""
+    coll = db.create_collection(fresh(), DIM, metric="l2", index="hnsw")
+    assert coll.wait_indexed() is True
+    x = data(300, seed=5)
+    coll.upsert(np.arange(300), x)
+    np.testing.assert_array_equal(coll.search(x[:10], k=1).ids[:, 0], np.arange(10))
+    assert coll.wait_indexed(timeout=60) is True
+    stats = coll.stats()
+    assert (stats.count, stats.indexed, stats.pending) == (300, 300, 0)
+    assert coll.wait_indexed(timeout=0) is True
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(InvalidArgumentError):
+            coll.wait_indexed(timeout=bad)
+
+
 def test_hnsw_search_params(db: DatabaseAPI) -> None:
     coll = make(db, n=300, index="hnsw", metric="cosine")
     res = coll.search(data(300)[:8], k=3, params={"ef": 64})

@@ -316,7 +316,8 @@ def test_gathered_scan_is_exact_over_the_allowed_rows(metric):
 
 # ---- bench/database.py: a thin script over vecdb.bench --------------------------------------------
 OWN_FIELDS = {"workload", "n", "dim", "metric", "index", "index_params", "batch", "queries", "filter_queries",
-              "repeats", "stat", "upsert_seconds", "upsert_vectors_per_s", "close_checkpoint_seconds", "disk_bytes",
+              "repeats", "stat", "upsert_seconds", "upsert_vectors_per_s", "indexed_seconds", "close_checkpoint_seconds",
+              "disk_bytes",
               "reopen_seconds", "load_quiet", "stats", "runs", "knob_check", "busy", "provenance", "start_check",
               "valid"}
 OWN_ROW_FIELDS = {"target", "filter", "selectivity", "params", "threads", "batch", "qps", "qps_passes",

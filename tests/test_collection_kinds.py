@@ -30,8 +30,10 @@ KINDS: dict[str, dict[str, Any]] = {
     "pq": {"m": 8, "nbits": 4, "rerank": 64},
     "binary": {"rerank": 128},
     "sq8": {"rerank": 16},
+    "curator": {"n_root": 16, "branching": 4, "max_depth": 2, "max_shortlist": 32, "tier_threshold": 120},
+    "spann": {"posting_limit": 64, "head_size": 16, "min_train": 256},
 }
-TRAINS = {"pq", "binary", "sq8"}
+TRAINS = {"pq", "binary", "sq8", "curator", "spann"}
 Oracle = dict[int, tuple[np.ndarray, dict[str, Any], bool]]  # id -> (vector, payload, member of "t")
 
 
@@ -79,6 +81,7 @@ def phase_a(col: CollectionAPI, oracle: Oracle, kind: str) -> None:
     verify(col, oracle)
     total = max(threshold(kind), 600) + 100
     upsert(col, oracle, np.arange(400, total), 3)
+    assert col.wait_indexed(timeout=60)  # automatic training runs in the background indexer
     assert col.stats().trained is True
     delete(col, oracle, np.arange(0, 10))
     delete(col, oracle, np.arange(500, 510))

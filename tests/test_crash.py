@@ -1,7 +1,9 @@
 """Crash test: a writer process doing bulk upserts, replacements and deletes is killed with
-SIGKILL at random moments (during opening, replay, batches, checkpoints), over and over on
-the same database. After each kill the database is reopened and must hold exactly the
-acknowledged batches (plus, possibly, the one batch in flight, entirely or not at all).
+SIGKILL at random moments (during opening, replay, batches, background indexing and
+checkpoints), over and over on the same database. After each kill the database is reopened
+and must hold exactly the acknowledged batches (plus, possibly, the one batch in flight,
+entirely or not at all): at once, while the replayed batches are still staged (searched
+exactly, indexed in the background), and again once the index has caught up.
 
 Writers are forked from a forkserver that has imported vecdb once, so each of the many
 processes starts in milliseconds instead of re-importing numpy/Numba.
@@ -53,11 +55,12 @@ def apply_op(state: dict[int, tuple[np.ndarray, dict[str, Any], bool]], b: int) 
         state[i] = (vecs[row], payloads[row], member or tenant == "t")
 
 
-def writer(path: str, start: int, ack_file: str, index: str, checkpoint_points: int) -> None:
+def writer(path: str, start: int, ack_file: str, index: str, checkpoint_points: int, max_pending: int) -> None:
     """Child process: open the database and write batches start, start+1, ... until killed,
-    appending "b" to ``ack_file`` after each write returns."""
+    appending "b" to ``ack_file`` after each write returns (acknowledged on commit: the
+    background indexer is usually behind)."""
     fd = os.open(ack_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    db = vecdb.open(path, checkpoint_points=checkpoint_points)
+    db = vecdb.open(path, checkpoint_points=checkpoint_points, max_pending=max_pending)
     col = db.get_collection("c")
     b = start
     while True:
@@ -102,8 +105,9 @@ def verify(col: Any, state: dict[int, tuple[np.ndarray, dict[str, Any], bool]], 
 
 
 def run_crashes(tmp_path: Path, *, kills: int, index: str, checkpoint_points: int, max_delay: float,
-                seed: int) -> int:
-    """Kill ``kills`` writers at random moments; verify after each; returns writes applied."""
+                seed: int, max_pending: int = 200_000) -> int:
+    """Kill ``kills`` writers at random moments; verify after each (right after reopening,
+    then once nothing is staged); returns writes applied."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["vecdb", "numpy", "lmdb"])
     path = tmp_path / "db"
@@ -112,11 +116,12 @@ def run_crashes(tmp_path: Path, *, kills: int, index: str, checkpoint_points: in
     rng = np.random.default_rng(seed)
     state: dict[int, tuple[np.ndarray, dict[str, Any], bool]] = {}
     deleted: list[int] = []
-    applied = in_flight = 0
+    applied = in_flight = staged_at_open = 0
     started = time.perf_counter()
     for attempt in range(kills):
         ack_file = tmp_path / f"acks-{attempt}"
-        proc = ctx.Process(target=writer, args=(str(path), applied, str(ack_file), index, checkpoint_points))
+        proc = ctx.Process(target=writer, args=(str(path), applied, str(ack_file), index, checkpoint_points,
+                                                  max_pending))
         proc.start()
         if rng.random() < 0.25:  # anywhere, including while opening / replaying
             time.sleep(rng.uniform(0.0, max_delay))
@@ -139,6 +144,7 @@ def run_crashes(tmp_path: Path, *, kills: int, index: str, checkpoint_points: in
         kind, *rest = op(applied)
         with vecdb.open(path) as db:
             col = db.get_collection("c")
+            staged_at_open += col.stats().pending > 0
             if not _matches(col, state, rest[0]):
                 assert _matches(col, with_next, rest[0]), f"write {applied} is half applied"
                 state = with_next
@@ -146,9 +152,13 @@ def run_crashes(tmp_path: Path, *, kills: int, index: str, checkpoint_points: in
                 in_flight += 1
             if kind == "delete":
                 deleted.extend(rest[0].tolist())
-            verify(col, state, deleted, rng)
+            verify(col, state, deleted, rng)        # replayed batches possibly still staged
+            assert col.wait_indexed(timeout=60)
+            assert col.stats().pending == 0 and col.stats().indexed == len(state)
+            verify(col, state, deleted, rng)        # everything in the index
     print(f"{kills} kills, {applied} writes applied ({in_flight} in flight at a kill), "
-          f"{len(state)} points, {time.perf_counter() - started:.1f}s")
+          f"{len(state)} points, {staged_at_open} reopenings served staged points, "
+          f"{time.perf_counter() - started:.1f}s")
     return applied
 
 
@@ -166,12 +176,10 @@ def _matches(col: Any, state: dict[int, Any], ids: np.ndarray) -> bool:
     return True
 
 
-@pytest.fixture(autouse=True)
-def forksafe_numba(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writers are forked from the forkserver; GNU OpenMP aborts a forked child that runs a
-    parallel region, so the forkserver (a fresh interpreter reading this environment) uses
-    Numba's fork-safe workqueue threading layer."""
-    monkeypatch.setenv("NUMBA_THREADING_LAYER", "workqueue")
+# Writers are forked from the forkserver, a fresh interpreter that only imports vecdb and never
+# runs a parallel region, so its children may start OpenMP themselves. This process keeps its
+# thread-safe threading layer: the background indexer and the verifying searches launch parallel
+# kernels from two threads at once, which Numba's workqueue layer answers with an abort.
 
 
 def test_sigkill_during_bulk_upserts_loses_no_acknowledged_write(tmp_path: Path) -> None:
@@ -183,6 +191,14 @@ def test_sigkill_with_hnsw_loses_no_acknowledged_write(tmp_path: Path) -> None:
     """HNSW is the default index: the same kills, with graph checkpoints every 100 points."""
     applied = run_crashes(tmp_path, kills=8, index="hnsw", checkpoint_points=100, max_delay=0.5, seed=5)
     assert applied > 8, "the writers should have acknowledged some batches"
+
+
+def test_sigkill_with_the_indexer_held_back_by_back_pressure(tmp_path: Path) -> None:
+    """A tiny ``max_pending`` makes writers wait for the background indexer at almost every
+    batch: kills land while writers wait, mid-step and mid-checkpoint."""
+    applied = run_crashes(tmp_path, kills=4, index="hnsw", checkpoint_points=150, max_delay=0.5, seed=9,
+                          max_pending=40)
+    assert applied > 4, "the writers should have acknowledged some batches"
 
 
 @pytest.mark.slow

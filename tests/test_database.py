@@ -460,3 +460,23 @@ def test_filter_results_are_cached_per_write(tmp_path: Path) -> None:
     assert cache.get((("in", "k", "n", (0.0,)), 2)) is None  # another write seq: another entry
     cache.put(("big", 1), sets[0], size=1 << 40)  # one huge bitmap: only it is kept
     assert cache.get((("in", "k", "n", (0.0,)), 1)) is None and cache.get(("big", 1)) is sets[0]
+
+
+@pytest.mark.parametrize("id_type", ["int", "str"])
+def test_padding_never_reads_a_point_when_a_batch_fills_the_id_arrays(db: Any, id_type: str) -> None:
+    """A search's -1 padding translates through the last entry of the internal-id arrays, which
+    must stay unused: batches of 1000 then 2000 points once grew them to exactly 3000 entries,
+    and a filter matching nothing or a tenant with fewer than k points returned point 2999."""
+    col = db.create_collection("fill", dim=DIM, metric="l2", index="flat", id_type=id_type)
+    rng = np.random.default_rng(11)
+    make = (lambda a: a.tolist()) if id_type == "int" else (lambda a: [f"p{i}" for i in a])
+    col.upsert(make(np.arange(1000)), rng.standard_normal((1000, DIM)).astype(np.float32))
+    col.create_tenant("t")
+    col.upsert(make(np.arange(1000, 3000)), rng.standard_normal((2000, DIM)).astype(np.float32),
+               [{"g": "b" if i == 5 else "a"} for i in range(2000)], tenant="t")
+    q = rng.standard_normal(DIM).astype(np.float32)
+    none_left = -1 if id_type == "int" else None
+    res = col.search(q, k=5, filter={"g": "zzz"})
+    assert list(res.ids[0]) == [none_left] * 5
+    one = col.search(q, k=5, filter={"g": "b"}, tenant="t")
+    assert list(one.ids[0]) == make(np.array([1005]))[:1] + [none_left] * 4

@@ -343,6 +343,71 @@ def test_train_and_trained_travel_over_the_wire(server: ServerProcess) -> None:
     asyncio.run(scenario())
 
 
+
+def in_flight(server: ServerProcess) -> float:
+    """RPCs the server is serving now (its ``vecdb_requests_in_flight`` gauge)."""
+    return next(v for name, _, v in metric_samples(server) if name == "vecdb_requests_in_flight")
+
+
+
+def test_a_long_search_does_not_hold_up_a_short_one(server: ServerProcess, db: RemoteDatabase) -> None:
+    """While a long search (10,000 exact queries, run in bounded steps) is being served, a
+    one-query search on the same server is answered; the long one, cancelled by its caller
+    afterwards, stops at its next step (CANCELLED) instead of running to its end."""
+    from vecdb import client
+
+    n = 20_000
+    x = np.random.default_rng(13).standard_normal((n, DIM)).astype(np.float32)
+    long_coll = db.create_collection("long-flat", DIM, metric="l2", index="flat")
+    long_coll.upsert(np.arange(n), x)
+    queries = np.random.default_rng(14).standard_normal((10_000, DIM)).astype(np.float32)
+    request = client.search_call(long_coll.info, queries, 10, None, None, None, False).request
+    short = db.get_collection("pts")
+    expected = short.search(np.ones(DIM), k=3)
+    wait_for(lambda: in_flight(server) == 0, "the server to go idle")
+    before = sum(1 for e in server.log_events() if e.get("event") == "rpc_error" and e.get("code") == "CANCELLED")
+    with grpc.insecure_channel(server.address, options=client.channel_options(8)) as channel:
+        call = vecdb_pb2_grpc.SearchServiceStub(channel).Search.future(request, timeout=120)
+        wait_for(lambda: in_flight(server) >= 1 or call.done(), "the long search to reach the server")
+        got = short.search(np.ones(DIM), k=3)
+        assert not call.done(), "the long search ended before the short one was answered"
+        np.testing.assert_array_equal(got.ids, expected.ids)
+        assert call.cancel()
+        wait_for(lambda: in_flight(server) == 0, "the cancelled long search to stop on the server")
+    cancelled = [e for e in server.log_events() if e.get("event") == "rpc_error" and e.get("code") == "CANCELLED"]
+    assert len(cancelled) == before + 1 and cancelled[-1]["method"] == "Search"
+    db.drop_collection("long-flat")
+
+def test_cancelled_train_stops_and_keeps_the_index_serving(server: ServerProcess) -> None:
+    """A Train RPC whose caller cancels it while the server builds stops at the build's next
+    step (the RPC ends CANCELLED and no new index is swapped in); the index in place keeps
+    answering, and a later Train completes."""
+    n = 16_000  # two build steps (vecdb.collection.training.BUILD_STEP): seconds of HNSW inserts here
+    x = np.random.default_rng(12).standard_normal((n, DIM)).astype(np.float32)
+    with vecdb.connect(server.address, timeout=120) as conn:
+        coll = conn.create_collection("train-cancel", DIM, metric="l2", index="hnsw")
+        coll.upsert(np.arange(n), x)
+        wait_for(lambda: in_flight(server) == 0, "the server to go idle")
+        with grpc.insecure_channel(server.address) as channel:
+            stub = vecdb_pb2_grpc.CollectionServiceStub(channel)
+            call = stub.Train.future(vecdb_pb2.TrainRequest(collection="train-cancel"), timeout=120)
+            wait_for(lambda: in_flight(server) >= 1 or call.done(), "the Train RPC to reach the server")
+            assert call.cancel(), "Train finished before it could be cancelled"
+            wait_for(lambda: in_flight(server) == 0, "the cancelled Train to stop on the server")
+
+        def train_events() -> list[dict[str, object]]:
+            return [e for e in server.log_events()
+                    if e.get("collection") == "train-cancel" and e.get("event") == "index_trained"]
+
+        assert train_events() == []  # the build was abandoned, not finished in the background
+        errors = [e for e in server.log_events() if e.get("event") == "rpc_error" and e.get("method") == "Train"]
+        assert errors and errors[-1]["code"] == "CANCELLED" and errors[-1]["error"] == "VecdbCancelledError"
+        assert coll.search(x[123], k=1).ids.tolist() == [[123]]  # the index in place still serves
+        coll.train()
+        assert len(train_events()) == 1 and coll.count() == n
+        assert coll.search(x[4567], k=1).ids.tolist() == [[4567]]
+        conn.drop_collection("train-cancel")
+
 def test_graceful_shutdown_finishes_in_flight_and_closes_cleanly(tmp_path: Path) -> None:
     """SIGTERM while a search is in flight (seen on the server's in-flight gauge): the search
     finishes after the signal (the server logs it between "signal" and "stopped") and its

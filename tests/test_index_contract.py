@@ -255,5 +255,5 @@ def test_index_kinds_and_their_classes_come_from_the_registry() -> None:
     assert index_class("hnsw") is HNSW and index_class("flat") is FlatIndex
     assert all(index_class(kind).kind == kind for kind in kinds)
     for bad in ("nope", "HNSW", None, 3):
-        with pytest.raises(InvalidArgumentError, match=r"unknown index kind .*; known: binary, flat, hnsw, pq, sq8"):
+        with pytest.raises(InvalidArgumentError, match=r"unknown index kind .*; known: binary, curator, flat, hnsw, pq, spann, sq8"):
             index_class(bad)  # type: ignore[arg-type]

@@ -383,6 +383,7 @@ def test_training_writes_a_new_generation_and_drops_the_old(tmp_path: Path) -> N
         y = rows_for(np.arange(10, 25), 2)
         col.upsert(np.arange(10, 25), y)
         oracle.update(zip(range(10, 25), y))
+        assert col.wait_indexed(timeout=60)  # automatic training runs in the background indexer
         assert col.stats().trained
         index = last(TRAINED_KIND)
         assert index.full_writes == 1 and index.batches == 0 and len(index) == 25
@@ -471,14 +472,8 @@ def writer(path: str, start: int, ack_file: str) -> None:
         b += 1
 
 
-@pytest.fixture
-def forksafe_numba(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writers fork from a forkserver; Numba's workqueue layer is fork-safe (see test_crash)."""
-    monkeypatch.setenv("NUMBA_THREADING_LAYER", "workqueue")
-
-
-def test_sigkill_leaves_exactly_the_acknowledged_batches_each_written_once(tmp_path: Path,
-                                                                          forksafe_numba: None) -> None:
+def test_sigkill_leaves_exactly_the_acknowledged_batches_each_written_once(tmp_path: Path) -> None:
+    # writers fork from a forkserver that never runs a parallel region (see test_crash)
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["vecdb", "numpy", "lmdb"])
     path = tmp_path / "db"

@@ -134,3 +134,14 @@ def test_every_module_imports_on_its_own(tmp_path: Path) -> None:
     env["PYTHONPYCACHEPREFIX"] = str(tmp_path / "pyc")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_client_sdk_loads_no_numba() -> None:
+    """``vecdb.client`` / ``vecdb.aio_client`` share ``vecdb.api`` with the embedded engine but
+    never load the index layer or Numba (about 110 MB and seconds of import for a client)."""
+    script = ("import sys, vecdb.client, vecdb.aio_client\n"
+              "bad = sorted(m for m in sys.modules if m == 'numba' or m.startswith(('vecdb.index', 'vecdb.kernels')))\n"
+              "print(bad)\n"
+              "sys.exit(1 if bad else 0)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -54,22 +54,23 @@ def check_all(col: Any, ids: np.ndarray, x: np.ndarray, payloads: list[Any]) -> 
 
 
 class Fault:
-    """Makes ``HNSW._add`` raise once (``once``) or every time (``always``) while installed."""
+    """Makes linking new rows into an HNSW graph (``HNSW._link``: every add, and the background
+    indexer's moves) raise once (``once``) or every time (``always``) while installed."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.once = False
         self.always = False
         self.fired = 0
-        original = HNSW._add
+        original = HNSW._link
 
-        def _add(index: HNSW, vecs: Any, ids: Any) -> None:
+        def _link(index: HNSW, slots: Any) -> None:
             if self.once or self.always:
                 self.once = False
                 self.fired += 1
                 raise RuntimeError("injected failure while adding to the index")
-            original(index, vecs, ids)
+            original(index, slots)
 
-        monkeypatch.setattr(HNSW, "_add", _add)
+        monkeypatch.setattr(HNSW, "_link", _link)
 
 
 def points(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[dict[str, int]]]:
@@ -85,8 +86,9 @@ def test_apply_failure_once_keeps_the_batch_and_acknowledges_it(tmp_path: Path, 
         col = db.create_collection("c", DIM, metric="l2", index="hnsw")
         col.upsert(ids[:200], x[:200], pays[:200])
         fault.once = True
-        col.upsert(ids[200:], x[200:], pays[200:])  # committed; applying fails once; memory is rebuilt
-        assert fault.fired == 1
+        col.upsert(ids[200:], x[200:], pays[200:])  # committed; indexing it fails once; memory is rebuilt
+        check_all(col, ids, x, pays)             # served from staging meanwhile
+        assert col.wait_indexed() and fault.fired == 1
         check_all(col, ids, x, pays)
         assert col._mem.degraded is None and not isinstance(col._mem.index, ExactScan)
         col.upsert([5], x[:1], [{"again": True}])  # the collection keeps taking writes
@@ -109,6 +111,7 @@ def test_index_that_never_takes_the_points_serves_by_exact_scan(tmp_path: Path, 
         col.upsert(ids[:60], x[:60], pays[:60])
         fault.always = True
         col.upsert(ids[60:], x[60:], pays[60:])  # the rebuild cannot use HNSW either: exact scan
+        assert col.wait_indexed()
         assert isinstance(col._mem.index, ExactScan) and "hnsw" in col._mem.degraded
         check_all(col, ids, x, pays)
         res = col.search(x[:5] + 0.01, k=3, params={"ef": 50})  # HNSW's knobs are still accepted
@@ -269,17 +272,17 @@ _flag = os.environ.get("VECDB_TEST_APPLY_FAULT")
 if _flag:
     from vecdb.index.hnsw import HNSW
 
-    _original = HNSW._add
+    _original = HNSW._link
 
-    def _add(index, vectors, ids):
+    def _link(index, slots):
         if os.path.exists(_flag + ".once"):
             os.remove(_flag + ".once")
             raise RuntimeError("injected failure while adding to the index (once)")
         if os.path.exists(_flag + ".always"):
             raise RuntimeError("injected failure while adding to the index (always)")
-        _original(index, vectors, ids)
+        _original(index, slots)
 
-    HNSW._add = _add
+    HNSW._link = _link
 
 _hold = os.environ.get("VECDB_TEST_HOLD_LOAD")
 if _hold:
@@ -332,11 +335,15 @@ def test_apply_failures_over_grpc_lose_nothing_across_restarts(faulty_server: An
         col = db.create_collection("c", DIM, metric="l2", index="hnsw")
         col.upsert(ids[:50], x[:50], pays[:50])
         Path(str(flag) + ".once").touch()
-        col.upsert(ids[50:100], x[50:100], pays[50:100])  # acknowledged although applying failed once
+        col.upsert(ids[50:100], x[50:100], pays[50:100])  # acknowledged although indexing fails once
+        check_all(col, ids[:100], x[:100], pays[:100])     # served staged meanwhile
+        assert col.wait_indexed(timeout=30)
         assert not Path(str(flag) + ".once").exists(), "the injected failure did not fire"
         check_all(col, ids[:100], x[:100], pays[:100])
         Path(str(flag) + ".always").touch()
         col.upsert(ids[100:], x[100:], pays[100:])  # the index never takes them: exact scan
+        check_all(col, ids, x, pays)
+        assert col.wait_indexed(timeout=30)
         check_all(col, ids, x, pays)
     assert server.stop() == 0
     server = start()  # the index still fails after the restart: the collection opens anyway

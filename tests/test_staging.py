@@ -130,9 +130,85 @@ def test_searches_during_a_stepped_batch_see_it_whole_or_not_at_all(tmp_path) ->
         thread = threading.Thread(target=reader)
         thread.start()
         col.upsert(np.arange(n), new)
+        assert col.wait_indexed()                 # the background indexer's steps ran during the reads
         done.set()
         thread.join()
         assert "mixed" not in seen
         assert hold_stats()[("collection", "write", "wall")].count - count_before >= 3   # publish + >= 2 steps
         got = np.sort(col.search(query, k=n).distances[0])
         np.testing.assert_allclose(got, want_new, rtol=1e-4)
+
+
+def test_a_move_links_while_searched_and_survives_replacements_and_deletes() -> None:
+    """Rows moving into an HNSW graph (placed, linked with searches in between, published)
+    are answered once at every stage; a moving row replaced or deleted meanwhile keeps its
+    new state (its fresh index entry is hidden, then removed)."""
+    rng = np.random.default_rng(21)
+    n0, fresh = 300, 200
+    index = HNSW(DIM, "l2", M=8, seed=2)
+    logical = {i: rng.normal(size=DIM).astype(np.float32) for i in range(n0)}
+    index.add(np.stack(list(logical.values())), np.arange(n0))
+    staging = Staging(DIM, "l2")
+    ids = np.arange(n0, n0 + fresh)
+    x = rng.normal(size=(fresh, DIM)).astype(np.float32)
+    staging.stage(x, ids, stale=np.zeros(0, np.int64))
+    logical.update(zip(ids.tolist(), x))
+
+    def check_all_found() -> None:
+        probe = np.array(sorted(logical))[::7]
+        res = staging.search_trusted(index, np.stack([logical[i] for i in probe.tolist()]), 5, None, None,
+                                     {"ef": 64})
+        assert (res.ids[:, 0] == probe).mean() >= 0.97
+        for row in res.ids:
+            hits = row[row >= 0]
+            assert len(set(hits.tolist())) == len(hits) and set(hits.tolist()) <= set(logical)
+
+    staging.reserve(index)
+    move = staging.begin(index, 150)
+    assert move is not None and staging.busy and len(staging) == fresh
+    check_all_found()                                    # placed, not linked: answered from staging
+    Staging.link(index, move)
+    check_all_found()                                    # linked, not published: from both, once each
+    replaced, deleted = int(move.ids[3]), int(move.ids[4])
+    new_row = rng.normal(size=(1, DIM)).astype(np.float32) + np.float32(50.0)
+    staging.stage(new_row, np.array([replaced]), stale=np.array([replaced]))   # as apply_upsert does
+    logical[replaced] = new_row[0]
+    staging.unstage(np.array([deleted]))                                        # as apply_delete does
+    staging.hide(np.array([deleted]))
+    del logical[deleted]
+    staging.finish(move)
+    assert staging.moving is None
+    check_all_found()
+    got = staging.search_trusted(index, new_row, 3, None, None, {"ef": 64})
+    assert got.ids[0, 0] == replaced and np.isclose(got.distances[0, 0], 0, atol=1e-4)
+    while staging.busy:
+        move = staging.begin(index, 64)
+        if move is not None:
+            Staging.link(index, move)
+            staging.finish(move)
+        check_all_found()
+    assert len(staging) == 0 and sorted(index.ids.tolist()) == sorted(logical)
+
+
+def test_searches_between_placing_and_linking_the_first_rows_of_an_empty_graph() -> None:
+    """Placed but unlinked rows of an empty graph: the index answers nothing (no entry point
+    yet) and the staged rows answer exactly; no padding slot leaks out as a hit."""
+    rng = np.random.default_rng(22)
+    x = (rng.integers(-3, 4, size=(5, DIM)) / 2).astype(np.float32)
+    q = (rng.integers(-3, 4, size=(3, DIM)) / 2).astype(np.float32)
+    for metric in ("ip", "l2", "cosine"):
+        index = HNSW(DIM, metric, M=8, seed=3)
+        staging = Staging(DIM, metric)
+        staging.stage(x, np.arange(5), stale=np.zeros(0, np.int64))
+        staging.reserve(index)
+        move = staging.begin(index, 16)
+        assert move is not None and len(index) == 5
+        alone = index.search(q, 8)
+        assert (alone.ids == -1).all() and np.isinf(alone.distances).all()
+        logical = dict(enumerate(x))
+        check(staging, index, logical, q, 8, None, metric)
+        Staging.link(index, move)
+        check(staging, index, logical, q, 8, None, metric)
+        staging.finish(move)
+        check(staging, index, logical, q, 8, None, metric)
+        assert not staging.busy

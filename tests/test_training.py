@@ -171,6 +171,7 @@ def test_automatic_training_happens_at_min_train_points(tmp_path: Path) -> None:
         col.upsert(np.arange(need - 1), x[:-1])
         assert col.stats().trained is False
         col.upsert([need - 1], x[-1:])
+        assert col.wait_indexed(timeout=60)  # automatic training runs in the background indexer
         assert col.stats().trained is True
         np.testing.assert_array_equal(col.search(x[-5:], k=1).ids[:, 0], np.arange(need - 5, need))
 
@@ -290,5 +291,5 @@ def test_a_stored_collection_of_an_unknown_index_kind_is_data_loss() -> None:
     from vecdb.errors import DataLossError
 
     info = CollectionInfo("later", 4, "l2", "spann-from-a-later-vecdb")
-    with pytest.raises(DataLossError, match=r"'later' uses index kind 'spann-from-a-later-vecdb'.*known: binary, flat"):
+    with pytest.raises(DataLossError, match=r"'later' uses index kind 'spann-from-a-later-vecdb'.*known: binary, curator, flat"):
         new_index(info)

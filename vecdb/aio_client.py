@@ -37,6 +37,7 @@ from vecdb.client import (
     tenant_call,
     train_call,
     upsert_calls,
+    wait_indexed_call,
 )
 from vecdb.v1 import vecdb_pb2 as pb
 
@@ -101,8 +102,14 @@ class AsyncCollection(CollectionHandle):
         return await self._t.run(simple_call("Stats", req, lambda r: wire.stats_from_proto(r.stats)))  # type: ignore[no-any-return]
 
     async def train(self) -> None:
-        """Train (or retrain) the index on the stored points and rebuild it (admin keys only)."""
+        """Train (or retrain) the index on the stored points and rebuild it (admin keys only);
+        a timeout or cancelled task makes the server abandon the build at its next step."""
         await self._t.run(train_call(self._info))
+
+    async def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait until every committed point is in the index, at most ``timeout`` seconds and
+        within the connection's ``timeout`` (admin keys only); True when nothing is staged."""
+        return bool(await self._t.run(wait_indexed_call(self._info, timeout)))
 
 
 class AsyncDatabase:

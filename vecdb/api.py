@@ -58,14 +58,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping as abc_Mapping
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from vecdb.errors import InvalidArgumentError
 from vecdb.filters import parse_filter
 from vecdb.types import F32Matrix
-from vecdb.validation import as_k, as_matrix
+from vecdb.validation import as_k, checked_queries
 
 Payload = dict[str, Any]
 Filter = Mapping[str, Any]
@@ -94,6 +95,8 @@ class CollectionStats:
     index_params: dict[str, Any]
     n_tenants: int = 0
     trained: bool = True  # False while an index that needs training is stood in for by an exact scan
+    indexed: int = 0      # points served by the index
+    pending: int = 0      # points committed and searchable (by exact scan) but not yet in the index
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,7 @@ def check_tenants(tenant: Any) -> list[str]:
     return list(dict.fromkeys(check_tenant(name) for name in names))
 
 
-@dataclass(frozen=True, eq=False)
-class SearchRequest:
+class SearchRequest(NamedTuple):
     """One search, validated once (by ``build``) at the public boundary: the embedded
     ``Collection.search`` and the server build it, and ``Collection.execute`` trusts it.
 
@@ -143,6 +145,7 @@ class SearchRequest:
     (``vecdb.filters.parse_filter``, lists frozen to tuples so it can key a cache) or None for
     every point; tenant: a checked name or None; params: the raw search knobs (names and
     values are resolved by the serving index, once per request); with_payloads: bool.
+    A named tuple: built on every search, and a tuple costs a fraction of a dataclass.
     """
 
     queries: F32Matrix
@@ -157,21 +160,24 @@ class SearchRequest:
               params: Any = None, with_payloads: Any = False) -> "SearchRequest":
         """Validate a search against collection ``info``; InvalidArgumentError /
         DimensionMismatchError name the offending argument."""
-        q = as_matrix(queries, info.dim, what="queries")
-        k = as_k(k)
+        q = checked_queries(queries, info.dim)
+        if type(k) is not int or k < 1:
+            k = as_k(k)
         node = None if filter is None else parse_filter(filter)
         if not params:
-            if params is not None and not isinstance(params, Mapping):
+            if params is not None and not isinstance(params, abc_Mapping):
                 raise InvalidArgumentError(f"params must be a dict of search knobs, got {params!r:.200}")
             knobs: Mapping[str, Any] = _NO_PARAMS
-        elif not isinstance(params, Mapping) or not all(isinstance(p, str) for p in params):
+        elif type(params) is not dict and not isinstance(params, abc_Mapping):
             raise InvalidArgumentError(f"params must be a dict of search knobs, got {params!r:.200}")
         else:
-            knobs = MappingProxyType(dict(params))
-        if with_payloads is not False and with_payloads is not True and not isinstance(with_payloads, np.bool_):
-            raise InvalidArgumentError(f"with_payloads must be True or False, got {with_payloads!r:.80}")
+            knobs = dict(params)   # names and values are checked by the serving index's resolve_params
+        if with_payloads is not False and with_payloads is not True:
+            if not isinstance(with_payloads, np.bool_):
+                raise InvalidArgumentError(f"with_payloads must be True or False, got {with_payloads!r:.80}")
+            with_payloads = bool(with_payloads)
         return cls(q, k, None if node is None or node == ("all",) else _frozen(node),
-                   None if tenant is None else check_tenant(tenant), knobs, bool(with_payloads))
+                   None if tenant is None else check_tenant(tenant), knobs, with_payloads)
 
 
 _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
@@ -211,6 +217,10 @@ class CollectionAPI(Protocol):
     def search(self, queries: Any, k: int = 10, filter: Filter | None = None, tenant: str | None = None,
                params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult: ...
 
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait until every acknowledged point is in the index (searches never need to: they
+        see acknowledged points meanwhile), at most ``timeout`` seconds; True once it is."""
+
     def create_tenant(self, tenant: str) -> None: ...
     def drop_tenant(self, tenant: str) -> None: ...
     def list_tenants(self) -> list[str]: ...
@@ -224,6 +234,10 @@ class CollectionAPI(Protocol):
     def train(self) -> None:
         """Train (or retrain) the configured index on the stored points and rebuild it; searches
         are served meanwhile. FailedPreconditionError when the collection is empty."""
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait until every committed point is in the index (writes are acknowledged and
+        searchable before that), at most ``timeout`` seconds; True when nothing is pending."""
 
 
 @runtime_checkable

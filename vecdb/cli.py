@@ -1,4 +1,4 @@
-"""The ``vecdb`` command: ``version``, ``serve``, ``bench`` and ``datasets``."""
+"""The ``vecdb`` command: ``version``, ``serve``, ``bench`` (and ``bench run|report|plot``) and ``datasets``."""
 from __future__ import annotations
 
 import argparse
@@ -8,16 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from vecdb.bench.grid import parse_value
 from vecdb.errors import InvalidArgumentError, VecdbError
-
-
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def parse_params(text: str) -> dict[str, Any]:
@@ -27,7 +19,7 @@ def parse_params(text: str) -> dict[str, Any]:
         if "=" not in part:
             raise InvalidArgumentError(f"expected name=value, got {part!r}")
         key, value = part.split("=", 1)
-        out[key.strip()] = _parse_value(value.strip())
+        out[key.strip()] = parse_value(value.strip())
     return out
 
 
@@ -37,7 +29,7 @@ def parse_grid(text: str) -> list[dict[str, Any]]:
         return [{}]
     if ";" not in text and text.count("=") == 1:
         key, values = text.split("=", 1)
-        return [{key.strip(): _parse_value(v.strip())} for v in values.split(",") if v.strip()]
+        return [{key.strip(): parse_value(v.strip())} for v in values.split(",") if v.strip()]
     return [parse_params(chunk) for chunk in text.split(";") if chunk.strip()]
 
 
@@ -106,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list dataset names the benchmark can load").set_defaults(func=_datasets)
     # `serve` owns its flags (vecdb.server.__main__); main() hands them over untouched
     sub.add_parser("serve", help="run the gRPC server (see `vecdb serve --help`)", add_help=False)
-    b = sub.add_parser("bench", help="benchmark recall / QPS / latency / build / memory against references")
+    b = sub.add_parser("bench", help="benchmark recall / QPS / latency / build / memory against references "
+                                     "(also `vecdb bench run|report|plot`: JSON lines, tables, Pareto plots)")
     b.add_argument("--dataset", required=True, help="name (see `vecdb datasets`) or path")
     b.add_argument("--targets", default="vecdb-flat,faiss-flat", help=f"comma list of: {', '.join(sorted(TARGETS))}")
     b.add_argument("--build", default="", help="shared build params, e.g. M=16,ef_construction=200")
@@ -137,13 +130,122 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BENCH_COMMANDS = ("run", "report", "plot")
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        return _ints(text)
+    except ValueError:
+        raise InvalidArgumentError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+
+def _bench_run(args: argparse.Namespace) -> int:
+    from vecdb.bench import grid
+    from vecdb.bench.cli_run import RunSpec, execute
+
+    spec = RunSpec(dataset=args.dataset, targets=_names(args.targets), output=args.output,
+                   build=grid.parse_axes(args.build, "--build"), search=grid.parse_axes(args.search, "--search"),
+                   k=args.k, threads=_int_list("--threads", args.threads),
+                   batches=_int_list("--batch", args.batch), reference=args.reference,
+                   repeats=args.repeats, stat=args.stat, max_queries=args.max_queries,
+                   build_threads=args.build_threads, allow_busy=args.allow_busy, server=args.target,
+                   concurrency=_int_list("--concurrency", args.concurrency), collection=args.collection,
+                   server_index=args.server_index)
+    try:
+        lines = execute(spec, argv=args.argv, progress=not args.no_progress and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        print(f"vecdb: interrupted; the lines measured so far are complete in {args.output}", file=sys.stderr)
+        return 130
+    print(f"wrote {lines} lines to {args.output}")
+    return 0
+
+
+def _bench_report(args: argparse.Namespace) -> int:
+    from vecdb.bench.jsonl import read_lines
+    from vecdb.bench.report import RECALL_LEVELS, render_best
+
+    lines = read_lines(args.results)
+    levels = tuple(_floats(args.levels)) if args.levels else RECALL_LEVELS
+    if args.baseline and args.baseline not in {ln["target"] for ln in lines}:
+        raise InvalidArgumentError(f"baseline {args.baseline!r} is not a target of these results: "
+                                   f"{sorted({ln['target'] for ln in lines})}")
+    print(render_best(lines, args.baseline, markdown=args.markdown, levels=levels))
+    return 0
+
+
+def _bench_plot(args: argparse.Namespace) -> int:
+    from vecdb.bench.jsonl import read_lines
+    from vecdb.bench.plot import save_plot
+
+    print(f"saved {save_plot(read_lines(args.results), args.o, threads=args.threads, batch=args.batch)}")
+    return 0
+
+
+def build_bench_parser() -> argparse.ArgumentParser:
+    """The parser of ``vecdb bench run|report|plot`` (``vecdb bench --dataset ...`` is the
+    original one-record command, kept as is)."""
+    from vecdb.bench.adapters import TARGETS
+
+    parser = argparse.ArgumentParser(prog="vecdb bench", description="benchmark runs as JSON lines, reports, plots")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="build x search grid -> one JSON line per measured setting")
+    r.add_argument("--dataset", required=True, help="name (see `vecdb datasets`) or path")
+    r.add_argument("--targets", default="", help=f"comma list of: {', '.join(sorted(TARGETS))}")
+    r.add_argument("--build", default="", help="build grid, one knob per ';': \"M=16,32;ef_construction=200\"")
+    r.add_argument("--search", default="", help="search grid, one knob per ';': \"ef=16,32,64\"")
+    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--threads", default="1", type=str, help="thread counts, e.g. 1,2")
+    r.add_argument("--batch", default="1", type=str, help="queries per call, e.g. 1,100")
+    r.add_argument("--output", required=True, help="JSON lines file (appended; raw arrays go to <stem>.raw/)")
+    r.add_argument("--reference", default=None,
+                   help="same-run reference target every line names (added to --targets if missing; "
+                        "default: the first exact target, else the first target)")
+    r.add_argument("--repeats", type=int, default=3, help="timed passes per setting, targets interleaved")
+    r.add_argument("--stat", choices=("best", "median"), default="best", help="which pass a line reports")
+    r.add_argument("--max-queries", type=int, default=None)
+    r.add_argument("--build-threads", type=int, default=None, help="threads for building (default: max --threads)")
+    r.add_argument("--allow-busy", action="store_true", help="run on a busy machine (lines are flagged busy)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (none when stderr is not a terminal)")
+    r.add_argument("--target", default=None, metavar="grpc://HOST:PORT",
+                   help="also measure a running `vecdb serve`: the dataset is loaded into a collection there "
+                        "(reused when it already holds it) and searched by --concurrency clients")
+    r.add_argument("--concurrency", default="1", help="concurrent clients for --target, e.g. 1,4,16")
+    r.add_argument("--collection", default=None, help="collection for --target (default: named from the data's hash)")
+    r.add_argument("--server-index", default="hnsw", help="index of a collection --target creates: hnsw or flat")
+    r.set_defaults(func=_bench_run)
+    rep = sub.add_parser("report", help="best QPS at recall >= 0.90/0.95/0.99 per target, with ratios")
+    rep.add_argument("results", nargs="+", help="JSON lines files of `vecdb bench run`")
+    rep.add_argument("--baseline", default=None, help="target the ratios divide by (default: the runs' reference)")
+    rep.add_argument("--levels", default="", help="recall levels, e.g. 0.9,0.95,0.99")
+    rep.add_argument("--markdown", action="store_true", help="Markdown tables instead of terminal text")
+    rep.set_defaults(func=_bench_report)
+    pl = sub.add_parser("plot", help="recall-vs-QPS Pareto curves (log QPS) and recall-vs-memory, as PNG")
+    pl.add_argument("results", nargs="+", help="JSON lines files of `vecdb bench run`")
+    pl.add_argument("-o", required=True, help="output PNG path")
+    pl.add_argument("--threads", type=int, default=None, help="lines of this thread count (default: smallest)")
+    pl.add_argument("--batch", type=int, default=None, help="lines of this batch size (default: smallest)")
+    pl.set_defaults(func=_bench_plot)
+    return parser
+
+
+def _bench_subcommand(argv: list[str]) -> bool:
+    """True for ``vecdb [-v] bench run|report|plot ...``."""
+    i = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    return i is not None and argv[i] == "bench" and argv[i + 1 : i + 2] != [] and argv[i + 1] in BENCH_COMMANDS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vecdb`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if _bench_subcommand(argv):
+        i = argv.index("bench")
+        args = build_bench_parser().parse_args([*argv[:i], *argv[i + 1 :]])
+    else:
+        args = build_parser().parse_args(argv)
     args.argv = ["vecdb", *argv]  # the command line a result records
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -32,7 +32,7 @@ from vecdb.api import CollectionInfo, CollectionStats, Filter, GetResult, Payloa
 from vecdb.errors import InvalidArgumentError, VecdbError, VecdbTimeoutError, error_classes
 from vecdb.v1 import vecdb_pb2 as pb
 from vecdb.v1 import vecdb_pb2_grpc as pb_grpc
-from vecdb.validation import as_k, as_matrix
+from vecdb.validation import as_k, as_matrix, checked_queries
 from vecdb.wire import API_KEY_HEADER, ERROR_HEADER
 
 logger = logging.getLogger(__name__)
@@ -206,10 +206,19 @@ def get_call(info: CollectionInfo, ids: Any, tenant: str | None = None) -> Call:
     return Call("Get", req, lambda r: wire.get_result_from_proto(r.ids, r.vectors, r.payloads_json))
 
 
+def _queries(queries: Any, dim: int) -> np.ndarray:
+    """Queries to send: an array whose rows have the collection's dim goes through the embedded
+    path's own quick check; anything else through ``as_matrix`` with no dim, so the server (which
+    knows the collection's current dim) decides on a mismatch, as it would for the same input."""
+    if type(queries) is np.ndarray and queries.shape[-1:] == (dim,):
+        return checked_queries(queries, dim)
+    return as_matrix(queries, None, what="queries")
+
+
 def search_call(info: CollectionInfo, queries: Any, k: int, filter: Filter | None, tenant: str | None,
                 params: Mapping[str, Any] | None, with_payloads: bool) -> Call:
     """Search; parses to a QueryResult."""
-    q = as_matrix(queries, None, what="queries")
+    q = _queries(queries, info.dim)
     k = as_k(k)
     req = _build(lambda: pb.SearchRequest(
         collection=info.name, queries=wire.matrix_to_proto(q), k=k, filter_json=wire.optional_json(filter, what="filter"),
@@ -239,6 +248,15 @@ def tenant_call(method: str, info: CollectionInfo, tenant: str) -> Call:
 def train_call(info: CollectionInfo) -> Call:
     """Train: (re)build the collection's index, training it first; parses to None."""
     return Call("Train", _build(lambda: pb.TrainRequest(collection=info.name)), _none)
+
+
+def wait_indexed_call(info: CollectionInfo, timeout: float | None) -> Call:
+    """WaitIndexed: wait (at most ``timeout`` s, and within the call's deadline) until nothing
+    of the collection waits for its background indexer; parses to that bool."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+        raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r:.80}")
+    req = _build(lambda: pb.WaitIndexedRequest(collection=info.name, timeout_seconds=timeout))
+    return Call("WaitIndexed", req, lambda r: bool(r.indexed))
 
 
 def simple_call(method: str, request: Any, parse: Callable[[Any], Any] = _none) -> Call:
@@ -374,8 +392,14 @@ class RemoteCollection(CollectionHandle):
     def train(self) -> None:
         """Train (or retrain) the index on the stored points and rebuild it; searches are
         served meanwhile (admin keys only). The wait is bounded by the connection's
-        ``timeout``: a VecdbTimeoutError leaves the training running to its end on the server."""
+        ``timeout``: on a VecdbTimeoutError the server abandons the build at its next step and
+        the index in place keeps serving."""
         self._t.run(train_call(self._info))
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait until every committed point is in the index, at most ``timeout`` seconds and
+        within the connection's ``timeout`` (admin keys only); True when nothing is staged."""
+        return bool(self._t.run(wait_indexed_call(self._info, timeout)))
 
 
 class RemoteDatabase:

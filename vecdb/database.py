@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 from vecdb.api import CollectionInfo
 from vecdb.collection import PARTS, CheckpointPolicy, Collection, CollectionHost
-from vecdb.collection.layout import checkpoint_root, index_space_prefix, part_names
+from vecdb.collection.layout import DEFAULT_MAX_PENDING, checkpoint_root, index_space_prefix, part_names
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
                           InvalidArgumentError, ResourceExhaustedError, VecdbError)
 from vecdb.index.base import index_class
@@ -45,7 +45,7 @@ from vecdb.storage.arrays import decode_json, encode_json
 from vecdb.storage.env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
 from vecdb.storage.space import MAX_SPACE_DBS
 from vecdb.types import Metric
-from vecdb.validation import as_fs_path
+from vecdb.validation import as_fs_path, as_positive_int
 
 FORMAT = {"format": "vecdb-db", "version": 1}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # always used with fullmatch
@@ -59,7 +59,8 @@ class Database:
     def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
                  max_map_size: int = DEFAULT_MAX_MAP_SIZE, sync: bool = True, max_readers: int = 256,
                  max_collections: int = 500, checkpoint_points: int = 100_000,
-                 checkpoint_seconds: float = 600.0) -> None:
+                 checkpoint_seconds: float = 600.0, max_pending: int = DEFAULT_MAX_PENDING) -> None:
+        max_pending = as_positive_int(max_pending, "max_pending")   # before anything is created
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise InvalidArgumentError(f"{self.path} exists and is not a directory")
@@ -96,7 +97,7 @@ class Database:
         self._ckpt_lock = threading.Lock()
         # what every collection is handed explicitly (it reads nothing else of the database)
         self._host = CollectionHost(store=self._store, manifest=self._manifest, checkpoint_lock=self._ckpt_lock,
-                                    index_root=self._index_root, policy=policy)
+                                    index_root=self._index_root, policy=policy, max_pending=max_pending)
         self._collections: dict[str, Collection] = {}
         self._loading: dict[str, _Loading] = {}
         self._closed = False
@@ -352,6 +353,9 @@ def open(path: str | os.PathLike[str], **options: Any) -> Database:  # noqa: A00
     Options (keyword): ``map_size`` (initial LMDB map, grows automatically), ``max_map_size``,
     ``sync`` (fsync each commit; default True = every acknowledged write is durable),
     ``max_readers``, ``max_collections``, ``checkpoint_points`` / ``checkpoint_seconds``
-    (index checkpoint policy). Use as ``with vecdb.open(path) as db: ...``.
+    (index checkpoint policy), ``max_pending`` (per collection, how many written points may
+    wait for the background indexer, searched exactly meanwhile, before writers wait for it:
+    the bound on that buffer's memory, about 4 * dim bytes per point; default 200,000). Use
+    as ``with vecdb.open(path) as db: ...``.
     """
     return Database(path, **options)

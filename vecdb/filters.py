@@ -8,6 +8,12 @@ vectorised pass over the tail, so a filter never scans payloads. Removing a poin
 epoch, which makes all of its old entries stale at once; stale entries are dropped when the
 column is re-sorted (amortised: only once the tail or the garbage reaches a quarter of it).
 
+Between two re-sorts the sorted runs only lose entries (epochs), so every live entry of a
+point written since then is in a tail: ``evaluate_ids`` re-evaluates a filter for just those
+points from the tails, which lets a cached result be brought up to date after a write in
+time proportional to the tails, not to the collection (``PayloadIndex.generation`` counts
+re-sorts, so a cache knows when this no longer holds).
+
 Semantics: several keys in one dict are ANDed; a field holding a list matches when any
 element does; nested objects are indexed under dotted paths (``{"a": {"b": 1}}`` is field
 ``"a.b"``); ``ne`` is ``$not eq`` (points without the field match); ``null`` is not indexed.
@@ -340,13 +346,14 @@ class Column:
             self._tail_cache = cached
         return cached
 
-    def compact(self, epoch: np.ndarray, force: bool = False) -> None:
-        """Re-sort when the tail or stale entries reach a quarter of the run (or when forced)."""
+    def compact(self, epoch: np.ndarray, force: bool = False) -> bool:
+        """Re-sort when the tail or stale entries reach a quarter of the run (or when forced);
+        True when it did."""
         n_tail = len(self._tail_iids)
         if not force and n_tail < max(_MIN_TAIL, len(self.iids) // 4):
             stale = int((self.epochs != epoch[self.iids]).sum()) if len(self.iids) else 0
             if stale < max(_MIN_TAIL, len(self.iids) // 4):
-                return
+                return False
         tv, ti, te = self.tail()
         vals = np.concatenate([self.vals, tv])
         iids = np.concatenate([self.iids, ti])
@@ -357,6 +364,31 @@ class Column:
         self.vals, self.iids, self.epochs = vals[order], iids[order], epochs[order]
         self._tail_vals, self._tail_iids, self._tail_epochs = [], [], []
         self._tail_cache = None
+        return True
+
+    def match_tail_in(self, out: np.ndarray, epoch: np.ndarray, ids: np.ndarray,
+                      intervals: list[tuple[Any, bool, Any, bool]] | None, values: np.ndarray | None) -> None:
+        """Set ``out[j] = True`` for each ``ids[j]`` (sorted unique) holding a live tail entry
+        in one of ``intervals`` (or equal to one of sorted ``values``)."""
+        tv, ti, te = self.tail()
+        if not len(tv) or not len(ids):
+            return
+        pos = np.minimum(np.searchsorted(ids, ti), len(ids) - 1)
+        sel = (ids[pos] == ti) & (te == epoch[ti])
+        if not sel.any():
+            return
+        tv, pos = tv[sel], pos[sel]
+        if values is not None:
+            at = np.minimum(np.searchsorted(values, tv), len(values) - 1)
+            out[pos[values[at] == tv]] = True
+            return
+        for lo, lo_inc, hi, hi_inc in intervals or ():
+            hit = np.ones(len(tv), bool)
+            if lo is not None:
+                hit &= (tv >= lo) if lo_inc else (tv > lo)
+            if hi is not None:
+                hit &= (tv <= hi) if hi_inc else (tv < hi)
+            out[pos[hit]] = True
 
     def match(self, out: np.ndarray, epoch: np.ndarray, intervals: list[tuple[Any, bool, Any, bool]]) -> None:
         """Set ``out[iid] = True`` for every live entry whose value lies in one of ``intervals``
@@ -414,6 +446,8 @@ class PayloadIndex:
     def __init__(self) -> None:
         self.columns: dict[tuple[str, str], Column] = {}
         self.epoch = np.zeros(0, np.uint32)
+        #: bumped whenever a column is re-sorted (its tail moved into the run)
+        self.generation = 0
 
     def reserve(self, n: int) -> None:
         """Make room for internal ids below ``n``."""
@@ -442,7 +476,8 @@ class PayloadIndex:
     def compact(self, force: bool = False) -> None:
         """Re-sort columns whose tail or garbage has grown (amortised O(n log n))."""
         for col in self.columns.values():
-            col.compact(self.epoch, force)
+            if col.compact(self.epoch, force):
+                self.generation += 1
 
     def evaluate(self, node: Node, live: np.ndarray) -> np.ndarray:
         """Boolean mask over internal ids (length ``len(live)``) of live points matching ``node``.
@@ -478,6 +513,37 @@ class PayloadIndex:
                 col.match_values(out, self.epoch, values)
             else:
                 col.match(out, self.epoch, [(node[3], node[4], node[5], node[6])])
+        return out & live
+
+    def evaluate_ids(self, node: Node, ids: np.ndarray, live: np.ndarray) -> np.ndarray:
+        """``evaluate`` for the points ``ids`` only (sorted unique; ``live`` their liveness),
+        as a bool per id, reading the columns' tails alone: exact for points written (or
+        deleted) since ``generation`` last changed, whose live entries are all in the tails."""
+        calls.check()
+        op = node[0]
+        if op == "all":
+            return live.copy()
+        if op == "none":
+            return np.zeros(len(ids), bool)
+        if op in ("and", "or"):
+            out = self.evaluate_ids(node[1][0], ids, live)
+            for sub in node[1][1:]:
+                if op == "and":
+                    out &= self.evaluate_ids(sub, ids, live)
+                else:
+                    out |= self.evaluate_ids(sub, ids, live)
+            return out
+        if op == "not":
+            return live & ~self.evaluate_ids(node[1], ids, live)
+        out = np.zeros(len(ids), bool)
+        col = self.columns.get((node[1], node[2]))
+        if col is not None:
+            if op == "in":
+                values = np.empty(len(node[3]), col.dtype)
+                values[:] = node[3]
+                col.match_tail_in(out, self.epoch, ids, None, values)
+            else:
+                col.match_tail_in(out, self.epoch, ids, [(node[3], node[4], node[5], node[6])], None)
         return out & live
 
     def memory_bytes(self) -> int:

@@ -1,6 +1,7 @@
 """Input checks done once at the public boundary; everything beneath trusts its inputs."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -44,6 +45,23 @@ def as_matrix(vectors: Any, dim: int | None, *, what: str = "vectors") -> F32Mat
         bad = int(np.argwhere(~np.isfinite(out))[0, 0])
         raise InvalidArgumentError(f"{what} contain NaN or inf (first at row {bad})")
     return out
+
+
+def checked_queries(queries: Any, dim: int) -> F32Matrix:
+    """``queries`` as the trusted search path takes them (C-contiguous finite float32 (nq, dim)):
+    the common case (such an array, or one such row) is checked in about a microsecond, the
+    rest goes through ``as_matrix`` (InvalidArgumentError / DimensionMismatchError).
+
+    The finiteness test is one dot product: NaN or inf anywhere makes the sum of squares
+    non-finite. A sum that overflows on huge finite values (|x| > 1.8e19, numpy warns) only
+    sends the call to ``as_matrix``, which accepts them."""
+    if (type(queries) is np.ndarray and queries.dtype == np.float32 and 0 < queries.ndim <= 2
+            and queries.shape[-1] == dim and queries.flags.c_contiguous):
+        q = queries if queries.ndim == 2 else queries.reshape(1, dim)
+        flat = q.reshape(-1)
+        if math.isfinite(flat.dot(flat)):
+            return q
+    return as_matrix(queries, dim, what="queries")
 
 
 def as_ids(ids: Any, n: int, *, what: str = "ids") -> I64Vector:
@@ -99,7 +117,12 @@ def as_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int | N
 def as_tenant(tenant: Any) -> int:
     """Return a tenant number (a collection's int64 tenant key, as indexes see tenants) as a
     non-negative int; InvalidArgumentError otherwise."""
-    return as_positive_int(tenant, "tenant", minimum=0, maximum=np.iinfo(np.int64).max)
+    if type(tenant) is int and 0 <= tenant <= _INT64_MAX:
+        return tenant
+    return as_positive_int(tenant, "tenant", minimum=0, maximum=_INT64_MAX)
+
+
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 #: longest file-system path accepted (Linux PATH_MAX) and longest single component (NAME_MAX).

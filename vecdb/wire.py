@@ -245,7 +245,8 @@ def stats_to_proto(stats: CollectionStats) -> pb.CollectionStats:
     return pb.CollectionStats(
         count=int(stats.count), memory_bytes=int(stats.memory_bytes), disk_bytes=int(stats.disk_bytes),
         index=str(stats.index), index_params_json=dumps(dict(stats.index_params), what="index_params"),
-        n_tenants=int(stats.n_tenants), trained=bool(stats.trained),
+        n_tenants=int(stats.n_tenants), trained=bool(stats.trained), indexed=int(stats.indexed),
+        pending=int(stats.pending),
     )
 
 
@@ -254,7 +255,8 @@ def stats_from_proto(message: pb.CollectionStats) -> CollectionStats:
     return CollectionStats(
         count=int(message.count), memory_bytes=int(message.memory_bytes), disk_bytes=int(message.disk_bytes),
         index=message.index, index_params=loads_object(message.index_params_json, what="index_params") or {},
-        n_tenants=int(message.n_tenants), trained=bool(message.trained),
+        n_tenants=int(message.n_tenants), trained=bool(message.trained), indexed=int(message.indexed),
+        pending=int(message.pending),
     )
 
 

@@ -90,3 +90,94 @@ def render(record: dict[str, Any]) -> str:
                "VmHWM - VmRSS before).")
     out.extend(warnings(record))
     return "\n\n".join(out)
+
+
+# ---- `vecdb bench report`: result lines of `vecdb bench run` ------------------------------------
+#: recall@k levels the report reads best QPS at (the ann-benchmarks Pareto reading)
+RECALL_LEVELS = (0.90, 0.95, 0.99)
+
+
+def _dataset_key(line: dict[str, Any]) -> tuple:
+    d = line["dataset"]
+    return d["name"], d["n_base"], d["queries_sha256"][:12], line["k"]
+
+
+def best_at_recall(lines: list[dict[str, Any]], levels: tuple[float, ...] = RECALL_LEVELS) -> list[dict[str, Any]]:
+    """Per (dataset, k, target, threads, batch): the line with the best QPS among those whose
+    recall@k reaches each level (None where no setting reaches it)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for line in lines:
+        groups.setdefault((_dataset_key(line), line["target"], line["threads"], line["batch"]), []).append(line)
+    rows = []
+    for (dkey, target, threads, batch), members in groups.items():
+        key_recall = f"recall_at_{dkey[3]}"
+        best: dict[float, dict[str, Any] | None] = {}
+        for level in levels:
+            ok = [m for m in members if m[key_recall] + 1e-9 >= level]
+            best[level] = max(ok, key=lambda m: m["qps"]) if ok else None
+        rows.append({"dataset": dkey, "target": target, "threads": threads, "batch": batch, "best": best,
+                     "max_recall": max(m[key_recall] for m in members),
+                     # a server's own CPU counts as "others" (its pid is not ours to see): not judged
+                     "busy": None if any(m.get("others_include_server") for m in members)
+                     else any(m.get("busy") for m in best.values() if m)})
+    rows.sort(key=lambda r: (r["dataset"], r["threads"], r["batch"], r["target"]))
+    return rows
+
+
+def add_ratios(rows: list[dict[str, Any]], baseline: str | None) -> None:
+    """Set ``ratio[level]`` = this best QPS / the baseline's, same dataset, k, threads, batch."""
+    index = {(r["dataset"], r["target"], r["threads"], r["batch"]): r for r in rows}
+    for r in rows:
+        base = index.get((r["dataset"], baseline, r["threads"], r["batch"])) if baseline else None
+        r["ratio"] = {}
+        for level, line in r["best"].items():
+            ref = None if base is None else base["best"][level]
+            r["ratio"][level] = line["qps"] / ref["qps"] if line and ref and ref["qps"] else None
+
+
+def render_best(lines: list[dict[str, Any]], baseline: str | None = None, markdown: bool = False,
+                levels: tuple[float, ...] = RECALL_LEVELS) -> str:
+    """The best-QPS-at-recall table per dataset, as terminal text or Markdown."""
+    if not lines:
+        return "no result lines"
+    baseline = baseline or lines[0].get("reference")
+    rows = best_at_recall(lines, levels)
+    add_ratios(rows, baseline)
+    fmt = "github" if markdown else "simple"
+    out = []
+    for dkey in dict.fromkeys(r["dataset"] for r in rows):
+        name, n_base, qhash, k = dkey
+        table = []
+        for r in (r for r in rows if r["dataset"] == dkey):
+            cells: list[Any] = [r["target"], r["threads"], r["batch"]]
+            for level in levels:
+                line = r["best"][level]
+                cells += ["-", "(not reached)", "-"] if line is None else [
+                    _qps(line["qps"]), _setting(line), _fmt(r["ratio"][level], 2)]
+            cells += [_fmt(r["max_recall"]), "n/a" if r["busy"] is None else "!" if r["busy"] else ""]
+            table.append(cells)
+        headers = ["target", "threads", "batch"]
+        for level in levels:
+            headers += [f"QPS @R{k}≥{level:.2f}", "setting", f"×{baseline or 'baseline'}"]
+        headers += [f"max R@{k}", "busy"]
+        title = (f"{name} ({n_base} base rows, queries {qhash}) · best QPS at recall@{k} ≥ "
+                 f"{', '.join(f'{lv:.2f}' for lv in levels)} · ×{baseline} = QPS ÷ {baseline}'s at the same "
+                 "threads and batch")
+        out.append(("### " if markdown else "") + title + "\n\n" + tabulate(table, headers=headers, tablefmt=fmt))
+    if any(r["busy"] for r in rows):
+        out.append("! = a line shown was measured while other processes used more than a quarter of the "
+                   "machine; its figures are not comparable.")
+    if any(r["busy"] is None for r in rows):
+        out.append("busy n/a: server rows, whose server process counts among the 'other processes'.")
+    return "\n\n".join(out)
+
+
+def _qps(v: float) -> str:
+    """QPS as text: whole numbers with thousands separators from 100 up, else one decimal."""
+    return f"{v:,.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def _setting(line: dict[str, Any]) -> str:
+    """``M=16 ef=64``: the build and search knobs of a line."""
+    knobs = {**line.get("build", {}), **line.get("search", {})}
+    return " ".join(f"{k}={v}" for k, v in knobs.items()) or "-"

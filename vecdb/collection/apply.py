@@ -3,8 +3,9 @@
 A batch is published to readers in one short exclusive step: new rows are staged (searched
 exactly), replaced and deleted index entries hidden (``vecdb.index.staging``), tenant sets
 updated and membership ops handed to the index. The staged rows then move into the index in
-steps of about ``STEP_SECONDS``, each exclusive, so searches see a batch whole or not at all
-and never wait long behind a large one. A tenant-aware index takes each batch whole in the
+steps of about ``STEP_SECONDS``, each exclusive (the collection's background indexer runs
+them; ``drain`` runs them all at once), so searches see a batch whole or not at all and
+never wait long behind a large one. A tenant-aware index takes each batch whole in the
 publishing step (its membership ops need the points in place), without staging.
 
 Membership reaches the index as a relation over ids, in the order of the writes: removing a
@@ -26,9 +27,10 @@ from vecdb.collection.memory import Memory
 from vecdb.collection.tenants import TenantSet
 from vecdb.collection.training import apply_membership
 
-#: target length of one exclusive step that moves staged points into the index; the number
-#: of points per step adapts to it (between the two bounds below).
-STEP_SECONDS = 0.02
+#: target length of one exclusive step that moves staged points into the index (the longest
+#: a search waits behind the indexer); the number of points per step adapts to it (between
+#: the two bounds below).
+STEP_SECONDS = 0.005
 MIN_STEP_ROWS, MAX_STEP_ROWS = 16, 65_536
 
 
@@ -58,6 +60,7 @@ def apply_upsert(mem: Memory, iids: np.ndarray, is_new: np.ndarray, uids: list[A
     mem.payidx.compact()
     mem.tenants.set_access(owners, new.tolist(), OWNER)
     hand_ops(mem, ops)
+    mem.changes.record(seq, iids)
     mem.seq, mem.next_iid = seq, next_iid
     mem.dirty += len(iids)
 
@@ -78,6 +81,7 @@ def apply_delete(mem: Memory, iids: np.ndarray, revoke: list[int], tenant: Tenan
     if revoke and tenant is not None:
         mem.tenants.set_access([tenant], revoke, None)
     hand_ops(mem, ops)
+    mem.changes.record(seq, iids)
     mem.seq = seq
     mem.dirty += len(iids) + len(revoke)
 
@@ -103,8 +107,8 @@ def deletion_ops(iids: np.ndarray, lost: dict[int, list[int]]) -> list[oplog.Op]
 
 def drain(mem_of: Callable[[], Memory], exclusive: Callable[[], AbstractContextManager[Any]],
           guard: Callable[[Callable[[], None]], None], step_rows: int) -> int:
-    """Move the staged part of the last batch into the index in short exclusive steps
-    (caller holds the writer lock): each step is sized to take about ``STEP_SECONDS``, so
+    """Move every staged row into the index in short exclusive steps, now (caller holds the
+    collection's indexing lock): each step is sized to take about ``STEP_SECONDS``, so
     searches wait at most one step; they see staged points meanwhile. ``mem_of`` gives the
     current memory (``guard`` may replace it when a step fails); returns the next step size."""
     mem = mem_of()
@@ -117,5 +121,11 @@ def drain(mem_of: Callable[[], Memory], exclusive: Callable[[], AbstractContextM
             start = time.perf_counter()
             guard(lambda: mem_of().staging.step(mem_of().index, size))
             took = time.perf_counter() - start
-        step_rows = int(min(MAX_STEP_ROWS, max(MIN_STEP_ROWS, size * STEP_SECONDS / max(took, 1e-4))))
+        step_rows = next_step_rows(size, took)
     return step_rows
+
+
+def next_step_rows(size: int, took: float) -> int:
+    """Rows for the next step, given that ``size`` rows took ``took`` seconds: sized to take
+    about ``STEP_SECONDS`` (within ``MIN_STEP_ROWS``..``MAX_STEP_ROWS``), growing at most 2x."""
+    return int(min(MAX_STEP_ROWS, 2 * size, max(MIN_STEP_ROWS, size * STEP_SECONDS / max(took, 1e-4))))

@@ -5,10 +5,21 @@ Durability: every upsert / delete / grant / revoke / tenant change is one LMDB w
 transaction; a change the index must see (points written or deleted, tenants created or
 dropped, memberships gained or lost) also bumps the collection's write sequence and appends
 an op record to the log (``oplog``). Memory is updated only after the commit, in one short
-step under the collection's exclusive lock that publishes the whole batch, then staged rows
-move into the index in bounded steps (``apply``). Index checkpoints are recorded with their
-sequence number in the manifest; opening loads the newest checkpoint and replays the log
-written since (``recovery``), which hands the index every change after the checkpoint once.
+step under the collection's exclusive lock that publishes the whole batch (staged: searched
+exactly, stale index entries hidden), and the write returns then: a search issued after it
+sees it. The collection's background indexer (``indexer``, a daemon thread started on the
+first write) moves staged rows into the index in bounded exclusive steps (``apply``), trains
+the index when due and saves checkpoints; when more than ``max_pending`` points wait, writers
+wait for it (back-pressure). ``wait_indexed`` waits until nothing is staged. Index
+checkpoints are recorded with their sequence number in the manifest; opening loads the
+newest checkpoint and replays the log written since (``recovery``): the replayed points are
+staged and indexed in the background, so opening does not wait for the index.
+
+Locks, always taken in this order: ``_writer`` (one writer at a time; the indexer takes it
+to train or checkpoint, when memory must equal the store), ``_indexing`` (whoever changes
+the index: the indexer's steps and ``reserve``, and a writer whose publishing step changes
+the index too: a tenant-aware one or one that persists itself), then the readers-writer lock
+``_rw`` (exclusive for each short step that changes memory, staged work included).
 An index that persists itself (persistence "self") instead writes each batch into its own
 sub-databases inside the batch's transaction, before the commit (``spaces``); it is loaded
 from them, never checkpointed to a folder nor replayed, and a build or training writes it
@@ -19,7 +30,7 @@ payload indexes and the tenant sets work on them (the index stores them as its i
 space), and only the id records and ``uid_of`` know user ids.
 
 An index that needs training (pq, binary, sq8) is stood in for by an exact scan of the
-stored vectors until the collection holds ``index.min_train_points`` points; then the writer
+stored vectors until the collection holds ``index.min_train_points`` points; then the indexer
 trains it on a seeded sample of the stored vectors and builds it in one go (searches keep
 being served by the exact scan meanwhile) and checkpoints it. ``train()`` does the same on
 request, for any index kind.
@@ -39,15 +50,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from vecdb import calls
 from vecdb.api import (CollectionInfo, CollectionStats, GetResult, Payload, QueryResult, SearchRequest, check_tenant,
                        check_tenants)
 from vecdb.collection import oplog
-from vecdb.collection.apply import apply_delete, apply_upsert, deletion_ops, drain, hand_ops
+from vecdb.collection.apply import (MIN_STEP_ROWS, apply_delete, apply_upsert, deletion_ops, drain, hand_ops,
+                                    next_step_rows)
 from vecdb.collection.checkpoint import Checkpoints
+from vecdb.collection.indexer import Worker
 from vecdb.collection.layout import OWNER, READ, WRITE, CollectionHost, part_names
 from vecdb.collection.memory import Memory
 from vecdb.collection.points import StoredPoints
@@ -68,6 +83,16 @@ from vecdb.validation import as_id_array, as_matrix
 
 log = logging.getLogger(__name__)
 
+#: longest the indexer moves staged rows before it looks at training / checkpoints again
+ROUND_SECONDS = 0.25
+#: target length of linking one batch of staged rows into an index that links while it is
+#: searched (no lock held: it only bounds how long a deleted row's new entry may linger)
+LINK_SECONDS = 0.1
+MAX_LINK_ROWS = 8192
+#: a due checkpoint waits until at most this many rows are staged (writers wait while the
+#: indexer takes them before the save)
+CHECKPOINT_BACKLOG = 10_000
+
 
 class Collection:
     """The embedded implementation of ``vecdb.api.CollectionAPI``; get one from ``Database``."""
@@ -84,11 +109,19 @@ class Collection:
         self._own = configured_class(info).persistence == "self"   # the class says it; no index is built here
         self._recovery = Recovery(host, info, self._h, self._checkpoints, self._points, self._spaces)
         self._writer = threading.Lock()
+        self._indexing = threading.Lock()
+        self._publishing = threading.Condition()   # writers waiting to publish go before the next step
+        self._publishers = 0
         self._rw = RWLock("collection")
         self._state = "open"
         self._step_rows = 256
+        self._link_rows = 256
+        self._max_pending = host.max_pending
+        self._worker = Worker(info.name, self._index_round)
         with self._writer:
             self._mem: Memory = self._recovery.load()
+        if self._mem.staging.busy:
+            self._worker.wake()   # replayed batches are served staged and indexed in the background
 
     # ---- identity --------------------------------------------------------------------
     @property
@@ -110,7 +143,8 @@ class Collection:
     # ---- writes ----------------------------------------------------------------------
     def upsert(self, ids: Sequence[int | str] | np.ndarray, vectors: Any,
                payloads: Sequence[Payload | None] | None = None, tenant: str | Sequence[str] | None = None) -> None:
-        """Insert or replace points atomically; returns once the batch is committed to disk.
+        """Insert or replace points atomically; returns once the batch is committed to disk
+        and searchable (the index takes it in the background: see ``wait_indexed``).
 
         A replaced point gets the new vector and payload (None clears it) and keeps its
         tenants. With ``tenant`` the write is scoped to that tenant (or tenants): new points
@@ -384,7 +418,8 @@ class Collection:
             if not self._mem.n_live:
                 raise FailedPreconditionError(f"collection {self.name!r} is empty: there is nothing to train the "
                                               f"{self._info.index!r} index on")
-            self._drain()
+            with self._indexing:
+                self._drain()
             self._rebuild(reason="requested")
 
     # ---- reads -----------------------------------------------------------------------
@@ -442,41 +477,90 @@ class Collection:
             mem = self._mem
             names = list(self._names.values()) + (self._spaces.names() if self._own else [])
             disk = self._store.used_bytes(names) + dir_bytes(self._checkpoints.root)
+            pending = len(mem.staging)
             return CollectionStats(count=mem.n_live, memory_bytes=mem.memory_bytes(), disk_bytes=int(disk),
                                    index=self._info.index, index_params=dict(self._info.index_params),
-                                   n_tenants=len(mem.tenants), trained=mem.trained)
+                                   n_tenants=len(mem.tenants), trained=mem.trained,
+                                   indexed=mem.n_live - pending, pending=pending)
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait until every committed point is in the index (nothing staged, and an automatic
+        training that is due has run), or ``timeout`` seconds (None: no limit); True when
+        caught up. Searches never need this (they see staged points at once)."""
+        self._check()
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+                raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r:.80}")
+            timeout = float(timeout)
+        self._worker.wake()
+        self._worker.wait_for(lambda: self._caught_up() or self._state != "open" or self._worker.stopping, timeout)
+        self._check()
+        return self._caught_up()
+
+    def _caught_up(self) -> bool:
+        """Nothing staged and no automatic training due."""
+        mem = self._mem
+        return not mem.staging.busy and not self._training_due(mem)
+
+    @staticmethod
+    def _training_due(mem: Memory) -> bool:
+        return not mem.trained and mem.train_at is not None and mem.n_live >= mem.train_at
 
     # ---- lifecycle (called by the Database) --------------------------------------------
     def shutdown(self) -> None:
-        """Checkpoint if anything changed, then refuse further calls (database close)."""
+        """Stop the indexer after its current step, move the rest of the staged rows into
+        the index (at most about ``max_pending``), checkpoint if anything changed, then
+        refuse further calls (database close)."""
+        self._worker.stop()
         with self._writer:
             if self._state != "open":
                 return
             try:
+                with self._indexing:
+                    self._drain()
                 mem = self._mem
                 if mem.dirty and mem.trained:
                     self._checkpoints.save(mem)
             finally:
                 with self._rw.write():
                     self._state = "closed"
+                self._worker.progress()
 
     def mark_dropped(self) -> None:
-        """Refuse further calls (the database deletes the stored data)."""
+        """Stop the indexer (after its current step) and refuse further calls (the database
+        deletes the stored data once this returns: nothing of this collection touches it)."""
+        self._worker.stop()
         with self._writer:
             with self._rw.write():
                 self._state = "dropped"
+        self._worker.progress()
 
     # ---- writer internals ------------------------------------------------------------
     def _commit(self, batch: Callable[[Any], None], change: Callable[[], None]) -> None:
-        """Commit ``batch`` and publish ``change`` to memory in one exclusive step, then the
-        writer's follow-up work (caller holds the writer lock)."""
-        with self._rw.write():
+        """Commit ``batch``, then publish ``change`` to memory in one exclusive step and wake
+        the indexer, which does the follow-up work (caller holds the writer lock). Readers
+        keep searching during the commit (its fsync included), except for an index that
+        persists itself: its records are in the batch, so memory must not lag behind them."""
+        if self._own:
+            with self._indexing, self._rw.write():
+                self._store.write(batch)
+                self._apply(change)
+        else:
             self._store.write(batch)
-            self._apply(change)
-        self._drain()
-        self._maybe_train()
-        if self._checkpoints.due(self._mem):
-            self._checkpoints.save(self._mem)
+            with self._publishing:
+                self._publishers += 1
+            try:
+                if self._mem.index.tenant_aware:   # publishing hands it the staged rows: see apply.hand_ops
+                    with self._indexing, self._rw.write():
+                        self._apply(change)
+                else:                              # publishing changes the staged work only
+                    with self._rw.write():
+                        self._apply(change)
+            finally:
+                with self._publishing:
+                    self._publishers -= 1
+                    self._publishing.notify_all()
+        self._worker.wake()
 
     def _apply(self, change: Callable[[], None]) -> None:
         """Apply a committed batch to memory. If that fails (a bug, or an index that cannot
@@ -491,7 +575,7 @@ class Collection:
                       self._info.name, type(exc).__name__, exc, exc_info=True,
                       extra={"event": "apply_failed", "collection": self._info.name})
             try:
-                self._mem = self._recovery.load()
+                self._mem = self._recovery.load(staged=False)
             except Exception as again:
                 self._state = "failed"
                 log.exception("collection %r: rebuilding memory from the store failed", self._info.name)
@@ -500,11 +584,128 @@ class Collection:
                                     "collection again to reload it") from exc
 
     def _drain(self) -> None:
-        self._step_rows = drain(lambda: self._mem, self._rw.write, self._apply, self._step_rows)
+        """Move every staged row into the index now, in moves or exclusive steps (caller holds
+        ``_indexing``, and ``_writer`` when nothing may be staged afterwards). A failing move
+        rebuilds memory from the store, as a failing batch does (``_apply``)."""
+        if not hasattr(self._mem.index, "begin_add"):
+            self._step_rows = drain(lambda: self._mem, self._rw.write, self._apply, self._step_rows)
+            return
+        while self._mem.staging.busy and self._state == "open":
+            mem = self._mem
+            mem.staging.reserve(mem.index)
+            failed = self._move(mem)
+            if failed is not None:
+                with self._rw.write():
+                    self._apply(lambda: _reraise(failed))
+
+    # ---- the background indexer (runs in the worker's thread) -------------------------
+    def _index_round(self) -> bool:
+        """One round of the indexer: staged rows move into the index for up to
+        ``ROUND_SECONDS`` (linked while searches go on when the index can, ``_move``; else in
+        exclusive steps of about ``apply.STEP_SECONDS``), a writer waiting to publish going
+        first at every step; then training and the checkpoint when due. Returns True when
+        more work remains."""
+        end = time.perf_counter() + ROUND_SECONDS
+        worker = self._worker
+        while not worker.stopping and self._state == "open":
+            with self._publishing:  # a writer waiting to publish goes first
+                self._publishing.wait_for(lambda: not self._publishers)
+            with self._indexing:
+                mem = self._mem
+                if not mem.staging.busy or self._state != "open":
+                    break
+                mem.staging.reserve(mem.index)  # any growth of the index happens here, readers searching
+                if hasattr(mem.index, "begin_add"):
+                    failed = self._move(mem)
+                else:
+                    size = self._step_rows
+                    with self._rw.write():
+                        start = time.perf_counter()
+                        failed = _failure(lambda: mem.staging.step(mem.index, size))
+                        took = time.perf_counter() - start
+                    self._step_rows = next_step_rows(size, took)
+            worker.progress()
+            if failed is not None:
+                self._heal(failed)
+                return self._state == "open"
+            if time.perf_counter() > end:
+                break
+        if worker.stopping or self._state != "open":
+            return False
+        if self._maintenance_due():
+            with self._writer:
+                if self._state == "open" and not worker.stopping and self._maintenance_due():
+                    with self._indexing:
+                        self._drain()   # writers wait meanwhile: a few rows (see _maintenance_due)
+                    self._maybe_train()
+                    if self._checkpoints.due(self._mem):
+                        self._checkpoints.save(self._mem)
+        return self._mem.staging.busy
+
+    def _move(self, mem: Memory) -> BaseException | None:
+        """One step into an index that links while it is searched (caller holds
+        ``_indexing``): rows placed in a short exclusive step, linked with searches going on
+        (sized to take about ``LINK_SECONDS``), then published in another short one. Stale
+        entries are removed in exclusive steps as usual. Returns the failure, if any."""
+        moves: list[Any] = []
+        size = self._link_rows
+        with self._rw.write():
+            failed = _failure(lambda: moves.append(mem.staging.begin(mem.index, size)))
+        move = moves[0] if moves else None
+        if failed is not None or move is None:
+            return failed
+        start = time.perf_counter()
+        failed = _failure(lambda: mem.staging.link(mem.index, move))
+        took = time.perf_counter() - start
+        if failed is not None:
+            return failed   # the half-linked rows stay staged (answers are deduplicated) until memory is rebuilt
+        with self._rw.write():
+            mem.staging.finish(move)
+        self._link_rows = int(min(MAX_LINK_ROWS, 2 * size, max(MIN_STEP_ROWS, size * LINK_SECONDS / max(took, 1e-4))))
+        return None
+
+    def _maintenance_due(self) -> bool:
+        """True when the index should be trained or checkpointed now: a checkpoint waits
+        until at most ``CHECKPOINT_BACKLOG`` rows are staged, as writers wait while the rest
+        is indexed first (under a writer that never pauses the log grows meanwhile; replay
+        serves it staged, so opening stays fast)."""
+        mem = self._mem
+        if self._training_due(mem):
+            return True   # the stand-in takes staged rows fast
+        return self._checkpoints.due(mem) and len(mem.staging) <= CHECKPOINT_BACKLOG
+
+    def _heal(self, exc: BaseException) -> None:
+        """After a failed step: log it and rebuild memory from the store with the writers
+        held off (as when applying a batch fails); the old memory serves meanwhile."""
+        log.error("collection %r: moving staged points into the %s index failed (%s: %s); rebuilding memory "
+                  "from the store", self._info.name, self._info.index, type(exc).__name__, exc,
+                  exc_info=exc, extra={"event": "index_step_failed", "collection": self._info.name})
+        with self._writer:
+            if self._state != "open":
+                return
+            try:
+                mem = self._recovery.load(staged=False)
+            except Exception:
+                log.exception("collection %r: rebuilding memory from the store failed", self._info.name)
+                with self._rw.write():
+                    self._state = "failed"
+                return
+            with self._indexing, self._rw.write():
+                self._mem = mem
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure: wait while more than ``max_pending`` points are staged (the indexer
+        makes room), unless the collection stops serving meanwhile."""
+        if len(self._mem.staging) <= self._max_pending:
+            return
+        self._worker.wake()
+        self._worker.wait_for(lambda: len(self._mem.staging) <= self._max_pending or self._state != "open"
+                              or self._worker.stopping)
 
     def _maybe_train(self) -> None:
-        """Train the configured index once the exact-scan stand-in holds enough points. A
-        failure is logged and retried when the collection has doubled."""
+        """Train the configured index once the exact-scan stand-in holds enough points
+        (caller holds the writer lock and has drained). A failure is logged and retried
+        when the collection has doubled."""
         mem = self._mem
         if mem.trained or mem.train_at is None or mem.n_live < mem.train_at:
             return
@@ -523,10 +724,12 @@ class Collection:
         mem = self._mem
         live = np.flatnonzero(mem.live).astype(np.int64)
         vectors = self._points.vectors(live, mem.n_live)
+        # a requested build stops at its caller's deadline or cancellation (a Train RPC); others run to the end
+        check = calls.check if reason == "requested" else None
         if self._own:  # written whole into a new generation; the old index serves from its own meanwhile
-            index = self._spaces.build(lambda space: build_index(self._info, vectors, live, mem.tenants, space))
+            index = self._spaces.build(lambda space: build_index(self._info, vectors, live, mem.tenants, space, check))
         else:
-            index = build_index(self._info, vectors, live, mem.tenants)
+            index = build_index(self._info, vectors, live, mem.tenants, check=check)
         with self._rw.write():
             mem.index = index
             mem.index_problem = None
@@ -558,8 +761,10 @@ class Collection:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Memory]:
-        """Hold the writer lock, checking again under it that the collection is open (it may
-        have been closed or dropped while this thread waited); yields the live memory."""
+        """Wait for room among the staged points (back-pressure), then hold the writer lock,
+        checking again under it that the collection is open (it may have been closed or
+        dropped while this thread waited); yields the live memory."""
+        self._wait_for_room()
         with self._writer:
             self._check()
             yield self._mem
@@ -636,15 +841,9 @@ class Collection:
     def _translate(self, iids: np.ndarray) -> np.ndarray:
         """User ids of internal ids (-1 / None where no hit)."""
         uid_of = self._mem.uid_of
-        if self._info.id_type == "int":
-            out = uid_of.take(iids)  # -1 (no hit) reads the last entry: reset below
-            if iids.size and iids.min() < 0:
-                out[iids < 0] = -1
-            return out
-        hit = iids >= 0
-        out = np.empty(iids.shape, object)
-        out[hit] = uid_of[iids[hit]]
-        return out
+        if len(uid_of):
+            return uid_of.take(iids)   # -1 (no hit) reads the last entry, always unused (Memory.reserve)
+        return np.full(iids.shape, -1, np.int64) if uid_of.dtype != object else np.full(iids.shape, None, object)
 
 
 def _row_count(vectors: Any) -> int:
@@ -654,6 +853,19 @@ def _row_count(vectors: Any) -> int:
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"vectors must be a 2-D array of numbers: {exc}") from None
     return int(arr.shape[0]) if arr.ndim else int(arr.size)
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
+
+
+def _failure(step: Callable[[], None]) -> BaseException | None:
+    """Run ``step``; the exception it raised (None when it succeeded)."""
+    try:
+        step()
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _no_index_write(txn: Any) -> None:

@@ -24,6 +24,9 @@ from vecdb.storage.env import Store
 
 PARTS = ("ids", "rev", "vec", "pay", "ten", "mem", "log", "ctr")
 
+#: default of ``CollectionHost.max_pending`` (about 100 MB of staged rows at 128 dimensions)
+DEFAULT_MAX_PENDING = 200_000
+
 # Access levels, as stored in ``mem`` values. Databases written before owners existed hold
 # b"" for every membership, which therefore reads as a read grant (the least access).
 OWNER, WRITE, READ = b"o", b"w", b""
@@ -44,13 +47,16 @@ class CheckpointPolicy:
 class CollectionHost:
     """What a collection gets from its database: the LMDB store, the handle of the
     ``manifest`` sub-database (collection number -> newest checkpoint), the lock that keeps
-    checkpoints apart from snapshots, the folder of index checkpoints and the policy."""
+    checkpoints apart from snapshots, the folder of index checkpoints, the policy, and
+    ``max_pending``: how many committed points may wait for the background indexer (staged,
+    searched exactly) before writers wait for it."""
 
     store: Store
     manifest: Any
     checkpoint_lock: threading.Lock
     index_root: Path
     policy: CheckpointPolicy
+    max_pending: int = DEFAULT_MAX_PENDING
 
 
 def part_names(cid: int) -> dict[str, str]:

@@ -1,6 +1,11 @@
 """Loading a collection's memory from its store: the newest checkpoint plus a replay of the
 op log written since, or, without a usable checkpoint, a rebuild from every stored record.
 
+Replay stages the points written since the checkpoint (searched exactly, their old entries
+hidden from the index) for the collection's background indexer, so opening does not wait
+for the index to take them; a tenant-aware index takes them at once (its membership ops need
+the points in place), as does every index when memory is rebuilt after a failure.
+
 Committed points never become unreachable: loading rebuilds from the stored records when the
 checkpoint path fails, leaves a payload the payload index rejects unindexed, and serves an
 index that cannot be built by an exact scan of the stored vectors (each such degradation is
@@ -30,6 +35,7 @@ from vecdb.collection.training import apply_membership, build_index, new_index, 
 from vecdb.errors import DataLossError
 from vecdb.filters import PayloadIndex
 from vecdb.index.base import BaseIndex
+from vecdb.index.staging import Staging
 from vecdb.storage import keys as K
 from vecdb.storage.arrays import decode_json
 
@@ -50,16 +56,17 @@ class Recovery:
         self._points = points
         self._spaces = spaces
 
-    def load(self) -> Memory:
-        """Memory from the checkpoint + replay, or (if that path fails) from every stored
-        record. Only an unreadable store makes this raise."""
+    def load(self, *, staged: bool = True) -> Memory:
+        """Memory from the checkpoint + replay (the replayed points staged when ``staged``),
+        or (if that path fails) from every stored record. Only an unreadable store makes
+        this raise."""
         try:
-            return self._load(use_checkpoint=True)
+            return self._load(use_checkpoint=True, staged=staged)
         except Exception:
             log.exception("collection %r: loading via the checkpoint failed; rebuilding from the store", self._info.name)
-            return self._load(use_checkpoint=False)
+            return self._load(use_checkpoint=False, staged=staged)
 
-    def _load(self, *, use_checkpoint: bool) -> Memory:
+    def _load(self, *, use_checkpoint: bool, staged: bool) -> Memory:
         info, h = self._info, self._h
         # the kind must exist, and accept its parameters, before anything else
         own = new_index(info).persistence == "self"
@@ -100,7 +107,7 @@ class Recovery:
         if own:
             index = self._own_index(mem)
         elif ckpt is not None and ckpt.index is not None and replay is not None:
-            index = self._replayed(ckpt.index, mem, replay)
+            index = self._replayed(ckpt.index, mem, replay, staged)
         if index is None or replay is None:
             if index is None:
                 index = self._fresh_index(mem, own)
@@ -131,27 +138,39 @@ class Recovery:
             if pay is not None:
                 _index_payload(mem, iid, decode_json(pay), rejected)
 
-    def _replayed(self, index: BaseIndex, mem: Memory, replay: Replay) -> BaseIndex | None:
+    def _replayed(self, index: BaseIndex, mem: Memory, replay: Replay, staged: bool) -> BaseIndex | None:
         """The checkpointed index with the logged writes applied once: touched points removed
-        and the live ones added from the store, then the membership ops in write order.
-        None (rebuild) if that fails or leaves a different number of points than stored."""
+        and the live ones added from the store, then the membership ops in write order; with
+        ``staged`` (and an index that keeps no tenants) the touched points are staged in
+        ``mem.staging`` instead, for the background indexer. None (rebuild) if that fails or
+        leaves a different number of points than stored."""
         info = self._info
         try:
             touched = replay.touched
-            index.remove(touched)
             keep = touched[mem.live[touched]] if len(touched) else touched
-            if len(keep):
-                index.add(self._points.vectors(keep, mem.n_live), keep)
+            vectors = self._points.vectors(keep, mem.n_live) if len(keep) else None
+            if staged and not index.tenant_aware:
+                stale = touched[np.isin(touched, index.ids)] if len(touched) else touched
+                mem.staging.stage(vectors if vectors is not None else np.zeros((0, info.dim), np.float32), keep,
+                                  stale=stale)
+                served = len(index) - len(stale) + len(keep)
+            else:
+                index.remove(touched)
+                if vectors is not None:
+                    index.add(vectors, keep)
+                served = len(index)
             for op in replay.membership:
                 apply_membership(index, op)
         except DataLossError:
             raise
         except Exception:
             log.exception("collection %r: replaying onto the checkpointed index failed; rebuilding", info.name)
+            mem.staging = Staging(info.dim, info.metric)
             return None
-        if len(index) != mem.n_live:
+        if served != mem.n_live:
             log.warning("collection %r: checkpoint + replay holds %d points, store %d; rebuilding",
-                        info.name, len(index), mem.n_live)
+                        info.name, served, mem.n_live)
+            mem.staging = Staging(info.dim, info.metric)
             return None
         return index
 

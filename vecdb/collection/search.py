@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from vecdb.api import SearchRequest
 from vecdb.collection.memory import Memory
+from vecdb.collection.memory import filter_allow as cached_filter_allow
 from vecdb.collection.tenants import TenantSet
 from vecdb.index.allow import AllowSet
 from vecdb.types import SearchResult
@@ -36,13 +37,9 @@ def run_search(mem: Memory, req: SearchRequest, tenant: TenantSet | None) -> Sea
 
 
 def filter_allow(mem: Memory, node: object) -> AllowSet:
-    """Live points matching the filter ``node``, cached per (node, write seq)."""
-    key = (node, mem.seq)
-    hit = mem.filters.get(key)
-    if hit is None:
-        hit = AllowSet.from_mask(mem.payidx.evaluate(node, mem.live))
-        mem.filters.put(key, hit, len(mem.live))
-    return hit
+    """Live points matching the filter ``node``: cached per filter and brought up to date
+    for the points written since (``memory.filter_allow``), not re-evaluated per write."""
+    return cached_filter_allow(mem, node)
 
 
 def tenant_filter_allow(mem: Memory, node: object, tenant: TenantSet, matching: AllowSet) -> AllowSet:

@@ -2,6 +2,8 @@
 sample first when it needs training, and handing a tenant-aware index every membership."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from vecdb.api import CollectionInfo
@@ -15,6 +17,8 @@ from vecdb.storage.space import IndexSpace
 TRAIN_SAMPLE = 65_536
 #: seed of that sample, so a rebuild from the same store trains the same codec
 TRAIN_SEED = 0x5EED
+#: rows added per step of a build that can be stopped (``build_index(check=...)``)
+BUILD_STEP = 8_192
 
 
 def configured_class(info: CollectionInfo) -> type[BaseIndex]:
@@ -49,11 +53,13 @@ def sample(vectors: np.ndarray, size: int = TRAIN_SAMPLE) -> np.ndarray:
 
 
 def build_index(info: CollectionInfo, vectors: np.ndarray, iids: np.ndarray, tenants: Tenants,
-                space: IndexSpace | None = None) -> BaseIndex:
+                space: IndexSpace | None = None, check: Callable[[], None] | None = None) -> BaseIndex:
     """The configured index holding ``vectors`` under internal ids ``iids``: attached to the
     (empty) ``space`` right after construction when given (persistence "self"), trained on a
     sample of them first when its kind needs training, and given every tenant membership
-    when it is tenant-aware. Raises whatever the index raises (the caller keeps serving)."""
+    when it is tenant-aware. Raises whatever the index raises (the caller keeps serving).
+    ``check`` (e.g. ``vecdb.calls.check`` of a Train RPC) is called after training and
+    between steps of ``BUILD_STEP`` added rows; what it raises abandons the build."""
     index = new_index(info)
     if space is not None:
         index.attach(space)
@@ -61,7 +67,14 @@ def build_index(info: CollectionInfo, vectors: np.ndarray, iids: np.ndarray, ten
         index.train(sample(vectors))
     if len(iids):
         index.reserve(len(iids))
-        index.add(vectors, iids)
+        if check is None:
+            index.add(vectors, iids)
+        else:
+            for start in range(0, len(iids), BUILD_STEP):
+                check()
+                index.add(vectors[start:start + BUILD_STEP], iids[start:start + BUILD_STEP])
+    if check is not None:
+        check()
     hand_memberships(index, tenants)
     return index
 

@@ -18,9 +18,9 @@ import numpy as np
 from vecdb.errors import AlreadyExistsError, DataLossError, FailedPreconditionError, InvalidArgumentError
 from vecdb.index.allow import AllowSet, as_allow
 from vecdb.index.ids import IdMap
-from vecdb.kernels.distances import all_finite, normalize_rows
+from vecdb.kernels.distances import normalize_rows
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
-from vecdb.validation import as_id_array, as_ids, as_k, as_matrix, as_positive_int, as_tenant
+from vecdb.validation import as_id_array, as_ids, as_k, as_matrix, as_positive_int, as_tenant, checked_queries
 
 if TYPE_CHECKING:
     from vecdb.storage.space import IndexSpace
@@ -249,11 +249,7 @@ class BaseIndex(abc.ABC):
         list or set); only those can be returned. ``tenant``: only for tenant-aware indexes.
         ``params``: per-call knobs of this index type (``search_params``).
         """
-        if (type(queries) is np.ndarray and queries.dtype == np.float32 and 0 < queries.ndim <= 2
-                and queries.shape[-1] == self.dim and queries.flags.c_contiguous and all_finite(queries)):
-            q = queries if queries.ndim == 2 else queries.reshape(1, self.dim)   # the common case, checked
-        else:
-            q = as_matrix(queries, self.dim, what="queries")
+        q = checked_queries(queries, self.dim)
         if type(k) is not int or k < 1:
             k = as_k(k)
         p = self.resolve_params(params) if params else self._default_params

@@ -13,12 +13,12 @@ from typing import Any
 import numba
 import numpy as np
 
-from vecdb.errors import InvalidArgumentError
+from vecdb.errors import AlreadyExistsError, InvalidArgumentError
 from vecdb.index.allow import AllowSet
 from vecdb.index.base import BaseIndex, SearchParams
 from vecdb.kernels import graph, graph_build, topk
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
-from vecdb.validation import as_positive_int
+from vecdb.validation import as_ids, as_matrix, as_positive_int
 
 #: ef used when the caller gives none (raised to k when k is larger).
 DEFAULT_EF = 64
@@ -178,10 +178,33 @@ class HNSW(BaseIndex):
 
     # ---- add ------------------------------------------------------------------------
     def _add(self, x: F32Matrix, ids: I64Vector) -> None:
+        self._link(self._place(x, ids))
+
+    def begin_add(self, vectors: Any, ids: Any) -> I64Vector:
+        """First half of ``add`` (same checks), for a caller that keeps searches out meanwhile:
+        the rows get slots, levels and ids (grown arrays are swapped in here) but no links,
+        so no search reaches them yet. Returns the slots for ``finish_add``."""
+        x = as_matrix(vectors, self.dim)
+        ids_arr = as_ids(ids, len(x))
+        present = self._ids.contains(ids_arr)
+        if present.any():
+            raise AlreadyExistsError(f"ids already in the index: {ids_arr[present][:5].tolist()}")
+        return self._place(self._prepare_vectors(x), ids_arr) if len(x) else np.zeros(0, np.int64)
+
+    def finish_add(self, slots: I64Vector) -> None:
+        """Second half of ``add``: link the placed ``slots`` into the graph with the parallel
+        build, while searches run (they read the lists without locks, as the build's own
+        searches do; a search may already return some of these ids). No other change of
+        this index may run meanwhile."""
+        if len(slots):
+            self._link(slots)
+
+    def _place(self, x: F32Matrix, ids: I64Vector) -> I64Vector:
+        """Slots, levels, vectors and ids for new rows, unlinked (upper-layer rows reserved)."""
         self._writable()
         n = len(x)
         used = self._ids.n_slots
-        free = np.flatnonzero(self._levels[:used] < 0)[:n]
+        free = np.flatnonzero(self._levels[:used] < 0)[:n] if len(self._ids) < used else np.zeros(0, np.int64)
         slots = np.concatenate([free, np.arange(used, used + n - len(free))]).astype(np.int64)
         self._reserve(used + n - len(free))
         rows_free = (-1 - self._levels[slots].astype(np.int64))  # upper rows a freed slot still owns
@@ -199,7 +222,7 @@ class HNSW(BaseIndex):
         self._levels[slots] = levels
         self._adj0[slots, 0] = 0
         self._ids.assign(ids, slots)
-        self._link(slots)
+        return slots
 
     def _link(self, slots: I64Vector) -> None:
         """Insert ``slots`` concurrently, in chunks so the progress bar can move."""
@@ -215,6 +238,7 @@ class HNSW(BaseIndex):
                                          self._metric_code, state, self.M, self.ef_construction, scratch[0],
                                          scratch[1], locks, workers)
                 bar.update(len(chunk))
+        # entry first: a search reading the two in between starts at a node with that many levels
         self._entry, self._max_level = int(state[0]), int(state[1])
         self._give_back(scratch)
 
@@ -235,6 +259,9 @@ class HNSW(BaseIndex):
             return slots, dists
         mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
         nq = len(queries)
+        entry, max_level = self._entry, self._max_level
+        if entry < 0:   # rows placed by begin_add, none linked yet: the graph has no entry point
+            return np.full((nq, k), -1, np.int64), np.full((nq, k), np.inf, np.float32)
         # outputs allocated here: a kernel that returns its three arrays costs ~3 us more per call
         slots = np.empty((nq, k), np.int64)
         dists = np.empty((nq, k), np.float32)
@@ -242,11 +269,11 @@ class HNSW(BaseIndex):
         scratch = self._scratch()
         if nq < SERIAL_QUERIES:
             graph.search_serial(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
-                                self._entry, self._max_level, scratch[0], scratch[1], mask, allow is not None,
+                                entry, max_level, scratch[0], scratch[1], mask, allow is not None,
                                 slots, dists, work)
         else:
             graph.search_batch(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
-                               self._entry, self._max_level, scratch[0], scratch[1], mask, allow is not None,
+                               entry, max_level, scratch[0], scratch[1], mask, allow is not None,
                                slots, dists, work, numba.get_num_threads())
         self._give_back(scratch)
         if sink is not None:

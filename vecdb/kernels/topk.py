@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from vecdb.kernels._jit import ARITH, METRIC_IP, METRIC_L2, kernel
-from vecdb.kernels.distances import distance
+from vecdb.kernels.distances import cosine_distance, distance, dot, l2_sq
 from vecdb.kernels.heaps import heap_push, heap_sort, merge_chunk_heaps, new_heaps
 from vecdb.kernels.scan import no_subset, row_scanner, serial_topk, topk_scan
 
@@ -31,20 +31,30 @@ class FloatQueries(NamedTuple):
 @row_scanner(FloatQueries)
 @kernel
 def _float_rows(ctx, qi, rows, subset, use_subset, lo, hi, heap_d, heap_s):
-    """Offer float rows to one heap by ``distance`` (see ``vecdb.kernels.scan``)."""
+    """Offer float rows to one heap by the metric's distance (see ``vecdb.kernels.scan``).
+    One loop per metric: a metric test inside the row loop (``distance``) ran it at half speed."""
     q = ctx.queries[qi]
     metric = ctx.metric
     bound = heap_d[0]
-    if use_subset:
+    # slots grow along the scan: ties keep the earlier slot, so strict < suffices
+    if metric == METRIC_L2:
         for r in range(lo, hi):
-            j = subset[r]
-            d = distance(q, rows[j], metric)
-            if d < bound:               # slots grow along the scan: ties keep the earlier slot
+            j = subset[r] if use_subset else r
+            d = l2_sq(q, rows[j])
+            if d < bound:
+                heap_push(heap_d, heap_s, d, j)
+                bound = heap_d[0]
+    elif metric == METRIC_IP:
+        for r in range(lo, hi):
+            j = subset[r] if use_subset else r
+            d = -dot(q, rows[j])
+            if d < bound:
                 heap_push(heap_d, heap_s, d, j)
                 bound = heap_d[0]
     else:
-        for j in range(lo, hi):
-            d = distance(q, rows[j], metric)
+        for r in range(lo, hi):
+            j = subset[r] if use_subset else r
+            d = cosine_distance(q, rows[j])
             if d < bound:
                 heap_push(heap_d, heap_s, d, j)
                 bound = heap_d[0]

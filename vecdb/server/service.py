@@ -24,7 +24,6 @@ import logging
 import re
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -114,6 +113,8 @@ DISTANCE_OVERHEAD = 32
 #: cost of one result cell (top-k selection, exact rescoring, id translation; ~1 us measured
 #: for flat k=1000), in the same units.
 RESULT_COST = 600
+#: WaitIndexed stops waiting this long before the call's deadline, to answer in time.
+WAIT_MARGIN_SECONDS = 0.25
 
 
 def _rows_per_step(coll: CollectionAPI, search: SearchRequest) -> int:
@@ -247,12 +248,12 @@ class VecdbServicer:
         search = SearchRequest.build(coll.info, queries, req.k, self._filter(req.filter_json),
                                      who.scope_tenant(_optional(req, "tenant")),
                                      wire.loads_object(req.params_json, what="params"), req.with_payloads)
-        step = _rows_per_step(coll, search)
         rows = len(search.queries)
+        step = 1 if rows <= 1 else _rows_per_step(coll, search)  # a single query is never split
         parts = []
         for start in range(0, max(rows, 1), step):
             calls.check()
-            part = search if rows <= step else replace(search, queries=search.queries[start:start + step])
+            part = search if rows <= step else search._replace(queries=search.queries[start:start + step])
             parts.append(coll.execute(part))  # type: ignore[attr-defined]  # the served database is embedded
         result = parts[0] if len(parts) == 1 else QueryResult(
             ids=np.concatenate([p.ids for p in parts]), distances=np.concatenate([p.distances for p in parts]),
@@ -316,6 +317,18 @@ class VecdbServicer:
         who.require_admin("training a collection's index")
         self._collection(req.collection).train()
         return pb.TrainResponse()
+
+    def wait_indexed(self, req: pb.WaitIndexedRequest, who: Principal) -> pb.WaitIndexedResponse:
+        """Wait for the collection's background indexer, at most the asked timeout and never
+        past the call's deadline (less a margin to answer in): False when time ran out."""
+        who.require_admin("waiting for a collection's index")
+        timeout = req.timeout_seconds if req.HasField("timeout_seconds") else None
+        call = calls.current()
+        if call is not None and call.deadline is not None:
+            left = max(0.0, call.deadline - time.monotonic() - WAIT_MARGIN_SECONDS)
+            if timeout is None or (timeout >= 0 and timeout > left):   # a bad timeout stays, to be refused
+                timeout = left
+        return pb.WaitIndexedResponse(indexed=self._collection(req.collection).wait_indexed(timeout))
 
     # ---- points -----------------------------------------------------------------------
     def upsert(self, req: pb.UpsertRequest, who: Principal) -> pb.UpsertResponse:

@@ -2,7 +2,9 @@
 it is held.
 
 Many readers may hold it together; a writer waits for current readers and blocks new ones, so
-a steady stream of searches cannot starve writes. Not reentrant: a thread must not take it
+a steady stream of searches cannot starve writes; and the readers waiting when a writer
+releases it enter before the next writer, so a writer taking it back to back (a background
+indexer's steps) cannot starve searches either. Not reentrant: a thread must not take it
 twice, nor take the write side while holding the read side.
 
 Every hold is timed and counted per lock name and mode ("read"/"write") in a process-wide
@@ -15,6 +17,7 @@ which does not grow when the machine is overloaded).
 from __future__ import annotations
 
 import threading
+import weakref
 from bisect import bisect_left
 from itertools import accumulate
 import time
@@ -48,11 +51,15 @@ class HoldStats:
         return list(accumulate(self.per_bucket[: len(HOLD_BUCKETS)]))
 
 
-_STATS: dict[tuple[str, str, str], HoldStats] = {}
+#: figures of locks already garbage-collected, by (name, mode, clock): kept so the exported
+#: counters never go down when a collection (and its lock) goes away.
+_RETIRED: dict[tuple[str, str, str], HoldStats] = {}
+_LIVE: "weakref.WeakSet[RWLock]" = weakref.WeakSet()
 _STATS_LOCK = threading.Lock()
 #: whether holds also read the holding thread's CPU clock (a system call, ~2 us per read on
 #: some VMs, twice per hold): off in process, switched on by the server that exports it.
 _CPU_CLOCK = [False]
+_MODES = ("read", "write")
 
 
 def record_cpu_time(on: bool = True) -> None:
@@ -62,35 +69,69 @@ def record_cpu_time(on: bool = True) -> None:
     _CPU_CLOCK[0] = bool(on)
 
 
-def _stats(name: str, mode: str, clock: str) -> HoldStats:
+def _merge(into: dict[tuple[str, str, str], HoldStats], name: str, own: dict[tuple[str, str], HoldStats]) -> None:
+    for (mode, clock), st in own.items():
+        total = into.setdefault((name, mode, clock), HoldStats())
+        total.count += st.count
+        total.total += st.total
+        total.longest = max(total.longest, st.longest)
+        total.per_bucket = [a + b for a, b in zip(total.per_bucket, st.per_bucket)]
+
+
+def _retire(name: str, own: dict[tuple[str, str], HoldStats]) -> None:
+    """Keep a collected lock's figures in the retired totals."""
     with _STATS_LOCK:
-        stats = _STATS.get((name, mode, clock))
-        if stats is None:
-            stats = _STATS[(name, mode, clock)] = HoldStats()
-        return stats
+        _merge(_RETIRED, name, own)
 
 
 def hold_stats() -> dict[tuple[str, str, str], HoldStats]:
-    """A copy of the hold figures of this process by (lock name, mode, clock "wall"/"cpu")."""
+    """The hold figures of this process by (lock name, mode, clock "wall"/"cpu"), summed
+    over every lock of that name, live or gone (a snapshot: copies)."""
     with _STATS_LOCK:
-        return {key: HoldStats(s.count, s.total, s.longest, list(s.per_bucket)) for key, s in _STATS.items()}
+        out: dict[tuple[str, str, str], HoldStats] = {}
+        for key, st in _RETIRED.items():
+            out[key] = HoldStats(st.count, st.total, st.longest, list(st.per_bucket))
+        locks = list(_LIVE)
+    for lock in locks:
+        with lock._mutex:
+            own = {key: HoldStats(st.count, st.total, st.longest, list(st.per_bucket))
+                   for key, st in lock._own.items()}
+        _merge(out, lock.name, own)
+    return out
 
 
 class RWLock:
     """Readers-writer lock with ``read()`` / ``write()`` context managers. ``name`` groups
     its hold times in ``hold_stats()`` (e.g. every collection's lock is "collection");
-    ``longest_read`` / ``longest_write`` are this lock's own longest holds in seconds."""
+    ``longest_read`` / ``longest_write`` are this lock's own longest holds in seconds.
+    Each lock records its own holds under its own mutex (taken anyway), so a hold costs one
+    mutex round trip on each side and no process-wide lock."""
 
     def __init__(self, name: str = "lock") -> None:
         self.name = name
-        self.longest_read = 0.0
-        self.longest_write = 0.0
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
-        self._stats = {(mode, clock): _stats(name, mode, clock) for mode in ("read", "write") for clock in ("wall", "cpu")}
+        # phase fairness: readers waiting when a writer releases enter before the next writer
+        # (else a writer taking it back to back, e.g. an index builder's steps, starves them)
+        self._waiting_readers = 0
+        self._admit = 0
+        self._own = {(mode, clock): HoldStats() for mode in _MODES for clock in ("wall", "cpu")}
+        self._read_wall, self._read_cpu = self._own[("read", "wall")], self._own[("read", "cpu")]
+        self._write_wall, self._write_cpu = self._own[("write", "wall")], self._own[("write", "cpu")]
+        with _STATS_LOCK:
+            _LIVE.add(self)
+        weakref.finalize(self, _retire, name, self._own)
+
+    @property
+    def longest_read(self) -> float:
+        return self._read_wall.longest
+
+    @property
+    def longest_write(self) -> float:
+        return self._write_wall.longest
 
     def read(self) -> "_Hold":
         """Hold the lock shared for the duration of the ``with`` block."""
@@ -105,39 +146,51 @@ class RWLock:
             if exclusive:
                 self._waiting_writers += 1
                 try:
-                    while self._writer or self._readers:
+                    while self._writer or self._readers or self._admit:
                         self._cond.wait()
                 finally:
                     self._waiting_writers -= 1
                 self._writer = True
             else:
-                while self._writer or self._waiting_writers:
-                    self._cond.wait()
-                self._readers += 1
+                _enter_shared(self)
 
     def _release(self, exclusive: bool, held: float, cpu: float | None) -> None:
         with self._mutex:
             if exclusive:
                 self._writer = False
+                self._admit = self._waiting_readers
                 self._cond.notify_all()
-                if held > self.longest_write:
-                    self.longest_write = held
+                self._write_wall.add(held)
+                if cpu is not None:
+                    self._write_cpu.add(cpu)
             else:
                 self._readers -= 1
-                if not self._readers:
+                if not self._readers and self._waiting_writers:
                     self._cond.notify_all()
-                if held > self.longest_read:
-                    self.longest_read = held
-        mode = "write" if exclusive else "read"
-        stats = self._stats
-        with _STATS_LOCK:
-            stats[(mode, "wall")].add(held)
-            if cpu is not None:
-                stats[(mode, "cpu")].add(cpu)
+                self._read_wall.add(held)
+                if cpu is not None:
+                    self._read_cpu.add(cpu)
+
+
+def _enter_shared(lock: RWLock) -> None:
+    """Wait for the shared side (caller holds the mutex): while a writer holds the lock, or
+    waits for it, unless readers are being admitted after a writer's release."""
+    lock._waiting_readers += 1
+    try:
+        while lock._writer or (lock._waiting_writers and not lock._admit):
+            lock._cond.wait()
+    finally:
+        lock._waiting_readers -= 1
+    if lock._admit:
+        lock._admit -= 1
+        if not lock._admit and lock._waiting_writers:
+            lock._cond.notify_all()
+    lock._readers += 1
 
 
 class _Hold:
-    """One hold of an RWLock (a plain context manager: a search takes one per call)."""
+    """One hold of an RWLock (a plain context manager: a search takes one per call, so taking
+    the shared side when nothing is in its way is written out here)."""
 
     __slots__ = ("_lock", "_exclusive", "_start", "_cpu")
 
@@ -146,7 +199,15 @@ class _Hold:
         self._exclusive = exclusive
 
     def __enter__(self) -> None:
-        self._lock._acquire(self._exclusive)
+        lock = self._lock
+        if self._exclusive:
+            lock._acquire(True)
+        else:
+            with lock._mutex:
+                if lock._writer or (lock._waiting_writers and not lock._admit):
+                    _enter_shared(lock)
+                else:
+                    lock._readers += 1
         self._cpu = time.thread_time() if _CPU_CLOCK[0] else None
         self._start = time.perf_counter()
 

@@ -81,7 +81,7 @@ class CollectionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., id_type: _Optional[str] = ...) -> None: ...
 
 class CollectionStats(_message.Message):
-    __slots__ = ("count", "memory_bytes", "disk_bytes", "index", "index_params_json", "n_tenants", "trained")
+    __slots__ = ("count", "memory_bytes", "disk_bytes", "index", "index_params_json", "n_tenants", "trained", "indexed", "pending")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,8 @@ class CollectionStats(_message.Message):
     INDEX_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     N_TENANTS_FIELD_NUMBER: _ClassVar[int]
     TRAINED_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     count: int
     memory_bytes: int
     disk_bytes: int
@@ -96,4 +98,6 @@ class CollectionStats(_message.Message):
     index_params_json: str
     n_tenants: int
     trained: bool
-    def __init__(self, count: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., n_tenants: _Optional[int] = ..., trained: _Optional[bool] = ...) -> None: ...
+    indexed: int
+    pending: int
+    def __init__(self, count: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., n_tenants: _Optional[int] = ..., trained: _Optional[bool] = ..., indexed: _Optional[int] = ..., pending: _Optional[int] = ...) -> None: ...

@@ -71,6 +71,20 @@ class TrainResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class WaitIndexedRequest(_message.Message):
+    __slots__ = ("collection", "timeout_seconds")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    timeout_seconds: float
+    def __init__(self, collection: _Optional[str] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class WaitIndexedResponse(_message.Message):
+    __slots__ = ("indexed",)
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    indexed: bool
+    def __init__(self, indexed: _Optional[bool] = ...) -> None: ...
+
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "ids", "vectors", "payloads_json", "tenants")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]

@@ -62,6 +62,11 @@ class CollectionServiceStub:
                 request_serializer=vecdb_dot_v1_dot_vecdb__pb2.TrainRequest.SerializeToString,
                 response_deserializer=vecdb_dot_v1_dot_vecdb__pb2.TrainResponse.FromString,
                 _registered_method=True)
+        self.WaitIndexed = channel.unary_unary(
+                '/vecdb.v1.CollectionService/WaitIndexed',
+                request_serializer=vecdb_dot_v1_dot_vecdb__pb2.WaitIndexedRequest.SerializeToString,
+                response_deserializer=vecdb_dot_v1_dot_vecdb__pb2.WaitIndexedResponse.FromString,
+                _registered_method=True)
 
 
 class CollectionServiceServicer:
@@ -106,6 +111,16 @@ class CollectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitIndexed(self, request, context):
+        """Wait until every committed point of the collection is in its index (nothing waits for
+        the background indexer), at most timeout_seconds (unset: until the call's deadline);
+        indexed tells which happened. Searches never need it: they see every acknowledged
+        write at once. Admin keys only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +148,11 @@ def add_CollectionServiceServicer_to_server(servicer, server):
                     servicer.Train,
                     request_deserializer=vecdb_dot_v1_dot_vecdb__pb2.TrainRequest.FromString,
                     response_serializer=vecdb_dot_v1_dot_vecdb__pb2.TrainResponse.SerializeToString,
+            ),
+            'WaitIndexed': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitIndexed,
+                    request_deserializer=vecdb_dot_v1_dot_vecdb__pb2.WaitIndexedRequest.FromString,
+                    response_serializer=vecdb_dot_v1_dot_vecdb__pb2.WaitIndexedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +293,33 @@ class CollectionService:
             '/vecdb.v1.CollectionService/Train',
             vecdb_dot_v1_dot_vecdb__pb2.TrainRequest.SerializeToString,
             vecdb_dot_v1_dot_vecdb__pb2.TrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitIndexed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vecdb.v1.CollectionService/WaitIndexed',
+            vecdb_dot_v1_dot_vecdb__pb2.WaitIndexedRequest.SerializeToString,
+            vecdb_dot_v1_dot_vecdb__pb2.WaitIndexedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -117,6 +117,11 @@ class _VecdbDb(_Peer):
     def _insert(self, ids: np.ndarray, rows: F32Matrix) -> None:
         self.col.upsert(ids, rows)
 
+    def _index(self) -> None:
+        """Wait for the background indexer: an upsert is acknowledged on commit, before its
+        points are in the index (searched exactly meanwhile), and the runs measure the index."""
+        self.col.wait_indexed()
+
     def _one(self, q: np.ndarray, k: int, params: dict[str, Any]) -> list[int]:
         knobs = {key: params[key] for key in self.search_knobs if key in params}
         return self.col.search(q, k=k, params=knobs).ids[0].tolist()

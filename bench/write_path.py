@@ -1,0 +1,306 @@
+"""Issue 12 ("The write path at storage speed") "Done when" benchmark: every figure in one run,
+vecdb beside the raw LMDB write rate and hnswlib, with the goals printed beside the figures.
+
+Parts (one synthetic clustered data set, n x 128 float32, l2, HNSW M=16 ef_construction=200):
+  a  raw LMDB: the vectors written in the same batches (one sub-database, sync=True as vecdb)
+  b  acknowledged upserts in batches of --batch (payload {"sel": 0..99}) from one writer, then
+     wait_indexed(): acknowledged vectors/s, and the time until fully indexed beside hnswlib
+     add_items with the same threads and parameters
+  c  recall@10 of the finished index beside hnswlib's at the same ef (held-out queries, exact
+     ground truth)
+  d  p99 of 4 searching threads (one query per call) on the idle collection, then while a
+     writer upserts new points at full speed; every search asks for a point of the newest
+     acknowledged batch at its start and must get it first (read-your-writes, counted)
+  e  filtered search, 1 query per call, 1 / 10 / 50 % selectivity, ef sweep: QPS and recall
+     beside hnswlib with a filter function
+
+    full run:   NUMBA_NUM_THREADS=2 .venv/bin/python bench/write_path.py            (1M; lead only)
+    small try:  NUMBA_NUM_THREADS=2 .venv/bin/python bench/write_path.py --n 50000 --allow-busy \
+                    --out /tmp/write-path-small
+The run holds the benchmark lock and checks that the machine is quiet first.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "2")
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                    "..", ".numba_cache")))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import lmdb  # noqa: E402
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+import vecdb  # noqa: E402
+from vecdb.bench import loadgen, machine, rss  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM, M, EF_C, K = 128, 16, 200, 10
+EFS = (32, 64, 128)
+SELECTIVITY = (1, 10, 50)
+GOALS = {"ack_vps": 25_000, "ack_vs_lmdb": 0.60, "index_time_vs_hnswlib": 1.2, "recall_gap": 0.01,
+         "p99_ratio": 3.0, "filtered_qps_ratio": 1.0}
+
+
+def synthetic(n: int, seed: int) -> np.ndarray:
+    """n clustered rows (1,000 gaussian clusters), float32, generated in chunks."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((1000, DIM)).astype(np.float32) * 4
+    out = np.empty((n, DIM), np.float32)
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        out[s:e] = centers[rng.integers(0, 1000, e - s)] + rng.standard_normal((e - s, DIM)).astype(np.float32)
+    return out
+
+
+def exact_topk(x: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Exact l2 top-k ids of each query (over ``allowed`` rows when given)."""
+    rows = np.arange(len(x)) if allowed is None else allowed
+    sq = np.einsum("ij,ij->i", x[rows], x[rows])
+    best_d = np.full((len(q), k), np.inf, np.float32)
+    best_i = np.full((len(q), k), -1, np.int64)
+    for s in range(0, len(rows), 200_000):
+        d = sq[s:s + 200_000][None, :] - 2 * q @ x[rows[s:s + 200_000]].T
+        d_all = np.concatenate([best_d, d], axis=1)
+        i_all = np.concatenate([best_i, np.broadcast_to(rows[s:s + 200_000], d.shape)], axis=1)
+        top = np.argpartition(d_all, k - 1, axis=1)[:, :k]
+        best_d = np.take_along_axis(d_all, top, 1)
+        best_i = np.take_along_axis(i_all, top, 1)
+    return best_i
+
+
+def recall(got: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(g.tolist()) & set(t.tolist())) / len(t) for g, t in zip(got, truth)]))
+
+
+def part_a_raw_lmdb(x: np.ndarray, batch: int, work: Path) -> dict[str, Any]:
+    """Vectors/s of committing the rows alone in ``batch``-row transactions (fsync each)."""
+    path = work / "raw-lmdb"
+    env = lmdb.open(str(path), map_size=4 * x.nbytes + (1 << 30), max_dbs=2, sync=True, metasync=True)
+    db = env.open_db(b"vec")
+    keys = [i.to_bytes(8, "big") for i in range(len(x))]
+    start = time.perf_counter()
+    for s in range(0, len(x), batch):
+        rows = x[s:s + batch]
+        with env.begin(write=True, db=db) as txn:
+            txn.cursor().putmulti([(keys[s + j], rows[j].tobytes()) for j in range(len(rows))], append=True)
+    took = time.perf_counter() - start
+    env.close()
+    shutil.rmtree(path, ignore_errors=True)
+    return {"seconds": round(took, 3), "vectors_per_s": round(len(x) / took)}
+
+
+def part_b_upserts(db: Any, x: np.ndarray, sel: np.ndarray, batch: int) -> tuple[Any, dict[str, Any]]:
+    """Acknowledged upsert rate and time until the background indexer holds everything."""
+    col = db.create_collection("w", DIM, metric="l2", index="hnsw", index_params={"M": M, "ef_construction": EF_C})
+    start = time.perf_counter()
+    most_pending = 0
+    for s in range(0, len(x), batch):
+        e = min(len(x), s + batch)
+        col.upsert(np.arange(s, e), x[s:e], [{"sel": int(v)} for v in sel[s:e]])
+        most_pending = max(most_pending, col.stats().pending) if (s // batch) % 20 == 0 else most_pending
+    acked = time.perf_counter() - start
+    assert col.wait_indexed(), "wait_indexed() returned before the index caught up"
+    indexed = time.perf_counter() - start
+    stats = col.stats()
+    assert stats.pending == 0 and stats.indexed == len(x), stats
+    return col, {"ack_seconds": round(acked, 3), "ack_vectors_per_s": round(len(x) / acked),
+                 "indexed_seconds": round(indexed, 3), "most_pending_seen": int(most_pending)}
+
+
+def hnswlib_build(x: np.ndarray) -> tuple[Any, float]:
+    import hnswlib
+
+    index = hnswlib.Index(space="l2", dim=DIM)
+    index.init_index(max_elements=len(x), M=M, ef_construction=EF_C, random_seed=0)
+    index.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    start = time.perf_counter()
+    index.add_items(x, np.arange(len(x)))
+    return index, time.perf_counter() - start
+
+
+def part_c_recall(col: Any, hnsw: Any, q: np.ndarray, truth: np.ndarray) -> list[dict[str, Any]]:
+    rows = []
+    for ef in EFS:
+        hnsw.set_ef(max(ef, K))
+        theirs, _ = hnsw.knn_query(q, k=K)
+        ours = np.stack([col.search(q[i:i + 1], k=K, params={"ef": ef}).ids[0] for i in range(len(q))])
+        rows.append({"ef": ef, "vecdb": round(recall(ours, truth), 4), "hnswlib": round(recall(theirs, truth), 4)})
+    return rows
+
+
+def part_d_latency(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, seconds: float) -> dict[str, Any]:
+    """p99 of 4 threads, each search asking for one stored point that must come first: idle
+    (any stored point), then under a full-speed writer (a point of the newest acknowledged
+    batch when the search starts: read-your-writes, every search checked)."""
+    n = len(x)
+    latest: list[tuple[np.ndarray, np.ndarray]] = [(np.arange(n - batch, n), x[n - batch:])]
+    misses: list[int] = []
+    ef = {"ef": 64}
+
+    def idle_search(seed: np.ndarray) -> None:
+        i = int(seed[0]) % n
+        got = col.search(x[i:i + 1], k=K, params=ef).ids[0]
+        if got[0] != i:
+            misses.append(i)
+
+    picks = np.random.default_rng(1).integers(0, 1 << 30, (4096, 1))
+    idle = loadgen.run_load(idle_search, picks, threads=4, seconds=seconds)
+    idle_misses = len(misses)   # the approximate index may miss a stored point: the baseline rate
+    misses.clear()
+    violations: list[int] = []
+    written = [0]
+
+    def writer(stop: threading.Event, errors: list[BaseException]) -> None:
+        try:
+            for s in range(0, len(extra), batch):
+                if stop.is_set():
+                    return
+                ids = np.arange(n + s, n + s + len(extra[s:s + batch]))
+                col.upsert(ids, extra[s:s + batch])
+                latest[0] = (ids, extra[s:s + batch])   # acknowledged: from now on every search must see it
+                written[0] += len(ids)
+        except Exception as exc:
+            errors.append(exc)
+
+    def checked_search(seed: np.ndarray) -> None:
+        ids, rows = latest[0]              # the newest batch acknowledged before this search starts
+        j = int(seed[0]) % len(ids)
+        got = col.search(rows[j:j + 1], k=K, params=ef).ids[0]
+        if ids[j] not in got:
+            violations.append(int(ids[j]))
+
+    busy = loadgen.run_load(checked_search, picks, threads=4, seconds=seconds, background=[writer])
+    if busy.errors or idle.errors:
+        raise RuntimeError(f"errors during the load: {(idle.errors + busy.errors)[:3]}")
+    return {"idle_p50_ms": idle.percentile_ms(50), "idle_p99_ms": idle.percentile_ms(99), "idle_qps": round(idle.qps),
+            "idle_top1_misses": idle_misses,
+            "writing_p50_ms": busy.percentile_ms(50), "writing_p99_ms": busy.percentile_ms(99),
+            "writing_qps": round(busy.qps), "written_during_load": written[0],
+            "written_vectors_per_s": round(written[0] / busy.seconds),
+            "searches_checked": busy.calls, "read_your_writes_violations": len(violations)}
+
+
+def part_e_filtered(col: Any, hnsw: Any, x: np.ndarray, sel: np.ndarray, q: np.ndarray) -> list[dict[str, Any]]:
+    rows = []
+    for pct in SELECTIVITY:
+        allowed = np.flatnonzero(sel < pct)
+        truth = exact_topk(x, q, K, allowed)
+        ok = sel < pct
+
+        def keep(label: int) -> bool:
+            return bool(ok[label])
+
+        for ef in EFS:
+            flt = {"sel": {"lt": pct}}
+            col.search(q[:1], k=K, filter=flt, params={"ef": ef})   # warm (the filter's cached allow-set)
+            start = time.perf_counter()
+            ours = np.stack([col.search(q[i:i + 1], k=K, filter=flt, params={"ef": ef}).ids[0] for i in range(len(q))])
+            ours_s = time.perf_counter() - start
+            hnsw.set_ef(max(ef, K))
+            hnsw.set_num_threads(1)
+            start = time.perf_counter()
+            theirs = np.stack([hnsw.knn_query(q[i:i + 1], k=K, filter=keep)[0][0] for i in range(len(q))])
+            theirs_s = time.perf_counter() - start
+            rows.append({"selectivity_pct": pct, "ef": ef, "vecdb_qps": round(len(q) / ours_s),
+                         "vecdb_recall": round(recall(ours, truth), 4), "hnswlib_qps": round(len(q) / theirs_s),
+                         "hnswlib_recall": round(recall(theirs, truth), 4)})
+        hnsw.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    return rows
+
+
+def summary(rec: dict[str, Any]) -> list[str]:
+    """The issue's figures with their goals."""
+    a, b, d = rec["a_raw_lmdb"], rec["b_upserts"], rec["d_latency"]
+    lines = [
+        f"acknowledged upserts      {b['ack_vectors_per_s']:>10,} vec/s   goal >= {GOALS['ack_vps']:,}",
+        f"  vs raw LMDB             {b['ack_vectors_per_s'] / a['vectors_per_s']:>10.2f} x       goal >= "
+        f"{GOALS['ack_vs_lmdb']} (raw LMDB {a['vectors_per_s']:,} vec/s)",
+        f"fully indexed after       {b['indexed_seconds']:>10.1f} s       hnswlib add_items {rec['hnswlib_build_s']:.1f} s"
+        f" -> {b['indexed_seconds'] / rec['hnswlib_build_s']:.2f} x (goal <= {GOALS['index_time_vs_hnswlib']})",
+    ]
+    for r in rec["c_recall"]:
+        lines.append(f"recall@10 ef={r['ef']:<4}         vecdb {r['vecdb']:.4f}  hnswlib {r['hnswlib']:.4f}  "
+                     f"gap {r['hnswlib'] - r['vecdb']:+.4f} (goal <= {GOALS['recall_gap']})")
+    lines.append(f"p99 4 threads             idle {d['idle_p99_ms']:.2f} ms, writing {d['writing_p99_ms']:.2f} ms -> "
+                 f"{d['writing_p99_ms'] / max(d['idle_p99_ms'], 1e-9):.2f} x (goal <= {GOALS['p99_ratio']}); writer "
+                 f"{d['written_vectors_per_s']:,} vec/s; read-your-writes violations {d['read_your_writes_violations']}"
+                 f" of {d['searches_checked']:,} searches")
+    for r in rec["e_filtered"]:
+        lines.append(f"filtered {r['selectivity_pct']:>2}% ef={r['ef']:<4}     vecdb {r['vecdb_qps']:>7,} QPS "
+                     f"r={r['vecdb_recall']:.3f}   hnswlib {r['hnswlib_qps']:>7,} QPS r={r['hnswlib_recall']:.3f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000, help="points (default 1,000,000)")
+    ap.add_argument("--batch", type=int, default=5_000, help="upsert batch size (issue: 1,000-10,000)")
+    ap.add_argument("--queries", type=int, default=200, help="held-out queries for recall and filtered search")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each latency load (part d)")
+    ap.add_argument("--max-pending", type=int, default=None,
+                    help="the database's max_pending during the load (default: n, no back-pressure)")
+    ap.add_argument("--latency-max-pending", type=int, default=20_000,
+                    help="max_pending during part d (bounds the exact scan of staged rows per search)")
+    ap.add_argument("--work", default=None, help="scratch folder for the databases (default: a temp dir)")
+    ap.add_argument("--out", default=None, help="result folder (default bench/results/write_path)")
+    ap.add_argument("--allow-busy", action="store_true", help="run on a busy machine (results flagged busy)")
+    args = ap.parse_args(argv)
+    command = ["bench/write_path.py", *(sys.argv[1:] if argv is None else argv)]
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / "write_path"
+    work = Path(args.work or tempfile.mkdtemp(prefix="vecdb-write-path-"))
+    work.mkdir(parents=True, exist_ok=True)
+    n, batch = args.n, args.batch
+    rec: dict[str, Any] = {"n": n, "dim": DIM, "batch": batch, "M": M, "ef_construction": EF_C,
+                           "threads": numba.config.NUMBA_NUM_THREADS, "goals": GOALS}
+    try:
+        with machine.bench_lock():
+            rec["start_check"] = machine.check_quiet(args.allow_busy)
+            data = synthetic(n + n // 4 + args.queries, seed=12)
+            x, extra, q = data[:n], data[n:n + n // 4], data[n + n // 4:]
+            sel = np.random.default_rng(13).integers(0, 100, n)
+            truth = exact_topk(x, q, K)
+            print(f"data {n} x {DIM}; part a (raw LMDB)", flush=True)
+            rec["a_raw_lmdb"] = part_a_raw_lmdb(x, batch, work)
+            print(f"  {rec['a_raw_lmdb']}\npart b (acknowledged upserts, background indexing)", flush=True)
+            db = vecdb.open(work / "db", max_pending=args.max_pending or n, map_size=4 * x.nbytes + (1 << 30))
+            col, rec["b_upserts"] = part_b_upserts(db, x, sel, batch)
+            rec["rss_after_load_bytes"] = rss.status_bytes("VmRSS")
+            print(f"  {rec['b_upserts']}\nhnswlib add_items", flush=True)
+            hnsw, rec["hnswlib_build_s"] = hnswlib_build(x)
+            print(f"  {rec['hnswlib_build_s']:.2f} s\npart c (recall)", flush=True)
+            rec["c_recall"] = part_c_recall(col, hnsw, q, truth)
+            print(f"  {rec['c_recall']}\npart e (filtered search)", flush=True)
+            rec["e_filtered"] = part_e_filtered(col, hnsw, x, sel, q)
+            del hnsw
+            db.close()
+            print("part d (latency, idle then under a writer)", flush=True)
+            db = vecdb.open(work / "db", max_pending=args.latency_max_pending)
+            rec["d_latency"] = part_d_latency(db.get_collection("w"), x, extra, batch, args.seconds)
+            db.close()
+            rec["end_load_average"] = os.getloadavg()
+            rec["provenance"] = machine.provenance(command)
+    except machine.MachineBusyError as exc:
+        print(f"write_path.py: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"write_path-{n}.json").write_text(json.dumps(rec, indent=1, default=float))
+    print("\n=== issue 12 figures ===\n" + "\n".join(summary(rec)) + f"\nsaved {out / f'write_path-{n}.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""The Curator multi-tenant index (vecdb/index/curator): a Hypothesis state machine of random
+tenants, shared vectors, grants, revokes, removals, drops and save/load that never leaks a
+vector across tenants and matches per-tenant exact search (FlatIndex with allow=); the tree
+invariants through splits and merges; identical results after save/load; bad input."""
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from vecdb.errors import (AlreadyExistsError, DataLossError, DimensionMismatchError, FailedPreconditionError,
+                          InvalidArgumentError)
+from vecdb.index import Curator, FlatIndex, index_class, load_index
+from vecdb.index.allow import AllowSet
+
+DIM = 8
+#: recall@10 that default-budget tenant searches reach on the clustered set below (measured 0.97+)
+STATED_RECALL = 0.95
+
+
+def clustered_rows(n: int, seed: int, dim: int = DIM, n_clusters: int = 12) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(1234).standard_normal((n_clusters, dim)) * 4
+    return (centres[rng.integers(0, n_clusters, n)] + rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def small_curator(metric: str = "l2", max_shortlist: int = 4, dim: int = DIM, tier_threshold: int = 0) -> Curator:
+    """A deep little tree (so a few dozen points already split and merge shortlists)."""
+    index = Curator(dim, metric, n_root=4, branching=2, max_depth=3, max_shortlist=max_shortlist,
+                    min_points_per_centroid=2, n_iter=5, seed=3, tier_threshold=tier_threshold, tier_M=4,
+                    tier_ef_construction=32)
+    index.train(clustered_rows(400, 99, dim))
+    return index
+
+
+def exact(vectors: dict[int, np.ndarray], allowed: set[int], q: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Ids of the exact top-k among ``allowed`` (FlatIndex with allow=), -1 padded."""
+    flat = FlatIndex(q.shape[1], metric)
+    ids = np.array(sorted(vectors), np.int64)
+    if len(ids):
+        flat.add(np.stack([vectors[i] for i in ids.tolist()]), ids)
+    return flat.search(q, k, allow=sorted(allowed)).ids
+
+
+# ---- the state machine ----------------------------------------------------------------------
+_TEMPLATES: dict[tuple[str, int, int], Path] = {}
+
+
+def trained_template(metric: str, max_shortlist: int, tier_threshold: int) -> Path:
+    """A saved, trained, empty ``small_curator`` (one per setting, per session)."""
+    key = (metric, max_shortlist, tier_threshold)
+    if key not in _TEMPLATES or not _TEMPLATES[key].exists():
+        root = tempfile.mkdtemp(prefix="vecdb-curator-template-")
+        atexit.register(shutil.rmtree, root, True)
+        path = Path(root) / "idx"
+        small_curator(metric, max_shortlist, tier_threshold=tier_threshold).save(path)
+        _TEMPLATES[key] = path
+    return _TEMPLATES[key]
+
+
+class CuratorMachine(RuleBasedStateMachine):
+    """Random operations on one Curator against a model: id -> vector, tenant -> member ids
+    (membership is a relation over ids: it survives a removal and applies again on re-add)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="vecdb-curator-"))
+        self.vectors: dict[int, np.ndarray] = {}
+        self.members: dict[int, set[int]] = {}
+
+    @initialize(metric=st.sampled_from(["l2", "ip", "cosine"]), max_shortlist=st.sampled_from([2, 4, 16]),
+                tier_threshold=st.sampled_from([0, 0, 8]))
+    def setup(self, metric: str, max_shortlist: int, tier_threshold: int) -> None:
+        """With ``tier_threshold`` 8, tenants of 8+ members move to their own HNSW (and back below 4)."""
+        self.metric = metric
+        self.index = load_index(trained_template(metric, max_shortlist, tier_threshold))   # trained once, then loaded
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @rule(ids=st.lists(st.integers(0, 60), min_size=1, max_size=12, unique=True), seed=st.integers(0, 2**16),
+          tenant=st.one_of(st.none(), st.integers(0, 4)))
+    def add(self, ids: list[int], seed: int, tenant: int | None) -> None:
+        x = clustered_rows(len(ids), seed)
+        if any(i in self.vectors for i in ids):
+            with pytest.raises(AlreadyExistsError):
+                self.index.add(x, ids, tenant=tenant)
+            return
+        self.index.add(x, ids, tenant=tenant)
+        self.vectors.update(zip(ids, x))
+        if tenant is not None:
+            self.members.setdefault(tenant, set()).update(ids)
+
+    @rule(ids=st.lists(st.integers(0, 64), min_size=1, max_size=15), tenant=st.integers(0, 4))
+    def grant(self, ids: list[int], tenant: int) -> None:
+        self.index.grant(tenant, ids)                      # ids not stored are kept for later
+        self.members.setdefault(tenant, set()).update(ids)
+
+    @rule(ids=st.lists(st.integers(0, 64), min_size=1, max_size=15), tenant=st.integers(0, 4))
+    def revoke(self, ids: list[int], tenant: int) -> None:
+        self.index.revoke(tenant, ids)
+        self.members.get(tenant, set()).difference_update(ids)
+
+    @rule(ids=st.lists(st.integers(0, 64), min_size=1, max_size=15))
+    def remove(self, ids: list[int]) -> None:
+        assert self.index.remove(ids) == len({i for i in ids if i in self.vectors})
+        for i in ids:
+            self.vectors.pop(i, None)
+
+    @rule(tenant=st.integers(0, 4))
+    def drop_tenant(self, tenant: int) -> None:
+        self.index.drop_tenant(tenant)
+        self.members.pop(tenant, None)
+
+    @rule(tenant=st.integers(0, 4))
+    def create_tenant(self, tenant: int) -> None:
+        self.index.create_tenant(tenant)
+        self.members.setdefault(tenant, set())
+
+    @rule(mmap=st.booleans())
+    def save_and_load(self, mmap: bool) -> None:
+        q = clustered_rows(3, 7)
+        before = {t: self.index.search(q, 5, tenant=t) for t in range(5)}
+        path = self.dir / "idx"
+        self.index.save(path)
+        self.index = load_index(path, mmap=mmap)
+        for t, res in before.items():
+            after = self.index.search(q, 5, tenant=t)
+            np.testing.assert_array_equal(after.ids, res.ids)
+            np.testing.assert_array_equal(after.distances, res.distances)
+
+    @rule(seed=st.integers(0, 2**16), k=st.integers(1, 12), tenant=st.one_of(st.none(), st.integers(0, 5)),
+          filtered=st.booleans())
+    def search(self, seed: int, k: int, tenant: int | None, filtered: bool) -> None:
+        q = clustered_rows(3, seed)
+        allow = set(range(0, 65, 3)) if filtered else None
+        visible = set(self.vectors) if tenant is None else self.members.get(tenant, set()) & set(self.vectors)
+        if allow is not None:
+            visible &= allow
+        budget = 10**6                                     # the walk scans every candidate: exact
+        allow_ids = None if allow is None else sorted(allow)
+        res = self.index.search(q, k, tenant=tenant, allow=allow_ids, budget=budget, ef=200)   # (a graph of < 70: exact)
+        got = res.ids[res.ids >= 0]
+        assert set(got.tolist()) <= visible, f"leaked ids {set(got.tolist()) - visible}"
+        np.testing.assert_array_equal(res.ids, exact(self.vectors, visible, q, k, self.metric))
+        small = self.index.search(q, k, tenant=tenant, allow=allow_ids, budget=k)    # a tiny budget never leaks either
+        assert set(small.ids[small.ids >= 0].tolist()) <= visible
+
+    @invariant()
+    def tree_invariants_hold(self) -> None:
+        if hasattr(self, "index"):
+            self.index.check()
+            assert len(self.index) == len(self.vectors)
+            for t in range(5):
+                size = self.index.tenant_size(t)
+                assert size == len(self.members.get(t, set()) & set(self.vectors))
+                if self.index.tier_threshold:
+                    assert self.index.promoted(t) if size >= 8 else (not self.index.promoted(t) if size < 4 else True)
+
+
+TestCuratorMachine = CuratorMachine.TestCase
+TestCuratorMachine.settings = settings(max_examples=30, stateful_step_count=35, deadline=None,
+                                       suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---- split and merge ------------------------------------------------------------------------
+def test_shortlists_split_on_overflow_and_merge_back_on_shrink() -> None:
+    index = small_curator(max_shortlist=8)
+    x = clustered_rows(300, 5)
+    index.add(x, np.arange(300))
+    index.grant(1, np.arange(6))
+    lists = index._tenants[1]
+    assert list(lists.lists) == [0] and not lists.expanded          # a small tenant: one shortlist at the root
+    index.grant(1, np.arange(6, 200))
+    index.check()
+    assert lists.expanded[0] == 200 and 0 not in lists.lists        # split below the root, recursively
+    assert max((len(p) for n, p in lists.lists.items() if not index.tree.is_leaf(n)), default=0) <= 8
+    depths = {int(index.tree.depth[n]) for n in lists.lists}
+    assert max(depths) >= 2
+    index.revoke(1, np.arange(5, 200))
+    index.check()
+    assert list(lists.expanded) == [0]                              # 5 > 8 // 2: the root stays split,
+    assert {int(index.tree.depth[n]) for n in lists.lists} == {1}   # the sub-trees below merged back
+    index.revoke(1, [4])
+    index.check()
+    assert list(lists.lists) == [0] and not lists.expanded          # 4 <= 8 // 2: merged into the root
+    np.testing.assert_array_equal(np.sort(lists.lists[0]), np.arange(4))   # ids == slots here
+    index.revoke(1, np.arange(4))
+    assert not lists.lists and index.tenant_size(1) == 0
+    assert (index.search(x[:2], 3, tenant=1).ids == -1).all()
+
+
+def test_shared_vectors_are_stored_once() -> None:
+    index = small_curator()
+    x = clustered_rows(200, 6)
+    index.add(x, np.arange(200))
+    before = index.memory_bytes()
+    rows = index._rows.nbytes
+    for t in range(10):
+        index.grant(t, np.arange(200))
+    assert index._rows.nbytes == rows                               # no vector copied per tenant
+    assert index.memory_bytes() - before < 10 * 200 * 64            # memberships cost bytes, not rows
+    for t in range(10):
+        assert index.tenant_size(t) == 200
+
+
+# ---- recall against exact per-tenant search -------------------------------------------------
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_tenant_search_recall_against_exact_search(metric: str) -> None:
+    n = 6000
+    x = clustered_rows(n, 11, dim=16, n_clusters=40)
+    index = Curator(16, metric, n_root=16, branching=4, max_depth=2, max_shortlist=64, seed=0)
+    index.train(x[:3000])
+    index.add(x, np.arange(n))
+    rng = np.random.default_rng(12)
+    tenants = {t: np.unique(rng.choice(n, int(rng.integers(30, 2500)), replace=False)) for t in range(8)}
+    for t, ids in tenants.items():
+        index.grant(t, ids)
+    index.check()
+    flat = FlatIndex(16, metric)
+    flat.add(x, np.arange(n))
+    q = clustered_rows(40, 13, dim=16, n_clusters=40)
+    recalls = []
+    for t, ids in tenants.items():
+        got = index.search(q, 10, tenant=t)
+        want = flat.search(q, 10, allow=ids)
+        assert np.isin(got.ids[got.ids >= 0], ids).all()
+        recalls += [len(set(a) & set(b)) / 10 for a, b in zip(got.ids.tolist(), want.ids.tolist())]
+        full = index.search(q, 10, tenant=t, budget=n)              # a budget past the tenant: exact
+        np.testing.assert_array_equal(full.ids, want.ids)
+        np.testing.assert_allclose(full.distances, want.distances, rtol=1e-5, atol=1e-5)
+    assert np.mean(recalls) >= STATED_RECALL, np.mean(recalls)
+    admin = index.search(q, 10, budget=n)
+    np.testing.assert_array_equal(admin.ids, flat.search(q, 10).ids)
+
+
+def test_tenant_search_with_a_payload_allow_set() -> None:
+    index = small_curator(max_shortlist=8)
+    x = clustered_rows(300, 8)
+    index.add(x, np.arange(300) * 2 + 7)                           # ids differ from slots
+    index.grant(3, np.arange(0, 300, 2) * 2 + 7)
+    allow = AllowSet.from_ids(np.arange(0, 300, 3) * 2 + 7)
+    res = index.search(x[:20], 10, tenant=3, allow=allow, budget=10**6)
+    both = set((np.arange(0, 300, 6) * 2 + 7).tolist())
+    assert set(res.ids[res.ids >= 0].tolist()) <= both
+    flat = FlatIndex(DIM)
+    flat.add(x, np.arange(300) * 2 + 7)
+    np.testing.assert_array_equal(res.ids, flat.search(x[:20], 10, allow=sorted(both)).ids)
+    assert (index.search(x[:2], 4, tenant=3, allow=[8, 10]).ids == -1).all()   # no member allowed
+
+
+def test_a_removed_member_comes_back_with_its_id_and_unknown_tenants_are_empty() -> None:
+    index = small_curator()
+    x = clustered_rows(50, 9)
+    index.add(x, np.arange(50), tenant=2)
+    index.remove([4, 5])
+    res = index.search(x[4:6], 3, tenant=2)
+    assert not np.isin(res.ids, [4, 5]).any()
+    index.add(x[4:6] + 100, [4, 5])                                 # replaced: still members of 2
+    assert index.search(x[4:6] + 100, 1, tenant=2).ids[:, 0].tolist() == [4, 5]
+    index.check()
+    assert (index.search(x[:2], 3, tenant=77).ids == -1).all()
+    index.drop_tenant(2)
+    assert (index.search(x[:2], 3, tenant=2).ids == -1).all()
+    assert index.search(x[:2], 1).ids[:, 0].tolist() == [0, 1]    # points stay after a drop
+
+
+# ---- persistence ----------------------------------------------------------------------------
+def test_save_load_gives_identical_results_and_keeps_working(tmp_path: Path) -> None:
+    index = small_curator("cosine", max_shortlist=8)
+    x = clustered_rows(400, 10)
+    index.add(x, np.arange(400) + 1000)
+    for t in range(4):
+        index.grant(t, np.arange(t * 50, t * 50 + 150) + 1000)
+    index.grant(9, [5, 6])                                          # kept for ids not stored yet
+    index.remove(np.arange(1000, 1010))
+    q = clustered_rows(16, 11)
+    before = [index.search(q, 7, tenant=t, budget=64) for t in range(4)] + [index.search(q, 7, budget=64)]
+    index.save(tmp_path / "c")
+    loaded = load_index(tmp_path / "c")
+    assert isinstance(loaded, Curator) and loaded.params() == index.params()
+    after = [loaded.search(q, 7, tenant=t, budget=64) for t in range(4)] + [loaded.search(q, 7, budget=64)]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.distances, b.distances)
+    loaded.add(x[:2], [5, 6])                                       # the kept grants apply on add
+    assert set(loaded.search(x[:2], 5, tenant=9).ids[0].tolist()) == {5, 6, -1}
+    loaded.check()
+
+
+def _tamper(path: Path, name: str, change: Any) -> None:
+    arr = np.load(path / f"{name}.npy")
+    np.save(path / f"{name}.npy", change(arr.copy()), allow_pickle=False)
+
+
+@pytest.mark.parametrize("name, change", [
+    ("sl_slots", lambda a: np.where(a == a[0], a[-1], a)),          # a member in two shortlists
+    ("sl_ptr", lambda a: a[:-1]),
+    ("leaf", lambda a: np.full_like(a, 0)),                         # vectors at the root (not a leaf)
+    ("ex", lambda a: a + np.array([0, 0, 1])),                      # an expanded count off by one
+    ("first_child", lambda a: a[::-1].copy()),
+    ("vectors", lambda a: a[:, :-1].copy()),
+])
+def test_corrupt_state_is_data_loss(tmp_path: Path, name: str, change: Any) -> None:
+    index = small_curator(max_shortlist=4)
+    index.add(clustered_rows(120, 12), np.arange(120))
+    index.grant(0, np.arange(0, 120, 2))
+    index.grant(1, np.arange(30))
+    index.save(tmp_path / "c")
+    _tamper(tmp_path / "c", name, change)
+    with pytest.raises(DataLossError):
+        load_index(tmp_path / "c")
+
+
+def test_corrupt_params_are_data_loss(tmp_path: Path) -> None:
+    index = small_curator()
+    index.add(clustered_rows(20, 13), np.arange(20))
+    index.save(tmp_path / "c")
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    meta["params"]["max_shortlist"] = 0
+    (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataLossError):
+        load_index(tmp_path / "c")
+
+
+# ---- bad input ------------------------------------------------------------------------------
+def test_bad_input_gets_clear_errors_and_changes_nothing() -> None:
+    assert index_class("curator") is Curator and Curator.tenant_aware and Curator.needs_training
+    untrained = Curator(DIM)
+    assert not untrained.is_trained and untrained.min_train_points >= 1000
+    with pytest.raises(FailedPreconditionError, match="not trained"):
+        untrained.add(np.zeros((2, DIM), np.float32))
+    assert (untrained.search(np.zeros(DIM, np.float32), 3, tenant=1).ids == -1).all()
+    for kwargs in ({"n_root": 1}, {"branching": 0}, {"max_depth": 0}, {"max_shortlist": 1}, {"n_root": True},
+                   {"min_points_per_centroid": 0}, {"seed": -1}):
+        with pytest.raises(InvalidArgumentError):
+            Curator(DIM, **kwargs)
+    with pytest.raises(InvalidArgumentError, match="metric"):
+        Curator(DIM, "hamming")
+    index = small_curator()
+    x = clustered_rows(30, 14)
+    index.add(x, np.arange(30), tenant=1)
+    with pytest.raises(FailedPreconditionError, match="train before adding"):
+        index.train(x)
+    for bad in ({"budget": 0}, {"budget": True}, {"budget": 1.5}, {"budget": 2**41}, {"ef": 0}, {"nprobe": 3}):
+        with pytest.raises(InvalidArgumentError):
+            index.search(x[:1], 3, tenant=1, **bad)
+    with pytest.raises(DimensionMismatchError):
+        index.search(np.zeros((1, DIM + 1), np.float32), 3, tenant=1)
+    with pytest.raises(DimensionMismatchError):
+        index.add(np.zeros((1, DIM + 1), np.float32), [99])
+    for bad_tenant in (-1, "a", 1.5, True):
+        with pytest.raises(InvalidArgumentError, match="tenant"):
+            index.search(x[:1], 3, tenant=bad_tenant)
+        with pytest.raises(InvalidArgumentError, match="tenant"):
+            index.grant(bad_tenant, [1])
+    with pytest.raises(InvalidArgumentError):
+        index.grant(1, [-3])
+    with pytest.raises(InvalidArgumentError):
+        index.add(x[:1], [31], tenant=-2)
+    with pytest.raises(AlreadyExistsError):
+        index.add(x[:2], [29, 40], tenant=2)
+    assert len(index) == 30 and index.tenant_size(1) == 30 and index.tenant_size(2) == 0
+    index.check()
+
+
+# ---- tiering --------------------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_a_large_tenant_is_promoted_to_its_own_hnsw_and_demoted_when_it_shrinks(tmp_path: Path, metric: str) -> None:
+    index = small_curator(metric, max_shortlist=8, tier_threshold=100)
+    x = clustered_rows(600, 15)
+    index.add(x, np.arange(600) + 10)
+    index.grant(1, np.arange(99) + 10)
+    index.grant(2, np.arange(50, 450) + 10)                        # 400 members: promoted at once
+    assert not index.promoted(1) and index.promoted(2)
+    index.grant(1, [300])                                           # the 100th member promotes it
+    assert index.promoted(1)
+    q = clustered_rows(20, 16)
+    flat = FlatIndex(DIM, metric)
+    flat.add(x, np.arange(600) + 10)
+    for t, members in ((1, np.append(np.arange(99) + 10, 300)), (2, np.arange(50, 450) + 10)):
+        got = index.search(q, 10, tenant=t, ef=400)
+        assert np.isin(got.ids[got.ids >= 0], members).all()
+        np.testing.assert_array_equal(got.ids, flat.search(q, 10, allow=members).ids)
+        allow = members[::3]
+        got = index.search(q, 5, tenant=t, allow=np.append(allow, [0, 1, 2, 3]), ef=400)   # with a filter
+        np.testing.assert_array_equal(got.ids, flat.search(q, 5, allow=allow).ids)
+    index.remove(np.arange(48, 100) + 10)                           # leaves 2's graph too; 1 keeps 49
+    index.revoke(2, np.arange(100, 300) + 10)
+    assert index.promoted(2) and index.tenant_size(2) == 150
+    got = index.search(q, 10, tenant=2, ef=400)
+    assert np.isin(got.ids[got.ids >= 0], np.arange(300, 450) + 10).all()
+    index.check()
+    index.save(tmp_path / "c")
+    loaded = load_index(tmp_path / "c")
+    assert loaded.promoted(2) and loaded.promoted(1) is False        # 1 fell to 49 < 100 // 2 with the removal
+    np.testing.assert_array_equal(loaded.search(q, 10, tenant=2, ef=50).ids, index.search(q, 10, tenant=2, ef=50).ids)
+    loaded.revoke(2, np.arange(300, 410) + 10)                      # 40 < 50: back to the shared tree
+    assert not loaded.promoted(2) and loaded.tenant_size(2) == 40
+    got = loaded.search(q, 10, tenant=2, budget=10**6)
+    np.testing.assert_array_equal(got.ids, flat.search(q, 10, allow=np.arange(410, 450) + 10).ids)
+    loaded.check()
+    loaded.drop_tenant(1)
+    loaded.grant(3, np.arange(500) + 10)
+    assert loaded.promoted(3)
+    loaded.drop_tenant(3)
+    assert not loaded.promoted(3) and (loaded.search(q, 3, tenant=3).ids == -1).all()
+
+
+def test_a_wrong_shortlist_entry_is_caught_by_the_exact_membership_check() -> None:
+    """White-box: a slot planted in a tenant's shortlist (as a summary false positive would
+    offer it) is never returned: every candidate is checked against the membership chains."""
+    index = small_curator(max_shortlist=1000)
+    x = clustered_rows(100, 17)
+    index.add(x, np.arange(100))
+    index.grant(4, np.arange(50))
+    lists = index._tenants[4]
+    (node,) = lists.lists
+    lists.lists[node] = np.append(lists.lists[node], np.int32(77))   # 77 is no member of 4
+    lists._view = None
+    res = index.search(x[77:78], 5, tenant=4, budget=10**6)
+    assert 77 not in res.ids and np.isin(res.ids, np.arange(50)).all()
+    with pytest.raises(ValueError, match="no member"):
+        index.check()

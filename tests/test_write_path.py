@@ -1,0 +1,311 @@
+"""The write path: a write is acknowledged on commit and searchable at once (staged rows are
+searched exactly, stale ones hidden) while the collection's background indexer moves it into
+the index; back-pressure bounds the staged rows; close and drop stop the indexer cleanly;
+``wait_indexed`` and ``stats().indexed / .pending``; cached filter results kept up to date
+across writes. Read-your-writes is checked embedded and over gRPC."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+import vecdb
+from vecdb.collection.memory import filter_allow
+from vecdb.errors import CollectionNotFoundError, InvalidArgumentError
+from vecdb.filters import PayloadIndex, parse_filter
+from vecdb.server.process import ServerProcess, start_server_process
+
+DIM = 12
+
+
+def vecs(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def check_read_your_writes(col: Any, rounds: int, batch: int, seed: int) -> None:
+    """Each acknowledged upsert, replace and delete is visible to the very next search: a
+    new or replaced point is its own nearest neighbour at distance 0 (and appears once), a
+    replaced point's old vector no longer finds it at its old distance, a deleted point is
+    never returned; a payload filter sees the new payloads at once."""
+    rng = np.random.default_rng(seed)
+    live: dict[int, np.ndarray] = {}
+    next_id = 0
+    for r in range(rounds):
+        # fresh points (a bigger batch now and then keeps the indexer busy behind the writer)
+        size = batch * (8 if r % 4 == 0 else 1)
+        ids = np.arange(next_id, next_id + size)
+        next_id += size
+        x = vecs(size, seed * 1000 + r)
+        col.upsert(ids, x, [{"r": r} for _ in range(size)])
+        live.update(zip(ids.tolist(), x))
+        res = col.search(x[:batch], k=3)
+        np.testing.assert_array_equal(res.ids[:, 0], ids[:batch])
+        assert np.allclose(res.distances[:, 0], 0, atol=1e-4)
+        assert all(len(set(row[row >= 0].tolist())) == (row >= 0).sum() for row in res.ids)   # no duplicates
+        got = col.search(x[:4], k=1, filter={"r": r})
+        np.testing.assert_array_equal(got.ids[:, 0], ids[:4])
+        # replace some older points: the new vector finds them, the old one no longer does
+        old_ids = rng.choice(sorted(live), size=min(batch, len(live)), replace=False)
+        old_x = np.stack([live[i] for i in old_ids.tolist()])
+        new_x = vecs(len(old_ids), seed * 1000 + r + 500) + np.float32(3.0)
+        col.upsert(old_ids, new_x, [{"r": -r - 1} for _ in old_ids])
+        live.update(zip(old_ids.tolist(), new_x))
+        res = col.search(new_x, k=1)
+        np.testing.assert_array_equal(res.ids[:, 0], old_ids)
+        res = col.search(old_x, k=5)
+        for row, ident, before in zip(res.ids, old_ids.tolist(), old_x):
+            hits = row == ident
+            if hits.any():   # only at the new vector's distance, never at distance 0 to the old one
+                assert not np.allclose(live[ident], before)
+        assert not np.isin(col.search(old_x[:4], k=5, filter={"r": r - 1} if r else {"r": -1000}).ids, old_ids).any()
+        # delete a few: never returned again
+        gone = rng.choice(sorted(live), size=min(batch // 2, len(live)), replace=False)
+        assert col.delete(gone) == len(gone)
+        for i in gone.tolist():
+            del live[i]
+        res = col.search(np.stack([vecs(1, 7)[0]] + [x[0]]), k=min(50, len(live)))
+        assert not np.isin(res.ids, gone).any()
+        assert col.count() == len(live)
+
+
+def test_read_your_writes_embedded(tmp_path: Path) -> None:
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        check_read_your_writes(col, rounds=12, batch=40, seed=1)
+        assert col.wait_indexed()
+        stats = col.stats()
+        assert stats.pending == 0 and stats.indexed == stats.count == col.count()
+
+
+def test_read_your_writes_with_the_indexer_paused(tmp_path: Path) -> None:
+    """With the indexer held off, every write is served from staging alone."""
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        col.upsert(np.arange(100), vecs(100, 9))
+        assert col.wait_indexed()
+        with col._indexing:   # the indexer cannot take a step meanwhile
+            check_read_your_writes(col, rounds=4, batch=20, seed=2)
+            assert col.stats().pending > 0
+            assert col.wait_indexed(timeout=0.05) is False
+        assert col.wait_indexed()
+        assert col.stats().pending == 0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("write-path-server")
+    proc = start_server_process(root / "data", root / "server.log", args=["--no-metrics"])
+    yield proc
+    assert proc.stop() == 0
+
+
+def test_read_your_writes_over_grpc(server: ServerProcess) -> None:
+    with vecdb.connect(server.address, timeout=60) as db:
+        col = db.create_collection("ryw", DIM, metric="l2", index="hnsw")
+        check_read_your_writes(col, rounds=6, batch=30, seed=3)
+        assert col.wait_indexed() is True
+        stats = col.stats()
+        assert stats.pending == 0 and stats.indexed == stats.count == col.count()
+        assert col.wait_indexed(timeout=0) is True
+        with pytest.raises(InvalidArgumentError):
+            col.wait_indexed(timeout=-1)
+
+
+def test_back_pressure_bounds_the_staged_rows(tmp_path: Path) -> None:
+    """Writers wait while more than ``max_pending`` points are staged: after every write the
+    staged rows are at most the bound plus that write's batch; with the indexer held off,
+    the writer blocks until it is let go."""
+    bound, batch = 100, 30
+    with vecdb.open(tmp_path / "db", max_pending=bound) as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        staged_after = []
+        for b in range(20):
+            col.upsert(np.arange(b * batch, (b + 1) * batch), vecs(batch, b))
+            staged_after.append(len(col._mem.staging))
+        assert max(staged_after) <= bound + batch
+        assert col.wait_indexed()
+        # hold the indexer off: writes go on until the bound is passed, then the writer waits
+        returned: list[int] = []
+        done = threading.Event()
+
+        def writer() -> None:
+            for b in range(20, 30):
+                col.upsert(np.arange(b * batch, (b + 1) * batch), vecs(batch, b))
+                returned.append(b)
+            done.set()
+
+        with col._indexing:
+            thread = threading.Thread(target=writer)
+            thread.start()
+            # the writer is admitted while at most `bound` rows are staged: 4 batches (0, 30, 60, 90)
+            assert not col._worker.wait_for(lambda: len(returned) > 4, timeout=0.5)
+            assert len(returned) == 4 and len(col._mem.staging) == 4 * batch
+        assert done.wait(timeout=120)
+        thread.join()
+        assert col.wait_indexed() and col.count() == 30 * batch
+
+
+def test_close_with_the_indexer_mid_step(tmp_path: Path) -> None:
+    """Closing while the indexer works through a backlog stops it after its step, indexes the
+    rest and checkpoints; everything is there after reopening."""
+    n = 6000
+    x = vecs(n, 4)
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        col.upsert(np.arange(n), x)
+        assert col.stats().count == n
+        worker = col._worker
+    assert worker._thread is not None and not worker._thread.is_alive()   # close stopped the indexer
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.get_collection("c")
+        assert col.stats().pending == 0 and col.stats().indexed == n   # the close indexed and saved it all
+        assert col._mem.ckpt_seq == col._mem.seq                         # from the checkpoint: nothing replayed
+        np.testing.assert_array_equal(col.search(x[::500], k=1).ids[:, 0], np.arange(0, n, 500))
+
+
+def test_drop_with_the_indexer_mid_step(tmp_path: Path) -> None:
+    n = 6000
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        col.upsert(np.arange(n), vecs(n, 5))
+        worker = col._worker
+        db.drop_collection("c")
+        assert worker._thread is not None and not worker._thread.is_alive()   # stopped before the data went
+        with pytest.raises(CollectionNotFoundError):
+            col.search(vecs(1, 6), k=1)
+        with pytest.raises(CollectionNotFoundError):
+            col.wait_indexed()
+        again = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        again.upsert(np.arange(10), vecs(10, 7))
+        assert again.wait_indexed() and again.count() == 10
+
+
+def test_wait_indexed_and_the_pending_count(tmp_path: Path) -> None:
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        assert col.wait_indexed() is True                       # nothing written: nothing to wait for
+        with col._indexing:
+            col.upsert(np.arange(500), vecs(500, 8))
+            stats = col.stats()
+            assert (stats.count, stats.pending, stats.indexed) == (500, 500, 0)
+            assert col.wait_indexed(timeout=0) is False
+        assert col.wait_indexed(timeout=None) is True
+        stats = col.stats()
+        assert (stats.count, stats.pending, stats.indexed) == (500, 0, 500)
+        for bad in (-1, float("nan"), "1", True):
+            with pytest.raises(InvalidArgumentError):
+                col.wait_indexed(timeout=bad)
+
+
+def test_restart_serves_the_replayed_batches_at_once(tmp_path: Path) -> None:
+    """Batches committed after the last checkpoint (the process died before the next one) are
+    searchable right after reopening, staged, and indexed in the background."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, numpy as np, vecdb\n"
+        f"db = vecdb.open({str(tmp_path / 'db')!r}, checkpoint_points=10**9, checkpoint_seconds=10**9)\n"
+        f"col = db.create_collection('c', {DIM}, metric='l2', index='hnsw')\n"
+        f"x = np.random.default_rng(10).standard_normal((3000, {DIM})).astype(np.float32)\n"
+        "col.upsert(np.arange(1000), x[:1000])\n"
+        "db.close()\n"
+        f"db = vecdb.open({str(tmp_path / 'db')!r}, checkpoint_points=10**9, checkpoint_seconds=10**9)\n"
+        "col = db.get_collection('c')\n"
+        "col.upsert(np.arange(1000, 3000), x[1000:])\n"
+        "col.delete(np.arange(0, 100))\n"
+        "os._exit(0)\n"  # no close: no checkpoint after the first one
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    x = np.random.default_rng(10).standard_normal((3000, DIM)).astype(np.float32)
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.get_collection("c")
+        assert col.count() == 2900
+        res = col.search(x[::100], k=1)           # served at once: staged rows + the checkpointed graph
+        want = np.arange(0, 3000, 100)
+        np.testing.assert_array_equal(res.ids[1:, 0], want[1:])
+        assert res.ids[0, 0] != 0                  # deleted after the checkpoint: hidden
+        assert col.wait_indexed()
+        assert col.stats().pending == 0 and col.stats().indexed == 2900
+        np.testing.assert_array_equal(col.search(x[100::100], k=1).ids[:, 0], want[1:])
+
+
+# ---- filter results kept across writes ------------------------------------------------------
+def test_evaluate_ids_agrees_with_evaluate_on_points_written_since_a_resort() -> None:
+    rng = np.random.default_rng(11)
+    index = PayloadIndex()
+    n = 3000
+    index.reserve(n)
+    live = np.zeros(n, bool)
+    for i in range(2000):
+        index.add(i, {"a": int(rng.integers(0, 20)), "s": str(rng.integers(0, 5)), "t": ["x", "y"][i % 2]})
+        live[i] = True
+    index.compact(force=True)
+    gen = index.generation
+    touched = np.unique(np.concatenate([rng.choice(2000, 300, replace=False), np.arange(2000, 2400)]))
+    for i in touched.tolist():
+        if i < 2000:
+            index.remove(np.array([i]))
+        if rng.random() < 0.8:
+            index.add(i, {"a": int(rng.integers(0, 20)), "s": str(rng.integers(0, 5))} if rng.random() < 0.9 else {"b": 1})
+            live[i] = True
+        else:
+            live[i] = False
+    assert index.generation == gen   # (no compact call: the tails hold every live entry of `touched`)
+    for spec in ({"a": {"gte": 5, "lt": 12}}, {"s": {"in": ["1", "3"]}}, {"a": 3}, {"$not": {"s": "2"}},
+                 {"$or": [{"a": {"lt": 2}}, {"t": "x"}]}, {"a": {"ne": 4}}, {"b": 1}, {}):
+        node = parse_filter(spec) if spec else ("all",)
+        full = index.evaluate(node, live)[touched]
+        np.testing.assert_array_equal(index.evaluate_ids(node, touched, live[touched]), full, err_msg=str(spec))
+
+
+def test_cached_filter_results_follow_the_writes(tmp_path: Path) -> None:
+    """A filter's cached result is updated for the points each write touched (no full
+    evaluation while no column is re-sorted) and always equals a fresh evaluation."""
+    rng = np.random.default_rng(12)
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="flat")
+        n = 6000
+        col.upsert(np.arange(n), vecs(n, 12), [{"g": int(g)} for g in rng.integers(0, 10, n)])
+        node = parse_filter({"g": {"lt": 3}})
+        mem = col._mem
+        filter_allow(mem, node)
+        updates = 0
+        for step in range(15):
+            ids = rng.choice(n + 200, 40, replace=False)
+            col.upsert(ids, vecs(40, 100 + step), [{"g": int(g)} for g in rng.integers(0, 10, 40)])
+            if step % 3 == 2:
+                col.delete(rng.choice(n, 10, replace=False))
+            gen = mem.payidx.generation
+            cached = mem.filters.get(node)
+            got = filter_allow(mem, node)
+            updates += cached is not None and cached.generation == gen
+            want = np.flatnonzero(mem.payidx.evaluate(node, mem.live))
+            np.testing.assert_array_equal(got.ids, want)
+            np.testing.assert_array_equal(np.flatnonzero(got.bitmap(len(mem.live))[: len(mem.live)]), want)
+            res = col.search(vecs(2, step), k=20, filter={"g": {"lt": 3}}, with_payloads=True)
+            assert all(p is None or p["g"] < 3 for row in res.payloads for p in row)
+        assert updates >= 10   # most rounds took the incremental path
+
+
+def test_checkpoints_and_training_run_in_the_background(tmp_path: Path) -> None:
+    """A due checkpoint is saved by the indexer (the writer only commits and publishes); an
+    index that needs training is trained there once enough points are stored."""
+    with vecdb.open(tmp_path / "db", checkpoint_points=100) as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        for b in range(4):
+            col.upsert(np.arange(b * 60, (b + 1) * 60), vecs(60, 20 + b))
+        assert col.wait_indexed()
+        assert col._worker.wait_for(lambda: col._mem.ckpt_seq > 0, timeout=120)
+        sq = db.create_collection("s", DIM, metric="l2", index="sq8", index_params={"rerank": 8})
+        need = sq._mem.train_at
+        assert need is not None and need > 1
+        x = vecs(need, 30)
+        sq.upsert(np.arange(need), x)
+        assert sq.wait_indexed()                       # includes the due training
+        assert sq.stats().trained and sq.stats().pending == 0
+        np.testing.assert_array_equal(sq.search(x[:5], k=1).ids[:, 0], np.arange(5))
+        assert col._worker.failures == 0 and sq._worker.failures == 0

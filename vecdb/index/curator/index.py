@@ -1,0 +1,416 @@
+"""Curator: a multi-tenant index (after Jin et al., "Curator: Efficient Indexing for
+Multi-Tenant Vector Databases", 2024). One clustering tree is shared by every tenant; each
+tenant keeps shortlists of its members at the nodes where it has few, so a tenant search
+walks only that tenant's sub-tree. Vectors are stored once however many tenants share them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+
+from vecdb.errors import FailedPreconditionError, InvalidArgumentError
+from vecdb.index.allow import AllowSet
+from vecdb.index.base import BaseIndex, SearchParams
+from vecdb.index.curator import search as kernels
+from vecdb.index.curator.members import Memberships, member_mask
+from vecdb.index.curator.tenants import TenantLists
+from vecdb.index.curator.tiers import Tiers
+from vecdb.index.curator.tree import TREE_ARRAYS, ClusterTree, train_tree
+from vecdb.index.hnsw import MAX_EF
+from vecdb.types import F32Matrix, I64Vector, Metric
+from vecdb.validation import as_id_array, as_positive_int
+
+#: candidates scanned per query when the call names no ``budget`` (raised to k).
+DEFAULT_BUDGET = 2048
+MAX_BUDGET = 1 << 40
+#: below this many queries the serial kernel runs (no parallel-region launch per call).
+SERIAL_QUERIES = 4
+_GROWTH = 1.5
+_NO_MASK = np.zeros(1, np.uint8)
+#: tenant number under which the shortlists of every stored vector (the admin view) are saved.
+_ALL = -1
+
+
+@dataclass(frozen=True)
+class CuratorParams(SearchParams):
+    """Curator search knobs: ``budget``, the candidates scanned per query before the walk
+    stops (None = ``DEFAULT_BUDGET``; raised to k), higher raising recall and cost; ``ef``,
+    the beam width of a tenant promoted to its own HNSW (None = HNSW's default)."""
+
+    budget: int | None = None
+    ef: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:
+            object.__setattr__(self, "budget", as_positive_int(self.budget, "budget", maximum=MAX_BUDGET))
+        if self.ef is not None:
+            object.__setattr__(self, "ef", as_positive_int(self.ef, "ef", maximum=MAX_EF))
+
+
+class Curator(BaseIndex):
+    """Multi-tenant approximate k-NN over a shared hierarchical k-means tree.
+
+    Parameters
+    ----------
+    dim, metric : vector dimension; "l2", "ip" or "cosine".
+    n_root : clusters at the root (the paper uses 16-48). >= 2.
+    branching : clusters per node below the root. >= 2.
+    max_depth : levels below the root, at most. >= 1.
+    max_shortlist : most members a tenant keeps at one inner node before the shortlist
+        splits into the children (64-256 in the paper); merged back at half of it.
+    min_points_per_centroid : a node whose training sample gives fewer points per child
+        stays a leaf.
+    n_iter, seed : k-means iterations per node and seed.
+    tier_threshold : members at which a tenant is promoted to its own HNSW graph (demoted
+        below half of it); 0 (the default) keeps every tenant in the shared tree.
+    tier_M, tier_ef_construction : build knobs of those graphs.
+
+    Needs training (``train(sample)`` before ``add``). Tenants: ``add(..., tenant=)``,
+    ``grant``, ``revoke``, ``drop_tenant``; ``search(q, k, tenant=t)`` sees only t's members
+    (with ``allow=`` as a further filter), ``search`` without a tenant sees every vector.
+    Membership is a relation over ids: a removed id keeps its tenants, and they apply again
+    if it is added back (a collection replaces a point by remove + add); grants of ids not
+    stored are kept the same way. Search knobs (``CuratorParams``): ``budget`` (candidates
+    scanned in the tree) and ``ef`` (beam width for a promoted tenant's graph).
+    """
+
+    kind = "curator"
+    params_type = CuratorParams
+    needs_training = True
+    tenant_aware = True
+
+    def __init__(self, dim: int, metric: Metric | str = Metric.L2, *, n_root: int = 32, branching: int = 8,
+                 max_depth: int = 3, max_shortlist: int = 128, min_points_per_centroid: int = 8, n_iter: int = 20,
+                 seed: int = 0, tier_threshold: int = 0, tier_M: int = 16, tier_ef_construction: int = 100) -> None:
+        super().__init__(dim, metric)
+        self.n_root = as_positive_int(n_root, "n_root", minimum=2, maximum=65_536)
+        self.branching = as_positive_int(branching, "branching", minimum=2, maximum=65_536)
+        self.max_depth = as_positive_int(max_depth, "max_depth", minimum=1, maximum=16)
+        self.max_shortlist = as_positive_int(max_shortlist, "max_shortlist", minimum=2, maximum=1 << 20)
+        self.min_points_per_centroid = as_positive_int(min_points_per_centroid, "min_points_per_centroid")
+        self.n_iter = as_positive_int(n_iter, "n_iter", maximum=1000)
+        self.seed = as_positive_int(seed, "seed", minimum=0, maximum=2**31 - 1)
+        self._tree_metric = Metric.IP.code if self.metric is Metric.IP else Metric.L2.code
+        self._scan_metric = Metric.L2.code if self.metric is Metric.L2 else Metric.IP.code
+        self._tree: ClusterTree | None = None
+        self._rows = np.zeros((0, self.dim), np.float32)
+        self._leaf = np.full(0, -1, np.int32)
+        self._members = Memberships()
+        self._tenants: dict[int, TenantLists] = {}
+        self._all = TenantLists()
+        self._pending: dict[int, set[int]] = {}
+        self.tier_threshold = as_positive_int(tier_threshold, "tier_threshold", minimum=0)
+        self.tier_M = as_positive_int(tier_M, "tier_M", minimum=2, maximum=1024)
+        self.tier_ef_construction = as_positive_int(tier_ef_construction, "tier_ef_construction", maximum=MAX_EF)
+        self._tiers = Tiers(self.dim, Metric.L2 if self.metric is Metric.L2 else Metric.IP, self.tier_threshold,
+                            self.tier_M, self.tier_ef_construction, self.seed)
+
+    # ---- training -------------------------------------------------------------------
+    @property
+    def is_trained(self) -> bool:
+        """True once the clustering tree is built; ``add`` requires it."""
+        return self._tree is not None
+
+    @property
+    def min_train_points(self) -> int:
+        """Points a collection gathers before training: 39 per root cluster, at least 1000."""
+        return max(1000, 39 * self.n_root)
+
+    def _train(self, sample: F32Matrix) -> None:
+        """Build the tree from prepared sample rows; only while the index is empty (stored
+        vectors would sit in leaves of the old tree)."""
+        if len(self._ids):
+            raise FailedPreconditionError(f"Curator already holds {len(self)} vectors; train before adding")
+        self._tree = train_tree(sample, self._tree_metric, n_root=self.n_root, branching=self.branching,
+                                max_depth=self.max_depth, min_points_per_centroid=self.min_points_per_centroid,
+                                n_iter=self.n_iter, seed=self.seed)
+
+    @property
+    def tree(self) -> ClusterTree:
+        """The clustering tree (FailedPreconditionError before training)."""
+        if self._tree is None:
+            raise FailedPreconditionError("Curator is not trained; call train(vectors) before add")
+        return self._tree
+
+    # ---- capacity -------------------------------------------------------------------
+    def reserve(self, n: int) -> None:
+        """Grow the row store to ``n`` slots now (see ``BaseIndex.reserve``)."""
+        if n > len(self._leaf):
+            cap = max(n, int(len(self._leaf) * _GROWTH), 16)
+            rows = np.zeros((cap, self.dim), np.float32)
+            used = self._ids.n_slots
+            rows[:used] = self._rows[:used]
+            leaf = np.full(cap, -1, np.int32)
+            leaf[:used] = self._leaf[:used]
+            self._rows, self._leaf = rows, leaf
+            self._members.reserve_slots(cap)
+
+    # ---- vectors --------------------------------------------------------------------
+    def _add(self, vectors: F32Matrix, ids: I64Vector) -> None:
+        tree = self.tree
+        n = len(vectors)
+        used = self._ids.n_slots
+        free = np.flatnonzero(self._leaf[:used] < 0)[:n]
+        slots = np.concatenate([free, np.arange(used, used + n - len(free))]).astype(np.int64)
+        self.reserve(used + n - len(free))
+        leaves = tree.leaves_of(vectors)
+        if not self._rows.flags.writeable:
+            self._rows = np.array(self._rows)
+        self._rows[slots] = vectors
+        self._leaf[slots] = leaves
+        self._ids.assign(ids, slots)
+        self._all.insert(slots, leaves, tree, self._leaf, self.max_shortlist)
+        if self._pending:
+            back: dict[int, list[int]] = {}
+            for ident, slot in zip(ids.tolist(), slots.tolist()):
+                for tenant in self._pending.pop(ident, ()):
+                    back.setdefault(tenant, []).append(slot)
+            for tenant, got in sorted(back.items()):
+                self._place(tenant, np.array(got, np.int64))
+
+    def remove(self, ids: Any) -> int:
+        """Remove the stored ones among ``ids``; returns how many were removed. Their tenant
+        memberships are kept by id and apply again if the ids are added back."""
+        wanted = np.unique(as_id_array(ids))
+        slots = self._ids.lookup(wanted)
+        found = slots >= 0
+        if found.any():
+            self._detach_members(wanted[found], slots[found])
+        return super().remove(wanted)
+
+    def _detach_members(self, ids: I64Vector, slots: I64Vector) -> None:
+        """Take slots about to be removed out of their tenants' shortlists, keeping the
+        memberships by id (``_pending``)."""
+        pos, tenants = self._members.pop_all(slots)
+        for tenant in np.unique(tenants).tolist():
+            mine = pos[tenants == tenant]
+            gone = slots[mine]
+            lists = self._tenants[tenant]
+            lists.delete(gone, self._leaf[gone], self.tree, self.max_shortlist)
+            self._tiers.shrank(tenant, gone, len(lists))
+            for ident in ids[mine].tolist():
+                self._pending.setdefault(ident, set()).add(tenant)
+
+    def _remove(self, slots: I64Vector) -> None:
+        self._all.delete(slots, self._leaf[slots], self.tree, self.max_shortlist)
+        self._leaf[slots] = -1
+
+    # ---- tenants --------------------------------------------------------------------
+    def _place(self, tenant: int, slots: I64Vector) -> None:
+        """Make stored ``slots`` members of ``tenant`` (those already members are skipped)."""
+        new = slots[self._members.add(tenant, slots)]
+        lists = self._tenants.setdefault(tenant, TenantLists())
+        lists.insert(new, self._leaf[new], self.tree, self._leaf, self.max_shortlist)
+        self._tiers.grew(tenant, new, len(lists), self._rows, lists.slots)
+
+    def _create_tenant(self, tenant: int) -> None:
+        self._tenants.setdefault(tenant, TenantLists())
+
+    def _drop_tenant(self, tenant: int) -> None:
+        lists = self._tenants.pop(tenant, None)
+        self._tiers.drop(tenant)
+        if lists is not None and len(lists):
+            self._members.remove(tenant, lists.slots())
+        for ident in [i for i, owners in self._pending.items() if tenant in owners]:
+            owners = self._pending[ident]
+            owners.discard(tenant)
+            if not owners:
+                del self._pending[ident]
+
+    def _grant(self, tenant: int, ids: I64Vector) -> None:
+        self._tenants.setdefault(tenant, TenantLists())
+        ids = np.unique(ids)
+        slots = self._ids.lookup(ids)
+        stored = slots >= 0
+        for ident in ids[~stored].tolist():
+            self._pending.setdefault(ident, set()).add(tenant)
+        if stored.any():
+            self._place(tenant, slots[stored])
+
+    def _revoke(self, tenant: int, ids: I64Vector) -> None:
+        ids = np.unique(ids)
+        slots = self._ids.lookup(ids)
+        stored = slots >= 0
+        for ident in ids[~stored].tolist():
+            owners = self._pending.get(ident)
+            if owners is not None:
+                owners.discard(tenant)
+                if not owners:
+                    del self._pending[ident]
+        lists = self._tenants.get(tenant)
+        if lists is not None and stored.any():
+            slots = slots[stored]
+            gone = slots[self._members.remove(tenant, slots)]
+            lists.delete(gone, self._leaf[gone], self.tree, self.max_shortlist)
+            self._tiers.shrank(tenant, gone, len(lists))
+
+    def tenants(self) -> list[int]:
+        """Tenant numbers the index keeps (created or granted to, not dropped), sorted."""
+        return sorted(self._tenants)
+
+    def promoted(self, tenant: int) -> bool:
+        """True while ``tenant`` is served by its own HNSW graph (see ``tier_threshold``)."""
+        return tenant in self._tiers
+
+    def tenant_size(self, tenant: int) -> int:
+        """Stored vectors ``tenant`` can access (0 for an unknown tenant)."""
+        lists = self._tenants.get(tenant)
+        return 0 if lists is None else len(lists)
+
+    # ---- search ---------------------------------------------------------------------
+    def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                      params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+        p: CuratorParams = params  # type: ignore[assignment]
+        budget = max(k, DEFAULT_BUDGET if p.budget is None else p.budget)
+        nq = len(queries)
+        if tenant is not None and tenant in self._tiers:
+            return self._graph_search(tenant, queries, k, allow, p.ef)
+        lists = self._all if tenant is None else self._tenants.get(tenant)
+        view = None if lists is None else lists.view()
+        tree = self._tree
+        if view is None or tree is None:
+            return np.full((nq, k), -1, np.int64), np.full((nq, k), np.inf, np.float32)
+        out_s = np.empty((nq, k), np.int64)            # the kernels fill every row
+        out_d = np.empty((nq, k), np.float32)
+        bitmap = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+        members = self._members
+        scanned = np.empty(nq, np.int64)
+        run = kernels.search_serial if nq < SERIAL_QUERIES or numba.get_num_threads() == 1 else kernels.search_batch
+        run(queries, budget, tree.centroids, tree.first_child, tree.n_children, self._tree_metric, self._scan_metric,
+            view.nodes, view.kind, view.ptr, view.slots, self._rows, -1 if tenant is None else tenant, members.head,
+            members.cell_tenant, members.cell_next, bitmap, allow is not None, out_s, out_d, scanned)
+        return out_s, out_d
+
+    def _graph_search(self, tenant: int, queries: F32Matrix, k: int, allow: AllowSet | None,
+                      ef: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """A promoted tenant's answer from its graph, every slot checked against the exact
+        membership chains first (a slot that is no member is dropped)."""
+        slots, dists = self._tiers.search(tenant, queries, k, allow, ef)
+        members = self._members
+        ok = np.empty(slots.shape, np.uint8)
+        member_mask(members.head, members.cell_tenant, members.cell_next, slots, tenant, ok)
+        if not ok.all():
+            bad = ok == 0
+            slots, dists = np.where(bad, -1, slots), np.where(bad, np.inf, dists).astype(np.float32)
+            order = np.argsort(dists, axis=1, kind="stable")
+            slots, dists = np.take_along_axis(slots, order, 1), np.take_along_axis(dists, order, 1)
+        return slots, dists
+
+    # ---- invariants, memory, persistence ----------------------------------------------
+    def check(self, n_slots: int | None = None) -> None:
+        """Raise ValueError unless every tenant's sub-tree (and the all-vectors one) keeps the
+        shortlist invariants (``TenantLists.check``) and memberships agree with shortlists
+        (``n_slots``: slots handed out, default the id map's)."""
+        n = self._ids.n_slots if n_slots is None else n_slots
+        if self._tree is None:
+            if (self._leaf[:n] >= 0).any() or any(len(t) for t in self._tenants.values()):
+                raise ValueError("an untrained Curator holds vectors")
+            return
+        live = np.flatnonzero(self._leaf[:n] >= 0)
+        self._all.check(self._tree, self._leaf, self.max_shortlist)
+        if not np.array_equal(np.sort(self._all.slots()), live):
+            raise ValueError("the all-vectors shortlists do not hold exactly the stored slots")
+        total = 0
+        for tenant, lists in self._tenants.items():
+            lists.check(self._tree, self._leaf, self.max_shortlist)
+            slots = lists.slots().reshape(1, -1)
+            ok = np.empty(slots.shape, np.uint8)
+            member_mask(self._members.head, self._members.cell_tenant, self._members.cell_next, slots, tenant, ok)
+            if not ok.all():
+                raise ValueError(f"slot {int(slots[ok == 0][0])} in a shortlist of tenant {tenant} is no member")
+            total += len(lists)
+        if total != self._members.count:
+            raise ValueError(f"memberships count {self._members.count}, shortlists hold {total}")
+        self._tiers.check({t: self._tenants[t].slots() for t in self._tiers.graphs if t in self._tenants}, self._rows)
+        if self.tier_threshold == 0 and self._tiers.graphs:
+            raise ValueError("tier graphs with tiering off")
+
+    def _memory_bytes(self) -> int:
+        tree = 0 if self._tree is None else self._tree.nbytes()
+        tenants = sum(t.nbytes() for t in self._tenants.values())
+        pending = 200 * sum(len(v) for v in self._pending.values())
+        return int(self._rows.nbytes + self._leaf.nbytes + tree + self._members.nbytes() + self._all.nbytes()
+                   + tenants + pending + self._tiers.nbytes())
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        n = self._ids.n_slots
+        params = {"n_root": self.n_root, "branching": self.branching, "max_depth": self.max_depth,
+                  "max_shortlist": self.max_shortlist, "min_points_per_centroid": self.min_points_per_centroid,
+                  "n_iter": self.n_iter, "seed": self.seed, "tier_threshold": self.tier_threshold, "tier_M": self.tier_M,
+                  "tier_ef_construction": self.tier_ef_construction, "trained": self._tree is not None}
+        arrays: dict[str, np.ndarray] = {"vectors": self._rows[:n], "leaf": self._leaf[:n]}
+        if self._tree is not None:
+            arrays.update(self._tree.arrays())
+        owners = [(_ALL, self._all)] + sorted(self._tenants.items())
+        sl = [(t, node, part) for t, lists in owners for node, part in sorted(lists.lists.items())]
+        ex = [(t, node, count) for t, lists in owners for node, count in sorted(lists.expanded.items())]
+        arrays["sl_tenant"] = np.array([t for t, _, _ in sl], np.int64)
+        arrays["sl_node"] = np.array([node for _, node, _ in sl], np.int64)
+        arrays["sl_ptr"] = np.cumsum([0] + [len(part) for _, _, part in sl]).astype(np.int64)
+        arrays["sl_slots"] = np.concatenate([part for _, _, part in sl]).astype(np.int32) if sl else np.zeros(0, np.int32)
+        arrays["ex"] = np.array(ex, np.int64).reshape(-1, 3)
+        arrays["tenants"] = np.array(sorted(self._tenants), np.int64)
+        pend = [(i, t) for i, owners_ in sorted(self._pending.items()) for t in sorted(owners_)]
+        arrays["pending"] = np.array(pend, np.int64).reshape(-1, 2)
+        promoted, graphs = self._tiers.state()
+        arrays["tiers"] = np.array(promoted, np.int64)
+        arrays.update(graphs)
+        return params, arrays
+
+    @classmethod
+    def _from_state(cls, dim: int, metric: Metric, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Curator":
+        trained = params.pop("trained")
+        if not isinstance(trained, bool):
+            raise ValueError("params.trained must be a bool")
+        try:
+            index = cls(dim, metric, **params)
+        except InvalidArgumentError as exc:
+            raise ValueError(f"bad Curator parameters: {exc}") from None
+        slot_ids = np.asarray(arrays["slot_ids"], np.int64)
+        n = len(slot_ids)
+        rows, leaf = np.asarray(arrays["vectors"]), np.asarray(arrays["leaf"])
+        if rows.shape != (n, dim) or rows.dtype != np.float32 or leaf.shape != (n,) or leaf.dtype != np.int32:
+            raise ValueError(f"vectors {rows.shape} / leaf {leaf.shape} do not match {n} slots of dim {dim}")
+        if not np.array_equal(leaf >= 0, slot_ids >= 0):
+            raise ValueError("leaf assignments do not match the stored slots")
+        if trained:
+            index._tree = ClusterTree.from_arrays(*(arrays[name] for name in TREE_ARRAYS), index._tree_metric)
+            if index._tree.centroids.shape[1] != dim:
+                raise ValueError("tree centroids have the wrong dimension")
+            placed = leaf[leaf >= 0]
+            if (placed >= index._tree.n_nodes).any() or (index._tree.n_children[placed] != 0).any():
+                raise ValueError("a vector sits in a node that is not a leaf")
+        elif n and (slot_ids >= 0).any():
+            raise ValueError("an untrained Curator holds vectors")
+        index.reserve(n)
+        index._rows[:n] = rows
+        index._leaf[:n] = leaf
+        index._tenants = {int(t): TenantLists() for t in np.asarray(arrays["tenants"]).tolist()}
+        owners = {_ALL: index._all, **index._tenants}
+        tenant_of, node_of, ptr = (np.asarray(arrays[name]) for name in ("sl_tenant", "sl_node", "sl_ptr"))
+        slots = np.asarray(arrays["sl_slots"], np.int32)
+        if len(ptr) != len(tenant_of) + 1 or len(node_of) != len(tenant_of) or ptr[0] != 0 or ptr[-1] != len(slots) \
+                or (np.diff(ptr) <= 0).any():
+            raise ValueError("malformed shortlist arrays")
+        for j, (t, node) in enumerate(zip(tenant_of.tolist(), node_of.tolist())):
+            if t not in owners:
+                raise ValueError(f"shortlist of unknown tenant {t}")
+            owners[t].lists[int(node)] = slots[ptr[j] : ptr[j + 1]].copy()
+        for t, node, count in np.asarray(arrays["ex"], np.int64).reshape(-1, 3).tolist():
+            if t not in owners:
+                raise ValueError(f"expanded node of unknown tenant {t}")
+            owners[t].expanded[int(node)] = int(count)
+        for t, lists in index._tenants.items():
+            got = lists.slots()
+            if len(got) and not index._members.add(t, got).all():
+                raise ValueError(f"tenant {t} holds a slot twice")
+        for ident, t in np.asarray(arrays["pending"], np.int64).reshape(-1, 2).tolist():
+            index._pending.setdefault(int(ident), set()).add(int(t))
+        if index._pending and np.isin(np.fromiter(index._pending, np.int64), slot_ids).any():
+            raise ValueError("kept memberships name stored ids")
+        index._tiers.restore(np.asarray(arrays["tiers"], np.int64).tolist(), arrays)
+        index.check(n)
+        return index

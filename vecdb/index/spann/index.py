@@ -1,0 +1,644 @@
+"""SPANN: a memory-disk index. Heads (posting centroids) and their HNSW graph stay in memory;
+posting lists (ids + float32 vectors) live in LMDB, one record each. After Chen et al.,
+"SPANN" (NeurIPS 2021), with in-place updates after Xu et al., "SPFresh" (SOSP 2023).
+
+Every change goes through a ``Plan``: the postings it rewrites, the heads it splits or
+creates, the new resident arrays. A plan is computed from the last committed state plus the
+postings it reads, and written through one write transaction with a fresh token; the plan
+becomes the committed state once the token is seen on disk (by the next batch, search, add
+or remove), so a transaction that aborts or runs again leaves nothing behind. Standalone,
+``add``/``remove`` write through the index's own environment and commit at once. Inside a
+collection ``persist_batch`` writes each batch, searches follow the committed postings and
+heads, and ``add``/``remove`` only move the ids the index answers with (the collection's
+staged points reach it in steps). Splits and reassignments run in place, inside the write.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+import shutil
+import tempfile
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vecdb.errors import AlreadyExistsError, DataLossError, FailedPreconditionError, InvalidArgumentError
+from vecdb.index.allow import AllowSet, as_allow
+from vecdb.index.base import BaseIndex, IndexBatch, SearchParams
+from vecdb.index.hnsw import HNSW, MAX_EF
+from vecdb.index.ids import IdMap
+from vecdb.index.spann import postings, state
+from vecdb.index.spann.clustering import centroids_of, split_until
+from vecdb.index.spann.kernels import plan_reads, scan_postings, scan_postings_serial
+from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
+from vecdb.index.spann.updates import FANOUT, HeadState, Plan, Work, graph_from
+from vecdb.storage.env import Store
+from vecdb.storage.space import IndexSpace
+from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
+from vecdb.validation import as_fs_path, as_id_array, as_k, as_matrix, as_positive_int
+
+FORMAT = "vecdb-spann"
+FORMAT_VERSION = 1
+#: most postings one query may read
+MAX_POSTINGS = 4096
+#: prefix of the sub-databases of a standalone index in its own environment
+OWN_PREFIX = "spann."
+#: below this many queries the posting scan runs on the calling thread
+SERIAL_QUERIES = 4
+#: meta key of the token of the committed state
+TOKEN_KEY = b"token"
+#: default eps2 by routing metric: squared L2 grows fast away from a head, -ip does not
+DEFAULT_EPS2 = {Metric.L2: 1.0, Metric.IP: 0.3}
+_NO_MASK = np.zeros(1, np.uint8)
+_EMPTY_IDS = np.zeros(0, np.int64)
+
+
+class _EmptyRecords(dict):
+    """The record of an empty posting, per dimension (a stand-in for a head with no record)."""
+
+    def __missing__(self, dim: int) -> bytes:
+        record = self[dim] = postings.encode(_EMPTY_IDS, np.zeros((0, dim), np.float32))
+        return record
+
+
+_EMPTY_RECORD = _EmptyRecords()
+
+
+def _as_float(value: Any, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
+    """A finite float >= minimum (> minimum when ``strict``); InvalidArgumentError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out) or out < minimum or (strict and out == minimum):
+        raise InvalidArgumentError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class SPANNParams(SearchParams):
+    """SPANN search knobs: ``max_postings`` (postings read per query at most, default 64),
+    ``eps2`` (query-aware pruning: read posting i only while d(q, c_i) - d(q, c_1) <=
+    eps2 * |d(q, c_1)|, squared L2 or -ip; None = ``DEFAULT_EPS2`` of the metric) and ``ef``
+    (beam of the head search; None = max(64, 2 * max_postings))."""
+
+    max_postings: int = 64
+    eps2: float | None = None
+    ef: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_postings", as_positive_int(self.max_postings, "max_postings", maximum=MAX_POSTINGS))
+        if self.eps2 is not None:
+            object.__setattr__(self, "eps2", _as_float(self.eps2, "eps2"))
+        if self.ef is not None:
+            object.__setattr__(self, "ef", as_positive_int(self.ef, "ef", maximum=MAX_EF))
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """Work one ``SPANN.search_with_stats`` call did: postings read per query (nq,), distinct
+    postings read for the whole batch, their bytes, and entries scanned per query (nq,)."""
+
+    postings: np.ndarray
+    distinct_postings: int
+    bytes_read: int
+    entries: np.ndarray
+
+
+class SPANN(BaseIndex):
+    """Approximate k-NN with heads in memory and posting lists in LMDB.
+
+    Parameters
+    ----------
+    dim, metric : as every index ("l2", "ip", "cosine"; cosine stores unit rows; heads are
+        found by squared L2 for l2/cosine and by inner product for ip).
+    path : standalone use: the LMDB environment holding the postings (created when missing,
+        loaded when it holds an index: its stored parameters then win); None = a temporary
+        directory, removed by ``close`` or garbage collection. Inside a collection the
+        collection attaches sub-databases of its own environment instead.
+    posting_limit : most entries (vectors, replicas included) of one posting; a posting
+        growing past it is split by balanced k-means into parts of about half of it.
+    head_size : training splits the sample into clusters of about this many points (at most
+        twice as many): the initial head count is about len(sample) / head_size. More heads
+        (smaller head_size / posting_limit) cost memory (dim * 4 bytes + the graph's links
+        per head) and buy recall per posting read.
+    replicas : most postings one vector is stored in (boundary replication).
+    eps1 : closure rule: head j also stores x when d(x, c_j) - d(x, c_1) <= eps1 * |d(x, c_1)|
+        (squared L2, or -ip for ip).
+    rng_factor : RNG pruning of replicas (skip c_j when a chosen c_i, times this factor, is
+        closer to c_j than x is). Heads are cluster means, nearer to each other than to the
+        points in high dimensions: about 2 gives text embeddings (384-d) their replicas
+        (more disk, higher recall per posting read); 1 suits lower dimensions.
+    head_M, head_ef_construction : the HNSW over heads.
+    min_train : points a collection gathers before training the index.
+    seed : seeds the clustering and the head graph.
+
+    Search knobs (``SPANNParams``): ``max_postings``, ``eps2``, ``ef``.
+
+    Memory: besides the resident part (``memory_bytes``), one ``add`` holds the postings it
+    rewrites until it commits, so add a collection larger than RAM in chunks.
+    """
+
+    kind = "spann"
+    params_type = SPANNParams
+    needs_training = True
+    persistence = "self"
+
+    def __init__(self, dim: int, metric: Metric | str = Metric.L2, path: Any = None, *, posting_limit: int = 256,
+                 head_size: int = 48, replicas: int = DEFAULT_REPLICAS, eps1: float = 0.5, rng_factor: float = 1.0,
+                 head_M: int = 16, head_ef_construction: int = 128, min_train: int = 512, seed: int = 0) -> None:
+        super().__init__(dim, metric)
+        self.posting_limit = as_positive_int(posting_limit, "posting_limit", minimum=4, maximum=1 << 20)
+        self.head_size = as_positive_int(head_size, "head_size", maximum=self.posting_limit)
+        self.replicas = as_positive_int(replicas, "replicas", maximum=64)
+        self.eps1 = _as_float(eps1, "eps1")
+        self.rng_factor = _as_float(rng_factor, "rng_factor", strict=True)
+        self.head_M = as_positive_int(head_M, "head_M", minimum=2, maximum=256)
+        self.head_ef_construction = as_positive_int(head_ef_construction, "head_ef_construction", maximum=MAX_EF)
+        self.min_train = as_positive_int(min_train, "min_train")
+        self.seed = as_positive_int(seed, "seed", minimum=0)
+        self._route = Metric.IP if self.metric is Metric.IP else Metric.L2
+        self._scan_code = 0 if self.metric is Metric.L2 else 1
+        self._disk: HeadState | None = None        # heads of the last committed state
+        self._disk_ids = self._ids                 # ids of the last committed state (served: self._ids)
+        self._inflight: Plan | None = None         # written, commit not yet seen
+        self._overlay: dict[int, tuple[I64Vector, F32Matrix]] | None = None
+        self._lock = threading.RLock()             # one writer at a time (batches, adds, removes)
+        self._sync_lock = threading.Lock()         # promotion of the in-flight plan
+        self._splits = 0
+        self._own = False
+        self._store: Store | None = None
+        self._finalizer: Any = None
+        if path is not None:
+            self._open_own(Path(as_fs_path(path)), temporary=False)
+
+    # ---- standalone environment --------------------------------------------------------
+    def _open_own(self, path: Path, *, temporary: bool) -> None:
+        store = Store(path)
+        self._own = True
+        self._store = store
+        self._finalizer = weakref.finalize(self, _close_own, store, path if temporary else None)
+        try:
+            BaseIndex.attach(self, IndexSpace(store, OWN_PREFIX))
+        except BaseException:
+            self._finalizer()
+            raise
+
+    def _own_space(self) -> IndexSpace:
+        """The space a standalone index writes to (a temporary environment made on first use)."""
+        if self._space is None:
+            self._open_own(Path(tempfile.mkdtemp(prefix="vecdb-spann-")), temporary=True)
+        assert self._space is not None
+        return self._space
+
+    def close(self) -> None:
+        """Close a standalone index's own environment (a temporary one is removed); the
+        index is empty and untrained afterwards. A no-op inside a collection."""
+        if self._own and self._finalizer is not None:
+            self._finalizer()
+            self._space = None
+            self._store = None
+            self._own = False
+            self._disk = None
+            self._inflight = None
+            self._ids = IdMap()
+            self._disk_ids = self._ids
+
+    @property
+    def path(self) -> Path | None:
+        """Directory of a standalone index's LMDB environment (None until it has one, and
+        inside a collection)."""
+        return self._store.path if self._own and self._store is not None else None
+
+    # ---- training ----------------------------------------------------------------------
+    @property
+    def is_trained(self) -> bool:
+        return self._disk is not None
+
+    @property
+    def min_train_points(self) -> int:
+        return self.min_train
+
+    def _train(self, sample: F32Matrix) -> None:
+        if len(self) or len(self._cids):
+            raise FailedPreconditionError("SPANN holds vectors; train a new index instead of retraining this one")
+        if not len(sample):
+            raise InvalidArgumentError("SPANN needs at least one training vector")
+        rng = np.random.default_rng(self.seed)
+        clusters = split_until(sample, self.head_size, rng, fanout=FANOUT)
+        graph = self._new_graph()
+        graph.add(centroids_of(sample, clusters), np.arange(len(clusters), dtype=np.int64))
+        with self._lock:
+            self._disk = HeadState(graph, np.zeros(len(clusters), np.int64), None)
+            self._inflight = None
+            self._overlay = None
+            if self._own or self._space is None:
+                self._own_space().write(self._persist_all)
+                self._sync(self._inflight.state.token if self._inflight else None)
+
+    def _new_graph(self) -> HNSW:
+        return HNSW(self.dim, self._route, M=self.head_M, ef_construction=self.head_ef_construction,
+                    seed=self.seed, progress=False)
+
+    # ---- committed state ---------------------------------------------------------------
+    @property
+    def _cids(self) -> IdMap:
+        """Ids of the last committed state: the served id map itself for a standalone index
+        (its writes commit at once); a separate map inside a collection, whose staged points
+        reach ``add`` after their batch committed."""
+        return self._ids if self._own else self._disk_ids
+
+    def _sync(self, token: Any) -> HeadState:
+        """The heads of the committed state whose token is ``token`` (read from the store):
+        the in-flight plan becomes the committed state when it is that one. Searches take
+        no lock unless they promote (never while a batch is being planned: a batch promotes
+        its predecessor before planning, and its own plan commits only after it returns)."""
+        tok = token if token is None or isinstance(token, str) else bytes(token).decode()
+        plan = self._inflight
+        if plan is None or tok is None or plan.state.token != tok:
+            assert self._disk is not None
+            return self._disk
+        with self._sync_lock:
+            if self._inflight is plan:
+                self._promote(plan)
+                self._inflight = None
+            assert self._disk is not None
+            return self._disk
+
+    def _read_token(self) -> Any:
+        if self._space is None:
+            return None
+        with self._space.read() as txn:
+            return txn.get(TOKEN_KEY, db=self._mdb)
+
+    def _promote(self, plan: Plan) -> None:
+        """Make ``plan`` the committed state (its ids enter / leave the committed id map)."""
+        if len(plan.removed):
+            self._cids.release(plan.removed)
+        if len(plan.ids):
+            slots = self._cids.append(plan.ids)
+            if not np.array_equal(slots, plan.new_slots):
+                raise FailedPreconditionError("SPANN: a plan does not match the committed state (concurrent writers?)")
+        self._disk = plan.state
+        self._splits += plan.splits
+        if plan.written:
+            self._overlay = None
+        else:
+            overlay = self._overlay if self._overlay is not None else {}
+            overlay.update(plan.postings)
+            self._overlay = overlay
+
+    # ---- adding and removing -----------------------------------------------------------
+    def _add(self, vectors: F32Matrix, ids: I64Vector) -> None:
+        if self._disk is None:
+            raise FailedPreconditionError("SPANN must be trained before vectors are added (call train(sample))")
+        with self._lock:
+            if self._own:
+                plan = self._own_space().write(lambda txn: self._plan_and_write(txn, _EMPTY_IDS, ids, vectors))
+                self._promote(plan)
+                return
+            self._sync(self._read_token())
+            slots = self._cids.lookup(ids)
+            if (slots >= 0).all():              # committed by persist_batch: memory catches up
+                self._ids.assign(ids, slots)
+                return
+            if (slots >= 0).any():
+                raise FailedPreconditionError("SPANN: some of the ids added are committed, others not")
+            plan = self._make_plan(None, _EMPTY_IDS, ids, vectors)   # a build, written whole by persist_all
+            self._promote(plan)
+            self._ids.assign(ids, plan.new_slots)
+
+    def remove(self, ids: Any) -> int:
+        """Remove the stored ones among ``ids``; returns how many were removed. Their entries
+        stay in the postings as tombstones (skipped by searches) until a posting is rewritten."""
+        want = np.unique(as_id_array(ids))
+        with self._lock:
+            present = want[self._ids.contains(want)]
+            if not len(present):
+                return 0
+            if self._own:
+                empty = np.zeros((0, self.dim), np.float32)
+                plan = self._own_space().write(lambda txn: self._plan_and_write(txn, present, _EMPTY_IDS, empty))
+                self._promote(plan)
+                return int(len(present))
+            self._ids.release(present)          # their batch wrote the removal (persist_batch)
+            return int(len(present))
+
+    def _remove(self, slots: I64Vector) -> None:
+        """Removal keeps nothing else in memory: postings hold tombstones (see ``remove``)."""
+
+    # ---- persistence "self" ------------------------------------------------------------
+    def _attach(self, space: IndexSpace) -> None:
+        self._pdb = space.db("postings")
+        self._mdb = space.db("meta")
+        if not self._own:
+            self._disk_ids = IdMap()
+        with space.read() as txn:
+            meta = state.read_meta(txn, self._mdb)
+            if meta is None:
+                return
+            if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+                raise DataLossError(f"{space!r} does not hold a SPANN index of format version {FORMAT_VERSION}")
+            if meta.get("dim") != self.dim or meta.get("metric") != self.metric.value:
+                raise InvalidArgumentError(f"{space!r} holds a SPANN index of dim {meta.get('dim')} and metric "
+                                           f"{meta.get('metric')!r}, not dim {self.dim} / {self.metric.value!r}")
+            arrays = state.read_arrays(txn, self._mdb, meta.get("arrays", {}))
+            token = txn.get(TOKEN_KEY, db=self._mdb)
+        try:
+            self._set_params(meta["params"])
+            graph = graph_from(self.dim, self._route, meta["graph"], arrays)
+            count = np.asarray(arrays["h_count"], np.int64)
+            slot_ids = np.asarray(arrays["slot_ids"], np.int64)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DataLossError(f"corrupt SPANN state in {space!r}: {exc}") from None
+        gids = graph.ids
+        if token is None or (len(gids) and (gids.max() >= len(count) or (count[gids] < 0).any())):
+            raise DataLossError(f"corrupt SPANN state in {space!r}: the head counts do not match the head graph")
+        self._disk = HeadState(graph, count, bytes(token).decode())
+        self._ids = IdMap(slot_ids)
+        self._disk_ids = IdMap(slot_ids) if not self._own else self._ids
+
+    def _set_params(self, params: dict[str, Any]) -> None:
+        """Construction parameters recorded with a stored index (they win over the given ones)."""
+        for name in ("posting_limit", "head_size", "replicas", "head_M", "head_ef_construction", "min_train", "seed"):
+            setattr(self, name, int(params[name]))
+        self.eps1 = float(params["eps1"])
+        self.rng_factor = float(params["rng_factor"])
+
+    def _persist_batch(self, txn: Any, batch: IndexBatch) -> None:
+        if self._disk is None:
+            raise FailedPreconditionError("SPANN is not trained; it cannot write a batch")
+        with self._lock:
+            self._sync(txn.get(TOKEN_KEY, db=self._mdb))
+            self._inflight = None                # not committed (aborted, or run again after the map grew)
+            asked = np.unique(np.asarray(batch.removed, np.int64))
+            removed = asked[self._cids.contains(asked)] if len(asked) else _EMPTY_IDS
+            ids = np.asarray(batch.ids, np.int64)
+            clash = self._cids.contains(ids) & ~np.isin(ids, removed) if len(ids) else np.zeros(0, bool)
+            if clash.any():
+                raise AlreadyExistsError(f"SPANN already holds ids {ids[clash][:5].tolist()}")
+            vectors = self._prepare_vectors(batch.vectors) if len(ids) else np.zeros((0, self.dim), np.float32)
+            self._inflight = self._plan_and_write(txn, removed, ids, vectors)
+
+    def _persist_all(self, txn: Any) -> None:
+        if self._disk is None:
+            raise FailedPreconditionError("SPANN is not trained; there is nothing to write")
+        with self._lock:
+            disk = self._disk
+            overlay = self._overlay or {}
+            for head in np.flatnonzero(disk.count > 0).tolist():
+                if head in overlay:
+                    slots, vectors = overlay[head]
+                    txn.put(postings.key(head), postings.encode(slots, vectors), db=self._pdb)
+                elif txn.get(postings.key(head), db=self._pdb) is None:
+                    raise FailedPreconditionError(f"SPANN posting {head} is neither in memory nor on disk")
+            arrays = self._arrays(disk.graph, disk.count, self._cids.slot_ids)
+            described = state.write_arrays(txn, self._mdb, arrays, None)
+            token = secrets.token_hex(8)
+            state.write_meta(txn, self._mdb, self._meta(disk.graph, described))
+            txn.put(TOKEN_KEY, token.encode(), db=self._mdb)
+            self._inflight = Plan(removed=_EMPTY_IDS, ids=_EMPTY_IDS, new_slots=_EMPTY_IDS, postings={},
+                                  state=HeadState(disk.graph, disk.count, token), slot_ids=self._cids.slot_ids,
+                                  written=True)
+
+    def _arrays(self, graph: HNSW, count: np.ndarray, slot_ids: I64Vector) -> dict[str, np.ndarray]:
+        _, arrays = graph._state()
+        out = {f"g_{name}": arr for name, arr in arrays.items()}
+        out["g_slot_ids"] = graph._ids.slot_ids
+        out["h_count"] = count
+        out["slot_ids"] = slot_ids
+        return out
+
+    def _meta(self, graph: HNSW, described: dict[str, Any]) -> dict[str, Any]:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric.value,
+                "params": self.params(), "graph": graph._state()[0], "arrays": described}
+
+    def _write_plan(self, txn: Any, plan: Plan) -> None:
+        """Write ``plan``'s postings, the changed chunks of the resident arrays and a new token."""
+        disk = self._disk
+        assert disk is not None
+        for head, (slots, vectors) in plan.postings.items():
+            if len(slots):
+                txn.put(postings.key(head), postings.encode(slots, vectors), db=self._pdb)
+            else:
+                txn.delete(postings.key(head), db=self._pdb)
+        old = self._arrays(disk.graph, disk.count, self._cids.slot_ids)
+        new = self._arrays(plan.state.graph, plan.state.count, plan.slot_ids)
+        described = state.write_arrays(txn, self._mdb, new, old)
+        state.write_meta(txn, self._mdb, self._meta(plan.state.graph, described))
+        plan.state.token = secrets.token_hex(8)
+        txn.put(TOKEN_KEY, plan.state.token.encode(), db=self._mdb)
+        plan.written = True
+
+    def _plan_and_write(self, txn: Any, removed: I64Vector, ids: I64Vector, vectors: F32Matrix) -> Plan:
+        plan = self._make_plan(txn, removed, ids, vectors)
+        self._write_plan(txn, plan)
+        return plan
+
+    # ---- planning (reads postings, changes nothing) ------------------------------------
+    def _make_plan(self, txn: Any, removed: I64Vector, ids: I64Vector, vectors: F32Matrix) -> Plan:
+        disk = self._disk
+        assert disk is not None
+        idmap = self._disk_ids
+        rem_slots = idmap.lookup(removed) if len(removed) else _EMPTY_IDS
+        n0 = idmap.n_slots
+        new_slots = np.arange(n0, n0 + len(ids), dtype=np.int64)
+        slot_ids = np.concatenate([idmap.slot_ids, np.asarray(ids, np.int64)])
+        slot_ids[rem_slots[rem_slots >= 0]] = -1
+        plan = Plan(removed=np.asarray(removed, np.int64), ids=np.asarray(ids, np.int64), new_slots=new_slots,
+                    postings={}, state=HeadState(disk.graph, disk.count.copy(), None), slot_ids=slot_ids)
+        work = Work(self, plan, txn)
+        if len(ids):
+            x = np.ascontiguousarray(vectors, np.float32)
+            cand, cand_d = work.nearest(x, min(2 * self.replicas, max(len(work.graph), 1)))
+            assigned = assign_heads(x, cand, cand_d, work.centroids, self.eps1, self.replicas, self.rng_factor)
+            heads, starts, rows = group_by_head(assigned)
+            for i, head in enumerate(heads.tolist()):
+                r = rows[starts[i] : starts[i + 1]]
+                slots, vecs = work.get(head)
+                work.put(head, np.concatenate([slots, new_slots[r]]), np.concatenate([vecs, x[r]]))
+        work.split_oversized(lire=len(idmap) > 0)
+        return plan
+
+    # ---- search ------------------------------------------------------------------------
+    def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                      params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+        slots, dists, _ = self._search_work(queries, k, allow, params)  # type: ignore[arg-type]
+        return slots, dists
+
+    def _search_work(self, queries: F32Matrix, k: int, allow: AllowSet | None, p: SPANNParams,
+                     stats: bool = False) -> tuple[np.ndarray, np.ndarray, SearchStats | None]:
+        """Top-k slots and kernel distances of prepared queries, and (when ``stats``) the work."""
+        nq = len(queries)
+        out_s = np.full((nq, k), -1, np.int64)
+        out_d = np.full((nq, k), np.inf, np.float32)
+        if self._disk is None or not len(self._disk.graph):
+            return out_s, out_d, _no_work(nq) if stats else None
+        if self._space is None:
+            found = self._gather(None, self._disk, queries, k, p)
+        else:
+            with self._space.read(buffers=True) as txn:
+                heads = self._sync(txn.get(TOKEN_KEY, db=self._mdb))   # drops the overlay once it is committed
+                found = self._gather(None if self._overlay is not None else txn, heads, queries, k, p)
+        buf, starts, counts, qptr, qlist = found
+        mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+        scan = scan_postings_serial if nq < SERIAL_QUERIES else scan_postings
+        scan(queries, buf, starts, counts, qptr, qlist, self._ids.slot_ids, mask, allow is not None,
+             self._scan_code, out_s, out_d)
+        if not stats:
+            return out_s, out_d, None
+        per_query = np.diff(qptr)
+        entries = np.zeros(nq, np.int64)
+        if len(qlist):
+            sums = np.add.reduceat(counts[qlist], np.minimum(qptr[:-1], len(qlist) - 1))
+            entries = np.where(per_query > 0, sums, 0).astype(np.int64)
+        return out_s, out_d, SearchStats(per_query, len(counts), int(len(buf)), entries)
+
+    def _gather(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> Any:
+        """The posting records the queries read (query-aware pruning), checked and laid end to
+        end (read through ``txn``; from the overlay when None): (buffer, starts, counts, qptr,
+        qlist)."""
+        graph = heads.graph
+        nprobe = min(p.max_postings, len(graph))
+        ef = p.ef if p.ef is not None else max(64, 2 * nprobe)
+        found = graph.search_trusted(queries, nprobe, None, None, graph.resolve_params({"ef": max(ef, nprobe)}))
+        eps2 = DEFAULT_EPS2[self._route] if p.eps2 is None else p.eps2
+        wanted, qptr, qlist = plan_reads(found.ids, found.distances, heads.count, np.float32(eps2), k)
+        buf, starts, counts = self._read_records(txn, heads, wanted)
+        return buf, starts, counts, qptr, qlist
+
+    def search_with_stats(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> tuple[SearchResult, SearchStats]:
+        """``search`` (same arguments and checks) plus the postings and bytes it read."""
+        q = as_matrix(queries, self.dim, what="queries")
+        k = as_k(k)
+        p = self.resolve_params(params)
+        nq = len(q)
+        empty = _no_work(nq)
+        if nq == 0 or not len(self):
+            return SearchResult.empty(nq, k), empty
+        slot_allow = None
+        if allow is not None:
+            slot_allow = self._slot_allow(as_allow(allow))
+            if not len(slot_allow):
+                return SearchResult.empty(nq, k), empty
+        slots, dists, stats = self._search_work(self._prepare_vectors(q), k, slot_allow, p, True)  # type: ignore[arg-type]
+        assert stats is not None
+        return SearchResult(self._ids.ids_of(slots), self._finish_distances(dists)), stats
+
+    def _read_records(self, txn: Any, heads: HeadState, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The posting records of ``wanted`` (sorted heads) read through ``txn`` (encoded from
+        the overlay when None), checked: (buffer, starts, counts). A head whose posting is
+        empty has no record; DataLossError for a corrupt, truncated or missing one."""
+        if txn is None:
+            overlay = self._overlay or {}
+            empty = (_EMPTY_IDS, _no_rows(self.dim))
+            raws = [postings.encode(*overlay.get(head, empty)) for head in wanted.tolist()]
+        else:
+            get, db = txn.get, self._pdb
+            raws = [get(postings.key(head), db=db) for head in wanted.tolist()]
+            if None in raws:
+                count = heads.count
+                lost = [h for h, raw in zip(wanted.tolist(), raws) if raw is None and count[h] > 0]
+                if lost:
+                    raise DataLossError(f"SPANN posting {lost[0]} is missing ({count[lost[0]]} entries expected)")
+                raws = [raw if raw is not None else _EMPTY_RECORD[self.dim] for raw in raws]
+        return postings.check_many(raws, wanted, self.dim)
+
+    # ---- the rest of the surface -------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        return {"posting_limit": self.posting_limit, "head_size": self.head_size, "replicas": self.replicas,
+                "eps1": self.eps1, "rng_factor": self.rng_factor, "head_M": self.head_M,
+                "head_ef_construction": self.head_ef_construction, "min_train": self.min_train, "seed": self.seed}
+
+    @property
+    def n_heads(self) -> int:
+        """Live heads (postings)."""
+        return 0 if self._disk is None else len(self._disk.graph)
+
+    def posting_sizes(self) -> np.ndarray:
+        """Entries (replicas and tombstones included) of every live posting."""
+        if self._disk is None:
+            return _EMPTY_IDS.copy()
+        return self._disk.count[self._disk.count >= 0].copy()
+
+    def _memory_bytes(self) -> int:
+        total = 0
+        disk = self._disk
+        if disk is not None:
+            total += disk.count.nbytes + disk.graph.memory_bytes()
+        if not self._own:
+            total += self._disk_ids.memory_bytes()
+        for slots, vectors in (self._overlay or {}).values():
+            total += slots.nbytes + vectors.nbytes
+        return int(total)
+
+    def disk_bytes(self) -> int:
+        """Bytes of the LMDB pages holding the postings (what they occupy on disk)."""
+        if self._space is None:
+            return 0
+        with self._space.read() as txn:
+            stat = txn.stat(self._pdb)
+        return int(stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]))
+
+    @property
+    def splits(self) -> int:
+        """Postings split since this index was opened (in-place updates, SPFresh)."""
+        return self._splits
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The whole index (heads, graph, every posting) as arrays, for ``save``."""
+        if self._disk is None:
+            raise FailedPreconditionError("an untrained SPANN index has nothing to save")
+        disk = self._disk
+        live = np.flatnonzero(disk.count > 0).astype(np.int64)
+        if self._overlay is not None or self._space is None:
+            overlay = self._overlay or {}
+            raws = [postings.encode(*overlay[h]) for h in live.tolist()]
+        else:
+            with self._space.read() as txn:
+                raws = [txn.get(postings.key(h), db=self._pdb) for h in live.tolist()]
+            if None in raws:
+                raise DataLossError("SPANN posting missing while saving")
+        slots, vectors, offsets = postings.read_many(raws, live, self.dim)
+        arrays = self._arrays(disk.graph, disk.count, self._cids.slot_ids)
+        arrays.pop("slot_ids")
+        arrays.update(p_heads=live, p_offsets=offsets, p_slots=slots, p_vectors=vectors)
+        return dict(self.params(), graph=disk.graph._state()[0]), arrays
+
+    @classmethod
+    def _from_state(cls, dim: int, metric: Metric, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "SPANN":
+        params = dict(params)
+        graph = params.pop("graph")
+        index = cls(dim, metric, **params)
+        disk = HeadState(graph_from(dim, index._route, graph, arrays), np.array(arrays["h_count"], np.int64), None)
+        offsets = np.asarray(arrays["p_offsets"], np.int64)
+        heads = np.asarray(arrays["p_heads"], np.int64)
+        if len(offsets) != len(heads) + 1 or offsets[-1] != len(arrays["p_slots"]):
+            raise ValueError("posting offsets do not match the posting arrays")
+        index._disk = disk
+        index._overlay = {int(h): (np.array(arrays["p_slots"][offsets[i] : offsets[i + 1]], np.int64),
+                                   np.array(arrays["p_vectors"][offsets[i] : offsets[i + 1]], np.float32))
+                          for i, h in enumerate(heads.tolist())}
+        space = index._own_space()
+        index._ids = index._disk_ids = IdMap(np.asarray(arrays["slot_ids"], np.int64))
+        space.write(index._persist_all)
+        index._sync(index._inflight.state.token if index._inflight else None)
+        return index
+
+
+def _no_work(nq: int) -> SearchStats:
+    return SearchStats(np.zeros(nq, np.int64), 0, 0, np.zeros(nq, np.int64))
+
+
+def _no_rows(dim: int) -> F32Matrix:
+    return np.zeros((0, dim), np.float32)
+
+
+def _close_own(store: Store, temporary: Path | None) -> None:
+    """Close a standalone index's environment; remove it when it was temporary."""
+    store.close()
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)

@@ -1,0 +1,261 @@
+"""Numba kernels of SPANN: the replica choice (closure + RNG rule) and the posting scan."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from vecdb.kernels._jit import kernel
+from vecdb.kernels.distances import dot, l2_sq
+from vecdb.kernels.heaps import after, heap_sort, max_sift_down
+
+
+# ---- posting records (see vecdb.index.spann.postings for the layout) -------------------
+HEADER_BYTES = 24
+MAGIC = (83, 80, 78, 80)   # b"SPNP"
+OK, TRUNCATED, FOREIGN, WRONG_DIM, BAD_CHECKSUM = 0, 1, 2, 3, 4
+
+
+@kernel
+def select_replicas(x, cand, cand_d, rows, centroids, eps, limit, rng_factor, out):
+    """Heads each row of ``x`` is stored under, into ``out`` (n, limit) padded with -1.
+
+    ``cand``/``cand_d`` (n, c): candidate heads sorted by routing distance (-1 padded);
+    ``rows`` (n, c): each candidate's row in ``centroids``. Head j is kept while
+    d_j - d_1 <= eps * |d_1| (the closure rule, (1 + eps) d_1 for non-negative distances),
+    unless a head already kept is closer to c_j than x is, scaled by ``rng_factor`` (the RNG
+    rule, in squared L2 whatever the metric: replicas should sit in different directions).
+    """
+    n, c = cand.shape
+    chosen = np.empty(limit, np.int64)
+    for i in range(n):
+        if c == 0 or cand[i, 0] < 0:
+            continue
+        d1 = cand_d[i, 0]
+        bound = d1 + eps * abs(d1)
+        m = 0
+        for j in range(c):
+            h = cand[i, j]
+            if h < 0 or cand_d[i, j] > bound:
+                break
+            keep = True
+            if m > 0:
+                dxj = l2_sq(x[i], centroids[rows[i, j]])
+                for t in range(m):
+                    if rng_factor * l2_sq(centroids[chosen[t]], centroids[rows[i, j]]) < dxj:
+                        keep = False
+                        break
+            if keep:
+                out[i, m] = h
+                chosen[m] = rows[i, j]
+                m += 1
+                if m == limit:
+                    break
+
+
+@kernel
+def scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_allow, metric, out_s, out_d):
+    """Top-k of query ``qi`` over the posting records it reads, into row ``qi`` of
+    ``out_s``/``out_d``, straight from the checked records in ``buf`` (no copy).
+
+    Record p starts at ``starts[p]`` and holds ``counts[p]`` entries; query q reads records
+    ``qlist[qptr[q]:qptr[q+1]]``. A slot is skipped when it is past ``live`` or
+    ``live[slot] < 0`` (a tombstone: removed, not yet purged) or, with ``use_allow``, when
+    ``allow[slot]`` is 0; a slot replicated in several postings enters the heap once.
+    ``metric`` 0 ranks by squared L2, 1 by -<q, x>.
+    """
+    k = out_s.shape[1]
+    dim = queries.shape[1]
+    n_live = live.shape[0]
+    n_allow = allow.shape[0]
+    hd = np.full(k, np.inf, np.float32)
+    hs = np.full(k, -1, np.int64)
+    q = queries[qi]
+    for t in range(qptr[qi], qptr[qi + 1]):
+        p = qlist[t]
+        c = counts[p]
+        a = starts[p] + HEADER_BYTES
+        slots = buf[a : a + 8 * c].view(np.int64)
+        vectors = buf[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
+        for r in range(c):
+            s = slots[r]
+            if s < 0 or s >= n_live or live[s] < 0:
+                continue
+            if use_allow and (s >= n_allow or allow[s] == 0):
+                continue
+            row = vectors[r * dim : (r + 1) * dim]
+            if metric == 0:
+                d = l2_sq(q, row)
+            else:
+                d = -dot(q, row)
+            if not after(hd[0], hs[0], d, s):
+                continue
+            dup = False
+            for j in range(k):
+                if hs[j] == s:
+                    dup = True
+                    break
+            if not dup:
+                max_sift_down(hd, hs, k, d, s)
+    heap_sort(hd, hs)
+    out_s[qi] = hs
+    out_d[qi] = hd
+
+
+@kernel(parallel=True)
+def scan_postings(queries, buf, starts, counts, qptr, qlist, live, allow, use_allow, metric, out_s, out_d):
+    """``scan_query`` for every query, in parallel (a batch of queries)."""
+    for qi in numba.prange(queries.shape[0]):
+        scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_allow, metric, out_s, out_d)
+
+
+@kernel
+def scan_postings_serial(queries, buf, starts, counts, qptr, qlist, live, allow, use_allow, metric, out_s, out_d):
+    """``scan_postings`` on the calling thread (a few queries: no parallel region to launch)."""
+    for qi in range(queries.shape[0]):
+        scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_allow, metric, out_s, out_d)
+
+
+@kernel
+def cluster_sums(x, labels, k):
+    """Per-cluster sums (k, dim) float64 and sizes (k,) of the rows of ``x`` labelled 0..k-1."""
+    sums = np.zeros((k, x.shape[1]), np.float64)
+    counts = np.zeros(k, np.int64)
+    for i in range(x.shape[0]):
+        j = labels[i]
+        counts[j] += 1
+        for t in range(x.shape[1]):
+            sums[j, t] += x[i, t]
+    return sums, counts
+
+
+@kernel
+def checksum(buf, lo, hi):
+    """64-bit checksum of ``buf[lo:hi]`` (a multiple of 8 bytes): four independent
+    multiply-xorshift lanes over the 8-byte words (so the multiplies overlap), then mixed."""
+    m = np.uint64(0xFF51AFD7ED558CCD)
+    s31 = np.uint64(31)
+    h0 = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(hi - lo)
+    h1 = np.uint64(0xC2B2AE3D27D4EB4F)
+    h2 = np.uint64(0x165667B19E3779F9)
+    h3 = np.uint64(0x27D4EB2F165667C5)
+    words = buf[lo:hi].view(np.uint64)
+    n = words.shape[0]
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        h0 = (h0 ^ words[i]) * m
+        h1 = (h1 ^ words[i + 1]) * m
+        h2 = (h2 ^ words[i + 2]) * m
+        h3 = (h3 ^ words[i + 3]) * m
+        h0 ^= h0 >> s31
+        h1 ^= h1 >> s31
+        h2 ^= h2 >> s31
+        h3 ^= h3 >> s31
+    for i in range(n4, n):
+        h0 = (h0 ^ words[i]) * m
+        h0 ^= h0 >> s31
+    for h in (h1, h2, h3):
+        h0 = (h0 ^ h) * m
+        h0 ^= h0 >> s31
+    return h0
+
+
+@kernel
+def check_records(buf, starts, ends, dim, version, counts):
+    """Check the posting records ``buf[starts[i]:ends[i]]`` and write their entry counts to
+    ``counts``; returns (index of the first bad record or -1, its problem code)."""
+    for i in range(starts.shape[0]):
+        a = starts[i]
+        b = ends[i]
+        if b - a < HEADER_BYTES:
+            return i, TRUNCATED
+        if (buf[a] != MAGIC[0] or buf[a + 1] != MAGIC[1] or buf[a + 2] != MAGIC[2] or buf[a + 3] != MAGIC[3]
+                or buf[a + 4] + 256 * buf[a + 5] != version):
+            return i, FOREIGN
+        count = np.int64(buf[a + 8 : a + 12].view(np.uint32)[0])
+        if np.int64(buf[a + 12 : a + 16].view(np.uint32)[0]) != dim:
+            return i, WRONG_DIM
+        body = count * (8 + 4 * dim)
+        if b - a != HEADER_BYTES + (body + 7) // 8 * 8:
+            return i, TRUNCATED
+        if checksum(buf, a + HEADER_BYTES, b) != buf[a + 16 : a + 24].view(np.uint64)[0]:
+            return i, BAD_CHECKSUM
+        counts[i] = count
+    return -1, OK
+
+
+@kernel
+def gather_records(buf, starts, counts, offsets, dim, slots_out, vectors_out):
+    """Copy the checked records' slots and vectors into ``slots_out`` (total,) and the flat
+    ``vectors_out`` (total * dim,), record i at rows ``offsets[i]:offsets[i+1]``."""
+    for i in range(starts.shape[0]):
+        a = starts[i] + HEADER_BYTES
+        c = counts[i]
+        o = offsets[i]
+        slots_out[o : o + c] = buf[a : a + 8 * c].view(np.int64)
+        vectors_out[o * dim : (o + c) * dim] = buf[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
+
+
+@kernel
+def plan_reads(hid, hd, count, eps2, k):
+    """Query-aware pruning of the nearest heads ``hid``/``hd`` (nq, p), sorted by distance:
+    query q reads head j while d_j - d_1 <= eps2 * |d_1|, and also while the postings nearer
+    than j hold fewer than k entries (``count`` per head; -1 padded ids are skipped).
+    Returns (wanted: the distinct heads read, sorted; qptr (nq + 1,); qlist: for each query
+    the positions in ``wanted`` of the heads it reads)."""
+    nq, p = hid.shape
+    keep = np.zeros((nq, p), np.bool_)
+    n_keep = 0
+    for q in range(nq):
+        d1 = hd[q, 0]
+        bound = d1 + eps2 * abs(d1)
+        seen = 0
+        for j in range(p):
+            h = hid[q, j]
+            if h < 0:
+                break
+            if hd[q, j] <= bound or seen < k:
+                keep[q, j] = True
+                n_keep += 1
+            c = count[h]
+            if c > 0:
+                seen += c
+    picked = np.empty(n_keep, np.int64)
+    t = 0
+    for q in range(nq):
+        for j in range(p):
+            if keep[q, j]:
+                picked[t] = hid[q, j]
+                t += 1
+    wanted = np.unique(picked)
+    qptr = np.zeros(nq + 1, np.int64)
+    qlist = np.empty(n_keep, np.int64)
+    t = 0
+    for q in range(nq):
+        for j in range(p):
+            if keep[q, j]:
+                qlist[t] = np.searchsorted(wanted, hid[q, j])
+                t += 1
+        qptr[q + 1] = t
+    return wanted, qptr, qlist
+
+
+@kernel
+def capacity_assign(d, cap):
+    """Balanced assignment of n points to k parts from their distances ``d`` (n, k): the
+    (point, part) pairs are taken nearest first, a point going to the first part that still
+    has room (at most ``cap`` points each). Returns labels (n,) int64."""
+    n, k = d.shape
+    order = np.argsort(d.ravel())
+    labels = np.full(n, -1, np.int64)
+    used = np.zeros(k, np.int64)
+    left = n
+    for t in order:
+        i = t // k
+        j = t % k
+        if labels[i] < 0 and used[j] < cap:
+            labels[i] = j
+            used[j] += 1
+            left -= 1
+            if left == 0:
+                break
+    return labels

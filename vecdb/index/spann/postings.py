@@ -1,0 +1,80 @@
+"""The on-disk posting format: one LMDB record per posting, read with one lookup.
+
+Key: the head number as 8 bytes big-endian. Value: a 24-byte header (magic ``SPNP``, format
+version (u16), flags (u16), entry count (u32), dimension (u32), 64-bit checksum of the body),
+then the body: the entries' slots (int64 little-endian), their vectors (float32
+little-endian, row-major), zero padding to a multiple of 8 bytes. A record whose header,
+length or checksum does not match raises DataLossError: a corrupt or truncated posting is
+never scanned. The records a search reads are laid end to end and checked in one Numba call
+(``check_many``) and scanned in place; ``read_many`` also copies them out (for rewrites).
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+from vecdb.errors import DataLossError
+from vecdb.index.spann import kernels
+from vecdb.types import F32Matrix, I64Vector
+
+MAGIC = b"SPNP"
+VERSION = 2
+_HEADER = struct.Struct("<4sHHIIQ")
+HEADER_BYTES = _HEADER.size
+assert HEADER_BYTES == kernels.HEADER_BYTES
+_KEY = struct.Struct(">Q")
+_I64 = np.dtype("<i8")
+_F32 = np.dtype("<f4")
+_PROBLEMS = {kernels.TRUNCATED: "is truncated (its length does not match its header)",
+             kernels.FOREIGN: "has an unknown format or version",
+             kernels.WRONG_DIM: "holds vectors of another dimension",
+             kernels.BAD_CHECKSUM: "fails its checksum (corrupt)"}
+
+
+def key(head: int) -> bytes:
+    """LMDB key of head ``head``'s posting (sorted like the head numbers)."""
+    return _KEY.pack(head)
+
+
+def encode(slots: I64Vector, vectors: F32Matrix) -> bytes:
+    """The record of a posting holding ``slots`` with their ``vectors``."""
+    body = np.ascontiguousarray(slots, _I64).tobytes() + np.ascontiguousarray(vectors, _F32).tobytes()
+    body += b"\0" * (-len(body) % 8)
+    sums = kernels.checksum(np.frombuffer(body, np.uint8), 0, len(body)) if body else kernels.checksum(np.zeros(8, np.uint8), 0, 0)
+    return _HEADER.pack(MAGIC, VERSION, 0, len(slots), vectors.shape[1], int(sums)) + body
+
+
+def decode(raw: bytes | memoryview, dim: int, head: int) -> tuple[I64Vector, F32Matrix]:
+    """(slots, vectors) of one posting record, copied; DataLossError when it is truncated, of
+    another format or fails its checksum."""
+    slots, vectors, _ = read_many([raw], np.array([head], np.int64), dim)
+    return slots, vectors
+
+
+def check_many(raws: list[Any], heads: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The posting records ``raws`` (bytes or memoryviews; ``heads`` names them in errors)
+    laid end to end in one buffer and checked: (buffer, record starts, entry counts).
+    DataLossError for the first that is truncated, of another format or corrupt."""
+    ends = np.cumsum(np.array([len(r) for r in raws], np.int64))
+    starts = ends - np.array([len(r) for r in raws], np.int64)
+    buf = np.frombuffer(b"".join(raws), np.uint8) if len(raws) else np.zeros(0, np.uint8)
+    counts = np.zeros(len(raws), np.int64)
+    bad, problem = kernels.check_records(buf, starts, ends, dim, VERSION, counts)
+    if bad >= 0:
+        raise DataLossError(f"SPANN posting {int(heads[bad])} {_PROBLEMS.get(int(problem), 'is corrupt')}")
+    return buf, starts, counts
+
+
+def read_many(raws: list[Any], heads: np.ndarray, dim: int) -> tuple[I64Vector, F32Matrix, np.ndarray]:
+    """Slots, vectors and row offsets (len(raws) + 1) of the posting records ``raws``,
+    checked (see ``check_many``) and copied out."""
+    buf, starts, counts = check_many(raws, heads, dim)
+    offsets = np.zeros(len(raws) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    slots = np.empty(total, np.int64)
+    vectors = np.empty(total * dim, np.float32)
+    kernels.gather_records(buf, starts, counts, offsets, dim, slots, vectors)
+    return slots, vectors.reshape(total, dim), offsets

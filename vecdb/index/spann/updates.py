@@ -1,0 +1,236 @@
+"""SPFresh-style updates of a SPANN index, computed as a ``Plan`` without touching memory:
+new vectors go to their nearest postings under the closure rule, tombstones are purged from
+every posting rewritten, a posting over its limit is split by balanced k-means and the
+boundary vectors of its neighbours are reassigned (LIRE)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vecdb.errors import DataLossError
+from vecdb.index.hnsw import HNSW
+from vecdb.index.ids import IdMap
+from vecdb.index.spann import postings
+from vecdb.index.spann.clustering import centroids_of, split_until, sq_dists
+from vecdb.types import F32Matrix, I64Vector, Metric
+
+if TYPE_CHECKING:
+    from vecdb.index.spann.index import SPANN
+
+#: neighbouring postings whose boundary vectors are re-checked after a split (LIRE)
+LIRE_NEIGHBORS = 8
+#: fan-out of the balanced k-means tree (training, and splitting an oversized posting)
+FANOUT = 8
+_EMPTY_IDS = np.zeros(0, np.int64)
+
+
+@dataclass
+class HeadState:
+    """The resident part matching one committed state of the postings: the head graph, the
+    entries of each head's posting (replicas and tombstones included) and the token written
+    with that state."""
+
+    graph: HNSW
+    count: np.ndarray
+    token: str | None
+
+
+@dataclass
+class Plan:
+    """One change of a SPANN index, computed without touching memory (see the module doc)."""
+
+    removed: I64Vector                       # ids leaving (unique, stored)
+    ids: I64Vector                           # ids entering
+    new_slots: I64Vector                     # their slots
+    postings: dict[int, tuple[I64Vector, F32Matrix]]  # rewritten postings (head -> slots, vectors)
+    state: HeadState                         # heads after the change
+    slot_ids: I64Vector                      # slot -> id after the change
+    splits: int = 0
+    written: bool = False
+
+
+class Work:
+    """A plan being computed: postings read (through the transaction, the overlay or a read
+    transaction) and rewritten, and the head graph, copied on its first change."""
+
+    def __init__(self, index: "SPANN", plan: Plan, txn: Any) -> None:
+        self.index = index
+        self.plan = plan
+        self.txn = txn
+        self.graph: HNSW = plan.state.graph
+        self.base = index._disk.count if index._disk is not None else plan.state.count
+        self.cloned = False
+        self.live = plan.slot_ids
+
+    # ---- heads ---------------------------------------------------------------------
+    def centroids(self, heads: np.ndarray) -> F32Matrix:
+        """Centroids of ``heads`` as the plan's head graph holds them."""
+        graph = self.graph
+        return graph._vecs[graph._ids.lookup(np.asarray(heads, np.int64))]
+
+    def nearest(self, x: F32Matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest heads of each row (ids, routing distances), from the plan's graph."""
+        graph = self.graph
+        if not len(graph):
+            return np.full((len(x), 0), -1, np.int64), np.zeros((len(x), 0), np.float32)
+        k = max(1, min(k, len(graph)))
+        found = graph.search_trusted(x, k, None, None, graph.resolve_params({"ef": max(32, 2 * k)}))
+        return found.ids, found.distances
+
+    def route_dists(self, x: F32Matrix, centroids: F32Matrix) -> np.ndarray:
+        """Routing distances (n, m) of rows to centroids: squared L2, or -ip for ip."""
+        if self.index._route is Metric.IP:
+            return -(x @ centroids.T)
+        return sq_dists(x, centroids)
+
+    def _clone(self) -> None:
+        """Copy the head graph before the plan's first change to it (memory keeps the original)."""
+        if not self.cloned:
+            self.graph = clone_graph(self.graph)
+            self.cloned = True
+            self.plan.state.graph = self.graph
+
+    # ---- postings ------------------------------------------------------------------
+    def get(self, head: int) -> tuple[I64Vector, F32Matrix]:
+        """Posting ``head`` as the plan sees it, tombstones purged."""
+        plan = self.plan
+        if head in plan.postings:
+            return plan.postings[head]
+        index = self.index
+        overlay = index._overlay
+        if overlay is not None and head in overlay:
+            slots, vectors = overlay[head]
+        elif head < len(self.base) and self.base[head] <= 0:
+            slots, vectors = _EMPTY_IDS, np.zeros((0, index.dim), np.float32)
+        else:
+            raw = self._raw(head)
+            if raw is None:
+                raise DataLossError(f"SPANN posting {head} is missing ({self.base[head]} entries expected)")
+            slots, vectors = postings.decode(raw, index.dim, head)
+        keep = self.live[slots] >= 0
+        if not keep.all():
+            slots, vectors = slots[keep], vectors[keep]
+        return slots, vectors
+
+    def _raw(self, head: int) -> Any:
+        """The stored record of posting ``head`` (None when absent)."""
+        index = self.index
+        if self.txn is not None:
+            return self.txn.get(postings.key(head), db=index._pdb)
+        if index._space is None:
+            return None
+        with index._space.read() as txn:
+            return txn.get(postings.key(head), db=index._pdb)
+
+    def put(self, head: int, slots: I64Vector, vectors: F32Matrix) -> None:
+        """Rewrite posting ``head`` in the plan."""
+        self.plan.postings[head] = (slots, vectors)
+        self.plan.state.count[head] = len(slots)
+
+    # ---- splits (SPFresh) ----------------------------------------------------------
+    def split_oversized(self, *, lire: bool) -> None:
+        """Split every posting over the limit by balanced k-means (recursively, until every
+        part fits), reassigning boundary vectors of neighbouring postings when ``lire``."""
+        limit = self.index.posting_limit
+        queue = [h for h, (s, _) in self.plan.postings.items() if len(s) > limit]
+        budget = 4 * len(queue) + 64
+        while queue and budget > 0:
+            head = queue.pop()
+            slots, vectors = self.plan.postings.get(head, (_EMPTY_IDS, None))
+            if len(slots) <= limit:
+                continue
+            budget -= 1
+            born = self._split(head)
+            if lire:
+                for h in self._reassign(head, born):
+                    if len(self.plan.postings[h][0]) > limit:
+                        queue.append(h)
+
+    def _split(self, head: int) -> list[int]:
+        """Split posting ``head`` by balanced k-means: the first part keeps the head (its node
+        in the graph moves to the part's centroid, so no graph node is ever deleted: deletions
+        would cost the graph its reachability), the others become new heads. Returns all parts."""
+        index, plan = self.index, self.plan
+        slots, vectors = plan.postings[head]
+        self._old_centroid = self.centroids(np.array([head]))[0].copy()
+        rng = np.random.default_rng([index.seed, head])
+        groups = split_until(vectors, index.posting_limit // 2, rng, fanout=FANOUT)
+        centroids = centroids_of(vectors, groups)
+        self._clone()
+        graph = self.graph
+        graph._vecs[int(graph._ids.lookup(np.array([head], np.int64))[0])] = centroids[0]
+        self.put(head, slots[groups[0]], vectors[groups[0]])
+        first = len(plan.state.count)
+        born = list(range(first, first + len(groups) - 1))
+        plan.state.count = np.concatenate([plan.state.count, np.zeros(len(born), np.int64)])
+        if born:
+            graph.add(centroids[1:], np.array(born, np.int64))
+        for h, rows in zip(born, groups[1:]):
+            self.put(h, slots[rows], vectors[rows])
+        plan.splits += 1
+        return [head] + born
+
+    def _reassign(self, head: int, born: list[int]) -> set[int]:
+        """LIRE after splitting ``head`` into ``born``: vectors of nearby postings now closer
+        to a new head join it; vectors of the new postings closer to a neighbour join that
+        one. A vector leaves its posting when that is no longer within the closure rule of
+        its nearest head. Returns the postings that grew."""
+        index = self.index
+        eps = index.eps1
+        born_arr = np.array(born, np.int64)
+        near, _ = self.nearest(self._old_centroid[None, :], LIRE_NEIGHBORS + len(born))
+        neigh = [h for h in near[0].tolist() if h >= 0 and h not in set(born)][:LIRE_NEIGHBORS]
+        grew: set[int] = set()
+        if not neigh:
+            return grew
+        born_c = self.centroids(born_arr)
+        neigh_arr = np.array(neigh, np.int64)
+        neigh_c = self.centroids(neigh_arr)
+        for pool, pool_c, targets, targets_c in ((neigh_arr, neigh_c, born_arr, born_c),
+                                                 (born_arr, born_c, neigh_arr, neigh_c)):
+            moves: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+            for i, h in enumerate(pool.tolist()):
+                slots, vectors = self.get(h)
+                if not len(slots):
+                    continue
+                own = self.route_dists(vectors, pool_c[i : i + 1])[:, 0]
+                other = self.route_dists(vectors, targets_c)
+                best = other.argmin(1)
+                best_d = other[np.arange(len(best)), best]
+                move = best_d < own
+                if not move.any():
+                    continue
+                for t in np.unique(best[move]).tolist():
+                    rows = np.flatnonzero(move & (best == t))
+                    moves.setdefault(int(targets[t]), []).append((slots[rows], vectors[rows]))
+                stay = ~move | (own - best_d <= eps * np.abs(best_d))
+                if not stay.all():
+                    self.put(h, slots[stay], vectors[stay])
+            for t, parts in moves.items():
+                slots, vectors = self.get(t)
+                add_s = np.concatenate([p[0] for p in parts])
+                add_v = np.concatenate([p[1] for p in parts])
+                fresh = ~np.isin(add_s, slots)
+                if fresh.any():
+                    self.put(t, np.concatenate([slots, add_s[fresh]]), np.concatenate([vectors, add_v[fresh]]))
+                    grew.add(t)
+        return grew
+
+
+def clone_graph(graph: HNSW) -> HNSW:
+    """An independent copy of a head graph (the plan changes the copy, memory keeps the original)."""
+    params, arrays = graph._state()
+    arrays = {name: np.array(arr) for name, arr in arrays.items()}
+    arrays["slot_ids"] = graph._ids.slot_ids.copy()
+    return graph_from(graph.dim, graph.metric, params, {f"g_{n}": a for n, a in arrays.items()})
+
+
+def graph_from(dim: int, metric: Metric, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> HNSW:
+    """The head graph held by ``arrays`` (names prefixed ``g_``)."""
+    graph_arrays = {name[2:]: np.array(arr) for name, arr in arrays.items() if name.startswith("g_")}
+    graph = HNSW._from_state(dim, metric, params, graph_arrays)
+    graph._ids = IdMap(np.asarray(graph_arrays["slot_ids"], np.int64))
+    graph.progress = False
+    return graph

@@ -197,13 +197,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", default=None, help="where indexes are written (default: a temporary directory)")
     ap.add_argument("--out", default="bench/results/spann.json")
+    ap.add_argument("--allow-busy", action="store_true", help="run on a busy machine (the result is flagged busy)")
     args = ap.parse_args(argv)
 
+    from vecdb.bench.machine import bench_lock, check_quiet, provenance
     from vecdb.kernels._jit import threads
+
+    with bench_lock():
+        start_quiet = check_quiet(args.allow_busy)
+        results = _run(args, threads)
+    results["start_quiet"] = start_quiet
+    results["busy"] = {"flagged": bool(start_quiet.get("busy"))}
+    results["provenance"] = provenance(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, Any]:
+    """Every dataset of ``args``: builds, sweeps, the printed table; the record to save."""
 
     targets = set(args.targets.split(","))
     ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
-    results: dict[str, Any] = {"argv": sys.argv if argv is None else argv, "datasets": {}}
+    results: dict[str, Any] = {"argv": sys.argv, "datasets": {}}
     work_root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vecdb-spann-bench-"))
     try:
         for name in args.datasets.split(","):
@@ -241,11 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(work_root, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -587,7 +587,7 @@ class Collection:
         """Move every staged row into the index now, in moves or exclusive steps (caller holds
         ``_indexing``, and ``_writer`` when nothing may be staged afterwards). A failing move
         rebuilds memory from the store, as a failing batch does (``_apply``)."""
-        if not hasattr(self._mem.index, "begin_add"):
+        if not self._mem.index.links_while_searched:
             self._step_rows = drain(lambda: self._mem, self._rw.write, self._apply, self._step_rows)
             return
         while self._mem.staging.busy and self._state == "open":
@@ -615,7 +615,7 @@ class Collection:
                 if not mem.staging.busy or self._state != "open":
                     break
                 mem.staging.reserve(mem.index)  # any growth of the index happens here, readers searching
-                if hasattr(mem.index, "begin_add"):
+                if mem.index.links_while_searched:
                     failed = self._move(mem)
                 else:
                     size = self._step_rows

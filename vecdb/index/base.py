@@ -132,6 +132,7 @@ class Index(Protocol):
     needs_training: ClassVar[bool]
     tenant_aware: ClassVar[bool]
     persistence: ClassVar[str]
+    links_while_searched: ClassVar[bool]
 
     def add(self, vectors: Any, ids: Any = None, *, tenant: int | None = None) -> None: ...
     def remove(self, ids: Any) -> int: ...
@@ -197,6 +198,10 @@ class BaseIndex(abc.ABC):
     needs_training: ClassVar[bool] = False
     tenant_aware: ClassVar[bool] = False
     persistence: ClassVar[str] = "checkpoint"
+    #: True when the index takes new rows in two halves, ``begin_add(vectors, ids)`` (slots,
+    #: no links; the caller keeps searches out) and ``finish_add(slots)`` (links them while
+    #: searches run), so a collection's background indexer holds readers off only briefly.
+    links_while_searched: ClassVar[bool] = False
     _default_params: ClassVar[SearchParams] = SearchParams()
     _space: "IndexSpace | None" = None
 

@@ -98,6 +98,7 @@ class HNSW(BaseIndex):
 
     kind = "hnsw"
     params_type = HNSWParams
+    links_while_searched = True
 
     def __init__(self, dim: int, metric: Metric | str = Metric.L2, M: int = 16, ef_construction: int = 200,
                  *, seed: int = 0, progress: bool | None = None) -> None:

@@ -141,18 +141,15 @@ class RWLock:
         """Hold the lock exclusively for the duration of the ``with`` block."""
         return _Hold(self, True)
 
-    def _acquire(self, exclusive: bool) -> None:
+    def _acquire_exclusive(self) -> None:
         with self._mutex:
-            if exclusive:
-                self._waiting_writers += 1
-                try:
-                    while self._writer or self._readers or self._admit:
-                        self._cond.wait()
-                finally:
-                    self._waiting_writers -= 1
-                self._writer = True
-            else:
-                _enter_shared(self)
+            self._waiting_writers += 1
+            try:
+                while self._writer or self._readers or self._admit:
+                    self._cond.wait()
+            finally:
+                self._waiting_writers -= 1
+            self._writer = True
 
     def _release(self, exclusive: bool, held: float, cpu: float | None) -> None:
         with self._mutex:
@@ -201,7 +198,7 @@ class _Hold:
     def __enter__(self) -> None:
         lock = self._lock
         if self._exclusive:
-            lock._acquire(True)
+            lock._acquire_exclusive()
         else:
             with lock._mutex:
                 if lock._writer or (lock._waiting_writers and not lock._admit):

@@ -14,7 +14,7 @@ export NUMBA_NUM_THREADS ?= 2
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,cluster,langchain,llamaindex]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -23,8 +23,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+BENCH_OUT := bench/results/make-bench
+# a small real run (digits-64-euclidean, about a minute): vecdb's HNSW / PQ / binary vs faiss and
+# hnswlib, then the recall-vs-QPS Pareto plot $(BENCH_OUT).png and the best-QPS report
 bench: $(STAMP)
-	$(BIN)/vecdb bench --dataset digits-64-euclidean --targets vecdb-flat,faiss-flat --threads 1,2
+	rm -rf $(BENCH_OUT).jsonl $(BENCH_OUT).raw
+	$(BIN)/vecdb bench run --dataset digits-64-euclidean \
+	  --targets vecdb-flat,vecdb-hnsw,vecdb-pq,vecdb-binary,faiss-hnsw,hnswlib \
+	  --build "M=8;ef_construction=40;m=8" --search "ef=10,16,24,40,80;rerank=0,10,20,50,100" \
+	  --k 10 --repeats 3 --allow-busy --no-progress --output $(BENCH_OUT).jsonl
+	$(BIN)/vecdb bench plot $(BENCH_OUT).jsonl -o $(BENCH_OUT).png
+	$(BIN)/vecdb bench report $(BENCH_OUT).jsonl --baseline faiss-hnsw
 
 clean:
 	rm -rf $(VENV) .numba_cache

@@ -1,19 +1,36 @@
-"""Curator multi-tenant benchmark, workload 1 of issue 14: arxiv-minilm-384's categories as
-tenants (a paper belongs to all its categories), each query sent to its own (primary)
-category. Targets, one thread:
+"""Curator multi-tenant benchmark (issue 14), four workloads (``--workload``):
+
+  1. arxiv-minilm-384's categories as tenants (a paper belongs to all its categories), each
+     query sent to its own (primary) category;
+  2. the same, with half the queries (every other one) sent to small categories (< 0.5 % of
+     the set), round-robin over them;
+  3. its ~140k authors as tenants (fine-grained, heavily shared), each query sent to its
+     author with the most papers in the set (queries with no such author are left out);
+  4. synthetic: ``--synth-n`` x ``--synth-dim`` unit vectors around 1,000 centres,
+     ``--synth-tenants`` tenants with Zipf sizes, every vector shared by 1-3 of them (picked
+     by tenant size), queries sent to tenants in proportion to their size.
+
+Targets, one thread (``--targets``):
 
   - ``curator``: vecdb's Curator (one shared tree, per-tenant shortlists), sweeping ``budget``;
-  - ``hnswlib-per-tenant``: one hnswlib index per tenant holding its members, sweeping ``ef``;
-  - ``hnswlib-filter``: one shared hnswlib index searched with its per-label filter callable.
+  - ``hnswlib-per-tenant`` / ``vecdb-per-tenant``: one HNSW per tenant holding its members;
+  - ``hnswlib-filter``: one shared hnswlib index searched with its filter callable;
+  - ``faiss-bitmap``: one shared faiss ``IndexHNSWFlat`` searched with an ``IDSelectorBitmap``;
+  - ``vecdb-filter``: one shared vecdb HNSW searched with the tenant's members as ``allow=``
+    (as a collection does today: an exact scan of a small tenant, a filtered walk otherwise);
+  - ``vecdb-postfilter``: one shared vecdb HNSW asked for its top ``ef`` without a filter,
+    the tenant's members among them kept.
+  The HNSW targets sweep ``ef``.
 
 Per setting: recall@10 against exact per-tenant search, QPS one query per call and batched
 (all queries of a tenant in one call), latency p50/p99. Per target: build time, counted
-memory (Curator's own count; hnswlib by the layout formula of ``vecdb.bench.adapters.hnsw``)
-and the RSS growth of the build; Curator's insert / grant / revoke latency. The summary gives
+memory (vecdb's own count; hnswlib and faiss by their layout formulas) and the RSS growth of
+the build; Curator's and vecdb-per-tenant's insert / grant / revoke latency. The summary gives
 each target's best QPS at recall@10 >= 0.90 and >= 0.95. Prints a table, saves JSON.
 
-    python bench/curator.py                               # the full set (the lead's run)
-    python bench/curator.py --n-base 5000 --n-queries 200 --allow-busy   # a quick try
+    python bench/curator.py                               # workload 1, the full set (the lead's run)
+    python bench/curator.py --workload 2 --n-base 5000 --n-queries 200 --allow-busy   # a quick try
+    python bench/curator.py --workload 4 --synth-n 1000000 --synth-tenants 1000
 """
 from __future__ import annotations
 
@@ -34,38 +51,133 @@ WARMUP_ROWS = 1000
 
 
 # ---- data ---------------------------------------------------------------------------------
-def load(name: str, n_base: int | None, n_queries: int | None) -> dict[str, Any]:
-    """Base rows, queries, each query's tenant, tenant -> member rows, exact per-tenant top-K."""
+WORKLOADS = {1: "categories as tenants, each query to its primary category",
+             2: "categories as tenants, half the queries to small categories (< 0.5 % of the set)",
+             3: "authors as tenants, each query to its author with the most papers",
+             4: "synthetic, Zipf-sized tenants, vectors shared by 1-3 tenants"}
+#: a small category of workload 2 holds fewer than this share of the base rows
+SMALL_SHARE = 0.005
+
+
+def dataset_folder(name: str) -> Path:
     from vecdb.data.registry import search_roots
 
     folder = next((r / name for r in search_roots() if (r / name / "base.npy").exists()), None)
     if folder is None:
         sys.exit(f"dataset {name!r} not found under {[str(r) for r in search_roots()]}")
-    base = np.load(folder / "base.npy", mmap_mode="r")
-    n = len(base) if n_base is None else min(n_base, len(base))
-    base = np.ascontiguousarray(base[:n], np.float32)
-    indptr, indices = np.load(folder / "labels_indptr.npy"), np.load(folder / "labels_indices.npy")
+    return folder
+
+
+def csr_members(indptr: np.ndarray, indices: np.ndarray, n: int) -> dict[int, np.ndarray]:
+    """tenant -> sorted member rows (< n) from a row -> tenants CSR."""
     rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
     keep = rows < n
     rows, labels = rows[keep], indices[keep]
-    order = np.argsort(labels, kind="stable")
+    order = np.lexsort((rows, labels))
     tenants, starts = np.unique(labels[order], return_index=True)
     bounds = np.append(starts, len(order))
-    members = {int(t): rows[order[bounds[i] : bounds[i + 1]]] for i, t in enumerate(tenants)}
-    queries = np.load(folder / "query.npy").astype(np.float32)
-    q_tenant = np.load(folder / "query_labels.npy").astype(np.int64)
-    ok = np.array([int(t) in members for t in q_tenant])
-    queries, q_tenant = queries[ok], q_tenant[ok]
-    if n_queries is not None:
-        queries, q_tenant = queries[:n_queries], q_tenant[:n_queries]
+    return {int(t): rows[order[bounds[i] : bounds[i + 1]]] for i, t in enumerate(tenants)}
+
+
+def exact_gt(base: np.ndarray, queries: np.ndarray, q_tenant: np.ndarray, members: dict[int, np.ndarray]) -> np.ndarray:
+    """Exact per-tenant top-K rows (unit vectors: inner-product order), -1 padded."""
     gt = np.full((len(queries), K), -1, np.int64)
     for t in np.unique(q_tenant).tolist():
         qi = np.flatnonzero(q_tenant == t)
         mine = members[t]
-        scores = queries[qi] @ base[mine].T                     # unit vectors: cosine order
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+        scores = queries[qi] @ base[mine].T
+        if scores.shape[1] > 4 * K:                     # the best 4K by value, then ordered (ties: lower row)
+            part = np.argpartition(-scores, 4 * K, axis=1)[:, : 4 * K]
+            part.sort(axis=1)
+            order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")[:, :K]
+            top = np.take_along_axis(part, order, 1)
+        else:
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
         gt[qi, : top.shape[1]] = mine[top]
-    return {"name": name, "base": base, "queries": queries, "q_tenant": q_tenant, "members": members, "gt": gt}
+    return gt
+
+
+def load(name: str, n_base: int | None, n_queries: int | None, workload: int = 1) -> dict[str, Any]:
+    """Base rows, queries, each query's tenant, tenant -> member rows, exact per-tenant top-K
+    (workloads 1-3 on a dataset with category and author lists)."""
+    folder = dataset_folder(name)
+    base = np.load(folder / "base.npy", mmap_mode="r")
+    n = len(base) if n_base is None else min(n_base, len(base))
+    base = np.ascontiguousarray(base[:n], np.float32)
+    queries = np.load(folder / "query.npy").astype(np.float32)
+    if workload == 3:
+        members = csr_members(np.load(folder / "authors_indptr.npy"), np.load(folder / "authors_indices.npy"), n)
+        qptr, qidx = np.load(folder / "query_authors_indptr.npy"), np.load(folder / "query_authors_indices.npy")
+        q_tenant = np.full(len(queries), -1, np.int64)
+        for i in range(len(queries)):
+            mine = [int(a) for a in qidx[qptr[i] : qptr[i + 1]] if int(a) in members]
+            if mine:
+                q_tenant[i] = max(mine, key=lambda a: (len(members[a]), -a))
+    else:
+        members = csr_members(np.load(folder / "labels_indptr.npy"), np.load(folder / "labels_indices.npy"), n)
+        q_tenant = np.load(folder / "query_labels.npy").astype(np.int64)
+        q_tenant = np.where([int(t) in members for t in q_tenant], q_tenant, -1)
+    ok = q_tenant >= 0
+    queries, q_tenant = queries[ok], q_tenant[ok]
+    if n_queries is not None:
+        queries, q_tenant = queries[:n_queries], q_tenant[:n_queries]
+    if workload == 2:
+        small = sorted(t for t, rows in members.items() if len(rows) < SMALL_SHARE * n)
+        if not small:
+            sys.exit(f"no category holds fewer than {SMALL_SHARE:.1%} of {n} rows")
+        q_tenant = q_tenant.copy()
+        q_tenant[1::2] = np.resize(np.array(small, np.int64), len(q_tenant[1::2]))
+    return {"name": name, "base": base, "queries": queries, "q_tenant": q_tenant, "members": members,
+            "gt": exact_gt(base, queries, q_tenant, members)}
+
+
+def synthetic(n: int, dim: int, n_tenants: int, n_queries: int, seed: int = 0, zipf: float = 1.0) -> dict[str, Any]:
+    """Workload 4: unit vectors around 1,000 centres; tenant t (rank t + 1) has weight
+    1 / (t + 1) ** zipf, every vector belongs to 1-3 distinct tenants drawn by weight (each
+    tenant gets at least one vector); queries go to tenants drawn by weight."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((1000, dim), np.float32)
+
+    def points(m: int) -> np.ndarray:
+        x = centres[rng.integers(0, len(centres), m)] + np.float32(0.6) * rng.standard_normal((m, dim), np.float32)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    base = points(n)
+    weight = 1.0 / np.arange(1, n_tenants + 1) ** zipf
+    weight /= weight.sum()
+    shares = rng.integers(1, 4, n)
+    pairs_row, pairs_t = [], []
+    for m in (1, 2, 3):
+        rows = np.flatnonzero(shares == m)
+        picks = rng.choice(n_tenants, (len(rows), m), p=weight)
+        for _ in range(1000):                          # redraw rows that drew a tenant twice
+            srt = np.sort(picks, axis=1)
+            again = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+            if not len(again):
+                break
+            picks[again] = rng.choice(n_tenants, (len(again), m), p=weight)
+        pairs_row.append(np.repeat(rows, m))
+        pairs_t.append(picks.reshape(-1))
+    row_of, tenant_of = np.concatenate(pairs_row), np.concatenate(pairs_t)
+    empty = np.setdiff1d(np.arange(n_tenants), tenant_of)
+    row_of = np.append(row_of, rng.choice(n, len(empty), replace=False))
+    tenant_of = np.append(tenant_of, empty)
+    key = np.unique(tenant_of.astype(np.int64) * n + row_of)          # sorted by (tenant, row), each pair once
+    tenant_of, row_of = key // n, key % n
+    tenants, starts = np.unique(tenant_of, return_index=True)
+    bounds = np.append(starts, len(key))
+    members = {int(t): row_of[bounds[i] : bounds[i + 1]] for i, t in enumerate(tenants)}
+    queries = points(n_queries)
+    q_tenant = rng.choice(n_tenants, n_queries, p=weight).astype(np.int64)
+    return {"name": f"synthetic-{n}x{dim}-{n_tenants}t", "base": base, "queries": queries, "q_tenant": q_tenant,
+            "members": members, "gt": exact_gt(base, queries, q_tenant, members)}
+
+
+def workload_data(args: Any, n_base: int | None, n_queries: int | None) -> dict[str, Any]:
+    if args.workload == 4:
+        n = args.synth_n if n_base is None else min(n_base, args.synth_n)
+        return synthetic(n, args.synth_dim, min(args.synth_tenants, n), n_queries or args.synth_queries, args.seed)
+    return load(args.dataset, n_base, n_queries, args.workload)
 
 
 def recall(ids: np.ndarray, gt: np.ndarray) -> float:
@@ -139,11 +251,12 @@ class PerTenantHnswlib:
         self.M, self.efc = params["M"], params["ef_construction"]
         self.indexes: dict[int, Any] = {}
         self.dim = data["base"].shape[1]
+        self.all_sizes = [len(rows) for rows in data["members"].values()]
 
     def build(self, data: dict[str, Any]) -> None:
         import hnswlib
 
-        for t, rows in data["members"].items():
+        for t, rows in built_tenants(data).items():
             index = hnswlib.Index(space="ip", dim=self.dim)
             index.init_index(max_elements=len(rows), M=self.M, ef_construction=self.efc, random_seed=0)
             index.set_num_threads(1)
@@ -160,7 +273,8 @@ class PerTenantHnswlib:
         return out
 
     def counted_bytes(self) -> int:
-        return sum(hnswlib_formula_bytes(i.get_current_count(), self.dim, self.M) for i in self.indexes.values())
+        """By formula for every tenant (also those not built: see ``built_tenants``)."""
+        return sum(hnswlib_formula_bytes(n, self.dim, self.M) for n in self.all_sizes)
 
 
 class FilteredHnswlib:
@@ -200,8 +314,169 @@ class FilteredHnswlib:
         return hnswlib_formula_bytes(self.index.get_current_count(), self.dim, self.M)
 
 
+def faiss_hnsw_formula_bytes(n: int, dim: int, M: int) -> int:
+    """faiss ``IndexHNSWFlat``: flat storage, level-0 lists of 2M and upper lists of M ids
+    (int32) for the ~1/(M-1) nodes above level 0, offsets (8 B) and levels (4 B) per node."""
+    return int(n * (dim * 4 + 2 * M * 4 + 8 + 4) + n / (M - 1) * M * 4)
+
+
+class PerTenantVecdb:
+    name = "vecdb-per-tenant"
+
+    def __init__(self, data: dict[str, Any], params: dict[str, Any]) -> None:
+        self.M, self.efc = params["M"], params["ef_construction"]
+        self.indexes: dict[int, Any] = {}
+        self.dim = data["base"].shape[1]
+
+    def _new(self) -> Any:
+        from vecdb.index import HNSW
+
+        return HNSW(self.dim, "cosine", M=self.M, ef_construction=self.efc, seed=0, progress=False)
+
+    def build(self, data: dict[str, Any]) -> None:
+        self.built_share = 1.0
+        built = built_tenants(data)
+        if len(built) < len(data["members"]):
+            self.built_share = sum(map(len, built.values())) / sum(map(len, data["members"].values()))
+        for t, rows in built.items():
+            index = self._new()
+            index.add(data["base"][rows], rows)
+            self.indexes[t] = index
+
+    def search(self, q: np.ndarray, tenant: int, setting: dict[str, int]) -> np.ndarray:
+        return self.indexes[tenant].search(q, K, **setting).ids
+
+    def counted_bytes(self) -> int:
+        """Measured; scaled by memberships when only the queried tenants were built (an estimate)."""
+        return int(sum(i.memory_bytes() for i in self.indexes.values()) / self.built_share)
+
+    def write_latency(self, data: dict[str, Any], rng: np.random.Generator) -> dict[str, float]:
+        """Median ms of one call, as ``CuratorTarget.write_latency``: an insert adds 10 new
+        vectors to the tenant's index, a grant copies 10 stored ones into it, a revoke removes
+        those again."""
+        base = data["base"]
+        tenants = sorted(self.indexes)
+        out: dict[str, list[float]] = {"insert_10": [], "grant_10": [], "revoke_10": []}
+        next_id = len(base)
+        for rep in range(30):
+            index = self.indexes[tenants[rep % len(tenants)]]
+            fresh = np.arange(next_id, next_id + 10)
+            next_id += 10
+            rows = rng.choice(len(base), 10, replace=False)
+            t0 = time.perf_counter()
+            index.add(base[rows], fresh)
+            out["insert_10"].append(time.perf_counter() - t0)
+            index.remove(fresh)
+            rows = rows[~np.isin(rows, index.ids)]
+            t0 = time.perf_counter()
+            index.add(base[rows], rows)
+            out["grant_10"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            index.remove(rows)
+            out["revoke_10"].append(time.perf_counter() - t0)
+        return {k: round(float(np.median(v)) * 1e3, 4) for k, v in out.items()}
+
+
+class SharedVecdb:
+    """One vecdb HNSW over every vector; ``post`` picks post-filtering over ``allow=``."""
+
+    def __init__(self, data: dict[str, Any], params: dict[str, Any], post: bool = False) -> None:
+        self.M, self.efc, self.post = params["M"], params["ef_construction"], post
+        self.dim = data["base"].shape[1]
+        self.allow: dict[int, Any] = {}
+        self.member_mask: dict[int, np.ndarray] = {}
+
+    def build(self, data: dict[str, Any]) -> None:
+        from vecdb.index import HNSW
+        from vecdb.index.allow import AllowSet
+
+        base = data["base"]
+        self.index = HNSW(self.dim, "cosine", M=self.M, ef_construction=self.efc, seed=0, progress=False)
+        self.index.add(base, np.arange(len(base)))
+        for t, rows in data["members"].items():
+            if self.post:
+                mask = np.zeros(len(base), bool)
+                mask[rows] = True
+                self.member_mask[t] = mask
+            else:
+                self.allow[t] = AllowSet.from_ids(rows)      # one per tenant: its bitmap is built once
+
+    def search(self, q: np.ndarray, tenant: int, setting: dict[str, int]) -> np.ndarray:
+        if not self.post:
+            return self.index.search(q, K, allow=self.allow[tenant], **setting).ids
+        ef = setting["ef"]
+        ids = self.index.search(q, max(ef, K), ef=ef).ids
+        keep = self.member_mask[tenant][np.maximum(ids, 0)] & (ids >= 0)
+        out = np.full((len(q), K), -1, np.int64)
+        for i in range(len(q)):
+            mine = ids[i][keep[i]][:K]
+            out[i, : len(mine)] = mine
+        return out
+
+    def counted_bytes(self) -> int:
+        return self.index.memory_bytes()
+
+
+class FilteredVecdb(SharedVecdb):
+    name = "vecdb-filter"
+
+
+class PostFilteredVecdb(SharedVecdb):
+    name = "vecdb-postfilter"
+
+    def __init__(self, data: dict[str, Any], params: dict[str, Any]) -> None:
+        super().__init__(data, params, post=True)
+
+
+class BitmapFaiss:
+    name = "faiss-bitmap"
+
+    def __init__(self, data: dict[str, Any], params: dict[str, Any]) -> None:
+        self.M, self.efc = params["M"], params["ef_construction"]
+        self.dim = data["base"].shape[1]
+        self.selectors: dict[int, tuple[Any, np.ndarray, int]] = {}
+
+    def build(self, data: dict[str, Any]) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        base = data["base"]
+        self.index = faiss.IndexHNSWFlat(self.dim, self.M, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = self.efc
+        self.index.add(base)
+        for t, rows in data["members"].items():
+            mask = np.zeros(len(base), bool)
+            mask[rows] = True
+            bits = np.packbits(mask, bitorder="little")      # faiss reads bit i as bits[i >> 3] >> (i & 7)
+            self.selectors[t] = (faiss.IDSelectorBitmap(len(base), faiss.swig_ptr(bits)), bits, len(rows))
+
+    def search(self, q: np.ndarray, tenant: int, setting: dict[str, int]) -> np.ndarray:
+        import faiss
+
+        selector, _, size = self.selectors[tenant]
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(setting["ef"], K))
+        _, labels = self.index.search(q, K, params=params)
+        return labels.astype(np.int64)
+
+    def counted_bytes(self) -> int:
+        return faiss_hnsw_formula_bytes(self.index.ntotal, self.dim, self.M)
+
+
+def built_tenants(data: dict[str, Any]) -> dict[int, np.ndarray]:
+    """The tenants a one-index-per-tenant target builds: all, or with ``queried_only`` (the
+    default of workload 3: ~140k hnswlib indexes would take ~2.5 MB of RSS each) those that
+    receive queries; memory then counts every tenant by formula or by scaling."""
+    if not data.get("queried_only"):
+        return data["members"]
+    return {t: data["members"][t] for t in np.unique(data["q_tenant"]).tolist()}
+
+
 TARGETS: dict[str, Callable[..., Any]] = {"curator": CuratorTarget, "hnswlib-per-tenant": PerTenantHnswlib,
-                                         "hnswlib-filter": FilteredHnswlib}
+                                         "vecdb-per-tenant": PerTenantVecdb, "hnswlib-filter": FilteredHnswlib,
+                                         "faiss-bitmap": BitmapFaiss, "vecdb-filter": FilteredVecdb,
+                                         "vecdb-postfilter": PostFilteredVecdb}
+#: targets run when ``--targets`` is not given
+DEFAULT_TARGETS = ("curator", "hnswlib-per-tenant", "hnswlib-filter")
 
 
 # ---- timing -------------------------------------------------------------------------------
@@ -272,10 +547,18 @@ def summary(rows: list[dict[str, Any]], builds: dict[str, dict[str, Any]]) -> li
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="arxiv-minilm-384")
+    parser.add_argument("--workload", type=int, choices=sorted(WORKLOADS), default=1)
+    parser.add_argument("--dataset", default="arxiv-minilm-384", help="workloads 1-3")
+    parser.add_argument("--synth-n", type=int, default=1_000_000, help="workload 4: vectors")
+    parser.add_argument("--synth-dim", type=int, default=128)
+    parser.add_argument("--synth-tenants", type=int, default=1000)
+    parser.add_argument("--synth-queries", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-tenant", choices=("auto", "all", "queried"), default="auto",
+                        help="tenants the one-index-per-tenant targets build (auto: queried ones on workload 3)")
     parser.add_argument("--n-base", type=int, default=None, help="first N base rows only (a quick try)")
     parser.add_argument("--n-queries", type=int, default=None)
-    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"any of {', '.join(TARGETS)}")
     parser.add_argument("--budgets", default="256,512,1024,2048,4096,8192")
     parser.add_argument("--efs", default="10,20,40,80,160,320,640")
     parser.add_argument("--curator-efs", default="",
@@ -304,25 +587,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown targets {unknown}; known: {', '.join(TARGETS)}")
     with bench_lock():
         start_quiet = check_quiet(args.allow_busy)
-        data = load(args.dataset, args.n_base, args.n_queries)
-        print(f"{args.dataset}: {len(data['base'])} base rows, {len(data['members'])} tenants, "
-              f"{len(data['queries'])} queries", flush=True)
-        params = {"curator": json.loads(args.curator_params),
-                  "hnswlib-per-tenant": {"M": args.M, "ef_construction": args.ef_construction},
-                  "hnswlib-filter": {"M": args.M, "ef_construction": args.ef_construction}}
+        data = workload_data(args, args.n_base, args.n_queries)
+        data["queried_only"] = args.per_tenant == "queried" or (args.per_tenant == "auto" and args.workload == 3)
+        print(f"workload {args.workload} ({WORKLOADS[args.workload]}), {data['name']}: {len(data['base'])} base rows, "
+              f"{len(data['members'])} tenants, {len(data['queries'])} queries", flush=True)
+        hnsw = {"M": args.M, "ef_construction": args.ef_construction}
+        params = {name: (json.loads(args.curator_params) if name == "curator" else hnsw) for name in TARGETS}
         budgets = [int(v) for v in args.budgets.split(",")]
         curator_efs = [int(v) for v in args.curator_efs.split(",") if v]
         if curator_efs and len(curator_efs) != len(budgets):
             parser.error("--curator-efs needs one value per --budgets value")
         efs = [{"ef": int(v)} for v in args.efs.split(",")]
-        grids = {"curator": [{"budget": b, **({"ef": e} if curator_efs else {})}
-                             for b, e in zip(budgets, curator_efs or budgets)],
-                 "hnswlib-per-tenant": efs, "hnswlib-filter": efs}
+        grids = {name: efs for name in TARGETS}
+        grids["curator"] = [{"budget": b, **({"ef": e} if curator_efs else {})} for b, e in zip(budgets, curator_efs or budgets)]
         targets: dict[str, Any] = {}
         builds: dict[str, dict[str, Any]] = {}
-        warm = load(args.dataset, WARMUP_ROWS, 8)        # imports, JIT code and thread pools before RSS is read
+        warm = workload_data(argparse.Namespace(**{**vars(args), "workload": 4 if args.workload == 4 else 1}),
+                             WARMUP_ROWS, 8)            # imports, JIT code and thread pools before RSS is read
         for name in names:
-            TARGETS[name](warm, params[name]).build(warm)
+            warm_params = dict(params[name])
+            if warm_params.get("tier_threshold"):        # promote some tenant: the tier kernels load here too
+                warm_params["tier_threshold"] = 20
+            TARGETS[name](warm, warm_params).build(warm)
         del warm
         for name in names:
             gc.collect()
@@ -334,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             builds[name] = {"build_s": round(build_s, 3), "counted_bytes": int(target.counted_bytes()),
                             "rss_growth_bytes": rss() - before, "params": params[name]}
-            if name == "curator":
+            if hasattr(target, "write_latency"):
                 builds[name]["write_latency_ms"] = target.write_latency(data, np.random.default_rng(0))
             print(f"built {name}: {build_s:.2f}s, counted {builds[name]['counted_bytes'] / 2**20:.1f} MiB, "
                   f"RSS +{builds[name]['rss_growth_bytes'] / 2**20:.1f} MiB", flush=True)
@@ -346,13 +632,18 @@ def main(argv: list[str] | None = None) -> int:
         q90, q95 = e["qps@0.90"], e["qps@0.95"]
         print(f"{e['target']:20s} {'batch' if e['batched'] else 'one  '} {q90 if q90 else '-':>9} {q95 if q95 else '-':>9} "
               f"{e['build_s']:>9.2f} {e['counted_bytes'] / 2**20:>12.1f}")
-    record = {"benchmark": "curator", "workload": "categories as tenants, each query to its primary category",
-              "dataset": args.dataset, "n_base": len(data["base"]), "n_queries": len(data["queries"]),
-              "n_tenants": len(data["members"]), "k": K, "threads": 1, "repeats": args.repeats,
+    sizes = np.array([len(m) for m in data["members"].values()])
+    record = {"benchmark": "curator", "workload": args.workload, "workload_text": WORKLOADS[args.workload],
+              "dataset": data["name"], "tenant_sizes": {"min": int(sizes.min()), "median": float(np.median(sizes)),
+                                                        "max": int(sizes.max()), "memberships": int(sizes.sum())},
+              "n_base": len(data["base"]), "n_queries": len(data["queries"]),
+              "n_tenants": len(data["members"]), "per_tenant_built": "queried" if data["queried_only"] else "all",
+              "k": K, "threads": 1, "repeats": args.repeats,
               "start_quiet": start_quiet, "builds": builds, "rows": rows, "summary": table,
               "busy": {"flagged": any(r["busy"] for r in rows) or bool(start_quiet.get("busy"))},
               "provenance": provenance(argv)}
-    out = Path(args.out or Path(__file__).parent / "results" / f"curator__{args.dataset}.json")
+    suffix = "" if args.workload == 1 else f"__w{args.workload}"
+    out = Path(args.out or Path(__file__).parent / "results" / f"curator__{data['name']}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     print(f"saved {out}")

@@ -1,21 +1,33 @@
 """SPANN benchmark: recall@k against latency (one query per call, mean and p99), postings and
-bytes read per query, resident memory and build time, in the same run as our HNSW and faiss
-IndexIVFFlat (its inverted lists moved to an OnDiskInvertedLists file when faiss can).
+bytes read per query, resident memory and build time, in the same run as our HNSW, faiss
+IndexIVFFlat (its inverted lists moved to an OnDiskInvertedLists file when faiss can) and
+DiskANN (diskannpy 0.7.0 in its own venv, bench/diskann-venv.sh, run as a subprocess with
+the same resident budget: ``--targets ...,diskann``).
 
 SPANN keeps its postings in an LMDB environment under ``--workdir``; with ``--cold`` that
-file is evicted from the page cache (posix_fadvise DONTNEED) before every sweep point, so the
-first reads of each point come from the disk. Latency is measured at one thread (Numba and
-BLAS) unless ``--threads`` says otherwise. Prints a table and writes JSON.
+file is evicted from the page cache (posix_fadvise DONTNEED) before a second pass of every
+sweep point, so its reads come from the disk. Latency is measured at one thread (Numba and
+BLAS) unless ``--threads`` says otherwise. ``--spann-params '{"codes": "sq8"}'`` measures SQ8
+postings (bytes per query then include the float vectors read to re-rank).
 
-    python bench/spann.py --datasets glove-6b-50d-angular,mnist-784-euclidean,arxiv-minilm-384
+``--synthetic N`` (N x ``--dim`` float32, a seeded Gaussian mixture written to a file under
+the workdir, its rows ordered by mixture component) builds SPANN in chunks (bounded memory)
+and serves it from a separate search process whose memory is capped by a cgroup v2
+``memory.max`` (``--mem-cap-mb``) where /sys/fs/cgroup allows creating one; otherwise that
+process reports its RSS and the page-cache residency of the LMDB file (mincore).
+
+    python bench/spann.py --datasets glove-6b-50d-angular,mnist-784-euclidean,arxiv-minilm-384 --cold
     python bench/spann.py --datasets glove-6b-50d-angular --n-base 20000 --n-queries 200   # a quick try
+    python bench/spann.py --synthetic 5000000 --n-queries 200 --cold --targets spann,diskann
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +37,12 @@ from typing import Any, Callable
 import numpy as np
 
 TRAIN_SAMPLE = 65_536
+HERE = Path(__file__).resolve().parent
+DISKANN_PYTHON = HERE / ".venv-diskann" / "bin" / "python"
+#: rows per generated chunk of the synthetic set (and per SPANN add there)
+SYNTH_CHUNK = 50_000
+#: mixture components of the synthetic set
+SYNTH_CENTRES = 2_000
 #: vectors per SPANN add call (each call's rewritten postings are held until it commits)
 ADD_CHUNK = 100_000
 
@@ -51,10 +69,14 @@ def recall(got: np.ndarray, gt: np.ndarray) -> float:
     return float(np.mean([len(set(g.tolist()) & set(w.tolist())) / len(w) for g, w in zip(got, gt)]))
 
 
-def per_query(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ids of each query searched alone, and the seconds each call took."""
+def per_query(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
+              evict_first: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of each query searched alone, and the seconds each call took (with the file
+    ``evict_first`` dropped from the page cache after the warm-up: a cold pass)."""
     ids, secs = [], np.empty(len(queries))
     search(queries[:1])                                            # warm-up (JIT load)
+    if evict_first is not None:
+        evict(evict_first)
     for i in range(len(queries)):
         t0 = time.perf_counter()
         ids.append(search(queries[i : i + 1]))
@@ -85,6 +107,7 @@ def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarr
     from vecdb.index import SPANN
 
     path = workdir / "spann"
+    shutil.rmtree(path, ignore_errors=True)
     rng = np.random.default_rng(0)
     sample = base[np.sort(rng.choice(len(base), min(len(base), TRAIN_SAMPLE), replace=False))]
     t0 = time.perf_counter()
@@ -92,11 +115,13 @@ def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarr
     index.train(sample)
     for start in range(0, len(base), ADD_CHUNK):              # one commit per chunk: bounded memory
         index.add(base[start : start + ADD_CHUNK], np.arange(start, min(start + ADD_CHUNK, len(base))))
+    index.wait_idle()                                          # the background splits belong to the build
     build = time.perf_counter() - t0
     sizes = index.posting_sizes()
     info = {"target": "spann", "build_s": build, "resident_bytes": index.memory_bytes(), "disk_bytes": index.disk_bytes(),
             "raw_bytes": base.nbytes, "heads": index.n_heads, "posting_mean": float(sizes.mean()),
-            "posting_max": int(sizes.max()), "replication": float(sizes.sum() / len(base)), "params": index.params()}
+            "posting_max": int(sizes.max()), "replication": float(sizes.sum() / len(base)), "params": index.params(),
+            "splits": index.splits, "background_splits": index.background_splits}
     rows = []
     data_file = path / "data.mdb"
     for mp in sweep:
@@ -110,7 +135,7 @@ def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarr
 
             if mode == "cold" and not evict(data_file):
                 continue
-            ids, secs = per_query(search, queries)
+            ids, secs = per_query(search, queries, evict_first=data_file if mode == "cold" else None)
             if mode == "warm":
                 ids, secs = per_query(search, queries)            # the second pass: pages cached
             stats = stats[-len(queries):]
@@ -182,6 +207,228 @@ def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray
     return info, rows
 
 
+def bench_diskann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
+                  sweep: list[int], cold: bool, budget_bytes: int, threads: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """DiskANN in its own venv (a subprocess): disk index built with ``search_memory_maximum``
+    = ``budget_bytes``, searched one query per call with StaticDiskIndex(num_threads=2)."""
+    if not DISKANN_PYTHON.exists():
+        raise SystemExit(f"{DISKANN_PYTHON} missing: run bash bench/diskann-venv.sh first")
+    folder = workdir / "diskann"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    files = {}
+    for name, arr in (("queries", queries), ("gt", gt)):
+        files[name] = folder.parent / f"diskann-{name}.npy"
+        np.save(files[name], np.ascontiguousarray(arr))
+    if isinstance(base, np.memmap) and base.filename is not None:   # the synthetic set: its raw file
+        base_args = ["--base", str(base.filename), "--dim", str(base.shape[1])]
+    else:
+        files["base"] = folder.parent / "diskann-base.npy"
+        np.save(files["base"], np.ascontiguousarray(base, np.float32))
+        base_args = ["--base", str(files["base"])]
+    cmd = [str(DISKANN_PYTHON), str(HERE / "diskann_run.py"), *base_args, "--queries", str(files["queries"]),
+           "--gt", str(files["gt"]), "--metric", metric, "--budget-gb", f"{budget_bytes / 2**30:.6f}",
+           "--build-threads", str(max(threads, 2)), "--workdir", str(folder / "index"),
+           "--sweep", ",".join(map(str, sweep)), "--k", str(k), "--out", str(folder / "result.json")]
+    cmd += ["--cold"] if cold else []
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"diskann_run failed ({done.returncode}): {done.stderr[-2000:]} {done.stdout[-2000:]}")
+    out = json.loads((folder / "result.json").read_text())
+    out["info"]["raw_bytes"] = int(base.nbytes)
+    return out["info"], out["rows"]
+
+
+# ---- the synthetic larger-than-RAM set -------------------------------------------------------
+def synthetic(n: int, dim: int, n_queries: int, k: int, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded Gaussian mixture of ``n`` x ``dim`` float32 rows written chunk by chunk to
+    ``folder/base.f32`` (returned as a read-only memmap), its rows grouped by component (so a
+    chunk added to SPANN touches few postings); queries drawn from the same mixture; exact
+    top-k ids computed in one streaming pass (bounded memory)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"base-{n}x{dim}.f32"
+    centres = np.random.default_rng(7).standard_normal((SYNTH_CENTRES, dim)).astype(np.float32) * 3
+    order = np.sort(np.random.default_rng(8).integers(0, SYNTH_CENTRES, n))   # component of each row, grouped
+    queries = (centres[np.random.default_rng(9).integers(0, SYNTH_CENTRES, n_queries)]
+               + np.random.default_rng(10).standard_normal((n_queries, dim)).astype(np.float32))
+    best_d = np.full((n_queries, k), np.inf, np.float32)
+    best_i = np.full((n_queries, k), -1, np.int64)
+    fresh = not path.exists() or path.stat().st_size != n * dim * 4
+    out = np.memmap(path, np.float32, "w+" if fresh else "r", shape=(n, dim))
+    qn = (queries * queries).sum(1)
+    for start in range(0, n, SYNTH_CHUNK):
+        stop = min(start + SYNTH_CHUNK, n)
+        if fresh:
+            rng = np.random.default_rng([11, start])
+            out[start:stop] = centres[order[start:stop]] + rng.standard_normal((stop - start, dim)).astype(np.float32)
+        chunk = np.asarray(out[start:stop])
+        d = qn[:, None] - 2 * (queries @ chunk.T) + (chunk * chunk).sum(1)[None, :]
+        cand = np.argpartition(d, min(k, d.shape[1] - 1), axis=1)[:, :k]
+        all_d = np.concatenate([best_d, np.take_along_axis(d, cand, 1)], 1)
+        all_i = np.concatenate([best_i, cand + start], 1)
+        top = np.argsort(all_d, 1, kind="stable")[:, :k]
+        best_d, best_i = np.take_along_axis(all_d, top, 1), np.take_along_axis(all_i, top, 1)
+    if fresh:
+        out.flush()
+    del out
+    return np.memmap(path, np.float32, "r", shape=(n, dim)), queries, best_i
+
+
+def build_spann_chunked(base: np.ndarray, metric: str, path: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """SPANN built from ``base`` (a memmap) in chunks of ``SYNTH_CHUNK`` rows: one commit
+    each, memory bounded by a chunk and the postings it touches."""
+    from vecdb.index import SPANN
+
+    rng = np.random.default_rng(0)
+    sample = np.asarray(base[np.sort(rng.choice(len(base), min(len(base), TRAIN_SAMPLE), replace=False))])
+    shutil.rmtree(path, ignore_errors=True)                   # a fresh build (the data file is kept)
+    t0 = time.perf_counter()
+    index = SPANN(base.shape[1], metric, path, **params)
+    index.train(sample)
+    for start in range(0, len(base), SYNTH_CHUNK):
+        stop = min(start + SYNTH_CHUNK, len(base))
+        index.add(np.asarray(base[start:stop]), np.arange(start, stop))
+    index.wait_idle()
+    sizes = index.posting_sizes()
+    info = {"target": "spann", "build_s": time.perf_counter() - t0, "resident_bytes": index.memory_bytes(),
+            "disk_bytes": index.disk_bytes(), "raw_bytes": int(base.nbytes), "heads": index.n_heads,
+            "posting_mean": float(sizes.mean()), "posting_max": int(sizes.max()),
+            "replication": float(sizes.sum() / len(base)), "params": index.params(), "splits": index.splits,
+            "build_peak_rss_bytes": peak_rss()}
+    index.close()
+    return info
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process (VmHWM), bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """(pages of ``path`` in the page cache, pages of the file), by mincore over a shared
+    read-only mapping; (-1, pages) where the platform has no mincore."""
+    size = path.stat().st_size
+    page = os.sysconf("SC_PAGE_SIZE")
+    pages = -(-size // page)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return -1, pages
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, 1, 1, fd, 0)            # PROT_READ, MAP_SHARED
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return -1, pages
+        try:
+            vec = ctypes.create_string_buffer(pages)
+            if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
+                return -1, pages
+            return int(sum(b & 1 for b in vec.raw)), pages
+        finally:
+            libc.munmap(ctypes.c_void_p(addr), size)
+    finally:
+        os.close(fd)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The search process of the synthetic run (``--serve PATH``): opens the SPANN index at
+    PATH, runs the sweep one query per call (warm, then cold when asked), prints JSON with
+    its RSS and the page-cache residency of the LMDB file."""
+    from vecdb.index import SPANN
+
+    queries = np.load(args.serve_queries)
+    gt = np.load(args.serve_gt)
+    path = Path(args.serve)
+    index = SPANN(queries.shape[1], args.serve_metric, path)
+    opened_rss = current_rss()
+    rows = []
+    for mp in [int(v) for v in args.spann_sweep.split(",") if v]:
+        for mode in (["warm", "cold"] if args.cold else ["warm"]):
+            stats: list[Any] = []
+
+            def search(q: np.ndarray, mp: int = mp) -> np.ndarray:
+                res, st = index.search_with_stats(q, args.k, max_postings=mp)
+                stats.append(st)
+                return res.ids
+
+            ids, secs = per_query(search, queries, evict_first=path / "data.mdb" if mode == "cold" else None)
+            if mode == "warm":
+                ids, secs = per_query(search, queries)
+            stats = stats[-len(queries):]
+            cached, pages = resident_pages(path / "data.mdb")
+            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode,
+                            postings_per_q=float(np.mean([s.postings.mean() for s in stats])),
+                            bytes_per_q=float(np.mean([s.bytes_read for s in stats])),
+                            entries_per_q=float(np.mean([s.entries.mean() for s in stats])),
+                            rss_bytes=current_rss(), file_pages_cached=cached, file_pages=pages))
+    info = {"resident_bytes": index.memory_bytes(), "rss_after_open": opened_rss, "rss_peak": peak_rss()}
+    index.close()
+    print(json.dumps({"info": info, "rows": rows}))
+    return 0
+
+
+def current_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def capped_cgroup(limit_bytes: int) -> Path | None:
+    """A cgroup v2 group with ``memory.max`` = ``limit_bytes`` (None where /sys/fs/cgroup is
+    not a writable cgroup v2 hierarchy)."""
+    root = Path("/sys/fs/cgroup")
+    if not (root / "cgroup.controllers").exists():
+        return None
+    group = root / f"vecdb-spann-bench-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "memory.max").write_text(str(limit_bytes))
+        return group
+    except OSError:
+        try:
+            group.rmdir()
+        except OSError:
+            pass
+        return None
+
+
+def serve_capped(path: Path, queries: np.ndarray, gt: np.ndarray, metric: str, args: argparse.Namespace,
+                 workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run ``serve`` in a subprocess, inside a memory-capped cgroup when one can be made."""
+    np.save(workdir / "serve-queries.npy", queries)
+    np.save(workdir / "serve-gt.npy", gt)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", str(path), "--serve-queries",
+           str(workdir / "serve-queries.npy"), "--serve-gt", str(workdir / "serve-gt.npy"), "--serve-metric", metric,
+           "--spann-sweep", args.spann_sweep, "--k", str(args.k)] + (["--cold"] if args.cold else [])
+    cap = args.mem_cap_mb * 2**20
+    group = capped_cgroup(cap)
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if group is not None:
+        (group / "cgroup.procs").write_text(str(child.pid))
+    out, err = child.communicate()
+    if group is not None:
+        try:
+            group.rmdir()
+        except OSError:
+            pass
+    if child.returncode != 0:
+        raise RuntimeError(f"the search process failed ({child.returncode}): {err[-2000:]}")
+    got = json.loads(out.strip().splitlines()[-1])
+    got["info"]["memory_cap"] = (f"cgroup v2 memory.max={cap}" if group is not None else
+                                 "none (no writable cgroup v2): RSS and page-cache residency reported")
+    return got["info"], got["rows"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="glove-6b-50d-angular")
@@ -198,7 +445,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="where indexes are written (default: a temporary directory)")
     ap.add_argument("--out", default="bench/results/spann.json")
     ap.add_argument("--allow-busy", action="store_true", help="run on a busy machine (the result is flagged busy)")
+    ap.add_argument("--diskann-sweep", default="10,20,40,80,160", help="DiskANN search list sizes")
+    ap.add_argument("--budget", type=float, default=0.10,
+                    help="DiskANN's resident budget as a fraction of the raw vectors (search_memory_maximum)")
+    ap.add_argument("--synthetic", type=int, default=None, help="N: the synthetic N x --dim set instead of --datasets")
+    ap.add_argument("--dim", type=int, default=128, help="dimension of the synthetic set")
+    ap.add_argument("--mem-cap-mb", type=int, default=1024, help="memory.max of the synthetic run's search process")
+    ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-queries", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-gt", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-metric", default="l2", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.serve:
+        return serve(args)
 
     from vecdb.bench.machine import bench_lock, check_quiet, provenance
     from vecdb.kernels._jit import threads
@@ -224,24 +483,40 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
     results: dict[str, Any] = {"argv": sys.argv, "datasets": {}}
     work_root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vecdb-spann-bench-"))
     try:
-        for name in args.datasets.split(","):
-            base, queries, metric, gt = load(name, args.n_base, args.n_queries, args.k)
-            print(f"{name}: {base.shape[0]} x {base.shape[1]} {metric}, {len(queries)} queries, k={args.k}")
+        names = [f"synthetic-{args.synthetic}-{args.dim}"] if args.synthetic else args.datasets.split(",")
+        for name in names:
             work = work_root / name
             work.mkdir(parents=True, exist_ok=True)
+            if args.synthetic:
+                base, queries, gt = synthetic(args.synthetic, args.dim, args.n_queries, args.k, work)
+                metric = "l2"
+            else:
+                base, queries, metric, gt = load(name, args.n_base, args.n_queries, args.k)
+            print(f"{name}: {base.shape[0]} x {base.shape[1]} {metric}, {len(queries)} queries, k={args.k}")
             infos, rows = [], []
             with threads(args.threads):
-                if "spann" in targets:
+                if "spann" in targets and args.synthetic:
+                    info = build_spann_chunked(base, metric, work / "spann", json.loads(args.spann_params))
+                    served, got = serve_capped(work / "spann", queries, gt, metric, args, work)
+                    info.update(served)
+                    infos.append(info)
+                    rows += got
+                elif "spann" in targets:
                     info, got = bench_spann(base, queries, metric, gt, args.k, work, ints(args.spann_sweep), args.cold,
                                             json.loads(args.spann_params))
                     infos.append(info)
                     rows += got
-                if "hnsw" in targets:
+                if "hnsw" in targets and not args.synthetic:
                     info, got = bench_hnsw(base, queries, metric, gt, args.k, ints(args.hnsw_sweep))
                     infos.append(info)
                     rows += got
-                if "faiss-ivfflat" in targets:
+                if "faiss-ivfflat" in targets and not args.synthetic:
                     info, got = bench_ivf(base, queries, metric, gt, args.k, work, ints(args.ivf_sweep), args.cold)
+                    infos.append(info)
+                    rows += got
+                if "diskann" in targets:
+                    info, got = bench_diskann(base, queries, metric, gt, args.k, work, ints(args.diskann_sweep), args.cold,
+                                              int(args.budget * base.nbytes), args.threads)
                     infos.append(info)
                     rows += got
             for info in infos:
@@ -250,7 +525,7 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
             print(f"  {'target':14} {'knob':>14} {'cache':>6} {'recall':>7} {'mean ms':>8} {'p99 ms':>8} {'qps':>8} "
                   f"{'postings/q':>10} {'KB/q':>8}")
             for r in rows:
-                knob = next(f"{n}={r[n]}" for n in ("max_postings", "ef", "nprobe") if n in r)
+                knob = next(f"{n}={r[n]}" for n in ("max_postings", "ef", "nprobe", "complexity") if n in r)
                 print(f"  {r['target']:14} {knob:>14} {r['cache']:>6} {r['recall']:7.3f} {r['mean_ms']:8.3f} "
                       f"{r['p99_ms']:8.3f} {r['qps']:8.0f} {r.get('postings_per_q', float('nan')):10.1f} "
                       f"{r.get('bytes_per_q', float('nan')) / 1024:8.1f}")

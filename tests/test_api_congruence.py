@@ -1,6 +1,7 @@
-"""One test-suite, two backends: every test here runs against the embedded database
-(``vecdb.open``) and against the gRPC client talking to a real ``python -m vecdb.server``
-process on 127.0.0.1 (``vecdb.connect``), proving both have one API shape: same methods,
+"""One test-suite, three backends: every test here runs against the embedded database
+(``vecdb.open``), against the gRPC client talking to a real ``python -m vecdb.server``
+process on 127.0.0.1 (``vecdb.connect``) and against a local Ray cluster of 3 shards x 2
+replicas (``vecdb.cluster.connect``), proving all have one API shape: same methods,
 same results, same exception classes for the same mistakes."""
 from __future__ import annotations
 
@@ -56,7 +57,20 @@ def remote(server: tuple[ServerProcess, Path]) -> Iterator[tuple[RemoteDatabase,
         yield db, snapshots
 
 
-@pytest.fixture(params=["embedded", "remote"])
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DatabaseAPI, Path]]:
+    """A local Ray (2 CPUs, no dashboard) with a 3-shard x 2-replica cluster, once per module."""
+    ray = pytest.importorskip("ray")
+    from vecdb.cluster import connect
+    root = tmp_path_factory.mktemp("congruence-cluster")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    db = connect(root=str(root / "cluster"), shards=3, replicas=2)
+    yield db, root / "snapshots"
+    db.close()
+    ray.shutdown()
+
+
+@pytest.fixture(params=["embedded", "remote", "cluster"])
 def backend(request: pytest.FixtureRequest) -> tuple[DatabaseAPI, Path]:
     """The database under test and where its snapshots may go."""
     return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
@@ -91,13 +105,15 @@ def _public(cls: type) -> dict[str, inspect.Signature]:
 
 
 @pytest.mark.parametrize("protocol, classes", [
-    (DatabaseAPI, (Database, RemoteDatabase)),
-    (CollectionAPI, (Collection, RemoteCollection)),
+    (DatabaseAPI, (Database, RemoteDatabase, "ClusterDatabase")),
+    (CollectionAPI, (Collection, RemoteCollection, "ClusterCollection")),
 ])
 def test_signatures_match_the_protocol(protocol: type, classes: tuple[type, ...]) -> None:
     """Every protocol method exists on both implementations with the same parameters and defaults."""
     wanted = _public(protocol)
     for cls in classes:
+        if isinstance(cls, str):   # a class of the optional cluster extra
+            cls = getattr(pytest.importorskip("vecdb.cluster"), cls)
         for name, sig in wanted.items():
             got = inspect.signature(getattr(cls, name))
             assert [(p.name, p.default, p.kind) for p in got.parameters.values()] == \
@@ -186,6 +202,9 @@ def test_string_ids(db: DatabaseAPI) -> None:
     lambda c: c.search(np.ones(DIM), k=3, filter={"year": {"around": 3}}),
     lambda c: c.search(np.ones(DIM), k=3, params={"no_such_knob": 1}),
     lambda c: c.search(np.ones(DIM), k=3, tenant="nobody"),
+    lambda c: c.search(np.ones(DIM), k=3, tenant=[]),
+    lambda c: c.search(np.ones(DIM), k=3, tenant=["t", 3]),
+    lambda c: c.search(np.ones(DIM), k=3, tenant=["nobody", "nobody-else"]),
     lambda c: c.get([12345]),
     lambda c: c.grant("nobody", [1]),
 ])
@@ -229,6 +248,47 @@ def test_search_filter_tenant_payloads(db: DatabaseAPI) -> None:
     assert coll.delete([10, 11, 12], tenant="t1") == 2
     coll.drop_tenant("t1")
     assert coll.list_tenants() == []
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw", "curator"])
+def test_search_over_several_tenants(db: DatabaseAPI, index: str) -> None:
+    """tenant=[a, b] searches the union of the tenants' points, each point once, exactly as
+    a search over that id set; an unknown name among them is TenantNotFoundError."""
+    n = 300
+    coll = make(db, n=n, index=index)
+    for name in ("a", "b", "c"):
+        coll.create_tenant(name)
+    coll.grant("a", range(0, 100))
+    coll.grant("b", range(80, 160))        # 80..99 shared by a and b
+    coll.grant("c", range(160, 300))
+    q = data(n, seed=3)[:6]
+    res = coll.search(q, k=25, tenant=["b", "a"], params={"ef": 200} if index == "hnsw" else None)
+    x = data(n)
+    union = np.arange(160)
+    for row, query in zip(res.ids, q):
+        assert len(set(row.tolist())) == len(row)                      # each point once
+        exact = union[np.argsort(((x[union] - query) ** 2).sum(1), kind="stable")[:25]]
+        assert set(row.tolist()) == set(exact.tolist())
+    assert np.array_equal(coll.search(q, k=5, tenant=["a"]).ids, coll.search(q, k=5, tenant="a").ids)
+    filtered = coll.search(q, k=300, tenant=["a", "c"], filter={"lang": "en"})
+    got = set(filtered.ids[filtered.ids >= 0].tolist())
+    assert got == {i for i in list(range(100)) + list(range(160, 300)) if i % 2}
+    with pytest.raises(TenantNotFoundError):
+        coll.search(q, k=5, tenant=["a", "nobody"])
+
+
+def test_multi_tenant_collection_defaults_to_curator(db: DatabaseAPI) -> None:
+    name = fresh()
+    coll = db.create_collection(name, DIM, metric="l2", multi_tenant=True)
+    assert coll.info.multi_tenant and coll.info.index == "curator"
+    assert db.get_collection(name).info == coll.info
+    assert [c for c in db.list_collections() if c.name == name] == [coll.info]
+    plain = db.create_collection(fresh(), DIM)
+    assert plain.info.index == "hnsw" and not plain.info.multi_tenant
+    explicit = db.create_collection(fresh(), DIM, index="flat", multi_tenant=True)
+    assert explicit.info.index == "flat" and explicit.info.multi_tenant
+    with pytest.raises(InvalidArgumentError):
+        db.create_collection(fresh(), DIM, multi_tenant="yes")
 
 
 @pytest.mark.parametrize("index", ["sq8", "hnsw"])

@@ -58,6 +58,7 @@ def run(tmp_path_factory) -> dict[str, Any]:
     out = tmp / "results.jsonl"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VECDB_BENCH_LOCK", str(tmp / "bench.lock"))
+        mp.setenv("VECDB_CACHE", str(tmp / "cache"))
         code = main(_run_args(data, out))
     assert code == 0
     return {"data": data, "out": out, "lines": read_lines([out]), "tmp": tmp}
@@ -65,8 +66,10 @@ def run(tmp_path_factory) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def private_lock(tmp_path, monkeypatch):
-    """Tests take their own lock file, so a real benchmark running nearby never blocks them."""
+    """Tests take their own lock file, so a real benchmark running nearby never blocks them, and
+    their own cache folder (computed ground truth), so nothing outside the test's folders is used."""
     monkeypatch.setenv("VECDB_BENCH_LOCK", str(tmp_path / "bench.lock"))
+    monkeypatch.setenv("VECDB_CACHE", str(tmp_path / "cache"))
 
 
 def test_run_writes_one_complete_line_per_setting(run):
@@ -269,6 +272,8 @@ def test_clear_errors(tmp_path, capsys, monkeypatch):
     assert "unknown build knob(s) ['MM']" in err("--build", "MM=4")
     assert "unknown search knob(s) ['rerank']" in err("--search", "rerank=10")
     assert "separate knobs with ';'" in err("--build", "M=16,ef_construction=200")
+    # knob values the index rejects fail before any build, naming the target
+    assert "target vecdb-hnsw rejects {'ef': 0}: ef must be >= 1" in err("--search", "ef=0")
     assert "--threads" in err("--threads", "one")
     if importlib.util.find_spec("chromadb") is None:
         assert "pip install 'vecdb[peers]'" in err("--targets", "chroma")
@@ -363,3 +368,265 @@ def test_unreachable_server_is_a_clear_error(tmp_path, capsys):
     assert not out.exists()
     assert main(["bench", "run", "--dataset", str(data), "--target", "http://x:1", "--output", str(out)]) == 2
     assert "grpc://HOST:PORT" in capsys.readouterr().err
+
+
+# ---- every index kind as a target; workloads beyond plain k-NN ---------------------------------------
+def _exact_rows(base: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Exact l2 top-k over ``rows`` of base by plain numpy (independent of vecdb's scan)."""
+    d = ((queries[:, None, :].astype(np.float64) - base[rows][None].astype(np.float64)) ** 2).sum(-1)
+    return rows[np.argsort(d, axis=1, kind="stable")[:, :k]]
+
+
+def _by(lines: list[dict[str, Any]], target: str, **search: Any) -> list[dict[str, Any]]:
+    return [ln for ln in lines if ln["target"] == target and all(ln["search"].get(k) == v for k, v in search.items())]
+
+
+def _cli(data: Path, out: Path, targets: str, *extra: str) -> int:
+    return main(["bench", "run", "--dataset", str(data), "--targets", targets, "--repeats", "1", "--allow-busy",
+                 "--output", str(out), *extra])
+
+
+def test_every_index_kind_runs_and_its_knobs_move_recall(tmp_path, caplog):
+    data = _dataset(tmp_path / "tiny")
+    out = tmp_path / "kinds.jsonl"
+    targets = "vecdb-flat,vecdb-spann,vecdb-curator,vecdb-pq,vecdb-binary,vecdb-sq8"
+    assert _cli(data, out, targets, "--build", "posting_limit=64;head_size=16;n_root=8;m=4",
+                "--search", "max_postings=1,16;budget=20,400;rerank=0,40") == 0
+    lines = read_lines([out])
+    truth = ground_truth(np.load(data / "base.npy"), np.load(data / "query.npy"), 10, Metric.L2)[0]
+    got = sorted((ln["target"], tuple(sorted(ln["search"].items()))) for ln in lines)
+    expected = [("vecdb-flat", ())] + [("vecdb-spann", (("max_postings", m),)) for m in (1, 16)]
+    expected += [("vecdb-curator", (("budget", b),)) for b in (20, 400)]
+    expected += [(t, (("rerank", r),)) for t in ("vecdb-pq", "vecdb-binary", "vecdb-sq8") for r in (0, 40)]
+    assert got == sorted(expected)
+    for ln in lines:
+        assert ln["workload"] == {"label": "knn", "kind": "knn"} and ln["index_memory_bytes"] > 0
+        assert recall_at_k(load_raw(ln)["ids"], truth, 10) == pytest.approx(ln["recall_at_10"])
+    spann = {ln["search"]["max_postings"]: ln for ln in _by(lines, "vecdb-spann")}
+    assert spann[16]["recall_at_10"] > spann[1]["recall_at_10"] and spann[16]["disk_bytes"] > 0
+    assert spann[1]["build"] == {"posting_limit": 64, "head_size": 16}
+    curator = {ln["search"]["budget"]: ln["recall_at_10"] for ln in _by(lines, "vecdb-curator")}
+    assert curator[400] > curator[20]
+    for t in ("vecdb-pq", "vecdb-binary"):
+        r = {ln["search"]["rerank"]: ln["recall_at_10"] for ln in _by(lines, t)}
+        assert r[40] > r[0], t
+    assert not [r for r in caplog.records if "does not move recall" in r.getMessage()]
+    # a budget past the collection's size scans everything either way: the run warns
+    caplog.clear()
+    assert _cli(data, tmp_path / "dead.jsonl", "vecdb-curator", "--build", "n_root=8",
+                "--search", "budget=2000,4000") == 0
+    dead = [r.getMessage() for r in caplog.records if "does not move recall" in r.getMessage()]
+    assert len(dead) == 1 and "vecdb-curator: swept budget over 2000, 4000" in dead[0] and "1.0000" in dead[0]
+    # SQ8 postings: SPANN then reads rerank (float postings do not: one line for them)
+    sq8 = tmp_path / "sq8.jsonl"
+    assert _cli(data, sq8, "vecdb-spann", "--build", "codes=float,sq8;posting_limit=64;head_size=16",
+                "--search", "max_postings=16;rerank=10,200") == 0
+    got = {(ln["build"]["codes"], ln["search"].get("rerank")): ln["recall_at_10"] for ln in read_lines([sq8])}
+    assert set(got) == {("float", None), ("sq8", 10), ("sq8", 200)} and got[("sq8", 200)] > got[("sq8", 10)]
+
+
+def test_filter_workload_scores_against_the_filtered_rows_and_caches_them(tmp_path, monkeypatch, capsys):
+    from vecdb.bench import workloads
+
+    data = _dataset(tmp_path / "tiny")
+    out = tmp_path / "filter.jsonl"
+    targets = ["vecdb-flat", "vecdb-hnsw", "faiss-hnsw", "vecdb-curator", "vecdb-spann", "vecdb-collection",
+               "db-vecdb-flat"] + HNSW_TARGETS[2:]
+    assert _cli(data, out, ",".join(targets), "--filter", "0.05,0.5",
+                "--build", "M=8;ef_construction=32;n_root=8;posting_limit=64;head_size=16",
+                "--search", "ef=10,80;budget=50,1000;max_postings=4,32") == 0
+    lines = read_lines([out])
+    base, queries = np.load(data / "base.npy"), np.load(data / "query.npy")
+    attr = workloads.filter_attribute(len(base))
+    for s in (0.05, 0.5):
+        mine = [ln for ln in lines if ln["workload"]["label"] == f"filter {s:g}"]
+        assert {ln["target"] for ln in mine} == set(targets)
+        allow = np.flatnonzero(attr < s)
+        exact = _exact_rows(base, queries, allow, 10)
+        for ln in mine:
+            w = ln["workload"]
+            assert (w["kind"], w["selectivity"], w["n_allowed"]) == ("filter", s, len(allow))
+            raw = load_raw(ln)
+            assert recall_at_k(raw["truth"], exact, 10) == 1.0  # the stored truth is the filtered exact top-10
+            ids = raw["ids"][raw["ids"] >= 0]
+            assert np.isin(ids, allow).all(), ln["target"]  # nothing outside the filter comes back
+            assert recall_at_k(raw["ids"], exact, 10) == pytest.approx(ln["recall_at_10"])
+        assert all(ln["recall_at_10"] == 1.0 for ln in mine if ln["target"] in ("vecdb-flat", "db-vecdb-flat"))
+        assert max(ln["recall_at_10"] for ln in mine if ln["target"] == "vecdb-hnsw") >= 0.9
+    # the filtered truths are cached: a second computation reads them instead of scanning
+    ds = workloads.Dataset("tiny", Metric.L2, base, queries)
+    hashes = (array_sha256(base), array_sha256(queries))
+
+    def boom(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("ground truth recomputed despite the cache")
+
+    monkeypatch.setattr(workloads, "ground_truth", boom)
+    again = workloads.filter_workloads(ds, queries, hashes, 10, [0.05, 0.5])
+    assert [np.array_equal(w.truth, load_raw(next(ln for ln in lines if ln["workload"]["label"] == w.label))["truth"])
+            for w in again] == [True, True]
+    # the plot picks one workload; peers without filters and too small selectivities are clear errors
+    png = tmp_path / "f.png"
+    assert main(["bench", "plot", str(out), "-o", str(png), "--workload", "filter 0.05"]) == 0
+    assert "filter 0.05" in figure(lines, workload="filter 0.05").axes[0].get_title()
+    capsys.readouterr()
+    assert _cli(data, tmp_path / "x.jsonl", "vecdb-flat,faiss-pq", "--filter", "0.1") == 2
+    assert "--filter: target(s) ['faiss-pq'] do not support this workload" in capsys.readouterr().err
+    assert _cli(data, tmp_path / "x.jsonl", "vecdb-flat", "--filter", "0.001") == 2
+    assert "fewer than k=10" in capsys.readouterr().err
+    assert _cli(data, tmp_path / "x.jsonl", "vecdb-flat", "--filter", "1.5") == 2
+    assert "(0, 1]" in capsys.readouterr().err
+
+
+def _labelled(folder: Path, n_tenants: int = 12) -> tuple[Path, np.ndarray, np.ndarray]:
+    from vecdb.data.synthetic import tenant_labels
+
+    x = gaussian_mixture(1500 + N_QUERIES, 16, n_clusters=12, seed=5)
+    indptr, indices = tenant_labels(1500, n_tenants, seed=3)
+    q_labels = np.random.default_rng(4).integers(0, n_tenants, N_QUERIES)
+    write_npy_folder(folder, Dataset("tenants", Metric.L2, x[:1500].copy(), x[1500:].copy(), labels_indptr=indptr,
+                                     labels_indices=indices, query_labels=q_labels))
+    return folder, indptr, indices
+
+
+def test_tenant_workload_searches_each_query_in_its_tenant(tmp_path, capsys):
+    from vecdb.bench.workloads import members_of
+
+    data, indptr, indices = _labelled(tmp_path / "lab")
+    members = members_of(indptr, indices)
+    base, queries = np.load(data / "base.npy"), np.load(data / "query.npy")
+    q_labels = np.load(data / "query_labels.npy")
+    out = tmp_path / "tenants.jsonl"
+    targets = ["vecdb-flat", "vecdb-curator", "vecdb-hnsw", "vecdb-collection"] + (HNSW_TARGETS[2:] or ["faiss-hnsw"])
+    assert _cli(data, out, ",".join(targets), "--tenants", "dataset", "--batch", "1,16",
+                "--build", "M=8;ef_construction=32;n_root=8;max_shortlist=16",
+                "--search", "ef=10,80;budget=10,1000") == 0
+    lines = read_lines([out])
+    assert {ln["target"] for ln in lines} == set(targets)
+    # each query's truth: its own label's rows (every tenant here has >= k rows), by plain numpy
+    exact = np.vstack([_exact_rows(base, queries[i : i + 1], members[q_labels[i]], 10) for i in range(N_QUERIES)])
+    for ln in lines:
+        w = ln["workload"]
+        assert (w["kind"], w["tenants"], w["n_tenants"], w["own_query_labels"]) == ("tenants", "dataset", 12, True)
+        raw = load_raw(ln)
+        assert recall_at_k(raw["truth"], exact, 10) == 1.0
+        for i in range(N_QUERIES):
+            found = raw["ids"][i][raw["ids"][i] >= 0]
+            assert np.isin(found, members[q_labels[i]]).all(), (ln["target"], i)
+        assert recall_at_k(raw["ids"], raw["truth"], 10) == pytest.approx(ln["recall_at_10"])
+    assert all(ln["recall_at_10"] == 1.0 for ln in lines if ln["target"] == "vecdb-flat")
+    curator = {(ln["search"]["budget"], ln["batch"]): ln["recall_at_10"] for ln in _by(lines, "vecdb-curator", ef=10)}
+    assert curator[(1000, 1)] == 1.0 and curator[(10, 1)] < 1.0 and curator[(10, 16)] == curator[(10, 1)]
+    # synthetic Zipf tenants on the same set; a set without labels is a clear error
+    out2 = tmp_path / "zipf.jsonl"
+    assert _cli(data, out2, "vecdb-flat,vecdb-curator", "--tenants", "zipf:20", "--build", "n_root=8") == 0
+    z = read_lines([out2])
+    assert {ln["workload"]["tenants"] for ln in z} == {"zipf:20"} and all(ln["recall_at_10"] == 1.0 for ln in z)
+    capsys.readouterr()
+    plain = _dataset(tmp_path / "plain", n=300, n_queries=5)
+    assert _cli(plain, tmp_path / "x.jsonl", "vecdb-flat", "--tenants", "dataset") == 2
+    assert "has no labels" in capsys.readouterr().err
+    assert _cli(plain, tmp_path / "x.jsonl", "vecdb-flat", "--tenants", "zipf") == 2
+    assert "'dataset' or 'zipf:N'" in capsys.readouterr().err
+
+
+def test_churn_workload_scores_against_the_live_rows(tmp_path, capsys):
+    from vecdb.bench.workloads import churn_plan
+
+    data = _dataset(tmp_path / "tiny")
+    out = tmp_path / "churn.jsonl"
+    targets = ["vecdb-flat", "vecdb-hnsw", "vecdb-spann", "vecdb-curator", "vecdb-pq", "vecdb-collection"]
+    targets += HNSW_TARGETS[2:]
+    assert _cli(data, out, ",".join(targets), "--churn", "0.2", "--churn-rounds", "2",
+                "--build", "M=8;ef_construction=32;n_root=8;posting_limit=64;head_size=16;m=4",
+                "--search", "ef=40;budget=1000;max_postings=32;rerank=40") == 0
+    lines = read_lines([out])
+    base, queries = np.load(data / "base.npy"), np.load(data / "query.npy")
+    plan = churn_plan(1500, 0.2, 2, 10)
+    assert plan.n_initial == 1200 and [len(i) for i in plan.inserts] == [150, 150]
+    assert sorted((ln["target"], ln["workload"]["round"]) for ln in lines) == sorted(
+        (t, r) for t in targets for r in (1, 2))
+    for ln in lines:
+        w = ln["workload"]
+        r = w["round"] - 1
+        live = plan.live[r]
+        assert (w["kind"], w["n_live"], w["inserted"], w["deleted"]) == ("churn", 1200, 150, 150)
+        assert w["churn"]["insert_s"] > 0 and w["churn"]["delete_s"] > 0 and w["churn"]["index_memory_bytes"] > 0
+        raw = load_raw(ln)
+        assert recall_at_k(raw["truth"], _exact_rows(base, queries, live, 10), 10) == 1.0
+        found = raw["ids"][raw["ids"] >= 0]
+        assert np.isin(found, live).all(), ln["target"]  # deleted rows never come back
+        assert recall_at_k(raw["ids"], raw["truth"], 10) == pytest.approx(ln["recall_at_10"])
+        assert ln["recall_at_10"] >= (1.0 if ln["target"] == "vecdb-flat" else 0.8), ln["target"]
+    # inserted rows are found: some query's true neighbours include rows inserted by churn
+    inserted = np.concatenate(plan.inserts)
+    flat = load_raw(_by(lines, "vecdb-flat")[-1])["ids"]
+    assert np.isin(flat, inserted).any()
+    capsys.readouterr()
+    assert _cli(data, tmp_path / "x.jsonl", "vecdb-flat,faiss-hnsw", "--churn") == 2
+    assert "--churn: target(s) ['faiss-hnsw'] do not support this workload" in capsys.readouterr().err
+    assert _cli(data, tmp_path / "x.jsonl", "vecdb-flat", "--churn", "--filter", "0.5") == 2
+    assert "apart from --filter" in capsys.readouterr().err
+
+
+def test_every_missing_peer_names_its_extra(tmp_path, capsys):
+    from vecdb.bench.cli_run import OPTIONAL
+
+    data = _dataset(tmp_path / "tiny", n=200, n_queries=5)
+    missing = [t for t, (mods, _) in OPTIONAL.items() if any(importlib.util.find_spec(m) is None for m in mods)]
+    for target in missing:
+        assert _cli(data, tmp_path / "x.jsonl", f"vecdb-flat,{target}") == 2
+        err = capsys.readouterr().err
+        assert f"target {target} needs the Python package(s)" in err
+        assert f"pip install 'vecdb[{OPTIONAL[target][1]}]'" in err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+PEERS_PYTHON = REPO / "bench" / ".venv-peers" / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PEERS_PYTHON.exists(), reason="no bench/.venv-peers (bash bench/peers-venv.sh)")
+def test_peers_run_through_the_cli_from_the_peers_venv(tmp_path):
+    """`vecdb bench run` from the peers venv (vecdb installed editable there) measures every
+    embedded peer behind the same target interface, one line per setting, recall recomputable."""
+    data = _dataset(tmp_path / "small", n=600, n_queries=20)
+    out = tmp_path / "peers.jsonl"
+    peers = ["chroma", "qdrant-local", "lancedb", "milvus-lite-flat", "milvus-lite-ivf"]
+    cmd = [str(PEERS_PYTHON), "-m", "vecdb.cli", "bench", "run", "--dataset", str(data), "--targets",
+           ",".join(["vecdb-flat", *peers]), "--build", "nlist=8", "--search", "ef=10,40;nprobe=1,8", "--repeats", "1",
+           "--allow-busy", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    lines = read_lines([out])
+    assert {ln["target"] for ln in lines} == {"vecdb-flat", *peers}
+    truth = ground_truth(np.load(data / "base.npy"), np.load(data / "query.npy"), 10, Metric.L2)[0]
+    for ln in lines:
+        assert recall_at_k(load_raw(ln)["ids"], truth, 10) == pytest.approx(ln["recall_at_10"])
+        if ln["algorithm"] == "exact":
+            assert ln["recall_at_10"] == 1.0, ln["target"]
+
+
+def test_texmex_folder_without_truth_gets_it_computed_once_and_cached(tmp_path, monkeypatch):
+    from vecdb.bench import cli_run
+    from vecdb.data.formats import write_vecs
+
+    folder = tmp_path / "sift-like"
+    folder.mkdir()
+    x = gaussian_mixture(820, 16, n_clusters=12, seed=5)
+    write_vecs(folder / "s_base.fvecs", x[:800])
+    write_vecs(folder / "s_query.fvecs", x[800:])
+    out = tmp_path / "vecs.jsonl"
+    assert _cli(folder, out, "vecdb-flat,vecdb-hnsw", "--build", "M=8;ef_construction=32") == 0
+    cached = list((tmp_path / "cache" / "truth").glob("*-knn.npy"))
+    assert len(cached) == 1
+    exact = _exact_rows(x[:800], x[800:], np.arange(800), 10)
+    assert recall_at_k(np.load(cached[0]), exact, 10) == 1.0
+
+    def boom(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("ground truth recomputed despite the cache")
+
+    monkeypatch.setattr(cli_run, "ground_truth", boom)
+    assert _cli(folder, out, "vecdb-flat", "--k", "5") == 0  # a shallower k reads the same file
+    lines = read_lines([out])
+    assert [ln["k"] for ln in lines][-1] == 5 and lines[-1]["recall_at_5"] == 1.0
+    assert lines[0]["dataset"]["name"] == "sift-like" and lines[0]["dataset"]["n_base"] == 800

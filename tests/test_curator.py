@@ -33,11 +33,12 @@ def clustered_rows(n: int, seed: int, dim: int = DIM, n_clusters: int = 12) -> n
     return (centres[rng.integers(0, n_clusters, n)] + rng.standard_normal((n, dim))).astype(np.float32)
 
 
-def small_curator(metric: str = "l2", max_shortlist: int = 4, dim: int = DIM, tier_threshold: int = 0) -> Curator:
+def small_curator(metric: str = "l2", max_shortlist: int = 4, dim: int = DIM, tier_threshold: int = 0,
+                  codes: str = "float") -> Curator:
     """A deep little tree (so a few dozen points already split and merge shortlists)."""
     index = Curator(dim, metric, n_root=4, branching=2, max_depth=3, max_shortlist=max_shortlist,
                     min_points_per_centroid=2, n_iter=5, seed=3, tier_threshold=tier_threshold, tier_M=4,
-                    tier_ef_construction=32)
+                    tier_ef_construction=32, codes=codes)
     index.train(clustered_rows(400, 99, dim))
     return index
 
@@ -52,17 +53,17 @@ def exact(vectors: dict[int, np.ndarray], allowed: set[int], q: np.ndarray, k: i
 
 
 # ---- the state machine ----------------------------------------------------------------------
-_TEMPLATES: dict[tuple[str, int, int], Path] = {}
+_TEMPLATES: dict[tuple[str, int, int, str], Path] = {}
 
 
-def trained_template(metric: str, max_shortlist: int, tier_threshold: int) -> Path:
+def trained_template(metric: str, max_shortlist: int, tier_threshold: int, codes: str) -> Path:
     """A saved, trained, empty ``small_curator`` (one per setting, per session)."""
-    key = (metric, max_shortlist, tier_threshold)
+    key = (metric, max_shortlist, tier_threshold, codes)
     if key not in _TEMPLATES or not _TEMPLATES[key].exists():
         root = tempfile.mkdtemp(prefix="vecdb-curator-template-")
         atexit.register(shutil.rmtree, root, True)
         path = Path(root) / "idx"
-        small_curator(metric, max_shortlist, tier_threshold=tier_threshold).save(path)
+        small_curator(metric, max_shortlist, tier_threshold=tier_threshold, codes=codes).save(path)
         _TEMPLATES[key] = path
     return _TEMPLATES[key]
 
@@ -78,11 +79,12 @@ class CuratorMachine(RuleBasedStateMachine):
         self.members: dict[int, set[int]] = {}
 
     @initialize(metric=st.sampled_from(["l2", "ip", "cosine"]), max_shortlist=st.sampled_from([2, 4, 16]),
-                tier_threshold=st.sampled_from([0, 0, 8]))
-    def setup(self, metric: str, max_shortlist: int, tier_threshold: int) -> None:
-        """With ``tier_threshold`` 8, tenants of 8+ members move to their own HNSW (and back below 4)."""
+                tier_threshold=st.sampled_from([0, 0, 8]), codes=st.sampled_from(["float", "sq8"]))
+    def setup(self, metric: str, max_shortlist: int, tier_threshold: int, codes: str) -> None:
+        """With ``tier_threshold`` 8, tenants of 8+ members move to their own HNSW (and back below 4);
+        with SQ8 codes, searches re-rank every candidate (``rerank``) so they stay exact."""
         self.metric = metric
-        self.index = load_index(trained_template(metric, max_shortlist, tier_threshold))   # trained once, then loaded
+        self.index = load_index(trained_template(metric, max_shortlist, tier_threshold, codes))   # trained once, then loaded
 
     def teardown(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -148,11 +150,31 @@ class CuratorMachine(RuleBasedStateMachine):
             visible &= allow
         budget = 10**6                                     # the walk scans every candidate: exact
         allow_ids = None if allow is None else sorted(allow)
-        res = self.index.search(q, k, tenant=tenant, allow=allow_ids, budget=budget, ef=200)   # (a graph of < 70: exact)
+        res = self.index.search(q, k, tenant=tenant, allow=allow_ids, budget=budget, ef=200,   # (a graph of < 70: exact)
+                                rerank=100)
         got = res.ids[res.ids >= 0]
         assert set(got.tolist()) <= visible, f"leaked ids {set(got.tolist()) - visible}"
         np.testing.assert_array_equal(res.ids, exact(self.vectors, visible, q, k, self.metric))
         small = self.index.search(q, k, tenant=tenant, allow=allow_ids, budget=k)    # a tiny budget never leaks either
+        assert set(small.ids[small.ids >= 0].tolist()) <= visible
+
+    @rule(seed=st.integers(0, 2**16), k=st.integers(1, 12),
+          tenants=st.lists(st.integers(0, 5), min_size=2, max_size=4, unique=True), filtered=st.booleans())
+    def search_several_tenants(self, seed: int, k: int, tenants: list[int], filtered: bool) -> None:
+        """One call over several tenants: the exact top k of their union, a shared vector once."""
+        q = clustered_rows(3, seed)
+        allow = set(range(0, 65, 2)) if filtered else None
+        visible = set().union(*(self.members.get(t, set()) for t in tenants)) & set(self.vectors)
+        if allow is not None:
+            visible &= allow
+        allow_ids = None if allow is None else sorted(allow)
+        res = self.index.search(q, k, tenant=tenants, allow=allow_ids, budget=10**6, ef=200, rerank=100)
+        for row in res.ids:
+            got = row[row >= 0]
+            assert set(got.tolist()) <= visible, f"leaked ids {set(got.tolist()) - visible}"
+            assert len(np.unique(got)) == len(got)
+        np.testing.assert_array_equal(res.ids, exact(self.vectors, visible, q, k, self.metric))
+        small = self.index.search(q, k, tenant=tuple(tenants), allow=allow_ids, budget=k, ef=k)
         assert set(small.ids[small.ids >= 0].tolist()) <= visible
 
     @invariant()
@@ -431,3 +453,108 @@ def test_a_wrong_shortlist_entry_is_caught_by_the_exact_membership_check() -> No
     assert 77 not in res.ids and np.isin(res.ids, np.arange(50)).all()
     with pytest.raises(ValueError, match="no member"):
         index.check()
+
+
+def test_a_promoted_tenants_graph_reads_the_shared_rows_and_copies_no_vector() -> None:
+    """Tiering costs the links only: the graph's nodes read the Curator's rows in place,
+    and stay right when those rows are reallocated by later adds."""
+    dim = 64
+    index = small_curator(dim=dim, max_shortlist=8, tier_threshold=100)
+    x = clustered_rows(600, 18, dim=dim)
+    index.add(x, np.arange(600))
+    before = index.memory_bytes()
+    index.grant(1, np.arange(0, 600, 2))                            # 300 members: promoted
+    assert index.promoted(1)
+    assert index.memory_bytes() - before < 300 * dim * 4            # less than a copy of its vectors
+    more = clustered_rows(3000, 19, dim=dim)
+    index.add(more, np.arange(600, 3600), tenant=1)                 # the row matrix grows (reallocated)
+    index.revoke(1, np.arange(0, 100, 2))
+    index.check()
+    members = np.concatenate([np.arange(100, 600, 2), np.arange(600, 3600)])
+    flat = FlatIndex(dim)
+    flat.add(np.concatenate([x, more]), np.arange(3600))
+    q = clustered_rows(20, 20, dim=dim)
+    got = index.search(q, 10, tenant=1, ef=800)
+    want = flat.search(q, 10, allow=members)
+    assert np.isin(got.ids, members).all()
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.ids.tolist(), want.ids.tolist())]) >= 0.95
+
+
+def test_a_search_over_several_tenants_merges_tree_and_graph_answers(tmp_path: Path) -> None:
+    index = small_curator(max_shortlist=8, tier_threshold=100)
+    x = clustered_rows(500, 21)
+    index.add(x, np.arange(500) + 5)
+    index.grant(1, np.arange(0, 300) + 5)                           # promoted
+    index.grant(2, np.arange(250, 290) + 5)                         # tree; 40 shared with 1
+    index.grant(3, np.arange(400, 420) + 5)
+    assert index.promoted(1) and not index.promoted(2)
+    flat = FlatIndex(DIM)
+    flat.add(x, np.arange(500) + 5)
+    q = clustered_rows(30, 22)
+    for tenants in ((1, 2), (2, 3), (1, 2, 3), [3, 1], (2, 2)):
+        union = np.unique(np.concatenate([index_members(t) for t in tenants]))
+        got = index.search(q, 10, tenant=tenants, budget=10**6, ef=400)
+        np.testing.assert_array_equal(got.ids, flat.search(q, 10, allow=union).ids)
+    assert (index.search(q[:2], 3, tenant=(8, 9)).ids == -1).all()   # unknown tenants: nothing
+    index.save(tmp_path / "c")
+    loaded = load_index(tmp_path / "c", mmap=True)
+    np.testing.assert_array_equal(loaded.search(q, 10, tenant=(1, 3), ef=50).ids,
+                                  index.search(q, 10, tenant=(1, 3), ef=50).ids)
+    with pytest.raises(InvalidArgumentError, match="tenant"):
+        index.search(q[:1], 3, tenant=())
+    with pytest.raises(InvalidArgumentError, match="tenant"):
+        index.search(q[:1], 3, tenant=(1, -2))
+
+
+def index_members(tenant: int) -> np.ndarray:
+    """Ids granted in ``test_a_search_over_several_tenants_merges_tree_and_graph_answers``."""
+    return {1: np.arange(0, 300), 2: np.arange(250, 290), 3: np.arange(400, 420)}[tenant] + 5
+
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_sq8_codes_in_the_scan_keep_recall_against_float(tmp_path: Path, metric: str) -> None:
+    """codes="sq8": candidates are ranked on SQ8 codes, the best re-ranked on float rows;
+    recall@10 against exact search stays within 0.02 of the float scan's at the same budget,
+    a re-rank of every candidate is exact, and the option survives save/load."""
+    n, dim = 6000, 32
+    x = clustered_rows(n, 23, dim=dim, n_clusters=40)
+    made = {}
+    for codes in ("float", "sq8"):
+        index = Curator(dim, metric, n_root=16, branching=4, max_depth=2, max_shortlist=64, seed=0, codes=codes)
+        index.train(x[:3000])
+        index.add(x, np.arange(n))
+        made[codes] = index
+    rng = np.random.default_rng(24)
+    tenants = {t: np.unique(rng.choice(n, int(rng.integers(50, 3000)), replace=False)) for t in range(6)}
+    for index in made.values():
+        for t, ids in tenants.items():
+            index.grant(t, ids)
+    assert made["sq8"].memory_bytes() - made["float"].memory_bytes() >= n * dim   # a byte per dimension more
+    flat = FlatIndex(dim, metric)
+    flat.add(x, np.arange(n))
+    q = clustered_rows(40, 25, dim=dim, n_clusters=40)
+    recalls: dict[str, list[float]] = {"float": [], "sq8": []}
+    for t, ids in tenants.items():
+        want = flat.search(q, 10, allow=ids).ids
+        for codes, index in made.items():
+            got = index.search(q, 10, tenant=t, budget=512)
+            assert np.isin(got.ids[got.ids >= 0], ids).all()
+            recalls[codes] += [len(set(a) & set(b)) / 10 for a, b in zip(got.ids.tolist(), want.tolist())]
+        full = made["sq8"].search(q, 10, tenant=t, budget=n, rerank=n)          # every candidate re-ranked: exact
+        np.testing.assert_array_equal(full.ids, want)
+    assert np.mean(recalls["sq8"]) >= np.mean(recalls["float"]) - 0.02, {c: np.mean(r) for c, r in recalls.items()}
+    sq8 = made["sq8"]
+    sq8.save(tmp_path / "c")
+    loaded = load_index(tmp_path / "c")
+    assert loaded.codes == "sq8" and loaded.params() == sq8.params()
+    for t in tenants:
+        np.testing.assert_array_equal(loaded.search(q, 10, tenant=t, budget=256).ids,
+                                      sq8.search(q, 10, tenant=t, budget=256).ids)
+    _tamper(tmp_path / "c", "sq8.step", lambda a: a[:-1].copy())
+    with pytest.raises(DataLossError):
+        load_index(tmp_path / "c")
+    with pytest.raises(InvalidArgumentError, match="codes"):
+        Curator(dim, codes="pq")
+    with pytest.raises(InvalidArgumentError):
+        sq8.search(q[:1], 10, tenant=0, rerank=0)

@@ -105,3 +105,33 @@ def test_dataset_ground_truth_is_computed_when_missing():
     ds = Dataset("t", Metric.L2, np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32)[:2])
     ds.with_ground_truth(2)
     np.testing.assert_array_equal(ds.gt_ids[:, 0], [0, 1])
+
+
+def test_texmex_folder_metric_and_bvecs_base(tmp_path, rng):
+    folder = tmp_path / "bytes-angular"
+    folder.mkdir()
+    write_vecs(folder / "b_base.bvecs", rng.integers(0, 255, (30, 8)).astype(np.uint8))
+    write_vecs(folder / "b_query.fvecs", rng.random((4, 8)))
+    ds = read_vecs_folder(folder)
+    assert ds.metric is Metric.COSINE and ds.base.dtype == np.float32 and ds.base.shape == (30, 8) and ds.gt_ids is None
+    (folder / "info.json").write_text('{"metric": "euclidean"}')  # info.json names it: that wins
+    assert read_vecs_folder(folder).metric is Metric.L2
+    assert read_vecs_folder(folder, "ip").metric is Metric.IP
+
+
+def test_npy_folder_labels_and_query_labels(tmp_path, rng):
+    base, queries = rng.random((6, 4)).astype(np.float32), rng.random((3, 4)).astype(np.float32)
+    folder = tmp_path / "one"
+    write_npy_folder(folder, Dataset("one", Metric.L2, base, queries))
+    np.save(folder / "labels.npy", np.array([2, 0, 1, 2, 2, 0], np.int32))
+    np.save(folder / "query_labels.npy", np.array([1, 2, 0], np.int32))
+    ds = read_npy_folder(folder)  # one label per row becomes a CSR of one entry each
+    assert ds.labels_indptr.tolist() == list(range(7)) and ds.labels_indices.tolist() == [2, 0, 1, 2, 2, 0]
+    assert ds.query_labels.tolist() == [1, 2, 0]
+    (folder / "query_labels.npy").unlink()  # the queries' CSR: their first label is the primary one
+    np.save(folder / "query_labels_indptr.npy", np.array([0, 2, 2, 3], np.int64))
+    np.save(folder / "query_labels_indices.npy", np.array([4, 1, 3], np.int32))
+    assert read_npy_folder(folder).query_labels.tolist() == [4, -1, 3]
+    np.save(folder / "labels.npy", np.zeros(5, np.int32))  # not one per base row
+    with pytest.raises(DataLossError):
+        read_npy_folder(folder)

@@ -13,6 +13,7 @@ import vecdb
 from vecdb.api import CollectionAPI, DatabaseAPI
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DimensionMismatchError, FailedPreconditionError,
                           IdNotFoundError, InvalidArgumentError, TenantNotFoundError)
+from vecdb.storage import keys as K
 
 DIM = 8
 
@@ -480,3 +481,40 @@ def test_padding_never_reads_a_point_when_a_batch_fills_the_id_arrays(db: Any, i
     assert list(res.ids[0]) == [none_left] * 5
     one = col.search(q, k=5, filter={"g": "b"}, tenant="t")
     assert list(one.ids[0]) == make(np.array([1005]))[:1] + [none_left] * 4
+
+
+def test_export_reads_every_point_whole_in_bounded_steps(tmp_path: Path) -> None:
+    """``Collection.export`` walks the committed points in steps: ids, vectors, payloads,
+    owners and grants as stored; ``select`` narrows which scanned points are read whole."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((25, 4)).astype(np.float32)
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", 4, metric="l2", index="flat", id_type="str")
+        col.create_tenant("a")
+        col.create_tenant("b")
+        col.upsert([f"p{i}" for i in range(10)], x[:10], [{"i": i} for i in range(10)], tenant="a")
+        col.upsert([f"p{i}" for i in range(10, 25)], x[10:], None)
+        col.grant("b", ["p1", "p12"], write=True)
+        col.grant("b", ["p13"])
+        col.delete(["p3"])
+        seen, after, steps = {}, -1, 0
+        while True:
+            part = col.export(after, 7)
+            steps += 1
+            for uid, vec, pay, owners, grants in zip(part.uids, part.vectors, part.payloads, part.owners, part.grants):
+                seen[uid] = (vec, pay, owners, grants)
+            after = part.last_iid
+            if part.done:
+                break
+        assert steps == 4 and sorted(seen) == sorted(f"p{i}" for i in range(25) if i != 3)
+        for i in (0, 1, 12, 13, 20):
+            vec, pay, owners, grants = seen[f"p{i}"]
+            np.testing.assert_array_equal(vec, x[i])
+            assert pay == ({"i": i} if i < 10 else None)
+            assert owners == (("a",) if i < 10 else ())
+            assert grants == {"b": True} if i in (1, 12) else grants == ({"b": False} if i == 13 else {})
+        odd = col.export(-1, 100, select=lambda keys, owners: [bool(o) for o in owners])
+        assert sorted(odd.uids) == sorted(f"p{i}" for i in range(10) if i != 3) and odd.done
+        assert col.stored_keys([K.str_id_key("p1"), K.str_id_key("p3")]) == [True, False]
+        with pytest.raises(InvalidArgumentError):
+            col.export(-1, 0)

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from vecdb.errors import InvalidArgumentError
-from vecdb.filters import PayloadIndex, check_payload, load_payload_index, parse_filter, save_payload_index
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vecdb.filters import (PayloadIndex, _json_like, check_payload, flatten, load_payload_index, parse_filter,
+                           save_payload_index)
+from vecdb.storage.arrays import decode_json, encode_checked_json, encode_json
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -247,3 +252,29 @@ def test_filter_size_counts_conditions_and_values() -> None:
         deep = {"$not": deep}
     assert filter_size(deep) == (10_000, 0)
     assert filter_size({"a": {"in": list(range(10 ** 6))}}, stop_at=10)[1] <= 10 ** 6
+
+
+_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2 ** 80), max_value=2 ** 80)
+            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                     max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _json, max_size=5))
+def test_payload_fast_paths_agree_with_the_general_ones(payload: dict[str, Any]) -> None:
+    """Flat payloads skip the recursive check and go through orjson: the result, the stored
+    bytes once decoded, and the payload index entries equal those of the general paths."""
+    checked = check_payload(payload)
+    assert checked == _json_like(payload, 0)
+    assert decode_json(encode_checked_json(checked)) == decode_json(encode_json(checked)) == checked
+    fast, general = PayloadIndex(), PayloadIndex()
+    fast.reserve(1)
+    general.reserve(1)
+    fast.add(0, checked)
+    for field, kind, value in flatten(checked):
+        general._column(field, kind).append(value, 0, 0)
+    assert sorted(fast.columns) == sorted(general.columns)
+    for key, col in fast.columns.items():
+        got, want = col.tail(), general.columns[key].tail()
+        assert sorted(zip(got[0].tolist(), got[1].tolist())) == sorted(zip(want[0].tolist(), want[1].tolist()))

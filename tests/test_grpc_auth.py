@@ -173,6 +173,21 @@ def test_multi_tenant_key_must_choose(server: ServerProcess) -> None:
         assert sorted(docs.list_tenants()) == ["acme", "beta"]
 
 
+def test_a_search_over_several_tenants_needs_a_key_serving_each(server: ServerProcess) -> None:
+    """tenant=[...] searches the union of the named tenants' points: a key serving both may
+    name both; a key serving one may not add another."""
+    q = np.random.default_rng(6).standard_normal((3, DIM))
+    with client(server, "both") as db:
+        res = db.get_collection("docs").search(q, k=40, tenant=["acme", "beta"])
+        assert sorted(res.ids[0].tolist()) == list(range(40))
+    with client(server, "acme") as db:
+        docs = db.get_collection("docs")
+        with pytest.raises(PermissionDeniedError, match="may not access tenant 'beta'"):
+            docs.search(q, k=3, tenant=["acme", "beta"])
+        res = docs.search(q, k=40, tenant=["acme"])
+        assert sorted(res.ids[0][res.ids[0] >= 0].tolist()) == list(range(20))
+
+
 @pytest.mark.parametrize("key, code, name", [
     (None, "UNAUTHENTICATED", "UnauthenticatedError"),
     ("wrong", "UNAUTHENTICATED", "UnauthenticatedError"),

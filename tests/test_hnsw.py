@@ -416,3 +416,22 @@ def test_exhaustive_walk_is_exact_around_the_prefetch_split(dim: int, metric: st
             assert np.isin(found, allowed).all() and len(np.unique(found)) == len(found)
             truth = exact.search(q, 300, allow=found)
             np.testing.assert_allclose(drow[: len(found)], truth.distances[0, : len(found)], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_every_live_point_stays_reachable_after_build_and_removals(metric: str) -> None:
+    """No live node is left where no search can reach it: with a sparse graph (M=4) a build
+    leaves a few (nodes, or small cliques, no outside list links to) and removing 40 % of the
+    points strands more, unless the index links them back. Each point then finds itself."""
+    rng = np.random.default_rng(1)
+    n, d = 4000, 16
+    centers = rng.standard_normal((40, d)) * 3
+    x = (centers[rng.integers(0, 40, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    index = HNSW(d, metric, M=4, ef_construction=40, seed=3)
+    index.add(x, np.arange(n))
+    assert index.unreachable() == 0
+    gone = rng.choice(n, n * 2 // 5, replace=False)
+    index.remove(gone)
+    assert index.unreachable() == 0
+    live = np.setdiff1d(np.arange(n), gone)
+    assert (index.search(x[live], 1, ef=200).ids[:, 0] == live).mean() > 0.998

@@ -4,6 +4,7 @@ cosine handled once in the base, and the hooks a new index kind must define."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 import numpy as np
 import pytest
 
@@ -247,6 +248,39 @@ def test_a_tenant_aware_index_gets_membership_and_the_tenant_argument() -> None:
     assert index.seen_tenants == [5, 6, None]
     index.drop_tenant(6)
     assert index.search(q, 1, tenant=6).ids[0, 0] == -1
+
+
+class MultiTenantRecorder(TenantRecorder):
+    """A TenantRecorder that also searches several tenants at once (their union)."""
+
+    kind = "test-multi-tenant-recorder"
+    multi_tenant_search = True
+
+    def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: Any,
+                      params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(tenant, tuple):
+            return super()._search_slots(queries, k, allow, tenant, params)
+        self.seen_tenants.append(tenant)
+        ids = sorted(set().union(*(self.members.get(t, set()) for t in tenant)))
+        mine = AllowSet.from_ids(self._ids.lookup(np.array(ids, np.int64)))
+        return FlatIndex._search_slots(self, queries, k, mine if allow is None else mine.intersect(allow), None, params)
+
+
+def test_several_tenants_reach_only_an_index_that_searches_them_together() -> None:
+    pts = np.array([[0, 0], [1, 0], [2, 0], [3, 0]], np.float32)
+    q = np.array([[2.9, 0]], np.float32)
+    single, multi = TenantRecorder(2), MultiTenantRecorder(2)
+    for index in (single, multi):
+        index.add(pts[:2], [10, 11], tenant=5)
+        index.add(pts[2:], [12, 13], tenant=6)
+        assert index.search(q, 1, tenant=[6]).ids[0, 0] == 13          # one tenant in a list: that tenant
+    with pytest.raises(InvalidArgumentError, match="one tenant at a time"):
+        single.search(q, 1, tenant=[5, 6])
+    res = multi.search(q, 4, tenant=np.array([6, 5, 6]))
+    assert res.ids[0].tolist() == [13, 12, 11, 10] and multi.seen_tenants[-1] == (5, 6)
+    for bad in ([], [5, -1], ["5", 6]):
+        with pytest.raises(InvalidArgumentError, match="tenant"):
+            multi.search(q, 1, tenant=bad)
 
 
 def test_index_kinds_and_their_classes_come_from_the_registry() -> None:

@@ -11,8 +11,12 @@ Layers, bottom to top:
                 collections, and by the server to validate filters, so it sits below both)
   4 api         the shared API contract (SearchRequest validates with filters)
   5 collection/ and database.py
-  6 server/, client, aio_client, wire, v1 (generated), cluster (when it exists), cli,
-    bench/, data/, eval, the package itself
+  6 cluster/    vecdb on Ray (shards of embedded databases behind the same API); the only
+                package that imports ray, and nothing below it imports it
+  7 server/, client, aio_client, wire, v1 (generated), cli, bench/, data/, eval, the package
+    itself
+  8 integrations/  LangChain / LlamaIndex vector stores; the only package that imports either
+                framework, and nothing below it imports it
 """
 from __future__ import annotations
 
@@ -34,8 +38,10 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (3, ("vecdb.index", "vecdb.filters")),
     (4, ("vecdb.api",)),
     (5, ("vecdb.collection", "vecdb.database")),
-    (6, ("vecdb.server", "vecdb.client", "vecdb.aio_client", "vecdb.wire", "vecdb.v1", "vecdb.cluster", "vecdb.cli",
+    (6, ("vecdb.cluster",)),
+    (7, ("vecdb.server", "vecdb.client", "vecdb.aio_client", "vecdb.wire", "vecdb.v1", "vecdb.cli",
          "vecdb.bench", "vecdb.data", "vecdb.eval", "vecdb.__main__", "vecdb")),
+    (8, ("vecdb.integrations",)),
 ]
 
 
@@ -142,6 +148,27 @@ def test_the_client_sdk_loads_no_numba() -> None:
     script = ("import sys, vecdb.client, vecdb.aio_client\n"
               "bad = sorted(m for m in sys.modules if m == 'numba' or m.startswith(('vecdb.index', 'vecdb.kernels')))\n"
               "print(bad)\n"
+              "sys.exit(1 if bad else 0)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_only_the_cluster_package_imports_ray() -> None:
+    """Ray is the optional extra ``vecdb[cluster]``: importing vecdb, its server and its
+    clients never loads it."""
+    script = ("import sys, vecdb, vecdb.database, vecdb.server.app, vecdb.client, vecdb.cli\n"
+              "print([m for m in sys.modules if m == 'ray' or m.startswith('ray.')][:3])\n"
+              "sys.exit(1 if 'ray' in sys.modules else 0)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_only_the_integrations_import_the_frameworks() -> None:
+    """LangChain and LlamaIndex are the optional extras ``vecdb[langchain]`` /
+    ``vecdb[llamaindex]``: importing vecdb, its server, clients and CLI never loads them."""
+    script = ("import sys, vecdb, vecdb.database, vecdb.server.app, vecdb.client, vecdb.aio_client, vecdb.cli\n"
+              "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('langchain_core', 'langchain', 'llama_index'))\n"
+              "print(bad[:3])\n"
               "sys.exit(1 if bad else 0)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent)
     assert done.returncode == 0, done.stdout + done.stderr

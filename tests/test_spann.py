@@ -251,7 +251,10 @@ def test_searches_during_splits_return_valid_results(tmp_path: Path) -> None:
         thread.join()
         assert not errors, errors[0]
         index = col._mem.index
-        assert index.n_heads > heads and index.posting_sizes().max() <= 32
+        assert index.posting_sizes().max() <= 2 * 32              # a writer splits past twice the limit
+        assert index.wait_idle()                                  # the queued splits are done
+        assert index.n_heads > heads and index.posting_sizes().max() <= 32 and index.pending_splits == 0
+        assert index.background_splits > 0
         res = col.search(x[::200], 1)
         np.testing.assert_array_equal(res.ids[:, 0], np.arange(0, 4000, 200))
 
@@ -326,7 +329,8 @@ def test_insert_half_more_and_delete_a_fifth_keeps_recall_of_a_fresh_build() -> 
         heads = index.n_heads
         for start in range(0, 3000, 300):
             index.add(x1[start : start + 300], np.arange(6000 + start, 6300 + start))
-        assert index.n_heads > heads and index.splits > 50 and index.posting_sizes().max() <= index.posting_limit
+        assert index.wait_idle()
+        assert index.background_splits > 0 and index.n_heads > heads and index.splits > 50 and index.posting_sizes().max() <= index.posting_limit
         gone = np.random.default_rng(14).choice(9000, 1800, replace=False)
         for start in range(0, 1800, 300):
             assert index.remove(gone[start : start + 300]) == 300
@@ -360,7 +364,7 @@ def dead_entries(index: SPANN) -> int:
 
 def test_deletes_are_tombstones_purged_when_a_posting_is_rewritten() -> None:
     x = clustered(2000, 15)
-    index = built(x, posting_limit=4096, head_size=64)        # no splits: only the rewrite purges
+    index = built(x, posting_limit=4096, head_size=64, background=False)   # no splits, no purge pass
     try:
         total = index.posting_sizes().sum()
         index.remove(np.arange(0, 2000, 2))
@@ -469,7 +473,7 @@ def test_bad_calls_are_refused_and_change_nothing() -> None:
 def test_registered_as_a_self_persisting_trained_kind() -> None:
     assert index_class("spann") is SPANN
     assert SPANN.persistence == "self" and SPANN.needs_training and not SPANN.tenant_aware
-    assert {"max_postings", "eps2", "ef"} == SPANN.search_params
+    assert {"max_postings", "eps2", "ef", "rerank"} == SPANN.search_params
 
 
 # ---- property: reading every posting is exact search -----------------------------------
@@ -501,8 +505,9 @@ def test_reading_every_posting_matches_flat(n: int, seed: int, metric: str, k: i
 
 # ---- state machine: updates never lose a vector ------------------------------------------
 class UpdatesMatchFlat(RuleBasedStateMachine):
-    """Batches of inserts (splitting tiny postings, reassigning their neighbours' vectors),
-    deletes and reopenings of a standalone index: reading every posting must always give
+    """Batches of inserts (tiny postings, split with reassignment of their neighbours' vectors
+    by the background thread while the invariant searches), deletes, waits for the background
+    and reopenings (with splits still queued) of a standalone index: reading every posting must always give
     exactly FlatIndex's answer, so no vector is ever lost, duplicated or left stale."""
 
     def __init__(self) -> None:
@@ -530,6 +535,12 @@ class UpdatesMatchFlat(RuleBasedStateMachine):
             assert self.index.remove(gone) == self.flat.remove(gone)
 
     @rule()
+    def settle(self) -> None:
+        assert self.index.wait_idle()                    # the background thread finished its splits
+        assert self.index.pending_splits == 0
+        assert self.index.posting_sizes().max(initial=0) <= self.index.posting_limit
+
+    @rule()
     def reopen(self) -> None:
         self.index.close()
         self.index = SPANN(4, "l2", self.dir)
@@ -543,7 +554,7 @@ class UpdatesMatchFlat(RuleBasedStateMachine):
         k = min(5, len(self.flat))
         got, want = self.index.search(q, k, **EVERYTHING), self.flat.search(q, k)
         np.testing.assert_allclose(got.distances, want.distances, rtol=1e-4, atol=1e-5)
-        assert self.index.posting_sizes().max() <= self.index.posting_limit
+        assert self.index.posting_sizes().max() <= 2 * self.index.posting_limit   # over the limit: queued
 
     def teardown(self) -> None:
         self.index.close()
@@ -553,3 +564,311 @@ class UpdatesMatchFlat(RuleBasedStateMachine):
 UpdatesMatchFlat.TestCase.settings = settings(max_examples=12, stateful_step_count=12, deadline=None,
                                               suppress_health_check=[HealthCheck.too_slow])
 test_updates_match_flat = UpdatesMatchFlat.TestCase
+
+
+# ---- background maintenance (SPFresh: splits, reassignment, purges off the write path) ---
+def test_searches_during_background_splits_see_whole_states() -> None:
+    """A standalone index splits and purges on its own thread while a reader searches every
+    posting: each answer is exact over a committed state (a half-written split would lose or
+    repeat a vector), and the base vectors, never removed, are always found."""
+    x = clustered(5000, 31)
+    index = SPANN(DIM, "l2", posting_limit=24, head_size=12)
+    index.train(x[:1000])
+    index.add(x[:1000])
+    errors: list[BaseException] = []
+    done = threading.Event()
+    searched = [0]
+
+    def reader() -> None:
+        try:
+            while not done.is_set() and searched[0] < 5000:
+                rows = np.arange(0, 900, 97)                               # never removed
+                res = index.search(x[rows], 3, **EVERYTHING)
+                np.testing.assert_array_equal(res.ids[:, 0], rows)     # base vectors: always there
+                assert (res.distances[:, 0] <= 1e-4).all()
+                for row in res.ids:
+                    assert len(set(row.tolist())) == len(row)          # a replica enters a row once
+                    want = ((x[row] - x[row[0]]) ** 2).sum(1)
+                    assert (row < 5000).all() and np.all(np.diff(want) >= -1e-3)
+                searched[0] += 1
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for start in range(1000, 5000, 200):
+            index.add(x[start : start + 200], np.arange(start, start + 200))
+            if start % 1000 == 0:
+                index.remove(np.arange(start - 100, start))            # tombstones for the purge pass
+        assert index.wait_idle()
+    finally:
+        done.set()
+        thread.join()
+    try:
+        assert not errors, errors[0]
+        assert searched[0] > 0 and index.background_splits > 0 and index.pending_splits == 0
+        assert index.posting_sizes().max() <= index.posting_limit
+        live = np.setdiff1d(np.arange(5000), np.concatenate([np.arange(s - 100, s) for s in (1000, 2000, 3000, 4000)]))
+        np.testing.assert_array_equal(index.search(x[live], 1, **EVERYTHING).ids[:, 0], live)
+    finally:
+        index.close()
+
+
+def test_the_background_purges_tombstones_and_close_stops_it(tmp_path: Path) -> None:
+    x = clustered(2000, 32)
+    index = built(x, posting_limit=4096, head_size=64, path=tmp_path / "s")   # no splits: only the purge
+    index.remove(np.arange(0, 2000, 2))
+    assert index.wait_idle()
+    assert dead_entries(index) == 0 and index.posting_sizes().sum() >= 1000
+    found = index.search(x[1::2][:50], 1, **EVERYTHING).ids[:, 0]
+    np.testing.assert_array_equal(found, np.arange(1, 100, 2))
+    index.remove(np.arange(1, 1000, 2))                        # queued again, then closed at once
+    thread = index._bg._thread
+    index.close()
+    assert thread is not None and not thread.is_alive()
+    again = SPANN(DIM, "l2", tmp_path / "s")
+    try:
+        assert len(again) == 500 and again.wait_idle() and dead_entries(again) == 0
+    finally:
+        again.close()
+
+
+def test_a_full_split_queue_makes_the_writer_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the queue's bound the writer splits itself: the queue never grows past it."""
+    from vecdb.index.spann import index as spann_index
+    monkeypatch.setattr(spann_index, "SPLIT_QUEUE", 2)
+    x = clustered(3000, 33)
+    index = SPANN(DIM, "l2", posting_limit=24, head_size=12, background=False)
+    index.train(x[:500])
+    index.add(x[:500])
+    try:
+        for start in range(500, 3000, 250):
+            index.add(x[start : start + 250], np.arange(start, start + 250))
+            assert index.pending_splits <= 2
+        assert index.splits > index.background_splits == 0   # nothing ran in the background
+        monkeypatch.setattr(spann_index, "SPLIT_QUEUE", 1024)
+        index.add(x[:500] + 0.01, np.arange(3000, 3500))
+        assert index.pending_splits > 2 and index.posting_sizes().max() > 24
+        assert index.wait_idle()                               # maintain() here, without a thread
+        assert index.background_splits > 0 and index.posting_sizes().max() <= 24 and index.pending_splits == 0
+    finally:
+        index.close()
+
+
+STANDALONE_WRITER = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from vecdb.index import SPANN
+from test_spann import clustered
+index = SPANN(24, "l2", {path!r})
+fd = os.open({acks!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+x = clustered(8000, 41)
+for b in range(1, 80):
+    ids = np.arange(b * 100, b * 100 + 100)
+    index.add(x[ids], ids)
+    if b % 3 == 0:
+        index.remove(ids[::10])
+    os.write(fd, f"{{b}}\\n".encode())
+"""
+
+
+def test_sigkill_during_background_splits_loses_no_acknowledged_vector(tmp_path: Path) -> None:
+    """A standalone index whose background thread splits postings while its writer adds is
+    killed; reopened, it holds every acknowledged vector (each found by exact search), every
+    posting is readable, and the splits left queued are requeued and done."""
+    x = clustered(8000, 41)
+    path, acks = tmp_path / "s", tmp_path / "acks"
+    index = SPANN(DIM, "l2", path, posting_limit=24, head_size=8)
+    index.train(x[:100])
+    index.add(x[:100])
+    index.close()
+    script = STANDALONE_WRITER.format(tests=str(Path(__file__).parent), path=str(path), acks=str(acks))
+    child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue"})
+    try:
+        for _ in range(60_000):                               # until 10 batches are acknowledged (or it exits)
+            if (acks.exists() and len(acks.read_text().split()) >= 10) or child.poll() is not None:
+                break
+            time.sleep(0.005)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    acked = [int(b) for b in acks.read_text().split()]
+    assert acked == list(range(1, len(acked) + 1)) and len(acked) >= 10
+    oracle = set(range(100))
+    for b in acked:
+        oracle |= set(range(b * 100, b * 100 + 100))
+        if b % 3 == 0:
+            oracle -= set(range(b * 100, b * 100 + 100, 10))
+    again = SPANN(DIM, "l2", path)
+    try:
+        stored = set(again.ids.tolist())
+        assert oracle <= stored and len(stored - oracle) <= 100
+        ids = np.array(sorted(oracle))
+        np.testing.assert_array_equal(again.search(x[ids], 1, **EVERYTHING).ids[:, 0], ids)
+        assert again.n_heads > 13 and again.wait_idle()
+        assert again.posting_sizes().max() <= 24 and again.pending_splits == 0
+        np.testing.assert_array_equal(again.search(x[ids], 1, **EVERYTHING).ids[:, 0], ids)
+    finally:
+        again.close()
+
+
+# ---- costs: a build writes as it goes, a batch writes its own share of the slot map ------
+def test_a_collection_build_writes_postings_as_it_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built in a space (as a collection builds it), the postings reach LMDB in groups of
+    heads before ``persist_all``: memory holds the heads only; persist_all makes it whole."""
+    from vecdb.index.spann import index as spann_index
+    from vecdb.storage.env import Store
+    monkeypatch.setattr(spann_index, "BUILD_HEADS", 32)       # several groups, each its own transaction
+    from vecdb.storage.space import IndexSpace
+    x, q = clustered(6000, 34), clustered(100, 35)
+    store = Store(tmp_path / "env")
+    try:
+        space = IndexSpace(store, "c1.x1.")
+        index = SPANN(DIM, "l2", **SMALL)
+        index.attach(space)
+        index.train(x[:2000])
+        index.add(x, np.arange(6000))
+        with space.read() as txn:
+            records = txn.stat(index._pdb)["entries"]
+        assert index._overlay is None and records == index.n_heads > spann_index.BUILD_HEADS
+        assert index.memory_bytes() < x.nbytes / 2               # heads and id maps; postings (>= x) on disk
+        space.write(index.persist_all)
+        flat = FlatIndex(DIM)
+        flat.add(x)
+        assert recall(index.search(q, 10).ids, flat.search(q, 10).ids) >= 0.9
+        again = SPANN(DIM, "l2", **SMALL)
+        again.attach(space)
+        np.testing.assert_array_equal(again.search(q, 10).ids, index.search(q, 10).ids)
+    finally:
+        store.close()
+
+
+def test_a_batch_rewrites_only_its_chunks_of_the_slot_map(tmp_path: Path) -> None:
+    """The slot -> id map is stored in chunks; a batch writes the chunks its removals and
+    appended ids fall in (not the whole map), and reading them back gives the new map."""
+    from vecdb.index.spann import state
+    env = lmdb.open(str(tmp_path / "e"), max_dbs=2, map_size=1 << 26)
+    db = env.open_db(b"m")
+    per = state.CHUNK // 8
+    base = np.arange(5 * per + 17, dtype=np.int64) * 3
+    with env.begin(write=True) as txn:
+        full = state.write_arrays(txn, db, {"slot_ids": base}, None)
+    tail = np.arange(10, dtype=np.int64) + 10**9
+    cleared = np.array([5, 2 * per + 1], np.int64)
+    written: list[bytes] = []
+
+    class Counting:
+        def __init__(self, txn: Any) -> None:
+            self.txn = txn
+
+        def put(self, key: bytes, value: bytes, db: Any) -> bool:
+            written.append(key)
+            return self.txn.put(key, value, db=db)
+
+    with env.begin(write=True) as txn:
+        desc = state.write_grown(Counting(txn), db, "slot_ids", base, tail, cleared)
+    assert full["slot_ids"]["chunks"] == 6 and desc["chunks"] == 6
+    assert sorted(written) == [state.chunk_key("slot_ids", i) for i in (0, 2, 5)]
+    want = np.concatenate([base, tail])
+    want[cleared] = -1
+    with env.begin() as txn:
+        got = state.read_arrays(txn, db, {"slot_ids": desc})["slot_ids"]
+    np.testing.assert_array_equal(got, want)
+    env.close()
+
+
+# ---- SQ8 posting codes ------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_sq8_postings_keep_recall_and_read_fewer_bytes(data: tuple[np.ndarray, np.ndarray], metric: str) -> None:
+    """Postings of SQ8 codes: ranked on codes, re-ranked with the float vectors from LMDB;
+    the distances returned are the exact ones, the postings a quarter of the float ones."""
+    x, q = data
+    flat = FlatIndex(DIM, metric)
+    flat.add(x)
+    want = flat.search(q, 10)
+    plain, coded = built(x, metric), built(x, metric, codes="sq8")
+    try:
+        got, stats = coded.search_with_stats(q[:1], 10)
+        _, plain_stats = plain.search_with_stats(q[:1], 10)
+        assert 0 < stats.rerank_bytes < stats.bytes_read
+        assert stats.bytes_read - stats.rerank_bytes < 0.5 * plain_stats.bytes_read   # the postings read
+        got = coded.search(q, 10)
+        assert recall(got.ids, want.ids) >= 0.9
+        same = got.ids == want.ids
+        np.testing.assert_allclose(got.distances[same], want.distances[same], rtol=1e-4, atol=1e-4)
+        assert coded.disk_bytes() < 0.5 * plain.disk_bytes()
+        exact = coded.search(q, 10, **EVERYTHING, rerank=200)
+        assert recall(exact.ids, want.ids) >= 0.99
+    finally:
+        plain.close()
+        coded.close()
+
+
+def test_sq8_postings_reopen_update_and_save_identically(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, q = data
+    index = SPANN(DIM, "l2", tmp_path / "s", codes="sq8", posting_limit=32, head_size=16)
+    index.train(x[:2000])
+    index.add(x[:3000])
+    index.add(x[3000:], np.arange(3000, 6000))                # splits, reassignment on codes
+    index.remove(np.arange(0, 6000, 5))
+    assert index.wait_idle()
+    before = index.search(q, 10)
+    assert not np.isin(before.ids, np.arange(0, 6000, 5)).any()
+    index.save(tmp_path / "saved")
+    index.close()
+    again = SPANN(DIM, "l2", tmp_path / "s")                  # codes come from the store
+    loaded = load_index(tmp_path / "saved")
+    try:
+        assert again.codes == "sq8" and again.params()["codes"] == "sq8"
+        for other in (again, loaded):
+            after = other.search(q, 10)
+            np.testing.assert_array_equal(after.ids, before.ids)
+            np.testing.assert_allclose(after.distances, before.distances, rtol=1e-6)
+        live = np.setdiff1d(np.arange(6000), np.arange(0, 6000, 5))
+        np.testing.assert_array_equal(again.search(x[live], 1, **EVERYTHING).ids[:, 0], live)
+    finally:
+        again.close()
+        loaded.close()
+
+
+def test_sq8_postings_in_a_collection(tmp_path: Path) -> None:
+    x, q = clustered(1500, 36), clustered(50, 37)
+    params = {**SMALL, "min_train": 300, "codes": "sq8"}
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="spann", index_params=params)
+        col.upsert(np.arange(1000), x[:1000])
+        col.train()
+        col.upsert(np.arange(1000, 1500), x[1000:])
+        col.wait_indexed()
+        before = col.search(q, 10)
+        flat = FlatIndex(DIM)
+        flat.add(x)
+        assert recall(before.ids, flat.search(q, 10).ids) >= 0.9
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.get_collection("c")
+        col.wait_indexed()
+        np.testing.assert_array_equal(col.search(q, 10).ids, before.ids)
+
+
+def test_a_corrupt_sq8_vector_record_or_posting_raises_data_loss(tmp_path: Path) -> None:
+    x = clustered(1000, 38)
+    index = built(x, codes="sq8", path=tmp_path / "s")
+    index.close()
+    corrupt(tmp_path / "s", lambda t, h, k, v: t.put(k, v[:-4], db=h), db=b"spann.vectors")
+    again = SPANN(DIM, "l2", tmp_path / "s")
+    try:
+        with pytest.raises(DataLossError):
+            again.search(x, 10, **EVERYTHING, rerank=1000)
+    finally:
+        again.close()
+    corrupt(tmp_path / "s", lambda t, h, k, v: t.put(k, v[:6] + bytes(2) + v[8:], db=h))   # flagged float
+    again = SPANN(DIM, "l2", tmp_path / "s")
+    try:
+        with pytest.raises(DataLossError):
+            again.search(x[:50], 10, **EVERYTHING)
+    finally:
+        again.close()
+    with pytest.raises(InvalidArgumentError):
+        SPANN(DIM, "l2", codes="pq")

@@ -77,8 +77,9 @@ class AsyncCollection(CollectionHandle):
     async def get(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> GetResult:
         return await self._t.run(get_call(self._info, ids, tenant))  # type: ignore[no-any-return]
 
-    async def search(self, queries: Any, k: int = 10, filter: Filter | None = None, tenant: str | None = None,
-                     params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult:
+    async def search(self, queries: Any, k: int = 10, filter: Filter | None = None,
+                     tenant: str | Sequence[str] | None = None, params: Mapping[str, Any] | None = None,
+                     with_payloads: bool = False) -> QueryResult:
         return await self._t.run(search_call(self._info, queries, k, filter, tenant, params, with_payloads))  # type: ignore[no-any-return]
 
     async def create_tenant(self, tenant: str) -> None:
@@ -131,9 +132,11 @@ class AsyncDatabase:
     def _collection(self, info: CollectionInfo) -> AsyncCollection:
         return AsyncCollection(self._t, info, self._chunk_bytes)
 
-    async def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
-                                index_params: Mapping[str, Any] | None = None, id_type: str = "int") -> AsyncCollection:
-        return self._collection(await self._t.run(create_collection_call(name, dim, metric, index, index_params, id_type)))
+    async def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str | None = None,
+                                index_params: Mapping[str, Any] | None = None, id_type: str = "int",
+                                multi_tenant: bool = False) -> AsyncCollection:
+        return self._collection(await self._t.run(create_collection_call(name, dim, metric, index, index_params, id_type,
+                                                                         multi_tenant)))
 
     async def get_collection(self, name: str) -> AsyncCollection:
         req = _build(lambda: pb.GetCollectionRequest(name=name))

@@ -19,7 +19,8 @@ admin). ``tenant=`` makes a call act as that tenant (a tenant API key always doe
   - search / count / get see exactly the points the tenant may access, whatever the filter
     says. ``get`` of an id the tenant cannot see raises IdNotFoundError with the same
     message as for a missing id ("N id(s) not found in collection 'c': [...]"), so a tenant
-    cannot tell another tenant's id from a free one.
+    cannot tell another tenant's id from a free one. A search may name several tenants
+    (``tenant=["a", "b"]``): it covers every point any of them may access, each once.
   - upsert creates new points owned by the tenant, and replaces existing points only if the
     tenant owns them or holds a write grant. Ids form one namespace per collection, so an
     upsert of an id the tenant cannot see must fail: it raises AlreadyExistsError ("not
@@ -82,6 +83,7 @@ class CollectionInfo:
     index: str
     index_params: dict[str, Any] = field(default_factory=dict)
     id_type: str = "int"
+    multi_tenant: bool = False  # created for many tenants (its default index is then "curator")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,12 @@ class QueryResult:
 MAX_TENANT_BYTES = 200
 
 
+def default_index(multi_tenant: bool) -> str:
+    """The index a collection gets when none is named: Curator's shared tree with per-tenant
+    sub-trees for a multi-tenant collection, HNSW otherwise."""
+    return "curator" if multi_tenant else "hnsw"
+
+
 def check_tenant(tenant: Any) -> str:
     """A tenant name: a non-empty string of at most ``MAX_TENANT_BYTES`` UTF-8 bytes."""
     if not isinstance(tenant, str) or not tenant or len(tenant.encode("utf-8")) > MAX_TENANT_BYTES:
@@ -137,13 +145,26 @@ def check_tenants(tenant: Any) -> list[str]:
     return list(dict.fromkeys(check_tenant(name) for name in names))
 
 
+def check_search_tenant(tenant: Any) -> str | tuple[str, ...] | None:
+    """A search's ``tenant``: None, one name, or several names (a list or tuple: the search
+    covers the union of their points). Several names come back distinct and sorted as a
+    tuple (so equal requests key the same caches); a list of one name is that name."""
+    if tenant is None or isinstance(tenant, str):
+        return None if tenant is None else check_tenant(tenant)
+    if not isinstance(tenant, (list, tuple)) or not tenant:
+        raise InvalidArgumentError(f"tenant must be a name or a non-empty list of names, got {tenant!r:.300}")
+    names = tuple(sorted({check_tenant(name) for name in tenant}))
+    return names[0] if len(names) == 1 else names
+
+
 class SearchRequest(NamedTuple):
     """One search, validated once (by ``build``) at the public boundary: the embedded
     ``Collection.search`` and the server build it, and ``Collection.execute`` trusts it.
 
     queries: C-contiguous finite float32 (nq, dim); k >= 1; filter: the parsed filter tree
     (``vecdb.filters.parse_filter``, lists frozen to tuples so it can key a cache) or None for
-    every point; tenant: a checked name or None; params: the raw search knobs (names and
+    every point; tenant: a checked name, a sorted tuple of several names (their union), or
+    None; params: the raw search knobs (names and
     values are resolved by the serving index, once per request); with_payloads: bool.
     A named tuple: built on every search, and a tuple costs a fraction of a dataclass.
     """
@@ -151,7 +172,7 @@ class SearchRequest(NamedTuple):
     queries: F32Matrix
     k: int
     filter: Any
-    tenant: str | None
+    tenant: str | tuple[str, ...] | None
     params: Mapping[str, Any]
     with_payloads: bool
 
@@ -177,7 +198,7 @@ class SearchRequest(NamedTuple):
                 raise InvalidArgumentError(f"with_payloads must be True or False, got {with_payloads!r:.80}")
             with_payloads = bool(with_payloads)
         return cls(q, k, None if node is None or node == ("all",) else _frozen(node),
-                   None if tenant is None else check_tenant(tenant), knobs, with_payloads)
+                   None if tenant is None else check_search_tenant(tenant), knobs, with_payloads)
 
 
 _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})
@@ -214,8 +235,11 @@ class CollectionAPI(Protocol):
         """Fetch points; IdNotFoundError if any is missing (or, with ``tenant``, not visible to
         it: the same message, so the two cannot be told apart)."""
 
-    def search(self, queries: Any, k: int = 10, filter: Filter | None = None, tenant: str | None = None,
-               params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult: ...
+    def search(self, queries: Any, k: int = 10, filter: Filter | None = None,
+               tenant: str | Sequence[str] | None = None, params: Mapping[str, Any] | None = None,
+               with_payloads: bool = False) -> QueryResult:
+        """The ``k`` nearest points per query row among those passing ``filter``; with
+        ``tenant`` (one name, or a list: their union) only points those tenants may access."""
 
     def wait_indexed(self, timeout: float | None = None) -> bool:
         """Wait until every acknowledged point is in the index (searches never need to: they
@@ -244,8 +268,11 @@ class CollectionAPI(Protocol):
 class DatabaseAPI(Protocol):
     """A set of collections: ``vecdb.open(path)`` in process, ``vecdb.connect(addr)`` remote."""
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
-                          index_params: Mapping[str, Any] | None = None, id_type: str = "int") -> CollectionAPI: ...
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str | None = None,
+                          index_params: Mapping[str, Any] | None = None, id_type: str = "int",
+                          multi_tenant: bool = False) -> CollectionAPI:
+        """Create a collection; ``index`` None means ``default_index(multi_tenant)``: "hnsw", or
+        "curator" (the tenant-aware index) for a collection created with ``multi_tenant=True``."""
     def get_collection(self, name: str) -> CollectionAPI: ...
     def list_collections(self) -> list[CollectionInfo]: ...
     def drop_collection(self, name: str) -> None: ...

@@ -143,6 +143,7 @@ def _int_list(flag: str, text: str) -> list[int]:
 def _bench_run(args: argparse.Namespace) -> int:
     from vecdb.bench import grid
     from vecdb.bench.cli_run import RunSpec, execute
+    from vecdb.bench.workloads import parse_filters
 
     spec = RunSpec(dataset=args.dataset, targets=_names(args.targets), output=args.output,
                    build=grid.parse_axes(args.build, "--build"), search=grid.parse_axes(args.search, "--search"),
@@ -151,7 +152,8 @@ def _bench_run(args: argparse.Namespace) -> int:
                    repeats=args.repeats, stat=args.stat, max_queries=args.max_queries,
                    build_threads=args.build_threads, allow_busy=args.allow_busy, server=args.target,
                    concurrency=_int_list("--concurrency", args.concurrency), collection=args.collection,
-                   server_index=args.server_index)
+                   server_index=args.server_index, filters=parse_filters(args.filter), tenants=args.tenants,
+                   churn=args.churn, churn_rounds=args.churn_rounds)
     try:
         lines = execute(spec, argv=args.argv, progress=not args.no_progress and sys.stderr.isatty())
     except KeyboardInterrupt:
@@ -178,7 +180,8 @@ def _bench_plot(args: argparse.Namespace) -> int:
     from vecdb.bench.jsonl import read_lines
     from vecdb.bench.plot import save_plot
 
-    print(f"saved {save_plot(read_lines(args.results), args.o, threads=args.threads, batch=args.batch)}")
+    out = save_plot(read_lines(args.results), args.o, threads=args.threads, batch=args.batch, workload=args.workload)
+    print(f"saved {out}")
     return 0
 
 
@@ -214,6 +217,15 @@ def build_bench_parser() -> argparse.ArgumentParser:
     r.add_argument("--concurrency", default="1", help="concurrent clients for --target, e.g. 1,4,16")
     r.add_argument("--collection", default=None, help="collection for --target (default: named from the data's hash)")
     r.add_argument("--server-index", default="hnsw", help="index of a collection --target creates: hnsw or flat")
+    r.add_argument("--filter", default="", metavar="S,S,...",
+                   help="filtered search at these selectivities, e.g. 0.01,0.1,0.5 (a synthetic attribute, fixed "
+                        "seed; exact truth over the passing rows, cached)")
+    r.add_argument("--tenants", default=None, metavar="dataset|zipf:N",
+                   help="each query searches one tenant: the dataset's labels, or N synthetic Zipf tenants")
+    r.add_argument("--churn", type=float, nargs="?", const=0.2, default=None, metavar="FRACTION",
+                   help="churn workload: build on all but FRACTION (default 0.2) of the rows, then rounds that "
+                        "insert the rest and delete as many, searching after each (recall vs the live rows)")
+    r.add_argument("--churn-rounds", type=int, default=4, help="rounds of the churn workload")
     r.set_defaults(func=_bench_run)
     rep = sub.add_parser("report", help="best QPS at recall >= 0.90/0.95/0.99 per target, with ratios")
     rep.add_argument("results", nargs="+", help="JSON lines files of `vecdb bench run`")
@@ -226,6 +238,8 @@ def build_bench_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", required=True, help="output PNG path")
     pl.add_argument("--threads", type=int, default=None, help="lines of this thread count (default: smallest)")
     pl.add_argument("--batch", type=int, default=None, help="lines of this batch size (default: smallest)")
+    pl.add_argument("--workload", default=None,
+                    help="lines of this workload, e.g. 'filter 0.1' (default: knn when present, else the first)")
     pl.set_defaults(func=_bench_plot)
     return parser
 

@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 
 from vecdb import wire
-from vecdb.api import CollectionInfo, CollectionStats, Filter, GetResult, Payload, QueryResult
+from vecdb.api import CollectionInfo, CollectionStats, Filter, GetResult, Payload, QueryResult, check_search_tenant
 from vecdb.errors import InvalidArgumentError, VecdbError, VecdbTimeoutError, error_classes
 from vecdb.v1 import vecdb_pb2 as pb
 from vecdb.v1 import vecdb_pb2_grpc as pb_grpc
@@ -149,11 +149,13 @@ def _build(fn: Callable[[], Any]) -> Any:
         raise InvalidArgumentError(str(exc)) from None
 
 
-def create_collection_call(name: str, dim: int, metric: str, index: str, index_params: Mapping[str, Any] | None,
-                           id_type: str) -> Call:
-    """CreateCollection; parses to the new collection's info."""
+def create_collection_call(name: str, dim: int, metric: str, index: str | None, index_params: Mapping[str, Any] | None,
+                           id_type: str, multi_tenant: bool = False) -> Call:
+    """CreateCollection (``index`` None: the server's default for ``multi_tenant``); parses
+    to the new collection's info."""
     req = _build(lambda: pb.CreateCollectionRequest(
         name=name, dim=dim, metric=metric, index=index, id_type=id_type,
+        multi_tenant=wire.flag(multi_tenant, what="multi_tenant"),
         index_params_json=wire.params_to_json(index_params, what="index_params")))
     return Call("CreateCollection", req, lambda r: wire.info_from_proto(r.info))
 
@@ -215,14 +217,18 @@ def _queries(queries: Any, dim: int) -> np.ndarray:
     return as_matrix(queries, None, what="queries")
 
 
-def search_call(info: CollectionInfo, queries: Any, k: int, filter: Filter | None, tenant: str | None,
+def search_call(info: CollectionInfo, queries: Any, k: int, filter: Filter | None, tenant: str | Sequence[str] | None,
                 params: Mapping[str, Any] | None, with_payloads: bool) -> Call:
-    """Search; parses to a QueryResult."""
+    """Search (``tenant``: one name, or several for the union of their points); parses to a
+    QueryResult."""
     q = _queries(queries, info.dim)
     k = as_k(k)
+    names = tenant if tenant is None or isinstance(tenant, str) else check_search_tenant(tenant)
+    several = isinstance(names, tuple)
     req = _build(lambda: pb.SearchRequest(
         collection=info.name, queries=wire.matrix_to_proto(q), k=k, filter_json=wire.optional_json(filter, what="filter"),
-        tenant=tenant, params_json=wire.params_to_json(params, what="params"), with_payloads=bool(with_payloads)))
+        tenant=None if several else names, tenants=names if several else None,
+        params_json=wire.params_to_json(params, what="params"), with_payloads=bool(with_payloads)))
 
     def parse(r: pb.SearchResponse) -> QueryResult:
         return wire.query_result_from_proto(r.ids, r.distances, r.payloads if r.HasField("payloads") else None)
@@ -362,8 +368,9 @@ class RemoteCollection(CollectionHandle):
         """Fetch points in the order asked; IdNotFoundError if any is missing (or not ``tenant``'s)."""
         return self._t.run(get_call(self._info, ids, tenant))  # type: ignore[no-any-return]
 
-    def search(self, queries: Any, k: int = 10, filter: Filter | None = None, tenant: str | None = None,
-               params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult:
+    def search(self, queries: Any, k: int = 10, filter: Filter | None = None,
+               tenant: str | Sequence[str] | None = None, params: Mapping[str, Any] | None = None,
+               with_payloads: bool = False) -> QueryResult:
         """The ``k`` nearest points to each query row (see ``CollectionAPI.search``)."""
         return self._t.run(search_call(self._info, queries, k, filter, tenant, params, with_payloads))  # type: ignore[no-any-return]
 
@@ -421,10 +428,13 @@ class RemoteDatabase:
     def _collection(self, info: CollectionInfo) -> RemoteCollection:
         return RemoteCollection(self._t, info, self._chunk_bytes)
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
-                          index_params: Mapping[str, Any] | None = None, id_type: str = "int") -> RemoteCollection:
-        """Create a collection (admin keys only); AlreadyExistsError if the name is taken."""
-        return self._collection(self._t.run(create_collection_call(name, dim, metric, index, index_params, id_type)))
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str | None = None,
+                          index_params: Mapping[str, Any] | None = None, id_type: str = "int",
+                          multi_tenant: bool = False) -> RemoteCollection:
+        """Create a collection (admin keys only); AlreadyExistsError if the name is taken.
+        ``index`` None: "hnsw", or "curator" when ``multi_tenant``."""
+        return self._collection(self._t.run(create_collection_call(name, dim, metric, index, index_params, id_type,
+                                                                   multi_tenant)))
 
     def get_collection(self, name: str) -> RemoteCollection:
         """A handle on an existing collection; CollectionNotFoundError if there is none."""

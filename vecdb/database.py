@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-from vecdb.api import CollectionInfo
+from vecdb.api import CollectionInfo, default_index
 from vecdb.collection import PARTS, CheckpointPolicy, Collection, CollectionHost
 from vecdb.collection.layout import DEFAULT_MAX_PENDING, checkpoint_root, index_space_prefix, part_names
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
@@ -103,10 +103,12 @@ class Database:
         self._closed = False
 
     # ---- collections -----------------------------------------------------------------
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
-                          index_params: Mapping[str, Any] | None = None, id_type: str = "int") -> Collection:
-        """Create and return a new collection; AlreadyExistsError if the name is taken."""
-        info = _validate_info(name, dim, metric, index, index_params, id_type)
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str | None = None,
+                          index_params: Mapping[str, Any] | None = None, id_type: str = "int",
+                          multi_tenant: bool = False) -> Collection:
+        """Create and return a new collection; AlreadyExistsError if the name is taken.
+        ``index`` None: "hnsw", or "curator" when ``multi_tenant`` (``vecdb.api.default_index``)."""
+        info = validate_info(name, dim, metric, index, index_params, id_type, multi_tenant)
         with self._lock:
             self._check()
             key = name.encode("utf-8")
@@ -119,7 +121,8 @@ class Database:
                 raise ResourceExhaustedError(f"at most {self._max_collections} collections per database "
                                              f"(open with a larger max_collections)")
             record = encode_json({"cid": cid, "name": info.name, "dim": info.dim, "metric": info.metric,
-                                  "index": info.index, "index_params": info.index_params, "id_type": info.id_type})
+                                  "index": info.index, "index_params": info.index_params, "id_type": info.id_type,
+                                  "multi_tenant": info.multi_tenant})
 
             def batch(txn: Any) -> None:
                 txn.put(key, record, db=self._catalog)
@@ -309,7 +312,8 @@ class _Loading:
         return self._result
 
 
-def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: Any, id_type: Any) -> CollectionInfo:
+def validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: Any, id_type: Any,
+                   multi_tenant: Any = False) -> CollectionInfo:
     """Check create_collection arguments (including that the index accepts its parameters)."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidArgumentError(f"collection name must be 1-128 characters of letters, digits, '_', '.', '-' "
@@ -319,6 +323,10 @@ def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: A
     m = Metric.parse(metric)
     if m is Metric.HAMMING:
         raise InvalidArgumentError("collections store float vectors; metric must be cosine, l2 or ip")
+    if multi_tenant is not True and multi_tenant is not False:
+        raise InvalidArgumentError(f"multi_tenant must be True or False, got {multi_tenant!r:.80}")
+    if index is None:
+        index = default_index(multi_tenant)
     cls = index_class(index)
     if id_type not in ("int", "str"):
         raise InvalidArgumentError(f"id_type must be 'int' or 'str', got {id_type!r}")
@@ -327,7 +335,8 @@ def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: A
     if not isinstance(index_params, Mapping) or not all(isinstance(k, str) for k in index_params):
         raise InvalidArgumentError(f"index_params must be a dict, got {index_params!r}")
     params = dict(index_params)
-    info = CollectionInfo(name=name, dim=int(dim), metric=m.value, index=index, index_params=params, id_type=id_type)
+    info = CollectionInfo(name=name, dim=int(dim), metric=m.value, index=index, index_params=params, id_type=id_type,
+                          multi_tenant=multi_tenant)
     try:
         encode_json(params)
         cls(int(dim), m, **params)
@@ -341,7 +350,8 @@ def _validate_info(name: Any, dim: Any, metric: Any, index: Any, index_params: A
 def _info_of(record: dict[str, Any]) -> tuple[CollectionInfo, int]:
     try:
         info = CollectionInfo(name=record["name"], dim=int(record["dim"]), metric=record["metric"],
-                              index=record["index"], index_params=dict(record["index_params"]), id_type=record["id_type"])
+                              index=record["index"], index_params=dict(record["index_params"]), id_type=record["id_type"],
+                              multi_tenant=bool(record.get("multi_tenant", False)))
         return info, int(record["cid"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DataLossError(f"corrupt collection record {record!r}: {exc}") from None

@@ -48,12 +48,36 @@ def check_payload(payload: Any, *, where: str = "payload") -> dict[str, Any] | N
     """
     if payload is None:
         return None
+    if type(payload) is dict and _flat_json(payload):
+        return payload    # the common case: one level of plain scalars, nothing to convert
     if not isinstance(payload, Mapping):
         raise InvalidArgumentError(f"{where} must be a dict or None, got {type(payload).__name__}")
     try:
         return _json_like(payload, 0)
     except _NotJson as exc:
         raise InvalidArgumentError(f"{where}{''.join(reversed(exc.path))} {exc.problem}") from None
+
+
+def _flat_json(payload: dict[Any, Any]) -> bool:
+    """True when every key is an ASCII str and every value None, bool, an int within the
+    indexable range, a finite float or an ASCII str: such a payload is valid as it is.
+    Anything else (nesting, numpy scalars, non-ASCII text, a bad value) takes ``_json_like``."""
+    for key, value in payload.items():
+        if type(key) is not str or not key.isascii():
+            return False
+        t = type(value)
+        if t is str:
+            if not value.isascii():
+                return False
+        elif t is int:
+            if value.bit_length() > 1023:
+                return False
+        elif t is float:
+            if not math.isfinite(value):
+                return False
+        elif t is not bool and value is not None:
+            return False
+    return True
 
 
 class _NotJson(Exception):
@@ -462,11 +486,31 @@ class PayloadIndex:
             return
         ep = int(self.epoch[iid])
         columns = self.columns
-        for field, kind, value in flatten(payload):
-            col = columns.get((field, kind))
+        for key, value in payload.items():
+            t = type(value)               # top-level scalars directly: most payloads are flat
+            if t is str:
+                kind = "s"
+            elif t is int or t is float:
+                kind, value = "n", float(value)
+            elif t is bool:
+                kind, value = "b", float(value)
+            elif value is None:
+                continue
+            else:
+                for field, kind, item in flatten({key: value}):
+                    self._column(field, kind).append(item, iid, ep)
+                continue
+            col = columns.get((key, kind))
             if col is None:
-                col = columns[(field, kind)] = Column(kind)
+                col = self._column(key, kind)
             col.append(value, iid, ep)
+
+    def _column(self, field: str, kind: str) -> "Column":
+        """The column of ``field`` values of ``kind``, created on first use."""
+        col = self.columns.get((field, kind))
+        if col is None:
+            col = self.columns[(field, kind)] = Column(kind)
+        return col
 
     def remove(self, iids: np.ndarray) -> None:
         """Forget the payloads of ``iids`` (their entries become stale)."""

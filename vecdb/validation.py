@@ -52,16 +52,30 @@ def checked_queries(queries: Any, dim: int) -> F32Matrix:
     the common case (such an array, or one such row) is checked in about a microsecond, the
     rest goes through ``as_matrix`` (InvalidArgumentError / DimensionMismatchError).
 
-    The finiteness test is one dot product: NaN or inf anywhere makes the sum of squares
-    non-finite. A sum that overflows on huge finite values (|x| > 1.8e19, numpy warns) only
-    sends the call to ``as_matrix``, which accepts them."""
+    The finiteness test is one dot product with a vector of 2**-64: every finite float32
+    times that is below 2**64, so the sum cannot overflow (no warning on valid input),
+    while NaN or inf anywhere makes it NaN or inf."""
     if (type(queries) is np.ndarray and queries.dtype == np.float32 and 0 < queries.ndim <= 2
             and queries.shape[-1] == dim and queries.flags.c_contiguous):
         q = queries if queries.ndim == 2 else queries.reshape(1, dim)
         flat = q.reshape(-1)
-        if math.isfinite(flat.dot(flat)):
+        scale = _SCALE
+        if len(scale) < len(flat):
+            scale = _scale_for(len(flat))
+        if math.isfinite(flat.dot(scale[: len(flat)])):
             return q
     return as_matrix(queries, dim, what="queries")
+
+
+_SCALE = np.full(4096, 2.0 ** -64, np.float32)
+
+
+def _scale_for(n: int) -> np.ndarray:
+    """The 2**-64 vector, at least ``n`` long (kept for later calls; racing threads may each
+    build one, either is fine)."""
+    global _SCALE
+    _SCALE = np.full(max(n, 2 * len(_SCALE)), 2.0 ** -64, np.float32)
+    return _SCALE
 
 
 def as_ids(ids: Any, n: int, *, what: str = "ids") -> I64Vector:

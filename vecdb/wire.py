@@ -228,6 +228,7 @@ def info_to_proto(info: CollectionInfo) -> pb.CollectionInfo:
     return pb.CollectionInfo(
         name=info.name, dim=int(info.dim), metric=str(info.metric), index=str(info.index),
         index_params_json=dumps(dict(info.index_params), what="index_params"), id_type=info.id_type,
+        multi_tenant=bool(info.multi_tenant),
     )
 
 
@@ -236,7 +237,7 @@ def info_from_proto(message: pb.CollectionInfo) -> CollectionInfo:
     return CollectionInfo(
         name=message.name, dim=int(message.dim), metric=message.metric, index=message.index,
         index_params=loads_object(message.index_params_json, what="index_params") or {},
-        id_type=message.id_type,
+        id_type=message.id_type, multi_tenant=bool(message.multi_tenant),
     )
 
 

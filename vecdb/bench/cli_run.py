@@ -1,7 +1,8 @@
 """``vecdb bench run``: build every target once per build setting (a grid), sweep the search
 settings, thread counts and batch sizes, and append one JSON line per (target, build, search,
-threads, batch) to the output as soon as that setting is measured (see jsonl.py), under the
-harness' conditions: the lock file, a quiet-machine check, targets interleaved pass by pass."""
+threads, batch) and workload (plain k-NN, filters, tenants or churn rounds: workloads.py) to
+the output as soon as that setting is measured (see jsonl.py), under the harness' conditions:
+the lock file, a quiet-machine check, targets interleaved pass by pass."""
 from __future__ import annotations
 
 import contextlib
@@ -18,13 +19,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from vecdb.bench import grid, machine
+from vecdb.bench import grid, machine, workloads
 from vecdb.bench.adapters import TARGETS, Target
 from vecdb.bench.jsonl import SCHEMA, ResultWriter, fingerprint
-from vecdb.bench.measure import Passes, duplicate_rows, time_pass
+from vecdb.bench.measure import Passes, Timing, duplicate_rows, time_pass, time_tenant_pass
 from vecdb.bench.runner import STATS, set_threads
 from vecdb.bench.server import ServerTarget
 from vecdb.bench.server import target_class as server_target_class
+from vecdb.bench.workloads import Workload
 from vecdb.data import Dataset, load_dataset
 from vecdb.errors import FailedPreconditionError, InvalidArgumentError
 from vecdb.eval import ground_truth, recall_at_k
@@ -75,6 +77,12 @@ class RunSpec:
     concurrency: list[int] = field(default_factory=lambda: [1])
     collection: str | None = None
     server_index: str = "hnsw"
+    #: workloads beyond plain k-NN (see workloads.py): filter selectivities, a tenants spec
+    #: ("dataset" or "zipf:N"), the fraction of rows churned in ``churn_rounds`` rounds
+    filters: list[float] = field(default_factory=list)
+    tenants: str | None = None
+    churn: float | None = None
+    churn_rounds: int = 4
 
     def classes(self) -> dict[str, type[Target]]:
         """Every measured target by name: the registered ones, then the server (if any)."""
@@ -95,6 +103,15 @@ class RunSpec:
         if len(set(self.targets)) != len(self.targets):
             raise InvalidArgumentError(f"a target is listed twice: {self.targets}")
         grid.check_knobs(self.classes(), self.build, self.search)
+        for name, cls in self.classes().items():  # bad knob values fail here, not after the builds
+            for build in grid.expand(self.build):
+                knobs = tuple(cls.knobs_for(grid.own(build, grid.build_knobs(cls))))
+                for setting in grid.expand(self.search):
+                    own = grid.own(setting, knobs)
+                    try:
+                        cls.check_search(own)
+                    except InvalidArgumentError as exc:
+                        raise InvalidArgumentError(f"--search: target {name} rejects {own}: {exc}") from None
         for name, values in (("--threads", self.threads), ("--batch", self.batches),
                              ("--concurrency", self.concurrency)):
             if not values or min(values) < 1:
@@ -108,6 +125,16 @@ class RunSpec:
         if self.max_queries is not None and self.max_queries < 1:
             raise InvalidArgumentError(f"--max-queries must be >= 1, got {self.max_queries}")
         check_installed(self.targets)
+        if self.tenants is not None:
+            workloads.check_tenants_spec(self.tenants)
+        if self.churn is not None:
+            if self.filters or self.tenants is not None:
+                raise InvalidArgumentError("--churn changes the index between searches: run it apart from "
+                                           "--filter / --tenants")
+            if not 0 < self.churn < 1 or self.churn_rounds < 1:
+                raise InvalidArgumentError(f"--churn takes a fraction in (0, 1) and --churn-rounds >= 1, got "
+                                           f"{self.churn} and {self.churn_rounds}")
+        workloads.check_support(self.classes(), self.filters, self.tenants, self.churn)
         if self.reference is None:
             names = list(self.classes())
             exact = [t for t, c in self.classes().items() if c.algorithm == "exact"]
@@ -140,8 +167,10 @@ def load(name: str, k: int, max_queries: int | None) -> tuple[Dataset, np.ndarra
     depth = min(k, len(ds.base))
     if ds.gt_ids is not None and ds.gt_ids.shape[1] >= depth and len(ds.gt_ids) >= len(queries):
         truth = ds.gt_ids[: len(queries), :depth]
-    else:
-        truth = ground_truth(ds.base, queries, depth, ds.metric)[0]
+    else:  # the file lacks it: computed once, then read from the cache (see workloads.cached_truth)
+        fp = fingerprint(ds, queries)
+        truth = workloads.cached_truth(ds, queries, (fp["base_sha256"], fp["queries_sha256"]), "knn", depth,
+                                       lambda d: ground_truth(ds.base, queries, d, ds.metric)[0])
     return ds, np.ascontiguousarray(queries), np.asarray(truth, np.int64)
 
 
@@ -173,6 +202,18 @@ class Session:
         self.classes = spec.classes()
         #: a tqdm bar over the planned lines (None: no bar)
         self.progress: Any = None
+        hashes = (self.fingerprint["base_sha256"], self.fingerprint["queries_sha256"])
+        k = truth.shape[1]
+        #: the non-mutating workloads every build is searched under (plain k-NN when none is asked)
+        self.workloads: list[Workload] = [
+            *workloads.filter_workloads(ds, queries, hashes, k, spec.filters),
+            *([workloads.tenant_workload(ds, queries, hashes, k, spec.tenants)] if spec.tenants else [])]
+        self.churn = None if spec.churn is None else workloads.churn_plan(len(ds.base), spec.churn,
+                                                                          spec.churn_rounds, k)
+        if not self.workloads and self.churn is None:
+            self.workloads = [Workload("knn", {"kind": "knn"}, truth)]
+        #: per (target, build, threads, batch, concurrency, workload, other knobs): recall per knob value
+        self.sweeps: dict[tuple, dict[str, float]] = {}
 
     def plan(self) -> list[tuple[int, list[str]]]:
         """Per build setting (by index), the targets it builds: each target once per distinct
@@ -193,15 +234,16 @@ class Session:
     def planned_lines(self) -> int:
         """How many lines the run writes when it is not interrupted (for the progress bar)."""
         total = 0
-        n_search = {}
-        for name, cls in self.classes.items():
-            knobs = tuple(cls.search_knobs)
-            n_search[name] = len({tuple(sorted((k, str(v)) for k, v in grid.own(s, knobs).items()))
-                                  for s in grid.expand(self.spec.search)})
-        for _, names in self.plan():
+        settings = grid.expand(self.spec.build)
+        passes = len(self.workloads) if self.churn is None else len(self.churn.inserts)
+        for bi, names in self.plan():
             for name in names:
-                per = len(self.spec.concurrency) if name == self.spec.server else len(self.spec.threads)
-                total += per * n_search[name] * len(self.spec.batches)
+                cls = self.classes[name]
+                knobs = tuple(cls.knobs_for(grid.own(settings[bi], grid.build_knobs(cls))))
+                n_search = len({tuple(sorted((k, str(v)) for k, v in grid.own(s, knobs).items()))
+                                for s in grid.expand(self.spec.search)})
+                per = len(self.spec.concurrency) if name == self.spec.server else len(self.spec.threads) * passes
+                total += per * n_search * len(self.spec.batches)
         return total
 
     def builds(self, workdir: Path) -> Iterator[list[_Built]]:
@@ -228,6 +270,15 @@ class Session:
     def _build(self, name: str, build: dict[str, Any], workdir: Path, threads: int) -> _Built:
         target = self.classes[name](self.ds.metric, self.ds.dim, build)
         target.workdir = workdir
+        tenants = [w for w in self.workloads if w.members is not None]
+        if tenants:
+            target.tenant_members = tenants[0].members
+        if self.spec.filters:
+            target.filter_attribute = workloads.filter_attribute(len(self.ds.base))
+        base = self.ds.base
+        if self.churn is not None:
+            target.capacity = len(base)
+            base = np.ascontiguousarray(base[: self.churn.n_initial])
         if isinstance(target, ServerTarget):
             target.collection, target.data_hash = self.spec.collection, self.fingerprint["base_sha256"]
         watch = machine.Watch()
@@ -236,7 +287,7 @@ class Session:
             set_threads(threads)
             target.threads = threads
             t0 = time.perf_counter()
-            target.build(self.ds.base)
+            target.build(base)
             build_s = time.perf_counter() - t0
         quiet = watch.stop()
         log.info("built %s %s in %.2fs", name, build, build_s)
@@ -248,8 +299,19 @@ class Session:
     def measure(self, built: list[_Built]) -> None:
         """Every (threads, search setting, batch) over the round's embedded targets, then every
         (concurrency, search setting, batch) of the server; one line each."""
-        self._measure_embedded([b for b in built if not isinstance(b.target, ServerTarget)])
-        self._measure_server([b for b in built if isinstance(b.target, ServerTarget)])
+        embedded = [b for b in built if not isinstance(b.target, ServerTarget)]
+        if self.churn is None:
+            for w in self.workloads:
+                self._measure_embedded(embedded, w)
+            self._measure_server([b for b in built if isinstance(b.target, ServerTarget)], self.workloads[0])
+            return
+        for r in range(len(self.churn.inserts)):
+            w = workloads.churn_round(self.ds, self.queries, self.churn, r, self.spec.k)
+            for b in embedded:
+                if self.progress is not None:
+                    self.progress.set_postfix_str(f"churn round {r + 1} {b.name}")
+                w.churn[b.name] = workloads.apply_churn(b.target, self.ds, self.churn, r)
+            self._measure_embedded(embedded, w)
 
     def _settings(self, built: list[_Built]) -> Iterator[list[tuple[_Built, dict[str, Any]]]]:
         """Per search setting, the targets it gives a new value of their own knobs."""
@@ -265,7 +327,7 @@ class Session:
             if group:
                 yield group
 
-    def _measure_server(self, built: list[_Built]) -> None:
+    def _measure_server(self, built: list[_Built], w: Workload) -> None:
         spec = self.spec
         for clients in spec.concurrency:
             for group in self._settings(built):
@@ -274,9 +336,9 @@ class Session:
                         started, watch, passes = _now(), machine.Watch(), Passes()
                         for _ in range(spec.repeats):
                             passes.add(b.target.time_concurrent(self.queries, spec.k, own, batch, clients))
-                        self._write(b, own, clients, passes, started, watch.stop(), concurrency=clients)
+                        self._write(b, own, clients, passes, started, watch.stop(), w, concurrency=clients)
 
-    def _measure_embedded(self, built: list[_Built]) -> None:
+    def _measure_embedded(self, built: list[_Built], w: Workload) -> None:
         spec = self.spec
         if not built:
             return
@@ -287,49 +349,84 @@ class Session:
                     b.target.threads = n_threads
                 for group in self._settings(built):
                     for batch in spec.batches:
-                        self._measure_group(group, n_threads, batch)
+                        self._measure_group(group, n_threads, batch, w)
 
-    def _measure_group(self, group: list[tuple[_Built, dict[str, Any]]], n_threads: int, batch: int) -> None:
+    def _time(self, target: Target, w: Workload, own: dict[str, Any], batch: int,
+              queries: np.ndarray | None = None) -> Timing:
+        """One pass of workload ``w`` over ``queries`` (default: all) in calls of ``batch``."""
+        q = self.queries if queries is None else queries
+        if w.query_tenants is not None:
+            assert w.members is not None
+            return time_tenant_pass(target, q, w.query_tenants[: len(q)], w.members, self.spec.k, own, batch)
+        return time_pass(target, q, self.spec.k, own, batch, w.allow)
+
+    def _measure_group(self, group: list[tuple[_Built, dict[str, Any]]], n_threads: int, batch: int,
+                       w: Workload) -> None:
         """Warm up, time ``repeats`` passes with the targets interleaved, write one line each."""
-        spec, k = self.spec, self.spec.k
+        spec = self.spec
         started = _now()
         watch = machine.Watch()
         passes = {b.name: Passes() for b, _ in group}
         for b, own in group:  # warm-up with a whole call: a block's first call may compile its own path
-            b.target.search(self.queries[:batch], k, own)
+            self._time(b.target, w, own, batch, self.queries[:batch])
         for _ in range(spec.repeats):
             for b, own in group:
-                passes[b.name].add(time_pass(b.target, self.queries, k, own, batch))
+                passes[b.name].add(self._time(b.target, w, own, batch))
         quiet = watch.stop()
         for b, own in group:
-            self._write(b, own, n_threads, passes[b.name], started, quiet)
+            self._write(b, own, n_threads, passes[b.name], started, quiet, w)
 
     def _write(self, b: _Built, own: dict[str, Any], n_threads: int, p: Passes, started: str,
-               quiet: machine.Quietness, concurrency: int = 1) -> None:
+               quiet: machine.Quietness, w: Workload, concurrency: int = 1) -> None:
         """One result line (and its raw arrays) for the chosen pass of ``p``."""
         spec, k = self.spec, self.spec.k
         chosen = p.pick(spec.stat)
         if b.name == spec.reference:
-            self.reference_qps.setdefault((n_threads, chosen.batch), chosen.qps)
-        line = self._line(b, own, n_threads, chosen, p, started, _now(), quiet, concurrency)
-        self.writer.write(line, chosen.ids, chosen.latencies_s)
+            self.reference_qps.setdefault((n_threads, chosen.batch, w.label), chosen.qps)
+        line = self._line(b, own, n_threads, chosen, p, started, _now(), quiet, concurrency, w)
+        self.writer.write(line, chosen.ids, chosen.latencies_s, None if w.truth is self.truth else (w.label, w.truth))
+        self._note_sweep(b, own, n_threads, chosen.batch, concurrency, w, line[f"recall_at_{k}"])
         if self.progress is not None:
             self.progress.set_postfix_str(f"{b.name} {own or ''}".strip())
             self.progress.update(1)
         log.info("%s %s threads=%d batch=%d recall@%d=%.3f qps=%.1f", b.name, own, n_threads, chosen.batch, k,
                  line[f"recall_at_{k}"], chosen.qps)
 
+    def _note_sweep(self, b: _Built, own: dict[str, Any], n_threads: int, batch: int, concurrency: int,
+                    w: Workload, recall: float) -> None:
+        """Remember the recall of each value of each recall knob, all else equal."""
+        build = tuple(sorted((key, str(v)) for key, v in b.build.items()))
+        for knob in b.target.knobs_for_recall():
+            if knob in own:
+                rest = tuple(sorted((key, str(v)) for key, v in own.items() if key != knob))
+                key = (b.name, build, n_threads, batch, concurrency, w.label, knob, rest)
+                self.sweeps.setdefault(key, {})[str(own[knob])] = recall
+
+    def dead_knobs(self) -> list[str]:
+        """One warning per swept knob that left recall@k unchanged across its values (all else
+        equal): a knob that does not reach the index, or a sweep outside the range that matters."""
+        out: dict[tuple, str] = {}
+        for (name, build, _, _, _, label, knob, rest), seen in self.sweeps.items():
+            if len(seen) >= 2 and len(set(seen.values())) == 1:
+                where = ", ".join(f"{k}={v}" for k, v in (*build, *rest))
+                msg = (f"{name}: swept {knob} over {', '.join(seen)} but recall@{self.spec.k} stayed at "
+                       f"{next(iter(seen.values())):.4f} ({label}{'; ' + where if where else ''}): the knob does "
+                       f"not move recall here")
+                out.setdefault((name, build, label, knob, rest, tuple(seen)), msg)
+        return list(out.values())
+
     def _line(self, b: _Built, own: dict[str, Any], n_threads: int, chosen: Any, p: Passes, started: str,
-              finished: str, quiet: machine.Quietness, concurrency: int) -> dict[str, Any]:
+              finished: str, quiet: machine.Quietness, concurrency: int, w: Workload) -> dict[str, Any]:
         spec, k = self.spec, self.spec.k
-        recalls = {f"recall_at_{r}": recall_at_k(chosen.ids, self.truth, r)
+        recalls = {f"recall_at_{r}": recall_at_k(chosen.ids, w.truth, r)
                    for r in sorted({*(r for r in RECALL_DEPTHS if r <= k), k})}
-        ref_qps = self.reference_qps.get((n_threads, chosen.batch))
+        ref_qps = self.reference_qps.get((n_threads, chosen.batch, w.label))
         return {
             "schema": SCHEMA, "run_id": self.writer.run_id, "line": self.writer.lines,
             "target": b.name, "algorithm": b.target.algorithm, "label": b.target.label(own),
             "reference": spec.reference, "reference_qps": ref_qps,
             "qps_vs_reference": chosen.qps / ref_qps if ref_qps else None,
+            "workload": {"label": w.label, **w.info, **({"churn": w.churn[b.name]} if b.name in w.churn else {})},
             "build": b.build, "search": own, "k": k, "threads": n_threads, "concurrency": concurrency,
             "batch": chosen.batch,
             **recalls,
@@ -353,7 +450,8 @@ def execute(spec: RunSpec, argv: list[str] | None = None, progress: bool = False
     spec.validate()
     with machine.bench_lock():  # before loading: computing ground truth would disturb another run
         ds, queries, truth = load(spec.dataset, spec.k, spec.max_queries)
-        machine.check_quiet(spec.allow_busy)
+        if not spec.allow_busy:  # with --allow-busy the window decides nothing: each line records its own share
+            machine.check_quiet(spec.allow_busy)
         run_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with ResultWriter(Path(spec.output), run_id, truth) as writer, \
                 tempfile.TemporaryDirectory(prefix="vecdb-bench-run-") as work:
@@ -367,6 +465,8 @@ def execute(spec: RunSpec, argv: list[str] | None = None, progress: bool = False
                 with contextlib.closing(session.builds(Path(work))) as rounds:  # closes targets on Ctrl-C too
                     for built in rounds:
                         session.measure(built)
+                for msg in session.dead_knobs():
+                    log.warning("%s", msg)
             finally:
                 if session.progress is not None:
                     session.progress.close()

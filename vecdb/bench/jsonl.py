@@ -63,6 +63,8 @@ class ResultWriter:
         self.truth_path = f"{self.raw.name}/{run_id}-truth.npz"
         self._file: IO[str] | None = None
         self.lines = 0
+        #: truth files of the workloads beyond the run's own truth, by workload label
+        self._truths: dict[str, str] = {}
 
     def _open(self) -> IO[str]:
         if self._file is None:
@@ -71,13 +73,25 @@ class ResultWriter:
             self._file = open(self.path, "a", encoding="utf-8")
         return self._file
 
-    def write(self, line: dict[str, Any], ids: np.ndarray, latencies_s: np.ndarray) -> None:
-        """Save the raw arrays, then the line (one write, flushed and fsynced)."""
+    def _truth_file(self, label: str, truth: np.ndarray) -> str:
+        """The relative path of workload ``label``'s truth, saved on first use."""
+        rel = self._truths.get(label)
+        if rel is None:
+            rel = f"{self.raw.name}/{self.run_id}-truth-{len(self._truths) + 1:03d}.npz"
+            _save_npz(self.path.parent / rel, ids=np.asarray(truth, np.int64))
+            self._truths[label] = rel
+        return rel
+
+    def write(self, line: dict[str, Any], ids: np.ndarray, latencies_s: np.ndarray,
+              truth: tuple[str, np.ndarray] | None = None) -> None:
+        """Save the raw arrays, then the line (one write, flushed and fsynced). ``truth``: the
+        (workload label, truth) the line is scored against when it is not the run's own."""
         out = self._open()
         rel = f"{self.raw.name}/{self.run_id}-{self.lines:05d}.npz"
         _save_npz(self.path.parent / rel, ids=np.asarray(ids, np.int64),
                   latencies_s=np.asarray(latencies_s, np.float64))
-        line = {**line, "raw": {**line.get("raw", {}), "path": rel, "truth": self.truth_path}}
+        truth_rel = self.truth_path if truth is None else self._truth_file(*truth)
+        line = {**line, "raw": {**line.get("raw", {}), "path": rel, "truth": truth_rel}}
         out.write(json.dumps(line, default=_jsonable, separators=(",", ":")) + "\n")
         out.flush()
         os.fsync(out.fileno())

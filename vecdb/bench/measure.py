@@ -85,6 +85,26 @@ def time_pass(target: Target, queries: np.ndarray, k: int, params: dict[str, Any
     return time_calls(lambda block: target.search(block, k, params, allow), queries, k, batch)
 
 
+def time_tenant_pass(target: Target, queries: np.ndarray, tenants: np.ndarray, members: list[np.ndarray], k: int,
+                     params: dict[str, Any], batch: int) -> Timing:
+    """Search every query within its own tenant (``tenants[i]``, whose rows are ``members[t]``) in
+    calls of ``batch`` queries; a block holding several tenants makes one call per tenant."""
+
+    def block_search(idx: np.ndarray) -> np.ndarray:
+        s, e = int(idx[0]), int(idx[-1]) + 1
+        ts = tenants[s:e]
+        if (ts == ts[0]).all():
+            return target.search_tenant(queries[s:e], k, params, int(ts[0]), members[ts[0]])
+        out = np.full((e - s, k), -1, np.int64)
+        for t in np.unique(ts):
+            sel = np.flatnonzero(ts == t)
+            got = target.search_tenant(np.ascontiguousarray(queries[s:e][sel]), k, params, int(t), members[t])
+            out[sel, : min(k, got.shape[1])] = got[:, :k]
+        return out
+
+    return time_calls(block_search, np.arange(len(queries)), k, batch)
+
+
 def duplicate_rows(ids: np.ndarray) -> int:
     """Number of result rows that list some id twice (a broken index; ann-benchmarks checks it)."""
     bad = 0

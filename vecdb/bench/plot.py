@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vecdb.bench.report import workload_label
 from vecdb.errors import FailedPreconditionError, InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -24,11 +25,17 @@ def pareto(points: list[tuple[float, float]], higher_is_better: bool = True) -> 
     return front[::-1]
 
 
-def select(lines: list[dict[str, Any]], threads: int | None,
-           batch: int | None) -> tuple[list[dict[str, Any]], int, int]:
-    """The lines of one (threads, batch) (default: the smallest of each present)."""
+def select(lines: list[dict[str, Any]], threads: int | None, batch: int | None,
+           workload: str | None = None) -> tuple[list[dict[str, Any]], int, int]:
+    """The lines of one (threads, batch) (default: the smallest of each present) and one
+    workload (default: plain k-NN when present, else the first workload of the lines)."""
     if not lines:
         raise InvalidArgumentError("no result lines to plot")
+    labels = list(dict.fromkeys(workload_label(ln) for ln in lines))
+    workload = workload or ("knn" if "knn" in labels else labels[0])
+    if workload not in labels:
+        raise InvalidArgumentError(f"no result line of workload {workload!r}; the lines hold: {labels}")
+    lines = [ln for ln in lines if workload_label(ln) == workload]
     threads = min(ln["threads"] for ln in lines) if threads is None else threads
     batch = min(ln["batch"] for ln in lines) if batch is None else batch
     chosen = [ln for ln in lines if ln["threads"] == threads and ln["batch"] == batch]
@@ -37,7 +44,8 @@ def select(lines: list[dict[str, Any]], threads: int | None,
     return chosen, threads, batch
 
 
-def figure(lines: list[dict[str, Any]], threads: int | None = None, batch: int | None = None) -> "Figure":
+def figure(lines: list[dict[str, Any]], threads: int | None = None, batch: int | None = None,
+           workload: str | None = None) -> "Figure":
     """Two panels: recall@k vs QPS (log) and recall@k vs index memory, one Pareto curve per target;
     with server lines (``vecdb bench run --target``), a third: latency vs concurrent clients."""
     try:
@@ -47,7 +55,8 @@ def figure(lines: list[dict[str, Any]], threads: int | None = None, batch: int |
         from matplotlib.figure import Figure
     except ImportError:
         raise FailedPreconditionError("plotting needs matplotlib: pip install 'vecdb[bench]'") from None
-    chosen, threads, batch = select(lines, threads, batch)
+    chosen, threads, batch = select(lines, threads, batch, workload)
+    shown = workload_label(chosen[0])
     ks = sorted({ln["k"] for ln in chosen})
     if len(ks) > 1:
         raise InvalidArgumentError(f"lines with different k {ks} do not share a recall axis; plot them apart")
@@ -71,7 +80,8 @@ def figure(lines: list[dict[str, Any]], threads: int | None = None, batch: int |
     ax_qps.set_yscale("log")
     ax_qps.set_xlabel(f"recall@{k}")
     ax_qps.set_ylabel("queries per second (log)")
-    ax_qps.set_title(f"{', '.join(names)}: recall vs QPS (threads={threads}, batch={batch})")
+    what = "" if shown == "knn" else f" [{shown}]"
+    ax_qps.set_title(f"{', '.join(names)}{what}: recall vs QPS (threads={threads}, batch={batch})")
     ax_mem.set_xlabel(f"recall@{k}")
     ax_mem.set_ylabel("index memory (MiB)")
     ax_mem.set_title("recall vs index memory (Pareto: less is better)")
@@ -104,9 +114,9 @@ def _latency_panel(ax: Any, lines: list[dict[str, Any]], batch: int) -> None:
 
 
 def save_plot(lines: list[dict[str, Any]], out: str | Path, threads: int | None = None,
-              batch: int | None = None) -> Path:
+              batch: int | None = None, workload: str | None = None) -> Path:
     """Draw ``figure`` into ``out`` (PNG, folders created)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure(lines, threads, batch).savefig(out, dpi=110, format="png")
+    figure(lines, threads, batch, workload).savefig(out, dpi=110, format="png")
     return out

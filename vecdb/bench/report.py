@@ -97,9 +97,14 @@ def render(record: dict[str, Any]) -> str:
 RECALL_LEVELS = (0.90, 0.95, 0.99)
 
 
+def workload_label(line: dict[str, Any]) -> str:
+    """The workload a line measured ("knn" for plain k-NN and for lines written before workloads)."""
+    return line.get("workload", {}).get("label", "knn")
+
+
 def _dataset_key(line: dict[str, Any]) -> tuple:
     d = line["dataset"]
-    return d["name"], d["n_base"], d["queries_sha256"][:12], line["k"]
+    return d["name"], d["n_base"], d["queries_sha256"][:12], line["k"], workload_label(line)
 
 
 def best_at_recall(lines: list[dict[str, Any]], levels: tuple[float, ...] = RECALL_LEVELS) -> list[dict[str, Any]]:
@@ -146,7 +151,7 @@ def render_best(lines: list[dict[str, Any]], baseline: str | None = None, markdo
     fmt = "github" if markdown else "simple"
     out = []
     for dkey in dict.fromkeys(r["dataset"] for r in rows):
-        name, n_base, qhash, k = dkey
+        name, n_base, qhash, k, workload = dkey
         table = []
         for r in (r for r in rows if r["dataset"] == dkey):
             cells: list[Any] = [r["target"], r["threads"], r["batch"]]
@@ -160,7 +165,8 @@ def render_best(lines: list[dict[str, Any]], baseline: str | None = None, markdo
         for level in levels:
             headers += [f"QPS @R{k}≥{level:.2f}", "setting", f"×{baseline or 'baseline'}"]
         headers += [f"max R@{k}", "busy"]
-        title = (f"{name} ({n_base} base rows, queries {qhash}) · best QPS at recall@{k} ≥ "
+        shown = "" if workload == "knn" else f", {workload}"
+        title = (f"{name} ({n_base} base rows, queries {qhash}{shown}) · best QPS at recall@{k} ≥ "
                  f"{', '.join(f'{lv:.2f}' for lv in levels)} · ×{baseline} = QPS ÷ {baseline}'s at the same "
                  "threads and batch")
         out.append(("### " if markdown else "") + title + "\n\n" + tabulate(table, headers=headers, tablefmt=fmt))

@@ -67,6 +67,8 @@ from vecdb.collection.layout import OWNER, READ, WRITE, CollectionHost, part_nam
 from vecdb.collection.memory import Memory
 from vecdb.collection.points import StoredPoints
 from vecdb.collection.recovery import Recovery
+from vecdb.collection.idkeys import id_keys
+from vecdb.collection.export import ExportedPoints, Select, read_points, stored_keys
 from vecdb.collection.search import run_search
 from vecdb.collection.spaces import IndexSpaces, index_batch, persist
 from vecdb.collection.tenants import TenantSet
@@ -76,10 +78,10 @@ from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, FailedPre
                           UnavailableError)
 from vecdb.filters import check_payload
 from vecdb.storage import keys as K
-from vecdb.storage.arrays import encode_json, rows_to_bytes
+from vecdb.storage.arrays import encode_checked_json, rows_to_bytes
 from vecdb.storage.files import dir_bytes
 from vecdb.storage.locks import RWLock
-from vecdb.validation import as_id_array, as_matrix
+from vecdb.validation import as_matrix, as_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +174,7 @@ class Collection:
             if len(payloads) != n:
                 raise InvalidArgumentError(f"got {len(payloads)} payloads for {n} ids")
             pays = [check_payload(p, where=f"payloads[{i}]") for i, p in enumerate(payloads)]
-        pay_bytes = [None if p is None else encode_json(p) for p in pays]
+        pay_bytes = [None if p is None else encode_checked_json(p) for p in pays]
         tenant_names = check_tenants(tenant)
         with self._writing() as mem:
             tsets = [self._tenant(t) for t in tenant_names]
@@ -446,10 +448,11 @@ class Collection:
                 vectors, payloads = self._points.points(txn, iids, uids)
         return GetResult(self._id_array(uids), vectors, payloads)
 
-    def search(self, queries: Any, k: int = 10, filter: Mapping[str, Any] | None = None, tenant: str | None = None,
-               params: Mapping[str, Any] | None = None, with_payloads: bool = False) -> QueryResult:
+    def search(self, queries: Any, k: int = 10, filter: Mapping[str, Any] | None = None,
+               tenant: str | Sequence[str] | None = None, params: Mapping[str, Any] | None = None,
+               with_payloads: bool = False) -> QueryResult:
         """The ``k`` nearest points to each query row, closest first, among points passing
-        ``filter`` and (when given) belonging to ``tenant``. ``params`` are the index's search
+        ``filter`` and (when given) accessible to ``tenant`` (or to any of several tenants). ``params`` are the index's search
         knobs (e.g. ``{"ef": 64}`` for HNSW). ids are -1 (int) / None (str) where no hit."""
         self._check()
         return self.execute(SearchRequest.build(self._info, queries, k, filter, tenant, params, with_payloads))
@@ -461,11 +464,27 @@ class Collection:
         with self._rw.read():
             self._check()
             mem = self._mem
-            ts = None if req.tenant is None else self._tenant(req.tenant)
-            res = run_search(mem, req, ts)
+            names = req.tenant
+            tenants = None if names is None else [self._tenant(names)] if isinstance(names, str) else \
+                [self._tenant(name) for name in names]
+            res = run_search(mem, req, tenants)
             ids = self._translate(res.ids)
         payloads = self._points.hit_payloads(res.ids) if req.with_payloads else None
         return QueryResult(ids, res.distances, payloads)
+
+    def export(self, after: int = -1, limit: int = 4096, select: Select | None = None) -> ExportedPoints:
+        """The committed points after scan position ``after`` (-1: from the start), at most
+        ``limit`` scanned, read whole (ids, vectors, payloads, owners, grants; with ``select``
+        only the points it keeps): a bounded step of copying points into another collection.
+        Pass the result's ``last_iid`` back to go on; the caller holds writers off meanwhile."""
+        self._check()
+        return read_points(self._store, self._h, self._info, as_positive_int(after, "after", minimum=-1),
+                           as_positive_int(limit, "limit"), select)
+
+    def stored_keys(self, keys: list[bytes]) -> list[bool]:
+        """Whether each id key (as ``vecdb.storage.keys`` encodes ids) is stored here."""
+        self._check()
+        return stored_keys(self._store, self._h, keys)
 
     def stats(self) -> CollectionStats:
         """Point count, bytes in memory and on disk (LMDB pages, an index's own sub-databases
@@ -640,6 +659,11 @@ class Collection:
                     self._maybe_train()
                     if self._checkpoints.due(self._mem):
                         self._checkpoints.save(self._mem)
+        maintain = getattr(self._mem.index, "maintain", None)   # an index's own background step (SPANN splits)
+        if maintain is not None and not self._mem.staging.busy:
+            with self._writer:
+                if self._state == "open" and not worker.stopping and maintain():
+                    return True
         return self._mem.staging.busy
 
     def _move(self, mem: Memory) -> BaseException | None:
@@ -771,30 +795,7 @@ class Collection:
 
     def _keys_of(self, ids: Any, *, unique: bool) -> tuple[list[bytes], list[Any]]:
         """Validated user ids -> (LMDB keys, ids as Python values)."""
-        if self._info.id_type == "int":
-            if isinstance(ids, str) or (isinstance(ids, (list, tuple)) and any(isinstance(i, (str, bool)) for i in ids)):
-                raise InvalidArgumentError(f"collection {self.name!r} has int ids; got {ids!r:.80}")
-            arr = as_id_array(ids)
-            uids: list[Any] = arr.tolist()
-            keys = [b"i" + k for k in K.u64_many(arr)]
-        else:
-            seq = [ids] if isinstance(ids, str) else list(np.asarray(ids, dtype=object).reshape(-1)) \
-                if isinstance(ids, np.ndarray) else list(ids)
-            uids = []
-            for ident in seq:
-                if isinstance(ident, np.str_):
-                    ident = str(ident)
-                if not isinstance(ident, str) or not ident:
-                    raise InvalidArgumentError(f"collection {self.name!r} has str ids; got {ident!r}")
-                if len(ident.encode("utf-8")) > K.MAX_STR_ID_BYTES:
-                    raise InvalidArgumentError(f"str id longer than {K.MAX_STR_ID_BYTES} bytes: {ident[:40]!r}...")
-                uids.append(ident)
-            keys = [K.str_id_key(i) for i in uids]
-        if unique and len(set(keys)) != len(keys):
-            seen: set[bytes] = set()
-            dups = [u for u, key in zip(uids, keys) if key in seen or seen.add(key)]
-            raise InvalidArgumentError(f"duplicate ids in one batch: {dups[:5]}")
-        return keys, uids
+        return id_keys(self._info, ids, unique=unique)
 
     def _tenant(self, name: str) -> TenantSet:
         ts = self._mem.tenants.get(name)

@@ -19,6 +19,7 @@ class Dataset:
 
     gt_ids : int (n_queries, k_gt) rows of ``base``, nearest first (None until computed).
     labels_indptr / labels_indices : CSR of labels per base row (tenants, categories).
+    query_labels : primary label per query (same label numbers), when the dataset has them.
     """
 
     name: str
@@ -30,6 +31,8 @@ class Dataset:
     labels_indptr: np.ndarray | None = None
     labels_indices: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: int (n_queries,) primary label of each query (a tenant the query belongs to), if known
+    query_labels: np.ndarray | None = None
 
     @property
     def dim(self) -> int:

@@ -46,9 +46,13 @@ def write_vecs(path: str | Path, x: np.ndarray) -> None:
     np.hstack([header, x.view(np.uint8).reshape(len(x), -1)]).tofile(path)
 
 
-def read_vecs_folder(folder: str | Path, metric: str = "euclidean") -> Dataset:
-    """A TEXMEX folder (SIFT layout): ``*base.fvecs``, ``*query.fvecs``, optional ``*groundtruth.ivecs``."""
+def read_vecs_folder(folder: str | Path, metric: str | None = None) -> Dataset:
+    """A TEXMEX folder (SIFT layout): ``*base.fvecs`` (or .bvecs / .ivecs), ``*query.*vecs``,
+    optional ``*groundtruth.ivecs``. The metric: ``metric``, else ``info.json``'s ``metric``,
+    else the folder name's ending (``-angular``, ``-euclidean``, ``-ip``, ``-dot``), else euclidean."""
     folder = Path(folder)
+    if metric is None:
+        metric = _folder_metric(folder)
 
     def one(pattern: str, required: bool = True) -> Path | None:
         found = sorted(folder.glob(pattern))
@@ -61,6 +65,19 @@ def read_vecs_folder(folder: str | Path, metric: str = "euclidean") -> Dataset:
     gt_path = one("*groundtruth.ivecs", required=False)
     gt = read_vecs(gt_path).astype(np.int64) if gt_path else None
     return Dataset(folder.name, metric_from_name(metric), base, queries, gt)
+
+
+def _folder_metric(folder: Path) -> str:
+    info = folder / "info.json"
+    if info.exists():
+        try:
+            named = json.loads(info.read_text()).get("metric")
+        except ValueError as exc:
+            raise DataLossError(f"{info}: {exc}") from None
+        if named:
+            return str(named)
+    ending = folder.name.rsplit("-", 1)[-1].lower()
+    return ending if ending in ("angular", "euclidean", "ip", "dot", "cosine", "l2") else "euclidean"
 
 
 def read_ann_hdf5(path: str | Path) -> Dataset:
@@ -98,7 +115,8 @@ def write_ann_hdf5(path: str | Path, ds: Dataset) -> None:
 
 def read_npy_folder(folder: str | Path) -> Dataset:
     """A folder of ``base.npy``, ``query.npy``, optional ``gt_ids.npy``/``gt_dist.npy``,
-    ``labels_indptr.npy``/``labels_indices.npy`` and ``info.json`` (with ``metric``)."""
+    labels (``labels_indptr.npy``/``labels_indices.npy``, else one per row in ``labels.npy``),
+    the queries' primary labels (``query_labels.npy`` or its CSR) and ``info.json`` (``metric``)."""
     folder = Path(folder)
     info: dict = {}
     if (folder / "info.json").exists():
@@ -121,9 +139,39 @@ def read_npy_folder(folder: str | Path) -> Dataset:
         raise DataLossError(f"{folder}: corrupt array file: {exc}") from None
     gt = opt("gt_ids.npy")
     gt_d = opt("gt_dist.npy")
+    indptr, indices = opt("labels_indptr.npy"), opt("labels_indices.npy")
+    if indptr is None or indices is None:
+        indptr, indices = _single_label_csr(opt("labels.npy"), len(base))
     return Dataset(folder.name, metric_from_name(str(metric)), base, queries,
-                   None if gt is None else gt.astype(np.int64), gt_d,
-                   opt("labels_indptr.npy"), opt("labels_indices.npy"), info)
+                   None if gt is None else gt.astype(np.int64), gt_d, indptr, indices, info,
+                   _query_labels(opt("query_labels.npy"), opt("query_labels_indptr.npy"),
+                                 opt("query_labels_indices.npy"), len(queries)))
+
+
+def _single_label_csr(labels: np.ndarray | None, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One label per row (``labels.npy``, int (n,)) as a CSR; (None, None) without labels."""
+    if labels is None:
+        return None, None
+    if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
+        raise DataLossError(f"labels.npy: expected int ({n},), got {labels.dtype} {labels.shape}")
+    return np.arange(n + 1, dtype=np.int64), labels.astype(np.int32)
+
+
+def _query_labels(primary: np.ndarray | None, indptr: np.ndarray | None, indices: np.ndarray | None,
+                  n: int) -> np.ndarray | None:
+    """Each query's primary label: ``query_labels.npy``, else the first of its CSR labels (-1: none)."""
+    if primary is not None:
+        if primary.ndim != 1 or len(primary) != n:
+            raise DataLossError(f"query_labels.npy: expected ({n},), got {primary.shape}")
+        return primary.astype(np.int64)
+    if indptr is None or indices is None:
+        return None
+    if len(indptr) != n + 1:
+        raise DataLossError(f"query_labels_indptr.npy: expected {n + 1} entries, got {len(indptr)}")
+    first = np.full(n, -1, np.int64)
+    has = np.diff(indptr) > 0
+    first[has] = indices[indptr[:-1][has]]
+    return first
 
 
 def write_npy_folder(folder: str | Path, ds: Dataset) -> None:
@@ -133,7 +181,8 @@ def write_npy_folder(folder: str | Path, ds: Dataset) -> None:
     np.save(folder / "base.npy", ds.base)
     np.save(folder / "query.npy", ds.queries)
     for name, arr in (("gt_ids", ds.gt_ids), ("gt_dist", ds.gt_dists),
-                      ("labels_indptr", ds.labels_indptr), ("labels_indices", ds.labels_indices)):
+                      ("labels_indptr", ds.labels_indptr), ("labels_indices", ds.labels_indices),
+                      ("query_labels", ds.query_labels)):
         if arr is not None:
             np.save(folder / f"{name}.npy", arr)
     names = {"l2": "euclidean", "cosine": "angular", "ip": "ip", "hamming": "hamming"}

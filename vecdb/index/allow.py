@@ -129,6 +129,13 @@ class AllowSet:
         """Members of both sets (e.g. a tenant's set and a filter's set)."""
         return AllowSet(np.intersect1d(self._ids, other._ids, assume_unique=True))
 
+    @classmethod
+    def union(cls, sets: "list[AllowSet]") -> "AllowSet":
+        """Members of any of ``sets`` (e.g. the points of several tenants), each once."""
+        if len(sets) == 1:
+            return sets[0]
+        return cls(np.unique(np.concatenate([s._ids for s in sets])) if sets else np.empty(0, np.int64))
+
     def nbytes(self) -> int:
         """Bytes held: the ids plus the bitmap once built."""
         return int(self._ids.nbytes + (0 if self._bitmap is None else self._bitmap.nbytes))

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping as abc_Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -109,6 +109,10 @@ class Index(Protocol):
     (``create_tenant``, ``drop_tenant``, ``grant``, ``revoke``, ``add(..., tenant=)``) and
     serves ``search(..., tenant=t)``; for the others the membership operations are no-ops and a
     tenant's members arrive as ``allow=`` (``search(tenant=)`` is an InvalidArgumentError).
+    A tenant-aware index with ``multi_tenant_search`` True also serves a search over several
+    tenants at once: ``tenant`` is then a sorted tuple of distinct numbers, and a result may be
+    any vector one of them may access, each once. For the others a collection passes the
+    union of those tenants' members as ``allow`` (and no tenant).
 
     Persistence: ``persistence`` is "checkpoint" (the collection saves the index to a folder
     with ``save`` and replays its op log over it after a restart) or "self" (the index keeps
@@ -131,16 +135,17 @@ class Index(Protocol):
     search_params: ClassVar[frozenset[str]]
     needs_training: ClassVar[bool]
     tenant_aware: ClassVar[bool]
+    multi_tenant_search: ClassVar[bool]
     persistence: ClassVar[str]
     links_while_searched: ClassVar[bool]
 
     def add(self, vectors: Any, ids: Any = None, *, tenant: int | None = None) -> None: ...
     def remove(self, ids: Any) -> int: ...
-    def search(self, queries: Any, k: int, *, allow: Any = None, tenant: int | None = None,
-               **params: Any) -> SearchResult: ...
+    def search(self, queries: Any, k: int, *, allow: Any = None,
+               tenant: int | Sequence[int] | None = None, **params: Any) -> SearchResult: ...
     def resolve_params(self, params: Mapping[str, Any]) -> SearchParams: ...
-    def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
-                       params: SearchParams) -> SearchResult: ...
+    def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None,
+                       tenant: int | tuple[int, ...] | None, params: SearchParams) -> SearchResult: ...
     def train(self, sample: Any) -> None: ...
     @property
     def is_trained(self) -> bool: ...
@@ -197,6 +202,9 @@ class BaseIndex(abc.ABC):
     search_params: ClassVar[frozenset[str]] = frozenset()
     needs_training: ClassVar[bool] = False
     tenant_aware: ClassVar[bool] = False
+    #: True when a tenant-aware index's ``search_trusted`` also takes ``tenant`` as a sorted
+    #: tuple of several tenant numbers (their union).
+    multi_tenant_search: ClassVar[bool] = False
     persistence: ClassVar[str] = "checkpoint"
     #: True when the index takes new rows in two halves, ``begin_add(vectors, ids)`` (slots,
     #: no links; the caller keeps searches out) and ``finish_add(slots)`` (links them while
@@ -246,12 +254,13 @@ class BaseIndex(abc.ABC):
             if number is not None:
                 self._grant(number, ids_arr)
 
-    def search(self, queries: Any, k: int, *, allow: Any = None, tenant: int | None = None,
+    def search(self, queries: Any, k: int, *, allow: Any = None, tenant: int | Sequence[int] | None = None,
                **params: Any) -> SearchResult:
         """The ``k`` nearest stored vectors to each query, closest first.
 
         ``queries``: (nq, dim) or one (dim,) row. ``allow``: optional ids (AllowSet, array,
-        list or set); only those can be returned. ``tenant``: only for tenant-aware indexes.
+        list or set); only those can be returned. ``tenant``: only for tenant-aware indexes;
+        a sequence of several tenant numbers (their union) for ``multi_tenant_search`` ones.
         ``params``: per-call knobs of this index type (``search_params``).
         """
         q = checked_queries(queries, self.dim)
@@ -262,8 +271,23 @@ class BaseIndex(abc.ABC):
             if not self.tenant_aware:
                 raise InvalidArgumentError(f"index {type(self).__name__} does not keep tenants; "
                                            f"pass the tenant's ids as allow=")
-            tenant = as_tenant(tenant)
+            tenant = self._checked_tenant(tenant)
         return self.search_trusted(q, k, None if allow is None else as_allow(allow), tenant, p)
+
+    def _checked_tenant(self, tenant: Any) -> int | tuple[int, ...]:
+        """A search's tenant: one number, or (``multi_tenant_search``) several as a sorted
+        tuple of distinct numbers; one number in a sequence is that number."""
+        if not isinstance(tenant, (list, tuple, np.ndarray)):
+            return as_tenant(tenant)
+        numbers = tuple(sorted({as_tenant(t.item() if isinstance(t, np.generic) else t) for t in tenant}))
+        if not numbers:
+            raise InvalidArgumentError("tenant must be a tenant number or a non-empty sequence of them")
+        if len(numbers) == 1:
+            return numbers[0]
+        if not self.multi_tenant_search:
+            raise InvalidArgumentError(f"index {type(self).__name__} searches one tenant at a time; "
+                                       f"pass the tenants' ids as allow=")
+        return numbers
 
     def resolve_params(self, params: Mapping[str, Any] | None = None) -> SearchParams:
         """Check knob names and values once; a frozen ``params_type`` instance (cached per
@@ -297,8 +321,8 @@ class BaseIndex(abc.ABC):
             self._params_cache[key] = resolved
         return resolved
 
-    def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
-                       params: SearchParams) -> SearchResult:
+    def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None,
+                       tenant: int | tuple[int, ...] | None, params: SearchParams) -> SearchResult:
         """``search`` without checks (see ``Index``): ``queries`` C-contiguous finite float32
         (nq, dim), ``k`` >= 1, ``allow`` an AllowSet of ids or None, ``params`` from
         ``resolve_params``."""

@@ -16,7 +16,7 @@ import numpy as np
 from vecdb.errors import AlreadyExistsError, InvalidArgumentError
 from vecdb.index.allow import AllowSet
 from vecdb.index.base import BaseIndex, SearchParams
-from vecdb.kernels import graph, graph_build, topk
+from vecdb.kernels import graph, graph_build, graph_repair, topk
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
 from vecdb.validation import as_ids, as_matrix, as_positive_int
 
@@ -34,6 +34,9 @@ PROGRESS_MIN = 50_000
 MAX_LEVEL = 60
 _GROWTH = 1.5
 _NO_MASK = np.zeros(1, np.uint8)
+#: an added batch of at least 1/REPAIR_BATCH_SHARE of the graph is followed by the
+#: reachability repair (its O(n) pass then costs a few % of the batch's insertion).
+REPAIR_BATCH_SHARE = 64
 #: filtered search scans the allowed set exactly when that costs fewer distance computations
 #: than a filtered traversal is expected to need (about ef * 2M * FILTER_COST / selectivity).
 FILTER_COST = 0.5
@@ -133,11 +136,19 @@ class HNSW(BaseIndex):
             return
         cap = max(n, int(self.capacity * _GROWTH), 16)
         used = self._ids.n_slots
-        self._vecs = _grown(self._vecs, cap, used, 0)
+        self._grow_rows(cap, used)
         self._levels = _grown(self._levels, cap, used, -1)
         self._adj0 = _grown(self._adj0, cap, used, 0)
         self._uoff = _grown(self._uoff, cap, used, -1)
         self._pool.clear()
+
+    def _grow_rows(self, cap: int, used: int) -> None:
+        """Room for ``cap`` vectors (a subclass whose nodes read another index's rows keeps none)."""
+        self._vecs = _grown(self._vecs, cap, used, 0)
+
+    def _put_rows(self, slots: I64Vector, x: F32Matrix) -> None:
+        """Store the vectors of newly placed nodes (see ``_grow_rows``)."""
+        self._vecs[slots] = x
 
     def reserve(self, n: int) -> None:
         """Grow capacity to ``n`` nodes now (see ``BaseIndex.reserve``): ``add`` reuses freed
@@ -219,7 +230,7 @@ class HNSW(BaseIndex):
         rows = np.repeat(self._uoff[slots[up]].astype(np.int64), levels[up])
         rows += np.arange(len(rows)) - np.repeat(np.cumsum(levels[up]) - levels[up], levels[up])
         self._adjU[rows, 0] = 0
-        self._vecs[slots] = x
+        self._put_rows(slots, x)
         self._levels[slots] = levels
         self._adj0[slots, 0] = 0
         self._ids.assign(ids, slots)
@@ -242,6 +253,24 @@ class HNSW(BaseIndex):
         # entry first: a search reading the two in between starts at a node with that many levels
         self._entry, self._max_level = int(state[0]), int(state[1])
         self._give_back(scratch)
+        if len(slots) * REPAIR_BATCH_SHARE >= self._ids.n_slots:
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        """Make every live node reachable from the entry point at layer 0 again (construction
+        of a sparse graph leaves a few nodes no list links to; removals strand more): an
+        O(n x M0) pass, run after removals and after batches large enough to pay for it.
+        Safe while searches run (each write puts one valid node in one list entry). Not for
+        inner product: there a low-norm point is nobody's neighbour by design, and links to it
+        taken from the hubs that carry the search cost recall."""
+        if self._entry >= 0 and self.metric is not Metric.IP:
+            graph_repair.reconnect(self._vecs, self._levels, self._adj0, self._ids.n_slots, self._entry,
+                                   self._metric_code)
+
+    def unreachable(self) -> int:
+        """How many stored points no search can reach (no path from the entry point at the
+        bottom layer); 0 in a healthy graph. A diagnostic: an O(n) walk of the graph."""
+        return int(graph_repair.unreached(self._levels, self._adj0, self._ids.n_slots, self._entry))
 
     # ---- search ---------------------------------------------------------------------
     def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
@@ -325,6 +354,7 @@ class HNSW(BaseIndex):
                 self._max_level = int(levels[self._entry])
             else:
                 self._entry, self._max_level = -1, -1
+        self._reconnect()   # nodes that lost their last inbound link get one back
 
     # ---- persistence ----------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -36,6 +36,7 @@ from vecdb.kernels.atomics import atomic_add
 from vecdb.kernels.distances import distance
 from vecdb.kernels.heaps import max_push, max_replace, max_sort, min_pop, min_push, min_push_grow
 from vecdb.kernels.prefetch import prefetch
+from vecdb.kernels.rows import dims, prefetch_row, row_of
 
 #: cache lines (16 floats each) of every fresh neighbour's vector prefetched as soon as the
 #: neighbour is found, before any distance of the node's list is computed
@@ -70,15 +71,15 @@ def next_tag(vis, tags, t):
 @kernel
 def prefetch_head(vecs, node):
     """Start loading the first ``PREFETCH_HEAD_LINES`` cache lines of row ``node``."""
-    for c in range(0, min(vecs.shape[1], 16 * PREFETCH_HEAD_LINES), 16):
-        prefetch(vecs, node, c)
+    for c in range(0, min(dims(vecs), 16 * PREFETCH_HEAD_LINES), 16):
+        prefetch_row(vecs, node, c)
 
 
 @kernel
 def prefetch_tail(vecs, node):
     """Start loading the cache lines of row ``node`` that ``prefetch_head`` left out."""
-    for c in range(16 * PREFETCH_HEAD_LINES, vecs.shape[1], 16):
-        prefetch(vecs, node, c)
+    for c in range(16 * PREFETCH_HEAD_LINES, dims(vecs), 16):
+        prefetch_row(vecs, node, c)
 
 
 @kernel
@@ -113,7 +114,7 @@ def counted_descent(q, ep, ep_d, top, stop, vecs, adj0, adjU, uoff, metric, work
                 if t + PREFETCH_AHEAD <= count:
                     prefetch_tail(vecs, row[t + PREFETCH_AHEAD])
                 nb = row[t]
-                d = distance(q, vecs[nb], metric)
+                d = distance(q, row_of(vecs, nb), metric)
                 if d < ep_d:
                     ep_d = d
                     ep = nb
@@ -167,7 +168,7 @@ def counted_beam_search(q, ep, ep_d, layer, ef, vecs, adj0, adjU, uoff, metric, 
             if t + PREFETCH_AHEAD < fresh:
                 prefetch_tail(vecs, todo[t + PREFETCH_AHEAD])
             nb = todo[t]
-            d = distance(q, vecs[nb], metric)
+            d = distance(q, row_of(vecs, nb), metric)
             if rn == ef and d >= out_d[0]:
                 continue
             cd, ci = min_push_grow(cd, ci, cn, d, nb)
@@ -194,7 +195,7 @@ def select_neighbors(cand_d, cand_i, n_cand, max_n, vecs, metric, out_i, out_d):
         dc = cand_d[a]
         good = True
         for b in range(kept):
-            if distance(vecs[c], vecs[out_i[b]], metric) < dc:
+            if distance(row_of(vecs, c), row_of(vecs, out_i[b]), metric) < dc:
                 good = False
                 break
         if good:
@@ -251,7 +252,7 @@ def filtered_search0(q, ep, ep_d, ef, mask, vecs, adj0, metric, vis, tag, res_d,
             if t + PREFETCH_AHEAD < fresh:
                 prefetch_tail(vecs, todo[t + PREFETCH_AHEAD])
             nb = todo[t]
-            d = distance(q, vecs[nb], metric)
+            d = distance(q, row_of(vecs, nb), metric)
             if nres == ef and d >= res_d[ef - 1]:
                 continue
             hd, hi = min_push_grow(hd, hi, hsize, d, nb)
@@ -278,7 +279,7 @@ def search_one(q, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, 
     the query's distance computations and expanded nodes into ``work`` (zeroed first)."""
     work[WORK_DISTANCES] = 1
     work[WORK_EXPANDED] = 0
-    ep_d = distance(q, vecs[entry], metric)
+    ep_d = distance(q, row_of(vecs, entry), metric)
     ep, ep_d = counted_descent(q, np.int64(entry), ep_d, max_level, 0, vecs, adj0, adjU, uoff, metric, work)
     tag = next_tag(vis[t], tags, t)
     res_d = np.empty(ef, np.float32)

@@ -14,6 +14,7 @@ from vecdb.kernels._jit import kernel
 from vecdb.kernels.atomics import atomic_add, lock, unlock
 from vecdb.kernels.distances import distance
 from vecdb.kernels.graph import adj_row, beam_search, greedy_descent, next_tag, select_neighbors
+from vecdb.kernels.rows import row_of
 
 
 @kernel
@@ -35,9 +36,9 @@ def find_neighbors(x, vecs, levels, adj0, adjU, uoff, metric, entry, max_level, 
                    sel_i, sel_d, sel_n):
     """Search the graph for new node ``x`` and choose its neighbours on every layer it shares
     with the graph (read-only on the graph). Fills sel_i/sel_d (layers, M) and sel_n (layers,)."""
-    q = vecs[x]
+    q = row_of(vecs, x)
     L = min(np.int64(levels[x]), max_level)
-    ep_d = distance(q, vecs[entry], metric)
+    ep_d = distance(q, row_of(vecs, entry), metric)
     ep, ep_d = greedy_descent(q, np.int64(entry), ep_d, max_level, L, vecs, adj0, adjU, uoff, metric)
     res_d = np.empty(ef_c, np.float32)
     res_i = np.empty(ef_c, np.int32)
@@ -80,13 +81,13 @@ def link_back(target, layer, srcs, vecs, adj0, adjU, uoff, metric, M):
     n = c + g
     buf_d = np.empty(n, np.float32)
     buf_i = np.empty(n, np.int32)
-    tv = vecs[target]
+    tv = row_of(vecs, target)
     for j in range(c):
         buf_i[j] = row[1 + j]
-        buf_d[j] = distance(tv, vecs[row[1 + j]], metric)
+        buf_d[j] = distance(tv, row_of(vecs, row[1 + j]), metric)
     for j in range(g):
         buf_i[c + j] = srcs[j]
-        buf_d[c + j] = distance(tv, vecs[srcs[j]], metric)
+        buf_d[c + j] = distance(tv, row_of(vecs, srcs[j]), metric)
     _prune_into(row, buf_d, buf_i, n, max_n, vecs, metric)
 
 
@@ -214,9 +215,9 @@ def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags):
                             buf_i[nb_count] = y
                             nb_count += 1
             buf_d = np.empty(nb_count, np.float32)
-            uv = vecs[u]
+            uv = row_of(vecs, u)
             for j in range(nb_count):
-                buf_d[j] = distance(uv, vecs[buf_i[j]], metric)
+                buf_d[j] = distance(uv, row_of(vecs, buf_i[j]), metric)
             _prune_into(row, buf_d, buf_i, nb_count, max_n, vecs, metric)
     for u in numba.prange(n):
         if dead[u] and levels[u] >= 0:

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most conditions (keys) in one search filter (default: 1000)")
     p.add_argument("--max-filter-values", type=_positive, default=10_000,
                    help="most values listed in one search filter's 'in' lists (default: 10000)")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="front a vecdb cluster on Ray at ADDRESS ('local' starts one; 'auto', 'ray://host:port' or "
+                        "host:port join one) whose placement lives in --data; needs vecdb[cluster]")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="json", choices=["json", "text"])
     p.add_argument("--hash-key", action="store_true", help="print the sha256 of a key read from stdin, for a key file, and exit")
@@ -81,7 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         snapshot_dir=args.snapshot_dir, max_k=args.max_k, max_queries=args.max_queries,
         max_result_cells=args.max_result_cells, max_response_payload_mb=args.max_response_payload_mb,
         max_filter_bytes=args.max_filter_bytes, max_filter_conditions=args.max_filter_conditions,
-        max_filter_values=args.max_filter_values,
+        max_filter_values=args.max_filter_values, cluster=args.cluster,
     )
 
 

@@ -107,6 +107,14 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root.setLevel(level.upper())
 
 
+def _open_database(config: ServerConfig) -> DatabaseAPI:
+    """The embedded database in ``config.data_dir``, or the Ray cluster rooted there."""
+    if config.cluster is None:
+        return vecdb.open(str(config.data_dir))
+    from vecdb.cluster import connect  # the optional extra: imported only when asked for
+    return connect(None if config.cluster == "local" else config.cluster, root=str(config.data_dir))
+
+
 def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.Event | None = None) -> int:
     """Run the server until SIGTERM/SIGINT (or ``stop`` is set); returns an exit code.
 
@@ -127,7 +135,7 @@ def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.E
                        "(pass --auth-file or set VECDB_API_KEYS)", extra={"event": "auth_open"})
     if db is None:
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
-    database = vecdb.open(str(config.data_dir)) if db is None else db
+    database = _open_database(config) if db is None else db
     try:
         metrics = ServerMetrics(database)
         servicer = VecdbServicer(database, config, metrics)

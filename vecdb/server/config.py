@@ -44,6 +44,8 @@ class ServerConfig:
     max_filter_bytes, max_filter_conditions, max_filter_values: size of a search filter's
         JSON, its number of conditions (dict keys) and of listed values (``in`` lists), which
         bound how long it is evaluated under the collection's lock.
+    cluster: serve a vecdb cluster on Ray (``vecdb.cluster.connect``) at this address instead
+        of an embedded database ("local" starts a local Ray); ``data_dir`` is then its root.
     metrics_host: where ``/metrics`` listens; 127.0.0.1 by default whatever ``host`` is, as it
         has no authentication (names and sizes of every collection). Expose it on purpose with
         ``--metrics-host 0.0.0.0`` behind a firewall or a scraping proxy.
@@ -69,6 +71,7 @@ class ServerConfig:
     max_filter_bytes: int = 256 * 1024
     max_filter_conditions: int = 1_000
     max_filter_values: int = 10_000
+    cluster: str | None = None   # Ray address ("local", "auto", "ray://...", host:port): data_dir is the cluster root
 
     @property
     def address(self) -> str:

@@ -33,7 +33,7 @@ from google.protobuf import message_factory, unknown_fields
 from google.protobuf.message import Message
 
 from vecdb import calls, filters, wire
-from vecdb.api import CollectionAPI, DatabaseAPI, QueryResult, SearchRequest
+from vecdb.api import CollectionAPI, DatabaseAPI, QueryResult, SearchRequest, check_tenant
 from vecdb.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -115,6 +115,17 @@ DISTANCE_OVERHEAD = 32
 RESULT_COST = 600
 #: WaitIndexed stops waiting this long before the call's deadline, to answer in time.
 WAIT_MARGIN_SECONDS = 0.25
+
+
+def _search_tenant(req: pb.SearchRequest, who: Principal) -> str | list[str] | None:
+    """The tenant(s) a search runs under: ``tenant`` or the list ``tenants`` (not both), each
+    one the key may access; a tenant key naming none searches as its single tenant."""
+    names = list(req.tenants)
+    if not names:
+        return who.scope_tenant(_optional(req, "tenant"))
+    if req.HasField("tenant"):
+        raise InvalidArgumentError("a search names either tenant or tenants, not both")
+    return [who.scope_tenant(check_tenant(name)) for name in names]
 
 
 def _rows_per_step(coll: CollectionAPI, search: SearchRequest) -> int:
@@ -246,7 +257,7 @@ class VecdbServicer:
         queries = wire.matrix_from_proto(req.queries, what="queries")
         coll = self._collection(req.collection)
         search = SearchRequest.build(coll.info, queries, req.k, self._filter(req.filter_json),
-                                     who.scope_tenant(_optional(req, "tenant")),
+                                     _search_tenant(req, who),
                                      wire.loads_object(req.params_json, what="params"), req.with_payloads)
         rows = len(search.queries)
         step = 1 if rows <= 1 else _rows_per_step(coll, search)  # a single query is never split
@@ -299,6 +310,8 @@ class VecdbServicer:
         params = wire.loads_object(req.index_params_json, what="index_params")
         if params is not None:
             options["index_params"] = params
+        if req.multi_tenant:
+            options["multi_tenant"] = True
         coll = self._db.create_collection(req.name, int(req.dim), **options)
         return pb.CreateCollectionResponse(info=wire.info_to_proto(coll.info))
 

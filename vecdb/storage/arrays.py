@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import numpy as np
+import orjson
 
 from vecdb.errors import DataLossError
 
@@ -43,6 +44,16 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON (NaN/inf rejected so every stored payload is standard JSON)."""
     return _ENCODER.encode(value).encode("utf-8")
+
+
+def encode_checked_json(value: Any) -> bytes:
+    """``encode_json`` for a value already checked to hold only JSON types with finite numbers
+    (a payload after ``filters.check_payload``): orjson, ~10x faster, for the common case;
+    the standard encoder for what orjson does not take (integers past 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return encode_json(value)
 
 
 def decode_json(buf: bytes | memoryview) -> Any:

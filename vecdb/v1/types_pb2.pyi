@@ -65,20 +65,22 @@ class IdMatrix(_message.Message):
     def __init__(self, n_rows: _Optional[int] = ..., n_cols: _Optional[int] = ..., int64: _Optional[bytes] = ..., str: _Optional[_Union[StringCells, _Mapping]] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "dim", "metric", "index", "index_params_json", "id_type")
+    __slots__ = ("name", "dim", "metric", "index", "index_params_json", "id_type", "multi_tenant")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     ID_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MULTI_TENANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: str
     index: str
     index_params_json: str
     id_type: str
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., id_type: _Optional[str] = ...) -> None: ...
+    multi_tenant: bool
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., id_type: _Optional[str] = ..., multi_tenant: _Optional[bool] = ...) -> None: ...
 
 class CollectionStats(_message.Message):
     __slots__ = ("count", "memory_bytes", "disk_bytes", "index", "index_params_json", "n_tenants", "trained", "indexed", "pending")

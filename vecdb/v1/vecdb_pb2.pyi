@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "dim", "metric", "index", "index_params_json", "id_type")
+    __slots__ = ("name", "dim", "metric", "index", "index_params_json", "id_type", "multi_tenant")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     INDEX_PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     ID_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MULTI_TENANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: str
     index: str
     index_params_json: str
     id_type: str
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., id_type: _Optional[str] = ...) -> None: ...
+    multi_tenant: bool
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index: _Optional[str] = ..., index_params_json: _Optional[str] = ..., id_type: _Optional[str] = ..., multi_tenant: _Optional[bool] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("info",)
@@ -170,7 +172,7 @@ class CountResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "filter_json", "tenant", "params_json", "with_payloads")
+    __slots__ = ("collection", "queries", "k", "filter_json", "tenant", "params_json", "with_payloads", "tenants")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +180,7 @@ class SearchRequest(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     WITH_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _types_pb2.Matrix
     k: int
@@ -185,7 +188,8 @@ class SearchRequest(_message.Message):
     tenant: str
     params_json: str
     with_payloads: bool
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., tenant: _Optional[str] = ..., params_json: _Optional[str] = ..., with_payloads: _Optional[bool] = ...) -> None: ...
+    tenants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., filter_json: _Optional[str] = ..., tenant: _Optional[str] = ..., params_json: _Optional[str] = ..., with_payloads: _Optional[bool] = ..., tenants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("ids", "distances", "payloads")

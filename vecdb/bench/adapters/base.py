@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 
+from vecdb.errors import FailedPreconditionError
 from vecdb.types import F32Matrix, Metric
 
 TARGETS: dict[str, type["Target"]] = {}
+#: most filter objects one target keeps (one per allow array: per filter, per tenant)
+FILTER_CACHE = 4096
 T = TypeVar("T", bound=type["Target"])
 
 
@@ -34,6 +37,9 @@ class Target(abc.ABC):
     recall_knobs: ClassVar[tuple[str, ...] | None] = None
     #: True when ``search`` honours ``allow`` exactly (filtered benchmarks skip others)
     supports_filter: ClassVar[bool] = False
+    #: True when the target filters ``vecdb bench run``'s filter workloads by a payload range on
+    #: ``filter_attribute`` (the allow-sets it is given are those ranges), not by arbitrary ids
+    payload_filter: ClassVar[bool] = False
     #: "exact" or "ann": ratios are only taken between targets of the same class
     algorithm: ClassVar[str] = "ann"
     #: filter strategies this target can run ("graph", "scan", "auto"); the first is its own
@@ -46,11 +52,40 @@ class Target(abc.ABC):
     threads: int = 1
     #: a folder of its own for targets that persist (set by the runner before ``build``)
     workdir: Path | None = None
+    #: the vecdb index kind whose search params check this target's knob values (None: unchecked)
+    params_kind: ClassVar[str | None] = None
+    #: True when ``insert`` / ``delete`` work after ``build`` (the churn workload needs them)
+    supports_churn: ClassVar[bool] = False
+    #: True when the target keeps tenants itself (granted at build from ``tenant_members``)
+    native_tenants: ClassVar[bool] = False
+    #: rows of each tenant (sorted), set by the runner before ``build`` for tenant workloads
+    tenant_members: list[np.ndarray] | None = None
+    #: the filter workloads' attribute per row (set by the runner before ``build`` when the run has
+    #: filters), for targets that store it as a payload and filter on it
+    filter_attribute: np.ndarray | None = None
+    #: most rows the target will hold (set by the runner before ``build`` for churn)
+    capacity: int | None = None
 
     def __init__(self, metric: Metric, dim: int, build_params: dict[str, Any]) -> None:
         self.metric = metric
         self.dim = dim
         self.build_params = dict(build_params)
+        self.search_knobs = self.knobs_for(self.build_params)
+
+    @classmethod
+    def check_search(cls, params: dict[str, Any]) -> None:
+        """Raise InvalidArgumentError for a search setting this target would reject (checked for
+        every setting before anything is built): the knob values of ``params_kind``'s index."""
+        if cls.params_kind is not None and params:
+            from vecdb.index import index_class
+
+            index_class(cls.params_kind).params_type.build(params)
+
+    @classmethod
+    def knobs_for(cls, build_params: dict[str, Any]) -> tuple[str, ...]:
+        """The search knobs a target built with ``build_params`` reads (default: all of
+        ``search_knobs``; a target whose knobs depend on its build narrows them here)."""
+        return tuple(cls.search_knobs)
 
     @abc.abstractmethod
     def build(self, base: F32Matrix) -> None:
@@ -66,6 +101,30 @@ class Target(abc.ABC):
 
     def close(self) -> None:
         """Free resources (default: nothing)."""
+
+    def reused(self, allow: np.ndarray, make: Callable[[np.ndarray], Any]) -> Any:
+        """``make(allow)`` built once per allow array (by identity: the harness keeps one array per
+        filter and per tenant), as an application reusing its filters would; not timed per call."""
+        cache: dict[int, tuple[np.ndarray, Any]] = self.__dict__.setdefault("_filters", {})
+        hit = cache.get(id(allow))
+        if hit is None or hit[0] is not allow:
+            if len(cache) >= FILTER_CACHE:
+                cache.clear()
+            hit = cache[id(allow)] = (allow, make(allow))
+        return hit[1]
+
+    def search_tenant(self, queries: F32Matrix, k: int, params: dict[str, Any], tenant: int,
+                      members: np.ndarray) -> np.ndarray:
+        """Top-k among one tenant's rows: by default the filtered search over ``members``."""
+        return self.search(queries, k, params, members)
+
+    def insert(self, rows: F32Matrix, ids: np.ndarray) -> None:
+        """Add ``rows`` under ``ids`` after the build (churn; only when ``supports_churn``)."""
+        raise FailedPreconditionError(f"target {self.name} cannot insert after its build (no churn support)")
+
+    def delete(self, ids: np.ndarray) -> None:
+        """Remove ``ids`` after the build (churn; only when ``supports_churn``)."""
+        raise FailedPreconditionError(f"target {self.name} cannot delete after its build (no churn support)")
 
     def disk_bytes(self) -> int | None:
         """Bytes on disk for targets that persist (databases); None for in-memory indexes."""
@@ -87,6 +146,19 @@ class Target(abc.ABC):
         """Short text naming this target and the search knobs it used."""
         used = {k: v for k, v in params.items() if k in self.search_knobs}
         return self.name + ("" if not used else " " + ",".join(f"{k}={v}" for k, v in used.items()))
+
+
+class IndexChurn:
+    """Churn for targets over a vecdb index in ``self.index``: ``add`` / ``remove`` by id."""
+
+    supports_churn: ClassVar[bool] = True
+    index: Any
+
+    def insert(self, rows: F32Matrix, ids: np.ndarray) -> None:
+        self.index.add(rows, ids)
+
+    def delete(self, ids: np.ndarray) -> None:
+        self.index.remove(ids)
 
 
 def prepare_for_metric(x: F32Matrix, metric: Metric) -> F32Matrix:

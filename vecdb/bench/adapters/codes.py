@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from vecdb.bench.adapters.base import Target, faiss_metric, prepare_for_metric, register
+from vecdb.bench.adapters.base import IndexChurn, Target, faiss_metric, prepare_for_metric, register
 from vecdb.errors import InvalidArgumentError
+from vecdb.index.allow import AllowSet
 from vecdb.index.binary import BinaryIndex
 from vecdb.index.codes import CodeIndex
 from vecdb.index.pq import PQIndex
@@ -36,7 +37,7 @@ def _pq_shape(dim: int, params: dict[str, Any]) -> tuple[int, int]:
     return int(params.get("m", dim // 8)), int(params.get("nbits", 8))
 
 
-class _VecdbCodes(Target):
+class _VecdbCodes(IndexChurn, Target):
     search_knobs = ("rerank",)
     supports_filter = True
     filter_paths = {"scan": "scan: code scan of the allowed rows"}
@@ -52,7 +53,8 @@ class _VecdbCodes(Target):
         self.index.add(base)
 
     def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
-        return self.index.search(queries, k, allow=allow, rerank=int(params.get("rerank", 0))).ids
+        allowed = None if allow is None else self.reused(allow, AllowSet.from_ids)
+        return self.index.search(queries, k, allow=allowed, rerank=int(params.get("rerank", 0))).ids
 
     def memory_bytes(self) -> int:
         return self.index.memory_bytes()
@@ -65,6 +67,7 @@ class _VecdbCodes(Target):
 @register
 class VecdbPQ(_VecdbCodes):
     name = "vecdb-pq"
+    params_kind = "pq"
 
     def _make(self) -> CodeIndex:
         m, nbits = _pq_shape(self.dim, self.build_params)
@@ -74,6 +77,7 @@ class VecdbPQ(_VecdbCodes):
 @register
 class VecdbBinary(_VecdbCodes):
     name = "vecdb-binary"
+    params_kind = "binary"
 
     def _make(self) -> CodeIndex:
         return BinaryIndex(self.dim, self.metric, bits_per_dim=int(self.build_params.get("bits", 1)),
@@ -83,6 +87,7 @@ class VecdbBinary(_VecdbCodes):
 @register
 class VecdbSQ8(_VecdbCodes):
     name = "vecdb-sq8"
+    params_kind = "sq8"
 
     def _make(self) -> CodeIndex:
         return SQ8Index(self.dim, self.metric)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vecdb.bench.adapters.base import SubsetScan, Target, faiss_metric, prepare_for_metric, register
+from vecdb.bench.adapters.base import IndexChurn, SubsetScan, Target, faiss_metric, prepare_for_metric, register
 from vecdb.errors import InvalidArgumentError
 from vecdb.index.allow import AllowSet
 from vecdb.index.hnsw import DEFAULT_EF, FILTER_COST, HNSW
@@ -82,8 +82,9 @@ class _ReferenceHNSW(Target):
 
 
 @register
-class VecdbHNSW(Target):
+class VecdbHNSW(IndexChurn, Target):
     name = "vecdb-hnsw"
+    params_kind = "hnsw"
     search_knobs = ("ef", "filter_mode")
     recall_knobs = ("ef",)
     supports_filter = True
@@ -104,11 +105,7 @@ class VecdbHNSW(Target):
         return self.index.search(queries, k, allow=None if allow is None else self._allow_set(allow), **knobs).ids
 
     def _allow_set(self, allow: np.ndarray) -> AllowSet:
-        # built once per allow set (the harness reuses the array), as the references' filters
-        # are and as an application reusing a filter would
-        if getattr(self, "_allow_for", None) is None or self._allow_for[0] is not allow:
-            self._allow_for = (allow, AllowSet.from_ids(allow))
-        return self._allow_for[1]
+        return self.reused(allow, AllowSet.from_ids)
 
     def strategy_used(self, params: dict[str, Any], allow: np.ndarray, k: int) -> str:
         mode = params.get("filter_mode") or _strategy(params)
@@ -127,6 +124,7 @@ class Hnswlib(_ReferenceHNSW):
 
     name = "hnswlib"
     memory_source = "formula"
+    supports_churn = True
     filter_paths = {"graph": "graph: Python callable per visited node, under the GIL (hnswlib's only filter API)",
                     "scan": SubsetScan.path, "auto": "auto: vecdb's rule picks graph or the shared scan"}
 
@@ -137,17 +135,29 @@ class Hnswlib(_ReferenceHNSW):
         space = {Metric.L2: "l2", Metric.IP: "ip", Metric.COSINE: "cosine"}[self.metric]
         self.n, self.M = len(base), M
         self.index = hnswlib.Index(space=space, dim=self.dim)
-        self.index.init_index(max_elements=len(base), M=M, ef_construction=efc, random_seed=SEED)
+        self.index.init_index(max_elements=max(len(base), self.capacity or 0), M=M, ef_construction=efc,
+                              random_seed=SEED)
         self.index.add_items(base, np.arange(len(base)), num_threads=getattr(self, "threads", 1))
-        self._filter_for: tuple[np.ndarray, Any] | None = None
+
+    def insert(self, rows: F32Matrix, ids: np.ndarray) -> None:
+        """hnswlib's ``add_items`` (the index grows when its capacity is reached)."""
+        need = self.index.get_current_count() + len(rows)
+        if need > self.index.get_max_elements():
+            self.index.resize_index(need)
+        self.index.add_items(rows, ids, num_threads=getattr(self, "threads", 1))
+
+    def delete(self, ids: np.ndarray) -> None:
+        """hnswlib's ``mark_deleted`` per id (deleted nodes stay in the graph, never returned)."""
+        for i in np.asarray(ids).tolist():
+            self.index.mark_deleted(int(i))
 
     def _filter(self, allow: np.ndarray) -> Any:
-        # built once per allow set (the harness reuses the array), as an application would
-        if self._filter_for is None or self._filter_for[0] is not allow:
-            mask = np.zeros(self.n, bool)
-            mask[allow] = True
-            self._filter_for = (allow, mask.__getitem__)
-        return self._filter_for[1]
+        return self.reused(allow, self._make_filter)
+
+    def _make_filter(self, allow: np.ndarray) -> Any:
+        mask = np.zeros(max(self.index.get_max_elements(), int(allow.max()) + 1 if len(allow) else 0), bool)
+        mask[allow] = True
+        return mask.__getitem__
 
     def _graph_search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None) -> np.ndarray:
         self.index.set_ef(self._ef(params, k))
@@ -184,15 +194,16 @@ class FaissHNSW(_ReferenceHNSW):
         self.index = faiss.IndexHNSWFlat(self.dim, M, faiss_metric(self.metric))
         self.index.hnsw.efConstruction = efc
         self.index.add(prepare_for_metric(base, self.metric))
-        self._sel_for: tuple[np.ndarray, Any] | None = None
 
     def _selector(self, allow: np.ndarray) -> Any:
+        return self.reused(allow, self._make_selector)[0]
+
+    @staticmethod
+    def _make_selector(allow: np.ndarray) -> tuple[Any, np.ndarray]:
         import faiss
 
-        if self._sel_for is None or self._sel_for[0] is not allow:
-            ids = np.ascontiguousarray(allow, np.int64)
-            self._sel_for = (allow, faiss.IDSelectorBatch(ids), ids)
-        return self._sel_for[1]
+        ids = np.ascontiguousarray(allow, np.int64)
+        return faiss.IDSelectorBatch(ids), ids  # the selector points into ids: keep them together
 
     def _graph_search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None) -> np.ndarray:
         import faiss

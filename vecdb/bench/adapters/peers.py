@@ -99,7 +99,16 @@ class _Peer(Target):
 
 # ---- vecdb's database -------------------------------------------------------------------------
 class _VecdbDb(_Peer):
+    """vecdb's database. Workloads run through the collection itself: a filter is a payload
+    range filter on the attribute stored with every point (``{"attr": {"lte": ...}}``, the
+    exact allow-set of the workload), tenants are collection tenants granted their rows, and
+    churn is ``upsert`` / ``delete``."""
+
     index_kind = "flat"
+    payload_filter = True
+    native_tenants = True
+    supports_churn = True
+    filter_paths: ClassVar[dict[str, str]] = {"scan": "payload range filter -> allow-set, searched by the index"}
 
     def _open(self) -> None:
         import vecdb
@@ -115,16 +124,59 @@ class _VecdbDb(_Peer):
                 "ef_construction": int(self.build_params.get("ef_construction", 100)), "progress": False}
 
     def _insert(self, ids: np.ndarray, rows: F32Matrix) -> None:
-        self.col.upsert(ids, rows)
+        attr = self.filter_attribute
+        self.col.upsert(ids, rows, None if attr is None else [{"attr": float(a)} for a in attr[ids]])
 
     def _index(self) -> None:
-        """Wait for the background indexer: an upsert is acknowledged on commit, before its
-        points are in the index (searched exactly meanwhile), and the runs measure the index."""
+        """Grant each tenant its rows, then wait for the background indexer: an upsert is
+        acknowledged on commit, before its points are in the index (searched exactly
+        meanwhile), and the runs measure the index."""
+        for tenant, rows in enumerate(self.tenant_members or ()):
+            rows = rows[rows < self.n]
+            if len(rows):
+                self.col.create_tenant(f"t{tenant}")
+                self.col.grant(f"t{tenant}", rows)
         self.col.wait_indexed()
 
-    def _one(self, q: np.ndarray, k: int, params: dict[str, Any]) -> list[int]:
-        knobs = {key: params[key] for key in self.search_knobs if key in params}
-        return self.col.search(q, k=k, params=knobs).ids[0].tolist()
+    def insert(self, rows: F32Matrix, ids: np.ndarray) -> None:
+        self._insert(ids, rows)
+
+    def delete(self, ids: np.ndarray) -> None:
+        self.col.delete(ids)
+
+    def _payload_filter(self, allow: np.ndarray) -> dict[str, Any]:
+        """The payload filter passing exactly the rows of ``allow`` (the workload keeps the rows
+        whose attribute is below its selectivity; the largest kept value bounds them)."""
+        if self.filter_attribute is None:
+            raise FailedPreconditionError(f"{self.name}: built without the filter attribute; the runner sets it "
+                                          "for filter workloads")
+        top = float(self.filter_attribute[allow].max()) if len(allow) else -1.0
+        if int((self.filter_attribute <= top).sum()) != len(allow):
+            raise FailedPreconditionError(f"{self.name}: the allow-set is not a range of the filter attribute")
+        return {"attr": {"lte": top}}
+
+    def _knobs(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {key: params[key] for key in self.search_knobs if key in params}
+
+    def _one(self, q: np.ndarray, k: int, params: dict[str, Any], flt: dict[str, Any] | None = None,
+             tenant: str | None = None) -> list[int]:
+        return self.col.search(q, k=k, filter=flt, tenant=tenant, params=self._knobs(params)).ids[0].tolist()
+
+    def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
+        flt = None if allow is None else self.reused(allow, self._payload_filter)
+        out = np.full((len(queries), k), -1, np.int64)
+        for i, q in enumerate(queries):
+            got = self._one(q, k, params, flt)[:k]
+            out[i, : len(got)] = got
+        return out
+
+    def search_tenant(self, queries: F32Matrix, k: int, params: dict[str, Any], tenant: int,
+                      members: np.ndarray) -> np.ndarray:
+        out = np.full((len(queries), k), -1, np.int64)
+        for i, q in enumerate(queries):
+            got = self._one(q, k, params, tenant=f"t{tenant}")[:k]
+            out[i, : len(got)] = got
+        return out
 
     def close(self) -> None:
         self.db.close()
@@ -151,7 +203,7 @@ class DbVecdbHNSW(_VecdbDb):
 class VecdbCollection(DbVecdbHNSW):
     """``Collection.search`` as an application calls it: a real LMDB folder, points upserted in
     batches under their row numbers, each call's block of queries passed in one ``search`` (so
-    batch 1 is one query per call, with nothing around it but the call). No filter. Build param
+    batch 1 is one query per call, with nothing around it but the call). Build param
     ``index`` picks the index kind (default hnsw: M, ef_construction; knob ef); the count is the
     collection's own ``stats().memory_bytes``."""
 
@@ -161,15 +213,22 @@ class VecdbCollection(DbVecdbHNSW):
     def __init__(self, metric: Metric, dim: int, build_params: dict[str, Any]) -> None:
         super().__init__(metric, dim, build_params)
         self.index_kind = str(self.build_params.get("index", "hnsw"))
-        self.search_knobs = ("ef",) if self.index_kind == "hnsw" else ()
+
+    @classmethod
+    def knobs_for(cls, build_params: dict[str, Any]) -> tuple[str, ...]:
+        return ("ef",) if str(build_params.get("index", "hnsw")) == "hnsw" else ()
 
     def _index_params(self) -> dict[str, Any]:
         # the same level-draw seed as the vecdb-hnsw target and hnswlib
         return {**super()._index_params(), "seed": HNSW_SEED} if self.index_kind == "hnsw" else {}
 
     def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
-        knobs = {key: params[key] for key in self.search_knobs if key in params}
-        return self.col.search(queries, k=k, params=knobs).ids
+        flt = None if allow is None else self.reused(allow, self._payload_filter)
+        return self.col.search(queries, k=k, filter=flt, params=self._knobs(params)).ids
+
+    def search_tenant(self, queries: F32Matrix, k: int, params: dict[str, Any], tenant: int,
+                      members: np.ndarray) -> np.ndarray:
+        return self.col.search(queries, k=k, tenant=f"t{tenant}", params=self._knobs(params)).ids
 
     def memory_bytes(self) -> int | None:  # type: ignore[override]
         return int(self.col.stats().memory_bytes)

@@ -20,6 +20,7 @@ from vecdb.index.curator.tenants import TenantLists
 from vecdb.index.curator.tiers import Tiers
 from vecdb.index.curator.tree import TREE_ARRAYS, ClusterTree, train_tree
 from vecdb.index.hnsw import MAX_EF
+from vecdb.quant.sq8 import SQ8
 from vecdb.types import F32Matrix, I64Vector, Metric
 from vecdb.validation import as_id_array, as_positive_int
 
@@ -30,6 +31,13 @@ MAX_BUDGET = 1 << 40
 SERIAL_QUERIES = 4
 _GROWTH = 1.5
 _NO_MASK = np.zeros(1, np.uint8)
+#: stand-ins for the code arguments of a float scan
+_NO_CODES = np.zeros((1, 1), np.uint8)
+_NO_FOLD = np.zeros((1, 1), np.float32)
+_NO_WEIGHTS = np.zeros(1, np.float32)
+#: candidates re-ranked on float rows per query when the scan reads codes: this many times k
+RERANK_FACTOR = 4
+CODES = ("float", "sq8")
 #: tenant number under which the shortlists of every stored vector (the admin view) are saved.
 _ALL = -1
 
@@ -38,16 +46,21 @@ _ALL = -1
 class CuratorParams(SearchParams):
     """Curator search knobs: ``budget``, the candidates scanned per query before the walk
     stops (None = ``DEFAULT_BUDGET``; raised to k), higher raising recall and cost; ``ef``,
-    the beam width of a tenant promoted to its own HNSW (None = HNSW's default)."""
+    the beam width of a tenant promoted to its own HNSW (None = HNSW's default); ``rerank``,
+    with ``codes="sq8"`` the candidates best by code whose float rows are scored again (None =
+    ``RERANK_FACTOR`` * k; raised to k)."""
 
     budget: int | None = None
     ef: int | None = None
+    rerank: int | None = None
 
     def __post_init__(self) -> None:
         if self.budget is not None:
             object.__setattr__(self, "budget", as_positive_int(self.budget, "budget", maximum=MAX_BUDGET))
         if self.ef is not None:
             object.__setattr__(self, "ef", as_positive_int(self.ef, "ef", maximum=MAX_EF))
+        if self.rerank is not None:
+            object.__setattr__(self, "rerank", as_positive_int(self.rerank, "rerank", maximum=MAX_EF))
 
 
 class Curator(BaseIndex):
@@ -67,10 +80,14 @@ class Curator(BaseIndex):
     tier_threshold : members at which a tenant is promoted to its own HNSW graph (demoted
         below half of it); 0 (the default) keeps every tenant in the shared tree.
     tier_M, tier_ef_construction : build knobs of those graphs.
+    codes : "float" (the default) scans candidates' float rows; "sq8" scans their SQ8 codes
+        (a quarter of the bytes per candidate, trained with the tree) and re-ranks the best
+        ``rerank`` on float rows; the codes cost ``dim`` bytes per vector more.
 
     Needs training (``train(sample)`` before ``add``). Tenants: ``add(..., tenant=)``,
     ``grant``, ``revoke``, ``drop_tenant``; ``search(q, k, tenant=t)`` sees only t's members
-    (with ``allow=`` as a further filter), ``search`` without a tenant sees every vector.
+    (with ``allow=`` as a further filter), ``search(q, k, tenant=(t1, t2))`` the union of
+    several tenants' members (each vector once), ``search`` without a tenant every vector.
     Membership is a relation over ids: a removed id keeps its tenants, and they apply again
     if it is added back (a collection replaces a point by remove + add); grants of ids not
     stored are kept the same way. Search knobs (``CuratorParams``): ``budget`` (candidates
@@ -81,10 +98,12 @@ class Curator(BaseIndex):
     params_type = CuratorParams
     needs_training = True
     tenant_aware = True
+    multi_tenant_search = True
 
     def __init__(self, dim: int, metric: Metric | str = Metric.L2, *, n_root: int = 32, branching: int = 8,
                  max_depth: int = 3, max_shortlist: int = 128, min_points_per_centroid: int = 8, n_iter: int = 20,
-                 seed: int = 0, tier_threshold: int = 0, tier_M: int = 16, tier_ef_construction: int = 100) -> None:
+                 seed: int = 0, tier_threshold: int = 0, tier_M: int = 16, tier_ef_construction: int = 100,
+                 codes: str = "float") -> None:
         super().__init__(dim, metric)
         self.n_root = as_positive_int(n_root, "n_root", minimum=2, maximum=65_536)
         self.branching = as_positive_int(branching, "branching", minimum=2, maximum=65_536)
@@ -97,6 +116,11 @@ class Curator(BaseIndex):
         self._scan_metric = Metric.L2.code if self.metric is Metric.L2 else Metric.IP.code
         self._tree: ClusterTree | None = None
         self._rows = np.zeros((0, self.dim), np.float32)
+        if codes not in CODES:
+            raise InvalidArgumentError(f"codes must be one of {', '.join(CODES)}, got {codes!r}")
+        self.codes = codes
+        self._codec = SQ8(self.dim) if codes == "sq8" else None
+        self._codes = np.zeros((0, self.dim if codes == "sq8" else 0), np.uint8)
         self._leaf = np.full(0, -1, np.int32)
         self._members = Memberships()
         self._tenants: dict[int, TenantLists] = {}
@@ -127,6 +151,8 @@ class Curator(BaseIndex):
         self._tree = train_tree(sample, self._tree_metric, n_root=self.n_root, branching=self.branching,
                                 max_depth=self.max_depth, min_points_per_centroid=self.min_points_per_centroid,
                                 n_iter=self.n_iter, seed=self.seed)
+        if self._codec is not None:
+            self._codec.train(sample)
 
     @property
     def tree(self) -> ClusterTree:
@@ -143,6 +169,10 @@ class Curator(BaseIndex):
             rows = np.zeros((cap, self.dim), np.float32)
             used = self._ids.n_slots
             rows[:used] = self._rows[:used]
+            if self._codec is not None:
+                codes = np.zeros((cap, self.dim), np.uint8)
+                codes[:used] = self._codes[:used]
+                self._codes = codes
             leaf = np.full(cap, -1, np.int32)
             leaf[:used] = self._leaf[:used]
             self._rows, self._leaf = rows, leaf
@@ -160,6 +190,8 @@ class Curator(BaseIndex):
         if not self._rows.flags.writeable:
             self._rows = np.array(self._rows)
         self._rows[slots] = vectors
+        if self._codec is not None:
+            self._codes[slots] = self._codec.encode(vectors)
         self._leaf[slots] = leaves
         self._ids.assign(ids, slots)
         self._all.insert(slots, leaves, tree, self._leaf, self.max_shortlist)
@@ -190,7 +222,7 @@ class Curator(BaseIndex):
             gone = slots[mine]
             lists = self._tenants[tenant]
             lists.delete(gone, self._leaf[gone], self.tree, self.max_shortlist)
-            self._tiers.shrank(tenant, gone, len(lists))
+            self._tiers.shrank(tenant, gone, len(lists), self._rows)
             for ident in ids[mine].tolist():
                 self._pending.setdefault(ident, set()).add(tenant)
 
@@ -245,7 +277,7 @@ class Curator(BaseIndex):
             slots = slots[stored]
             gone = slots[self._members.remove(tenant, slots)]
             lists.delete(gone, self._leaf[gone], self.tree, self.max_shortlist)
-            self._tiers.shrank(tenant, gone, len(lists))
+            self._tiers.shrank(tenant, gone, len(lists), self._rows)
 
     def tenants(self) -> list[int]:
         """Tenant numbers the index keeps (created or granted to, not dropped), sorted."""
@@ -261,13 +293,30 @@ class Curator(BaseIndex):
         return 0 if lists is None else len(lists)
 
     # ---- search ---------------------------------------------------------------------
-    def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
-                      params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+    def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None,
+                      tenant: int | tuple[int, ...] | None, params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
         p: CuratorParams = params  # type: ignore[assignment]
+        if isinstance(tenant, tuple):
+            return self._union_search(queries, k, allow, tenant, p)
+        return self._tenant_search(queries, k, allow, tenant, p)
+
+    def _union_search(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenants: tuple[int, ...],
+                      p: CuratorParams) -> tuple[np.ndarray, np.ndarray]:
+        """Top k over the union of several tenants' members: each tenant's own top k (tree or
+        graph, same knobs), merged with a vector two of them share kept once."""
+        parts = [self._tenant_search(queries, k, allow, t, p) for t in tenants]
+        return merge_unique(np.concatenate([s for s, _ in parts], axis=1),
+                            np.concatenate([d for _, d in parts], axis=1), k)
+
+    def _tenant_search(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                       p: CuratorParams) -> tuple[np.ndarray, np.ndarray]:
+        """One tenant's (or, for None, every vector's) top k in slots and kernel distances."""
         budget = max(k, DEFAULT_BUDGET if p.budget is None else p.budget)
         nq = len(queries)
         if tenant is not None and tenant in self._tiers:
-            return self._graph_search(tenant, queries, k, allow, p.ef)
+            if allow is None or not self._tiers.prefers_exact(tenant, len(allow), p.ef):
+                return self._graph_search(tenant, queries, k, allow, p.ef)
+            budget = max(budget, len(allow))            # a selective filter: scan its members exactly
         lists = self._all if tenant is None else self._tenants.get(tenant)
         view = None if lists is None else lists.view()
         tree = self._tree
@@ -278,17 +327,24 @@ class Curator(BaseIndex):
         bitmap = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
         members = self._members
         scanned = np.empty(nq, np.int64)
+        codec = self._codec
+        if codec is None:
+            codes, qt, weights, bias, mode, rerank = _NO_CODES, _NO_FOLD, _NO_WEIGHTS, _NO_WEIGHTS, 0, k
+        else:
+            qt, weights, bias, mode = codec.fold_queries(queries, Metric.L2 if self.metric is Metric.L2 else Metric.IP)
+            codes, rerank = self._codes, max(k, RERANK_FACTOR * k if p.rerank is None else p.rerank)
         run = kernels.search_serial if nq < SERIAL_QUERIES or numba.get_num_threads() == 1 else kernels.search_batch
         run(queries, budget, tree.centroids, tree.first_child, tree.n_children, self._tree_metric, self._scan_metric,
             view.nodes, view.kind, view.ptr, view.slots, self._rows, -1 if tenant is None else tenant, members.head,
-            members.cell_tenant, members.cell_next, bitmap, allow is not None, out_s, out_d, scanned)
+            members.cell_tenant, members.cell_next, bitmap, allow is not None, out_s, out_d, scanned, codes, qt,
+            weights, bias, mode, codec is not None, rerank)
         return out_s, out_d
 
     def _graph_search(self, tenant: int, queries: F32Matrix, k: int, allow: AllowSet | None,
                       ef: int | None) -> tuple[np.ndarray, np.ndarray]:
         """A promoted tenant's answer from its graph, every slot checked against the exact
         membership chains first (a slot that is no member is dropped)."""
-        slots, dists = self._tiers.search(tenant, queries, k, allow, ef)
+        slots, dists = self._tiers.search(tenant, queries, k, allow, ef, self._rows)
         members = self._members
         ok = np.empty(slots.shape, np.uint8)
         member_mask(members.head, members.cell_tenant, members.cell_next, slots, tenant, ok)
@@ -324,7 +380,7 @@ class Curator(BaseIndex):
             total += len(lists)
         if total != self._members.count:
             raise ValueError(f"memberships count {self._members.count}, shortlists hold {total}")
-        self._tiers.check({t: self._tenants[t].slots() for t in self._tiers.graphs if t in self._tenants}, self._rows)
+        self._tiers.check({t: self._tenants[t].slots() for t in self._tiers.graphs if t in self._tenants})
         if self.tier_threshold == 0 and self._tiers.graphs:
             raise ValueError("tier graphs with tiering off")
 
@@ -332,7 +388,8 @@ class Curator(BaseIndex):
         tree = 0 if self._tree is None else self._tree.nbytes()
         tenants = sum(t.nbytes() for t in self._tenants.values())
         pending = 200 * sum(len(v) for v in self._pending.values())
-        return int(self._rows.nbytes + self._leaf.nbytes + tree + self._members.nbytes() + self._all.nbytes()
+        codes = 0 if self._codec is None else self._codes.nbytes + self._codec.memory_bytes()
+        return int(self._rows.nbytes + codes + self._leaf.nbytes + tree + self._members.nbytes() + self._all.nbytes()
                    + tenants + pending + self._tiers.nbytes())
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -340,10 +397,13 @@ class Curator(BaseIndex):
         params = {"n_root": self.n_root, "branching": self.branching, "max_depth": self.max_depth,
                   "max_shortlist": self.max_shortlist, "min_points_per_centroid": self.min_points_per_centroid,
                   "n_iter": self.n_iter, "seed": self.seed, "tier_threshold": self.tier_threshold, "tier_M": self.tier_M,
-                  "tier_ef_construction": self.tier_ef_construction, "trained": self._tree is not None}
+                  "tier_ef_construction": self.tier_ef_construction, "codes": self.codes,
+                  "trained": self._tree is not None}
         arrays: dict[str, np.ndarray] = {"vectors": self._rows[:n], "leaf": self._leaf[:n]}
         if self._tree is not None:
             arrays.update(self._tree.arrays())
+            if self._codec is not None:                 # the codes are encoded again on load
+                arrays.update({f"sq8.{name}": arr for name, arr in self._codec.arrays().items()})
         owners = [(_ALL, self._all)] + sorted(self._tenants.items())
         sl = [(t, node, part) for t, lists in owners for node, part in sorted(lists.lists.items())]
         ex = [(t, node, count) for t, lists in owners for node, count in sorted(lists.expanded.items())]
@@ -387,6 +447,11 @@ class Curator(BaseIndex):
             raise ValueError("an untrained Curator holds vectors")
         index.reserve(n)
         index._rows[:n] = rows
+        if trained and index._codec is not None:
+            index._codec = SQ8.from_state({"dim": dim, "trained": True}, {name: arrays[f"sq8.{name}"] for name in ("vmin", "step")})
+            if not (np.isfinite(index._codec.vmin).all() and np.isfinite(index._codec.step).all()):
+                raise ValueError("sq8 ranges must be finite")
+            index._codes[:n] = index._codec.encode(rows)
         index._leaf[:n] = leaf
         index._tenants = {int(t): TenantLists() for t in np.asarray(arrays["tenants"]).tolist()}
         owners = {_ALL: index._all, **index._tenants}
@@ -411,6 +476,20 @@ class Curator(BaseIndex):
             index._pending.setdefault(int(ident), set()).add(int(t))
         if index._pending and np.isin(np.fromiter(index._pending, np.int64), slot_ids).any():
             raise ValueError("kept memberships name stored ids")
-        index._tiers.restore(np.asarray(arrays["tiers"], np.int64).tolist(), arrays)
+        index._tiers.restore(np.asarray(arrays["tiers"], np.int64).tolist(), arrays, index._rows)
         index.check(n)
         return index
+
+
+def merge_unique(slots: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top ``k`` of (nq, m) candidate slots (-1 padded) by (distance, slot), each
+    slot kept once (its first occurrence in slot order); -1 / +inf padded."""
+    order = np.argsort(slots, axis=1, kind="stable")
+    slots, dists = np.take_along_axis(slots, order, 1), np.take_along_axis(dists, order, 1)
+    dup = np.zeros(slots.shape, bool)
+    dup[:, 1:] = (slots[:, 1:] == slots[:, :-1]) & (slots[:, 1:] >= 0)
+    slots = np.where(dup, -1, slots)
+    dists = np.where(slots < 0, np.inf, dists).astype(np.float32)
+    key = np.where(slots < 0, np.iinfo(np.int64).max, slots)
+    order = np.lexsort((key, dists), axis=1)[:, :k]
+    return np.take_along_axis(slots, order, 1), np.take_along_axis(dists, order, 1)

@@ -2,7 +2,10 @@
 vectors is promoted to its own HNSW graph over its members (ids = the Curator's slots), and
 demoted back to the shared tree when it shrinks below half of that. The tenant's shortlists
 are kept either way, so demotion only drops the graph; membership stays exact in the
-Curator's chains, and graph answers are checked against them before they are returned."""
+Curator's chains, and graph answers are checked against them before they are returned.
+
+A tenant's graph stores no vectors: node ``i`` reads the Curator's row ``slot_ids[i]`` (its
+id) through the graph kernels' mapped row source, so tiering costs only the links."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,7 +17,71 @@ from vecdb.index.hnsw import HNSW
 from vecdb.index.ids import IdMap
 from vecdb.types import F32Matrix, I64Vector, Metric
 
-_GRAPH_ARRAYS = ("vectors", "levels", "adj0", "uoff", "adj_upper", "header", "slot_ids")
+_GRAPH_ARRAYS = ("levels", "adj0", "uoff", "adj_upper", "header", "slot_ids")
+
+
+class SlotGraph(HNSW):
+    """An HNSW graph whose ids are slots of an owner's row matrix and whose nodes read those
+    rows in place (``bind(rows)`` before each use: the owner reallocates its rows when it
+    grows). Adds take slots, not vectors (``add_slots``); searches with ``allow`` must use
+    ``filter_mode="graph"`` (the exact scan reads a row matrix of its own)."""
+
+    def bind(self, rows: np.ndarray) -> None:
+        """Read node vectors from ``rows`` (the owner's current matrix) from now on."""
+        self._rows = rows
+        self._vecs = (rows, self._ids.slot_ids)
+
+    def add_slots(self, slots: I64Vector, rows: np.ndarray) -> None:
+        """Link the owner's ``slots`` (new to the graph; their rows already in ``rows``)."""
+        self._rows = rows
+        placed = self._place(np.empty((len(slots), 0), np.float32), np.asarray(slots, np.int64))
+        self.bind(rows)                                 # the id map may have grown with the new ids
+        self._link(placed)
+
+    def remove_slots(self, slots: I64Vector, rows: np.ndarray) -> None:
+        self.bind(rows)
+        self.remove(slots)
+
+    def _grow_rows(self, cap: int, used: int) -> None:
+        return None                                     # the rows live in the owner's matrix
+
+    def _put_rows(self, slots: I64Vector, x: F32Matrix) -> None:
+        return None
+
+    def _writable(self) -> None:
+        for name in ("_levels", "_adj0", "_uoff", "_adjU"):
+            arr = getattr(self, name)
+            if not arr.flags.writeable:
+                setattr(self, name, np.array(arr))
+
+    def _memory_bytes(self) -> int:
+        arrays = [self._levels, self._adj0, self._uoff, self._adjU]
+        arrays += [a for scratch in self._pool for a in scratch]
+        return int(sum(a.nbytes for a in arrays))
+
+    def graph_arrays(self) -> dict[str, np.ndarray]:
+        """The links and the id map (no vectors), named as ``from_arrays`` reads them."""
+        n = self._ids.n_slots
+        header = np.array([self._entry, self._max_level, self._n_up], np.int64)
+        return {"levels": self._levels[:n], "adj0": self._adj0[:n], "uoff": self._uoff[:n],
+                "adj_upper": self._adjU[: max(self._n_up, 1)], "header": header, "slot_ids": self._ids.slot_ids}
+
+    @classmethod
+    def from_arrays(cls, dim: int, metric: Metric, params: dict[str, Any], arrays: dict[str, np.ndarray],
+                    rows: np.ndarray) -> "SlotGraph":
+        """The graph ``graph_arrays`` saved, reading ``rows`` (ValueError when malformed)."""
+        slot_ids = np.asarray(arrays["slot_ids"], np.int64)
+        n = len(slot_ids)
+        live = slot_ids[slot_ids >= 0]
+        if slot_ids.ndim != 1 or len(np.unique(live)) != len(live) or (live >= len(rows)).any():
+            raise ValueError("a tier graph has a malformed id map")
+        # HNSW's loader checks a vector array's shape: a zero-stride stand-in (no memory) passes it
+        stand_in = np.broadcast_to(np.zeros((1, dim), np.float32), (n, dim))
+        graph = super()._from_state(dim, metric, params, dict(arrays, vectors=stand_in))
+        assert isinstance(graph, SlotGraph)
+        graph._ids = IdMap(slot_ids)
+        graph.bind(rows)
+        return graph
 
 
 class Tiers:
@@ -24,14 +91,14 @@ class Tiers:
     def __init__(self, dim: int, metric: Metric, threshold: int, M: int, ef_construction: int, seed: int) -> None:
         self.dim, self.metric = dim, metric
         self.threshold, self.M, self.ef_construction, self.seed = threshold, M, ef_construction, seed
-        self.graphs: dict[int, HNSW] = {}
+        self.graphs: dict[int, SlotGraph] = {}
 
     def __contains__(self, tenant: int) -> bool:
         return tenant in self.graphs
 
-    def _new_graph(self) -> HNSW:
-        return HNSW(self.dim, self.metric, M=self.M, ef_construction=self.ef_construction, seed=self.seed,
-                    progress=False)
+    def _new_graph(self) -> SlotGraph:
+        return SlotGraph(self.dim, self.metric, M=self.M, ef_construction=self.ef_construction, seed=self.seed,
+                         progress=False)
 
     def grew(self, tenant: int, new: I64Vector, size: int, rows: np.ndarray, members: Any) -> None:
         """``new`` slots joined ``tenant`` (now ``size`` members): add them to its graph, or
@@ -39,15 +106,15 @@ class Tiers:
         graph = self.graphs.get(tenant)
         if graph is not None:
             if len(new):
-                graph.add(rows[new], new)
+                graph.add_slots(new, rows)
         elif self.threshold and size >= self.threshold:
             slots = np.sort(members())
             graph = self._new_graph()
             graph.reserve(len(slots))
-            graph.add(rows[slots], slots)
+            graph.add_slots(slots, rows)
             self.graphs[tenant] = graph
 
-    def shrank(self, tenant: int, gone: I64Vector, size: int) -> None:
+    def shrank(self, tenant: int, gone: I64Vector, size: int, rows: np.ndarray) -> None:
         """``gone`` slots left ``tenant`` (now ``size`` members): take them out of its graph,
         or demote it below half the threshold."""
         graph = self.graphs.get(tenant)
@@ -56,17 +123,26 @@ class Tiers:
         if size < self.threshold // 2 or size == 0:
             del self.graphs[tenant]
         elif len(gone):
-            graph.remove(gone)
+            graph.remove_slots(gone, rows)
 
     def drop(self, tenant: int) -> None:
         self.graphs.pop(tenant, None)
 
-    def search(self, tenant: int, queries: F32Matrix, k: int, allow: AllowSet | None,
-               ef: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k Curator slots and kernel distances from the tenant's graph."""
+    def search(self, tenant: int, queries: F32Matrix, k: int, allow: AllowSet | None, ef: int | None,
+               rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k Curator slots and kernel distances from the tenant's graph over ``rows`` (a
+        filter is always served by a filtered traversal: see ``SlotGraph``)."""
         graph = self.graphs[tenant]
-        res = graph.search_trusted(queries, k, allow, None, graph.resolve_params({} if ef is None else {"ef": ef}))
+        graph.bind(rows)
+        params = {"filter_mode": "graph"} if ef is None else {"ef": ef, "filter_mode": "graph"}
+        res = graph.search_trusted(queries, k, allow, None, graph.resolve_params(params))
         return res.ids, res.distances
+
+    def prefers_exact(self, tenant: int, n_allowed: int, ef: int | None) -> bool:
+        """True when a filter admitting ``n_allowed`` of the tenant's members is cheaper to
+        scan exactly than to traverse the tenant's graph for (HNSW's estimate)."""
+        graph = self.graphs[tenant]
+        return graph.prefers_exact(n_allowed) if ef is None else graph.prefers_exact(n_allowed, ef)
 
     def nbytes(self) -> int:
         return int(sum(g.memory_bytes() for g in self.graphs.values()))
@@ -76,29 +152,23 @@ class Tiers:
         """(tenants with a graph, their graphs' arrays as ``tier<t>.<name>``)."""
         arrays: dict[str, np.ndarray] = {}
         for tenant, graph in sorted(self.graphs.items()):
-            _, own = graph._state()
-            own = dict(own, slot_ids=graph._ids.slot_ids)
-            arrays.update({f"tier{tenant}.{name}": own[name] for name in _GRAPH_ARRAYS})
+            arrays.update({f"tier{tenant}.{name}": arr for name, arr in graph.graph_arrays().items()})
         return sorted(self.graphs), arrays
 
-    def restore(self, tenants: list[int], arrays: dict[str, np.ndarray]) -> None:
-        """Graphs from ``state`` (ValueError / KeyError when arrays are missing or malformed)."""
+    def restore(self, tenants: list[int], arrays: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        """Graphs from ``state`` over ``rows`` (ValueError / KeyError when arrays are missing or
+        malformed)."""
+        params = {"M": self.M, "ef_construction": self.ef_construction, "seed": self.seed}
         for tenant in tenants:
             own = {name: np.asarray(arrays[f"tier{tenant}.{name}"]) for name in _GRAPH_ARRAYS}
-            graph = HNSW._from_state(self.dim, self.metric, {"M": self.M, "ef_construction": self.ef_construction,
-                                                             "seed": self.seed}, own)
-            slot_ids = np.asarray(own["slot_ids"], np.int64)
-            if slot_ids.ndim != 1 or len(np.unique(slot_ids[slot_ids >= 0])) != int((slot_ids >= 0).sum()):
-                raise ValueError(f"tier graph of tenant {tenant} has a malformed id map")
-            graph._ids = IdMap(slot_ids)
+            graph = SlotGraph.from_arrays(self.dim, self.metric, params, own, rows)
+            graph.progress = False
             self.graphs[int(tenant)] = graph
 
-    def check(self, tenant_slots: dict[int, np.ndarray], rows: np.ndarray) -> None:
-        """ValueError unless each graph holds exactly its tenant's member slots, with their rows."""
+    def check(self, tenant_slots: dict[int, np.ndarray]) -> None:
+        """ValueError unless each graph holds exactly its tenant's member slots."""
         for tenant, graph in self.graphs.items():
             want = np.sort(tenant_slots.get(tenant, np.zeros(0, np.int64)))
             got = np.sort(graph.ids)
             if not np.array_equal(got, want):
                 raise ValueError(f"the graph of tenant {tenant} holds other slots than its members")
-            if len(want) and not np.array_equal(graph._vecs[graph._ids.lookup(want)], rows[want]):
-                raise ValueError(f"the graph of tenant {tenant} holds other vectors than its members'")

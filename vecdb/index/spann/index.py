@@ -10,7 +10,16 @@ or remove), so a transaction that aborts or runs again leaves nothing behind. St
 ``add``/``remove`` write through the index's own environment and commit at once. Inside a
 collection ``persist_batch`` writes each batch, searches follow the committed postings and
 heads, and ``add``/``remove`` only move the ids the index answers with (the collection's
-staged points reach it in steps). Splits and reassignments run in place, inside the write.
+staged points reach it in steps).
+
+Updates are SPFresh's: an insert only appends to its postings; a posting left over its limit
+is queued (a bounded queue; past it, or past twice the limit, the writer splits it itself)
+and split, with LIRE reassignment of its neighbours' boundary vectors, by a background step
+(``maintain``) that also purges tombstones. Each step is one plan in one write transaction,
+so a search sees the postings and heads before it or after it, never half of it. A standalone
+index runs the steps on a thread of its own (stopped by ``close``); in a collection the
+collection's indexer calls ``maintain``. The queue is derived state: reopening requeues every
+posting over the limit.
 """
 from __future__ import annotations
 
@@ -26,15 +35,18 @@ from typing import Any
 
 import numpy as np
 
-from vecdb.errors import AlreadyExistsError, DataLossError, FailedPreconditionError, InvalidArgumentError
+from vecdb.errors import AlreadyExistsError, DataLossError, FailedPreconditionError, InvalidArgumentError, UnavailableError
 from vecdb.index.allow import AllowSet, as_allow
 from vecdb.index.base import BaseIndex, IndexBatch, SearchParams
 from vecdb.index.hnsw import HNSW, MAX_EF
 from vecdb.index.ids import IdMap
 from vecdb.index.spann import postings, state
+from vecdb.index.spann.background import Background
 from vecdb.index.spann.clustering import centroids_of, split_until
-from vecdb.index.spann.kernels import plan_reads, scan_postings, scan_postings_serial
+from vecdb.index.spann.kernels import (plan_reads, scan_codes, scan_codes_serial, scan_postings,
+                                      scan_postings_serial)
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
+from vecdb.quant.sq8 import SQ8
 from vecdb.index.spann.updates import FANOUT, HeadState, Plan, Work, graph_from
 from vecdb.storage.env import Store
 from vecdb.storage.space import IndexSpace
@@ -45,12 +57,34 @@ FORMAT = "vecdb-spann"
 FORMAT_VERSION = 1
 #: most postings one query may read
 MAX_POSTINGS = 4096
+#: most candidates one query may re-rank with float vectors (SQ8 codes)
+MAX_RERANK = 4096
+#: queries re-ranked together (their candidates' float rows gathered at once)
+RERANK_BLOCK = 64
+#: the codes postings may hold instead of float32 vectors
+CODES = ("sq8",)
 #: prefix of the sub-databases of a standalone index in its own environment
 OWN_PREFIX = "spann."
 #: below this many queries the posting scan runs on the calling thread
 SERIAL_QUERIES = 4
 #: meta key of the token of the committed state
 TOKEN_KEY = b"token"
+#: postings queued for a background split at most (past it the writer splits them itself)
+SPLIT_QUEUE = 1024
+#: a posting this many times over its limit is split by the writer, queue or not
+HARD_LIMIT = 2
+#: queued splits one background step does (each with its reassignment)
+SPLITS_PER_STEP = 4
+#: postings one purge step reads and rewrites (without their tombstones)
+PURGE_HEADS = 64
+#: a tombstone purge starts once removals reach this fraction of the stored entries
+PURGE_FRACTION = 0.1
+#: committed states a search may still be reading (older snapshots retry with a new one)
+RECENT_STATES = 8
+#: read attempts of a search whose snapshot is older than every remembered state
+SEARCH_RETRIES = 64
+#: heads whose postings one step of a collection build extends and writes
+BUILD_HEADS = 256
 #: default eps2 by routing metric: squared L2 grows fast away from a head, -ip does not
 DEFAULT_EPS2 = {Metric.L2: 1.0, Metric.IP: 0.3}
 _NO_MASK = np.zeros(1, np.uint8)
@@ -58,10 +92,15 @@ _EMPTY_IDS = np.zeros(0, np.int64)
 
 
 class _EmptyRecords(dict):
-    """The record of an empty posting, per dimension (a stand-in for a head with no record)."""
+    """The record of an empty posting, per (dimension, codes or not): a stand-in for a head
+    with no record (an empty posting has no codes, so no codec is needed to write it)."""
 
-    def __missing__(self, dim: int) -> bytes:
-        record = self[dim] = postings.encode(_EMPTY_IDS, np.zeros((0, dim), np.float32))
+    def __missing__(self, key: tuple[int, bool]) -> bytes:
+        dim, codes = key
+        raw = postings.encode(_EMPTY_IDS, np.zeros((0, dim), np.float32))
+        if codes:                                # the same empty body, flagged as codes
+            raw = raw[:6] + (1).to_bytes(2, "little") + raw[8:]
+        record = self[key] = raw
         return record
 
 
@@ -83,11 +122,14 @@ class SPANNParams(SearchParams):
     """SPANN search knobs: ``max_postings`` (postings read per query at most, default 64),
     ``eps2`` (query-aware pruning: read posting i only while d(q, c_i) - d(q, c_1) <=
     eps2 * |d(q, c_1)|, squared L2 or -ip; None = ``DEFAULT_EPS2`` of the metric) and ``ef``
-    (beam of the head search; None = max(64, 2 * max_postings))."""
+    (beam of the head search; None = max(64, 2 * max_postings)); with SQ8 codes, ``rerank``
+    (candidates per query ranked on codes and re-ranked with their float vectors read from
+    LMDB; None = max(4 * k, 40))."""
 
     max_postings: int = 64
     eps2: float | None = None
     ef: int | None = None
+    rerank: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_postings", as_positive_int(self.max_postings, "max_postings", maximum=MAX_POSTINGS))
@@ -95,6 +137,8 @@ class SPANNParams(SearchParams):
             object.__setattr__(self, "eps2", _as_float(self.eps2, "eps2"))
         if self.ef is not None:
             object.__setattr__(self, "ef", as_positive_int(self.ef, "ef", maximum=MAX_EF))
+        if self.rerank is not None:
+            object.__setattr__(self, "rerank", as_positive_int(self.rerank, "rerank", maximum=MAX_RERANK))
 
 
 @dataclass(frozen=True)
@@ -106,6 +150,7 @@ class SearchStats:
     distinct_postings: int
     bytes_read: int
     entries: np.ndarray
+    rerank_bytes: int = 0                    # of bytes_read: float vectors read to re-rank (SQ8 codes)
 
 
 class SPANN(BaseIndex):
@@ -135,6 +180,13 @@ class SPANN(BaseIndex):
     head_M, head_ef_construction : the HNSW over heads.
     min_train : points a collection gathers before training the index.
     seed : seeds the clustering and the head graph.
+    codes : None (postings hold float32 vectors) or "sq8": postings hold SQ8 codes (a
+        quarter of the bytes), trained with the heads; searches rank on codes and re-rank the
+        best ``rerank`` candidates with float32 vectors kept in LMDB, one record per vector.
+        Recorded with the index.
+    background : standalone: run splits, reassignment and tombstone purges on a thread of
+        the index's own (False: only when ``maintain`` / ``wait_idle`` is called). Inside a
+        collection the collection's indexer runs them.
 
     Search knobs (``SPANNParams``): ``max_postings``, ``eps2``, ``ef``.
 
@@ -149,7 +201,8 @@ class SPANN(BaseIndex):
 
     def __init__(self, dim: int, metric: Metric | str = Metric.L2, path: Any = None, *, posting_limit: int = 256,
                  head_size: int = 48, replicas: int = DEFAULT_REPLICAS, eps1: float = 0.5, rng_factor: float = 1.0,
-                 head_M: int = 16, head_ef_construction: int = 128, min_train: int = 512, seed: int = 0) -> None:
+                 head_M: int = 16, head_ef_construction: int = 128, min_train: int = 512, seed: int = 0,
+                 codes: str | None = None, background: bool = True) -> None:
         super().__init__(dim, metric)
         self.posting_limit = as_positive_int(posting_limit, "posting_limit", minimum=4, maximum=1 << 20)
         self.head_size = as_positive_int(head_size, "head_size", maximum=self.posting_limit)
@@ -160,6 +213,13 @@ class SPANN(BaseIndex):
         self.head_ef_construction = as_positive_int(head_ef_construction, "head_ef_construction", maximum=MAX_EF)
         self.min_train = as_positive_int(min_train, "min_train")
         self.seed = as_positive_int(seed, "seed", minimum=0)
+        if not isinstance(background, bool):
+            raise InvalidArgumentError(f"background must be True or False, got {background!r}")
+        self.background = background
+        if codes is not None and codes not in CODES:
+            raise InvalidArgumentError(f"codes must be None or one of {CODES}, got {codes!r}")
+        self.codes = codes
+        self._codec: SQ8 | None = SQ8(self.dim) if codes == "sq8" else None
         self._route = Metric.IP if self.metric is Metric.IP else Metric.L2
         self._scan_code = 0 if self.metric is Metric.L2 else 1
         self._disk: HeadState | None = None        # heads of the last committed state
@@ -169,6 +229,13 @@ class SPANN(BaseIndex):
         self._lock = threading.RLock()             # one writer at a time (batches, adds, removes)
         self._sync_lock = threading.Lock()         # promotion of the in-flight plan
         self._splits = 0
+        self._bg_splits = 0
+        self._pending: dict[int, None] = {}        # heads queued for a split (insertion order)
+        self._dead = 0                             # removals not yet purged from the postings
+        self._purge: list[int] | None = None       # [next head, removals the running sweep covers]
+        self._recent: dict[str, HeadState] = {}    # recent committed states by token
+        self._bg: Background | None = None
+        self._vdb: Any = None
         self._own = False
         self._store: Store | None = None
         self._finalizer: Any = None
@@ -180,7 +247,8 @@ class SPANN(BaseIndex):
         store = Store(path)
         self._own = True
         self._store = store
-        self._finalizer = weakref.finalize(self, _close_own, store, path if temporary else None)
+        self._bg = Background(self, path.name) if self.background else None
+        self._finalizer = weakref.finalize(self, _close_own, store, path if temporary else None, self._bg)
         try:
             BaseIndex.attach(self, IndexSpace(store, OWN_PREFIX))
         except BaseException:
@@ -206,6 +274,10 @@ class SPANN(BaseIndex):
             self._inflight = None
             self._ids = IdMap()
             self._disk_ids = self._ids
+            self._bg = None
+            self._pending.clear()
+            self._recent.clear()
+            self._dead, self._purge = 0, None
 
     @property
     def path(self) -> Path | None:
@@ -231,6 +303,9 @@ class SPANN(BaseIndex):
         clusters = split_until(sample, self.head_size, rng, fanout=FANOUT)
         graph = self._new_graph()
         graph.add(centroids_of(sample, clusters), np.arange(len(clusters), dtype=np.int64))
+        if self._codec is not None:
+            self._codec._train(sample)
+            self._codec._trained = True
         with self._lock:
             self._disk = HeadState(graph, np.zeros(len(clusters), np.int64), None)
             self._inflight = None
@@ -251,22 +326,34 @@ class SPANN(BaseIndex):
         reach ``add`` after their batch committed."""
         return self._ids if self._own else self._disk_ids
 
-    def _sync(self, token: Any) -> HeadState:
-        """The heads of the committed state whose token is ``token`` (read from the store):
-        the in-flight plan becomes the committed state when it is that one. Searches take
-        no lock unless they promote (never while a batch is being planned: a batch promotes
-        its predecessor before planning, and its own plan commits only after it returns)."""
+    def _sync(self, token: Any) -> HeadState | None:
+        """The heads matching the committed state whose token is ``token`` (read from the
+        store): the in-flight plan becomes the committed state when it is that one; a
+        recent older state when a reader's snapshot predates the last promotion; None when
+        the snapshot is older still (the reader retries with a new one). Searches take no
+        lock unless they promote."""
         tok = token if token is None or isinstance(token, str) else bytes(token).decode()
+        disk = self._disk
+        assert disk is not None
+        if tok is None or disk.token == tok:
+            return disk
         plan = self._inflight
-        if plan is None or tok is None or plan.state.token != tok:
+        if plan is not None and plan.state.token == tok:
+            with self._sync_lock:
+                if self._inflight is plan:
+                    self._promote(plan)
+                    self._inflight = None
             assert self._disk is not None
             return self._disk
-        with self._sync_lock:
-            if self._inflight is plan:
-                self._promote(plan)
-                self._inflight = None
-            assert self._disk is not None
-            return self._disk
+        return self._recent.get(tok)
+
+    def _sync_writer(self, txn: Any) -> HeadState:
+        """``_sync`` for a writer, inside its write transaction: the state it plans from."""
+        heads = self._sync(txn.get(TOKEN_KEY, db=self._mdb))
+        if heads is not self._disk:
+            raise FailedPreconditionError("SPANN: the stored state is not the one in memory (another writer?)")
+        self._inflight = None                # not committed (aborted, or run again after the map grew)
+        return heads
 
     def _read_token(self) -> Any:
         if self._space is None:
@@ -275,15 +362,33 @@ class SPANN(BaseIndex):
             return txn.get(TOKEN_KEY, db=self._mdb)
 
     def _promote(self, plan: Plan) -> None:
-        """Make ``plan`` the committed state (its ids enter / leave the committed id map)."""
+        """Make ``plan`` the committed state (its ids enter / leave the committed id map;
+        the postings it left over the limit join the split queue)."""
         if len(plan.removed):
             self._cids.release(plan.removed)
+            self._dead += len(plan.removed)
         if len(plan.ids):
             slots = self._cids.append(plan.ids)
             if not np.array_equal(slots, plan.new_slots):
                 raise FailedPreconditionError("SPANN: a plan does not match the committed state (concurrent writers?)")
+        old = self._disk
+        if old is not None and old.token is not None:
+            self._recent[old.token] = old
+            while len(self._recent) > RECENT_STATES:
+                del self._recent[next(iter(self._recent))]
         self._disk = plan.state
         self._splits += plan.splits
+        if plan.dequeued:
+            self._bg_splits += plan.splits
+        for head in plan.dequeued:
+            self._pending.pop(head, None)
+        if plan.sweep is not None:
+            nxt, covers = plan.sweep
+            self._purge = None if nxt < 0 else [nxt, covers]
+            if nxt < 0:
+                self._dead = max(0, self._dead - covers)
+        for head in plan.oversized:
+            self._pending[head] = None
         if plan.written:
             self._overlay = None
         else:
@@ -291,44 +396,180 @@ class SPANN(BaseIndex):
             overlay.update(plan.postings)
             self._overlay = overlay
 
+    def _write_step(self, step: Any) -> Plan | None:
+        """Run ``step(txn)`` (returning the plan it wrote, or None) in one write transaction
+        of a standalone index's own environment (or the collection's, for ``maintain``) and
+        make its plan the committed state once it committed."""
+        assert self._space is not None
+        plan = self._space.write(step)
+        if plan is not None and plan.written:
+            self._sync(plan.state.token)
+        return plan
+
     # ---- adding and removing -----------------------------------------------------------
     def _add(self, vectors: F32Matrix, ids: I64Vector) -> None:
         if self._disk is None:
             raise FailedPreconditionError("SPANN must be trained before vectors are added (call train(sample))")
+        if self._own:
+            self._own_space()
+            self._write_step(lambda txn: self._locked_write(txn, _EMPTY_IDS, ids, vectors))
+            self._wake()
+            return
+        token = self._read_token()               # outside the lock: a writer holds the lock inside its transaction
         with self._lock:
-            if self._own:
-                plan = self._own_space().write(lambda txn: self._plan_and_write(txn, _EMPTY_IDS, ids, vectors))
-                self._promote(plan)
-                return
-            self._sync(self._read_token())
+            self._sync(token)
             slots = self._cids.lookup(ids)
             if (slots >= 0).all():              # committed by persist_batch: memory catches up
                 self._ids.assign(ids, slots)
                 return
             if (slots >= 0).any():
                 raise FailedPreconditionError("SPANN: some of the ids added are committed, others not")
-            plan = self._make_plan(None, _EMPTY_IDS, ids, vectors)   # a build, written whole by persist_all
+            if self._disk.token is None and self._space is not None:
+                self._build_add(ids, vectors)     # a build: postings go to disk in bounded steps
+                return
+            plan = self._make_plan(None, _EMPTY_IDS, ids, vectors)   # kept in memory, written by persist_all
             self._promote(plan)
             self._ids.assign(ids, plan.new_slots)
 
+    def _locked_write(self, txn: Any, removed: I64Vector, ids: I64Vector, vectors: F32Matrix) -> Plan:
+        with self._lock:
+            self._sync_writer(txn)
+            plan = self._plan_and_write(txn, removed, ids, vectors)
+            self._inflight = plan
+            return plan
+
     def remove(self, ids: Any) -> int:
         """Remove the stored ones among ``ids``; returns how many were removed. Their entries
-        stay in the postings as tombstones (skipped by searches) until a posting is rewritten."""
+        stay in the postings as tombstones (skipped by searches) until a background purge or
+        a rewrite of their posting drops them."""
         want = np.unique(as_id_array(ids))
-        with self._lock:
+        if self._own:
             present = want[self._ids.contains(want)]
             if not len(present):
                 return 0
-            if self._own:
-                empty = np.zeros((0, self.dim), np.float32)
-                plan = self._own_space().write(lambda txn: self._plan_and_write(txn, present, _EMPTY_IDS, empty))
-                self._promote(plan)
-                return int(len(present))
+            empty = np.zeros((0, self.dim), np.float32)
+
+            def step(txn: Any) -> Plan:
+                with self._lock:
+                    self._sync_writer(txn)
+                    gone = want[self._ids.contains(want)]
+                    plan = self._plan_and_write(txn, gone, _EMPTY_IDS, empty)
+                    self._inflight = plan
+                    return plan
+
+            plan = self._write_step(step)
+            self._wake()
+            return int(len(plan.removed)) if plan is not None else 0
+        with self._lock:
+            present = want[self._ids.contains(want)]
             self._ids.release(present)          # their batch wrote the removal (persist_batch)
             return int(len(present))
 
     def _remove(self, slots: I64Vector) -> None:
         """Removal keeps nothing else in memory: postings hold tombstones (see ``remove``)."""
+
+    # ---- background maintenance (SPFresh) ------------------------------------------------
+    def _wake(self) -> None:
+        if self._bg is not None and self._due():
+            self._bg.wake()
+
+    def _due(self) -> bool:
+        """True when a split is queued or a tombstone purge is running or due."""
+        if self._disk is None or self._space is None:
+            return False
+        entries = int(self._disk.count[self._disk.count > 0].sum())
+        return bool(self._pending) or self._purge is not None or self._dead > PURGE_FRACTION * max(entries, 1)
+
+    def maintain(self) -> bool:
+        """One bounded background step: up to ``SPLITS_PER_STEP`` queued splits (each with its
+        LIRE reassignment), else one chunk of the tombstone purge, written in one write
+        transaction (searches see the postings before it or after it). Returns True when
+        more is due. Must not be called inside a write transaction of the same store."""
+        if self._space is None or self._disk is None or not self._due():
+            return False
+        before = (len(self._pending), self._purge, self._dead, self._disk.token)
+        self._write_step(self._maintain_step)
+        after = (len(self._pending), self._purge, self._dead, self._disk.token)
+        return before != after and self._due()      # no progress (nothing committed yet): stop asking
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no background work is queued or running: the background thread's
+        (standalone), or ``maintain`` run here until done. True when idle."""
+        if self._bg is not None and self._own:
+            self._wake()
+            return self._bg.wait_idle(lambda: not self._due(), timeout)
+        while self.maintain():
+            pass
+        return True
+
+    @property
+    def pending_splits(self) -> int:
+        """Postings queued for a background split."""
+        return len(self._pending)
+
+    def _maintain_step(self, txn: Any) -> Plan | None:
+        with self._lock:
+            heads = self._sync_writer(txn)
+            if self._overlay is not None or heads.token is None:
+                return None
+            plan = self._empty_plan(heads)
+            work = Work(self, plan, txn)
+            limit = self.posting_limit
+            picked: list[int] = []
+            for head in list(self._pending):
+                if len(picked) == SPLITS_PER_STEP:
+                    break
+                if head < len(heads.count) and heads.count[head] > limit:
+                    picked.append(head)
+                else:
+                    del self._pending[head]      # stale (split already, or shrunk): nothing to do
+            if picked:
+                plan.dequeued = tuple(picked)    # leave the queue when the plan commits
+                for head in picked:
+                    work.put(head, *work.get(head))
+                work.split_oversized(lire=True, heads=picked)
+            elif self._due():
+                self._purge_chunk(work, heads)
+            if not plan.postings:
+                if plan.sweep is not None:        # nothing to rewrite in this chunk: move on
+                    self._promote_sweep(plan)
+                return None
+            if not plan.postings:
+                return None
+            self._write_plan(txn, plan)
+            self._inflight = plan
+            return plan
+
+    def _purge_chunk(self, work: Work, heads: HeadState) -> None:
+        """Rewrite the next ``PURGE_HEADS`` postings holding entries without their tombstones;
+        a sweep over every head started when removals passed ``PURGE_FRACTION``."""
+        start, covers = self._purge if self._purge is not None else (0, self._dead)
+        live = np.flatnonzero(heads.count > 0)
+        chunk = live[live >= start][:PURGE_HEADS]
+        for head in chunk.tolist():
+            slots, vectors = work.get(head)
+            if len(slots) < heads.count[head]:
+                work.put(head, slots, vectors)
+        last = not len(chunk) or chunk[-1] == live[-1]
+        work.plan.sweep = (-1 if last else int(chunk[-1]) + 1, covers)   # applied when the plan commits
+
+    def _promote_sweep(self, plan: Plan) -> None:
+        """Advance the purge sweep past a chunk that held no tombstone (nothing written)."""
+        with self._sync_lock:
+            nxt, covers = plan.sweep
+            self._purge = None if nxt < 0 else [nxt, covers]
+            if nxt < 0:
+                self._dead = max(0, self._dead - covers)
+
+    def _empty_plan(self, heads: HeadState) -> Plan:
+        return Plan(removed=_EMPTY_IDS, ids=_EMPTY_IDS, new_slots=_EMPTY_IDS, rem_slots=_EMPTY_IDS, postings={},
+                    state=HeadState(heads.graph, heads.count.copy(), None))
+
+    def _requeue(self) -> None:
+        """Queue every posting over the limit (after opening: the queue is not stored)."""
+        if self._disk is not None:
+            for head in np.flatnonzero(self._disk.count > self.posting_limit).tolist():
+                self._pending[head] = None
 
     # ---- persistence "self" ------------------------------------------------------------
     def _attach(self, space: IndexSpace) -> None:
@@ -338,8 +579,10 @@ class SPANN(BaseIndex):
             self._disk_ids = IdMap()
         with space.read() as txn:
             meta = state.read_meta(txn, self._mdb)
-            if meta is None:
-                return
+        if meta is None:
+            self._vdb = space.db("vectors") if self._codec is not None else None
+            return
+        with space.read() as txn:
             if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
                 raise DataLossError(f"{space!r} does not hold a SPANN index of format version {FORMAT_VERSION}")
             if meta.get("dim") != self.dim or meta.get("metric") != self.metric.value:
@@ -352,6 +595,9 @@ class SPANN(BaseIndex):
             graph = graph_from(self.dim, self._route, meta["graph"], arrays)
             count = np.asarray(arrays["h_count"], np.int64)
             slot_ids = np.asarray(arrays["slot_ids"], np.int64)
+            if self._codec is not None:
+                self._codec._restore({"vmin": arrays["q_vmin"], "step": arrays["q_step"]})
+                self._codec._trained = True
         except (KeyError, ValueError, TypeError) as exc:
             raise DataLossError(f"corrupt SPANN state in {space!r}: {exc}") from None
         gids = graph.ids
@@ -360,6 +606,9 @@ class SPANN(BaseIndex):
         self._disk = HeadState(graph, count, bytes(token).decode())
         self._ids = IdMap(slot_ids)
         self._disk_ids = IdMap(slot_ids) if not self._own else self._ids
+        self._dead = int(meta.get("dead", np.count_nonzero(slot_ids < 0)))
+        self._vdb = space.db("vectors") if self._codec is not None else None
+        self._requeue()
 
     def _set_params(self, params: dict[str, Any]) -> None:
         """Construction parameters recorded with a stored index (they win over the given ones)."""
@@ -367,13 +616,16 @@ class SPANN(BaseIndex):
             setattr(self, name, int(params[name]))
         self.eps1 = float(params["eps1"])
         self.rng_factor = float(params["rng_factor"])
+        self.codes = params.get("codes")
+        if self.codes is not None and self.codes not in CODES:
+            raise ValueError(f"unknown codes {self.codes!r}")
+        self._codec = SQ8(self.dim) if self.codes == "sq8" else None
 
     def _persist_batch(self, txn: Any, batch: IndexBatch) -> None:
         if self._disk is None:
             raise FailedPreconditionError("SPANN is not trained; it cannot write a batch")
         with self._lock:
-            self._sync(txn.get(TOKEN_KEY, db=self._mdb))
-            self._inflight = None                # not committed (aborted, or run again after the map grew)
+            self._sync_writer(txn)
             asked = np.unique(np.asarray(batch.removed, np.int64))
             removed = asked[self._cids.contains(asked)] if len(asked) else _EMPTY_IDS
             ids = np.asarray(batch.ids, np.int64)
@@ -392,29 +644,34 @@ class SPANN(BaseIndex):
             for head in np.flatnonzero(disk.count > 0).tolist():
                 if head in overlay:
                     slots, vectors = overlay[head]
-                    txn.put(postings.key(head), postings.encode(slots, vectors), db=self._pdb)
+                    txn.put(postings.key(head), postings.encode(slots, vectors, self._codec), db=self._pdb)
+                    if self._codec is not None:
+                        self._write_vectors(txn, slots, vectors)
                 elif txn.get(postings.key(head), db=self._pdb) is None:
                     raise FailedPreconditionError(f"SPANN posting {head} is neither in memory nor on disk")
-            arrays = self._arrays(disk.graph, disk.count, self._cids.slot_ids)
+            arrays = self._arrays(disk.graph, disk.count)
+            arrays["slot_ids"] = self._cids.slot_ids
             described = state.write_arrays(txn, self._mdb, arrays, None)
             token = secrets.token_hex(8)
-            state.write_meta(txn, self._mdb, self._meta(disk.graph, described))
+            state.write_meta(txn, self._mdb, self._meta(disk.graph, described, self._dead))
             txn.put(TOKEN_KEY, token.encode(), db=self._mdb)
-            self._inflight = Plan(removed=_EMPTY_IDS, ids=_EMPTY_IDS, new_slots=_EMPTY_IDS, postings={},
-                                  state=HeadState(disk.graph, disk.count, token), slot_ids=self._cids.slot_ids,
-                                  written=True)
+            self._inflight = Plan(removed=_EMPTY_IDS, ids=_EMPTY_IDS, new_slots=_EMPTY_IDS, rem_slots=_EMPTY_IDS,
+                                  postings={}, state=HeadState(disk.graph, disk.count, token), written=True)
 
-    def _arrays(self, graph: HNSW, count: np.ndarray, slot_ids: I64Vector) -> dict[str, np.ndarray]:
+    def _arrays(self, graph: HNSW, count: np.ndarray) -> dict[str, np.ndarray]:
+        """The resident arrays but the slot -> id map (written apart, by its changes)."""
         _, arrays = graph._state()
         out = {f"g_{name}": arr for name, arr in arrays.items()}
         out["g_slot_ids"] = graph._ids.slot_ids
         out["h_count"] = count
-        out["slot_ids"] = slot_ids
+        if self._codec is not None:
+            out["q_vmin"], out["q_step"] = self._codec.vmin, self._codec.step
         return out
 
-    def _meta(self, graph: HNSW, described: dict[str, Any]) -> dict[str, Any]:
+    def _meta(self, graph: HNSW, described: dict[str, Any], dead: int) -> dict[str, Any]:
+        """The meta record; ``dead``: removals not yet purged (a reopened index resumes the purge)."""
         return {"format": FORMAT, "version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric.value,
-                "params": self.params(), "graph": graph._state()[0], "arrays": described}
+                "params": self.params(), "graph": graph._state()[0], "arrays": described, "dead": int(dead)}
 
     def _write_plan(self, txn: Any, plan: Plan) -> None:
         """Write ``plan``'s postings, the changed chunks of the resident arrays and a new token."""
@@ -422,16 +679,31 @@ class SPANN(BaseIndex):
         assert disk is not None
         for head, (slots, vectors) in plan.postings.items():
             if len(slots):
-                txn.put(postings.key(head), postings.encode(slots, vectors), db=self._pdb)
+                txn.put(postings.key(head), postings.encode(slots, vectors, self._codec), db=self._pdb)
             else:
                 txn.delete(postings.key(head), db=self._pdb)
-        old = self._arrays(disk.graph, disk.count, self._cids.slot_ids)
-        new = self._arrays(plan.state.graph, plan.state.count, plan.slot_ids)
+        if self._codec is not None:
+            self._write_vectors(txn, plan.new_slots, plan.rows)
+            for slot in plan.rem_slots.tolist():
+                txn.delete(postings.key(slot), db=self._vdb)
+        old = self._arrays(disk.graph, disk.count)
+        new = self._arrays(plan.state.graph, plan.state.count)
         described = state.write_arrays(txn, self._mdb, new, old)
-        state.write_meta(txn, self._mdb, self._meta(plan.state.graph, described))
+        described["slot_ids"] = state.write_grown(txn, self._mdb, "slot_ids", self._cids.slot_ids, plan.ids,
+                                                  plan.rem_slots)
+        dead = self._dead + len(plan.removed)
+        if plan.sweep is not None and plan.sweep[0] < 0:
+            dead -= plan.sweep[1]
+        state.write_meta(txn, self._mdb, self._meta(plan.state.graph, described, max(dead, 0)))
         plan.state.token = secrets.token_hex(8)
         txn.put(TOKEN_KEY, plan.state.token.encode(), db=self._mdb)
         plan.written = True
+
+    def _write_vectors(self, txn: Any, slots: I64Vector, rows: F32Matrix) -> None:
+        """Store the float32 rows of ``slots`` (SQ8 postings re-rank with them), one record each."""
+        vdb = self._vdb
+        for slot, row in zip(slots.tolist(), np.ascontiguousarray(rows, np.float32)):
+            txn.put(postings.key(slot), row.tobytes(), db=vdb)
 
     def _plan_and_write(self, txn: Any, removed: I64Vector, ids: I64Vector, vectors: F32Matrix) -> Plan:
         plan = self._make_plan(txn, removed, ids, vectors)
@@ -440,16 +712,20 @@ class SPANN(BaseIndex):
 
     # ---- planning (reads postings, changes nothing) ------------------------------------
     def _make_plan(self, txn: Any, removed: I64Vector, ids: I64Vector, vectors: F32Matrix) -> Plan:
+        """The plan of one write: removed ids become tombstones, new rows join their postings
+        under the closure rule. A posting left over the limit is queued for the background
+        (``Plan.oversized``) unless the queue is full or it passed ``HARD_LIMIT`` times the
+        limit (split here, with reassignment), or nothing is committed yet (a build: split
+        here, nobody's searches to spare)."""
         disk = self._disk
         assert disk is not None
         idmap = self._disk_ids
         rem_slots = idmap.lookup(removed) if len(removed) else _EMPTY_IDS
         n0 = idmap.n_slots
         new_slots = np.arange(n0, n0 + len(ids), dtype=np.int64)
-        slot_ids = np.concatenate([idmap.slot_ids, np.asarray(ids, np.int64)])
-        slot_ids[rem_slots[rem_slots >= 0]] = -1
         plan = Plan(removed=np.asarray(removed, np.int64), ids=np.asarray(ids, np.int64), new_slots=new_slots,
-                    postings={}, state=HeadState(disk.graph, disk.count.copy(), None), slot_ids=slot_ids)
+                    rem_slots=np.sort(rem_slots[rem_slots >= 0]), postings={},
+                    state=HeadState(disk.graph, disk.count.copy(), None), rows=vectors)
         work = Work(self, plan, txn)
         if len(ids):
             x = np.ascontiguousarray(vectors, np.float32)
@@ -460,8 +736,65 @@ class SPANN(BaseIndex):
                 r = rows[starts[i] : starts[i + 1]]
                 slots, vecs = work.get(head)
                 work.put(head, np.concatenate([slots, new_slots[r]]), np.concatenate([vecs, x[r]]))
-        work.split_oversized(lire=len(idmap) > 0)
+        over = work.oversized()
+        if not over:
+            return plan
+        if disk.token is None or not len(idmap):
+            work.split_oversized(lire=len(idmap) > 0)
+            return plan
+        hard = HARD_LIMIT * self.posting_limit
+        room = max(0, SPLIT_QUEUE - len(self._pending))
+        small = [h for h in over if len(plan.postings[h][0]) <= hard]
+        fresh = [h for h in small if h not in self._pending]
+        plan.oversized = tuple(fresh[:room])
+        inline = [h for h in over if len(plan.postings[h][0]) > hard] + fresh[room:]
+        if inline:
+            work.split_oversized(lire=True, heads=inline)
         return plan
+
+    def _build_add(self, ids: I64Vector, vectors: F32Matrix) -> None:
+        """Add rows to an index being built in a collection (nothing committed yet): rows are
+        assigned to heads at once, then the postings are extended (and split) ``BUILD_HEADS``
+        heads at a time, each group written in its own write transaction of the not yet live
+        space, so a build holds one group of postings in memory, never all of them;
+        ``persist_all`` then writes the resident state and makes the space live (a crash
+        before that leaves a generation that is never live and is dropped by the next build)."""
+        assert self._space is not None and self._disk is not None
+        x = np.ascontiguousarray(vectors, np.float32)
+        n0 = self._cids.n_slots
+        new_slots = np.arange(n0, n0 + len(ids), dtype=np.int64)
+        probe = Work(self, self._empty_plan(self._disk), None)
+        cand, cand_d = probe.nearest(x, min(2 * self.replicas, max(len(probe.graph), 1)))
+        assigned = assign_heads(x, cand, cand_d, probe.centroids, self.eps1, self.replicas, self.rng_factor)
+        heads, starts, rows = group_by_head(assigned)
+        del probe, cand, cand_d, assigned
+        lire = len(self._cids) > 0
+        for g in range(0, max(len(heads), 1), BUILD_HEADS):
+            first = g == 0
+            plan = self._empty_plan(self._disk)
+            if first:                            # the ids enter with the first group
+                plan.ids, plan.new_slots = np.asarray(ids, np.int64), new_slots
+            work = Work(self, plan, None)
+            for i in range(g, min(g + BUILD_HEADS, len(heads))):
+                r = rows[starts[i] : starts[i + 1]]
+                slots, vecs = work.get(int(heads[i]))
+                work.put(int(heads[i]), np.concatenate([slots, new_slots[r]]), np.concatenate([vecs, x[r]]))
+            work.split_oversized(lire=lire)
+
+            def write(txn: Any, plan: Plan = plan, first: bool = first) -> None:
+                if first and self._codec is not None:
+                    self._write_vectors(txn, new_slots, x)
+                for head, (slots, vecs) in plan.postings.items():
+                    if len(slots):
+                        txn.put(postings.key(head), postings.encode(slots, vecs, self._codec), db=self._pdb)
+                    else:
+                        txn.delete(postings.key(head), db=self._pdb)
+
+            if plan.postings or first:
+                self._space.write(write)
+            plan.written = True                  # on disk (live once persist_all commits)
+            self._promote(plan)
+        self._ids.assign(np.asarray(ids, np.int64), new_slots)
 
     # ---- search ------------------------------------------------------------------------
     def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
@@ -480,14 +813,26 @@ class SPANN(BaseIndex):
         if self._space is None:
             found = self._gather(None, self._disk, queries, k, p)
         else:
-            with self._space.read(buffers=True) as txn:
-                heads = self._sync(txn.get(TOKEN_KEY, db=self._mdb))   # drops the overlay once it is committed
-                found = self._gather(None if self._overlay is not None else txn, heads, queries, k, p)
+            found = None
+            for _ in range(SEARCH_RETRIES):
+                with self._space.read(buffers=True) as txn:
+                    heads = self._sync(txn.get(TOKEN_KEY, db=self._mdb))   # drops the overlay once it is committed
+                    if heads is None:            # a snapshot older than every state remembered: read again
+                        continue
+                    overlay = self._overlay is not None
+                    found = self._gather(None if overlay else txn, heads, queries, k, p)
+                    if self._codec is not None:   # rank on codes, re-rank with floats of the same snapshot
+                        rerank_bytes = self._scan_codes(None if overlay else txn, queries, found, allow, p, out_s, out_d)
+                    break
+            if found is None:
+                raise UnavailableError("SPANN: the postings kept changing under the search; try again")
         buf, starts, counts, qptr, qlist = found
-        mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
-        scan = scan_postings_serial if nq < SERIAL_QUERIES else scan_postings
-        scan(queries, buf, starts, counts, qptr, qlist, self._ids.slot_ids, mask, allow is not None,
-             self._scan_code, out_s, out_d)
+        if self._codec is None or self._space is None:
+            mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+            scan = scan_postings_serial if nq < SERIAL_QUERIES else scan_postings
+            scan(queries, buf, starts, counts, qptr, qlist, self._ids.slot_ids, mask, allow is not None,
+                 self._scan_code, out_s, out_d)
+            rerank_bytes = 0
         if not stats:
             return out_s, out_d, None
         per_query = np.diff(qptr)
@@ -495,7 +840,63 @@ class SPANN(BaseIndex):
         if len(qlist):
             sums = np.add.reduceat(counts[qlist], np.minimum(qptr[:-1], len(qlist) - 1))
             entries = np.where(per_query > 0, sums, 0).astype(np.int64)
-        return out_s, out_d, SearchStats(per_query, len(counts), int(len(buf)), entries)
+        return out_s, out_d, SearchStats(per_query, len(counts), int(len(buf)) + rerank_bytes, entries, rerank_bytes)
+
+    def _scan_codes(self, txn: Any, queries: F32Matrix, found: Any, allow: AllowSet | None, p: SPANNParams,
+                    out_s: np.ndarray, out_d: np.ndarray) -> int:
+        """Top-k from SQ8 postings: the best ``rerank`` candidates per query on codes, then
+        their float32 vectors read through ``txn`` (the overlay's when None) ranked exactly.
+        Returns the bytes of float vectors read."""
+        codec = self._codec
+        assert codec is not None
+        buf, starts, counts, qptr, qlist = found
+        nq, k = out_s.shape
+        width = max(k, p.rerank if p.rerank is not None else max(4 * k, 40))
+        cand_s = np.full((nq, width), -1, np.int64)
+        cand_d = np.full((nq, width), np.inf, np.float32)
+        qt, weights, bias, mode = codec.fold_queries(queries, Metric.L2 if self._scan_code == 0 else Metric.IP)
+        mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+        scan = scan_codes_serial if nq < SERIAL_QUERIES else scan_codes
+        scan(qt, weights, np.ascontiguousarray(bias, np.float32), mode, buf, starts, counts, qptr, qlist,
+             self._ids.slot_ids, mask, allow is not None, cand_s, cand_d)
+        wanted = np.unique(cand_s[cand_s >= 0])
+        if not len(wanted):
+            return 0
+        rows = self._float_rows(txn, wanted)
+        for lo in range(0, nq, RERANK_BLOCK):               # (block, width, dim) floats at a time
+            hi = min(lo + RERANK_BLOCK, nq)
+            cs = cand_s[lo:hi]
+            valid = cs >= 0
+            vecs = rows[np.where(valid, np.searchsorted(wanted, cs), 0)]
+            if self._scan_code == 0:
+                diff = vecs - queries[lo:hi, None, :]
+                d = np.einsum("qcd,qcd->qc", diff, diff)
+            else:
+                d = -np.einsum("qcd,qd->qc", vecs, queries[lo:hi])
+            d = np.where(valid & ~np.isnan(d), d, np.inf).astype(np.float32)   # NaN: no float record (removed)
+            order = np.lexsort((cs, d), axis=1)[:, :k]
+            out_d[lo:hi] = np.take_along_axis(d, order, 1)
+            out_s[lo:hi] = np.where(np.isfinite(out_d[lo:hi]), np.take_along_axis(cs, order, 1), -1)
+        return int(len(wanted)) * 4 * self.dim
+
+    def _float_rows(self, txn: Any, slots: I64Vector) -> F32Matrix:
+        """Float32 rows of ``slots`` (sorted) from their LMDB records (from the overlay when
+        ``txn`` is None); NaN rows for slots without one. DataLossError for a bad record."""
+        out = np.full((len(slots), self.dim), np.nan, np.float32)
+        if txn is None:
+            for slots_h, vectors in (self._overlay or {}).values():
+                hit = np.isin(slots_h, slots)
+                out[np.searchsorted(slots, slots_h[hit])] = vectors[hit]
+            return out
+        get, vdb, size = txn.get, self._vdb, 4 * self.dim
+        for i, slot in enumerate(slots.tolist()):
+            raw = get(postings.key(slot), db=vdb)
+            if raw is None:
+                continue
+            if len(raw) != size:
+                raise DataLossError(f"SPANN vector record of slot {slot} is {len(raw)} bytes, not {size}")
+            out[i] = np.frombuffer(raw, np.float32)
+        return out
 
     def _gather(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> Any:
         """The posting records the queries read (query-aware pruning), checked and laid end to
@@ -535,7 +936,7 @@ class SPANN(BaseIndex):
         if txn is None:
             overlay = self._overlay or {}
             empty = (_EMPTY_IDS, _no_rows(self.dim))
-            raws = [postings.encode(*overlay.get(head, empty)) for head in wanted.tolist()]
+            raws = [postings.encode(*overlay.get(head, empty), self._codec) for head in wanted.tolist()]
         else:
             get, db = txn.get, self._pdb
             raws = [get(postings.key(head), db=db) for head in wanted.tolist()]
@@ -544,14 +945,15 @@ class SPANN(BaseIndex):
                 lost = [h for h, raw in zip(wanted.tolist(), raws) if raw is None and count[h] > 0]
                 if lost:
                     raise DataLossError(f"SPANN posting {lost[0]} is missing ({count[lost[0]]} entries expected)")
-                raws = [raw if raw is not None else _EMPTY_RECORD[self.dim] for raw in raws]
-        return postings.check_many(raws, wanted, self.dim)
+                raws = [raw if raw is not None else _EMPTY_RECORD[self.dim, self._codec is not None] for raw in raws]
+        return postings.check_many(raws, wanted, self.dim, self._codec)
 
     # ---- the rest of the surface -------------------------------------------------------
     def params(self) -> dict[str, Any]:
         return {"posting_limit": self.posting_limit, "head_size": self.head_size, "replicas": self.replicas,
                 "eps1": self.eps1, "rng_factor": self.rng_factor, "head_M": self.head_M,
-                "head_ef_construction": self.head_ef_construction, "min_train": self.min_train, "seed": self.seed}
+                "head_ef_construction": self.head_ef_construction, "min_train": self.min_train, "seed": self.seed,
+                "codes": self.codes}
 
     @property
     def n_heads(self) -> int:
@@ -573,6 +975,8 @@ class SPANN(BaseIndex):
             total += self._disk_ids.memory_bytes()
         for slots, vectors in (self._overlay or {}).values():
             total += slots.nbytes + vectors.nbytes
+        if self._codec is not None:
+            total += self._codec.memory_bytes()
         return int(total)
 
     def disk_bytes(self) -> int:
@@ -588,6 +992,12 @@ class SPANN(BaseIndex):
         """Postings split since this index was opened (in-place updates, SPFresh)."""
         return self._splits
 
+    @property
+    def background_splits(self) -> int:
+        """Of ``splits``, those done by background steps (the rest: by writers, when the
+        queue was full or a posting passed ``HARD_LIMIT`` times the limit, and builds)."""
+        return self._bg_splits
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The whole index (heads, graph, every posting) as arrays, for ``save``."""
         if self._disk is None:
@@ -596,15 +1006,23 @@ class SPANN(BaseIndex):
         live = np.flatnonzero(disk.count > 0).astype(np.int64)
         if self._overlay is not None or self._space is None:
             overlay = self._overlay or {}
-            raws = [postings.encode(*overlay[h]) for h in live.tolist()]
+            raws = [postings.encode(*overlay[h], self._codec) for h in live.tolist()]
         else:
             with self._space.read() as txn:
                 raws = [txn.get(postings.key(h), db=self._pdb) for h in live.tolist()]
             if None in raws:
                 raise DataLossError("SPANN posting missing while saving")
-        slots, vectors, offsets = postings.read_many(raws, live, self.dim)
-        arrays = self._arrays(disk.graph, disk.count, self._cids.slot_ids)
-        arrays.pop("slot_ids")
+        slots, vectors, offsets = postings.read_many(raws, live, self.dim, self._codec)
+        if self._codec is not None and self._overlay is None and self._space is not None:
+            unique, back = np.unique(slots, return_inverse=True)      # the exact rows, not decoded codes
+            with self._space.read() as txn:
+                rows = self._float_rows(txn, unique)
+            exact = rows[back]
+            lost = np.isnan(exact).any(1)
+            if (self._cids.slot_ids[slots[lost]] >= 0).any():
+                raise DataLossError("SPANN vector record of a stored vector is missing")
+            vectors = np.where(lost[:, None], vectors, exact)     # tombstones keep their decoded codes
+        arrays = self._arrays(disk.graph, disk.count)
         arrays.update(p_heads=live, p_offsets=offsets, p_slots=slots, p_vectors=vectors)
         return dict(self.params(), graph=disk.graph._state()[0]), arrays
 
@@ -618,6 +1036,9 @@ class SPANN(BaseIndex):
         heads = np.asarray(arrays["p_heads"], np.int64)
         if len(offsets) != len(heads) + 1 or offsets[-1] != len(arrays["p_slots"]):
             raise ValueError("posting offsets do not match the posting arrays")
+        if index._codec is not None:
+            index._codec._restore({"vmin": arrays["q_vmin"], "step": arrays["q_step"]})
+            index._codec._trained = True
         index._disk = disk
         index._overlay = {int(h): (np.array(arrays["p_slots"][offsets[i] : offsets[i + 1]], np.int64),
                                    np.array(arrays["p_vectors"][offsets[i] : offsets[i + 1]], np.float32))
@@ -637,8 +1058,11 @@ def _no_rows(dim: int) -> F32Matrix:
     return np.zeros((0, dim), np.float32)
 
 
-def _close_own(store: Store, temporary: Path | None) -> None:
-    """Close a standalone index's environment; remove it when it was temporary."""
+def _close_own(store: Store, temporary: Path | None, background: Background | None) -> None:
+    """Stop a standalone index's background thread, close its environment and remove it
+    when it was temporary."""
+    if background is not None:
+        background.stop()
     store.close()
     if temporary is not None:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from vecdb.kernels._jit import kernel
+from vecdb.kernels._jit import ARITH, kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort, max_sift_down
 
@@ -160,21 +160,22 @@ def checksum(buf, lo, hi):
 
 
 @kernel
-def check_records(buf, starts, ends, dim, version, counts):
-    """Check the posting records ``buf[starts[i]:ends[i]]`` and write their entry counts to
-    ``counts``; returns (index of the first bad record or -1, its problem code)."""
+def check_records(buf, starts, ends, dim, version, width, flags, counts):
+    """Check the posting records ``buf[starts[i]:ends[i]]`` (``width`` bytes per vector
+    component: 4 float32, 1 SQ8 codes, named by the header's ``flags``) and write their entry
+    counts to ``counts``; returns (index of the first bad record or -1, its problem code)."""
     for i in range(starts.shape[0]):
         a = starts[i]
         b = ends[i]
         if b - a < HEADER_BYTES:
             return i, TRUNCATED
         if (buf[a] != MAGIC[0] or buf[a + 1] != MAGIC[1] or buf[a + 2] != MAGIC[2] or buf[a + 3] != MAGIC[3]
-                or buf[a + 4] + 256 * buf[a + 5] != version):
+                or buf[a + 4] + 256 * buf[a + 5] != version or buf[a + 6] + 256 * buf[a + 7] != flags):
             return i, FOREIGN
         count = np.int64(buf[a + 8 : a + 12].view(np.uint32)[0])
         if np.int64(buf[a + 12 : a + 16].view(np.uint32)[0]) != dim:
             return i, WRONG_DIM
-        body = count * (8 + 4 * dim)
+        body = count * (8 + width * dim)
         if b - a != HEADER_BYTES + (body + 7) // 8 * 8:
             return i, TRUNCATED
         if checksum(buf, a + HEADER_BYTES, b) != buf[a + 16 : a + 24].view(np.uint64)[0]:
@@ -259,3 +260,82 @@ def capacity_assign(d, cap):
             if left == 0:
                 break
     return labels
+
+
+@kernel(fastmath=ARITH)
+def code_l2(q, weights, row):
+    """sum_i w_i (q_i - c_i)^2 of one SQ8 code row (vectorised: reassociation allowed)."""
+    acc = np.float32(0.0)
+    for i in range(row.shape[0]):
+        diff = q[i] - np.float32(row[i])
+        acc += weights[i] * diff * diff
+    return acc
+
+
+@kernel(fastmath=ARITH)
+def code_dot(q, row):
+    """sum_i q_i c_i of one SQ8 code row."""
+    acc = np.float32(0.0)
+    for i in range(row.shape[0]):
+        acc += q[i] * np.float32(row[i])
+    return acc
+
+
+@kernel
+def scan_codes_query(qi, qt, weights, bias, mode, buf, starts, counts, qptr, qlist, live, allow, use_allow, out_s, out_d):
+    """``scan_query`` over postings of SQ8 codes: query ``qi`` folded into code units
+    (``qt`` (nq, dim), ``weights`` (dim,), ``bias`` (nq,); mode 0: sum w (qt - c)^2 + bias,
+    mode 1: bias - sum qt c), its top candidates into row ``qi`` of ``out_s``/``out_d``."""
+    k = out_s.shape[1]
+    dim = qt.shape[1]
+    n_live = live.shape[0]
+    n_allow = allow.shape[0]
+    hd = np.full(k, np.inf, np.float32)
+    hs = np.full(k, -1, np.int64)
+    q = qt[qi]
+    b = bias[qi]
+    for t in range(qptr[qi], qptr[qi + 1]):
+        p = qlist[t]
+        c = counts[p]
+        a = starts[p] + HEADER_BYTES
+        slots = buf[a : a + 8 * c].view(np.int64)
+        codes = buf[a + 8 * c : a + 8 * c + c * dim]
+        for r in range(c):
+            s = slots[r]
+            if s < 0 or s >= n_live or live[s] < 0:
+                continue
+            if use_allow and (s >= n_allow or allow[s] == 0):
+                continue
+            row = codes[r * dim : (r + 1) * dim]
+            if mode == 0:
+                d = code_l2(q, weights, row) + b
+            else:
+                d = b - code_dot(q, row)
+            if not after(hd[0], hs[0], d, s):
+                continue
+            dup = False
+            for j in range(k):
+                if hs[j] == s:
+                    dup = True
+                    break
+            if not dup:
+                max_sift_down(hd, hs, k, d, s)
+    heap_sort(hd, hs)
+    out_s[qi] = hs
+    out_d[qi] = hd
+
+
+@kernel(parallel=True)
+def scan_codes(qt, weights, bias, mode, buf, starts, counts, qptr, qlist, live, allow, use_allow, out_s, out_d):
+    """``scan_codes_query`` for every query, in parallel."""
+    for qi in numba.prange(qt.shape[0]):
+        scan_codes_query(qi, qt, weights, bias, mode, buf, starts, counts, qptr, qlist, live, allow, use_allow,
+                         out_s, out_d)
+
+
+@kernel
+def scan_codes_serial(qt, weights, bias, mode, buf, starts, counts, qptr, qlist, live, allow, use_allow, out_s, out_d):
+    """``scan_codes`` on the calling thread."""
+    for qi in range(qt.shape[0]):
+        scan_codes_query(qi, qt, weights, bias, mode, buf, starts, counts, qptr, qlist, live, allow, use_allow,
+                         out_s, out_d)

@@ -1,9 +1,10 @@
 """The on-disk posting format: one LMDB record per posting, read with one lookup.
 
 Key: the head number as 8 bytes big-endian. Value: a 24-byte header (magic ``SPNP``, format
-version (u16), flags (u16), entry count (u32), dimension (u32), 64-bit checksum of the body),
-then the body: the entries' slots (int64 little-endian), their vectors (float32
-little-endian, row-major), zero padding to a multiple of 8 bytes. A record whose header,
+version (u16), flags (u16: 0 float32 vectors, 1 SQ8 codes), entry count (u32), dimension
+(u32), 64-bit checksum of the body), then the body: the entries' slots (int64
+little-endian), their vectors (float32 little-endian, row-major; or SQ8 codes, one byte per
+component, when the index stores codes), zero padding to a multiple of 8 bytes. A record whose header,
 length or checksum does not match raises DataLossError: a corrupt or truncated posting is
 never scanned. The records a search reads are laid end to end and checked in one Numba call
 (``check_many``) and scanned in place; ``read_many`` also copies them out (for rewrites).
@@ -38,22 +39,25 @@ def key(head: int) -> bytes:
     return _KEY.pack(head)
 
 
-def encode(slots: I64Vector, vectors: F32Matrix) -> bytes:
-    """The record of a posting holding ``slots`` with their ``vectors``."""
-    body = np.ascontiguousarray(slots, _I64).tobytes() + np.ascontiguousarray(vectors, _F32).tobytes()
+def encode(slots: I64Vector, vectors: F32Matrix, codec: Any = None) -> bytes:
+    """The record of a posting holding ``slots`` with their ``vectors`` (as the codes of
+    ``codec``, a trained SQ8, when given)."""
+    rows = np.ascontiguousarray(vectors, _F32) if codec is None else codec._encode(np.asarray(vectors, np.float32))
+    body = np.ascontiguousarray(slots, _I64).tobytes() + rows.tobytes()
     body += b"\0" * (-len(body) % 8)
     sums = kernels.checksum(np.frombuffer(body, np.uint8), 0, len(body)) if body else kernels.checksum(np.zeros(8, np.uint8), 0, 0)
-    return _HEADER.pack(MAGIC, VERSION, 0, len(slots), vectors.shape[1], int(sums)) + body
+    flags = 0 if codec is None else 1
+    return _HEADER.pack(MAGIC, VERSION, flags, len(slots), vectors.shape[1], int(sums)) + body
 
 
-def decode(raw: bytes | memoryview, dim: int, head: int) -> tuple[I64Vector, F32Matrix]:
-    """(slots, vectors) of one posting record, copied; DataLossError when it is truncated, of
-    another format or fails its checksum."""
-    slots, vectors, _ = read_many([raw], np.array([head], np.int64), dim)
+def decode(raw: bytes | memoryview, dim: int, head: int, codec: Any = None) -> tuple[I64Vector, F32Matrix]:
+    """(slots, vectors) of one posting record, copied (codes decoded by ``codec``);
+    DataLossError when it is truncated, of another format or fails its checksum."""
+    slots, vectors, _ = read_many([raw], np.array([head], np.int64), dim, codec)
     return slots, vectors
 
 
-def check_many(raws: list[Any], heads: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def check_many(raws: list[Any], heads: np.ndarray, dim: int, codec: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The posting records ``raws`` (bytes or memoryviews; ``heads`` names them in errors)
     laid end to end in one buffer and checked: (buffer, record starts, entry counts).
     DataLossError for the first that is truncated, of another format or corrupt."""
@@ -61,19 +65,27 @@ def check_many(raws: list[Any], heads: np.ndarray, dim: int) -> tuple[np.ndarray
     starts = ends - np.array([len(r) for r in raws], np.int64)
     buf = np.frombuffer(b"".join(raws), np.uint8) if len(raws) else np.zeros(0, np.uint8)
     counts = np.zeros(len(raws), np.int64)
-    bad, problem = kernels.check_records(buf, starts, ends, dim, VERSION, counts)
+    width, flags = (4, 0) if codec is None else (1, 1)
+    bad, problem = kernels.check_records(buf, starts, ends, dim, VERSION, width, flags, counts)
     if bad >= 0:
         raise DataLossError(f"SPANN posting {int(heads[bad])} {_PROBLEMS.get(int(problem), 'is corrupt')}")
     return buf, starts, counts
 
 
-def read_many(raws: list[Any], heads: np.ndarray, dim: int) -> tuple[I64Vector, F32Matrix, np.ndarray]:
+def read_many(raws: list[Any], heads: np.ndarray, dim: int, codec: Any = None) -> tuple[I64Vector, F32Matrix, np.ndarray]:
     """Slots, vectors and row offsets (len(raws) + 1) of the posting records ``raws``,
-    checked (see ``check_many``) and copied out."""
-    buf, starts, counts = check_many(raws, heads, dim)
+    checked (see ``check_many``) and copied out (codes decoded by ``codec`` when given)."""
+    buf, starts, counts = check_many(raws, heads, dim, codec)
     offsets = np.zeros(len(raws) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     total = int(offsets[-1])
+    if codec is not None:
+        slot_parts, code_parts = [np.zeros(0, np.int64)], [np.zeros((0, dim), np.uint8)]
+        for a, c in zip((starts + HEADER_BYTES).tolist(), counts.tolist()):
+            slot_parts.append(buf[a : a + 8 * c].view(np.int64))
+            code_parts.append(buf[a + 8 * c : a + 8 * c + c * dim].reshape(c, dim))
+        codes = np.concatenate(code_parts)
+        return np.concatenate(slot_parts), codec._decode(codes), offsets
     slots = np.empty(total, np.int64)
     vectors = np.empty(total * dim, np.float32)
     kernels.gather_records(buf, starts, counts, offsets, dim, slots, vectors)

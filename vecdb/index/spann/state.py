@@ -49,6 +49,32 @@ def write_arrays(txn: Any, db: Any, arrays: dict[str, np.ndarray], old: dict[str
     return described
 
 
+def write_grown(txn: Any, db: Any, name: str, base: np.ndarray, tail: np.ndarray, cleared: np.ndarray) -> dict[str, Any]:
+    """Write array ``name`` changed from ``base`` (what its records hold now) to ``base`` with
+    ``tail`` appended and the positions ``cleared`` set to -1, rewriting only the chunks that
+    change (those holding a cleared position or the tail): the cost of a batch is its own
+    size, not the array's. Returns the array's description for the meta record."""
+    item = base.dtype.itemsize
+    per = CHUNK // item
+    n0, n1 = len(base), len(base) + len(tail)
+    dirty = set((np.asarray(cleared, np.int64) // per).tolist())
+    if n1 > n0:
+        dirty.update(range(n0 // per, -(-n1 // per)))
+    for i in sorted(dirty):
+        lo, hi = i * per, min((i + 1) * per, n1)
+        part = np.empty(hi - lo, base.dtype)
+        old_hi = min(hi, n0)
+        if old_hi > lo:
+            part[: old_hi - lo] = base[lo:old_hi]
+        if hi > n0:
+            part[max(lo, n0) - lo :] = tail[max(lo, n0) - n0 : hi - n0]
+        inside = cleared[(cleared >= lo) & (cleared < hi)]
+        part[inside - lo] = -1
+        raw = part.tobytes()
+        txn.put(chunk_key(name, i), raw + _CRC.pack(zlib.crc32(raw)), db=db)
+    return {"dtype": base.dtype.str, "shape": [n1], "chunks": -(-n1 * item // CHUNK)}
+
+
 def read_arrays(txn: Any, db: Any, described: dict[str, Any]) -> dict[str, np.ndarray]:
     """The arrays the meta record describes; DataLossError for a missing or corrupt chunk."""
     out: dict[str, np.ndarray] = {}

@@ -39,16 +39,23 @@ class HeadState:
 
 @dataclass
 class Plan:
-    """One change of a SPANN index, computed without touching memory (see the module doc)."""
+    """One change of a SPANN index, computed without touching memory (see the module doc).
+    The slot -> id map after it is the committed one with ``rem_slots`` freed and ``ids``
+    appended at ``new_slots`` (never copied whole: a batch costs its own size)."""
 
     removed: I64Vector                       # ids leaving (unique, stored)
     ids: I64Vector                           # ids entering
     new_slots: I64Vector                     # their slots
+    rem_slots: I64Vector                     # the committed slots of ``removed``
     postings: dict[int, tuple[I64Vector, F32Matrix]]  # rewritten postings (head -> slots, vectors)
     state: HeadState                         # heads after the change
-    slot_ids: I64Vector                      # slot -> id after the change
     splits: int = 0
     written: bool = False
+    oversized: tuple[int, ...] = ()          # postings left over the limit for the background pass
+    purged: int = 0                          # tombstones dropped from the postings rewritten
+    dequeued: tuple[int, ...] = ()           # queued splits this plan did (they leave the queue)
+    sweep: tuple[int, int] | None = None     # the purge sweep after it: (next head or -1, removals it covers)
+    rows: F32Matrix | None = None            # the vectors of ``ids`` (kept apart with SQ8 postings)
 
 
 class Work:
@@ -62,7 +69,18 @@ class Work:
         self.graph: HNSW = plan.state.graph
         self.base = index._disk.count if index._disk is not None else plan.state.count
         self.cloned = False
-        self.live = plan.slot_ids
+        self.committed = index._cids.slot_ids   # slot -> id of the committed state (a view)
+
+    def alive(self, slots: I64Vector) -> np.ndarray:
+        """Which ``slots`` hold a live id after the plan: committed and not removed by it, or
+        entering with it (slots past the committed ones)."""
+        committed = self.committed
+        inside = slots < len(committed)
+        ok = ~inside
+        ok[inside] = committed[slots[inside]] >= 0
+        if len(self.plan.rem_slots):
+            ok &= ~np.isin(slots, self.plan.rem_slots)
+        return ok
 
     # ---- heads ---------------------------------------------------------------------
     def centroids(self, heads: np.ndarray) -> F32Matrix:
@@ -108,9 +126,10 @@ class Work:
             raw = self._raw(head)
             if raw is None:
                 raise DataLossError(f"SPANN posting {head} is missing ({self.base[head]} entries expected)")
-            slots, vectors = postings.decode(raw, index.dim, head)
-        keep = self.live[slots] >= 0
+            slots, vectors = postings.decode(raw, index.dim, head, index._codec)
+        keep = self.alive(slots)
         if not keep.all():
+            self.plan.purged += int(len(keep) - np.count_nonzero(keep))
             slots, vectors = slots[keep], vectors[keep]
         return slots, vectors
 
@@ -130,11 +149,17 @@ class Work:
         self.plan.state.count[head] = len(slots)
 
     # ---- splits (SPFresh) ----------------------------------------------------------
-    def split_oversized(self, *, lire: bool) -> None:
-        """Split every posting over the limit by balanced k-means (recursively, until every
-        part fits), reassigning boundary vectors of neighbouring postings when ``lire``."""
+    def oversized(self) -> list[int]:
+        """Postings of the plan over the limit."""
         limit = self.index.posting_limit
-        queue = [h for h, (s, _) in self.plan.postings.items() if len(s) > limit]
+        return [h for h, (s, _) in self.plan.postings.items() if len(s) > limit]
+
+    def split_oversized(self, *, lire: bool, heads: list[int] | None = None) -> None:
+        """Split ``heads`` (default: every posting of the plan over the limit) by balanced
+        k-means (recursively, until every part fits), reassigning boundary vectors of
+        neighbouring postings when ``lire`` (postings those grow past the limit split too)."""
+        limit = self.index.posting_limit
+        queue = self.oversized() if heads is None else list(heads)
         budget = 4 * len(queue) + 64
         while queue and budget > 0:
             head = queue.pop()

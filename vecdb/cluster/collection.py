@@ -1,0 +1,266 @@
+"""``ClusterCollection``: one collection spread over the shards of a cluster, with exactly the
+API of an embedded collection (``vecdb.api.CollectionAPI``).
+
+Point calls are split by owning shard (``placement``) and sent to every shard at once:
+writes to each shard's replicas, reads to one replica of each. A write spanning shards
+either commits on all of them or raises the failing shard's exception class, whose message
+(and the ``committed_ids`` / ``failed_ids`` attributes) says which ids were committed;
+nothing is acknowledged that was not committed on every replica of its shard."""
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from vecdb.api import (CollectionInfo, CollectionStats, Filter, GetResult, Payload, QueryResult, SearchRequest,
+                       check_tenant)
+from vecdb.cluster.merge import merge_topk
+from vecdb.cluster.placement import tenant_key
+from vecdb.cluster.points import check_tenant_arg, check_upsert, not_found_message
+from vecdb.collection.idkeys import id_keys
+from vecdb.errors import (AlreadyExistsError, FailedPreconditionError, IdNotFoundError, InvalidArgumentError,
+                          TenantNotFoundError, VecdbError)
+
+if TYPE_CHECKING:
+    from vecdb.cluster.database import ClusterDatabase
+
+
+class ClusterCollection:
+    """A collection of a ``ClusterDatabase``; get one from it."""
+
+    def __init__(self, db: "ClusterDatabase", info: CollectionInfo) -> None:
+        self._db = db
+        self._info = info
+        self._affine = info.multi_tenant   # points placed by owner tenant, ids located by asking
+
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    @property
+    def info(self) -> CollectionInfo:
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"ClusterCollection({self._info.name!r}, dim={self._info.dim}, metric={self._info.metric!r})"
+
+    # ---- writes --------------------------------------------------------------------------
+    def upsert(self, ids: Sequence[int | str] | np.ndarray, vectors: Any,
+               payloads: Sequence[Payload | None] | None = None, tenant: str | Sequence[str] | None = None) -> None:
+        """Insert or replace points; returns once every replica of every shard involved has
+        committed its part (see the module docs for a batch that fails on some shard)."""
+        self._db._check()
+        up = check_upsert(self._info, ids, vectors, payloads, tenant)
+        if not up.keys:
+            return
+
+        def send(group: Any, rows: np.ndarray) -> Any:
+            uids, x, pays, tenants = up.part(rows)
+            return group.write("call", self.name, "upsert", (uids, x, pays, tenants), done_if=())
+
+        home = tenant_key(min(up.tenants)) if self._affine and up.tenants else None
+        with self._tenants_gain(up.tenants) as note:
+            note(self._db._write_split(self.name, up.keys, up.uids, send, affine=self._affine, home=home,
+                                       place_new=True))
+
+    def delete(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> int:
+        """Delete points (with ``tenant``: see ``vecdb.api``); how many left the caller's view."""
+        self._db._check()
+        keys, uids = id_keys(self._info, ids, unique=False)
+        name = check_tenant_arg(tenant)
+        if not keys:
+            if name is not None:
+                self._require_tenant(name)   # as embedded: an unknown tenant is an error even with no ids
+            return 0
+
+        def send(group: Any, rows: np.ndarray) -> Any:
+            return group.write("call", self.name, "delete", ([uids[i] for i in rows], name))
+
+        return sum(int(n) for n in self._db._write_split(self.name, keys, uids, send, affine=self._affine).values())
+
+    def create_tenant(self, tenant: str) -> None:
+        """Create the tenant on every shard; AlreadyExistsError if it exists."""
+        self._db._check()
+        name = check_tenant(tenant)
+        self._db._tenants_forget(self.name, name)
+        self._db._everywhere(self.name, "create_tenant", (name,), AlreadyExistsError)
+
+    def drop_tenant(self, tenant: str) -> None:
+        """Drop the tenant and its access on every shard (the points stay)."""
+        self._db._check()
+        name = check_tenant(tenant)
+        try:
+            self._db._everywhere(self.name, "drop_tenant", (name,), TenantNotFoundError)
+        finally:
+            self._db._tenants_forget(self.name, name)
+
+    def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray, write: bool = False) -> None:
+        """Give ``tenant`` read (``write=True``: also replace) access; IdNotFoundError (nothing
+        changed) if any id is missing."""
+        if not isinstance(write, (bool, np.bool_)):
+            raise InvalidArgumentError(f"write must be True or False, got {write!r:.80}")
+        self._membership("grant", tenant, ids, {"write": bool(write)})
+
+    def revoke(self, tenant: str, ids: Sequence[int | str] | np.ndarray) -> None:
+        """Take all of ``tenant``'s access to the points away (the points stay)."""
+        self._membership("revoke", tenant, ids, {})
+
+    def _membership(self, method: str, tenant: str, ids: Any, extra: dict[str, Any]) -> None:
+        self._db._check()
+        name = check_tenant(tenant)
+        keys, uids = id_keys(self._info, ids, unique=False)
+        self._require_tenant(name)
+        self._require_ids(keys, uids)   # every shard's part exists: the write changes all or nothing
+
+        def send(group: Any, rows: np.ndarray) -> Any:
+            return group.write("call", self.name, method, (name, [uids[i] for i in rows]), extra)
+
+        if keys:
+            with self._tenants_gain([name] if method == "grant" else []) as note:
+                note(self._db._write_split(self.name, keys, uids, send, affine=self._affine))
+
+    def train(self) -> None:
+        """Train (or retrain) each shard's index on its points; FailedPreconditionError when the
+        collection is empty (shards without points keep their exact scan)."""
+        self._db._check()
+        with self._db._all_locks():
+            groups = self._db._groups_now()
+            pending = [(g, g.write("call", self.name, "train")) for g in groups]
+            refused: list[VecdbError] = []
+            for _, p in pending:
+                try:
+                    p.result()
+                except FailedPreconditionError as exc:
+                    refused.append(exc)
+            if len(refused) == len(pending):
+                raise FailedPreconditionError(f"collection {self.name!r} is empty: there is nothing to train the "
+                                              f"{self._info.index!r} index on")
+
+    # ---- reads ---------------------------------------------------------------------------
+    def count(self, tenant: str | None = None) -> int:
+        """Number of points (of ``tenant`` when given), summed over the shards."""
+        self._db._check()
+        name = check_tenant_arg(tenant)
+        with self._db._stable_reads():
+            pending = [g.read("call", self.name, "count", (name,)) for g in self._db._groups_now()]
+            return sum(int(p.result()) for p in pending)
+
+    def get(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> GetResult:
+        """Vectors and payloads of ``ids`` in the order asked; IdNotFoundError (the embedded
+        message) if any is missing or, with ``tenant``, not visible to it."""
+        self._db._check()
+        keys, uids = id_keys(self._info, ids, unique=False)
+        name = check_tenant_arg(tenant)
+        parts = self._db._read_split(self.name, keys, lambda g, rows: g.read("get", self.name, [uids[i] for i in rows], name),
+                                     self._affine)
+        missing: set[Any] = set()
+        for _, answer in parts:
+            if isinstance(answer, list):
+                missing.update(answer)
+        if missing:
+            raise IdNotFoundError(not_found_message(self.name, [u for u in uids if u in missing]))
+        vectors = np.zeros((len(uids), self._info.dim), np.float32)
+        payloads: list[Payload | None] = [None] * len(uids)
+        for rows, answer in parts:
+            vectors[rows] = answer.vectors
+            for j, row in enumerate(rows):
+                payloads[row] = answer.payloads[j]
+        return GetResult(_id_array(self._info, uids), vectors, payloads)
+
+    def search(self, queries: Any, k: int = 10, filter: Filter | None = None,
+               tenant: str | Sequence[str] | None = None, params: Mapping[str, Any] | None = None,
+               with_payloads: bool = False) -> QueryResult:
+        """The k nearest points per query row over all shards (a tenant's over its shards),
+        ranked by (distance, id); the whole batch of queries travels as one message per shard."""
+        self._db._check()
+        req = SearchRequest.build(self._info, queries, k, filter, tenant, params, with_payloads)
+        return self.execute(req)
+
+    def execute(self, req: SearchRequest) -> QueryResult:
+        """Run a validated search on every shard that can hold hits, and merge exactly."""
+        self._db._check()
+        sent = req._replace(params=dict(req.params))   # a plain dict travels; the shard resolves the knobs
+        groups = self.search_shards(req.tenant)
+        if not groups:   # the tenants hold no point anywhere (their names were checked)
+            return _no_hits(self._info, len(req.queries), req.k, req.with_payloads)
+        pending = [self._db._groups[g].read("execute", self.name, sent) for g in groups]
+        return merge_topk([p.result() for p in pending], req.k, self._info.id_type)
+
+    def search_shards(self, tenant: str | tuple[str, ...] | None = None) -> list[int]:
+        """The shards a search (of ``tenant``: a checked name or names) is sent to: every shard,
+        or in a multi-tenant collection those holding points the tenants may access (the
+        tenants' own points share one shard: ``placement.placement_key``)."""
+        if not self._affine or tenant is None:
+            return [g.shard for g in self._db._groups_now()]
+        names = (tenant,) if isinstance(tenant, str) else tuple(tenant)
+        return [g.shard for g in self._db._tenant_shards(self.name, names)]
+
+    @contextlib.contextmanager
+    def _tenants_gain(self, tenants: list[str]) -> Iterator[Callable[[dict[int, Any]], None]]:
+        """Around a write by which ``tenants`` may gain access to points: the shards written
+        are noted for tenant searches (all forgotten when the write fails part-way)."""
+        if not (self._affine and tenants):
+            yield lambda results: None
+            return
+        try:
+            yield lambda results: self._db._tenant_wrote(self.name, tenants, list(results))
+        except BaseException:
+            for t in tenants:
+                self._db._tenants_forget(self.name, t)
+            raise
+
+    def list_tenants(self) -> list[str]:
+        """Names of all tenants, sorted (as the catalog shard records them)."""
+        self._db._check()
+        return self._db._catalog_group().read("call", self.name, "list_tenants").result()  # type: ignore[no-any-return]
+
+    def stats(self) -> CollectionStats:
+        """Figures summed over the shards (one replica each); ``trained`` when every shard
+        holding points serves from its index."""
+        self._db._check()
+        with self._db._stable_reads():
+            parts: list[CollectionStats] = [p.result() for p in
+                                            [g.read("call", self.name, "stats") for g in self._db._groups_now()]]
+        holding = [s for s in parts if s.count] or parts
+        return CollectionStats(count=sum(s.count for s in parts), memory_bytes=sum(s.memory_bytes for s in parts),
+                               disk_bytes=sum(s.disk_bytes for s in parts), index=parts[0].index,
+                               index_params=dict(parts[0].index_params), n_tenants=parts[0].n_tenants,
+                               trained=all(s.trained for s in holding), indexed=sum(s.indexed for s in parts),
+                               pending=sum(s.pending for s in parts))
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds, on every replica at once) until every replica's
+        index holds all its points; True when all do."""
+        self._db._check()
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+                raise InvalidArgumentError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r:.80}")
+            timeout = float(timeout)
+        answers = [g.everyone("call", self.name, "wait_indexed", (timeout,)) for g in self._db._groups_now()]
+        return all(all(p.all_results()) for p in answers)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _require_tenant(self, name: str) -> None:
+        if name not in self.list_tenants():
+            raise TenantNotFoundError(f"no tenant {name!r} in collection {self.name!r}")
+
+    def _require_ids(self, keys: list[bytes], uids: list[Any]) -> None:
+        parts = self._db._read_split(self.name, keys, lambda g, rows: g.read("get", self.name, [uids[i] for i in rows], None),
+                                     self._affine)
+        missing = {u for _, answer in parts if isinstance(answer, list) for u in answer}
+        if missing:
+            raise IdNotFoundError(not_found_message(self.name, [u for u in uids if u in missing]))
+
+
+def _no_hits(info: CollectionInfo, nq: int, k: int, with_payloads: bool) -> QueryResult:
+    ids = np.full((nq, k), -1, np.int64) if info.id_type == "int" else np.full((nq, k), None, object)
+    return QueryResult(ids, np.full((nq, k), np.inf, np.float32), [[None] * k for _ in range(nq)] if with_payloads else None)
+
+
+def _id_array(info: CollectionInfo, uids: list[Any]) -> np.ndarray:
+    if info.id_type == "int":
+        return np.array(uids, np.int64).reshape(-1)
+    out = np.empty(len(uids), object)
+    out[:] = uids
+    return out

@@ -1,0 +1,426 @@
+"""``ClusterDatabase``: the collections of a vecdb cluster on Ray, with exactly the API of an
+embedded database (``vecdb.api.DatabaseAPI``); ``vecdb.cluster.connect`` returns one.
+
+The cluster's root directory holds the placement record (``placement``) and, on a machine
+running its shard actors, each replica's database (``shard-<s>/replica-<r>/``). Every shard
+holds every collection (its part of the points) and every tenant; shard 0, never removed,
+is the catalog: collection and tenant changes are decided there first, then carried to the
+others (``connect`` completes a change a crash interrupted half-way).
+
+This object is the router: the only writer of its cluster (writes to a shard are ordered
+by the router's lock of that shard, which is what keeps its replicas identical). Two
+routers on one cluster must not write concurrently."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import ray
+
+from vecdb.api import CollectionInfo
+from vecdb.cluster import placement as P
+from vecdb.cluster.collection import ClusterCollection
+from vecdb.cluster.replicas import PendingRead, PendingWrite, ShardGroup, unwrap
+from vecdb.cluster.shard import ShardReplica
+from vecdb.database import validate_info
+from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, FailedPreconditionError, InvalidArgumentError,
+                          TenantNotFoundError, VecdbError)
+from vecdb.validation import as_fs_path, as_positive_int
+
+NAMESPACE = "vecdb"
+#: Ray options of a replica actor: no CPU reserved (a replica is mostly idle, and a small
+#: machine must fit many), restarted for ever by Ray, calls never replayed by Ray itself
+#: (the router retries writes and fails reads over), threaded.
+ACTOR_OPTIONS = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0, "max_concurrency": 16}
+
+
+class ClusterDatabase:
+    """A vecdb database sharded and replicated over Ray actors (see the module docs)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, shards: int | None = None, replicas: int | None = None,
+                 wait_seconds: float = 120.0, db_options: Mapping[str, Any] | None = None,
+                 owns_ray: bool = False) -> None:
+        if not ray.is_initialized():
+            raise FailedPreconditionError("Ray is not initialised: use vecdb.cluster.connect")
+        self.root = Path(as_fs_path(root, what="cluster root"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tag = hashlib.blake2b(os.path.realpath(self.root).encode(), digest_size=6).hexdigest()
+        self._wait = float(wait_seconds)
+        self._db_options = dict(db_options or {})
+        self._owns_ray = owns_ray
+        self._layout_lock = threading.RLock()
+        self._closed = False
+        self._moved: dict[str, set[bytes]] = {}
+        self._tenant_lock = threading.Lock()
+        self._tenant_cache: dict[tuple[str, str], set[int]] = {}   # (collection, tenant) -> shards
+        self._tenant_gen: dict[tuple[str, str], int] = {}
+        found = P.load(self.root)
+        if found is None:
+            found = P.new_placement(_count(shards, 3, "shards"), _count(replicas, 2, "replicas"))
+            P.save(self.root, found)
+        else:
+            if replicas is not None and _count(replicas, 2, "replicas") != found.replicas:
+                raise InvalidArgumentError(f"cluster {self.root} has {found.replicas} replicas per shard, not {replicas}")
+            if shards is not None and found.moving_to is None and _count(shards, 3, "shards") != len(found.shards):
+                raise InvalidArgumentError(f"cluster {self.root} has {len(found.shards)} shards, not {shards}; "
+                                           f"use rebalance() to change it")
+        self.placement = found
+        self._groups: dict[int, ShardGroup] = {s: self._start_group(s) for s in found.all_shards()}
+        self._repair()
+        if found.moving_to is not None:   # a rebalance was interrupted: finish it before serving
+            from vecdb.cluster.rebalance import rebalance
+            rebalance(self, list(found.moving_to))
+
+    # ---- DatabaseAPI -----------------------------------------------------------------------
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str | None = None,
+                          index_params: Mapping[str, Any] | None = None, id_type: str = "int",
+                          multi_tenant: bool = False) -> ClusterCollection:
+        """Create the collection on every shard; AlreadyExistsError if the name is taken.
+        ``index`` None: ``vecdb.api.default_index(multi_tenant)``."""
+        self._check()
+        info = validate_info(name, dim, metric, index, index_params, id_type, multi_tenant)
+        with self._all_locks():
+            self._catalog_group().write("create_collection", info).result()
+            self._rest("create_collection", (info,), AlreadyExistsError)
+        return ClusterCollection(self, info)
+
+    def get_collection(self, name: str) -> ClusterCollection:
+        """The collection named ``name``; CollectionNotFoundError if none."""
+        self._check()
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"collection name must be a string, got {type(name).__name__}")
+        for info in self.list_collections():
+            if info.name == name:
+                return ClusterCollection(self, info)
+        raise CollectionNotFoundError(f"no collection named {name!r}")
+
+    def list_collections(self) -> list[CollectionInfo]:
+        """Every collection's CollectionInfo, sorted by name (from the catalog shard)."""
+        self._check()
+        return self._catalog_group().read("list_collections").result()  # type: ignore[no-any-return]
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection on every shard; CollectionNotFoundError if none."""
+        self._check()
+        with self._all_locks():
+            self._catalog_group().write("drop_collection", name).result()
+            self._rest("drop_collection", (name,), CollectionNotFoundError)
+            self._moved.pop(name, None)
+            self._tenants_forget(name)
+
+    def snapshot(self, path: str) -> None:
+        """Write a consistent copy of the whole cluster to ``path`` as one embedded database
+        (``vecdb.open(path)`` reads it): writes pause while each shard copies itself, then the
+        copies are merged (shard folders must be reachable from this process)."""
+        from vecdb.cluster.snapshot import merge_shard_copies
+        self._check()
+        target = Path(as_fs_path(path, what="snapshot path"))
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise InvalidArgumentError(f"snapshot target {target} must be missing or an empty directory")
+        work = self.root / ".snapshots" / uuid.uuid4().hex
+        work.mkdir(parents=True)
+        try:
+            with self._all_locks():
+                groups = self._groups_now()
+                infos = self.list_collections()
+                copies = [work / f"shard-{g.shard}" for g in groups]
+                pending = [g.read("snapshot", str(c)) for g, c in zip(groups, copies)]
+                for p in pending:
+                    p.result()
+            merge_shard_copies(target, infos, copies)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def rebalance(self, shards: int, batch: int = 1024, on_batch: Callable[[int], None] | None = None) -> None:
+        """Spread the points over ``shards`` shards, online: points move in batches of at most
+        ``batch`` while searches go on (complete, never a duplicate); writes wait for one batch.
+        ``on_batch(points moved so far)`` is called between batches (progress reports)."""
+        from vecdb.cluster.rebalance import rebalance
+        self._check()
+        n = _count(shards, 1, "shards")
+        batch = as_positive_int(batch, "batch")
+        with self._layout_lock:
+            kept = sorted(self.placement.shards)[:n]
+            new = list(range(self.placement.next_shard, self.placement.next_shard + max(0, n - len(kept))))
+            rebalance(self, kept + new, batch, on_batch)
+
+    def close(self) -> None:
+        """Close every replica's database and stop the actors (their data stays in their
+        directories); further calls raise FailedPreconditionError. Closing twice is harmless."""
+        with self._layout_lock:
+            if self._closed:
+                return
+            self._closed = True
+            actors = [a for g in self._groups.values() for a in g.actors]
+            for ref in [a.close.remote() for a in actors]:
+                with contextlib.suppress(Exception):
+                    ray.get(ref)
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+            if self._owns_ray:
+                ray.shutdown()
+
+    def __enter__(self) -> "ClusterDatabase":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ClusterDatabase({str(self.root)!r}, shards={list(self.placement.shards)}, " \
+               f"replicas={self.placement.replicas}{', closed' if self._closed else ''})"
+
+    # ---- what collections use --------------------------------------------------------------
+    def _check(self) -> None:
+        if self._closed:
+            raise FailedPreconditionError(f"cluster database {self.root} is closed")
+
+    def _groups_now(self) -> list[ShardGroup]:
+        groups = self._groups
+        return [groups[s] for s in sorted(groups)]
+
+    def _catalog_group(self) -> ShardGroup:
+        return self._groups[min(self._groups)]
+
+    def _owners(self, name: str, keys: list[bytes]) -> np.ndarray:
+        """The shard each id key is written to now (during a rebalance: the new shard of
+        the points already moved, the old one of the rest)."""
+        placement = self.placement
+        owners = placement.ring().owners(keys)
+        moved = self._moved.get(name)
+        target = placement.target_ring()
+        if moved and target is not None:
+            done = np.fromiter((k in moved for k in keys), bool, len(keys))
+            if done.any():
+                owners[done] = target.owners([k for k, d in zip(keys, done) if d])
+        return owners
+
+    @contextlib.contextmanager
+    def _locks(self, shards: list[int]) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for s in sorted(shards):
+                stack.enter_context(self._groups[s].lock)
+            yield
+
+    def _all_locks(self) -> contextlib.AbstractContextManager[None]:
+        return self._locks(list(self._groups))
+
+    def _stable_reads(self) -> contextlib.AbstractContextManager[None]:
+        """Figures summed over shards see no point twice: during a rebalance they wait for the
+        batch being moved (a point is briefly on two shards)."""
+        return self._all_locks() if self.placement.moving_to is not None else contextlib.nullcontext()
+
+    def _write_split(self, name: str, keys: list[bytes], uids: list[Any],
+                     send: Callable[[ShardGroup, np.ndarray], PendingWrite], *, affine: bool = False,
+                     home: bytes | None = None, place_new: bool = False) -> dict[int, Any]:
+        """Send each owning shard its rows (``send``) and wait for all of them; the answers by
+        shard. Raises the failing shard's exception, saying which ids were committed.
+
+        ``affine`` (a multi-tenant collection): ids live where they were created, found by
+        asking every shard under all the write locks; new ids (``place_new``) go to the shard
+        of ``home`` (the writing tenant's key) or of their id; absent ids are left out."""
+        while True:
+            if affine:
+                with self._all_locks():
+                    owners = self._locate(name, keys)
+                    absent = owners < 0
+                    if place_new and absent.any():
+                        ring = self.placement.ring()
+                        owners[absent] = ring.owner(home) if home is not None else \
+                            ring.owners([k for k, a in zip(keys, absent) if a])
+                    return self._send_split(name, owners, uids, send)
+            owners = self._owners(name, keys)
+            shards = sorted(set(owners.tolist()))
+            with self._locks(shards):
+                if not np.array_equal(self._owners(name, keys), owners):
+                    continue   # a rebalance step moved some of them meanwhile
+                return self._send_split(name, owners, uids, send)
+
+    def _send_split(self, name: str, owners: np.ndarray, uids: list[Any],
+                    send: Callable[[ShardGroup, np.ndarray], PendingWrite]) -> dict[int, Any]:
+        """``_write_split`` once the owners are known (caller holds their locks)."""
+        shards = sorted(s for s in set(owners.tolist()) if s >= 0)
+        pending = {s: send(self._groups[s], np.flatnonzero(owners == s)) for s in shards}
+        results: dict[int, Any] = {}
+        failures: dict[int, BaseException] = {}
+        for s, p in pending.items():
+            try:
+                results[s] = p.result()
+            except VecdbError as exc:
+                failures[s] = exc
+        if failures:
+            raise _partial(name, owners, uids, results, failures)
+        return results
+
+    def _read_split(self, name: str, keys: list[bytes], send: Callable[[ShardGroup, np.ndarray], PendingRead],
+                    affine: bool = False) -> list[tuple[np.ndarray, Any]]:
+        """Send each owning shard its rows (one replica each); (rows, answer) per shard. In a
+        multi-tenant collection (``affine``) the ids are located first; absent ones are asked
+        of the catalog shard, which answers them missing."""
+        with self._stable_reads():
+            if affine:
+                owners = self._locate(name, keys)
+                owners[owners < 0] = min(self._groups)
+            else:
+                owners = self._owners(name, keys)
+            shards = sorted(set(owners.tolist()))
+            sent = [(np.flatnonzero(owners == s), send(self._groups[s], np.flatnonzero(owners == s))) for s in shards]
+            return [(rows, p.result()) for rows, p in sent]
+
+    def _locate(self, name: str, keys: list[bytes]) -> np.ndarray:
+        """The shard holding each id key (-1: none), asking one replica of every shard."""
+        owners = np.full(len(keys), -1, np.int64)
+        if not keys:
+            return owners
+        asked = [(g.shard, g.read("present", name, keys)) for g in self._groups_now()]
+        for shard, pending in asked:
+            here = np.array(pending.result(), bool)
+            owners[here & (owners < 0)] = shard   # mid-move a point may be on two shards: either copy is whole
+        return owners
+
+    def _tenant_shards(self, name: str, tenants: tuple[str, ...]) -> list[ShardGroup]:
+        """The shards a search of ``tenants`` in multi-tenant collection ``name`` must ask:
+        those holding points the tenants may access (a superset, kept up to date by writes;
+        every shard while a rebalance moves points)."""
+        if self.placement.moving_to is not None:
+            return self._groups_now()
+        shards: set[int] = set()
+        for tenant in tenants:
+            key = (name, tenant)
+            with self._tenant_lock:
+                known = self._tenant_cache.get(key)
+                seen = self._tenant_gen.get(key, 0)
+            if known is None:
+                counts = [(g.shard, g.read("call", name, "count", (tenant,))) for g in self._groups_now()]
+                known = {s for s, p in counts if p.result() > 0}
+                with self._tenant_lock:
+                    if self._tenant_gen.get(key, 0) == seen:
+                        self._tenant_cache[key] = known
+            shards |= known
+        return [g for g in self._groups_now() if g.shard in shards]
+
+    def _tenant_wrote(self, name: str, tenants: list[str], shards: list[int]) -> None:
+        """Tenants gained access to points on ``shards`` (called before the write returns)."""
+        with self._tenant_lock:
+            for tenant in tenants:
+                key = (name, tenant)
+                self._tenant_gen[key] = self._tenant_gen.get(key, 0) + 1
+                if key in self._tenant_cache:
+                    self._tenant_cache[key] = self._tenant_cache[key] | set(shards)
+
+    def _tenants_forget(self, name: str | None, tenant: str | None = None) -> None:
+        """Drop cached tenant shards (a tenant created or dropped, a collection dropped, a rebalance)."""
+        with self._tenant_lock:
+            for key in [k for k in self._tenant_cache if k[0] == name and tenant in (None, k[1])] \
+                    if name else list(self._tenant_cache):
+                del self._tenant_cache[key]
+                self._tenant_gen[key] = self._tenant_gen.get(key, 0) + 1
+
+    def _rest(self, method: str, args: tuple[Any, ...], already: type[VecdbError], name: str | None = None) -> None:
+        """Carry a change the catalog shard made to every other shard (``already``: done there)."""
+        catalog = min(self._groups)
+        groups = [g for s, g in sorted(self._groups.items()) if s != catalog]
+        pending = [g.write(method, *args) if name is None else g.write("call", name, method, args) for g in groups]
+        for p in pending:
+            with contextlib.suppress(already):
+                p.result()
+
+    def _everywhere(self, name: str, method: str, args: tuple[Any, ...], already: type[VecdbError]) -> None:
+        """A tenant change: decided by the catalog shard (its exception is the answer), then
+        made on every other shard, which also completes an earlier interrupted change."""
+        with self._all_locks():
+            try:
+                self._catalog_group().write("call", name, method, args).result()
+            except already:
+                self._rest(method, args, already, name)
+                raise
+            self._rest(method, args, already, name)
+
+    # ---- starting ----------------------------------------------------------------------------
+    def _start_group(self, shard: int) -> ShardGroup:
+        """The replica actors of ``shard`` (started, or found running under their names)."""
+        cls = ray.remote(ShardReplica)
+        actors = []
+        for r in range(self.placement.replicas):
+            folder = self.root / f"shard-{shard}" / f"replica-{r}"
+            actors.append(cls.options(name=f"vecdb-{self._tag}-s{shard}-r{r}", namespace=NAMESPACE,
+                                      get_if_exists=True, **ACTOR_OPTIONS)
+                          .remote(str(folder), shard, r, self._db_options))
+        group = ShardGroup(shard, actors, self._wait)
+        for a in actors:
+            try:
+                ray.get(a.ping.remote())
+            except Exception as exc:  # noqa: BLE001 - the replica's own error, unwrapped
+                raise unwrap(exc) from None
+        return group
+
+    def _add_shard(self, shard: int) -> ShardGroup:
+        """Start ``shard`` holding every collection and tenant (empty); callers hold all locks."""
+        group = self._start_group(shard)
+        for info in self.list_collections():
+            tenants = self._catalog_group().read("call", info.name, "list_tenants").result()
+            with contextlib.suppress(AlreadyExistsError):
+                group.write("create_collection", info).result()
+            for t in tenants:
+                with contextlib.suppress(AlreadyExistsError):
+                    group.write("call", info.name, "create_tenant", (t,)).result()
+        return group
+
+    def _repair(self) -> None:
+        """Make every shard hold the catalog's collections and tenants, and nothing else
+        (completes a create or drop a crash interrupted after the catalog shard)."""
+        catalog = min(self._groups)
+        infos = {i.name: i for i in self._catalog_group().read("list_collections").result()}
+        tenants = {n: set(self._catalog_group().read("call", n, "list_tenants").result()) for n in infos}
+        for s, group in sorted(self._groups.items()):
+            if s == catalog:
+                continue
+            have = {i.name for i in group.read("list_collections").result()}
+            for name in have - set(infos):
+                with contextlib.suppress(CollectionNotFoundError):
+                    group.write("drop_collection", name).result()
+            for name, info in infos.items():
+                if name not in have:
+                    group.write("create_collection", info).result()
+                held = set(group.read("call", name, "list_tenants").result())
+                for t in sorted(tenants[name] - held):
+                    group.write("call", name, "create_tenant", (t,)).result()
+                for t in sorted(held - tenants[name]):
+                    with contextlib.suppress(TenantNotFoundError):
+                        group.write("call", name, "drop_tenant", (t,)).result()
+
+
+def _partial(name: str, owners: np.ndarray, uids: list[Any], results: dict[int, Any],
+             failures: dict[int, BaseException]) -> BaseException:
+    """The exception for a batch some shards refused: the first refusal as is when nothing was
+    committed; else its class, its message saying which ids were committed and which not
+    (also as ``committed_ids`` / ``failed_ids``)."""
+    first_shard = min(failures)
+    first = failures[first_shard]
+    if not results:
+        return first
+    committed = [uids[i] for i in np.flatnonzero(np.isin(owners, list(results)))]
+    failed = [uids[i] for i in np.flatnonzero(np.isin(owners, list(failures)))]
+    exc = type(first)(f"{first} -- partly written to collection {name!r}: committed on shard(s) {sorted(results)} "
+                      f"for {len(committed)} id(s) {committed[:10]}{'...' if len(committed) > 10 else ''}; "
+                      f"not written on shard(s) {sorted(failures)} for {len(failed)} id(s) {failed[:10]}"
+                      f"{'...' if len(failed) > 10 else ''}")
+    exc.committed_ids = committed   # type: ignore[attr-defined]
+    exc.failed_ids = failed         # type: ignore[attr-defined]
+    return exc
+
+
+def _count(value: Any, default: int, what: str) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise InvalidArgumentError(f"{what} must be an integer in 1..1024, got {value!r}")
+    return value

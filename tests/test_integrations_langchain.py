@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,7 +22,9 @@ from langchain_tests.integration_tests import VectorStoreIntegrationTests  # noq
 import vecdb  # noqa: E402
 from vecdb.errors import AlreadyExistsError, InvalidArgumentError  # noqa: E402
 from vecdb.integrations.langchain import VecdbVectorStore  # noqa: E402
-from vecdb.server.process import ServerProcess, start_server_process  # noqa: E402
+from vecdb.server.process import ServerProcess  # noqa: E402
+
+from framework_fixtures import embedded_db, loopback_only, remote_db, server  # noqa: E402,F401
 
 # the standard suite's async tests are plain ``async def``: run them (and ours) under pytest-asyncio
 # in its default strict mode (the mark is a no-op on the sync tests, which it would warn about)
@@ -38,47 +39,6 @@ def fresh(prefix: str = "lc") -> str:
     return f"{prefix}{next(_names)}"
 
 
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any Python-level connection beyond 127.0.0.1 / ::1 / unix sockets fails the test (no
-    model, tokenizer or tracing traffic; gRPC's own sockets are C-level and unaffected)."""
-    real_connect = socket.socket.connect
-
-    def connect(self: socket.socket, address: Any) -> Any:
-        host = address[0] if isinstance(address, tuple) else None
-        if host is not None and host not in ("127.0.0.1", "::1", "localhost"):
-            raise AssertionError(f"network access to {address!r} during a test")
-        return real_connect(self, address)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-
-
-def drop_all(db: Any) -> None:
-    """Drop the module's collections before closing: cheaper than checkpointing each on close."""
-    for info in db.list_collections():
-        db.drop_collection(info.name)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("lc-server")
-    proc = start_server_process(root / "data", root / "server.log", args=["--no-metrics"])
-    yield proc
-    assert proc.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def embedded_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    db = vecdb.open(str(tmp_path_factory.mktemp("lc-embedded") / "data"))
-    yield db
-    drop_all(db)
-    db.close()
-
-
-@pytest.fixture(scope="module")
-def remote_db(server: ServerProcess) -> Iterator[Any]:
-    with vecdb.connect(server.address, timeout=60) as db:
-        yield db
-        drop_all(db)
 
 
 # ---- LangChain's standard suite, unmodified -------------------------------------------------

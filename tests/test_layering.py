@@ -3,7 +3,7 @@ inside functions) must point at its own layer or one below, and every module mus
 its own (no import cycle hidden by the order in which a test session happens to load them).
 
 Layers, bottom to top:
-  0 base        errors, types, validation, calls (shared leaf helpers)
+  0 base        errors, types, validation, calls, worker (shared leaf helpers)
   1 kernels/    Numba kernels       } nothing from vecdb but errors and types
   1 storage/    LMDB environment    }  (and their own package)
   2 quant/      codecs
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1] / "vecdb"
 
 BOTTOM_ALLOWED = {"vecdb.errors", "vecdb.types"}
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
-    (0, ("vecdb.errors", "vecdb.types", "vecdb.validation", "vecdb.calls")),
+    (0, ("vecdb.errors", "vecdb.types", "vecdb.validation", "vecdb.calls", "vecdb.worker")),
     (1, ("vecdb.kernels", "vecdb.storage")),
     (2, ("vecdb.quant",)),
     (3, ("vecdb.index", "vecdb.filters")),

@@ -6,7 +6,6 @@ what the database hands a collection), ``oplog`` (log records replayed after a c
 ``memory`` (the in-memory mirror), ``tenants``, ``points`` (reading stored points),
 ``recovery`` (checkpoint + replay, or rebuild), ``checkpoint``, ``training`` (building and
 training the configured index), ``apply`` (committed batches, the staged drain),
-``indexer`` (the background thread that indexes staged rows, trains and checkpoints),
 ``spaces`` (the LMDB sub-databases of an index that persists itself), ``search`` (the
 trusted search path), ``idkeys`` (user ids -> stored keys) and ``export`` (reading points out
 whole, to copy them into another collection).

@@ -7,7 +7,7 @@ dropped, memberships gained or lost) also bumps the collection's write sequence 
 an op record to the log (``oplog``). Memory is updated only after the commit, in one short
 step under the collection's exclusive lock that publishes the whole batch (staged: searched
 exactly, stale index entries hidden), and the write returns then: a search issued after it
-sees it. The collection's background indexer (``indexer``, a daemon thread started on the
+sees it. The collection's background indexer (a ``vecdb.worker.Worker``, a daemon thread started on the
 first write) moves staged rows into the index in bounded exclusive steps (``apply``), trains
 the index when due and saves checkpoints; when more than ``max_pending`` points wait, writers
 wait for it (back-pressure). ``wait_indexed`` waits until nothing is staged. Index
@@ -62,7 +62,7 @@ from vecdb.collection import oplog
 from vecdb.collection.apply import (MIN_STEP_ROWS, apply_delete, apply_upsert, deletion_ops, drain, hand_ops,
                                     next_step_rows)
 from vecdb.collection.checkpoint import Checkpoints
-from vecdb.collection.indexer import Worker
+from vecdb.worker import Worker
 from vecdb.collection.layout import OWNER, READ, WRITE, CollectionHost, part_names
 from vecdb.collection.memory import Memory
 from vecdb.collection.points import StoredPoints

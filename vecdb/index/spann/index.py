@@ -31,7 +31,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,7 +41,7 @@ from vecdb.index.base import BaseIndex, IndexBatch, SearchParams
 from vecdb.index.hnsw import HNSW, MAX_EF
 from vecdb.index.ids import IdMap
 from vecdb.index.spann import postings, state
-from vecdb.index.spann.background import Background
+from vecdb.worker import Worker
 from vecdb.index.spann.clustering import centroids_of, split_until
 from vecdb.index.spann.kernels import (plan_reads, scan_codes, scan_codes_serial, scan_postings,
                                       scan_postings_serial)
@@ -234,7 +234,7 @@ class SPANN(BaseIndex):
         self._dead = 0                             # removals not yet purged from the postings
         self._purge: list[int] | None = None       # [next head, removals the running sweep covers]
         self._recent: dict[str, HeadState] = {}    # recent committed states by token
-        self._bg: Background | None = None
+        self._bg: Worker | None = None
         self._vdb: Any = None
         self._own = False
         self._store: Store | None = None
@@ -247,7 +247,7 @@ class SPANN(BaseIndex):
         store = Store(path)
         self._own = True
         self._store = store
-        self._bg = Background(self, path.name) if self.background else None
+        self._bg = Worker(path.name, _maintain_weakly(self), role="spann") if self.background else None
         self._finalizer = weakref.finalize(self, _close_own, store, path if temporary else None, self._bg)
         try:
             BaseIndex.attach(self, IndexSpace(store, OWN_PREFIX))
@@ -497,7 +497,9 @@ class SPANN(BaseIndex):
         (standalone), or ``maintain`` run here until done. True when idle."""
         if self._bg is not None and self._own:
             self._wake()
-            return self._bg.wait_idle(lambda: not self._due(), timeout)
+            bg = self._bg
+            bg.wait_for(lambda: bg.stopping or (bg.idle and not self._due()), timeout)
+            return not bg.stopping and bg.idle and not self._due()
         while self.maintain():
             pass
         return True
@@ -1058,7 +1060,18 @@ def _no_rows(dim: int) -> F32Matrix:
     return np.zeros((0, dim), np.float32)
 
 
-def _close_own(store: Store, temporary: Path | None, background: Background | None) -> None:
+def _maintain_weakly(index: "SPANN") -> Callable[[], bool]:
+    """A background round for ``index`` that holds it only weakly, so an index nobody
+    references is still collected (its finalizer then stops the thread)."""
+    ref = weakref.ref(index)
+
+    def run_round() -> bool:
+        owner = ref()
+        return owner is not None and bool(owner.maintain())
+    return run_round
+
+
+def _close_own(store: Store, temporary: Path | None, background: Worker | None) -> None:
     """Stop a standalone index's background thread, close its environment and remove it
     when it was temporary."""
     if background is not None:

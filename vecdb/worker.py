@@ -1,11 +1,12 @@
-"""The background worker of one collection: a daemon thread, started on the first wake,
-that runs rounds of index maintenance (moving staged rows into the index, training,
-checkpoints) while there is work, and that writers and ``wait_indexed`` wait on.
+"""A background worker: a daemon thread, started on the first wake, that runs rounds of
+work while there is work, and that other threads wait on. A collection's indexer (moving
+staged rows into the index, training, checkpoints) and a standalone SPANN index's
+maintenance (splits, purges) each run on one.
 
-The worker knows nothing of collections: it calls ``run_round`` (which does a bounded
-amount of work and returns True when more remains) and wakes waiters after each round and
-whenever ``progress`` is called. An exception escaping a round is logged with its traceback
-and counted (``failures``); the worker then waits for the next wake instead of spinning.
+The worker knows nothing of its owner: it calls ``run_round`` (which does a bounded amount
+of work and returns True when more remains) and wakes waiters after each round and whenever
+``progress`` is called. An exception escaping a round is logged with its traceback and
+counted (``failures``); the worker then waits for the next wake instead of spinning.
 """
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    """One daemon thread running ``run_round`` while there is work; ``name`` names the
-    thread and the log records."""
+    """One daemon thread running ``run_round`` while there is work; ``name`` names the thread
+    (``vecdb-<role>-<name>``) and the log records, ``role`` says what the work is."""
 
-    def __init__(self, name: str, run_round: Callable[[], bool]) -> None:
+    def __init__(self, name: str, run_round: Callable[[], bool], *, role: str = "indexer") -> None:
         self.name = name
+        self.role = role
         self._run_round = run_round
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._wanted = False
+        self._busy = False
         self._stopping = False
         self.failures = 0
         self.last_error: BaseException | None = None
@@ -35,6 +38,11 @@ class Worker:
         """True once ``stop`` was called: a round should return at its next step."""
         return self._stopping
 
+    @property
+    def idle(self) -> bool:
+        """True while no round runs and none is asked for (read it in ``wait_for``'s test)."""
+        return not self._wanted and not self._busy
+
     def wake(self) -> None:
         """Ask for a round soon (starting the thread on first use); no-op once stopping."""
         with self._cond:
@@ -42,7 +50,7 @@ class Worker:
                 return
             self._wanted = True
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=f"vecdb-indexer-{self.name}", daemon=True)
+                self._thread = threading.Thread(target=self._loop, name=f"vecdb-{self.role}-{self.name}", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
 
@@ -75,15 +83,17 @@ class Worker:
                     self._cond.notify_all()
                     return
                 self._wanted = False
+                self._busy = True
             more = False
             try:
                 more = self._run_round()
             except BaseException as exc:  # logged, counted, never lost; the thread lives on
                 self.failures += 1
                 self.last_error = exc
-                log.error("indexer %r: a background round failed (%s: %s)", self.name, type(exc).__name__, exc,
-                          exc_info=True, extra={"event": "indexer_failed", "collection": self.name})
+                log.error("%s %r: a background round failed (%s: %s)", self.role, self.name, type(exc).__name__, exc,
+                          exc_info=True, extra={"event": f"{self.role}_failed", "worker": self.name})
             with self._cond:
+                self._busy = False
                 if more:
                     self._wanted = True
                 self._cond.notify_all()

@@ -29,3 +29,12 @@ def clustered() -> tuple[np.ndarray, np.ndarray]:
 
     x = gaussian_mixture(3200, 32, n_clusters=20, seed=1338)
     return x[:3000].copy(), x[3000:].copy()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the request-path kernels once, into Numba's disk cache, before any test starts
+    a server or a child process: on a fresh checkout (CI) every such process would otherwise
+    compile them again, each on its own (the server's own warm-up then loads them)."""
+    from vecdb.index.warmup import warm_up
+
+    warm_up()

@@ -125,6 +125,13 @@ class Target:
                                        "adapters need a collection created with id_type='str'")
         return coll
 
+    def drop(self, database: Any) -> None:
+        """Drop the collection (every tenant's documents); nothing to do when it is missing."""
+        try:
+            database.drop_collection(self.name)
+        except CollectionNotFoundError:
+            pass
+
     def resolve(self, database: Any, dim: int | None, cached: Any) -> Any:
         """The collection (``cached`` if set); None when it is missing and ``dim`` is None."""
         if cached is not None:

@@ -254,12 +254,7 @@ class VecdbVectorStore(VectorStore):
 
     def delete_collection(self) -> None:
         """Drop the whole collection (every tenant's documents); the next write recreates it."""
-        from vecdb.errors import CollectionNotFoundError
-
-        try:
-            self._db.drop_collection(self._target.name)
-        except CollectionNotFoundError:
-            pass
+        self._target.drop(self._db)
         self._coll = None
 
     # ---- reads ---------------------------------------------------------------------------

@@ -323,10 +323,7 @@ class VecdbVectorStore(BasePydanticVectorStore):
 
     def clear(self) -> None:
         """Drop the collection (every node, every tenant's); the next ``add`` recreates it."""
-        try:
-            self._db.drop_collection(self._target.name)
-        except CollectionNotFoundError:
-            pass
+        self._target.drop(self._db)
         self._coll = None
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:

@@ -293,7 +293,7 @@ class FilteredHnswlib:
         self.index.init_index(max_elements=len(base), M=self.M, ef_construction=self.efc, random_seed=0)
         self.index.set_num_threads(1)
         self.index.add_items(base, np.arange(len(base)))
-        for t, rows in data["members"].items():
+        for t, rows in queried_tenants(data).items():
             mask = np.zeros(len(base), bool)
             mask[rows] = True
             self.masks[t] = (mask, len(rows))
@@ -393,7 +393,7 @@ class SharedVecdb:
         base = data["base"]
         self.index = HNSW(self.dim, "cosine", M=self.M, ef_construction=self.efc, seed=0, progress=False)
         self.index.add(base, np.arange(len(base)))
-        for t, rows in data["members"].items():
+        for t, rows in queried_tenants(data).items():
             if self.post:
                 mask = np.zeros(len(base), bool)
                 mask[rows] = True
@@ -444,7 +444,7 @@ class BitmapFaiss:
         self.index = faiss.IndexHNSWFlat(self.dim, self.M, faiss.METRIC_INNER_PRODUCT)
         self.index.hnsw.efConstruction = self.efc
         self.index.add(base)
-        for t, rows in data["members"].items():
+        for t, rows in queried_tenants(data).items():
             mask = np.zeros(len(base), bool)
             mask[rows] = True
             bits = np.packbits(mask, bitorder="little")      # faiss reads bit i as bits[i >> 3] >> (i & 7)
@@ -462,13 +462,19 @@ class BitmapFaiss:
         return faiss_hnsw_formula_bytes(self.index.ntotal, self.dim, self.M)
 
 
+def queried_tenants(data: dict[str, Any]) -> dict[int, np.ndarray]:
+    """The tenants that receive queries: the shared-index targets build a filter (a bitmap of
+    the base rows) for these only (one per tenant of workload 3 would take ~7 GB)."""
+    return {t: data["members"][t] for t in np.unique(data["q_tenant"]).tolist()}
+
+
 def built_tenants(data: dict[str, Any]) -> dict[int, np.ndarray]:
     """The tenants a one-index-per-tenant target builds: all, or with ``queried_only`` (the
     default of workload 3: ~140k hnswlib indexes would take ~2.5 MB of RSS each) those that
     receive queries; memory then counts every tenant by formula or by scaling."""
     if not data.get("queried_only"):
         return data["members"]
-    return {t: data["members"][t] for t in np.unique(data["q_tenant"]).tolist()}
+    return queried_tenants(data)
 
 
 TARGETS: dict[str, Callable[..., Any]] = {"curator": CuratorTarget, "hnswlib-per-tenant": PerTenantHnswlib,
@@ -500,17 +506,22 @@ def one_pass(target: Any, data: dict[str, Any], value: dict[str, int], batched: 
     return ids, np.asarray(lat), time.perf_counter() - start
 
 
-def sweep(targets: dict[str, Any], data: dict[str, Any], grids: dict[str, list[dict[str, int]]], repeats: int) -> list[dict[str, Any]]:
-    """Every (target, knob setting, batched) setting, ``repeats`` passes each, interleaved
-    (pass 1 of every setting, then pass 2 ...); a row reports the fastest pass."""
+def sweep(targets: dict[str, Any], data: dict[str, Any], grids: dict[str, list[dict[str, int]]], repeats: int,
+          target_repeats: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Every (target, knob setting, batched) setting, ``repeats`` passes each (``target_repeats``:
+    fewer for the named targets), interleaved (pass 1 of every setting, then pass 2 ...); a row
+    reports the fastest pass."""
     from vecdb.bench.machine import Watch
 
     settings = [(name, value, batched) for name in targets for value in grids[name] for batched in (False, True)]
     warm = {**data, "queries": data["queries"][:4], "q_tenant": data["q_tenant"][:4]}
     passes: list[list[tuple[np.ndarray, np.ndarray, float]]] = [[] for _ in settings]
     shares: list[list[Any]] = [[] for _ in settings]
-    for _ in range(repeats):
+    own = target_repeats or {}
+    for rep in range(repeats):
         for j, (name, value, batched) in enumerate(settings):
+            if rep >= own.get(name, repeats):
+                continue
             one_pass(targets[name], warm, value, batched)
             watch = Watch()
             passes[j].append(one_pass(targets[name], data, value, batched))
@@ -567,6 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--M", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--target-efs", default="{}",
+                        help='JSON: an --efs list per HNSW target, e.g. \'{"hnswlib-filter": "10,40"}\' (its filtered '
+                             'walk exhausts the graph on small tenants: ~50 ms a query on workload 3)')
+    parser.add_argument("--target-repeats", default="{}", help='JSON: fewer passes for the named targets, e.g. \'{"hnswlib-filter": 1}\'')
     parser.add_argument("--allow-busy", action="store_true")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/curator__<dataset>.json)")
     args = parser.parse_args(argv)
@@ -599,6 +614,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--curator-efs needs one value per --budgets value")
         efs = [{"ef": int(v)} for v in args.efs.split(",")]
         grids = {name: efs for name in TARGETS}
+        target_efs = json.loads(args.target_efs)
+        target_repeats = {name: int(v) for name, v in json.loads(args.target_repeats).items()}
+        for name in [*target_efs, *target_repeats]:
+            if name not in TARGETS or name == "curator" and name in target_efs:
+                parser.error(f"--target-efs / --target-repeats name HNSW targets (of {', '.join(TARGETS)}), got {name!r}")
+        for name, values in target_efs.items():
+            grids[name] = [{"ef": int(v)} for v in str(values).split(",") if v]
         grids["curator"] = [{"budget": b, **({"ef": e} if curator_efs else {})} for b, e in zip(budgets, curator_efs or budgets)]
         targets: dict[str, Any] = {}
         builds: dict[str, dict[str, Any]] = {}
@@ -625,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"built {name}: {build_s:.2f}s, counted {builds[name]['counted_bytes'] / 2**20:.1f} MiB, "
                   f"RSS +{builds[name]['rss_growth_bytes'] / 2**20:.1f} MiB", flush=True)
             targets[name] = target
-        rows = sweep(targets, data, grids, args.repeats)
+        rows = sweep(targets, data, grids, args.repeats, target_repeats)
     table = summary(rows, builds)
     print("\ntarget               mode   qps@0.90   qps@0.95   build_s   counted MiB")
     for e in table:
@@ -638,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         "max": int(sizes.max()), "memberships": int(sizes.sum())},
               "n_base": len(data["base"]), "n_queries": len(data["queries"]),
               "n_tenants": len(data["members"]), "per_tenant_built": "queried" if data["queried_only"] else "all",
-              "k": K, "threads": 1, "repeats": args.repeats,
+              "k": K, "threads": 1, "repeats": args.repeats, "target_repeats": target_repeats,
               "start_quiet": start_quiet, "builds": builds, "rows": rows, "summary": table,
               "busy": {"flagged": any(r["busy"] for r in rows) or bool(start_quiet.get("busy"))},
               "provenance": provenance(argv)}

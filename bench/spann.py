@@ -102,6 +102,17 @@ def row(target: str, knob: str, value: Any, ids: np.ndarray, secs: np.ndarray, g
             "p99_ms": 1e3 * float(np.percentile(secs, 99)), "qps": float(len(secs) / secs.sum()), **extra}
 
 
+def read_stats(stats: list[Any], max_postings: int) -> dict[str, float]:
+    """Per-query reads of one SPANN sweep point: postings, bytes and entries per query, and
+    how the postings read compare with ``max_postings`` (the share of queries whose eps2
+    pruning stopped before it, and the fewest / most postings one query read)."""
+    per_q = np.concatenate([s.postings for s in stats])
+    return {"postings_per_q": float(per_q.mean()), "postings_min_q": int(per_q.min()), "postings_max_q": int(per_q.max()),
+            "pruned_share": float(np.mean(per_q < max_postings)),
+            "bytes_per_q": float(np.mean([s.bytes_read for s in stats])),
+            "entries_per_q": float(np.mean([s.entries.mean() for s in stats]))}
+
+
 def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
                 sweep: list[int], cold: bool, params: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from vecdb.index import SPANN
@@ -139,10 +150,7 @@ def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarr
             if mode == "warm":
                 ids, secs = per_query(search, queries)            # the second pass: pages cached
             stats = stats[-len(queries):]
-            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode,
-                            postings_per_q=float(np.mean([s.postings.mean() for s in stats])),
-                            bytes_per_q=float(np.mean([s.bytes_read for s in stats])),
-                            entries_per_q=float(np.mean([s.entries.mean() for s in stats]))))
+            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, **read_stats(stats, mp)))
     index.close()
     return info, rows
 
@@ -177,8 +185,9 @@ def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray
     quantizer = faiss.IndexFlatL2(xb.shape[1]) if metric == "l2" else faiss.IndexFlatIP(xb.shape[1])
     index = faiss.IndexIVFFlat(quantizer, xb.shape[1], nlist, fmetric)
     rng = np.random.default_rng(0)
-    index.train(xb[np.sort(rng.choice(len(xb), min(len(xb), TRAIN_SAMPLE), replace=False))])
-    index.add(xb)
+    index.train(np.ascontiguousarray(xb[np.sort(rng.choice(len(xb), min(len(xb), TRAIN_SAMPLE), replace=False))]))
+    for start in range(0, len(xb), ADD_CHUNK):               # a memmap (the synthetic set): chunk by chunk
+        index.add(np.ascontiguousarray(xb[start : start + ADD_CHUNK], np.float32))
     on_disk = False
     lists_file = workdir / "ivf.ivfdata"
     try:                                          # faiss's own on-disk inverted lists
@@ -208,9 +217,11 @@ def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray
 
 
 def bench_diskann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
-                  sweep: list[int], cold: bool, budget_bytes: int, threads: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                  sweep: list[int], cold: bool, budget_bytes: int, threads: int,
+                  build_gb: float = 1.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """DiskANN in its own venv (a subprocess): disk index built with ``search_memory_maximum``
-    = ``budget_bytes``, searched one query per call with StaticDiskIndex(num_threads=2)."""
+    = ``budget_bytes`` (and ``build_memory_maximum`` = ``build_gb``), searched one query per
+    call with StaticDiskIndex(num_threads=2)."""
     if not DISKANN_PYTHON.exists():
         raise SystemExit(f"{DISKANN_PYTHON} missing: run bash bench/diskann-venv.sh first")
     folder = workdir / "diskann"
@@ -228,7 +239,7 @@ def bench_diskann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.nda
         base_args = ["--base", str(files["base"])]
     cmd = [str(DISKANN_PYTHON), str(HERE / "diskann_run.py"), *base_args, "--queries", str(files["queries"]),
            "--gt", str(files["gt"]), "--metric", metric, "--budget-gb", f"{budget_bytes / 2**30:.6f}",
-           "--build-threads", str(max(threads, 2)), "--workdir", str(folder / "index"),
+           "--build-threads", str(max(threads, 2)), "--build-gb", str(build_gb), "--workdir", str(folder / "index"),
            "--sweep", ",".join(map(str, sweep)), "--k", str(k), "--out", str(folder / "result.json")]
     cmd += ["--cold"] if cold else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -364,10 +375,7 @@ def serve(args: argparse.Namespace) -> int:
                 ids, secs = per_query(search, queries)
             stats = stats[-len(queries):]
             cached, pages = resident_pages(path / "data.mdb")
-            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode,
-                            postings_per_q=float(np.mean([s.postings.mean() for s in stats])),
-                            bytes_per_q=float(np.mean([s.bytes_read for s in stats])),
-                            entries_per_q=float(np.mean([s.entries.mean() for s in stats])),
+            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, **read_stats(stats, mp),
                             rss_bytes=current_rss(), file_pages_cached=cached, file_pages=pages))
     info = {"resident_bytes": index.memory_bytes(), "rss_after_open": opened_rss, "rss_peak": peak_rss()}
     index.close()
@@ -448,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--diskann-sweep", default="10,20,40,80,160", help="DiskANN search list sizes")
     ap.add_argument("--budget", type=float, default=0.10,
                     help="DiskANN's resident budget as a fraction of the raw vectors (search_memory_maximum)")
+    ap.add_argument("--diskann-build-gb", type=float, default=1.0,
+                    help="DiskANN's build_memory_maximum (GB; below the data size it builds in merged shards)")
     ap.add_argument("--synthetic", type=int, default=None, help="N: the synthetic N x --dim set instead of --datasets")
     ap.add_argument("--dim", type=int, default=128, help="dimension of the synthetic set")
     ap.add_argument("--mem-cap-mb", type=int, default=1024, help="memory.max of the synthetic run's search process")
@@ -510,25 +520,25 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                     info, got = bench_hnsw(base, queries, metric, gt, args.k, ints(args.hnsw_sweep))
                     infos.append(info)
                     rows += got
-                if "faiss-ivfflat" in targets and not args.synthetic:
+                if "faiss-ivfflat" in targets:
                     info, got = bench_ivf(base, queries, metric, gt, args.k, work, ints(args.ivf_sweep), args.cold)
                     infos.append(info)
                     rows += got
                 if "diskann" in targets:
                     info, got = bench_diskann(base, queries, metric, gt, args.k, work, ints(args.diskann_sweep), args.cold,
-                                              int(args.budget * base.nbytes), args.threads)
+                                              int(args.budget * base.nbytes), args.threads, args.diskann_build_gb)
                     infos.append(info)
                     rows += got
             for info in infos:
                 shown = {k: v for k, v in info.items() if k != "params"}
                 print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
             print(f"  {'target':14} {'knob':>14} {'cache':>6} {'recall':>7} {'mean ms':>8} {'p99 ms':>8} {'qps':>8} "
-                  f"{'postings/q':>10} {'KB/q':>8}")
+                  f"{'postings/q':>10} {'pruned':>7} {'KB/q':>8}")
             for r in rows:
                 knob = next(f"{n}={r[n]}" for n in ("max_postings", "ef", "nprobe", "complexity") if n in r)
                 print(f"  {r['target']:14} {knob:>14} {r['cache']:>6} {r['recall']:7.3f} {r['mean_ms']:8.3f} "
                       f"{r['p99_ms']:8.3f} {r['qps']:8.0f} {r.get('postings_per_q', float('nan')):10.1f} "
-                      f"{r.get('bytes_per_q', float('nan')) / 1024:8.1f}")
+                      f"{r.get('pruned_share', float('nan')):7.2f} {r.get('bytes_per_q', float('nan')) / 1024:8.1f}")
             results["datasets"][name] = {"n_base": len(base), "dim": base.shape[1], "metric": metric, "builds": infos,
                                          "rows": rows}
     finally:

@@ -9,8 +9,9 @@ Parts (one synthetic clustered data set, n x 128 float32, l2, HNSW M=16 ef_const
   c  recall@10 of the finished index beside hnswlib's at the same ef (held-out queries, exact
      ground truth)
   d  p99 of 4 searching threads (one query per call) on the idle collection, then while a
-     writer upserts new points at full speed; every search asks for a point of the newest
-     acknowledged batch at its start and must get it first (read-your-writes, counted)
+     writer upserts new points at full speed for the whole load (the held-out rows, again
+     shifted when they run out); every search asks for a point of the newest acknowledged
+     batch at its start and must get it first (read-your-writes, counted)
   e  filtered search, 1 query per call, 1 / 10 / 50 % selectivity, ef sweep: QPS and recall
      beside hnswlib with a filter function
 
@@ -162,13 +163,14 @@ def part_d_latency(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, secon
     written = [0]
 
     def writer(stop: threading.Event, errors: list[BaseException]) -> None:
+        # writes for the whole load: past the end of ``extra`` it starts over, shifted, under new ids
         try:
-            for s in range(0, len(extra), batch):
-                if stop.is_set():
-                    return
-                ids = np.arange(n + s, n + s + len(extra[s:s + batch]))
-                col.upsert(ids, extra[s:s + batch])
-                latest[0] = (ids, extra[s:s + batch])   # acknowledged: from now on every search must see it
+            while not stop.is_set():
+                s = written[0] % len(extra)
+                rows = extra[s:s + batch] + np.float32(0.01 * (written[0] // len(extra)))
+                ids = np.arange(n + written[0], n + written[0] + len(rows))
+                col.upsert(ids, rows)
+                latest[0] = (ids, rows)   # acknowledged: from now on every search must see it
                 written[0] += len(ids)
         except Exception as exc:
             errors.append(exc)
@@ -226,6 +228,22 @@ def part_e_filtered(col: Any, hnsw: Any, x: np.ndarray, sel: np.ndarray, q: np.n
     return rows
 
 
+def serving_pending() -> int | None:
+    """The staged-point bound writers keep to while searches run (part d runs under it);
+    None in a tree without one (an older commit measured for comparison)."""
+    from vecdb.collection import collection
+
+    return getattr(collection, "SERVING_PENDING", None)
+
+
+def background_nice() -> int | None:
+    """The nice value of the indexer's build threads (they yield the cores to searches);
+    None in a tree without one."""
+    from vecdb import worker
+
+    return getattr(worker, "BACKGROUND_NICE", None)
+
+
 def summary(rec: dict[str, Any]) -> list[str]:
     """The issue's figures with their goals."""
     a, b, d = rec["a_raw_lmdb"], rec["b_upserts"], rec["d_latency"]
@@ -259,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-pending", type=int, default=None,
                     help="the database's max_pending during the load (default: n, no back-pressure)")
     ap.add_argument("--latency-max-pending", type=int, default=20_000,
-                    help="max_pending during part d (bounds the exact scan of staged rows per search)")
+                    help="max_pending during part d (while searches run, writers also keep the staged "
+                         "rows below vecdb.collection.collection.SERVING_PENDING)")
     ap.add_argument("--work", default=None, help="scratch folder for the databases (default: a temp dir)")
     ap.add_argument("--out", default=None, help="result folder (default bench/results/write_path)")
     ap.add_argument("--allow-busy", action="store_true", help="run on a busy machine (results flagged busy)")
@@ -270,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     n, batch = args.n, args.batch
     rec: dict[str, Any] = {"n": n, "dim": DIM, "batch": batch, "M": M, "ef_construction": EF_C,
-                           "threads": numba.config.NUMBA_NUM_THREADS, "goals": GOALS}
+                           "threads": numba.config.NUMBA_NUM_THREADS, "goals": GOALS,
+                           "serving_pending": serving_pending(), "background_nice": background_nice()}
     try:
         with machine.bench_lock():
             rec["start_check"] = machine.check_quiet(args.allow_busy)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -29,6 +30,15 @@ def clustered() -> tuple[np.ndarray, np.ndarray]:
 
     x = gaussian_mixture(3200, 32, n_clusters=20, seed=1338)
     return x[:3000].copy(), x[3000:].copy()
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """One local Ray (2 CPUs, no dashboard) shared by every cluster test of the session."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

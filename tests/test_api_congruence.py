@@ -58,16 +58,13 @@ def remote(server: tuple[ServerProcess, Path]) -> Iterator[tuple[RemoteDatabase,
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DatabaseAPI, Path]]:
-    """A local Ray (2 CPUs, no dashboard) with a 3-shard x 2-replica cluster, once per module."""
-    ray = pytest.importorskip("ray")
+def cluster(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DatabaseAPI, Path]]:
+    """A 3-shard x 2-replica cluster on the session's local Ray (``conftest.local_ray``), once per module."""
     from vecdb.cluster import connect
     root = tmp_path_factory.mktemp("congruence-cluster")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     db = connect(root=str(root / "cluster"), shards=3, replicas=2)
     yield db, root / "snapshots"
     db.close()
-    ray.shutdown()
 
 
 @pytest.fixture(params=["embedded", "remote", "cluster"])

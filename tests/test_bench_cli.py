@@ -529,43 +529,160 @@ def test_tenant_workload_searches_each_query_in_its_tenant(tmp_path, capsys):
     assert "'dataset' or 'zipf:N'" in capsys.readouterr().err
 
 
-def test_churn_workload_scores_against_the_live_rows(tmp_path, capsys):
-    from vecdb.bench.workloads import churn_plan
+def _replay(raw: dict[str, np.ndarray],
+            n: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]], np.ndarray, np.ndarray]:
+    """From a churn line's raw arrays: the live rows when its phase began, its write batches
+    (kind, rows) and per query searched the batches acknowledged before its start (c) and
+    begun before its end (d)."""
+    live0 = np.unpackbits(raw["live_start_bits"], count=n).astype(bool)
+    ptr = raw["batch_indptr"]
+    batches = [(int(kd), raw["batch_rows"][ptr[j] : ptr[j + 1]]) for j, kd in enumerate(raw["batch_kind"])]
+    c = np.array([(raw["batch_ack_s"] < s).sum() for s in raw["query_start_s"]])
+    d = np.array([(raw["batch_begin_s"] < e).sum() for e in raw["query_end_s"]])
+    return live0, batches, c, np.maximum(c, d)
 
+
+def _rescore(base: np.ndarray, queries: np.ndarray, raw: dict[str, np.ndarray], k: int,
+             depths: tuple[int, ...]) -> tuple[dict[int, float], np.ndarray, int]:
+    """recall@r of a churn line recomputed from its stored ids and write log by the documented
+    rule with plain numpy; also the truths, and how many returned rows were neither live when
+    their query started nor inserted by a batch in flight (a read-your-writes violation)."""
+    live0, batches, c, d = _replay(raw, len(base))
+    ids = raw["ids"]
+    hits, slots = dict.fromkeys(depths, 0), dict.fromkeys(depths, 0)
+    truth = np.full((len(ids), k), -1, np.int64)
+    stale = 0
+    for i, qi in enumerate(raw["query"]):
+        live = live0.copy()
+        for kind, rows in batches[: c[i]]:
+            live[rows] = kind > 0
+        flight = batches[c[i] : d[i]]
+        ok = live.copy()
+        for kind, rows in flight:  # deleted in flight and not returned: out of the truth
+            if kind < 0:
+                ok[np.setdiff1d(rows, ids[i])] = False
+        truth[i] = _exact_rows(base, queries[qi : qi + 1], np.flatnonzero(ok), k)[0]
+        found = ids[i]
+        late = np.zeros(k, bool)  # inserted in flight: neither hit nor miss
+        for kind, rows in flight:
+            if kind > 0:
+                late |= np.isin(found, rows) & ~live[np.maximum(found, 0)] & (found >= 0)
+        stale += int((~live[found[found >= 0]] & ~late[found >= 0]).sum())
+        for r in depths:
+            keep = found[:r][~late[:r] & (found[:r] >= 0)]
+            hits[r] += np.intersect1d(keep, truth[i, :r]).size
+            slots[r] += r - int(late[:r].sum())
+    return {r: hits[r] / slots[r] for r in depths}, truth, stale
+
+
+def test_churn_searches_while_a_writer_inserts_and_deletes(tmp_path, capsys):
+    """`--churn`: each target is searched while a writer thread replaces rows (vecdb-hnsw links
+    while searched, the collection writes concurrently, hnswlib is serialised); recall recomputes
+    from the stored ids and write log; no query returns a row deleted before it started."""
     data = _dataset(tmp_path / "tiny")
     out = tmp_path / "churn.jsonl"
-    targets = ["vecdb-flat", "vecdb-hnsw", "vecdb-spann", "vecdb-curator", "vecdb-pq", "vecdb-collection"]
-    targets += HNSW_TARGETS[2:]
-    assert _cli(data, out, ",".join(targets), "--churn", "0.2", "--churn-rounds", "2",
-                "--build", "M=8;ef_construction=32;n_root=8;posting_limit=64;head_size=16;m=4",
-                "--search", "ef=40;budget=1000;max_postings=32;rerank=40") == 0
+    targets = ["vecdb-flat", "vecdb-hnsw", "vecdb-collection"] + HNSW_TARGETS[2:]
+    assert _cli(data, out, ",".join(targets), "--churn", "0.2", "--churn-rounds", "30", "--repeats", "5",
+                "--build", "M=8;ef_construction=32", "--search", "ef=20") == 0
     lines = read_lines([out])
     base, queries = np.load(data / "base.npy"), np.load(data / "query.npy")
-    plan = churn_plan(1500, 0.2, 2, 10)
-    assert plan.n_initial == 1200 and [len(i) for i in plan.inserts] == [150, 150]
-    assert sorted((ln["target"], ln["workload"]["round"]) for ln in lines) == sorted(
-        (t, r) for t in targets for r in (1, 2))
+    assert sorted((ln["target"], ln["search"].get("ef")) for ln in lines) == sorted(
+        [("vecdb-flat", None)] + [(t, 20) for t in targets[1:]])
+    modes = {"vecdb-flat": "serialised", "vecdb-hnsw": "linked", "vecdb-collection": "concurrent",
+             "hnswlib": "serialised"}
+    exercised = {"in_flight": 0, "after_writes": 0}
     for ln in lines:
-        w = ln["workload"]
-        r = w["round"] - 1
-        live = plan.live[r]
-        assert (w["kind"], w["n_live"], w["inserted"], w["deleted"]) == ("churn", 1200, 150, 150)
-        assert w["churn"]["insert_s"] > 0 and w["churn"]["delete_s"] > 0 and w["churn"]["index_memory_bytes"] > 0
+        w, ch = ln["workload"], ln["workload"]["churn"]
+        assert (w["kind"], w["label"], w["n_initial"], w["batch_rows"]) == ("churn", "churn 0.2", 1200, 10)
+        assert "start state" in w["truth_rule"] and ch["write_mode"] == modes[ln["target"]] and ch["write_note"]
         raw = load_raw(ln)
-        assert recall_at_k(raw["truth"], _exact_rows(base, queries, live, 10), 10) == 1.0
-        found = raw["ids"][raw["ids"] >= 0]
-        assert np.isin(found, live).all(), ln["target"]  # deleted rows never come back
-        assert recall_at_k(raw["ids"], raw["truth"], 10) == pytest.approx(ln["recall_at_10"])
+        live0, batches, c, d = _replay(raw, len(base))
+        n_live = live0.sum() + np.cumsum([kind * len(rows) for kind, rows in batches])
+        assert ch["write_batches"] == len(batches) >= 1 and ch["passes"] == 5 and len(raw["ids"]) == 5 * N_QUERIES
+        assert (ch["n_live_min"], ch["n_live_max"]) == (min(live0.sum(), n_live.min()), max(live0.sum(), n_live.max()))
+        assert 1200 <= ch["n_live_min"] <= ch["n_live_max"] <= 1210
+        assert ch["rows_inserted"] == sum(len(r) for kd, r in batches if kd > 0) and ch["write_rows_per_s"] > 0
+        assert ch["queries_with_writes_in_flight"] == int((d > c).sum())
+        exercised["in_flight"] += int((d > c).sum())
+        exercised["after_writes"] += int((c > 0).sum())
+        recalls, truth, stale = _rescore(base, queries, raw, 10, (1, 10))
+        assert [recalls[1], recalls[10]] == pytest.approx([ln["recall_at_1"], ln["recall_at_10"]]), ln["target"]
+        assert np.array_equal(truth, raw["truth"])
+        # read-your-writes: a row deleted (or not yet inserted) when a query started never comes
+        # back unless a batch in flight inserted it
+        assert stale == 0, ln["target"]
+        # the idle figures: the same setting just before, over the rows then live
+        idle = w["idle"]
+        assert idle["n_live"] == live0.sum() and idle["p50_ms"] <= idle["p99_ms"] and ln["p50_ms"] <= ln["p99_ms"]
+        idle_truth = _exact_rows(base, queries, np.flatnonzero(live0), 10)
+        assert np.array_equal(raw["idle_truth"], idle_truth)
+        assert recall_at_k(raw["idle_ids"], idle_truth, 10) == pytest.approx(idle["recall_at_10"])
         assert ln["recall_at_10"] >= (1.0 if ln["target"] == "vecdb-flat" else 0.8), ln["target"]
-    # inserted rows are found: some query's true neighbours include rows inserted by churn
-    inserted = np.concatenate(plan.inserts)
-    flat = load_raw(_by(lines, "vecdb-flat")[-1])["ids"]
-    assert np.isin(flat, inserted).any()
+    # both halves of the rule ran: queries with writes in flight, and queries after acknowledged writes
+    assert exercised["in_flight"] > 0 and exercised["after_writes"] > 0
+    # report: a churn table, recall and p99 under churn beside idle, one row per line
+    capsys.readouterr()
+    assert main(["bench", "report", str(out), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "searched while a writer inserts and deletes" in text
+    rows = {(c[0], c[3]): c for c in ([x.strip() for x in row.strip().strip("|").split("|")]
+                                      for row in text.split("searched while a writer")[1].splitlines()
+                                      if row.startswith("|") and not row.startswith("|--"))}
+    for ln in lines:
+        cells = rows[(ln["target"], " ".join(f"{k}={v}" for k, v in {**ln["build"], **ln["search"]}.items()) or "-")]
+        idle = ln["workload"]["idle"]
+        assert cells[4] == ln["workload"]["churn"]["write_mode"]
+        assert [float(c) for c in (cells[8], cells[9], cells[14], cells[15])] == pytest.approx(
+            [ln["recall_at_10"], idle["recall_at_10"], ln["p99_ms"], idle["p99_ms"]], abs=6e-4)
+    assert len(rows) == len(lines) + 1  # + the header row
+    # plot: a third panel of p99 against recall, churn and idle per target
+    fig = figure(lines, workload="churn 0.2")
+    assert len(fig.axes) == 3 and "churn 0.2" in fig.axes[0].get_title()
+    assert sorted(c.get_label() for c in fig.axes[2].get_lines()) == sorted(
+        f"{t} {when}" for t in targets for when in ("churn", "idle"))
     capsys.readouterr()
     assert _cli(data, tmp_path / "x.jsonl", "vecdb-flat,faiss-hnsw", "--churn") == 2
     assert "--churn: target(s) ['faiss-hnsw'] do not support this workload" in capsys.readouterr().err
     assert _cli(data, tmp_path / "x.jsonl", "vecdb-flat", "--churn", "--filter", "0.5") == 2
     assert "apart from --filter" in capsys.readouterr().err
+    assert _cli(data, tmp_path / "x.jsonl", "vecdb-flat", "--churn-rate", "100") == 2
+    assert "--churn-rate needs --churn" in capsys.readouterr().err
+
+
+def test_churn_truth_rule_on_a_hand_made_write_log():
+    """The rule on a write log made by hand: a returned row deleted before the query started is
+    a miss (a rule ignoring acknowledged deletes would count it), a row deleted in flight may be
+    returned or not, a row inserted in flight is neither hit nor miss, one inserted before is
+    owed."""
+    from vecdb.bench.churn import DELETE, INSERT, WriteLog, score
+
+    base = np.array([[float(i), 0.0] for i in range(10)], np.float32)   # row i at distance i from the query
+    q = np.zeros((1, 2), np.float32)
+    live0 = np.zeros(10, bool)
+    live0[1:10] = True                                                  # row 0 (the nearest) held out
+    log = WriteLog()
+    log.add(DELETE, np.array([1]), 1.0, 2.0)    # row 1 gone, acknowledged at t=2
+    log.add(DELETE, np.array([2]), 3.0, 4.0)    # row 2 deleted in [3, 4]
+    log.add(INSERT, np.array([0]), 5.0, 6.0)    # row 0 inserted in [5, 6]
+    queries = np.repeat(q, 6, axis=0)
+    starts = np.array([0.0, 2.5, 3.5, 3.5, 5.5, 6.5])
+    ends = starts + 0.2
+    ids = np.array([[1, 2], [1, 2], [2, 3], [3, 4], [0, 3], [3, 4]])
+    got = score(base, queries, Metric.L2, live0, log, starts, ends, ids, 2, (1, 2))
+    assert got.truth.tolist() == [[1, 2], [2, 3], [2, 3], [3, 4], [3, 4], [0, 3]]
+    assert got.dropped.tolist() == [[False] * 2] * 4 + [[True, False], [False, False]]
+    # hits: 2, 1 (row 1 was deleted before the query: a miss), 2, 2, 1 of 1 scored, 1 (row 0 owed)
+    assert got.recalls[2] == pytest.approx(9 / 11)
+    assert got.recalls[1] == pytest.approx(3 / 5)   # first slots: hit, miss, hit, hit, (dropped), miss (0 owed)
+    assert got.stats["queries_with_writes_in_flight"] == 3 and got.stats["slots_dropped"] == 1
+    # the query that returns row 1 after its delete was acknowledged: that slot is wrong
+    alone = score(base, queries[1:2], Metric.L2, live0, log, starts[1:2], ends[1:2], ids[1:2], 2, (2,))
+    assert alone.recalls[2] == 0.5 and alone.truth.tolist() == [[2, 3]]
+    # rules that ignore acknowledged deletes (every query against the rows live before any write),
+    # or writes in flight (each query against its start state only), get other figures
+    assert recall_at_k(ids, np.array([[1, 2]] * 6), 2) != pytest.approx(got.recalls[2])
+    start_only = np.array([[1, 2], [2, 3], [2, 3], [2, 3], [2, 3], [0, 3]])
+    assert recall_at_k(ids, start_only, 2) != pytest.approx(got.recalls[2])
 
 
 def test_every_missing_peer_names_its_extra(tmp_path, capsys):

@@ -1,14 +1,23 @@
-"""vecdb.cluster under failure and change, on a local Ray started once for the module:
+"""vecdb.cluster under failure and change, on the session's local Ray (``conftest.local_ray``):
 replica actors killed during a stream of upserts and searches (no acknowledged write lost,
 searches answer throughout and are complete once the replica is back), reads failing over
-to a surviving replica, rebalancing from 2 to 3 shards during searches and writes (never a
-duplicate, never a missing neighbour), and ``vecdb serve --cluster`` used through the
-client SDK."""
+to a surviving replica, replicas brought back to their shard's latest write after missing
+some (down past the write wait, refusing what the others committed, a router killed between
+two replicas' commits), rebalancing from 2 to 3 shards during searches and writes (never a
+duplicate, never a missing neighbour), an interrupted shrink finished by connect, and
+``vecdb serve --cluster`` used through the client SDK."""
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -18,6 +27,7 @@ ray = pytest.importorskip("ray")
 import vecdb  # noqa: E402
 from vecdb.cluster import ClusterDatabase, connect  # noqa: E402
 from vecdb.cluster import placement as P  # noqa: E402
+from vecdb.cluster.replicas import ShardGroup  # noqa: E402
 from vecdb.errors import IdNotFoundError  # noqa: E402
 from vecdb.server.process import start_server_process  # noqa: E402
 from vecdb.storage import keys as K  # noqa: E402
@@ -28,16 +38,10 @@ Q = np.random.default_rng(12).standard_normal((6, DIM)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def cluster(local_ray: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterDatabase]:
-    """2 shards x 2 replicas (the congruence suite runs 3 x 2)."""
-    db = connect(root=str(tmp_path_factory.mktemp("faults") / "cluster"), shards=2, replicas=2)
+    """2 shards x 2 replicas (the congruence suite runs 3 x 2); a replica down for longer than
+    a second is not waited for by writes (it is caught up once back)."""
+    db = connect(root=str(tmp_path_factory.mktemp("faults") / "cluster"), shards=2, replicas=2, wait_seconds=1.0)
     yield db
     db.close()
 
@@ -105,7 +109,10 @@ def test_killed_replicas_lose_no_acknowledged_write(cluster: ClusterDatabase) ->
     threads[1].join()
     assert not errors, errors
     assert answered[0] > 0 and len(acked) == 400
-    # every acknowledged point is on every replica of its shard (the killed ones too)
+    # every acknowledged point is on every replica of its shard (the killed ones too, once
+    # caught up if they were down longer than the write wait)
+    for group in groups.values():
+        caught_up(group)
     for shard, ids in owned_by(cluster, base + acked).items():
         for actor in groups[shard].actors:
             got = ray.get(actor.get.remote("faults", ids, None))
@@ -115,6 +122,187 @@ def test_killed_replicas_lose_no_acknowledged_write(cluster: ClusterDatabase) ->
     every = np.array(base + acked)
     for _ in range(4):   # round-robin over both replicas of each shard: all complete
         np.testing.assert_array_equal(coll.search(Q, k=10).ids, exact_top(every, 10))
+
+
+def caught_up(group: ShardGroup) -> None:
+    """Wait until the router's catch-up brought every replica of ``group`` to its latest
+    write (bounded: a replica that never comes back fails the test)."""
+    for _ in range(1200):
+        if not group.lagging():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"shard {group.shard}: replicas {group.lagging()} never caught up")
+
+
+def replicas_agree(db: ClusterDatabase, name: str) -> dict[int, Any]:
+    """Every replica of every shard at its shard's write number, holding exactly the same
+    points (vectors, payloads, owner tenants, grants); the points found, by id."""
+    found: dict[int, Any] = {}
+    for group in db._groups_now():
+        numbers = {ray.get(a.ping.remote())[3] for a in group.actors}
+        assert numbers == {group.seq}, (group.shard, numbers, group.seq)
+        views = []
+        for actor in group.actors:
+            b = ray.get(actor.export.remote(name, -1, 1 << 20, None))
+            assert b.done
+            grants = {key: sorted(ids) for key, ids in b.grants.items()}
+            views.append(({u: (b.vectors[i].tobytes(), b.payloads[i], b.owners[i]) for i, u in enumerate(b.uids)},
+                          grants, ray.get(actor.call.remote(name, "list_tenants"))))
+        assert all(v == views[0] for v in views[1:]), f"replicas of shard {group.shard} differ"
+        found.update(views[0][0])
+    return found
+
+
+def test_a_replica_down_past_the_write_wait_catches_up(cluster: ClusterDatabase, tmp_path: Path) -> None:
+    """A replica killed for good and kept down (its database held by another process)
+    longer than the write wait while writes go on: the writes are acknowledged by the other
+    replica and it alone answers reads; once the replica can start again the router starts
+    it and replays the writes it missed, and every read equals an embedded collection given
+    the same writes (the ground truth)."""
+    embedded = vecdb.open(str(tmp_path / "truth"))
+    try:
+        colls = [db.create_collection("lag", DIM, metric="l2", index="flat") for db in (cluster, embedded)]
+        coll, truth = colls
+
+        def both(call: Any) -> list[Any]:
+            return [call(c) for c in colls]
+
+        def same_reads() -> None:
+            got, want = both(lambda c: c.search(Q, k=10))
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_array_equal(got.distances, want.distances)
+            assert both(lambda c: c.count()) == [len(live)] * 2
+            assert len(set(both(lambda c: (c.count(tenant="t"), c.count(tenant="u") if "u" in c.list_tenants() else 0,
+                                           tuple(c.list_tenants()))))) == 1
+            got, want = both(lambda c: c.get(sorted(live)))
+            np.testing.assert_array_equal(got.vectors, want.vectors)
+            assert got.payloads == want.payloads
+
+        live = {i: {"i": i} for i in range(200)}
+        both(lambda c: c.create_tenant("t"))
+        both(lambda c: c.upsert(list(live), X[list(live)], list(live.values())))
+        both(lambda c: c.grant("t", list(range(0, 200, 4))))
+        group = {g.shard: g for g in cluster._groups_now()}[0]
+        ray.kill(group.actors[1], no_restart=True)
+        fd = os.open(cluster.root / "shard-0" / "replica-1" / "LOCK", os.O_RDWR)
+        try:
+            for _ in range(400):   # the killed process lets go of its database
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.05)
+            else:
+                raise AssertionError("the killed replica never released its database")
+            for b in range(12):
+                ids = list(range(1000 + 10 * b, 1010 + 10 * b))
+                both(lambda c: c.upsert(ids, X[ids], [{"b": b}] * 10))
+                live.update({i: {"b": b} for i in ids})
+                assert both(lambda c: c.delete([3 * b])) == [1, 1]
+                del live[3 * b]
+                same_reads()
+            both(lambda c: c.create_tenant("u"))
+            both(lambda c: c.grant("u", [1000, 1001, 4]))
+            assert group.lagging() == [1]   # it missed writes: no reads, no writes go to it
+            same_reads()
+        finally:
+            os.close(fd)   # its database is free again: the router starts it and catches it up
+        caught_up(group)
+        found = replicas_agree(cluster, "lag")
+        assert sorted(found) == sorted(live)
+        for _ in range(4):   # round-robin over both replicas of each shard
+            same_reads()
+        both(lambda c: c.upsert([2999], X[2999:]))   # and it takes writes again
+        live[2999] = None
+        same_reads()
+        assert {ray.get(a.ping.remote())[3] for a in group.actors} == {group.seq}
+    finally:
+        embedded.close()
+
+
+def test_a_replica_that_refuses_what_the_others_commit_is_copied(cluster: ClusterDatabase) -> None:
+    """Replicas found disagreeing on a write (one holds a tenant the other lacks, written
+    behind the router's back): the write is acknowledged by the replica that committed it,
+    and the other is copied from it, not left different."""
+    coll = cluster.create_collection("disagree", DIM, metric="l2", index="flat")
+    ids = list(range(40))
+    coll.upsert(ids, X[ids])
+    group = cluster._catalog_group()
+    ray.get(group.actors[1].call.remote("disagree", "create_tenant", ("x",)))   # not a numbered write
+    coll.create_tenant("x")                 # replica 0 commits it, replica 1 refuses: no InternalError
+    caught_up(group)
+    replicas_agree(cluster, "disagree")
+    for actor in group.actors:
+        assert ray.get(actor.call.remote("disagree", "list_tenants")) == ["x"]
+    coll.grant("x", [1, 2])
+    assert coll.count(tenant="x") == 2
+
+
+ROUTER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from vecdb.cluster import connect
+
+    X = np.random.default_rng(11).standard_normal((3000, 8)).astype(np.float32)
+    db = connect(sys.argv[1], root=sys.argv[2], shards=1, replicas=2)
+    coll = db.create_collection("crash", 8, metric="l2", index="flat")
+    for b in range(5):
+        ids = list(range(10 * b, 10 * b + 10))
+        coll.upsert(ids, X[ids])
+        print("acked", *ids, flush=True)
+
+    def hold(shard, n):   # the first replica committed write n; the router dies before the second does
+        print("paused", shard, n, flush=True)
+        time.sleep(3600)
+
+    for group in db._groups_now():
+        group.after_first_commit = hold
+    coll.upsert(list(range(100, 110)), X[100:110])
+""")
+
+
+def test_a_router_killed_between_replica_commits_leaves_replicas_that_converge(local_ray: None,
+                                                                               tmp_path: Path) -> None:
+    """A router (a child process) SIGKILLed after one replica committed a write and before
+    the other did: a new router finds the replicas at different write numbers and copies
+    the one behind from the other before serving; no acknowledged write is lost."""
+    root = tmp_path / "crash"
+    script = tmp_path / "router.py"
+    script.write_text(ROUTER)
+    gcs = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, str(script), gcs, str(root)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    acked: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            word, *rest = line.split() or [""]
+            if word == "acked":
+                acked += [int(v) for v in rest]
+            if word == "paused":
+                break
+        else:
+            raise AssertionError(f"the router exited ({proc.wait()}) before its pause point")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(acked) == 50
+    db = connect(root=str(root))
+    try:
+        group = db._catalog_group()
+        assert not group.lagging()
+        coll = db.get_collection("crash")
+        found = replicas_agree(db, "crash")
+        assert set(acked) <= set(found) and set(found) <= set(acked) | set(range(100, 110))
+        assert set(range(100, 110)) <= set(found)   # the first replica had committed it: it stands on both
+        every = np.array(sorted(found))
+        for _ in range(4):
+            np.testing.assert_array_equal(coll.search(Q, k=10).ids, exact_top(every, 10))
+        coll.upsert([200], X[200:201])
+        assert coll.count() == len(found) + 1
+    finally:
+        db.close()
 
 
 def test_same_mistake_same_exception_as_embedded(cluster: ClusterDatabase, tmp_path: Path) -> None:
@@ -229,27 +417,24 @@ def test_rebalance_from_2_to_3_shards_during_searches(local_ray: None, tmp_path:
         db.close()
 
 
-@pytest.mark.slow   # restarts a cluster (~10 s of actor start-up)
 def test_an_interrupted_shrink_is_finished_by_connect(local_ray: None, tmp_path: Path) -> None:
     """A shrink from 3 to 2 shards the router "crashed" in (the new layout recorded, no point
-    moved): connect finishes it before serving, and the removed shard's folder goes."""
+    moved; the router gone without closing, its replicas left serving): connect finishes it
+    before serving, and the removed shard's replica and folder go."""
     root = tmp_path / "shrink"
     db = connect(root=str(root), shards=3, replicas=1)
-    try:
-        coll = db.create_collection("rb", DIM, metric="l2", index="flat")
-        every = list(range(600))
-        coll.upsert(every, X[every], [{"static": True}] * 600)
-        coll.create_tenant("t")
-        coll.grant("t", list(range(0, 600, 3)), write=True)
-        mt = db.create_collection("rbmt", DIM, metric="l2", index="flat", multi_tenant=True)
-        for i in range(6):
-            mt.create_tenant(f"t{i}")
-            mt.upsert(list(range(20 * i, 20 * i + 20)), X[20 * i:20 * i + 20], tenant=f"t{i}")
-        truth = exact_top(np.arange(600), 10)
-    finally:
-        db.close()
-    P.save(root, db.placement.with_target([0, 1]))
-    db = connect(root=str(root))
+    coll = db.create_collection("rb", DIM, metric="l2", index="flat")
+    every = list(range(600))
+    coll.upsert(every, X[every], [{"static": True}] * 600)
+    coll.create_tenant("t")
+    coll.grant("t", list(range(0, 600, 3)), write=True)
+    mt = db.create_collection("rbmt", DIM, metric="l2", index="flat", multi_tenant=True)
+    for i in range(6):
+        mt.create_tenant(f"t{i}")
+        mt.upsert(list(range(20 * i, 20 * i + 20)), X[20 * i:20 * i + 20], tenant=f"t{i}")
+    truth = exact_top(np.arange(600), 10)
+    P.save(root, db.placement.with_target([0, 1]))   # as rebalance() records it first; then the router is gone
+    db = connect(root=str(root))   # finds the replicas running under their names
     try:
         assert P.load(root).shards == (0, 1) and P.load(root).moving_to is None
         assert not (root / "shard-2").exists()
@@ -308,8 +493,9 @@ def test_reads_fail_over_to_a_surviving_replica(cluster: ClusterDatabase) -> Non
     assert group.failovers >= 1
 
 
-@pytest.mark.slow   # a server process joining the Ray cluster (~15 s of start-up)
 def test_serve_cluster_with_the_client_sdk(local_ray: None, tmp_path: Path) -> None:
+    """``vecdb serve --cluster`` (a server process joining this Ray) used through the client
+    SDK; the points live in the shards' own databases."""
     root = tmp_path / "served"
     root.mkdir()
     P.save(root, P.new_placement(2, 1))   # the cluster's layout, before it ever ran: 2 shards x 1 replica
@@ -326,10 +512,9 @@ def test_serve_cluster_with_the_client_sdk(local_ray: None, tmp_path: Path) -> N
             coll.grant("t", [1, 2])
             assert coll.count(tenant="t") == 2
     finally:
-        assert proc.stop() == 0
-    db = connect(root=str(root))   # the points live in the cluster's shards
-    try:
-        assert db.get_collection("served").count() == 200
-        assert db.placement.shards == (0, 1)
-    finally:
-        db.close()
+        assert proc.stop() == 0   # closing its cluster database stopped the replicas
+    counts = []
+    for shard in (0, 1):
+        with vecdb.open(str(root / f"shard-{shard}" / "replica-0")) as part:
+            counts.append(part.get_collection("served").count())
+    assert sum(counts) == 200 and min(counts) > 0

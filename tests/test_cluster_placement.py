@@ -71,3 +71,43 @@ def test_the_merge_ranks_as_one_collection_and_drops_copies() -> None:
     np.testing.assert_array_equal(got.distances, np.take_along_axis(dist, want, 1))
     few = merge_topk([QueryResult(np.array([[4, -1]]), np.array([[0.5, np.inf]], np.float32))] * 2, 3, "int")
     assert few.ids.tolist() == [[4, -1, -1]] and np.isinf(few.distances[0, 1:]).all()
+
+
+def test_a_mark_changes_with_the_writes_of_its_block_and_only_them(tmp_path: Path) -> None:
+    """``Database.marking`` (a cluster replica's applied-write number): recorded in the
+    transaction of each write committed in the block, alone when the block wrote nothing,
+    not at all when the block's write was refused; other threads' writes do not carry it."""
+    import threading
+
+    import vecdb
+    from vecdb.errors import AlreadyExistsError
+
+    with vecdb.open(str(tmp_path / "db")) as db:
+        assert db.mark("applied") is None
+        coll = db.create_collection("c", 4, metric="l2", index="flat")
+        with db.marking("applied", b"1"):
+            coll.upsert([1, 2], np.ones((2, 4)))
+        assert db.mark("applied") == b"1"
+        coll.create_tenant("t")
+        with pytest.raises(AlreadyExistsError):
+            with db.marking("applied", b"2"):
+                coll.create_tenant("t")        # refused: nothing written, the mark stays
+        assert db.mark("applied") == b"1"
+        with db.marking("applied", b"3"):
+            assert coll.delete([99]) == 0      # wrote nothing: the mark is written alone
+        assert db.mark("applied") == b"3"
+        seen: list[bytes | None] = []
+        with db.marking("applied", b"4"):
+            def elsewhere() -> None:
+                coll.upsert([5], np.ones((1, 4)))
+                seen.append(db.mark("applied"))
+
+            other = threading.Thread(target=elsewhere)
+            other.start()
+            other.join()
+        assert seen == [b"3"]                  # another thread's write did not carry it
+        assert db.mark("applied") == b"4"
+        db.snapshot(str(tmp_path / "copy"))
+    with vecdb.open(str(tmp_path / "db")) as again, vecdb.open(str(tmp_path / "copy")) as copy:
+        assert again.mark("applied") == b"4" and copy.mark("applied") == b"4"
+        assert again.get_collection("c").count() == 3

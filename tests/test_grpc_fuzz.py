@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import vecdb
 from vecdb.client import RemoteDatabase
+from vecdb.errors import IdNotFoundError
 from vecdb.server.process import ServerProcess, start_server_process
 from vecdb.v1 import types_pb2 as t
 from vecdb.v1 import vecdb_pb2 as pb
@@ -59,15 +60,7 @@ def state(db: RemoteDatabase) -> tuple:
 
 def send(server: ServerProcess, method: str, payload: bytes | list[bytes]) -> str:
     """Send raw request bytes (a list for the streaming RPC); return the status code name."""
-    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
-        try:
-            if isinstance(payload, list):
-                channel.stream_unary(PATHS[method])(iter(payload), timeout=20)
-            else:
-                channel.unary_unary(PATHS[method])(payload, timeout=20)
-        except grpc.RpcError as exc:
-            return exc.code().name
-    return "OK"
+    return answer(server, method, payload)[0]
 
 
 def f32(rows: int, cols: int, data: bytes | None = None, dtype: int = t.FLOAT32) -> t.Matrix:
@@ -218,3 +211,54 @@ def test_mutated_writes_change_nothing_when_refused(server: ServerProcess, db: R
         before = after
     assert not {c for c in codes if c not in ERROR_CODES | {"OK"}}, codes
     assert codes.count("OK") < len(codes) and server.process.poll() is None
+
+
+def answer(server: ServerProcess, method: str, payload: bytes | list[bytes]) -> tuple[str, str]:
+    """Send raw request bytes (a list for the streaming RPC); return the status code name and
+    its details."""
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+        try:
+            if isinstance(payload, list):
+                channel.stream_unary(PATHS[method])(iter(payload), timeout=20)
+            else:
+                channel.unary_unary(PATHS[method])(payload, timeout=20)
+        except grpc.RpcError as exc:
+            return exc.code().name, exc.details() or ""
+    return "OK", ""
+
+
+def test_unknown_fields_are_refused_at_any_depth_and_other_encodings_served(server: ServerProcess,
+                                                                             db: RemoteDatabase) -> None:
+    """The parser settles most requests by re-encoding them (no unknown field when the bytes come
+    back the same); that shortcut must neither let an unknown field through, at any depth or in any
+    stream message, nor refuse a valid request that a client encoded differently."""
+    queries = f32(1, DIM).SerializeToString()
+    nested = (pb.SearchRequest(collection="fz", k=3).SerializeToString()
+              + b"\x12" + bytes([len(queries) + len(UNKNOWN_FIELD)]) + queries + UNKNOWN_FIELD)
+    code, details = answer(server, "Search", nested)
+    assert code == "INVALID_ARGUMENT"
+    assert "request.queries has fields this server does not know (field numbers [111])" in details
+    code, details = answer(server, "Search", search() + UNKNOWN_FIELD)
+    assert code == "INVALID_ARGUMENT" and "request has fields this server does not know" in details
+    # the same search encoded otherwise: k sent twice (the last wins), an explicit empty filter_json,
+    # the queries matrix split over two occurrences of its field (merged): all valid protobuf
+    split = f32(1, DIM)
+    head = t.Matrix(n_rows=1, n_cols=DIM).SerializeToString()
+    tail = t.Matrix(dtype=split.dtype, data=split.data).SerializeToString()
+    other = (pb.SearchRequest(collection="fz", k=7).SerializeToString() + b"\x18\x03" + b"\x22\x00"
+             + b"\x12" + bytes([len(head)]) + head + b"\x12" + bytes([len(tail)]) + tail)
+    assert pb.SearchRequest.FromString(other) == pb.SearchRequest.FromString(search())
+    assert answer(server, "Search", other) == ("OK", "")
+    with grpc.insecure_channel(server.address) as channel:
+        got = pb.SearchResponse.FromString(channel.unary_unary(PATHS["Search"])(other, timeout=20))
+    assert (got.ids.n_rows, got.ids.n_cols) == (1, 3)
+    # an unknown field in the second message of a stream: refused, naming that message; the first stays stored
+    first = pb.UpsertStreamRequest(batch=pb.UpsertRequest.FromString(upsert(ids=int_ids(2000)))).SerializeToString()
+    second = pb.UpsertStreamRequest(batch=pb.UpsertRequest.FromString(upsert(ids=int_ids(2001)))).SerializeToString()
+    code, details = answer(server, "UpsertStream", [first, second + UNKNOWN_FIELD])
+    assert code == "INVALID_ARGUMENT"
+    assert "stream message 1 has fields this server does not know (field numbers [111])" in details
+    coll = db.get_collection("fz")
+    with pytest.raises(IdNotFoundError):
+        coll.get([2001])
+    assert coll.delete([2000]) == 1

@@ -37,6 +37,7 @@ from vecdb.errors import (
 )
 from vecdb.server import healthcheck
 from vecdb.server.app import create_server
+from vecdb.server.metrics import ServerMetrics
 from vecdb.server.process import ServerProcess, start_server_process
 from vecdb.v1 import types_pb2, vecdb_pb2, vecdb_pb2_grpc
 
@@ -269,6 +270,41 @@ def test_metrics_endpoint(server: ServerProcess, db: RemoteDatabase) -> None:
     assert 'vecdb_requests_total{code="NOT_FOUND",method="Get"}' in text
     assert 'vecdb_request_duration_seconds_bucket{le="0.01",method="Search"}' in text
     assert 'vecdb_collection_points{collection="pts"}' in text
+
+
+def test_request_metrics_add_up_over_threads(tmp_path: Path) -> None:
+    """Each serving thread records into its own tally without a lock; a scrape adds them up:
+    exact counts per (method, code), cumulative latency buckets, and what is still in flight."""
+    with vecdb.open(str(tmp_path / "db")) as database:
+        metrics = ServerMetrics(database)
+        go = threading.Barrier(4)
+
+        def serve(i: int) -> None:
+            go.wait()
+            for j in range(500):
+                metrics.started()
+                metrics.finished("Search", "OK", 0.003 if j % 2 else 0.0002)
+            metrics.started()
+            metrics.finished("Get", "NOT_FOUND", 0.02)
+            if i == 0:
+                metrics.started()  # still being served at scrape time
+
+        threads = [threading.Thread(target=serve, args=(i,)) for i in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in metrics.registry.collect() for s in family.samples}
+    assert samples[("vecdb_requests_total", (("code", "OK"), ("method", "Search")))] == 2000
+    assert samples[("vecdb_requests_total", (("code", "NOT_FOUND"), ("method", "Get")))] == 4
+    bucket = lambda le, method="Search": samples[("vecdb_request_duration_seconds_bucket",  # noqa: E731
+                                                  (("le", le), ("method", method)))]
+    assert (bucket("0.0001"), bucket("0.00025"), bucket("0.0025"), bucket("0.005"), bucket("+Inf")) == \
+           (0, 1000, 1000, 2000, 2000)
+    assert bucket("0.01", "Get") == 0 and bucket("0.025", "Get") == 4
+    assert samples[("vecdb_request_duration_seconds_sum", (("method", "Search"),))] == pytest.approx(1000 * 0.0032)
+    assert samples[("vecdb_requests_in_flight", ())] == 1
 
 
 def test_structured_logs(server: ServerProcess, db: RemoteDatabase) -> None:

@@ -55,12 +55,22 @@ def test_recall_against_flat(built: tuple[HNSW, FlatIndex], data: tuple[np.ndarr
     assert (np.diff(found.distances, axis=1) >= 0).all()
 
 
-def test_single_query_path_matches_batch(built: tuple[HNSW, FlatIndex], data: tuple[np.ndarray, np.ndarray]) -> None:
-    index, _ = built
-    queries = data[1][:20]
-    batch = index.search(queries, 10, ef=40)
-    singles = np.vstack([index.search(q, 10, ef=40).ids for q in queries])
-    np.testing.assert_array_equal(batch.ids, singles)
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+@pytest.mark.parametrize("layout", ["identity", "sparse ids"])
+def test_single_query_path_matches_batch(metric: str, layout: str, data: tuple[np.ndarray, np.ndarray]) -> None:
+    """One-query calls take a one-kernel path (normalisation, id mapping and the distance
+    fix-up inside the kernel); the batch path does those steps in NumPy: same answers."""
+    base, queries = data[0][:1500], data[1][:20]
+    ids = np.arange(len(base)) if layout == "identity" else np.arange(len(base)) * 7 + 3
+    index = HNSW(DIM, metric, M=12, ef_construction=60, seed=3)
+    index.add(base, ids)
+    index.remove(ids[::10])       # freed slots: results must still be mapped to live ids only
+    for k, ef in ((10, 40), (25, 10)):    # ef below k is raised to k on both paths
+        batch = index.search(queries, k, ef=ef)
+        singles = [index.search(q, k, ef=ef) for q in queries]
+        np.testing.assert_array_equal(batch.ids, np.vstack([r.ids for r in singles]))
+        np.testing.assert_array_equal(batch.distances, np.vstack([r.distances for r in singles]))
+        assert not np.isin(batch.ids, ids[::10]).any()
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip"])

@@ -636,8 +636,8 @@ def test_the_background_purges_tombstones_and_close_stops_it(tmp_path: Path) -> 
 
 def test_a_full_split_queue_makes_the_writer_split(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the queue's bound the writer splits itself: the queue never grows past it."""
-    from vecdb.index.spann import index as spann_index
-    monkeypatch.setattr(spann_index, "SPLIT_QUEUE", 2)
+    from vecdb.index.spann import maintenance
+    monkeypatch.setattr(maintenance, "SPLIT_QUEUE", 2)
     x = clustered(3000, 33)
     index = SPANN(DIM, "l2", posting_limit=24, head_size=12, background=False)
     index.train(x[:500])
@@ -647,7 +647,7 @@ def test_a_full_split_queue_makes_the_writer_split(monkeypatch: pytest.MonkeyPat
             index.add(x[start : start + 250], np.arange(start, start + 250))
             assert index.pending_splits <= 2
         assert index.splits > index.background_splits == 0   # nothing ran in the background
-        monkeypatch.setattr(spann_index, "SPLIT_QUEUE", 1024)
+        monkeypatch.setattr(maintenance, "SPLIT_QUEUE", 1024)
         index.add(x[:500] + 0.01, np.arange(3000, 3500))
         assert index.pending_splits > 2 and index.posting_sizes().max() > 24
         assert index.wait_idle()                               # maintain() here, without a thread

@@ -212,3 +212,40 @@ def test_searches_between_placing_and_linking_the_first_rows_of_an_empty_graph()
         staging.finish(move)
         check(staging, index, logical, q, 8, None, metric)
         assert not staging.busy
+
+
+def test_a_prepared_batch_is_published_whole_after_indexer_steps() -> None:
+    """The writer copies a batch in (``prepare``, growing the arrays) while the indexer keeps
+    moving the oldest rows out; publishing it then answers like the logical state: a replaced
+    row still staged is dropped, one moved out meanwhile stays hidden as stale, and a prepared
+    batch made for an older tail is made again."""
+    rng = np.random.default_rng(11)
+    index = FlatIndex(DIM, "l2")
+    staging = Staging(DIM, "l2")
+    n0 = 1500
+    first = rng.normal(size=(n0, DIM)).astype(np.float32)
+    staging.stage(first, np.arange(n0), stale=np.zeros(0, np.int64))
+    logical = {i: first[i] for i in range(n0)}
+    staging.step(index, 300)                      # rows 0..299 reach the index
+    replaced = np.array([350, 1400], np.int64)    # 350 moves out between prepare and publish; 1400 stays staged
+    ids = np.concatenate([replaced, np.arange(n0, n0 + 1000)]).astype(np.int64)
+    x = rng.normal(size=(len(ids), DIM)).astype(np.float32)
+    prepared = staging.prepare(x, ids)
+    assert prepared.arrays is not None            # 1500 + 1000 rows do not fit: grown into new arrays
+    staging.step(index, 200)                      # rows 300..499 (350 among them) reach the index meanwhile
+    staging.stage(x, ids, stale=replaced, prepared=prepared)
+    logical.update({int(i): row for i, row in zip(ids, x)})
+    queries = np.concatenate([x[:2], rng.normal(size=(3, DIM)).astype(np.float32)])
+    check(staging, index, logical, queries, 7, None, "l2")
+    check(staging, index, logical, queries, 7, np.arange(0, n0 + 1000, 3), "l2")
+    assert len(staging) == len(logical) - 500 + 1          # 350 is staged again; 1400 once
+    old = staging.prepare(x[:1], ids[:1])
+    more = rng.normal(size=(2, DIM)).astype(np.float32)
+    staging.stage(more, np.array([n0 + 1000, n0 + 1001]), stale=np.zeros(0, np.int64))
+    staging.stage(x[:1] + 1, ids[:1], stale=ids[:1], prepared=old)   # for an older tail: made again here
+    logical.update({n0 + 1000: more[0], n0 + 1001: more[1], int(ids[0]): x[0] + 1})
+    check(staging, index, logical, queries, 7, None, "l2")
+    while staging.busy:
+        staging.step(index, 257)
+    assert len(staging) == 0 and sorted(index.ids.tolist()) == sorted(logical)
+    check(staging, index, logical, queries, 7, None, "l2")

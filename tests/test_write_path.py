@@ -5,6 +5,7 @@ the index; back-pressure bounds the staged rows; close and drop stop the indexer
 across writes. Read-your-writes is checked embedded and over gRPC."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -127,25 +128,64 @@ def test_back_pressure_bounds_the_staged_rows(tmp_path: Path) -> None:
             staged_after.append(len(col._mem.staging))
         assert max(staged_after) <= bound + batch
         assert col.wait_indexed()
-        # hold the indexer off: writes go on until the bound is passed, then the writer waits
-        returned: list[int] = []
-        done = threading.Event()
-
-        def writer() -> None:
-            for b in range(20, 30):
-                col.upsert(np.arange(b * batch, (b + 1) * batch), vecs(batch, b))
-                returned.append(b)
-            done.set()
-
-        with col._indexing:
-            thread = threading.Thread(target=writer)
-            thread.start()
-            # the writer is admitted while at most `bound` rows are staged: 4 batches (0, 30, 60, 90)
-            assert not col._worker.wait_for(lambda: len(returned) > 4, timeout=0.5)
-            assert len(returned) == 4 and len(col._mem.staging) == 4 * batch
-        assert done.wait(timeout=120)
-        thread.join()
+        # hold the indexer off: writes go on until the bound is passed, then the writer waits;
+        # it is admitted while at most `bound` rows are staged: 4 batches (0, 30, 60, 90)
+        with _writer_held_back(col, range(20, 30), batch, admitted=4):
+            pass
         assert col.wait_indexed() and col.count() == 30 * batch
+
+
+def test_writers_keep_the_staged_scan_short_while_searches_run(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """While searches are served, writers wait for room below ``SERVING_PENDING`` staged
+    points however large ``max_pending`` is (every search scans the staged points); with
+    none served recently, ``max_pending`` alone applies."""
+    from vecdb.collection import collection as module
+
+    monkeypatch.setattr(module, "SERVING_PENDING", 100)
+    monkeypatch.setattr(module, "SERVING_SECONDS", 3600.0)   # the search below counts as recent throughout
+    batch = 30
+    with vecdb.open(tmp_path / "db", max_pending=100_000) as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        with col._indexing:                      # nothing leaves the staged rows meanwhile
+            for b in range(8):                   # no search yet: max_pending alone applies
+                col.upsert(np.arange(b * batch, (b + 1) * batch), vecs(batch, b))
+            assert len(col._mem.staging) == 8 * batch
+        assert col.wait_indexed()
+        col.search(vecs(1, 99), k=3)             # searches are served from now on
+        # admitted while at most 100 rows are staged: 4 batches (0, 30, 60, 90 staged before each)
+        with _writer_held_back(col, range(8, 18), batch, admitted=4):
+            res = col.search(vecs(1, 10)[:1], k=1)   # the staged rows are served meanwhile
+            assert res.ids[0, 0] == 10 * batch and res.distances[0, 0] == pytest.approx(0.0, abs=1e-4)
+        assert col.wait_indexed() and col.count() == 18 * batch
+
+
+def test_the_background_build_runs_on_a_lowered_thread(tmp_path: Path) -> None:
+    """Rows are linked into HNSW on the worker's lowered thread (a higher nice value on Linux);
+    a failure there reaches the caller; once the worker stops, calls run on the caller."""
+    import os
+    import sys
+
+    from vecdb.worker import BACKGROUND_NICE, Lowered
+
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        col.upsert(np.arange(500), vecs(500, 1))
+        assert col.wait_indexed()
+        lowered = col._worker._lowered
+        assert lowered._thread is not None       # the link ran there
+        if sys.platform.startswith("linux"):
+            assert lowered.lowered
+            assert os.getpriority(os.PRIO_PROCESS, lowered._thread.native_id) == BACKGROUND_NICE
+        res = col.search(vecs(500, 1)[:5], k=1)
+        assert res.ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert lowered._thread is None               # stopped with the collection
+    runner = Lowered("vecdb-test-lowered")
+    assert runner.call(threading.get_ident) != threading.get_ident()
+    with pytest.raises(ZeroDivisionError):
+        runner.call(lambda: 1 // 0)
+    runner.stop()
+    assert runner.call(threading.get_ident) == threading.get_ident()
 
 
 def test_close_with_the_indexer_mid_step(tmp_path: Path) -> None:
@@ -309,3 +349,26 @@ def test_checkpoints_and_training_run_in_the_background(tmp_path: Path) -> None:
         assert sq.stats().trained and sq.stats().pending == 0
         np.testing.assert_array_equal(sq.search(x[:5], k=1).ids[:, 0], np.arange(5))
         assert col._worker.failures == 0 and sq._worker.failures == 0
+
+@contextlib.contextmanager
+def _writer_held_back(col: Any, batches: range, batch: int, admitted: int) -> Iterator[None]:
+    """With the indexer held off, a writer thread upserts ``batches``; the block runs once it
+    was admitted ``admitted`` batches and waits for room for the next; after the block (the
+    indexer free again) every batch lands."""
+    returned: list[int] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        for b in batches:
+            col.upsert(np.arange(b * batch, (b + 1) * batch), vecs(batch, b))
+            returned.append(b)
+        done.set()
+
+    with col._indexing:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert not col._worker.wait_for(lambda: len(returned) > admitted, timeout=0.5)
+        assert len(returned) == admitted and len(col._mem.staging) == admitted * batch
+        yield
+    assert done.wait(timeout=120)
+    thread.join()

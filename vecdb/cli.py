@@ -153,7 +153,7 @@ def _bench_run(args: argparse.Namespace) -> int:
                    build_threads=args.build_threads, allow_busy=args.allow_busy, server=args.target,
                    concurrency=_int_list("--concurrency", args.concurrency), collection=args.collection,
                    server_index=args.server_index, filters=parse_filters(args.filter), tenants=args.tenants,
-                   churn=args.churn, churn_rounds=args.churn_rounds)
+                   churn=args.churn, churn_rounds=args.churn_rounds, churn_rate=args.churn_rate)
     try:
         lines = execute(spec, argv=args.argv, progress=not args.no_progress and sys.stderr.isatty())
     except KeyboardInterrupt:
@@ -223,9 +223,13 @@ def build_bench_parser() -> argparse.ArgumentParser:
     r.add_argument("--tenants", default=None, metavar="dataset|zipf:N",
                    help="each query searches one tenant: the dataset's labels, or N synthetic Zipf tenants")
     r.add_argument("--churn", type=float, nargs="?", const=0.2, default=None, metavar="FRACTION",
-                   help="churn workload: build on all but FRACTION (default 0.2) of the rows, then rounds that "
-                        "insert the rest and delete as many, searching after each (recall vs the live rows)")
-    r.add_argument("--churn-rounds", type=int, default=4, help="rounds of the churn workload")
+                   help="churn workload: build on all but FRACTION (default 0.2) of the rows, then search while a "
+                        "writer thread inserts held-out rows and deletes live ones (recall vs the rows live at "
+                        "each query's start)")
+    r.add_argument("--churn-rounds", type=int, default=4,
+                   help="rounds per pass over the held-out rows (a write batch is FRACTION * n / ROUNDS rows)")
+    r.add_argument("--churn-rate", type=float, default=None, metavar="ROWS_PER_S",
+                   help="most rows per second the churn writer applies (default: as fast as the target takes them)")
     r.set_defaults(func=_bench_run)
     rep = sub.add_parser("report", help="best QPS at recall >= 0.90/0.95/0.99 per target, with ratios")
     rep.add_argument("results", nargs="+", help="JSON lines files of `vecdb bench run`")

@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import grpc
 import numpy as np
@@ -32,7 +32,7 @@ from vecdb.api import CollectionInfo, CollectionStats, Filter, GetResult, Payloa
 from vecdb.errors import InvalidArgumentError, VecdbError, VecdbTimeoutError, error_classes
 from vecdb.v1 import vecdb_pb2 as pb
 from vecdb.v1 import vecdb_pb2_grpc as pb_grpc
-from vecdb.validation import as_k, as_matrix, checked_queries
+from vecdb.validation import as_k, as_matrix
 from vecdb.wire import API_KEY_HEADER, ERROR_HEADER
 
 logger = logging.getLogger(__name__)
@@ -123,10 +123,10 @@ class Attempts:
 
 
 # ---- calls: request builders and response parsers ------------------------------------------
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     """One RPC to make: its name, its request (a list of messages for the streaming
-    UpsertStream) and how to turn the response into the API's return value."""
+    UpsertStream) and how to turn the response into the API's return value. A named tuple:
+    one is built per call, and a tuple costs a fraction of a frozen dataclass."""
 
     method: str
     request: Any
@@ -209,30 +209,44 @@ def get_call(info: CollectionInfo, ids: Any, tenant: str | None = None) -> Call:
 
 
 def _queries(queries: Any, dim: int) -> np.ndarray:
-    """Queries to send: an array whose rows have the collection's dim goes through the embedded
-    path's own quick check; anything else through ``as_matrix`` with no dim, so the server (which
-    knows the collection's current dim) decides on a mismatch, as it would for the same input."""
-    if type(queries) is np.ndarray and queries.shape[-1:] == (dim,):
-        return checked_queries(queries, dim)
+    """Queries to send, as a float32 matrix. The server validates them once (finite values, the
+    collection's current dim), as the embedded path does, so the common call (a C-contiguous float32
+    array of rows of ``dim``) is sent as it is, with no second check here; anything else goes
+    through ``as_matrix`` with no dim, so the server decides on a mismatch, as for the same input."""
+    if (type(queries) is np.ndarray and queries.dtype == np.float32 and queries.flags.c_contiguous
+            and 0 < queries.ndim <= 2 and queries.shape[-1] == dim):
+        return queries if queries.ndim == 2 else queries.reshape(1, dim)
     return as_matrix(queries, None, what="queries")
 
 
 def search_call(info: CollectionInfo, queries: Any, k: int, filter: Filter | None, tenant: str | Sequence[str] | None,
                 params: Mapping[str, Any] | None, with_payloads: bool) -> Call:
     """Search (``tenant``: one name, or several for the union of their points); parses to a
-    QueryResult."""
+    QueryResult. The request is filled in place, optional fields only when given."""
     q = _queries(queries, info.dim)
     k = as_k(k)
-    names = tenant if tenant is None or isinstance(tenant, str) else check_search_tenant(tenant)
-    several = isinstance(names, tuple)
-    req = _build(lambda: pb.SearchRequest(
-        collection=info.name, queries=wire.matrix_to_proto(q), k=k, filter_json=wire.optional_json(filter, what="filter"),
-        tenant=None if several else names, tenants=names if several else None,
-        params_json=wire.params_to_json(params, what="params"), with_payloads=bool(with_payloads)))
+    return Call("Search", _build(lambda: _search_request(info.name, q, k, filter, tenant, params, with_payloads)),
+                wire.search_response_to_result)
 
-    def parse(r: pb.SearchResponse) -> QueryResult:
-        return wire.query_result_from_proto(r.ids, r.distances, r.payloads if r.HasField("payloads") else None)
-    return Call("Search", req, parse)
+
+def _search_request(collection: str, q: np.ndarray, k: int, filter: Filter | None,
+                    tenant: str | Sequence[str] | None, params: Mapping[str, Any] | None,
+                    with_payloads: bool) -> pb.SearchRequest:
+    req = pb.SearchRequest(collection=collection, k=k)
+    wire.fill_matrix(req.queries, q)
+    if filter is not None:
+        req.filter_json = wire.dumps(filter, what="filter")
+    if tenant is not None:
+        names = tenant if isinstance(tenant, str) else check_search_tenant(tenant)
+        if isinstance(names, tuple):
+            req.tenants.extend(names)
+        else:
+            req.tenant = names
+    if params is not None:
+        req.params_json = wire.params_to_json(params, what="params")
+    if with_payloads:
+        req.with_payloads = bool(with_payloads)
+    return req
 
 
 def ids_call(method: str, info: CollectionInfo, tenant: str, ids: Any, write: bool = False) -> Call:

@@ -4,7 +4,7 @@ Layout of ``path/``::
 
     LOCK                       held (flock) while a process has the database open
     lmdb/data.mdb, lock.mdb    the environment: sub-databases ``meta`` (format version,
-                               next collection number), ``collections`` (name -> JSON
+                               next collection number, marks), ``collections`` (name -> JSON
                                CollectionInfo + number), ``manifest`` (collection number ->
                                JSON newest index checkpoint and its write sequence), and
                                per collection ``c<number>.{ids,rev,vec,pay,ten,mem,log,ctr}``
@@ -31,8 +31,9 @@ import os
 import re
 import shutil
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from vecdb.api import CollectionInfo, default_index
 from vecdb.collection import PARTS, CheckpointPolicy, Collection, CollectionHost
@@ -48,6 +49,7 @@ from vecdb.types import Metric
 from vecdb.validation import as_fs_path, as_positive_int
 
 FORMAT = {"format": "vecdb-db", "version": 1}
+_MARK = b"mark/"   # key prefix of the marks in ``meta``
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # always used with fullmatch
 _OPEN: set[str] = set()
 _OPEN_LOCK = threading.Lock()
@@ -211,6 +213,29 @@ class Database:
         self._store.forget(names)
         shutil.rmtree(checkpoint_root(self._index_root, cid), ignore_errors=True)
 
+    # ---- marks -----------------------------------------------------------------------
+    @contextmanager
+    def marking(self, name: str, value: bytes) -> Iterator[None]:
+        """Record ``value`` as mark ``name`` atomically with every write this thread commits
+        in the block (or, when none did, alone once the block ends without an exception):
+        e.g. the number of the last write a cluster replica applied. Snapshots keep marks."""
+        key = _mark_key(name)
+        if not isinstance(value, (bytes, bytearray)):
+            raise InvalidArgumentError(f"a mark's value must be bytes, got {type(value).__name__}")
+        self._check()
+        with self._store.riding(self._meta, key, bytes(value)) as carried:
+            yield
+        if not carried[0]:
+            self._store.write(lambda txn: txn.put(key, bytes(value), db=self._meta))
+
+    def mark(self, name: str) -> bytes | None:
+        """The value last recorded as mark ``name`` (``marking``), None if never."""
+        key = _mark_key(name)
+        self._check()
+        with self._store.read() as txn:
+            raw = txn.get(key, db=self._meta)
+        return None if raw is None else bytes(raw)
+
     # ---- maintenance -----------------------------------------------------------------
     def snapshot(self, path: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the database into ``path`` (missing or empty) while
@@ -289,6 +314,12 @@ class Database:
             self._lock_fd = -1
         with _OPEN_LOCK:
             _OPEN.discard(self._key)
+
+
+def _mark_key(name: Any) -> bytes:
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"a mark's name must be a non-empty string, got {name!r:.80}")
+    return _MARK + name.encode("utf-8")
 
 
 class _Loading:

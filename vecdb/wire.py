@@ -18,6 +18,7 @@ The call metadata keys both sides use (API key, error class) are defined here to
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -33,6 +34,10 @@ _DTYPES: dict[int, np.dtype[Any]] = {
     pb.UINT8: np.dtype("u1"),
 }
 _PB_DTYPES = {np.dtype(np.float32): pb.FLOAT32, np.dtype(np.int64): pb.INT64, np.dtype(np.uint8): pb.UINT8}
+#: the wire is little-endian: on such a machine an array's bytes are sent and read as they are
+_LITTLE_ENDIAN = sys.byteorder == "little"
+#: ``dtype=`` arguments of ``matrix_from_proto`` as numpy dtypes, so a decode skips ``np.dtype()``
+_WANTED: dict[Any, np.dtype[Any]] = {np.float32: np.dtype(np.float32), np.int64: np.dtype(np.int64)}
 _INT64_MAX = np.iinfo(np.int64).max
 
 # ---- call metadata (gRPC headers and trailers) ------------------------------------------------
@@ -91,6 +96,21 @@ def loads_object(text: str, *, what: str) -> dict[str, Any] | None:
 # ---- matrices ----------------------------------------------------------------------------
 def matrix_to_proto(array: np.ndarray) -> pb.Matrix:
     """Pack a 2-D float32/int64/uint8 array (any byte order) as a little-endian ``Matrix``."""
+    message = pb.Matrix()
+    fill_matrix(message, array)
+    return message
+
+
+def fill_matrix(message: pb.Matrix, array: np.ndarray) -> None:
+    """``matrix_to_proto`` written into ``message`` (a field of the message being built): the
+    request/response is filled in place instead of a sub-message being built and then copied."""
+    if type(array) is np.ndarray and array.ndim == 2 and array.flags.c_contiguous and _LITTLE_ENDIAN:
+        code = _PB_DTYPES.get(array.dtype)   # native float32 / int64 / uint8: its bytes are the wire's
+        if code is not None:
+            message.n_rows, message.n_cols = array.shape
+            message.dtype = code
+            message.data = array.tobytes()
+            return
     arr = np.asarray(array)
     if arr.ndim != 2:
         raise InvalidArgumentError(f"a Matrix must be 2-D, got shape {arr.shape}")
@@ -99,24 +119,26 @@ def matrix_to_proto(array: np.ndarray) -> pb.Matrix:
         code = _PB_DTYPES.get(arr.dtype.newbyteorder("="))
         if code is None:
             raise InvalidArgumentError(f"cannot send dtype {arr.dtype}; expected float32, int64 or uint8")
-    rows, cols = arr.shape
-    return pb.Matrix(n_rows=rows, n_cols=cols, dtype=code, data=arr.astype(_DTYPES[code], copy=False).tobytes())
+    message.n_rows, message.n_cols = arr.shape
+    message.dtype = code
+    message.data = arr.astype(_DTYPES[code], copy=False).tobytes()
 
 
 def matrix_from_proto(message: pb.Matrix, *, what: str, dtype: Any = np.float32) -> np.ndarray:
     """Unpack a ``Matrix`` into a writable native-endian array of ``dtype``, checking the
     dtype tag and that the byte length equals ``n_rows * n_cols * itemsize``."""
-    want = np.dtype(dtype)
+    want = _WANTED.get(dtype) or np.dtype(dtype)
     code = _PB_DTYPES[want]
     rows, cols, data = message.n_rows, message.n_cols, message.data
     if message.dtype != code:
         got = pb.DType.Name(message.dtype) if message.dtype in pb.DType.values() else str(message.dtype)
         raise InvalidArgumentError(f"{what} must be a {pb.DType.Name(code)} Matrix, got dtype {got}")
-    expected = rows * cols * want.itemsize
-    if len(data) != expected:
-        raise InvalidArgumentError(
-            f"{what} Matrix has {len(data)} bytes of data but shape ({rows}, {cols}) of {want} needs {expected}")
-    return np.frombuffer(data, dtype=_DTYPES[code]).astype(want).reshape(rows, cols)
+    if len(data) != rows * cols * want.itemsize:
+        raise InvalidArgumentError(f"{what} Matrix has {len(data)} bytes of data but shape ({rows}, {cols}) of "
+                                   f"{want} needs {rows * cols * want.itemsize}")
+    if _LITTLE_ENDIAN:  # the wire's bytes are the native layout: one copy, one array over it
+        return np.ndarray((rows, cols), want, bytearray(data))
+    return np.frombuffer(data, dtype=_DTYPES[code]).reshape(rows, cols).astype(want)
 
 
 # ---- ids ---------------------------------------------------------------------------------
@@ -173,17 +195,30 @@ def _ids_array(ids: Any) -> np.ndarray:
 
 def result_ids_to_proto(ids: np.ndarray) -> pb.IdMatrix:
     """Encode search-result ids (n, k): int64 padded with -1, or str padded with None."""
+    message = pb.IdMatrix()
+    fill_result_ids(message, ids)
+    return message
+
+
+def fill_result_ids(message: pb.IdMatrix, ids: np.ndarray) -> None:
+    """``result_ids_to_proto`` written into ``message`` (a field of the response being built)."""
+    if (type(ids) is np.ndarray and ids.dtype == np.int64 and ids.ndim == 2 and ids.flags.c_contiguous
+            and _LITTLE_ENDIAN):
+        message.n_rows, message.n_cols = ids.shape
+        message.int64 = ids.tobytes()
+        return
     arr = np.asarray(ids)
     if arr.ndim != 2:
         raise InvalidArgumentError(f"result ids must be 2-D, got shape {arr.shape}")
-    rows, cols = arr.shape
+    message.n_rows, message.n_cols = arr.shape
     if arr.dtype.kind in "iu":
-        return pb.IdMatrix(n_rows=rows, n_cols=cols, int64=np.ascontiguousarray(arr, dtype="<i8").tobytes())
+        message.int64 = np.ascontiguousarray(arr, dtype="<i8").tobytes()
+        return
     flat = arr.ravel()
     present = np.fromiter((x is not None for x in flat), dtype=np.uint8, count=flat.size)
-    values = ["" if x is None else str(x) for x in flat]
-    cells = pb.StringCells(values=values, present=present.tobytes())
-    return pb.IdMatrix(n_rows=rows, n_cols=cols, str=cells)
+    cells = message.str
+    cells.values.extend("" if x is None else str(x) for x in flat)
+    cells.present = present.tobytes()
 
 
 def result_ids_from_proto(message: pb.IdMatrix) -> np.ndarray:
@@ -202,7 +237,9 @@ def result_ids_from_proto(message: pb.IdMatrix) -> np.ndarray:
     data = message.int64
     if len(data) != rows * cols * 8:
         raise InvalidArgumentError(f"result ids have {len(data)} bytes, ({rows}, {cols}) int64 needs {rows * cols * 8}")
-    return np.frombuffer(data, dtype="<i8").astype(np.int64).reshape(rows, cols)
+    if _LITTLE_ENDIAN:
+        return np.ndarray((rows, cols), np.int64, bytearray(data))
+    return np.frombuffer(data, dtype="<i8").reshape(rows, cols).astype(np.int64)
 
 
 def flag(value: Any, *, what: str) -> bool:
@@ -348,11 +385,21 @@ def hit_payloads_from_proto(message: vpb.HitPayloads, n_rows: int, n_cols: int) 
 
 def query_result_to_proto(result: QueryResult) -> tuple[pb.IdMatrix, pb.Matrix, vpb.HitPayloads | None]:
     """Encode a ``QueryResult`` as (ids, distances, payloads) fields of a SearchResponse."""
-    distances = np.asarray(result.distances, dtype=np.float32)
-    payloads = None
+    response = vpb.SearchResponse()
+    fill_search_response(response, result)
+    return response.ids, response.distances, response.payloads if response.HasField("payloads") else None
+
+
+def fill_search_response(response: vpb.SearchResponse, result: QueryResult) -> None:
+    """Write a ``QueryResult`` into an empty ``SearchResponse`` in place (ids, distances and,
+    when the search asked for them, payloads)."""
+    distances = result.distances
+    if type(distances) is not np.ndarray or distances.dtype != np.float32:
+        distances = np.asarray(distances, dtype=np.float32)
+    fill_result_ids(response.ids, result.ids)
+    fill_matrix(response.distances, distances)
     if result.payloads is not None:
-        payloads = hit_payloads_to_proto(result.payloads, *distances.shape)
-    return result_ids_to_proto(result.ids), matrix_to_proto(distances), payloads
+        response.payloads.CopyFrom(hit_payloads_to_proto(result.payloads, *distances.shape))
 
 
 def query_result_from_proto(ids: pb.IdMatrix, distances: pb.Matrix, payloads: vpb.HitPayloads | None) -> QueryResult:
@@ -362,6 +409,12 @@ def query_result_from_proto(ids: pb.IdMatrix, distances: pb.Matrix, payloads: vp
         ids=result_ids_from_proto(ids), distances=dist,
         payloads=None if payloads is None else hit_payloads_from_proto(payloads, *dist.shape),
     )
+
+
+def search_response_to_result(response: vpb.SearchResponse) -> QueryResult:
+    """Decode a whole ``SearchResponse`` (``query_result_from_proto`` of its fields)."""
+    return query_result_from_proto(response.ids, response.distances,
+                                   response.payloads if response.HasField("payloads") else None)
 
 
 def params_to_json(params: Mapping[str, Any] | None, *, what: str) -> str:

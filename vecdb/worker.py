@@ -7,14 +7,93 @@ The worker knows nothing of its owner: it calls ``run_round`` (which does a boun
 of work and returns True when more remains) and wakes waiters after each round and whenever
 ``progress`` is called. An exception escaping a round is logged with its traceback and
 counted (``failures``); the worker then waits for the next wake instead of spinning.
+
+Heavy parallel work of a round (linking rows into an HNSW graph) can run on the worker's
+``Lowered`` thread instead (``lowered``): a thread at a lower OS priority (Linux: a higher
+nice value, which each thread has of its own), so that when the cores are busy, searches and
+writes preempt the build instead of waiting behind it, and when they are idle the build takes
+them whole. Numba's OpenMP workers are started by the thread that enters a parallel region
+and inherit its priority, so the build threads are lowered too, and only they: the short
+exclusive steps of a round stay on the worker's own thread at normal priority.
 """
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import sys
 import threading
-from typing import Callable
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+#: nice value of ``Lowered`` threads (0 is normal, 19 the lowest priority): each runnable
+#: normal thread then gets about 9x the CPU share of a lowered one (CFS weights 1024 : 110)
+BACKGROUND_NICE = 10
+
+
+class Lowered:
+    """A daemon thread at background OS priority (``nice``) that runs the calls handed to
+    ``call`` one at a time, started on first use; ``stop`` ends it."""
+
+    def __init__(self, name: str, nice: int = BACKGROUND_NICE) -> None:
+        self.name = name
+        self.nice = nice
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event] | None] = \
+            queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.lowered = False   # whether the OS took the lower priority (Linux only)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the lowered thread and return its result (its exception is raised here);
+        once stopped, on the calling thread."""
+        out: list[Any] = []
+        done = threading.Event()
+        with self._lock:   # queued before any stop's end marker, so the thread runs it first
+            inline = self._stopped
+            if not inline:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                    self._thread.start()
+                self._jobs.put((fn, out, done))
+        if inline:
+            return fn()
+        done.wait()
+        if len(out) == 2:
+            raise out[1]
+        return out[0]
+
+    def stop(self) -> None:
+        """End the thread (after its current call) and wait for it (unless called from it)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stopped = True
+            if thread is not None:
+                self._jobs.put(None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _loop(self) -> None:
+        if sys.platform.startswith("linux"):
+            try:   # this thread only: on Linux PRIO_PROCESS with a thread id sets that thread's nice value
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+                self.lowered = True
+            except OSError as exc:
+                log.warning("thread %s: cannot lower its priority (%s); it runs at normal priority", self.name, exc)
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, out, done = job
+            try:
+                out.append(fn())
+            except BaseException as exc:   # handed to the caller, who raises it
+                out.extend((None, exc))
+            done.set()
 
 
 class Worker:
@@ -32,6 +111,7 @@ class Worker:
         self._stopping = False
         self.failures = 0
         self.last_error: BaseException | None = None
+        self._lowered = Lowered(f"vecdb-{role}-{name}-build")
 
     @property
     def stopping(self) -> bool:
@@ -65,6 +145,10 @@ class Worker:
         with self._cond:
             return bool(self._cond.wait_for(ready, timeout))
 
+    def lowered(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on this worker's lowered thread (see the module docstring); returns its result."""
+        return self._lowered.call(fn)
+
     def stop(self) -> None:
         """Stop the thread after its current step and wait for it (unless called from it)."""
         with self._cond:
@@ -73,6 +157,7 @@ class Worker:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        self._lowered.stop()
 
     def _loop(self) -> None:
         while True:

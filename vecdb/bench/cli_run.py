@@ -1,6 +1,6 @@
 """``vecdb bench run``: build every target once per build setting (a grid), sweep the search
 settings, thread counts and batch sizes, and append one JSON line per (target, build, search,
-threads, batch) and workload (plain k-NN, filters, tenants or churn rounds: workloads.py) to
+threads, batch) and workload (plain k-NN, filters, tenants: workloads.py; churn: churn.py) to
 the output as soon as that setting is measured (see jsonl.py), under the harness' conditions:
 the lock file, a quiet-machine check, targets interleaved pass by pass."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from vecdb.bench import grid, machine, workloads
+from vecdb.bench import churn, grid, machine, workloads
 from vecdb.bench.adapters import TARGETS, Target
 from vecdb.bench.jsonl import SCHEMA, ResultWriter, fingerprint
 from vecdb.bench.measure import Passes, Timing, duplicate_rows, time_pass, time_tenant_pass
@@ -78,11 +78,13 @@ class RunSpec:
     collection: str | None = None
     server_index: str = "hnsw"
     #: workloads beyond plain k-NN (see workloads.py): filter selectivities, a tenants spec
-    #: ("dataset" or "zipf:N"), the fraction of rows churned in ``churn_rounds`` rounds
+    #: ("dataset" or "zipf:N"); churn (churn.py): the fraction of rows held out and replaced
+    #: ``churn_rounds`` rounds per pass while searched, at most ``churn_rate`` rows per second
     filters: list[float] = field(default_factory=list)
     tenants: str | None = None
     churn: float | None = None
     churn_rounds: int = 4
+    churn_rate: float | None = None
 
     def classes(self) -> dict[str, type[Target]]:
         """Every measured target by name: the registered ones, then the server (if any)."""
@@ -134,6 +136,10 @@ class RunSpec:
             if not 0 < self.churn < 1 or self.churn_rounds < 1:
                 raise InvalidArgumentError(f"--churn takes a fraction in (0, 1) and --churn-rounds >= 1, got "
                                            f"{self.churn} and {self.churn_rounds}")
+            if self.churn_rate is not None and not self.churn_rate > 0:
+                raise InvalidArgumentError(f"--churn-rate takes rows per second > 0, got {self.churn_rate}")
+        elif self.churn_rate is not None:
+            raise InvalidArgumentError("--churn-rate needs --churn")
         workloads.check_support(self.classes(), self.filters, self.tenants, self.churn)
         if self.reference is None:
             names = list(self.classes())
@@ -186,6 +192,8 @@ class _Built:
     target: Target
     build: dict[str, Any]
     info: dict[str, Any]
+    #: this target's copy of the churn sequence (churn runs only)
+    stream: churn.ChurnStream | None = None
 
 
 class Session:
@@ -208,9 +216,12 @@ class Session:
         self.workloads: list[Workload] = [
             *workloads.filter_workloads(ds, queries, hashes, k, spec.filters),
             *([workloads.tenant_workload(ds, queries, hashes, k, spec.tenants)] if spec.tenants else [])]
-        self.churn = None if spec.churn is None else workloads.churn_plan(len(ds.base), spec.churn,
-                                                                          spec.churn_rounds, k)
-        if not self.workloads and self.churn is None:
+        #: the churn workload's sequence (each built target replays its own copy), or None
+        self.churn = None if spec.churn is None else churn.ChurnStream(len(ds.base), spec.churn,
+                                                                       spec.churn_rounds, k)
+        if self.churn is not None:
+            self.workloads = [workloads.churn_workload(self.churn, spec.churn_rate)]
+        if not self.workloads:
             self.workloads = [Workload("knn", {"kind": "knn"}, truth)]
         #: per (target, build, threads, batch, concurrency, workload, other knobs): recall per knob value
         self.sweeps: dict[tuple, dict[str, float]] = {}
@@ -235,7 +246,7 @@ class Session:
         """How many lines the run writes when it is not interrupted (for the progress bar)."""
         total = 0
         settings = grid.expand(self.spec.build)
-        passes = len(self.workloads) if self.churn is None else len(self.churn.inserts)
+        passes = len(self.workloads)
         for bi, names in self.plan():
             for name in names:
                 cls = self.classes[name]
@@ -276,9 +287,11 @@ class Session:
         if self.spec.filters:
             target.filter_attribute = workloads.filter_attribute(len(self.ds.base))
         base = self.ds.base
+        stream = None
         if self.churn is not None:
             target.capacity = len(base)
-            base = np.ascontiguousarray(base[: self.churn.n_initial])
+            stream = churn.ChurnStream(len(base), self.churn.fraction, self.churn.rounds, self.truth.shape[1])
+            base = np.ascontiguousarray(base[: stream.n_initial])
         if isinstance(target, ServerTarget):
             target.collection, target.data_hash = self.spec.collection, self.fingerprint["base_sha256"]
         watch = machine.Watch()
@@ -294,24 +307,15 @@ class Session:
         info = {"build_s": build_s, "build_threads": threads, "built_at": built_at,
                 "index_memory_bytes": target.memory_bytes(), "memory_source": target.memory_source,
                 "disk_bytes": target.disk_bytes(), "build_busy": quiet.busy, **target.build_info()}
-        return _Built(name, target, build, info)
+        return _Built(name, target, build, info, stream)
 
     def measure(self, built: list[_Built]) -> None:
         """Every (threads, search setting, batch) over the round's embedded targets, then every
         (concurrency, search setting, batch) of the server; one line each."""
         embedded = [b for b in built if not isinstance(b.target, ServerTarget)]
-        if self.churn is None:
-            for w in self.workloads:
-                self._measure_embedded(embedded, w)
-            self._measure_server([b for b in built if isinstance(b.target, ServerTarget)], self.workloads[0])
-            return
-        for r in range(len(self.churn.inserts)):
-            w = workloads.churn_round(self.ds, self.queries, self.churn, r, self.spec.k)
-            for b in embedded:
-                if self.progress is not None:
-                    self.progress.set_postfix_str(f"churn round {r + 1} {b.name}")
-                w.churn[b.name] = workloads.apply_churn(b.target, self.ds, self.churn, r)
+        for w in self.workloads:
             self._measure_embedded(embedded, w)
+        self._measure_server([b for b in built if isinstance(b.target, ServerTarget)], self.workloads[0])
 
     def _settings(self, built: list[_Built]) -> Iterator[list[tuple[_Built, dict[str, Any]]]]:
         """Per search setting, the targets it gives a new value of their own knobs."""
@@ -364,6 +368,10 @@ class Session:
                        w: Workload) -> None:
         """Warm up, time ``repeats`` passes with the targets interleaved, write one line each."""
         spec = self.spec
+        if w.info["kind"] == "churn":
+            for b, own in group:
+                self._measure_churn(b, own, n_threads, batch, w)
+            return
         started = _now()
         watch = machine.Watch()
         passes = {b.name: Passes() for b, _ in group}
@@ -376,15 +384,66 @@ class Session:
         for b, own in group:
             self._write(b, own, n_threads, passes[b.name], started, quiet, w)
 
+    def _measure_churn(self, b: _Built, own: dict[str, Any], n_threads: int, batch: int, w: Workload) -> None:
+        """One target at one setting under churn: ``repeats`` idle passes over the live rows as
+        they stand (after the target settles), then ``repeats`` passes while the writer thread
+        inserts and deletes (churn.py); one line with both, scored by ``churn.TRUTH_RULE``."""
+        spec, k = self.spec, self.spec.k
+        assert b.stream is not None
+        if self.progress is not None:
+            self.progress.set_postfix_str(f"churn {b.name} {own or ''}".strip())
+        started, watch = _now(), machine.Watch()
+        b.target.settle()
+        live = b.stream.live.copy()
+        idle_truth = churn.exact_topk(self.ds.base, self.queries, self.ds.metric, live, k)
+        self._time(b.target, w, own, batch, self.queries[:batch])  # warm-up
+        idle = Passes()
+        for _ in range(spec.repeats):
+            idle.add(self._time(b.target, w, own, batch))
+        phase = churn.run_phase(
+            b.target, b.stream, self.ds.base,
+            lambda guard: [time_pass(guard, self.queries, k, own, batch) for _ in range(spec.repeats)],
+            rate=spec.churn_rate, writer_threads=b.info["build_threads"])
+        quiet = watch.stop()
+        # every pass under writes counts (picking the fastest would pick the least disturbed one)
+        during = Passes([churn.combined(phase.timings)])
+        chosen, idle_chosen = during.timings[0], idle.pick(spec.stat)
+        starts, ends = churn.query_times(phase.timings)
+        depths = tuple(sorted({*(r for r in RECALL_DEPTHS if r <= k), k}))
+        query_of = np.tile(np.arange(len(self.queries)), len(phase.timings))
+        scored = churn.score(self.ds.base, self.queries, self.ds.metric, phase.live_start, phase.log, starts, ends,
+                             chosen.ids, k, depths, query_of)
+        idle_recalls = {f"recall_at_{r}": recall_at_k(idle_chosen.ids, idle_truth, r) for r in depths}
+        figures = {**phase.figures(b.stream), "write_note": b.target.churn_note, **scored.stats,
+                   "passes": len(phase.timings), "queries_searched": int(len(chosen.ids)),
+                   "index_memory_bytes": b.target.memory_bytes()}
+        idle_fig = {"qps": idle_chosen.qps, "qps_passes": idle.qps_list(), "p50_ms": idle.percentile_ms(50),
+                    "p95_ms": idle.percentile_ms(95), "p99_ms": idle.percentile_ms(99), "n_live": int(live.sum()),
+                    **idle_recalls}
+        extra = {"truth": scored.truth, "dropped": scored.dropped,
+                 "query": query_of, "query_start_s": starts - phase.t0,
+                 "query_end_s": ends - phase.t0, "live_start_bits": np.packbits(phase.live_start),
+                 **phase.log.arrays(phase.t0), "idle_ids": idle_chosen.ids, "idle_latencies_s": idle_chosen.latencies_s,
+                 "idle_truth": idle_truth}
+        recalls = {f"recall_at_{r}": v for r, v in scored.recalls.items()}
+        self._write(b, own, n_threads, during, started, quiet, w, recalls=recalls, extra=extra,
+                    workload={"churn": figures, "idle": idle_fig},
+                    overrides={"stat": "all", "qps_passes": [t.qps for t in phase.timings]})
+
     def _write(self, b: _Built, own: dict[str, Any], n_threads: int, p: Passes, started: str,
-               quiet: machine.Quietness, w: Workload, concurrency: int = 1) -> None:
-        """One result line (and its raw arrays) for the chosen pass of ``p``."""
+               quiet: machine.Quietness, w: Workload, concurrency: int = 1, recalls: dict[str, float] | None = None,
+               extra: dict[str, np.ndarray] | None = None, workload: dict[str, Any] | None = None,
+               overrides: dict[str, Any] | None = None) -> None:
+        """One result line (and its raw arrays) for the chosen pass of ``p`` (``recalls``,
+        ``extra`` arrays, ``workload`` figures and field ``overrides``: a churn line's own)."""
         spec, k = self.spec, self.spec.k
         chosen = p.pick(spec.stat)
         if b.name == spec.reference:
             self.reference_qps.setdefault((n_threads, chosen.batch, w.label), chosen.qps)
-        line = self._line(b, own, n_threads, chosen, p, started, _now(), quiet, concurrency, w)
-        self.writer.write(line, chosen.ids, chosen.latencies_s, None if w.truth is self.truth else (w.label, w.truth))
+        line = {**self._line(b, own, n_threads, chosen, p, started, _now(), quiet, concurrency, w, recalls, workload),
+                **(overrides or {})}
+        self.writer.write(line, chosen.ids, chosen.latencies_s,
+                          None if w.truth is self.truth else (w.label, w.truth), extra)
         self._note_sweep(b, own, n_threads, chosen.batch, concurrency, w, line[f"recall_at_{k}"])
         if self.progress is not None:
             self.progress.set_postfix_str(f"{b.name} {own or ''}".strip())
@@ -416,17 +475,19 @@ class Session:
         return list(out.values())
 
     def _line(self, b: _Built, own: dict[str, Any], n_threads: int, chosen: Any, p: Passes, started: str,
-              finished: str, quiet: machine.Quietness, concurrency: int, w: Workload) -> dict[str, Any]:
+              finished: str, quiet: machine.Quietness, concurrency: int, w: Workload,
+              recalls: dict[str, float] | None = None, workload: dict[str, Any] | None = None) -> dict[str, Any]:
         spec, k = self.spec, self.spec.k
-        recalls = {f"recall_at_{r}": recall_at_k(chosen.ids, w.truth, r)
-                   for r in sorted({*(r for r in RECALL_DEPTHS if r <= k), k})}
+        if recalls is None:
+            recalls = {f"recall_at_{r}": recall_at_k(chosen.ids, w.truth, r)
+                       for r in sorted({*(r for r in RECALL_DEPTHS if r <= k), k})}
         ref_qps = self.reference_qps.get((n_threads, chosen.batch, w.label))
         return {
             "schema": SCHEMA, "run_id": self.writer.run_id, "line": self.writer.lines,
             "target": b.name, "algorithm": b.target.algorithm, "label": b.target.label(own),
             "reference": spec.reference, "reference_qps": ref_qps,
             "qps_vs_reference": chosen.qps / ref_qps if ref_qps else None,
-            "workload": {"label": w.label, **w.info, **({"churn": w.churn[b.name]} if b.name in w.churn else {})},
+            "workload": {"label": w.label, **w.info, **(workload or {})},
             "build": b.build, "search": own, "k": k, "threads": n_threads, "concurrency": concurrency,
             "batch": chosen.batch,
             **recalls,

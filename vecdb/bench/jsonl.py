@@ -83,14 +83,17 @@ class ResultWriter:
         return rel
 
     def write(self, line: dict[str, Any], ids: np.ndarray, latencies_s: np.ndarray,
-              truth: tuple[str, np.ndarray] | None = None) -> None:
+              truth: tuple[str, np.ndarray] | None = None, extra: dict[str, np.ndarray] | None = None) -> None:
         """Save the raw arrays, then the line (one write, flushed and fsynced). ``truth``: the
-        (workload label, truth) the line is scored against when it is not the run's own."""
+        (workload label, truth) the line is scored against when it is not the run's own;
+        ``extra``: more arrays for the line's own file (one named ``truth`` is the line's own
+        truth, e.g. the per-query truths of a churn line)."""
         out = self._open()
         rel = f"{self.raw.name}/{self.run_id}-{self.lines:05d}.npz"
         _save_npz(self.path.parent / rel, ids=np.asarray(ids, np.int64),
-                  latencies_s=np.asarray(latencies_s, np.float64))
-        truth_rel = self.truth_path if truth is None else self._truth_file(*truth)
+                  latencies_s=np.asarray(latencies_s, np.float64), **(extra or {}))
+        own = extra is not None and "truth" in extra
+        truth_rel = rel if own else self.truth_path if truth is None else self._truth_file(*truth)
         line = {**line, "raw": {**line.get("raw", {}), "path": rel, "truth": truth_rel}}
         out.write(json.dumps(line, default=_jsonable, separators=(",", ":")) + "\n")
         out.flush()
@@ -143,13 +146,18 @@ def read_lines(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 
 def load_raw(line: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The raw arrays of a line read by ``read_lines``: ``ids``, ``latencies_s``, ``truth``."""
+    """The raw arrays of a line read by ``read_lines``: ``ids``, ``latencies_s``, ``truth``, and
+    any others the line saved (a churn line: its write log and query times, see churn.py)."""
     base = Path(line["_file"]).parent
     try:
         with np.load(base / line["raw"]["path"]) as got:
-            arrays = {"ids": got["ids"], "latencies_s": got["latencies_s"]}
-        with np.load(base / line["raw"]["truth"]) as got:
-            arrays["truth"] = got["ids"]
+            arrays = {name: got[name] for name in got.files}
+        if line["raw"]["truth"] != line["raw"]["path"]:
+            with np.load(base / line["raw"]["truth"]) as got:
+                arrays["truth"] = got["ids"]
+        missing = {"ids", "latencies_s", "truth"} - set(arrays)
+        if missing:
+            raise KeyError(f"no array {sorted(missing)}")
     except (OSError, KeyError, ValueError) as exc:
         raise DataLossError(f"{line['_file']}: raw arrays of line {line.get('line')} unreadable: {exc}") from None
     return arrays

@@ -21,6 +21,7 @@ class Timing:
     latencies_s: np.ndarray    # seconds per call
     total_s: float             # wall time of all calls
     batch: int                 # queries per call
+    starts_s: np.ndarray | None = None  # perf_counter at the start of each call (churn scores by it)
 
     @property
     def qps(self) -> float:
@@ -59,14 +60,15 @@ def time_calls(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, 
     nq = len(queries)
     batch = max(1, min(batch, nq))
     ids = np.full((nq, k), -1, np.int64)
-    lat = []
+    lat, starts = [], []
     t_all = time.perf_counter()
     for start in range(0, nq, batch):
         t0 = time.perf_counter()
         got = search(queries[start : start + batch])
         lat.append(time.perf_counter() - t0)
+        starts.append(t0)
         ids[start : start + batch, : min(k, got.shape[1])] = got[:, :k]
-    return Timing(ids, np.asarray(lat), time.perf_counter() - t_all, batch)
+    return Timing(ids, np.asarray(lat), time.perf_counter() - t_all, batch, np.asarray(starts))
 
 
 def time_passes(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, k: int, repeats: int,

@@ -63,8 +63,10 @@ def figure(lines: list[dict[str, Any]], threads: int | None = None, batch: int |
     k = ks[0]
     key = f"recall_at_{k}"
     server = [ln for ln in lines if ln.get("others_include_server") and ln["batch"] == batch and ln["k"] == k]
-    fig = Figure(figsize=(19.5 if server else 13, 5.5))
-    axes = fig.subplots(1, 3 if server else 2)
+    churn = [ln for ln in chosen if "idle" in ln.get("workload", {})]
+    panels = 2 + bool(server) + bool(churn)
+    fig = Figure(figsize=(6.5 * panels, 5.5))
+    axes = fig.subplots(1, panels)
     ax_qps, ax_mem = axes[0], axes[1]
     targets = list(dict.fromkeys(ln["target"] for ln in chosen))
     for i, target in enumerate(targets):
@@ -87,6 +89,8 @@ def figure(lines: list[dict[str, Any]], threads: int | None = None, batch: int |
     ax_mem.set_title("recall vs index memory (Pareto: less is better)")
     if server:
         _latency_panel(axes[2], server, batch)
+    if churn:
+        _churn_panel(axes[-1], churn, targets, k)
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_lines():
@@ -111,6 +115,25 @@ def _latency_panel(ax: Any, lines: list[dict[str, Any]], batch: int) -> None:
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("latency per call (ms)")
     ax.set_title(f"server: latency vs concurrency (batch={batch})")
+
+
+def _churn_panel(ax: Any, lines: list[dict[str, Any]], targets: list[str], k: int) -> None:
+    """p99 call latency against recall@k per target: searched during churn (solid, each
+    setting's line figures) and idle just before (dashed, the line's ``workload.idle``)."""
+    for i, target in enumerate(targets):
+        mine = sorted((ln for ln in lines if ln["target"] == target), key=lambda ln: ln[f"recall_at_{k}"])
+        if not mine:
+            continue
+        color = f"C{i % 10}"
+        ax.plot([ln[f"recall_at_{k}"] for ln in mine], [ln["p99_ms"] for ln in mine], "o-", color=color,
+                label=f"{target} churn", markersize=4)
+        idle = sorted((ln["workload"]["idle"] for ln in mine), key=lambda d: d[f"recall_at_{k}"])
+        ax.plot([d[f"recall_at_{k}"] for d in idle], [d["p99_ms"] for d in idle], "s--", color=color,
+                label=f"{target} idle", markersize=4)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"recall@{k}")
+    ax.set_ylabel("p99 latency per call (ms, log)")
+    ax.set_title("churn: p99 while a writer inserts and deletes vs idle")
 
 
 def save_plot(lines: list[dict[str, Any]], out: str | Path, threads: int | None = None,

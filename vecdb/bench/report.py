@@ -170,6 +170,9 @@ def render_best(lines: list[dict[str, Any]], baseline: str | None = None, markdo
                  f"{', '.join(f'{lv:.2f}' for lv in levels)} · ×{baseline} = QPS ÷ {baseline}'s at the same "
                  "threads and batch")
         out.append(("### " if markdown else "") + title + "\n\n" + tabulate(table, headers=headers, tablefmt=fmt))
+    churn = render_churn(lines, markdown)
+    if churn:
+        out.append(churn)
     if any(r["busy"] for r in rows):
         out.append("! = a line shown was measured while other processes used more than a quarter of the "
                    "machine; its figures are not comparable.")
@@ -187,3 +190,45 @@ def _setting(line: dict[str, Any]) -> str:
     """``M=16 ef=64``: the build and search knobs of a line."""
     knobs = {**line.get("build", {}), **line.get("search", {})}
     return " ".join(f"{k}={v}" for k, v in knobs.items()) or "-"
+
+
+def churn_table(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per churn line: recall@k, QPS, p50 and p99 while the writer ran beside the same figures
+    idle (the same setting just before), with what the writer achieved."""
+    rows = []
+    for ln in lines:
+        w = ln.get("workload", {})
+        if w.get("kind") != "churn" or "idle" not in w:
+            continue
+        k, idle, ch = ln["k"], w["idle"], w["churn"]
+        rows.append({"dataset": _dataset_key(ln), "target": ln["target"], "threads": ln["threads"],
+                     "batch": ln["batch"], "setting": _setting(ln), "mode": ch["write_mode"],
+                     "write_rows_per_s": ch["write_rows_per_s"], "rounds": ch["rounds"],
+                     "n_live": (ch["n_live_min"], ch["n_live_max"]),
+                     "recall": ln[f"recall_at_{k}"], "recall_idle": idle[f"recall_at_{k}"],
+                     "qps": ln["qps"], "qps_idle": idle["qps"], "p50_ms": ln["p50_ms"], "p50_idle_ms": idle["p50_ms"],
+                     "p99_ms": ln["p99_ms"], "p99_idle_ms": idle["p99_ms"],
+                     "in_flight": ch["queries_with_writes_in_flight"], "queries": ch["queries_searched"]})
+    rows.sort(key=lambda r: (r["dataset"], r["threads"], r["batch"], r["target"], r["setting"]))
+    return rows
+
+
+def render_churn(lines: list[dict[str, Any]], markdown: bool = False) -> str:
+    """The churn table per dataset and workload (empty text when no line is a churn line)."""
+    rows = churn_table(lines)
+    out = []
+    for dkey in dict.fromkeys(r["dataset"] for r in rows):
+        name, n_base, qhash, k, workload = dkey
+        table = [[r["target"], r["threads"], r["batch"], r["setting"], r["mode"], _fmt(r["write_rows_per_s"], 0),
+                  r["rounds"], f"{r['n_live'][0]}-{r['n_live'][1]}", _fmt(r["recall"]), _fmt(r["recall_idle"]),
+                  _qps(r["qps"]), _qps(r["qps_idle"]), _fmt(r["p50_ms"]), _fmt(r["p50_idle_ms"]), _fmt(r["p99_ms"]),
+                  _fmt(r["p99_idle_ms"]), f"{r['in_flight']}/{r['queries']}"]
+                 for r in rows if r["dataset"] == dkey]
+        headers = ["target", "threads", "batch", "setting", "writes", "rows/s written", "rounds", "n_live",
+                   f"R@{k} churn", f"R@{k} idle", "QPS churn", "QPS idle", "p50 ms churn", "p50 ms idle",
+                   "p99 ms churn", "p99 ms idle", "queries with writes in flight"]
+        title = (f"{name} ({n_base} base rows, queries {qhash}, {workload}) · searched while a writer inserts and "
+                 "deletes (churn) vs the same setting just before (idle); recall per the lines' truth_rule")
+        out.append(("### " if markdown else "") + title + "\n\n" +
+                   tabulate(table, headers=headers, tablefmt="github" if markdown else "simple"))
+    return "\n\n".join(out)

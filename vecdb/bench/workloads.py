@@ -4,7 +4,8 @@
   attribute drawn with a fixed seed; the rows with attribute < s pass), truth over those rows;
 - ``tenants``: every query searches one tenant's rows (dataset labels, or synthetic Zipf
   tenants), truth over that tenant's rows;
-- ``churn``: rounds of inserts and deletes between searches, truth over the live rows.
+- ``churn``: searches while a writer thread inserts and deletes rows (churn.py), each query
+  scored against the rows live when it started.
 
 Filter and tenant truths are cached under ``cache_dir()/truth`` keyed by the hashes of the
 base and query arrays, so a second run (or another k up to the cached depth) skips the scan.
@@ -14,20 +15,18 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from vecdb.bench.churn import CHURN_SEED, TRUTH_RULE, ChurnStream
 from vecdb.data import Dataset
 from vecdb.data.registry import cache_dir
 from vecdb.data.synthetic import tenant_labels
 from vecdb.errors import FailedPreconditionError, InvalidArgumentError
 from vecdb.eval import ground_truth
-
-if TYPE_CHECKING:
-    from vecdb.bench.adapters.base import Target
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 FILTER_SEED = 1338
 TENANT_SEED = 7
 QUERY_TENANT_SEED = 11
-CHURN_SEED = 23
 _ZIPF = re.compile(r"^zipf:(\d+)$")
 
 
@@ -50,8 +48,6 @@ class Workload:
     allow: np.ndarray | None = None
     query_tenants: np.ndarray | None = None
     members: list[np.ndarray] | None = None
-    #: figures of the churn round measured before this workload, per target name
-    churn: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def parse_filters(text: str) -> list[float]:
@@ -212,64 +208,10 @@ def tenant_workload(ds: Dataset, queries: np.ndarray, hashes: tuple[str, str], k
 
 
 # ---- churn --------------------------------------------------------------------------------------
-@dataclass
-class ChurnPlan:
-    """The churn sequence every target replays: the build holds ``base[:n_initial]``; round r
-    inserts ``inserts[r]`` (held-back rows) and deletes ``deletes[r]`` (rows drawn, fixed seed,
-    from the rows live before the round)."""
-
-    fraction: float
-    n_initial: int
-    inserts: list[np.ndarray]
-    deletes: list[np.ndarray]
-    live: list[np.ndarray]
-
-
-def churn_plan(n: int, fraction: float, rounds: int, k: int) -> ChurnPlan:
-    """Hold back ``fraction`` of the rows (the last ones: insertion order), replay them in
-    ``rounds`` rounds, each deleting as many live rows as it inserts."""
-    if not 0 < fraction < 1:
-        raise InvalidArgumentError(f"--churn takes the fraction of rows replaced, in (0, 1); got {fraction}")
-    if rounds < 1:
-        raise InvalidArgumentError(f"--churn-rounds must be >= 1, got {rounds}")
-    held = int(round(n * fraction))
-    n_initial = n - held
-    if held < rounds or n_initial - held < k:
-        raise InvalidArgumentError(f"--churn {fraction} with {rounds} rounds needs more rows than {n}")
-    rng = np.random.default_rng(CHURN_SEED)
-    live = np.arange(n_initial, dtype=np.int64)
-    inserts, deletes, lives = [], [], []
-    for chunk in np.array_split(np.arange(n_initial, n, dtype=np.int64), rounds):
-        gone = np.sort(rng.choice(live, size=len(chunk), replace=False))
-        live = np.union1d(np.setdiff1d(live, gone, assume_unique=True), chunk)
-        inserts.append(chunk)
-        deletes.append(gone)
-        lives.append(live)
-    return ChurnPlan(fraction, n_initial, inserts, deletes, lives)
-
-
-def churn_round(ds: Dataset, queries: np.ndarray, plan: ChurnPlan, r: int, k: int) -> Workload:
-    """The workload searched after round ``r`` (truth over the rows live then)."""
-    live = plan.live[r]
-    info = {"kind": "churn", "fraction": plan.fraction, "round": r + 1, "rounds": len(plan.inserts),
-            "n_initial": plan.n_initial, "inserted": int(len(plan.inserts[r])), "deleted": int(len(plan.deletes[r])),
-            "n_live": int(len(live)), "seed": CHURN_SEED}
-    return Workload(f"churn {plan.fraction:g} round {r + 1}/{len(plan.inserts)}", info,
-                    _subset_truth(ds, queries, live, k))
-
-
-def apply_churn(target: Target, ds: Dataset, plan: ChurnPlan, r: int) -> dict[str, Any]:
-    """Insert then delete round ``r``'s rows in ``target``, timed apart; its memory after."""
-    import time
-
-    ins, dels = plan.inserts[r], plan.deletes[r]
-    t0 = time.perf_counter()
-    target.insert(np.ascontiguousarray(ds.base[ins]), ins)
-    insert_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    target.delete(dels)
-    delete_s = time.perf_counter() - t0
-    return {"insert_s": insert_s, "delete_s": delete_s,
-            "inserts_per_s": len(ins) / insert_s if insert_s > 0 else None,
-            "deletes_per_s": len(dels) / delete_s if delete_s > 0 else None,
-            "index_memory_bytes": target.memory_bytes()}
+def churn_workload(stream: ChurnStream, rate: float | None) -> Workload:
+    """The churn workload's description (searched while a writer replays ``stream``; each line
+    carries its own per-query truths, see churn.py: ``truth`` here is unused)."""
+    info = {"kind": "churn", "fraction": stream.fraction, "rounds_per_pass": stream.rounds, "batch_rows": stream.batch,
+            "n_initial": stream.n_initial, "n_live_bounds": [stream.n_initial, stream.n_initial + stream.batch],
+            "rate_asked": rate, "seed": CHURN_SEED, "truth_rule": TRUTH_RULE}
+    return Workload(f"churn {stream.fraction:g}", info, np.zeros((0, 0), np.int64))

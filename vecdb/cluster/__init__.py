@@ -28,8 +28,10 @@ def connect(address: str | None = None, *, root: str | os.PathLike[str], shards:
 
     ``address``: None uses the Ray already initialised in this process, or starts a local
     one (no dashboard; ``ray_options`` go to ``ray.init``); "auto", "ray://host:port" (Ray
-    client) or "host:port" (its GCS) joins that cluster. ``wait_seconds``: how long a call waits for a dead replica to be
-    restarted. ``db_options``: options of each replica's embedded database (``vecdb.open``).
+    client) or "host:port" (its GCS) joins that cluster. ``wait_seconds``: how long a write waits
+    for a replica that is down (restarting) before it is acknowledged without it (that
+    replica is then caught up once it answers again), and a read for any replica of a shard.
+    ``db_options``: options of each replica's embedded database (``vecdb.open``).
     Closing the database stops its actors, and the local Ray it started."""
     if address is not None and (not isinstance(address, str) or not address):
         raise InvalidArgumentError(f"address must be None, 'auto', 'ray://host:port' or host:port, got {address!r:.100}")

@@ -5,7 +5,8 @@ Point calls are split by owning shard (``placement``) and sent to every shard at
 writes to each shard's replicas, reads to one replica of each. A write spanning shards
 either commits on all of them or raises the failing shard's exception class, whose message
 (and the ``committed_ids`` / ``failed_ids`` attributes) says which ids were committed;
-nothing is acknowledged that was not committed on every replica of its shard."""
+nothing is acknowledged that was not committed on every current replica of its shard (a
+replica down longer than the write wait is left behind and caught up once back)."""
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,8 @@ class ClusterCollection:
     # ---- writes --------------------------------------------------------------------------
     def upsert(self, ids: Sequence[int | str] | np.ndarray, vectors: Any,
                payloads: Sequence[Payload | None] | None = None, tenant: str | Sequence[str] | None = None) -> None:
-        """Insert or replace points; returns once every replica of every shard involved has
-        committed its part (see the module docs for a batch that fails on some shard)."""
+        """Insert or replace points; returns once every current replica of every shard involved
+        has committed its part (see the module docs for a batch that fails on some shard)."""
         self._db._check()
         up = check_upsert(self._info, ids, vectors, payloads, tenant)
         if not up.keys:
@@ -57,7 +58,7 @@ class ClusterCollection:
 
         def send(group: Any, rows: np.ndarray) -> Any:
             uids, x, pays, tenants = up.part(rows)
-            return group.write("call", self.name, "upsert", (uids, x, pays, tenants), done_if=())
+            return group.write("call", self.name, "upsert", (uids, x, pays, tenants))
 
         home = tenant_key(min(up.tenants)) if self._affine and up.tenants else None
         with self._tenants_gain(up.tenants) as note:
@@ -126,7 +127,7 @@ class ClusterCollection:
         self._db._check()
         with self._db._all_locks():
             groups = self._db._groups_now()
-            pending = [(g, g.write("call", self.name, "train")) for g in groups]
+            pending = [(g, g.everyone("call", self.name, "train")) for g in groups]   # not a numbered write
             refused: list[VecdbError] = []
             for _, p in pending:
                 try:

@@ -8,8 +8,11 @@ is the catalog: collection and tenant changes are decided there first, then carr
 others (``connect`` completes a change a crash interrupted half-way).
 
 This object is the router: the only writer of its cluster (writes to a shard are ordered
-by the router's lock of that shard, which is what keeps its replicas identical). Two
-routers on one cluster must not write concurrently."""
+by the router's lock of that shard and numbered, which is what keeps its replicas
+identical). Two routers on one cluster must not write concurrently. On connect, a shard's
+replicas holding fewer writes than the others are copied from one holding them all
+(``catchup``: a router that died between two replicas' commits leaves them so); later, a
+replica that misses writes is caught up in the background when it answers again."""
 from __future__ import annotations
 
 import contextlib
@@ -17,28 +20,34 @@ import hashlib
 import os
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import ray
+from ray.exceptions import RayActorError
 
 from vecdb.api import CollectionInfo
 from vecdb.cluster import placement as P
+from vecdb.cluster.catchup import CatchUpWorker, catch_up
 from vecdb.cluster.collection import ClusterCollection
 from vecdb.cluster.replicas import PendingRead, PendingWrite, ShardGroup, unwrap
 from vecdb.cluster.shard import ShardReplica
 from vecdb.database import validate_info
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, FailedPreconditionError, InvalidArgumentError,
-                          TenantNotFoundError, VecdbError)
+                          TenantNotFoundError, UnavailableError, VecdbError)
 from vecdb.validation import as_fs_path, as_positive_int
 
 NAMESPACE = "vecdb"
 #: Ray options of a replica actor: no CPU reserved (a replica is mostly idle, and a small
 #: machine must fit many), restarted for ever by Ray, calls never replayed by Ray itself
-#: (the router retries writes and fails reads over), threaded.
-ACTOR_OPTIONS = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0, "max_concurrency": 16}
+#: (the router retries writes and fails reads over), threaded, and detached: a router that
+#: dies leaves its replicas serving (the next router finds them by name, indexes loaded);
+#: ``close`` stops them.
+ACTOR_OPTIONS = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0, "max_concurrency": 16,
+                 "lifetime": "detached"}
 
 
 class ClusterDatabase:
@@ -72,7 +81,15 @@ class ClusterDatabase:
                 raise InvalidArgumentError(f"cluster {self.root} has {len(found.shards)} shards, not {shards}; "
                                            f"use rebalance() to change it")
         self.placement = found
-        self._groups: dict[int, ShardGroup] = {s: self._start_group(s) for s in found.all_shards()}
+        self._groups: dict[int, ShardGroup] = {}
+        self._catch_up = CatchUpWorker(self._groups_now)
+        try:
+            self._groups = {s: self._start_group(s) for s in found.all_shards()}
+            for group in self._groups_now():   # replicas a crash left behind the others
+                catch_up(group)
+        except BaseException:
+            self._catch_up.close()
+            raise
         self._repair()
         if found.moving_to is not None:   # a rebalance was interrupted: finish it before serving
             from vecdb.cluster.rebalance import rebalance
@@ -158,6 +175,7 @@ class ClusterDatabase:
             if self._closed:
                 return
             self._closed = True
+            self._catch_up.close()
             actors = [a for g in self._groups.values() for a in g.actors]
             for ref in [a.close.remote() for a in actors]:
                 with contextlib.suppress(Exception):
@@ -346,21 +364,33 @@ class ClusterDatabase:
 
     # ---- starting ----------------------------------------------------------------------------
     def _start_group(self, shard: int) -> ShardGroup:
-        """The replica actors of ``shard`` (started, or found running under their names)."""
+        """The replica actors of ``shard`` (started, or found running under their names),
+        with the number of the last write each applied."""
         cls = ray.remote(ShardReplica)
-        actors = []
-        for r in range(self.placement.replicas):
+
+        def start(r: int) -> Any:
             folder = self.root / f"shard-{shard}" / f"replica-{r}"
-            actors.append(cls.options(name=f"vecdb-{self._tag}-s{shard}-r{r}", namespace=NAMESPACE,
-                                      get_if_exists=True, **ACTOR_OPTIONS)
-                          .remote(str(folder), shard, r, self._db_options))
-        group = ShardGroup(shard, actors, self._wait)
-        for a in actors:
-            try:
-                ray.get(a.ping.remote())
-            except Exception as exc:  # noqa: BLE001 - the replica's own error, unwrapped
-                raise unwrap(exc) from None
-        return group
+            return cls.options(name=f"vecdb-{self._tag}-s{shard}-r{r}", namespace=NAMESPACE, get_if_exists=True,
+                               **ACTOR_OPTIONS).remote(str(folder), shard, r, self._db_options)
+
+        actors = [start(r) for r in range(self.placement.replicas)]
+        applied = []
+        deadline = time.monotonic() + self._wait
+        for r in range(len(actors)):
+            while True:
+                try:
+                    applied.append(int(ray.get(actors[r].ping.remote())[3]))
+                    break
+                except RayActorError as exc:
+                    # found under its name but dying with the router that started it: start it
+                    # again once it is gone (its own failure to start is the answer)
+                    if exc.actor_init_failed or time.monotonic() > deadline:
+                        raise UnavailableError(f"replica {r} of shard {shard} did not start: {exc.error_msg}") from None
+                    time.sleep(0.2)
+                    actors[r] = start(r)
+                except Exception as exc:  # noqa: BLE001 - the replica's own error, unwrapped
+                    raise unwrap(exc) from None
+        return ShardGroup(shard, actors, applied, self._wait, on_behind=self._catch_up.wake, revive=start)
 
     def _add_shard(self, shard: int) -> ShardGroup:
         """Start ``shard`` holding every collection and tenant (empty); callers hold all locks."""

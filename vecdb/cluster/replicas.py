@@ -1,27 +1,42 @@
-"""The replicas of one shard as the router sees them: reads spread round-robin over them and
-fail over to another replica when one is down; writes go to every replica and are answered
-once each of them committed (a replica that died is waited for while Ray restarts it).
+"""The replicas of one shard as the router sees them: reads spread round-robin over the
+replicas that hold the shard's latest write and fail over between them; writes are numbered
+(the shard's write number) and go to those replicas, answered once each of them committed.
+
+The router knows each replica's number (``applied``): a replica that missed a write (down
+longer than ``wait_seconds``, or it refused what the others committed) is behind, gets no
+reads and no writes, and is brought back by the router's catch-up (``catchup``). A write
+is acknowledged once every current replica committed it, at least one; if none did, its
+number is not used and the replicas' exception is the answer.
 
 Failures a replica reports on purpose (vecdb exceptions) come back as those exceptions,
 unwrapped from Ray's task error; an actor that died or is restarting is the only failure
-retried. A write retried on a restarted replica may find itself already applied (the
-replica committed it before dying): every write the router sends is idempotent in its
-effect, and the "already done" answers it may then get (``done_if``) count as success."""
+retried. A write sent again to a restarted replica that had committed it is recognised by
+its number and not applied twice."""
 from __future__ import annotations
 
 import itertools
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Sequence
 
+import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from vecdb.errors import InternalError, UnavailableError, VecdbError
+from vecdb.cluster.shard import Outcome
+from vecdb.errors import InternalError, UnavailableError
 
-#: how long a replica that failed a read is skipped by later reads (it is being restarted)
+#: how long a replica that failed a read is tried last by later reads (it is being restarted)
 DOWN_SECONDS = 2.0
+#: a read not answered within this is sent to another current replica too (calls to a
+#: replica Ray is restarting wait until it is back; a read has no effect, so a copy is harmless)
+HEDGE_SECONDS = 5.0
+#: the router keeps each shard's latest writes, at most this many and about this many bytes,
+#: to replay them to a replica that missed only those (instead of copying the shard)
+LOG_WRITES = 1024
+LOG_BYTES = 64 << 20
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -37,113 +52,249 @@ def _call(actor: Any, method: str, args: tuple[Any, ...]) -> Any:
     return getattr(actor, method).remote(*args)
 
 
-@dataclass
-class PendingRead:
-    """A read sent to one replica; ``result()`` waits, failing over to the others."""
+def _backoff(pause: float) -> float:
+    time.sleep(pause)
+    return min(1.0, pause * 2)
 
-    group: "ShardGroup"
-    method: str
-    args: tuple[Any, ...]
-    replica: int
-    ref: Any
-    tried: set[int] = field(default_factory=set)
+
+class PendingRead:
+    """A read sent to one replica; ``result()`` waits, failing over to the other current
+    replicas when it died, and asking another one too when it has not answered within
+    ``HEDGE_SECONDS`` (it may be restarting: calls to it wait until it is back)."""
+
+    def __init__(self, group: "ShardGroup", method: str, args: tuple[Any, ...], replica: int) -> None:
+        self.group, self.method, self.args = group, method, args
+        self.sent: dict[int, Any] = {replica: _call(group.actors[replica], method, args)}
+        self.tried: set[int] = set()
 
     def result(self) -> Any:
         group = self.group
         deadline = time.monotonic() + group.wait_seconds
         pause = 0.05
         while True:
-            try:
-                return ray.get(self.ref)
-            except RayActorError:
-                group.mark_down(self.replica)
-                group.failovers += 1
-                self.tried.add(self.replica)
-            except RayTaskError as exc:
-                raise unwrap(exc) from None
-            left = [r for r in group.order() if r not in self.tried]
-            if not left:   # every replica failed: wait for Ray to restart one
-                if time.monotonic() > deadline:
-                    raise UnavailableError(f"no replica of shard {group.shard} answered within "
-                                           f"{group.wait_seconds:g} s") from None
-                time.sleep(pause)
-                pause = min(1.0, pause * 2)
+            by_ref = {ref: r for r, ref in self.sent.items()}
+            ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=HEDGE_SECONDS) if by_ref else ([], [])
+            for ref in ready:
+                replica = by_ref[ref]
+                try:
+                    return ray.get(ref)
+                except RayActorError:
+                    group.mark_down(replica)
+                    group.failovers += 1
+                    self.tried.add(replica)
+                    del self.sent[replica]
+                except RayTaskError as exc:
+                    raise unwrap(exc) from None
+            left = [r for r in group.order() if r not in self.tried and r not in self.sent]
+            if left:
+                self.sent[left[0]] = _call(group.actors[left[0]], self.method, self.args)
+                continue
+            if time.monotonic() > deadline:
+                raise UnavailableError(f"no replica of shard {group.shard} answered within "
+                                       f"{group.wait_seconds:g} s") from None
+            if not self.sent:   # every current replica failed: wait for Ray to restart one
+                pause = _backoff(pause)
                 self.tried.clear()
-                left = group.order()
-            self.replica = left[0]
-            self.ref = _call(group.actors[self.replica], self.method, self.args)
 
 
-@dataclass
 class PendingWrite:
-    """A write sent to every replica of a shard; ``result()`` waits for all of them."""
+    """Write number ``n`` sent to the current replicas of a shard; ``result()`` waits for
+    them and records who holds it (the caller holds the shard's write lock throughout)."""
 
-    group: "ShardGroup"
-    method: str
-    args: tuple[Any, ...]
-    refs: list[Any]
-    done_if: tuple[type[VecdbError], ...]
+    def __init__(self, group: "ShardGroup", n: int, method: str, args: tuple[Any, ...]) -> None:
+        self.group, self.n, self.method, self.args = group, n, method, args
+        self.targets = group.current()
+        if not self.targets:
+            raise UnavailableError(f"no replica of shard {group.shard} holds its latest write (all are being "
+                                   f"caught up)")
+        self.refs: dict[int, Any] = {}
+        self.crashed: list[BaseException] = []   # errors other than a vecdb refusal (state not known)
+        hold = group.after_first_commit
+        if hold is not None and len(self.targets) > 1:   # first one replica, then the others
+            first = self.targets[0]
+            self.refs[first] = self._send(first)
+            self.early = {first: self._one(first, self.refs[first])}
+            if self.early[first].applied == n:
+                hold(group.shard, n)
+        else:
+            self.early = {}
+        for r in self.targets:
+            if r not in self.refs:
+                self.refs[r] = self._send(r)
+
+    def _send(self, replica: int) -> Any:
+        return self.group.actors[replica].apply.remote(self.n, self.method, self.args)
 
     def result(self) -> Any:
-        """The first replica's answer once every replica committed; the replicas' exception
-        when they all refused (same state, same answer: nothing was written)."""
-        outcomes = [self._one(r, ref) for r, ref in enumerate(self.refs)]
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
-        if not errors:
-            return next((o[1] for o in outcomes if not o[0]), outcomes[0][1])
-        if len(errors) == len(outcomes):
-            raise errors[0]
-        raise InternalError(f"replicas of shard {self.group.shard} disagree on {self.method}: "
-                            f"{type(errors[0]).__name__}: {errors[0]}")
+        """The write's answer once every current replica committed it (replicas that did not
+        are behind from now on); the replicas' exception when none committed it."""
+        group, n = self.group, self.n
+        outcomes = {r: self.early.get(r) or self._one(r, ref) for r, ref in self.refs.items()}
+        done = [r for r, o in outcomes.items() if o.applied == n]
+        if not done:
+            refused = [o.error for o in outcomes.values() if o.error is not None and o.applied == n - 1]
+            for r, o in outcomes.items():   # a replica that did not refuse (down, or behind) is behind
+                if o.error is None or o.applied != n - 1:
+                    group.behind(r)
+            if refused:
+                raise refused[0]
+            if self.crashed:
+                raise self.crashed[0]
+            raise UnavailableError(f"no replica of shard {group.shard} committed {self.method} "
+                                   f"within {group.wait_seconds:g} s")
+        group.committed(n, done, self.method, self.args)
+        for r in outcomes:
+            if r not in done:
+                group.behind(r)
+        answers = [outcomes[r] for r in done]
+        fresh = [o for o in answers if not o.repeated]
+        if not fresh and self.method == "call" and self.args[1] == "delete":
+            return 0   # every replica had committed it before a restart: its count is lost
+        return (fresh or answers)[0].answer
 
-    def all_results(self) -> list[Any]:
-        """Every replica's answer, in replica order (the first exception raised)."""
-        outcomes = [self._one(r, ref) for r, ref in enumerate(self.refs)]
-        for o in outcomes:
-            if isinstance(o, BaseException):
-                raise o
-        return [o[1] for o in outcomes]
-
-    def _one(self, replica: int, ref: Any) -> Any:
-        """(retried, answer) of one replica, or the exception it raised."""
+    def _one(self, replica: int, ref: Any) -> Outcome:
+        """Replica ``replica``'s outcome; ``Outcome(-1)`` when it stayed down past the wait."""
         deadline = time.monotonic() + self.group.wait_seconds
-        retried = False
         pause = 0.05
         while True:
             try:
-                return retried, ray.get(ref)
+                outcome: Outcome = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                return outcome
+            except GetTimeoutError:   # restarting all this time (calls to it wait): it is behind
+                return Outcome(-1)
             except RayActorError:
                 if time.monotonic() > deadline:
-                    return UnavailableError(f"replica {replica} of shard {self.group.shard} did not come back "
-                                            f"within {self.group.wait_seconds:g} s")
-                time.sleep(pause)
-                pause = min(1.0, pause * 2)
-                retried = True
-                ref = _call(self.group.actors[replica], self.method, self.args)
+                    return Outcome(-1)
+                pause = _backoff(pause)
+                ref = self._send(replica)
+            except RayTaskError as exc:   # not a refusal (those are outcomes): its state is not known
+                self.crashed.append(unwrap(exc))
+                return Outcome(-1)
+
+
+@dataclass
+class PendingAll:
+    """A call every current replica answers (e.g. wait_indexed, train), not numbered."""
+
+    group: "ShardGroup"
+    refs: list[Any]
+
+    def all_results(self) -> list[Any]:
+        """Every replica's answer (the first exception raised)."""
+        out = []
+        for ref in self.refs:
+            try:
+                out.append(ray.get(ref))
             except RayTaskError as exc:
-                cause = unwrap(exc)
-                if retried and isinstance(cause, self.done_if):
-                    return retried, None
-                return cause
+                raise unwrap(exc) from None
+            except RayActorError:
+                raise UnavailableError(f"a replica of shard {self.group.shard} went down during the call") from None
+        return out
+
+    def result(self) -> Any:
+        return self.all_results()[0]
+
+
+class Logged(NamedTuple):
+    n: int
+    method: str
+    args: tuple[Any, ...]
+    size: int
+
+
+class WriteLog:
+    """The latest committed writes of one shard, bounded by ``LOG_WRITES`` and ``LOG_BYTES``."""
+
+    def __init__(self) -> None:
+        self._items: deque[Logged] = deque()
+        self._bytes = 0
+
+    def add(self, n: int, method: str, args: tuple[Any, ...]) -> None:
+        if self._items and self._items[-1].n != n - 1:
+            self._items.clear()   # a gap (the shard's number was taken from a replica): start again
+            self._bytes = 0
+        item = Logged(n, method, args, _size(args))
+        self._items.append(item)
+        self._bytes += item.size
+        while len(self._items) > LOG_WRITES or (self._bytes > LOG_BYTES and len(self._items) > 1):
+            self._bytes -= self._items.popleft().size
+
+    def between(self, after: int, last: int) -> list[Logged] | None:
+        """Writes ``after + 1 .. last`` in order, or None when the log does not hold them all."""
+        items = self._items
+        if not items or items[0].n > after + 1 or items[-1].n != last:
+            return None
+        return [w for w in items if w.n > after]
+
+
+def _size(obj: Any) -> int:
+    """About how many bytes ``obj`` (a write's arguments) holds."""
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, (tuple, list)):   # long lists (ids, payloads) estimated from their first 64
+        head = obj[:64]
+        return 8 * len(obj) + (sum(_size(o) for o in head) * len(obj)) // max(1, len(head))
+    vectors = getattr(obj, "vectors", None)   # a PointBatch
+    if isinstance(vectors, np.ndarray):
+        return int(vectors.nbytes) + 64 * len(obj)
+    return 64
 
 
 class ShardGroup:
-    """The replicas of shard ``shard`` (actor handles), with the lock that orders its writes."""
+    """The replicas of shard ``shard`` (actor handles), the number of its latest write and
+    of each replica's, and the lock that orders its writes."""
 
-    def __init__(self, shard: int, actors: Sequence[Any], wait_seconds: float = 120.0) -> None:
+    def __init__(self, shard: int, actors: Sequence[Any], applied: Sequence[int], wait_seconds: float = 120.0,
+                 on_behind: Callable[[], None] | None = None, revive: Callable[[int], Any] | None = None) -> None:
         self.shard = shard
         self.actors = list(actors)
         self.wait_seconds = wait_seconds
         self.lock = threading.Lock()   # one write at a time: every replica applies writes in one order
+        self.seq = max(applied)        # the shard's latest write
+        self.applied: list[int] = list(applied)   # each replica's last write; -1: not known (behind)
+        self.on_behind = on_behind
+        self.log = WriteLog()
+        self.revive = revive   # starts replica r's actor again (Ray gave up on it, or it was killed for good)
+        self.revive_after = [0.0] * len(self.actors)   # (monotonic) not started again before
+        #: called with (shard, write number) once the first replica committed a write, before
+        #: the others are sent it (then writes go to one replica first); None: all at once
+        self.after_first_commit: Callable[[int, int], None] | None = None
         self._turn = itertools.count()
         self._down_until = [0.0] * len(self.actors)
         self.failovers = 0   # reads sent again to another replica because one was down
 
+    def current(self) -> list[int]:
+        """The replicas holding the shard's latest write."""
+        return [r for r, a in enumerate(self.applied) if a == self.seq]
+
+    def lagging(self) -> list[int]:
+        return [r for r, a in enumerate(self.applied) if a != self.seq]
+
+    def committed(self, n: int, replicas: list[int], method: str, args: tuple[Any, ...]) -> None:
+        self.seq = n
+        for r in replicas:
+            self.applied[r] = n
+        self.log.add(n, method, args)
+
+    def behind(self, replica: int) -> None:
+        """``replica`` missed a write or its state is not known: no reads, no writes until caught up."""
+        self.applied[replica] = -1
+        if self.on_behind is not None:
+            self.on_behind()
+
+    def caught_up(self, replica: int, n: int) -> None:
+        if n != self.seq:
+            raise InternalError(f"replica {replica} of shard {self.shard} caught up to write {n}, not {self.seq}")
+        self.applied[replica] = n
+
     def order(self) -> list[int]:
-        """Replicas to try for the next read: round-robin, replicas lately down last."""
-        n = len(self.actors)
+        """Current replicas to try for the next read: round-robin, replicas lately down last."""
+        live = self.current()
+        n = len(live)
+        if not n:
+            return []
         start = next(self._turn) % n
-        ring = [(start + i) % n for i in range(n)]
+        ring = [live[(start + i) % n] for i in range(n)]
         now = time.monotonic()
         return [r for r in ring if self._down_until[r] <= now] + [r for r in ring if self._down_until[r] > now]
 
@@ -151,15 +302,17 @@ class ShardGroup:
         self._down_until[replica] = time.monotonic() + DOWN_SECONDS
 
     def read(self, method: str, *args: Any) -> PendingRead:
-        """Send a read to one replica (answer with ``.result()``)."""
-        replica = self.order()[0]
-        return PendingRead(self, method, args, replica, _call(self.actors[replica], method, args))
+        """Send a read to one current replica (answer with ``.result()``)."""
+        order = self.order()
+        if not order:
+            raise UnavailableError(f"no replica of shard {self.shard} holds its latest write")
+        return PendingRead(self, method, args, order[0])
 
-    def write(self, method: str, *args: Any, done_if: tuple[type[VecdbError], ...] = ()) -> PendingWrite:
-        """Send a write to every replica (answer with ``.result()``); callers hold ``lock``."""
-        return PendingWrite(self, method, args, [_call(a, method, args) for a in self.actors], done_if)
+    def write(self, method: str, *args: Any) -> PendingWrite:
+        """Send the shard's next write to its current replicas (answer with ``.result()``,
+        before the next write); callers hold ``lock``."""
+        return PendingWrite(self, self.seq + 1, method, args)
 
-    def everyone(self, method: str, *args: Any) -> PendingWrite:
-        """A call every replica answers (e.g. wait_indexed; ``.all_results()``), no lock needed."""
-        return PendingWrite(self, method, args, [_call(a, method, args) for a in self.actors], ())
-
+    def everyone(self, method: str, *args: Any) -> PendingAll:
+        """A call every current replica answers (``.all_results()``), not a numbered write."""
+        return PendingAll(self, [_call(self.actors[r], method, args) for r in self.current()])

@@ -5,25 +5,67 @@ The actor is threaded (several calls at once; the embedded database is thread-sa
 restartable: Ray restarts a dead replica (``max_restarts``), and ``__init__`` reopens the
 same directory, so everything the replica committed is there again (recovery replays the
 op log). Calls go through ``ShardReplica`` methods only; exceptions travel back as the
-vecdb exception classes the embedded database raised."""
+vecdb exception classes the embedded database raised.
+
+Every write the router sends carries the shard's write number; the replica applies write
+n only on top of write n - 1 and records n (the database mark ``applied``) in the same LMDB
+transaction as the write, so after a crash its number says exactly which state it holds.
+A replica that fell behind is made equal to a current one by ``copy_from``."""
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import ray
 
 from vecdb.api import CollectionInfo, GetResult, QueryResult, SearchRequest
 from vecdb.cluster.placement import HashRing
 from vecdb.cluster.points import PointBatch
 from vecdb.cluster.transfer import export_points, import_points, present_keys
 from vecdb.database import Database
-from vecdb.errors import IdNotFoundError, InvalidArgumentError
+from vecdb.errors import FailedPreconditionError, IdNotFoundError, InvalidArgumentError, VecdbError
+from vecdb.storage import keys as K
 
 #: collection methods a router may call on a replica by name (everything else is explicit)
 COLLECTION_CALLS = frozenset({"upsert", "delete", "count", "create_tenant", "drop_tenant", "list_tenants", "grant",
                               "revoke", "stats", "train", "wait_indexed"})
+#: the replica methods that are numbered writes (``apply``); import_points takes several
+#: transactions, so its number is recorded after the last of them
+WRITES = frozenset({"create_collection", "drop_collection", "call", "import_points"})
+APPLIED = "cluster.applied"
+#: points per batch when a replica copies another
+COPY_BATCH = 2048
+#: how long a starting replica waits for the process it replaces to let go of its database
+OPEN_WAIT_SECONDS = 30.0
+
+
+class Outcome(NamedTuple):
+    """A replica's answer to write ``n``: the number it has applied since, the write's answer
+    or the vecdb error it raised (nothing written), and whether it had applied it already
+    (a write sent again after a restart: its answer is lost)."""
+
+    applied: int
+    answer: Any = None
+    error: VecdbError | None = None
+    repeated: bool = False
+
+
+def _open(directory: Path, options: dict[str, Any]) -> Database:
+    """The replica's database, once the process it replaces (dying, or restarted by Ray while
+    the old one exits) has let go of it; FailedPreconditionError after ``OPEN_WAIT_SECONDS``."""
+    deadline = time.monotonic() + OPEN_WAIT_SECONDS
+    while True:
+        try:
+            return Database(directory, **options)
+        except FailedPreconditionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 class ShardReplica:
@@ -32,11 +74,69 @@ class ShardReplica:
     def __init__(self, directory: str, shard: int, replica: int, options: dict[str, Any] | None = None) -> None:
         self.shard, self.replica = shard, replica
         self.directory = Path(directory)
-        self.db = Database(self.directory, **(options or {}))
+        self.db = _open(self.directory, options or {})
+        self._writing = threading.Lock()   # one numbered write at a time (a retry may race its original)
 
-    def ping(self) -> tuple[int, int, int]:
-        """(shard, replica, process id): the replica is up."""
-        return self.shard, self.replica, os.getpid()
+    def ping(self) -> tuple[int, int, int, int]:
+        """(shard, replica, process id, number of the last write applied): the replica is up."""
+        return self.shard, self.replica, os.getpid(), self.applied()
+
+    def applied(self) -> int:
+        """The number of the last write this replica applied (0: none)."""
+        raw = self.db.mark(APPLIED)
+        return 0 if raw is None else K.read_u64(raw)
+
+    def apply(self, n: int, method: str, args: tuple[Any, ...]) -> Outcome:
+        """Write number ``n`` of the shard: ``method(*args)`` (one of ``WRITES``) when this
+        replica holds write ``n - 1``; answers without writing when it holds ``n`` already
+        or is behind (the router then copies it)."""
+        if method not in WRITES:
+            raise InvalidArgumentError(f"no replica write {method!r}")
+        with self._writing:
+            have = self.applied()
+            if have >= n:
+                return Outcome(have, repeated=True)
+            if have != n - 1:
+                return Outcome(have)
+            try:
+                if method in ("call", "import_points"):   # loaded first: a load may write (recovery)
+                    self.db.get_collection(args[0])
+                if method == "import_points":
+                    answer = getattr(self, method)(*args)
+                    with self.db.marking(APPLIED, K.u64(n)):
+                        pass
+                else:
+                    with self.db.marking(APPLIED, K.u64(n)):
+                        answer = getattr(self, method)(*args)
+            except VecdbError as exc:
+                return Outcome(self.applied(), error=exc)
+            return Outcome(n, answer)
+
+    def copy_from(self, source: Any, n: int) -> int:
+        """Make this replica's database equal to that of replica actor ``source``, which holds
+        write ``n`` (the router keeps the shard's writes back meanwhile), then record ``n``.
+        Collection by collection, points in bounded batches; first this replica's number is
+        cleared, so a copy cut short leaves it behind, never current."""
+        with self._writing:
+            with self.db.marking(APPLIED, K.u64(0)):
+                pass
+            for info in self.db.list_collections():
+                self.db.drop_collection(info.name)
+            for info in ray.get(source.list_collections.remote()):
+                self.create_collection(info)
+                coll = self.db.get_collection(info.name)
+                for tenant in ray.get(source.call.remote(info.name, "list_tenants")):
+                    coll.create_tenant(tenant)
+                after = -1
+                while True:
+                    batch: PointBatch = ray.get(source.export.remote(info.name, after, COPY_BATCH, None))
+                    import_points(coll, batch)
+                    after = batch.last_iid
+                    if batch.done:
+                        break
+            with self.db.marking(APPLIED, K.u64(n)):
+                pass
+            return n
 
     # ---- collections ---------------------------------------------------------------------
     def create_collection(self, info: CollectionInfo) -> None:

@@ -26,6 +26,7 @@ from vecdb.collection.layout import OWNER
 from vecdb.collection.memory import Memory
 from vecdb.collection.tenants import TenantSet
 from vecdb.collection.training import apply_membership
+from vecdb.index.staging import Prepared
 
 #: target length of one exclusive step that moves staged points into the index (the longest
 #: a search waits behind the indexer); the number of points per step adapts to it (between
@@ -36,14 +37,15 @@ MIN_STEP_ROWS, MAX_STEP_ROWS = 16, 65_536
 
 def apply_upsert(mem: Memory, iids: np.ndarray, is_new: np.ndarray, uids: list[Any], x: np.ndarray,
                  pays: list[dict[str, Any] | None], owners: list[TenantSet], ops: list[oplog.Op],
-                 seq: int, next_iid: int) -> None:
-    """Publish a committed upsert: rows staged, payloads indexed, new points owned by
-    ``owners``, membership ``ops`` handed to the index."""
+                 seq: int, next_iid: int, prepared: Prepared | None = None) -> None:
+    """Publish a committed upsert: rows staged (``prepared``: copied in already, see
+    ``Staging.prepare``), payloads indexed, new points owned by ``owners``, membership
+    ``ops`` handed to the index."""
     mem.reserve(next_iid)
     old = iids[~is_new]
     if len(old):
         mem.payidx.remove(old)
-    mem.staging.stage(x, iids, stale=old)
+    mem.staging.stage(x, iids, stale=old, prepared=prepared)
     new = iids[is_new]
     if mem.uid_of.dtype == object:
         for iid, uid, fresh in zip(iids.tolist(), uids, is_new.tolist()):
@@ -53,10 +55,11 @@ def apply_upsert(mem: Memory, iids: np.ndarray, is_new: np.ndarray, uids: list[A
         mem.uid_of[new] = np.asarray(uids, np.int64)[is_new]
     mem.live[new] = True
     mem.n_live += len(new)
-    add = mem.payidx.add
-    for iid, payload in zip(iids.tolist(), pays):
-        if payload:
-            add(iid, payload)
+    if any(pays):
+        add = mem.payidx.add
+        for iid, payload in zip(iids.tolist(), pays):
+            if payload:
+                add(iid, payload)
     mem.payidx.compact()
     mem.tenants.set_access(owners, new.tolist(), OWNER)
     hand_ops(mem, ops)

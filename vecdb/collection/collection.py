@@ -73,9 +73,9 @@ from vecdb.collection.search import run_search
 from vecdb.collection.spaces import IndexSpaces, index_batch, persist
 from vecdb.collection.tenants import TenantSet
 from vecdb.collection.training import build_index, configured_class
-from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, FailedPreconditionError, IdNotFoundError,
-                          InternalError, InvalidArgumentError, PermissionDeniedError, TenantNotFoundError,
-                          UnavailableError)
+from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
+                          IdNotFoundError, InternalError, InvalidArgumentError, PermissionDeniedError,
+                          TenantNotFoundError, UnavailableError)
 from vecdb.filters import check_payload
 from vecdb.storage import keys as K
 from vecdb.storage.arrays import encode_checked_json, rows_to_bytes
@@ -94,6 +94,12 @@ MAX_LINK_ROWS = 8192
 #: a due checkpoint waits until at most this many rows are staged (writers wait while the
 #: indexer takes them before the save)
 CHECKPOINT_BACKLOG = 10_000
+#: while searches are served (one ran in the last SERVING_SECONDS), writers wait for room
+#: below this many staged points (``max_pending`` when smaller): every search scans the
+#: staged points exactly, so this keeps the scan short. A writer's steady rate is the
+#: indexer's either way; only the burst absorbed meanwhile is smaller.
+SERVING_PENDING = 2048
+SERVING_SECONDS = 1.0
 
 
 class Collection:
@@ -119,6 +125,7 @@ class Collection:
         self._step_rows = 256
         self._link_rows = 256
         self._max_pending = host.max_pending
+        self._last_search = -SERVING_SECONDS   # time.monotonic() of the latest search
         self._worker = Worker(info.name, self._index_round)
         with self._writer:
             self._mem: Memory = self._recovery.load()
@@ -181,17 +188,8 @@ class Collection:
             h = self._h
             with self._store.read() as txn:
                 found = dict(txn.cursor(h["ids"]).getmulti(idkeys))
-            iids = np.empty(n, np.int64)
-            is_new = np.ones(n, bool)
-            next_iid = mem.next_iid
-            for i, key in enumerate(idkeys):
-                old = found.get(key)
-                if old is None:
-                    iids[i] = next_iid
-                    next_iid += 1
-                else:
-                    iids[i] = K.read_u64(old)
-                    is_new[i] = False
+            iids, is_new = self._assign_iids(idkeys, found, mem.next_iid)
+            next_iid = mem.next_iid + int(is_new.sum())
             seq = mem.seq + 1
             new_rows = np.flatnonzero(is_new).tolist()
             old_rows = np.flatnonzero(~is_new).tolist()
@@ -205,21 +203,38 @@ class Collection:
                 ops += [oplog.Op(oplog.GRANT, ts.number, iids[new_rows]) for ts in tsets]
             record = oplog.encode(ops)
             for_index = self._for_index(seq, ids=iids, vectors=x, removed=iids[~is_new], membership=oplog.membership(ops))
+            # the records, built once (a batch may run again after the map grows); the common
+            # all-new batch pairs its lists by zip, without a Python loop over indices
+            if not old_rows:
+                id_items, rev_items = list(zip(idkeys, iid_keys)), list(zip(iid_keys, idkeys))
+                vec_old, vec_new = [], list(zip(iid_keys, vec_bytes))
+                pay_drop: list[bytes] = []
+                pay_old: list[tuple[bytes, bytes]] = []
+                pay_new = [] if payloads is None else [(k, p) for k, p in zip(iid_keys, pay_bytes) if p is not None]
+            else:
+                id_items = [(idkeys[i], iid_keys[i]) for i in new_rows]
+                rev_items = [(iid_keys[i], idkeys[i]) for i in new_rows]
+                vec_old = [(iid_keys[i], vec_bytes[i]) for i in old_rows]
+                vec_new = [(iid_keys[i], vec_bytes[i]) for i in new_rows]
+                pay_drop = [iid_keys[i] for i in old_rows if pay_bytes[i] is None]
+                pay_old = [(iid_keys[i], pay_bytes[i]) for i in old_rows if pay_bytes[i] is not None]
+                pay_new = [(iid_keys[i], pay_bytes[i]) for i in new_rows if pay_bytes[i] is not None]
 
             def batch(txn: Any) -> None:
                 # New internal ids are larger than every stored key, so their records are
                 # appended (MDB_APPEND fills pages; sorted inserts would leave them half empty).
-                txn.cursor(h["ids"]).putmulti([(idkeys[i], iid_keys[i]) for i in new_rows])
-                txn.cursor(h["rev"]).putmulti([(iid_keys[i], idkeys[i]) for i in new_rows], append=True)
+                txn.cursor(h["ids"]).putmulti(id_items)
+                txn.cursor(h["rev"]).putmulti(rev_items, append=True)
                 vec_cur = txn.cursor(h["vec"])
-                vec_cur.putmulti([(iid_keys[i], vec_bytes[i]) for i in old_rows])
-                vec_cur.putmulti([(iid_keys[i], vec_bytes[i]) for i in new_rows], append=True)
-                pay_cur = txn.cursor(h["pay"])
-                for i in old_rows:
-                    if pay_bytes[i] is None:
-                        txn.delete(iid_keys[i], db=h["pay"])
-                pay_cur.putmulti([(iid_keys[i], pay_bytes[i]) for i in old_rows if pay_bytes[i] is not None])
-                pay_cur.putmulti([(iid_keys[i], pay_bytes[i]) for i in new_rows if pay_bytes[i] is not None], append=True)
+                if vec_old:
+                    vec_cur.putmulti(vec_old)
+                vec_cur.putmulti(vec_new, append=True)
+                for key in pay_drop:
+                    txn.delete(key, db=h["pay"])
+                if pay_old or pay_new:
+                    pay_cur = txn.cursor(h["pay"])
+                    pay_cur.putmulti(pay_old)
+                    pay_cur.putmulti(pay_new, append=True)
                 if owner_keys:
                     txn.cursor(h["mem"]).putmulti([(key, OWNER) for key in owner_keys])
                 txn.put(K.u64(seq), record, db=h["log"], append=True)
@@ -227,7 +242,27 @@ class Collection:
                 txn.put(b"next_iid", K.u64(next_iid), db=h["ctr"])
                 for_index(txn)
 
-            self._commit(batch, lambda: apply_upsert(self._mem, iids, is_new, uids, x, pays, tsets, ops, seq, next_iid))
+            # the rows are copied into staging now, readers searching: publishing them is O(1)
+            prepared = mem.staging.prepare(x, iids)
+            self._commit(batch, lambda: apply_upsert(self._mem, iids, is_new, uids, x, pays, tsets, ops, seq, next_iid,
+                                                     prepared))
+
+    def _assign_iids(self, idkeys: list[bytes], found: dict[bytes, bytes],
+                     next_iid: int) -> tuple[np.ndarray, np.ndarray]:
+        """Internal ids of a batch's ``idkeys`` (``found``: the stored id records among them):
+        the stored ones, and new ones from ``next_iid`` in batch order; and which are new."""
+        n = len(idkeys)
+        if not found:
+            return np.arange(next_iid, next_iid + n, dtype=np.int64), np.ones(n, bool)
+        is_new = np.fromiter(map(found.__contains__, idkeys), bool, n)
+        np.logical_not(is_new, out=is_new)
+        raw = b"".join([bytes(found[key]) for key in idkeys if key in found])
+        if len(raw) != 8 * len(found):
+            raise DataLossError(f"collection {self.name!r}: an id record does not hold an 8-byte internal id")
+        iids = np.empty(n, np.int64)
+        iids[~is_new] = np.frombuffer(raw, ">u8").astype(np.int64)
+        iids[is_new] = np.arange(next_iid, next_iid + int(is_new.sum()), dtype=np.int64)
+        return iids, is_new
 
     def delete(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> int:
         """Delete the stored ones among ``ids``; returns how many left the caller's view.
@@ -461,6 +496,7 @@ class Collection:
         """Run a search validated by ``SearchRequest.build`` (the trusted path: nothing is
         checked again but the knobs, resolved once by the serving index)."""
         self._check()
+        self._last_search = time.monotonic()   # writers keep the staged scan short meanwhile (_pending_limit)
         with self._rw.read():
             self._check()
             mem = self._mem
@@ -679,7 +715,7 @@ class Collection:
         if failed is not None or move is None:
             return failed
         start = time.perf_counter()
-        failed = _failure(lambda: mem.staging.link(mem.index, move))
+        failed = _failure(lambda: self._worker.lowered(lambda: mem.staging.link(mem.index, move)))   # yields the cores
         took = time.perf_counter() - start
         if failed is not None:
             return failed   # the half-linked rows stay staged (answers are deduplicated) until memory is rebuilt
@@ -718,13 +754,20 @@ class Collection:
                 self._mem = mem
 
     def _wait_for_room(self) -> None:
-        """Back-pressure: wait while more than ``max_pending`` points are staged (the indexer
-        makes room), unless the collection stops serving meanwhile."""
-        if len(self._mem.staging) <= self._max_pending:
+        """Back-pressure: wait while more points are staged than ``_pending_limit`` (the
+        indexer makes room), unless the collection stops serving meanwhile."""
+        if len(self._mem.staging) <= self._pending_limit():
             return
         self._worker.wake()
-        self._worker.wait_for(lambda: len(self._mem.staging) <= self._max_pending or self._state != "open"
+        self._worker.wait_for(lambda: len(self._mem.staging) <= self._pending_limit() or self._state != "open"
                               or self._worker.stopping)
+
+    def _pending_limit(self) -> int:
+        """Staged points a writer may add to: ``max_pending``, or at most ``SERVING_PENDING``
+        while searches are served."""
+        if time.monotonic() - self._last_search < SERVING_SECONDS:
+            return min(self._max_pending, SERVING_PENDING)
+        return self._max_pending
 
     def _maybe_train(self) -> None:
         """Train the configured index once the exact-scan stand-in holds enough points

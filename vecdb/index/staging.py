@@ -6,7 +6,15 @@ here (new rows are searched exactly; replaced and deleted ids are hidden from th
 answers); its background indexer then moves the staged work into the index in bounded
 steps (``step``), each also exclusive, so no step blocks searches for long and every search
 sees a batch whole or not at all: a point is answered from exactly one place, the staging
-rows or the index. A staged row is held once (in ``rows``); the queue keeps only its id.
+rows or the index.
+
+Staged rows are kept in arrival order in append-only arrays, at absolute positions that
+never change: the live rows lie between ``head`` and ``tail`` (rows replaced or deleted
+while staged are marked dead), and the indexer always takes the oldest live rows, so moving
+them out only advances ``head``. The writer copies a batch in beyond ``tail`` before its
+exclusive step (``prepare``: no reader looks there; a grown copy of the arrays is made then
+too), so publishing it (``stage``) and taking rows out are O(1) in the rows held: neither
+copies rows under the exclusive lock.
 
 An index that can link new rows while it is searched (``begin_add`` / ``finish_add``, e.g.
 HNSW) takes them in a ``Move`` instead: placed in one short exclusive step (``begin``),
@@ -25,12 +33,17 @@ import numpy as np
 
 from vecdb.index.allow import AllowSet
 from vecdb.index.base import BaseIndex, SearchParams
-from vecdb.index.flat import FlatIndex
+from vecdb.index.flat import exact_search
+from vecdb.kernels.distances import normalize_rows
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
 
 #: up to this many stale ids, a search over-fetches and drops them; beyond it, it passes the
 #: index an allow-set of its ids minus the stale ones (one O(n) pass, only while staging).
 OVERFETCH_LIMIT = 256
+#: smallest row capacity allocated; growth allocates 1.5x the rows then held
+_MIN_ROWS = 1024
+_GROWTH = 1.5
+_ONE = np.float32(1.0)
 
 
 @dataclass
@@ -39,35 +52,99 @@ class Move:
 
     ids: I64Vector
     slots: I64Vector
+    positions: I64Vector = field(default_factory=lambda: np.zeros(0, np.int64))   # absolute, ascending
     touched: list[I64Vector] = field(default_factory=list)   # ids unstaged meanwhile
+
+
+@dataclass
+class Prepared:
+    """A batch copied in beyond ``tail`` by ``Staging.prepare``, for ``stage`` to publish."""
+
+    owner: "Staging"
+    tail: int
+    n: int
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None   # grown (vecs, norms, ids, dead, base)
+    staged_before: I64Vector    # absolute positions of live staged rows holding the batch's ids
 
 
 class Staging:
     """Rows waiting to enter an index (searched by exact scan meanwhile) and ids whose entry
-    in the index is outdated (hidden from its answers until ``step`` removes them)."""
+    in the index is outdated (hidden from its answers until ``step`` removes them).
+
+    Mutated under the collection's exclusive lock (``stage``, ``unstage``, ``hide``, ``step``,
+    ``begin``, ``finish``), except ``prepare``, which the single writer runs before its
+    exclusive step and which writes only beyond ``tail``; searched under the shared lock."""
 
     def __init__(self, dim: int, metric: Metric | str) -> None:
-        self.rows = FlatIndex(dim, metric)
-        self._queue: list[I64Vector] = []
+        self.dim = int(dim)
+        self.metric = Metric.parse(metric)
+        self._code = Metric.L2.code if self.metric is Metric.L2 else Metric.IP.code
+        self._vecs = np.zeros((0, self.dim), np.float32)
+        self._norms = np.zeros(0, np.float32)
+        self._ids = np.zeros(0, np.int64)
+        self._dead = np.zeros(0, bool)
+        self._base = 0          # absolute position of array row 0
+        self._head = 0          # absolute positions [head, tail) may hold live rows
+        self._tail = 0
+        self._live = 0          # live rows in [head, tail)
+        self._live_rows: np.ndarray | None = None   # array rows of the live ones, cached between changes
         self.stale = np.zeros(0, np.int64)
         self.moving: Move | None = None
 
     @property
     def busy(self) -> bool:
         """True while staged work remains to be moved into the index."""
-        return bool(len(self.stale) or self._queue or self.moving is not None)
+        return bool(len(self.stale) or self._live or self.moving is not None)
 
     def __len__(self) -> int:
         """Staged rows (points searched exactly until they reach the index)."""
-        return len(self.rows)
+        return self._live
 
-    def stage(self, x: F32Matrix, ids: I64Vector, stale: I64Vector) -> None:
-        """Stage rows ``x`` under ``ids`` and hide the index's current entries of ``stale``."""
-        self.unstage(ids)
+    # ---- the writer ------------------------------------------------------------------
+    def prepare(self, x: F32Matrix, ids: I64Vector) -> Prepared:
+        """Copy rows ``x`` (ids ``ids``) in beyond ``tail``, growing into new arrays when they
+        do not fit, and find the live staged rows of the same ids; no reader or indexer step
+        looks there, so the caller (the one writer) runs this outside the exclusive lock."""
+        n = len(ids)
+        tail, head = self._tail, self._head
+        vecs, norms, row_ids, dead, base = self._vecs, self._norms, self._ids, self._dead, self._base
+        arrays = None
+        if tail - base + n > len(vecs):
+            keep = tail - head   # rows before head have left for good: the copy starts there
+            cap = max(_MIN_ROWS, int(_GROWTH * (keep + n)))
+            lo, hi = head - base, tail - base
+            grown = (np.empty((cap, self.dim), np.float32), np.empty(cap, np.float32), np.empty(cap, np.int64),
+                     np.zeros(cap, bool))
+            grown[0][:keep], grown[1][:keep] = vecs[lo:hi], norms[lo:hi]
+            grown[2][:keep], grown[3][:keep] = row_ids[lo:hi], dead[lo:hi]
+            vecs, norms, row_ids, dead, base = *grown, head
+            arrays = (*grown, head)
+        at = tail - base
+        rows = normalize_rows(x) if self.metric is Metric.COSINE else x
+        vecs[at:at + n] = rows
+        norms[at:at + n] = np.einsum("ij,ij->i", vecs[at:at + n], vecs[at:at + n], dtype=np.float32) if n else 0
+        row_ids[at:at + n] = ids
+        dead[at:at + n] = False
+        before = np.zeros(0, np.int64)
+        if self._live and n:
+            span = slice(head - base, tail - base)
+            hit = np.isin(row_ids[span], ids) & ~dead[span]
+            before = np.flatnonzero(hit).astype(np.int64) + head
+        return Prepared(self, tail, n, arrays, before)
+
+    def stage(self, x: F32Matrix, ids: I64Vector, stale: I64Vector, prepared: Prepared | None = None) -> None:
+        """Stage rows ``x`` under ``ids`` (replacing staged rows of the same ids) and hide the
+        index's current entries of ``stale``. ``prepared``: the same batch from ``prepare``
+        (made again here unless it is for this staging's current tail)."""
+        if prepared is None or prepared.owner is not self or prepared.tail != self._tail or prepared.n != len(ids):
+            prepared = self.prepare(x, ids)
+        if prepared.arrays is not None:
+            self._vecs, self._norms, self._ids, self._dead, self._base = prepared.arrays
+        self._kill(prepared.staged_before[prepared.staged_before >= self._head])
         self.hide(stale)
-        if len(ids):
-            self.rows.add(x, ids)
-            self._queue.append(np.array(ids, np.int64))
+        self._tail += prepared.n
+        self._live += prepared.n
+        self._live_rows = None
 
     def hide(self, ids: I64Vector) -> None:
         """Hide the index's entries of ``ids`` until ``step`` removes them."""
@@ -76,22 +153,41 @@ class Staging:
 
     def unstage(self, ids: I64Vector) -> None:
         """Drop staged rows of ``ids`` (deleted or replaced before they reached the index)."""
-        if not len(self.rows) or not len(ids):
+        if not self._live or not len(ids):
             return
-        if self.moving is not None:
-            self.moving.touched.append(np.asarray(ids, np.int64))
-        if not self.rows.remove(ids):
-            return
-        queue = []
-        for q_ids in self._queue:
-            keep = q_ids[~np.isin(q_ids, ids)]
-            if len(keep):
-                queue.append(keep)
-        self._queue = queue
+        span = slice(self._head - self._base, self._tail - self._base)
+        hit = np.isin(self._ids[span], ids) & ~self._dead[span]
+        self._kill(np.flatnonzero(hit).astype(np.int64) + self._head)
 
+    def _kill(self, positions: I64Vector) -> None:
+        """Mark the live rows at absolute ``positions`` dead (noting them on a move in flight)."""
+        positions = positions[~self._dead[positions - self._base]] if len(positions) else positions
+        if not len(positions):
+            return
+        rows = positions - self._base
+        if self.moving is not None:
+            self.moving.touched.append(self._ids[rows].copy())
+        self._dead[rows] = True
+        self._live -= len(rows)
+        self._live_rows = None
+
+    # ---- the indexer -----------------------------------------------------------------
     def reserve(self, index: BaseIndex) -> None:
         """Let ``index`` grow for the staged rows ahead of time (outside the exclusive steps)."""
-        index.reserve(len(index) + len(self.rows))
+        index.reserve(len(index) + self._live)
+
+    def _oldest(self, budget: int) -> I64Vector:
+        """Absolute positions of the (up to) ``budget`` oldest live rows, ascending."""
+        span = slice(self._head - self._base, self._tail - self._base)
+        return np.flatnonzero(~self._dead[span])[:budget].astype(np.int64) + self._head
+
+    def _advance(self, positions: I64Vector) -> None:
+        """The rows at ``positions`` (the oldest live ones) have left: ``head`` moves past them."""
+        if len(positions):
+            alive = ~self._dead[positions - self._base]
+            self._live -= int(alive.sum())
+            self._head = int(positions[-1]) + 1
+            self._live_rows = None
 
     def step(self, index: BaseIndex, budget: int) -> None:
         """Move up to ``budget`` units of staged work into ``index``: stale entries first
@@ -102,33 +198,26 @@ class Staging:
             index.remove(take)
             self.stale = self.stale[budget:]
             return
-        if not self._queue:
+        if not self._live:
             return
-        ids = self._queue[0]
-        take_ids = ids[:budget]
-        index.add(self.rows.vectors(take_ids), take_ids)
-        self.rows.remove(take_ids)
-        if len(ids) > budget:
-            self._queue[0] = ids[budget:]
-        else:
-            self._queue.pop(0)
+        pos = self._oldest(budget)
+        rows = pos - self._base
+        index.add(self._vecs[rows], self._ids[rows])
+        self._advance(pos)
 
     def begin(self, index: BaseIndex, budget: int) -> Move | None:
         """Start moving up to ``budget`` staged rows into ``index`` (one that links while it is
         searched; caller excludes searches): stale entries go first, in the ``step`` way
-        (None is returned then, as when nothing is queued); else the rows are placed in the
+        (None is returned then, as when nothing is staged); else the rows are placed in the
         index, unlinked, and the returned ``Move`` is for ``link`` then ``finish``."""
-        if len(self.stale) or not self._queue:
+        if len(self.stale) or not self._live:
             self.step(index, budget)
             return None
-        ids = self._queue[0]
-        take = ids[:budget]
-        slots = index.begin_add(self.rows.vectors(take), take)  # type: ignore[attr-defined]
-        if len(ids) > budget:
-            self._queue[0] = ids[budget:]
-        else:
-            self._queue.pop(0)
-        self.moving = Move(take, slots)
+        pos = self._oldest(budget)
+        rows = pos - self._base
+        take = self._ids[rows].copy()
+        slots = index.begin_add(self._vecs[rows], take)  # type: ignore[attr-defined]
+        self.moving = Move(take, slots, pos)
         return self.moving
 
     @staticmethod
@@ -138,13 +227,41 @@ class Staging:
 
     def finish(self, move: Move) -> None:
         """Publish a linked move (caller excludes searches): its rows are answered by the
-        index alone, except those unstaged meanwhile (their index entries are stale)."""
-        ids = move.ids
-        if move.touched:
-            ids = ids[~np.isin(ids, np.concatenate(move.touched))]
-        if len(ids):
-            self.rows.remove(ids)
+        index alone; those unstaged meanwhile were dropped then (their index entries are
+        stale), and a replacement staged meanwhile sits past them, so it stays."""
+        self._advance(move.positions)
         self.moving = None
+
+    # ---- searches --------------------------------------------------------------------
+    def _scan(self, queries: F32Matrix, k: int, allow: AllowSet | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Exact top-k ids / distances over the live staged rows (those in ``allow``)."""
+        if not self._live:
+            return None
+        lo, hi = self._head - self._base, self._tail - self._base
+        vecs, norms, ids = self._vecs, self._norms, self._ids
+        q = normalize_rows(queries) if self.metric is Metric.COSINE else queries
+        if allow is None and self._live == hi - lo:
+            slots, dists = exact_search(vecs[lo:hi], norms[lo:hi], q, k, self._code)
+            found = np.where(slots >= 0, ids[lo:hi][np.maximum(slots, 0)], -1)
+        else:
+            rows = self._live_rows
+            if rows is None:
+                rows = np.flatnonzero(~self._dead[lo:hi]).astype(np.int64) + lo
+                self._live_rows = rows   # benign race: concurrent readers build the same array
+            if allow is not None:
+                bm = allow.bitmap(0)
+                rid = ids[rows]
+                inside = rid < len(bm)
+                ok = np.zeros(len(rows), bool)
+                ok[inside] = bm[rid[inside]] != 0
+                rows = rows[ok]
+            if not len(rows):
+                return None
+            slots, dists = exact_search(vecs, norms, q, k, self._code, rows)
+            found = np.where(slots >= 0, ids[np.maximum(slots, 0)], -1)
+        if self.metric is Metric.COSINE:
+            dists += _ONE
+        return found, dists
 
     def search_trusted(self, index: BaseIndex, queries: F32Matrix, k: int, allow: AllowSet | None,
                        tenant: int | None, params: SearchParams | Mapping[str, Any] | None) -> SearchResult:
@@ -173,20 +290,18 @@ class Staging:
         if fetch > k:
             hidden = np.isin(ids, stale)
             ids, dists = _first_k(np.where(hidden, -1, ids), np.where(hidden, np.inf, dists).astype(np.float32), k)
-        if len(self.rows):
-            extra = self.rows.search_trusted(queries, k, allow, None, self.rows.resolve_params(None))
-            ids, dists = np.concatenate([ids, extra.ids], axis=1), np.concatenate([dists, extra.distances], axis=1)
+        extra = self._scan(queries, k, allow)
+        if extra is not None:
+            ids, dists = np.concatenate([ids, extra[0]], axis=1), np.concatenate([dists, extra[1]], axis=1)
             if self.moving is not None:   # a moving row may come from both
                 ids, dists = _without_repeats(ids, dists)
             ids, dists = _first_k(ids, dists, k)
         return SearchResult(ids, dists)
 
     def memory_bytes(self) -> int:
-        """Bytes held by staged rows, their queued ids and the stale set."""
-        queued = sum(q_ids.nbytes for q_ids in self._queue)
-        return int(self.rows.memory_bytes() + queued + self.stale.nbytes)
-
-
+        """Bytes held by the staged rows' arrays (spare capacity included) and the stale set."""
+        arrays = self._vecs.nbytes + self._norms.nbytes + self._ids.nbytes + self._dead.nbytes
+        return int(arrays + self.stale.nbytes)
 def _without_repeats(ids: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ids once, at their smallest distance (repeats become -1 / +inf)."""
     ids, dists = ids.copy(), dists.copy()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vecdb.index.base import BaseIndex
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +29,28 @@ def warm_up() -> float:
             for queries in (data[:1], data[:20]):
                 index.search(queries, 3)
                 index.search(queries, 3, allow=np.arange(0, 64, 2))
+                if isinstance(index, HNSW):   # a filtered walk (a small index would rather scan)
+                    index.search(queries, 3, allow=np.arange(0, 64, 2), filter_mode="graph")
             index.remove([0])
             index.add(data[:8], 10**12 + np.arange(8))   # sparse ids: the id map's hash kernels
             index.search(queries, 3, allow=10**12 + np.arange(4))
             index.remove(10**12 + np.arange(0, 8, 2))
+            _warm_staging(index, data, metric)
     seconds = time.perf_counter() - started
     log.info("kernels ready in %.1f s", seconds, extra={"event": "warm_up", "seconds": round(seconds, 2)})
     return seconds
+
+
+def _warm_staging(index: "BaseIndex", data: np.ndarray, metric: str) -> None:
+    """A collection's searches while writes wait for the index: staged rows scanned exactly
+    beside the index, with and without an allow-set, as one query and as a batch."""
+    from vecdb.index.allow import AllowSet
+    from vecdb.index.staging import Staging
+
+    staging = Staging(data.shape[1], metric)
+    staging.stage(data[:6], 100 + np.arange(6), stale=np.zeros(0, np.int64))
+    staging.unstage(100 + np.arange(1))
+    allow = AllowSet.from_ids(np.concatenate([np.arange(0, 64, 2), 100 + np.arange(0, 6, 2)]))
+    for queries in (data[:1], data[:20]):
+        staging.search_trusted(index, queries, 3, None, None, None)
+        staging.search_trusted(index, queries, 3, allow, None, None)

@@ -33,7 +33,7 @@ import numpy as np
 
 from vecdb.kernels._jit import kernel
 from vecdb.kernels.atomics import atomic_add
-from vecdb.kernels.distances import distance
+from vecdb.kernels.distances import distance, unit_row
 from vecdb.kernels.heaps import max_push, max_replace, max_sort, min_pop, min_push, min_push_grow
 from vecdb.kernels.prefetch import prefetch
 from vecdb.kernels.rows import dims, prefetch_row, row_of
@@ -331,3 +331,29 @@ def search_serial(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_lev
     for i in range(queries.shape[0]):
         search_one(queries[i], k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, 0,
                    mask, filtered, out_s[i], out_d[i], work[i])
+
+
+@kernel
+def search_serial_ids(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, mask, filtered,
+                      unit, slot_ids, shift, out_ids, out_d, work):
+    """``search_serial`` with the index's whole per-call arithmetic inside one kernel entry:
+    each query unit-normalised first when ``unit`` (cosine), result slots mapped to ids through
+    ``slot_ids`` (left as slots when it is empty: the identity layout) and ``shift`` added to
+    every found distance (cosine: 1 - cos = -<q, x> + 1). What a one-query call pays for
+    besides the graph walk is then a single dispatch."""
+    qbuf = np.empty(queries.shape[1], np.float32)
+    for i in range(queries.shape[0]):
+        if unit:   # two calls, not one on a reassigned row: unifying the two array types costs the SIMD loops
+            unit_row(queries[i], qbuf)
+            search_one(qbuf, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, 0,
+                       mask, filtered, out_ids[i], out_d[i], work[i])
+        else:
+            search_one(queries[i], k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, 0,
+                       mask, filtered, out_ids[i], out_d[i], work[i])
+        for j in range(k):
+            s = out_ids[i, j]
+            if s < 0:
+                break
+            if slot_ids.shape[0]:
+                out_ids[i, j] = slot_ids[s]
+            out_d[i, j] += shift

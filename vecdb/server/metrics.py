@@ -15,15 +15,21 @@ The endpoint has no authentication, so ``vecdb serve`` binds it to 127.0.0.1 unl
 
 Each server owns its registry (not the process-global one) so several servers, as in
 tests, never clash over metric names.
+
+The request figures are recorded on every RPC, so recording takes no lock: each serving
+thread counts into its own tally, and a scrape adds the tallies up (``_Requests``).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+import threading
+from bisect import bisect_left
+from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from vecdb.api import DatabaseAPI
 from vecdb.errors import VecdbError
@@ -68,36 +74,95 @@ class _LockHolds(Collector):
         yield longest
 
 
+class _Tally:
+    """One thread's request figures. Only its own thread writes them (no lock); a scrape
+    reads them from another thread, each number whole."""
+
+    __slots__ = ("started", "finished", "calls")
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.finished = 0
+        #: (method, code) -> [count per latency bucket (the last one past every bound)..., sum of seconds]
+        self.calls: dict[tuple[str, str], list[float]] = {}
+
+
+class _Requests(Collector):
+    """The request figures of every thread's tally, added up at scrape time."""
+
+    def __init__(self, tallies: list[_Tally], lock: threading.Lock) -> None:
+        self._tallies = tallies
+        self._lock = lock
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            tallies = list(self._tallies)
+        in_flight = 0
+        by_call: dict[tuple[str, str], list[float]] = {}
+        for tally in tallies:
+            in_flight += tally.started - tally.finished
+            for key, row in list(tally.calls.items()):  # list(): one step, while the owner may add keys
+                total = by_call.setdefault(key, [0.0] * len(row))
+                for i, value in enumerate(list(row)):
+                    total[i] += value
+        requests = CounterMetricFamily("vecdb_requests", "Finished RPCs", labels=["method", "code"])
+        latency = HistogramMetricFamily("vecdb_request_duration_seconds", "RPC latency", labels=["method"])
+        by_method: dict[str, list[float]] = {}
+        for (method, code), row in sorted(by_call.items()):
+            requests.add_metric([method, code], sum(row[:-1]))
+            total = by_method.setdefault(method, [0.0] * len(row))
+            for i, value in enumerate(row):
+                total[i] += value
+        for method, row in sorted(by_method.items()):
+            cumulative, buckets = 0.0, []
+            for bound, n in zip(LATENCY_BUCKETS, row):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            buckets.append(("+Inf", sum(row[:-1])))
+            latency.add_metric([method], buckets, sum_value=row[-1])
+        yield requests
+        yield latency
+        yield GaugeMetricFamily("vecdb_requests_in_flight", "RPCs being served", value=max(in_flight, 0))
+
+
 class ServerMetrics:
     """Request counters, latency histograms and collection sizes of one server."""
 
     def __init__(self, db: DatabaseAPI) -> None:
         self.registry = CollectorRegistry()
-        self._requests = Counter("vecdb_requests", "Finished RPCs", ["method", "code"], registry=self.registry)
-        self._latency = Histogram("vecdb_request_duration_seconds", "RPC latency", ["method"],
-                                  buckets=LATENCY_BUCKETS, registry=self.registry)
-        self._in_flight = Gauge("vecdb_requests_in_flight", "RPCs being served", registry=self.registry)
+        self._tallies: list[_Tally] = []
+        self._tallies_lock = threading.Lock()
+        self._local = threading.local()
+        self.registry.register(_Requests(self._tallies, self._tallies_lock))
         self.registry.register(_CollectionSizes(db))
         self.registry.register(_LockHolds())
         record_cpu_time(True)   # the "cpu" clock of the lock holds exported here
         self._http = None
         self.port: int | None = None
-        # labelled children by (method, code): looking labels up costs more than recording
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def _tally(self) -> _Tally:
+        """This thread's tally (made on its first RPC)."""
+        try:
+            return self._local.tally  # type: ignore[no-any-return]
+        except AttributeError:
+            tally = self._local.tally = _Tally()
+            with self._tallies_lock:
+                self._tallies.append(tally)
+            return tally
 
     def started(self) -> None:
-        """Count an RPC as in flight."""
-        self._in_flight.inc()
+        """Count an RPC as in flight (``finished`` must follow on the same thread)."""
+        self._tally().started += 1
 
     def finished(self, method: str, code: str, seconds: float) -> None:
         """Record a finished RPC."""
-        self._in_flight.dec()
-        children = self._children.get((method, code))
-        if children is None:
-            children = self._children.setdefault((method, code), (self._requests.labels(method, code),
-                                                                  self._latency.labels(method)))
-        children[0].inc()
-        children[1].observe(seconds)
+        tally = self._tally()
+        tally.finished += 1
+        row = tally.calls.get((method, code))
+        if row is None:
+            row = tally.calls[(method, code)] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        row[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        row[-1] += seconds
 
     def serve_http(self, host: str, port: int) -> int:
         """Start the ``/metrics`` endpoint in a daemon thread; returns the bound port."""

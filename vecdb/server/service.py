@@ -63,36 +63,65 @@ class _Malformed:
         self.reason = reason
 
 
-def _parser(cls: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+class _Unverified:
+    """A parsed request whose bytes may hold fields this server does not know: checked field
+    by field (``_check_request``) before it is served."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+
+def _parser(cls: type[Message]) -> Callable[[bytes], Message | _Malformed | _Unverified]:
     """A request deserializer that turns undecodable bytes into ``_Malformed`` (answered
-    INVALID_ARGUMENT by ``_run``) instead of gRPC's generic INTERNAL."""
-    def parse(data: bytes) -> Message | _Malformed:
+    INVALID_ARGUMENT by ``_run``) instead of gRPC's generic INTERNAL.
+
+    It also settles the common case of the unknown-field check in two C calls: with unknown
+    fields dropped, the message re-encodes to exactly the bytes received only if there were
+    none (a canonical encoding, as every protobuf library writes, is the shortest one of its
+    known fields). Anything else (unknown fields, or a valid but non-canonical encoding)
+    arrives ``_Unverified``, parsed again with its unknown fields, for the field-by-field check."""
+    def parse(data: bytes) -> Message | _Malformed | _Unverified:
         try:
-            return cls.FromString(data)
+            message = cls.FromString(data)
         except Exception as exc:  # protobuf raises DecodeError, or RuntimeError on bad nesting
             return _Malformed(cls.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+        message.DiscardUnknownFields()
+        if message.ByteSize() == len(data):
+            return message
+        return _Unverified(cls.FromString(data))
     return parse
 
 
-def _check_request(request: Any, path: str = "request") -> None:
-    """InvalidArgumentError if ``request`` did not parse or holds unknown fields (at any depth)."""
+def _check_request(request: Any, path: str = "request") -> Message:
+    """The request to serve; InvalidArgumentError if it did not parse or holds unknown fields
+    (at any depth). A plain message is one the parser has already found free of them."""
     if isinstance(request, _Malformed):
         raise InvalidArgumentError(f"request bytes are not a valid {request.type_name} message: {request.reason}")
-    unknown = unknown_fields.UnknownFieldSet(request)
+    if isinstance(request, _Unverified):
+        _check_fields(request.message, path)
+        return request.message
+    return request  # type: ignore[no-any-return]
+
+
+def _check_fields(message: Message, path: str) -> None:
+    """InvalidArgumentError if ``message`` holds fields this server does not know (at any depth)."""
+    unknown = unknown_fields.UnknownFieldSet(message)
     if len(unknown):
         numbers = sorted({f.field_number for f in unknown})
         raise InvalidArgumentError(
             f"{path} has fields this server does not know (field numbers {numbers}); "
             "use a client built for the same vecdb.v1 API as the server"
         )
-    for fd, value in request.ListFields():
+    for fd, value in message.ListFields():
         if fd.message_type is None:
             continue
         if fd.is_repeated:
             for i, item in enumerate(value):
-                _check_request(item, f"{path}.{fd.name}[{i}]")
+                _check_fields(item, f"{path}.{fd.name}[{i}]")
         else:
-            _check_request(value, f"{path}.{fd.name}")
+            _check_fields(value, f"{path}.{fd.name}")
 
 
 def _snake(name: str) -> str:
@@ -120,9 +149,9 @@ WAIT_MARGIN_SECONDS = 0.25
 def _search_tenant(req: pb.SearchRequest, who: Principal) -> str | list[str] | None:
     """The tenant(s) a search runs under: ``tenant`` or the list ``tenants`` (not both), each
     one the key may access; a tenant key naming none searches as its single tenant."""
-    names = list(req.tenants)
+    names = req.tenants
     if not names:
-        return who.scope_tenant(_optional(req, "tenant"))
+        return who.scope_tenant(req.tenant if req.HasField("tenant") else None)
     if req.HasField("tenant"):
         raise InvalidArgumentError("a search names either tenant or tenants, not both")
     return [who.scope_tenant(check_tenant(name)) for name in names]
@@ -182,7 +211,7 @@ class VecdbServicer:
             if remaining is not None and remaining <= 0:
                 raise VecdbTimeoutError(f"{method}: the deadline passed before the server started the call")
             if not streaming:  # a stream's messages are checked one by one as they are read
-                _check_request(request)
+                request = _check_request(request)
             call = calls.CallContext(
                 what=method, deadline=None if remaining is None else time.monotonic() + remaining,
                 cancelled=lambda: not context.is_active(), payload_bytes=self._config.max_response_payload_bytes,
@@ -217,8 +246,9 @@ class VecdbServicer:
             if k > cfg.max_k:
                 raise ResourceExhaustedError(f"k={k} is over this server's limit of {cfg.max_k} (--max-k); "
                                              "ask for fewer neighbours")
-            queries += int(req.queries.n_rows)
-            cells += int(req.queries.n_rows) * max(k, 0)
+            rows = int(req.queries.n_rows)
+            queries += rows
+            cells += rows * max(k, 0)
         if queries > cfg.max_queries:
             raise ResourceExhaustedError(
                 f"{queries} queries in one request is over this server's limit of {cfg.max_queries} "
@@ -231,6 +261,8 @@ class VecdbServicer:
     def _filter(self, text: str) -> dict[str, Any] | None:
         """The request's filter, refused (RESOURCE_EXHAUSTED, naming the flag) when it is larger
         than the server allows, so its evaluation under the collection's lock stays short."""
+        if not text:
+            return None
         cfg = self._config
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > cfg.max_filter_bytes:
@@ -260,17 +292,23 @@ class VecdbServicer:
                                      _search_tenant(req, who),
                                      wire.loads_object(req.params_json, what="params"), req.with_payloads)
         rows = len(search.queries)
+        calls.check()
         step = 1 if rows <= 1 else _rows_per_step(coll, search)  # a single query is never split
-        parts = []
-        for start in range(0, max(rows, 1), step):
-            calls.check()
-            part = search if rows <= step else search._replace(queries=search.queries[start:start + step])
-            parts.append(coll.execute(part))  # type: ignore[attr-defined]  # the served database is embedded
-        result = parts[0] if len(parts) == 1 else QueryResult(
-            ids=np.concatenate([p.ids for p in parts]), distances=np.concatenate([p.distances for p in parts]),
-            payloads=None if parts[0].payloads is None else [row for p in parts for row in p.payloads or []])
-        ids, distances, payloads = wire.query_result_to_proto(result)
-        return pb.SearchResponse(ids=ids, distances=distances, payloads=payloads)
+        if rows <= step:  # one step (always so for one query): no slicing, no merge
+            result = coll.execute(search)  # type: ignore[attr-defined]  # the served database is embedded
+        else:
+            parts = []
+            for start in range(0, rows, step):
+                if start:
+                    calls.check()
+                part = search._replace(queries=search.queries[start:start + step])
+                parts.append(coll.execute(part))  # type: ignore[attr-defined]
+            result = QueryResult(
+                ids=np.concatenate([p.ids for p in parts]), distances=np.concatenate([p.distances for p in parts]),
+                payloads=None if parts[0].payloads is None else [row for p in parts for row in p.payloads or []])
+        response = pb.SearchResponse()
+        wire.fill_search_response(response, result)
+        return response
 
     def _upsert_one(self, req: pb.UpsertRequest, who: Principal) -> int:
         coll = self._collection(req.collection)
@@ -352,7 +390,7 @@ class VecdbServicer:
         collection: str | None = None
         for item in requests:
             try:
-                _check_request(item, f"stream message {batches}")
+                item = _check_request(item, f"stream message {batches}")
                 if collection is None:
                     collection = item.batch.collection
                 elif item.batch.collection != collection:
@@ -444,7 +482,9 @@ class VecdbServicer:
 
 def add_to_server(servicer: VecdbServicer, server: grpc.Server) -> None:
     """Register every vecdb.v1 RPC, with request parsing that reports malformed bytes as
-    INVALID_ARGUMENT, built from the proto descriptors so no RPC can be left out."""
+    INVALID_ARGUMENT, built from the proto descriptors so no RPC can be left out. They are
+    registered methods (as the generated stubs call them): gRPC's core matches an incoming
+    call to its handler, instead of Python asking each service's generic handler in turn."""
     for service in SERVICES:
         handlers = {}
         for method in service.methods:
@@ -455,4 +495,4 @@ def add_to_server(servicer: VecdbServicer, server: grpc.Server) -> None:
             make = grpc.stream_unary_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
             handlers[method.name] = make(behaviour, request_deserializer=_parser(request_cls),
                                          response_serializer=response_cls.SerializeToString)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+        server.add_registered_method_handlers(service.full_name, handlers)

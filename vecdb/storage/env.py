@@ -60,7 +60,7 @@ class Store:
         self._gate = RWLock()
         self._dbi_lock = threading.Lock()
         self._dbs: dict[str, "lmdb._Database"] = {}
-        self._local = threading.local()  # .writing: this thread is inside ``write``
+        self._local = threading.local()  # .writing: inside ``write``; .rider: see ``riding``
 
     # ---- sub-databases ---------------------------------------------------------------
     def db(self, name: str) -> "lmdb._Database":
@@ -75,7 +75,7 @@ class Store:
             handle = self._dbs.get(name)
             if handle is None:
                 key = name.encode("utf-8")
-                handle = self.write(lambda txn: _open_db(self._env, txn, key))
+                handle = self._write(lambda txn: _open_db(self._env, txn, key), ride=False)
                 self._dbs[name] = handle
             return handle
 
@@ -84,7 +84,8 @@ class Store:
         with self._dbi_lock:
             missing = [n for n in names if n not in self._dbs]
             if missing:
-                opened = self.write(lambda txn: [_open_db(self._env, txn, n.encode("utf-8")) for n in missing])
+                opened = self._write(lambda txn: [_open_db(self._env, txn, n.encode("utf-8")) for n in missing],
+                                     ride=False)
                 self._dbs.update(zip(missing, opened))
             return {n: self._dbs[n] for n in names}
 
@@ -132,6 +133,24 @@ class Store:
         transaction, so it must only depend on its inputs and ``txn``. Inside ``batch`` the
         thread opens no other transaction (InternalError; nothing is written).
         """
+        return self._write(batch, ride=True)
+
+    @contextmanager
+    def riding(self, handle: "lmdb._Database", key: bytes, value: bytes) -> Iterator[list[int]]:
+        """Inside the block, every write transaction this thread commits (but those opening
+        sub-database handles) also puts ``key -> value`` into ``handle``: a record that
+        changes atomically with the thread's writes. Yields ``[commits that carried it]``."""
+        local = self._local
+        if getattr(local, "rider", None) is not None:
+            raise InternalError("riding blocks do not nest")
+        count = [0]
+        local.rider = (handle, key, value, count)
+        try:
+            yield count
+        finally:
+            local.rider = None
+
+    def _write(self, batch: Callable[[lmdb.Transaction], T], *, ride: bool) -> T:
         local = self._local
         if getattr(local, "writing", False):
             raise InternalError("a write transaction was opened inside another one of the same thread "
@@ -142,7 +161,13 @@ class Store:
                 try:
                     with self._gate.read():
                         with self._env.begin(write=True) as txn:
-                            return batch(txn)
+                            result = batch(txn)
+                            rider = getattr(local, "rider", None) if ride else None
+                            if rider is not None:
+                                txn.put(rider[1], rider[2], db=rider[0])
+                        if rider is not None:
+                            rider[3][0] += 1
+                        return result
                 except lmdb.MapFullError:
                     self._grow()
         finally:

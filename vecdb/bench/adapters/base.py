@@ -56,6 +56,12 @@ class Target(abc.ABC):
     params_kind: ClassVar[str | None] = None
     #: True when ``insert`` / ``delete`` work after ``build`` (the churn workload needs them)
     supports_churn: ClassVar[bool] = False
+    #: how the churn workload's writer meets searches (churn.WRITE_MODES): "concurrent" (the
+    #: target is safe to write while searched), "linked" (``insert_linked``: rows placed while
+    #: searches are held off, linked while they run; deletes held off) or "serialised" (each
+    #: write batch holds searches off); ``churn_note`` says why, recorded in every churn line
+    churn_writes: ClassVar[str] = "serialised"
+    churn_note: ClassVar[str] = "the index is not documented safe to change while searched"
     #: True when the target keeps tenants itself (granted at build from ``tenant_members``)
     native_tenants: ClassVar[bool] = False
     #: rows of each tenant (sorted), set by the runner before ``build`` for tenant workloads
@@ -125,6 +131,16 @@ class Target(abc.ABC):
     def delete(self, ids: np.ndarray) -> None:
         """Remove ``ids`` after the build (churn; only when ``supports_churn``)."""
         raise FailedPreconditionError(f"target {self.name} cannot delete after its build (no churn support)")
+
+    def insert_linked(self, rows: F32Matrix, ids: np.ndarray, exclusive: Callable[[], Any]) -> None:
+        """Insert while searched (``churn_writes == "linked"``): the parts that must not meet a
+        search run inside ``exclusive()``; default: all of ``insert``."""
+        with exclusive():
+            self.insert(rows, ids)
+
+    def settle(self) -> None:
+        """Finish background work earlier writes started (e.g. a collection's indexer), so an
+        idle measurement has nothing running beside it (default: nothing to finish)."""
 
     def disk_bytes(self) -> int | None:
         """Bytes on disk for targets that persist (databases); None for in-memory indexes."""

@@ -93,10 +93,19 @@ class VecdbHNSW(IndexChurn, Target):
                     "scan": "scan: exact scan of the allowed rows (Numba scan_subset)",
                     "auto": "auto: vecdb's own filter_mode=auto (prefers_exact)"}
 
+    churn_writes = "linked"
+    churn_note = ("HNSW.begin_add places rows with searches held off; finish_add links them while searches "
+                  "run (as a collection's indexer does); remove holds searches off")
+
     def build(self, base: F32Matrix) -> None:
         M, efc = _build_knobs(self.build_params)
         self.index = HNSW(self.dim, self.metric, M=M, ef_construction=efc, seed=SEED, progress=False)
         self.index.add(base)
+
+    def insert_linked(self, rows: F32Matrix, ids: np.ndarray, exclusive: Any) -> None:
+        with exclusive():
+            slots = self.index.begin_add(rows, ids)
+        self.index.finish_add(slots)
 
     def search(self, queries: F32Matrix, k: int, params: dict[str, Any], allow: np.ndarray | None = None) -> np.ndarray:
         knobs = {key: params[key] for key in self.search_knobs if key in params}
@@ -125,6 +134,8 @@ class Hnswlib(_ReferenceHNSW):
     name = "hnswlib"
     memory_source = "formula"
     supports_churn = True
+    churn_note = ("hnswlib's searches are not safe beside add_items / mark_deleted (its maintainers: "
+                  "nmslib/hnswlib#29, #100, #562): each write batch holds searches off")
     filter_paths = {"graph": "graph: Python callable per visited node, under the GIL (hnswlib's only filter API)",
                     "scan": SubsetScan.path, "auto": "auto: vecdb's rule picks graph or the shared scan"}
 

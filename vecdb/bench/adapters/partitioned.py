@@ -3,7 +3,7 @@ standalone index in the target's own folder) and Curator (the multi-tenant clust
 which keeps a tenant workload's tenants itself).
 
 SPANN build knobs: posting_limit, head_size, replicas, eps1, rng_factor, head_M,
-head_ef_construction, codes ("float" or "sq8"), train (sample size); search knobs
+head_ef_construction, exact_heads, codes ("float" or "sq8"), train (sample size); search knobs
 (``SPANNParams``): max_postings, eps2, ef, and rerank with codes=sq8.
 Curator build knobs: n_root, branching, max_depth, max_shortlist, tier_threshold, codes, train;
 search knobs (``CuratorParams``): budget, ef (ef only reaches tenants promoted to a graph), and
@@ -53,10 +53,10 @@ class VecdbSPANN(IndexChurn, Target):
     params_kind = "spann"
     search_knobs = tuple(sorted(SPANNParams.knobs()))
     build_knobs: ClassVar[tuple[str, ...]] = ("posting_limit", "head_size", "replicas", "eps1", "rng_factor",
-                                              "head_M", "head_ef_construction", "codes", "train")
+                                              "head_M", "head_ef_construction", "exact_heads", "codes", "train")
     supports_filter = True
     filter_paths = {"scan": "postings read for the query, entries outside the allow-set skipped"}
-    _INT = ("posting_limit", "head_size", "replicas", "head_M", "head_ef_construction")
+    _INT = ("posting_limit", "head_size", "replicas", "head_M", "head_ef_construction", "exact_heads")
     _FLOAT = ("eps1", "rng_factor")
 
     def build(self, base: F32Matrix) -> None:

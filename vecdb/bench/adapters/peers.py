@@ -108,6 +108,8 @@ class _VecdbDb(_Peer):
     payload_filter = True
     native_tenants = True
     supports_churn = True
+    churn_writes = "concurrent"
+    churn_note = "a collection takes upsert / delete from one thread while others search (its own locks)"
     filter_paths: ClassVar[dict[str, str]] = {"scan": "payload range filter -> allow-set, searched by the index"}
 
     def _open(self) -> None:
@@ -143,6 +145,9 @@ class _VecdbDb(_Peer):
 
     def delete(self, ids: np.ndarray) -> None:
         self.col.delete(ids)
+
+    def settle(self) -> None:
+        self.col.wait_indexed()
 
     def _payload_filter(self, allow: np.ndarray) -> dict[str, Any]:
         """The payload filter passing exactly the rows of ``allow`` (the workload keeps the rows

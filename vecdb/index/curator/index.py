@@ -21,7 +21,7 @@ from vecdb.index.curator.tiers import Tiers
 from vecdb.index.curator.tree import TREE_ARRAYS, ClusterTree, train_tree
 from vecdb.index.hnsw import MAX_EF
 from vecdb.quant.sq8 import SQ8
-from vecdb.types import F32Matrix, I64Vector, Metric
+from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
 from vecdb.validation import as_id_array, as_positive_int
 
 #: candidates scanned per query when the call names no ``budget`` (raised to k).
@@ -187,6 +187,11 @@ class Curator(BaseIndex):
         slots = np.concatenate([free, np.arange(used, used + n - len(free))]).astype(np.int64)
         self.reserve(used + n - len(free))
         leaves = tree.leaves_of(vectors)
+        # the batch's rows in leaf order get ascending slots: a shortlist's rows (and a tier
+        # graph's neighbours) then lie close together in the row matrix, not scattered over it
+        by_leaf = np.empty_like(slots)
+        by_leaf[np.argsort(leaves, kind="stable")] = slots
+        slots = by_leaf
         if not self._rows.flags.writeable:
             self._rows = np.array(self._rows)
         self._rows[slots] = vectors
@@ -293,6 +298,31 @@ class Curator(BaseIndex):
         return 0 if lists is None else len(lists)
 
     # ---- search ---------------------------------------------------------------------
+    def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None,
+                       tenant: int | tuple[int, ...] | None, params: SearchParams) -> SearchResult:
+        """``BaseIndex.search_trusted``, with two lean paths for a few queries of one tenant
+        and no filter: a promoted tenant goes straight to its graph, and a tenant whose members
+        all fit the budget (float scan) is answered by one ``scan_members`` call (the per-call
+        Python and kernel entry are what a small tenant's search costs)."""
+        if allow is None and type(tenant) is int and len(queries) < SERIAL_QUERIES:
+            if tenant in self._tiers.graphs:
+                slots, dists = self._graph_search(tenant, self._prepare_vectors(queries), k, None,
+                                                  params.ef)  # type: ignore[attr-defined]
+                return SearchResult(self._ids.ids_of(slots), self._finish_distances(dists))
+            lists = self._tenants.get(tenant)
+            view = None if lists is None or self._codec is not None else lists.view()
+            budget = params.budget  # type: ignore[attr-defined]
+            if view is not None and len(view.slots) <= max(k, DEFAULT_BUDGET if budget is None else budget):
+                nq = len(queries)
+                ids = np.empty((nq, k), np.int64)
+                dists = np.empty((nq, k), np.float32)
+                members = self._members
+                kernels.scan_members(queries, view.slots, self._rows, self._scan_metric, self._cosine, tenant,
+                                     members.head, members.cell_tenant, members.cell_next, self._ids.slot_ids, ids,
+                                     dists)
+                return SearchResult(ids, dists)
+        return super().search_trusted(queries, k, allow, tenant, params)
+
     def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None,
                       tenant: int | tuple[int, ...] | None, params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
         p: CuratorParams = params  # type: ignore[assignment]
@@ -346,13 +376,7 @@ class Curator(BaseIndex):
         membership chains first (a slot that is no member is dropped)."""
         slots, dists = self._tiers.search(tenant, queries, k, allow, ef, self._rows)
         members = self._members
-        ok = np.empty(slots.shape, np.uint8)
-        member_mask(members.head, members.cell_tenant, members.cell_next, slots, tenant, ok)
-        if not ok.all():
-            bad = ok == 0
-            slots, dists = np.where(bad, -1, slots), np.where(bad, np.inf, dists).astype(np.float32)
-            order = np.argsort(dists, axis=1, kind="stable")
-            slots, dists = np.take_along_axis(slots, order, 1), np.take_along_axis(dists, order, 1)
+        kernels.keep_members_rows(dists, slots, tenant, members.head, members.cell_tenant, members.cell_next)
         return slots, dists
 
     # ---- invariants, memory, persistence ----------------------------------------------

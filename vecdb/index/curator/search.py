@@ -1,10 +1,15 @@
 """Curator search kernels: a best-first walk of one tenant's sub-tree by centroid distance,
 scanning each shortlist it reaches until ``budget`` candidates were scanned, into a top-k heap.
 
-Only nodes of the tenant's ``View`` are entered (its exact summary), and every candidate is
-checked against the exact membership chains before its distance is computed (tenant >= 0),
-so a search never returns a vector the tenant cannot access. ``allow`` (a slot bitmap)
-restricts candidates further; only allowed candidates count towards the budget.
+Only nodes of the tenant's ``View`` are entered (its exact summary), whose shortlists hold
+only its members; every slot of the answer is checked against the exact membership chains
+(tenant >= 0) and dropped if it is no member, so a search never returns a vector the tenant
+cannot access. (The check runs on the k answers, not on each of the ``budget`` candidates: a
+chain walk per candidate is two dependent random reads.) ``allow`` (a slot bitmap) restricts
+candidates further; only allowed candidates count towards the budget.
+
+``scan_members`` serves a tenant whose members all fit the budget: one pass over its member
+slots and the whole answer (ids, final distances) in one kernel call, no walk.
 
 With ``use_codes`` the scan reads SQ8 code rows (``vecdb.kernels.sq8``: a quarter of the bytes
 of a float row, and the scan is bound by those random reads) into a heap of ``rerank``
@@ -17,7 +22,7 @@ import numpy as np
 
 from vecdb.index.curator.members import chain_has
 from vecdb.kernels._jit import kernel
-from vecdb.kernels.distances import distance
+from vecdb.kernels.distances import distance, unit_row
 from vecdb.kernels.graph import prefetch_head, prefetch_tail
 from vecdb.kernels.heaps import heap_push, heap_sort, min_pop, min_push
 from vecdb.kernels.prefetch import prefetch
@@ -25,6 +30,8 @@ from vecdb.kernels.sq8 import sq8_distance
 
 #: candidates ahead of the one being scanned whose rows are prefetched
 PREFETCH_AHEAD = 4
+#: ``keep_members``'s mark of a slot whose chain holds the tenant (cells are >= 0, -1 ends a chain)
+_FOUND = -2
 
 
 @kernel
@@ -57,7 +64,27 @@ def search_one(q, budget, centroids, first_child, n_children, tree_metric, scan_
     """Fill the top-k heap ``(heap_d, heap_s)`` (sorted on return) for query ``q``; returns
     the number of candidates scanned. ``node_d``/``node_n`` are the walk's min-heap (room
     for every node). With ``use_codes`` candidates are scored on their SQ8 ``codes`` (query
-    folded into ``qt``/``weights``/``bias``, ``mode``) instead of their float rows."""
+    folded into ``qt``/``weights``/``bias``, ``mode``) instead of their float rows. Should the
+    answer hold a slot that is no member (a wrong shortlist entry), the walk runs again
+    checking every candidate, so the answer is still the members' top k."""
+    scanned = _walk(q, budget, centroids, first_child, n_children, tree_metric, scan_metric, v_nodes, v_kind, v_ptr,
+                    v_slots, rows, tenant, head, cell_tenant, cell_next, bitmap, use_allow, heap_d, heap_s, node_d,
+                    node_n, codes, qt, weights, bias, mode, use_codes, False)
+    if tenant >= 0 and keep_members(heap_d, heap_s, tenant, head, cell_tenant, cell_next):
+        heap_d[:] = np.inf
+        heap_s[:] = -1
+        scanned = _walk(q, budget, centroids, first_child, n_children, tree_metric, scan_metric, v_nodes, v_kind,
+                        v_ptr, v_slots, rows, tenant, head, cell_tenant, cell_next, bitmap, use_allow, heap_d, heap_s,
+                        node_d, node_n, codes, qt, weights, bias, mode, use_codes, True)
+    return scanned
+
+
+@kernel
+def _walk(q, budget, centroids, first_child, n_children, tree_metric, scan_metric, v_nodes, v_kind, v_ptr, v_slots,
+          rows, tenant, head, cell_tenant, cell_next, bitmap, use_allow, heap_d, heap_s, node_d, node_n, codes, qt,
+          weights, bias, mode, use_codes, check_each):
+    """``search_one``'s walk and scan into the sorted heap; with ``check_each`` every candidate
+    is checked against the membership chains before it is scored."""
     root = _find(v_nodes, 0)
     if root < 0:
         heap_sort(heap_d, heap_s)
@@ -89,7 +116,7 @@ def search_one(q, budget, centroids, first_child, n_children, tree_metric, scan_
                 s = np.int64(v_slots[p])
                 if use_allow and (s >= n_bits or bitmap[s] == 0):
                     continue
-                if tenant >= 0 and not chain_has(head, cell_tenant, cell_next, s, tenant):
+                if check_each and not chain_has(head, cell_tenant, cell_next, s, tenant):
                     continue
                 scanned += 1
                 if use_codes:
@@ -106,6 +133,111 @@ def search_one(q, budget, centroids, first_child, n_children, tree_metric, scan_
                     size += 1
     heap_sort(heap_d, heap_s)
     return scanned
+
+
+@kernel
+def keep_members(heap_d, heap_s, tenant, head, cell_tenant, cell_next):
+    """Drop from a sorted answer every slot that is no member of ``tenant`` (the rest moved
+    up in order, the tail padded with (+inf, -1)); returns how many were dropped. The answer's
+    membership chains are walked in lock-step, one cell of each per round with the next cells
+    prefetched, so their cache misses overlap instead of following one another."""
+    filled = 0
+    while filled < heap_s.shape[0] and heap_s[filled] >= 0:
+        filled += 1
+    cell = np.empty(filled, np.int64)                  # next cell to read; _FOUND / -1 when settled
+    for j in range(filled):
+        if heap_s[j] < head.shape[0]:
+            prefetch(head, heap_s[j], 0)
+    walking = False
+    for j in range(filled):
+        cell[j] = head[heap_s[j]] if heap_s[j] < head.shape[0] else -1
+        if cell[j] >= 0:
+            prefetch(cell_tenant, cell[j], 0)
+            prefetch(cell_next, cell[j], 0)
+            walking = True
+    while walking:
+        walking = False
+        for j in range(filled):
+            c = cell[j]
+            if c < 0:
+                continue
+            if cell_tenant[c] == tenant:
+                cell[j] = _FOUND
+            else:
+                c = cell_next[c]
+                cell[j] = c
+                if c >= 0:
+                    prefetch(cell_tenant, c, 0)
+                    prefetch(cell_next, c, 0)
+                    walking = True
+    kept = 0
+    for j in range(filled):
+        if cell[j] == _FOUND:
+            heap_d[kept] = heap_d[j]
+            heap_s[kept] = heap_s[j]
+            kept += 1
+    for j in range(kept, filled):
+        heap_d[j] = np.inf
+        heap_s[j] = -1
+    return filled - kept
+
+
+@kernel
+def keep_members_rows(dists, slots, tenant, head, cell_tenant, cell_next):
+    """``keep_members`` on each row of a sorted (nq, k) answer, in place."""
+    for i in range(slots.shape[0]):
+        keep_members(dists[i], slots[i], tenant, head, cell_tenant, cell_next)
+
+
+@kernel
+def scan_members(queries, slots, rows, metric, cosine, tenant, head, cell_tenant, cell_next, slot_ids, out_ids,
+                 out_d):
+    """The whole answer for queries of one tenant whose member ``slots`` are all scanned: each
+    query (unit-normalised first when ``cosine``, as ``normalize_rows`` does) against every
+    slot's float row, the top k checked against the membership chains (as in ``search_one``),
+    written to ``out_ids`` as ids (``slot_ids``) and ``out_d`` as final distances (cosine: the
+    kernel's -<q, x> + 1). ``out_ids``/``out_d`` (nq, k) are filled entirely."""
+    unit = np.empty(queries.shape[1], np.float32)
+    for i in range(queries.shape[0]):
+        heap_d = out_d[i]
+        heap_s = out_ids[i]
+        if cosine:
+            unit_row(queries[i], unit)
+            q = unit
+        else:
+            q = queries[i]
+        _scan(q, slots, rows, metric, heap_d, heap_s, tenant, head, cell_tenant, cell_next, False)
+        if keep_members(heap_d, heap_s, tenant, head, cell_tenant, cell_next):
+            _scan(q, slots, rows, metric, heap_d, heap_s, tenant, head, cell_tenant, cell_next, True)
+        for j in range(heap_s.shape[0]):
+            s = heap_s[j]
+            if s < 0:
+                break
+            heap_s[j] = slot_ids[s]
+            if cosine:
+                heap_d[j] += np.float32(1.0)
+
+
+@kernel
+def _scan(q, slots, rows, metric, heap_d, heap_s, tenant, head, cell_tenant, cell_next, check_each):
+    """Top k of ``q`` over the rows of ``slots`` into the heap (reset first, sorted on return);
+    with ``check_each`` only members of ``tenant`` are scored."""
+    heap_d[:] = np.inf
+    heap_s[:] = -1
+    n = slots.shape[0]
+    for p in range(min(n, PREFETCH_AHEAD)):
+        prefetch_head(rows, slots[p])
+    for p in range(n):
+        if p + PREFETCH_AHEAD < n:                  # rows are random: start the next loads early
+            prefetch_head(rows, slots[p + PREFETCH_AHEAD])
+            prefetch_tail(rows, slots[p + PREFETCH_AHEAD])
+        s = np.int64(slots[p])
+        if check_each and not chain_has(head, cell_tenant, cell_next, s, tenant):
+            continue
+        d = distance(q, rows[s], metric)
+        if d <= heap_d[0]:
+            heap_push(heap_d, heap_s, d, s)
+    heap_sort(heap_d, heap_s)
 
 
 @kernel

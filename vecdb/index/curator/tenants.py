@@ -10,7 +10,8 @@ or below collapses its sub-tree back into one shortlist (the gap avoids split/me
 The expanded and shortlist nodes of a tenant are its exact per-node summary: a search walks
 only them, so no node outside the tenant's sub-tree is ever visited and no false positive
 exists to filter (an exact small set is cheaper than a Bloom filter per node here).
-``view()`` packs them into sorted flat arrays for the search kernel, cached until a change.
+``view()`` packs them into sorted flat arrays for the search kernel (each shortlist's slots
+ascending, so its rows are read in address order), cached until a change.
 """
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ class TenantLists:
             return
         self._view = None
         slots = slots.astype(np.int32)
+        if not self.expanded:                           # no split yet: every member is at the root
+            old = self.lists.get(0)
+            self.lists[0] = slots if old is None else np.concatenate([old, slots])
+            if len(self.lists[0]) > max_shortlist and not tree.is_leaf(0):
+                self._split(0, tree, leaf_of, max_shortlist)
+            return
         touched: list[int] = []
         for node, rows in self._walk(leaves, tree, +1):
             old = self.lists.get(node)
@@ -172,7 +179,7 @@ class TenantLists:
             ptr = [0]
             for node, part in sorted(self.lists.items()):      # shortlists numbered in node order
                 kind[pos[node]] = len(parts)
-                parts.append(part)
+                parts.append(np.sort(part))                     # rows read in address order
                 ptr.append(ptr[-1] + len(part))
             view = self._view = View(nodes, kind, np.array(ptr, np.int64), np.concatenate(parts).astype(np.int32))
         return view

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from vecdb.index.allow import AllowSet
+from vecdb.index.base import SearchParams
 from vecdb.index.hnsw import HNSW
 from vecdb.index.ids import IdMap
 from vecdb.types import F32Matrix, I64Vector, Metric
@@ -31,12 +32,24 @@ class SlotGraph(HNSW):
         self._rows = rows
         self._vecs = (rows, self._ids.slot_ids)
 
+    def search_slots(self, queries: F32Matrix, k: int, params: SearchParams,
+                     rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unfiltered top-k owner slots and kernel distances of prepared ``queries`` over
+        ``rows`` (HNSW's ``search_trusted`` minus what a graph of slots needs not: the metric
+        takes the rows as they are, and the graph is never empty while promoted)."""
+        if self._rows is not rows:
+            self.bind(rows)
+        slots, dists = self._search_slots(queries, k, None, None, params)
+        return self._ids.ids_of(slots), dists
+
     def add_slots(self, slots: I64Vector, rows: np.ndarray) -> None:
-        """Link the owner's ``slots`` (new to the graph; their rows already in ``rows``)."""
+        """Link the owner's ``slots`` (new to the graph; their rows already in ``rows``). Nodes
+        are numbered in the order given, but linked in a seeded random order: the owner's
+        slots follow its clustering, and an HNSW built one cluster after another links worse."""
         self._rows = rows
         placed = self._place(np.empty((len(slots), 0), np.float32), np.asarray(slots, np.int64))
         self.bind(rows)                                 # the id map may have grown with the new ids
-        self._link(placed)
+        self._link(placed[self._rng.permutation(len(placed))])
 
     def remove_slots(self, slots: I64Vector, rows: np.ndarray) -> None:
         self.bind(rows)
@@ -92,6 +105,7 @@ class Tiers:
         self.dim, self.metric = dim, metric
         self.threshold, self.M, self.ef_construction, self.seed = threshold, M, ef_construction, seed
         self.graphs: dict[int, SlotGraph] = {}
+        self._params: dict[int | None, SearchParams] = {}          # resolved graph knobs per ef
 
     def __contains__(self, tenant: int) -> bool:
         return tenant in self.graphs
@@ -133,9 +147,16 @@ class Tiers:
         """Top-k Curator slots and kernel distances from the tenant's graph over ``rows`` (a
         filter is always served by a filtered traversal: see ``SlotGraph``)."""
         graph = self.graphs[tenant]
+        params = self._params.get(ef)
+        if params is None:
+            if len(self._params) >= 64:                 # a sweep over many ef values: start again
+                self._params.clear()
+            knobs = {"filter_mode": "graph"} if ef is None else {"ef": ef, "filter_mode": "graph"}
+            params = self._params[ef] = graph.resolve_params(knobs)
+        if allow is None and len(graph):
+            return graph.search_slots(queries, k, params, rows)
         graph.bind(rows)
-        params = {"filter_mode": "graph"} if ef is None else {"ef": ef, "filter_mode": "graph"}
-        res = graph.search_trusted(queries, k, allow, None, graph.resolve_params(params))
+        res = graph.search_trusted(queries, k, allow, None, params)
         return res.ids, res.distances
 
     def prefers_exact(self, tenant: int, n_allowed: int, ef: int | None) -> bool:

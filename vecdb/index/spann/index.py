@@ -15,11 +15,10 @@ staged points reach it in steps).
 Updates are SPFresh's: an insert only appends to its postings; a posting left over its limit
 is queued (a bounded queue; past it, or past twice the limit, the writer splits it itself)
 and split, with LIRE reassignment of its neighbours' boundary vectors, by a background step
-(``maintain``) that also purges tombstones. Each step is one plan in one write transaction,
-so a search sees the postings and heads before it or after it, never half of it. A standalone
-index runs the steps on a thread of its own (stopped by ``close``); in a collection the
-collection's indexer calls ``maintain``. The queue is derived state: reopening requeues every
-posting over the limit.
+(``maintain``, in ``maintenance``) that also purges tombstones. Each step is one plan in one
+write transaction, so a search sees the postings and heads before it or after it, never half
+of it. A standalone index runs the steps on a thread of its own (stopped by ``close``); in a
+collection the collection's indexer calls ``maintain``. SQ8 posting codes: ``codes``.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,10 +42,11 @@ from vecdb.index.ids import IdMap
 from vecdb.index.spann import postings, state
 from vecdb.worker import Worker
 from vecdb.index.spann.clustering import centroids_of, split_until
-from vecdb.index.spann.kernels import (plan_reads, scan_codes, scan_codes_serial, scan_postings,
-                                      scan_postings_serial)
+from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
+from vecdb.index.spann.kernels import plan_reads, scan_postings, scan_postings_serial
+from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
-from vecdb.quant.sq8 import SQ8
+from vecdb.index.spann.routing import EXACT_HEADS, nearest_heads
 from vecdb.index.spann.updates import FANOUT, HeadState, Plan, Work, graph_from
 from vecdb.storage.env import Store
 from vecdb.storage.space import IndexSpace
@@ -57,28 +57,12 @@ FORMAT = "vecdb-spann"
 FORMAT_VERSION = 1
 #: most postings one query may read
 MAX_POSTINGS = 4096
-#: most candidates one query may re-rank with float vectors (SQ8 codes)
-MAX_RERANK = 4096
-#: queries re-ranked together (their candidates' float rows gathered at once)
-RERANK_BLOCK = 64
-#: the codes postings may hold instead of float32 vectors
-CODES = ("sq8",)
 #: prefix of the sub-databases of a standalone index in its own environment
 OWN_PREFIX = "spann."
 #: below this many queries the posting scan runs on the calling thread
 SERIAL_QUERIES = 4
 #: meta key of the token of the committed state
 TOKEN_KEY = b"token"
-#: postings queued for a background split at most (past it the writer splits them itself)
-SPLIT_QUEUE = 1024
-#: a posting this many times over its limit is split by the writer, queue or not
-HARD_LIMIT = 2
-#: queued splits one background step does (each with its reassignment)
-SPLITS_PER_STEP = 4
-#: postings one purge step reads and rewrites (without their tombstones)
-PURGE_HEADS = 64
-#: a tombstone purge starts once removals reach this fraction of the stored entries
-PURGE_FRACTION = 0.1
 #: committed states a search may still be reading (older snapshots retry with a new one)
 RECENT_STATES = 8
 #: read attempts of a search whose snapshot is older than every remembered state
@@ -153,7 +137,7 @@ class SearchStats:
     rerank_bytes: int = 0                    # of bytes_read: float vectors read to re-rank (SQ8 codes)
 
 
-class SPANN(BaseIndex):
+class SPANN(Maintenance, CodePostings, BaseIndex):
     """Approximate k-NN with heads in memory and posting lists in LMDB.
 
     Parameters
@@ -178,6 +162,9 @@ class SPANN(BaseIndex):
         points in high dimensions: about 2 gives text embeddings (384-d) their replicas
         (more disk, higher recall per posting read); 1 suits lower dimensions.
     head_M, head_ef_construction : the HNSW over heads.
+    exact_heads : up to this many heads, nearest heads are found by an exact scan of the
+        centroids instead of the HNSW (which on clustered data can miss the nearest heads:
+        see ``vecdb.index.spann.routing``); 0 = always the graph. Recorded with the index.
     min_train : points a collection gathers before training the index.
     seed : seeds the clustering and the head graph.
     codes : None (postings hold float32 vectors) or "sq8": postings hold SQ8 codes (a
@@ -202,7 +189,7 @@ class SPANN(BaseIndex):
     def __init__(self, dim: int, metric: Metric | str = Metric.L2, path: Any = None, *, posting_limit: int = 256,
                  head_size: int = 48, replicas: int = DEFAULT_REPLICAS, eps1: float = 0.5, rng_factor: float = 1.0,
                  head_M: int = 16, head_ef_construction: int = 128, min_train: int = 512, seed: int = 0,
-                 codes: str | None = None, background: bool = True) -> None:
+                 codes: str | None = None, background: bool = True, exact_heads: int = EXACT_HEADS) -> None:
         super().__init__(dim, metric)
         self.posting_limit = as_positive_int(posting_limit, "posting_limit", minimum=4, maximum=1 << 20)
         self.head_size = as_positive_int(head_size, "head_size", maximum=self.posting_limit)
@@ -213,13 +200,14 @@ class SPANN(BaseIndex):
         self.head_ef_construction = as_positive_int(head_ef_construction, "head_ef_construction", maximum=MAX_EF)
         self.min_train = as_positive_int(min_train, "min_train")
         self.seed = as_positive_int(seed, "seed", minimum=0)
+        self.exact_heads = as_positive_int(exact_heads, "exact_heads", minimum=0, maximum=1 << 24)
         if not isinstance(background, bool):
             raise InvalidArgumentError(f"background must be True or False, got {background!r}")
         self.background = background
         if codes is not None and codes not in CODES:
             raise InvalidArgumentError(f"codes must be None or one of {CODES}, got {codes!r}")
         self.codes = codes
-        self._codec: SQ8 | None = SQ8(self.dim) if codes == "sq8" else None
+        self._codec = new_codec(codes, self.dim)
         self._route = Metric.IP if self.metric is Metric.IP else Metric.L2
         self._scan_code = 0 if self.metric is Metric.L2 else 1
         self._disk: HeadState | None = None        # heads of the last committed state
@@ -247,7 +235,7 @@ class SPANN(BaseIndex):
         store = Store(path)
         self._own = True
         self._store = store
-        self._bg = Worker(path.name, _maintain_weakly(self), role="spann") if self.background else None
+        self._bg = Worker(path.name, maintain_weakly(self), role="spann") if self.background else None
         self._finalizer = weakref.finalize(self, _close_own, store, path if temporary else None, self._bg)
         try:
             BaseIndex.attach(self, IndexSpace(store, OWN_PREFIX))
@@ -303,9 +291,7 @@ class SPANN(BaseIndex):
         clusters = split_until(sample, self.head_size, rng, fanout=FANOUT)
         graph = self._new_graph()
         graph.add(centroids_of(sample, clusters), np.arange(len(clusters), dtype=np.int64))
-        if self._codec is not None:
-            self._codec._train(sample)
-            self._codec._trained = True
+        self._train_codes(sample)
         with self._lock:
             self._disk = HeadState(graph, np.zeros(len(clusters), np.int64), None)
             self._inflight = None
@@ -468,110 +454,9 @@ class SPANN(BaseIndex):
     def _remove(self, slots: I64Vector) -> None:
         """Removal keeps nothing else in memory: postings hold tombstones (see ``remove``)."""
 
-    # ---- background maintenance (SPFresh) ------------------------------------------------
-    def _wake(self) -> None:
-        if self._bg is not None and self._due():
-            self._bg.wake()
-
-    def _due(self) -> bool:
-        """True when a split is queued or a tombstone purge is running or due."""
-        if self._disk is None or self._space is None:
-            return False
-        entries = int(self._disk.count[self._disk.count > 0].sum())
-        return bool(self._pending) or self._purge is not None or self._dead > PURGE_FRACTION * max(entries, 1)
-
-    def maintain(self) -> bool:
-        """One bounded background step: up to ``SPLITS_PER_STEP`` queued splits (each with its
-        LIRE reassignment), else one chunk of the tombstone purge, written in one write
-        transaction (searches see the postings before it or after it). Returns True when
-        more is due. Must not be called inside a write transaction of the same store."""
-        if self._space is None or self._disk is None or not self._due():
-            return False
-        before = (len(self._pending), self._purge, self._dead, self._disk.token)
-        self._write_step(self._maintain_step)
-        after = (len(self._pending), self._purge, self._dead, self._disk.token)
-        return before != after and self._due()      # no progress (nothing committed yet): stop asking
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no background work is queued or running: the background thread's
-        (standalone), or ``maintain`` run here until done. True when idle."""
-        if self._bg is not None and self._own:
-            self._wake()
-            bg = self._bg
-            bg.wait_for(lambda: bg.stopping or (bg.idle and not self._due()), timeout)
-            return not bg.stopping and bg.idle and not self._due()
-        while self.maintain():
-            pass
-        return True
-
-    @property
-    def pending_splits(self) -> int:
-        """Postings queued for a background split."""
-        return len(self._pending)
-
-    def _maintain_step(self, txn: Any) -> Plan | None:
-        with self._lock:
-            heads = self._sync_writer(txn)
-            if self._overlay is not None or heads.token is None:
-                return None
-            plan = self._empty_plan(heads)
-            work = Work(self, plan, txn)
-            limit = self.posting_limit
-            picked: list[int] = []
-            for head in list(self._pending):
-                if len(picked) == SPLITS_PER_STEP:
-                    break
-                if head < len(heads.count) and heads.count[head] > limit:
-                    picked.append(head)
-                else:
-                    del self._pending[head]      # stale (split already, or shrunk): nothing to do
-            if picked:
-                plan.dequeued = tuple(picked)    # leave the queue when the plan commits
-                for head in picked:
-                    work.put(head, *work.get(head))
-                work.split_oversized(lire=True, heads=picked)
-            elif self._due():
-                self._purge_chunk(work, heads)
-            if not plan.postings:
-                if plan.sweep is not None:        # nothing to rewrite in this chunk: move on
-                    self._promote_sweep(plan)
-                return None
-            if not plan.postings:
-                return None
-            self._write_plan(txn, plan)
-            self._inflight = plan
-            return plan
-
-    def _purge_chunk(self, work: Work, heads: HeadState) -> None:
-        """Rewrite the next ``PURGE_HEADS`` postings holding entries without their tombstones;
-        a sweep over every head started when removals passed ``PURGE_FRACTION``."""
-        start, covers = self._purge if self._purge is not None else (0, self._dead)
-        live = np.flatnonzero(heads.count > 0)
-        chunk = live[live >= start][:PURGE_HEADS]
-        for head in chunk.tolist():
-            slots, vectors = work.get(head)
-            if len(slots) < heads.count[head]:
-                work.put(head, slots, vectors)
-        last = not len(chunk) or chunk[-1] == live[-1]
-        work.plan.sweep = (-1 if last else int(chunk[-1]) + 1, covers)   # applied when the plan commits
-
-    def _promote_sweep(self, plan: Plan) -> None:
-        """Advance the purge sweep past a chunk that held no tombstone (nothing written)."""
-        with self._sync_lock:
-            nxt, covers = plan.sweep
-            self._purge = None if nxt < 0 else [nxt, covers]
-            if nxt < 0:
-                self._dead = max(0, self._dead - covers)
-
     def _empty_plan(self, heads: HeadState) -> Plan:
         return Plan(removed=_EMPTY_IDS, ids=_EMPTY_IDS, new_slots=_EMPTY_IDS, rem_slots=_EMPTY_IDS, postings={},
                     state=HeadState(heads.graph, heads.count.copy(), None))
-
-    def _requeue(self) -> None:
-        """Queue every posting over the limit (after opening: the queue is not stored)."""
-        if self._disk is not None:
-            for head in np.flatnonzero(self._disk.count > self.posting_limit).tolist():
-                self._pending[head] = None
 
     # ---- persistence "self" ------------------------------------------------------------
     def _attach(self, space: IndexSpace) -> None:
@@ -597,9 +482,7 @@ class SPANN(BaseIndex):
             graph = graph_from(self.dim, self._route, meta["graph"], arrays)
             count = np.asarray(arrays["h_count"], np.int64)
             slot_ids = np.asarray(arrays["slot_ids"], np.int64)
-            if self._codec is not None:
-                self._codec._restore({"vmin": arrays["q_vmin"], "step": arrays["q_step"]})
-                self._codec._trained = True
+            self._restore_codes(arrays)
         except (KeyError, ValueError, TypeError) as exc:
             raise DataLossError(f"corrupt SPANN state in {space!r}: {exc}") from None
         gids = graph.ids
@@ -618,10 +501,11 @@ class SPANN(BaseIndex):
             setattr(self, name, int(params[name]))
         self.eps1 = float(params["eps1"])
         self.rng_factor = float(params["rng_factor"])
+        self.exact_heads = int(params.get("exact_heads", EXACT_HEADS))   # stored before it: the default
         self.codes = params.get("codes")
         if self.codes is not None and self.codes not in CODES:
             raise ValueError(f"unknown codes {self.codes!r}")
-        self._codec = SQ8(self.dim) if self.codes == "sq8" else None
+        self._codec = new_codec(self.codes, self.dim)
 
     def _persist_batch(self, txn: Any, batch: IndexBatch) -> None:
         if self._disk is None:
@@ -666,8 +550,7 @@ class SPANN(BaseIndex):
         out = {f"g_{name}": arr for name, arr in arrays.items()}
         out["g_slot_ids"] = graph._ids.slot_ids
         out["h_count"] = count
-        if self._codec is not None:
-            out["q_vmin"], out["q_step"] = self._codec.vmin, self._codec.step
+        out.update(self._code_arrays())
         return out
 
     def _meta(self, graph: HNSW, described: dict[str, Any], dead: int) -> dict[str, Any]:
@@ -701,12 +584,6 @@ class SPANN(BaseIndex):
         txn.put(TOKEN_KEY, plan.state.token.encode(), db=self._mdb)
         plan.written = True
 
-    def _write_vectors(self, txn: Any, slots: I64Vector, rows: F32Matrix) -> None:
-        """Store the float32 rows of ``slots`` (SQ8 postings re-rank with them), one record each."""
-        vdb = self._vdb
-        for slot, row in zip(slots.tolist(), np.ascontiguousarray(rows, np.float32)):
-            txn.put(postings.key(slot), row.tobytes(), db=vdb)
-
     def _plan_and_write(self, txn: Any, removed: I64Vector, ids: I64Vector, vectors: F32Matrix) -> Plan:
         plan = self._make_plan(txn, removed, ids, vectors)
         self._write_plan(txn, plan)
@@ -715,10 +592,8 @@ class SPANN(BaseIndex):
     # ---- planning (reads postings, changes nothing) ------------------------------------
     def _make_plan(self, txn: Any, removed: I64Vector, ids: I64Vector, vectors: F32Matrix) -> Plan:
         """The plan of one write: removed ids become tombstones, new rows join their postings
-        under the closure rule. A posting left over the limit is queued for the background
-        (``Plan.oversized``) unless the queue is full or it passed ``HARD_LIMIT`` times the
-        limit (split here, with reassignment), or nothing is committed yet (a build: split
-        here, nobody's searches to spare)."""
+        under the closure rule; postings left over the limit are queued for the background or
+        split here (``Maintenance._schedule_splits``)."""
         disk = self._disk
         assert disk is not None
         idmap = self._disk_ids
@@ -738,20 +613,7 @@ class SPANN(BaseIndex):
                 r = rows[starts[i] : starts[i + 1]]
                 slots, vecs = work.get(head)
                 work.put(head, np.concatenate([slots, new_slots[r]]), np.concatenate([vecs, x[r]]))
-        over = work.oversized()
-        if not over:
-            return plan
-        if disk.token is None or not len(idmap):
-            work.split_oversized(lire=len(idmap) > 0)
-            return plan
-        hard = HARD_LIMIT * self.posting_limit
-        room = max(0, SPLIT_QUEUE - len(self._pending))
-        small = [h for h in over if len(plan.postings[h][0]) <= hard]
-        fresh = [h for h in small if h not in self._pending]
-        plan.oversized = tuple(fresh[:room])
-        inline = [h for h in over if len(plan.postings[h][0]) > hard] + fresh[room:]
-        if inline:
-            work.split_oversized(lire=True, heads=inline)
+        self._schedule_splits(work, building=disk.token is None or not len(idmap), lire=len(idmap) > 0)
         return plan
 
     def _build_add(self, ids: I64Vector, vectors: F32Matrix) -> None:
@@ -812,6 +674,8 @@ class SPANN(BaseIndex):
         out_d = np.full((nq, k), np.inf, np.float32)
         if self._disk is None or not len(self._disk.graph):
             return out_s, out_d, _no_work(nq) if stats else None
+        mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+        serial = nq < SERIAL_QUERIES
         if self._space is None:
             found = self._gather(None, self._disk, queries, k, p)
         else:
@@ -824,14 +688,14 @@ class SPANN(BaseIndex):
                     overlay = self._overlay is not None
                     found = self._gather(None if overlay else txn, heads, queries, k, p)
                     if self._codec is not None:   # rank on codes, re-rank with floats of the same snapshot
-                        rerank_bytes = self._scan_codes(None if overlay else txn, queries, found, allow, p, out_s, out_d)
+                        rerank_bytes = self._scan_codes(None if overlay else txn, queries, found, allow, mask, serial,
+                                                        p.rerank, out_s, out_d)
                     break
             if found is None:
                 raise UnavailableError("SPANN: the postings kept changing under the search; try again")
         buf, starts, counts, qptr, qlist = found
         if self._codec is None or self._space is None:
-            mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
-            scan = scan_postings_serial if nq < SERIAL_QUERIES else scan_postings
+            scan = scan_postings_serial if serial else scan_postings
             scan(queries, buf, starts, counts, qptr, qlist, self._ids.slot_ids, mask, allow is not None,
                  self._scan_code, out_s, out_d)
             rerank_bytes = 0
@@ -844,62 +708,6 @@ class SPANN(BaseIndex):
             entries = np.where(per_query > 0, sums, 0).astype(np.int64)
         return out_s, out_d, SearchStats(per_query, len(counts), int(len(buf)) + rerank_bytes, entries, rerank_bytes)
 
-    def _scan_codes(self, txn: Any, queries: F32Matrix, found: Any, allow: AllowSet | None, p: SPANNParams,
-                    out_s: np.ndarray, out_d: np.ndarray) -> int:
-        """Top-k from SQ8 postings: the best ``rerank`` candidates per query on codes, then
-        their float32 vectors read through ``txn`` (the overlay's when None) ranked exactly.
-        Returns the bytes of float vectors read."""
-        codec = self._codec
-        assert codec is not None
-        buf, starts, counts, qptr, qlist = found
-        nq, k = out_s.shape
-        width = max(k, p.rerank if p.rerank is not None else max(4 * k, 40))
-        cand_s = np.full((nq, width), -1, np.int64)
-        cand_d = np.full((nq, width), np.inf, np.float32)
-        qt, weights, bias, mode = codec.fold_queries(queries, Metric.L2 if self._scan_code == 0 else Metric.IP)
-        mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
-        scan = scan_codes_serial if nq < SERIAL_QUERIES else scan_codes
-        scan(qt, weights, np.ascontiguousarray(bias, np.float32), mode, buf, starts, counts, qptr, qlist,
-             self._ids.slot_ids, mask, allow is not None, cand_s, cand_d)
-        wanted = np.unique(cand_s[cand_s >= 0])
-        if not len(wanted):
-            return 0
-        rows = self._float_rows(txn, wanted)
-        for lo in range(0, nq, RERANK_BLOCK):               # (block, width, dim) floats at a time
-            hi = min(lo + RERANK_BLOCK, nq)
-            cs = cand_s[lo:hi]
-            valid = cs >= 0
-            vecs = rows[np.where(valid, np.searchsorted(wanted, cs), 0)]
-            if self._scan_code == 0:
-                diff = vecs - queries[lo:hi, None, :]
-                d = np.einsum("qcd,qcd->qc", diff, diff)
-            else:
-                d = -np.einsum("qcd,qd->qc", vecs, queries[lo:hi])
-            d = np.where(valid & ~np.isnan(d), d, np.inf).astype(np.float32)   # NaN: no float record (removed)
-            order = np.lexsort((cs, d), axis=1)[:, :k]
-            out_d[lo:hi] = np.take_along_axis(d, order, 1)
-            out_s[lo:hi] = np.where(np.isfinite(out_d[lo:hi]), np.take_along_axis(cs, order, 1), -1)
-        return int(len(wanted)) * 4 * self.dim
-
-    def _float_rows(self, txn: Any, slots: I64Vector) -> F32Matrix:
-        """Float32 rows of ``slots`` (sorted) from their LMDB records (from the overlay when
-        ``txn`` is None); NaN rows for slots without one. DataLossError for a bad record."""
-        out = np.full((len(slots), self.dim), np.nan, np.float32)
-        if txn is None:
-            for slots_h, vectors in (self._overlay or {}).values():
-                hit = np.isin(slots_h, slots)
-                out[np.searchsorted(slots, slots_h[hit])] = vectors[hit]
-            return out
-        get, vdb, size = txn.get, self._vdb, 4 * self.dim
-        for i, slot in enumerate(slots.tolist()):
-            raw = get(postings.key(slot), db=vdb)
-            if raw is None:
-                continue
-            if len(raw) != size:
-                raise DataLossError(f"SPANN vector record of slot {slot} is {len(raw)} bytes, not {size}")
-            out[i] = np.frombuffer(raw, np.float32)
-        return out
-
     def _gather(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> Any:
         """The posting records the queries read (query-aware pruning), checked and laid end to
         end (read through ``txn``; from the overlay when None): (buffer, starts, counts, qptr,
@@ -907,9 +715,9 @@ class SPANN(BaseIndex):
         graph = heads.graph
         nprobe = min(p.max_postings, len(graph))
         ef = p.ef if p.ef is not None else max(64, 2 * nprobe)
-        found = graph.search_trusted(queries, nprobe, None, None, graph.resolve_params({"ef": max(ef, nprobe)}))
+        hid, hd = nearest_heads(graph, queries, nprobe, max(ef, nprobe), self.exact_heads)
         eps2 = DEFAULT_EPS2[self._route] if p.eps2 is None else p.eps2
-        wanted, qptr, qlist = plan_reads(found.ids, found.distances, heads.count, np.float32(eps2), k)
+        wanted, qptr, qlist = plan_reads(hid, hd, heads.count, np.float32(eps2), k)
         buf, starts, counts = self._read_records(txn, heads, wanted)
         return buf, starts, counts, qptr, qlist
 
@@ -955,7 +763,7 @@ class SPANN(BaseIndex):
         return {"posting_limit": self.posting_limit, "head_size": self.head_size, "replicas": self.replicas,
                 "eps1": self.eps1, "rng_factor": self.rng_factor, "head_M": self.head_M,
                 "head_ef_construction": self.head_ef_construction, "min_train": self.min_train, "seed": self.seed,
-                "codes": self.codes}
+                "codes": self.codes, "exact_heads": self.exact_heads}
 
     @property
     def n_heads(self) -> int:
@@ -988,17 +796,6 @@ class SPANN(BaseIndex):
         with self._space.read() as txn:
             stat = txn.stat(self._pdb)
         return int(stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]))
-
-    @property
-    def splits(self) -> int:
-        """Postings split since this index was opened (in-place updates, SPFresh)."""
-        return self._splits
-
-    @property
-    def background_splits(self) -> int:
-        """Of ``splits``, those done by background steps (the rest: by writers, when the
-        queue was full or a posting passed ``HARD_LIMIT`` times the limit, and builds)."""
-        return self._bg_splits
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The whole index (heads, graph, every posting) as arrays, for ``save``."""
@@ -1038,9 +835,7 @@ class SPANN(BaseIndex):
         heads = np.asarray(arrays["p_heads"], np.int64)
         if len(offsets) != len(heads) + 1 or offsets[-1] != len(arrays["p_slots"]):
             raise ValueError("posting offsets do not match the posting arrays")
-        if index._codec is not None:
-            index._codec._restore({"vmin": arrays["q_vmin"], "step": arrays["q_step"]})
-            index._codec._trained = True
+        index._restore_codes(arrays)
         index._disk = disk
         index._overlay = {int(h): (np.array(arrays["p_slots"][offsets[i] : offsets[i + 1]], np.int64),
                                    np.array(arrays["p_vectors"][offsets[i] : offsets[i + 1]], np.float32))
@@ -1058,17 +853,6 @@ def _no_work(nq: int) -> SearchStats:
 
 def _no_rows(dim: int) -> F32Matrix:
     return np.zeros((0, dim), np.float32)
-
-
-def _maintain_weakly(index: "SPANN") -> Callable[[], bool]:
-    """A background round for ``index`` that holds it only weakly, so an index nobody
-    references is still collected (its finalizer then stops the thread)."""
-    ref = weakref.ref(index)
-
-    def run_round() -> bool:
-        owner = ref()
-        return owner is not None and bool(owner.maintain())
-    return run_round
 
 
 def _close_own(store: Store, temporary: Path | None, background: Worker | None) -> None:

@@ -52,6 +52,19 @@ def select_replicas(x, cand, cand_d, rows, centroids, eps, limit, rng_factor, ou
                     break
 
 
+@kernel(inline=True)
+def offer_unique(hd, hs, d, s):
+    """Offer slot ``s`` at distance ``d`` to the top-k max-heap ``hd``/``hs``: kept when it
+    ranks before the root and is not in the heap yet (a replicated slot enters once)."""
+    k = hs.shape[0]
+    if not after(hd[0], hs[0], d, s):
+        return
+    for j in range(k):
+        if hs[j] == s:
+            return
+    max_sift_down(hd, hs, k, d, s)
+
+
 @kernel
 def scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_allow, metric, out_s, out_d):
     """Top-k of query ``qi`` over the posting records it reads, into row ``qi`` of
@@ -87,15 +100,7 @@ def scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_a
                 d = l2_sq(q, row)
             else:
                 d = -dot(q, row)
-            if not after(hd[0], hs[0], d, s):
-                continue
-            dup = False
-            for j in range(k):
-                if hs[j] == s:
-                    dup = True
-                    break
-            if not dup:
-                max_sift_down(hd, hs, k, d, s)
+            offer_unique(hd, hs, d, s)
     heap_sort(hd, hs)
     out_s[qi] = hs
     out_d[qi] = hd
@@ -311,15 +316,7 @@ def scan_codes_query(qi, qt, weights, bias, mode, buf, starts, counts, qptr, qli
                 d = code_l2(q, weights, row) + b
             else:
                 d = b - code_dot(q, row)
-            if not after(hd[0], hs[0], d, s):
-                continue
-            dup = False
-            for j in range(k):
-                if hs[j] == s:
-                    dup = True
-                    break
-            if not dup:
-                max_sift_down(hd, hs, k, d, s)
+            offer_unique(hd, hs, d, s)
     heap_sort(hd, hs)
     out_s[qi] = hs
     out_d[qi] = hd

@@ -14,6 +14,7 @@ from vecdb.index.hnsw import HNSW
 from vecdb.index.ids import IdMap
 from vecdb.index.spann import postings
 from vecdb.index.spann.clustering import centroids_of, split_until, sq_dists
+from vecdb.index.spann.routing import nearest_heads
 from vecdb.types import F32Matrix, I64Vector, Metric
 
 if TYPE_CHECKING:
@@ -94,8 +95,7 @@ class Work:
         if not len(graph):
             return np.full((len(x), 0), -1, np.int64), np.zeros((len(x), 0), np.float32)
         k = max(1, min(k, len(graph)))
-        found = graph.search_trusted(x, k, None, None, graph.resolve_params({"ef": max(32, 2 * k)}))
-        return found.ids, found.distances
+        return nearest_heads(graph, np.ascontiguousarray(x, np.float32), k, max(32, 2 * k), self.index.exact_heads)
 
     def route_dists(self, x: F32Matrix, centroids: F32Matrix) -> np.ndarray:
         """Routing distances (n, m) of rows to centroids: squared L2, or -ip for ip."""

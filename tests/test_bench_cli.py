@@ -219,7 +219,10 @@ def test_interrupted_run_leaves_valid_lines(tmp_path):
            "--build", "M=8;ef_construction=32", "--search", f"ef={efs}", "--batch", "1", "--repeats", "3",
            "--allow-busy", "--output", str(out)]
     env = {**os.environ, "VECDB_BENCH_LOCK": str(tmp_path / "lock")}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell's background job (`make test &`) starts with
+    # it ignored, and Python then installs no KeyboardInterrupt handler
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for _ in range(1200):  # bounded wait for the first lines (not a timing assertion)
             if out.exists() and out.read_text().count("\n") >= 2 or proc.poll() is not None:

@@ -271,7 +271,11 @@ async def test_async_methods_on_the_asyncio_client(server: ServerProcess) -> Non
     answers = await asyncio.gather(*(store.asimilarity_search_with_score(t, k=3, filter={"lang": "de"})
                                      for t in texts[:6]))
     for t, got in zip(texts[:6], answers):
-        assert got == store.similarity_search_with_score(t, k=3, filter={"lang": "de"})
+        # same documents in the same order; a score may differ in float32's last bits when the
+        # async search met the points still staged (exact scan) and the sync one indexed (graph)
+        want = store.similarity_search_with_score(t, k=3, filter={"lang": "de"})
+        assert [doc for doc, _ in got] == [doc for doc, _ in want]
+        assert [score for _, score in got] == pytest.approx([score for _, score in want], rel=1e-6)
     assert [d.id for d in await store.aget_by_ids(["t3", "nope", "t4"])] == ["t3", "t4"]
     mmr = await store.amax_marginal_relevance_search("t2", k=3, fetch_k=10)
     assert mmr[0].id == "t2" and len({d.id for d in mmr}) == 3

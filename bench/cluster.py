@@ -5,7 +5,9 @@ per-shard latency distributions measured here.
 
 Measured (this machine): QPS and p50/p99 latency of the embedded collection and of each
 cluster, for one query per call and for batches of ``--batch`` queries (one message per
-shard per batch), and each shard's own latency as the router sees it (Ray call included).
+shard per batch), and each shard's own latency as the router sees it (Ray call included);
+the cost of one acknowledged write (``--writes`` upserts of one new point each, ``upsert1``)
+and one query per call asked of a second, reading router on the same cluster (``reader``).
 
 Modelled (printed and saved with the assumptions):
   - memory per shard for HNSW (vectors + level-0 links + upper levels) and for SPANN
@@ -57,6 +59,19 @@ def timed(call: Callable[[np.ndarray], Any], queries: np.ndarray, batch: int) ->
 def measure(coll: Any, queries: np.ndarray, k: int, batch: int, params: dict[str, Any]) -> dict[str, Any]:
     search = lambda q: coll.search(q, k=k, params=params)  # noqa: E731
     return {"single": timed(search, queries, 1), "batched": timed(search, queries, batch)}
+
+
+def timed_writes(coll: Any, base: np.ndarray, first_id: int, writes: int) -> dict[str, Any]:
+    """Latency of ``writes`` upserts of one new point each (acknowledged by every replica)."""
+    coll.upsert([first_id], base[:1])   # warm-up
+    secs = []
+    start = time.perf_counter()
+    for i in range(1, writes + 1):
+        t0 = time.perf_counter()
+        coll.upsert([first_id + i], base[i % len(base)][None, :])
+        secs.append(time.perf_counter() - t0)
+    total = time.perf_counter() - start
+    return {"batch": 1, "calls": writes, "qps": writes / total, **stats_ms(np.array(secs))}
 
 
 def shard_latencies(db: Any, name: str, queries: np.ndarray, k: int, params: dict[str, Any]) -> list[list[float]]:
@@ -167,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index", default="hnsw", choices=["hnsw", "flat"])
     ap.add_argument("--ef", type=int, default=64)
     ap.add_argument("--shards", default="1,2,4")
+    ap.add_argument("--writes", type=int, default=200, help="single-point upserts timed per cluster (0: none)")
     ap.add_argument("--model-points", type=float, default=1e9)
     ap.add_argument("--model-dim", type=int, default=768)
     ap.add_argument("--model-shards", default="8,16,32,64,128,256")
@@ -225,6 +241,15 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 coll.wait_indexed()
                 measured[f"cluster-{shards}"] = measure(coll, queries, args.k, args.batch, params)
                 per_shard[shards] = shard_latencies(db, "bench", queries, args.k, params)
+                if args.writes:
+                    measured[f"cluster-{shards}"]["upsert1"] = timed_writes(coll, base, args.n, args.writes)
+                    reader = connect(root=str(work / f"cluster-{shards}"))   # a second router: it reads only
+                    try:
+                        rcoll = reader.get_collection("bench")
+                        measured[f"cluster-{shards}"]["reader"] = timed(
+                            lambda q: rcoll.search(q, k=args.k, params=params), queries, 1)
+                    finally:
+                        reader.close()
             finally:
                 db.close()
         ray.shutdown()

@@ -192,6 +192,16 @@ def rss() -> int:
     return status_bytes("VmRSS")
 
 
+def anon_huge_pages() -> int | None:
+    """Bytes of the process's anonymous memory on transparent huge pages (Linux; None elsewhere):
+    random row reads cost a page walk each on 4 KiB pages, so a run's QPS depends on it."""
+    try:
+        text = Path("/proc/self/smaps_rollup").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("AnonHugePages:")), None)
+
+
 def hnswlib_formula_bytes(n: int, dim: int, M: int) -> int:
     """hnswlib's layout (the formula ``vecdb.bench.adapters.hnsw.Hnswlib.memory_bytes`` documents)."""
     per_element = (2 * M + 1) * 4 + dim * 4 + 8 + 8 + 4 + 40 + 40 + 2
@@ -486,11 +496,14 @@ DEFAULT_TARGETS = ("curator", "hnswlib-per-tenant", "hnswlib-filter")
 
 
 # ---- timing -------------------------------------------------------------------------------
-def one_pass(target: Any, data: dict[str, Any], value: dict[str, int], batched: bool) -> tuple[np.ndarray, np.ndarray, float]:
-    """All queries through ``target``: one per call, or batched per tenant. (ids, per-call s, total s)."""
+def one_pass(target: Any, data: dict[str, Any], value: dict[str, int],
+             batched: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """All queries through ``target``: one per call, or batched per tenant. (ids, per-call s,
+    total s, the calling thread's CPU s: less than the total by the time it was not running)."""
     queries, q_tenant = data["queries"], data["q_tenant"]
     ids = np.full((len(queries), K), -1, np.int64)
     lat = []
+    cpu = time.thread_time()
     start = time.perf_counter()
     if batched:
         for t in np.unique(q_tenant).tolist():
@@ -503,7 +516,8 @@ def one_pass(target: Any, data: dict[str, Any], value: dict[str, int], batched: 
             t0 = time.perf_counter()
             ids[i] = target.search(queries[i : i + 1], int(q_tenant[i]), value)[0]
             lat.append(time.perf_counter() - t0)
-    return ids, np.asarray(lat), time.perf_counter() - start
+    total = time.perf_counter() - start
+    return ids, np.asarray(lat), total, time.thread_time() - cpu
 
 
 def sweep(targets: dict[str, Any], data: dict[str, Any], grids: dict[str, list[dict[str, int]]], repeats: int,
@@ -515,7 +529,7 @@ def sweep(targets: dict[str, Any], data: dict[str, Any], grids: dict[str, list[d
 
     settings = [(name, value, batched) for name in targets for value in grids[name] for batched in (False, True)]
     warm = {**data, "queries": data["queries"][:4], "q_tenant": data["q_tenant"][:4]}
-    passes: list[list[tuple[np.ndarray, np.ndarray, float]]] = [[] for _ in settings]
+    passes: list[list[tuple[np.ndarray, np.ndarray, float, float]]] = [[] for _ in settings]
     shares: list[list[Any]] = [[] for _ in settings]
     own = target_repeats or {}
     for rep in range(repeats):
@@ -528,17 +542,20 @@ def sweep(targets: dict[str, Any], data: dict[str, Any], grids: dict[str, list[d
             shares[j].append(watch.stop())
     rows: list[dict[str, Any]] = []
     for j, (name, value, batched) in enumerate(settings):
-        ids, lat, best = min(passes[j], key=lambda p: p[2])
+        ids, lat, best, cpu = min(passes[j], key=lambda p: p[2])
         busy = any(q.busy for q in shares[j])
         row = {"target": name, **value, "batched": batched, "recall@10": round(recall(ids, data["gt"]), 4),
                "qps": round(len(ids) / best, 1), "qps_passes": [round(len(ids) / p[2], 1) for p in passes[j]],
+               "cpu_qps": round(len(ids) / max(cpu, 1e-9), 1),
+               "cpu_qps_passes": [round(len(ids) / max(p[3], 1e-9), 1) for p in passes[j]],
                "p50_ms": round(float(np.percentile(lat, 50)) * 1e3, 4),
                "p99_ms": round(float(np.percentile(lat, 99)) * 1e3, 4),
                "others_share": max(q.others_share for q in shares[j]), "busy": busy}
         rows.append(row)
         shown = ",".join(f"{k}={v}" for k, v in value.items())
         print(f"{name:20s} {shown:18s} {'batch' if batched else 'one  '} recall@10={row['recall@10']:.4f} "
-              f"qps={row['qps']:>9.1f} p50={row['p50_ms']:.3f}ms{' !busy' if busy else ''}", flush=True)
+              f"qps={row['qps']:>9.1f} (cpu {row['cpu_qps']:>9.1f}) p50={row['p50_ms']:.3f}ms"
+              f"{' !busy' if busy else ''}", flush=True)
     return rows
 
 
@@ -641,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             build_s = time.perf_counter() - t0
             gc.collect()
             builds[name] = {"build_s": round(build_s, 3), "counted_bytes": int(target.counted_bytes()),
-                            "rss_growth_bytes": rss() - before, "params": params[name]}
+                            "rss_growth_bytes": rss() - before, "params": params[name],
+                            "process_anon_huge_pages_bytes": anon_huge_pages()}
             if hasattr(target, "write_latency"):
                 builds[name]["write_latency_ms"] = target.write_latency(data, np.random.default_rng(0))
             print(f"built {name}: {build_s:.2f}s, counted {builds[name]['counted_bytes'] / 2**20:.1f} MiB, "

@@ -259,7 +259,8 @@ def summary(rec: dict[str, Any]) -> list[str]:
                      f"gap {r['hnswlib'] - r['vecdb']:+.4f} (goal <= {GOALS['recall_gap']})")
     lines.append(f"p99 4 threads             idle {d['idle_p99_ms']:.2f} ms, writing {d['writing_p99_ms']:.2f} ms -> "
                  f"{d['writing_p99_ms'] / max(d['idle_p99_ms'], 1e-9):.2f} x (goal <= {GOALS['p99_ratio']}); writer "
-                 f"{d['written_vectors_per_s']:,} vec/s; read-your-writes violations {d['read_your_writes_violations']}"
+                 f"{d['written_vectors_per_s']:,} vec/s; switch interval {rec.get('switch_interval_ms')} ms; "
+                 f"read-your-writes violations {d['read_your_writes_violations']}"
                  f" (graph misses found at ef=2000: {d['graph_misses_found_at_ef_2000']})"
                  f" of {d['searches_checked']:,} searches")
     for r in rec["e_filtered"]:
@@ -282,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=None, help="scratch folder for the databases (default: a temp dir)")
     ap.add_argument("--out", default=None, help="result folder (default bench/results/write_path)")
     ap.add_argument("--allow-busy", action="store_true", help="run on a busy machine (results flagged busy)")
+    ap.add_argument("--switch-interval-ms", type=float, default=None,
+                    help="the GIL switch interval for the run, as `vecdb serve --switch-interval-ms` sets it "
+                         "(default: Python's 5 ms); recorded in the result")
     args = ap.parse_args(argv)
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     command = ["bench/write_path.py", *(sys.argv[1:] if argv is None else argv)]
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / "write_path"
     work = Path(args.work or tempfile.mkdtemp(prefix="vecdb-write-path-"))
@@ -290,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     n, batch = args.n, args.batch
     rec: dict[str, Any] = {"n": n, "dim": DIM, "batch": batch, "M": M, "ef_construction": EF_C,
                            "threads": numba.config.NUMBA_NUM_THREADS, "goals": GOALS,
-                           "serving_pending": serving_pending(), "background_nice": background_nice()}
+                           "serving_pending": serving_pending(), "background_nice": background_nice(),
+                           "switch_interval_ms": round(sys.getswitchinterval() * 1000, 3)}
     try:
         with machine.bench_lock():
             rec["start_check"] = machine.check_quiet(args.allow_busy)

@@ -28,7 +28,7 @@ import vecdb  # noqa: E402
 from vecdb.cluster import ClusterDatabase, connect  # noqa: E402
 from vecdb.cluster import placement as P  # noqa: E402
 from vecdb.cluster.replicas import ShardGroup  # noqa: E402
-from vecdb.errors import IdNotFoundError  # noqa: E402
+from vecdb.errors import FailedPreconditionError, IdNotFoundError  # noqa: E402
 from vecdb.server.process import start_server_process  # noqa: E402
 from vecdb.storage import keys as K  # noqa: E402
 
@@ -132,6 +132,18 @@ def caught_up(group: ShardGroup) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"shard {group.shard}: replicas {group.lagging()} never caught up")
+
+
+def writing(db: ClusterDatabase) -> None:
+    """Wait until ``db`` writes its cluster: the writer lease of a router that died is freed
+    once Ray noticed (bounded: a lease never freed fails the test)."""
+    for _ in range(1200):
+        try:
+            db._require_writer()
+            return
+        except FailedPreconditionError:
+            time.sleep(0.05)
+    raise AssertionError("the dead router's writer lease was never freed")
 
 
 def replicas_agree(db: ClusterDatabase, name: str) -> dict[int, Any]:
@@ -290,6 +302,7 @@ def test_a_router_killed_between_replica_commits_leaves_replicas_that_converge(l
     assert len(acked) == 50
     db = connect(root=str(root))
     try:
+        writing(db)
         group = db._catalog_group()
         assert not group.lagging()
         coll = db.get_collection("crash")
@@ -434,6 +447,7 @@ def test_an_interrupted_shrink_is_finished_by_connect(local_ray: None, tmp_path:
         mt.upsert(list(range(20 * i, 20 * i + 20)), X[20 * i:20 * i + 20], tenant=f"t{i}")
     truth = exact_top(np.arange(600), 10)
     P.save(root, db.placement.with_target([0, 1]))   # as rebalance() records it first; then the router is gone
+    ray.kill(db._lease)   # with its process, its writer lease (its replicas stay: detached)
     db = connect(root=str(root))   # finds the replicas running under their names
     try:
         assert P.load(root).shards == (0, 1) and P.load(root).moving_to is None

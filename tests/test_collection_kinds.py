@@ -11,8 +11,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -188,40 +189,63 @@ def test_embedded(tmp_path: Path, kind: str) -> None:
 
 
 # ---- over gRPC ------------------------------------------------------------------------------
-@pytest.fixture
-def server_at(tmp_path: Path) -> Iterator[Callable[[], Any]]:
-    """Starts servers on one data directory (one at a time); stops what is left at the end."""
-    started: list[Any] = []
+@pytest.fixture(scope="module")
+def remote_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Every kind's collection ("c-<kind>") through the same three server lifetimes on one data
+    directory: writes, then a clean stop; a restart, verification and more writes, then a
+    SIGKILL (those writes are in the op log only); a restart and verification. Three server
+    starts for all kinds, not three per kind. Returns kind -> the traceback of its first
+    failure ("" when every step passed); a kind that failed skips its later steps."""
+    root = tmp_path_factory.mktemp("kinds-remote")
+    oracles: dict[str, Oracle] = {kind: {} for kind in KINDS}
+    failed = {kind: "" for kind in KINDS}
 
-    def start() -> Any:
-        proc = start_server_process(tmp_path / "data", tmp_path / f"server{len(started)}.log", args=["--no-metrics"])
-        started.append(proc)
-        return proc
+    def each(conn: Any, step: Callable[[CollectionAPI, Oracle, str], None]) -> None:
+        for kind in sorted(KINDS):
+            if not failed[kind]:
+                try:
+                    step(conn.get_collection(f"c-{kind}"), oracles[kind], kind)
+                except Exception:
+                    failed[kind] = traceback.format_exc()
 
-    yield start
-    for proc in started:
-        proc.stop()
+    def create(conn: Any) -> None:
+        for kind in sorted(KINDS):
+            conn.create_collection(f"c-{kind}", DIM, metric="l2", index=kind, index_params=KINDS[kind])
+
+    def start(n: int) -> Any:
+        return start_server_process(root / "data", root / f"server{n}.log", args=["--no-metrics"])
+
+    server = start(0)
+    try:
+        with vecdb.connect(server.address, timeout=60) as conn:
+            create(conn)
+            each(conn, lambda col, oracle, kind: (phase_a(col, oracle, kind), verify(col, oracle)))
+    finally:
+        assert server.stop() == 0
+    server = start(1)  # close / reopen
+    try:
+        with vecdb.connect(server.address, timeout=60) as conn:
+            def reopened(col: CollectionAPI, oracle: Oracle, kind: str) -> None:
+                assert col.stats().trained is True
+                verify(col, oracle)
+                phase_b(col, oracle, kind)
+            each(conn, reopened)
+    finally:
+        server.process.send_signal(signal.SIGKILL)  # crash: the writes since the checkpoint are in the log only
+        server.process.wait(30)
+    server = start(2)
+    try:
+        with vecdb.connect(server.address, timeout=60) as conn:
+            def replayed(col: CollectionAPI, oracle: Oracle, kind: str) -> None:
+                verify(col, oracle)
+                assert col.list_tenants() == ["t"]
+            each(conn, replayed)
+    finally:
+        assert server.stop() == 0
+    return failed
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_remote(server_at: Callable[[], Any], kind: str) -> None:
-    oracle: Oracle = {}
-    server = server_at()
-    with vecdb.connect(server.address, timeout=60) as db:
-        col = db.create_collection("c", DIM, metric="l2", index=kind, index_params=KINDS[kind])
-        phase_a(col, oracle, kind)
-        verify(col, oracle)
-    assert server.stop() == 0
-    server = server_at()  # close / reopen
-    with vecdb.connect(server.address, timeout=60) as db:
-        col = db.get_collection("c")
-        assert col.stats().trained is True
-        verify(col, oracle)
-        phase_b(col, oracle, kind)
-    server.process.send_signal(signal.SIGKILL)  # crash: the writes since the checkpoint are in the log only
-    server.process.wait(30)
-    server = server_at()
-    with vecdb.connect(server.address, timeout=60) as db:
-        col = db.get_collection("c")
-        verify(col, oracle)
-        assert col.list_tenants() == ["t"]
+def test_remote(remote_runs: dict[str, str], kind: str) -> None:
+    """Writes, a clean restart and a crash replay of a ``kind`` collection over gRPC."""
+    assert not remote_runs[kind], remote_runs[kind]

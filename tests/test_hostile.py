@@ -442,6 +442,40 @@ def test_two_servers_do_not_share_draining_state(tmp_path: Path) -> None:
                 server.stop(None).wait()
 
 
+def test_a_call_counted_in_flight_is_served_through_a_drain(tmp_path: Path) -> None:
+    """A drain that begins right after a call was counted on the in-flight gauge (what a
+    graceful shutdown's caller, and test_grpc_server's SIGTERM test, go by) does not turn
+    that call away: it is served; the next call gets UNAVAILABLE."""
+    servicer: list[VecdbServicer] = []
+
+    class DrainOnFirstCall(ServerMetrics):
+        """Real metrics; the drain begins the moment the first call counts as in flight."""
+
+        def started(self) -> None:
+            super().started()
+            servicer[0].drain()
+
+    with vecdb.open(tmp_path / "db") as db:
+        db.create_collection("c", 4, metric="l2", index="flat")
+        config = ServerConfig(data_dir=tmp_path / "db")
+        metrics = DrainOnFirstCall(db)
+        servicer.append(VecdbServicer(db, config, metrics))
+        server, port = create_server(db, "127.0.0.1:0", config, servicer=servicer[0])
+        server.start()
+        try:
+            with vecdb.connect(f"127.0.0.1:{port}", timeout=30, retries=0) as conn:
+                assert [c.name for c in conn.list_collections()] == ["c"]
+                with pytest.raises(UnavailableError, match="shutting down"):
+                    conn.list_collections()
+        finally:
+            server.stop(None).wait()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in metrics.registry.collect() for s in family.samples}
+    assert samples[("vecdb_requests_total", (("code", "OK"), ("method", "ListCollections")))] == 1
+    assert samples[("vecdb_requests_total", (("code", "UNAVAILABLE"), ("method", "ListCollections")))] == 1
+    assert samples[("vecdb_requests_in_flight", ())] == 0
+
+
 def test_a_1mb_hnsw_upsert_holds_the_write_lock_briefly(server: ServerProcess) -> None:
     with connect(server) as db:
         db.create_collection("hn-bulk", DIM, metric="l2", index="hnsw")

@@ -21,6 +21,7 @@ Layers, bottom to top:
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -115,13 +116,24 @@ def test_collection_does_not_import_the_database() -> None:
 
 
 def test_every_module_imports_on_its_own(tmp_path: Path) -> None:
-    """One fresh interpreter imports each module with every vecdb module forgotten before it,
+    """Fresh interpreters import each module with every vecdb module forgotten before it,
     so each import runs from a clean slate. Kept loaded: the generated ``vecdb.v1`` protos
     (protobuf's descriptor pool refuses a second registration) and, except when a kernel module
     itself is imported, the Numba kernels (re-loading them takes seconds each time). Byte code
-    goes to a scratch folder so each module is compiled once, not once per import."""
+    goes to a scratch folder so each module is compiled once, not once per import. Two
+    interpreters share the modules (one per core), each importing every other one."""
     names = [n for n in MODULES if n != "vecdb.__main__"]  # __main__ runs the CLI
-    script = (
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(tmp_path / "pyc")
+    procs = [subprocess.Popen([sys.executable, "-c", _import_each(names[half::2])], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=ROOT.parent, env=env) for half in (0, 1)]
+    outputs = [proc.communicate()[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(outputs)
+
+
+def _import_each(names: list[str]) -> str:
+    """A script importing each of ``names`` from a clean slate; exits 1 listing the failures."""
+    return (
         "import importlib, sys, traceback\n"
         f"names = {names!r}\n"
         "bad = []\n"
@@ -136,39 +148,38 @@ def test_every_module_imports_on_its_own(tmp_path: Path) -> None:
         "print('\\n'.join(bad))\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(tmp_path / "pyc")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent, env=env)
+
+
+@pytest.fixture(scope="module")
+def optional_imports() -> dict[str, list[str]]:
+    """What one fresh interpreter has loaded after importing the client SDK alone ("client":
+    the index layer or Numba), then vecdb, its server, clients and CLI ("ray", "frameworks")."""
+    script = ("import json, sys, vecdb.client, vecdb.aio_client\n"
+              "seen = {'client': sorted(m for m in sys.modules\n"
+              "                         if m == 'numba' or m.startswith(('vecdb.index', 'vecdb.kernels')))}\n"
+              "import vecdb, vecdb.database, vecdb.server.app, vecdb.cli\n"
+              "seen['ray'] = sorted(m for m in sys.modules if m.split('.')[0] == 'ray')\n"
+              "seen['frameworks'] = sorted(m for m in sys.modules\n"
+              "                            if m.split('.')[0] in ('langchain_core', 'langchain', 'llama_index'))\n"
+              "print(json.dumps(seen))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent)
     assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def test_the_client_sdk_loads_no_numba() -> None:
+def test_the_client_sdk_loads_no_numba(optional_imports: dict[str, list[str]]) -> None:
     """``vecdb.client`` / ``vecdb.aio_client`` share ``vecdb.api`` with the embedded engine but
     never load the index layer or Numba (about 110 MB and seconds of import for a client)."""
-    script = ("import sys, vecdb.client, vecdb.aio_client\n"
-              "bad = sorted(m for m in sys.modules if m == 'numba' or m.startswith(('vecdb.index', 'vecdb.kernels')))\n"
-              "print(bad)\n"
-              "sys.exit(1 if bad else 0)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert optional_imports["client"] == []
 
 
-def test_only_the_cluster_package_imports_ray() -> None:
+def test_only_the_cluster_package_imports_ray(optional_imports: dict[str, list[str]]) -> None:
     """Ray is the optional extra ``vecdb[cluster]``: importing vecdb, its server and its
     clients never loads it."""
-    script = ("import sys, vecdb, vecdb.database, vecdb.server.app, vecdb.client, vecdb.cli\n"
-              "print([m for m in sys.modules if m == 'ray' or m.startswith('ray.')][:3])\n"
-              "sys.exit(1 if 'ray' in sys.modules else 0)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert optional_imports["ray"] == []
 
 
-def test_only_the_integrations_import_the_frameworks() -> None:
+def test_only_the_integrations_import_the_frameworks(optional_imports: dict[str, list[str]]) -> None:
     """LangChain and LlamaIndex are the optional extras ``vecdb[langchain]`` /
     ``vecdb[llamaindex]``: importing vecdb, its server, clients and CLI never loads them."""
-    script = ("import sys, vecdb, vecdb.database, vecdb.server.app, vecdb.client, vecdb.aio_client, vecdb.cli\n"
-              "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('langchain_core', 'langchain', 'llama_index'))\n"
-              "print(bad[:3])\n"
-              "sys.exit(1 if bad else 0)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT.parent)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert optional_imports["frameworks"] == []

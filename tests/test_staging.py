@@ -249,3 +249,80 @@ def test_a_prepared_batch_is_published_whole_after_indexer_steps() -> None:
         staging.step(index, 257)
     assert len(staging) == 0 and sorted(index.ids.tolist()) == sorted(logical)
     check(staging, index, logical, queries, 7, None, "l2")
+
+
+def test_a_plan_made_beside_the_writer_is_used_only_while_it_holds() -> None:
+    """The indexer copies the next rows into the graph's arrays before its exclusive step
+    (``plan``); ``begin`` publishes exactly those rows when nothing they depend on changed,
+    and takes the rows again itself when one was unstaged or the staged arrays regrew, so
+    searches answer like the logical state either way."""
+    rng = np.random.default_rng(23)
+    n0, fresh = 200, 300
+    index = HNSW(DIM, "cosine", M=8, seed=4)
+    logical = {i: rng.normal(size=DIM).astype(np.float32) for i in range(n0)}
+    index.add(np.stack(list(logical.values())), np.arange(n0))
+    staging = Staging(DIM, "cosine")
+    ids = np.arange(n0, n0 + fresh)
+    x = rng.normal(size=(fresh, DIM)).astype(np.float32)
+    staging.stage(x, ids, stale=np.zeros(0, np.int64))
+    logical.update(zip(ids.tolist(), x))
+    queries = rng.normal(size=(4, DIM)).astype(np.float32)
+
+    def publish(move: object) -> None:
+        assert move is not None
+        Staging.link(index, move)
+        check(staging, index, logical, queries, 6, None, "cosine")
+        staging.finish(move)
+
+    staging.reserve(index)
+    plan = staging.plan(index, 100)                      # held: its placement is published as made
+    assert plan is not None and plan.placement is not None
+    later = rng.normal(size=(5, DIM)).astype(np.float32)  # the writer publishes more rows meanwhile
+    staging.stage(later, np.arange(900, 905), stale=np.zeros(0, np.int64))
+    logical.update(zip(range(900, 905), later))
+    move = staging.begin(index, 100, plan)
+    assert move is not None and np.array_equal(move.slots, plan.placement.slots)
+    assert np.array_equal(move.ids, ids[:100])
+    check(staging, index, logical, queries, 6, None, "cosine")
+    publish(move)
+
+    plan = staging.plan(index, 100)                      # one of its rows is deleted meanwhile
+    assert plan is not None
+    gone = int(plan.ids[7])
+    staging.unstage(np.array([gone]))
+    staging.hide(np.array([gone]))
+    del logical[gone]
+    assert staging.begin(index, 100, plan) is None        # the stale entry goes first; the plan is dropped
+    check(staging, index, logical, queries, 6, None, "cosine")
+
+    plan = staging.plan(index, 50)                       # the staged arrays regrow meanwhile
+    assert plan is not None
+    big = rng.normal(size=(3000, DIM)).astype(np.float32)
+    staging.stage(big, np.arange(2000, 5000), stale=np.zeros(0, np.int64))
+    logical.update(zip(range(2000, 5000), big))
+    move = staging.begin(index, 50, plan)
+    assert move is not None and plan.vecs is not staging._vecs
+    publish(move)
+    while staging.busy:
+        move = staging.begin(index, 512, staging.plan(index, 512))
+        if move is not None:
+            publish(move)
+    assert len(staging) == 0 and sorted(index.ids.tolist()) == sorted(logical)
+    check(staging, index, logical, queries, 6, None, "cosine")
+
+
+def test_cosine_staged_rows_are_scored_from_the_raw_query() -> None:
+    """The staged scan does not normalise cosine queries (the index does): its distances,
+    scaled by the query's norm, equal the exact ones, a zero query included (cosine 0 to
+    every row), with +inf padding kept where fewer rows than k are staged."""
+    rng = np.random.default_rng(24)
+    x = rng.normal(size=(5, DIM)).astype(np.float32)
+    index = FlatIndex(DIM, "cosine")
+    staging = Staging(DIM, "cosine")
+    staging.stage(x, np.arange(5), stale=np.zeros(0, np.int64))
+    queries = np.concatenate([rng.normal(size=(2, DIM)).astype(np.float32) * np.float32(7),
+                              np.zeros((1, DIM), np.float32)])
+    check(staging, index, dict(enumerate(x)), queries, 8, None, "cosine")
+    got = staging.search_trusted(index, queries, 8, None, None, {})
+    assert np.allclose(got.distances[2, :5], 1.0) and np.isinf(got.distances[:, 5:]).all()
+    assert (got.ids[:, 5:] == -1).all()

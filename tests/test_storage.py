@@ -151,3 +151,28 @@ def test_dir_bytes_counts_every_file_below_and_zero_when_missing(tmp_path: Path)
     fsync_tree(tmp_path / "a")  # every file and folder is synced; the contents stay
     assert dir_bytes(tmp_path / "a") == 123
     assert dir_bytes(tmp_path / "missing") == 0
+
+
+def test_hold_stats_survive_a_lock_collected_while_they_are_read() -> None:
+    """A lock's finalizer (it keeps the figures of a collected lock) runs wherever the garbage
+    collector does, which includes any allocation made while ``hold_stats`` holds the stats
+    lock: run there, it must not wait for that lock (it hung a /metrics scrape for good), and
+    the collected lock's holds still count (white-box: the finalizer is run by hand)."""
+    from vecdb.storage import locks
+
+    name = "test-collected-while-read"
+    lock = RWLock(name)
+    with lock.write():
+        pass
+    own = lock._own
+    done = threading.Event()
+
+    def collected_inside_hold_stats() -> None:
+        with locks._STATS_LOCK:      # where hold_stats is when the collector runs
+            locks._retire(name, own)  # what weakref.finalize calls for a collected lock
+        done.set()
+
+    threading.Thread(target=collected_inside_hold_stats, daemon=True).start()
+    assert done.wait(120), "a lock's finalizer deadlocked on the stats lock"
+    del lock
+    assert locks.hold_stats()[(name, "write", "wall")].count >= 1

@@ -372,3 +372,46 @@ def _writer_held_back(col: Any, batches: range, batch: int, admitted: int) -> It
         yield
     assert done.wait(timeout=120)
     thread.join()
+
+
+def test_the_switch_interval_is_a_server_setting(tmp_path: Path) -> None:
+    """``vecdb serve --switch-interval-ms`` sets the process's GIL switch interval (a search
+    waits at most that long for the GIL behind a writer's Python); the library and a
+    default server config leave it alone, and a bad value is refused."""
+    import sys
+
+    from vecdb.server.__main__ import build_parser, config_from_args
+    from vecdb.server.app import serve
+    from vecdb.server.config import ServerConfig
+
+    assert ServerConfig().switch_interval_ms is None
+    for bad in ("0", "-1", "x", "5000"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--switch-interval-ms", bad])
+    args = build_parser().parse_args(["--data", str(tmp_path / "d"), "--port", "0", "--no-metrics",
+                                      "--switch-interval-ms", "0.5"])
+    config = config_from_args(args)
+    assert config.switch_interval_ms == 0.5
+    before = sys.getswitchinterval()
+    db = vecdb.open(tmp_path / "d")
+    assert sys.getswitchinterval() == before
+    stop = threading.Event()
+    stop.set()
+    codes: list[int] = []
+    try:
+        runner = threading.Thread(target=lambda: codes.append(serve(config, db=db, stop=stop)))
+        runner.start()
+        runner.join()
+        assert codes == [0] and sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
+        db.close()
+
+
+def test_int_id_keys_of_a_batch_equal_the_keys_one_at_a_time() -> None:
+    """The writer's batched id keys are byte for byte the stored format of one id's key."""
+    from vecdb.storage import keys as K
+
+    ids = np.array([0, 1, 255, 256, 2**32, 2**63 - 1, 7919], np.int64)
+    assert K.int_id_keys(ids) == [K.int_id_key(int(i)) for i in ids]
+    assert K.int_id_keys(np.zeros(0, np.int64)) == []

@@ -32,7 +32,9 @@ def connect(address: str | None = None, *, root: str | os.PathLike[str], shards:
     for a replica that is down (restarting) before it is acknowledged without it (that
     replica is then caught up once it answers again), and a read for any replica of a shard.
     ``db_options``: options of each replica's embedded database (``vecdb.open``).
-    Closing the database stops its actors, and the local Ray it started."""
+    Several routers may connect to one cluster: all read, one writes (the others' writes
+    are refused with FailedPreconditionError until it closes or dies: ``routers``).
+    Closing the writing router stops the replicas; closing any stops the local Ray it started."""
     if address is not None and (not isinstance(address, str) or not address):
         raise InvalidArgumentError(f"address must be None, 'auto', 'ray://host:port' or host:port, got {address!r:.100}")
     started = False

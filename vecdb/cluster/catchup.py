@@ -10,7 +10,9 @@ while the router holds the shard's write lock, so the source does not change mea
 Reads keep going to the current replicas throughout. The router's ``CatchUpWorker``
 retries lagging replicas in the background until they answer; a lagging replica whose
 actor is dead for good (killed, or Ray gave up restarting it) is started again from its
-directory."""
+directory. A replica found with an epoch below the router's (it was down while this router
+took the writing over: its number may count writes of the router before) is fenced first,
+then copied whole, never trusted by its number. Only the writing router catches up."""
 from __future__ import annotations
 
 import logging
@@ -35,12 +37,18 @@ REVIVE_SECONDS = 5.0
 
 def catch_up(group: ShardGroup, probe_seconds: float = PROBE_SECONDS) -> bool:
     """Bring ``group``'s lagging replicas that answer up to its latest write (taking its
-    write lock); True when none lags any more."""
+    write lock); True when none lags any more (False on a reading router's group)."""
+    if group.epoch is None:
+        return False
     up = _numbers(group, group.lagging(), probe_seconds)   # without the lock: writes go on while replicas are down
     if not up:
         return not group.lagging()
     with group.lock:
-        held = _numbers(group, [r for r in group.lagging() if r in up], probe_seconds)
+        epoch = group.epoch
+        if epoch is None:
+            return False
+        held, stale = _fenced(group, _numbers(group, [r for r in group.lagging() if r in up], probe_seconds), epoch,
+                              probe_seconds)
         if not group.current():
             # No replica is known to hold the latest acknowledged write: one that answers with
             # at least that number holds every acknowledged write (and maybe an unacknowledged
@@ -50,16 +58,16 @@ def catch_up(group: ShardGroup, probe_seconds: float = PROBE_SECONDS) -> bool:
                 return False
             group.seq = best
         for r, n in sorted(held.items()):
-            if n == group.seq:
+            if n == group.seq and (r not in stale or not group.current()):
                 group.caught_up(r, n)
         source = group.current()
         for r in sorted(held):
             if r in source or not source:
                 continue
-            if _replay(group, r, held[r]):
+            if r not in stale and _replay(group, r, held[r], epoch):
                 continue
             try:
-                n = ray.get(group.actors[r].copy_from.remote(group.actors[source[0]], group.seq))
+                n = ray.get(group.actors[r].copy_from.remote(group.actors[source[0]], group.seq, epoch))
             except RayActorError:
                 continue   # one of the two went down: tried again later
             except Exception as exc:  # noqa: BLE001 - the replica's own error, logged and retried
@@ -71,7 +79,30 @@ def catch_up(group: ShardGroup, probe_seconds: float = PROBE_SECONDS) -> bool:
         return not group.lagging()
 
 
-def _replay(group: ShardGroup, replica: int, held: int) -> bool:
+def _fenced(group: ShardGroup, found: dict[int, tuple[int, int]], epoch: int,
+            probe_seconds: float) -> tuple[dict[int, int], set[int]]:
+    """The write numbers of ``found`` (replica -> (number, epoch)) once each is fenced with
+    ``epoch``, and the replicas that had a lower epoch (to be copied); those that do not
+    answer the fence are left out. Nothing when a newer router fenced one (``group`` then
+    stops writing)."""
+    held: dict[int, int] = {}
+    stale: set[int] = set()
+    for r, (n, had) in found.items():
+        if had < epoch:
+            try:
+                now = int(ray.get(group.actors[r].fence.remote(epoch), timeout=probe_seconds))
+                n = int(ray.get(group.actors[r].ping.remote(), timeout=probe_seconds)[3])
+            except (GetTimeoutError, RayActorError):
+                continue
+            if now > epoch:   # a newer router fenced it: that one writes now, this one reads only
+                group.epoch = None
+                return {}, set()
+            stale.add(r)
+        held[r] = n
+    return held, stale
+
+
+def _replay(group: ShardGroup, replica: int, held: int, epoch: int) -> bool:
     """Send ``replica`` the writes it missed again, in order, when the router's log holds
     them all (caller holds the write lock); True when it holds the latest write then."""
     missed = group.log.between(held, group.seq) if held < group.seq else None
@@ -80,7 +111,7 @@ def _replay(group: ShardGroup, replica: int, held: int) -> bool:
     actor = group.actors[replica]
     for write in missed:
         try:
-            outcome = ray.get(actor.apply.remote(write.n, write.method, write.args))
+            outcome = ray.get(actor.apply.remote(write.n, write.method, write.args, epoch))
         except RayActorError:
             return False
         if outcome.applied != write.n:   # refused what the others committed: it differs, copy it
@@ -91,13 +122,14 @@ def _replay(group: ShardGroup, replica: int, held: int) -> bool:
     return True
 
 
-def _numbers(group: ShardGroup, replicas: list[int], probe_seconds: float) -> dict[int, int]:
-    """The write number of each of ``replicas`` that answers within ``probe_seconds``."""
+def _numbers(group: ShardGroup, replicas: list[int], probe_seconds: float) -> dict[int, tuple[int, int]]:
+    """(write number, epoch) of each of ``replicas`` that answers within ``probe_seconds``."""
     refs = {r: group.actors[r].ping.remote() for r in replicas}
-    held: dict[int, int] = {}
+    held: dict[int, tuple[int, int]] = {}
     for r, ref in refs.items():
         try:
-            held[r] = int(ray.get(ref, timeout=probe_seconds)[3])
+            answer = ray.get(ref, timeout=probe_seconds)
+            held[r] = (int(answer[3]), int(answer[4]))
         except ActorDiedError:   # dead for good: started again from its directory, asked next round
             now = time.monotonic()
             if group.revive is not None and now >= group.revive_after[r]:
@@ -144,4 +176,4 @@ class CatchUpWorker:
             pause = 0.1 if done else min(MAX_PAUSE, pause * 2)
 
     def _lagging(self) -> list[ShardGroup]:
-        return [g for g in self._groups() if g.lagging()]
+        return [g for g in self._groups() if g.epoch is not None and g.lagging()]

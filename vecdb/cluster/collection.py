@@ -124,7 +124,7 @@ class ClusterCollection:
     def train(self) -> None:
         """Train (or retrain) each shard's index on its points; FailedPreconditionError when the
         collection is empty (shards without points keep their exact scan)."""
-        self._db._check()
+        self._db._require_writer()
         with self._db._all_locks():
             groups = self._db._groups_now()
             pending = [(g, g.everyone("call", self.name, "train")) for g in groups]   # not a numbered write

@@ -7,12 +7,16 @@ holds every collection (its part of the points) and every tenant; shard 0, never
 is the catalog: collection and tenant changes are decided there first, then carried to the
 others (``connect`` completes a change a crash interrupted half-way).
 
-This object is the router: the only writer of its cluster (writes to a shard are ordered
-by the router's lock of that shard and numbered, which is what keeps its replicas
-identical). Two routers on one cluster must not write concurrently. On connect, a shard's
-replicas holding fewer writes than the others are copied from one holding them all
-(``catchup``: a router that died between two replicas' commits leaves them so); later, a
-replica that misses writes is caught up in the background when it answers again."""
+This object is a router. Any number of routers (one per ``connect``, in any processes) read
+a cluster at once; one writes it, the holder of the cluster's writer lease (``routers``):
+writes to a shard are ordered by that router's lock of the shard and numbered, which is what
+keeps its replicas identical, and carry its epoch, below which replicas refuse writes. The
+others refuse writes (FailedPreconditionError) until the writer closes or dies; then the
+first asked to write takes the lease over. On becoming the writer (on connect, or taking
+over), a router fences the replicas and copies a shard's replicas holding fewer writes than
+the others from one holding them all (``catchup``: a router that died between two
+replicas' commits leaves them so); later, a replica that misses writes is caught up in the
+background when it answers again."""
 from __future__ import annotations
 
 import contextlib
@@ -27,13 +31,14 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from vecdb.api import CollectionInfo
 from vecdb.cluster import placement as P
 from vecdb.cluster.catchup import CatchUpWorker, catch_up
 from vecdb.cluster.collection import ClusterCollection
 from vecdb.cluster.replicas import PendingRead, PendingWrite, ShardGroup, unwrap
+from vecdb.cluster.routers import ReadRefresher, release_lease, replica_numbers, take_lease
 from vecdb.cluster.shard import ShardReplica
 from vecdb.database import validate_info
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, FailedPreconditionError, InvalidArgumentError,
@@ -70,7 +75,13 @@ class ClusterDatabase:
         self._tenant_lock = threading.Lock()
         self._tenant_cache: dict[tuple[str, str], set[int]] = {}   # (collection, tenant) -> shards
         self._tenant_gen: dict[tuple[str, str], int] = {}
+        self._token = uuid.uuid4().hex
+        self._epoch: int | None = None   # the epoch this router writes with (while it holds the lease)
+        self._lease, holder = take_lease(self._lease_name(), NAMESPACE, self._token, self._wait)
         found = P.load(self.root)
+        if found is None and self._lease is None:
+            raise FailedPreconditionError(f"cluster {self.root} is being created by another router ({holder}): "
+                                          f"connect once it exists")
         if found is None:
             found = P.new_placement(_count(shards, 3, "shards"), _count(replicas, 2, "replicas"))
             P.save(self.root, found)
@@ -82,18 +93,20 @@ class ClusterDatabase:
                                            f"use rebalance() to change it")
         self.placement = found
         self._groups: dict[int, ShardGroup] = {}
+        self._stamp = _stamp(self.root)
         self._catch_up = CatchUpWorker(self._groups_now)
+        self._refresher = ReadRefresher(lambda: self._lease is None and not self._closed, self._refresh_view)
         try:
-            self._groups = {s: self._start_group(s) for s in found.all_shards()}
-            for group in self._groups_now():   # replicas a crash left behind the others
-                catch_up(group)
+            if self._lease is None:
+                self._groups = {s: self._start_group(s) for s in found.all_shards()}
+            else:
+                self._become_writer()
         except BaseException:
             self._catch_up.close()
+            self._refresher.close()
+            if self._lease is not None:
+                release_lease(self._lease)
             raise
-        self._repair()
-        if found.moving_to is not None:   # a rebalance was interrupted: finish it before serving
-            from vecdb.cluster.rebalance import rebalance
-            rebalance(self, list(found.moving_to))
 
     # ---- DatabaseAPI -----------------------------------------------------------------------
     def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str | None = None,
@@ -103,6 +116,7 @@ class ClusterDatabase:
         ``index`` None: ``vecdb.api.default_index(multi_tenant)``."""
         self._check()
         info = validate_info(name, dim, metric, index, index_params, id_type, multi_tenant)
+        self._require_writer()
         with self._all_locks():
             self._catalog_group().write("create_collection", info).result()
             self._rest("create_collection", (info,), AlreadyExistsError)
@@ -126,6 +140,7 @@ class ClusterDatabase:
     def drop_collection(self, name: str) -> None:
         """Delete a collection on every shard; CollectionNotFoundError if none."""
         self._check()
+        self._require_writer()
         with self._all_locks():
             self._catalog_group().write("drop_collection", name).result()
             self._rest("drop_collection", (name,), CollectionNotFoundError)
@@ -141,6 +156,7 @@ class ClusterDatabase:
         target = Path(as_fs_path(path, what="snapshot path"))
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise InvalidArgumentError(f"snapshot target {target} must be missing or an empty directory")
+        self._require_writer()   # writes pause while the shards copy themselves: only the writer can pause them
         work = self.root / ".snapshots" / uuid.uuid4().hex
         work.mkdir(parents=True)
         try:
@@ -163,26 +179,33 @@ class ClusterDatabase:
         self._check()
         n = _count(shards, 1, "shards")
         batch = as_positive_int(batch, "batch")
+        self._require_writer()
         with self._layout_lock:
             kept = sorted(self.placement.shards)[:n]
             new = list(range(self.placement.next_shard, self.placement.next_shard + max(0, n - len(kept))))
             rebalance(self, kept + new, batch, on_batch)
 
     def close(self) -> None:
-        """Close every replica's database and stop the actors (their data stays in their
-        directories); further calls raise FailedPreconditionError. Closing twice is harmless."""
+        """The writing router: close every replica's database, stop the actors (their data
+        stays in their directories) and give the writer lease up; a reading router leaves
+        them serving. Further calls raise FailedPreconditionError. Closing twice is harmless."""
+        self._refresher.close()   # first: a refresh in progress holds the layout lock
         with self._layout_lock:
             if self._closed:
                 return
             self._closed = True
             self._catch_up.close()
-            actors = [a for g in self._groups.values() for a in g.actors]
-            for ref in [a.close.remote() for a in actors]:
+            if self._lease is not None:
+                actors = [a for g in self._groups.values() for a in g.actors]
+                for ref in [a.close.remote() for a in actors]:
+                    with contextlib.suppress(Exception):
+                        ray.get(ref)
+                for actor in actors:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor, no_restart=True)
                 with contextlib.suppress(Exception):
-                    ray.get(ref)
-            for actor in actors:
-                with contextlib.suppress(Exception):
-                    ray.kill(actor, no_restart=True)
+                    release_lease(self._lease)
+                self._lease = None
             if self._owns_ray:
                 ray.shutdown()
 
@@ -231,6 +254,96 @@ class ClusterDatabase:
     def _all_locks(self) -> contextlib.AbstractContextManager[None]:
         return self._locks(list(self._groups))
 
+    def _lease_name(self) -> str:
+        return f"vecdb-{self._tag}-writer"
+
+    def _require_writer(self) -> None:
+        """Return when this router writes the cluster: it holds the writer lease, or takes it
+        now that it is free (then it fences the replicas and catches them up); else
+        FailedPreconditionError naming the router that writes. A writer fenced by another
+        (it lost its lease without knowing) reads only from then on."""
+        self._check()
+        if self._lease is not None and all(g.epoch is not None for g in self._groups.values()):
+            return
+        with self._layout_lock:
+            self._check()
+            if self._lease is not None and any(g.epoch is None for g in self._groups.values()):
+                with contextlib.suppress(Exception):   # another router fenced the replicas: it writes now
+                    release_lease(self._lease)
+                self._lease = None
+                for g in self._groups.values():
+                    g.epoch = None
+            if self._lease is not None:
+                return
+            self._lease, holder = take_lease(self._lease_name(), NAMESPACE, self._token, self._wait)
+            if self._lease is None:
+                raise FailedPreconditionError(f"cluster {self.root}: another router ({holder}) writes this cluster; "
+                                              f"this one only reads until that router closes or dies")
+            try:
+                self._become_writer()
+            except BaseException:
+                for g in self._groups.values():
+                    g.epoch = None
+                with contextlib.suppress(Exception):
+                    release_lease(self._lease)
+                self._lease = None
+                raise
+
+    def _become_writer(self) -> None:
+        """Holding the lease: find the replicas as the placement record lists them, fence
+        them with an epoch above any they hold, take their write numbers, copy replicas a
+        crash left behind, complete interrupted catalog changes and rebalance."""
+        found = P.load(self.root)
+        if found is not None:
+            self.placement = found
+        groups = {s: self._start_group(s) for s in self.placement.all_shards()}
+        pings = [(g, r, a.ping.remote()) for g in groups.values() for r, a in enumerate(g.actors)]
+        epochs = [0]
+        for _, _, ref in pings:
+            with contextlib.suppress(RayActorError, GetTimeoutError):
+                epochs.append(int(ray.get(ref, timeout=self._wait)[4]))
+        epoch = 1 + max(epochs)
+        fences = [(g, r, g.actors[r].fence.remote(epoch)) for g, r, _ in pings]
+        for g, r, ref in fences:
+            try:
+                if ray.get(ref) != epoch:   # a newer router fenced it meanwhile: it writes
+                    raise FailedPreconditionError(f"cluster {self.root}: another router took the writing over")
+            except RayActorError:
+                g.applied[r] = -1   # not fenced: copied once it answers (catchup)
+        for g in groups.values():
+            numbers = replica_numbers(g)
+            g.applied = [numbers.get(r, -1) if g.applied[r] != -1 else -1 for r in range(len(g.actors))]
+            g.seq = max(0, *g.applied)   # none answered (-1 each): none is current until caught up
+            g.epoch = epoch
+        self._epoch = epoch
+        self._moved.clear()
+        self._tenants_forget(None)
+        self._groups = groups
+        self._stamp = _stamp(self.root)
+        for group in self._groups_now():   # replicas a crash left behind the others
+            catch_up(group)
+        self._repair()
+        if self.placement.moving_to is not None:   # a rebalance was interrupted: finish it before serving
+            from vecdb.cluster.rebalance import rebalance
+            rebalance(self, list(self.placement.moving_to))
+
+    def _refresh_view(self) -> None:
+        """A reading router: the placement record again when it changed (shards added or
+        removed, a rebalance started or done), and every replica's write number."""
+        with self._layout_lock:
+            if self._lease is not None or self._closed:
+                return
+            stamp = _stamp(self.root)
+            if stamp != self._stamp:
+                found = P.load(self.root)
+                if found is not None:
+                    old = self._groups
+                    self._groups = {s: old[s] if s in old else self._start_group(s) for s in found.all_shards()}
+                    self.placement = found
+                    self._stamp = stamp
+            for group in self._groups_now():
+                group.refresh(replica_numbers(group))
+
     def _stable_reads(self) -> contextlib.AbstractContextManager[None]:
         """Figures summed over shards see no point twice: during a rebalance they wait for the
         batch being moved (a point is briefly on two shards)."""
@@ -245,6 +358,7 @@ class ClusterDatabase:
         ``affine`` (a multi-tenant collection): ids live where they were created, found by
         asking every shard under all the write locks; new ids (``place_new``) go to the shard
         of ``home`` (the writing tenant's key) or of their id; absent ids are left out."""
+        self._require_writer()
         while True:
             if affine:
                 with self._all_locks():
@@ -284,7 +398,8 @@ class ClusterDatabase:
         multi-tenant collection (``affine``) the ids are located first; absent ones are asked
         of the catalog shard, which answers them missing."""
         with self._stable_reads():
-            if affine:
+            if affine or (self._lease is None and self.placement.moving_to is not None):
+                # a reading router does not know which points a rebalance moved already: asks all
                 owners = self._locate(name, keys)
                 owners[owners < 0] = min(self._groups)
             else:
@@ -307,8 +422,9 @@ class ClusterDatabase:
     def _tenant_shards(self, name: str, tenants: tuple[str, ...]) -> list[ShardGroup]:
         """The shards a search of ``tenants`` in multi-tenant collection ``name`` must ask:
         those holding points the tenants may access (a superset, kept up to date by writes;
-        every shard while a rebalance moves points)."""
-        if self.placement.moving_to is not None:
+        every shard while a rebalance moves points, or on a reading router, which does not
+        see the writer's writes)."""
+        if self.placement.moving_to is not None or self._lease is None:
             return self._groups_now()
         shards: set[int] = set()
         for tenant in tenants:
@@ -354,6 +470,7 @@ class ClusterDatabase:
     def _everywhere(self, name: str, method: str, args: tuple[Any, ...], already: type[VecdbError]) -> None:
         """A tenant change: decided by the catalog shard (its exception is the answer), then
         made on every other shard, which also completes an earlier interrupted change."""
+        self._require_writer()
         with self._all_locks():
             try:
                 self._catalog_group().write("call", name, method, args).result()
@@ -390,7 +507,8 @@ class ClusterDatabase:
                     actors[r] = start(r)
                 except Exception as exc:  # noqa: BLE001 - the replica's own error, unwrapped
                     raise unwrap(exc) from None
-        return ShardGroup(shard, actors, applied, self._wait, on_behind=self._catch_up.wake, revive=start)
+        return ShardGroup(shard, actors, applied, self._wait, on_behind=self._catch_up.wake, revive=start,
+                          epoch=self._epoch if self._lease is not None else None)
 
     def _add_shard(self, shard: int) -> ShardGroup:
         """Start ``shard`` holding every collection and tenant (empty); callers hold all locks."""
@@ -446,6 +564,15 @@ def _partial(name: str, owners: np.ndarray, uids: list[Any], results: dict[int, 
     exc.committed_ids = committed   # type: ignore[attr-defined]
     exc.failed_ids = failed         # type: ignore[attr-defined]
     return exc
+
+
+def _stamp(root: Path) -> tuple[int, int, int] | None:
+    """What changes when the placement record is written again (it is replaced, never edited)."""
+    try:
+        st = os.stat(root / P.RECORD)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _count(value: Any, default: int, what: str) -> int:

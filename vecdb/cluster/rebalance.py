@@ -7,10 +7,14 @@ shard (every replica) and deleted from the old one, each batch under the write l
 wait for one batch, never for the whole move), and their ids are marked moved, so that
 writes follow them. A point is always on at least one shard, and searches drop the copy
 seen twice, so they stay complete and duplicate-free throughout. A last pass under all the
-locks takes what writers added meanwhile; then the new ring becomes the placement."""
+locks takes what writers added meanwhile; then the new ring becomes the placement.
+
+Reading routers learn of the move from the placement record (``routers.ReadRefresher``):
+points start moving, and removed shards stop, only after they had time to read it twice."""
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
@@ -18,6 +22,7 @@ import ray
 
 from vecdb.cluster import placement as P
 from vecdb.cluster.points import PointBatch
+from vecdb.cluster.routers import READ_REFRESH_SECONDS
 from vecdb.errors import CollectionNotFoundError
 
 if TYPE_CHECKING:
@@ -35,9 +40,8 @@ def rebalance(db: "ClusterDatabase", shards: Sequence[int], batch: int = BATCH,
         target = tuple(sorted(shards))
         if db.placement.moving_to is None and target == db.placement.shards:
             return
-        db.placement = db.placement.with_target(target)
-        P.save(db.root, db.placement)
-        db._tenants_forget(None)   # tenant searches ask every shard while points move
+        # new shards hold every collection and tenant before the record names them (reading
+        # routers search them as soon as they read it)
         with db._all_locks():   # no collection or tenant is created while a shard is added
             for s in target:
                 if s not in db._groups:
@@ -45,6 +49,10 @@ def rebalance(db: "ClusterDatabase", shards: Sequence[int], batch: int = BATCH,
                     groups = dict(db._groups)
                     groups[s] = added
                     db._groups = groups
+        db.placement = db.placement.with_target(target)
+        P.save(db.root, db.placement)
+        db._tenants_forget(None)   # tenant searches ask every shard while points move
+        time.sleep(2 * READ_REFRESH_SECONDS)   # reading routers search the new shards too before points move
         ring = P.HashRing(target, db.placement.vnodes).spec()
         sources = [s for s in db.placement.all_shards()]
         cursors = {(info.name, s): -1 for info in db.list_collections() for s in sources}
@@ -80,6 +88,8 @@ def rebalance(db: "ClusterDatabase", shards: Sequence[int], batch: int = BATCH,
             groups = {s: g for s, g in db._groups.items() if s in target}
             gone = [db._groups[s] for s in removed]
             db._groups = groups
+        if gone:
+            time.sleep(2 * READ_REFRESH_SECONDS)   # reading routers stop asking the removed shards
         for g in gone:
             for actor in g.actors:
                 with contextlib.suppress(Exception):

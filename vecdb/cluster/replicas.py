@@ -11,7 +11,11 @@ number is not used and the replicas' exception is the answer.
 Failures a replica reports on purpose (vecdb exceptions) come back as those exceptions,
 unwrapped from Ray's task error; an actor that died or is restarting is the only failure
 retried. A write sent again to a restarted replica that had committed it is recognised by
-its number and not applied twice."""
+its number and not applied twice.
+
+Only the cluster's writing router numbers writes (``epoch`` set, the number it fenced the
+replicas with: ``vecdb.cluster.routers``); a reading router's groups (``epoch`` None)
+refuse writes and take their replicas' numbers from its periodic ``refresh``."""
 from __future__ import annotations
 
 import itertools
@@ -25,8 +29,8 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from vecdb.cluster.shard import Outcome
-from vecdb.errors import InternalError, UnavailableError
+from vecdb.cluster.shard import FencedError, Outcome
+from vecdb.errors import FailedPreconditionError, InternalError, UnavailableError
 
 #: how long a replica that failed a read is tried last by later reads (it is being restarted)
 DOWN_SECONDS = 2.0
@@ -101,8 +105,8 @@ class PendingWrite:
     """Write number ``n`` sent to the current replicas of a shard; ``result()`` waits for
     them and records who holds it (the caller holds the shard's write lock throughout)."""
 
-    def __init__(self, group: "ShardGroup", n: int, method: str, args: tuple[Any, ...]) -> None:
-        self.group, self.n, self.method, self.args = group, n, method, args
+    def __init__(self, group: "ShardGroup", n: int, method: str, args: tuple[Any, ...], epoch: int) -> None:
+        self.group, self.n, self.method, self.args, self.epoch = group, n, method, args, epoch
         self.targets = group.current()
         if not self.targets:
             raise UnavailableError(f"no replica of shard {group.shard} holds its latest write (all are being "
@@ -123,13 +127,17 @@ class PendingWrite:
                 self.refs[r] = self._send(r)
 
     def _send(self, replica: int) -> Any:
-        return self.group.actors[replica].apply.remote(self.n, self.method, self.args)
+        return self.group.actors[replica].apply.remote(self.n, self.method, self.args, self.epoch)
 
     def result(self) -> Any:
         """The write's answer once every current replica committed it (replicas that did not
         are behind from now on); the replicas' exception when none committed it."""
         group, n = self.group, self.n
         outcomes = {r: self.early.get(r) or self._one(r, ref) for r, ref in self.refs.items()}
+        fenced = [o.error for o in outcomes.values() if isinstance(o.error, FencedError)]
+        if fenced:   # another router writes now: never acknowledged (what it finds, it keeps or copies)
+            group.epoch = None
+            raise fenced[0]
         done = [r for r, o in outcomes.items() if o.applied == n]
         if not done:
             refused = [o.error for o in outcomes.values() if o.error is not None and o.applied == n - 1]
@@ -245,8 +253,10 @@ class ShardGroup:
     of each replica's, and the lock that orders its writes."""
 
     def __init__(self, shard: int, actors: Sequence[Any], applied: Sequence[int], wait_seconds: float = 120.0,
-                 on_behind: Callable[[], None] | None = None, revive: Callable[[int], Any] | None = None) -> None:
+                 on_behind: Callable[[], None] | None = None, revive: Callable[[int], Any] | None = None,
+                 epoch: int | None = None) -> None:
         self.shard = shard
+        self.epoch = epoch   # the writing router's epoch; None: this router only reads
         self.actors = list(actors)
         self.wait_seconds = wait_seconds
         self.lock = threading.Lock()   # one write at a time: every replica applies writes in one order
@@ -282,6 +292,15 @@ class ShardGroup:
         if self.on_behind is not None:
             self.on_behind()
 
+    def refresh(self, numbers: dict[int, int]) -> None:
+        """A reading router's view of the replicas' write numbers (``numbers``: those that
+        answered; the others keep their last known): reads go to those holding the highest."""
+        applied = list(self.applied)
+        for r, n in numbers.items():
+            applied[r] = n
+        self.applied = applied
+        self.seq = max(applied)
+
     def caught_up(self, replica: int, n: int) -> None:
         if n != self.seq:
             raise InternalError(f"replica {replica} of shard {self.shard} caught up to write {n}, not {self.seq}")
@@ -310,8 +329,13 @@ class ShardGroup:
 
     def write(self, method: str, *args: Any) -> PendingWrite:
         """Send the shard's next write to its current replicas (answer with ``.result()``,
-        before the next write); callers hold ``lock``."""
-        return PendingWrite(self, self.seq + 1, method, args)
+        before the next write); callers hold ``lock``. FailedPreconditionError on a reading
+        router's group."""
+        epoch = self.epoch
+        if epoch is None:
+            raise FailedPreconditionError(f"shard {self.shard}: another router writes this cluster; this router "
+                                          f"only reads")
+        return PendingWrite(self, self.seq + 1, method, args, epoch)
 
     def everyone(self, method: str, *args: Any) -> PendingAll:
         """A call every current replica answers (``.all_results()``), not a numbered write."""

@@ -10,7 +10,11 @@ vecdb exception classes the embedded database raised.
 Every write the router sends carries the shard's write number; the replica applies write
 n only on top of write n - 1 and records n (the database mark ``applied``) in the same LMDB
 transaction as the write, so after a crash its number says exactly which state it holds.
-A replica that fell behind is made equal to a current one by ``copy_from``."""
+A replica that fell behind is made equal to a current one by ``copy_from``.
+
+Writes also carry the writing router's epoch (``fence``): a replica records the highest
+epoch it was given and refuses writes of a lower one, so a router that lost the writing
+to another (``vecdb.cluster.routers``) can never again change a replica the new one uses."""
 from __future__ import annotations
 
 import contextlib
@@ -38,10 +42,15 @@ COLLECTION_CALLS = frozenset({"upsert", "delete", "count", "create_tenant", "dro
 #: transactions, so its number is recorded after the last of them
 WRITES = frozenset({"create_collection", "drop_collection", "call", "import_points"})
 APPLIED = "cluster.applied"
+EPOCH = "cluster.epoch"
 #: points per batch when a replica copies another
 COPY_BATCH = 2048
 #: how long a starting replica waits for the process it replaces to let go of its database
 OPEN_WAIT_SECONDS = 30.0
+
+
+class FencedError(FailedPreconditionError):
+    """A write from a router whose epoch is below the replica's: another router writes now."""
 
 
 class Outcome(NamedTuple):
@@ -76,24 +85,52 @@ class ShardReplica:
         self.directory = Path(directory)
         self.db = _open(self.directory, options or {})
         self._writing = threading.Lock()   # one numbered write at a time (a retry may race its original)
+        raw = self.db.mark(EPOCH)
+        self._epoch = 0 if raw is None else K.read_u64(raw)
 
-    def ping(self) -> tuple[int, int, int, int]:
-        """(shard, replica, process id, number of the last write applied): the replica is up."""
-        return self.shard, self.replica, os.getpid(), self.applied()
+    def ping(self) -> tuple[int, int, int, int, int]:
+        """(shard, replica, process id, number of the last write applied, writer epoch):
+        the replica is up."""
+        return self.shard, self.replica, os.getpid(), self.applied(), self._epoch
+
+    def fence(self, epoch: int) -> int:
+        """Refuse writes of routers with an epoch below ``epoch`` from now on (recorded
+        durably); the replica's epoch afterwards (higher when a newer router fenced it)."""
+        with self._writing:
+            self._raise_epoch(epoch)
+            return self._epoch
+
+    def _raise_epoch(self, epoch: int) -> None:
+        if epoch > self._epoch:
+            with self.db.marking(EPOCH, K.u64(epoch)):
+                pass
+            self._epoch = epoch
+
+    def _fenced(self, epoch: int) -> FencedError | None:
+        """The refusal of a write of ``epoch`` (None: it may go on, the epoch recorded)."""
+        if epoch < self._epoch:
+            return FencedError(f"replica {self.replica} of shard {self.shard} refused a write: another router "
+                               f"(epoch {self._epoch}) writes this cluster now, not this one (epoch {epoch})")
+        self._raise_epoch(epoch)
+        return None
 
     def applied(self) -> int:
         """The number of the last write this replica applied (0: none)."""
         raw = self.db.mark(APPLIED)
         return 0 if raw is None else K.read_u64(raw)
 
-    def apply(self, n: int, method: str, args: tuple[Any, ...]) -> Outcome:
-        """Write number ``n`` of the shard: ``method(*args)`` (one of ``WRITES``) when this
-        replica holds write ``n - 1``; answers without writing when it holds ``n`` already
-        or is behind (the router then copies it)."""
+    def apply(self, n: int, method: str, args: tuple[Any, ...], epoch: int) -> Outcome:
+        """Write number ``n`` of the shard from a router of epoch ``epoch``: ``method(*args)``
+        (one of ``WRITES``) when this replica holds write ``n - 1``; answers without writing
+        when it holds ``n`` already or is behind (the router then copies it), and refuses
+        (``FencedError``) when a router of a higher epoch fenced it."""
         if method not in WRITES:
             raise InvalidArgumentError(f"no replica write {method!r}")
         with self._writing:
             have = self.applied()
+            fenced = self._fenced(epoch)
+            if fenced is not None:
+                return Outcome(have, error=fenced)
             if have >= n:
                 return Outcome(have, repeated=True)
             if have != n - 1:
@@ -112,12 +149,15 @@ class ShardReplica:
                 return Outcome(self.applied(), error=exc)
             return Outcome(n, answer)
 
-    def copy_from(self, source: Any, n: int) -> int:
+    def copy_from(self, source: Any, n: int, epoch: int) -> int:
         """Make this replica's database equal to that of replica actor ``source``, which holds
-        write ``n`` (the router keeps the shard's writes back meanwhile), then record ``n``.
-        Collection by collection, points in bounded batches; first this replica's number is
-        cleared, so a copy cut short leaves it behind, never current."""
+        write ``n`` (the router of epoch ``epoch`` keeps the shard's writes back meanwhile),
+        then record ``n``. Collection by collection, points in bounded batches; first this
+        replica's number is cleared, so a copy cut short leaves it behind, never current."""
         with self._writing:
+            fenced = self._fenced(epoch)
+            if fenced is not None:
+                raise fenced
             with self.db.marking(APPLIED, K.u64(0)):
                 pass
             for info in self.db.list_collections():

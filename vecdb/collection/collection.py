@@ -704,13 +704,20 @@ class Collection:
 
     def _move(self, mem: Memory) -> BaseException | None:
         """One step into an index that links while it is searched (caller holds
-        ``_indexing``): rows placed in a short exclusive step, linked with searches going on
-        (sized to take about ``LINK_SECONDS``), then published in another short one. Stale
-        entries are removed in exclusive steps as usual. Returns the failure, if any."""
+        ``_indexing``): rows copied in with searches going on, placed in a short exclusive
+        step, linked with searches going on (sized to take about ``LINK_SECONDS``), then
+        published in another short one. Stale entries are removed in exclusive steps as
+        usual. Returns the failure, if any."""
         moves: list[Any] = []
+        plans: list[Any] = []
         size = self._link_rows
+        # the rows are chosen and copied into the index's arrays first, searches going on:
+        # the exclusive step then only publishes them (Staging.plan)
+        failed = _failure(lambda: plans.append(mem.staging.plan(mem.index, size)))
+        if failed is not None:
+            return failed
         with self._rw.write():
-            failed = _failure(lambda: moves.append(mem.staging.begin(mem.index, size)))
+            failed = _failure(lambda: moves.append(mem.staging.begin(mem.index, size, plans[0])))
         move = moves[0] if moves else None
         if failed is not None or move is None:
             return failed

@@ -22,7 +22,7 @@ def id_keys(info: CollectionInfo, ids: Any, *, unique: bool) -> tuple[list[bytes
             raise InvalidArgumentError(f"collection {info.name!r} has int ids; got {ids!r:.80}")
         arr = as_id_array(ids)
         uids: list[Any] = arr.tolist()
-        keys = [b"i" + k for k in K.u64_many(arr)]
+        keys = K.int_id_keys(arr)
     else:
         seq = [ids] if isinstance(ids, str) else list(np.asarray(ids, dtype=object).reshape(-1)) \
             if isinstance(ids, np.ndarray) else list(ids)

@@ -76,6 +76,31 @@ class SearchStats:
     strategy: str
 
 
+@dataclass(frozen=True)
+class Placement:
+    """New rows placed by ``HNSW.prepare_add`` but not yet published (``begin_add``): their
+    slots, ids, levels, upper-layer row starts (for ``fresh``: slots that get new upper rows)
+    and upper rows to clear, planned against id-map version ``version``, ``capacity`` slots
+    and ``n_up_before`` upper rows."""
+
+    slots: I64Vector
+    ids: I64Vector
+    levels: np.ndarray
+    starts: np.ndarray
+    fresh: np.ndarray
+    upper_rows: np.ndarray
+    version: int
+    capacity: int
+    n_up_before: int
+    n_up: int
+
+    def current(self, index: "HNSW") -> bool:
+        """True while ``index`` has not changed since the plan: its slots are still free and
+        the copied rows still in its arrays (a growth copies only the used slots)."""
+        return index._ids.version == self.version and index.capacity == self.capacity \
+            and index._n_up == self.n_up_before
+
+
 #: where ``_search`` reports its work while ``search_with_stats`` runs in this thread/task
 #: (a context variable, so concurrent calls never see each other's counts).
 _STATS_SINK: ContextVar[list[SearchStats] | None] = ContextVar("hnsw_stats_sink", default=None)
@@ -195,16 +220,30 @@ class HNSW(BaseIndex):
     def _add(self, x: F32Matrix, ids: I64Vector) -> None:
         self._link(self._place(x, ids))
 
-    def begin_add(self, vectors: Any, ids: Any) -> I64Vector:
-        """First half of ``add`` (same checks), for a caller that keeps searches out meanwhile:
-        the rows get slots, levels and ids (grown arrays are swapped in here) but no links,
-        so no search reaches them yet. Returns the slots for ``finish_add``."""
+    def prepare_add(self, vectors: Any, ids: Any) -> "Placement":
+        """The part of ``begin_add`` that searches may run beside (same checks): slots and
+        levels are chosen, the index grows, and the rows are copied into their slots, all
+        where no search looks (a slot is reached only once ``begin_add`` publishes it), so
+        the exclusive step only publishes. Valid until the index next changes."""
         x = as_matrix(vectors, self.dim)
         ids_arr = as_ids(ids, len(x))
         present = self._ids.contains(ids_arr)
         if present.any():
             raise AlreadyExistsError(f"ids already in the index: {ids_arr[present][:5].tolist()}")
-        return self._place(self._prepare_vectors(x), ids_arr) if len(x) else np.zeros(0, np.int64)
+        return self._plan(self._prepare_vectors(x), ids_arr)
+
+    def begin_add(self, vectors: Any, ids: Any, placement: "Placement | None" = None) -> I64Vector:
+        """First half of ``add`` (same checks), for a caller that keeps searches out meanwhile:
+        the rows get slots, levels and ids (grown arrays are swapped in here) but no links,
+        so no search reaches them yet. ``placement``: these rows from ``prepare_add``, made
+        with searches going on (made here when None or outdated). Returns the slots for
+        ``finish_add``."""
+        if placement is None or not placement.current(self):
+            placement = self.prepare_add(vectors, ids)
+        if not len(placement.slots):
+            return placement.slots
+        self._publish(placement)
+        return placement.slots
 
     def finish_add(self, slots: I64Vector) -> None:
         """Second half of ``add``: link the placed ``slots`` into the graph with the parallel
@@ -216,6 +255,13 @@ class HNSW(BaseIndex):
 
     def _place(self, x: F32Matrix, ids: I64Vector) -> I64Vector:
         """Slots, levels, vectors and ids for new rows, unlinked (upper-layer rows reserved)."""
+        placement = self._plan(x, ids)
+        self._publish(placement)
+        return placement.slots
+
+    def _plan(self, x: F32Matrix, ids: I64Vector) -> "Placement":
+        """Choose slots (free ones first), draw levels and reserve upper-layer rows for new
+        rows, and copy their vectors in; changes nothing a search reads (see ``prepare_add``)."""
         self._writable()
         n = len(x)
         used = self._ids.n_slots
@@ -226,18 +272,24 @@ class HNSW(BaseIndex):
         levels = np.minimum(np.floor(-np.log1p(-self._rng.random(n)) * self._level_mult), MAX_LEVEL).astype(np.int64)
         fresh = levels > rows_free
         starts = self._n_up + np.concatenate([[0], np.cumsum(levels[fresh])[:-1]]).astype(np.int64)
-        self._reserve_upper(self._n_up + int(levels[fresh].sum()))
-        self._uoff[slots[fresh]] = starts
-        self._n_up += int(levels[fresh].sum())
+        n_up = self._n_up + int(levels[fresh].sum())
+        self._reserve_upper(n_up)
+        uoff = self._uoff[slots].astype(np.int64)
+        uoff[fresh] = starts
         up = levels > 0
-        rows = np.repeat(self._uoff[slots[up]].astype(np.int64), levels[up])
+        rows = np.repeat(uoff[up], levels[up])
         rows += np.arange(len(rows)) - np.repeat(np.cumsum(levels[up]) - levels[up], levels[up])
-        self._adjU[rows, 0] = 0
         self._put_rows(slots, x)
-        self._levels[slots] = levels
-        self._adj0[slots, 0] = 0
-        self._ids.assign(ids, slots)
-        return slots
+        return Placement(slots, ids, levels, starts, fresh, rows, self._ids.version, self.capacity, self._n_up, n_up)
+
+    def _publish(self, p: "Placement") -> None:
+        """Make a planned placement part of the index: levels, upper rows and ids (no links)."""
+        self._uoff[p.slots[p.fresh]] = p.starts
+        self._n_up = p.n_up
+        self._adjU[p.upper_rows, 0] = 0
+        self._levels[p.slots] = p.levels
+        self._adj0[p.slots, 0] = 0
+        self._ids.assign(p.ids, p.slots)
 
     def _link(self, slots: I64Vector) -> None:
         """Insert ``slots`` concurrently, in chunks so the progress bar can move."""

@@ -17,9 +17,10 @@ too), so publishing it (``stage``) and taking rows out are O(1) in the rows held
 copies rows under the exclusive lock.
 
 An index that can link new rows while it is searched (``begin_add`` / ``finish_add``, e.g.
-HNSW) takes them in a ``Move`` instead: placed in one short exclusive step (``begin``),
-linked while searches go on (``link``), and published in another short exclusive step
-(``finish``). Meanwhile those rows are still answered from here, and a search may also get
+HNSW) takes them in a ``Move`` instead: chosen and copied into the index's arrays while
+searches go on (``plan``, then the index's ``prepare_add``), placed in one short exclusive
+step (``begin``: it only publishes them), linked while searches go on (``link``), and
+published in another short exclusive step (``finish``). Meanwhile those rows are still answered from here, and a search may also get
 some of them from the index: answers are merged without duplicates. A moving row that is
 replaced or deleted meanwhile has its new index entry hidden (the writer marks it stale),
 and ``finish`` leaves its new staged row (if any) in place.
@@ -35,6 +36,7 @@ from vecdb.index.allow import AllowSet
 from vecdb.index.base import BaseIndex, SearchParams
 from vecdb.index.flat import exact_search
 from vecdb.kernels.distances import normalize_rows
+from vecdb.kernels.merge import merge_sorted
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
 
 #: up to this many stale ids, a search over-fetches and drops them; beyond it, it passes the
@@ -57,6 +59,20 @@ class Move:
 
 
 @dataclass
+class Plan:
+    """Staged rows chosen and copied out for the next ``begin`` (see ``Staging.plan``): their
+    absolute positions, ids and rows, the arrays and base they were read from, and the
+    index's placement of them (None when the index places rows in ``begin_add`` only)."""
+
+    positions: I64Vector
+    ids: I64Vector
+    rows: F32Matrix
+    vecs: np.ndarray
+    base: int
+    placement: Any
+
+
+@dataclass
 class Prepared:
     """A batch copied in beyond ``tail`` by ``Staging.prepare``, for ``stage`` to publish."""
 
@@ -73,7 +89,8 @@ class Staging:
 
     Mutated under the collection's exclusive lock (``stage``, ``unstage``, ``hide``, ``step``,
     ``begin``, ``finish``), except ``prepare``, which the single writer runs before its
-    exclusive step and which writes only beyond ``tail``; searched under the shared lock."""
+    exclusive step and which writes only beyond ``tail``; searched under the shared lock.
+    ``plan`` (the indexer, before its exclusive step) only reads."""
 
     def __init__(self, dim: int, metric: Metric | str) -> None:
         self.dim = int(dim)
@@ -205,18 +222,42 @@ class Staging:
         index.add(self._vecs[rows], self._ids[rows])
         self._advance(pos)
 
-    def begin(self, index: BaseIndex, budget: int) -> Move | None:
+    def plan(self, index: BaseIndex, budget: int) -> "Plan | None":
+        """What ``begin`` would take next, prepared with searches and the writer going on
+        (the indexer runs it before its exclusive step): the oldest live rows, copied out,
+        and the index's placement of them (``prepare_add``, when the index has one: the
+        copy into its arrays). None when stale entries go first or nothing is staged.
+        ``begin`` checks that the plan still holds (it takes published rows only, which do
+        not change, so it holds unless one of them was unstaged or the arrays regrew)."""
+        vecs, ids, dead, base = self._vecs, self._ids, self._dead, self._base   # the writer may swap them in
+        head, tail = self._head, self._tail
+        if len(self.stale) or not self._live or head < base or tail - base > len(vecs):
+            return None
+        pos = np.flatnonzero(~dead[head - base:tail - base])[:budget].astype(np.int64) + head
+        if not len(pos):
+            return None
+        rows = pos - base
+        take, x = ids[rows], vecs[rows]
+        prepare = getattr(index, "prepare_add", None)
+        return Plan(pos, take, x, vecs, base, None if prepare is None else prepare(x, take))
+
+    def begin(self, index: BaseIndex, budget: int, plan: "Plan | None" = None) -> Move | None:
         """Start moving up to ``budget`` staged rows into ``index`` (one that links while it is
         searched; caller excludes searches): stale entries go first, in the ``step`` way
         (None is returned then, as when nothing is staged); else the rows are placed in the
-        index, unlinked, and the returned ``Move`` is for ``link`` then ``finish``."""
+        index, unlinked, and the returned ``Move`` is for ``link`` then ``finish``. ``plan``:
+        from ``plan``, used when it still holds (else the rows are taken here)."""
         if len(self.stale) or not self._live:
             self.step(index, budget)
             return None
-        pos = self._oldest(budget)
-        rows = pos - self._base
-        take = self._ids[rows].copy()
-        slots = index.begin_add(self._vecs[rows], take)  # type: ignore[attr-defined]
+        if plan is not None and plan.vecs is self._vecs and plan.base == self._base \
+                and int(plan.positions[0]) >= self._head and not self._dead[plan.positions - self._base].any():
+            pos, take, x, placement = plan.positions, plan.ids, plan.rows, plan.placement
+        else:
+            pos = self._oldest(budget)
+            rows = pos - self._base
+            take, x, placement = self._ids[rows].copy(), self._vecs[rows], None
+        slots = index.begin_add(x, take, placement) if placement is not None else index.begin_add(x, take)  # type: ignore[attr-defined]
         self.moving = Move(take, slots, pos)
         return self.moving
 
@@ -239,7 +280,10 @@ class Staging:
             return None
         lo, hi = self._head - self._base, self._tail - self._base
         vecs, norms, ids = self._vecs, self._norms, self._ids
-        q = normalize_rows(queries) if self.metric is Metric.COSINE else queries
+        # cosine: the raw queries rank the unit rows as their unit rows would (-<q, x> is
+        # |q| times -<q/|q|, x>); the distances are scaled below. The index normalises the
+        # queries itself (the graph kernel in the same pass), so they are normalised once.
+        q = queries
         if allow is None and self._live == hi - lo:
             slots, dists = exact_search(vecs[lo:hi], norms[lo:hi], q, k, self._code)
             found = np.where(slots >= 0, ids[lo:hi][np.maximum(slots, 0)], -1)
@@ -260,7 +304,7 @@ class Staging:
             slots, dists = exact_search(vecs, norms, q, k, self._code, rows)
             found = np.where(slots >= 0, ids[np.maximum(slots, 0)], -1)
         if self.metric is Metric.COSINE:
-            dists += _ONE
+            _cosine_of_raw(queries, dists)
         return found, dists
 
     def search_trusted(self, index: BaseIndex, queries: F32Matrix, k: int, allow: AllowSet | None,
@@ -291,29 +335,28 @@ class Staging:
             hidden = np.isin(ids, stale)
             ids, dists = _first_k(np.where(hidden, -1, ids), np.where(hidden, np.inf, dists).astype(np.float32), k)
         extra = self._scan(queries, k, allow)
-        if extra is not None:
-            ids, dists = np.concatenate([ids, extra[0]], axis=1), np.concatenate([dists, extra[1]], axis=1)
-            if self.moving is not None:   # a moving row may come from both
-                ids, dists = _without_repeats(ids, dists)
-            ids, dists = _first_k(ids, dists, k)
+        if extra is not None:   # both sorted: one merge (a moving row may come from both: kept once)
+            out_ids, out_d = np.empty((len(ids), k), np.int64), np.empty((len(ids), k), np.float32)
+            merge_sorted(ids, dists, extra[0], extra[1], out_ids, out_d)
+            ids, dists = out_ids, out_d
         return SearchResult(ids, dists)
 
     def memory_bytes(self) -> int:
         """Bytes held by the staged rows' arrays (spare capacity included) and the stale set."""
         arrays = self._vecs.nbytes + self._norms.nbytes + self._ids.nbytes + self._dead.nbytes
         return int(arrays + self.stale.nbytes)
-def _without_repeats(ids: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ids once, at their smallest distance (repeats become -1 / +inf)."""
-    ids, dists = ids.copy(), dists.copy()
-    for row in range(len(ids)):
-        order = np.argsort(dists[row], kind="stable")
-        seen = ids[row][order]
-        first = np.zeros(len(seen), bool)
-        first[np.unique(seen, return_index=True)[1]] = True
-        repeat = order[~first & (seen >= 0)]
-        ids[row][repeat] = -1
-        dists[row][repeat] = np.inf
-    return ids, dists
+def _cosine_of_raw(queries: F32Matrix, dists: np.ndarray) -> None:
+    """Scan distances of raw cosine queries (-<q, x> on unit rows) made 1 - cos in place:
+    divided by |q| (a zero query has cosine 0 to everything, as its unit row gives), plus 1;
+    padding (+inf) stays +inf."""
+    norm = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
+    if norm.all():
+        dists *= (1.0 / norm).astype(np.float32)[:, None]
+    else:
+        zero = norm == 0
+        dists[~zero] *= (1.0 / norm[~zero]).astype(np.float32)[:, None]
+        dists[zero] = np.where(np.isfinite(dists[zero]), np.float32(0), np.float32(np.inf))
+    dists += _ONE
 
 
 def _first_k(ids: np.ndarray, dists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ from vecdb.kernels.atomics import atomic_add
 from vecdb.kernels.distances import distance, unit_row
 from vecdb.kernels.heaps import max_push, max_replace, max_sort, min_pop, min_push, min_push_grow
 from vecdb.kernels.prefetch import prefetch
-from vecdb.kernels.rows import dims, prefetch_row, row_of
+from vecdb.kernels.rows import dims, finish_answer, prefetch_row, row_of
 
 #: cache lines (16 floats each) of every fresh neighbour's vector prefetched as soon as the
 #: neighbour is found, before any distance of the node's list is computed
@@ -350,10 +350,4 @@ def search_serial_ids(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max
         else:
             search_one(queries[i], k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, 0,
                        mask, filtered, out_ids[i], out_d[i], work[i])
-        for j in range(k):
-            s = out_ids[i, j]
-            if s < 0:
-                break
-            if slot_ids.shape[0]:
-                out_ids[i, j] = slot_ids[s]
-            out_d[i, j] += shift
+        finish_answer(out_ids[i], out_d[i], slot_ids, shift)

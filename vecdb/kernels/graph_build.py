@@ -4,6 +4,17 @@ Insertion follows hnswlib's concurrency model: worker threads pull nodes from a 
 counter and insert them independently; each adjacency list is changed only under its node's
 spin lock, searches read lists without locking. There is one parallel region per call and
 no barrier per node, which matters on a loaded 2-core machine. Array layout: see ``graph``.
+
+A layer-0 list chosen from candidates (a new node's own, or one re-selected after removals)
+holds at least min(M, candidates) links: the heuristic's picks, topped up with the nearest
+candidates it pruned. On clustered data (k-means centroids of a well-separated mixture: nearly
+equidistant points, those merging several components closer to all others) the heuristic
+alone kept one or two links for half the nodes and nodes no list kept were unreachable (2,000
+components in 128-d, 1,333 heads, M=16: 174 left after repair; nearest head found for 50 % of
+queries at ef = 10, 90 % at ef = 1,500; now 0, 72 % and 100 %). On glove and arxiv the floor
+costs 1-4 % more distances per search and raises recall at the same ef. Lists overflowing on
+a back-link keep the heuristic's choice alone, as in hnswlib (a floor there added distances
+per search for no recall).
 """
 from __future__ import annotations
 
@@ -18,14 +29,37 @@ from vecdb.kernels.rows import row_of
 
 
 @kernel
-def _prune_into(row, buf_d, buf_i, n, max_n, vecs, metric):
-    """Sort n candidates by distance to the row's node and keep the heuristic's choice in ``row``."""
+def top_up(cand_d, cand_i, n_cand, kept, floor, out_i, out_d):
+    """Add the nearest of the sorted candidates the heuristic did not keep to its ``kept``
+    picks in out_i/out_d until they number ``floor`` (or the candidates run out); returns
+    the new count. The paper's keepPrunedConnections, up to a floor."""
+    a = 0
+    while kept < floor and a < n_cand:
+        c = cand_i[a]
+        taken = False
+        for b in range(kept):
+            if out_i[b] == c:
+                taken = True
+                break
+        if not taken:
+            out_i[kept] = c
+            out_d[kept] = cand_d[a]
+            kept += 1
+        a += 1
+    return kept
+
+
+@kernel
+def _prune_into(row, buf_d, buf_i, n, max_n, floor, vecs, metric):
+    """Sort n candidates by distance to the row's node and keep the heuristic's choice in
+    ``row``, topped up to ``floor`` links with the nearest pruned ones (0: none)."""
     order = np.argsort(buf_d[:n])
     sd = buf_d[:n][order]
     si = buf_i[:n][order]
     out_i = np.empty(max_n, np.int32)
     out_d = np.empty(max_n, np.float32)
     kept = select_neighbors(sd, si, n, max_n, vecs, metric, out_i, out_d)
+    kept = top_up(sd, si, n, kept, min(floor, max_n), out_i, out_d)
     row[0] = kept
     for j in range(kept):
         row[1 + j] = out_i[j]
@@ -35,7 +69,8 @@ def _prune_into(row, buf_d, buf_i, n, max_n, vecs, metric):
 def find_neighbors(x, vecs, levels, adj0, adjU, uoff, metric, entry, max_level, M, ef_c, vis, tags, t,
                    sel_i, sel_d, sel_n):
     """Search the graph for new node ``x`` and choose its neighbours on every layer it shares
-    with the graph (read-only on the graph). Fills sel_i/sel_d (layers, M) and sel_n (layers,)."""
+    with the graph (read-only on the graph): the heuristic's picks, at layer 0 topped up to M
+    (see the module docstring). Fills sel_i/sel_d (layers, M) and sel_n (layers,)."""
     q = row_of(vecs, x)
     L = min(np.int64(levels[x]), max_level)
     ep_d = distance(q, row_of(vecs, entry), metric)
@@ -45,7 +80,10 @@ def find_neighbors(x, vecs, levels, adj0, adjU, uoff, metric, entry, max_level, 
     for layer in range(L, -1, -1):
         tag = next_tag(vis[t], tags, t)
         n = beam_search(q, ep, ep_d, layer, ef_c, vecs, adj0, adjU, uoff, metric, vis[t], tag, res_d, res_i)
-        sel_n[layer] = select_neighbors(res_d, res_i, n, M, vecs, metric, sel_i[layer], sel_d[layer])
+        kept = select_neighbors(res_d, res_i, n, M, vecs, metric, sel_i[layer], sel_d[layer])
+        if layer == 0:
+            kept = top_up(res_d, res_i, n, kept, M, sel_i[layer], sel_d[layer])
+        sel_n[layer] = kept
         ep = res_i[0]
         ep_d = res_d[0]
 
@@ -88,7 +126,7 @@ def link_back(target, layer, srcs, vecs, adj0, adjU, uoff, metric, M):
     for j in range(g):
         buf_i[c + j] = srcs[j]
         buf_d[c + j] = distance(tv, row_of(vecs, srcs[j]), metric)
-    _prune_into(row, buf_d, buf_i, n, max_n, vecs, metric)
+    _prune_into(row, buf_d, buf_i, n, max_n, 0, vecs, metric)
 
 
 @kernel
@@ -155,8 +193,9 @@ def insert_nodes(nodes, vecs, levels, adj0, adjU, uoff, metric, state, M, ef_c, 
 def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags):
     """Remove the slots flagged in ``dead`` (uint8 per slot) from the graph.
 
-    Every live node that links to a dead one re-selects its neighbours (heuristic) from its
-    live neighbours plus the live neighbours reached through dead ones (two hops at most),
+    Every live node that links to a dead one re-selects its neighbours (heuristic; at layer 0
+    at least M, as a new node's) from its live neighbours plus the live neighbours reached
+    through dead ones (two hops at most),
     so the graph stays navigable after many deletes. Each thread rewrites only the lists of
     the nodes it owns; dead lists are read, then cleared at the end. Returns the number of
     lists rewritten.
@@ -218,7 +257,7 @@ def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags):
             uv = row_of(vecs, u)
             for j in range(nb_count):
                 buf_d[j] = distance(uv, row_of(vecs, buf_i[j]), metric)
-            _prune_into(row, buf_d, buf_i, nb_count, max_n, vecs, metric)
+            _prune_into(row, buf_d, buf_i, nb_count, max_n, M if layer == 0 else 0, vecs, metric)
     for u in numba.prange(n):
         if dead[u] and levels[u] >= 0:
             for layer in range(np.int64(levels[u]) + 1):

@@ -69,23 +69,28 @@ def _link_from(v, y, dvy, vecs, adj0, indeg, metric, require_longer):
 
 
 @kernel
-def _nearest_reached(y, vecs, levels, reached, n, metric):
-    """The reached live node nearest to ``y`` (-1 if none) and its distance: a full scan, for
-    the rare node none of whose own neighbours is reached."""
-    best, best_d = -1, np.float32(np.inf)
+def _link_from_nearest(y, vecs, levels, adj0, indeg, reached, n, metric):
+    """Link ``y`` from the nearest reached live node that can take it (a full scan and sort,
+    for the rare node none of whose own neighbours could). Returns True when linked."""
+    cand = np.empty(n, np.int64)
+    dists = np.empty(n, np.float32)
+    m = 0
     yv = row_of(vecs, y)
     for v in range(n):
         if reached[v] and levels[v] >= 0 and v != y:
-            dv = distance(yv, row_of(vecs, v), metric)
-            if dv < best_d:
-                best, best_d = v, dv
-    return best, best_d
+            cand[m] = v
+            dists[m] = distance(yv, row_of(vecs, v), metric)
+            m += 1
+    for o in np.argsort(dists[:m]):
+        if _link_from(cand[o], y, dists[o], vecs, adj0, indeg, metric, False):
+            return True
+    return False
 
 
 @kernel
 def _attach(y, vecs, levels, adj0, indeg, reached, n, metric):
     """Link unreached node ``y`` from a reached node: its nearest reached out-neighbour that
-    can take it, else the nearest reached node of all. Returns True when linked."""
+    can take it, else the nearest reached node of all that can. Returns True when linked."""
     row = adj0[y]
     c = row[0]
     dists = np.empty(c, np.float32)
@@ -98,8 +103,7 @@ def _attach(y, vecs, levels, adj0, indeg, reached, n, metric):
             v = row[o + 1]
             if reached[v] and levels[v] >= 0 and _link_from(v, y, dists[o], vecs, adj0, indeg, metric, strict):
                 return True
-    v, dv = _nearest_reached(y, vecs, levels, reached, n, metric)
-    return v >= 0 and _link_from(v, y, dv, vecs, adj0, indeg, metric, False)
+    return _link_from_nearest(y, vecs, levels, adj0, indeg, reached, n, metric)
 
 
 @kernel

@@ -133,6 +133,8 @@ def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.E
     if config.keys is None:
         logger.warning("no API keys configured: the server is OPEN, every caller is admin "
                        "(pass --auth-file or set VECDB_API_KEYS)", extra={"event": "auth_open"})
+    if config.switch_interval_ms is not None:   # process-wide: the server's own choice (ServerConfig)
+        sys.setswitchinterval(config.switch_interval_ms / 1000)
     if db is None:
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     database = _open_database(config) if db is None else db
@@ -152,7 +154,7 @@ def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.E
             "metrics_port": metrics_port,
             "data_dir": str(config.data_dir), "workers": config.workers,
             "tls": bool(config.tls_cert and config.tls_key), "auth": config.keys is not None,
-            "max_message_mb": config.max_message_mb})
+            "max_message_mb": config.max_message_mb, "switch_interval_ms": sys.getswitchinterval() * 1000})
         while not stop.wait(0.5):
             pass
         started = time.perf_counter()

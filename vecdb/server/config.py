@@ -44,6 +44,11 @@ class ServerConfig:
     max_filter_bytes, max_filter_conditions, max_filter_values: size of a search filter's
         JSON, its number of conditions (dict keys) and of listed values (``in`` lists), which
         bound how long it is evaluated under the collection's lock.
+    switch_interval_ms: the interpreter's thread switch interval for the server process
+        (``sys.setswitchinterval``; None keeps Python's 5 ms): the longest a thread waiting
+        for the GIL waits while another runs Python. A search re-takes the GIL after each
+        kernel, so a shorter one cuts search tail latency beside a writer's or indexer's
+        Python steps. Process-wide: set by ``vecdb serve`` only, never by the library.
     cluster: serve a vecdb cluster on Ray (``vecdb.cluster.connect``) at this address instead
         of an embedded database ("local" starts a local Ray); ``data_dir`` is then its root.
     metrics_host: where ``/metrics`` listens; 127.0.0.1 by default whatever ``host`` is, as it
@@ -71,6 +76,7 @@ class ServerConfig:
     max_filter_bytes: int = 256 * 1024
     max_filter_conditions: int = 1_000
     max_filter_values: int = 10_000
+    switch_interval_ms: float | None = None
     cluster: str | None = None   # Ray address ("local", "auto", "ray://...", host:port): data_dir is the cluster root
 
     @property

@@ -200,10 +200,13 @@ class VecdbServicer:
         start = time.perf_counter()
         code = "OK"
         who: Principal | None = None
+        # read before the call counts as in flight: a call the gauge shows is never then
+        # turned away by a drain that began meanwhile (it is served to its end)
+        draining = self._draining.is_set()
         if self._metrics is not None:
             self._metrics.started()
         try:
-            if self._draining.is_set():
+            if draining:
                 raise UnavailableError("the server is shutting down; retry in a moment or against another replica")
             keys = self._config.keys
             who = OPEN_ACCESS if keys is None else keys.authenticate(context.invocation_metadata())

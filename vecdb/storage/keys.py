@@ -41,6 +41,18 @@ def u64_many(values: np.ndarray) -> list[bytes]:
     return [raw[i : i + 8] for i in range(0, len(raw), 8)]
 
 
+_INT_ID = np.dtype([("tag", "S1"), ("key", ">u8")])
+
+
+def int_id_keys(values: np.ndarray) -> list[bytes]:
+    """``int_id_key`` of many non-negative ints at once (one packed array, then slicing)."""
+    packed = np.empty(len(values), _INT_ID)
+    packed["tag"] = b"i"
+    packed["key"] = values
+    raw = packed.tobytes()
+    return [raw[i : i + 9] for i in range(0, len(raw), 9)]
+
+
 def int_id_key(ident: int) -> bytes:
     """Key of an int user id."""
     return b"i" + _U64.pack(ident)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import weakref
 from bisect import bisect_left
+from collections import deque
 from itertools import accumulate
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class HoldStats:
 #: figures of locks already garbage-collected, by (name, mode, clock): kept so the exported
 #: counters never go down when a collection (and its lock) goes away.
 _RETIRED: dict[tuple[str, str, str], HoldStats] = {}
+#: figures of collected locks not yet merged into _RETIRED. Their finalizer runs wherever the
+#: garbage collector does (any allocation, even in a thread holding _STATS_LOCK), so it only
+#: appends here (atomic), taking no lock; holders of _STATS_LOCK merge them.
+_PENDING: "deque[tuple[str, dict[tuple[str, str], HoldStats]]]" = deque()
 _LIVE: "weakref.WeakSet[RWLock]" = weakref.WeakSet()
 _STATS_LOCK = threading.Lock()
 #: whether holds also read the holding thread's CPU clock (a system call, ~2 us per read on
@@ -79,8 +84,14 @@ def _merge(into: dict[tuple[str, str, str], HoldStats], name: str, own: dict[tup
 
 
 def _retire(name: str, own: dict[tuple[str, str], HoldStats]) -> None:
-    """Keep a collected lock's figures in the retired totals."""
-    with _STATS_LOCK:
+    """Keep a collected lock's figures for the retired totals (no lock taken: see _PENDING)."""
+    _PENDING.append((name, own))
+
+
+def _merge_retired() -> None:
+    """Merge the pending figures of collected locks into _RETIRED (_STATS_LOCK held)."""
+    while _PENDING:
+        name, own = _PENDING.popleft()
         _merge(_RETIRED, name, own)
 
 
@@ -88,10 +99,11 @@ def hold_stats() -> dict[tuple[str, str, str], HoldStats]:
     """The hold figures of this process by (lock name, mode, clock "wall"/"cpu"), summed
     over every lock of that name, live or gone (a snapshot: copies)."""
     with _STATS_LOCK:
+        locks = list(_LIVE)  # first: held here, none of them can retire before it is counted
+        _merge_retired()
         out: dict[tuple[str, str, str], HoldStats] = {}
         for key, st in _RETIRED.items():
             out[key] = HoldStats(st.count, st.total, st.longest, list(st.per_bucket))
-        locks = list(_LIVE)
     for lock in locks:
         with lock._mutex:
             own = {key: HoldStats(st.count, st.total, st.longest, list(st.per_bucket))
@@ -122,6 +134,7 @@ class RWLock:
         self._read_wall, self._read_cpu = self._own[("read", "wall")], self._own[("read", "cpu")]
         self._write_wall, self._write_cpu = self._own[("write", "wall")], self._own[("write", "cpu")]
         with _STATS_LOCK:
+            _merge_retired()  # keeps _PENDING short where hold_stats is never called
             _LIVE.add(self)
         weakref.finalize(self, _retire, name, self._own)
 

@@ -19,7 +19,7 @@ from vecdb.index.curator.members import Memberships, member_mask
 from vecdb.index.curator.tenants import TenantLists
 from vecdb.index.curator.tiers import Tiers
 from vecdb.index.curator.tree import TREE_ARRAYS, ClusterTree, train_tree
-from vecdb.index.hnsw import MAX_EF
+from vecdb.index.hnsw import DEFAULT_EF, MAX_EF
 from vecdb.quant.sq8 import SQ8
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
 from vecdb.validation import as_id_array, as_positive_int
@@ -35,6 +35,7 @@ _NO_MASK = np.zeros(1, np.uint8)
 _NO_CODES = np.zeros((1, 1), np.uint8)
 _NO_FOLD = np.zeros((1, 1), np.float32)
 _NO_WEIGHTS = np.zeros(1, np.float32)
+_NO_IDS = np.zeros(0, np.int64)   # the kernels' slot -> id map under the identity layout
 #: candidates re-ranked on float rows per query when the scan reads codes: this many times k
 RERANK_FACTOR = 4
 CODES = ("float", "sq8")
@@ -126,6 +127,9 @@ class Curator(BaseIndex):
         self._tenants: dict[int, TenantLists] = {}
         self._all = TenantLists()
         self._pending: dict[int, set[int]] = {}
+        #: tenant -> (its view, its TenantLists, the view's member-checked slots): ``_lean_entry``
+        self._lean: dict[int, tuple[Any, TenantLists, np.ndarray]] = {}
+        self._shift = np.float32(1.0 if self.metric is Metric.COSINE else 0.0)
         self.tier_threshold = as_positive_int(tier_threshold, "tier_threshold", minimum=0)
         self.tier_M = as_positive_int(tier_M, "tier_M", minimum=2, maximum=1024)
         self.tier_ef_construction = as_positive_int(tier_ef_construction, "tier_ef_construction", maximum=MAX_EF)
@@ -225,6 +229,7 @@ class Curator(BaseIndex):
         for tenant in np.unique(tenants).tolist():
             mine = pos[tenants == tenant]
             gone = slots[mine]
+            self._lean.pop(tenant, None)
             lists = self._tenants[tenant]
             lists.delete(gone, self._leaf[gone], self.tree, self.max_shortlist)
             self._tiers.shrank(tenant, gone, len(lists), self._rows)
@@ -239,6 +244,7 @@ class Curator(BaseIndex):
     def _place(self, tenant: int, slots: I64Vector) -> None:
         """Make stored ``slots`` members of ``tenant`` (those already members are skipped)."""
         new = slots[self._members.add(tenant, slots)]
+        self._lean.pop(tenant, None)
         lists = self._tenants.setdefault(tenant, TenantLists())
         lists.insert(new, self._leaf[new], self.tree, self._leaf, self.max_shortlist)
         self._tiers.grew(tenant, new, len(lists), self._rows, lists.slots)
@@ -248,6 +254,7 @@ class Curator(BaseIndex):
 
     def _drop_tenant(self, tenant: int) -> None:
         lists = self._tenants.pop(tenant, None)
+        self._lean.pop(tenant, None)
         self._tiers.drop(tenant)
         if lists is not None and len(lists):
             self._members.remove(tenant, lists.slots())
@@ -281,6 +288,7 @@ class Curator(BaseIndex):
         if lists is not None and stored.any():
             slots = slots[stored]
             gone = slots[self._members.remove(tenant, slots)]
+            self._lean.pop(tenant, None)
             lists.delete(gone, self._leaf[gone], self.tree, self.max_shortlist)
             self._tiers.shrank(tenant, gone, len(lists), self._rows)
 
@@ -301,27 +309,56 @@ class Curator(BaseIndex):
     def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None,
                        tenant: int | tuple[int, ...] | None, params: SearchParams) -> SearchResult:
         """``BaseIndex.search_trusted``, with two lean paths for a few queries of one tenant
-        and no filter: a promoted tenant goes straight to its graph, and a tenant whose members
-        all fit the budget (float scan) is answered by one ``scan_members`` call (the per-call
-        Python and kernel entry are what a small tenant's search costs)."""
+        and no filter, each one kernel call from the raw queries to ids and final distances
+        (for a small tenant the per-call Python and kernel entries are what a search costs):
+        a promoted tenant's graph walk (``SlotGraph.search_members``), and the scan of a tenant
+        whose members all fit the budget (float scan; ``scan_members``)."""
         if allow is None and type(tenant) is int and len(queries) < SERIAL_QUERIES:
-            if tenant in self._tiers.graphs:
-                slots, dists = self._graph_search(tenant, self._prepare_vectors(queries), k, None,
-                                                  params.ef)  # type: ignore[attr-defined]
-                return SearchResult(self._ids.ids_of(slots), self._finish_distances(dists))
-            lists = self._tenants.get(tenant)
-            view = None if lists is None or self._codec is not None else lists.view()
-            budget = params.budget  # type: ignore[attr-defined]
-            if view is not None and len(view.slots) <= max(k, DEFAULT_BUDGET if budget is None else budget):
+            graph = self._tiers.graphs.get(tenant)
+            if graph is None:
+                lean = self._lean.get(tenant)
+                budget = params.budget  # type: ignore[attr-defined]
+                budget = max(k, DEFAULT_BUDGET if budget is None else budget)
+                if lean is None or lean[0] is not lean[1]._view:   # none yet, or the tenant changed since
+                    lean = self._lean_entry(tenant, budget)
+                if lean is not None and len(lean[2]) <= budget:
+                    nq = len(queries)
+                    ids, dists = np.empty((nq, k), np.int64), np.empty((nq, k), np.float32)
+                    kernels.scan_members(queries, lean[2], self._rows, self._scan_metric, self._cosine,
+                                         self._slot_map(), self._shift, ids, dists)
+                    return SearchResult(ids, dists)
+            elif graph.linked:
                 nq = len(queries)
-                ids = np.empty((nq, k), np.int64)
-                dists = np.empty((nq, k), np.float32)
-                members = self._members
-                kernels.scan_members(queries, view.slots, self._rows, self._scan_metric, self._cosine, tenant,
-                                     members.head, members.cell_tenant, members.cell_next, self._ids.slot_ids, ids,
-                                     dists)
+                ids, dists = np.empty((nq, k), np.int64), np.empty((nq, k), np.float32)
+                ef = params.ef  # type: ignore[attr-defined]
+                graph.search_members(queries, k, DEFAULT_EF if ef is None else ef, self._rows, self._cosine, tenant,
+                                     self._members, self._slot_map(), self._shift, ids, dists)
                 return SearchResult(ids, dists)
         return super().search_trusted(queries, k, allow, tenant, params)
+
+    def _slot_map(self) -> np.ndarray:
+        """slot -> id for the kernels' ``finish_answer`` (empty under the identity layout)."""
+        idmap = self._ids
+        return _NO_IDS if idmap.is_identity else idmap.slot_ids
+
+    def _lean_entry(self, tenant: int, budget: int) -> tuple[Any, TenantLists, np.ndarray] | None:
+        """(view, lists, member slots) of ``tenant`` for ``scan_members`` (None without members,
+        with more than ``budget``, or with SQ8 codes: that scan reads float rows). Each slot of
+        the view is checked against the exact membership chains once per view (a view is rebuilt
+        after every change of the tenant's members), and one that is no member is left out, so
+        the scan needs no check per search and never sees a vector the tenant cannot access."""
+        lists = self._tenants.get(tenant)
+        if lists is None or self._codec is not None:
+            return None
+        view = lists.view()
+        if view is None or len(view.slots) > budget:
+            return None
+        members = self._members
+        ok = np.empty((1, len(view.slots)), np.uint8)
+        member_mask(members.head, members.cell_tenant, members.cell_next, view.slots.reshape(1, -1), tenant, ok)
+        entry = (view, lists, view.slots if ok.all() else view.slots[ok[0] == 1])
+        self._lean[tenant] = entry
+        return entry
 
     def _search_slots(self, queries: F32Matrix, k: int, allow: AllowSet | None,
                       tenant: int | tuple[int, ...] | None, params: SearchParams) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,9 @@ chain walk per candidate is two dependent random reads.) ``allow`` (a slot bitma
 candidates further; only allowed candidates count towards the budget.
 
 ``scan_members`` serves a tenant whose members all fit the budget: one pass over its member
-slots and the whole answer (ids, final distances) in one kernel call, no walk.
+slots (checked members once per change of the tenant, not per search) and the whole answer
+(ids, final distances) in one kernel call, no walk. ``graph_members`` does the same for a
+promoted tenant: its graph walk, the membership check of the answer, ids and distances.
 
 With ``use_codes`` the scan reads SQ8 code rows (``vecdb.kernels.sq8``: a quarter of the bytes
 of a float row, and the scan is bound by those random reads) into a heap of ``rerank``
@@ -23,9 +25,10 @@ import numpy as np
 from vecdb.index.curator.members import chain_has
 from vecdb.kernels._jit import kernel
 from vecdb.kernels.distances import distance, unit_row
-from vecdb.kernels.graph import prefetch_head, prefetch_tail
+from vecdb.kernels.graph import prefetch_head, prefetch_tail, search_one as graph_search_one
 from vecdb.kernels.heaps import heap_push, heap_sort, min_pop, min_push
 from vecdb.kernels.prefetch import prefetch
+from vecdb.kernels.rows import finish_answer
 from vecdb.kernels.sq8 import sq8_distance
 
 #: candidates ahead of the one being scanned whose rows are prefetched
@@ -190,38 +193,25 @@ def keep_members_rows(dists, slots, tenant, head, cell_tenant, cell_next):
 
 
 @kernel
-def scan_members(queries, slots, rows, metric, cosine, tenant, head, cell_tenant, cell_next, slot_ids, out_ids,
-                 out_d):
-    """The whole answer for queries of one tenant whose member ``slots`` are all scanned: each
-    query (unit-normalised first when ``cosine``, as ``normalize_rows`` does) against every
-    slot's float row, the top k checked against the membership chains (as in ``search_one``),
-    written to ``out_ids`` as ids (``slot_ids``) and ``out_d`` as final distances (cosine: the
-    kernel's -<q, x> + 1). ``out_ids``/``out_d`` (nq, k) are filled entirely."""
-    unit = np.empty(queries.shape[1], np.float32)
+def scan_members(queries, slots, rows, metric, unit, slot_ids, shift, out_ids, out_d):
+    """The whole answer for queries of one tenant whose member ``slots`` (each checked a member
+    already: ``Curator._lean_entry``) are all scanned: each query (unit-normalised first when
+    ``unit``, as ``normalize_rows`` does) against every slot's float row, the top k written to
+    ``out_ids`` as ids (``finish_answer``) and ``out_d`` as final distances (+ ``shift``).
+    ``out_ids``/``out_d`` (nq, k) are filled entirely."""
+    qbuf = np.empty(queries.shape[1], np.float32)
     for i in range(queries.shape[0]):
-        heap_d = out_d[i]
-        heap_s = out_ids[i]
-        if cosine:
-            unit_row(queries[i], unit)
-            q = unit
+        if unit:   # two calls, not one on a reassigned row: unifying the two array types costs the SIMD loops
+            unit_row(queries[i], qbuf)
+            _scan(qbuf, slots, rows, metric, out_d[i], out_ids[i])
         else:
-            q = queries[i]
-        _scan(q, slots, rows, metric, heap_d, heap_s, tenant, head, cell_tenant, cell_next, False)
-        if keep_members(heap_d, heap_s, tenant, head, cell_tenant, cell_next):
-            _scan(q, slots, rows, metric, heap_d, heap_s, tenant, head, cell_tenant, cell_next, True)
-        for j in range(heap_s.shape[0]):
-            s = heap_s[j]
-            if s < 0:
-                break
-            heap_s[j] = slot_ids[s]
-            if cosine:
-                heap_d[j] += np.float32(1.0)
+            _scan(queries[i], slots, rows, metric, out_d[i], out_ids[i])
+        finish_answer(out_ids[i], out_d[i], slot_ids, shift)
 
 
 @kernel
-def _scan(q, slots, rows, metric, heap_d, heap_s, tenant, head, cell_tenant, cell_next, check_each):
-    """Top k of ``q`` over the rows of ``slots`` into the heap (reset first, sorted on return);
-    with ``check_each`` only members of ``tenant`` are scored."""
+def _scan(q, slots, rows, metric, heap_d, heap_s):
+    """Top k of ``q`` over the rows of ``slots`` into the heap (reset first, sorted on return)."""
     heap_d[:] = np.inf
     heap_s[:] = -1
     n = slots.shape[0]
@@ -232,12 +222,38 @@ def _scan(q, slots, rows, metric, heap_d, heap_s, tenant, head, cell_tenant, cel
             prefetch_head(rows, slots[p + PREFETCH_AHEAD])
             prefetch_tail(rows, slots[p + PREFETCH_AHEAD])
         s = np.int64(slots[p])
-        if check_each and not chain_has(head, cell_tenant, cell_next, s, tenant):
-            continue
         d = distance(q, rows[s], metric)
         if d <= heap_d[0]:
             heap_push(heap_d, heap_s, d, s)
     heap_sort(heap_d, heap_s)
+
+
+@kernel
+def graph_members(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, unit, tenant, head,
+                  cell_tenant, cell_next, slot_ids, shift, out_ids, out_d, work):
+    """A promoted tenant's whole answer in one kernel entry: each query (unit-normalised first
+    when ``unit``) walked through the tenant's graph over the mapped rows ``vecs`` = (rows,
+    node -> slot), the nodes found turned into slots, those slots checked against the exact
+    membership chains (``keep_members``: a slot that is no member is dropped), then ids and
+    final distances (``finish_answer``). ``out_ids``/``out_d`` (nq, k), ``work`` (nq, 2)."""
+    qbuf = np.empty(queries.shape[1], np.float32)
+    node_slot = vecs[1]
+    no_mask = np.zeros(1, np.uint8)
+    for i in range(queries.shape[0]):
+        if unit:
+            unit_row(queries[i], qbuf)
+            graph_search_one(qbuf, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, 0, no_mask,
+                             False, out_ids[i], out_d[i], work[i])
+        else:
+            graph_search_one(queries[i], k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, 0,
+                             no_mask, False, out_ids[i], out_d[i], work[i])
+        found = out_ids[i]
+        for j in range(k):
+            if found[j] < 0:
+                break
+            found[j] = node_slot[found[j]]
+        keep_members(out_d[i], found, tenant, head, cell_tenant, cell_next)
+        finish_answer(found, out_d[i], slot_ids, shift)
 
 
 @kernel

@@ -14,6 +14,8 @@ import numpy as np
 
 from vecdb.index.allow import AllowSet
 from vecdb.index.base import SearchParams
+from vecdb.index.curator import search as kernels
+from vecdb.index.curator.members import Memberships
 from vecdb.index.hnsw import HNSW
 from vecdb.index.ids import IdMap
 from vecdb.types import F32Matrix, I64Vector, Metric
@@ -41,6 +43,27 @@ class SlotGraph(HNSW):
             self.bind(rows)
         slots, dists = self._search_slots(queries, k, None, None, params)
         return self._ids.ids_of(slots), dists
+
+    @property
+    def linked(self) -> bool:
+        """True once the graph has an entry point (what ``search_members`` needs)."""
+        return self._entry >= 0
+
+    def search_members(self, queries: F32Matrix, k: int, ef: int, rows: np.ndarray, unit: bool, tenant: int,
+                       members: Memberships, slot_ids: np.ndarray, shift: np.float32, ids: np.ndarray,
+                       dists: np.ndarray) -> None:
+        """The owner's whole answer for a few raw (not normalised: ``unit`` for cosine)
+        ``queries`` of ``tenant`` in one kernel call (``graph_members``): the walk at beam width
+        ``ef`` (raised to k), members checked, into ``ids`` (owner ids through ``slot_ids``) and
+        ``dists`` (final: + ``shift``), both (nq, k). The graph must be ``linked``."""
+        if self._rows is not rows:
+            self.bind(rows)
+        work = np.empty((len(queries), 2), np.int64)
+        scratch = self._scratch()
+        kernels.graph_members(queries, k, max(ef, k), self._vecs, self._adj0, self._adjU, self._uoff,
+                              self._metric_code, self._entry, self._max_level, scratch[0], scratch[1], unit, tenant,
+                              members.head, members.cell_tenant, members.cell_next, slot_ids, shift, ids, dists, work)
+        self._give_back(scratch)
 
     def add_slots(self, slots: I64Vector, rows: np.ndarray) -> None:
         """Link the owner's ``slots`` (new to the graph; their rows already in ``rows``). Nodes

@@ -227,10 +227,19 @@ class Work:
                 move = best_d < own
                 if not move.any():
                     continue
-                for t in np.unique(best[move]).tolist():
-                    rows = np.flatnonzero(move & (best == t))
+                # judged against each vector's nearest head of all, not only the posting it
+                # sits in: a far replica compared with its own far posting would be copied on
+                # at every nearby split and never leave (replicas spreading without bound)
+                d1 = self.nearest(vectors[move], 1)[1][:, 0]
+                d1 = np.minimum(d1, best_d[move])
+                near = np.zeros(len(move), bool)
+                stay = np.ones(len(move), bool)
+                near[move] = best_d[move] - d1 <= eps * np.abs(d1)
+                stay[move] = own[move] - d1 <= eps * np.abs(d1)
+                join = move & (near | ~stay)          # a vector that leaves always joins its best target
+                for t in np.unique(best[join]).tolist():
+                    rows = np.flatnonzero(join & (best == t))
                     moves.setdefault(int(targets[t]), []).append((slots[rows], vectors[rows]))
-                stay = ~move | (own - best_d <= eps * np.abs(best_d))
                 if not stay.all():
                     self.put(h, slots[stay], vectors[stay])
             for t, parts in moves.items():

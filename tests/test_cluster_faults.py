@@ -11,9 +11,6 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -31,6 +28,8 @@ from vecdb.cluster.replicas import ShardGroup  # noqa: E402
 from vecdb.errors import FailedPreconditionError, IdNotFoundError  # noqa: E402
 from vecdb.server.process import start_server_process  # noqa: E402
 from vecdb.storage import keys as K  # noqa: E402
+
+from cluster_child import start_router, until_paused  # noqa: E402
 
 DIM = 8
 X = np.random.default_rng(11).standard_normal((3000, DIM)).astype(np.float32)   # row i: the vector of id i
@@ -250,51 +249,15 @@ def test_a_replica_that_refuses_what_the_others_commit_is_copied(cluster: Cluste
     assert coll.count(tenant="x") == 2
 
 
-ROUTER = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    from vecdb.cluster import connect
-
-    X = np.random.default_rng(11).standard_normal((3000, 8)).astype(np.float32)
-    db = connect(sys.argv[1], root=sys.argv[2], shards=1, replicas=2)
-    coll = db.create_collection("crash", 8, metric="l2", index="flat")
-    for b in range(5):
-        ids = list(range(10 * b, 10 * b + 10))
-        coll.upsert(ids, X[ids])
-        print("acked", *ids, flush=True)
-
-    def hold(shard, n):   # the first replica committed write n; the router dies before the second does
-        print("paused", shard, n, flush=True)
-        time.sleep(3600)
-
-    for group in db._groups_now():
-        group.after_first_commit = hold
-    coll.upsert(list(range(100, 110)), X[100:110])
-""")
-
-
 def test_a_router_killed_between_replica_commits_leaves_replicas_that_converge(local_ray: None,
                                                                                tmp_path: Path) -> None:
     """A router (a child process) SIGKILLed after one replica committed a write and before
     the other did: a new router finds the replicas at different write numbers and copies
     the one behind from the other before serving; no acknowledged write is lost."""
     root = tmp_path / "crash"
-    script = tmp_path / "router.py"
-    script.write_text(ROUTER)
-    gcs = ray.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, str(script), gcs, str(root)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
-    acked: list[int] = []
+    proc = start_router(tmp_path, root, seed=11, rows=3000)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            word, *rest = line.split() or [""]
-            if word == "acked":
-                acked += [int(v) for v in rest]
-            if word == "paused":
-                break
-        else:
-            raise AssertionError(f"the router exited ({proc.wait()}) before its pause point")
+        acked = until_paused(proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()

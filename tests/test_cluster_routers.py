@@ -8,9 +8,6 @@ replicas converge and no acknowledged write of either router is lost."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -26,6 +23,8 @@ from vecdb.cluster.database import NAMESPACE  # noqa: E402
 from vecdb.cluster.routers import release_lease, take_lease  # noqa: E402
 from vecdb.errors import FailedPreconditionError  # noqa: E402
 from vecdb.storage import keys as K  # noqa: E402
+
+from cluster_child import start_router, until_paused  # noqa: E402
 
 DIM = 8
 X = np.random.default_rng(21).standard_normal((4000, DIM)).astype(np.float32)   # row i: the vector of id i
@@ -213,30 +212,6 @@ def test_a_reading_router_searches_completely_while_the_writer_rebalances(local_
         a.close()
 
 
-ROUTER = textwrap.dedent("""
-    import sys, time
-    import numpy as np
-    from vecdb.cluster import connect
-
-    X = np.random.default_rng(21).standard_normal((4000, 8)).astype(np.float32)
-    db = connect(sys.argv[1], root=sys.argv[2], shards=1, replicas=2)
-    coll = db.create_collection("crash", 8, metric="l2", index="flat")
-    print("ready", flush=True)
-    for b in range(5):
-        ids = list(range(10 * b, 10 * b + 10))
-        coll.upsert(ids, X[ids])
-        print("acked", *ids, flush=True)
-
-    def hold(shard, n):   # the first replica committed write n; the router dies before the second does
-        print("paused", shard, n, flush=True)
-        time.sleep(3600)
-
-    for group in db._groups_now():
-        group.after_first_commit = hold
-    coll.upsert(list(range(100, 110)), X[100:110])
-""")
-
-
 def test_the_writer_killed_mid_write_while_another_router_writes(local_ray: None, tmp_path: Path) -> None:
     """The writing router (a child process) is SIGKILLed after one replica committed a write
     and before the other did, while a second router keeps trying to write: the second
@@ -244,25 +219,15 @@ def test_the_writer_killed_mid_write_while_another_router_writes(local_ray: None
     the replica behind from the other, and every write either router acknowledged is on
     both replicas."""
     root = tmp_path / "crash"
-    script = tmp_path / "router.py"
-    script.write_text(ROUTER)
-    gcs = ray.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, str(script), gcs, str(root)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
-    acked: list[int] = []
+    proc = start_router(tmp_path, root, seed=21, rows=4000)
     other: ClusterDatabase | None = None
+
+    def second_router() -> None:          # the second router, while the first writes
+        nonlocal other
+        other = connect(root=str(root))
+
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            word, *rest = line.split() or [""]
-            if word == "ready":
-                other = connect(root=str(root))   # the second router, while the first writes
-            if word == "acked":
-                acked += [int(v) for v in rest]
-            if word == "paused":
-                break
-        else:
-            raise AssertionError(f"the router exited ({proc.wait()}) before its pause point")
+        acked = until_paused(proc, second_router)
         assert other is not None
         coll = other.get_collection("crash")
         with pytest.raises(FailedPreconditionError, match="another router"):

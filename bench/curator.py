@@ -231,6 +231,10 @@ class CuratorTarget:
     def counted_bytes(self) -> int:
         return self.index.memory_bytes()
 
+    def memory_parts(self) -> dict[str, int]:
+        """The counted bytes by part (``Curator.memory_parts``), recorded in the JSON."""
+        return self.index.memory_parts()
+
     def write_latency(self, data: dict[str, Any], rng: np.random.Generator) -> dict[str, float]:
         """Median ms of one call: add 10 new vectors to a tenant, grant 10 ids, revoke them."""
         index, base = self.index, data["base"]
@@ -660,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
             builds[name] = {"build_s": round(build_s, 3), "counted_bytes": int(target.counted_bytes()),
                             "rss_growth_bytes": rss() - before, "params": params[name],
                             "process_anon_huge_pages_bytes": anon_huge_pages()}
+            if hasattr(target, "memory_parts"):
+                builds[name]["memory_parts"] = target.memory_parts()
             if hasattr(target, "write_latency"):
                 builds[name]["write_latency_ms"] = target.write_latency(data, np.random.default_rng(0))
             print(f"built {name}: {build_s:.2f}s, counted {builds[name]['counted_bytes'] / 2**20:.1f} MiB, "

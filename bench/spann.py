@@ -19,6 +19,12 @@ process reports its RSS and the page-cache residency of the LMDB file (mincore).
     python bench/spann.py --datasets glove-6b-50d-angular,mnist-784-euclidean,arxiv-minilm-384 --cold
     python bench/spann.py --datasets glove-6b-50d-angular --n-base 20000 --n-queries 200   # a quick try
     python bench/spann.py --synthetic 5000000 --n-queries 200 --cold --targets spann,diskann
+
+Probing at a smaller size with the 5M set's density: ``--synthetic 5000000 --synthetic-first
+1000000`` (whole components of the 5M file; its own workdir, the data file is shared), with
+``--ivf-nlist`` keeping faiss's lists the size they have at 5M (N / 559). ``--spann-eps2``
+sweeps eps2 with every ``max_postings``; ``--train-sample`` sizes the training sample (default a
+tenth of the data within [65,536, 500,000], for SPANN and faiss alike).
 """
 from __future__ import annotations
 
@@ -36,7 +42,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+#: training sample (SPANN heads, faiss's coarse quantizer): the default floor and ceiling; the
+#: sample is a tenth of the data between them (heads come from training, not from thousands of splits)
 TRAIN_SAMPLE = 65_536
+TRAIN_SAMPLE_MAX = 500_000
 HERE = Path(__file__).resolve().parent
 DISKANN_PYTHON = HERE / ".venv-diskann" / "bin" / "python"
 #: rows per generated chunk of the synthetic set (and per SPANN add there)
@@ -63,6 +72,13 @@ def load(name: str, n_base: int | None, n_queries: int, k: int) -> tuple[np.ndar
         flat.add(base)
         gt = flat.search(queries, k).ids
     return base, queries, metric, gt
+
+
+def train_size(n: int, requested: int | None) -> int:
+    """Rows of the training sample for ``n`` rows: ``requested``, or n / 10 within
+    [TRAIN_SAMPLE, TRAIN_SAMPLE_MAX] (never more than n)."""
+    size = requested if requested else min(max(n // 10, TRAIN_SAMPLE), TRAIN_SAMPLE_MAX)
+    return int(min(n, size))
 
 
 def recall(got: np.ndarray, gt: np.ndarray) -> float:
@@ -114,13 +130,14 @@ def read_stats(stats: list[Any], max_postings: int) -> dict[str, float]:
 
 
 def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
-                sweep: list[int], cold: bool, params: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                sweep: list[int], cold: bool, params: dict[str, Any], eps2s: list[float | None] | None = None,
+                train: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from vecdb.index import SPANN
 
     path = workdir / "spann"
     shutil.rmtree(path, ignore_errors=True)
     rng = np.random.default_rng(0)
-    sample = base[np.sort(rng.choice(len(base), min(len(base), TRAIN_SAMPLE), replace=False))]
+    sample = base[np.sort(rng.choice(len(base), train_size(len(base), train), replace=False))]
     t0 = time.perf_counter()
     index = SPANN(base.shape[1], metric, path, **params)
     index.train(sample)
@@ -132,15 +149,15 @@ def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarr
     info = {"target": "spann", "build_s": build, "resident_bytes": index.memory_bytes(), "disk_bytes": index.disk_bytes(),
             "raw_bytes": base.nbytes, "heads": index.n_heads, "posting_mean": float(sizes.mean()),
             "posting_max": int(sizes.max()), "replication": float(sizes.sum() / len(base)), "params": index.params(),
-            "splits": index.splits, "background_splits": index.background_splits}
+            "splits": index.splits, "background_splits": index.background_splits, "train_sample": len(sample)}
     rows = []
     data_file = path / "data.mdb"
-    for mp in sweep:
+    for eps2, mp in [(e, m) for e in (eps2s or [None]) for m in sweep]:
         for mode in (["warm", "cold"] if cold else ["warm"]):
             stats: list[Any] = []
 
-            def search(q: np.ndarray, mp: int = mp) -> np.ndarray:
-                res, st = index.search_with_stats(q, k, max_postings=mp)
+            def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
+                res, st = index.search_with_stats(q, k, max_postings=mp, eps2=eps2)
                 stats.append(st)
                 return res.ids
 
@@ -150,7 +167,7 @@ def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarr
             if mode == "warm":
                 ids, secs = per_query(search, queries)            # the second pass: pages cached
             stats = stats[-len(queries):]
-            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, **read_stats(stats, mp)))
+            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, eps2=eps2, **read_stats(stats, mp)))
     index.close()
     return info, rows
 
@@ -172,7 +189,8 @@ def bench_hnsw(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarra
 
 
 def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
-              sweep: list[int], cold: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              sweep: list[int], cold: bool, nlist: int | None = None,
+              train: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     import faiss
 
     from vecdb.kernels.distances import normalize_rows
@@ -180,12 +198,12 @@ def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray
     xb = normalize_rows(base) if metric == "cosine" else base
     xq = normalize_rows(queries) if metric == "cosine" else queries
     fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-    nlist = max(16, int(4 * np.sqrt(len(xb))))
+    nlist = nlist or max(16, int(4 * np.sqrt(len(xb))))
     t0 = time.perf_counter()
     quantizer = faiss.IndexFlatL2(xb.shape[1]) if metric == "l2" else faiss.IndexFlatIP(xb.shape[1])
     index = faiss.IndexIVFFlat(quantizer, xb.shape[1], nlist, fmetric)
     rng = np.random.default_rng(0)
-    index.train(np.ascontiguousarray(xb[np.sort(rng.choice(len(xb), min(len(xb), TRAIN_SAMPLE), replace=False))]))
+    index.train(np.ascontiguousarray(xb[np.sort(rng.choice(len(xb), train_size(len(xb), train), replace=False))]))
     for start in range(0, len(xb), ADD_CHUNK):               # a memmap (the synthetic set): chunk by chunk
         index.add(np.ascontiguousarray(xb[start : start + ADD_CHUNK], np.float32))
     on_disk = False
@@ -251,27 +269,34 @@ def bench_diskann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.nda
 
 
 # ---- the synthetic larger-than-RAM set -------------------------------------------------------
-def synthetic(n: int, dim: int, n_queries: int, k: int, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic(n: int, dim: int, n_queries: int, k: int, folder: Path,
+              first: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A seeded Gaussian mixture of ``n`` x ``dim`` float32 rows written chunk by chunk to
     ``folder/base.f32`` (returned as a read-only memmap), its rows grouped by component (so a
     chunk added to SPANN touches few postings); queries drawn from the same mixture; exact
-    top-k ids computed in one streaming pass (bounded memory)."""
+    top-k ids computed in one streaming pass (bounded memory). ``first``: only the file's first
+    rows (whole components at the full set's density), queries drawn from their components."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"base-{n}x{dim}.f32"
     centres = np.random.default_rng(7).standard_normal((SYNTH_CENTRES, dim)).astype(np.float32) * 3
     order = np.sort(np.random.default_rng(8).integers(0, SYNTH_CENTRES, n))   # component of each row, grouped
-    queries = (centres[np.random.default_rng(9).integers(0, SYNTH_CENTRES, n_queries)]
+    used = min(n, first) if first else n
+    comps = np.unique(order[:used]) if used < n else np.arange(SYNTH_CENTRES)
+    queries = (centres[comps[np.random.default_rng(9).integers(0, len(comps), n_queries)]]
                + np.random.default_rng(10).standard_normal((n_queries, dim)).astype(np.float32))
     best_d = np.full((n_queries, k), np.inf, np.float32)
     best_i = np.full((n_queries, k), -1, np.int64)
     fresh = not path.exists() or path.stat().st_size != n * dim * 4
     out = np.memmap(path, np.float32, "w+" if fresh else "r", shape=(n, dim))
     qn = (queries * queries).sum(1)
-    for start in range(0, n, SYNTH_CHUNK):
+    for start in range(0, n if fresh else used, SYNTH_CHUNK):
         stop = min(start + SYNTH_CHUNK, n)
         if fresh:
             rng = np.random.default_rng([11, start])
             out[start:stop] = centres[order[start:stop]] + rng.standard_normal((stop - start, dim)).astype(np.float32)
+        if start >= used:                        # generated for the file, not part of the set
+            continue
+        stop = min(stop, used)
         chunk = np.asarray(out[start:stop])
         d = qn[:, None] - 2 * (queries @ chunk.T) + (chunk * chunk).sum(1)[None, :]
         cand = np.argpartition(d, min(k, d.shape[1] - 1), axis=1)[:, :k]
@@ -282,20 +307,22 @@ def synthetic(n: int, dim: int, n_queries: int, k: int, folder: Path) -> tuple[n
     if fresh:
         out.flush()
     del out
-    return np.memmap(path, np.float32, "r", shape=(n, dim)), queries, best_i
+    return np.memmap(path, np.float32, "r", shape=(n, dim))[:used], queries, best_i
 
 
-def build_spann_chunked(base: np.ndarray, metric: str, path: Path, params: dict[str, Any]) -> dict[str, Any]:
+def build_spann_chunked(base: np.ndarray, metric: str, path: Path, params: dict[str, Any],
+                        train: int | None = None) -> dict[str, Any]:
     """SPANN built from ``base`` (a memmap) in chunks of ``SYNTH_CHUNK`` rows: one commit
     each, memory bounded by a chunk and the postings it touches."""
     from vecdb.index import SPANN
 
     rng = np.random.default_rng(0)
-    sample = np.asarray(base[np.sort(rng.choice(len(base), min(len(base), TRAIN_SAMPLE), replace=False))])
+    sample = np.asarray(base[np.sort(rng.choice(len(base), train_size(len(base), train), replace=False))])
     shutil.rmtree(path, ignore_errors=True)                   # a fresh build (the data file is kept)
     t0 = time.perf_counter()
     index = SPANN(base.shape[1], metric, path, **params)
     index.train(sample)
+    train_s, trained_heads = time.perf_counter() - t0, index.n_heads
     for start in range(0, len(base), SYNTH_CHUNK):
         stop = min(start + SYNTH_CHUNK, len(base))
         index.add(np.asarray(base[start:stop]), np.arange(start, stop))
@@ -305,7 +332,8 @@ def build_spann_chunked(base: np.ndarray, metric: str, path: Path, params: dict[
             "disk_bytes": index.disk_bytes(), "raw_bytes": int(base.nbytes), "heads": index.n_heads,
             "posting_mean": float(sizes.mean()), "posting_max": int(sizes.max()),
             "replication": float(sizes.sum() / len(base)), "params": index.params(), "splits": index.splits,
-            "build_peak_rss_bytes": peak_rss()}
+            "build_peak_rss_bytes": peak_rss(), "train_sample": len(sample), "train_s": train_s,
+            "trained_heads": trained_heads}
     index.close()
     return info
 
@@ -361,12 +389,12 @@ def serve(args: argparse.Namespace) -> int:
     index = SPANN(queries.shape[1], args.serve_metric, path)
     opened_rss = current_rss()
     rows = []
-    for mp in [int(v) for v in args.spann_sweep.split(",") if v]:
+    for eps2, mp in [(e, m) for e in eps2_list(args.spann_eps2) for m in (int(v) for v in args.spann_sweep.split(",") if v)]:
         for mode in (["warm", "cold"] if args.cold else ["warm"]):
             stats: list[Any] = []
 
-            def search(q: np.ndarray, mp: int = mp) -> np.ndarray:
-                res, st = index.search_with_stats(q, args.k, max_postings=mp)
+            def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
+                res, st = index.search_with_stats(q, args.k, max_postings=mp, eps2=eps2)
                 stats.append(st)
                 return res.ids
 
@@ -375,12 +403,17 @@ def serve(args: argparse.Namespace) -> int:
                 ids, secs = per_query(search, queries)
             stats = stats[-len(queries):]
             cached, pages = resident_pages(path / "data.mdb")
-            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, **read_stats(stats, mp),
+            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, eps2=eps2, **read_stats(stats, mp),
                             rss_bytes=current_rss(), file_pages_cached=cached, file_pages=pages))
     info = {"resident_bytes": index.memory_bytes(), "rss_after_open": opened_rss, "rss_peak": peak_rss()}
     index.close()
     print(json.dumps({"info": info, "rows": rows}))
     return 0
+
+
+def eps2_list(text: str) -> list[float | None]:
+    """The eps2 values of ``--spann-eps2`` ("" = the index's default only)."""
+    return [float(v) for v in text.split(",") if v] or [None]
 
 
 def current_rss() -> int:
@@ -417,7 +450,8 @@ def serve_capped(path: Path, queries: np.ndarray, gt: np.ndarray, metric: str, a
     np.save(workdir / "serve-gt.npy", gt)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", str(path), "--serve-queries",
            str(workdir / "serve-queries.npy"), "--serve-gt", str(workdir / "serve-gt.npy"), "--serve-metric", metric,
-           "--spann-sweep", args.spann_sweep, "--k", str(args.k)] + (["--cold"] if args.cold else [])
+           "--spann-sweep", args.spann_sweep, "--spann-eps2", args.spann_eps2, "--k", str(args.k)]
+    cmd += ["--cold"] if args.cold else []
     cap = args.mem_cap_mb * 2**20
     group = capped_cgroup(cap)
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -447,6 +481,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hnsw-sweep", default="16,32,64,128,256", help="ef values")
     ap.add_argument("--ivf-sweep", default="4,8,16,32,64", help="nprobe values")
     ap.add_argument("--spann-params", default="{}", help="JSON of SPANN construction parameters")
+    ap.add_argument("--spann-eps2", default="", help="eps2 values swept with every max_postings (default: the index's)")
+    ap.add_argument("--train-sample", type=int, default=None,
+                    help=f"training rows (default: a tenth of the data within [{TRAIN_SAMPLE}, {TRAIN_SAMPLE_MAX}])")
+    ap.add_argument("--ivf-nlist", type=int, default=None, help="faiss IVF lists (default 4 * sqrt(N))")
+    ap.add_argument("--synthetic-first", type=int, default=None,
+                    help="only the first rows of the --synthetic file (whole components at its density)")
     ap.add_argument("--targets", default="spann,hnsw,faiss-ivfflat")
     ap.add_argument("--cold", action="store_true", help="also measure with the data files evicted from the page cache")
     ap.add_argument("--threads", type=int, default=1)
@@ -493,12 +533,15 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
     results: dict[str, Any] = {"argv": sys.argv, "datasets": {}}
     work_root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="vecdb-spann-bench-"))
     try:
-        names = [f"synthetic-{args.synthetic}-{args.dim}"] if args.synthetic else args.datasets.split(",")
+        data_name = f"synthetic-{args.synthetic}-{args.dim}"
+        first = f"-first{args.synthetic_first}" if args.synthetic and args.synthetic_first else ""
+        names = [data_name + first] if args.synthetic else args.datasets.split(",")
         for name in names:
             work = work_root / name
             work.mkdir(parents=True, exist_ok=True)
             if args.synthetic:
-                base, queries, gt = synthetic(args.synthetic, args.dim, args.n_queries, args.k, work)
+                base, queries, gt = synthetic(args.synthetic, args.dim, args.n_queries, args.k, work_root / data_name,
+                                              args.synthetic_first)
                 metric = "l2"
             else:
                 base, queries, metric, gt = load(name, args.n_base, args.n_queries, args.k)
@@ -506,14 +549,14 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
             infos, rows = [], []
             with threads(args.threads):
                 if "spann" in targets and args.synthetic:
-                    info = build_spann_chunked(base, metric, work / "spann", json.loads(args.spann_params))
+                    info = build_spann_chunked(base, metric, work / "spann", json.loads(args.spann_params), args.train_sample)
                     served, got = serve_capped(work / "spann", queries, gt, metric, args, work)
                     info.update(served)
                     infos.append(info)
                     rows += got
                 elif "spann" in targets:
                     info, got = bench_spann(base, queries, metric, gt, args.k, work, ints(args.spann_sweep), args.cold,
-                                            json.loads(args.spann_params))
+                                            json.loads(args.spann_params), eps2_list(args.spann_eps2), args.train_sample)
                     infos.append(info)
                     rows += got
                 if "hnsw" in targets and not args.synthetic:
@@ -521,7 +564,8 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                     infos.append(info)
                     rows += got
                 if "faiss-ivfflat" in targets:
-                    info, got = bench_ivf(base, queries, metric, gt, args.k, work, ints(args.ivf_sweep), args.cold)
+                    info, got = bench_ivf(base, queries, metric, gt, args.k, work, ints(args.ivf_sweep), args.cold,
+                                          args.ivf_nlist, args.train_sample)
                     infos.append(info)
                     rows += got
                 if "diskann" in targets:
@@ -536,6 +580,7 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                   f"{'postings/q':>10} {'pruned':>7} {'KB/q':>8}")
             for r in rows:
                 knob = next(f"{n}={r[n]}" for n in ("max_postings", "ef", "nprobe", "complexity") if n in r)
+                knob += f" e{r['eps2']:g}" if r.get("eps2") is not None else ""
                 print(f"  {r['target']:14} {knob:>14} {r['cache']:>6} {r['recall']:7.3f} {r['mean_ms']:8.3f} "
                       f"{r['p99_ms']:8.3f} {r['qps']:8.0f} {r.get('postings_per_q', float('nan')):10.1f} "
                       f"{r.get('pruned_share', float('nan')):7.2f} {r.get('bytes_per_q', float('nan')) / 1024:8.1f}")

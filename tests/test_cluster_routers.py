@@ -153,6 +153,33 @@ def test_a_reading_router_serves_reads_and_refuses_writes(local_ray: None, tmp_p
         a.close()
 
 
+def test_closing_the_writer_leaves_the_replicas_serving_a_reading_router(local_ray: None, tmp_path: Path) -> None:
+    """The writing router closes while a reading router is open: the replicas keep serving
+    it (searches, gets, counts, as before); the last router to close stops them."""
+    root = str(tmp_path / "leave")
+    a = connect(root=root, shards=1, replicas=2)
+    b = connect(root=root, wait_seconds=10.0)
+    try:
+        coll = a.create_collection("l", DIM, metric="l2", index="flat")
+        ids = np.arange(300)
+        coll.upsert(ids, X[ids])
+        other = b.get_collection("l")
+        truth = other.search(Q, k=10).ids
+        np.testing.assert_array_equal(truth, exact_top(ids, 10))
+        a.close()
+        np.testing.assert_array_equal(other.search(Q, k=10).ids, truth)   # no router writes any more
+        np.testing.assert_array_equal(other.get(ids).vectors, X[ids])
+        assert other.count() == 300
+        actors = [actor for g in b._groups_now() for actor in g.actors]
+        b.close()   # the last router open: stops the replicas
+        for actor in actors:
+            with pytest.raises((ray.exceptions.RayActorError, ray.exceptions.RayTaskError)):
+                ray.get(actor.ping.remote())
+    finally:
+        b.close()
+        a.close()
+
+
 def exact_top(ids: np.ndarray, k: int) -> np.ndarray:
     """The k nearest of ``ids`` to each query by L2, ranked by (distance, id) like the cluster."""
     d = ((X[ids][None, :, :] - Q[:, None, :]) ** 2).sum(-1)

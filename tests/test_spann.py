@@ -444,11 +444,36 @@ def test_a_corrupt_or_truncated_posting_raises_data_loss(tmp_path: Path, how: st
     try:
         with pytest.raises(DataLossError):
             again.search(x[:50], 10, **EVERYTHING)
+        with pytest.raises(DataLossError):                     # one query: the records scanned in place
+            again.search(x[:1], 10, **EVERYTHING)
         with pytest.raises(DataLossError):                     # an insert rewriting that posting
             again.add(members, np.arange(5000, 5000 + len(members)))
         assert len(again) == len(x)
     finally:
         again.close()
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_one_query_scanned_in_place_equals_the_batched_scan(metric: str) -> None:
+    x = clustered(3000, 41)
+    index = built(x, metric, background=False)
+    try:
+        index.remove(np.arange(0, 3000, 7))                    # tombstones the scans must skip
+        q = clustered(40, 42)
+        allow = np.arange(1, 3000, 3)
+        for kw in ({"max_postings": 4}, {"max_postings": 16, "allow": allow}, EVERYTHING):
+            batched = index.search(q, 10, **kw)                # one copied buffer, parallel scan
+            ids = np.concatenate([index.search(q[i : i + 1], 10, **kw).ids for i in range(len(q))])
+            dists = np.concatenate([index.search(q[i : i + 1], 10, **kw).distances for i in range(len(q))])
+            np.testing.assert_array_equal(ids, batched.ids)
+            np.testing.assert_array_equal(dists, batched.distances)
+            assert not np.isin(ids, np.arange(0, 3000, 7)).any()
+        _, one = index.search_with_stats(q[:1], 10, max_postings=8)
+        _, many = index.search_with_stats(np.repeat(q[:1], 5, 0), 10, max_postings=8)
+        assert one.postings[0] == many.postings[0] and one.entries[0] == many.entries[0] > 0
+        assert one.bytes_read > 0
+    finally:
+        index.close()
 
 
 def test_a_corrupt_state_chunk_raises_data_loss_on_open(tmp_path: Path) -> None:

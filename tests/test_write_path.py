@@ -415,3 +415,126 @@ def test_int_id_keys_of_a_batch_equal_the_keys_one_at_a_time() -> None:
     ids = np.array([0, 1, 255, 256, 2**32, 2**63 - 1, 7919], np.int64)
     assert K.int_id_keys(ids) == [K.int_id_key(int(i)) for i in ids]
     assert K.int_id_keys(np.zeros(0, np.int64)) == []
+
+
+def _payload_batches() -> list[list[Any]]:
+    """Payload batches for the writer's batched paths: one shape (ints, floats, bools, str,
+    None values), and batches that must take the per-payload path (nested, lists, braces in
+    text, mixed shapes and types, None payloads, non-ASCII text, ints past 64 bits)."""
+    return [
+        [{"n": i, "f": i / 4, "b": i % 2 == 0, "s": f"t{i}", "z": None} for i in range(40)],
+        [{"a": {"b": i}, "l": [i, "x"]} for i in range(40)],
+        [{"s": "}{" if i % 3 else "{", "n": i} for i in range(40)],
+        [{"n": i} if i % 2 else {"n": float(i), "extra": "e"} for i in range(40)],
+        [None if i % 5 == 0 else {"n": i} for i in range(40)],
+        [{"n": i if i % 2 else str(i)} for i in range(40)],
+        [{"s": "é" if i == 7 else "e", "n": i} for i in range(40)],
+        [{"big": 2**70 + i, "k}": i} for i in range(40)],
+        [{} for _ in range(40)],
+    ]
+
+
+@pytest.mark.parametrize("shape", range(len(_payload_batches())))
+def test_batched_payload_paths_store_and_index_what_was_given(tmp_path: Path, shape: int) -> None:
+    """Payloads checked, encoded and indexed a batch at a time read back (get, and after a
+    reopen) equal to what was given, and filters find exactly the points holding a value;
+    the batched JSON encoder gives the per-payload encoder's bytes."""
+    from vecdb.storage.arrays import encode_checked_json, encode_checked_json_many
+
+    pays = _payload_batches()[shape]
+    assert encode_checked_json_many(pays) == [None if p is None else encode_checked_json(p) for p in pays]
+    ids = np.arange(100, 100 + len(pays))
+    x = vecs(len(pays), 40 + shape)
+
+    def check(col: Any) -> None:
+        got = col.get(ids)
+        assert got.payloads == pays
+        for field in ("n", "s", "b"):
+            values = {p[field] for p in pays if p and type(p.get(field)) in (int, str, bool)}
+            for value in sorted(values, key=repr)[:3]:
+                want = sorted(int(i) for i, p in zip(ids, pays) if p and field in p and p[field] == value
+                              and type(p[field]) is type(value))
+                res = col.search(x[:1], k=len(pays), filter={field: value})
+                assert sorted(int(i) for i in res.ids[0] if i >= 0) == want
+
+    db = vecdb.open(tmp_path / "db")
+    col = db.create_collection("c", DIM, index="hnsw")
+    col.upsert(ids, x, pays)
+    check(col)
+    db.close()
+    db = vecdb.open(tmp_path / "db")
+    check(db.get_collection("c"))
+    db.close()
+
+
+@pytest.mark.parametrize("id_type", ["int", "str"])
+def test_id_records_in_any_order_and_below_the_stored_ones(tmp_path: Path, id_type: str) -> None:
+    """The writer puts a batch's new id records in key order, appended when they all sort
+    after the stored ones: batches in random order, ascending, below and interleaved with
+    the stored ids, and mixed with replacements, all read back (and after a reopen)."""
+    rng = np.random.default_rng(7)
+    as_id = (lambda v: int(v)) if id_type == "int" else (lambda v: f"p{v:07d}")
+    batches = [rng.permutation(np.arange(1000, 1300)),          # random order
+               np.arange(2000, 2300),                           # ascending, after the stored ids
+               np.arange(0, 300)[::-1],                         # below the stored ids, descending
+               np.arange(1000, 2600, 7),                        # interleaved: new ones and replacements
+               np.concatenate([rng.choice(np.arange(1000, 1300), 50, replace=False),   # replacements
+                               np.arange(500, 550), np.arange(9000, 9010)])]
+    db = vecdb.open(tmp_path / "db")
+    col = db.create_collection("c", DIM, id_type=id_type)
+    want: dict[Any, np.ndarray] = {}
+    for b, batch in enumerate(batches):
+        ids = [as_id(v) for v in batch.tolist()]
+        x = vecs(len(ids), 60 + b)
+        col.upsert(ids, x, [{"b": b} for _ in ids])
+        want.update(zip(ids, x))
+    for opened in range(2):
+        if opened:
+            db.close()
+            db = vecdb.open(tmp_path / "db")
+            col = db.get_collection("c")
+        keys = list(want)
+        got = col.get(keys)
+        np.testing.assert_array_equal(got.vectors, np.stack([want[k] for k in keys]))
+        assert col.count() == len(want)
+    db.close()
+
+
+def test_out_of_order_appended_id_records_fail_the_batch(tmp_path: Path) -> None:
+    """LMDB skips an appended key that sorts before the stored ones without an error; the
+    writer's put counts what was added and fails the transaction instead (nothing written)."""
+    import lmdb
+
+    from vecdb.collection.collection import _put_sorted
+    from vecdb.errors import InternalError
+
+    env = lmdb.open(str(tmp_path / "env"), max_dbs=2)
+    with env.begin(write=True) as txn:
+        _put_sorted(txn.cursor(), [b"b", b"c"], [b"1", b"2"])
+    with env.begin(write=True) as txn:   # "a" sorts first: inserted in order, not appended
+        _put_sorted(txn.cursor(), [b"a", b"d"], [b"3", b"4"])
+    with pytest.raises(InternalError, match="1 of 2 id records"):
+        with env.begin(write=True) as txn:   # appended after "d", but "0" is out of order
+            _put_sorted(txn.cursor(), [b"e", b"0"], [b"5", b"6"])
+    with env.begin() as txn:
+        assert [k for k, _ in txn.cursor()] == [b"a", b"b", b"c", b"d"]
+    env.close()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 2**1100, "é", [1], None])
+def test_a_bad_payload_in_a_one_shape_batch_is_named_and_nothing_is_written(tmp_path: Path, bad: Any) -> None:
+    """A batch of one shape but for one value is checked as carefully as one payload at a
+    time: a value JSON or the payload index cannot take is refused with its position, and a
+    value of another type (valid) sends the batch down the per-payload path."""
+    db = vecdb.open(tmp_path / "db")
+    col = db.create_collection("c", DIM)
+    pays: list[Any] = [{"n": float(i)} for i in range(20)]
+    pays[7] = {"n": bad}
+    if bad is None or isinstance(bad, (str, list)):
+        col.upsert(np.arange(20), vecs(20, 3), pays)
+        assert col.get(np.arange(20)).payloads == pays
+    else:
+        with pytest.raises(InvalidArgumentError, match=r"payloads\[7\]"):
+            col.upsert(np.arange(20), vecs(20, 3), pays)
+        assert col.count() == 0
+    db.close()

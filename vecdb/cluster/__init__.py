@@ -34,7 +34,8 @@ def connect(address: str | None = None, *, root: str | os.PathLike[str], shards:
     ``db_options``: options of each replica's embedded database (``vecdb.open``).
     Several routers may connect to one cluster: all read, one writes (the others' writes
     are refused with FailedPreconditionError until it closes or dies: ``routers``).
-    Closing the writing router stops the replicas; closing any stops the local Ray it started."""
+    Closing the last open router stops the replicas (others leave them serving the routers
+    still open); closing any stops the local Ray it started."""
     if address is not None and (not isinstance(address, str) or not address):
         raise InvalidArgumentError(f"address must be None, 'auto', 'ray://host:port' or host:port, got {address!r:.100}")
     started = False

@@ -143,9 +143,13 @@ class ClusterCollection:
         """Number of points (of ``tenant`` when given), summed over the shards."""
         self._db._check()
         name = check_tenant_arg(tenant)
-        with self._db._stable_reads():
-            pending = [g.read("call", self.name, "count", (name,)) for g in self._db._groups_now()]
-            return sum(int(p.result()) for p in pending)
+
+        def count(view: Any) -> int:
+            with self._db._stable_reads(view):
+                pending = [view.groups[s].read("call", self.name, "count", (name,)) for s in view.shards()]
+                return sum(int(p.result()) for p in pending)
+
+        return self._db._consistent(count)
 
     def get(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> GetResult:
         """Vectors and payloads of ``ids`` in the order asked; IdNotFoundError (the embedded
@@ -153,21 +157,26 @@ class ClusterCollection:
         self._db._check()
         keys, uids = id_keys(self._info, ids, unique=False)
         name = check_tenant_arg(tenant)
-        parts = self._db._read_split(self.name, keys, lambda g, rows: g.read("get", self.name, [uids[i] for i in rows], name),
-                                     self._affine)
-        missing: set[Any] = set()
-        for _, answer in parts:
-            if isinstance(answer, list):
-                missing.update(answer)
-        if missing:
-            raise IdNotFoundError(not_found_message(self.name, [u for u in uids if u in missing]))
+        found, missing = self._points(keys, uids, name)
+        if len(missing):
+            raise IdNotFoundError(not_found_message(self.name, [uids[i] for i in missing]))
         vectors = np.zeros((len(uids), self._info.dim), np.float32)
         payloads: list[Payload | None] = [None] * len(uids)
-        for rows, answer in parts:
+        for rows, answer in found:
+            if not len(rows):
+                continue
             vectors[rows] = answer.vectors
             for j, row in enumerate(rows):
                 payloads[row] = answer.payloads[j]
         return GetResult(_id_array(self._info, uids), vectors, payloads)
+
+    def _points(self, keys: list[bytes], uids: list[Any], tenant: str | None) -> tuple[list[tuple[np.ndarray, Any]],
+                                                                                       np.ndarray]:
+        """``ClusterDatabase._read_points`` of these ids, over a layout that held throughout."""
+        def send(g: Any, rows: np.ndarray) -> Any:
+            return g.read("get", self.name, [uids[i] for i in rows], tenant)
+
+        return self._db._consistent(lambda view: self._db._read_points(view, self.name, keys, send, self._affine))
 
     def search(self, queries: Any, k: int = 10, filter: Filter | None = None,
                tenant: str | Sequence[str] | None = None, params: Mapping[str, Any] | None = None,
@@ -182,20 +191,27 @@ class ClusterCollection:
         """Run a validated search on every shard that can hold hits, and merge exactly."""
         self._db._check()
         sent = req._replace(params=dict(req.params))   # a plain dict travels; the shard resolves the knobs
-        groups = self.search_shards(req.tenant)
-        if not groups:   # the tenants hold no point anywhere (their names were checked)
-            return _no_hits(self._info, len(req.queries), req.k, req.with_payloads)
-        pending = [self._db._groups[g].read("execute", self.name, sent) for g in groups]
-        return merge_topk([p.result() for p in pending], req.k, self._info.id_type)
+
+        def search(view: Any) -> QueryResult:
+            shards = self._search_shards(view, req.tenant)
+            if not shards:   # the tenants hold no point anywhere (their names were checked)
+                return _no_hits(self._info, len(req.queries), req.k, req.with_payloads)
+            answers = self._db._fan_out(view, shards, lambda g: g.read("execute", self.name, sent))
+            return merge_topk([answers[s] for s in shards], req.k, self._info.id_type)
+
+        return self._db._consistent(search)
 
     def search_shards(self, tenant: str | tuple[str, ...] | None = None) -> list[int]:
         """The shards a search (of ``tenant``: a checked name or names) is sent to: every shard,
         or in a multi-tenant collection those holding points the tenants may access (the
         tenants' own points share one shard: ``placement.placement_key``)."""
+        return self._search_shards(self._db._state, tenant)
+
+    def _search_shards(self, view: Any, tenant: str | tuple[str, ...] | None) -> list[int]:
         if not self._affine or tenant is None:
-            return [g.shard for g in self._db._groups_now()]
+            return view.shards()  # type: ignore[no-any-return]
         names = (tenant,) if isinstance(tenant, str) else tuple(tenant)
-        return [g.shard for g in self._db._tenant_shards(self.name, names)]
+        return [g.shard for g in self._db._tenant_shards(self.name, names, view)]
 
     @contextlib.contextmanager
     def _tenants_gain(self, tenants: list[str]) -> Iterator[Callable[[dict[int, Any]], None]]:
@@ -220,9 +236,12 @@ class ClusterCollection:
         """Figures summed over the shards (one replica each); ``trained`` when every shard
         holding points serves from its index."""
         self._db._check()
-        with self._db._stable_reads():
-            parts: list[CollectionStats] = [p.result() for p in
-                                            [g.read("call", self.name, "stats") for g in self._db._groups_now()]]
+
+        def stats(view: Any) -> list[CollectionStats]:
+            with self._db._stable_reads(view):
+                return [p.result() for p in [view.groups[s].read("call", self.name, "stats") for s in view.shards()]]
+
+        parts = self._db._consistent(stats)
         holding = [s for s in parts if s.count] or parts
         return CollectionStats(count=sum(s.count for s in parts), memory_bytes=sum(s.memory_bytes for s in parts),
                                disk_bytes=sum(s.disk_bytes for s in parts), index=parts[0].index,
@@ -247,11 +266,9 @@ class ClusterCollection:
             raise TenantNotFoundError(f"no tenant {name!r} in collection {self.name!r}")
 
     def _require_ids(self, keys: list[bytes], uids: list[Any]) -> None:
-        parts = self._db._read_split(self.name, keys, lambda g, rows: g.read("get", self.name, [uids[i] for i in rows], None),
-                                     self._affine)
-        missing = {u for _, answer in parts if isinstance(answer, list) for u in answer}
-        if missing:
-            raise IdNotFoundError(not_found_message(self.name, [u for u in uids if u in missing]))
+        _, missing = self._points(keys, uids, None)
+        if len(missing):
+            raise IdNotFoundError(not_found_message(self.name, [uids[i] for i in missing]))
 
 
 def _no_hits(info: CollectionInfo, nq: int, k: int, with_payloads: bool) -> QueryResult:

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, TypeVar
 
 import numpy as np
 import ray
@@ -38,11 +38,11 @@ from vecdb.cluster import placement as P
 from vecdb.cluster.catchup import CatchUpWorker, catch_up
 from vecdb.cluster.collection import ClusterCollection
 from vecdb.cluster.replicas import PendingRead, PendingWrite, ShardGroup, unwrap
-from vecdb.cluster.routers import ReadRefresher, release_lease, replica_numbers, take_lease
+from vecdb.cluster.routers import ReadRefresher, RouterMark, release_lease, replica_numbers, take_lease
 from vecdb.cluster.shard import ShardReplica
 from vecdb.database import validate_info
-from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, FailedPreconditionError, InvalidArgumentError,
-                          TenantNotFoundError, UnavailableError, VecdbError)
+from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
+                          InvalidArgumentError, TenantNotFoundError, UnavailableError, VecdbError)
 from vecdb.validation import as_fs_path, as_positive_int
 
 NAMESPACE = "vecdb"
@@ -53,6 +53,21 @@ NAMESPACE = "vecdb"
 #: ``close`` stops them.
 ACTOR_OPTIONS = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": 0, "max_concurrency": 16,
                  "lifetime": "detached"}
+
+
+T = TypeVar("T")
+
+
+class Layout(NamedTuple):
+    """What a router reads by, replaced whole on every change: the placement, the replica
+    groups of its shards and (reading router) the bytes of the record it was read from."""
+
+    placement: P.Placement
+    groups: dict[int, ShardGroup]
+    raw: bytes | None
+
+    def shards(self) -> list[int]:
+        return sorted(self.groups)
 
 
 class ClusterDatabase:
@@ -91,22 +106,40 @@ class ClusterDatabase:
             if shards is not None and found.moving_to is None and _count(shards, 3, "shards") != len(found.shards):
                 raise InvalidArgumentError(f"cluster {self.root} has {len(found.shards)} shards, not {shards}; "
                                            f"use rebalance() to change it")
-        self.placement = found
-        self._groups: dict[int, ShardGroup] = {}
-        self._stamp = _stamp(self.root)
+        # reading router: the record's bytes as read (what ``_consistent`` compares); the writer: None
+        self._state = Layout(found, {}, P.read_raw(self.root) if self._lease is None else None)
+        self._mark = RouterMark(self.root, self._token)   # the last router to close stops the replicas
         self._catch_up = CatchUpWorker(self._groups_now)
         self._refresher = ReadRefresher(lambda: self._lease is None and not self._closed, self._refresh_view)
         try:
             if self._lease is None:
-                self._groups = {s: self._start_group(s) for s in found.all_shards()}
+                self._state = self._state._replace(groups={s: self._start_group(s) for s in found.all_shards()})
             else:
                 self._become_writer()
         except BaseException:
             self._catch_up.close()
             self._refresher.close()
+            self._mark.close()
             if self._lease is not None:
                 release_lease(self._lease)
             raise
+
+    @property
+    def placement(self) -> P.Placement:
+        """The layout this router reads and writes by (a reading router's: as last read)."""
+        return self._state.placement
+
+    @placement.setter
+    def placement(self, value: P.Placement) -> None:
+        self._state = self._state._replace(placement=value)
+
+    @property
+    def _groups(self) -> dict[int, ShardGroup]:
+        return self._state.groups
+
+    @_groups.setter
+    def _groups(self, value: dict[int, ShardGroup]) -> None:
+        self._state = self._state._replace(groups=value)
 
     # ---- DatabaseAPI -----------------------------------------------------------------------
     def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str | None = None,
@@ -186,16 +219,17 @@ class ClusterDatabase:
             rebalance(self, kept + new, batch, on_batch)
 
     def close(self) -> None:
-        """The writing router: close every replica's database, stop the actors (their data
-        stays in their directories) and give the writer lease up; a reading router leaves
-        them serving. Further calls raise FailedPreconditionError. Closing twice is harmless."""
+        """Give the writer lease up (the writing router) and, when no other router of the
+        cluster is open (``routers.RouterMark``), close every replica's database and stop
+        the actors (their data stays in their directories); else leave them serving the
+        others. Further calls raise FailedPreconditionError. Closing twice is harmless."""
         self._refresher.close()   # first: a refresh in progress holds the layout lock
         with self._layout_lock:
             if self._closed:
                 return
             self._closed = True
             self._catch_up.close()
-            if self._lease is not None:
+            if not self._mark.others():
                 actors = [a for g in self._groups.values() for a in g.actors]
                 for ref in [a.close.remote() for a in actors]:
                     with contextlib.suppress(Exception):
@@ -203,9 +237,11 @@ class ClusterDatabase:
                 for actor in actors:
                     with contextlib.suppress(Exception):
                         ray.kill(actor, no_restart=True)
+            if self._lease is not None:
                 with contextlib.suppress(Exception):
                     release_lease(self._lease)
                 self._lease = None
+            self._mark.close()
             if self._owns_ray:
                 ray.shutdown()
 
@@ -231,10 +267,11 @@ class ClusterDatabase:
     def _catalog_group(self) -> ShardGroup:
         return self._groups[min(self._groups)]
 
-    def _owners(self, name: str, keys: list[bytes]) -> np.ndarray:
+    def _owners(self, name: str, keys: list[bytes], placement: P.Placement | None = None) -> np.ndarray:
         """The shard each id key is written to now (during a rebalance: the new shard of
-        the points already moved, the old one of the rest)."""
-        placement = self.placement
+        the points already moved, the old one of the rest; a reading router knows of none
+        moved). ``placement``: of a layout read by ``_consistent`` (else the current one)."""
+        placement = placement or self.placement
         owners = placement.ring().owners(keys)
         moved = self._moved.get(name)
         target = placement.target_ring()
@@ -244,12 +281,9 @@ class ClusterDatabase:
                 owners[done] = target.owners([k for k, d in zip(keys, done) if d])
         return owners
 
-    @contextlib.contextmanager
-    def _locks(self, shards: list[int]) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            for s in sorted(shards):
-                stack.enter_context(self._groups[s].lock)
-            yield
+    def _locks(self, shards: list[int]) -> contextlib.AbstractContextManager[None]:
+        groups = self._groups
+        return _holding([groups[s].lock for s in sorted(shards)])
 
     def _all_locks(self) -> contextlib.AbstractContextManager[None]:
         return self._locks(list(self._groups))
@@ -273,6 +307,8 @@ class ClusterDatabase:
                 self._lease = None
                 for g in self._groups.values():
                     g.epoch = None
+                self._moved.clear()
+                self._state = self._state._replace(raw=b"")   # reads check the record from now on
             if self._lease is not None:
                 return
             self._lease, holder = take_lease(self._lease_name(), NAMESPACE, self._token, self._wait)
@@ -287,6 +323,7 @@ class ClusterDatabase:
                 with contextlib.suppress(Exception):
                     release_lease(self._lease)
                 self._lease = None
+                self._state = self._state._replace(raw=b"")
                 raise
 
     def _become_writer(self) -> None:
@@ -295,7 +332,7 @@ class ClusterDatabase:
         crash left behind, complete interrupted catalog changes and rebalance."""
         found = P.load(self.root)
         if found is not None:
-            self.placement = found
+            self._state = Layout(found, self._groups, None)
         groups = {s: self._start_group(s) for s in self.placement.all_shards()}
         pings = [(g, r, a.ping.remote()) for g in groups.values() for r, a in enumerate(g.actors)]
         epochs = [0]
@@ -318,8 +355,7 @@ class ClusterDatabase:
         self._epoch = epoch
         self._moved.clear()
         self._tenants_forget(None)
-        self._groups = groups
-        self._stamp = _stamp(self.root)
+        self._state = Layout(self.placement, groups, None)
         for group in self._groups_now():   # replicas a crash left behind the others
             catch_up(group)
         self._repair()
@@ -333,21 +369,63 @@ class ClusterDatabase:
         with self._layout_lock:
             if self._lease is not None or self._closed:
                 return
-            stamp = _stamp(self.root)
-            if stamp != self._stamp:
-                found = P.load(self.root)
-                if found is not None:
-                    old = self._groups
-                    self._groups = {s: old[s] if s in old else self._start_group(s) for s in found.all_shards()}
-                    self.placement = found
-                    self._stamp = stamp
+            self._reload_placement()
             for group in self._groups_now():
                 group.refresh(replica_numbers(group))
 
-    def _stable_reads(self) -> contextlib.AbstractContextManager[None]:
-        """Figures summed over shards see no point twice: during a rebalance they wait for the
-        batch being moved (a point is briefly on two shards)."""
-        return self._all_locks() if self.placement.moving_to is not None else contextlib.nullcontext()
+    def _reload_placement(self) -> None:
+        """A reading router (caller holds the layout lock): the placement record again when it changed."""
+        if self._lease is not None:
+            return
+        raw = P.read_raw(self.root)
+        if raw is None or raw == self._state.raw:
+            return
+        found = P.parse(raw, self.root / P.RECORD)
+        old = self._groups
+        groups = {s: old[s] if s in old else self._start_group(s) for s in found.all_shards()}
+        self._state = Layout(found, groups, raw)
+
+    def _consistent(self, read: Callable[["Layout"], T]) -> T:
+        """``read(layout)`` run against a layout that held throughout it (a seqlock on the
+        layout): a reading router reads the placement record's bytes before and after (its
+        generation makes them unique), the writer compares its own layout object; a change
+        (a rebalance started or finished meanwhile) means reload and read again, as does an
+        error raised while it changed (a removed shard stopped). Each pass is one small file
+        read more for a reading router, nothing for the writer."""
+        while True:
+            view = self._state
+            if view.raw is not None:   # a reading router: is the record still the one it holds?
+                raw = P.read_raw(self.root)
+                if raw is None:
+                    raise DataLossError(f"cluster {self.root}: the placement record {P.RECORD} is gone")
+                if raw != view.raw:
+                    with self._layout_lock:
+                        self._reload_placement()
+                    view = self._state
+                    if view.raw != raw:
+                        continue   # changed again meanwhile (or this router took the writing over)
+            try:
+                out = read(view)
+            except VecdbError:
+                if self._held(view):
+                    raise
+                continue
+            if self._held(view):
+                return out
+
+    def _held(self, view: "Layout") -> bool:
+        """Whether the layout ``view`` still holds (see ``_consistent``)."""
+        if view.raw is None:
+            return self._state is view
+        return P.read_raw(self.root) == view.raw
+
+    def _stable_reads(self, view: Layout) -> contextlib.AbstractContextManager[None]:
+        """Figures summed over shards see no point twice: during a rebalance the writer's wait
+        for the batch being moved (a point is briefly on two shards). A reading router cannot
+        hold the writer's locks: its figures may count a moving point twice or not at all."""
+        if view.placement.moving_to is None or self._lease is None:
+            return contextlib.nullcontext()
+        return _holding([view.groups[s].lock for s in view.shards()])
 
     def _write_split(self, name: str, keys: list[bytes], uids: list[Any],
                      send: Callable[[ShardGroup, np.ndarray], PendingWrite], *, affine: bool = False,
@@ -362,7 +440,7 @@ class ClusterDatabase:
         while True:
             if affine:
                 with self._all_locks():
-                    owners = self._locate(name, keys)
+                    owners = self._locate(self._state, name, keys)
                     absent = owners < 0
                     if place_new and absent.any():
                         ring = self.placement.ring()
@@ -392,40 +470,78 @@ class ClusterDatabase:
             raise _partial(name, owners, uids, results, failures)
         return results
 
-    def _read_split(self, name: str, keys: list[bytes], send: Callable[[ShardGroup, np.ndarray], PendingRead],
-                    affine: bool = False) -> list[tuple[np.ndarray, Any]]:
-        """Send each owning shard its rows (one replica each); (rows, answer) per shard. In a
-        multi-tenant collection (``affine``) the ids are located first; absent ones are asked
-        of the catalog shard, which answers them missing."""
-        with self._stable_reads():
-            if affine or (self._lease is None and self.placement.moving_to is not None):
-                # a reading router does not know which points a rebalance moved already: asks all
-                owners = self._locate(name, keys)
-                owners[owners < 0] = min(self._groups)
-            else:
-                owners = self._owners(name, keys)
-            shards = sorted(set(owners.tolist()))
-            sent = [(np.flatnonzero(owners == s), send(self._groups[s], np.flatnonzero(owners == s))) for s in shards]
-            return [(rows, p.result()) for rows, p in sent]
+    def _fan_out(self, view: Layout, shards: list[int], send: Callable[[ShardGroup], PendingRead]) -> dict[int, Any]:
+        """Ask ``shards`` of ``view`` (``send``, one replica each); their answers by shard.
+        While points move, in the placement's waves (``Placement.waves``), each wave sent once
+        the one before answered: a point moves from a shard of an earlier wave to one of a
+        later wave, copied there before it leaves, so a point the earlier shard no longer
+        held when it answered was already on the later one when that was asked: every
+        point is seen at least once (``merge`` drops the second copy). Else all at once."""
+        out: dict[int, Any] = {}
+        for wave in view.placement.waves(shards):
+            pending = [(s, send(view.groups[s])) for s in wave]
+            for s, p in pending:
+                out[s] = p.result()
+        return out
 
-    def _locate(self, name: str, keys: list[bytes]) -> np.ndarray:
-        """The shard holding each id key (-1: none), asking one replica of every shard."""
+    def _read_points(self, view: Layout, name: str, keys: list[bytes],
+                     send: Callable[[ShardGroup, np.ndarray], PendingRead],
+                     affine: bool = False) -> tuple[list[tuple[np.ndarray, Any]], np.ndarray]:
+        """The points of ``keys`` (``send`` asks a shard for some rows; it answers a mask of
+        those it holds and their points): ([(rows, their points)] per answer, the rows no
+        shard holds). Each id is asked of the shard holding it: its owner by the ring (the
+        writer: where it wrote it), or in a multi-tenant collection (``affine``) the shard
+        ``_locate`` finds. While points move, ids a shard did not hold are asked once more
+        where they go (their target owner, or located again): a point leaves a shard only
+        after it is on its new one, and moves once."""
+        placement = view.placement
+        owners = self._locate(view, name, keys) if affine else self._owners(name, keys, placement)
+        rows = np.arange(len(keys))
+        found: list[tuple[np.ndarray, Any]] = []
+        missing: list[np.ndarray] = [rows[owners < 0]]
+        rows = rows[owners >= 0]
+        for attempt in range(2):
+            split = [(s, rows[owners[rows] == s]) for s in sorted(set(owners[rows].tolist()))]
+            pending = [(part, send(view.groups[s], part)) for s, part in split]
+            left: list[np.ndarray] = []
+            for part, p in pending:
+                present, points = p.result()
+                present = np.asarray(present, bool)
+                found.append((part[present], points))
+                left.append(part[~present])
+            rows = np.concatenate(left) if left else rows[:0]
+            if attempt or placement.moving_to is None or not len(rows):
+                break
+            sub = [keys[i] for i in rows]
+            again = self._locate(view, name, sub) if affine else placement.target_ring().owners(sub)
+            moved = (again >= 0) & (again != owners[rows])
+            missing.append(rows[~moved])
+            owners[rows] = again
+            rows = rows[moved]
+        missing.append(rows)
+        return found, np.sort(np.concatenate(missing))
+
+    def _locate(self, view: Layout, name: str, keys: list[bytes]) -> np.ndarray:
+        """The shard holding each id key (-1: none), asking one replica of every shard (in
+        waves while points move: a point moving meanwhile is found; one on two shards is
+        given its later one, which it does not leave)."""
         owners = np.full(len(keys), -1, np.int64)
         if not keys:
             return owners
-        asked = [(g.shard, g.read("present", name, keys)) for g in self._groups_now()]
-        for shard, pending in asked:
-            here = np.array(pending.result(), bool)
-            owners[here & (owners < 0)] = shard   # mid-move a point may be on two shards: either copy is whole
+        answers = self._fan_out(view, view.shards(), lambda g: g.read("present", name, keys))
+        for wave in view.placement.waves(view.shards()):
+            for shard in wave:
+                owners[np.array(answers[shard], bool)] = shard
         return owners
 
-    def _tenant_shards(self, name: str, tenants: tuple[str, ...]) -> list[ShardGroup]:
+    def _tenant_shards(self, name: str, tenants: tuple[str, ...], view: Layout | None = None) -> list[ShardGroup]:
         """The shards a search of ``tenants`` in multi-tenant collection ``name`` must ask:
         those holding points the tenants may access (a superset, kept up to date by writes;
         every shard while a rebalance moves points, or on a reading router, which does not
         see the writer's writes)."""
-        if self.placement.moving_to is not None or self._lease is None:
-            return self._groups_now()
+        view = view or self._state
+        if view.placement.moving_to is not None or view.raw is not None or self._lease is None:
+            return [view.groups[s] for s in view.shards()]
         shards: set[int] = set()
         for tenant in tenants:
             key = (name, tenant)
@@ -433,13 +549,13 @@ class ClusterDatabase:
                 known = self._tenant_cache.get(key)
                 seen = self._tenant_gen.get(key, 0)
             if known is None:
-                counts = [(g.shard, g.read("call", name, "count", (tenant,))) for g in self._groups_now()]
+                counts = [(s, view.groups[s].read("call", name, "count", (tenant,))) for s in view.shards()]
                 known = {s for s, p in counts if p.result() > 0}
                 with self._tenant_lock:
                     if self._tenant_gen.get(key, 0) == seen:
                         self._tenant_cache[key] = known
             shards |= known
-        return [g for g in self._groups_now() if g.shard in shards]
+        return [view.groups[s] for s in view.shards() if s in shards]
 
     def _tenant_wrote(self, name: str, tenants: list[str], shards: list[int]) -> None:
         """Tenants gained access to points on ``shards`` (called before the write returns)."""
@@ -508,7 +624,16 @@ class ClusterDatabase:
                 except Exception as exc:  # noqa: BLE001 - the replica's own error, unwrapped
                     raise unwrap(exc) from None
         return ShardGroup(shard, actors, applied, self._wait, on_behind=self._catch_up.wake, revive=start,
-                          epoch=self._epoch if self._lease is not None else None)
+                          epoch=self._epoch if self._lease is not None else None,
+                          listed=lambda: self._still_listed(shard))
+
+    def _still_listed(self, shard: int) -> bool:
+        """Whether this router's layout still lists ``shard`` (a reading router reads the
+        placement record again first)."""
+        if self._lease is None and not self._closed:
+            with self._layout_lock:
+                self._reload_placement()
+        return shard in self._groups
 
     def _add_shard(self, shard: int) -> ShardGroup:
         """Start ``shard`` holding every collection and tenant (empty); callers hold all locks."""
@@ -566,13 +691,13 @@ def _partial(name: str, owners: np.ndarray, uids: list[Any], results: dict[int, 
     return exc
 
 
-def _stamp(root: Path) -> tuple[int, int, int] | None:
-    """What changes when the placement record is written again (it is replaced, never edited)."""
-    try:
-        st = os.stat(root / P.RECORD)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
+@contextlib.contextmanager
+def _holding(locks: list[threading.Lock]) -> Iterator[None]:
+    """Hold ``locks`` (given in shard order: every router takes them in one order)."""
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            stack.enter_context(lock)
+        yield
 
 
 def _count(value: Any, default: int, what: str) -> int:

@@ -5,7 +5,10 @@ A point's shard is the first ring position at or after the hash of its id key (t
 the embedded collection stores: ``vecdb.storage.keys``), each shard holding ``vnodes``
 positions, so adding a shard moves about 1/N of the points, all of them to the new shard.
 The record is JSON written atomically (temporary file, fsync, rename, fsync of the folder):
-a crash leaves the old record or the new one, never a torn one."""
+a crash leaves the old record or the new one, never a torn one. Each new layout carries a
+higher ``generation``, so two records of one cluster never have the same bytes: a reading
+router that reads the same bytes before and after a read knows the layout did not change
+meanwhile (``read_raw``; the check of ``ClusterDatabase._consistent``)."""
 from __future__ import annotations
 
 import hashlib
@@ -77,13 +80,15 @@ class HashRing:
 @dataclass(frozen=True)
 class Placement:
     """The durable layout of a cluster: shard numbers, replicas per shard, ring positions
-    per shard; ``moving_to`` lists the shards of a rebalance in progress (None otherwise)."""
+    per shard; ``moving_to`` lists the shards of a rebalance in progress (None otherwise);
+    ``generation`` grows with every change of layout (the record's bytes never repeat)."""
 
     shards: tuple[int, ...]
     replicas: int
     vnodes: int = DEFAULT_VNODES
     moving_to: tuple[int, ...] | None = None
     next_shard: int = field(default=0)
+    generation: int = 0
 
     def ring(self) -> HashRing:
         return HashRing(self.shards, self.vnodes)
@@ -97,24 +102,54 @@ class Placement:
 
     def with_target(self, target: Sequence[int] | None) -> "Placement":
         nxt = max([self.next_shard, *(s + 1 for s in (target or ()))])
-        return replace(self, moving_to=None if target is None else tuple(sorted(target)), next_shard=nxt)
+        return replace(self, moving_to=None if target is None else tuple(sorted(target)), next_shard=nxt,
+                       generation=self.generation + 1)
 
     def finished(self) -> "Placement":
         assert self.moving_to is not None
-        return replace(self, shards=self.moving_to, moving_to=None)
+        return replace(self, shards=self.moving_to, moving_to=None, generation=self.generation + 1)
+
+    def waves(self, shards: Sequence[int]) -> list[list[int]]:
+        """``shards`` in the order a read must ask them so that a point moving meanwhile is
+        seen at least once: while a rebalance moves points, first the shards being removed,
+        then the kept ones, then the added ones (points only move forward in that order: a
+        consistent-hash ring sends a point to an added shard or off a removed one, never
+        between kept shards), each wave asked once the one before answered; else all at once."""
+        if self.moving_to is None:
+            return [list(shards)]
+        now, then = set(self.shards), set(self.moving_to)
+        waves = [[s for s in shards if s in now and s not in then], [s for s in shards if s in now and s in then],
+                 [s for s in shards if s not in now]]
+        return [w for w in waves if w]
 
 
 def new_placement(shards: int, replicas: int, vnodes: int = DEFAULT_VNODES) -> Placement:
     return Placement(tuple(range(shards)), replicas, vnodes, None, shards)
 
 
-def load(root: Path) -> Placement | None:
-    """The record in ``root`` (None when there is none yet); DataLossError when unreadable."""
-    path = Path(root) / RECORD
+def read_raw(root: Path) -> bytes | None:
+    """The record's bytes (None when there is none yet): one open and read of a small file."""
     try:
-        raw = path.read_bytes()
+        fd = os.open(os.path.join(root, RECORD), os.O_RDONLY)
     except FileNotFoundError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def load(root: Path) -> Placement | None:
+    """The record in ``root`` (None when there is none yet); DataLossError when unreadable."""
+    raw = read_raw(root)
+    return None if raw is None else parse(raw, Path(root) / RECORD)
+
+
+def parse(raw: bytes, path: Path) -> Placement:
+    """The placement in the record bytes ``raw`` (read from ``path``); DataLossError when corrupt."""
     try:
         rec = json.loads(raw)
         if rec.get("format") != FORMAT or rec.get("version") != VERSION:
@@ -122,10 +157,11 @@ def load(root: Path) -> Placement | None:
                                 f"this vecdb reads {FORMAT!r} version {VERSION}")
         moving = rec["moving_to"]
         return Placement(tuple(int(s) for s in rec["shards"]), int(rec["replicas"]), int(rec["vnodes"]),
-                         None if moving is None else tuple(int(s) for s in moving), int(rec["next_shard"]))
+                         None if moving is None else tuple(int(s) for s in moving), int(rec["next_shard"]),
+                         int(rec.get("generation", 0)))
     except DataLossError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:   # AttributeError: JSON but not an object
         raise DataLossError(f"corrupt cluster placement record {path}: {exc}") from None
 
 

@@ -9,12 +9,15 @@ writes follow them. A point is always on at least one shard, and searches drop t
 seen twice, so they stay complete and duplicate-free throughout. A last pass under all the
 locks takes what writers added meanwhile; then the new ring becomes the placement.
 
-Reading routers learn of the move from the placement record (``routers.ReadRefresher``):
-points start moving, and removed shards stop, only after they had time to read it twice."""
+Routers never depend on when they learn of the move. The record is written (``moving_to``,
+a higher generation) before any point moves, and again (finished) before a removed shard
+stops; a read checks that the layout it used still holds afterwards and reads again when
+it changed (``ClusterDatabase._consistent``: a reading router compares the record's bytes,
+the writer its layout object), and while points move it asks the shards in waves
+(``Placement.waves``) so that a point moving during the read is seen once at least."""
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
@@ -22,7 +25,6 @@ import ray
 
 from vecdb.cluster import placement as P
 from vecdb.cluster.points import PointBatch
-from vecdb.cluster.routers import READ_REFRESH_SECONDS
 from vecdb.errors import CollectionNotFoundError
 
 if TYPE_CHECKING:
@@ -49,10 +51,10 @@ def rebalance(db: "ClusterDatabase", shards: Sequence[int], batch: int = BATCH,
                     groups = dict(db._groups)
                     groups[s] = added
                     db._groups = groups
-        db.placement = db.placement.with_target(target)
-        P.save(db.root, db.placement)
+        moving = db.placement.with_target(target)
+        P.save(db.root, moving)   # before any point moves: reading routers' reads check it
+        db.placement = moving     # and the writer's own reads in progress read again
         db._tenants_forget(None)   # tenant searches ask every shard while points move
-        time.sleep(2 * READ_REFRESH_SECONDS)   # reading routers search the new shards too before points move
         ring = P.HashRing(target, db.placement.vnodes).spec()
         sources = [s for s in db.placement.all_shards()]
         cursors = {(info.name, s): -1 for info in db.list_collections() for s in sources}
@@ -81,16 +83,15 @@ def rebalance(db: "ClusterDatabase", shards: Sequence[int], batch: int = BATCH,
                         if moved.done:
                             break
             removed = [s for s in db._groups if s not in target]
-            db.placement = db.placement.finished()
-            P.save(db.root, db.placement)
+            done = db.placement.finished()
+            P.save(db.root, done)   # before a removed shard stops (reads in progress check it)
+            db.placement = done
             db._moved.clear()
             db._tenants_forget(None)
             groups = {s: g for s, g in db._groups.items() if s in target}
             gone = [db._groups[s] for s in removed]
             db._groups = groups
-        if gone:
-            time.sleep(2 * READ_REFRESH_SECONDS)   # reading routers stop asking the removed shards
-        for g in gone:
+        for g in gone:   # a read still asking them fails, finds the layout changed and reads again
             for actor in g.actors:
                 with contextlib.suppress(Exception):
                     ray.get(actor.destroy.remote())

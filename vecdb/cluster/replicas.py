@@ -97,6 +97,8 @@ class PendingRead:
                 raise UnavailableError(f"no replica of shard {group.shard} answered within "
                                        f"{group.wait_seconds:g} s") from None
             if not self.sent:   # every current replica failed: wait for Ray to restart one
+                if group.listed is not None and not group.listed():   # a rebalance removed the shard
+                    raise UnavailableError(f"shard {group.shard} was removed from the cluster") from None
                 pause = _backoff(pause)
                 self.tried.clear()
 
@@ -254,8 +256,11 @@ class ShardGroup:
 
     def __init__(self, shard: int, actors: Sequence[Any], applied: Sequence[int], wait_seconds: float = 120.0,
                  on_behind: Callable[[], None] | None = None, revive: Callable[[int], Any] | None = None,
-                 epoch: int | None = None) -> None:
+                 epoch: int | None = None, listed: Callable[[], bool] | None = None) -> None:
         self.shard = shard
+        #: whether the router's placement still lists this shard, asked once every replica
+        #: failed a read (a rebalance that removed the shard stops its replicas: stop waiting)
+        self.listed = listed
         self.epoch = epoch   # the writing router's epoch; None: this router only reads
         self.actors = list(actors)
         self.wait_seconds = wait_seconds

@@ -10,14 +10,23 @@ up to date. When it is asked to write and the lease is free (the writer closed o
 takes the lease and becomes the writer: it fences every replica with an epoch above any
 they hold (``ShardReplica.fence``; a replica refuses writes of lower epochs, so a router
 that lost the lease can never change a replica again), then catches the replicas up as a
-router does on connect."""
+router does on connect.
+
+Each open router also keeps a mark in the cluster root (``RouterMark``: a file it holds an
+flock on): the last router to close stops the replicas, any other leaves them serving the
+routers still open (a mark whose lock can be taken is a dead router's: the kernel releases
+the lock when its process dies). Routers on other machines see the marks only when the
+root is shared with them."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import ray
@@ -34,6 +43,8 @@ log = logging.getLogger(__name__)
 READ_REFRESH_SECONDS = 0.25
 #: how long a probe of a reading router waits for one replica
 PROBE_SECONDS = 1.0
+#: the folder of the cluster root holding the open routers' marks
+ROUTERS = "routers"
 
 
 class WriterLease:
@@ -111,3 +122,53 @@ class ReadRefresher:
                 self._refresh()
             except Exception:  # noqa: BLE001 - logged; the next round tries again
                 log.exception("refreshing a reading router's view of the cluster failed")
+
+
+class RouterMark:
+    """This router's mark in the cluster root (see the module docs): ``routers/<token>``,
+    locked (flock) while the router is open. Made under a hidden name and renamed once
+    locked, so a router counting the others never takes a mark being made for a dead one."""
+
+    def __init__(self, root: Path, token: str) -> None:
+        self.folder = Path(root) / ROUTERS
+        self.folder.mkdir(exist_ok=True)
+        self.path = self.folder / token
+        making = self.folder / f".{token}"
+        self._fd: int | None = os.open(making, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(making, self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    def others(self) -> int:
+        """How many other routers of the cluster are open; marks of dead ones are removed."""
+        alive = 0
+        for entry in os.scandir(self.folder):
+            if entry.name.startswith(".") or entry.path == str(self.path):
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDWR)
+            except FileNotFoundError:   # that router just closed
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                alive += 1
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            finally:
+                os.close(fd)
+        return alive
+
+    def close(self) -> None:
+        """Remove the mark (closing twice is harmless)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        for path in (self.path, self.folder / f".{self.path.name}"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        os.close(fd)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import ray
 
 from vecdb.api import CollectionInfo, GetResult, QueryResult, SearchRequest
@@ -200,19 +201,24 @@ class ShardReplica:
         """A search validated by the router (the trusted path)."""
         return self.db.get_collection(name).execute(req)
 
-    def get(self, name: str, ids: list[Any], tenant: str | None) -> GetResult | list[Any]:
-        """The points, or the list of ids this replica does not hold (or ``tenant`` cannot see)."""
+    def get(self, name: str, ids: list[Any], tenant: str | None) -> tuple[list[bool], GetResult | None]:
+        """Which of ``ids`` this replica holds (and ``tenant`` may see), and those points in
+        order (None when it holds none)."""
         coll = self.db.get_collection(name)
         try:
-            return coll.get(ids, tenant=tenant)
+            return [True] * len(ids), coll.get(ids, tenant=tenant)
         except IdNotFoundError:
-            missing = []
-            for ident in ids:
+            present, held = [], []
+            for ident in ids:   # one by one: each answer stands even if a write removes another meanwhile
                 try:
-                    coll.get([ident], tenant=tenant)
+                    held.append(coll.get([ident], tenant=tenant))
+                    present.append(True)
                 except IdNotFoundError:
-                    missing.append(ident)
-            return missing
+                    present.append(False)
+            if not held:
+                return present, None
+            return present, GetResult(np.concatenate([g.ids for g in held]), np.concatenate([g.vectors for g in held]),
+                                      [p for g in held for p in g.payloads])
 
     def present(self, name: str, keys: list[bytes]) -> list[bool]:
         """Whether each id key is stored here (where a multi-tenant collection's ids live)."""

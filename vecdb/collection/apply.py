@@ -47,21 +47,21 @@ def apply_upsert(mem: Memory, iids: np.ndarray, is_new: np.ndarray, uids: list[A
         mem.payidx.remove(old)
     mem.staging.stage(x, iids, stale=old, prepared=prepared)
     new = iids[is_new]
-    if mem.uid_of.dtype == object:
-        for iid, uid, fresh in zip(iids.tolist(), uids, is_new.tolist()):
-            if fresh:
-                mem.uid_of[iid] = uid
+    if mem.uid_of.dtype == object:   # str ids: one object array, filled element by element by numpy
+        given = np.empty(len(uids), object)
+        given[:] = uids
+        mem.uid_of[new] = given[is_new]
     else:
         mem.uid_of[new] = np.asarray(uids, np.int64)[is_new]
     mem.live[new] = True
     mem.n_live += len(new)
-    if any(pays):
-        add = mem.payidx.add
-        for iid, payload in zip(iids.tolist(), pays):
-            if payload:
-                add(iid, payload)
-    mem.payidx.compact()
-    mem.tenants.set_access(owners, new.tolist(), OWNER)
+    has_pays = any(pays)
+    if has_pays:
+        mem.payidx.add_many(iids, pays)
+    if len(old) or has_pays:   # a re-sort falls due only when entries were added or made stale
+        mem.payidx.compact()
+    if owners:
+        mem.tenants.set_access(owners, new.tolist(), OWNER)
     hand_ops(mem, ops)
     mem.changes.record(seq, iids)
     mem.seq, mem.next_iid = seq, next_iid

@@ -48,6 +48,7 @@ or the payload index cannot take the points.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -76,9 +77,9 @@ from vecdb.collection.training import build_index, configured_class
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
                           IdNotFoundError, InternalError, InvalidArgumentError, PermissionDeniedError,
                           TenantNotFoundError, UnavailableError)
-from vecdb.filters import check_payload
+from vecdb.filters import check_payloads
 from vecdb.storage import keys as K
-from vecdb.storage.arrays import encode_checked_json, rows_to_bytes
+from vecdb.storage.arrays import encode_checked_json_many, row_views
 from vecdb.storage.files import dir_bytes
 from vecdb.storage.locks import RWLock
 from vecdb.validation import as_matrix, as_positive_int
@@ -180,8 +181,8 @@ class Collection:
                 raise InvalidArgumentError("payloads must be a list with one dict (or None) per id")
             if len(payloads) != n:
                 raise InvalidArgumentError(f"got {len(payloads)} payloads for {n} ids")
-            pays = [check_payload(p, where=f"payloads[{i}]") for i, p in enumerate(payloads)]
-        pay_bytes = [None if p is None else encode_checked_json(p) for p in pays]
+            pays = check_payloads(payloads)
+        pay_bytes = [None] * n if payloads is None else encode_checked_json_many(pays)
         tenant_names = check_tenants(tenant)
         with self._writing() as mem:
             tsets = [self._tenant(t) for t in tenant_names]
@@ -197,44 +198,56 @@ class Collection:
                 self._check_writable(tenant_names, tsets, [int(iids[i]) for i in old_rows], [uids[i] for i in old_rows])
             iid_keys = K.u64_many(iids)
             owner_keys = [K.u32(ts.number) + iid_keys[i] for ts in tsets for i in new_rows]
-            vec_bytes = rows_to_bytes(x)
+            vec_vals = row_views(x)   # views of one buffer, no copy per row
             ops = [oplog.Op(oplog.POINTS, 0, iids)]
             if new_rows:
                 ops += [oplog.Op(oplog.GRANT, ts.number, iids[new_rows]) for ts in tsets]
             record = oplog.encode(ops)
             for_index = self._for_index(seq, ids=iids, vectors=x, removed=iids[~is_new], membership=oplog.membership(ops))
-            # the records, built once (a batch may run again after the map grows); the common
-            # all-new batch pairs its lists by zip, without a Python loop over indices
+            # the records' keys and values, built once (a batch may run again after the map
+            # grows); the (key, value) pairs are zipped in the transaction, straight into
+            # putmulti, which lets zip reuse one pair. The id records go in key order (each
+            # page touched once), appended when they all sort after the stored ones.
+            id_keys_new, id_vals_new = _in_key_order(idkeys, iid_keys, None if not old_rows else new_rows)
             if not old_rows:
-                id_items, rev_items = list(zip(idkeys, iid_keys)), list(zip(iid_keys, idkeys))
-                vec_old, vec_new = [], list(zip(iid_keys, vec_bytes))
+                rev_keys, rev_vals = iid_keys, idkeys
+                vec_old: list[tuple[bytes, memoryview]] = []
+                vec_keys, vec_new = iid_keys, vec_vals
                 pay_drop: list[bytes] = []
                 pay_old: list[tuple[bytes, bytes]] = []
-                pay_new = [] if payloads is None else [(k, p) for k, p in zip(iid_keys, pay_bytes) if p is not None]
+                if payloads is None:
+                    pay_keys, pay_new = [], []
+                elif None in pay_bytes:
+                    pay_keys = [k for k, b in zip(iid_keys, pay_bytes) if b is not None]
+                    pay_new = [b for b in pay_bytes if b is not None]
+                else:
+                    pay_keys, pay_new = iid_keys, pay_bytes
             else:
-                id_items = [(idkeys[i], iid_keys[i]) for i in new_rows]
-                rev_items = [(iid_keys[i], idkeys[i]) for i in new_rows]
-                vec_old = [(iid_keys[i], vec_bytes[i]) for i in old_rows]
-                vec_new = [(iid_keys[i], vec_bytes[i]) for i in new_rows]
+                rev_keys = [iid_keys[i] for i in new_rows]
+                rev_vals = [idkeys[i] for i in new_rows]
+                vec_old = [(iid_keys[i], vec_vals[i]) for i in old_rows]
+                vec_keys = rev_keys
+                vec_new = [vec_vals[i] for i in new_rows]
                 pay_drop = [iid_keys[i] for i in old_rows if pay_bytes[i] is None]
                 pay_old = [(iid_keys[i], pay_bytes[i]) for i in old_rows if pay_bytes[i] is not None]
-                pay_new = [(iid_keys[i], pay_bytes[i]) for i in new_rows if pay_bytes[i] is not None]
+                pay_keys = [iid_keys[i] for i in new_rows if pay_bytes[i] is not None]
+                pay_new = [pay_bytes[i] for i in new_rows if pay_bytes[i] is not None]
 
             def batch(txn: Any) -> None:
                 # New internal ids are larger than every stored key, so their records are
                 # appended (MDB_APPEND fills pages; sorted inserts would leave them half empty).
-                txn.cursor(h["ids"]).putmulti(id_items)
-                txn.cursor(h["rev"]).putmulti(rev_items, append=True)
+                _put_sorted(txn.cursor(h["ids"]), id_keys_new, id_vals_new)
+                txn.cursor(h["rev"]).putmulti(zip(rev_keys, rev_vals), append=True)
                 vec_cur = txn.cursor(h["vec"])
                 if vec_old:
                     vec_cur.putmulti(vec_old)
-                vec_cur.putmulti(vec_new, append=True)
+                vec_cur.putmulti(zip(vec_keys, vec_new), append=True)
                 for key in pay_drop:
                     txn.delete(key, db=h["pay"])
                 if pay_old or pay_new:
                     pay_cur = txn.cursor(h["pay"])
                     pay_cur.putmulti(pay_old)
-                    pay_cur.putmulti(pay_new, append=True)
+                    pay_cur.putmulti(zip(pay_keys, pay_new), append=True)
                 if owner_keys:
                     txn.cursor(h["mem"]).putmulti([(key, OWNER) for key in owner_keys])
                 txn.put(K.u64(seq), record, db=h["log"], append=True)
@@ -243,7 +256,7 @@ class Collection:
                 for_index(txn)
 
             # the rows are copied into staging now, readers searching: publishing them is O(1)
-            prepared = mem.staging.prepare(x, iids)
+            prepared = mem.staging.prepare(x, iids, known=iids[~is_new])
             self._commit(batch, lambda: apply_upsert(self._mem, iids, is_new, uids, x, pays, tsets, ops, seq, next_iid,
                                                      prepared))
 
@@ -895,6 +908,30 @@ class Collection:
         if len(uid_of):
             return uid_of.take(iids)   # -1 (no hit) reads the last entry, always unused (Memory.reserve)
         return np.full(iids.shape, -1, np.int64) if uid_of.dtype != object else np.full(iids.shape, None, object)
+
+
+def _in_key_order(keys: list[bytes], values: list[bytes], rows: list[int] | None) -> tuple[list[bytes], list[bytes]]:
+    """``keys[i], values[i]`` of ``rows`` (None: all), sorted by key (LMDB's order: bytes
+    compared as Python compares them); the common already-sorted batch is only checked."""
+    if rows is None:
+        if all(map(bytes.__lt__, keys, itertools.islice(keys, 1, None))):
+            return keys, values
+        rows = range(len(keys))
+    order = sorted(rows, key=keys.__getitem__)
+    return [keys[i] for i in order], [values[i] for i in order]
+
+
+def _put_sorted(cur: Any, keys: list[bytes], values: list[bytes]) -> None:
+    """Put new records with sorted, unique ``keys`` none of which is stored: appended
+    (MDB_APPEND: pages filled) when they all sort after the last stored key, else inserted
+    in order. LMDB skips, without an error, an appended key that is out of order; the count
+    of records added turns that into an InternalError (the transaction then writes nothing)."""
+    if not keys:
+        return
+    append = not cur.last() or cur.key() < keys[0]
+    _, added = cur.putmulti(zip(keys, values), append=append)
+    if added != len(keys):
+        raise InternalError(f"{len(keys) - added} of {len(keys)} id records were not written (keys out of order)")
 
 
 def _row_count(vectors: Any) -> int:

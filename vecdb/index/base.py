@@ -208,9 +208,10 @@ class BaseIndex(abc.ABC):
     #: tuple of several tenant numbers (their union).
     multi_tenant_search: ClassVar[bool] = False
     persistence: ClassVar[str] = "checkpoint"
-    #: True when the index takes new rows in two halves, ``begin_add(vectors, ids)`` (slots,
-    #: no links; the caller keeps searches out) and ``finish_add(slots)`` (links them while
-    #: searches run), so a collection's background indexer holds readers off only briefly.
+    #: True when the index takes new rows in two halves, ``begin_add(vectors, ids, placement)``
+    #: (slots, no links; the caller keeps searches out) and ``finish_add(slots)`` (links them
+    #: while searches run), so a collection's background indexer holds readers off only
+    #: briefly; ``prepare_add(vectors, ids)`` may do ``begin_add``'s work ahead, beside searches.
     links_while_searched: ClassVar[bool] = False
     _default_params: ClassVar[SearchParams] = SearchParams()
     _space: "IndexSpace | None" = None
@@ -426,6 +427,12 @@ class BaseIndex(abc.ABC):
         (copy) its arrays. Safe while searches run (never while adds or removes run): growth
         only copies, and readers see the old or the new arrays, both holding every row."""
 
+    def prepare_add(self, vectors: Any, ids: Any) -> Any:
+        """For an index that ``links_while_searched``: the part of ``begin_add`` it can do
+        beside searches (an opaque placement ``begin_add`` takes), or None when it has none
+        and ``begin_add`` places the rows itself."""
+        return None
+
     def __contains__(self, ident: int) -> bool:
         return bool(self._ids.contains(np.array([ident], np.int64))[0])
 
@@ -574,6 +581,10 @@ def _check_hooks(cls: type[BaseIndex]) -> None:
         for op in ("create_tenant", "drop_tenant", "grant", "revoke"):
             if not defines(f"_{op}", op):
                 raise TypeError(f"{cls.__name__} is tenant-aware but defines no _{op}")
+    if cls.links_while_searched:
+        for hook in ("begin_add", "finish_add"):
+            if not defines(hook):
+                raise TypeError(f"{cls.__name__} links while searched but defines no {hook}")
     if cls.persistence == "self":
         for hook in ("_attach", "_persist_batch", "_persist_all"):
             if not defines(hook):

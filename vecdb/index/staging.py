@@ -118,10 +118,12 @@ class Staging:
         return self._live
 
     # ---- the writer ------------------------------------------------------------------
-    def prepare(self, x: F32Matrix, ids: I64Vector) -> Prepared:
+    def prepare(self, x: F32Matrix, ids: I64Vector, known: I64Vector | None = None) -> Prepared:
         """Copy rows ``x`` (ids ``ids``) in beyond ``tail``, growing into new arrays when they
-        do not fit, and find the live staged rows of the same ids; no reader or indexer step
-        looks there, so the caller (the one writer) runs this outside the exclusive lock."""
+        do not fit, and find the live staged rows of the same ids (of ``known``, when given:
+        the batch's ids that may have been staged before; a new id never was); no reader or
+        indexer step looks there, so the caller (the one writer) runs this outside the
+        exclusive lock."""
         n = len(ids)
         tail, head = self._tail, self._head
         vecs, norms, row_ids, dead, base = self._vecs, self._norms, self._ids, self._dead, self._base
@@ -143,9 +145,11 @@ class Staging:
         row_ids[at:at + n] = ids
         dead[at:at + n] = False
         before = np.zeros(0, np.int64)
-        if self._live and n:
+        if known is None:
+            known = ids
+        if self._live and len(known):
             span = slice(head - base, tail - base)
-            hit = np.isin(row_ids[span], ids) & ~dead[span]
+            hit = np.isin(row_ids[span], known) & ~dead[span]
             before = np.flatnonzero(hit).astype(np.int64) + head
         return Prepared(self, tail, n, arrays, before)
 
@@ -225,8 +229,8 @@ class Staging:
     def plan(self, index: BaseIndex, budget: int) -> "Plan | None":
         """What ``begin`` would take next, prepared with searches and the writer going on
         (the indexer runs it before its exclusive step): the oldest live rows, copied out,
-        and the index's placement of them (``prepare_add``, when the index has one: the
-        copy into its arrays). None when stale entries go first or nothing is staged.
+        and the index's placement of them (``prepare_add``: the copy into its arrays, or
+        None when the index has no work to do ahead). None when stale entries go first or nothing is staged.
         ``begin`` checks that the plan still holds (it takes published rows only, which do
         not change, so it holds unless one of them was unstaged or the arrays regrew)."""
         vecs, ids, dead, base = self._vecs, self._ids, self._dead, self._base   # the writer may swap them in
@@ -238,8 +242,7 @@ class Staging:
             return None
         rows = pos - base
         take, x = ids[rows], vecs[rows]
-        prepare = getattr(index, "prepare_add", None)
-        return Plan(pos, take, x, vecs, base, None if prepare is None else prepare(x, take))
+        return Plan(pos, take, x, vecs, base, index.prepare_add(x, take))
 
     def begin(self, index: BaseIndex, budget: int, plan: "Plan | None" = None) -> Move | None:
         """Start moving up to ``budget`` staged rows into ``index`` (one that links while it is
@@ -257,7 +260,7 @@ class Staging:
             pos = self._oldest(budget)
             rows = pos - self._base
             take, x, placement = self._ids[rows].copy(), self._vecs[rows], None
-        slots = index.begin_add(x, take, placement) if placement is not None else index.begin_add(x, take)  # type: ignore[attr-defined]
+        slots = index.begin_add(x, take, placement)  # type: ignore[attr-defined]
         self.moving = Move(take, slots, pos)
         return self.moving
 

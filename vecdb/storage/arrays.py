@@ -28,6 +28,15 @@ def rows_to_bytes(rows: np.ndarray) -> list[bytes]:
     return [flat[i : i + width] for i in range(0, len(flat), width)]
 
 
+def row_views(rows: np.ndarray) -> list[memoryview]:
+    """``rows_to_bytes`` without the copies: one read-only view per row of one float32
+    little-endian buffer (LMDB copies each value in on put; the buffer lives as long as a view)."""
+    raw = np.ascontiguousarray(rows, dtype=F32_LE)
+    width = raw.shape[1] * 4
+    flat = memoryview(raw).cast("B").toreadonly()
+    return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+
 def from_bytes(buf: bytes | memoryview, dtype: np.dtype[Any], *, count: int | None = None) -> np.ndarray:
     """Copy of the array stored in ``buf`` (a copy outlives the LMDB transaction and is aligned)."""
     if len(buf) % dtype.itemsize:
@@ -66,3 +75,25 @@ def decode_json(buf: bytes | memoryview) -> Any:
         return json.loads(bytes(buf).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataLossError(f"corrupt JSON record in store: {exc}") from None
+
+
+def encode_checked_json_many(values: list[dict[str, Any] | None]) -> list[bytes | None]:
+    """``encode_checked_json`` of each dict of a list (None stays None), in one orjson call
+    when that is unambiguous: the list is encoded whole and cut between its dicts, which is
+    exact when the output holds one ``}`` per dict (then none is nested and no key or string
+    holds one, so each ``},{`` lies between two dicts; JSON text never holds a NUL byte, which
+    marks the cuts). Otherwise, or when orjson does not take the list, one call per dict."""
+    dicts = [v for v in values if v is not None]
+    if not dicts:
+        return list(values)
+    try:
+        raw = orjson.dumps(dicts)
+    except TypeError:
+        raw = b""
+    if raw.count(b"}") != len(dicts):
+        return [None if v is None else encode_checked_json(v) for v in values]
+    parts = raw[1:-1].replace(b"},{", b"}\0{").split(b"\0")
+    if len(dicts) == len(values):
+        return parts
+    it = iter(parts)
+    return [None if v is None else next(it) for v in values]

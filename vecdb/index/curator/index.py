@@ -446,12 +446,25 @@ class Curator(BaseIndex):
             raise ValueError("tier graphs with tiering off")
 
     def _memory_bytes(self) -> int:
+        parts = self.memory_parts()
+        return int(sum(parts.values()) - parts["id_map"])
+
+    def memory_parts(self) -> dict[str, int]:
+        """``memory_bytes`` by part (they sum to it): ``rows`` (float vectors), ``codes``,
+        ``leaf`` (slot -> leaf), ``tree``, ``memberships`` (the exact chains), ``all_lists``
+        and ``tenant_lists`` (shortlists and cached views, ~100 B per dict entry),
+        ``pending`` (kept memberships of absent ids), the tier graphs' ``tier_links``
+        (adjacency), ``tier_levels`` (levels, upper-row offsets), ``tier_ids`` (node -> slot
+        maps) and ``tier_scratch`` (shared visited marks), and the ``id_map``."""
         tree = 0 if self._tree is None else self._tree.nbytes()
-        tenants = sum(t.nbytes() for t in self._tenants.values())
-        pending = 200 * sum(len(v) for v in self._pending.values())
         codes = 0 if self._codec is None else self._codes.nbytes + self._codec.memory_bytes()
-        return int(self._rows.nbytes + codes + self._leaf.nbytes + tree + self._members.nbytes() + self._all.nbytes()
-                   + tenants + pending + self._tiers.nbytes())
+        parts = {"rows": self._rows.nbytes, "codes": codes, "leaf": self._leaf.nbytes, "tree": tree,
+                 "memberships": self._members.nbytes(), "all_lists": self._all.nbytes(),
+                 "tenant_lists": sum(t.nbytes() for t in self._tenants.values()),
+                 "pending": 200 * sum(len(v) for v in self._pending.values())}
+        parts.update(self._tiers.parts())
+        parts["id_map"] = self._ids.memory_bytes()
+        return {name: int(v) for name, v in parts.items()}
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         n = self._ids.n_slots

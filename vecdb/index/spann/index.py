@@ -43,7 +43,8 @@ from vecdb.index.spann import postings, state
 from vecdb.worker import Worker
 from vecdb.index.spann.clustering import centroids_of, split_until
 from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
-from vecdb.index.spann.kernels import plan_reads, scan_postings, scan_postings_serial
+from vecdb.index.spann.kernels import check_scan_record, plan_reads, scan_postings, scan_postings_serial
+from vecdb.kernels.heaps import heap_sort
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
 from vecdb.index.spann.routing import EXACT_HEADS, nearest_heads
@@ -153,7 +154,12 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
     head_size : training splits the sample into clusters of about this many points (at most
         twice as many): the initial head count is about len(sample) / head_size. More heads
         (smaller head_size / posting_limit) cost memory (dim * 4 bytes + the graph's links
-        per head) and buy recall per posting read.
+        per head) and buy recall per posting read where the data has locality below the
+        posting size; where it has none (an isotropic cluster larger than a posting: its
+        neighbours lie anywhere in it) smaller postings only add replicas and reads. Let
+        training make the heads: a sample of ~N / 10 with head_size ~ (sample / N) x the
+        posting size wanted leaves the adds no splits to do (a small sample makes each head
+        cover several clusters until thousands of splits cut them apart).
     replicas : most postings one vector is stored in (boundary replication).
     eps1 : closure rule: head j also stores x when d(x, c_j) - d(x, c_1) <= eps1 * |d(x, c_1)|
         (squared L2, or -ip for ip).
@@ -686,6 +692,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                     if heads is None:            # a snapshot older than every state remembered: read again
                         continue
                     overlay = self._overlay is not None
+                    if self._codec is None and serial and not overlay:   # a few queries: records scanned in place
+                        found = self._scan_in_place(txn, heads, queries, k, allow, mask, p, out_s, out_d)
+                        break
                     found = self._gather(None if overlay else txn, heads, queries, k, p)
                     if self._codec is not None:   # rank on codes, re-rank with floats of the same snapshot
                         rerank_bytes = self._scan_codes(None if overlay else txn, queries, found, allow, mask, serial,
@@ -694,7 +703,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             if found is None:
                 raise UnavailableError("SPANN: the postings kept changing under the search; try again")
         buf, starts, counts, qptr, qlist = found
-        if self._codec is None or self._space is None:
+        if buf is None:                          # scanned in place (``_scan_in_place``); starts = bytes read
+            rerank_bytes = 0
+        elif self._codec is None or self._space is None:
             scan = scan_postings_serial if serial else scan_postings
             scan(queries, buf, starts, counts, qptr, qlist, self._ids.slot_ids, mask, allow is not None,
                  self._scan_code, out_s, out_d)
@@ -706,20 +717,57 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         if len(qlist):
             sums = np.add.reduceat(counts[qlist], np.minimum(qptr[:-1], len(qlist) - 1))
             entries = np.where(per_query > 0, sums, 0).astype(np.int64)
-        return out_s, out_d, SearchStats(per_query, len(counts), int(len(buf)) + rerank_bytes, entries, rerank_bytes)
+        read = int(starts) if buf is None else int(len(buf))
+        return out_s, out_d, SearchStats(per_query, len(counts), read + rerank_bytes, entries, rerank_bytes)
 
-    def _gather(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> Any:
-        """The posting records the queries read (query-aware pruning), checked and laid end to
-        end (read through ``txn``; from the overlay when None): (buffer, starts, counts, qptr,
-        qlist)."""
+    def _plan(self, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The postings the queries read (nearest heads, then query-aware pruning): (wanted
+        heads, sorted; qptr; qlist), as ``plan_reads`` returns them."""
         graph = heads.graph
         nprobe = min(p.max_postings, len(graph))
         ef = p.ef if p.ef is not None else max(64, 2 * nprobe)
         hid, hd = nearest_heads(graph, queries, nprobe, max(ef, nprobe), self.exact_heads)
         eps2 = DEFAULT_EPS2[self._route] if p.eps2 is None else p.eps2
-        wanted, qptr, qlist = plan_reads(hid, hd, heads.count, np.float32(eps2), k)
+        return plan_reads(hid, hd, heads.count, np.float32(eps2), k)
+
+    def _gather(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> Any:
+        """The posting records the queries read (query-aware pruning), checked and laid end to
+        end (read through ``txn``; from the overlay when None): (buffer, starts, counts, qptr,
+        qlist)."""
+        wanted, qptr, qlist = self._plan(heads, queries, k, p)
         buf, starts, counts = self._read_records(txn, heads, wanted)
         return buf, starts, counts, qptr, qlist
+
+    def _scan_in_place(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, allow: AllowSet | None,
+                       mask: np.ndarray, p: SPANNParams, out_s: np.ndarray, out_d: np.ndarray) -> Any:
+        """Top-k of a few queries over float32 postings scanned where LMDB maps them (no copy:
+        each record is checked, then scanned while it is in cache), into ``out_s``/``out_d``:
+        (None, bytes read, entries per posting, qptr, qlist) for the stats. DataLossError for
+        a corrupt, truncated or missing posting, as ``_read_records``."""
+        wanted, qptr, qlist = self._plan(heads, queries, k, p)
+        get, db = txn.get, self._pdb
+        raws = [get(postings.key(head), db=db) for head in wanted.tolist()]
+        counts = np.zeros(len(raws), np.int64)
+        live = self._ids.slot_ids
+        use_allow = allow is not None
+        for qi in range(len(queries)):
+            hd = np.full(k, np.inf, np.float32)
+            hs = np.full(k, -1, np.int64)
+            for pos in qlist[qptr[qi] : qptr[qi + 1]].tolist():
+                raw = raws[pos]
+                if raw is None:
+                    head = int(wanted[pos])
+                    if heads.count[head] > 0:
+                        raise DataLossError(f"SPANN posting {head} is missing ({heads.count[head]} entries expected)")
+                    continue                     # an empty posting has no record
+                problem, counts[pos] = check_scan_record(np.frombuffer(raw, np.uint8), self.dim, postings.VERSION,
+                                                         queries[qi], live, mask, use_allow, self._scan_code, hd, hs)
+                if problem:
+                    raise DataLossError(postings.problem_message(int(wanted[pos]), int(problem)))
+            heap_sort(hd, hs)
+            out_s[qi], out_d[qi] = hs, hd
+        read = sum(len(raw) for raw in raws if raw is not None)
+        return None, read, counts, qptr, qlist
 
     def search_with_stats(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> tuple[SearchResult, SearchStats]:
         """``search`` (same arguments and checks) plus the postings and bytes it read."""

@@ -106,6 +106,46 @@ def scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_a
     out_d[qi] = hd
 
 
+@kernel
+def check_scan_record(rec, dim, version, q, live, allow, use_allow, metric, hd, hs):
+    """Check one float32 posting record ``rec`` (a whole LMDB value, read in place: no copy)
+    and, when it is sound, offer its entries to the top-k heap ``hd``/``hs`` of query ``q``
+    (the rules of ``scan_query``). The checksum pass leaves the record in cache for the scan,
+    so its bytes come from memory once. Returns (problem code, entry count); nothing is
+    offered from a bad record."""
+    n = rec.shape[0]
+    if n < HEADER_BYTES:
+        return TRUNCATED, 0
+    if (rec[0] != MAGIC[0] or rec[1] != MAGIC[1] or rec[2] != MAGIC[2] or rec[3] != MAGIC[3]
+            or rec[4] + 256 * rec[5] != version or rec[6] + 256 * rec[7] != 0):
+        return FOREIGN, 0
+    c = np.int64(rec[8:12].view(np.uint32)[0])
+    if np.int64(rec[12:16].view(np.uint32)[0]) != dim:
+        return WRONG_DIM, 0
+    if n != HEADER_BYTES + (c * (8 + 4 * dim) + 7) // 8 * 8:
+        return TRUNCATED, 0
+    if checksum(rec, HEADER_BYTES, n) != rec[16:24].view(np.uint64)[0]:
+        return BAD_CHECKSUM, 0
+    n_live = live.shape[0]
+    n_allow = allow.shape[0]
+    a = HEADER_BYTES
+    slots = rec[a : a + 8 * c].view(np.int64)
+    vectors = rec[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
+    for r in range(c):
+        s = slots[r]
+        if s < 0 or s >= n_live or live[s] < 0:
+            continue
+        if use_allow and (s >= n_allow or allow[s] == 0):
+            continue
+        row = vectors[r * dim : (r + 1) * dim]
+        if metric == 0:
+            d = l2_sq(q, row)
+        else:
+            d = -dot(q, row)
+        offer_unique(hd, hs, d, s)
+    return OK, c
+
+
 @kernel(parallel=True)
 def scan_postings(queries, buf, starts, counts, qptr, qlist, live, allow, use_allow, metric, out_s, out_d):
     """``scan_query`` for every query, in parallel (a batch of queries)."""

@@ -68,8 +68,13 @@ def check_many(raws: list[Any], heads: np.ndarray, dim: int, codec: Any = None) 
     width, flags = (4, 0) if codec is None else (1, 1)
     bad, problem = kernels.check_records(buf, starts, ends, dim, VERSION, width, flags, counts)
     if bad >= 0:
-        raise DataLossError(f"SPANN posting {int(heads[bad])} {_PROBLEMS.get(int(problem), 'is corrupt')}")
+        raise DataLossError(problem_message(int(heads[bad]), int(problem)))
     return buf, starts, counts
+
+
+def problem_message(head: int, code: int) -> str:
+    """The DataLossError message of posting ``head`` failing its check with ``code``."""
+    return f"SPANN posting {head} {_PROBLEMS.get(code, 'is corrupt')}"
 
 
 def read_many(raws: list[Any], heads: np.ndarray, dim: int, codec: Any = None) -> tuple[I64Vector, F32Matrix, np.ndarray]:

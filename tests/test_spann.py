@@ -259,6 +259,29 @@ def test_searches_during_splits_return_valid_results(tmp_path: Path) -> None:
         np.testing.assert_array_equal(res.ids[:, 0], np.arange(0, 4000, 200))
 
 
+def kill_after_acks(script: str, acks: Path, batches: int) -> set[int]:
+    """Run the writer ``script`` in a child, SIGKILL it once ``batches`` batches are
+    acknowledged in ``acks`` (or it exits), and return the ids that must then be stored: the
+    first 100, each acknowledged batch b's 100 ids, less every tenth of them when b % 3 == 0."""
+    child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue"})
+    try:
+        for _ in range(60_000):                               # bounded wait for the acknowledgements
+            if (acks.exists() and len(acks.read_text().split()) >= batches) or child.poll() is not None:
+                break
+            time.sleep(0.005)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    acked = [int(b) for b in acks.read_text().split()]
+    assert acked == list(range(1, len(acked) + 1)) and len(acked) >= batches
+    oracle = set(range(100))
+    for b in acked:
+        oracle |= set(range(b * 100, b * 100 + 100))
+        if b % 3 == 0:
+            oracle -= set(range(b * 100, b * 100 + 100, 10))
+    return oracle
+
+
 WRITER = """
 import os, sys
 sys.path.insert(0, {tests!r})
@@ -289,22 +312,7 @@ def test_sigkill_during_inserts_and_splits_loses_no_acknowledged_vector(tmp_path
         col.upsert(np.arange(100), x[:100])
         col.train()
     script = WRITER.format(tests=str(Path(__file__).parent), path=str(path), acks=str(acks))
-    child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue"})
-    try:
-        for _ in range(60_000):                               # until 8 batches are acknowledged (or it exits)
-            if (acks.exists() and len(acks.read_text().split()) >= 8) or child.poll() is not None:
-                break
-            time.sleep(0.005)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    acked = [int(b) for b in acks.read_text().split()]
-    assert acked == list(range(1, len(acked) + 1)) and len(acked) >= 8
-    oracle = set(range(100))
-    for b in acked:
-        oracle |= set(range(b * 100, b * 100 + 100))
-        if b % 3 == 0:
-            oracle -= set(range(b * 100, b * 100 + 100, 10))
+    oracle = kill_after_acks(script, acks, 8)
     with vecdb.open(path) as db:
         col = db.get_collection("c")
         col.wait_indexed()
@@ -745,22 +753,7 @@ def test_sigkill_during_background_splits_loses_no_acknowledged_vector(tmp_path:
     index.add(x[:100])
     index.close()
     script = STANDALONE_WRITER.format(tests=str(Path(__file__).parent), path=str(path), acks=str(acks))
-    child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue"})
-    try:
-        for _ in range(60_000):                               # until 10 batches are acknowledged (or it exits)
-            if (acks.exists() and len(acks.read_text().split()) >= 10) or child.poll() is not None:
-                break
-            time.sleep(0.005)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    acked = [int(b) for b in acks.read_text().split()]
-    assert acked == list(range(1, len(acked) + 1)) and len(acked) >= 10
-    oracle = set(range(100))
-    for b in acked:
-        oracle |= set(range(b * 100, b * 100 + 100))
-        if b % 3 == 0:
-            oracle -= set(range(b * 100, b * 100 + 100, 10))
+    oracle = kill_after_acks(script, acks, 10)
     again = SPANN(DIM, "l2", path)
     try:
         stored = set(again.ids.tolist())

@@ -65,6 +65,29 @@ def offer_unique(hd, hs, d, s):
     max_sift_down(hd, hs, k, d, s)
 
 
+@kernel(inline=True)
+def offer_entries(rec, a, c, dim, q, live, allow, use_allow, metric, hd, hs):
+    """Offer the ``c`` entries of the posting record whose entries start at byte ``a`` of
+    ``rec`` (``c`` int64 slots, then ``c`` float32 rows) to the top-k heap ``hd``/``hs`` of
+    query ``q``, skipping dead and (with ``use_allow``) disallowed slots (see ``scan_query``)."""
+    n_live = live.shape[0]
+    n_allow = allow.shape[0]
+    slots = rec[a : a + 8 * c].view(np.int64)
+    vectors = rec[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
+    for r in range(c):
+        s = slots[r]
+        if s < 0 or s >= n_live or live[s] < 0:
+            continue
+        if use_allow and (s >= n_allow or allow[s] == 0):
+            continue
+        row = vectors[r * dim : (r + 1) * dim]
+        if metric == 0:
+            d = l2_sq(q, row)
+        else:
+            d = -dot(q, row)
+        offer_unique(hd, hs, d, s)
+
+
 @kernel
 def scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_allow, metric, out_s, out_d):
     """Top-k of query ``qi`` over the posting records it reads, into row ``qi`` of
@@ -78,8 +101,6 @@ def scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_a
     """
     k = out_s.shape[1]
     dim = queries.shape[1]
-    n_live = live.shape[0]
-    n_allow = allow.shape[0]
     hd = np.full(k, np.inf, np.float32)
     hs = np.full(k, -1, np.int64)
     q = queries[qi]
@@ -87,20 +108,7 @@ def scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_a
         p = qlist[t]
         c = counts[p]
         a = starts[p] + HEADER_BYTES
-        slots = buf[a : a + 8 * c].view(np.int64)
-        vectors = buf[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
-        for r in range(c):
-            s = slots[r]
-            if s < 0 or s >= n_live or live[s] < 0:
-                continue
-            if use_allow and (s >= n_allow or allow[s] == 0):
-                continue
-            row = vectors[r * dim : (r + 1) * dim]
-            if metric == 0:
-                d = l2_sq(q, row)
-            else:
-                d = -dot(q, row)
-            offer_unique(hd, hs, d, s)
+        offer_entries(buf, a, c, dim, q, live, allow, use_allow, metric, hd, hs)
     heap_sort(hd, hs)
     out_s[qi] = hs
     out_d[qi] = hd
@@ -126,23 +134,7 @@ def check_scan_record(rec, dim, version, q, live, allow, use_allow, metric, hd, 
         return TRUNCATED, 0
     if checksum(rec, HEADER_BYTES, n) != rec[16:24].view(np.uint64)[0]:
         return BAD_CHECKSUM, 0
-    n_live = live.shape[0]
-    n_allow = allow.shape[0]
-    a = HEADER_BYTES
-    slots = rec[a : a + 8 * c].view(np.int64)
-    vectors = rec[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
-    for r in range(c):
-        s = slots[r]
-        if s < 0 or s >= n_live or live[s] < 0:
-            continue
-        if use_allow and (s >= n_allow or allow[s] == 0):
-            continue
-        row = vectors[r * dim : (r + 1) * dim]
-        if metric == 0:
-            d = l2_sq(q, row)
-        else:
-            d = -dot(q, row)
-        offer_unique(hd, hs, d, s)
+    offer_entries(rec, HEADER_BYTES, c, dim, q, live, allow, use_allow, metric, hd, hs)
     return OK, c
 
 

@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/vecdb serve --data ./data --host 127.0.0.1 --port 50051
 
+# two pytest-xdist workers (one per core; a file's tests stay in one worker, and all Ray tests
+# in one: tests/conftest.py); a cold run is mostly Numba compiling, which runs on one core
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 BENCH_OUT := bench/results/make-bench
 # a small real run (digits-64-euclidean, about a minute): vecdb's HNSW / PQ / binary vs faiss and

@@ -6,8 +6,10 @@ per-shard latency distributions measured here.
 Measured (this machine): QPS and p50/p99 latency of the embedded collection and of each
 cluster, for one query per call and for batches of ``--batch`` queries (one message per
 shard per batch), and each shard's own latency as the router sees it (Ray call included);
-the cost of one acknowledged write (``--writes`` upserts of one new point each, ``upsert1``)
-and one query per call asked of a second, reading router on the same cluster (``reader``).
+the cost of one acknowledged write (``--writes`` upserts of one new point each, ``upsert1``:
+router -> the cluster's writer actor -> every replica), one query per call asked of a
+second router on the same cluster (``reader``) and its own single-point upserts
+(``upsert1-2nd``: every router writes through the one writer actor).
 
 Modelled (printed and saved with the assumptions):
   - memory per shard for HNSW (vectors + level-0 links + upper levels) and for SPANN
@@ -243,11 +245,13 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 per_shard[shards] = shard_latencies(db, "bench", queries, args.k, params)
                 if args.writes:
                     measured[f"cluster-{shards}"]["upsert1"] = timed_writes(coll, base, args.n, args.writes)
-                    reader = connect(root=str(work / f"cluster-{shards}"))   # a second router: it reads only
+                    reader = connect(root=str(work / f"cluster-{shards}"))   # a second router
                     try:
                         rcoll = reader.get_collection("bench")
                         measured[f"cluster-{shards}"]["reader"] = timed(
                             lambda q: rcoll.search(q, k=args.k, params=params), queries, 1)
+                        measured[f"cluster-{shards}"]["upsert1-2nd"] = timed_writes(rcoll, base, 2 * args.n,
+                                                                                    args.writes)
                     finally:
                         reader.close()
             finally:
@@ -266,10 +270,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print(measured: dict[str, Any], per_shard: dict[int, list[list[float]]], modelled: dict[str, Any]) -> None:
-    print(f"{'target':12} {'mode':8} {'qps':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'target':12} {'mode':11} {'qps':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for target, modes in measured.items():
         for mode, r in modes.items():
-            print(f"{target:12} {mode:8} {r['qps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f}")
+            print(f"{target:12} {mode:11} {r['qps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f}")
     for s, lats in per_shard.items():
         flat = np.array(lats).ravel() * 1000
         print(f"cluster-{s}: one shard's answer as the router sees it: p50 {np.percentile(flat, 50):.3f} ms, "

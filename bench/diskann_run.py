@@ -34,6 +34,12 @@ def rss_bytes() -> tuple[int, int]:
     return now, peak
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (DiskANN's build threads included)."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 def evict(folder: Path) -> None:
     """Drop the index files from the page cache (DiskANN reads with O_DIRECT anyway)."""
     for path in folder.iterdir():
@@ -49,8 +55,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help=".npy float32 (n, dim), or a raw float32 file with --dim")
     ap.add_argument("--dim", type=int, default=None)
-    ap.add_argument("--queries", required=True)
-    ap.add_argument("--gt", required=True)
+    ap.add_argument("--queries", help="required unless --build-only")
+    ap.add_argument("--gt", help="required unless --build-only")
     ap.add_argument("--metric", choices=["l2", "cosine"], required=True)
     ap.add_argument("--budget-gb", type=float, required=True, help="search_memory_maximum (GB)")
     ap.add_argument("--build-gb", type=float, default=1.0, help="build_memory_maximum (GB)")
@@ -61,8 +67,13 @@ def main() -> int:
     ap.add_argument("--sweep", default="10,20,40,80", help="search list sizes (complexity)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--cold", action="store_true")
-    ap.add_argument("--out", required=True, help="where the JSON result is written (DiskANN logs to stdout)")
+    ap.add_argument("--out", help="where the JSON result is written (DiskANN logs to stdout)")
+    ap.add_argument("--build-only", action="store_true", help="build the index (and its build.json), search nothing")
+    ap.add_argument("--reuse", action="store_true",
+                    help="search the index already built in --workdir (its build.json gives the build figures)")
     args = ap.parse_args()
+    if not args.build_only and not (args.queries and args.gt and args.out):
+        ap.error("--queries, --gt and --out are required unless --build-only")
 
     import diskannpy as dap
 
@@ -71,20 +82,36 @@ def main() -> int:
         base = raw.reshape(-1, args.dim)
     else:
         base = np.load(args.base, mmap_mode="r")
+    if args.metric == "cosine":
+        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
+    folder = Path(args.workdir)
+    record = folder / "build.json"
+    if args.reuse:
+        if not record.exists():
+            raise SystemExit(f"--reuse: no finished build in {folder} (build.json missing)")
+        built = json.loads(record.read_text())
+        if abs(built["search_memory_maximum_gb"] - args.budget_gb) > 1e-6 or built["n"] != len(base):
+            raise SystemExit(f"--reuse: {folder} was built for another budget or data size: {built}")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        record.unlink(missing_ok=True)
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        dap.build_disk_index(data=np.ascontiguousarray(base, np.float32), distance_metric="l2",
+                             index_directory=str(folder), complexity=args.complexity, graph_degree=args.graph_degree,
+                             search_memory_maximum=args.budget_gb, build_memory_maximum=args.build_gb,
+                             num_threads=args.build_threads, pq_disk_bytes=0)
+        built = {"build_s": time.perf_counter() - t0, "build_cpu_s": cpu_seconds() - cpu0, "n": len(base),
+                 "search_memory_maximum_gb": args.budget_gb, "build_memory_maximum_gb": args.build_gb,
+                 "build_threads": args.build_threads, "graph_degree": args.graph_degree,
+                 "complexity": args.complexity, "load_avg_at_end": os.getloadavg()}
+        record.write_text(json.dumps(built))
+    del base
+    if args.build_only:
+        return 0
     queries = np.ascontiguousarray(np.load(args.queries), np.float32)
     gt = np.load(args.gt)
     if args.metric == "cosine":
-        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-30)
         queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-30)
-    folder = Path(args.workdir)
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    dap.build_disk_index(data=np.ascontiguousarray(base, np.float32), distance_metric="l2", index_directory=str(folder),
-                         complexity=args.complexity, graph_degree=args.graph_degree,
-                         search_memory_maximum=args.budget_gb, build_memory_maximum=args.build_gb,
-                         num_threads=args.build_threads, pq_disk_bytes=0)
-    build_s = time.perf_counter() - t0
-    del base
     before = rss_bytes()[0]
     index = dap.StaticDiskIndex(index_directory=str(folder), num_threads=2, num_nodes_to_cache=0)
     loaded = rss_bytes()[0]
@@ -107,7 +134,7 @@ def main() -> int:
                          "qps": float(len(secs) / secs.sum())})
     now, peak = rss_bytes()
     files = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    info = {"target": "diskann", "build_s": build_s, "search_memory_maximum_gb": args.budget_gb,
+    info = {"target": "diskann", **built, "reused_build": args.reuse,
             "rss_bytes": now, "rss_peak_bytes": peak, "rss_growth_at_load": loaded - before, "disk_bytes": files,
             "max_rss_self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
     Path(args.out).write_text(json.dumps({"info": info, "rows": rows}))

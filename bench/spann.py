@@ -42,6 +42,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+import spann_hnsw  # bench/ (this script's folder) is on sys.path
+
 #: training sample (SPANN heads, faiss's coarse quantizer): the default floor and ceiling; the
 #: sample is a tenth of the data between them (heads come from training, not from thousands of splits)
 TRAIN_SAMPLE = 65_536
@@ -129,6 +131,14 @@ def read_stats(stats: list[Any], max_postings: int) -> dict[str, float]:
             "entries_per_q": float(np.mean([s.entries.mean() for s in stats]))}
 
 
+def read_work(index: Any, queries: np.ndarray, k: int, max_postings: int, eps2: float | None) -> list[Any]:
+    """The work of each query of a sweep point (``search_with_stats``), in an untimed pass after
+    the timed one: the timed pass calls ``search`` like a server would (the stats' bookkeeping,
+    ~60 us a query on a loaded machine, is no part of serving; faiss and DiskANN pay none)."""
+    return [index.search_with_stats(queries[i : i + 1], k, max_postings=max_postings, eps2=eps2)[1]
+            for i in range(len(queries))]
+
+
 def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
                 sweep: list[int], cold: bool, params: dict[str, Any], eps2s: list[float | None] | None = None,
                 train: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -154,19 +164,15 @@ def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarr
     data_file = path / "data.mdb"
     for eps2, mp in [(e, m) for e in (eps2s or [None]) for m in sweep]:
         for mode in (["warm", "cold"] if cold else ["warm"]):
-            stats: list[Any] = []
-
             def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
-                res, st = index.search_with_stats(q, k, max_postings=mp, eps2=eps2)
-                stats.append(st)
-                return res.ids
+                return index.search(q, k, max_postings=mp, eps2=eps2).ids
 
             if mode == "cold" and not evict(data_file):
                 continue
             ids, secs = per_query(search, queries, evict_first=data_file if mode == "cold" else None)
             if mode == "warm":
                 ids, secs = per_query(search, queries)            # the second pass: pages cached
-            stats = stats[-len(queries):]
+            stats = read_work(index, queries, k, mp, eps2)
             rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, eps2=eps2, **read_stats(stats, mp)))
     index.close()
     return info, rows
@@ -236,15 +242,17 @@ def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray
 
 def bench_diskann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
                   sweep: list[int], cold: bool, budget_bytes: int, threads: int,
-                  build_gb: float = 1.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                  build_gb: float = 1.0, reuse: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """DiskANN in its own venv (a subprocess): disk index built with ``search_memory_maximum``
     = ``budget_bytes`` (and ``build_memory_maximum`` = ``build_gb``), searched one query per
-    call with StaticDiskIndex(num_threads=2)."""
+    call with StaticDiskIndex(num_threads=2). ``reuse`` searches the index a previous run (or
+    ``diskann_run.py --build-only``) left in ``workdir/diskann/index``, reporting that build's figures."""
     if not DISKANN_PYTHON.exists():
         raise SystemExit(f"{DISKANN_PYTHON} missing: run bash bench/diskann-venv.sh first")
     folder = workdir / "diskann"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    if not reuse:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, arr in (("queries", queries), ("gt", gt)):
         files[name] = folder.parent / f"diskann-{name}.npy"
@@ -260,6 +268,7 @@ def bench_diskann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.nda
            "--build-threads", str(max(threads, 2)), "--build-gb", str(build_gb), "--workdir", str(folder / "index"),
            "--sweep", ",".join(map(str, sweep)), "--k", str(k), "--out", str(folder / "result.json")]
     cmd += ["--cold"] if cold else []
+    cmd += ["--reuse"] if reuse else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"diskann_run failed ({done.returncode}): {done.stderr[-2000:]} {done.stdout[-2000:]}")
@@ -391,18 +400,14 @@ def serve(args: argparse.Namespace) -> int:
     rows = []
     for eps2, mp in [(e, m) for e in eps2_list(args.spann_eps2) for m in (int(v) for v in args.spann_sweep.split(",") if v)]:
         for mode in (["warm", "cold"] if args.cold else ["warm"]):
-            stats: list[Any] = []
-
             def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
-                res, st = index.search_with_stats(q, args.k, max_postings=mp, eps2=eps2)
-                stats.append(st)
-                return res.ids
+                return index.search(q, args.k, max_postings=mp, eps2=eps2).ids
 
             ids, secs = per_query(search, queries, evict_first=path / "data.mdb" if mode == "cold" else None)
             if mode == "warm":
                 ids, secs = per_query(search, queries)
-            stats = stats[-len(queries):]
-            cached, pages = resident_pages(path / "data.mdb")
+            cached, pages = resident_pages(path / "data.mdb")        # before the untimed pass below
+            stats = read_work(index, queries, args.k, mp, eps2)
             rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, eps2=eps2, **read_stats(stats, mp),
                             rss_bytes=current_rss(), file_pages_cached=cached, file_pages=pages))
     info = {"resident_bytes": index.memory_bytes(), "rss_after_open": opened_rss, "rss_peak": peak_rss()}
@@ -498,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="DiskANN's resident budget as a fraction of the raw vectors (search_memory_maximum)")
     ap.add_argument("--diskann-build-gb", type=float, default=1.0,
                     help="DiskANN's build_memory_maximum (GB; below the data size it builds in merged shards)")
+    ap.add_argument("--diskann-reuse", action="store_true",
+                    help="search the DiskANN index already built under the workdir (diskann_run.py --build-only)")
     ap.add_argument("--synthetic", type=int, default=None, help="N: the synthetic N x --dim set instead of --datasets")
     ap.add_argument("--dim", type=int, default=128, help="dimension of the synthetic set")
     ap.add_argument("--mem-cap-mb", type=int, default=1024, help="memory.max of the synthetic run's search process")
@@ -559,8 +566,10 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                                             json.loads(args.spann_params), eps2_list(args.spann_eps2), args.train_sample)
                     infos.append(info)
                     rows += got
-                if "hnsw" in targets and not args.synthetic:
-                    info, got = bench_hnsw(base, queries, metric, gt, args.k, ints(args.hnsw_sweep))
+                if "hnsw" in targets:   # on the synthetic set: the index bench/spann_hnsw.py built and saved
+                    info, got = (spann_hnsw.search_saved(base, queries, gt, args.k, work / "hnsw", ints(args.hnsw_sweep),
+                                                         per_query, row) if args.synthetic else
+                                 bench_hnsw(base, queries, metric, gt, args.k, ints(args.hnsw_sweep)))
                     infos.append(info)
                     rows += got
                 if "faiss-ivfflat" in targets:
@@ -570,7 +579,8 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                     rows += got
                 if "diskann" in targets:
                     info, got = bench_diskann(base, queries, metric, gt, args.k, work, ints(args.diskann_sweep), args.cold,
-                                              int(args.budget * base.nbytes), args.threads, args.diskann_build_gb)
+                                              int(args.budget * base.nbytes), args.threads, args.diskann_build_gb,
+                                              args.diskann_reuse)
                     infos.append(info)
                     rows += got
             for info in infos:

@@ -93,15 +93,16 @@ def part_a_raw_lmdb(x: np.ndarray, batch: int, work: Path) -> dict[str, Any]:
     env = lmdb.open(str(path), map_size=4 * x.nbytes + (1 << 30), max_dbs=2, sync=True, metasync=True)
     db = env.open_db(b"vec")
     keys = [i.to_bytes(8, "big") for i in range(len(x))]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     for s in range(0, len(x), batch):
         rows = x[s:s + batch]
         with env.begin(write=True, db=db) as txn:
             txn.cursor().putmulti([(keys[s + j], rows[j].tobytes()) for j in range(len(rows))], append=True)
-    took = time.perf_counter() - start
+    took, cpu = time.perf_counter() - start, time.thread_time() - cpu
     env.close()
     shutil.rmtree(path, ignore_errors=True)
-    return {"seconds": round(took, 3), "vectors_per_s": round(len(x) / took)}
+    return {"seconds": round(took, 3), "vectors_per_s": round(len(x) / took),
+            "writer_cpu_us_per_point": round(cpu / len(x) * 1e6, 3)}
 
 
 def part_a_raw_request(x: np.ndarray, sel: np.ndarray, batch: int, work: Path) -> dict[str, Any]:
@@ -129,18 +130,19 @@ def part_a_raw_request(x: np.ndarray, sel: np.ndarray, batch: int, work: Path) -
 def part_b_upserts(db: Any, x: np.ndarray, sel: np.ndarray, batch: int) -> tuple[Any, dict[str, Any]]:
     """Acknowledged upsert rate and time until the background indexer holds everything."""
     col = db.create_collection("w", DIM, metric="l2", index="hnsw", index_params={"M": M, "ef_construction": EF_C})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()   # the writer's own CPU: the indexer runs in other threads
     most_pending = 0
     for s in range(0, len(x), batch):
         e = min(len(x), s + batch)
         col.upsert(np.arange(s, e), x[s:e], [{"sel": int(v)} for v in sel[s:e]])
         most_pending = max(most_pending, col.stats().pending) if (s // batch) % 20 == 0 else most_pending
-    acked = time.perf_counter() - start
+    acked, cpu = time.perf_counter() - start, time.thread_time() - cpu
     assert col.wait_indexed(), "wait_indexed() returned before the index caught up"
     indexed = time.perf_counter() - start
     stats = col.stats()
     assert stats.pending == 0 and stats.indexed == len(x), stats
     return col, {"ack_seconds": round(acked, 3), "ack_vectors_per_s": round(len(x) / acked),
+                 "ack_writer_cpu_us_per_point": round(cpu / len(x) * 1e6, 3),
                  "indexed_seconds": round(indexed, 3), "most_pending_seen": int(most_pending)}
 
 
@@ -271,30 +273,35 @@ def background_nice() -> int | None:
 
 def summary(rec: dict[str, Any]) -> list[str]:
     """The issue's figures with their goals."""
-    a, b, d = rec["a_raw_lmdb"], rec["b_upserts"], rec["d_latency"]
-    lines = [
-        f"acknowledged upserts      {b['ack_vectors_per_s']:>10,} vec/s   goal >= {GOALS['ack_vps']:,}",
-        f"  vs raw LMDB             {b['ack_vectors_per_s'] / a['vectors_per_s']:>10.2f} x       goal >= "
-        f"{GOALS['ack_vs_lmdb']} (raw LMDB {a['vectors_per_s']:,} vec/s)",
-    ]
+    a, b, d = rec.get("a_raw_lmdb"), rec.get("b_upserts"), rec.get("d_latency")   # absent: part not run
+    lines = []
+    if b:
+        lines.append(f"acknowledged upserts      {b['ack_vectors_per_s']:>10,} vec/s   goal >= {GOALS['ack_vps']:,}")
+        if "ack_writer_cpu_us_per_point" in b:   # absent in older records
+            lines.append(f"  writer thread CPU       {b['ack_writer_cpu_us_per_point']:>10.2f} us/point (raw LMDB: "
+                         f"{(a or {}).get('writer_cpu_us_per_point', float('nan')):.2f})")
+    if a and b:
+        lines.append(f"  vs raw LMDB             {b['ack_vectors_per_s'] / a['vectors_per_s']:>10.2f} x       goal >= "
+                     f"{GOALS['ack_vs_lmdb']} (raw LMDB {a['vectors_per_s']:,} vec/s)")
     req = rec.get("a_raw_lmdb_request")   # absent in records made before it was measured
-    if req:
+    if req and b:
         lines.append(f"  vs raw LMDB, same request {b['ack_vectors_per_s'] / req['vectors_per_s']:>8.2f} x       "
                      f"(vector + payload per id: {req['vectors_per_s']:,} vec/s)")
-    lines += [
-        f"fully indexed after       {b['indexed_seconds']:>10.1f} s       hnswlib add_items {rec['hnswlib_build_s']:.1f} s"
-        f" -> {b['indexed_seconds'] / rec['hnswlib_build_s']:.2f} x (goal <= {GOALS['index_time_vs_hnswlib']})",
-    ]
-    for r in rec["c_recall"]:
+    if b and "hnswlib_build_s" in rec:
+        lines.append(f"fully indexed after       {b['indexed_seconds']:>10.1f} s       hnswlib add_items "
+                     f"{rec['hnswlib_build_s']:.1f} s -> {b['indexed_seconds'] / rec['hnswlib_build_s']:.2f} x "
+                     f"(goal <= {GOALS['index_time_vs_hnswlib']})")
+    for r in rec.get("c_recall", []):
         lines.append(f"recall@10 ef={r['ef']:<4}         vecdb {r['vecdb']:.4f}  hnswlib {r['hnswlib']:.4f}  "
                      f"gap {r['hnswlib'] - r['vecdb']:+.4f} (goal <= {GOALS['recall_gap']})")
-    lines.append(f"p99 4 threads             idle {d['idle_p99_ms']:.2f} ms, writing {d['writing_p99_ms']:.2f} ms -> "
-                 f"{d['writing_p99_ms'] / max(d['idle_p99_ms'], 1e-9):.2f} x (goal <= {GOALS['p99_ratio']}); writer "
-                 f"{d['written_vectors_per_s']:,} vec/s; switch interval {rec.get('switch_interval_ms')} ms; "
-                 f"read-your-writes violations {d['read_your_writes_violations']}"
-                 f" (graph misses found at ef=2000: {d['graph_misses_found_at_ef_2000']})"
-                 f" of {d['searches_checked']:,} searches")
-    for r in rec["e_filtered"]:
+    if d:
+        lines.append(f"p99 4 threads             idle {d['idle_p99_ms']:.2f} ms, writing {d['writing_p99_ms']:.2f} ms -> "
+                     f"{d['writing_p99_ms'] / max(d['idle_p99_ms'], 1e-9):.2f} x (goal <= {GOALS['p99_ratio']}); writer "
+                     f"{d['written_vectors_per_s']:,} vec/s; switch interval {rec.get('switch_interval_ms')} ms; "
+                     f"read-your-writes violations {d['read_your_writes_violations']}"
+                     f" (graph misses found at ef=2000: {d['graph_misses_found_at_ef_2000']})"
+                     f" of {d['searches_checked']:,} searches")
+    for r in rec.get("e_filtered", []):
         lines.append(f"filtered {r['selectivity_pct']:>2}% ef={r['ef']:<4}     vecdb {r['vecdb_qps']:>7,} QPS "
                      f"r={r['vecdb_recall']:.3f}   hnswlib {r['hnswlib_qps']:>7,} QPS r={r['hnswlib_recall']:.3f}")
     return lines
@@ -317,7 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="the GIL switch interval for the run, as `vecdb serve --switch-interval-ms` sets it "
                          "(default: Python's 5 ms); recorded in the result")
+    ap.add_argument("--parts", default="a,b,c,d,e",
+                    help="parts to run, of a (raw LMDB), b (acknowledged load), c (recall), d (p99 under a "
+                         "writer), e (filtered); c, d and e load the collection as b does, c and e build hnswlib")
     args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts or parts - set("abcde"):
+        ap.error(f"--parts: a comma-separated subset of a,b,c,d,e, got {args.parts!r}")
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
     command = ["bench/write_path.py", *(sys.argv[1:] if argv is None else argv)]
@@ -336,25 +349,37 @@ def main(argv: list[str] | None = None) -> int:
             x, extra, q = data[:n], data[n:n + n // 4], data[n + n // 4:]
             sel = np.random.default_rng(13).integers(0, 100, n)
             truth = exact_topk(x, q, K)
-            print(f"data {n} x {DIM}; part a (raw LMDB)", flush=True)
-            rec["a_raw_lmdb"] = part_a_raw_lmdb(x, batch, work)
-            rec["a_raw_lmdb_request"] = part_a_raw_request(x, sel, batch, work)
-            print(f"  {rec['a_raw_lmdb']}\n  same request (vector + payload): {rec['a_raw_lmdb_request']}\npart b (acknowledged upserts, background indexing)", flush=True)
-            db = vecdb.open(work / "db", max_pending=args.max_pending or n, map_size=4 * x.nbytes + (1 << 30))
-            col, rec["b_upserts"] = part_b_upserts(db, x, sel, batch)
-            rec["rss_after_load_bytes"] = rss.status_bytes("VmRSS")
-            print(f"  {rec['b_upserts']}\nhnswlib add_items", flush=True)
-            hnsw, rec["hnswlib_build_s"] = hnswlib_build(x)
-            print(f"  {rec['hnswlib_build_s']:.2f} s\npart c (recall)", flush=True)
-            rec["c_recall"] = part_c_recall(col, hnsw, q, truth)
-            print(f"  {rec['c_recall']}\npart e (filtered search)", flush=True)
-            rec["e_filtered"] = part_e_filtered(col, hnsw, x, sel, q)
-            del hnsw
-            db.close()
-            print("part d (latency, idle then under a writer)", flush=True)
-            db = vecdb.open(work / "db", max_pending=args.latency_max_pending)
-            rec["d_latency"] = part_d_latency(db.get_collection("w"), x, extra, batch, args.seconds)
-            db.close()
+            rec["parts"] = sorted(parts)
+            if "a" in parts:
+                print(f"data {n} x {DIM}; part a (raw LMDB)", flush=True)
+                rec["a_raw_lmdb"] = part_a_raw_lmdb(x, batch, work)
+                rec["a_raw_lmdb_request"] = part_a_raw_request(x, sel, batch, work)
+                print(f"  {rec['a_raw_lmdb']}\n  same request (vector + payload): {rec['a_raw_lmdb_request']}",
+                      flush=True)
+            if parts & set("bcde"):
+                print("part b (acknowledged upserts, background indexing)", flush=True)
+                db = vecdb.open(work / "db", max_pending=args.max_pending or n, map_size=4 * x.nbytes + (1 << 30))
+                col, rec["b_upserts"] = part_b_upserts(db, x, sel, batch)
+                rec["rss_after_load_bytes"] = rss.status_bytes("VmRSS")
+                print(f"  {rec['b_upserts']}", flush=True)
+                if parts & set("ce"):
+                    print("hnswlib add_items", flush=True)
+                    hnsw, rec["hnswlib_build_s"] = hnswlib_build(x)
+                    print(f"  {rec['hnswlib_build_s']:.2f} s", flush=True)
+                    if "c" in parts:
+                        print("part c (recall)", flush=True)
+                        rec["c_recall"] = part_c_recall(col, hnsw, q, truth)
+                        print(f"  {rec['c_recall']}", flush=True)
+                    if "e" in parts:
+                        print("part e (filtered search)", flush=True)
+                        rec["e_filtered"] = part_e_filtered(col, hnsw, x, sel, q)
+                    del hnsw
+                db.close()
+            if "d" in parts:
+                print("part d (latency, idle then under a writer)", flush=True)
+                db = vecdb.open(work / "db", max_pending=args.latency_max_pending)
+                rec["d_latency"] = part_d_latency(db.get_collection("w"), x, extra, batch, args.seconds)
+                db.close()
             rec["end_load_average"] = os.getloadavg()
             rec["provenance"] = machine.provenance(command)
     except machine.MachineBusyError as exc:

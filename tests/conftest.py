@@ -34,11 +34,38 @@ def clustered() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def local_ray() -> Iterator[None]:
-    """One local Ray (2 CPUs, no dashboard) shared by every cluster test of the session."""
+    """One local Ray (2 CPUs, no dashboard) shared by every cluster test of the session. Its
+    workers run at normal priority, not Ray's default nice 15: beside a busy process (the other
+    xdist worker of ``make test``) a nice-15 replica gets about 1/30 of a core's share."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config={"worker_niceness": 0})
     yield
     ray.shutdown()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``make test`` runs pytest-xdist with ``-n 2 --dist loadgroup``: each file's tests run in
+    one worker (a module fixture such as a server starts once; a file's kernels compile in one
+    worker, not in both at once on a cold cache), and every file that uses the session's local
+    Ray (``local_ray``; a fixture may ask for it at run time, so the file's text decides) in one
+    group, so the run starts one Ray, not one per worker. (xdist's own loadgroup reads marks
+    through a test id it rewrites, which pytest 9 ignores: hence this scheduler.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    uses_ray: dict[str, bool] = {}
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            if path not in uses_ray:
+                source = config.rootpath / path
+                uses_ray[path] = source.is_file() and "local_ray" in source.read_text(encoding="utf-8")
+            return "ray" if uses_ray[path] else path
+
+    return FileScheduling(config, log)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

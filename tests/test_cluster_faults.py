@@ -2,8 +2,8 @@
 replica actors killed during a stream of upserts and searches (no acknowledged write lost,
 searches answer throughout and are complete once the replica is back), reads failing over
 to a surviving replica, replicas brought back to their shard's latest write after missing
-some (down past the write wait, refusing what the others committed, a router killed between
-two replicas' commits), rebalancing from 2 to 3 shards during searches and writes (never a
+some (down past the write wait, refusing what the others committed, the writer killed
+between two replicas' commits), rebalancing from 2 to 3 shards during searches and writes (never a
 duplicate, never a missing neighbour), an interrupted shrink finished by connect, and
 ``vecdb serve --cluster`` used through the client SDK."""
 from __future__ import annotations
@@ -24,8 +24,9 @@ ray = pytest.importorskip("ray")
 import vecdb  # noqa: E402
 from vecdb.cluster import ClusterDatabase, connect  # noqa: E402
 from vecdb.cluster import placement as P  # noqa: E402
+from vecdb.cluster.database import NAMESPACE  # noqa: E402
 from vecdb.cluster.replicas import ShardGroup  # noqa: E402
-from vecdb.errors import FailedPreconditionError, IdNotFoundError  # noqa: E402
+from vecdb.errors import IdNotFoundError  # noqa: E402
 from vecdb.server.process import start_server_process  # noqa: E402
 from vecdb.storage import keys as K  # noqa: E402
 
@@ -133,18 +134,6 @@ def caught_up(group: ShardGroup) -> None:
     raise AssertionError(f"shard {group.shard}: replicas {group.lagging()} never caught up")
 
 
-def writing(db: ClusterDatabase) -> None:
-    """Wait until ``db`` writes its cluster: the writer lease of a router that died is freed
-    once Ray noticed (bounded: a lease never freed fails the test)."""
-    for _ in range(1200):
-        try:
-            db._require_writer()
-            return
-        except FailedPreconditionError:
-            time.sleep(0.05)
-    raise AssertionError("the dead router's writer lease was never freed")
-
-
 def replicas_agree(db: ClusterDatabase, name: str) -> dict[int, Any]:
     """Every replica of every shard at its shard's write number, holding exactly the same
     points (vectors, payloads, owner tenants, grants); the points found, by id."""
@@ -249,23 +238,25 @@ def test_a_replica_that_refuses_what_the_others_commit_is_copied(cluster: Cluste
     assert coll.count(tenant="x") == 2
 
 
-def test_a_router_killed_between_replica_commits_leaves_replicas_that_converge(local_ray: None,
+def test_the_writer_killed_between_replica_commits_leaves_replicas_that_converge(local_ray: None,
                                                                                tmp_path: Path) -> None:
-    """A router (a child process) SIGKILLed after one replica committed a write and before
-    the other did: a new router finds the replicas at different write numbers and copies
-    the one behind from the other before serving; no acknowledged write is lost."""
+    """The writer killed for good after one replica committed a write and before the other
+    did, its router (a child process) SIGKILLed too: the next router starts a writer, which
+    finds the replicas at different write numbers and copies the one behind from the other
+    before serving; no acknowledged write is lost."""
     root = tmp_path / "crash"
     proc = start_router(tmp_path, root, seed=11, rows=3000)
     try:
-        acked = until_paused(proc)
+        acked, writer = until_paused(proc)
         proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ray.kill(writer, no_restart=True)
     finally:
         proc.kill()
         proc.wait()
     assert len(acked) == 50
     db = connect(root=str(root))
     try:
-        writing(db)
         group = db._catalog_group()
         assert not group.lagging()
         coll = db.get_collection("crash")
@@ -409,9 +400,10 @@ def test_an_interrupted_shrink_is_finished_by_connect(local_ray: None, tmp_path:
         mt.create_tenant(f"t{i}")
         mt.upsert(list(range(20 * i, 20 * i + 20)), X[20 * i:20 * i + 20], tenant=f"t{i}")
     truth = exact_top(np.arange(600), 10)
-    P.save(root, db.placement.with_target([0, 1]))   # as rebalance() records it first; then the router is gone
-    ray.kill(db._lease)   # with its process, its writer lease (its replicas stay: detached)
-    db = connect(root=str(root))   # finds the replicas running under their names
+    P.save(root, db.placement.with_target([0, 1]))   # as rebalance() records it first; then the writer is gone
+    ray.kill(ray.get_actor(db._writer.name, namespace=NAMESPACE), no_restart=True)   # (its replicas stay)
+    gone = db
+    db = connect(root=str(root))   # finds the replicas running under their names, starts a writer
     try:
         assert P.load(root).shards == (0, 1) and P.load(root).moving_to is None
         assert not (root / "shard-2").exists()
@@ -420,6 +412,7 @@ def test_an_interrupted_shrink_is_finished_by_connect(local_ray: None, tmp_path:
         np.testing.assert_array_equal(coll.search(Q, k=10, filter={"static": True}).ids, truth)
         assert db.get_collection("rbmt").count() == 120
     finally:
+        gone.close()
         db.close()
 
 
@@ -471,15 +464,18 @@ def test_reads_fail_over_to_a_surviving_replica(cluster: ClusterDatabase) -> Non
 
 
 def test_serve_cluster_with_the_client_sdk(local_ray: None, tmp_path: Path) -> None:
-    """``vecdb serve --cluster`` (a server process joining this Ray) used through the client
-    SDK; the points live in the shards' own databases."""
+    """Two ``vecdb serve --cluster`` front ends (server processes joining this Ray) used
+    through the client SDK: both take writes, each client reads its own and the other's
+    acknowledged writes; the points live in the shards' own databases."""
     root = tmp_path / "served"
     root.mkdir()
     P.save(root, P.new_placement(2, 1))   # the cluster's layout, before it ever ran: 2 shards x 1 replica
     gcs = ray.get_runtime_context().gcs_address
-    proc = start_server_process(root, tmp_path / "server.log", args=["--cluster", gcs, "--no-metrics"])
+    procs = [start_server_process(root, tmp_path / f"server{i}.log", args=["--cluster", gcs, "--no-metrics"])
+             for i in range(2)]
     try:
-        with vecdb.connect(proc.address, timeout=60) as client:
+        with vecdb.connect(procs[0].address, timeout=60) as client, \
+                vecdb.connect(procs[1].address, timeout=60) as second:
             coll = client.create_collection("served", DIM, metric="l2", index="flat")
             ids = np.arange(200)
             coll.upsert(ids, X[ids], [{"i": int(i)} for i in ids])
@@ -488,10 +484,20 @@ def test_serve_cluster_with_the_client_sdk(local_ray: None, tmp_path: Path) -> N
             coll.create_tenant("t")
             coll.grant("t", [1, 2])
             assert coll.count(tenant="t") == 2
+            other = second.get_collection("served")
+            other.upsert(np.arange(200, 250), X[200:250], [{"i": int(i)} for i in range(200, 250)])
+            assert other.delete([0, 1, 249]) == 3 and other.count() == 247
+            assert coll.count() == 247 and coll.get([248]).payloads == [{"i": 248}]   # acknowledged on every replica
+            coll.delete([2])
+            assert other.count(tenant="t") == 0
+            live = np.arange(3, 249)
+            for c in (coll, other):
+                np.testing.assert_array_equal(c.search(Q, k=10).ids, exact_top(live, 10))
     finally:
-        assert proc.stop() == 0   # closing its cluster database stopped the replicas
+        assert procs[1].stop() == 0   # leaves the cluster serving the first
+        assert procs[0].stop() == 0   # the last router: closing its cluster database stopped the replicas
     counts = []
     for shard in (0, 1):
         with vecdb.open(str(root / f"shard-{shard}" / "replica-0")) as part:
             counts.append(part.get_collection("served").count())
-    assert sum(counts) == 200 and min(counts) > 0
+    assert sum(counts) == 246 and min(counts) > 0

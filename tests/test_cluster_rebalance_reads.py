@@ -1,9 +1,9 @@
-"""Reads during a rebalance are complete whatever the timing, on the writing router and on
-reading routers (``ClusterDatabase._consistent``, ``Placement.waves``, ``_read_points``).
+"""Reads during a rebalance are complete whatever the timing, on the router driving it and on
+other routers (``ClusterDatabase._consistent``, ``Placement.waves``, ``_read_points``).
 
-A rebalance is driven batch by batch (``Paced``: the writer pauses after every batch until
-the test lets it take the next), so each interleaving below happens for certain:
-- a reading router whose refresher is stopped (it never learns of the rebalance by itself)
+A rebalance is driven batch by batch (``Paced``: the router driving it pauses after every
+batch until the test lets it take the next), so each interleaving below happens for certain:
+- a router whose refresher is stopped (it never learns of the rebalance by itself)
   searches, gets and counts completely after every batch, and after shards are removed;
 - a read whose layout changed while it ran (the rebalance started, or finished, between
   its start and its end) is run again, and the second answer is complete;
@@ -94,8 +94,9 @@ def every_id(result: Any) -> list[list[int]]:
 
 
 def cluster(tmp_path: Path, name: str, shards: int) -> tuple[ClusterDatabase, ClusterDatabase]:
-    """A writer (``shards`` shards, one replica) holding ids 0..N-1 in collection "c", and a
-    reading router whose refresher is stopped: it learns of layout changes only from its reads."""
+    """A router (``shards`` shards, one replica) that wrote ids 0..N-1 into collection "c"
+    and drives the rebalances, and a second router whose refresher is stopped: it learns of
+    layout changes only from its reads."""
     root = str(tmp_path / name)
     a = connect(root=root, shards=shards, replicas=1)
     a.create_collection("c", DIM, metric="l2", index="flat").upsert(np.arange(N), X)

@@ -7,7 +7,7 @@ Layout of ``path/``::
                                next collection number, marks), ``collections`` (name -> JSON
                                CollectionInfo + number), ``manifest`` (collection number ->
                                JSON newest index checkpoint and its write sequence), and
-                               per collection ``c<number>.{ids,rev,vec,pay,ten,mem,log,ctr}``
+                               per collection ``c<number>.{ids,rev,vec,vblk,pay,pblk,ten,mem,log,ctr}``
                                and, for an index that persists itself, its own
                                ``c<number>.x<generation>.<name>`` (a snapshot copies them all)
     index/c<number>/<seq>/     index checkpoints written by ``Index.save``
@@ -48,7 +48,12 @@ from vecdb.storage.space import MAX_SPACE_DBS
 from vecdb.types import Metric
 from vecdb.validation import as_fs_path, as_positive_int
 
-FORMAT = {"format": "vecdb-db", "version": 1}
+#: version 2 stores each upsert batch's new points as one vector block and one payload block
+#: (``vecdb.collection.blocks``); a version-1 database (a record per point) opens unchanged and
+#: is marked version 2 at open, as its new batches are written as blocks (an older vecdb then
+#: refuses it by its version instead of missing the blocks)
+FORMAT = {"format": "vecdb-db", "version": 2}
+READS_VERSIONS = (1, 2)
 _MARK = b"mark/"   # key prefix of the marks in ``meta``
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")  # always used with fullmatch
 _OPEN: set[str] = set()
@@ -305,8 +310,13 @@ class Database:
             self._store.write(lambda txn: txn.put(b"format", record, db=self._meta))
             return
         found = decode_json(raw)
+        if not isinstance(found, dict) or found.get("format") != FORMAT["format"] \
+                or found.get("version") not in READS_VERSIONS:
+            raise DataLossError(f"{self.path} holds format {found}, this vecdb reads {FORMAT['format']!r} "
+                                f"versions {list(READS_VERSIONS)}")
         if found != FORMAT:
-            raise DataLossError(f"{self.path} holds format {found}, this vecdb reads {FORMAT}")
+            record = encode_json(FORMAT)
+            self._store.write(lambda txn: txn.put(b"format", record, db=self._meta))
 
     def _release(self) -> None:
         if self._lock_fd >= 0:

@@ -30,11 +30,14 @@ def connect(address: str | None = None, *, root: str | os.PathLike[str], shards:
     one (no dashboard; ``ray_options`` go to ``ray.init``); "auto", "ray://host:port" (Ray
     client) or "host:port" (its GCS) joins that cluster. ``wait_seconds``: how long a write waits
     for a replica that is down (restarting) before it is acknowledged without it (that
-    replica is then caught up once it answers again), and a read for any replica of a shard.
+    replica is then caught up once it answers again; the writer takes it from the router
+    that started it), and a read for any replica of a shard.
     ``db_options``: options of each replica's embedded database (``vecdb.open``).
-    Several routers may connect to one cluster: all read, one writes (the others' writes
-    are refused with FailedPreconditionError until it closes or dies: ``routers``).
-    Closing the last open router stops the replicas (others leave them serving the routers
+    Several routers may connect to one cluster (e.g. several ``vecdb serve --cluster``
+    front ends), each reading and writing: writes go through the cluster's one writer actor
+    (``writer``); a router's own writes are visible to its next read, other routers'
+    within one refresh of its view (``routers.READ_REFRESH_SECONDS``). Closing the last
+    open router stops the writer and the replicas (others leave them serving the routers
     still open); closing any stops the local Ray it started."""
     if address is not None and (not isinstance(address, str) or not address):
         raise InvalidArgumentError(f"address must be None, 'auto', 'ray://host:port' or host:port, got {address!r:.100}")

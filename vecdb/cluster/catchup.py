@@ -1,18 +1,18 @@
 """Bringing a shard's lagging replicas back to its latest write, from a current replica.
 
-A replica is lagging when the router does not know it holds the shard's latest write: it
+A replica is lagging when the writer does not know it holds the shard's latest write: it
 was down longer than the write wait, it refused a write the others committed, or (on
 connect) its write number is below the others'. ``catch_up`` asks each lagging replica
 its number: one that holds the latest write (it came back from a restart with it) is
-current again at once; one that missed only writes the router still logs gets them again,
+current again at once; one that missed only writes the writer still logs gets them again,
 in order; the others copy a current replica whole (``ShardReplica.copy_from``). Both run
-while the router holds the shard's write lock, so the source does not change meanwhile.
-Reads keep going to the current replicas throughout. The router's ``CatchUpWorker``
+while the writer holds the shard's write lock, so the source does not change meanwhile.
+Reads keep going to the current replicas throughout. The writer's ``CatchUpWorker``
 retries lagging replicas in the background until they answer; a lagging replica whose
 actor is dead for good (killed, or Ray gave up restarting it) is started again from its
-directory. A replica found with an epoch below the router's (it was down while this router
-took the writing over: its number may count writes of the router before) is fenced first,
-then copied whole, never trusted by its number. Only the writing router catches up."""
+directory. A replica found with an epoch below the writer's (it was down while this writer
+started: its number may count writes of the writer before) is fenced first,
+then copied whole, never trusted by its number. Only the writer catches up."""
 from __future__ import annotations
 
 import logging
@@ -37,7 +37,7 @@ REVIVE_SECONDS = 5.0
 
 def catch_up(group: ShardGroup, probe_seconds: float = PROBE_SECONDS) -> bool:
     """Bring ``group``'s lagging replicas that answer up to its latest write (taking its
-    write lock); True when none lags any more (False on a reading router's group)."""
+    write lock); True when none lags any more (False on a router's group)."""
     if group.epoch is None:
         return False
     up = _numbers(group, group.lagging(), probe_seconds)   # without the lock: writes go on while replicas are down
@@ -83,7 +83,7 @@ def _fenced(group: ShardGroup, found: dict[int, tuple[int, int]], epoch: int,
             probe_seconds: float) -> tuple[dict[int, int], set[int]]:
     """The write numbers of ``found`` (replica -> (number, epoch)) once each is fenced with
     ``epoch``, and the replicas that had a lower epoch (to be copied); those that do not
-    answer the fence are left out. Nothing when a newer router fenced one (``group`` then
+    answer the fence are left out. Nothing when a newer writer fenced one (``group`` then
     stops writing)."""
     held: dict[int, int] = {}
     stale: set[int] = set()
@@ -94,7 +94,7 @@ def _fenced(group: ShardGroup, found: dict[int, tuple[int, int]], epoch: int,
                 n = int(ray.get(group.actors[r].ping.remote(), timeout=probe_seconds)[3])
             except (GetTimeoutError, RayActorError):
                 continue
-            if now > epoch:   # a newer router fenced it: that one writes now, this one reads only
+            if now > epoch:   # a newer writer fenced it: that one writes now, this one no more
                 group.epoch = None
                 return {}, set()
             stale.add(r)
@@ -103,7 +103,7 @@ def _fenced(group: ShardGroup, found: dict[int, tuple[int, int]], epoch: int,
 
 
 def _replay(group: ShardGroup, replica: int, held: int, epoch: int) -> bool:
-    """Send ``replica`` the writes it missed again, in order, when the router's log holds
+    """Send ``replica`` the writes it missed again, in order, when the writer's log holds
     them all (caller holds the write lock); True when it holds the latest write then."""
     missed = group.log.between(held, group.seq) if held < group.seq else None
     if not missed:
@@ -141,7 +141,7 @@ def _numbers(group: ShardGroup, replicas: list[int], probe_seconds: float) -> di
 
 
 class CatchUpWorker:
-    """A daemon thread of the router: while some replica lags, ``catch_up`` every shard
+    """A daemon thread of the writer: while some replica lags, ``catch_up`` every shard
     with lagging replicas, pausing between rounds; woken when a replica falls behind."""
 
     def __init__(self, groups: Callable[[], list[ShardGroup]]) -> None:

@@ -1,27 +1,25 @@
 """``ClusterCollection``: one collection spread over the shards of a cluster, with exactly the
 API of an embedded collection (``vecdb.api.CollectionAPI``).
 
-Point calls are split by owning shard (``placement``) and sent to every shard at once:
-writes to each shard's replicas, reads to one replica of each. A write spanning shards
-either commits on all of them or raises the failing shard's exception class, whose message
+Calls are validated here (the public boundary). Reads are split by owning shard
+(``placement``) and sent to one replica of each shard at once; writes go to the cluster's
+writer as one call (``writes``), which splits them by owning shard for the replicas. A
+write spanning shards either commits on all of them or raises the failing shard's exception class, whose message
 (and the ``committed_ids`` / ``failed_ids`` attributes) says which ids were committed;
 nothing is acknowledged that was not committed on every current replica of its shard (a
 replica down longer than the write wait is left behind and caught up once back)."""
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from vecdb.api import (CollectionInfo, CollectionStats, Filter, GetResult, Payload, QueryResult, SearchRequest,
                        check_tenant)
 from vecdb.cluster.merge import merge_topk
-from vecdb.cluster.placement import tenant_key
 from vecdb.cluster.points import check_tenant_arg, check_upsert, not_found_message
 from vecdb.collection.idkeys import id_keys
-from vecdb.errors import (AlreadyExistsError, FailedPreconditionError, IdNotFoundError, InvalidArgumentError,
-                          TenantNotFoundError, VecdbError)
+from vecdb.errors import IdNotFoundError, InvalidArgumentError, TenantNotFoundError
 
 if TYPE_CHECKING:
     from vecdb.cluster.database import ClusterDatabase
@@ -46,24 +44,15 @@ class ClusterCollection:
     def __repr__(self) -> str:
         return f"ClusterCollection({self._info.name!r}, dim={self._info.dim}, metric={self._info.metric!r})"
 
-    # ---- writes --------------------------------------------------------------------------
+    # ---- writes (validated here, then sent to the cluster's writer: ``writes``) ---------------
     def upsert(self, ids: Sequence[int | str] | np.ndarray, vectors: Any,
                payloads: Sequence[Payload | None] | None = None, tenant: str | Sequence[str] | None = None) -> None:
         """Insert or replace points; returns once every current replica of every shard involved
         has committed its part (see the module docs for a batch that fails on some shard)."""
         self._db._check()
         up = check_upsert(self._info, ids, vectors, payloads, tenant)
-        if not up.keys:
-            return
-
-        def send(group: Any, rows: np.ndarray) -> Any:
-            uids, x, pays, tenants = up.part(rows)
-            return group.write("call", self.name, "upsert", (uids, x, pays, tenants))
-
-        home = tenant_key(min(up.tenants)) if self._affine and up.tenants else None
-        with self._tenants_gain(up.tenants) as note:
-            note(self._db._write_split(self.name, up.keys, up.uids, send, affine=self._affine, home=home,
-                                       place_new=True))
+        if up.keys:
+            self._db._write("upsert", self.name, up)
 
     def delete(self, ids: Sequence[int | str] | np.ndarray, tenant: str | None = None) -> int:
         """Delete points (with ``tenant``: see ``vecdb.api``); how many left the caller's view."""
@@ -74,27 +63,17 @@ class ClusterCollection:
             if name is not None:
                 self._require_tenant(name)   # as embedded: an unknown tenant is an error even with no ids
             return 0
-
-        def send(group: Any, rows: np.ndarray) -> Any:
-            return group.write("call", self.name, "delete", ([uids[i] for i in rows], name))
-
-        return sum(int(n) for n in self._db._write_split(self.name, keys, uids, send, affine=self._affine).values())
+        return int(self._db._write("delete", self.name, keys, uids, name))
 
     def create_tenant(self, tenant: str) -> None:
         """Create the tenant on every shard; AlreadyExistsError if it exists."""
         self._db._check()
-        name = check_tenant(tenant)
-        self._db._tenants_forget(self.name, name)
-        self._db._everywhere(self.name, "create_tenant", (name,), AlreadyExistsError)
+        self._db._write("create_tenant", self.name, check_tenant(tenant))
 
     def drop_tenant(self, tenant: str) -> None:
         """Drop the tenant and its access on every shard (the points stay)."""
         self._db._check()
-        name = check_tenant(tenant)
-        try:
-            self._db._everywhere(self.name, "drop_tenant", (name,), TenantNotFoundError)
-        finally:
-            self._db._tenants_forget(self.name, name)
+        self._db._write("drop_tenant", self.name, check_tenant(tenant))
 
     def grant(self, tenant: str, ids: Sequence[int | str] | np.ndarray, write: bool = False) -> None:
         """Give ``tenant`` read (``write=True``: also replace) access; IdNotFoundError (nothing
@@ -111,32 +90,13 @@ class ClusterCollection:
         self._db._check()
         name = check_tenant(tenant)
         keys, uids = id_keys(self._info, ids, unique=False)
-        self._require_tenant(name)
-        self._require_ids(keys, uids)   # every shard's part exists: the write changes all or nothing
-
-        def send(group: Any, rows: np.ndarray) -> Any:
-            return group.write("call", self.name, method, (name, [uids[i] for i in rows]), extra)
-
-        if keys:
-            with self._tenants_gain([name] if method == "grant" else []) as note:
-                note(self._db._write_split(self.name, keys, uids, send, affine=self._affine))
+        self._db._write("membership", self.name, method, name, keys, uids, extra)
 
     def train(self) -> None:
         """Train (or retrain) each shard's index on its points; FailedPreconditionError when the
         collection is empty (shards without points keep their exact scan)."""
-        self._db._require_writer()
-        with self._db._all_locks():
-            groups = self._db._groups_now()
-            pending = [(g, g.everyone("call", self.name, "train")) for g in groups]   # not a numbered write
-            refused: list[VecdbError] = []
-            for _, p in pending:
-                try:
-                    p.result()
-                except FailedPreconditionError as exc:
-                    refused.append(exc)
-            if len(refused) == len(pending):
-                raise FailedPreconditionError(f"collection {self.name!r} is empty: there is nothing to train the "
-                                              f"{self._info.index!r} index on")
+        self._db._check()
+        self._db._write("train", self.name)
 
     # ---- reads ---------------------------------------------------------------------------
     def count(self, tenant: str | None = None) -> int:
@@ -213,20 +173,6 @@ class ClusterCollection:
         names = (tenant,) if isinstance(tenant, str) else tuple(tenant)
         return [g.shard for g in self._db._tenant_shards(self.name, names, view)]
 
-    @contextlib.contextmanager
-    def _tenants_gain(self, tenants: list[str]) -> Iterator[Callable[[dict[int, Any]], None]]:
-        """Around a write by which ``tenants`` may gain access to points: the shards written
-        are noted for tenant searches (all forgotten when the write fails part-way)."""
-        if not (self._affine and tenants):
-            yield lambda results: None
-            return
-        try:
-            yield lambda results: self._db._tenant_wrote(self.name, tenants, list(results))
-        except BaseException:
-            for t in tenants:
-                self._db._tenants_forget(self.name, t)
-            raise
-
     def list_tenants(self) -> list[str]:
         """Names of all tenants, sorted (as the catalog shard records them)."""
         self._db._check()
@@ -264,11 +210,6 @@ class ClusterCollection:
     def _require_tenant(self, name: str) -> None:
         if name not in self.list_tenants():
             raise TenantNotFoundError(f"no tenant {name!r} in collection {self.name!r}")
-
-    def _require_ids(self, keys: list[bytes], uids: list[Any]) -> None:
-        _, missing = self._points(keys, uids, None)
-        if len(missing):
-            raise IdNotFoundError(not_found_message(self.name, [uids[i] for i in missing]))
 
 
 def _no_hits(info: CollectionInfo, nq: int, k: int, with_payloads: bool) -> QueryResult:

@@ -5,24 +5,24 @@ The cluster's root directory holds the placement record (``placement``) and, on 
 running its shard actors, each replica's database (``shard-<s>/replica-<r>/``). Every shard
 holds every collection (its part of the points) and every tenant; shard 0, never removed,
 is the catalog: collection and tenant changes are decided there first, then carried to the
-others (``connect`` completes a change a crash interrupted half-way).
+others (the writer completes a change a crash interrupted half-way).
 
-This object is a router. Any number of routers (one per ``connect``, in any processes) read
-a cluster at once; one writes it, the holder of the cluster's writer lease (``routers``):
-writes to a shard are ordered by that router's lock of the shard and numbered, which is what
-keeps its replicas identical, and carry its epoch, below which replicas refuse writes. The
-others refuse writes (FailedPreconditionError) until the writer closes or dies; then the
-first asked to write takes the lease over. On becoming the writer (on connect, or taking
-over), a router fences the replicas and copies a shard's replicas holding fewer writes than
-the others from one holding them all (``catchup``: a router that died between two
-replicas' commits leaves them so); later, a replica that misses writes is caught up in the
-background when it answers again."""
+The object plays one of two roles. A router (what ``connect`` returns; any number of them,
+in any processes) validates requests, reads the replicas directly and sends each write to
+the cluster's writer as one call (``writer``); it takes the shards' write numbers from the
+acknowledgement before returning, so its own writes are visible to its next read, and
+other routers' within one refresh of its view (``routers``: session consistency). The
+writer role runs inside the writer actor: writes to a shard are ordered by its lock of
+the shard and numbered, which is what keeps its replicas identical, and carry its epoch,
+below which replicas refuse writes. On starting, the writer fences the replicas and copies
+a shard's replicas holding fewer writes than the others from one holding them all
+(``catchup``: a writer that died between two replicas' commits leaves them so); later, a
+replica that misses writes is caught up in the background when it answers again."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -38,8 +38,9 @@ from vecdb.cluster import placement as P
 from vecdb.cluster.catchup import CatchUpWorker, catch_up
 from vecdb.cluster.collection import ClusterCollection
 from vecdb.cluster.replicas import PendingRead, PendingWrite, ShardGroup, unwrap
-from vecdb.cluster.routers import ReadRefresher, RouterMark, release_lease, replica_numbers, take_lease
+from vecdb.cluster.routers import ReadRefresher, RouterMark, replica_numbers
 from vecdb.cluster.shard import ShardReplica
+from vecdb.cluster.writer import IDEMPOTENT, Ack, WriterClient
 from vecdb.database import validate_info
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
                           InvalidArgumentError, TenantNotFoundError, UnavailableError, VecdbError)
@@ -60,7 +61,7 @@ T = TypeVar("T")
 
 class Layout(NamedTuple):
     """What a router reads by, replaced whole on every change: the placement, the replica
-    groups of its shards and (reading router) the bytes of the record it was read from."""
+    groups of its shards and (a router) the bytes of the record it was read from."""
 
     placement: P.Placement
     groups: dict[int, ShardGroup]
@@ -75,58 +76,71 @@ class ClusterDatabase:
 
     def __init__(self, root: str | os.PathLike[str], *, shards: int | None = None, replicas: int | None = None,
                  wait_seconds: float = 120.0, db_options: Mapping[str, Any] | None = None,
-                 owns_ray: bool = False) -> None:
+                 owns_ray: bool = False, role: str = "router") -> None:
         if not ray.is_initialized():
             raise FailedPreconditionError("Ray is not initialised: use vecdb.cluster.connect")
+        if role not in ("router", "writer"):
+            raise InvalidArgumentError(f"role must be 'router' or 'writer', got {role!r:.40}")
+        _count(shards, 3, "shards"), _count(replicas, 2, "replicas")   # checked here, not in the writer
         self.root = Path(as_fs_path(root, what="cluster root"))
         self.root.mkdir(parents=True, exist_ok=True)
         self._tag = hashlib.blake2b(os.path.realpath(self.root).encode(), digest_size=6).hexdigest()
         self._wait = float(wait_seconds)
         self._db_options = dict(db_options or {})
         self._owns_ray = owns_ray
+        self._writes = role == "writer"   # this object is the cluster's writer (in the writer actor)
         self._layout_lock = threading.RLock()
         self._closed = False
-        self._moved: dict[str, set[bytes]] = {}
+        self._moved: dict[str, set[bytes]] = {}      # writer: ids a rebalance in progress moved, by collection
+        self._infos: dict[str, CollectionInfo] = {}  # writer: the catalog (it makes every change of it)
+        self._move: Any = None                       # writer: the rebalance in progress (``rebalance.Move``)
+        self._rebalance_lock = threading.Lock()
         self._tenant_lock = threading.Lock()
-        self._tenant_cache: dict[tuple[str, str], set[int]] = {}   # (collection, tenant) -> shards
-        self._tenant_gen: dict[tuple[str, str], int] = {}
-        self._token = uuid.uuid4().hex
-        self._epoch: int | None = None   # the epoch this router writes with (while it holds the lease)
-        self._lease, holder = take_lease(self._lease_name(), NAMESPACE, self._token, self._wait)
+        #: router: (collection, tenant) -> (shards holding points it may access, every shard's
+        #: write number when that was asked): valid for the shards whose number did not move
+        self._tenant_cache: dict[tuple[str, str], tuple[set[int], dict[int, int]]] = {}
+        self._epoch: int | None = None   # writer: the epoch it fenced the replicas with
+        self._catch_up: CatchUpWorker | None = None
+        self._refresher: ReadRefresher | None = None
+        self._mark: RouterMark | None = None
+        self._writer: WriterClient | None = None
         found = P.load(self.root)
-        if found is None and self._lease is None:
-            raise FailedPreconditionError(f"cluster {self.root} is being created by another router ({holder}): "
-                                          f"connect once it exists")
-        if found is None:
-            found = P.new_placement(_count(shards, 3, "shards"), _count(replicas, 2, "replicas"))
-            P.save(self.root, found)
-        else:
-            if replicas is not None and _count(replicas, 2, "replicas") != found.replicas:
-                raise InvalidArgumentError(f"cluster {self.root} has {found.replicas} replicas per shard, not {replicas}")
-            if shards is not None and found.moving_to is None and _count(shards, 3, "shards") != len(found.shards):
-                raise InvalidArgumentError(f"cluster {self.root} has {len(found.shards)} shards, not {shards}; "
-                                           f"use rebalance() to change it")
-        # reading router: the record's bytes as read (what ``_consistent`` compares); the writer: None
-        self._state = Layout(found, {}, P.read_raw(self.root) if self._lease is None else None)
-        self._mark = RouterMark(self.root, self._token)   # the last router to close stops the replicas
-        self._catch_up = CatchUpWorker(self._groups_now)
-        self._refresher = ReadRefresher(lambda: self._lease is None and not self._closed, self._refresh_view)
-        try:
-            if self._lease is None:
-                self._state = self._state._replace(groups={s: self._start_group(s) for s in found.all_shards()})
-            else:
+        if found is not None and not self._writes:   # (the writer: its router checked)
+            _check_layout(self.root, found, shards, replicas)
+        if self._writes:
+            if found is None:
+                found = P.new_placement(_count(shards, 3, "shards"), _count(replicas, 2, "replicas"))
+                P.save(self.root, found)
+            self._state = Layout(found, {}, None)
+            self._catch_up = CatchUpWorker(self._groups_now)
+            try:
                 self._become_writer()
+            except BaseException:
+                self._catch_up.close()
+                raise
+            return
+        self._mark = RouterMark(self.root, uuid.uuid4().hex)   # the last router to close stops the cluster
+        self._writer = WriterClient(f"vecdb-{self._tag}-writer", NAMESPACE,
+                                    (str(self.root), shards, replicas, self._wait, self._db_options), self._wait)
+        try:
+            ack = self._writer.call("ready", retry=True)   # started (and recovered) or found running
+            raw = P.read_raw(self.root)
+            if raw is None:
+                raise DataLossError(f"cluster {self.root}: the placement record {P.RECORD} is gone")
+            found = P.parse(raw, self.root / P.RECORD)
+            _check_layout(self.root, found, shards, replicas)
+            self._state = Layout(found, {}, raw)
+            self._state = self._state._replace(groups={s: self._start_group(s) for s in found.all_shards()})
+            self._note(ack)
+            self._refresher = ReadRefresher(self._refresh_view)
         except BaseException:
-            self._catch_up.close()
-            self._refresher.close()
-            self._mark.close()
-            if self._lease is not None:
-                release_lease(self._lease)
+            self._closed = True
+            self._stop_if_last()
             raise
 
     @property
     def placement(self) -> P.Placement:
-        """The layout this router reads and writes by (a reading router's: as last read)."""
+        """The layout this object reads and writes by (a router's: as last read)."""
         return self._state.placement
 
     @placement.setter
@@ -149,10 +163,7 @@ class ClusterDatabase:
         ``index`` None: ``vecdb.api.default_index(multi_tenant)``."""
         self._check()
         info = validate_info(name, dim, metric, index, index_params, id_type, multi_tenant)
-        self._require_writer()
-        with self._all_locks():
-            self._catalog_group().write("create_collection", info).result()
-            self._rest("create_collection", (info,), AlreadyExistsError)
+        self._write("create_collection", info)
         return ClusterCollection(self, info)
 
     def get_collection(self, name: str) -> ClusterCollection:
@@ -173,77 +184,72 @@ class ClusterDatabase:
     def drop_collection(self, name: str) -> None:
         """Delete a collection on every shard; CollectionNotFoundError if none."""
         self._check()
-        self._require_writer()
-        with self._all_locks():
-            self._catalog_group().write("drop_collection", name).result()
-            self._rest("drop_collection", (name,), CollectionNotFoundError)
-            self._moved.pop(name, None)
-            self._tenants_forget(name)
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"collection name must be a string, got {type(name).__name__}")
+        self._write("drop_collection", name)
 
     def snapshot(self, path: str) -> None:
         """Write a consistent copy of the whole cluster to ``path`` as one embedded database
         (``vecdb.open(path)`` reads it): writes pause while each shard copies itself, then the
-        copies are merged (shard folders must be reachable from this process)."""
-        from vecdb.cluster.snapshot import merge_shard_copies
+        copies are merged by the writer (shard folders and ``path`` must be reachable from it)."""
         self._check()
         target = Path(as_fs_path(path, what="snapshot path"))
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise InvalidArgumentError(f"snapshot target {target} must be missing or an empty directory")
-        self._require_writer()   # writes pause while the shards copy themselves: only the writer can pause them
-        work = self.root / ".snapshots" / uuid.uuid4().hex
-        work.mkdir(parents=True)
-        try:
-            with self._all_locks():
-                groups = self._groups_now()
-                infos = self.list_collections()
-                copies = [work / f"shard-{g.shard}" for g in groups]
-                pending = [g.read("snapshot", str(c)) for g, c in zip(groups, copies)]
-                for p in pending:
-                    p.result()
-            merge_shard_copies(target, infos, copies)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        self._write("snapshot", str(target.resolve()))
 
     def rebalance(self, shards: int, batch: int = 1024, on_batch: Callable[[int], None] | None = None) -> None:
         """Spread the points over ``shards`` shards, online: points move in batches of at most
         ``batch`` while searches go on (complete, never a duplicate); writes wait for one batch.
-        ``on_batch(points moved so far)`` is called between batches (progress reports)."""
-        from vecdb.cluster.rebalance import rebalance
+        ``on_batch(points moved so far)`` is called between batches (progress reports).
+        Each batch is one call to the writer; a writer that died meanwhile finishes the move
+        when it starts again (the next call then finds it done)."""
         self._check()
         n = _count(shards, 1, "shards")
         batch = as_positive_int(batch, "batch")
-        self._require_writer()
-        with self._layout_lock:
-            kept = sorted(self.placement.shards)[:n]
-            new = list(range(self.placement.next_shard, self.placement.next_shard + max(0, n - len(kept))))
-            rebalance(self, kept + new, batch, on_batch)
+        while True:
+            total, done = self._write("rebalance_step", n, batch, retry=True)
+            if done:
+                return
+            if on_batch is not None:
+                on_batch(total)
 
     def close(self) -> None:
-        """Give the writer lease up (the writing router) and, when no other router of the
-        cluster is open (``routers.RouterMark``), close every replica's database and stop
-        the actors (their data stays in their directories); else leave them serving the
-        others. Further calls raise FailedPreconditionError. Closing twice is harmless."""
-        self._refresher.close()   # first: a refresh in progress holds the layout lock
+        """A router: when no other router of the cluster is open (``routers.RouterMark``), stop
+        the writer, close every replica's database and stop the actors (their data stays in
+        their directories); else leave them serving the others. The writer (in its actor):
+        stop catching replicas up. Further calls raise FailedPreconditionError. Closing twice
+        is harmless."""
+        if self._refresher is not None:
+            self._refresher.close()   # first: a refresh in progress holds the layout lock
         with self._layout_lock:
             if self._closed:
                 return
             self._closed = True
-            self._catch_up.close()
-            if not self._mark.others():
-                actors = [a for g in self._groups.values() for a in g.actors]
-                for ref in [a.close.remote() for a in actors]:
-                    with contextlib.suppress(Exception):
-                        ray.get(ref)
-                for actor in actors:
-                    with contextlib.suppress(Exception):
-                        ray.kill(actor, no_restart=True)
-            if self._lease is not None:
+            if self._catch_up is not None:
+                self._catch_up.close()
+            self._stop_if_last()
+
+    def _stop_if_last(self) -> None:
+        """A router closing: stop the writer and the replicas when no other router is open;
+        give its mark up; stop the local Ray it started."""
+        if self._mark is None:
+            return
+        if not self._mark.others():
+            if self._writer is not None:
+                self._writer.stop()   # first: nothing writes the replicas any more
+            with contextlib.suppress(Exception):
+                self._reload_placement()   # every shard the writer last recorded
+            actors = [a for g in self._groups.values() for a in g.actors]
+            for ref in [a.close.remote() for a in actors]:
                 with contextlib.suppress(Exception):
-                    release_lease(self._lease)
-                self._lease = None
-            self._mark.close()
-            if self._owns_ray:
-                ray.shutdown()
+                    ray.get(ref)
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+        self._mark.close()
+        if self._owns_ray:
+            ray.shutdown()
 
     def __enter__(self) -> "ClusterDatabase":
         return self
@@ -269,8 +275,8 @@ class ClusterDatabase:
 
     def _owners(self, name: str, keys: list[bytes], placement: P.Placement | None = None) -> np.ndarray:
         """The shard each id key is written to now (during a rebalance: the new shard of
-        the points already moved, the old one of the rest; a reading router knows of none
-        moved). ``placement``: of a layout read by ``_consistent`` (else the current one)."""
+        the points already moved, the old one of the rest; a router knows of none moved).
+        ``placement``: of a layout read by ``_consistent`` (else the current one)."""
         placement = placement or self.placement
         owners = placement.ring().owners(keys)
         moved = self._moved.get(name)
@@ -288,51 +294,53 @@ class ClusterDatabase:
     def _all_locks(self) -> contextlib.AbstractContextManager[None]:
         return self._locks(list(self._groups))
 
-    def _lease_name(self) -> str:
-        return f"vecdb-{self._tag}-writer"
-
-    def _require_writer(self) -> None:
-        """Return when this router writes the cluster: it holds the writer lease, or takes it
-        now that it is free (then it fences the replicas and catches them up); else
-        FailedPreconditionError naming the router that writes. A writer fenced by another
-        (it lost its lease without knowing) reads only from then on."""
+    def _write(self, op: str, *args: Any, retry: bool = False) -> Any:
+        """A router: write ``op`` (``writes.OPS``, arguments validated) through the writer;
+        its answer once the shards' new write numbers are this router's view. ``retry``:
+        sent again when the writer died during it (an idempotent step)."""
         self._check()
-        if self._lease is not None and all(g.epoch is not None for g in self._groups.values()):
-            return
-        with self._layout_lock:
-            self._check()
-            if self._lease is not None and any(g.epoch is None for g in self._groups.values()):
-                with contextlib.suppress(Exception):   # another router fenced the replicas: it writes now
-                    release_lease(self._lease)
-                self._lease = None
-                for g in self._groups.values():
-                    g.epoch = None
-                self._moved.clear()
-                self._state = self._state._replace(raw=b"")   # reads check the record from now on
-            if self._lease is not None:
-                return
-            self._lease, holder = take_lease(self._lease_name(), NAMESPACE, self._token, self._wait)
-            if self._lease is None:
-                raise FailedPreconditionError(f"cluster {self.root}: another router ({holder}) writes this cluster; "
-                                              f"this one only reads until that router closes or dies")
-            try:
-                self._become_writer()
-            except BaseException:
-                for g in self._groups.values():
-                    g.epoch = None
-                with contextlib.suppress(Exception):
-                    release_lease(self._lease)
-                self._lease = None
-                self._state = self._state._replace(raw=b"")
-                raise
+        assert self._writer is not None, "the writer role runs writes itself (writes.OPS)"
+        ack: Ack = self._writer.call("write", op, args, retry=retry or op in IDEMPOTENT)
+        self._note(ack)
+        if ack.error is not None:
+            raise ack.error
+        return ack.answer
+
+    def _apply(self, op: str, args: tuple[Any, ...]) -> Any:
+        """The writer: run write ``op`` (``writer.ClusterWriter.write``)."""
+        from vecdb.cluster.writes import OPS
+        self._check()
+        return OPS[op](self, *args)
+
+    def _note(self, ack: Ack) -> None:
+        """A router takes the writer's view after a write: the placement record again when
+        its generation moved, then every shard's write numbers (``ShardGroup.note``)."""
+        if ack.generation != self._state.placement.generation:
+            with self._layout_lock:
+                if not self._closed:
+                    self._reload_placement()
+        groups = self._groups
+        for shard, (seq, applied) in ack.numbers.items():
+            group = groups.get(shard)
+            if group is not None and len(applied) == len(group.applied):
+                group.note(seq, applied)
+
+    def _info(self, name: str) -> CollectionInfo:
+        """The writer: collection ``name``'s info (it makes every catalog change, so its copy
+        stays exact); CollectionNotFoundError if none."""
+        info = self._infos.get(name)
+        if info is None:
+            for found in self.list_collections():
+                self._infos.setdefault(found.name, found)
+            info = self._infos.get(name)
+            if info is None:
+                raise CollectionNotFoundError(f"no collection named {name!r}")
+        return info
 
     def _become_writer(self) -> None:
-        """Holding the lease: find the replicas as the placement record lists them, fence
+        """The writer starting: find the replicas as the placement record lists them, fence
         them with an epoch above any they hold, take their write numbers, copy replicas a
         crash left behind, complete interrupted catalog changes and rebalance."""
-        found = P.load(self.root)
-        if found is not None:
-            self._state = Layout(found, self._groups, None)
         groups = {s: self._start_group(s) for s in self.placement.all_shards()}
         pings = [(g, r, a.ping.remote()) for g in groups.values() for r, a in enumerate(g.actors)]
         epochs = [0]
@@ -343,18 +351,17 @@ class ClusterDatabase:
         fences = [(g, r, g.actors[r].fence.remote(epoch)) for g, r, _ in pings]
         for g, r, ref in fences:
             try:
-                if ray.get(ref) != epoch:   # a newer router fenced it meanwhile: it writes
-                    raise FailedPreconditionError(f"cluster {self.root}: another router took the writing over")
+                if ray.get(ref) != epoch:   # a newer writer fenced it meanwhile: it writes
+                    raise FailedPreconditionError(f"cluster {self.root}: another writer took the writing over")
             except RayActorError:
-                g.applied[r] = -1   # not fenced: copied once it answers (catchup)
+                g.set_applied(r, -1)   # not fenced: copied once it answers (catchup)
         for g in groups.values():
             numbers = replica_numbers(g)
-            g.applied = [numbers.get(r, -1) if g.applied[r] != -1 else -1 for r in range(len(g.actors))]
-            g.seq = max(0, *g.applied)   # none answered (-1 each): none is current until caught up
+            applied = [numbers.get(r, -1) if g.applied[r] != -1 else -1 for r in range(len(g.actors))]
+            g.set_numbers(max(0, *applied), applied)   # none answered (-1 each): none is current until caught up
             g.epoch = epoch
         self._epoch = epoch
         self._moved.clear()
-        self._tenants_forget(None)
         self._state = Layout(self.placement, groups, None)
         for group in self._groups_now():   # replicas a crash left behind the others
             catch_up(group)
@@ -364,18 +371,20 @@ class ClusterDatabase:
             rebalance(self, list(self.placement.moving_to))
 
     def _refresh_view(self) -> None:
-        """A reading router: the placement record again when it changed (shards added or
-        removed, a rebalance started or done), and every replica's write number."""
+        """A router: the placement record again when it changed (shards added or removed, a
+        rebalance started or done), and every replica's write number."""
         with self._layout_lock:
-            if self._lease is not None or self._closed:
+            if self._closed:
                 return
             self._reload_placement()
-            for group in self._groups_now():
-                group.refresh(replica_numbers(group))
+            groups = self._groups_now()
+        for group in groups:
+            since = group.noted
+            group.refresh(replica_numbers(group), since)
 
     def _reload_placement(self) -> None:
-        """A reading router (caller holds the layout lock): the placement record again when it changed."""
-        if self._lease is not None:
+        """A router (caller holds the layout lock): the placement record again when it changed."""
+        if self._writes:
             return
         raw = P.read_raw(self.root)
         if raw is None or raw == self._state.raw:
@@ -384,17 +393,18 @@ class ClusterDatabase:
         old = self._groups
         groups = {s: old[s] if s in old else self._start_group(s) for s in found.all_shards()}
         self._state = Layout(found, groups, raw)
+        self._tenants_forget()
 
     def _consistent(self, read: Callable[["Layout"], T]) -> T:
         """``read(layout)`` run against a layout that held throughout it (a seqlock on the
-        layout): a reading router reads the placement record's bytes before and after (its
+        layout): a router reads the placement record's bytes before and after (its
         generation makes them unique), the writer compares its own layout object; a change
         (a rebalance started or finished meanwhile) means reload and read again, as does an
         error raised while it changed (a removed shard stopped). Each pass is one small file
-        read more for a reading router, nothing for the writer."""
+        read more for a router, nothing for the writer."""
         while True:
             view = self._state
-            if view.raw is not None:   # a reading router: is the record still the one it holds?
+            if view.raw is not None:   # a router: is the record still the one it holds?
                 raw = P.read_raw(self.root)
                 if raw is None:
                     raise DataLossError(f"cluster {self.root}: the placement record {P.RECORD} is gone")
@@ -403,7 +413,7 @@ class ClusterDatabase:
                         self._reload_placement()
                     view = self._state
                     if view.raw != raw:
-                        continue   # changed again meanwhile (or this router took the writing over)
+                        continue   # changed again meanwhile
             try:
                 out = read(view)
             except VecdbError:
@@ -421,9 +431,10 @@ class ClusterDatabase:
 
     def _stable_reads(self, view: Layout) -> contextlib.AbstractContextManager[None]:
         """Figures summed over shards see no point twice: during a rebalance the writer's wait
-        for the batch being moved (a point is briefly on two shards). A reading router cannot
-        hold the writer's locks: its figures may count a moving point twice or not at all."""
-        if view.placement.moving_to is None or self._lease is None:
+        for the batch being moved (a point is briefly on two shards). A router cannot hold
+        the writer's locks: its figures may count a moving point twice or not at all while
+        points move."""
+        if view.placement.moving_to is None or not self._writes:
             return contextlib.nullcontext()
         return _holding([view.groups[s].lock for s in view.shards()])
 
@@ -436,7 +447,6 @@ class ClusterDatabase:
         ``affine`` (a multi-tenant collection): ids live where they were created, found by
         asking every shard under all the write locks; new ids (``place_new``) go to the shard
         of ``home`` (the writing tenant's key) or of their id; absent ids are left out."""
-        self._require_writer()
         while True:
             if affine:
                 with self._all_locks():
@@ -536,43 +546,32 @@ class ClusterDatabase:
 
     def _tenant_shards(self, name: str, tenants: tuple[str, ...], view: Layout | None = None) -> list[ShardGroup]:
         """The shards a search of ``tenants`` in multi-tenant collection ``name`` must ask:
-        those holding points the tenants may access (a superset, kept up to date by writes;
-        every shard while a rebalance moves points, or on a reading router, which does not
-        see the writer's writes)."""
+        those holding points the tenants may access, as of this router's view (every shard
+        while a rebalance moves points). Each tenant's shards are asked once and kept with
+        every shard's write number then; a shard whose number moved since (a write there,
+        this router's own as soon as it is acknowledged) is asked again."""
         view = view or self._state
-        if view.placement.moving_to is not None or view.raw is not None or self._lease is None:
+        if view.placement.moving_to is not None or self._writes:
             return [view.groups[s] for s in view.shards()]
         shards: set[int] = set()
         for tenant in tenants:
             key = (name, tenant)
+            numbers = {s: view.groups[s].seq for s in view.shards()}   # before asking: a write meanwhile moves them
             with self._tenant_lock:
-                known = self._tenant_cache.get(key)
-                seen = self._tenant_gen.get(key, 0)
-            if known is None:
-                counts = [(s, view.groups[s].read("call", name, "count", (tenant,))) for s in view.shards()]
-                known = {s for s, p in counts if p.result() > 0}
+                known, then = self._tenant_cache.get(key, (set(), {}))
+            ask = [s for s in view.shards() if s not in known and then.get(s) != numbers[s]]
+            if ask:
+                counts = [(s, view.groups[s].read("call", name, "count", (tenant,))) for s in ask]
+                known = known | {s for s, p in counts if p.result() > 0}
                 with self._tenant_lock:
-                    if self._tenant_gen.get(key, 0) == seen:
-                        self._tenant_cache[key] = known
+                    self._tenant_cache[key] = (known, numbers)
             shards |= known
         return [view.groups[s] for s in view.shards() if s in shards]
 
-    def _tenant_wrote(self, name: str, tenants: list[str], shards: list[int]) -> None:
-        """Tenants gained access to points on ``shards`` (called before the write returns)."""
+    def _tenants_forget(self) -> None:
+        """Drop every tenant's known shards (the layout changed)."""
         with self._tenant_lock:
-            for tenant in tenants:
-                key = (name, tenant)
-                self._tenant_gen[key] = self._tenant_gen.get(key, 0) + 1
-                if key in self._tenant_cache:
-                    self._tenant_cache[key] = self._tenant_cache[key] | set(shards)
-
-    def _tenants_forget(self, name: str | None, tenant: str | None = None) -> None:
-        """Drop cached tenant shards (a tenant created or dropped, a collection dropped, a rebalance)."""
-        with self._tenant_lock:
-            for key in [k for k in self._tenant_cache if k[0] == name and tenant in (None, k[1])] \
-                    if name else list(self._tenant_cache):
-                del self._tenant_cache[key]
-                self._tenant_gen[key] = self._tenant_gen.get(key, 0) + 1
+            self._tenant_cache.clear()
 
     def _rest(self, method: str, args: tuple[Any, ...], already: type[VecdbError], name: str | None = None) -> None:
         """Carry a change the catalog shard made to every other shard (``already``: done there)."""
@@ -586,7 +585,6 @@ class ClusterDatabase:
     def _everywhere(self, name: str, method: str, args: tuple[Any, ...], already: type[VecdbError]) -> None:
         """A tenant change: decided by the catalog shard (its exception is the answer), then
         made on every other shard, which also completes an earlier interrupted change."""
-        self._require_writer()
         with self._all_locks():
             try:
                 self._catalog_group().write("call", name, method, args).result()
@@ -623,14 +621,14 @@ class ClusterDatabase:
                     actors[r] = start(r)
                 except Exception as exc:  # noqa: BLE001 - the replica's own error, unwrapped
                     raise unwrap(exc) from None
-        return ShardGroup(shard, actors, applied, self._wait, on_behind=self._catch_up.wake, revive=start,
-                          epoch=self._epoch if self._lease is not None else None,
+        return ShardGroup(shard, actors, applied, self._wait, revive=start, epoch=self._epoch,
+                          on_behind=self._catch_up.wake if self._catch_up is not None else None,
                           listed=lambda: self._still_listed(shard))
 
     def _still_listed(self, shard: int) -> bool:
-        """Whether this router's layout still lists ``shard`` (a reading router reads the
-        placement record again first)."""
-        if self._lease is None and not self._closed:
+        """Whether this layout still lists ``shard`` (a router reads the placement record
+        again first)."""
+        if not self._writes and not self._closed:
             with self._layout_lock:
                 self._reload_placement()
         return shard in self._groups
@@ -669,6 +667,16 @@ class ClusterDatabase:
                 for t in sorted(held - tenants[name]):
                     with contextlib.suppress(TenantNotFoundError):
                         group.write("call", name, "drop_tenant", (t,)).result()
+
+
+def _check_layout(root: Path, found: P.Placement, shards: int | None, replicas: int | None) -> None:
+    """InvalidArgumentError when ``shards`` / ``replicas`` (None: whatever it has) are not the
+    layout ``found`` of the existing cluster ``root``."""
+    if replicas is not None and _count(replicas, 2, "replicas") != found.replicas:
+        raise InvalidArgumentError(f"cluster {root} has {found.replicas} replicas per shard, not {replicas}")
+    if shards is not None and found.moving_to is None and _count(shards, 3, "shards") != len(found.shards):
+        raise InvalidArgumentError(f"cluster {root} has {len(found.shards)} shards, not {shards}; "
+                                   f"use rebalance() to change it")
 
 
 def _partial(name: str, owners: np.ndarray, uids: list[Any], results: dict[int, Any],

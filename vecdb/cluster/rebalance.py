@@ -1,7 +1,7 @@
 """Moving points between shards online, when shards are added or removed.
 
 The placement record first says where points go (``moving_to``, durably: a restarted
-router finishes the move before serving). Then, collection by collection and shard by
+writer finishes the move before serving). Then, collection by collection and shard by
 shard, bounded batches of the points the new ring places elsewhere are copied to their new
 shard (every replica) and deleted from the old one, each batch under the write locks (writes
 wait for one batch, never for the whole move), and their ids are marked moved, so that
@@ -12,13 +12,13 @@ locks takes what writers added meanwhile; then the new ring becomes the placemen
 Routers never depend on when they learn of the move. The record is written (``moving_to``,
 a higher generation) before any point moves, and again (finished) before a removed shard
 stops; a read checks that the layout it used still holds afterwards and reads again when
-it changed (``ClusterDatabase._consistent``: a reading router compares the record's bytes,
-the writer its layout object), and while points move it asks the shards in waves
+it changed (``ClusterDatabase._consistent``: a router compares the record's bytes, the
+writer its layout object), and while points move it asks the shards in waves
 (``Placement.waves``) so that a point moving during the read is seen once at least."""
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import ray
@@ -34,63 +34,83 @@ if TYPE_CHECKING:
 BATCH = 1024
 
 
-def rebalance(db: "ClusterDatabase", shards: Sequence[int], batch: int = BATCH,
-              on_batch: Callable[[int], None] | None = None) -> None:
-    """Move ``db``'s points onto ``shards`` (see the module docs); returns once done.
-    ``on_batch(points moved so far)`` runs between batches, with no lock held."""
-    with db._layout_lock:
-        target = tuple(sorted(shards))
-        if db.placement.moving_to is None and target == db.placement.shards:
-            return
-        # new shards hold every collection and tenant before the record names them (reading
-        # routers search them as soon as they read it)
-        with db._all_locks():   # no collection or tenant is created while a shard is added
-            for s in target:
-                if s not in db._groups:
-                    added = db._add_shard(s)
-                    groups = dict(db._groups)
-                    groups[s] = added
-                    db._groups = groups
-        moving = db.placement.with_target(target)
-        P.save(db.root, moving)   # before any point moves: reading routers' reads check it
-        db.placement = moving     # and the writer's own reads in progress read again
-        db._tenants_forget(None)   # tenant searches ask every shard while points move
-        ring = P.HashRing(target, db.placement.vnodes).spec()
-        sources = [s for s in db.placement.all_shards()]
-        cursors = {(info.name, s): -1 for info in db.list_collections() for s in sources}
-        total = 0
-        for key in list(cursors):
-            while True:
-                with db._all_locks():
-                    moved = _step(db, key[0], key[1], cursors[key], batch, ring)
-                    if moved is None:   # the collection was dropped meanwhile
-                        break
-                cursors[key] = moved.last_iid
-                total += len(moved)
-                if on_batch is not None and len(moved):
-                    on_batch(total)
-                if moved.done:
-                    break
-        with db._all_locks():   # the last pass: what writers added meanwhile, in collections created meanwhile too
-            for name in [info.name for info in db.list_collections()]:
-                for s in sources:
-                    after = cursors.get((name, s), -1)
-                    while True:
-                        moved = _step(db, name, s, after, batch, ring)
-                        if moved is None:
-                            break
-                        after = moved.last_iid
-                        if moved.done:
-                            break
-            removed = [s for s in db._groups if s not in target]
-            done = db.placement.finished()
-            P.save(db.root, done)   # before a removed shard stops (reads in progress check it)
-            db.placement = done
-            db._moved.clear()
-            db._tenants_forget(None)
-            groups = {s: g for s, g in db._groups.items() if s in target}
-            gone = [db._groups[s] for s in removed]
-            db._groups = groups
+def rebalance(db: "ClusterDatabase", shards: Sequence[int], batch: int = BATCH) -> None:
+    """Move ``db``'s points onto ``shards`` (see the module docs); returns once done (the
+    writer finishing a move it finds interrupted)."""
+    move = Move(db, tuple(sorted(shards)))
+    while move.step(batch):
+        pass
+    move.finish()
+
+
+class Move:
+    """A rebalance in progress on the writer (``db``: the writer role), one batch per ``step``
+    (routers drive it through ``writes.rebalance_step``, reporting progress between batches)."""
+
+    def __init__(self, db: "ClusterDatabase", target: tuple[int, ...]) -> None:
+        self.db, self.target, self.total = db, target, 0
+        with db._layout_lock:
+            # new shards hold every collection and tenant before the record names them (routers
+            # search them as soon as they read it)
+            with db._all_locks():   # no collection or tenant is created while a shard is added
+                for s in target:
+                    if s not in db._groups:
+                        added = db._add_shard(s)
+                        groups = dict(db._groups)
+                        groups[s] = added
+                        db._groups = groups
+            if db.placement.moving_to != target:
+                moving = db.placement.with_target(target)
+                P.save(db.root, moving)   # before any point moves: routers' reads check it
+                db.placement = moving     # and the writer's own reads in progress read again
+            self.ring = P.HashRing(target, db.placement.vnodes).spec()
+            self.sources = list(db.placement.all_shards())
+            self.cursors = {(info.name, s): -1 for info in db.list_collections() for s in self.sources}
+            self._left = list(self.cursors)
+
+    def step(self, batch: int) -> int:
+        """Move the next batch of at most ``batch`` points (under every write lock: writes wait
+        for one batch); how many moved (0: every collection's first pass is done)."""
+        db = self.db
+        while self._left:
+            key = self._left[0]
+            with db._all_locks():
+                moved = _step(db, key[0], key[1], self.cursors[key], batch, self.ring)
+            if moved is None or moved.done:   # the collection was dropped meanwhile, or its pass is done
+                self._left.pop(0)
+            if moved is None:
+                continue
+            self.cursors[key] = moved.last_iid
+            self.total += len(moved)
+            if len(moved):
+                return len(moved)
+        return 0
+
+    def finish(self) -> None:
+        """The last pass under all the locks (what writers added meanwhile, in collections
+        created meanwhile too), then the new layout recorded and removed shards stopped."""
+        db, target = self.db, self.target
+        with db._layout_lock:
+            with db._all_locks():
+                for name in [info.name for info in db.list_collections()]:
+                    for s in self.sources:
+                        after = self.cursors.get((name, s), -1)
+                        while True:
+                            moved = _step(db, name, s, after, BATCH, self.ring)
+                            if moved is None:
+                                break
+                            after = moved.last_iid
+                            self.total += len(moved)
+                            if moved.done:
+                                break
+                removed = [s for s in db._groups if s not in target]
+                done = db.placement.finished()
+                P.save(db.root, done)   # before a removed shard stops (reads in progress check it)
+                db.placement = done
+                db._moved.clear()
+                groups = {s: g for s, g in db._groups.items() if s in target}
+                gone = [db._groups[s] for s in removed]
+                db._groups = groups
         for g in gone:   # a read still asking them fails, finds the layout changed and reads again
             for actor in g.actors:
                 with contextlib.suppress(Exception):

@@ -1,10 +1,10 @@
-"""The replicas of one shard as the router sees them: reads spread round-robin over the
+"""The replicas of one shard as the writer or a router sees them: reads spread round-robin over the
 replicas that hold the shard's latest write and fail over between them; writes are numbered
 (the shard's write number) and go to those replicas, answered once each of them committed.
 
-The router knows each replica's number (``applied``): a replica that missed a write (down
+The writer knows each replica's number (``applied``): a replica that missed a write (down
 longer than ``wait_seconds``, or it refused what the others committed) is behind, gets no
-reads and no writes, and is brought back by the router's catch-up (``catchup``). A write
+reads and no writes, and is brought back by the writer's catch-up (``catchup``). A write
 is acknowledged once every current replica committed it, at least one; if none did, its
 number is not used and the replicas' exception is the answer.
 
@@ -13,9 +13,10 @@ unwrapped from Ray's task error; an actor that died or is restarting is the only
 retried. A write sent again to a restarted replica that had committed it is recognised by
 its number and not applied twice.
 
-Only the cluster's writing router numbers writes (``epoch`` set, the number it fenced the
-replicas with: ``vecdb.cluster.routers``); a reading router's groups (``epoch`` None)
-refuse writes and take their replicas' numbers from its periodic ``refresh``."""
+Only the cluster's writer numbers writes (``epoch`` set, the number it fenced the replicas
+with: ``vecdb.cluster.writer``); a router's groups (``epoch`` None) refuse writes and take
+their replicas' numbers from the writer's acknowledgements (``note``) and from the router's
+periodic ``refresh``."""
 from __future__ import annotations
 
 import itertools
@@ -37,7 +38,7 @@ DOWN_SECONDS = 2.0
 #: a read not answered within this is sent to another current replica too (calls to a
 #: replica Ray is restarting wait until it is back; a read has no effect, so a copy is harmless)
 HEDGE_SECONDS = 5.0
-#: the router keeps each shard's latest writes, at most this many and about this many bytes,
+#: the writer keeps each shard's latest writes, at most this many and about this many bytes,
 #: to replay them to a replica that missed only those (instead of copying the shard)
 LOG_WRITES = 1024
 LOG_BYTES = 64 << 20
@@ -114,6 +115,7 @@ class PendingWrite:
             raise UnavailableError(f"no replica of shard {group.shard} holds its latest write (all are being "
                                    f"caught up)")
         self.refs: dict[int, Any] = {}
+        self.done: list[int] = []   # the replicas that committed it (once ``result()`` returned)
         self.crashed: list[BaseException] = []   # errors other than a vecdb refusal (state not known)
         hold = group.after_first_commit
         if hold is not None and len(self.targets) > 1:   # first one replica, then the others
@@ -137,7 +139,7 @@ class PendingWrite:
         group, n = self.group, self.n
         outcomes = {r: self.early.get(r) or self._one(r, ref) for r, ref in self.refs.items()}
         fenced = [o.error for o in outcomes.values() if isinstance(o.error, FencedError)]
-        if fenced:   # another router writes now: never acknowledged (what it finds, it keeps or copies)
+        if fenced:   # another writer writes now: never acknowledged (what it finds, it keeps or copies)
             group.epoch = None
             raise fenced[0]
         done = [r for r, o in outcomes.items() if o.applied == n]
@@ -152,6 +154,7 @@ class PendingWrite:
                 raise self.crashed[0]
             raise UnavailableError(f"no replica of shard {group.shard} committed {self.method} "
                                    f"within {group.wait_seconds:g} s")
+        self.done = done
         group.committed(n, done, self.method, self.args)
         for r in outcomes:
             if r not in done:
@@ -258,15 +261,16 @@ class ShardGroup:
                  on_behind: Callable[[], None] | None = None, revive: Callable[[int], Any] | None = None,
                  epoch: int | None = None, listed: Callable[[], bool] | None = None) -> None:
         self.shard = shard
-        #: whether the router's placement still lists this shard, asked once every replica
+        #: whether the placement still lists this shard, asked once every replica
         #: failed a read (a rebalance that removed the shard stops its replicas: stop waiting)
         self.listed = listed
-        self.epoch = epoch   # the writing router's epoch; None: this router only reads
+        self.epoch = epoch   # the writer's epoch; None: a router's view (reads only)
         self.actors = list(actors)
         self.wait_seconds = wait_seconds
         self.lock = threading.Lock()   # one write at a time: every replica applies writes in one order
-        self.seq = max(applied)        # the shard's latest write
-        self.applied: list[int] = list(applied)   # each replica's last write; -1: not known (behind)
+        #: (the shard's latest write, each replica's last write; -1: not known, behind), replaced
+        #: whole so that a read never sees one updated without the other
+        self._numbers: tuple[int, tuple[int, ...]] = (max(applied), tuple(applied))
         self.on_behind = on_behind
         self.log = WriteLog()
         self.revive = revive   # starts replica r's actor again (Ray gave up on it, or it was killed for good)
@@ -277,39 +281,88 @@ class ShardGroup:
         self._turn = itertools.count()
         self._down_until = [0.0] * len(self.actors)
         self.failovers = 0   # reads sent again to another replica because one was down
+        self._view_lock = threading.Lock()   # a router's view: acknowledgements against refreshes
+        self.noted = 0   # acknowledgements taken (``note``): a refresh begun before one is stale
+
+    @property
+    def seq(self) -> int:
+        """The shard's latest write."""
+        return self._numbers[0]
+
+    @seq.setter
+    def seq(self, n: int) -> None:
+        self._numbers = (n, self._numbers[1])
+
+    @property
+    def applied(self) -> tuple[int, ...]:
+        """Each replica's last write (-1: not known, behind)."""
+        return self._numbers[1]
+
+    @applied.setter
+    def applied(self, values: Sequence[int]) -> None:
+        self._numbers = (self._numbers[0], tuple(values))
+
+    def set_numbers(self, seq: int, applied: Sequence[int]) -> None:
+        self._numbers = (seq, tuple(applied))
+
+    def set_applied(self, replica: int, n: int) -> None:
+        applied = list(self._numbers[1])
+        applied[replica] = n
+        self.applied = applied
 
     def current(self) -> list[int]:
         """The replicas holding the shard's latest write."""
-        return [r for r, a in enumerate(self.applied) if a == self.seq]
+        seq, applied = self._numbers
+        return [r for r, a in enumerate(applied) if a == seq]
 
     def lagging(self) -> list[int]:
-        return [r for r, a in enumerate(self.applied) if a != self.seq]
+        seq, applied = self._numbers
+        return [r for r, a in enumerate(applied) if a != seq]
 
     def committed(self, n: int, replicas: list[int], method: str, args: tuple[Any, ...]) -> None:
-        self.seq = n
+        applied = list(self._numbers[1])
         for r in replicas:
-            self.applied[r] = n
+            applied[r] = n
+        self._numbers = (n, tuple(applied))
         self.log.add(n, method, args)
 
     def behind(self, replica: int) -> None:
         """``replica`` missed a write or its state is not known: no reads, no writes until caught up."""
-        self.applied[replica] = -1
+        self.set_applied(replica, -1)
         if self.on_behind is not None:
             self.on_behind()
 
-    def refresh(self, numbers: dict[int, int]) -> None:
-        """A reading router's view of the replicas' write numbers (``numbers``: those that
-        answered; the others keep their last known): reads go to those holding the highest."""
-        applied = list(self.applied)
-        for r, n in numbers.items():
-            applied[r] = n
-        self.applied = applied
-        self.seq = max(applied)
+    def refresh(self, numbers: dict[int, int], since: int) -> None:
+        """A router's view of the replicas' write numbers (``numbers``: those that answered;
+        the others keep their last known): reads go to those holding the highest. Dropped
+        when an acknowledgement was noted since the probes were sent (``since``: ``noted``
+        then): their numbers may predate a write the router returned."""
+        with self._view_lock:
+            if self.noted != since:
+                return
+            applied = list(self._numbers[1])
+            for r, n in numbers.items():
+                applied[r] = n
+            self._numbers = (max(applied), tuple(applied))
+
+    def note(self, seq: int, applied: Sequence[int]) -> None:
+        """A router takes the writer's numbers of this shard from a write's acknowledgement
+        (its latest write ``seq``, each replica's): its next read goes to a replica holding
+        that write. Older news than its view (a refresh saw a later write) is ignored."""
+        with self._view_lock:
+            if seq < self.seq:
+                return
+            self._numbers = (seq, tuple(applied))
+            self.noted += 1
+
+    def numbers(self) -> tuple[int, tuple[int, ...]]:
+        """(the shard's latest write, each replica's last write; -1: behind), as the writer knows them."""
+        return self._numbers
 
     def caught_up(self, replica: int, n: int) -> None:
         if n != self.seq:
             raise InternalError(f"replica {replica} of shard {self.shard} caught up to write {n}, not {self.seq}")
-        self.applied[replica] = n
+        self.set_applied(replica, n)
 
     def order(self) -> list[int]:
         """Current replicas to try for the next read: round-robin, replicas lately down last."""
@@ -338,8 +391,8 @@ class ShardGroup:
         router's group."""
         epoch = self.epoch
         if epoch is None:
-            raise FailedPreconditionError(f"shard {self.shard}: another router writes this cluster; this router "
-                                          f"only reads")
+            raise FailedPreconditionError(f"shard {self.shard}: only the cluster's writer writes its replicas (this "
+                                          f"one was fenced, or is a router's view)")
         return PendingWrite(self, self.seq + 1, method, args, epoch)
 
     def everyone(self, method: str, *args: Any) -> PendingAll:

@@ -1,38 +1,31 @@
-"""Which router writes a cluster: any number of routers (processes that called
-``vecdb.cluster.connect`` on one cluster) read at once, one of them writes.
+"""The routers of a cluster: any number of processes that called ``vecdb.cluster.connect``
+on one cluster (e.g. several ``vecdb serve --cluster`` front ends), each reading the
+replicas directly and sending its writes to the cluster's one writer (``writer``).
 
-The writer holds the cluster's lease: a named Ray actor owned by the writing router's
-process (not detached), so Ray stops it, and frees its name, when that process dies. A
-router that finds the lease taken reads only: its writes are refused with
-FailedPreconditionError and its ``ReadRefresher`` keeps its view of the replicas' write
-numbers (reads go to those holding their shard's latest write) and of the placement record
-up to date. When it is asked to write and the lease is free (the writer closed or died) it
-takes the lease and becomes the writer: it fences every replica with an epoch above any
-they hold (``ShardReplica.fence``; a replica refuses writes of lower epochs, so a router
-that lost the lease can never change a replica again), then catches the replicas up as a
-router does on connect.
+Consistency is per session: a router's own writes are visible to its next read (the
+writer's acknowledgement carries the shards' new write numbers, which the router takes
+before returning: ``ShardGroup.note``), and other routers' writes once its ``ReadRefresher``
+asked the replicas their write numbers again (every ``READ_REFRESH_SECONDS``; it also
+reads the placement record again when it changed).
 
 Each open router also keeps a mark in the cluster root (``RouterMark``: a file it holds an
-flock on): the last router to close stops the replicas, any other leaves them serving the
-routers still open (a mark whose lock can be taken is a dead router's: the kernel releases
-the lock when its process dies). Routers on other machines see the marks only when the
-root is shared with them."""
+flock on): the last router to close stops the writer and the replicas, any other leaves
+them serving the routers still open (a mark whose lock can be taken is a dead router's:
+the kernel releases the lock when its process dies). Routers on other machines see the
+marks only when the root is shared with them."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import logging
 import os
-import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
-from vecdb.errors import UnavailableError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
 
 if TYPE_CHECKING:
     from vecdb.cluster.replicas import ShardGroup
@@ -47,81 +40,64 @@ PROBE_SECONDS = 1.0
 ROUTERS = "routers"
 
 
-class WriterLease:
-    """The lease actor: which router (a random token, and where it runs) writes the cluster."""
-
-    def __init__(self, token: str, where: str) -> None:
-        self.token, self.where = token, where
-
-    def holder(self) -> tuple[str, str]:
-        return self.token, self.where
-
-
-def describe_self() -> str:
-    """Where this router runs (host and process id), for the refusal message of other routers."""
-    return f"process {os.getpid()} on {socket.gethostname()}"
-
-
-def take_lease(name: str, namespace: str, token: str, wait_seconds: float) -> tuple[Any | None, str]:
-    """Take the lease ``name`` for ``token`` when it is free: (its actor, ``describe_self()``);
-    (None, where its holder runs) when another router holds it. A lease whose holder just died
-    is waited for (Ray frees its name) up to ``wait_seconds``."""
-    cls = ray.remote(WriterLease)
-    me = describe_self()
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        actor = cls.options(name=name, namespace=namespace, get_if_exists=True, num_cpus=0, max_restarts=0,
-                            lifetime="non_detached").remote(token, me)
-        try:
-            held, where = ray.get(actor.holder.remote())
-        except RayActorError:   # its holder died: Ray is removing it
-            if time.monotonic() > deadline:
-                raise UnavailableError(f"the cluster's writer lease {name} stayed held by a dead router "
-                                       f"for {wait_seconds:g} s") from None
-            time.sleep(0.1)
-            continue
-        return (actor, me) if held == token else (None, where)
-
-
-def release_lease(actor: Any) -> None:
-    """Give the lease up (the writing router closes): another router may take it."""
-    ray.kill(actor, no_restart=True)
-
-
 def replica_numbers(group: "ShardGroup", probe_seconds: float = PROBE_SECONDS) -> dict[int, int]:
-    """The write number of each replica of ``group`` that answers within ``probe_seconds``."""
+    """The write number of each replica of ``group`` that answers within ``probe_seconds``.
+    A replica whose actor is dead for good is looked up again by its name (the writer starts
+    it again when it catches it up): answers come from the new one next time."""
     refs = {r: a.ping.remote() for r, a in enumerate(group.actors)}
     out: dict[int, int] = {}
     for r, ref in refs.items():
         try:
             out[r] = int(ray.get(ref, timeout=probe_seconds)[3])
-        except (GetTimeoutError, RayActorError, RayTaskError):   # down, or closed by the writer leaving
+        except ActorDiedError:
+            now = time.monotonic()
+            if group.revive is not None and now >= group.revive_after[r]:
+                group.revive_after[r] = now + PROBE_SECONDS
+                with contextlib.suppress(Exception):
+                    group.actors[r] = group.revive(r)
+        except (GetTimeoutError, RayActorError, RayTaskError):   # down, or closing
             continue
     return out
 
 
 class ReadRefresher:
-    """A daemon thread of a router: while it only reads, calls ``refresh`` every
-    ``READ_REFRESH_SECONDS`` (new replica numbers, a changed placement record)."""
+    """A daemon thread of a router: calls ``refresh`` every ``READ_REFRESH_SECONDS`` (new
+    replica numbers, a changed placement record); ``wait_round`` waits for a whole round."""
 
-    def __init__(self, reading: Callable[[], bool], refresh: Callable[[], None]) -> None:
-        self._reading, self._refresh = reading, refresh
+    def __init__(self, refresh: Callable[[], None]) -> None:
+        self._refresh = refresh
         self._stop = threading.Event()
+        self._rounds = threading.Condition()
+        self.started = self.finished = 0   # rounds begun, rounds ended
         self._thread = threading.Thread(target=self._run, name="vecdb-read-refresh", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+        with self._rounds:
+            self._rounds.notify_all()
+
+    def wait_round(self, timeout: float | None = None) -> bool:
+        """Wait until a round that began after this call has ended: every write other
+        routers had acknowledged before it is visible to this router's reads then. False
+        when ``timeout`` seconds passed first, or the refresher stopped."""
+        with self._rounds:
+            target = self.started + 1
+            return self._rounds.wait_for(lambda: self.finished >= target or self._stop.is_set(), timeout) \
+                and self.finished >= target
 
     def _run(self) -> None:
         while not self._stop.wait(READ_REFRESH_SECONDS):
-            if not self._reading():
-                continue
+            with self._rounds:
+                self.started += 1
             try:
                 self._refresh()
             except Exception:  # noqa: BLE001 - logged; the next round tries again
-                log.exception("refreshing a reading router's view of the cluster failed")
+                log.exception("refreshing a router's view of the cluster failed")
+            with self._rounds:
+                self.finished += 1
+                self._rounds.notify_all()
 
 
 class RouterMark:

@@ -7,14 +7,14 @@ same directory, so everything the replica committed is there again (recovery rep
 op log). Calls go through ``ShardReplica`` methods only; exceptions travel back as the
 vecdb exception classes the embedded database raised.
 
-Every write the router sends carries the shard's write number; the replica applies write
+Every write the writer sends carries the shard's write number; the replica applies write
 n only on top of write n - 1 and records n (the database mark ``applied``) in the same LMDB
 transaction as the write, so after a crash its number says exactly which state it holds.
 A replica that fell behind is made equal to a current one by ``copy_from``.
 
-Writes also carry the writing router's epoch (``fence``): a replica records the highest
-epoch it was given and refuses writes of a lower one, so a router that lost the writing
-to another (``vecdb.cluster.routers``) can never again change a replica the new one uses."""
+Writes also carry the writer's epoch (``fence``): a replica records the highest epoch it
+was given and refuses writes of a lower one, so a writer that was replaced
+(``vecdb.cluster.writer``) can never again change a replica the new one uses."""
 from __future__ import annotations
 
 import contextlib

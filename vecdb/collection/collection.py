@@ -59,7 +59,7 @@ import numpy as np
 from vecdb import calls
 from vecdb.api import (CollectionInfo, CollectionStats, GetResult, Payload, QueryResult, SearchRequest, check_tenant,
                        check_tenants)
-from vecdb.collection import oplog
+from vecdb.collection import blocks, oplog
 from vecdb.collection.apply import (MIN_STEP_ROWS, apply_delete, apply_upsert, deletion_ops, drain, hand_ops,
                                     next_step_rows)
 from vecdb.collection.checkpoint import Checkpoints
@@ -198,7 +198,7 @@ class Collection:
                 self._check_writable(tenant_names, tsets, [int(iids[i]) for i in old_rows], [uids[i] for i in old_rows])
             iid_keys = K.u64_many(iids)
             owner_keys = [K.u32(ts.number) + iid_keys[i] for ts in tsets for i in new_rows]
-            vec_vals = row_views(x)   # views of one buffer, no copy per row
+            vec_vals = row_views(x) if old_rows else []   # views of one buffer, no copy per row
             ops = [oplog.Op(oplog.POINTS, 0, iids)]
             if new_rows:
                 ops += [oplog.Op(oplog.GRANT, ts.number, iids[new_rows]) for ts in tsets]
@@ -209,45 +209,38 @@ class Collection:
             # putmulti, which lets zip reuse one pair. The id records go in key order (each
             # page touched once), appended when they all sort after the stored ones.
             id_keys_new, id_vals_new = _in_key_order(idkeys, iid_keys, None if not old_rows else new_rows)
+            # the new points' rows go into one block, their payloads into another (their
+            # internal ids are consecutive); a replaced point's row and payload (b"": none)
+            # into per-point records, which take precedence over its block rows
+            first = int(iids[new_rows[0]]) if new_rows else 0
+            block_key = blocks.block_key(first, len(new_rows)) if new_rows else b""
+            vec_block = None if not new_rows else blocks.encode(x if not old_rows else x[new_rows])
+            new_pays = pay_bytes if not old_rows else [pay_bytes[i] for i in new_rows]
+            pay_block = None if not new_rows or new_pays.count(None) == len(new_pays) else \
+                blocks.encode_payloads(new_pays)
             if not old_rows:
                 rev_keys, rev_vals = iid_keys, idkeys
                 vec_old: list[tuple[bytes, memoryview]] = []
-                vec_keys, vec_new = iid_keys, vec_vals
-                pay_drop: list[bytes] = []
                 pay_old: list[tuple[bytes, bytes]] = []
-                if payloads is None:
-                    pay_keys, pay_new = [], []
-                elif None in pay_bytes:
-                    pay_keys = [k for k, b in zip(iid_keys, pay_bytes) if b is not None]
-                    pay_new = [b for b in pay_bytes if b is not None]
-                else:
-                    pay_keys, pay_new = iid_keys, pay_bytes
             else:
                 rev_keys = [iid_keys[i] for i in new_rows]
                 rev_vals = [idkeys[i] for i in new_rows]
                 vec_old = [(iid_keys[i], vec_vals[i]) for i in old_rows]
-                vec_keys = rev_keys
-                vec_new = [vec_vals[i] for i in new_rows]
-                pay_drop = [iid_keys[i] for i in old_rows if pay_bytes[i] is None]
-                pay_old = [(iid_keys[i], pay_bytes[i]) for i in old_rows if pay_bytes[i] is not None]
-                pay_keys = [iid_keys[i] for i in new_rows if pay_bytes[i] is not None]
-                pay_new = [pay_bytes[i] for i in new_rows if pay_bytes[i] is not None]
+                pay_old = [(iid_keys[i], pay_bytes[i] or b"") for i in old_rows]
 
             def batch(txn: Any) -> None:
                 # New internal ids are larger than every stored key, so their records are
                 # appended (MDB_APPEND fills pages; sorted inserts would leave them half empty).
                 _put_sorted(txn.cursor(h["ids"]), id_keys_new, id_vals_new)
                 txn.cursor(h["rev"]).putmulti(zip(rev_keys, rev_vals), append=True)
-                vec_cur = txn.cursor(h["vec"])
                 if vec_old:
-                    vec_cur.putmulti(vec_old)
-                vec_cur.putmulti(zip(vec_keys, vec_new), append=True)
-                for key in pay_drop:
-                    txn.delete(key, db=h["pay"])
-                if pay_old or pay_new:
-                    pay_cur = txn.cursor(h["pay"])
-                    pay_cur.putmulti(pay_old)
-                    pay_cur.putmulti(zip(pay_keys, pay_new), append=True)
+                    txn.cursor(h["vec"]).putmulti(vec_old)
+                if pay_old:
+                    txn.cursor(h["pay"]).putmulti(pay_old)
+                for part, value in (("vblk", vec_block), ("pblk", pay_block)):
+                    if value is not None and not txn.put(block_key, value, db=h[part], append=True):
+                        raise InternalError(f"collection {self.name!r}: the {part} block of internal ids from "
+                                            f"{first} sorts before a stored one")
                 if owner_keys:
                     txn.cursor(h["mem"]).putmulti([(key, OWNER) for key in owner_keys])
                 txn.put(K.u64(seq), record, db=h["log"], append=True)
@@ -324,6 +317,8 @@ class Collection:
                         txn.delete(K.u32(number) + ik, db=h["mem"])
                 for key in revoke_keys:
                     txn.delete(key, db=h["mem"])
+                for part in ("vblk", "pblk"):   # blocks none of whose points is left
+                    blocks.drop_dead(txn, h[part], h["rev"], iids)
                 txn.put(K.u64(seq), record, db=h["log"], append=True)
                 txn.put(b"seq", K.u64(seq), db=h["ctr"])
                 for_index(txn)
@@ -491,7 +486,7 @@ class Collection:
         with self._rw.read():
             self._check()  # a drop may have completed since the check above
             members = None if name is None else self._tenant(name).members
-            with self._store.read() as txn:
+            with self._store.read(buffers=True) as txn:   # vector blocks read in place
                 iids = self._lookup(txn, idkeys, uids, visible=members)
                 vectors, payloads = self._points.points(txn, iids, uids)
         return GetResult(self._id_array(uids), vectors, payloads)

@@ -11,9 +11,9 @@ import numpy as np
 
 from vecdb.api import CollectionInfo, Payload
 from vecdb.collection.layout import OWNER, WRITE
-from vecdb.errors import DataLossError
+from vecdb.collection.points import read_payloads, read_vectors
 from vecdb.storage import keys as K
-from vecdb.storage.arrays import F32_LE, decode_json
+from vecdb.storage.arrays import decode_json
 from vecdb.storage.env import Store
 
 #: chooses, from the scanned points' id keys and owner tenants, which to read whole
@@ -49,7 +49,7 @@ def read_points(store: Store, handles: dict[str, Any], info: CollectionInfo, aft
     keys: list[bytes] = []
     iids: list[int] = []
     last = after
-    with store.read() as txn:
+    with store.read(buffers=True) as txn:   # vector blocks read in place
         cur = txn.cursor(h["rev"])
         found = cur.set_range(K.u64(after + 1)) if after >= 0 else cur.first()
         while found and len(iids) < limit:
@@ -75,16 +75,9 @@ def read_points(store: Store, handles: dict[str, Any], info: CollectionInfo, aft
                     grants[i][name] = bytes(level) == WRITE
         owned = [tuple(o) for o in owners]
         chosen = range(len(iids)) if select is None else [i for i, keep in enumerate(select(keys, owned)) if keep]
-        rows, payloads = [], []
-        for i in chosen:
-            raw = txn.get(K.u64(iids[i]), db=h["vec"])
-            if raw is None or len(raw) != 4 * info.dim:
-                raise DataLossError(f"collection {info.name!r}: point {uids[i]!r} has no whole stored vector")
-            rows.append(bytes(raw))
-            pay = txn.get(K.u64(iids[i]), db=h["pay"])
-            payloads.append(None if pay is None else decode_json(bytes(pay)))
-    vectors = (np.frombuffer(b"".join(rows), dtype=F32_LE).reshape(len(rows), info.dim).astype(np.float32)
-               if rows else np.zeros((0, info.dim), np.float32))
+        picked = np.array([iids[i] for i in chosen], np.int64)
+        vectors = read_vectors(txn, h, info, picked)
+        payloads = [None if raw is None else decode_json(raw) for raw in read_payloads(txn, h, picked)]
     return ExportedPoints([uids[i] for i in chosen], [keys[i] for i in chosen], [owned[i] for i in chosen],
                           [grants[i] for i in chosen], vectors, payloads, last, not found)
 

@@ -3,7 +3,14 @@
 Sub-databases of one collection, named ``c<cid as 8 hex>.<part>``::
 
     ids  user-id key -> u64 iid          rev  u64 iid -> user-id key
-    vec  u64 iid -> float32 LE row       pay  u64 iid -> JSON payload
+    vblk u64 last iid + u64 first iid -> a block: the float32 LE rows of one upsert's new
+         points (``blocks``)
+    vec  u64 iid -> float32 LE row (a replaced point's row, taking precedence over its block
+         row; every row of a collection written before blocks)
+    pblk u64 last iid + u64 first iid -> a block: the JSON payloads of one upsert's new
+         points (offsets + bytes; ``blocks``)
+    pay  u64 iid -> JSON payload (a replaced point's, b"" for none, taking precedence over
+         its block row; every payload of a collection written before blocks)
     ten  tenant name -> u32 tenant no.   mem  u32 tenant no. + u64 iid -> access level
     log  u64 seq -> op record (``oplog``) ctr  b"seq" / b"next_iid" / b"next_tenant" /
                                               b"index_gen" -> u64
@@ -22,7 +29,7 @@ from typing import Any
 
 from vecdb.storage.env import Store
 
-PARTS = ("ids", "rev", "vec", "pay", "ten", "mem", "log", "ctr")
+PARTS = ("ids", "rev", "vec", "vblk", "pay", "pblk", "ten", "mem", "log", "ctr")
 
 #: default of ``CollectionHost.max_pending`` (about 100 MB of staged rows at 128 dimensions)
 DEFAULT_MAX_PENDING = 200_000

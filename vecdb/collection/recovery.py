@@ -19,16 +19,17 @@ only, never into it. Building it writes a new generation (``spaces``).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from vecdb.api import CollectionInfo
+from vecdb.collection import blocks
 from vecdb.collection.checkpoint import Checkpoint, Checkpoints
 from vecdb.collection.layout import CollectionHost
 from vecdb.collection.memory import ExactScan, Memory
 from vecdb.collection.oplog import Replay, logged_since
-from vecdb.collection.points import StoredPoints
+from vecdb.collection.points import StoredPoints, read_payloads
 from vecdb.collection.spaces import IndexSpaces
 from vecdb.collection.tenants import Tenants
 from vecdb.collection.training import apply_membership, build_index, new_index, train_threshold
@@ -86,8 +87,8 @@ class Recovery:
             mem.reserve(ctr.get(b"next_iid", 0))
             if ckpt is None:
                 self._load_ids(mem, list(txn.cursor(h["rev"]).iternext()))
-                for key, val in txn.cursor(h["pay"]).iternext():
-                    _index_payload(mem, K.read_u64(key), decode_json(val), rejected)
+                for iid, raw in stored_payloads(txn, h, mem.live):
+                    _index_payload(mem, iid, decode_json(raw), rejected)
             else:
                 replay = logged_since(txn, h["log"], ckpt.seq)
                 self._replay_ids(txn, mem, ckpt, replay.touched, rejected)
@@ -134,7 +135,8 @@ class Recovery:
             idkey = txn.get(key, db=h["rev"])
             mem.live[iid] = idkey is not None
             mem.uid_of[iid] = (-1 if info.id_type == "int" else None) if idkey is None else K.decode_id_key(idkey)
-            pay = txn.get(key, db=h["pay"]) if idkey is not None else None
+        kept = touched[mem.live[touched]] if len(touched) else touched
+        for iid, pay in zip(kept.tolist(), read_payloads(txn, h, kept)):
             if pay is not None:
                 _index_payload(mem, iid, decode_json(pay), rejected)
 
@@ -238,6 +240,19 @@ class Recovery:
         else:
             mem.uid_of[iids] = [K.decode_id_key(v) for _, v in rev]
         mem.live[iids] = True
+
+
+def stored_payloads(txn: Any, handles: dict[str, Any], live: np.ndarray) -> Iterator[tuple[int, bytes]]:
+    """(internal id, JSON bytes) of every stored payload of a live point: the rows of the
+    payload blocks, unless a per-point ``pay`` record overrides them (b"": none)."""
+    single = {K.read_u64(key): bytes(val) for key, val in txn.cursor(handles["pay"]).iternext()}
+    for ids, raws in blocks.all_payloads(txn, handles["pblk"]):
+        for iid, raw in zip(ids.tolist(), raws):
+            if raw is not None and iid not in single and iid < len(live) and live[iid]:
+                yield iid, raw
+    for iid, raw in single.items():
+        if raw and iid < len(live) and live[iid]:
+            yield iid, raw
 
 
 def _index_payload(mem: Memory, iid: int, payload: Any, rejected: list[int]) -> None:

@@ -387,6 +387,30 @@ class BaseIndex(abc.ABC):
         """Remove ``ids`` from ``tenant``'s members (no-op unless tenant-aware)."""
         self._revoke(as_tenant(tenant), as_id_array(ids))
 
+    # ---- the index as arrays: what ``save`` writes, and how an index holds another ----
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(params, arrays): views of the live arrays, the slot -> id map (``slot_ids``)
+        included; ``from_state`` makes the index again from them."""
+        params, arrays = self._state()
+        return params, dict(arrays, slot_ids=self._ids.slot_ids)
+
+    @classmethod
+    def from_state(cls, dim: int, metric: Metric | str, params: dict[str, Any],
+                   arrays: dict[str, np.ndarray]) -> Any:
+        """The index ``state`` described (its arrays used as given, not copied); ValueError
+        when they do not fit together."""
+        index = cls._from_state(int(dim), Metric.parse(metric), dict(params), arrays)
+        slot_ids = np.array(arrays["slot_ids"], np.int64)
+        if slot_ids.ndim != 1 or (slot_ids < -1).any() or len(np.unique(slot_ids[slot_ids >= 0])) != int((slot_ids >= 0).sum()):
+            raise ValueError("slot_ids must be a 1-D array of distinct ids (-1 for free slots)")
+        index._ids = IdMap(slot_ids)
+        return index
+
+    def slots_of(self, ids: I64Vector) -> I64Vector:
+        """The slot of each stored id (-1 where absent): for an owner that reads the index's
+        rows by slot (see ``HNSW.stored_rows``)."""
+        return self._ids.lookup(np.asarray(ids, np.int64))
+
     # ---- persistence "self": state in LMDB sub-databases ------------------------------
     @property
     def space(self) -> "IndexSpace | None":
@@ -595,8 +619,7 @@ def save_index(index: BaseIndex, path: str | os.PathLike[str]) -> None:
     """Write ``index`` to directory ``path``; a crash mid-write leaves any old copy intact."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    params, arrays = index._state()
-    arrays = dict(arrays, slot_ids=index._ids.slot_ids)
+    params, arrays = index.state()
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": index.kind, "dim": index.dim,
             "metric": index.metric.value, "params": params, "arrays": sorted(arrays)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -642,11 +665,7 @@ def load_index(path: str | os.PathLike[str], *, mmap: bool = False) -> BaseIndex
     try:
         for name in meta["arrays"]:
             arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
-        index = cls._from_state(int(meta["dim"]), Metric.parse(meta["metric"]), dict(meta["params"]), arrays)
-        slot_ids = np.array(arrays["slot_ids"], np.int64)
-        if slot_ids.ndim != 1 or (slot_ids < -1).any() or len(np.unique(slot_ids[slot_ids >= 0])) != int((slot_ids >= 0).sum()):
-            raise ValueError("slot_ids must be a 1-D array of distinct ids (-1 for free slots)")
-        index._ids = IdMap(slot_ids)
+        index = cls.from_state(int(meta["dim"]), Metric.parse(meta["metric"]), dict(meta["params"]), arrays)
     except DataLossError:
         raise
     except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:

@@ -322,6 +322,17 @@ class HNSW(BaseIndex):
             graph_repair.reconnect(self._vecs, self._levels, self._adj0, self._ids.n_slots, self._entry,
                                    self._metric_code)
 
+    def repair(self) -> None:
+        """Reconnect nodes no search reaches (see ``_reconnect``): for an owner that changes
+        the graph in adds too small to run it themselves (SPANN's head graph after a split)."""
+        self._reconnect()
+
+    def stored_rows(self) -> tuple[np.ndarray, I64Vector, int]:
+        """(row of each slot, id of each slot (-1: free), kernel metric code the rows are
+        compared with): views of the live arrays, for an owner that scans them exactly."""
+        n = self._ids.n_slots
+        return self._vecs[:n], self._ids.slot_ids, self._metric_code
+
     def unreachable(self) -> int:
         """How many stored points no search can reach (no path from the entry point at the
         bottom layer); 0 in a healthy graph. A diagnostic: an O(n) walk of the graph."""

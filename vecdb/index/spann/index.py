@@ -43,11 +43,11 @@ from vecdb.index.spann import postings, state
 from vecdb.worker import Worker
 from vecdb.index.spann.clustering import centroids_of, split_until
 from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
-from vecdb.index.spann.kernels import check_scan_record, plan_reads, scan_postings, scan_postings_serial
+from vecdb.index.spann.kernels import check_scan_record, scan_postings, scan_postings_serial
 from vecdb.kernels.heaps import heap_sort
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
-from vecdb.index.spann.routing import EXACT_HEADS, nearest_heads
+from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, groups_bytes, plan_heads
 from vecdb.index.spann.updates import FANOUT, HeadState, Plan, Work, graph_from
 from vecdb.storage.env import Store
 from vecdb.storage.space import IndexSpace
@@ -107,7 +107,8 @@ class SPANNParams(SearchParams):
     """SPANN search knobs: ``max_postings`` (postings read per query at most, default 64),
     ``eps2`` (query-aware pruning: read posting i only while d(q, c_i) - d(q, c_1) <=
     eps2 * |d(q, c_1)|, squared L2 or -ip; None = ``DEFAULT_EPS2`` of the metric) and ``ef``
-    (beam of the head search; None = max(64, 2 * max_postings)); with SQ8 codes, ``rerank``
+    (past ``exact_heads``: the graph route's beam, or the heads the grouped route scans at
+    least; None = max(64, 2 * max_postings)); with SQ8 codes, ``rerank``
     (candidates per query ranked on codes and re-ranked with their float vectors read from
     LMDB; None = max(4 * k, 40))."""
 
@@ -169,8 +170,11 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         (more disk, higher recall per posting read); 1 suits lower dimensions.
     head_M, head_ef_construction : the HNSW over heads.
     exact_heads : up to this many heads, nearest heads are found by an exact scan of the
-        centroids instead of the HNSW (which on clustered data can miss the nearest heads:
-        see ``vecdb.index.spann.routing``); 0 = always the graph. Recorded with the index.
+        centroids; past it by ``head_route``. 0 = always ``head_route``. Recorded with the index.
+    head_route : "groups" (default): the heads of the nearest groups of heads scanned exactly
+        (a two-level scan; ~99 % of the exact route's heads at a few % of its distances on
+        clustered data), or "graph": the HNSW over the heads (which on clustered data misses
+        nearest heads: see ``vecdb.index.spann.routing``). Recorded with the index.
     min_train : points a collection gathers before training the index.
     seed : seeds the clustering and the head graph.
     codes : None (postings hold float32 vectors) or "sq8": postings hold SQ8 codes (a
@@ -195,7 +199,8 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
     def __init__(self, dim: int, metric: Metric | str = Metric.L2, path: Any = None, *, posting_limit: int = 256,
                  head_size: int = 48, replicas: int = DEFAULT_REPLICAS, eps1: float = 0.5, rng_factor: float = 1.0,
                  head_M: int = 16, head_ef_construction: int = 128, min_train: int = 512, seed: int = 0,
-                 codes: str | None = None, background: bool = True, exact_heads: int = EXACT_HEADS) -> None:
+                 codes: str | None = None, background: bool = True, exact_heads: int = EXACT_HEADS,
+                 head_route: str = "groups") -> None:
         super().__init__(dim, metric)
         self.posting_limit = as_positive_int(posting_limit, "posting_limit", minimum=4, maximum=1 << 20)
         self.head_size = as_positive_int(head_size, "head_size", maximum=self.posting_limit)
@@ -207,6 +212,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         self.min_train = as_positive_int(min_train, "min_train")
         self.seed = as_positive_int(seed, "seed", minimum=0)
         self.exact_heads = as_positive_int(exact_heads, "exact_heads", minimum=0, maximum=1 << 24)
+        if not isinstance(head_route, str) or head_route not in ROUTES:
+            raise InvalidArgumentError(f"head_route must be one of {ROUTES}, got {head_route!r}")
+        self.head_route = head_route
         if not isinstance(background, bool):
             raise InvalidArgumentError(f"background must be True or False, got {background!r}")
         self.background = background
@@ -508,6 +516,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         self.eps1 = float(params["eps1"])
         self.rng_factor = float(params["rng_factor"])
         self.exact_heads = int(params.get("exact_heads", EXACT_HEADS))   # stored before it: the default
+        self.head_route = params.get("head_route", "groups")
+        if self.head_route not in ROUTES:
+            raise ValueError(f"unknown head_route {self.head_route!r}")
         self.codes = params.get("codes")
         if self.codes is not None and self.codes not in CODES:
             raise ValueError(f"unknown codes {self.codes!r}")
@@ -552,9 +563,8 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
 
     def _arrays(self, graph: HNSW, count: np.ndarray) -> dict[str, np.ndarray]:
         """The resident arrays but the slot -> id map (written apart, by its changes)."""
-        _, arrays = graph._state()
+        _, arrays = graph.state()
         out = {f"g_{name}": arr for name, arr in arrays.items()}
-        out["g_slot_ids"] = graph._ids.slot_ids
         out["h_count"] = count
         out.update(self._code_arrays())
         return out
@@ -562,7 +572,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
     def _meta(self, graph: HNSW, described: dict[str, Any], dead: int) -> dict[str, Any]:
         """The meta record; ``dead``: removals not yet purged (a reopened index resumes the purge)."""
         return {"format": FORMAT, "version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric.value,
-                "params": self.params(), "graph": graph._state()[0], "arrays": described, "dead": int(dead)}
+                "params": self.params(), "graph": graph.state()[0], "arrays": described, "dead": int(dead)}
 
     def _write_plan(self, txn: Any, plan: Plan) -> None:
         """Write ``plan``'s postings, the changed chunks of the resident arrays and a new token."""
@@ -726,9 +736,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         graph = heads.graph
         nprobe = min(p.max_postings, len(graph))
         ef = p.ef if p.ef is not None else max(64, 2 * nprobe)
-        hid, hd = nearest_heads(graph, queries, nprobe, max(ef, nprobe), self.exact_heads)
         eps2 = DEFAULT_EPS2[self._route] if p.eps2 is None else p.eps2
-        return plan_reads(hid, hd, heads.count, np.float32(eps2), k)
+        return plan_heads(graph, queries, nprobe, max(ef, nprobe), self.exact_heads, self.head_route, heads.count,
+                          eps2, k)
 
     def _gather(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> Any:
         """The posting records the queries read (query-aware pruning), checked and laid end to
@@ -751,8 +761,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         live = self._ids.slot_ids
         use_allow = allow is not None
         for qi in range(len(queries)):
-            hd = np.full(k, np.inf, np.float32)
-            hs = np.full(k, -1, np.int64)
+            hd, hs = out_d[qi], out_s[qi]          # the caller's rows (+inf / -1): the heap itself
             for pos in qlist[qptr[qi] : qptr[qi + 1]].tolist():
                 raw = raws[pos]
                 if raw is None:
@@ -765,7 +774,6 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                 if problem:
                     raise DataLossError(postings.problem_message(int(wanted[pos]), int(problem)))
             heap_sort(hd, hs)
-            out_s[qi], out_d[qi] = hs, hd
         read = sum(len(raw) for raw in raws if raw is not None)
         return None, read, counts, qptr, qlist
 
@@ -811,7 +819,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         return {"posting_limit": self.posting_limit, "head_size": self.head_size, "replicas": self.replicas,
                 "eps1": self.eps1, "rng_factor": self.rng_factor, "head_M": self.head_M,
                 "head_ef_construction": self.head_ef_construction, "min_train": self.min_train, "seed": self.seed,
-                "codes": self.codes, "exact_heads": self.exact_heads}
+                "codes": self.codes, "exact_heads": self.exact_heads, "head_route": self.head_route}
 
     @property
     def n_heads(self) -> int:
@@ -828,7 +836,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         total = 0
         disk = self._disk
         if disk is not None:
-            total += disk.count.nbytes + disk.graph.memory_bytes()
+            total += disk.count.nbytes + disk.graph.memory_bytes() + groups_bytes(disk.graph)
         if not self._own:
             total += self._disk_ids.memory_bytes()
         for slots, vectors in (self._overlay or {}).values():
@@ -871,7 +879,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             vectors = np.where(lost[:, None], vectors, exact)     # tombstones keep their decoded codes
         arrays = self._arrays(disk.graph, disk.count)
         arrays.update(p_heads=live, p_offsets=offsets, p_slots=slots, p_vectors=vectors)
-        return dict(self.params(), graph=disk.graph._state()[0]), arrays
+        return dict(self.params(), graph=disk.graph.state()[0]), arrays
 
     @classmethod
     def _from_state(cls, dim: int, metric: Metric, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "SPANN":

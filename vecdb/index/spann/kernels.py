@@ -1,4 +1,5 @@
-"""Numba kernels of SPANN: the replica choice (closure + RNG rule) and the posting scan."""
+"""Numba kernels of SPANN: the replica choice (closure + RNG rule), the grouped nearest-head
+search and the posting scan."""
 from __future__ import annotations
 
 import numba
@@ -50,6 +51,65 @@ def select_replicas(x, cand, cand_d, rows, centroids, eps, limit, rng_factor, ou
                 m += 1
                 if m == limit:
                     break
+
+
+@kernel
+def route_query(q, rows, centroids, offsets, members, metric, min_groups, min_heads, hd, hs):
+    """Nearest heads of one query by groups (``vecdb.index.spann.routing``): the group
+    centroids are ranked, then the heads of the nearest groups are scanned exactly, group by
+    group, until at least ``min_groups`` groups and ``min_heads`` heads were scanned. Group g
+    holds the head slots ``members[offsets[g]:offsets[g+1]]`` (rows of ``rows``; a head may
+    be in several groups, it enters the heap once). Fills the top-k heap ``hd``/``hs``
+    (sorted on return). ``metric`` 0: squared L2, else -<q, x>."""
+    n_groups = centroids.shape[0]
+    gd = np.empty(n_groups, np.float32)
+    for g in range(n_groups):
+        gd[g] = l2_sq(q, centroids[g]) if metric == 0 else -dot(q, centroids[g])
+    order = np.argsort(gd)
+    scanned = 0
+    for t in range(n_groups):
+        if t >= min_groups and scanned >= min_heads:
+            break
+        g = order[t]
+        for r in range(offsets[g], offsets[g + 1]):
+            s = members[r]
+            d = l2_sq(q, rows[s]) if metric == 0 else -dot(q, rows[s])
+            offer_unique(hd, hs, d, s)           # a head may be a member of several groups
+        scanned += offsets[g + 1] - offsets[g]
+    heap_sort(hd, hs)
+
+
+@kernel
+def route_groups_serial(queries, rows, centroids, offsets, members, metric, min_groups, min_heads, out_s, out_d):
+    """``route_query`` for every query on the calling thread (a few queries), into rows of
+    ``out_s``/``out_d`` (filled with -1 / +inf by the caller)."""
+    for qi in range(queries.shape[0]):
+        route_query(queries[qi], rows, centroids, offsets, members, metric, min_groups, min_heads,
+                    out_d[qi], out_s[qi])
+
+
+@kernel(parallel=True)
+def route_groups(queries, rows, centroids, offsets, members, metric, min_groups, min_heads, out_s, out_d):
+    """``route_groups_serial`` in parallel over the queries (insert batches, query batches)."""
+    for qi in numba.prange(queries.shape[0]):
+        route_query(queries[qi], rows, centroids, offsets, members, metric, min_groups, min_heads,
+                    out_d[qi], out_s[qi])
+
+
+@kernel
+def route_plan(queries, rows, slot_ids, centroids, offsets, members, metric, min_groups, min_heads, n_heads,
+               count, eps2, k):
+    """``route_groups_serial`` for the ``n_heads`` nearest heads (slots mapped to head ids by
+    ``slot_ids``), then ``plan_reads`` on them: a few queries' postings to read in one call."""
+    nq = queries.shape[0]
+    hs = np.full((nq, n_heads), -1, np.int64)
+    hd = np.full((nq, n_heads), np.inf, np.float32)
+    for qi in range(nq):
+        route_query(queries[qi], rows, centroids, offsets, members, metric, min_groups, min_heads, hd[qi], hs[qi])
+        for j in range(n_heads):
+            if hs[qi, j] >= 0:
+                hs[qi, j] = slot_ids[hs[qi, j]]
+    return plan_reads(hs, hd, count, eps2, k)
 
 
 @kernel(inline=True)

@@ -9,17 +9,44 @@ postings then cap recall whatever ``max_postings`` is. Up to ``exact_heads`` hea
 is an exact scan of the centroids (a graph search with ef = 64 computes about as many
 distances), past it the HNSW over the heads, which has the same weakness: on that mixture
 (500k rows, grouped by component) handing over to the graph at 2,048 heads left recall at
-0.37, against 0.98 exact. Size ``exact_heads`` to the heads the data will grow to there.
+0.37, against 0.98 exact.
+
+Past ``exact_heads`` the default route is therefore not the graph but a two-level exact
+scan ("groups"): the heads are grouped by balanced k-means into about sqrt(n / MIN_GROUPS)
+groups, each group also holding the nearest heads of its members (a cluster cut by the
+balanced grouping is still found whole); a search ranks the group centroids and scans the
+heads of the nearest groups exactly (at least ``MIN_GROUPS`` groups and ``ef`` heads). On
+the 5M benchmark's 12,356 heads it returns the exact route's six nearest heads for all 200
+queries with ~510 distances instead of 12,356 (the graph at ef 64: first head right for
+0.945, 0.92 of the six). The graph route also degrades as splits re-centre heads
+(a head carried into another cluster keeps links only from the old one): on a reduced
+rebuild of the 5M set with the graph route, 1,327 splits left the graph finding 0.68 of
+those heads at ef 64 (0.95 on the 5M run's trained heads before any split): recall@10
+0.59-0.67 against 0.83-0.96 exact; groups on that same index: 0.98. Groups follow the
+heads: new heads (splits) and moved ones join their nearest group; past twice the heads
+they were made for, they are made again.
 """
 from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from vecdb.index.hnsw import HNSW
+from vecdb.index.spann.clustering import centroids_of, split_until, sq_dists
+from vecdb.index.spann.kernels import plan_reads, route_groups, route_groups_serial, route_plan
 from vecdb.kernels import topk
 
 #: default ``exact_heads``: heads up to which nearest-head search is an exact scan
 EXACT_HEADS = 4096
+#: routes past ``exact_heads``: groups of heads scanned exactly, or the HNSW over the heads
+ROUTES = ("groups", "graph")
+#: groups a grouped route scans at least (the nearest heads of a query may sit in a few)
+MIN_GROUPS = 4
+#: groups are made again once the heads grew past this factor of those they were made for
+REGROUP_GROWTH = 2.0
 #: queries from which the exact scan runs in parallel over queries
 PARALLEL_QUERIES = 16
 #: rows from which the exact scan is matrix products (inserts come in batches)
@@ -28,21 +55,28 @@ BLAS_ROWS = 256
 BLOCK_CELLS = 1 << 24
 
 
-def nearest_heads(graph: HNSW, x: np.ndarray, k: int, ef: int, exact_heads: int) -> tuple[np.ndarray, np.ndarray]:
+def nearest_heads(graph: HNSW, x: np.ndarray, k: int, ef: int, exact_heads: int,
+                  route: str = "groups") -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest heads of each row of ``x`` (C-contiguous float32): (ids (n, k) int64,
     routing distances (n, k) float32, squared L2 or -ip), sorted, -1 / +inf padded. An exact
-    scan when the graph holds at most ``exact_heads`` heads, else an HNSW search with beam ``ef``."""
+    scan when the graph holds at most ``exact_heads`` heads; past it, by ``route``: the heads
+    of the nearest groups scanned exactly (at least ``MIN_GROUPS`` groups and ``ef`` heads),
+    or an HNSW search with beam ``ef``."""
     n_heads = len(graph)
     if n_heads == 0:
         return np.full((len(x), k), -1, np.int64), np.full((len(x), k), np.inf, np.float32)
-    if n_heads > exact_heads:
+    rows, slot_ids, metric = graph.stored_rows()
+    if n_heads > exact_heads and (route == "graph" or n_heads < len(slot_ids)):
         found = graph.search_trusted(x, k, None, None, graph.resolve_params({"ef": max(ef, k)}))
         return found.ids, found.distances
-    slot_ids = graph._ids.slot_ids
-    rows = graph._vecs[: len(slot_ids)]
-    metric = graph._metric_code
     if n_heads < len(slot_ids):             # freed graph slots (SPANN frees none; a guard)
         slots, dists = topk.scan_subset(x, rows, np.flatnonzero(slot_ids >= 0).astype(np.int64), metric, k)
+    elif n_heads > exact_heads:
+        groups = groups_of(graph)
+        slots = np.full((len(x), k), -1, np.int64)
+        dists = np.full((len(x), k), np.inf, np.float32)
+        kernel = route_groups_serial if len(x) < PARALLEL_QUERIES else route_groups
+        kernel(x, rows, groups.centroids, groups.offsets, groups.members, metric, MIN_GROUPS, max(ef, k), slots, dists)
     elif len(x) >= BLAS_ROWS:
         slots, dists = _blocked(x, rows, metric == 0, k)
     elif len(x) < PARALLEL_QUERIES:
@@ -51,6 +85,20 @@ def nearest_heads(graph: HNSW, x: np.ndarray, k: int, ef: int, exact_heads: int)
         slots, dists = topk.scan_topk_chunked(x, rows, metric, k, 1)
     ids = np.where(slots >= 0, slot_ids[np.maximum(slots, 0)], -1).astype(np.int64, copy=False)
     return ids, dists
+
+
+def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: int, route: str, count: np.ndarray,
+               eps2: float, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The postings queries ``x`` read: their ``n_heads`` nearest heads (``nearest_heads``),
+    pruned by ``plan_reads`` (eps2, ``count`` entries per head, ``k``): (wanted, qptr, qlist).
+    A few queries on the grouped route do both in one kernel call (the one-query path)."""
+    rows, slot_ids, metric = graph.stored_rows()
+    if (route == "groups" and len(x) < PARALLEL_QUERIES and exact_heads < len(graph) == len(slot_ids)):
+        groups = groups_of(graph)
+        return route_plan(x, rows, slot_ids, groups.centroids, groups.offsets, groups.members,
+                          metric, MIN_GROUPS, max(ef, n_heads), n_heads, count, np.float32(eps2), k)
+    hid, hd = nearest_heads(graph, x, n_heads, ef, exact_heads, route)
+    return plan_reads(hid, hd, count, np.float32(eps2), k)
 
 
 def _blocked(x: np.ndarray, rows: np.ndarray, l2: bool, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,3 +122,107 @@ def _blocked(x: np.ndarray, rows: np.ndarray, l2: bool, k: int) -> tuple[np.ndar
             np.negative(d, out=d)
         slots[lo : lo + len(xb)], dists[lo : lo + len(xb)] = topk.topk_rows(d, k)
     return slots, dists
+
+
+@dataclass(frozen=True)
+class HeadGroups:
+    """The heads (graph slots) grouped for the grouped route: group g holds the slots
+    ``members[offsets[g]:offsets[g+1]]`` around ``centroids[g]``: the heads clustered into it
+    and the ``NEIGHBOURS`` nearest heads of each of those (so a group scanned also holds the
+    near side of its boundary: a component cut by the balanced clustering is found whole).
+    ``label``: each slot's own group; ``made_for``: the heads the groups were clustered
+    from; ``moved``: slots whose vectors changed since (regrouped on next use)."""
+
+    centroids: np.ndarray
+    offsets: np.ndarray
+    members: np.ndarray
+    label: np.ndarray
+    made_for: int
+    moved: set[int] = field(default_factory=set, compare=False)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.centroids.nbytes + self.offsets.nbytes + self.members.nbytes + self.label.nbytes)
+
+
+#: the groups of each head graph in use (a plan's copy of a graph inherits them: ``inherit``)
+_GROUPS: "weakref.WeakKeyDictionary[HNSW, HeadGroups]" = weakref.WeakKeyDictionary()
+#: a head is also a member of the groups of its this many nearest heads
+NEIGHBOURS = 3
+
+
+def groups_of(graph: HNSW) -> HeadGroups:
+    """The groups of ``graph``'s heads (all slots live), made or brought up to date: new
+    slots and moved ones join their nearest group and those of their nearest heads; past
+    ``REGROUP_GROWTH`` times the heads the groups were made for, they are clustered again.
+    Never changes a HeadGroups a search may be reading: an update is a new object."""
+    rows = graph.stored_rows()[0]
+    n = len(rows)
+    got = _GROUPS.get(graph)
+    if got is not None and len(got.label) == n and not got.moved:
+        return got
+    if got is None or n > REGROUP_GROWTH * got.made_for:
+        target = max(1, round(math.sqrt(n / MIN_GROUPS)))
+        clusters = split_until(rows, target, np.random.default_rng(graph.seed))
+        label = np.empty(n, np.int64)
+        for g, members in enumerate(clusters):
+            label[members] = g
+        centroids = np.ascontiguousarray(centroids_of(rows, clusters), np.float32)
+        own = _csr(label, np.arange(n, dtype=np.int64), len(centroids))
+        fresh, kept_g, kept_h, made_for = np.arange(n, dtype=np.int64), _EMPTY, _EMPTY, n
+    else:
+        centroids, made_for = got.centroids, got.made_for
+        label = np.concatenate([got.label, np.zeros(n - len(got.label), np.int64)])
+        fresh = np.union1d(np.arange(len(got.label), n), np.fromiter(got.moved, np.int64, len(got.moved)))
+        label[fresh] = sq_dists(rows[fresh], centroids).argmin(1)
+        kept_g = np.repeat(np.arange(len(centroids), dtype=np.int64), np.diff(got.offsets))
+        kept_h = got.members
+        keep = ~np.isin(kept_h, fresh)
+        kept_g, kept_h = kept_g[keep], kept_h[keep]
+        own = _csr(np.concatenate([kept_g, label[fresh]]), np.concatenate([kept_h, fresh]), len(centroids))
+    # the nearest heads of the fresh ones, by the grouped route over their own groups
+    near = np.full((len(fresh), NEIGHBOURS + 1), -1, np.int64)
+    near_d = np.full((len(fresh), NEIGHBOURS + 1), np.inf, np.float32)
+    x = np.ascontiguousarray(rows[fresh])
+    kernel = route_groups_serial if len(fresh) < PARALLEL_QUERIES else route_groups
+    kernel(x, rows, centroids, own[0], own[1], 0, MIN_GROUPS, 0, near, near_d)
+    near_g = np.where(near >= 0, label[np.maximum(near, 0)], -1)
+    pair_g = np.concatenate([kept_g, label[fresh], near_g.ravel()])
+    pair_h = np.concatenate([kept_h, fresh, np.repeat(fresh, near.shape[1])])
+    ok = pair_g >= 0
+    offsets, members = _csr(pair_g[ok], pair_h[ok], len(centroids))
+    out = HeadGroups(centroids, offsets, members, label, made_for)
+    _GROUPS[graph] = out
+    return out
+
+
+_EMPTY = np.zeros(0, np.int64)
+
+
+def _csr(groups: np.ndarray, heads: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, members) of the distinct (group, head) pairs, by group then head."""
+    n = int(heads.max()) + 1 if len(heads) else 1
+    code = np.unique(groups * n + heads)
+    members = code % n
+    offsets = np.searchsorted(code // n, np.arange(n_groups + 1)).astype(np.int64)
+    return offsets, members.astype(np.int64)
+
+
+def moved(graph: HNSW, slot: int) -> None:
+    """Head ``slot`` of ``graph`` moved (a split re-centred it): it rejoins its nearest group."""
+    got = _GROUPS.get(graph)
+    if got is not None:
+        got.moved.add(int(slot))
+
+
+def inherit(copy: HNSW, graph: HNSW) -> None:
+    """``copy`` (a plan's copy of ``graph``) starts from ``graph``'s groups."""
+    got = _GROUPS.get(graph)
+    if got is not None:
+        _GROUPS[copy] = HeadGroups(got.centroids, got.offsets, got.members, got.label, got.made_for, set(got.moved))
+
+
+def groups_bytes(graph: HNSW) -> int:
+    """Resident bytes of ``graph``'s groups (0 while it has none)."""
+    got = _GROUPS.get(graph)
+    return 0 if got is None else got.nbytes

@@ -104,3 +104,27 @@ def test_removals_keep_the_clustered_graph_searchable(tmp_path) -> None:
     a, b = index.search(queries, 10, ef=64), loaded.search(queries, 10, ef=64)
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.distances, b.distances)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_graph_grown_in_small_steps_stays_reachable(seed: int) -> None:
+    """A collection's indexer adds bounded steps, each far below 1/REPAIR_BATCH_SHARE of a
+    large graph: the repair runs once the steps add up to that share, so at most the nodes
+    of the steps since the last repair can be unreachable (measured 4 / 6 of ~1,090; before:
+    the repair never ran past n = 64 x the step size, 21 / 28 here, and a 1M collection built
+    by its indexer missed ~3 % of its own points at ef 64)."""
+    from vecdb.index.hnsw import REPAIR_BATCH_SHARE
+
+    heads, queries = merged_centroids(seed)
+    truth = nearest(heads, queries, np.arange(len(heads)))
+    with threads(1):
+        index = HNSW(DIM, "l2", M=16, ef_construction=200, seed=0)
+        first = len(heads) // 8
+        index.add(heads[:first], np.arange(first))
+        for start in range(first, len(heads), 4):          # steps of 4 << n / 64
+            stop = min(start + 4, len(heads))
+            index.add(heads[start:stop], np.arange(start, stop))
+    assert index.unreachable() <= len(heads) // REPAIR_BATCH_SHARE
+    index.repair()
+    assert index.unreachable() == 0
+    assert first_hit(index, queries, truth, len(heads)) == 1.0

@@ -37,8 +37,9 @@ _NO_MASK = np.zeros(1, np.uint8)
 _NO_IDS = np.empty(0, np.int64)   # slot -> id map passed to kernels under the identity layout
 #: kernel distance + this = 1 - cos; a Python float: a numpy scalar argument takes Numba's slow typing path
 _COSINE_SHIFT = 1.0
-#: an added batch of at least 1/REPAIR_BATCH_SHARE of the graph is followed by the
-#: reachability repair (its O(n) pass then costs a few % of the batch's insertion).
+#: once the nodes linked since the last reachability repair reach 1/REPAIR_BATCH_SHARE of the
+#: graph, the repair runs (its O(n) pass then costs a few % of their insertion), whether they
+#: came in one batch or in many small ones (a collection's indexer adds bounded steps).
 REPAIR_BATCH_SHARE = 64
 #: filtered search scans the allowed set exactly when that costs fewer distance computations
 #: than a filtered traversal is expected to need (about ef * 2M * FILTER_COST / selectivity).
@@ -152,6 +153,7 @@ class HNSW(BaseIndex):
         self._entry = -1
         self._max_level = -1
         self._pool: list[tuple[np.ndarray, np.ndarray]] = []
+        self._unrepaired = 0   # nodes linked since the last reachability repair
 
     # ---- capacity -------------------------------------------------------------------
     @property
@@ -308,7 +310,8 @@ class HNSW(BaseIndex):
         # entry first: a search reading the two in between starts at a node with that many levels
         self._entry, self._max_level = int(state[0]), int(state[1])
         self._give_back(scratch)
-        if len(slots) * REPAIR_BATCH_SHARE >= self._ids.n_slots:
+        self._unrepaired += len(slots)
+        if self._unrepaired * REPAIR_BATCH_SHARE >= self._ids.n_slots:
             self._reconnect()
 
     def _reconnect(self) -> None:
@@ -318,6 +321,7 @@ class HNSW(BaseIndex):
         Safe while searches run (each write puts one valid node in one list entry). Not for
         inner product: there a low-norm point is nobody's neighbour by design, and links to it
         taken from the hubs that carry the search cost recall."""
+        self._unrepaired = 0
         if self._entry >= 0 and self.metric is not Metric.IP:
             graph_repair.reconnect(self._vecs, self._levels, self._adj0, self._ids.n_slots, self._entry,
                                    self._metric_code)

@@ -6,6 +6,7 @@ by default, an exact scan of the heads of the nearest groups of heads."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -91,10 +92,7 @@ def test_exact_heads_is_checked_and_recorded(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgumentError):
             SPANN(8, "l2", exact_heads=bad)
     x = mixture(600, 3, dim=8, components=20)
-    index = SPANN(8, "l2", tmp_path / "s", exact_heads=7, posting_limit=16, head_size=8)
-    index.train(x)
-    index.add(x)
-    before = index.search(x[:20], 5)
+    index, before = built(tmp_path / "s", x, exact_heads=7, posting_limit=16, head_size=8)
     index.close()
     again = SPANN(8, "l2", tmp_path / "s")                    # parameters come from the store
     try:
@@ -102,6 +100,14 @@ def test_exact_heads_is_checked_and_recorded(tmp_path: Path) -> None:
         np.testing.assert_array_equal(again.search(x[:20], 5).ids, before.ids)
     finally:
         again.close()
+
+
+def built(path: Path, x: np.ndarray, **params: Any) -> tuple[SPANN, Any]:
+    """A SPANN at ``path`` trained on and holding ``x``, and its answers to ``x[:20]`` (k 5)."""
+    index = SPANN(x.shape[1], "l2", path, **params)
+    index.train(x)
+    index.add(x)
+    return index, index.search(x[:20], 5)
 
 
 def heads_of_a_mixture(components: int, per: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,10 +197,7 @@ def test_head_route_is_checked_and_recorded_and_groups_count_as_resident(tmp_pat
         with pytest.raises(InvalidArgumentError):
             SPANN(8, "l2", head_route=bad)
     x = mixture(3000, 3, dim=16, components=60)
-    index = SPANN(16, "l2", tmp_path / "s", exact_heads=0, posting_limit=32, head_size=8)
-    index.train(x)
-    index.add(x)
-    before = index.search(x[:20], 5)
+    index, before = built(tmp_path / "s", x, exact_heads=0, posting_limit=32, head_size=8)
     graph = index._disk.graph
     grouped = routing.groups_bytes(graph)
     assert grouped > 0 and index.memory_bytes() >= index._disk.count.nbytes + graph.memory_bytes() + grouped

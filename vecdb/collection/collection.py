@@ -805,7 +805,7 @@ class Collection:
         drained the staged rows, so memory equals the store and does not change meanwhile)."""
         mem = self._mem
         live = np.flatnonzero(mem.live).astype(np.int64)
-        vectors = self._points.vectors(live, mem.n_live)
+        vectors = self._points.vectors(live)
         # a requested build stops at its caller's deadline or cancellation (a Train RPC); others run to the end
         check = calls.check if reason == "requested" else None
         if self._own:  # written whole into a new generation; the old index serves from its own meanwhile

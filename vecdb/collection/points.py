@@ -97,9 +97,8 @@ class StoredPoints:
         self._h = handles
         self._info = info
 
-    def vectors(self, iids: np.ndarray, n_live: int) -> np.ndarray:
-        """Stored float32 rows of ``iids`` (n, dim), read in one transaction (``n_live``:
-        the collection's point count, kept for callers; blocks make a scan unnecessary)."""
+    def vectors(self, iids: np.ndarray) -> np.ndarray:
+        """Stored float32 rows of ``iids`` (n, dim), read in one transaction."""
         with self._store.read(buffers=True) as txn:
             return read_vectors(txn, self._h, self._info, iids)
 

@@ -150,7 +150,7 @@ class Recovery:
         try:
             touched = replay.touched
             keep = touched[mem.live[touched]] if len(touched) else touched
-            vectors = self._points.vectors(keep, mem.n_live) if len(keep) else None
+            vectors = self._points.vectors(keep) if len(keep) else None
             if staged and not index.tenant_aware:
                 stale = touched[np.isin(touched, index.ids)] if len(touched) else touched
                 mem.staging.stage(vectors if vectors is not None else np.zeros((0, info.dim), np.float32), keep,
@@ -211,7 +211,7 @@ class Recovery:
         mem.train_at = train_threshold(configured)
         if mem.train_at is None or mem.n_live >= mem.train_at:
             try:
-                vectors = self._points.vectors(live, mem.n_live)
+                vectors = self._points.vectors(live)
                 if not own:
                     return build_index(info, vectors, live, mem.tenants)
                 index = spaces.build(lambda space: build_index(info, vectors, live, mem.tenants, space))
@@ -228,7 +228,7 @@ class Recovery:
             spaces.retire()
         stand_in = ExactScan(info.dim, info.metric, configured)
         if len(live):
-            stand_in.add(self._points.vectors(live, mem.n_live), live)
+            stand_in.add(self._points.vectors(live), live)
         return stand_in
 
     @staticmethod

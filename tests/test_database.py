@@ -518,3 +518,25 @@ def test_export_reads_every_point_whole_in_bounded_steps(tmp_path: Path) -> None
         assert col.stored_keys([K.str_id_key("p1"), K.str_id_key("p3")]) == [True, False]
         with pytest.raises(InvalidArgumentError):
             col.export(-1, 0)
+
+
+def test_a_search_of_many_rows_runs_in_steps_with_the_same_answers(db: Any) -> None:
+    """More query rows than ``SEARCH_STEP_ROWS`` run in steps (a writer waits for one step,
+    not the batch): ids, distances and payloads equal a brute-force oracle for every row,
+    including the rows at the step boundaries, with a filter and with a tenant."""
+    from vecdb.collection.collection import SEARCH_STEP_ROWS
+
+    col, ids, x = filled(db, n=120, metric="l2")
+    col.create_tenant("t")
+    col.grant("t", ids[::3])
+    nq = 2 * SEARCH_STEP_ROWS + 37
+    q = np.random.default_rng(5).standard_normal((nq, DIM)).astype(np.float32)
+    d2 = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    for kwargs, keep in (({}, np.arange(120)), ({"filter": {"lang": "en"}}, np.arange(1, 120, 2)),
+                         ({"tenant": "t"}, np.arange(0, 120, 3))):
+        res = col.search(q, k=5, with_payloads=True, **kwargs)
+        want = keep[np.argsort(d2[:, keep], axis=1, kind="stable")[:, :5]]
+        assert res.ids.shape == (nq, 5)
+        np.testing.assert_array_equal(res.ids, want)
+        np.testing.assert_allclose(res.distances, np.take_along_axis(d2, want, 1), rtol=1e-4, atol=1e-4)
+        assert [[p["i"] for p in row] for row in res.payloads] == want.tolist()

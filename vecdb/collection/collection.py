@@ -101,6 +101,9 @@ CHECKPOINT_BACKLOG = 10_000
 #: indexer's either way; only the burst absorbed meanwhile is smaller.
 SERVING_PENDING = 2048
 SERVING_SECONDS = 1.0
+#: a search of more query rows runs in steps of this many, each under its own read lock, so a
+#: writer waits for one step (tens of ms for a flat scan), never for a whole 10k-row batch
+SEARCH_STEP_ROWS = 1024
 
 
 class Collection:
@@ -505,6 +508,19 @@ class Collection:
         checked again but the knobs, resolved once by the serving index)."""
         self._check()
         self._last_search = time.monotonic()   # writers keep the staged scan short meanwhile (_pending_limit)
+        nq = len(req.queries)
+        if nq <= SEARCH_STEP_ROWS:
+            iids, ids, distances = self._search_step(req)
+        else:   # a writer waits for one step at most, not for the whole batch
+            parts = [self._search_step(req._replace(queries=req.queries[start:start + SEARCH_STEP_ROWS]))
+                     for start in range(0, nq, SEARCH_STEP_ROWS)]
+            iids, ids, distances = (np.concatenate(part) for part in zip(*parts))
+        payloads = self._points.hit_payloads(iids) if req.with_payloads else None
+        return QueryResult(ids, distances, payloads)
+
+    def _search_step(self, req: SearchRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(internal ids, ids, distances) of one step of a search, under the read lock: each
+        step sees every write acknowledged before the search started."""
         with self._rw.read():
             self._check()
             mem = self._mem
@@ -512,9 +528,7 @@ class Collection:
             tenants = None if names is None else [self._tenant(names)] if isinstance(names, str) else \
                 [self._tenant(name) for name in names]
             res = run_search(mem, req, tenants)
-            ids = self._translate(res.ids)
-        payloads = self._points.hit_payloads(res.ids) if req.with_payloads else None
-        return QueryResult(ids, res.distances, payloads)
+            return res.ids, self._translate(res.ids), res.distances
 
     def export(self, after: int = -1, limit: int = 4096, select: Select | None = None) -> ExportedPoints:
         """The committed points after scan position ``after`` (-1: from the start), at most

@@ -100,7 +100,7 @@ def test_killed_replicas_lose_no_acknowledged_write(cluster: ClusterDatabase) ->
     for t in threads:
         t.start()
     first.wait()
-    groups = {g.shard: g for g in cluster._groups_now()}
+    groups = {g.shard: g for g in cluster._shards.groups_now()}
     ray.kill(groups[0].actors[0], no_restart=False)     # a replica of shard 0, Ray restarts it
     second.wait()
     ray.kill(groups[1].actors[1], no_restart=False)     # and the other replica of shard 1
@@ -138,7 +138,7 @@ def replicas_agree(db: ClusterDatabase, name: str) -> dict[int, Any]:
     """Every replica of every shard at its shard's write number, holding exactly the same
     points (vectors, payloads, owner tenants, grants); the points found, by id."""
     found: dict[int, Any] = {}
-    for group in db._groups_now():
+    for group in db._shards.groups_now():
         numbers = {ray.get(a.ping.remote())[3] for a in group.actors}
         assert numbers == {group.seq}, (group.shard, numbers, group.seq)
         views = []
@@ -182,7 +182,7 @@ def test_a_replica_down_past_the_write_wait_catches_up(cluster: ClusterDatabase,
         both(lambda c: c.create_tenant("t"))
         both(lambda c: c.upsert(list(live), X[list(live)], list(live.values())))
         both(lambda c: c.grant("t", list(range(0, 200, 4))))
-        group = {g.shard: g for g in cluster._groups_now()}[0]
+        group = {g.shard: g for g in cluster._shards.groups_now()}[0]
         ray.kill(group.actors[1], no_restart=True)
         fd = os.open(cluster.root / "shard-0" / "replica-1" / "LOCK", os.O_RDWR)
         try:
@@ -227,7 +227,7 @@ def test_a_replica_that_refuses_what_the_others_commit_is_copied(cluster: Cluste
     coll = cluster.create_collection("disagree", DIM, metric="l2", index="flat")
     ids = list(range(40))
     coll.upsert(ids, X[ids])
-    group = cluster._catalog_group()
+    group = cluster._shards.catalog_group()
     ray.get(group.actors[1].call.remote("disagree", "create_tenant", ("x",)))   # not a numbered write
     coll.create_tenant("x")                 # replica 0 commits it, replica 1 refuses: no InternalError
     caught_up(group)
@@ -257,7 +257,7 @@ def test_the_writer_killed_between_replica_commits_leaves_replicas_that_converge
     assert len(acked) == 50
     db = connect(root=str(root))
     try:
-        group = db._catalog_group()
+        group = db._shards.catalog_group()
         assert not group.lagging()
         coll = db.get_collection("crash")
         found = replicas_agree(db, "crash")
@@ -368,13 +368,13 @@ def test_rebalance_from_2_to_3_shards_during_searches(local_ray: None, tmp_path:
         every = list(static) + acked
         assert coll.count() == len(every)                  # no point on two shards
         for shard, ids in owned_by(db, every).items():     # each on the shard the new ring names
-            group = {g.shard: g for g in db._groups_now()}[shard]
+            group = {g.shard: g for g in db._shards.groups_now()}[shard]
             assert group.read("call", "rb", "count").result() == len(ids)
         np.testing.assert_array_equal(coll.get(acked).ids, acked)
         assert coll.count(tenant="t") == 200
         np.testing.assert_array_equal(coll.search(Q, k=10, filter={"static": True}).ids, truth)
         ring = db.placement.ring()
-        groups = {g.shard: g for g in db._groups_now()}
+        groups = {g.shard: g for g in db._shards.groups_now()}
         for i in range(6):   # each tenant's points moved together, to its home under the new ring
             home = ring.owner(P.tenant_key(f"t{i}"))
             assert mt.search_shards(f"t{i}") == [home]
@@ -428,7 +428,7 @@ def test_a_multi_tenant_collection_keeps_each_tenant_on_one_shard(cluster: Clust
         coll.create_tenant(t)
         ids = list(range(100 * i, 100 * i + 50))
         coll.upsert(ids, X[ids], tenant=t)
-    groups = {g.shard: g for g in cluster._groups_now()}
+    groups = {g.shard: g for g in cluster._shards.groups_now()}
     for i, t in enumerate(tenants):
         assert coll.search_shards(t) == [homes[t]]
         assert [groups[s].read("call", "mt", "count", (t,)).result() for s in sorted(groups)] == \
@@ -455,7 +455,7 @@ def test_reads_fail_over_to_a_surviving_replica(cluster: ClusterDatabase) -> Non
     """With one replica of a shard dead for good, every read still answers, complete."""
     coll = cluster.get_collection("faults")
     before = coll.search(Q, k=10).ids
-    group = {g.shard: g for g in cluster._groups_now()}[0]
+    group = {g.shard: g for g in cluster._shards.groups_now()}[0]
     ray.kill(group.actors[0], no_restart=True)
     for _ in range(4):
         np.testing.assert_array_equal(coll.search(Q, k=10).ids, before)

@@ -1,5 +1,5 @@
 """Reads during a rebalance are complete whatever the timing, on the router driving it and on
-other routers (``ClusterDatabase._consistent``, ``Placement.waves``, ``_read_points``).
+other routers (``Shards.consistent``, ``Placement.waves``, ``Shards.read_points``).
 
 A rebalance is driven batch by batch (``Paced``: the router driving it pauses after every
 batch until the test lets it take the next), so each interleaving below happens for certain:
@@ -155,31 +155,31 @@ def test_a_read_whose_layout_changed_meanwhile_is_run_again(local_ray: None, tmp
             def search(view: Any) -> Any:
                 if not paced:   # the rebalance starts (and moves a batch) after this read took its layout
                     paced.append(Paced(a, shards, batch=N // 8))
-                got = merge_topk(list(db._fan_out(view, view.shards(), lambda g: g.read("execute", "c", req)).values()),
+                got = merge_topk(list(db._shards.fan_out(view, view.shards(), lambda g: g.read("execute", "c", req)).values()),
                                  N, "int")
                 answers.append(complete(got))
                 return got
 
-            assert complete(db._consistent(search))
+            assert complete(db._shards.consistent(search))
             paced[0].finish()
             assert answers == [False, True], answers   # the first pass really missed the moved batch
 
         shrink = Paced(a, 2, batch=N // 8)
-        b._consistent(lambda v: None)   # the reading router holds the layout mid-move, shard 2 in it
+        b._shards.consistent(lambda v: None)   # the reading router holds the layout mid-move, shard 2 in it
         failed: list[BaseException] = []
 
         def late(view: Any) -> Any:
             if not shrink.done:
                 shrink.finish()   # shard 2 is emptied and stopped before this read asks it
             try:
-                return merge_topk(list(b._fan_out(view, view.shards(), lambda g: g.read("execute", "c", req)).values()),
+                return merge_topk(list(b._shards.fan_out(view, view.shards(), lambda g: g.read("execute", "c", req)).values()),
                                   N, "int")
             except Exception as exc:
                 failed.append(exc)
                 raise
 
-        assert complete(b._consistent(late))
-        assert len(failed) == 1 and b.placement.shards == (0, 1) and sorted(b._groups) == [0, 1]
+        assert complete(b._shards.consistent(late))
+        assert len(failed) == 1 and b.placement.shards == (0, 1) and sorted(b._shards.groups) == [0, 1]
     finally:
         b.close()
         a.close()
@@ -214,18 +214,18 @@ def test_reads_racing_one_move_step_see_the_moved_points(local_ray: None, tmp_pa
     keys, uids = id_keys(info, np.arange(N), unique=False)
     paced = Paced(a, 1, batch=N // 16)
     try:
-        b._consistent(lambda v: None)   # the reading router reads the record (moving_to) now
+        b._shards.consistent(lambda v: None)   # the reading router reads the record (moving_to) now
         for db in (a, b):
-            view = db._state
+            view = db._shards.layout
             assert view.placement.moving_to == (0,)
             before = paced.total
             send, order = one_step_between(paced, lambda g: g.read("execute", "c", req))
-            got = merge_topk(list(db._fan_out(view, view.shards(), send).values()), N, "int")
+            got = merge_topk(list(db._shards.fan_out(view, view.shards(), send).values()), N, "int")
             assert paced.total is not None and paced.total > before   # a batch moved in between
             assert complete(got), f"shards asked in the order {order}: {[len(r) for r in every_id(got)]} hits"
             assert order == [1, 0]
         for db in (a, b):
-            view = db._state
+            view = db._shards.layout
             before = paced.total
             stepped: list[int | None] = []
 
@@ -234,7 +234,7 @@ def test_reads_racing_one_move_step_see_the_moved_points(local_ray: None, tmp_pa
                     stepped.append(paced.step())
                 return g.read("get", "c", [uids[i] for i in rows], None)
 
-            found, missing = db._read_points(view, "c", keys, get)
+            found, missing = db._shards.read_points(view, "c", keys, get)
             assert stepped[0] is not None and stepped[0] > before   # a batch moved in between
             assert not len(missing)
             vectors = np.zeros((N, DIM), np.float32)

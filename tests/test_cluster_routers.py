@@ -35,7 +35,7 @@ def stored(db: ClusterDatabase, name: str) -> dict[int, bytes]:
     """Every replica of every shard holds exactly the same points (read from the replica
     actors themselves); those points' vectors, by id."""
     found: dict[int, bytes] = {}
-    for group in db._groups_now():
+    for group in db._shards.groups_now():
         views = []
         for actor in group.actors:
             b = ray.get(actor.export.remote(name, -1, 1 << 20, None))
@@ -142,7 +142,7 @@ def test_a_router_reads_its_own_writes_without_any_refresh(local_ray: None, tmp_
         a._refresh_view()   # one refresh of a's view: b's grant routes a's searches too
         assert coll.search_shards("u") == [home] and coll.search(X[3:4], k=1, tenant="u").ids[0, 0] == 3
         a.rebalance(3, batch=40)
-        assert a.placement.shards == (0, 1, 2) and sorted(a._groups) == [0, 1, 2]
+        assert a.placement.shards == (0, 1, 2) and sorted(a._shards.groups) == [0, 1, 2]
         assert coll.count() == 100 and coll.count(tenant="t") == 51
         np.testing.assert_array_equal(coll.get(np.arange(100)).vectors, X[:100])
         np.testing.assert_array_equal(coll.search(X[:100], k=1).ids[:, 0], np.arange(100))
@@ -242,7 +242,7 @@ def test_closing_a_router_leaves_the_cluster_serving_the_other(local_ray: None, 
         assert other.count() == 301 and other.delete([0]) == 1
         with pytest.raises(IdNotFoundError):
             other.get([0])
-        actors = [actor for g in b._groups_now() for actor in g.actors] + [writer]
+        actors = [actor for g in b._shards.groups_now() for actor in g.actors] + [writer]
         b.close()   # the last router open: stops the writer and the replicas
         for actor in actors:
             with pytest.raises((ray.exceptions.RayActorError, ray.exceptions.RayTaskError)):

@@ -8,7 +8,7 @@ The record is JSON written atomically (temporary file, fsync, rename, fsync of t
 a crash leaves the old record or the new one, never a torn one. Each new layout carries a
 higher ``generation``, so two records of one cluster never have the same bytes: a reading
 router that reads the same bytes before and after a read knows the layout did not change
-meanwhile (``read_raw``; the check of ``ClusterDatabase._consistent``)."""
+meanwhile (``read_raw``; the check of ``Shards.consistent``)."""
 from __future__ import annotations
 
 import hashlib

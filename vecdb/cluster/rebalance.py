@@ -12,7 +12,7 @@ locks takes what writers added meanwhile; then the new ring becomes the placemen
 Routers never depend on when they learn of the move. The record is written (``moving_to``,
 a higher generation) before any point moves, and again (finished) before a removed shard
 stops; a read checks that the layout it used still holds afterwards and reads again when
-it changed (``ClusterDatabase._consistent``: a router compares the record's bytes, the
+it changed (``Shards.consistent``: a router compares the record's bytes, the
 writer its layout object), and while points move it asks the shards in waves
 (``Placement.waves``) so that a point moving during the read is seen once at least."""
 from __future__ import annotations
@@ -28,37 +28,38 @@ from vecdb.cluster.points import PointBatch
 from vecdb.errors import CollectionNotFoundError
 
 if TYPE_CHECKING:
-    from vecdb.cluster.database import ClusterDatabase
+    from vecdb.cluster.shards import Shards
 
 #: points per batch (the longest writers wait for a move step)
 BATCH = 1024
 
 
-def rebalance(db: "ClusterDatabase", shards: Sequence[int], batch: int = BATCH) -> None:
-    """Move ``db``'s points onto ``shards`` (see the module docs); returns once done (the
-    writer finishing a move it finds interrupted)."""
-    move = Move(db, tuple(sorted(shards)))
+def rebalance(db: "Shards", target: Sequence[int], batch: int = BATCH) -> None:
+    """Move the points of the cluster whose shard layer is ``db`` (the writer's) onto the
+    shards ``target`` (see the module docs); returns once done (the writer finishing a move
+    it finds interrupted)."""
+    move = Move(db, tuple(sorted(target)))
     while move.step(batch):
         pass
     move.finish()
 
 
 class Move:
-    """A rebalance in progress on the writer (``db``: the writer role), one batch per ``step``
-    (routers drive it through ``writes.rebalance_step``, reporting progress between batches)."""
+    """A rebalance in progress on the writer (``db``: its shard layer), one batch per ``step``
+    (routers drive it through ``Writes.rebalance_step``, reporting progress between batches)."""
 
-    def __init__(self, db: "ClusterDatabase", target: tuple[int, ...]) -> None:
+    def __init__(self, db: "Shards", target: tuple[int, ...]) -> None:
         self.db, self.target, self.total = db, target, 0
-        with db._layout_lock:
+        with db.layout_lock:
             # new shards hold every collection and tenant before the record names them (routers
             # search them as soon as they read it)
-            with db._all_locks():   # no collection or tenant is created while a shard is added
+            with db.all_locks():   # no collection or tenant is created while a shard is added
                 for s in target:
-                    if s not in db._groups:
-                        added = db._add_shard(s)
-                        groups = dict(db._groups)
+                    if s not in db.groups:
+                        added = db.add_shard(s)
+                        groups = dict(db.groups)
                         groups[s] = added
-                        db._groups = groups
+                        db.groups = groups
             if db.placement.moving_to != target:
                 moving = db.placement.with_target(target)
                 P.save(db.root, moving)   # before any point moves: routers' reads check it
@@ -74,7 +75,7 @@ class Move:
         db = self.db
         while self._left:
             key = self._left[0]
-            with db._all_locks():
+            with db.all_locks():
                 moved = _step(db, key[0], key[1], self.cursors[key], batch, self.ring)
             if moved is None or moved.done:   # the collection was dropped meanwhile, or its pass is done
                 self._left.pop(0)
@@ -90,8 +91,8 @@ class Move:
         """The last pass under all the locks (what writers added meanwhile, in collections
         created meanwhile too), then the new layout recorded and removed shards stopped."""
         db, target = self.db, self.target
-        with db._layout_lock:
-            with db._all_locks():
+        with db.layout_lock:
+            with db.all_locks():
                 for name in [info.name for info in db.list_collections()]:
                     for s in self.sources:
                         after = self.cursors.get((name, s), -1)
@@ -103,14 +104,14 @@ class Move:
                             self.total += len(moved)
                             if moved.done:
                                 break
-                removed = [s for s in db._groups if s not in target]
+                removed = [s for s in db.groups if s not in target]
                 done = db.placement.finished()
                 P.save(db.root, done)   # before a removed shard stops (reads in progress check it)
                 db.placement = done
-                db._moved.clear()
-                groups = {s: g for s, g in db._groups.items() if s in target}
-                gone = [db._groups[s] for s in removed]
-                db._groups = groups
+                db.moved.clear()
+                groups = {s: g for s, g in db.groups.items() if s in target}
+                gone = [db.groups[s] for s in removed]
+                db.groups = groups
         for g in gone:   # a read still asking them fails, finds the layout changed and reads again
             for actor in g.actors:
                 with contextlib.suppress(Exception):
@@ -118,10 +119,10 @@ class Move:
                     ray.kill(actor, no_restart=True)
 
 
-def _step(db: "ClusterDatabase", name: str, shard: int, after: int, batch: int, ring: dict) -> PointBatch | None:
+def _step(db: "Shards", name: str, shard: int, after: int, batch: int, ring: dict) -> PointBatch | None:
     """Move one batch of ``name``'s points off ``shard`` (caller holds every write lock);
     None when the collection is gone."""
-    src = db._groups[shard]
+    src = db.groups[shard]
     try:
         moving: PointBatch = src.read("export", name, after, batch, ring).result()
     except CollectionNotFoundError:
@@ -132,10 +133,10 @@ def _step(db: "ClusterDatabase", name: str, shard: int, after: int, batch: int, 
     pending = []
     for s in sorted(set(dest.tolist())):
         rows = np.flatnonzero(dest == s)
-        pending.append(db._groups[s].write("import_points", name, _subset(moving, rows)))
+        pending.append(db.groups[s].write("import_points", name, _subset(moving, rows)))
     for p in pending:
         p.result()
-    db._moved.setdefault(name, set()).update(moving.keys)
+    db.moved.setdefault(name, set()).update(moving.keys)
     src.write("call", name, "delete", (moving.uids,)).result()
     return moving
 

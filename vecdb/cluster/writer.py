@@ -4,8 +4,8 @@ every router's writes go, one call per request; reads go from each router to the
 The writer holds what ordering writes needs: the epoch it fenced the replicas with (a
 replica refuses writes of a lower epoch, so a writer that was replaced can never change a
 replica again), each shard's write numbering and lock, the catalog of collections, the
-rebalance in progress, and the catch-up of replicas left behind. It is a ``ClusterDatabase``
-in the writer role, running in the actor (``database``); its operations are ``writes``.
+rebalance in progress, and the catch-up of replicas left behind: ``writes.Writes``, run in
+the actor.
 
 Its acknowledgement (``Ack``) carries every shard's write numbers after the write, which the
 router takes before returning (its next read goes to a replica holding the write: read your
@@ -61,9 +61,8 @@ class ClusterWriter:
 
     def __init__(self, root: str, shards: int | None, replicas: int | None, wait_seconds: float,
                  db_options: dict[str, Any]) -> None:
-        from vecdb.cluster.database import ClusterDatabase   # the writer role of the router's class
-        self.db = ClusterDatabase(root, shards=shards, replicas=replicas, wait_seconds=wait_seconds,
-                                  db_options=db_options, role="writer")
+        from vecdb.cluster.writes import Writes
+        self.writes = Writes(root, shards, replicas, wait_seconds, db_options)
         self._holding = threading.Event()
 
     def ready(self) -> Ack:
@@ -73,14 +72,14 @@ class ClusterWriter:
     def write(self, op: str, args: tuple[Any, ...]) -> Ack:
         """Run write ``op`` (``writes.OPS``) with arguments the router validated."""
         try:
-            answer = self.db._apply(op, args)
+            answer = self.writes.apply(op, args)
         except VecdbError as exc:
             return self._ack(None, exc)
         return self._ack(answer)
 
     def close(self) -> None:
         """Stop writing (the last router closes; the replicas are stopped by it)."""
-        self.db.close()
+        self.writes.close()
 
     def hold_between_replicas(self) -> None:
         """Fault injection for the crash tests: from now on the next write to a shard stops
@@ -90,14 +89,14 @@ class ClusterWriter:
             self._holding.set()
             threading.Event().wait(3600)
 
-        for group in self.db._groups_now():
+        for group in self.writes.shards.groups_now():
             group.after_first_commit = hold
 
     def holding(self) -> bool:
         return self._holding.is_set()
 
     def _ack(self, answer: Any, error: BaseException | None = None) -> Ack:
-        state = self.db._state
+        state = self.writes.shards.layout
         return Ack(answer, {s: g.numbers() for s, g in state.groups.items()}, state.placement.generation, error)
 
 

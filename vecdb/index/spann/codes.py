@@ -16,6 +16,8 @@ from vecdb.errors import DataLossError
 from vecdb.index.allow import AllowSet
 from vecdb.index.spann import postings
 from vecdb.index.spann.kernels import scan_codes, scan_codes_serial
+from vecdb.index.spann.records import check_scan_codes_record
+from vecdb.kernels.heaps import heap_sort
 from vecdb.quant.sq8 import SQ8
 from vecdb.types import F32Matrix, I64Vector, Metric
 
@@ -73,7 +75,7 @@ class CodePostings:
         assert codec is not None
         buf, starts, counts, qptr, qlist = found
         nq, k = out_s.shape
-        width = max(k, rerank if rerank is not None else max(4 * k, 40))
+        width = self._rerank_width(k, rerank)
         cand_s = np.full((nq, width), -1, np.int64)
         cand_d = np.full((nq, width), np.inf, np.float32)
         qt, weights, bias, mode = codec.fold_queries(queries, Metric.L2 if self._scan_code == 0 else Metric.IP)
@@ -99,6 +101,67 @@ class CodePostings:
             out_d[lo:hi] = np.take_along_axis(d, order, 1)
             out_s[lo:hi] = np.where(np.isfinite(out_d[lo:hi]), np.take_along_axis(cs, order, 1), -1)
         return int(len(wanted)) * 4 * self.dim
+
+    def _rerank_width(self, k: int, rerank: int | None) -> int:
+        """Candidates per query ranked on codes, then re-ranked with float vectors."""
+        return max(k, rerank if rerank is not None else max(4 * k, 40))
+
+    def _scan_codes_in_place(self: "SPANN", txn: Any, queries: F32Matrix, k: int, allow: AllowSet | None,
+                             mask: np.ndarray, plan: Any, rerank: int | None, out_s: np.ndarray,
+                             out_d: np.ndarray) -> tuple[list[int], int, int]:
+        """``_scan_codes`` for a few queries with the SQ8 records scanned where LMDB maps them
+        (no copy; format 3 checked in the same pass, ``records``) and each query's
+        candidates re-ranked with the float rows read through ``txn``, into
+        ``out_s``/``out_d``. ``plan``: (raws, wanted, qptr, qlist) of ``_scan_in_place``.
+        Returns (entries per posting, bytes of postings read, bytes of float rows read);
+        DataLossError for a corrupt posting or float record (the rows then hold partial
+        results: never returned)."""
+        codec = self._codec
+        assert codec is not None
+        raws, wanted, qptr, qlist = plan
+        counts = [0] * len(raws)
+        width = self._rerank_width(k, rerank)
+        l2 = self._scan_code == 0
+        qt, weights, bias, mode = codec.fold_queries(queries, Metric.L2 if l2 else Metric.IP)
+        bias = bias.tolist()
+        live, use_allow, dim = self._ids.slot_ids, allow is not None, self.dim
+        get, vdb, key, size = txn.get, self._vdb, postings.key, 4 * self.dim
+        bounds, order = qptr.tolist(), qlist.tolist()
+        floats = 0
+        for qi in range(len(queries)):
+            cd, cs = np.full(width, np.inf, np.float32), np.full(width, -1, np.int64)
+            for pos in order[bounds[qi] : bounds[qi + 1]]:
+                raw = raws[pos]
+                if raw is None:
+                    continue                     # an empty posting (a missing one raised already)
+                problem, counts[pos] = check_scan_codes_record(np.frombuffer(raw, np.uint8), dim, qt[qi], weights,
+                                                               bias[qi], mode, live, mask, use_allow, cd, cs)
+                if problem:
+                    raise DataLossError(postings.problem_message(int(wanted[pos]), int(problem)))
+            heap_sort(cd, cs)
+            cand = cs[cs >= 0]
+            rows = [get(key(slot), db=vdb) for slot in cand.tolist()]
+            present = [raw is not None for raw in rows]       # none: removed since (no float record)
+            rows = [raw for raw in rows if raw is not None]
+            if any(len(raw) != size for raw in rows):
+                bad = next(slot for slot, raw in zip(cand[present].tolist(), rows) if len(raw) != size)
+                raise DataLossError(f"SPANN vector record of slot {bad} is not {size} bytes")
+            if not rows:
+                continue
+            cand = cand[present]
+            vecs = np.frombuffer(b"".join(rows), np.float32).reshape(len(rows), dim)
+            floats += len(rows) * size
+            q = queries[qi]
+            if l2:
+                diff = vecs - q
+                d = np.einsum("cd,cd->c", diff, diff)
+            else:
+                d = -(vecs @ q)
+            best = np.lexsort((cand, d))[:k]
+            out_s[qi, : len(best)] = cand[best]
+            out_d[qi, : len(best)] = d[best]
+        read = sum(len(raw) for raw in raws if raw is not None)
+        return counts, read, floats
 
     def _float_rows(self: "SPANN", txn: Any, slots: I64Vector) -> F32Matrix:
         """Float32 rows of ``slots`` (sorted) from their LMDB records (from the overlay when

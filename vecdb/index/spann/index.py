@@ -43,7 +43,8 @@ from vecdb.index.spann import postings, state
 from vecdb.worker import Worker
 from vecdb.index.spann.clustering import centroids_of, split_until
 from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
-from vecdb.index.spann.kernels import check_scan_record, scan_postings, scan_postings_serial
+from vecdb.index.spann.kernels import scan_postings, scan_postings_serial
+from vecdb.index.spann.records import check_scan_record
 from vecdb.kernels.heaps import heap_sort
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
@@ -692,6 +693,8 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             return out_s, out_d, _no_work(nq) if stats else None
         mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
         serial = nq < SERIAL_QUERIES
+        rerank_bytes = 0
+        in_place = None
         if self._space is None:
             found = self._gather(None, self._disk, queries, k, p)
         else:
@@ -702,24 +705,27 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                     if heads is None:            # a snapshot older than every state remembered: read again
                         continue
                     overlay = self._overlay is not None
-                    if self._codec is None and serial and not overlay:   # a few queries: records scanned in place
-                        found = self._scan_in_place(txn, heads, queries, k, allow, mask, p, out_s, out_d)
+                    if serial and not overlay:   # a few queries: records scanned in place
+                        in_place = self._scan_in_place(txn, heads, queries, k, allow, mask, p, out_s, out_d, stats)
+                        if not stats:            # the rows are the result
+                            return out_s, out_d, None
                         break
                     found = self._gather(None if overlay else txn, heads, queries, k, p)
                     if self._codec is not None:   # rank on codes, re-rank with floats of the same snapshot
                         rerank_bytes = self._scan_codes(None if overlay else txn, queries, found, allow, mask, serial,
                                                         p.rerank, out_s, out_d)
                     break
-            if found is None:
+            if found is None and in_place is None:
                 raise UnavailableError("SPANN: the postings kept changing under the search; try again")
-        buf, starts, counts, qptr, qlist = found
-        if buf is None:                          # scanned in place (``_scan_in_place``); starts = bytes read
-            rerank_bytes = 0
-        elif self._codec is None or self._space is None:
-            scan = scan_postings_serial if serial else scan_postings
-            scan(queries, buf, starts, counts, qptr, qlist, self._ids.slot_ids, mask, allow is not None,
-                 self._scan_code, out_s, out_d)
-            rerank_bytes = 0
+        if in_place is not None:
+            read, rerank_bytes, counts, qptr, qlist = in_place
+        else:
+            buf, starts, counts, qptr, qlist = found
+            if self._codec is None or self._space is None:
+                scan = scan_postings_serial if serial else scan_postings
+                scan(queries, buf, starts, counts, qptr, qlist, self._ids.slot_ids, mask, allow is not None,
+                     self._scan_code, out_s, out_d)
+            read = len(buf)
         if not stats:
             return out_s, out_d, None
         per_query = np.diff(qptr)
@@ -727,8 +733,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         if len(qlist):
             sums = np.add.reduceat(counts[qlist], np.minimum(qptr[:-1], len(qlist) - 1))
             entries = np.where(per_query > 0, sums, 0).astype(np.int64)
-        read = int(starts) if buf is None else int(len(buf))
-        return out_s, out_d, SearchStats(per_query, len(counts), read + rerank_bytes, entries, rerank_bytes)
+        return out_s, out_d, SearchStats(per_query, len(counts), int(read) + rerank_bytes, entries, rerank_bytes)
 
     def _plan(self, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The postings the queries read (nearest heads, then query-aware pruning): (wanted
@@ -749,33 +754,43 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         return buf, starts, counts, qptr, qlist
 
     def _scan_in_place(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, allow: AllowSet | None,
-                       mask: np.ndarray, p: SPANNParams, out_s: np.ndarray, out_d: np.ndarray) -> Any:
-        """Top-k of a few queries over float32 postings scanned where LMDB maps them (no copy:
-        each record is checked, then scanned while it is in cache), into ``out_s``/``out_d``:
-        (None, bytes read, entries per posting, qptr, qlist) for the stats. DataLossError for
-        a corrupt, truncated or missing posting, as ``_read_records``."""
+                       mask: np.ndarray, p: SPANNParams, out_s: np.ndarray, out_d: np.ndarray, stats: bool) -> Any:
+        """Top-k of a few queries over postings scanned where LMDB maps them (no copy; a
+        format-3 record is checked in the same pass, see ``records``; SQ8 codes then
+        re-ranked, ``_scan_codes_in_place``), into ``out_s``/``out_d``: with ``stats``,
+        (bytes of postings read, bytes of float rows read to re-rank, entries per posting,
+        qptr, qlist), else None. DataLossError for a corrupt, truncated or missing posting, as
+        ``_read_records`` (the rows then hold partial results: never returned)."""
         wanted, qptr, qlist = self._plan(heads, queries, k, p)
-        get, db = txn.get, self._pdb
-        raws = [get(postings.key(head), db=db) for head in wanted.tolist()]
-        counts = np.zeros(len(raws), np.int64)
-        live = self._ids.slot_ids
-        use_allow = allow is not None
+        get, db, key = txn.get, self._pdb, postings.key
+        raws = [get(key(head), db=db) for head in wanted.tolist()]
+        if None in raws:                         # an empty posting has no record; a missing one is lost
+            count = heads.count
+            for head, raw in zip(wanted.tolist(), raws):
+                if raw is None and count[head] > 0:
+                    raise DataLossError(f"SPANN posting {head} is missing ({count[head]} entries expected)")
+        if self._codec is not None:
+            counts, read, floats = self._scan_codes_in_place(txn, queries, k, allow, mask, (raws, wanted, qptr, qlist),
+                                                             p.rerank, out_s, out_d)
+            return (read, floats, np.array(counts, np.int64), qptr, qlist) if stats else None
+        counts = [0] * len(raws)
+        live, use_allow, dim, code = self._ids.slot_ids, allow is not None, self.dim, self._scan_code
+        bounds, order = qptr.tolist(), qlist.tolist()
         for qi in range(len(queries)):
-            hd, hs = out_d[qi], out_s[qi]          # the caller's rows (+inf / -1): the heap itself
-            for pos in qlist[qptr[qi] : qptr[qi + 1]].tolist():
+            hd, hs, q = out_d[qi], out_s[qi], queries[qi]   # the caller's rows (+inf / -1): the heap itself
+            for pos in order[bounds[qi] : bounds[qi + 1]]:
                 raw = raws[pos]
                 if raw is None:
-                    head = int(wanted[pos])
-                    if heads.count[head] > 0:
-                        raise DataLossError(f"SPANN posting {head} is missing ({heads.count[head]} entries expected)")
-                    continue                     # an empty posting has no record
-                problem, counts[pos] = check_scan_record(np.frombuffer(raw, np.uint8), self.dim, postings.VERSION,
-                                                         queries[qi], live, mask, use_allow, self._scan_code, hd, hs)
+                    continue                     # an empty posting
+                problem, counts[pos] = check_scan_record(np.frombuffer(raw, np.uint8), dim, q, live, mask, use_allow,
+                                                         code, hd, hs)
                 if problem:
                     raise DataLossError(postings.problem_message(int(wanted[pos]), int(problem)))
             heap_sort(hd, hs)
+        if not stats:
+            return None
         read = sum(len(raw) for raw in raws if raw is not None)
-        return None, read, counts, qptr, qlist
+        return read, 0, np.array(counts, np.int64), qptr, qlist
 
     def search_with_stats(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> tuple[SearchResult, SearchStats]:
         """``search`` (same arguments and checks) plus the postings and bytes it read."""

@@ -1,5 +1,5 @@
 """Numba kernels of SPANN: the replica choice (closure + RNG rule), the grouped nearest-head
-search and the posting scan."""
+search and the posting scan (the records' checksums and checks: ``records``)."""
 from __future__ import annotations
 
 import numba
@@ -13,7 +13,6 @@ from vecdb.kernels.heaps import after, heap_sort, max_sift_down
 # ---- posting records (see vecdb.index.spann.postings for the layout) -------------------
 HEADER_BYTES = 24
 MAGIC = (83, 80, 78, 80)   # b"SPNP"
-OK, TRUNCATED, FOREIGN, WRONG_DIM, BAD_CHECKSUM = 0, 1, 2, 3, 4
 
 
 @kernel
@@ -174,30 +173,6 @@ def scan_query(qi, queries, buf, starts, counts, qptr, qlist, live, allow, use_a
     out_d[qi] = hd
 
 
-@kernel
-def check_scan_record(rec, dim, version, q, live, allow, use_allow, metric, hd, hs):
-    """Check one float32 posting record ``rec`` (a whole LMDB value, read in place: no copy)
-    and, when it is sound, offer its entries to the top-k heap ``hd``/``hs`` of query ``q``
-    (the rules of ``scan_query``). The checksum pass leaves the record in cache for the scan,
-    so its bytes come from memory once. Returns (problem code, entry count); nothing is
-    offered from a bad record."""
-    n = rec.shape[0]
-    if n < HEADER_BYTES:
-        return TRUNCATED, 0
-    if (rec[0] != MAGIC[0] or rec[1] != MAGIC[1] or rec[2] != MAGIC[2] or rec[3] != MAGIC[3]
-            or rec[4] + 256 * rec[5] != version or rec[6] + 256 * rec[7] != 0):
-        return FOREIGN, 0
-    c = np.int64(rec[8:12].view(np.uint32)[0])
-    if np.int64(rec[12:16].view(np.uint32)[0]) != dim:
-        return WRONG_DIM, 0
-    if n != HEADER_BYTES + (c * (8 + 4 * dim) + 7) // 8 * 8:
-        return TRUNCATED, 0
-    if checksum(rec, HEADER_BYTES, n) != rec[16:24].view(np.uint64)[0]:
-        return BAD_CHECKSUM, 0
-    offer_entries(rec, HEADER_BYTES, c, dim, q, live, allow, use_allow, metric, hd, hs)
-    return OK, c
-
-
 @kernel(parallel=True)
 def scan_postings(queries, buf, starts, counts, qptr, qlist, live, allow, use_allow, metric, out_s, out_d):
     """``scan_query`` for every query, in parallel (a batch of queries)."""
@@ -223,74 +198,6 @@ def cluster_sums(x, labels, k):
         for t in range(x.shape[1]):
             sums[j, t] += x[i, t]
     return sums, counts
-
-
-@kernel
-def checksum(buf, lo, hi):
-    """64-bit checksum of ``buf[lo:hi]`` (a multiple of 8 bytes): four independent
-    multiply-xorshift lanes over the 8-byte words (so the multiplies overlap), then mixed."""
-    m = np.uint64(0xFF51AFD7ED558CCD)
-    s31 = np.uint64(31)
-    h0 = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(hi - lo)
-    h1 = np.uint64(0xC2B2AE3D27D4EB4F)
-    h2 = np.uint64(0x165667B19E3779F9)
-    h3 = np.uint64(0x27D4EB2F165667C5)
-    words = buf[lo:hi].view(np.uint64)
-    n = words.shape[0]
-    n4 = n - n % 4
-    for i in range(0, n4, 4):
-        h0 = (h0 ^ words[i]) * m
-        h1 = (h1 ^ words[i + 1]) * m
-        h2 = (h2 ^ words[i + 2]) * m
-        h3 = (h3 ^ words[i + 3]) * m
-        h0 ^= h0 >> s31
-        h1 ^= h1 >> s31
-        h2 ^= h2 >> s31
-        h3 ^= h3 >> s31
-    for i in range(n4, n):
-        h0 = (h0 ^ words[i]) * m
-        h0 ^= h0 >> s31
-    for h in (h1, h2, h3):
-        h0 = (h0 ^ h) * m
-        h0 ^= h0 >> s31
-    return h0
-
-
-@kernel
-def check_records(buf, starts, ends, dim, version, width, flags, counts):
-    """Check the posting records ``buf[starts[i]:ends[i]]`` (``width`` bytes per vector
-    component: 4 float32, 1 SQ8 codes, named by the header's ``flags``) and write their entry
-    counts to ``counts``; returns (index of the first bad record or -1, its problem code)."""
-    for i in range(starts.shape[0]):
-        a = starts[i]
-        b = ends[i]
-        if b - a < HEADER_BYTES:
-            return i, TRUNCATED
-        if (buf[a] != MAGIC[0] or buf[a + 1] != MAGIC[1] or buf[a + 2] != MAGIC[2] or buf[a + 3] != MAGIC[3]
-                or buf[a + 4] + 256 * buf[a + 5] != version or buf[a + 6] + 256 * buf[a + 7] != flags):
-            return i, FOREIGN
-        count = np.int64(buf[a + 8 : a + 12].view(np.uint32)[0])
-        if np.int64(buf[a + 12 : a + 16].view(np.uint32)[0]) != dim:
-            return i, WRONG_DIM
-        body = count * (8 + width * dim)
-        if b - a != HEADER_BYTES + (body + 7) // 8 * 8:
-            return i, TRUNCATED
-        if checksum(buf, a + HEADER_BYTES, b) != buf[a + 16 : a + 24].view(np.uint64)[0]:
-            return i, BAD_CHECKSUM
-        counts[i] = count
-    return -1, OK
-
-
-@kernel
-def gather_records(buf, starts, counts, offsets, dim, slots_out, vectors_out):
-    """Copy the checked records' slots and vectors into ``slots_out`` (total,) and the flat
-    ``vectors_out`` (total * dim,), record i at rows ``offsets[i]:offsets[i+1]``."""
-    for i in range(starts.shape[0]):
-        a = starts[i] + HEADER_BYTES
-        c = counts[i]
-        o = offsets[i]
-        slots_out[o : o + c] = buf[a : a + 8 * c].view(np.int64)
-        vectors_out[o * dim : (o + c) * dim] = buf[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
 
 
 @kernel
@@ -378,6 +285,29 @@ def code_dot(q, row):
     return acc
 
 
+@kernel(inline=True)
+def offer_codes(rec, a, c, dim, q, weights, b, mode, live, allow, use_allow, hd, hs):
+    """Offer the ``c`` entries of the SQ8 posting record whose entries start at byte ``a`` of
+    ``rec`` (``c`` int64 slots, then ``c`` rows of ``dim`` codes) to the heap ``hd``/``hs``
+    of the folded query ``q`` (see ``scan_codes_query``), skipping dead and disallowed slots."""
+    n_live = live.shape[0]
+    n_allow = allow.shape[0]
+    slots = rec[a : a + 8 * c].view(np.int64)
+    codes = rec[a + 8 * c : a + 8 * c + c * dim]
+    for r in range(c):
+        s = slots[r]
+        if s < 0 or s >= n_live or live[s] < 0:
+            continue
+        if use_allow and (s >= n_allow or allow[s] == 0):
+            continue
+        row = codes[r * dim : (r + 1) * dim]
+        if mode == 0:
+            d = code_l2(q, weights, row) + b
+        else:
+            d = b - code_dot(q, row)
+        offer_unique(hd, hs, d, s)
+
+
 @kernel
 def scan_codes_query(qi, qt, weights, bias, mode, buf, starts, counts, qptr, qlist, live, allow, use_allow, out_s, out_d):
     """``scan_query`` over postings of SQ8 codes: query ``qi`` folded into code units
@@ -385,30 +315,13 @@ def scan_codes_query(qi, qt, weights, bias, mode, buf, starts, counts, qptr, qli
     mode 1: bias - sum qt c), its top candidates into row ``qi`` of ``out_s``/``out_d``."""
     k = out_s.shape[1]
     dim = qt.shape[1]
-    n_live = live.shape[0]
-    n_allow = allow.shape[0]
     hd = np.full(k, np.inf, np.float32)
     hs = np.full(k, -1, np.int64)
     q = qt[qi]
     b = bias[qi]
     for t in range(qptr[qi], qptr[qi + 1]):
         p = qlist[t]
-        c = counts[p]
-        a = starts[p] + HEADER_BYTES
-        slots = buf[a : a + 8 * c].view(np.int64)
-        codes = buf[a + 8 * c : a + 8 * c + c * dim]
-        for r in range(c):
-            s = slots[r]
-            if s < 0 or s >= n_live or live[s] < 0:
-                continue
-            if use_allow and (s >= n_allow or allow[s] == 0):
-                continue
-            row = codes[r * dim : (r + 1) * dim]
-            if mode == 0:
-                d = code_l2(q, weights, row) + b
-            else:
-                d = b - code_dot(q, row)
-            offer_unique(hd, hs, d, s)
+        offer_codes(buf, starts[p] + HEADER_BYTES, counts[p], dim, q, weights, b, mode, live, allow, use_allow, hd, hs)
     heap_sort(hd, hs)
     out_s[qi] = hs
     out_d[qi] = hd

@@ -4,10 +4,12 @@ Key: the head number as 8 bytes big-endian. Value: a 24-byte header (magic ``SPN
 version (u16), flags (u16: 0 float32 vectors, 1 SQ8 codes), entry count (u32), dimension
 (u32), 64-bit checksum of the body), then the body: the entries' slots (int64
 little-endian), their vectors (float32 little-endian, row-major; or SQ8 codes, one byte per
-component, when the index stores codes), zero padding to a multiple of 8 bytes. A record whose header,
-length or checksum does not match raises DataLossError: a corrupt or truncated posting is
-never scanned. The records a search reads are laid end to end and checked in one Numba call
-(``check_many``) and scanned in place; ``read_many`` also copies them out (for rewrites).
+component, when the index stores codes), zero padding to a multiple of 8 bytes. Format 3
+(written) and format 2 (read) differ only in the checksum (``records``: format 3's is
+checked in the same pass as a one-query scan). A record whose header, length or checksum
+does not match raises DataLossError: no result of a corrupt or truncated posting is ever
+returned. The records a search of several queries reads are laid end to end and checked in
+one Numba call (``check_many``); ``read_many`` also copies them out (for rewrites).
 """
 from __future__ import annotations
 
@@ -17,21 +19,22 @@ from typing import Any
 import numpy as np
 
 from vecdb.errors import DataLossError
-from vecdb.index.spann import kernels
+from vecdb.index.spann import kernels, records
 from vecdb.types import F32Matrix, I64Vector
 
 MAGIC = b"SPNP"
-VERSION = 2
+#: the format written (``records.FORMATS`` are read)
+VERSION = records.LATEST
 _HEADER = struct.Struct("<4sHHIIQ")
 HEADER_BYTES = _HEADER.size
 assert HEADER_BYTES == kernels.HEADER_BYTES
 _KEY = struct.Struct(">Q")
 _I64 = np.dtype("<i8")
 _F32 = np.dtype("<f4")
-_PROBLEMS = {kernels.TRUNCATED: "is truncated (its length does not match its header)",
-             kernels.FOREIGN: "has an unknown format or version",
-             kernels.WRONG_DIM: "holds vectors of another dimension",
-             kernels.BAD_CHECKSUM: "fails its checksum (corrupt)"}
+_PROBLEMS = {records.TRUNCATED: "is truncated (its length does not match its header)",
+             records.FOREIGN: "has an unknown format or version",
+             records.WRONG_DIM: "holds vectors of another dimension",
+             records.BAD_CHECKSUM: "fails its checksum (corrupt)"}
 
 
 def key(head: int) -> bytes:
@@ -39,15 +42,20 @@ def key(head: int) -> bytes:
     return _KEY.pack(head)
 
 
-def encode(slots: I64Vector, vectors: F32Matrix, codec: Any = None) -> bytes:
+def encode(slots: I64Vector, vectors: F32Matrix, codec: Any = None, version: int = VERSION) -> bytes:
     """The record of a posting holding ``slots`` with their ``vectors`` (as the codes of
-    ``codec``, a trained SQ8, when given)."""
+    ``codec``, a trained SQ8, when given), in format ``version`` (the latest; format 2 is
+    kept for tests of old data)."""
+    if version not in records.FORMATS:
+        raise ValueError(f"SPANN posting format {version} is not one of {records.FORMATS}")
     rows = np.ascontiguousarray(vectors, _F32) if codec is None else codec._encode(np.asarray(vectors, np.float32))
     body = np.ascontiguousarray(slots, _I64).tobytes() + rows.tobytes()
     body += b"\0" * (-len(body) % 8)
-    sums = kernels.checksum(np.frombuffer(body, np.uint8), 0, len(body)) if body else kernels.checksum(np.zeros(8, np.uint8), 0, 0)
+    raw = np.frombuffer(body, np.uint8) if body else np.zeros(8, np.uint8)
+    n = len(body)
+    sums = records.checksum_v2(raw, 0, n) if version == 2 else records.checksum_v3(raw, 0, n)
     flags = 0 if codec is None else 1
-    return _HEADER.pack(MAGIC, VERSION, flags, len(slots), vectors.shape[1], int(sums)) + body
+    return _HEADER.pack(MAGIC, version, flags, len(slots), vectors.shape[1], int(sums)) + body
 
 
 def decode(raw: bytes | memoryview, dim: int, head: int, codec: Any = None) -> tuple[I64Vector, F32Matrix]:
@@ -66,7 +74,7 @@ def check_many(raws: list[Any], heads: np.ndarray, dim: int, codec: Any = None) 
     buf = np.frombuffer(b"".join(raws), np.uint8) if len(raws) else np.zeros(0, np.uint8)
     counts = np.zeros(len(raws), np.int64)
     width, flags = (4, 0) if codec is None else (1, 1)
-    bad, problem = kernels.check_records(buf, starts, ends, dim, VERSION, width, flags, counts)
+    bad, problem = records.check_records(buf, starts, ends, dim, width, flags, counts)
     if bad >= 0:
         raise DataLossError(problem_message(int(heads[bad]), int(problem)))
     return buf, starts, counts
@@ -93,5 +101,5 @@ def read_many(raws: list[Any], heads: np.ndarray, dim: int, codec: Any = None) -
         return np.concatenate(slot_parts), codec._decode(codes), offsets
     slots = np.empty(total, np.int64)
     vectors = np.empty(total * dim, np.float32)
-    kernels.gather_records(buf, starts, counts, offsets, dim, slots, vectors)
+    records.gather_records(buf, starts, counts, offsets, dim, slots, vectors)
     return slots, vectors.reshape(total, dim), offsets

@@ -1,0 +1,320 @@
+"""SPANN posting records, format 3 (the Fletcher-style sums checked while a one-query search
+scans) and format 2 (the multiply-xorshift checksum, still read): the checksum against a
+plain-Python statement of it, every flipped byte or truncation raising DataLossError from
+batched and one-query searches, an index written with format 2 (``tests/data/spann_v2``)
+opened, searched, updated (its postings then mix both formats) and reopened, and the
+one-query scan against FlatIndex."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vecdb.errors import DataLossError
+from vecdb.index import SPANN, FlatIndex
+from vecdb.index.spann import postings, records
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+import make_spann_v2  # noqa: E402 (the fixture's rows, made by the same code that wrote it)
+
+FIXTURE = Path(__file__).parent / "data" / "spann_v2"
+EVERYTHING = {"max_postings": 4096, "eps2": 1e9}   # every posting read: an exact search
+_M64 = (1 << 64) - 1
+
+
+def reference_v3(body: bytes) -> int:
+    """Format 3's checksum in plain Python: over the body's little-endian 4-byte words w_i,
+    s1 = sum w_i and s2 = sum (i + 1) w_i mod 2^64, folded with the length by
+    multiply-xorshift rounds."""
+    words = np.frombuffer(body, "<u4").tolist()
+    s1 = sum(words) & _M64
+    s2 = sum((i + 1) * w for i, w in enumerate(words)) & _M64
+
+    def mix(h: int, x: int) -> int:
+        h = ((h ^ x) * 0xFF51AFD7ED558CCD) & _M64
+        return h ^ (h >> 31)
+
+    return mix(mix(mix(0x9E3779B97F4A7C15, len(body)), s1), s2)
+
+
+def record(count: int, dim: int, seed: int, version: int = postings.VERSION) -> tuple[bytes, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    slots = rng.permutation(4 * count + 1)[:count].astype(np.int64)
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    return postings.encode(slots, vectors, version=version), slots, vectors
+
+
+def scan(raw: bytes, dim: int, q: np.ndarray, k: int = 5) -> tuple[int, np.ndarray, np.ndarray]:
+    """(problem code, heap slots, heap distances) of the one-query check-and-scan of ``raw``."""
+    hd, hs = np.full(k, np.inf, np.float32), np.full(k, -1, np.int64)
+    live = np.arange(1 << 16, dtype=np.int64)
+    problem, _ = records.check_scan_record(np.frombuffer(raw, np.uint8), dim, q, live, np.zeros(1, np.uint8), False,
+                                           0, hd, hs)
+    return int(problem), hs, hd
+
+
+def checked(raw: bytes, dim: int) -> int:
+    """The problem code ``check_records`` gives the one record ``raw``."""
+    buf = np.frombuffer(raw, np.uint8)
+    counts = np.zeros(1, np.int64)
+    return int(records.check_records(buf, np.zeros(1, np.int64), np.array([len(raw)]), dim, 4, 0, counts)[1])
+
+
+# ---- the checksum ------------------------------------------------------------------------
+@pytest.mark.parametrize("count,dim", [(0, 8), (1, 1), (3, 20), (7, 24), (600, 4), (2, 1500)])
+def test_format_3_checksum_is_the_stated_sums(count: int, dim: int) -> None:
+    raw, _, _ = record(count, dim, count + dim)        # (600, 4): slots past a block; (2, 1500): rows past one
+    body = raw[postings.HEADER_BYTES :]
+    assert int.from_bytes(raw[4:6], "little") == 3 == postings.VERSION
+    assert int.from_bytes(raw[16:24], "little") == reference_v3(body)
+    assert int(records.checksum_v3(np.frombuffer(body, np.uint8), 0, len(body))) == reference_v3(body)
+    assert scan(raw, dim, np.zeros(dim, np.float32))[0] == records.OK == checked(raw, dim)
+
+
+def test_an_unknown_format_is_neither_written_nor_read() -> None:
+    with pytest.raises(ValueError):
+        postings.encode(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), version=4)
+    raw, _, _ = record(3, 4, 0)
+    foreign = raw[:4] + (4).to_bytes(2, "little") + raw[6:]
+    assert checked(foreign, 4) == records.FOREIGN == scan(foreign, 4, np.zeros(4, np.float32))[0]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(count=st.integers(1, 40), dim=st.integers(1, 40), seed=st.integers(0, 1000), where=st.floats(0, 1),
+       bit=st.integers(0, 7), version=st.sampled_from([2, 3]))
+def test_any_flipped_bit_of_a_body_fails_both_checks(count: int, dim: int, seed: int, where: float, bit: int,
+                                                    version: int) -> None:
+    raw, _, _ = record(count, dim, seed, version)
+    at = postings.HEADER_BYTES + min(int(where * (len(raw) - postings.HEADER_BYTES)), len(raw) - postings.HEADER_BYTES - 1)
+    bad = raw[:at] + bytes([raw[at] ^ (1 << bit)]) + raw[at + 1 :]
+    q = np.ones(dim, np.float32)
+    assert scan(raw, dim, q)[0] == records.OK == checked(raw, dim)
+    assert scan(bad, dim, q)[0] == records.BAD_CHECKSUM == checked(bad, dim)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(count=st.integers(2, 30), dim=st.integers(1, 33), seed=st.integers(0, 1000))
+def test_entries_swapped_fail_the_format_3_check(count: int, dim: int, seed: int) -> None:
+    raw, slots, vectors = record(count, dim, seed)
+    i, j = 0, count - 1
+    order = np.arange(count)
+    order[[i, j]] = order[[j, i]]
+    body = bytearray(raw)                              # the header (and its checksum) of the unswapped record
+    swapped = postings.encode(slots, vectors[order])[postings.HEADER_BYTES :]
+    body[postings.HEADER_BYTES :] = swapped
+    assert scan(bytes(body), dim, np.ones(dim, np.float32))[0] == records.BAD_CHECKSUM
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(count=st.integers(0, 60), dim=st.integers(1, 40), seed=st.integers(0, 1000), version=st.sampled_from([2, 3]))
+def test_the_one_query_scan_ranks_every_entry(count: int, dim: int, seed: int, version: int) -> None:
+    raw, slots, vectors = record(count, dim, seed, version)
+    q = np.random.default_rng(seed + 1).standard_normal(dim).astype(np.float32)
+    problem, hs, hd = scan(raw, dim, q, k=5)
+    assert problem == records.OK
+    d = ((vectors - q) ** 2).sum(1)
+    want = np.argsort(d, kind="stable")[:5]
+    got = hs[hs >= 0]                                  # a heap, not sorted: the caller sorts it
+    assert len(got) == min(5, count)
+    np.testing.assert_allclose(np.sort(hd[hs >= 0]), np.sort(d[want]), rtol=1e-4, atol=1e-4)
+    assert set(got.tolist()) <= set(slots.tolist())
+
+
+# ---- corrupt postings through the search -------------------------------------------------
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    middle = np.random.default_rng(99).standard_normal((8, dim)).astype(np.float32) * 3
+    rng = np.random.default_rng(seed)
+    return (middle[rng.integers(0, 8, n)] + rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def rewrite_first_posting(path: Path, change: Any) -> None:
+    env = lmdb.open(str(path), max_dbs=16)
+    try:
+        handle = env.open_db(b"spann.postings")
+        with env.begin(write=True) as txn:
+            key, value = next(iter(txn.cursor(handle).iternext()))
+            txn.put(bytes(key), change(bytes(value)), db=handle)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("dim", [24, 20])
+@pytest.mark.parametrize("how", ["slot", "vector", "last", "truncate"])
+def test_a_corrupt_format_3_posting_raises_data_loss_from_every_search(tmp_path: Path, dim: int, how: str) -> None:
+    x = clustered(800, dim, 1)
+    index = SPANN(dim, "l2", tmp_path / "s", posting_limit=64, head_size=16, background=False)
+    index.train(x)
+    index.add(x)
+    index.close()
+    header = postings.HEADER_BYTES
+    changes = {
+        "slot": lambda v: v[: header + 3] + bytes([v[header + 3] ^ 0x08]) + v[header + 4 :],
+        "vector": lambda v: v[:-40] + bytes([v[-40] ^ 0x01]) + v[-39:],
+        "last": lambda v: v[:-1] + bytes([v[-1] ^ 0x80]),
+        "truncate": lambda v: v[: len(v) - 8],
+    }
+    rewrite_first_posting(tmp_path / "s", changes[how])
+    again = SPANN(dim, "l2", tmp_path / "s")
+    try:
+        with pytest.raises(DataLossError):
+            again.search(x[:30], 10, **EVERYTHING)               # batched: records copied, checked, then scanned
+        for i in range(3):
+            with pytest.raises(DataLossError):                   # one query: checked while scanned in place
+                again.search(x[i], 10, **EVERYTHING)
+    finally:
+        again.close()
+
+
+# ---- an index written in format 2 --------------------------------------------------------
+def formats(where: Path | SPANN) -> dict[int, int]:
+    """Posting records by format, of the closed index at ``where`` or of an open index."""
+    def count(txn: Any, handle: Any) -> dict[int, int]:
+        versions = [int.from_bytes(bytes(v)[4:6], "little") for _, v in txn.cursor(handle).iternext()]
+        return {v: versions.count(v) for v in set(versions)}
+
+    if isinstance(where, SPANN):
+        with where._space.read() as txn:
+            return count(txn, where._pdb)
+    env = lmdb.open(str(where), max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return count(txn, env.open_db(b"spann.postings", txn=txn, create=False))
+    finally:
+        env.close()
+
+
+def assert_exact(index: SPANN, x: np.ndarray, ids: np.ndarray, q: np.ndarray) -> None:
+    flat = FlatIndex(x.shape[1])
+    flat.add(x, ids)
+    want = flat.search(q, 10)
+    got = index.search(q, 10, **EVERYTHING)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_allclose(got.distances, want.distances, rtol=1e-4, atol=1e-4)
+    for i in range(0, len(q), 7):
+        one = index.search(q[i], 10, **EVERYTHING)
+        np.testing.assert_array_equal(one.ids[0], want.ids[i])
+
+
+def test_an_index_written_in_format_2_is_read_updated_and_reopened(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    shutil.copytree(FIXTURE, path)
+    x = make_spann_v2.rows()
+    dim = make_spann_v2.DIM
+    assert formats(path) == {2: formats(path)[2]}
+    q = x[::9] + np.float32(0.25)
+    index = SPANN(dim, "l2", path, background=False)
+    try:
+        assert len(index) == len(x) and index.n_heads > 1
+        assert_exact(index, x, np.arange(len(x)), q)
+        more = make_spann_v2.rows()[:60] + np.float32(0.5)         # rewrites some postings, in format 3
+        index.add(more, np.arange(1000, 1060))
+        index.remove(np.arange(0, 40))
+        mixed = formats(index)
+        assert mixed.get(2, 0) > 0 and mixed.get(3, 0) > 0
+        keep = np.arange(40, len(x))
+        all_x, all_ids = np.concatenate([x[keep], more]), np.concatenate([keep, np.arange(1000, 1060)])
+        assert_exact(index, all_x, all_ids, q)
+    finally:
+        index.close()
+    again = SPANN(dim, "l2", path, background=False)
+    try:
+        assert_exact(again, all_x, all_ids, q)
+    finally:
+        again.close()
+
+
+def test_a_corrupt_format_2_posting_still_raises_data_loss(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    shutil.copytree(FIXTURE, path)
+    rewrite_first_posting(path, lambda v: v[:-5] + bytes([v[-5] ^ 0x10]) + v[-4:])
+    index = SPANN(make_spann_v2.DIM, "l2", path, background=False)
+    x = make_spann_v2.rows()
+    try:
+        with pytest.raises(DataLossError):
+            index.search(x[:20], 10, **EVERYTHING)
+        with pytest.raises(DataLossError):
+            index.search(x[0], 10, **EVERYTHING)
+    finally:
+        index.close()
+
+
+# ---- the one-query path against FlatIndex ------------------------------------------------
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 300), dim=st.sampled_from([3, 8, 20, 33]), seed=st.integers(0, 10_000),
+       metric=st.sampled_from(["l2", "ip", "cosine"]), k=st.integers(1, 12))
+def test_one_query_searches_of_every_posting_equal_flat(n: int, dim: int, seed: int, metric: str, k: int) -> None:
+    x = clustered(n, dim, seed)
+    index = SPANN(dim, metric, posting_limit=32, head_size=8, background=False, min_train=1)
+    try:
+        index.train(x)
+        index.add(x)
+        flat = FlatIndex(dim, metric)
+        flat.add(x)
+        q = clustered(6, dim, seed + 1)
+        want = flat.search(q, k)
+        for i in range(len(q)):
+            got = index.search(q[i], k, **EVERYTHING)
+            np.testing.assert_allclose(got.distances[0], want.distances[i], rtol=1e-4, atol=1e-4)
+            same = got.ids[0] == want.ids[i]
+            assert same.mean() >= 0.8 or np.allclose(got.distances[0][~same], want.distances[i][~same], atol=1e-4)
+    finally:
+        index.close()
+
+
+# ---- SQ8 postings scanned in place ---------------------------------------------------------
+@pytest.mark.parametrize("metric,dim", [("l2", 24), ("ip", 24), ("l2", 22), ("cosine", 20)])
+def test_sq8_one_query_in_place_equals_the_batched_scan(metric: str, dim: int) -> None:
+    x = clustered(1500, dim, 5)
+    index = SPANN(dim, metric, posting_limit=64, head_size=16, background=False, codes="sq8")
+    try:
+        index.train(x)
+        index.add(x)
+        index.remove(np.arange(0, 1500, 7))                    # tombstones the scans must skip
+        q = clustered(12, dim, 6)
+        for kw in ({"max_postings": 4}, {"max_postings": 16, "allow": np.arange(1, 1500, 3), "rerank": 25}, EVERYTHING):
+            batched = index.search(q, 10, **kw)                 # several queries: records copied, checked, scanned
+            for i in range(len(q)):
+                one = index.search(q[i], 10, **kw)              # one query: in place, re-ranked with floats
+                np.testing.assert_allclose(one.distances[0], batched.distances[i], rtol=1e-5, atol=1e-5)
+                same = one.ids[0] == batched.ids[i]
+                assert same.all() or np.allclose(one.distances[0][~same], batched.distances[i][~same], atol=1e-5)
+                assert not np.isin(one.ids[0], np.arange(0, 1500, 7)).any()
+        _, stats = index.search_with_stats(q[0], 10, max_postings=8)
+        assert stats.rerank_bytes > 0 and stats.bytes_read > stats.rerank_bytes and stats.entries[0] > 0
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("dim", [24, 22])
+@pytest.mark.parametrize("where", ["code", "vector record"])
+def test_a_corrupt_sq8_posting_or_vector_raises_from_a_one_query_search(tmp_path: Path, dim: int, where: str) -> None:
+    x = clustered(600, dim, 7)
+    index = SPANN(dim, "l2", tmp_path / "s", posting_limit=64, head_size=16, background=False, codes="sq8")
+    index.train(x)
+    index.add(x)
+    index.close()
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
+    try:
+        handle = env.open_db(b"spann.postings" if where == "code" else b"spann.vectors")
+        with env.begin(write=True) as txn:
+            for key, value in txn.cursor(handle).iternext():
+                raw = bytes(value)
+                bad = raw[:-2] + bytes([raw[-2] ^ 0x04]) + raw[-1:] if where == "code" else raw[:-4]
+                txn.put(bytes(key), bad, db=handle)             # every posting / every vector record
+    finally:
+        env.close()
+    again = SPANN(dim, "l2", tmp_path / "s")
+    try:
+        with pytest.raises(DataLossError):
+            again.search(x[0], 10, **EVERYTHING)
+        with pytest.raises(DataLossError):
+            again.search(x[:2], 10, max_postings=4)
+    finally:
+        again.close()

@@ -426,6 +426,13 @@ def test_every_index_kind_runs_and_its_knobs_move_recall(tmp_path, caplog):
                 "--search", "max_postings=16;rerank=10,200") == 0
     got = {(ln["build"]["codes"], ln["search"].get("rerank")): ln["recall_at_10"] for ln in read_lines([sq8])}
     assert set(got) == {("float", None), ("sq8", 10), ("sq8", 200)} and got[("sq8", 200)] > got[("sq8", 10)]
+    # the head route is a build knob (exact_heads 0: every query and insert routes through it)
+    routes = tmp_path / "routes.jsonl"
+    assert _cli(data, routes, "vecdb-spann", "--build", "head_route=groups,graph;exact_heads=0;posting_limit=64;head_size=16",
+                "--search", "max_postings=1,16") == 0
+    got = {(ln["build"]["head_route"], ln["search"]["max_postings"]): ln["recall_at_10"] for ln in read_lines([routes])}
+    assert set(got) == {(r, m) for r in ("groups", "graph") for m in (1, 16)}
+    assert all(got[(r, 16)] > got[(r, 1)] for r in ("groups", "graph"))
 
 
 def test_filter_workload_scores_against_the_filtered_rows_and_caches_them(tmp_path, monkeypatch, capsys):

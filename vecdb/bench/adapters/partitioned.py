@@ -3,7 +3,8 @@ standalone index in the target's own folder) and Curator (the multi-tenant clust
 which keeps a tenant workload's tenants itself).
 
 SPANN build knobs: posting_limit, head_size, replicas, eps1, rng_factor, head_M,
-head_ef_construction, exact_heads, codes ("float" or "sq8"), train (sample size); search knobs
+head_ef_construction, exact_heads, head_route ("groups" or "graph"), codes ("float" or "sq8"),
+train (sample size); search knobs
 (``SPANNParams``): max_postings, eps2, ef, and rerank with codes=sq8.
 Curator build knobs: n_root, branching, max_depth, max_shortlist, tier_threshold, codes, train;
 search knobs (``CuratorParams``): budget, ef (ef only reaches tenants promoted to a graph), and
@@ -53,7 +54,8 @@ class VecdbSPANN(IndexChurn, Target):
     params_kind = "spann"
     search_knobs = tuple(sorted(SPANNParams.knobs()))
     build_knobs: ClassVar[tuple[str, ...]] = ("posting_limit", "head_size", "replicas", "eps1", "rng_factor",
-                                              "head_M", "head_ef_construction", "exact_heads", "codes", "train")
+                                              "head_M", "head_ef_construction", "exact_heads", "head_route", "codes",
+                                              "train")
     supports_filter = True
     filter_paths = {"scan": "postings read for the query, entries outside the allow-set skipped"}
     _INT = ("posting_limit", "head_size", "replicas", "head_M", "head_ef_construction", "exact_heads")
@@ -66,6 +68,8 @@ class VecdbSPANN(IndexChurn, Target):
         self.workdir.mkdir(parents=True)
         kwargs: dict[str, Any] = {**_ints(self.build_params, self._INT),
                                   **{k: float(self.build_params[k]) for k in self._FLOAT if k in self.build_params}}
+        if "head_route" in self.build_params:   # checked by SPANN (a clear error names the choices)
+            kwargs["head_route"] = str(self.build_params["head_route"])
         self.index = SPANN(self.dim, self.metric, path=self.workdir / "spann",
                            codes="sq8" if _sq8(self.build_params) else None, **kwargs)
         self.index.train(_train_rows(base, self.build_params))

@@ -62,10 +62,21 @@ def check_payloads(payloads: list[Any] | tuple[Any, ...], *, where: str = "paylo
     """``check_payload`` of each item (messages name ``where[i]``). A batch of flat dicts with
     one key set and one value type per key (``one_shape``) is checked a column at a time, in
     a few C-level passes per key, instead of in Python per payload."""
+    return check_payloads_shaped(payloads, where=where)[0]
+
+
+Shape = dict[str, tuple[list[Any], type]]
+
+
+def check_payloads_shaped(payloads: list[Any] | tuple[Any, ...], *,
+                          where: str = "payloads") -> tuple[list[dict[str, Any] | None], Shape | None]:
+    """``check_payloads``, and the batch's ``one_shape`` columns when it took the column-wise
+    path (the payloads are then returned as given): ``PayloadIndex.add_many`` takes them, so
+    the batch is split into columns once (None: it was checked payload by payload)."""
     columns = one_shape(payloads)
     if columns is not None and all(_flat_column(values, t) for values, t in columns.values()):
-        return list(payloads)
-    return [check_payload(p, where=f"{where}[{i}]") for i, p in enumerate(payloads)]
+        return list(payloads), columns
+    return [check_payload(p, where=f"{where}[{i}]") for i, p in enumerate(payloads)], None
 
 
 def one_shape(payloads: list[Any] | tuple[Any, ...]) -> dict[str, tuple[list[Any], type]] | None:
@@ -391,7 +402,11 @@ def _scalar(field: str, value: Any) -> tuple[str, Any]:
 
 
 class Column:
-    """All values of one (field, kind): sorted run + unsorted tail, entries tagged with epochs."""
+    """All values of one (field, kind): sorted run + unsorted tail, entries tagged with epochs.
+
+    The tail is held as arrays, one chunk per batch (``extend``: a batch costs a few numpy
+    calls, not Python per entry), plus lists for entries added one at a time (``append``,
+    moved into a chunk before the next batch, so the tail keeps arrival order)."""
 
     def __init__(self, kind: str) -> None:
         self.dtype = np.dtype(object) if kind == "s" else np.dtype(np.float64)
@@ -401,49 +416,94 @@ class Column:
         self._tail_vals: list[Any] = []
         self._tail_iids: list[int] = []
         self._tail_epochs: list[int] = []
+        self._tail_chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._tail_n = 0   # entries in the tail (chunks and lists)
         self._tail_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        #: (the index's removal count, stale entries in the run then): the run's stale count
+        #: changes only when points are removed, so it is recounted only after a removal
+        self._stale_seen: tuple[int, int] | None = None
 
     def append(self, value: Any, iid: int, epoch: int) -> None:
         self._tail_vals.append(value)
         self._tail_iids.append(iid)
         self._tail_epochs.append(epoch)
+        self._tail_n += 1
         self._tail_cache = None
 
-    def extend(self, values: list[Any], iids: list[int], epochs: list[int]) -> None:
-        """``append`` of many entries at once."""
-        self._tail_vals.extend(values)
-        self._tail_iids.extend(iids)
-        self._tail_epochs.extend(epochs)
+    def extend(self, values: Any, iids: np.ndarray, epochs: np.ndarray) -> None:
+        """``append`` of many entries at once: ``values`` (a sequence of this column's
+        values) and the entries' internal ids and epochs (arrays of the same length)."""
+        if not len(iids):
+            return
+        if self._tail_vals:
+            self._tail_chunks.append(self._listed())
+            self._tail_vals, self._tail_iids, self._tail_epochs = [], [], []
+        vals = np.empty(len(iids), self.dtype)
+        vals[:] = values
+        self._tail_chunks.append((vals, np.array(iids, np.int64), np.array(epochs, np.uint32)))
+        self._tail_n += len(iids)
         self._tail_cache = None
+
+    def _listed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The entries appended one at a time since the last chunk, as arrays."""
+        vals = np.empty(len(self._tail_vals), self.dtype)
+        vals[:] = self._tail_vals
+        return vals, np.array(self._tail_iids, np.int64), np.array(self._tail_epochs, np.uint32)
 
     def tail(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The tail as arrays (built once per write; concurrent readers build identical copies)."""
         cached = self._tail_cache
         if cached is None:
-            vals = np.empty(len(self._tail_vals), self.dtype)
-            vals[:] = self._tail_vals
-            cached = (vals, np.array(self._tail_iids, np.int64), np.array(self._tail_epochs, np.uint32))
-            self._tail_cache = cached
-        return cached
+            parts = self._tail_chunks + [self._listed()] if self._tail_vals or not self._tail_chunks \
+                else self._tail_chunks
+            cached = parts[0] if len(parts) == 1 else tuple(np.concatenate(arrays) for arrays in zip(*parts))
+            self._tail_cache = cached   # type: ignore[assignment]
+        return cached  # type: ignore[return-value]
 
-    def compact(self, epoch: np.ndarray, force: bool = False) -> bool:
+    def load(self, vals: np.ndarray, iids: np.ndarray, epochs: np.ndarray, n_sorted: int) -> None:
+        """Take the entries of a saved column: the first ``n_sorted`` are its sorted run, the
+        rest its tail."""
+        self.vals, self.iids, self.epochs = vals[:n_sorted], iids[:n_sorted], epochs[:n_sorted]
+        self._tail_vals, self._tail_iids, self._tail_epochs = [], [], []
+        self._tail_chunks, self._tail_n, self._tail_cache = [], 0, None
+        self.extend(vals[n_sorted:], iids[n_sorted:], epochs[n_sorted:])
+
+    def compact(self, epoch: np.ndarray, force: bool = False, removals: int | None = None) -> bool:
         """Re-sort when the tail or stale entries reach a quarter of the run (or when forced);
-        True when it did."""
-        n_tail = len(self._tail_iids)
+        True when it did. ``removals``: how many removals the payload index has made so far
+        (None: unknown); while it is unchanged the run's stale count is not recounted, so a
+        write that removes nothing costs O(1) here, not a pass over the run."""
+        n_tail = self._tail_n
         if not force and n_tail < max(_MIN_TAIL, len(self.iids) // 4):
-            stale = int((self.epochs != epoch[self.iids]).sum()) if len(self.iids) else 0
+            seen = self._stale_seen
+            if seen is not None and removals is not None and seen[0] == removals:
+                stale = seen[1]
+            else:
+                stale = int((self.epochs != epoch[self.iids]).sum()) if len(self.iids) else 0
+                self._stale_seen = None if removals is None else (removals, stale)
             if stale < max(_MIN_TAIL, len(self.iids) // 4):
                 return False
+        # the live tail entries, sorted, merged into the live run (already sorted): one pass
+        # over the run instead of sorting it again; equal values keep the run's entries
+        # first, then the tail's in arrival order (as one stable sort of both would)
         tv, ti, te = self.tail()
-        vals = np.concatenate([self.vals, tv])
-        iids = np.concatenate([self.iids, ti])
-        epochs = np.concatenate([self.epochs, te])
-        keep = epochs == epoch[iids]
-        vals, iids, epochs = vals[keep], iids[keep], epochs[keep]
-        order = np.argsort(vals, kind="stable")
-        self.vals, self.iids, self.epochs = vals[order], iids[order], epochs[order]
+        keep = te == epoch[ti]
+        order = np.argsort(tv[keep], kind="stable")
+        tv, ti, te = tv[keep][order], ti[keep][order], te[keep][order]
+        vals, iids, epochs = self.vals, self.iids, self.epochs
+        if len(iids):
+            keep = epochs == epoch[iids]
+            if not keep.all():
+                vals, iids, epochs = vals[keep], iids[keep], epochs[keep]
+        if len(tv):   # tail entry j lands at (its place in the run) + j; the run fills the rest
+            pos = np.searchsorted(vals, tv, side="right") + np.arange(len(tv))
+            rest = np.ones(len(vals) + len(tv), bool)
+            rest[pos] = False
+            vals, iids, epochs = (_merged(run, add, pos, rest) for run, add in ((vals, tv), (iids, ti), (epochs, te)))
+        self.vals, self.iids, self.epochs = vals, iids, epochs
         self._tail_vals, self._tail_iids, self._tail_epochs = [], [], []
-        self._tail_cache = None
+        self._tail_chunks, self._tail_n, self._tail_cache = [], 0, None
+        self._stale_seen = None if removals is None else (removals, 0)
         return True
 
     def match_tail_in(self, out: np.ndarray, epoch: np.ndarray, ids: np.ndarray,
@@ -513,7 +573,18 @@ class Column:
     def memory_bytes(self) -> int:
         per_tail = 8 + 28 + 28
         extra = 50 * len(self.vals) if self.dtype == object else 0
-        return int(self.vals.nbytes + self.iids.nbytes + self.epochs.nbytes + extra + per_tail * len(self._tail_iids))
+        chunks = sum(v.nbytes + i.nbytes + e.nbytes + (50 * len(v) if self.dtype == object else 0)
+                     for v, i, e in self._tail_chunks)
+        return int(self.vals.nbytes + self.iids.nbytes + self.epochs.nbytes + extra + per_tail * len(self._tail_iids)
+                   + chunks)
+
+
+def _merged(run: np.ndarray, add: np.ndarray, pos: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """``run`` with ``add`` placed at the positions ``pos`` of the result (``rest``: the others)."""
+    out = np.empty(len(rest), run.dtype)
+    out[pos] = add
+    out[rest] = run
+    return out
 
 
 #: the column kind of each top-level scalar type (``PayloadIndex.add``); None: not indexed
@@ -532,6 +603,8 @@ class PayloadIndex:
         self.epoch = np.zeros(0, np.uint32)
         #: bumped whenever a column is re-sorted (its tail moved into the run)
         self.generation = 0
+        #: ids removed so far (``remove``): the columns' stale counts change only with it
+        self.removals = 0
 
     def reserve(self, n: int) -> None:
         """Make room for internal ids below ``n``."""
@@ -565,24 +638,23 @@ class PayloadIndex:
                 col = self._column(key, kind)
             col.append(value, iid, ep)
 
-    def add_many(self, iids: np.ndarray, payloads: list[Mapping[str, Any] | None]) -> None:
+    def add_many(self, iids: np.ndarray, payloads: list[Mapping[str, Any] | None], shape: Shape | None = None) -> None:
         """``add`` of each ``(iids[i], payloads[i])``. Flat payloads of one shape
         (``one_shape``: scalar values, one type per key) go into each field's column in one
-        ``extend``, without Python per payload and field; any other batch goes point by point."""
-        columns = one_shape(payloads)
+        ``extend``, without Python per payload and field; any other batch goes point by point.
+        ``shape``: ``one_shape(payloads)`` when the caller has it (``check_payloads_shaped``)."""
+        columns = shape if shape is not None else one_shape(payloads)
         if columns is None or any(t not in _SCALAR_KINDS for _, t in columns.values()):
             for iid, payload in zip(iids.tolist(), payloads):
                 self.add(iid, payload)
             return
-        ids = iids.tolist()
-        epochs = self.epoch[iids].tolist()
+        ids = np.asarray(iids, np.int64)
+        epochs = self.epoch[ids]
         for key, (values, t) in columns.items():
             kind = _SCALAR_KINDS[t]
             if kind is None:
                 continue                  # null is not indexed
-            if kind != "s":
-                values = np.array(values, np.float64).tolist()
-            self._column(key, kind).extend(values, ids, epochs)
+            self._column(key, kind).extend(values if kind == "s" else np.array(values, np.float64), ids, epochs)
 
     def _column(self, field: str, kind: str) -> "Column":
         """The column of ``field`` values of ``kind``, created on first use."""
@@ -595,11 +667,12 @@ class PayloadIndex:
         """Forget the payloads of ``iids`` (their entries become stale)."""
         if len(iids):
             self.epoch[iids] += np.uint32(1)
+            self.removals += len(iids)
 
     def compact(self, force: bool = False) -> None:
         """Re-sort columns whose tail or garbage has grown (amortised O(n log n))."""
         for col in self.columns.values():
-            if col.compact(self.epoch, force):
+            if col.compact(self.epoch, force, self.removals):
                 self.generation += 1
 
     def evaluate(self, node: Node, live: np.ndarray) -> np.ndarray:
@@ -720,9 +793,7 @@ def load_payload_index(path: Path) -> PayloadIndex:
                 vals = np.load(f"{stem}.vals.npy", allow_pickle=False).astype(np.float64)
             if not (len(vals) == len(iids) == len(epochs)) or (len(iids) and iids.max() >= len(index.epoch)):
                 raise ValueError(f"column {entry['field']!r} arrays disagree")
-            col.vals, col.iids, col.epochs = vals[:n_sorted], iids[:n_sorted], epochs[:n_sorted]
-            col._tail_vals, col._tail_iids, col._tail_epochs = (vals[n_sorted:].tolist(), iids[n_sorted:].tolist(),
-                                                                epochs[n_sorted:].tolist())
+            col.load(vals, iids, epochs, n_sorted)
             index.columns[(str(entry["field"]), kind)] = col
         return index
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:

@@ -26,6 +26,7 @@ from vecdb.collection.layout import OWNER
 from vecdb.collection.memory import Memory
 from vecdb.collection.tenants import TenantSet
 from vecdb.collection.training import apply_membership
+from vecdb.filters import Shape
 from vecdb.index.staging import Prepared
 
 #: target length of one exclusive step that moves staged points into the index (the longest
@@ -37,10 +38,10 @@ MIN_STEP_ROWS, MAX_STEP_ROWS = 16, 65_536
 
 def apply_upsert(mem: Memory, iids: np.ndarray, is_new: np.ndarray, uids: list[Any], x: np.ndarray,
                  pays: list[dict[str, Any] | None], owners: list[TenantSet], ops: list[oplog.Op],
-                 seq: int, next_iid: int, prepared: Prepared | None = None) -> None:
+                 seq: int, next_iid: int, prepared: Prepared | None = None, shape: Shape | None = None) -> None:
     """Publish a committed upsert: rows staged (``prepared``: copied in already, see
-    ``Staging.prepare``), payloads indexed, new points owned by ``owners``, membership
-    ``ops`` handed to the index."""
+    ``Staging.prepare``), payloads indexed (``shape``: their columns, when the check made
+    them), new points owned by ``owners``, membership ``ops`` handed to the index."""
     mem.reserve(next_iid)
     old = iids[~is_new]
     if len(old):
@@ -57,7 +58,7 @@ def apply_upsert(mem: Memory, iids: np.ndarray, is_new: np.ndarray, uids: list[A
     mem.n_live += len(new)
     has_pays = any(pays)
     if has_pays:
-        mem.payidx.add_many(iids, pays)
+        mem.payidx.add_many(iids, pays, shape)
     if len(old) or has_pays:   # a re-sort falls due only when entries were added or made stale
         mem.payidx.compact()
     if owners:

@@ -77,7 +77,7 @@ from vecdb.collection.training import build_index, configured_class
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
                           IdNotFoundError, InternalError, InvalidArgumentError, PermissionDeniedError,
                           TenantNotFoundError, UnavailableError)
-from vecdb.filters import check_payloads
+from vecdb.filters import Shape, check_payloads_shaped
 from vecdb.storage import keys as K
 from vecdb.storage.arrays import encode_checked_json_many, row_views
 from vecdb.storage.files import dir_bytes
@@ -177,6 +177,7 @@ class Collection:
         n = len(idkeys)
         if len(x) != n:
             raise InvalidArgumentError(f"got {n} ids for {len(x)} vectors")
+        shape: Shape | None = None   # the payloads' columns, when checked column-wise (the payload index takes them)
         if payloads is None:
             pays: list[dict[str, Any] | None] = [None] * n
         else:
@@ -184,14 +185,15 @@ class Collection:
                 raise InvalidArgumentError("payloads must be a list with one dict (or None) per id")
             if len(payloads) != n:
                 raise InvalidArgumentError(f"got {len(payloads)} payloads for {n} ids")
-            pays = check_payloads(payloads)
+            pays, shape = check_payloads_shaped(payloads)
         pay_bytes = [None] * n if payloads is None else encode_checked_json_many(pays)
         tenant_names = check_tenants(tenant)
         with self._writing() as mem:
             tsets = [self._tenant(t) for t in tenant_names]
             h = self._h
+            ascending = _ascending(idkeys)
             with self._store.read() as txn:
-                found = dict(txn.cursor(h["ids"]).getmulti(idkeys))
+                found = _stored(txn.cursor(h["ids"]), idkeys, ascending)
             iids, is_new = self._assign_iids(idkeys, found, mem.next_iid)
             next_iid = mem.next_iid + int(is_new.sum())
             seq = mem.seq + 1
@@ -211,7 +213,7 @@ class Collection:
             # grows); the (key, value) pairs are zipped in the transaction, straight into
             # putmulti, which lets zip reuse one pair. The id records go in key order (each
             # page touched once), appended when they all sort after the stored ones.
-            id_keys_new, id_vals_new = _in_key_order(idkeys, iid_keys, None if not old_rows else new_rows)
+            id_keys_new, id_vals_new = _in_key_order(idkeys, iid_keys, None if not old_rows else new_rows, ascending)
             # the new points' rows go into one block, their payloads into another (their
             # internal ids are consecutive); a replaced point's row and payload (b"": none)
             # into per-point records, which take precedence over its block rows
@@ -254,7 +256,7 @@ class Collection:
             # the rows are copied into staging now, readers searching: publishing them is O(1)
             prepared = mem.staging.prepare(x, iids, known=iids[~is_new])
             self._commit(batch, lambda: apply_upsert(self._mem, iids, is_new, uids, x, pays, tsets, ops, seq, next_iid,
-                                                     prepared))
+                                                     prepared, shape))
 
     def _assign_iids(self, idkeys: list[bytes], found: dict[bytes, bytes],
                      next_iid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -919,11 +921,27 @@ class Collection:
         return np.full(iids.shape, -1, np.int64) if uid_of.dtype != object else np.full(iids.shape, None, object)
 
 
-def _in_key_order(keys: list[bytes], values: list[bytes], rows: list[int] | None) -> tuple[list[bytes], list[bytes]]:
+def _ascending(keys: list[bytes]) -> bool:
+    """True when ``keys`` strictly ascend in LMDB's order (bytes compared as Python compares them)."""
+    return all(map(bytes.__lt__, keys, itertools.islice(keys, 1, None)))
+
+
+def _stored(cur: Any, keys: list[bytes], ascending: bool) -> dict[bytes, bytes]:
+    """The stored records among ``keys`` (key -> value), read through cursor ``cur``. When
+    the keys ascend past the last stored key (a batch of new ids in order, the common bulk
+    load) none can be stored: one cursor step instead of a lookup per key."""
+    if not cur.last() or (ascending and keys and cur.key() < keys[0]):
+        return {}
+    return dict(cur.getmulti(keys))
+
+
+def _in_key_order(keys: list[bytes], values: list[bytes], rows: list[int] | None,
+                  ascending: bool | None = None) -> tuple[list[bytes], list[bytes]]:
     """``keys[i], values[i]`` of ``rows`` (None: all), sorted by key (LMDB's order: bytes
-    compared as Python compares them); the common already-sorted batch is only checked."""
+    compared as Python compares them); the common already-sorted batch is only checked
+    (``ascending``: the check's answer when the caller made it already)."""
     if rows is None:
-        if all(map(bytes.__lt__, keys, itertools.islice(keys, 1, None))):
+        if ascending if ascending is not None else _ascending(keys):
             return keys, values
         rows = range(len(keys))
     order = sorted(rows, key=keys.__getitem__)

@@ -23,6 +23,8 @@ def id_keys(info: CollectionInfo, ids: Any, *, unique: bool) -> tuple[list[bytes
         arr = as_id_array(ids)
         uids: list[Any] = arr.tolist()
         keys = K.int_id_keys(arr)
+        if unique and (len(arr) < 2 or bool((arr[1:] > arr[:-1]).all()) or len(np.unique(arr)) == len(arr)):
+            return keys, uids   # unique, told by numpy (ascending ids, the common batch, in one pass)
     else:
         seq = [ids] if isinstance(ids, str) else list(np.asarray(ids, dtype=object).reshape(-1)) \
             if isinstance(ids, np.ndarray) else list(ids)

@@ -12,9 +12,18 @@ Staged rows are kept in arrival order in append-only arrays, at absolute positio
 never change: the live rows lie between ``head`` and ``tail`` (rows replaced or deleted
 while staged are marked dead), and the indexer always takes the oldest live rows, so moving
 them out only advances ``head``. The writer copies a batch in beyond ``tail`` before its
-exclusive step (``prepare``: no reader looks there; a grown copy of the arrays is made then
-too), so publishing it (``stage``) and taking rows out are O(1) in the rows held: neither
-copies rows under the exclusive lock.
+exclusive step (``prepare``: no reader looks there; a grown copy of the small per-row
+arrays is made then too), so publishing it (``stage``) and taking rows out are O(1) in the
+rows held: neither copies rows under the exclusive lock.
+
+The vectors themselves are kept in segments (``Segments``: arrays of up to about
+``SEGMENT_BYTES`` each, each holding consecutive positions) that are never copied: a batch
+that does not fit in the last segment starts a new one, and a segment is let go once the
+indexer has taken all its rows. So a writer far ahead of the indexer (hundreds of thousands
+of rows staged) writes each row once, instead of copying every staged row into a larger
+array each time the arrays fill (about 3 extra copies of each row, plus the page faults of
+the fresh arrays: some microseconds per point at 1M points). The per-row ids, norms and
+dead flags (13 bytes a row) still grow by copying, as before.
 
 An index that can link new rows while it is searched (``begin_add`` / ``finish_add``, e.g.
 HNSW) takes them in a ``Move`` instead: chosen and copied into the index's arrays while
@@ -45,6 +54,8 @@ OVERFETCH_LIMIT = 256
 #: smallest row capacity allocated; growth allocates 1.5x the rows then held
 _MIN_ROWS = 1024
 _GROWTH = 1.5
+#: most bytes of vectors in one segment (more rows when one batch needs them)
+SEGMENT_BYTES = 32 << 20
 _ONE = np.float32(1.0)
 
 
@@ -58,6 +69,51 @@ class Move:
     touched: list[I64Vector] = field(default_factory=list)   # ids unstaged meanwhile
 
 
+@dataclass(frozen=True)
+class Segments:
+    """The staged vectors: ``arrays[i]`` holds the rows at absolute positions
+    ``starts[i]`` onwards (up to ``starts[i + 1]``, or ``tail`` for the last). Never changed in
+    place: ``Staging.prepare`` makes a new one when it adds or lets go of a segment."""
+
+    starts: tuple[int, ...] = ()
+    arrays: tuple[np.ndarray, ...] = ()
+
+    @property
+    def end(self) -> int:
+        """The position after the last row the segments have room for."""
+        return self.starts[-1] + len(self.arrays[-1]) if self.arrays else 0
+
+    def spans(self, lo: int, hi: int) -> list[tuple[int, int, np.ndarray]]:
+        """``(first, last + 1, array)`` of each segment's share of positions ``lo .. hi - 1``
+        (array row ``p - start`` holds position ``p``); the starts are few, so a linear walk."""
+        out = []
+        starts = self.starts
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else hi
+            a, b = max(lo, start), min(hi, end)
+            if a < b:
+                out.append((a, b, self.arrays[i][a - start:b - start]))
+        return out
+
+    def take(self, positions: I64Vector, dim: int) -> F32Matrix:
+        """The rows at ascending absolute ``positions`` (a copy)."""
+        if len(self.arrays) == 1 or not len(positions):
+            base = self.starts[0] if self.starts else 0
+            arr = self.arrays[0] if self.arrays else np.zeros((0, dim), np.float32)
+            return arr[positions - base]
+        out = np.empty((len(positions), dim), np.float32)
+        bounds = np.searchsorted(positions, np.asarray(self.starts[1:], np.int64))
+        lo = 0
+        for i, hi in enumerate([*bounds.tolist(), len(positions)]):
+            if hi > lo:
+                out[lo:hi] = self.arrays[i][positions[lo:hi] - self.starts[i]]
+            lo = max(lo, hi)
+        return out
+
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays))
+
+
 @dataclass
 class Plan:
     """Staged rows chosen and copied out for the next ``begin`` (see ``Staging.plan``): their
@@ -67,7 +123,7 @@ class Plan:
     positions: I64Vector
     ids: I64Vector
     rows: F32Matrix
-    vecs: np.ndarray
+    vecs: Segments
     base: int
     placement: Any
 
@@ -79,8 +135,9 @@ class Prepared:
     owner: "Staging"
     tail: int
     n: int
-    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None   # grown (vecs, norms, ids, dead, base)
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None   # grown (norms, ids, dead, base)
     staged_before: I64Vector    # absolute positions of live staged rows holding the batch's ids
+    segments: Segments          # the vector segments holding the batch (new when one was added or let go)
 
 
 class Staging:
@@ -96,7 +153,8 @@ class Staging:
         self.dim = int(dim)
         self.metric = Metric.parse(metric)
         self._code = Metric.L2.code if self.metric is Metric.L2 else Metric.IP.code
-        self._vecs = np.zeros((0, self.dim), np.float32)
+        self._vecs = Segments()
+        self._segment_rows = max(_MIN_ROWS, SEGMENT_BYTES // (4 * max(self.dim, 1)))
         self._norms = np.zeros(0, np.float32)
         self._ids = np.zeros(0, np.int64)
         self._dead = np.zeros(0, bool)
@@ -126,22 +184,21 @@ class Staging:
         exclusive lock."""
         n = len(ids)
         tail, head = self._tail, self._head
-        vecs, norms, row_ids, dead, base = self._vecs, self._norms, self._ids, self._dead, self._base
+        norms, row_ids, dead, base = self._norms, self._ids, self._dead, self._base
         arrays = None
-        if tail - base + n > len(vecs):
+        if tail - base + n > len(row_ids):
             keep = tail - head   # rows before head have left for good: the copy starts there
             cap = max(_MIN_ROWS, int(_GROWTH * (keep + n)))
             lo, hi = head - base, tail - base
-            grown = (np.empty((cap, self.dim), np.float32), np.empty(cap, np.float32), np.empty(cap, np.int64),
-                     np.zeros(cap, bool))
-            grown[0][:keep], grown[1][:keep] = vecs[lo:hi], norms[lo:hi]
-            grown[2][:keep], grown[3][:keep] = row_ids[lo:hi], dead[lo:hi]
-            vecs, norms, row_ids, dead, base = *grown, head
+            grown = (np.empty(cap, np.float32), np.empty(cap, np.int64), np.zeros(cap, bool))
+            grown[0][:keep], grown[1][:keep], grown[2][:keep] = norms[lo:hi], row_ids[lo:hi], dead[lo:hi]
+            norms, row_ids, dead, base = *grown, head
             arrays = (*grown, head)
+        segments = self._segments_for(n)
         at = tail - base
-        rows = normalize_rows(x) if self.metric is Metric.COSINE else x
-        vecs[at:at + n] = rows
-        norms[at:at + n] = np.einsum("ij,ij->i", vecs[at:at + n], vecs[at:at + n], dtype=np.float32) if n else 0
+        block = segments.arrays[-1][tail - segments.starts[-1]:][:n] if n else np.zeros((0, self.dim), np.float32)
+        block[:] = normalize_rows(x) if self.metric is Metric.COSINE else x
+        norms[at:at + n] = np.einsum("ij,ij->i", block, block, dtype=np.float32) if n else 0
         row_ids[at:at + n] = ids
         dead[at:at + n] = False
         before = np.zeros(0, np.int64)
@@ -151,7 +208,26 @@ class Staging:
             span = slice(head - base, tail - base)
             hit = np.isin(row_ids[span], known) & ~dead[span]
             before = np.flatnonzero(hit).astype(np.int64) + head
-        return Prepared(self, tail, n, arrays, before)
+        return Prepared(self, tail, n, arrays, before, segments)
+
+    def _segments_for(self, n: int) -> Segments:
+        """The segments with room for ``n`` rows from ``tail`` in the last one: the current
+        ones, or a new last segment (sized for the rows staged, within ``_MIN_ROWS`` and
+        ``SEGMENT_BYTES``, at least ``n``); segments wholly before ``head`` are let go."""
+        segs, tail, head = self._vecs, self._tail, self._head
+        starts, arrays = segs.starts, segs.arrays
+        drop = 0
+        while drop + 1 < len(starts) and starts[drop + 1] <= head:
+            drop += 1   # all its rows have left (the last segment always stays)
+        if n and segs.end - tail < n:
+            cap = max(n, min(self._segment_rows, max(_MIN_ROWS, 2 * (self._live + n))))
+            # a segment let go is written again rather than a new one faulted in: no search
+            # or indexer step reads it (it holds only positions before head)
+            spare = [a for a in arrays[:drop] if len(a) >= cap]
+            starts, arrays = (*starts, tail), (*arrays, spare[0] if spare else np.empty((cap, self.dim), np.float32))
+        elif not drop:
+            return segs
+        return Segments(starts[drop:], arrays[drop:])
 
     def stage(self, x: F32Matrix, ids: I64Vector, stale: I64Vector, prepared: Prepared | None = None) -> None:
         """Stage rows ``x`` under ``ids`` (replacing staged rows of the same ids) and hide the
@@ -160,7 +236,8 @@ class Staging:
         if prepared is None or prepared.owner is not self or prepared.tail != self._tail or prepared.n != len(ids):
             prepared = self.prepare(x, ids)
         if prepared.arrays is not None:
-            self._vecs, self._norms, self._ids, self._dead, self._base = prepared.arrays
+            self._norms, self._ids, self._dead, self._base = prepared.arrays
+        self._vecs = prepared.segments
         self._kill(prepared.staged_before[prepared.staged_before >= self._head])
         self.hide(stale)
         self._tail += prepared.n
@@ -222,8 +299,7 @@ class Staging:
         if not self._live:
             return
         pos = self._oldest(budget)
-        rows = pos - self._base
-        index.add(self._vecs[rows], self._ids[rows])
+        index.add(self._vecs.take(pos, self.dim), self._ids[pos - self._base])
         self._advance(pos)
 
     def plan(self, index: BaseIndex, budget: int) -> "Plan | None":
@@ -235,13 +311,13 @@ class Staging:
         not change, so it holds unless one of them was unstaged or the arrays regrew)."""
         vecs, ids, dead, base = self._vecs, self._ids, self._dead, self._base   # the writer may swap them in
         head, tail = self._head, self._tail
-        if len(self.stale) or not self._live or head < base or tail - base > len(vecs):
+        if len(self.stale) or not self._live or head < base or tail - base > len(ids) or tail > vecs.end \
+                or not vecs.starts or head < vecs.starts[0]:
             return None
         pos = np.flatnonzero(~dead[head - base:tail - base])[:budget].astype(np.int64) + head
         if not len(pos):
             return None
-        rows = pos - base
-        take, x = ids[rows], vecs[rows]
+        take, x = ids[pos - base], vecs.take(pos, self.dim)
         return Plan(pos, take, x, vecs, base, index.prepare_add(x, take))
 
     def begin(self, index: BaseIndex, budget: int, plan: "Plan | None" = None) -> Move | None:
@@ -258,8 +334,7 @@ class Staging:
             pos, take, x, placement = plan.positions, plan.ids, plan.rows, plan.placement
         else:
             pos = self._oldest(budget)
-            rows = pos - self._base
-            take, x, placement = self._ids[rows].copy(), self._vecs[rows], None
+            take, x, placement = self._ids[pos - self._base].copy(), self._vecs.take(pos, self.dim), None
         slots = index.begin_add(x, take, placement)  # type: ignore[attr-defined]
         self.moving = Move(take, slots, pos)
         return self.moving
@@ -281,15 +356,18 @@ class Staging:
         """Exact top-k ids / distances over the live staged rows (those in ``allow``)."""
         if not self._live:
             return None
-        lo, hi = self._head - self._base, self._tail - self._base
-        vecs, norms, ids = self._vecs, self._norms, self._ids
+        base, head, tail = self._base, self._head, self._tail
+        lo, hi = head - base, tail - base
+        norms, ids = self._norms, self._ids
         # cosine: the raw queries rank the unit rows as their unit rows would (-<q, x> is
         # |q| times -<q/|q|, x>); the distances are scaled below. The index normalises the
         # queries itself (the graph kernel in the same pass), so they are normalised once.
         q = queries
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
         if allow is None and self._live == hi - lo:
-            slots, dists = exact_search(vecs[lo:hi], norms[lo:hi], q, k, self._code)
-            found = np.where(slots >= 0, ids[lo:hi][np.maximum(slots, 0)], -1)
+            for a, b, arr in self._vecs.spans(head, tail):   # each segment's rows scanned where they lie
+                slots, dists = exact_search(arr, norms[a - base:b - base], q, k, self._code)
+                parts.append((np.where(slots >= 0, ids[a - base:b - base][np.maximum(slots, 0)], -1), dists))
         else:
             rows = self._live_rows
             if rows is None:
@@ -304,8 +382,18 @@ class Staging:
                 rows = rows[ok]
             if not len(rows):
                 return None
-            slots, dists = exact_search(vecs, norms, q, k, self._code, rows)
-            found = np.where(slots >= 0, ids[np.maximum(slots, 0)], -1)
+            for a, b, arr in self._vecs.spans(head, tail):
+                i, j = np.searchsorted(rows, [a - base, b - base])
+                if j > i:
+                    slots, dists = exact_search(arr, norms[a - base:b - base], q, k, self._code, rows[i:j] - (a - base))
+                    parts.append((np.where(slots >= 0, ids[a - base:b - base][np.maximum(slots, 0)], -1), dists))
+        if not parts:
+            return None
+        found, dists = parts[0]
+        for more_ids, more_d in parts[1:]:   # segments in position order: on ties the older row first
+            out_ids, out_d = np.empty((len(q), k), np.int64), np.empty((len(q), k), np.float32)
+            merge_sorted(found, dists, more_ids, more_d, out_ids, out_d)
+            found, dists = out_ids, out_d
         if self.metric is Metric.COSINE:
             _cosine_of_raw(queries, dists)
         return found, dists
@@ -346,8 +434,10 @@ class Staging:
 
     def memory_bytes(self) -> int:
         """Bytes held by the staged rows' arrays (spare capacity included) and the stale set."""
-        arrays = self._vecs.nbytes + self._norms.nbytes + self._ids.nbytes + self._dead.nbytes
+        arrays = self._vecs.nbytes() + self._norms.nbytes + self._ids.nbytes + self._dead.nbytes
         return int(arrays + self.stale.nbytes)
+
+
 def _cosine_of_raw(queries: F32Matrix, dists: np.ndarray) -> None:
     """Scan distances of raw cosine queries (-<q, x> on unit rows) made 1 - cos in place:
     divided by |q| (a zero query has cosine 0 to everything, as its unit row gives), plus 1;

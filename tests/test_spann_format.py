@@ -172,6 +172,67 @@ def test_a_corrupt_format_3_posting_raises_data_loss_from_every_search(tmp_path:
         again.close()
 
 
+def rewrite_posting(path: Path, head: int, change: Any) -> None:
+    env = lmdb.open(str(path), max_dbs=16)
+    try:
+        handle = env.open_db(b"spann.postings")
+        with env.begin(write=True) as txn:
+            txn.put(postings.key(head), change(bytes(txn.get(postings.key(head), db=handle))), db=handle)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("where", ["first", "second run", "last"])
+def test_a_corrupt_posting_in_any_run_of_a_one_query_scan_raises_naming_it(tmp_path: Path, where: str) -> None:
+    """A one-query search checks and scans its records ``records.RUN`` per kernel call: a
+    corrupt posting read first, first in the second run, or last raises DataLossError naming
+    that posting; before the change the same search equals the batched one, work included."""
+    dim = 16
+    x = clustered(1500, dim, 3)
+    index = SPANN(dim, "l2", tmp_path / "s", posting_limit=32, head_size=8, background=False)
+    index.train(x)
+    index.add(x)
+    q = x[7] + np.float32(0.1)
+    wanted, _, qlist = index._plan(index._disk, q[None], 10, index.resolve_params(EVERYTHING))
+    order = wanted[qlist].tolist()                           # the postings in the order the scan reads them
+    assert len(order) > 2 * records.RUN
+    one, stats = index.search_with_stats(q, 10, **EVERYTHING)
+    many, many_stats = index.search_with_stats(np.stack([q] * 5), 10, **EVERYTHING)   # batched: copied, then scanned
+    np.testing.assert_array_equal(one.ids[0], many.ids[0])
+    assert stats.entries[0] == many_stats.entries[0] > 0 and stats.postings[0] == len(order)
+    index.close()
+    head = order[{"first": 0, "second run": records.RUN, "last": -1}[where]]
+    rewrite_posting(tmp_path / "s", head, lambda v: v[:-40] + bytes([v[-40] ^ 0x02]) + v[-39:])
+    again = SPANN(dim, "l2", tmp_path / "s", background=False)
+    try:
+        with pytest.raises(DataLossError, match=f"posting {head} fails its checksum"):
+            again.search(q, 10, **EVERYTHING)
+        with pytest.raises(DataLossError, match=f"posting {head} fails its checksum"):
+            again.search(np.stack([q] * 2), 10, **EVERYTHING)     # a few queries: in place too
+    finally:
+        again.close()
+
+
+def test_each_one_query_search_sees_the_writes_committed_before_it(tmp_path: Path) -> None:
+    """Searches read through a reused (renewed) LMDB read transaction: a vector added or
+    removed between two one-query searches is found by the second, or gone from it."""
+    dim = 12
+    x = clustered(600, dim, 5)
+    index = SPANN(dim, "l2", tmp_path / "s", posting_limit=32, head_size=8, background=False)
+    try:
+        index.train(x)
+        index.add(x[:500], np.arange(500))
+        for i in range(500, 520):
+            assert i not in index.search(x[i], 3, **EVERYTHING).ids[0]
+            index.add(x[i : i + 1], np.array([i]))
+            found = index.search(x[i], 3, **EVERYTHING)
+            assert found.ids[0][0] == i and found.distances[0][0] == 0.0
+            index.remove([i])
+            assert i not in index.search(x[i], 3, **EVERYTHING).ids[0]
+    finally:
+        index.close()
+
+
 # ---- an index written in format 2 --------------------------------------------------------
 def formats(where: Path | SPANN) -> dict[int, int]:
     """Posting records by format, of the closed index at ``where`` or of an open index."""

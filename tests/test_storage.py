@@ -176,3 +176,43 @@ def test_hold_stats_survive_a_lock_collected_while_they_are_read() -> None:
     assert done.wait(120), "a lock's finalizer deadlocked on the stats lock"
     del lock
     assert locks.hold_stats()[(name, "write", "wall")].count >= 1
+
+
+def test_reads_reuse_one_transaction_yet_each_sees_the_commits_before_it(tmp_path: Path) -> None:
+    """Store.read ends its transaction into py-lmdb's spare (max_spare_txns=1) and the next
+    read renews it: every read must still see what was committed before it began, a read
+    open across a commit keeps its own snapshot, two reads open at once in one thread both
+    work, a read that raised leaves the next one sound, and the map grows with a spare held."""
+    store = Store(tmp_path / "env", map_size=64 * 1024)
+    db = store.db("t")
+    for i in range(20):
+        store.write(lambda txn, i=i: txn.put(b"k", K.u64(i), db=db))
+        with store.read(buffers=True) as txn:
+            assert bytes(txn.get(b"k", db=db)) == K.u64(i)
+    with store.read() as before:
+        store.write(lambda txn: txn.put(b"k", b"new", db=db))
+        with store.read() as inner:                      # a second read while the first is open
+            assert inner.get(b"k", db=db) == b"new"
+        assert before.get(b"k", db=db) == K.u64(19)     # the older snapshot, unchanged
+    with pytest.raises(KeyError):
+        with store.read() as txn:
+            raise KeyError("inside a read")
+    blob = np.random.default_rng(2).bytes(4000)
+    for i in range(100):                                 # ~400 KB: the map grows between reads
+        store.write(lambda txn, i=i: txn.put(K.u64(i), blob, db=db))
+        with store.read() as txn:
+            assert txn.get(K.u64(i), db=db) == blob
+    assert store.map_size() > 64 * 1024
+    seen: list[bytes] = []
+    worker = threading.Thread(target=lambda: seen.extend(_read_key(store, db) for _ in range(50)))
+    worker.start()
+    for _ in range(50):
+        assert _read_key(store, db) == b"new"
+    worker.join(timeout=60)
+    assert seen == [b"new"] * 50
+    store.close()
+
+
+def _read_key(store: Store, db: "lmdb._Database") -> bytes:
+    with store.read(buffers=True) as txn:
+        return bytes(txn.get(b"k", db=db))

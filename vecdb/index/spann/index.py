@@ -44,8 +44,7 @@ from vecdb.worker import Worker
 from vecdb.index.spann.clustering import centroids_of, split_until
 from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
 from vecdb.index.spann.kernels import scan_postings, scan_postings_serial
-from vecdb.index.spann.records import check_scan_record
-from vecdb.kernels.heaps import heap_sort
+from vecdb.index.spann.records import RUN, check_scan_records
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
 from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, groups_bytes, plan_heads
@@ -91,6 +90,19 @@ class _EmptyRecords(dict):
 
 
 _EMPTY_RECORD = _EmptyRecords()
+
+
+class _EmptyViews(dict):
+    """The record of an empty float32 posting as a memoryview (the type of the records LMDB
+    returns), per dimension: what a one-query scan reads for a head with no record, and pads
+    its runs of records with."""
+
+    def __missing__(self, dim: int) -> memoryview:
+        out = self[dim] = memoryview(_EMPTY_RECORD[dim, False])
+        return out
+
+
+_EMPTY_VIEWS = _EmptyViews()
 
 
 def _as_float(value: Any, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
@@ -687,8 +699,10 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                      stats: bool = False) -> tuple[np.ndarray, np.ndarray, SearchStats | None]:
         """Top-k slots and kernel distances of prepared queries, and (when ``stats``) the work."""
         nq = len(queries)
-        out_s = np.full((nq, k), -1, np.int64)
-        out_d = np.full((nq, k), np.inf, np.float32)
+        out_s = np.empty((nq, k), np.int64)      # empty + fill: half of np.full's cost
+        out_s.fill(-1)
+        out_d = np.empty((nq, k), np.float32)
+        out_d.fill(np.inf)
         if self._disk is None or not len(self._disk.graph):
             return out_s, out_d, _no_work(nq) if stats else None
         mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
@@ -764,7 +778,8 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         wanted, qptr, qlist = self._plan(heads, queries, k, p)
         get, db, key = txn.get, self._pdb, postings.key
         raws = [get(key(head), db=db) for head in wanted.tolist()]
-        if None in raws:                         # an empty posting has no record; a missing one is lost
+        all_found = None not in raws
+        if not all_found:                        # an empty posting has no record; a missing one is lost
             count = heads.count
             for head, raw in zip(wanted.tolist(), raws):
                 if raw is None and count[head] > 0:
@@ -773,24 +788,26 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             counts, read, floats = self._scan_codes_in_place(txn, queries, k, allow, mask, (raws, wanted, qptr, qlist),
                                                              p.rerank, out_s, out_d)
             return (read, floats, np.array(counts, np.int64), qptr, qlist) if stats else None
-        counts = [0] * len(raws)
+        empty = _EMPTY_VIEWS[self.dim]          # an empty posting (no record) reads as one
+        recs = raws if all_found else [empty if raw is None else raw for raw in raws]
+        counts = np.zeros(len(raws), np.int64)
         live, use_allow, dim, code = self._ids.slot_ids, allow is not None, self.dim, self._scan_code
         bounds, order = qptr.tolist(), qlist.tolist()
         for qi in range(len(queries)):
             hd, hs, q = out_d[qi], out_s[qi], queries[qi]   # the caller's rows (+inf / -1): the heap itself
-            for pos in order[bounds[qi] : bounds[qi + 1]]:
-                raw = raws[pos]
-                if raw is None:
-                    continue                     # an empty posting
-                problem, counts[pos] = check_scan_record(np.frombuffer(raw, np.uint8), dim, q, live, mask, use_allow,
-                                                         code, hd, hs)
+            end = bounds[qi + 1]
+            for lo in range(bounds[qi], end, RUN):   # runs of RUN records, one kernel call each
+                hi = min(lo + RUN, end)
+                run = [recs[pos] for pos in order[lo:hi]]
+                bad, problem = check_scan_records(tuple(run) if hi - lo == RUN else tuple(run + [empty] * (RUN - hi + lo)),
+                                                  hi - lo, qlist[lo:hi], dim, q, live, mask, use_allow, code, counts,
+                                                  hd, hs, hi == end)
                 if problem:
-                    raise DataLossError(postings.problem_message(int(wanted[pos]), int(problem)))
-            heap_sort(hd, hs)
+                    raise DataLossError(postings.problem_message(int(wanted[order[lo + bad]]), int(problem)))
         if not stats:
             return None
         read = sum(len(raw) for raw in raws if raw is not None)
-        return read, 0, np.array(counts, np.int64), qptr, qlist
+        return read, 0, counts, qptr, qlist
 
     def search_with_stats(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> tuple[SearchResult, SearchStats]:
         """``search`` (same arguments and checks) plus the postings and bytes it read."""

@@ -28,6 +28,7 @@ they were made for, they are made again.
 """
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -93,12 +94,19 @@ def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: i
     pruned by ``plan_reads`` (eps2, ``count`` entries per head, ``k``): (wanted, qptr, qlist).
     A few queries on the grouped route do both in one kernel call (the one-query path)."""
     rows, slot_ids, metric = graph.stored_rows()
-    if (route == "groups" and len(x) < PARALLEL_QUERIES and exact_heads < len(graph) == len(slot_ids)):
-        groups = groups_of(graph)
+    n = len(slot_ids)
+    if route == "groups" and len(x) < PARALLEL_QUERIES and exact_heads < n and len(graph) == n:
+        groups = groups_of(graph, rows)
         return route_plan(x, rows, slot_ids, groups.centroids, groups.offsets, groups.members,
-                          metric, MIN_GROUPS, max(ef, n_heads), n_heads, count, np.float32(eps2), k)
+                          metric, MIN_GROUPS, max(ef, n_heads), n_heads, count, _as_f32(eps2), k)
     hid, hd = nearest_heads(graph, x, n_heads, ef, exact_heads, route)
-    return plan_reads(hid, hd, count, np.float32(eps2), k)
+    return plan_reads(hid, hd, count, _as_f32(eps2), k)
+
+
+@functools.lru_cache(maxsize=64)
+def _as_f32(value: float) -> np.float32:
+    """``value`` as the float32 the kernels take (cached: a search makes one per call)."""
+    return np.float32(value)
 
 
 def _blocked(x: np.ndarray, rows: np.ndarray, l2: bool, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,12 +159,14 @@ _GROUPS: "weakref.WeakKeyDictionary[HNSW, HeadGroups]" = weakref.WeakKeyDictiona
 NEIGHBOURS = 3
 
 
-def groups_of(graph: HNSW) -> HeadGroups:
+def groups_of(graph: HNSW, rows: np.ndarray | None = None) -> HeadGroups:
     """The groups of ``graph``'s heads (all slots live), made or brought up to date: new
     slots and moved ones join their nearest group and those of their nearest heads; past
     ``REGROUP_GROWTH`` times the heads the groups were made for, they are clustered again.
-    Never changes a HeadGroups a search may be reading: an update is a new object."""
-    rows = graph.stored_rows()[0]
+    Never changes a HeadGroups a search may be reading: an update is a new object.
+    ``rows``: ``graph.stored_rows()[0]`` when the caller has it already."""
+    if rows is None:
+        rows = graph.stored_rows()[0]
     n = len(rows)
     got = _GROUPS.get(graph)
     if got is not None and len(got.label) == n and not got.moved:

@@ -7,6 +7,9 @@ additions. Equality, ``in`` and ranges are binary searches on the sorted run plu
 vectorised pass over the tail, so a filter never scans payloads. Removing a point bumps its
 epoch, which makes all of its old entries stale at once; stale entries are dropped when the
 column is re-sorted (amortised: only once the tail or the garbage reaches a quarter of it).
+The writer builds a re-sort while readers keep reading the old run (``PayloadIndex.compaction``)
+and swaps it in under the collection's exclusive lock (``install``, O(1)), so no reader
+waits for a sort or merge.
 
 Between two re-sorts the sorted runs only lose entries (epochs), so every live entry of a
 point written since then is in a tail: ``evaluate_ids`` re-evaluates a filter for just those
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -401,6 +405,18 @@ def _scalar(field: str, value: Any) -> tuple[str, Any]:
 # ---- payload index ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Run:
+    """A column's sorted run built by ``Column.compacted``: its entries, how many tail
+    entries (the oldest ones) it took in, and the index's removal count it was built at."""
+
+    vals: np.ndarray
+    iids: np.ndarray
+    epochs: np.ndarray
+    consumed: int
+    removals: int | None
+
+
 class Column:
     """All values of one (field, kind): sorted run + unsorted tail, entries tagged with epochs.
 
@@ -473,6 +489,18 @@ class Column:
         True when it did. ``removals``: how many removals the payload index has made so far
         (None: unknown); while it is unchanged the run's stale count is not recounted, so a
         write that removes nothing costs O(1) here, not a pass over the run."""
+        run = self.compacted(epoch, force, removals)
+        if run is None:
+            return False
+        self.install(run)
+        return True
+
+    def compacted(self, epoch: np.ndarray, force: bool = False, removals: int | None = None) -> "Run | None":
+        """The run a re-sort would make now, when one is due (see ``compact``), else None.
+
+        Reads only (the writer's stale-count cache aside, which readers never use), so the
+        writer builds it while searches read this column; ``install`` then swaps it in,
+        in O(1) when nothing was added meanwhile."""
         n_tail = self._tail_n
         if not force and n_tail < max(_MIN_TAIL, len(self.iids) // 4):
             seen = self._stale_seen
@@ -482,7 +510,7 @@ class Column:
                 stale = int((self.epochs != epoch[self.iids]).sum()) if len(self.iids) else 0
                 self._stale_seen = None if removals is None else (removals, stale)
             if stale < max(_MIN_TAIL, len(self.iids) // 4):
-                return False
+                return None
         # the live tail entries, sorted, merged into the live run (already sorted): one pass
         # over the run instead of sorting it again; equal values keep the run's entries
         # first, then the tail's in arrival order (as one stable sort of both would)
@@ -500,11 +528,22 @@ class Column:
             rest = np.ones(len(vals) + len(tv), bool)
             rest[pos] = False
             vals, iids, epochs = (_merged(run, add, pos, rest) for run, add in ((vals, tv), (iids, ti), (epochs, te)))
-        self.vals, self.iids, self.epochs = vals, iids, epochs
+        return Run(vals, iids, epochs, n_tail, removals)
+
+    def install(self, run: "Run") -> None:
+        """Make ``run`` (``compacted`` of this column) the sorted run. Entries added since it
+        was built stay in the tail, in arrival order; entries removed since stay in the run
+        as stale ones (their epochs moved on), counted at the next ``compacted``."""
+        if self._tail_n == run.consumed:
+            later: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        else:
+            later = tuple(part[run.consumed:] for part in self.tail())  # type: ignore[assignment]
+        self.vals, self.iids, self.epochs = run.vals, run.iids, run.epochs
         self._tail_vals, self._tail_iids, self._tail_epochs = [], [], []
         self._tail_chunks, self._tail_n, self._tail_cache = [], 0, None
-        self._stale_seen = None if removals is None else (removals, 0)
-        return True
+        if later is not None:
+            self.extend(*later)
+        self._stale_seen = None if run.removals is None else (run.removals, 0)
 
     def match_tail_in(self, out: np.ndarray, epoch: np.ndarray, ids: np.ndarray,
                       intervals: list[tuple[Any, bool, Any, bool]] | None, values: np.ndarray | None) -> None:
@@ -595,7 +634,8 @@ class PayloadIndex:
     """Indexes of every payload field of one collection, keyed by internal id.
 
     Mutated only by the collection's single writer (under its exclusive lock); ``evaluate``
-    is safe from many reader threads at once.
+    is safe from many reader threads at once. A re-sort is built by the writer while readers
+    read (``compaction``) and swapped in under the lock (``install``).
     """
 
     def __init__(self) -> None:
@@ -671,9 +711,27 @@ class PayloadIndex:
 
     def compact(self, force: bool = False) -> None:
         """Re-sort columns whose tail or garbage has grown (amortised O(n log n))."""
-        for col in self.columns.values():
-            if col.compact(self.epoch, force, self.removals):
-                self.generation += 1
+        self.install(self.compaction(force))
+
+    def compaction(self, force: bool = False) -> list[tuple[Column, Run]]:
+        """The re-sorted runs of the columns due for one (``Column.compacted``), built without
+        changing what readers see: the writer builds them with searches going on, then
+        ``install`` swaps them in under the exclusive lock (O(1) per column when nothing was
+        added since). Empty when no column is due."""
+        due = []
+        for col in list(self.columns.values()):
+            run = col.compacted(self.epoch, force, self.removals)
+            if run is not None:
+                due.append((col, run))
+        return due
+
+    def install(self, runs: list[tuple[Column, Run]]) -> None:
+        """Swap in the runs of ``compaction`` (built by this index, since which only ``add`` /
+        ``add_many`` / ``remove`` may have run): the index then holds the same live entries,
+        in the same order, as if each column had been re-sorted when they were built."""
+        for col, run in runs:
+            col.install(run)
+            self.generation += 1
 
     def evaluate(self, node: Node, live: np.ndarray) -> np.ndarray:
         """Boolean mask over internal ids (length ``len(live)``) of live points matching ``node``.

@@ -2,7 +2,9 @@
 
 A batch is published to readers in one short exclusive step: new rows are staged (searched
 exactly), replaced and deleted index entries hidden (``vecdb.index.staging``), tenant sets
-updated and membership ops handed to the index. The staged rows then move into the index in
+updated and membership ops handed to the index; the payload index's re-sorts that fall due
+are built after it, searches going on, and swapped in by a second O(1) exclusive step
+(``compact_payloads``). The staged rows then move into the index in
 steps of about ``STEP_SECONDS``, each exclusive (the collection's background indexer runs
 them; ``drain`` runs them all at once), so searches see a batch whole or not at all and
 never wait long behind a large one. A tenant-aware index takes each batch whole in the
@@ -59,8 +61,6 @@ def apply_upsert(mem: Memory, iids: np.ndarray, is_new: np.ndarray, uids: list[A
     has_pays = any(pays)
     if has_pays:
         mem.payidx.add_many(iids, pays, shape)
-    if len(old) or has_pays:   # a re-sort falls due only when entries were added or made stale
-        mem.payidx.compact()
     if owners:
         mem.tenants.set_access(owners, new.tolist(), OWNER)
     hand_ops(mem, ops)
@@ -81,13 +81,34 @@ def apply_delete(mem: Memory, iids: np.ndarray, revoke: list[int], tenant: Tenan
         mem.n_live -= len(iids)
         mem.uid_of[iids] = None if mem.uid_of.dtype == object else -1
         mem.tenants.forget_points(iids.tolist())
-        mem.payidx.compact()
     if revoke and tenant is not None:
         mem.tenants.set_access([tenant], revoke, None)
     hand_ops(mem, ops)
     mem.changes.record(seq, iids)
     mem.seq = seq
     mem.dirty += len(iids) + len(revoke)
+
+
+def compact_payloads(mem_of: Callable[[], Memory], exclusive: Callable[[], AbstractContextManager[Any]],
+                     guard: Callable[[Callable[[], None]], None]) -> None:
+    """Re-sort the payload index's columns that a published batch made due (caller holds the
+    writer lock, so nothing else changes the payload index meanwhile). The re-sorted runs are
+    built with searches going on (``PayloadIndex.compaction``, the O(n) part), then swapped
+    in one exclusive O(1) step, so readers never wait for a sort or merge. A failure is
+    handled by ``guard`` (memory rebuilt from the store) like a failing batch."""
+    mem = mem_of()
+    try:
+        runs = mem.payidx.compaction()
+    except Exception as exc:
+        def fail() -> None:
+            raise exc
+        with exclusive():
+            guard(fail)
+        return
+    if runs:
+        with exclusive():
+            if mem_of() is mem:   # else memory was rebuilt meanwhile (with its own re-sorts)
+                guard(lambda: mem.payidx.install(runs))
 
 
 def hand_ops(mem: Memory, ops: list[oplog.Op]) -> None:

@@ -60,8 +60,8 @@ from vecdb import calls
 from vecdb.api import (CollectionInfo, CollectionStats, GetResult, Payload, QueryResult, SearchRequest, check_tenant,
                        check_tenants)
 from vecdb.collection import blocks, oplog
-from vecdb.collection.apply import (MIN_STEP_ROWS, apply_delete, apply_upsert, deletion_ops, drain, hand_ops,
-                                    next_step_rows)
+from vecdb.collection.apply import (MIN_STEP_ROWS, apply_delete, apply_upsert, compact_payloads, deletion_ops, drain,
+                                    hand_ops, next_step_rows)
 from vecdb.collection.checkpoint import Checkpoints
 from vecdb.worker import Worker
 from vecdb.collection.layout import OWNER, READ, WRITE, CollectionHost, part_names
@@ -619,7 +619,9 @@ class Collection:
         """Commit ``batch``, then publish ``change`` to memory in one exclusive step and wake
         the indexer, which does the follow-up work (caller holds the writer lock). Readers
         keep searching during the commit (its fsync included), except for an index that
-        persists itself: its records are in the batch, so memory must not lag behind them."""
+        persists itself: its records are in the batch, so memory must not lag behind them.
+        Payload re-sorts that fall due are built after the publish, readers searching, and
+        swapped in by a second O(1) exclusive step (``apply.compact_payloads``)."""
         if self._own:
             with self._indexing, self._rw.write():
                 self._store.write(batch)
@@ -639,6 +641,7 @@ class Collection:
                 with self._publishing:
                     self._publishers -= 1
                     self._publishing.notify_all()
+        compact_payloads(lambda: self._mem, self._rw.write, self._apply)
         self._worker.wake()
 
     def _apply(self, change: Callable[[], None]) -> None:

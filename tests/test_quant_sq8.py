@@ -57,3 +57,23 @@ def test_checks(data: np.ndarray) -> None:
         sq.fold_queries(data[:1], "hamming")
     params, arrays = sq.state()
     np.testing.assert_array_equal(SQ8.from_state(params, arrays).encode(data), sq.encode(data))
+
+
+def test_the_trusted_path_matches_the_checked_one(data: np.ndarray) -> None:
+    """``train_trusted``/``encode_trusted``/``decode_trusted``/``restore`` (what SPANN's postings
+    use) give what ``train``/``encode``/``decode``/``from_state`` give."""
+    checked, trusted = SQ8(19), SQ8(19)
+    checked.train(data)
+    trusted.train_trusted(data)
+    assert trusted.is_trained
+    np.testing.assert_array_equal(trusted.vmin, checked.vmin)
+    np.testing.assert_array_equal(trusted.step, checked.step)
+    codes = checked.encode(data)
+    np.testing.assert_array_equal(trusted.encode_trusted(data), codes)
+    np.testing.assert_array_equal(trusted.decode_trusted(codes), checked.decode(codes))
+    restored = SQ8(19)
+    restored.restore(checked.arrays())
+    assert restored.is_trained
+    np.testing.assert_array_equal(restored.encode(data), codes)
+    with pytest.raises(ValueError, match="expected"):
+        SQ8(19).restore({"vmin": np.zeros(3, np.float32), "step": np.zeros(3, np.float32)})

@@ -27,6 +27,7 @@ import vecdb
 from vecdb.errors import (AlreadyExistsError, DataLossError, DimensionMismatchError, FailedPreconditionError,
                           InvalidArgumentError)
 from vecdb.index import SPANN, FlatIndex, index_class, load_index
+from vecdb.index.spann import index as spann_index
 from vecdb.index.spann import postings
 from vecdb.index.spann.clustering import split_until
 
@@ -470,7 +471,7 @@ def test_one_query_scanned_in_place_equals_the_batched_scan(metric: str) -> None
         q = clustered(40, 42)
         allow = np.arange(1, 3000, 3)
         for kw in ({"max_postings": 4}, {"max_postings": 16, "allow": allow}, EVERYTHING):
-            batched = index.search(q, 10, **kw)                # one copied buffer, parallel scan
+            batched = index.search(q, 10, **kw)                # a batch: float postings in place too
             ids = np.concatenate([index.search(q[i : i + 1], 10, **kw).ids for i in range(len(q))])
             dists = np.concatenate([index.search(q[i : i + 1], 10, **kw).distances for i in range(len(q))])
             np.testing.assert_array_equal(ids, batched.ids)
@@ -482,6 +483,65 @@ def test_one_query_scanned_in_place_equals_the_batched_scan(metric: str) -> None
         assert one.bytes_read > 0
     finally:
         index.close()
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_a_batch_scanned_in_place_equals_the_copied_scan_and_flat(tmp_path: Path, metric: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of queries over float postings is scanned where LMDB maps them
+    (``FLOAT_IN_PLACE``): the same ids, distances and work as the copied, parallel scan; with
+    every posting read, FlatIndex's answer; a corrupt posting raises from both."""
+    x = clustered(3000, 43)
+    index = built(x, metric, path=tmp_path / "s", background=False)
+    gone = np.arange(0, 3000, 5)
+    q = clustered(50, 44)
+    try:
+        index.remove(gone)                                     # tombstones the scans must skip
+        copied_scan = spann_index.scan_postings
+
+        def no_copied_scan(*args: Any) -> None:
+            raise AssertionError("a batch over float postings was copied, not scanned in place")
+
+        for kw in ({"max_postings": 8}, {"max_postings": 16, "allow": np.arange(2, 3000, 3)}, EVERYTHING):
+            monkeypatch.setattr(spann_index, "scan_postings", no_copied_scan)
+            got, stats = index.search_with_stats(q, 10, **kw)
+            monkeypatch.setattr(spann_index, "scan_postings", copied_scan)
+            monkeypatch.setattr(spann_index, "FLOAT_IN_PLACE", False)
+            copied, copied_stats = index.search_with_stats(q, 10, **kw)
+            monkeypatch.setattr(spann_index, "FLOAT_IN_PLACE", True)
+            np.testing.assert_array_equal(got.ids, copied.ids)
+            np.testing.assert_array_equal(got.distances, copied.distances)
+            np.testing.assert_array_equal(stats.postings, copied_stats.postings)
+            np.testing.assert_array_equal(stats.entries, copied_stats.entries)
+            assert stats.distinct_postings == copied_stats.distinct_postings > 0
+        flat = FlatIndex(DIM, metric)
+        flat.add(x)
+        flat.remove(gone)
+        got, want = index.search(q, 10, **EVERYTHING), flat.search(q, 10)
+        np.testing.assert_allclose(got.distances, want.distances, rtol=1e-4, atol=1e-4)
+        with np.errstate(invalid="ignore"):                    # inf - inf of padded rows: not "sure"
+            distinct = np.abs(np.diff(want.distances, axis=1, prepend=-np.inf, append=np.inf))
+        sure = (distinct[:, :-1] > 1e-3) & (distinct[:, 1:] > 1e-3)
+        np.testing.assert_array_equal(got.ids[sure], want.ids[sure])
+    finally:
+        index.close()
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
+    try:                                                       # flip one byte of a vector of one posting
+        handle = env.open_db(b"spann.postings")
+        with env.begin(write=True) as txn:
+            key, value = next(iter(txn.cursor(handle).iternext()))
+            value = bytes(value)
+            txn.put(bytes(key), value[:-40] + bytes([value[-40] ^ 0x01]) + value[-39:], db=handle)
+    finally:
+        env.close()
+    again = SPANN(DIM, metric, tmp_path / "s", background=False)
+    try:
+        for in_place in (True, False):
+            monkeypatch.setattr(spann_index, "FLOAT_IN_PLACE", in_place)
+            with pytest.raises(DataLossError, match="fails its checksum"):
+                again.search(q, 10, **EVERYTHING)
+    finally:
+        again.close()
 
 
 def test_a_corrupt_state_chunk_raises_data_loss_on_open(tmp_path: Path) -> None:

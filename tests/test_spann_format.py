@@ -164,7 +164,7 @@ def test_a_corrupt_format_3_posting_raises_data_loss_from_every_search(tmp_path:
     again = SPANN(dim, "l2", tmp_path / "s")
     try:
         with pytest.raises(DataLossError):
-            again.search(x[:30], 10, **EVERYTHING)               # batched: records copied, checked, then scanned
+            again.search(x[:30], 10, **EVERYTHING)               # a batch: checked while scanned in place
         for i in range(3):
             with pytest.raises(DataLossError):                   # one query: checked while scanned in place
                 again.search(x[i], 10, **EVERYTHING)
@@ -186,7 +186,7 @@ def rewrite_posting(path: Path, head: int, change: Any) -> None:
 def test_a_corrupt_posting_in_any_run_of_a_one_query_scan_raises_naming_it(tmp_path: Path, where: str) -> None:
     """A one-query search checks and scans its records ``records.RUN`` per kernel call: a
     corrupt posting read first, first in the second run, or last raises DataLossError naming
-    that posting; before the change the same search equals the batched one, work included."""
+    that posting; before the change the same search equals a batch's, work included."""
     dim = 16
     x = clustered(1500, dim, 3)
     index = SPANN(dim, "l2", tmp_path / "s", posting_limit=32, head_size=8, background=False)
@@ -197,7 +197,7 @@ def test_a_corrupt_posting_in_any_run_of_a_one_query_scan_raises_naming_it(tmp_p
     order = wanted[qlist].tolist()                           # the postings in the order the scan reads them
     assert len(order) > 2 * records.RUN
     one, stats = index.search_with_stats(q, 10, **EVERYTHING)
-    many, many_stats = index.search_with_stats(np.stack([q] * 5), 10, **EVERYTHING)   # batched: copied, then scanned
+    many, many_stats = index.search_with_stats(np.stack([q] * 5), 10, **EVERYTHING)   # a batch
     np.testing.assert_array_equal(one.ids[0], many.ids[0])
     assert stats.entries[0] == many_stats.entries[0] > 0 and stats.postings[0] == len(order)
     index.close()

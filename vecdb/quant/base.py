@@ -40,6 +40,10 @@ class BaseCodec(abc.ABC):
 
     Subclasses define ``code_dtype`` and ``code_width`` (entries of ``code_dtype`` per vector),
     ``_train``, ``_encode``, ``_decode``, ``params``/``arrays`` and ``_restore``.
+
+    ``train``/``encode``/``decode`` check their input; ``train_trusted``/``encode_trusted``/
+    ``decode_trusted`` are the same without the checks, for an index that validated the data
+    once at its own public boundary (its write and search paths must not check them again).
     """
 
     code_dtype: np.dtype = np.dtype(np.uint8)
@@ -70,19 +74,38 @@ class BaseCodec(abc.ABC):
         need = self.min_train_size
         if len(x) < need:
             raise InvalidArgumentError(f"{type(self).__name__} needs at least {need} training vectors, got {len(x)}")
-        self._train(x)
-        self._trained = True
+        self.train_trusted(x)
 
     def encode(self, vectors: Any) -> np.ndarray:
         """Codes of ``vectors``: ``code_dtype`` array (n, code_width)."""
         self.require_trained()
-        x = as_matrix(vectors, self.dim)
-        return self._encode(x)
+        return self.encode_trusted(as_matrix(vectors, self.dim))
 
     def decode(self, codes: Any) -> F32Matrix:
         """Reconstructed float32 vectors (n, dim) of ``codes``."""
         self.require_trained()
-        return self._decode(self.check_codes(codes))
+        return self.decode_trusted(self.check_codes(codes))
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Load trained arrays as ``arrays`` returns them (an index keeps them beside its
+        codes); the codec is trained afterwards. ValueError when they do not fit it."""
+        self._restore({k: np.asarray(v) for k, v in arrays.items()})
+        self._trained = True
+
+    # ---- trusted path (the caller checked the input) --------------------------------
+    def train_trusted(self, x: F32Matrix) -> None:
+        """``train`` without its checks: ``x`` is finite float32 (n, dim), n >= ``min_train_size``."""
+        self._train(x)
+        self._trained = True
+
+    def encode_trusted(self, x: F32Matrix) -> np.ndarray:
+        """``encode`` without its checks: the codec is trained, ``x`` finite float32 (n, dim)."""
+        return self._encode(x)
+
+    def decode_trusted(self, codes: np.ndarray) -> F32Matrix:
+        """``decode`` without its checks: the codec is trained, ``codes`` (n, code_width) of
+        ``code_dtype``."""
+        return self._decode(codes)
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON-able construction parameters and the trained arrays (empty when untrained)."""
@@ -95,8 +118,7 @@ class BaseCodec(abc.ABC):
         trained = bool(params.pop("trained", False))
         codec = cls(**params)
         if trained:
-            codec._restore({k: np.asarray(v) for k, v in arrays.items()})
-            codec._trained = True
+            codec.restore(arrays)
         return codec
 
     def memory_bytes(self) -> int:

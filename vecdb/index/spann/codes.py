@@ -45,14 +45,12 @@ class CodePostings:
     def _train_codes(self, sample: F32Matrix) -> None:
         """Train the codec (if any) on the heads' training sample."""
         if self._codec is not None:
-            self._codec._train(sample)
-            self._codec._trained = True
+            self._codec.train_trusted(sample)
 
     def _restore_codes(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore the codec (if any) from the resident arrays (``_code_arrays``)."""
         if self._codec is not None:
-            self._codec._restore({"vmin": arrays["q_vmin"], "step": arrays["q_step"]})
-            self._codec._trained = True
+            self._codec.restore({"vmin": arrays["q_vmin"], "step": arrays["q_step"]})
 
     def _code_arrays(self) -> dict[str, np.ndarray]:
         """The codec's resident arrays (none for float postings)."""

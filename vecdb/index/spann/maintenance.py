@@ -119,7 +119,7 @@ class Maintenance:
             if self._overlay is not None or heads.token is None:
                 return None
             plan = self._empty_plan(heads)
-            work = Work(self, plan, txn)
+            work = Work(self._source(), plan, txn)
             limit = self.posting_limit
             picked: list[int] = []
             for head in list(self._pending):

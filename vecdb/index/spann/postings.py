@@ -8,8 +8,9 @@ component, when the index stores codes), zero padding to a multiple of 8 bytes. 
 (written) and format 2 (read) differ only in the checksum (``records``: format 3's is
 checked in the same pass as a one-query scan). A record whose header, length or checksum
 does not match raises DataLossError: no result of a corrupt or truncated posting is ever
-returned. The records a search of several queries reads are laid end to end and checked in
-one Numba call (``check_many``); ``read_many`` also copies them out (for rewrites).
+returned. Where a search copies the records it reads (several queries over SQ8 codes, or
+postings not yet written), they are laid end to end and checked in one Numba call
+(``check_many``); ``read_many`` also copies them out (for rewrites).
 """
 from __future__ import annotations
 
@@ -48,7 +49,10 @@ def encode(slots: I64Vector, vectors: F32Matrix, codec: Any = None, version: int
     kept for tests of old data)."""
     if version not in records.FORMATS:
         raise ValueError(f"SPANN posting format {version} is not one of {records.FORMATS}")
-    rows = np.ascontiguousarray(vectors, _F32) if codec is None else codec._encode(np.asarray(vectors, np.float32))
+    if codec is None:
+        rows = np.ascontiguousarray(vectors, _F32)
+    else:
+        rows = codec.encode_trusted(np.asarray(vectors, np.float32))
     body = np.ascontiguousarray(slots, _I64).tobytes() + rows.tobytes()
     body += b"\0" * (-len(body) % 8)
     raw = np.frombuffer(body, np.uint8) if body else np.zeros(8, np.uint8)
@@ -98,7 +102,7 @@ def read_many(raws: list[Any], heads: np.ndarray, dim: int, codec: Any = None) -
             slot_parts.append(buf[a : a + 8 * c].view(np.int64))
             code_parts.append(buf[a + 8 * c : a + 8 * c + c * dim].reshape(c, dim))
         codes = np.concatenate(code_parts)
-        return np.concatenate(slot_parts), codec._decode(codes), offsets
+        return np.concatenate(slot_parts), codec.decode_trusted(codes), offsets
     slots = np.empty(total, np.int64)
     vectors = np.empty(total * dim, np.float32)
     records.gather_records(buf, starts, counts, offsets, dim, slots, vectors)

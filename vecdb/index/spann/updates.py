@@ -1,7 +1,10 @@
 """SPFresh-style updates of a SPANN index, computed as a ``Plan`` without touching memory:
 new vectors go to their nearest postings under the closure rule, tombstones are purged from
 every posting rewritten, a posting over its limit is split by balanced k-means and the
-boundary vectors of its neighbours are reassigned (LIRE)."""
+boundary vectors of its neighbours are reassigned (LIRE).
+
+A ``Work`` sees its index only through a ``Source``: the settings a plan follows and the
+committed state it starts from, handed over by the index (``SPANN._source``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +20,8 @@ from vecdb.index.spann import routing
 from vecdb.types import F32Matrix, I64Vector, Metric
 
 if TYPE_CHECKING:
-    from vecdb.index.spann.index import SPANN
+    from vecdb.quant.sq8 import SQ8
+    from vecdb.storage.space import IndexSpace
 
 #: neighbouring postings whose boundary vectors are re-checked after a split (LIRE)
 LIRE_NEIGHBORS = 8
@@ -58,18 +62,40 @@ class Plan:
     rows: F32Matrix | None = None            # the vectors of ``ids`` (kept apart with SQ8 postings)
 
 
+@dataclass(frozen=True)
+class Source:
+    """What a plan reads of its SPANN index: the settings it follows (as the index's
+    attributes of the same names; ``route``: the metric heads are found by) and the committed
+    state it starts from (entries per head, slot -> id map, postings not yet written, and
+    where the written ones are: ``space``'s sub-database ``pdb``)."""
+
+    dim: int
+    route: Metric
+    codec: "SQ8 | None"
+    posting_limit: int
+    eps1: float
+    seed: int
+    exact_heads: int
+    head_route: str
+    base: np.ndarray | None                  # entries per head of the committed postings (None: untrained)
+    committed: np.ndarray                    # slot -> id of the committed state (a view)
+    overlay: dict[int, tuple[I64Vector, F32Matrix]] | None
+    space: "IndexSpace | None"
+    pdb: Any
+
+
 class Work:
     """A plan being computed: postings read (through the transaction, the overlay or a read
     transaction) and rewritten, and the head graph, copied on its first change."""
 
-    def __init__(self, index: "SPANN", plan: Plan, txn: Any) -> None:
-        self.index = index
+    def __init__(self, source: Source, plan: Plan, txn: Any) -> None:
+        self.source = source
         self.plan = plan
         self.txn = txn
         self.graph: HNSW = plan.state.graph
-        self.base = index._disk.count if index._disk is not None else plan.state.count
+        self.base = source.base if source.base is not None else plan.state.count
         self.cloned = False
-        self.committed = index._cids.slot_ids   # slot -> id of the committed state (a view)
+        self.committed = source.committed
 
     def alive(self, slots: I64Vector) -> np.ndarray:
         """Which ``slots`` hold a live id after the plan: committed and not removed by it, or
@@ -95,11 +121,11 @@ class Work:
             return np.full((len(x), 0), -1, np.int64), np.zeros((len(x), 0), np.float32)
         k = max(1, min(k, len(graph)))
         return routing.nearest_heads(graph, np.ascontiguousarray(x, np.float32), k, max(32, 2 * k),
-                                     self.index.exact_heads, self.index.head_route)
+                                     self.source.exact_heads, self.source.head_route)
 
     def route_dists(self, x: F32Matrix, centroids: F32Matrix) -> np.ndarray:
         """Routing distances (n, m) of rows to centroids: squared L2, or -ip for ip."""
-        if self.index._route is Metric.IP:
+        if self.source.route is Metric.IP:
             return -(x @ centroids.T)
         return sq_dists(x, centroids)
 
@@ -116,17 +142,17 @@ class Work:
         plan = self.plan
         if head in plan.postings:
             return plan.postings[head]
-        index = self.index
-        overlay = index._overlay
+        source = self.source
+        overlay = source.overlay
         if overlay is not None and head in overlay:
             slots, vectors = overlay[head]
         elif head < len(self.base) and self.base[head] <= 0:
-            slots, vectors = _EMPTY_IDS, np.zeros((0, index.dim), np.float32)
+            slots, vectors = _EMPTY_IDS, np.zeros((0, source.dim), np.float32)
         else:
             raw = self._raw(head)
             if raw is None:
                 raise DataLossError(f"SPANN posting {head} is missing ({self.base[head]} entries expected)")
-            slots, vectors = postings.decode(raw, index.dim, head, index._codec)
+            slots, vectors = postings.decode(raw, source.dim, head, source.codec)
         keep = self.alive(slots)
         if not keep.all():
             self.plan.purged += int(len(keep) - np.count_nonzero(keep))
@@ -135,13 +161,13 @@ class Work:
 
     def _raw(self, head: int) -> Any:
         """The stored record of posting ``head`` (None when absent)."""
-        index = self.index
+        source = self.source
         if self.txn is not None:
-            return self.txn.get(postings.key(head), db=index._pdb)
-        if index._space is None:
+            return self.txn.get(postings.key(head), db=source.pdb)
+        if source.space is None:
             return None
-        with index._space.read() as txn:
-            return txn.get(postings.key(head), db=index._pdb)
+        with source.space.read() as txn:
+            return txn.get(postings.key(head), db=source.pdb)
 
     def put(self, head: int, slots: I64Vector, vectors: F32Matrix) -> None:
         """Rewrite posting ``head`` in the plan."""
@@ -151,14 +177,14 @@ class Work:
     # ---- splits (SPFresh) ----------------------------------------------------------
     def oversized(self) -> list[int]:
         """Postings of the plan over the limit."""
-        limit = self.index.posting_limit
+        limit = self.source.posting_limit
         return [h for h, (s, _) in self.plan.postings.items() if len(s) > limit]
 
     def split_oversized(self, *, lire: bool, heads: list[int] | None = None) -> None:
         """Split ``heads`` (default: every posting of the plan over the limit) by balanced
         k-means (recursively, until every part fits), reassigning boundary vectors of
         neighbouring postings when ``lire`` (postings those grow past the limit split too)."""
-        limit = self.index.posting_limit
+        limit = self.source.posting_limit
         queue = self.oversized() if heads is None else list(heads)
         budget = 4 * len(queue) + 64
         while queue and budget > 0:
@@ -177,11 +203,11 @@ class Work:
         """Split posting ``head`` by balanced k-means: the first part keeps the head (its graph
         node is re-linked at the part's centroid, under the same id), the others become new
         heads. Returns all parts."""
-        index, plan = self.index, self.plan
+        source, plan = self.source, self.plan
         slots, vectors = plan.postings[head]
         self._old_centroid = self.centroids(np.array([head]))[0].copy()
-        rng = np.random.default_rng([index.seed, head])
-        groups = split_until(vectors, index.posting_limit // 2, rng, fanout=FANOUT)
+        rng = np.random.default_rng([source.seed, head])
+        groups = split_until(vectors, source.posting_limit // 2, rng, fanout=FANOUT)
         centroids = centroids_of(vectors, groups)
         self._clone()
         graph = self.graph
@@ -213,8 +239,7 @@ class Work:
         to a new head join it; vectors of the new postings closer to a neighbour join that
         one. A vector leaves its posting when that is no longer within the closure rule of
         its nearest head. Returns the postings that grew."""
-        index = self.index
-        eps = index.eps1
+        eps = self.source.eps1
         born_arr = np.array(born, np.int64)
         near, _ = self.nearest(self._old_centroid[None, :], LIRE_NEIGHBORS + len(born))
         neigh = [h for h in near[0].tolist() if h >= 0 and h not in set(born)][:LIRE_NEIGHBORS]

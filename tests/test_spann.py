@@ -60,6 +60,16 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return clustered(6000, 1), clustered(200, 2)
 
 
+def assert_same_as_flat(got: Any, want: Any) -> None:
+    """``got`` (SPANN reading every posting) equals FlatIndex's ``want``: the same distances,
+    and the same ids wherever the order is not a near tie."""
+    np.testing.assert_allclose(got.distances, want.distances, rtol=1e-4, atol=1e-4)
+    with np.errstate(invalid="ignore"):                    # inf - inf of padded rows: not "sure"
+        distinct = np.abs(np.diff(want.distances, axis=1, prepend=-np.inf, append=np.inf))
+    sure = (distinct[:, :-1] > 1e-3) & (distinct[:, 1:] > 1e-3)
+    np.testing.assert_array_equal(got.ids[sure], want.ids[sure])
+
+
 # ---- recall ----------------------------------------------------------------------------
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 def test_recall_at_10_against_flat(data: tuple[np.ndarray, np.ndarray], metric: str) -> None:
@@ -517,12 +527,7 @@ def test_a_batch_scanned_in_place_equals_the_copied_scan_and_flat(tmp_path: Path
         flat = FlatIndex(DIM, metric)
         flat.add(x)
         flat.remove(gone)
-        got, want = index.search(q, 10, **EVERYTHING), flat.search(q, 10)
-        np.testing.assert_allclose(got.distances, want.distances, rtol=1e-4, atol=1e-4)
-        with np.errstate(invalid="ignore"):                    # inf - inf of padded rows: not "sure"
-            distinct = np.abs(np.diff(want.distances, axis=1, prepend=-np.inf, append=np.inf))
-        sure = (distinct[:, :-1] > 1e-3) & (distinct[:, 1:] > 1e-3)
-        np.testing.assert_array_equal(got.ids[sure], want.ids[sure])
+        assert_same_as_flat(index.search(q, 10, **EVERYTHING), flat.search(q, 10))
     finally:
         index.close()
     env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
@@ -621,12 +626,7 @@ def test_reading_every_posting_matches_flat(n: int, seed: int, metric: str, k: i
     index.remove(gone)
     flat.remove(gone)
     try:
-        got, want = index.search(q, k, **EVERYTHING), flat.search(q, k)
-        np.testing.assert_allclose(got.distances, want.distances, rtol=1e-4, atol=1e-4)
-        with np.errstate(invalid="ignore"):                    # inf - inf of padded rows: not "sure"
-            distinct = np.abs(np.diff(want.distances, axis=1, prepend=-np.inf, append=np.inf))
-        sure = (distinct[:, :-1] > 1e-3) & (distinct[:, 1:] > 1e-3)
-        np.testing.assert_array_equal(got.ids[sure], want.ids[sure])
+        assert_same_as_flat(index.search(q, k, **EVERYTHING), flat.search(q, k))
     finally:
         index.close()
 

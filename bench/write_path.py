@@ -88,9 +88,10 @@ def recall(got: np.ndarray, truth: np.ndarray) -> float:
 
 
 def settle(seconds: float = 2.0) -> None:
-    """Let the disk go idle before a timed write part: the page cache's writeback of the part
-    before (its files are removed, but their pages may still be in flight) would otherwise
-    slow this part's fsyncs (part b after part a: 117-135k acknowledged vec/s, alone 220k)."""
+    """Let the disk go idle before a timed write part, so no part's fsyncs wait behind the
+    writeback of the part before. (Session 16: part b after part a measured 117-135k
+    acknowledged vec/s and alone 220k; settling did not remove that gap, whose cause is
+    still open: see bench/README.md, the session-16 1M run.)"""
     os.sync()
     time.sleep(seconds)
 

@@ -62,21 +62,17 @@ def check_payload(payload: Any, *, where: str = "payload") -> dict[str, Any] | N
         raise InvalidArgumentError(f"{where}{''.join(reversed(exc.path))} {exc.problem}") from None
 
 
-def check_payloads(payloads: list[Any] | tuple[Any, ...], *, where: str = "payloads") -> list[dict[str, Any] | None]:
-    """``check_payload`` of each item (messages name ``where[i]``). A batch of flat dicts with
-    one key set and one value type per key (``one_shape``) is checked a column at a time, in
-    a few C-level passes per key, instead of in Python per payload."""
-    return check_payloads_shaped(payloads, where=where)[0]
-
-
 Shape = dict[str, tuple[list[Any], type]]
 
 
 def check_payloads_shaped(payloads: list[Any] | tuple[Any, ...], *,
                           where: str = "payloads") -> tuple[list[dict[str, Any] | None], Shape | None]:
-    """``check_payloads``, and the batch's ``one_shape`` columns when it took the column-wise
-    path (the payloads are then returned as given): ``PayloadIndex.add_many`` takes them, so
-    the batch is split into columns once (None: it was checked payload by payload)."""
+    """``check_payload`` of each item (messages name ``where[i]``), and the batch's columns
+    when it was checked column-wise. A batch of flat dicts with one key set and one value
+    type per key (``one_shape``) is checked a column at a time, in a few C-level passes per
+    key, instead of in Python per payload; the payloads are then returned as given with their
+    columns, which ``PayloadIndex.add_many`` takes, so the batch is split into columns once
+    (None: it was checked payload by payload)."""
     columns = one_shape(payloads)
     if columns is not None and all(_flat_column(values, t) for values, t in columns.values()):
         return list(payloads), columns

@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -85,3 +86,14 @@ def test_warm_up_logs_its_time(caplog: pytest.LogCaptureFixture) -> None:
         seconds = warm_up()
     records = [r for r in caplog.records if "kernels ready" in r.getMessage()]
     assert len(records) == 1 and records[0].seconds == round(seconds, 2)  # type: ignore[attr-defined]
+
+
+def test_warm_up_stops_after_the_call_in_progress(caplog: pytest.LogCaptureFixture) -> None:
+    """A stopping server sets the event and joins the warm-up thread: it must return early
+    (a native kernel still running at interpreter exit aborts the process)."""
+    stop = threading.Event()
+    stop.set()
+    with caplog.at_level(logging.INFO, logger="vecdb.index.warmup"):
+        warm_up(stop)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "warm-up stopped early" in messages and not any("kernels ready" in m for m in messages)

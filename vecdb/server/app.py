@@ -115,6 +115,11 @@ def _open_database(config: ServerConfig) -> DatabaseAPI:
     return connect(None if config.cluster == "local" else config.cluster, root=str(config.data_dir))
 
 
+#: how long a stopping server waits for the warm-up's kernel call in progress (a first
+#: compile can take seconds); past it the process exits anyway
+WARM_UP_JOIN_SECONDS = 20.0
+
+
 def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.Event | None = None) -> int:
     """Run the server until SIGTERM/SIGINT (or ``stop`` is set); returns an exit code.
 
@@ -147,8 +152,11 @@ def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.E
         metrics_port = metrics.serve_http(config.metrics_host, config.metrics_port) \
             if config.metrics_port is not None else None
         server.start()
-        # compile kernels now, off the request path (Numba caches them for the next start)
-        threading.Thread(target=warm_up, name="vecdb-warm-up", daemon=True).start()
+        # compile kernels now, off the request path (Numba caches them for the next start);
+        # joined before exit: a native kernel still running at interpreter exit aborts the process
+        warming_stop = threading.Event()
+        warming = threading.Thread(target=warm_up, args=(warming_stop,), name="vecdb-warm-up", daemon=True)
+        warming.start()
         logger.info("serving", extra={
             "event": "serving", "host": config.host, "port": port, "metrics_host": config.metrics_host,
             "metrics_port": metrics_port,
@@ -162,6 +170,8 @@ def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.E
         servicer.drain()
         server.stop(config.grace_seconds).wait()
         metrics.stop_http()
+        warming_stop.set()
+        warming.join(WARM_UP_JOIN_SECONDS)
         logger.info("stopped", extra={"event": "stopped", "seconds": round(time.perf_counter() - started, 3)})
     finally:
         if db is None:

@@ -12,9 +12,12 @@ postings (bytes per query then include the float vectors read to re-rank).
 
 ``--synthetic N`` (N x ``--dim`` float32, a seeded Gaussian mixture written to a file under
 the workdir, its rows ordered by mixture component) builds SPANN in chunks (bounded memory)
-and serves it from a separate search process whose memory is capped by a cgroup v2
-``memory.max`` (``--mem-cap-mb``) where /sys/fs/cgroup allows creating one; otherwise that
-process reports its RSS and the page-cache residency of the LMDB file (mincore).
+and serves it, beside faiss's on-disk IVF, from one search process (``bench/spann_serve.py``)
+whose memory is capped by a cgroup v2 ``memory.max`` (``--mem-cap-mb``) where /sys/fs/cgroup
+allows creating one (otherwise it reports its RSS and the page-cache residency of the LMDB
+file, mincore): both one query per call on one thread, their sweep points timed in
+``--rounds`` interleaved rounds (this machine's speed drifts), each reporting its median pass.
+``--ivf-reuse`` searches the faiss build a previous run saved (``ivf.index``), with its figures.
 
     python bench/spann.py --datasets glove-6b-50d-angular,mnist-784-euclidean,arxiv-minilm-384 --cold
     python bench/spann.py --datasets glove-6b-50d-angular --n-base 20000 --n-queries 200   # a quick try
@@ -29,9 +32,7 @@ tenth of the data within [65,536, 500,000], for SPANN and faiss alike).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,8 @@ from typing import Any, Callable
 import numpy as np
 
 import spann_hnsw  # bench/ (this script's folder) is on sys.path
+from spann_measure import eps2_list, evict, peak_rss, per_query, read_stats, read_work, row
+from spann_serve import ROUNDS, serve_capped
 
 #: training sample (SPANN heads, faiss's coarse quantizer): the default floor and ceiling; the
 #: sample is a tenth of the data between them (heads come from training, not from thousands of splits)
@@ -81,62 +84,6 @@ def train_size(n: int, requested: int | None) -> int:
     [TRAIN_SAMPLE, TRAIN_SAMPLE_MAX] (never more than n)."""
     size = requested if requested else min(max(n // 10, TRAIN_SAMPLE), TRAIN_SAMPLE_MAX)
     return int(min(n, size))
-
-
-def recall(got: np.ndarray, gt: np.ndarray) -> float:
-    return float(np.mean([len(set(g.tolist()) & set(w.tolist())) / len(w) for g, w in zip(got, gt)]))
-
-
-def per_query(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
-              evict_first: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Ids of each query searched alone, and the seconds each call took (with the file
-    ``evict_first`` dropped from the page cache after the warm-up: a cold pass)."""
-    ids, secs = [], np.empty(len(queries))
-    search(queries[:1])                                            # warm-up (JIT load)
-    if evict_first is not None:
-        evict(evict_first)
-    for i in range(len(queries)):
-        t0 = time.perf_counter()
-        ids.append(search(queries[i : i + 1]))
-        secs[i] = time.perf_counter() - t0
-    return np.concatenate(ids), secs
-
-
-def evict(path: Path) -> bool:
-    """Drop the file's pages from the page cache; False where the platform cannot."""
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return True
-
-
-def row(target: str, knob: str, value: Any, ids: np.ndarray, secs: np.ndarray, gt: np.ndarray, **extra: Any) -> dict[str, Any]:
-    return {"target": target, knob: value, "recall": recall(ids, gt), "mean_ms": 1e3 * float(secs.mean()),
-            "p99_ms": 1e3 * float(np.percentile(secs, 99)), "qps": float(len(secs) / secs.sum()), **extra}
-
-
-def read_stats(stats: list[Any], max_postings: int) -> dict[str, float]:
-    """Per-query reads of one SPANN sweep point: postings, bytes and entries per query, and
-    how the postings read compare with ``max_postings`` (the share of queries whose eps2
-    pruning stopped before it, and the fewest / most postings one query read)."""
-    per_q = np.concatenate([s.postings for s in stats])
-    return {"postings_per_q": float(per_q.mean()), "postings_min_q": int(per_q.min()), "postings_max_q": int(per_q.max()),
-            "pruned_share": float(np.mean(per_q < max_postings)),
-            "bytes_per_q": float(np.mean([s.bytes_read for s in stats])),
-            "entries_per_q": float(np.mean([s.entries.mean() for s in stats]))}
-
-
-def read_work(index: Any, queries: np.ndarray, k: int, max_postings: int, eps2: float | None) -> list[Any]:
-    """The work of each query of a sweep point (``search_with_stats``), in an untimed pass after
-    the timed one: the timed pass calls ``search`` like a server would (the stats' bookkeeping,
-    ~60 us a query on a loaded machine, is no part of serving; faiss and DiskANN pay none)."""
-    return [index.search_with_stats(queries[i : i + 1], k, max_postings=max_postings, eps2=eps2)[1]
-            for i in range(len(queries))]
 
 
 def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
@@ -194,15 +141,25 @@ def bench_hnsw(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarra
     return info, rows
 
 
-def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
-              sweep: list[int], cold: bool, nlist: int | None = None,
-              train: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def build_ivf(base: np.ndarray, metric: str, workdir: Path, nlist: int | None = None, train: int | None = None,
+              reuse: bool = False) -> tuple[dict[str, Any], Any]:
+    """faiss IndexIVFFlat over ``base``, its lists moved to an OnDiskInvertedLists file
+    (``workdir/ivf.ivfdata``, the index itself ``ivf.index``) when faiss can: (build info,
+    index). ``reuse`` opens the pair a previous run saved, with that build's info
+    (``ivf.build.json``)."""
     import faiss
 
     from vecdb.kernels.distances import normalize_rows
 
+    saved, record = workdir / "ivf.index", workdir / "ivf.build.json"
+    if reuse:
+        if not (saved.exists() and record.exists()):
+            raise SystemExit(f"no saved faiss build in {workdir} (ivf.index + ivf.build.json): run without --ivf-reuse")
+        info = json.loads(record.read_text())
+        if info.get("n") != len(base):
+            raise SystemExit(f"{saved} holds {info.get('n')} rows, not {len(base)}")
+        return {**info, "reused_build": True}, faiss.read_index(str(saved))
     xb = normalize_rows(base) if metric == "cosine" else base
-    xq = normalize_rows(queries) if metric == "cosine" else queries
     fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
     nlist = nlist or max(16, int(4 * np.sqrt(len(xb))))
     t0 = time.perf_counter()
@@ -213,7 +170,6 @@ def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray
     for start in range(0, len(xb), ADD_CHUNK):               # a memmap (the synthetic set): chunk by chunk
         index.add(np.ascontiguousarray(xb[start : start + ADD_CHUNK], np.float32))
     on_disk = False
-    lists_file = workdir / "ivf.ivfdata"
     try:                                          # faiss's own on-disk inverted lists
         from faiss.contrib.ondisk import merge_ondisk
 
@@ -221,19 +177,36 @@ def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray
         faiss.write_index(index, str(shard))
         empty = faiss.clone_index(index)          # trained quantizer, no lists
         empty.reset()
-        merge_ondisk(empty, [str(shard)], str(lists_file))
+        merge_ondisk(empty, [str(shard)], str((workdir / "ivf.ivfdata").resolve()))
         index, on_disk = empty, True
+        shard.unlink()
     except Exception as exc:  # noqa: BLE001 (reported in the output: the in-memory lists are measured)
         print(f"  faiss on-disk lists unavailable ({type(exc).__name__}: {exc}); measuring in-memory IVF", file=sys.stderr)
-    info = {"target": "faiss-ivfflat", "build_s": time.perf_counter() - t0, "nlist": nlist, "on_disk": on_disk,
-            "raw_bytes": base.nbytes, "resident_bytes": int(nlist * xb.shape[1] * 4) if on_disk else None}
+    info = {"target": "faiss-ivfflat", "n": len(xb), "build_s": time.perf_counter() - t0, "nlist": nlist,
+            "on_disk": on_disk, "raw_bytes": int(base.nbytes),
+            "resident_bytes": int(nlist * xb.shape[1] * 4) if on_disk else None}
+    if on_disk:
+        faiss.write_index(index, str(saved))
+        record.write_text(json.dumps(info))
+    return info, index
+
+
+def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
+              sweep: list[int], cold: bool, nlist: int | None = None, train: int | None = None,
+              reuse: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``build_ivf``, then its sweep in this process (the real datasets; the synthetic run
+    serves it beside SPANN, ``spann_serve``)."""
+    from vecdb.kernels.distances import normalize_rows
+
+    info, index = build_ivf(base, metric, workdir, nlist, train, reuse)
+    xq = normalize_rows(queries) if metric == "cosine" else queries
+    lists_file = workdir / "ivf.ivfdata"
     rows = []
     for nprobe in sweep:
         index.nprobe = nprobe
-        for mode in (["warm", "cold"] if cold and on_disk else ["warm"]):
-            if mode == "cold" and not evict(lists_file):
-                continue
-            ids, secs = per_query(lambda q: index.search(q, k)[1], xq)
+        for mode in (["warm", "cold"] if cold and info["on_disk"] else ["warm"]):
+            ids, secs = per_query(lambda q: index.search(q, k)[1], xq,
+                                  evict_first=lists_file if mode == "cold" else None)
             if mode == "warm":
                 ids, secs = per_query(lambda q: index.search(q, k)[1], xq)
             rows.append(row("faiss-ivfflat", "nprobe", nprobe, ids, secs, gt, cache=mode))
@@ -347,135 +320,6 @@ def build_spann_chunked(base: np.ndarray, metric: str, path: Path, params: dict[
     return info
 
 
-def peak_rss() -> int:
-    """Peak resident set size of this process (VmHWM), bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def resident_pages(path: Path) -> tuple[int, int]:
-    """(pages of ``path`` in the page cache, pages of the file), by mincore over a shared
-    read-only mapping; (-1, pages) where the platform has no mincore."""
-    size = path.stat().st_size
-    page = os.sysconf("SC_PAGE_SIZE")
-    pages = -(-size // page)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    except (OSError, AttributeError):
-        return -1, pages
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = libc.mmap(None, size, 1, 1, fd, 0)            # PROT_READ, MAP_SHARED
-        if addr in (None, ctypes.c_void_p(-1).value):
-            return -1, pages
-        try:
-            vec = ctypes.create_string_buffer(pages)
-            if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
-                return -1, pages
-            return int(sum(b & 1 for b in vec.raw)), pages
-        finally:
-            libc.munmap(ctypes.c_void_p(addr), size)
-    finally:
-        os.close(fd)
-
-
-def serve(args: argparse.Namespace) -> int:
-    """The search process of the synthetic run (``--serve PATH``): opens the SPANN index at
-    PATH, runs the sweep one query per call (warm, then cold when asked), prints JSON with
-    its RSS and the page-cache residency of the LMDB file."""
-    from vecdb.index import SPANN
-
-    queries = np.load(args.serve_queries)
-    gt = np.load(args.serve_gt)
-    path = Path(args.serve)
-    index = SPANN(queries.shape[1], args.serve_metric, path)
-    opened_rss = current_rss()
-    rows = []
-    for eps2, mp in [(e, m) for e in eps2_list(args.spann_eps2) for m in (int(v) for v in args.spann_sweep.split(",") if v)]:
-        for mode in (["warm", "cold"] if args.cold else ["warm"]):
-            def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
-                return index.search(q, args.k, max_postings=mp, eps2=eps2).ids
-
-            ids, secs = per_query(search, queries, evict_first=path / "data.mdb" if mode == "cold" else None)
-            if mode == "warm":
-                ids, secs = per_query(search, queries)
-            cached, pages = resident_pages(path / "data.mdb")        # before the untimed pass below
-            stats = read_work(index, queries, args.k, mp, eps2)
-            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, eps2=eps2, **read_stats(stats, mp),
-                            rss_bytes=current_rss(), file_pages_cached=cached, file_pages=pages))
-    info = {"resident_bytes": index.memory_bytes(), "rss_after_open": opened_rss, "rss_peak": peak_rss()}
-    index.close()
-    print(json.dumps({"info": info, "rows": rows}))
-    return 0
-
-
-def eps2_list(text: str) -> list[float | None]:
-    """The eps2 values of ``--spann-eps2`` ("" = the index's default only)."""
-    return [float(v) for v in text.split(",") if v] or [None]
-
-
-def current_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def capped_cgroup(limit_bytes: int) -> Path | None:
-    """A cgroup v2 group with ``memory.max`` = ``limit_bytes`` (None where /sys/fs/cgroup is
-    not a writable cgroup v2 hierarchy)."""
-    root = Path("/sys/fs/cgroup")
-    if not (root / "cgroup.controllers").exists():
-        return None
-    group = root / f"vecdb-spann-bench-{os.getpid()}"
-    try:
-        group.mkdir()
-        (group / "memory.max").write_text(str(limit_bytes))
-        return group
-    except OSError:
-        try:
-            group.rmdir()
-        except OSError:
-            pass
-        return None
-
-
-def serve_capped(path: Path, queries: np.ndarray, gt: np.ndarray, metric: str, args: argparse.Namespace,
-                 workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run ``serve`` in a subprocess, inside a memory-capped cgroup when one can be made."""
-    np.save(workdir / "serve-queries.npy", queries)
-    np.save(workdir / "serve-gt.npy", gt)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", str(path), "--serve-queries",
-           str(workdir / "serve-queries.npy"), "--serve-gt", str(workdir / "serve-gt.npy"), "--serve-metric", metric,
-           "--spann-sweep", args.spann_sweep, "--spann-eps2", args.spann_eps2, "--k", str(args.k)]
-    cmd += ["--cold"] if args.cold else []
-    cap = args.mem_cap_mb * 2**20
-    group = capped_cgroup(cap)
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if group is not None:
-        (group / "cgroup.procs").write_text(str(child.pid))
-    out, err = child.communicate()
-    if group is not None:
-        try:
-            group.rmdir()
-        except OSError:
-            pass
-    if child.returncode != 0:
-        raise RuntimeError(f"the search process failed ({child.returncode}): {err[-2000:]}")
-    got = json.loads(out.strip().splitlines()[-1])
-    got["info"]["memory_cap"] = (f"cgroup v2 memory.max={cap}" if group is not None else
-                                 "none (no writable cgroup v2): RSS and page-cache residency reported")
-    return got["info"], got["rows"]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="glove-6b-50d-angular")
@@ -508,13 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic", type=int, default=None, help="N: the synthetic N x --dim set instead of --datasets")
     ap.add_argument("--dim", type=int, default=128, help="dimension of the synthetic set")
     ap.add_argument("--mem-cap-mb", type=int, default=1024, help="memory.max of the synthetic run's search process")
-    ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--serve-queries", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--serve-gt", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--serve-metric", default="l2", help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=ROUNDS,
+                    help="synthetic run: timed rounds of SPANN's and faiss's sweep points, interleaved")
+    ap.add_argument("--ivf-reuse", action="store_true",
+                    help="search the faiss IVF a previous run saved under the workdir (ivf.index, ivf.build.json)")
     args = ap.parse_args(argv)
-    if args.serve:
-        return serve(args)
 
     from vecdb.bench.machine import bench_lock, check_quiet, provenance
     from vecdb.kernels._jit import threads
@@ -554,12 +396,25 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                 base, queries, metric, gt = load(name, args.n_base, args.n_queries, args.k)
             print(f"{name}: {base.shape[0]} x {base.shape[1]} {metric}, {len(queries)} queries, k={args.k}")
             infos, rows = [], []
+            if "faiss-ivfflat" in targets:
+                import faiss  # noqa: F401  (loaded before ``threads``, which then limits its OpenMP too)
             with threads(args.threads):
-                if "spann" in targets and args.synthetic:
-                    info = build_spann_chunked(base, metric, work / "spann", json.loads(args.spann_params), args.train_sample)
-                    served, got = serve_capped(work / "spann", queries, gt, metric, args, work)
-                    info.update(served)
-                    infos.append(info)
+                if args.synthetic and targets & {"spann", "faiss-ivfflat"}:   # served side by side, capped
+                    spann_path = ivf_path = None
+                    if "spann" in targets:
+                        spann_info = build_spann_chunked(base, metric, work / "spann", json.loads(args.spann_params),
+                                                         args.train_sample)
+                        spann_path = work / "spann"
+                    if "faiss-ivfflat" in targets:
+                        ivf_info, ivf_index = build_ivf(base, metric, work, args.ivf_nlist, args.train_sample,
+                                                        args.ivf_reuse)
+                        del ivf_index                # searched by the capped process, from its files
+                        ivf_path = work / "ivf.index"
+                    served, got = serve_capped(spann_path, ivf_path, queries, gt, metric, args, work)
+                    if spann_path is not None:
+                        infos.append({**spann_info, **served})
+                    if ivf_path is not None:
+                        infos.append({**ivf_info, "memory_cap": served["memory_cap"]})
                     rows += got
                 elif "spann" in targets:
                     info, got = bench_spann(base, queries, metric, gt, args.k, work, ints(args.spann_sweep), args.cold,
@@ -572,9 +427,9 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                                  bench_hnsw(base, queries, metric, gt, args.k, ints(args.hnsw_sweep)))
                     infos.append(info)
                     rows += got
-                if "faiss-ivfflat" in targets:
+                if "faiss-ivfflat" in targets and not args.synthetic:
                     info, got = bench_ivf(base, queries, metric, gt, args.k, work, ints(args.ivf_sweep), args.cold,
-                                          args.ivf_nlist, args.train_sample)
+                                          args.ivf_nlist, args.train_sample, args.ivf_reuse)
                     infos.append(info)
                     rows += got
                 if "diskann" in targets:

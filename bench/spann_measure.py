@@ -1,0 +1,122 @@
+"""Measurement helpers of the SPANN benchmark (``bench/spann.py`` and its search process,
+``bench/spann_serve.py``): one-query-per-call timing, page-cache eviction and residency,
+recall, RSS, and the per-query reads SPANN reports."""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def recall(got: np.ndarray, gt: np.ndarray) -> float:
+    return float(np.mean([len(set(g.tolist()) & set(w.tolist())) / len(w) for g, w in zip(got, gt)]))
+
+
+def per_query(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
+              evict_first: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of each query searched alone, and the seconds each call took (with the file
+    ``evict_first`` dropped from the page cache after the warm-up: a cold pass)."""
+    ids, secs = [], np.empty(len(queries))
+    search(queries[:1])                                            # warm-up (JIT load)
+    if evict_first is not None:
+        evict(evict_first)
+    for i in range(len(queries)):
+        t0 = time.perf_counter()
+        ids.append(search(queries[i : i + 1]))
+        secs[i] = time.perf_counter() - t0
+    return np.concatenate(ids), secs
+
+
+def evict(path: Path) -> bool:
+    """Drop the file's pages from the page cache; False where the platform cannot."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
+def row(target: str, knob: str, value: Any, ids: np.ndarray, secs: np.ndarray, gt: np.ndarray, **extra: Any) -> dict[str, Any]:
+    return {"target": target, knob: value, "recall": recall(ids, gt), "mean_ms": 1e3 * float(secs.mean()),
+            "p99_ms": 1e3 * float(np.percentile(secs, 99)), "qps": float(len(secs) / secs.sum()), **extra}
+
+
+def read_stats(stats: list[Any], max_postings: int) -> dict[str, float]:
+    """Per-query reads of one SPANN sweep point: postings, bytes and entries per query, and
+    how the postings read compare with ``max_postings`` (the share of queries whose eps2
+    pruning stopped before it, and the fewest / most postings one query read)."""
+    per_q = np.concatenate([s.postings for s in stats])
+    return {"postings_per_q": float(per_q.mean()), "postings_min_q": int(per_q.min()), "postings_max_q": int(per_q.max()),
+            "pruned_share": float(np.mean(per_q < max_postings)),
+            "bytes_per_q": float(np.mean([s.bytes_read for s in stats])),
+            "entries_per_q": float(np.mean([s.entries.mean() for s in stats]))}
+
+
+def read_work(index: Any, queries: np.ndarray, k: int, max_postings: int, eps2: float | None) -> list[Any]:
+    """The work of each query of a sweep point (``search_with_stats``), in an untimed pass after
+    the timed one: the timed pass calls ``search`` like a server would (the stats' bookkeeping,
+    ~60 us a query on a loaded machine, is no part of serving; faiss and DiskANN pay none)."""
+    return [index.search_with_stats(queries[i : i + 1], k, max_postings=max_postings, eps2=eps2)[1]
+            for i in range(len(queries))]
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process (VmHWM), bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """(pages of ``path`` in the page cache, pages of the file), by mincore over a shared
+    read-only mapping; (-1, pages) where the platform has no mincore."""
+    size = path.stat().st_size
+    page = os.sysconf("SC_PAGE_SIZE")
+    pages = -(-size // page)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return -1, pages
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, 1, 1, fd, 0)            # PROT_READ, MAP_SHARED
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return -1, pages
+        try:
+            vec = ctypes.create_string_buffer(pages)
+            if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
+                return -1, pages
+            return int(sum(b & 1 for b in vec.raw)), pages
+        finally:
+            libc.munmap(ctypes.c_void_p(addr), size)
+    finally:
+        os.close(fd)
+
+
+def current_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def eps2_list(text: str) -> list[float | None]:
+    """The eps2 values of ``--spann-eps2`` ("" = the index's default only)."""
+    return [float(v) for v in text.split(",") if v] or [None]
+
+

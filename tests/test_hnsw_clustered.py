@@ -128,3 +128,25 @@ def test_a_graph_grown_in_small_steps_stays_reachable(seed: int) -> None:
     index.repair()
     assert index.unreachable() == 0
     assert first_hit(index, queries, truth, len(heads)) == 1.0
+
+
+def test_maintain_repairs_what_the_steps_left_unrepaired() -> None:
+    """Steps adding up to less than 1/REPAIR_BATCH_SHARE of the graph run no repair of their
+    own; ``maintain`` (a collection's indexer calls it once it caught up) repairs them when
+    they reach 1/REPAIR_IDLE_SHARE, so a finished load ends with every point reachable."""
+    from vecdb.index.hnsw import REPAIR_BATCH_SHARE, REPAIR_IDLE_SHARE
+
+    heads, queries = merged_centroids(0)
+    n = len(heads)
+    tail = n // REPAIR_BATCH_SHARE - 1                      # below the in-step threshold
+    assert tail * REPAIR_IDLE_SHARE >= n                     # at or above maintain's
+    truth = nearest(heads, queries, np.arange(n))
+    with threads(1):
+        index = HNSW(DIM, "l2", M=16, ef_construction=200, seed=0)
+        index.add(heads[: n - tail], np.arange(n - tail))   # one batch: repaired by add itself
+        for start in range(n - tail, n, 4):
+            index.add(heads[start : start + 4], np.arange(start, min(start + 4, n)))
+        assert index.maintain() is False
+    assert index.unreachable() == 0
+    assert first_hit(index, queries, truth, n) == 1.0
+    assert index.maintain() is False and index.unreachable() == 0   # nothing due: a no-op

@@ -722,7 +722,7 @@ class Collection:
                     self._maybe_train()
                     if self._checkpoints.due(self._mem):
                         self._checkpoints.save(self._mem)
-        maintain = getattr(self._mem.index, "maintain", None)   # an index's own background step (SPANN splits)
+        maintain = getattr(self._mem.index, "maintain", None)   # an index's own background step (SPANN splits, HNSW repair)
         if maintain is not None and not self._mem.staging.busy:
             with self._writer:
                 if self._state == "open" and not worker.stopping and maintain():

@@ -199,18 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-busy", action="store_true", help="run on a busy machine (the result is flagged busy)")
     args = ap.parse_args(argv)
 
-    from vecdb.bench.machine import bench_lock, check_quiet, provenance
+    from vecdb.bench.machine import run_recorded
 
-    with bench_lock():
-        start_quiet = check_quiet(args.allow_busy)
-        results = _run(args)
-    results["start_quiet"] = start_quiet
-    results["busy"] = {"flagged": bool(start_quiet.get("busy"))}
-    results["provenance"] = provenance(argv)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    run_recorded(lambda: _run(args), args.allow_busy, Path(args.out), argv)
     return 0
 
 

@@ -196,9 +196,14 @@ def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray
               reuse: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``build_ivf``, then its sweep in this process (the real datasets; the synthetic run
     serves it beside SPANN, ``spann_serve``)."""
+    import faiss
+
     from vecdb.kernels.distances import normalize_rows
 
     info, index = build_ivf(base, metric, workdir, nlist, train, reuse)
+    lists = faiss.downcast_InvertedLists(index.invlists)
+    if hasattr(lists, "prefetch_nthread"):      # one thread, as spann_serve.ivf_searches
+        lists.prefetch_nthread = 0
     xq = normalize_rows(queries) if metric == "cosine" else queries
     lists_file = workdir / "ivf.ivfdata"
     rows = []
@@ -358,19 +363,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="search the faiss IVF a previous run saved under the workdir (ivf.index, ivf.build.json)")
     args = ap.parse_args(argv)
 
-    from vecdb.bench.machine import bench_lock, check_quiet, provenance
+    from vecdb.bench.machine import run_recorded
     from vecdb.kernels._jit import threads
 
-    with bench_lock():
-        start_quiet = check_quiet(args.allow_busy)
-        results = _run(args, threads)
-    results["start_quiet"] = start_quiet
-    results["busy"] = {"flagged": bool(start_quiet.get("busy"))}
-    results["provenance"] = provenance(argv)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    run_recorded(lambda: _run(args, threads), args.allow_busy, Path(args.out), argv)
     return 0
 
 

@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vecdb.bench.rss import status_bytes
+
 
 def recall(got: np.ndarray, gt: np.ndarray) -> float:
     return float(np.mean([len(set(g.tolist()) & set(w.tolist())) / len(w) for g, w in zip(got, gt)]))
@@ -70,11 +72,7 @@ def read_work(index: Any, queries: np.ndarray, k: int, max_postings: int, eps2: 
 
 def peak_rss() -> int:
     """Peak resident set size of this process (VmHWM), bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return status_bytes("VmHWM")
 
 
 def resident_pages(path: Path) -> tuple[int, int]:
@@ -108,11 +106,8 @@ def resident_pages(path: Path) -> tuple[int, int]:
 
 
 def current_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """Resident set size of this process (VmRSS), bytes."""
+    return status_bytes("VmRSS")
 
 
 def eps2_list(text: str) -> list[float | None]:

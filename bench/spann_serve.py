@@ -1,15 +1,16 @@
-"""The search process of the SPANN benchmark's synthetic run: SPANN and faiss's on-disk IVF
-served side by side from one process whose memory is capped (cgroup v2 ``memory.max``), one
-query per call on one thread each, their sweep points timed in interleaved rounds.
+"""The search processes of the SPANN benchmark's synthetic run: SPANN and faiss's on-disk IVF,
+each served by its own process under the same memory cap (cgroup v2 ``memory.max``), one query
+per call on one thread, their sweep points timed in interleaved rounds.
 
-Why one process and rounds: this machine is shared and its speed drifts by 30-50 % within
-minutes, so two targets timed one after the other can differ by the drift alone. Here every
-round times one pass of every sweep point (the order rotated each round), both targets live
-under the same memory cap and thread limits (faiss's OpenMP and BLAS at one thread, as
-SPANN's one-query path; idle OpenMP threads of a second pool spin on the other core), and each
-point reports the pass of median speed and every round's QPS.
+Why rounds: this machine is shared and its speed drifts by 30-50 % within minutes, so two
+targets timed one after the other can differ by the drift alone. The driver (``serve_capped``,
+in the benchmark's process) keeps both processes open and asks them in turn: every round times
+one pass of every sweep point of both targets (the order rotated each round), and each point
+reports its pass of median speed with every round's QPS. Why a process each: in one process
+the two runtimes disturbed each other (faiss's passes right after SPANN's ran 2-8x slower than
+faiss alone), and each target then gets the whole cap, as DiskANN does in its own process.
 
-    python bench/spann_serve.py --spann DIR --ivf FILE --queries Q.npy --gt GT.npy   # by bench/spann.py
+A worker (``--worker``) reads one JSON command a line on stdin and answers one JSON line.
 """
 from __future__ import annotations
 
@@ -25,17 +26,17 @@ import numpy as np
 
 from spann_measure import current_rss, eps2_list, peak_rss, per_query, read_stats, read_work, resident_pages, row
 
-#: timed rounds per sweep point (each round times every point once)
+#: timed rounds per sweep point (each round times every point of every target once)
 ROUNDS = 5
 
 
-def capped_cgroup(limit_bytes: int) -> Path | None:
+def capped_cgroup(limit_bytes: int, name: str) -> Path | None:
     """A cgroup v2 group with ``memory.max`` = ``limit_bytes`` (None where /sys/fs/cgroup is
     not a writable cgroup v2 hierarchy)."""
     root = Path("/sys/fs/cgroup")
     if not (root / "cgroup.controllers").exists():
         return None
-    group = root / f"vecdb-spann-bench-{os.getpid()}"
+    group = root / f"vecdb-spann-bench-{os.getpid()}-{name}"
     try:
         group.mkdir()
         (group / "memory.max").write_text(str(limit_bytes))
@@ -48,49 +49,137 @@ def capped_cgroup(limit_bytes: int) -> Path | None:
         return None
 
 
-def serve_capped(spann: Path | None, ivf: Path | None, queries: np.ndarray, gt: np.ndarray, metric: str,
-                 args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run this script in a subprocess inside a memory-capped cgroup (when one can be made):
-    the SPANN index at ``spann`` and the faiss index file ``ivf`` (either may be None)."""
-    np.save(workdir / "serve-queries.npy", queries)
-    np.save(workdir / "serve-gt.npy", gt)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--queries", str(workdir / "serve-queries.npy"),
-           "--gt", str(workdir / "serve-gt.npy"), "--metric", metric, "--k", str(args.k), "--rounds", str(args.rounds),
-           "--spann-sweep", args.spann_sweep, "--spann-eps2", args.spann_eps2, "--ivf-sweep", args.ivf_sweep]
-    cmd += ["--spann", str(spann)] if spann is not None else []
-    cmd += ["--ivf", str(ivf)] if ivf is not None else []
-    cmd += ["--cold"] if args.cold else []
-    cap = args.mem_cap_mb * 2**20
-    group = capped_cgroup(cap)
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if group is not None:
-        (group / "cgroup.procs").write_text(str(child.pid))
-    out, err = child.communicate()
-    if group is not None:
+# ---- the worker: one target's index, its sweep points, passes on request --------------------
+def spann_searches(path: Path, dim: int, metric: str, k: int, sweep: list[int],
+                   eps2s: list[float | None]) -> tuple[Any, list[Callable[[np.ndarray], np.ndarray]]]:
+    from vecdb.index import SPANN
+
+    index = SPANN(dim, metric, path)
+    searches = []
+    for eps2 in eps2s:
+        for mp in sweep:
+            def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
+                return index.search(q, k, max_postings=mp, eps2=eps2).ids
+
+            searches.append(search)
+    return index, searches
+
+
+def ivf_searches(path: Path, k: int, sweep: list[int]) -> tuple[Any, list[Callable[[np.ndarray], np.ndarray]]]:
+    """faiss's IndexIVFFlat read from ``path`` (written with its OnDiskInvertedLists, which
+    map its lists file again), one search per nprobe. The lists' prefetch threads are turned
+    off: one query on one thread, as SPANN's (with faiss's default 32 prefetch threads per
+    search its one-query calls took 1.2-1.4 ms on this 2-core machine at 5M, 0.42-0.46 without)."""
+    import faiss
+
+    index = faiss.read_index(str(path))
+    lists = faiss.downcast_InvertedLists(index.invlists)
+    if hasattr(lists, "prefetch_nthread"):
+        lists.prefetch_nthread = 0
+    searches = []
+    for nprobe in sweep:
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+
+        def search(q: np.ndarray, params: Any = params) -> np.ndarray:
+            return index.search(q, k, params=params)[1]
+
+        searches.append(search)
+    return index, searches
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Open one target, then answer commands: {"pass": i, "cold": bool} (ids and per-query
+    seconds of one pass of point i; cold: the data file evicted first), {"reads": i} (SPANN's
+    reads per query at point i, untimed, and the file's page-cache residency), {"quit": 1}."""
+    ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
+    queries = np.load(args.queries)
+    if args.ivf:
+        import faiss
+
+        faiss.omp_set_num_threads(1)             # one query per call on one thread, as SPANN's path
+    from vecdb.kernels._jit import threads      # after faiss: its OpenMP runtime is limited too
+
+    with threads(1):
+        if args.spann:
+            data_file = Path(args.spann) / "data.mdb"
+            sweep, eps2s = ints(args.spann_sweep), eps2_list(args.spann_eps2)
+            index, searches = spann_searches(Path(args.spann), queries.shape[1], args.metric, args.k, sweep, eps2s)
+            knobs = [(mp, eps2) for eps2 in eps2s for mp in sweep]
+        else:
+            data_file = Path(args.ivf).with_suffix(".ivfdata")
+            index, searches = ivf_searches(Path(args.ivf), args.k, ints(args.ivf_sweep))
+        reply({"ready": True, "rss_after_open": current_rss()})
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            if "pass" in cmd:
+                ids, secs = per_query(searches[cmd["pass"]], queries, evict_first=data_file if cmd["cold"] else None)
+                reply({"ids": ids.tolist(), "secs": secs.tolist()})
+            elif "reads" in cmd:
+                mp, eps2 = knobs[cmd["reads"]]
+                cached, pages = resident_pages(data_file)
+                stats = read_stats(read_work(index, queries, args.k, mp, eps2), mp)
+                reply({**stats, "file_pages_cached": cached, "file_pages": pages, "rss_bytes": current_rss()})
+            else:
+                break
+        info = {"rss_peak": peak_rss(), "rss_bytes": current_rss()}
+        if args.spann:
+            info["resident_bytes"] = index.memory_bytes()
+            index.close()
+        reply(info)
+    return 0
+
+
+def reply(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# ---- the driver ------------------------------------------------------------------------------
+class Worker:
+    """A worker process of one target, in its own capped cgroup when one can be made."""
+
+    def __init__(self, name: str, target_args: list[str], common: list[str], cap: int) -> None:
+        self.group = capped_cgroup(cap, name)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *target_args, *common]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.group is not None:
+            (self.group / "cgroup.procs").write_text(str(self.proc.pid))
+        self.ready = self.ask(None)
+
+    def ask(self, cmd: dict[str, Any] | None) -> dict[str, Any]:
+        """Send ``cmd`` (None: only read) and return the worker's answer."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if cmd is not None:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a search process exited ({self.proc.wait()}); see its stderr above")
+        return json.loads(line)
+
+    def close(self) -> dict[str, Any]:
+        """Stop the worker; its last figures (RSS peak, SPANN's resident bytes)."""
         try:
-            group.rmdir()
-        except OSError:
-            pass
-    if child.returncode != 0:
-        raise RuntimeError(f"the search process failed ({child.returncode}): {err[-2000:]}")
-    got = json.loads(out.strip().splitlines()[-1])
-    got["info"]["memory_cap"] = (f"cgroup v2 memory.max={cap}" if group is not None else
-                                 "none (no writable cgroup v2): RSS and page-cache residency reported")
-    return got["info"], got["rows"]
+            return self.ask({"quit": 1})
+        finally:
+            self.proc.wait()
+            if self.group is not None:
+                try:
+                    self.group.rmdir()
+                except OSError:
+                    pass
 
 
 class Point:
-    """One sweep point: how to search one query, the data file a cold pass evicts, and the
-    row's fixed fields; ``passes`` collects each timed pass's (ids, per-query seconds)."""
+    """One sweep point of one worker: its row's fixed fields and the passes timed so far."""
 
-    def __init__(self, target: str, knob: str, value: int, search: Callable[[np.ndarray], np.ndarray],
-                 data_file: Path, **extra: Any) -> None:
-        self.target, self.knob, self.value, self.search, self.data_file = target, knob, value, search, data_file
-        self.extra = extra
+    def __init__(self, worker: Worker, at: int, target: str, knob: str, value: int, **extra: Any) -> None:
+        self.worker, self.at, self.target, self.knob, self.value, self.extra = worker, at, target, knob, value, extra
         self.passes: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def timed_pass(self, queries: np.ndarray, cold: bool) -> None:
-        self.passes.append(per_query(self.search, queries, evict_first=self.data_file if cold else None))
+    def run_pass(self, cold: bool) -> None:
+        got = self.worker.ask({"pass": self.at, "cold": cold})
+        self.passes.append((np.asarray(got["ids"]), np.asarray(got["secs"])))
 
     def result(self, gt: np.ndarray, cache: str) -> dict[str, Any]:
         """The row of the pass of median speed, with every pass's QPS."""
@@ -100,103 +189,73 @@ class Point:
                    qps_rounds=[round(float(v), 1) for v in qps], **self.extra)
 
 
-def spann_points(path: Path, dim: int, metric: str, k: int, sweep: list[int],
-                 eps2s: list[float | None]) -> tuple[Any, list[Point]]:
-    from vecdb.index import SPANN
-
-    index = SPANN(dim, metric, path)
-    points = []
-    for eps2 in eps2s:
-        for mp in sweep:
-            def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
-                return index.search(q, k, max_postings=mp, eps2=eps2).ids
-
-            points.append(Point("spann", "max_postings", mp, search, path / "data.mdb", eps2=eps2))
-    return index, points
-
-
-def ivf_points(path: Path, k: int, sweep: list[int]) -> tuple[Any, list[Point]]:
-    """faiss's IndexIVFFlat read from ``path`` (written with its OnDiskInvertedLists, which
-    map ``path``'s lists file again), one point per nprobe."""
-    import faiss
-
-    index = faiss.read_index(str(path))
-    lists = path.with_suffix(".ivfdata")
-    points = []
-    for nprobe in sweep:
-        params = faiss.SearchParametersIVF(nprobe=nprobe)
-
-        def search(q: np.ndarray, params: Any = params) -> np.ndarray:
-            return index.search(q, k, params=params)[1]
-
-        points.append(Point("faiss-ivfflat", "nprobe", nprobe, search, lists))
-    return index, points
-
-
-def run_rounds(points: list[Point], queries: np.ndarray, rounds: int, cold: bool) -> None:
-    """One untimed pass per point (pages and kernels loaded), then ``rounds`` rounds each
-    timing every point once, the order rotated by one each round (a cold pass evicts its
-    target's files first)."""
+def run_rounds(points: list[Point], rounds: int, cold: bool) -> None:
+    """Warm: one untimed pass per point first (pages and kernels loaded). Then ``rounds``
+    rounds each timing every point once, the order rotated by one each round."""
     for point in points:
         point.passes.clear()
         if not cold:
-            per_query(point.search, queries)
+            point.run_pass(False)
+            point.passes.clear()
     for r in range(rounds):
         for point in points[r % len(points):] + points[: r % len(points)]:
-            point.timed_pass(queries, cold)
+            point.run_pass(cold)
+
+
+def serve_capped(spann: Path | None, ivf: Path | None, queries: np.ndarray, gt: np.ndarray, metric: str,
+                 args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """SPANN at ``spann`` and the faiss index file ``ivf`` (either may be None), each served by
+    a worker process under ``args.mem_cap_mb``, timed in interleaved rounds: (SPANN's serving
+    info, rows)."""
+    np.save(workdir / "serve-queries.npy", queries)
+    ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
+    common = ["--queries", str(workdir / "serve-queries.npy"), "--metric", metric, "--k", str(args.k),
+              "--spann-sweep", args.spann_sweep, "--spann-eps2", args.spann_eps2, "--ivf-sweep", args.ivf_sweep]
+    cap = args.mem_cap_mb * 2**20
+    workers: dict[str, Worker] = {}
+    points: list[Point] = []
+    try:
+        if spann is not None:
+            w = workers["spann"] = Worker("spann", ["--spann", str(spann)], common, cap)
+            knobs = [(mp, eps2) for eps2 in eps2_list(args.spann_eps2) for mp in ints(args.spann_sweep)]
+            points += [Point(w, i, "spann", "max_postings", mp, eps2=eps2) for i, (mp, eps2) in enumerate(knobs)]
+        if ivf is not None:
+            w = workers["ivf"] = Worker("ivf", ["--ivf", str(ivf)], common, cap)
+            points += [Point(w, i, "faiss-ivfflat", "nprobe", nprobe) for i, nprobe in enumerate(ints(args.ivf_sweep))]
+        rows = []
+        for cache in (["warm", "cold"] if args.cold else ["warm"]):
+            run_rounds(points, args.rounds, cache == "cold")
+            for point in points:
+                out = point.result(gt, cache)
+                if point.target == "spann":
+                    out.update(point.worker.ask({"reads": point.at}))
+                rows.append(out)
+    finally:
+        last = {name: w.close() for name, w in workers.items()}
+    groups = {w.group is not None for w in workers.values()}
+    info: dict[str, Any] = {"rounds": args.rounds, "threads": 1, "memory_cap": (
+        f"cgroup v2 memory.max={cap} per search process" if groups == {True} else
+        "none (no writable cgroup v2): RSS and page-cache residency reported")}
+    if "spann" in workers:
+        info.update(rss_after_open=workers["spann"].ready["rss_after_open"], **last["spann"])
+    return info, rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", action="store_true", required=True, help="serve commands on stdin")
     ap.add_argument("--spann", default=None, help="SPANN index directory")
     ap.add_argument("--ivf", default=None, help="faiss index file (on-disk inverted lists)")
     ap.add_argument("--queries", required=True)
-    ap.add_argument("--gt", required=True)
     ap.add_argument("--metric", default="l2")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--spann-sweep", default="4,5,6,8")
     ap.add_argument("--spann-eps2", default="")
     ap.add_argument("--ivf-sweep", default="2,3,4,8")
-    ap.add_argument("--cold", action="store_true")
     args = ap.parse_args(argv)
-    ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
-    queries, gt = np.load(args.queries), np.load(args.gt)
-    if args.ivf:
-        import faiss
-
-        faiss.omp_set_num_threads(1)             # one query per call on one thread, as SPANN's path
-    from vecdb.kernels._jit import threads      # after faiss: its OpenMP runtime is limited too
-
-    info: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    with threads(1):
-        spann = ivf = None
-        points: list[Point] = []
-        if args.spann:
-            spann, got = spann_points(Path(args.spann), queries.shape[1], args.metric, args.k, ints(args.spann_sweep),
-                                      eps2_list(args.spann_eps2))
-            info["rss_after_open"] = current_rss()
-            points += got
-        if args.ivf:
-            ivf, got = ivf_points(Path(args.ivf), args.k, ints(args.ivf_sweep))
-            points += got
-        for cache in (["warm", "cold"] if args.cold else ["warm"]):
-            run_rounds(points, queries, args.rounds, cache == "cold")
-            for point in points:
-                out = point.result(gt, cache)
-                if point.target == "spann":   # the reads, in an untimed pass after the timed ones
-                    cached, pages = resident_pages(Path(args.spann) / "data.mdb")
-                    stats = read_work(spann, queries, args.k, point.value, point.extra["eps2"])
-                    out.update(read_stats(stats, point.value), file_pages_cached=cached, file_pages=pages)
-                out["rss_bytes"] = current_rss()
-                rows.append(out)
-        if spann is not None:
-            info["resident_bytes"] = spann.memory_bytes()
-            spann.close()
-    info.update(rss_peak=peak_rss(), rounds=args.rounds, threads=1)
-    print(json.dumps({"info": info, "rows": rows}))
-    return 0
+    if bool(args.spann) == bool(args.ivf):
+        ap.error("one of --spann and --ivf")
+    return worker(args)
 
 
 if __name__ == "__main__":

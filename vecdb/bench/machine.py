@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
+import json
 import os
 import platform
 import shlex
@@ -15,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from vecdb.errors import FailedPreconditionError
 
@@ -241,3 +242,20 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
                 if k in os.environ},
         "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def run_recorded(run: Callable[[], dict[str, Any]], allow_busy: bool, out: Path,
+                 argv: list[str] | None = None) -> dict[str, Any]:
+    """A benchmark script's run: under the benchmark lock, after the quiet check (refused on a
+    busy machine unless ``allow_busy``; flagged busy then), its results saved to ``out`` as
+    JSON with their provenance. Returns the record saved."""
+    with bench_lock():
+        start_quiet = check_quiet(allow_busy)
+        results = run()
+    results["start_quiet"] = start_quiet
+    results["busy"] = {"flagged": bool(start_quiet.get("busy"))}
+    results["provenance"] = provenance(argv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}")
+    return results

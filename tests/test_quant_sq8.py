@@ -7,6 +7,7 @@ import pytest
 from vecdb.errors import FailedPreconditionError, InvalidArgumentError
 from vecdb.kernels.sq8 import sq8_distances
 from vecdb.quant import SQ8
+from vecdb.types import Metric
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,31 @@ def test_the_trusted_path_matches_the_checked_one(data: np.ndarray) -> None:
     np.testing.assert_array_equal(restored.encode(data), codes)
     with pytest.raises(ValueError, match="expected"):
         SQ8(19).restore({"vmin": np.zeros(3, np.float32), "step": np.zeros(3, np.float32)})
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_the_trusted_fold_is_the_stated_formula_after_train_and_restore(data: np.ndarray, metric: str) -> None:
+    """``fold_queries_trusted`` (a one-query search's fold, its float64 forms computed at
+    training) gives the values of the documented formula, constant dimension included, for
+    the arrays of the last ``train_trusted`` or ``restore``, and what ``fold_queries`` gives."""
+    sq = SQ8(19)
+    sq.train_trusted(data[::-1] * 3)                           # replaced below: the cache must follow
+    other = SQ8(19)
+    other.train(data)
+    sq.restore(other.arrays())
+    q = data[3:6] * 0.5 + 1.0
+    qt, w, bias, mode = sq.fold_queries_trusted(q, Metric.parse(metric))
+    v, s, q64 = sq.vmin.astype(np.float64), sq.step.astype(np.float64), q.astype(np.float64)
+    if metric == "l2":
+        live = s > 0
+        want_qt = np.where(live, (q64 - v) / np.where(live, s, 1.0), 0.0)
+        want_w, want_b = s * s, np.where(live, 0.0, (q64 - v) ** 2).sum(1)
+        assert mode == 0 and not live.all()
+    else:
+        want_qt, want_w, want_b = q64 * s, np.zeros(19), -(q64 @ v)
+        assert mode == 1
+    np.testing.assert_array_equal(qt, want_qt.astype(np.float32))
+    np.testing.assert_array_equal(w, want_w.astype(np.float32))
+    np.testing.assert_array_equal(bias, want_b.astype(np.float32))
+    for got, want in zip(sq.fold_queries(q, metric), (qt, w, bias, mode)):
+        np.testing.assert_array_equal(got, want)

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from vecdb.errors import DataLossError
 from vecdb.index import SPANN, FlatIndex
-from vecdb.index.spann import postings, records
+from vecdb.index.spann import kernels, postings, records
+from vecdb.quant import SQ8
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 import make_spann_v2  # noqa: E402 (the fixture's rows, made by the same code that wrote it)
@@ -377,5 +378,154 @@ def test_a_corrupt_sq8_posting_or_vector_raises_from_a_one_query_search(tmp_path
             again.search(x[0], 10, **EVERYTHING)
         with pytest.raises(DataLossError):
             again.search(x[:2], 10, max_postings=4)
+    finally:
+        again.close()
+
+
+# ---- SQ8 records: the run kernel, the re-rank kernel ---------------------------------------
+def code_record(count: int, dim: int, seed: int, version: int = postings.VERSION) -> tuple[bytes, np.ndarray]:
+    """An SQ8 posting record of ``count`` random entries (its own codec): (record, slots)."""
+    rng = np.random.default_rng(seed)
+    slots = rng.permutation(4 * count + 8)[:count].astype(np.int64)
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    codec = SQ8(dim)
+    codec.train_trusted(rng.standard_normal((16, dim)).astype(np.float32) * 2)
+    return postings.encode(slots, vectors, codec, version=version), slots
+
+
+def scan_code_runs(raws: list[bytes], dim: int, q: np.ndarray, width: int, live: np.ndarray, allow: np.ndarray,
+                   use_allow: bool, mode: int = 0) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """The one-query scan of SQ8 ``raws`` in runs of ``records.RUN`` (``check_scan_codes_records``):
+    (index of the first bad record or -1, its problem, counts, sorted heap slots, distances)."""
+    hd, hs = np.full(width, np.inf, np.float32), np.full(width, -1, np.int64)
+    counts = np.zeros(len(raws), np.int64)
+    weights = np.linspace(0.5, 2.0, dim).astype(np.float32)
+    views = [memoryview(raw) for raw in raws]
+    for lo in range(0, len(raws), records.RUN):
+        run = views[lo : lo + records.RUN]
+        n = len(run)
+        bad, problem = records.check_scan_codes_records(tuple(run + [memoryview(b"")] * (records.RUN - n)), n,
+                                                        np.arange(lo, lo + n), dim, q, weights, 0.25, mode, live,
+                                                        allow, use_allow, counts, hd, hs, lo + n >= len(raws))
+        if problem:
+            return lo + int(bad), int(problem), counts, hs, hd
+    return -1, records.OK, counts, hs, hd
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=19), dim=st.integers(1, 40), seed=st.integers(0, 1000),
+       version=st.sampled_from([2, 3]), use_allow=st.booleans(), mode=st.sampled_from([0, 1]))
+def test_the_sq8_run_scan_equals_the_checked_copied_scan(counts: list[int], dim: int, seed: int, version: int,
+                                                         use_allow: bool, mode: int) -> None:
+    """Records checked and ranked in the same pass, ``records.RUN`` per call (format 3: rows
+    summed ``CODE_ROWS`` at a time, any dimension), rank as the copied path does: every
+    record checked first (``check_records``), then ``scan_codes_serial``; dead and
+    disallowed slots skipped."""
+    raws = [code_record(c, dim, seed + i, version)[0] for i, c in enumerate(counts)]
+    rng = np.random.default_rng(seed)
+    q = (rng.standard_normal(dim) * 50).astype(np.float32)
+    n_slots = 4 * max(counts) + 8
+    live = np.where(rng.random(n_slots) < 0.2, -1, np.arange(n_slots)).astype(np.int64)   # tombstones
+    allow = (rng.random(n_slots) < 0.6).astype(np.uint8) if use_allow else np.zeros(1, np.uint8)
+    width = 12
+    bad, problem, got_counts, hs, hd = scan_code_runs(raws, dim, q, width, live, allow, use_allow, mode)
+    assert (bad, problem) == (-1, records.OK)
+    buf, starts, want_counts = postings.check_many(raws, np.arange(len(raws)), dim, SQ8(dim))
+    np.testing.assert_array_equal(got_counts, want_counts)
+    out_s, out_d = np.full((1, width), -1, np.int64), np.full((1, width), np.inf, np.float32)
+    weights = np.linspace(0.5, 2.0, dim).astype(np.float32)
+    kernels.scan_codes_serial(q[None], weights, np.array([0.25], np.float32), mode, buf, starts, want_counts,
+                              np.array([0, len(raws)]), np.arange(len(raws)), live, allow, use_allow, out_s, out_d)
+    np.testing.assert_allclose(hd, out_d[0], rtol=1e-5, atol=1e-3)
+    same = hs == out_s[0]
+    assert same.all() or np.allclose(hd[~same], out_d[0][~same], rtol=1e-5, atol=1e-3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(counts=st.lists(st.integers(1, 40), min_size=1, max_size=12), dim=st.integers(1, 40), seed=st.integers(0, 1000),
+       which=st.floats(0, 1), where=st.floats(0, 1), bit=st.integers(0, 7), version=st.sampled_from([2, 3]))
+def test_a_flipped_bit_of_an_sq8_body_fails_the_run_scan(counts: list[int], dim: int, seed: int, which: float,
+                                                         where: float, bit: int, version: int) -> None:
+    """A bit flipped anywhere in one record's body (slots, codes of any row, padding) is
+    reported, as that record, by the run kernel; a truncated record too."""
+    raws = [code_record(c, dim, seed + i, version)[0] for i, c in enumerate(counts)]
+    i = min(int(which * len(raws)), len(raws) - 1)
+    raw = raws[i]
+    body = len(raw) - postings.HEADER_BYTES
+    at = postings.HEADER_BYTES + min(int(where * body), body - 1)
+    live = np.arange(4 * max(counts) + 8, dtype=np.int64)
+    q = np.ones(dim, np.float32)
+    flipped = raws[:i] + [raw[:at] + bytes([raw[at] ^ (1 << bit)]) + raw[at + 1 :]] + raws[i + 1 :]
+    assert scan_code_runs(flipped, dim, q, 5, live, np.zeros(1, np.uint8), False)[:2] == (i, records.BAD_CHECKSUM)
+    cut = raws[:i] + [raw[:-8]] + raws[i + 1 :]
+    assert scan_code_runs(cut, dim, q, 5, live, np.zeros(1, np.uint8), False)[:2] == (i, records.TRUNCATED)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(0, 60), dim=st.integers(1, 40), k=st.integers(1, 12), seed=st.integers(0, 1000),
+       metric=st.sampled_from([0, 1]))
+def test_the_rerank_kernel_ranks_as_a_sort(n: int, dim: int, k: int, seed: int, metric: int) -> None:
+    """``rerank_rows``: the k nearest of the candidate rows, ties to the smaller slot, as a
+    lexicographic sort on (distance, slot) of the exact distances; -1 / +inf past them."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(-3, 4, (n, dim)).astype(np.float32)   # small integers: exact distances, many ties
+    slots = rng.permutation(10 * n + 1)[:n].astype(np.int64)
+    q = rng.integers(-3, 4, dim).astype(np.float32)
+    hd, hs = np.full(k, np.inf, np.float32), np.full(k, -1, np.int64)
+    kernels.rerank_rows(rows.ravel(), dim, q, slots, metric, hd, hs)
+    d = ((rows - q) ** 2).sum(1) if metric == 0 else -(rows @ q)
+    best = np.lexsort((slots, d))[:k]
+    m = len(best)
+    np.testing.assert_array_equal(hs[:m], slots[best])
+    np.testing.assert_array_equal(hd[:m], d[best])
+    assert (hs[m:] == -1).all() and np.isinf(hd[m:]).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_sq8_one_query_search_with_empty_postings_equals_the_batched_scan(metric: str) -> None:
+    """Heads trained on points never added have no posting record: the one-query SQ8 path
+    skips them inside its runs of records as the batched path reads them as empty."""
+    dim = 20
+    x = clustered(1200, dim, 8)
+    far = clustered(300, dim, 9) + 40                          # heads of their own, left empty
+    index = SPANN(dim, metric, posting_limit=64, head_size=16, background=False, codes="sq8")
+    try:
+        index.train(np.concatenate([x, far]))
+        index.add(x)
+        assert (index.posting_sizes() == 0).any()
+        q = np.concatenate([clustered(6, dim, 10), far[:6] * 0.9])
+        for kw in ({"max_postings": 6}, EVERYTHING):
+            batched = index.search(q, 10, **kw)
+            for i in range(len(q)):
+                one = index.search(q[i], 10, **kw)
+                np.testing.assert_allclose(one.distances[0], batched.distances[i], rtol=1e-5, atol=1e-4)
+                same = one.ids[0] == batched.ids[i]
+                assert same.all() or np.allclose(one.distances[0][~same], batched.distances[i][~same], atol=1e-4)
+    finally:
+        index.close()
+
+
+def test_sq8_vector_records_of_wrong_lengths_that_sum_right_still_raise(tmp_path: Path) -> None:
+    """The one-query re-rank checks the float records it joins one by one: a record 4 bytes
+    long and another 4 bytes short (the joined length right) still raise DataLossError."""
+    dim = 24
+    x = clustered(600, dim, 7)
+    index = SPANN(dim, "l2", tmp_path / "s", posting_limit=64, head_size=16, background=False, codes="sq8")
+    index.train(x)
+    index.add(x)
+    index.close()
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
+    try:
+        handle = env.open_db(b"spann.vectors")
+        with env.begin(write=True) as txn:
+            (k1, v1), (k2, v2) = list(txn.cursor(handle).iternext())[:2]
+            txn.put(bytes(k1), bytes(v1) + bytes(4), db=handle)
+            txn.put(bytes(k2), bytes(v2)[:-4], db=handle)
+    finally:
+        env.close()
+    again = SPANN(dim, "l2", tmp_path / "s")
+    try:
+        with pytest.raises(DataLossError, match="vector record"):
+            again.search(x[0], 10, **EVERYTHING, rerank=1000)
     finally:
         again.close()

@@ -43,6 +43,12 @@ def key(head: int) -> bytes:
     return _KEY.pack(head)
 
 
+def keys(heads: list[int]) -> list[bytes]:
+    """``key`` of each of ``heads`` (one call for many: a search's re-rank reads a record per
+    candidate, and a Python call per key cost ~0.3 us of its ~1.5)."""
+    return list(map(_KEY.pack, heads))
+
+
 def encode(slots: I64Vector, vectors: F32Matrix, codec: Any = None, version: int = VERSION) -> bytes:
     """The record of a posting holding ``slots`` with their ``vectors`` (as the codes of
     ``codec``, a trained SQ8, when given), in format ``version`` (the latest; format 2 is

@@ -336,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ivf-sweep", default="4,8,16,32,64", help="nprobe values")
     ap.add_argument("--spann-params", default="{}", help="JSON of SPANN construction parameters")
     ap.add_argument("--spann-eps2", default="", help="eps2 values swept with every max_postings (default: the index's)")
+    ap.add_argument("--spann-search", default="{}",
+                    help="JSON of SPANN search knobs for every sweep point of the synthetic run (e.g. '{\"rerank\": 20}')")
     ap.add_argument("--train-sample", type=int, default=None,
                     help=f"training rows (default: a tenth of the data within [{TRAIN_SAMPLE}, {TRAIN_SAMPLE_MAX}])")
     ap.add_argument("--ivf-nlist", type=int, default=None, help="faiss IVF lists (default 4 * sqrt(N))")

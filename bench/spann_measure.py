@@ -62,11 +62,12 @@ def read_stats(stats: list[Any], max_postings: int) -> dict[str, float]:
             "entries_per_q": float(np.mean([s.entries.mean() for s in stats]))}
 
 
-def read_work(index: Any, queries: np.ndarray, k: int, max_postings: int, eps2: float | None) -> list[Any]:
+def read_work(index: Any, queries: np.ndarray, k: int, max_postings: int, eps2: float | None,
+              **knobs: Any) -> list[Any]:
     """The work of each query of a sweep point (``search_with_stats``), in an untimed pass after
     the timed one: the timed pass calls ``search`` like a server would (the stats' bookkeeping,
     ~60 us a query on a loaded machine, is no part of serving; faiss and DiskANN pay none)."""
-    return [index.search_with_stats(queries[i : i + 1], k, max_postings=max_postings, eps2=eps2)[1]
+    return [index.search_with_stats(queries[i : i + 1], k, max_postings=max_postings, eps2=eps2, **knobs)[1]
             for i in range(len(queries))]
 
 

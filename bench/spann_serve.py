@@ -50,8 +50,9 @@ def capped_cgroup(limit_bytes: int, name: str) -> Path | None:
 
 
 # ---- the worker: one target's index, its sweep points, passes on request --------------------
-def spann_searches(path: Path, dim: int, metric: str, k: int, sweep: list[int],
-                   eps2s: list[float | None]) -> tuple[Any, list[Callable[[np.ndarray], np.ndarray]]]:
+def spann_searches(path: Path, dim: int, metric: str, k: int, sweep: list[int], eps2s: list[float | None],
+                   knobs: dict[str, Any]) -> tuple[Any, list[Callable[[np.ndarray], np.ndarray]]]:
+    """SPANN at ``path`` and one search per (eps2, max_postings), with the search ``knobs``."""
     from vecdb.index import SPANN
 
     index = SPANN(dim, metric, path)
@@ -59,7 +60,7 @@ def spann_searches(path: Path, dim: int, metric: str, k: int, sweep: list[int],
     for eps2 in eps2s:
         for mp in sweep:
             def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
-                return index.search(q, k, max_postings=mp, eps2=eps2).ids
+                return index.search(q, k, max_postings=mp, eps2=eps2, **knobs).ids
 
             searches.append(search)
     return index, searches
@@ -103,7 +104,8 @@ def worker(args: argparse.Namespace) -> int:
         if args.spann:
             data_file = Path(args.spann) / "data.mdb"
             sweep, eps2s = ints(args.spann_sweep), eps2_list(args.spann_eps2)
-            index, searches = spann_searches(Path(args.spann), queries.shape[1], args.metric, args.k, sweep, eps2s)
+            index, searches = spann_searches(Path(args.spann), queries.shape[1], args.metric, args.k, sweep, eps2s,
+                                             json.loads(args.spann_search))
             knobs = [(mp, eps2) for eps2 in eps2s for mp in sweep]
         else:
             data_file = Path(args.ivf).with_suffix(".ivfdata")
@@ -117,7 +119,7 @@ def worker(args: argparse.Namespace) -> int:
             elif "reads" in cmd:
                 mp, eps2 = knobs[cmd["reads"]]
                 cached, pages = resident_pages(data_file)
-                stats = read_stats(read_work(index, queries, args.k, mp, eps2), mp)
+                stats = read_stats(read_work(index, queries, args.k, mp, eps2, **json.loads(args.spann_search)), mp)
                 reply({**stats, "file_pages_cached": cached, "file_pages": pages, "rss_bytes": current_rss()})
             else:
                 break
@@ -210,7 +212,8 @@ def serve_capped(spann: Path | None, ivf: Path | None, queries: np.ndarray, gt: 
     np.save(workdir / "serve-queries.npy", queries)
     ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
     common = ["--queries", str(workdir / "serve-queries.npy"), "--metric", metric, "--k", str(args.k),
-              "--spann-sweep", args.spann_sweep, "--spann-eps2", args.spann_eps2, "--ivf-sweep", args.ivf_sweep]
+              "--spann-sweep", args.spann_sweep, "--spann-eps2", args.spann_eps2, "--ivf-sweep", args.ivf_sweep,
+              "--spann-search", args.spann_search]
     cap = args.mem_cap_mb * 2**20
     workers: dict[str, Worker] = {}
     points: list[Point] = []
@@ -218,7 +221,9 @@ def serve_capped(spann: Path | None, ivf: Path | None, queries: np.ndarray, gt: 
         if spann is not None:
             w = workers["spann"] = Worker("spann", ["--spann", str(spann)], common, cap)
             knobs = [(mp, eps2) for eps2 in eps2_list(args.spann_eps2) for mp in ints(args.spann_sweep)]
-            points += [Point(w, i, "spann", "max_postings", mp, eps2=eps2) for i, (mp, eps2) in enumerate(knobs)]
+            search = json.loads(args.spann_search)
+            points += [Point(w, i, "spann", "max_postings", mp, eps2=eps2, **({"search": search} if search else {}))
+                       for i, (mp, eps2) in enumerate(knobs)]
         if ivf is not None:
             w = workers["ivf"] = Worker("ivf", ["--ivf", str(ivf)], common, cap)
             points += [Point(w, i, "faiss-ivfflat", "nprobe", nprobe) for i, nprobe in enumerate(ints(args.ivf_sweep))]
@@ -252,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spann-sweep", default="4,5,6,8")
     ap.add_argument("--spann-eps2", default="")
     ap.add_argument("--ivf-sweep", default="2,3,4,8")
+    ap.add_argument("--spann-search", default="{}", help="JSON of SPANN search knobs (e.g. rerank)")
     args = ap.parse_args(argv)
     if bool(args.spann) == bool(args.ivf):
         ap.error("one of --spann and --ivf")

@@ -354,14 +354,20 @@ def test_sq8_one_query_in_place_equals_the_batched_scan(metric: str, dim: int) -
         index.close()
 
 
-@pytest.mark.parametrize("dim", [24, 22])
-@pytest.mark.parametrize("where", ["code", "vector record"])
-def test_a_corrupt_sq8_posting_or_vector_raises_from_a_one_query_search(tmp_path: Path, dim: int, where: str) -> None:
+def closed_sq8_index(path: Path, dim: int) -> np.ndarray:
+    """A closed SPANN index of SQ8 postings at ``path`` over 600 clustered rows (returned)."""
     x = clustered(600, dim, 7)
-    index = SPANN(dim, "l2", tmp_path / "s", posting_limit=64, head_size=16, background=False, codes="sq8")
+    index = SPANN(dim, "l2", path, posting_limit=64, head_size=16, background=False, codes="sq8")
     index.train(x)
     index.add(x)
     index.close()
+    return x
+
+
+@pytest.mark.parametrize("dim", [24, 22])
+@pytest.mark.parametrize("where", ["code", "vector record"])
+def test_a_corrupt_sq8_posting_or_vector_raises_from_a_one_query_search(tmp_path: Path, dim: int, where: str) -> None:
+    x = closed_sq8_index(tmp_path / "s", dim)
     env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
     try:
         handle = env.open_db(b"spann.postings" if where == "code" else b"spann.vectors")
@@ -509,11 +515,7 @@ def test_sq8_vector_records_of_wrong_lengths_that_sum_right_still_raise(tmp_path
     """The one-query re-rank checks the float records it joins one by one: a record 4 bytes
     long and another 4 bytes short (the joined length right) still raise DataLossError."""
     dim = 24
-    x = clustered(600, dim, 7)
-    index = SPANN(dim, "l2", tmp_path / "s", posting_limit=64, head_size=16, background=False, codes="sq8")
-    index.train(x)
-    index.add(x)
-    index.close()
+    x = closed_sq8_index(tmp_path / "s", dim)
     env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
     try:
         handle = env.open_db(b"spann.vectors")

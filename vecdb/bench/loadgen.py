@@ -40,8 +40,11 @@ class Load(NamedTuple):
 
 
 def search_loop(search: Callable[[np.ndarray], Any], queries: np.ndarray, stop: threading.Event,
-                latencies: list[float], errors: list[BaseException], seed: int) -> None:
-    """Search one seeded-random row of ``queries`` per call until ``stop``; keep each latency (s)."""
+                latencies: list[float], errors: list[BaseException], seed: int,
+                check: Callable[[Any], Any] | None = None) -> None:
+    """Search one seeded-random row of ``queries`` per call until ``stop``; keep each latency (s).
+    ``check``, when given, is called on each call's return value after its latency is taken
+    (a correctness check that must not count as search time)."""
     pick = np.random.default_rng(seed).integers(len(queries), size=PICKS)
     i = 0
     while not stop.is_set():
@@ -49,21 +52,23 @@ def search_loop(search: Callable[[np.ndarray], Any], queries: np.ndarray, stop: 
         i += 1
         start = time.perf_counter()
         try:
-            search(q)
+            got = search(q)
+            latencies.append(time.perf_counter() - start)
+            if check is not None:
+                check(got)
         except Exception as exc:  # counted and reported: a run must show none
             errors.append(exc)
-            continue
-        latencies.append(time.perf_counter() - start)
 
 
 def run_load(search: Callable[[np.ndarray], Any], queries: np.ndarray, threads: int, seconds: float,
-             background: Sequence[Background] = ()) -> Load:
-    """``threads`` threads running ``search_loop`` (thread i seeded with i) for ``seconds``, with
-    the ``background`` workers beside them; returns once every thread has stopped."""
+             background: Sequence[Background] = (), check: Callable[[Any], Any] | None = None) -> Load:
+    """``threads`` threads running ``search_loop`` (thread i seeded with i, ``check`` untimed after
+    each call) for ``seconds``, with the ``background`` workers beside them; returns once every
+    thread has stopped."""
     stop = threading.Event()
     latencies: list[list[float]] = [[] for _ in range(threads)]
     errors: list[BaseException] = []
-    workers = [threading.Thread(target=search_loop, args=(search, queries, stop, latencies[i], errors, i))
+    workers = [threading.Thread(target=search_loop, args=(search, queries, stop, latencies[i], errors, i, check))
                for i in range(threads)]
     workers += [threading.Thread(target=work, args=(stop, errors)) for work in background]
     start = time.perf_counter()

@@ -137,9 +137,9 @@ def test_back_pressure_bounds_the_staged_rows(tmp_path: Path) -> None:
 
 def test_writers_keep_the_staged_scan_short_while_searches_run(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """While searches are served, writers wait for room below ``SERVING_PENDING`` staged
-    points however large ``max_pending`` is (every search scans the staged points); with
-    none served recently, ``max_pending`` alone applies."""
+    """While searches are served, a writer waits until its batch fits below ``SERVING_PENDING``
+    staged points (or nothing is staged) however large ``max_pending`` is (every search scans
+    the staged points); with none served recently, ``max_pending`` alone applies."""
     from vecdb.collection import collection as module
 
     monkeypatch.setattr(module, "SERVING_PENDING", 100)
@@ -153,11 +153,18 @@ def test_writers_keep_the_staged_scan_short_while_searches_run(tmp_path: Path,
             assert len(col._mem.staging) == 8 * batch
         assert col.wait_indexed()
         col.search(vecs(1, 99), k=3)             # searches are served from now on
-        # admitted while at most 100 rows are staged: 4 batches (0, 30, 60, 90 staged before each)
-        with _writer_held_back(col, range(8, 18), batch, admitted=4):
+        # admitted while the batch fits below 100 staged rows: 3 batches (0, 30, 60 staged
+        # before each; the 4th would make 120)
+        with _writer_held_back(col, range(8, 18), batch, admitted=3):
             res = col.search(vecs(1, 10)[:1], k=1)   # the staged rows are served meanwhile
             assert res.ids[0, 0] == 10 * batch and res.distances[0, 0] == pytest.approx(0.0, abs=1e-4)
         assert col.wait_indexed() and col.count() == 18 * batch
+        # a batch larger than the bound is admitted once nothing is staged: a search then
+        # scans that one batch
+        col.search(vecs(1, 99), k=3)
+        with _writer_held_back(col, range(18, 21), 150, admitted=1):
+            pass
+        assert col.wait_indexed()
 
 
 def test_the_background_build_runs_on_a_lowered_thread(tmp_path: Path) -> None:

@@ -95,11 +95,15 @@ MAX_LINK_ROWS = 8192
 #: a due checkpoint waits until at most this many rows are staged (writers wait while the
 #: indexer takes them before the save)
 CHECKPOINT_BACKLOG = 10_000
-#: while searches are served (one ran in the last SERVING_SECONDS), writers wait for room
-#: below this many staged points (``max_pending`` when smaller): every search scans the
-#: staged points exactly, so this keeps the scan short. A writer's steady rate is the
-#: indexer's either way; only the burst absorbed meanwhile is smaller.
-SERVING_PENDING = 2048
+#: while searches are served (one ran in the last SERVING_SECONDS), a writer waits until its
+#: batch fits below this many staged points (``max_pending`` when smaller), or nothing is
+#: staged: every search scans the staged points exactly, so this keeps the scan short (a
+#: batch larger than it waits for the ones before it to be indexed, and a search then scans
+#: at most one batch). 1M x 128, batches of 5,000, 4 searching threads: p99 under a full-speed
+#: writer 9.5-10.4 ms this way, 11.3-12.3 ms when writers waited for 2,048 staged points
+#: before adding theirs. A writer's steady rate is the indexer's either way; only the burst
+#: absorbed meanwhile is smaller.
+SERVING_PENDING = 4096
 SERVING_SECONDS = 1.0
 #: a search of more query rows runs in steps of this many, each under its own read lock, so a
 #: writer waits for one step (tens of ms for a flat scan), never for a whole 10k-row batch
@@ -188,7 +192,7 @@ class Collection:
             pays, shape = check_payloads_shaped(payloads)
         pay_bytes = [None] * n if payloads is None else encode_checked_json_many(pays)
         tenant_names = check_tenants(tenant)
-        with self._writing() as mem:
+        with self._writing(n) as mem:
             tsets = [self._tenant(t) for t in tenant_names]
             h = self._h
             ascending = _ascending(idkeys)
@@ -509,7 +513,7 @@ class Collection:
         """Run a search validated by ``SearchRequest.build`` (the trusted path: nothing is
         checked again but the knobs, resolved once by the serving index)."""
         self._check()
-        self._last_search = time.monotonic()   # writers keep the staged scan short meanwhile (_pending_limit)
+        self._last_search = time.monotonic()   # writers keep the staged scan short meanwhile (_has_room)
         nq = len(req.queries)
         if nq <= SEARCH_STEP_ROWS:
             iids, ids, distances = self._search_step(req)
@@ -787,21 +791,23 @@ class Collection:
             with self._indexing, self._rw.write():
                 self._mem = mem
 
-    def _wait_for_room(self) -> None:
-        """Back-pressure: wait while more points are staged than ``_pending_limit`` (the
-        indexer makes room), unless the collection stops serving meanwhile."""
-        if len(self._mem.staging) <= self._pending_limit():
+    def _wait_for_room(self, rows: int) -> None:
+        """Back-pressure: wait (the indexer makes room) while more points are staged than
+        ``max_pending``, and, while searches are served, until a write of ``rows`` points
+        fits below ``SERVING_PENDING`` or nothing is staged; unless the collection stops
+        serving meanwhile."""
+        if self._has_room(rows):
             return
         self._worker.wake()
-        self._worker.wait_for(lambda: len(self._mem.staging) <= self._pending_limit() or self._state != "open"
-                              or self._worker.stopping)
+        self._worker.wait_for(lambda: self._has_room(rows) or self._state != "open" or self._worker.stopping)
 
-    def _pending_limit(self) -> int:
-        """Staged points a writer may add to: ``max_pending``, or at most ``SERVING_PENDING``
-        while searches are served."""
-        if time.monotonic() - self._last_search < SERVING_SECONDS:
-            return min(self._max_pending, SERVING_PENDING)
-        return self._max_pending
+    def _has_room(self, rows: int) -> bool:
+        staged = len(self._mem.staging)
+        if staged > self._max_pending:
+            return False
+        if time.monotonic() - self._last_search >= SERVING_SECONDS:
+            return True
+        return staged == 0 or staged + rows <= min(self._max_pending, SERVING_PENDING)
 
     def _maybe_train(self) -> None:
         """Train the configured index once the exact-scan stand-in holds enough points
@@ -861,11 +867,11 @@ class Collection:
                                    "get it from the database again to reload it")
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[Memory]:
+    def _writing(self, rows: int = 0) -> Iterator[Memory]:
         """Wait for room among the staged points (back-pressure), then hold the writer lock,
         checking again under it that the collection is open (it may have been closed or
         dropped while this thread waited); yields the live memory."""
-        self._wait_for_room()
+        self._wait_for_room(rows)
         with self._writer:
             self._check()
             yield self._mem

@@ -43,9 +43,9 @@ import numpy as np
 
 from vecdb.index.allow import AllowSet
 from vecdb.index.base import BaseIndex, SearchParams
-from vecdb.index.flat import exact_search
+from vecdb.index.flat import BLAS_MIN_QUERIES, exact_search
 from vecdb.kernels.distances import normalize_rows
-from vecdb.kernels.merge import merge_sorted
+from vecdb.kernels.merge import merge_rows, merge_sorted
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
 
 #: up to this many stale ids, a search over-fetches and drops them; beyond it, it passes the
@@ -425,11 +425,25 @@ class Staging:
         if fetch > k:
             hidden = np.isin(ids, stale)
             ids, dists = _first_k(np.where(hidden, -1, ids), np.where(hidden, np.inf, dists).astype(np.float32), k)
+        if allow is None and len(queries) < BLAS_MIN_QUERIES and self.metric is not Metric.COSINE:
+            return self._fold_in(queries, ids, dists)
         extra = self._scan(queries, k, allow)
         if extra is not None:   # both sorted: one merge (a moving row may come from both: kept once)
             out_ids, out_d = np.empty((len(ids), k), np.int64), np.empty((len(ids), k), np.float32)
             merge_sorted(ids, dists, extra[0], extra[1], out_ids, out_d)
             ids, dists = out_ids, out_d
+        return SearchResult(ids, dists)
+
+    def _fold_in(self, queries: F32Matrix, ids: np.ndarray, dists: np.ndarray) -> SearchResult:
+        """The index's answer with every live staged row folded in by exact distance, for a
+        few unfiltered l2 / ip queries: one kernel call per segment (``merge_rows``), the
+        same answer as ``_scan`` and ``merge_sorted`` (one search's Python, and its waits for
+        the GIL between kernels, is a large part of its latency while a writer stages rows)."""
+        ids, dists = np.array(ids, np.int64), np.array(dists, np.float32)   # ours to change in place
+        if self._live:
+            base, dead, row_ids = self._base, self._dead, self._ids
+            for a, b, arr in self._vecs.spans(self._head, self._tail):
+                merge_rows(queries, arr, row_ids[a - base:b - base], dead[a - base:b - base], self._code, ids, dists)
         return SearchResult(ids, dists)
 
     def memory_bytes(self) -> int:

@@ -337,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spann-params", default="{}", help="JSON of SPANN construction parameters")
     ap.add_argument("--spann-eps2", default="", help="eps2 values swept with every max_postings (default: the index's)")
     ap.add_argument("--spann-search", default="{}",
-                    help="JSON of SPANN search knobs for every sweep point of the synthetic run (e.g. '{\"rerank\": 20}')")
+                    help="JSON of SPANN search knobs for every sweep point of the synthetic run (e.g. '{\"rerank\": 20}'), "
+                         "or a list of such objects, each swept (e.g. '[{\"rerank\": 10}, {\"rerank\": 20}]')")
     ap.add_argument("--train-sample", type=int, default=None,
                     help=f"training rows (default: a tenth of the data within [{TRAIN_SAMPLE}, {TRAIN_SAMPLE_MAX}])")
     ap.add_argument("--ivf-nlist", type=int, default=None, help="faiss IVF lists (default 4 * sqrt(N))")
@@ -444,6 +445,7 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
             for r in rows:
                 knob = next(f"{n}={r[n]}" for n in ("max_postings", "ef", "nprobe", "complexity") if n in r)
                 knob += f" e{r['eps2']:g}" if r.get("eps2") is not None else ""
+                knob += "".join(f" {name}={value}" for name, value in r.get("search", {}).items())
                 print(f"  {r['target']:14} {knob:>14} {r['cache']:>6} {r['recall']:7.3f} {r['mean_ms']:8.3f} "
                       f"{r['p99_ms']:8.3f} {r['qps']:8.0f} {r.get('postings_per_q', float('nan')):10.1f} "
                       f"{r.get('pruned_share', float('nan')):7.2f} {r.get('bytes_per_q', float('nan')) / 1024:8.1f}")

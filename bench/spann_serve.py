@@ -50,20 +50,36 @@ def capped_cgroup(limit_bytes: int, name: str) -> Path | None:
 
 
 # ---- the worker: one target's index, its sweep points, passes on request --------------------
-def spann_searches(path: Path, dim: int, metric: str, k: int, sweep: list[int], eps2s: list[float | None],
-                   knobs: dict[str, Any]) -> tuple[Any, list[Callable[[np.ndarray], np.ndarray]]]:
-    """SPANN at ``path`` and one search per (eps2, max_postings), with the search ``knobs``."""
+def spann_searches(path: Path, dim: int, metric: str, k: int, knobs: list[tuple[int, float | None, dict[str, Any]]]
+                   ) -> tuple[Any, list[Callable[[np.ndarray], np.ndarray]]]:
+    """SPANN at ``path`` and one search per (max_postings, eps2, search knobs) of ``knobs``."""
     from vecdb.index import SPANN
 
     index = SPANN(dim, metric, path)
     searches = []
-    for eps2 in eps2s:
-        for mp in sweep:
-            def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
-                return index.search(q, k, max_postings=mp, eps2=eps2, **knobs).ids
+    for mp, eps2, search in knobs:
+        def one(q: np.ndarray, mp: int = mp, eps2: float | None = eps2, search: dict[str, Any] = search) -> np.ndarray:
+            return index.search(q, k, max_postings=mp, eps2=eps2, **search).ids
 
-            searches.append(search)
+        searches.append(one)
     return index, searches
+
+
+def search_sets(text: str) -> list[dict[str, Any]]:
+    """``--spann-search``: one JSON object of search knobs, or a list of them (each a variant
+    swept over every max_postings and eps2, e.g. '[{"rerank": 10}, {"rerank": 20}]')."""
+    value = json.loads(text)
+    sets = value if isinstance(value, list) else [value]
+    if not sets or not all(isinstance(one, dict) for one in sets):
+        raise ValueError(f"--spann-search: a JSON object or a non-empty list of objects, got {text!r}")
+    return sets
+
+
+def spann_knobs(args: argparse.Namespace) -> list[tuple[int, float | None, dict[str, Any]]]:
+    """Every SPANN sweep point: (max_postings, eps2, search knobs), search sets outermost."""
+    sweep = [int(v) for v in args.spann_sweep.split(",") if v]
+    return [(mp, eps2, search) for search in search_sets(args.spann_search)
+            for eps2 in eps2_list(args.spann_eps2) for mp in sweep]
 
 
 def ivf_searches(path: Path, k: int, sweep: list[int]) -> tuple[Any, list[Callable[[np.ndarray], np.ndarray]]]:
@@ -103,10 +119,8 @@ def worker(args: argparse.Namespace) -> int:
     with threads(1):
         if args.spann:
             data_file = Path(args.spann) / "data.mdb"
-            sweep, eps2s = ints(args.spann_sweep), eps2_list(args.spann_eps2)
-            index, searches = spann_searches(Path(args.spann), queries.shape[1], args.metric, args.k, sweep, eps2s,
-                                             json.loads(args.spann_search))
-            knobs = [(mp, eps2) for eps2 in eps2s for mp in sweep]
+            knobs = spann_knobs(args)
+            index, searches = spann_searches(Path(args.spann), queries.shape[1], args.metric, args.k, knobs)
         else:
             data_file = Path(args.ivf).with_suffix(".ivfdata")
             index, searches = ivf_searches(Path(args.ivf), args.k, ints(args.ivf_sweep))
@@ -117,9 +131,9 @@ def worker(args: argparse.Namespace) -> int:
                 ids, secs = per_query(searches[cmd["pass"]], queries, evict_first=data_file if cmd["cold"] else None)
                 reply({"ids": ids.tolist(), "secs": secs.tolist()})
             elif "reads" in cmd:
-                mp, eps2 = knobs[cmd["reads"]]
+                mp, eps2, search = knobs[cmd["reads"]]
                 cached, pages = resident_pages(data_file)
-                stats = read_stats(read_work(index, queries, args.k, mp, eps2, **json.loads(args.spann_search)), mp)
+                stats = read_stats(read_work(index, queries, args.k, mp, eps2, **search), mp)
                 reply({**stats, "file_pages_cached": cached, "file_pages": pages, "rss_bytes": current_rss()})
             else:
                 break
@@ -220,10 +234,8 @@ def serve_capped(spann: Path | None, ivf: Path | None, queries: np.ndarray, gt: 
     try:
         if spann is not None:
             w = workers["spann"] = Worker("spann", ["--spann", str(spann)], common, cap)
-            knobs = [(mp, eps2) for eps2 in eps2_list(args.spann_eps2) for mp in ints(args.spann_sweep)]
-            search = json.loads(args.spann_search)
             points += [Point(w, i, "spann", "max_postings", mp, eps2=eps2, **({"search": search} if search else {}))
-                       for i, (mp, eps2) in enumerate(knobs)]
+                       for i, (mp, eps2, search) in enumerate(spann_knobs(args))]
         if ivf is not None:
             w = workers["ivf"] = Worker("ivf", ["--ivf", str(ivf)], common, cap)
             points += [Point(w, i, "faiss-ivfflat", "nprobe", nprobe) for i, nprobe in enumerate(ints(args.ivf_sweep))]
@@ -257,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spann-sweep", default="4,5,6,8")
     ap.add_argument("--spann-eps2", default="")
     ap.add_argument("--ivf-sweep", default="2,3,4,8")
-    ap.add_argument("--spann-search", default="{}", help="JSON of SPANN search knobs (e.g. rerank)")
+    ap.add_argument("--spann-search", default="{}",
+                    help="JSON of SPANN search knobs (e.g. rerank), or a list of such objects (each swept)")
     args = ap.parse_args(argv)
     if bool(args.spann) == bool(args.ivf):
         ap.error("one of --spann and --ivf")

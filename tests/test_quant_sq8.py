@@ -80,6 +80,24 @@ def test_the_trusted_path_matches_the_checked_one(data: np.ndarray) -> None:
         SQ8(19).restore({"vmin": np.zeros(3, np.float32), "step": np.zeros(3, np.float32)})
 
 
+def test_the_l2_fold_without_constant_dimensions_is_the_stated_formula(data: np.ndarray) -> None:
+    """With every dimension live, the l2 fold runs as one kernel (``fold_l2``): the same
+    float64 formula rounded to float32, a zero bias, and the weights as a copy the caller may
+    change without changing the codec."""
+    live_data = np.delete(data, 4, axis=1)                     # no constant dimension
+    sq = SQ8(18)
+    sq.train(live_data)
+    q = live_data[:7] * 1.5 - 0.25
+    qt, w, bias, mode = sq.fold_queries_trusted(q, Metric.L2)
+    v, s = sq.vmin.astype(np.float64), sq.step.astype(np.float64)
+    assert mode == 0 and (s > 0).all()
+    np.testing.assert_array_equal(qt, ((q.astype(np.float64) - v) / s).astype(np.float32))
+    np.testing.assert_array_equal(w, (s * s).astype(np.float32))
+    np.testing.assert_array_equal(bias, np.zeros(7, np.float32))
+    w[:] = -1.0
+    np.testing.assert_array_equal(sq.fold_queries_trusted(q, Metric.L2)[1], (s * s).astype(np.float32))
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_the_trusted_fold_is_the_stated_formula_after_train_and_restore(data: np.ndarray, metric: str) -> None:
     """``fold_queries_trusted`` (a one-query search's fold, its float64 forms computed at

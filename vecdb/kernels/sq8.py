@@ -80,3 +80,16 @@ def sq8_topk(qt, weights, bias, codes, mode, subset, use_subset, k, n_chunks):
     (slots (nq, k), dists (nq, k)) sorted by (distance, slot), padded with -1/+inf.
     """
     return topk_scan(SQ8Queries(qt, weights, bias, mode), qt.shape[0], codes, subset, use_subset, k, n_chunks)
+
+
+@kernel
+def fold_l2(queries, vmin64, safe64):
+    """``(q - v) / s`` of every query in float64, as float32 (n, dim): the l2 fold of
+    ``SQ8.fold_queries_trusted`` when no dimension is constant, in one call instead of four
+    numpy passes (a one-query search folds once per call)."""
+    n, dim = queries.shape
+    out = np.empty((n, dim), np.float32)
+    for i in range(n):
+        for j in range(dim):
+            out[i, j] = np.float32((np.float64(queries[i, j]) - vmin64[j]) / safe64[j])
+    return out

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from vecdb.errors import InvalidArgumentError
+from vecdb.kernels.sq8 import fold_l2
 from vecdb.quant.base import BaseCodec
 from vecdb.types import F32Matrix, Metric
 from vecdb.validation import as_matrix
@@ -94,15 +95,14 @@ class SQ8(BaseCodec):
         public boundary (a one-query search pays for every microsecond): the codec is trained,
         ``queries`` finite float32 (n, dim), ``metric`` ``Metric.L2`` or ``Metric.IP``. The
         same values as ``fold_queries``."""
+        live = self._live
+        if metric is Metric.L2 and live is None:   # no constant dimension: the common case, one kernel call
+            return fold_l2(queries, self._vmin64, self._safe64), self._weights.copy(), np.zeros(len(queries), np.float32), 0
         q = queries.astype(np.float64)
-        if metric is Metric.L2:
+        if metric is Metric.L2:   # a constant dimension's term (q - v)^2 goes into the bias
             qt = (q - self._vmin64) / self._safe64
-            live = self._live
-            if live is None:
-                bias = np.zeros(len(q), np.float32)
-            else:
-                qt[:, ~live] = 0.0
-                bias = np.where(live, 0.0, (q - self._vmin64) ** 2).sum(axis=1).astype(np.float32)
+            qt[:, ~live] = 0.0
+            bias = np.where(live, 0.0, (q - self._vmin64) ** 2).sum(axis=1).astype(np.float32)
             return qt.astype(np.float32), self._weights.copy(), bias, 0
         bias = (-(q @ self._vmin64)).astype(np.float32)
         return (q * self._step64).astype(np.float32), np.zeros(self.dim, np.float32), bias, 1

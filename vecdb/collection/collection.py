@@ -802,6 +802,7 @@ class Collection:
         self._worker.wait_for(lambda: self._has_room(rows) or self._state != "open" or self._worker.stopping)
 
     def _has_room(self, rows: int) -> bool:
+        """Whether a write of ``rows`` points may go ahead now (see ``_wait_for_room``)."""
         staged = len(self._mem.staging)
         if staged > self._max_pending:
             return False

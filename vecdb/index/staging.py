@@ -438,8 +438,9 @@ class Staging:
         """The index's answer with every live staged row folded in by exact distance, for a
         few unfiltered l2 / ip queries: one kernel call per segment (``merge_rows``), the
         same answer as ``_scan`` and ``merge_sorted`` (one search's Python, and its waits for
-        the GIL between kernels, is a large part of its latency while a writer stages rows)."""
-        ids, dists = np.array(ids, np.int64), np.array(dists, np.float32)   # ours to change in place
+        the GIL between kernels, is a large part of its latency while a writer stages rows).
+        ``ids``/``dists`` are the index's fresh answer (a search result is its caller's):
+        changed in place."""
         if self._live:
             base, dead, row_ids = self._base, self._dead, self._ids
             for a, b, arr in self._vecs.spans(self._head, self._tail):

@@ -14,9 +14,11 @@ Parts (one synthetic clustered data set, n x 128 float32, l2, HNSW M=16 ef_const
      ground truth; with part b, the mean over both hnswlib builds, which differ from run to run)
   d  p99 of 4 searching threads (one query per call) on the idle collection, then while a
      writer upserts new points at full speed for the whole load (the held-out rows, again
-     shifted when they run out); every search asks for a point of the newest acknowledged
-     batch at its start and must find it (read-your-writes, counted; the check of a miss, a
-     wider search, runs after the search's latency is taken)
+     shifted when they run out), then while one replaces stored points (new vectors for ids
+     0, 1, ...: the index's old entries are removed meanwhile); every search asks for a point
+     of the newest acknowledged batch at its start and must find it (read-your-writes,
+     counted; the check of a miss, a wider search, runs after the search's latency is taken);
+     the collection's exclusive lock holds of each load are counted (over 10 / 100 ms)
   e  filtered search, 1 query per call, 1 / 10 / 50 % selectivity, ef sweep: QPS and recall
      beside hnswlib with a filter function
 
@@ -50,6 +52,7 @@ import orjson  # noqa: E402
 
 import vecdb  # noqa: E402
 from vecdb.bench import loadgen, machine, rss  # noqa: E402
+from vecdb.storage import locks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM, M, EF_C, K = 128, 16, 200, 10
@@ -218,10 +221,11 @@ def part_c_recall(col: Any, builds: list[Any], q: np.ndarray, truth: np.ndarray)
 
 def part_d_latency(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, seconds: float) -> dict[str, Any]:
     """p99 of 4 threads, each search asking for one stored point that must come first: idle
-    (any stored point), then under a full-speed writer (a point of the newest acknowledged
-    batch when the search starts: read-your-writes, every search checked)."""
+    (any stored point), then under a full-speed writer of new points, then under one that
+    replaces stored points (a point of the newest acknowledged batch when the search starts:
+    read-your-writes, every search checked), with the collection's exclusive lock holds of
+    each load (the searches wait for those)."""
     n = len(x)
-    latest: list[tuple[np.ndarray, np.ndarray]] = [(np.arange(n - batch, n), x[n - batch:])]
     misses: list[int] = []
     ef = {"ef": 64}
 
@@ -232,31 +236,54 @@ def part_d_latency(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, secon
             misses.append(i)
 
     picks = np.random.default_rng(1).integers(0, 1 << 30, (4096, 1))
+    holds = _exclusive_holds()
     idle = loadgen.run_load(idle_search, picks, threads=4, seconds=seconds)
-    idle_misses = len(misses)   # the approximate index may miss a stored point: the baseline rate
-    misses.clear()
+    out = {"idle_p50_ms": idle.percentile_ms(50), "idle_p99_ms": idle.percentile_ms(99), "idle_qps": round(idle.qps),
+           "idle_top1_misses": len(misses), "idle_exclusive_holds": _exclusive_holds(holds)}
+    writing = _writer_load(col, x, extra, batch, seconds, picks, replace=False)
+    out.update({f"writing_{key}": value for key, value in writing.items()})
+    # the same keys as before for the new-points load (records of earlier sessions compare)
+    out.update({"written_during_load": writing["written"], "written_vectors_per_s": writing["vectors_per_s"],
+                "searches_checked": writing["searches_checked"],
+                "read_your_writes_violations": writing["read_your_writes_violations"],
+                "graph_misses_found_at_ef_2000": writing["graph_misses_found_at_ef_2000"]})
+    replacing = _writer_load(col, x, extra, batch, seconds, picks, replace=True)
+    out.update({f"replacing_{key}": value for key, value in replacing.items()})
+    if idle.errors:
+        raise RuntimeError(f"errors during the idle load: {idle.errors[:3]}")
+    return out
+
+
+def _writer_load(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, seconds: float, picks: np.ndarray,
+                 replace: bool) -> dict[str, Any]:
+    """The part d load under a full-speed writer: of new points (``replace`` False: new ids)
+    or of new vectors for stored ids (``replace``: ids 0, 1, ... in turn, so the index's old
+    entries are removed meanwhile); the writer's rows are the held-out ones, shifted each
+    time they run out. Every search asks for a point of the newest acknowledged batch."""
+    n = len(x)
+    latest: list[tuple[np.ndarray, np.ndarray]] = [(np.arange(n - batch, n), x[n - batch:])]
     violations: list[int] = []
+    graph_misses: list[int] = []
     written = [0]
 
     def writer(stop: threading.Event, errors: list[BaseException]) -> None:
-        # writes for the whole load: past the end of ``extra`` it starts over, shifted, under new ids
         try:
             while not stop.is_set():
                 s = written[0] % len(extra)
-                rows = extra[s:s + batch] + np.float32(0.01 * (written[0] // len(extra)))
-                ids = np.arange(n + written[0], n + written[0] + len(rows))
+                rows = extra[s:s + batch] + np.float32(0.01 * (1 + written[0] // len(extra)) if replace else
+                                                       0.01 * (written[0] // len(extra)))
+                first = written[0] % (n - len(rows)) if replace else n + written[0]
+                ids = np.arange(first, first + len(rows))
                 col.upsert(ids, rows)
                 latest[0] = (ids, rows)   # acknowledged: from now on every search must see it
                 written[0] += len(ids)
         except Exception as exc:
             errors.append(exc)
 
-    graph_misses: list[int] = []
-
     def newest_search(seed: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
         ids, rows = latest[0]              # the newest batch acknowledged before this search starts
         j = int(seed[0]) % len(ids)
-        return int(ids[j]), rows[j:j + 1], col.search(rows[j:j + 1], k=K, params=ef).ids[0]
+        return int(ids[j]), rows[j:j + 1], col.search(rows[j:j + 1], k=K, params={"ef": 64}).ids[0]
 
     def check_visible(found: tuple[int, np.ndarray, np.ndarray]) -> None:
         # right after the search, untimed (the idle load runs no such check, and the search's
@@ -268,17 +295,24 @@ def part_d_latency(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, secon
             wide = col.search(row, k=K, params={"ef": 2000}).ids[0]
             (graph_misses if wanted in wide else violations).append(wanted)
 
+    holds = _exclusive_holds()
     busy = loadgen.run_load(newest_search, picks, threads=4, seconds=seconds, background=[writer],
                             check=check_visible)
-    if busy.errors or idle.errors:
-        raise RuntimeError(f"errors during the load: {(idle.errors + busy.errors)[:3]}")
-    return {"idle_p50_ms": idle.percentile_ms(50), "idle_p99_ms": idle.percentile_ms(99), "idle_qps": round(idle.qps),
-            "idle_top1_misses": idle_misses,
-            "writing_p50_ms": busy.percentile_ms(50), "writing_p99_ms": busy.percentile_ms(99),
-            "writing_qps": round(busy.qps), "written_during_load": written[0],
-            "written_vectors_per_s": round(written[0] / busy.seconds),
+    if busy.errors:
+        raise RuntimeError(f"errors during the {'replacing' if replace else 'writing'} load: {busy.errors[:3]}")
+    return {"p50_ms": busy.percentile_ms(50), "p99_ms": busy.percentile_ms(99), "qps": round(busy.qps),
+            "written": written[0], "vectors_per_s": round(written[0] / busy.seconds),
             "searches_checked": busy.calls, "read_your_writes_violations": len(violations),
-            "graph_misses_found_at_ef_2000": len(graph_misses)}
+            "graph_misses_found_at_ef_2000": len(graph_misses), "exclusive_holds": _exclusive_holds(holds)}
+
+
+def _exclusive_holds(since: dict[str, int] | None = None) -> dict[str, int]:
+    """Exclusive holds of collection locks in this process (count, and over 10 ms / 100 ms:
+    the waits a search can meet), since the ``since`` snapshot when given."""
+    st = locks.hold_stats().get(("collection", "write", "wall"))
+    per = st.per_bucket if st is not None else [0] * (len(locks.HOLD_BUCKETS) + 1)
+    now = {"count": sum(per), "over_10ms": sum(per[2:]), "over_100ms": sum(per[3:])}
+    return {key: now[key] - (since or {}).get(key, 0) for key in now}
 
 
 def part_e_filtered(col: Any, hnsw: Any, x: np.ndarray, sel: np.ndarray, q: np.ndarray) -> list[dict[str, Any]]:
@@ -362,6 +396,14 @@ def summary(rec: dict[str, Any]) -> list[str]:
                      f"read-your-writes violations {d['read_your_writes_violations']}"
                      f" (graph misses found at ef=2000: {d['graph_misses_found_at_ef_2000']})"
                      f" of {d['searches_checked']:,} searches")
+        for label, key in (("writing", "writing_"), ("replacing", "replacing_")):
+            held = d.get(f"{key}exclusive_holds")
+            if held is None:
+                continue   # records made before it was measured
+            lines.append(f"  {label:<9} p99 {d[f'{key}p99_ms']:.2f} ms = {d[f'{key}p99_ms'] / max(d['idle_p99_ms'], 1e-9):.2f} x "
+                         f"idle; writer {d[f'{key}vectors_per_s']:,} vec/s; read-your-writes violations "
+                         f"{d[f'{key}read_your_writes_violations']} of {d[f'{key}searches_checked']:,}; exclusive "
+                         f"holds {held['count']} ({held['over_10ms']} over 10 ms, {held['over_100ms']} over 100 ms)")
     for r in rec.get("e_filtered", []):
         lines.append(f"filtered {r['selectivity_pct']:>2}% ef={r['ef']:<4}     vecdb {r['vecdb_qps']:>7,} QPS "
                      f"r={r['vecdb_recall']:.3f}   hnswlib {r['hnswlib_qps']:>7,} QPS r={r['hnswlib_recall']:.3f}")

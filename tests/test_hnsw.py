@@ -445,3 +445,50 @@ def test_every_live_point_stays_reachable_after_build_and_removals(metric: str) 
     assert index.unreachable() == 0
     live = np.setdiff1d(np.arange(n), gone)
     assert (index.search(x[live], 1, ef=200).ids[:, 0] == live).mean() > 0.998
+
+
+@given(seed=st.integers(0, 2**32 - 1), n_remove=st.integers(1, 200), metric=st.sampled_from(["l2", "ip", "cosine"]),
+       with_entry=st.booleans())
+def test_property_remove_in_two_halves_equals_remove(seed: int, n_remove: int, metric: str, with_entry: bool) -> None:
+    """``prepare_remove`` (beside searches) then ``finish_remove`` (exclusive, O(ids)) leaves
+    the same graph as ``remove`` (one thread: both deterministic); in between the removed
+    points are still stored, no list leads to them any more, and searches answer from the
+    rest (from the old entry point too, when it is among them)."""
+    rng = np.random.default_rng(seed)
+    x = mixture(300, 8, seed=seed % 1000, n_clusters=4)
+    ids = np.arange(300) * 3 + 7   # not the identity layout
+    with threads(1):
+        one, two = (HNSW(8, metric, M=4, ef_construction=16, seed=seed % 100) for _ in range(2))
+        one.add(x, ids)
+        two.add(x, ids)
+        gone = rng.choice(ids, size=n_remove, replace=False)
+        entry_id = int(one.state()[1]["slot_ids"][int(one.state()[1]["header"][0])])
+        if with_entry and entry_id not in gone:
+            gone[0] = entry_id
+        one.remove(gone)
+        plan = two.prepare_remove(np.concatenate([gone, [10**9]]))   # an unknown id is ignored
+        assert len(two) == 300 and np.isin(gone, two.ids).all()
+        found = two.search(x[:20], 5, ef=32).ids
+        assert np.isin(found[found >= 0], ids).all()
+        if metric != "ip" and entry_id not in gone:   # the walk starts at the old entry until the finish
+            assert two.unreachable() == n_remove      # exactly the removed nodes
+        assert two.finish_remove(gone, plan) == n_remove
+    for name, arr in one.state()[1].items():
+        np.testing.assert_array_equal(arr, two.state()[1][name], err_msg=name)
+    if metric != "ip":
+        assert two.unreachable() == 0
+
+
+def test_finish_remove_with_an_outdated_plan_removes_in_full(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """A plan made before another change of the index (here an add that reuses nothing but
+    moves the id map on) is not trusted: the removal runs in full and leaves a sound graph."""
+    base, _ = data
+    index = HNSW(DIM, "l2", M=8, ef_construction=40, seed=2)
+    index.add(base[:1000])
+    plan = index.prepare_remove(np.arange(100))
+    index.add(base[1000:1100], ids=np.arange(1000, 1100))
+    assert index.finish_remove(np.arange(100), plan) == 100
+    assert len(index) == 1000 and not np.isin(np.arange(100), index.ids).any()
+    assert index.unreachable() == 0
+    hits = index.search(base[100:1100], 1, ef=64).ids[:, 0]
+    assert (hits == np.arange(100, 1100)).mean() > 0.99

@@ -167,6 +167,60 @@ def test_writers_keep_the_staged_scan_short_while_searches_run(tmp_path: Path,
         assert col.wait_indexed()
 
 
+def test_searches_and_writes_go_on_while_replaced_points_are_unlinked(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stale entries of replaced and deleted points leave an HNSW index in two halves:
+    unlinked (the O(n) part) while searches and writes go on, then freed in a short
+    exclusive step. Here the unlinking is held open: searches answer meanwhile, from the new
+    rows, never with the old entries; another write is acknowledged; afterwards the old
+    entries are gone from the index and every point is found."""
+    from vecdb.index.hnsw import HNSW
+
+    entered, release = threading.Event(), threading.Event()
+    original = HNSW.prepare_remove
+
+    def held(self: HNSW, ids: Any) -> Any:
+        entered.set()
+        assert release.wait(60)
+        return original(self, ids)
+
+    monkeypatch.setattr(HNSW, "prepare_remove", held)
+    x = vecs(2000, 1)
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        col.upsert(np.arange(2000), x)
+        assert col.wait_indexed()
+        new_x = vecs(300, 2) + np.float32(3.0)
+        col.upsert(np.arange(300), new_x)        # replaced: the old entries become stale
+        col.delete(np.arange(300, 350))
+        assert entered.wait(60)                  # the indexer is unlinking them now
+        answers: list[Any] = []
+
+        def serve() -> None:
+            answers.append(col.search(new_x[:50], k=1))
+            answers.append(col.search(x[:350], k=3))
+            col.upsert(np.arange(2000, 2010), vecs(10, 3))
+            answers.append(col.search(vecs(10, 3), k=1))
+
+        worker = threading.Thread(target=serve)
+        worker.start()
+        worker.join(30)
+        unlinking = worker.is_alive()
+        release.set()
+        worker.join()
+        assert not unlinking, "a search or write waited for the removal's O(n) part"
+        assert answers[0].ids[:, 0].tolist() == list(range(50))
+        assert not np.isin(answers[1].ids, np.arange(350)).any()   # old entries hidden, deleted gone
+        assert answers[2].ids[:, 0].tolist() == list(range(2000, 2010))
+        assert col.wait_indexed()
+        assert col.stats().indexed == col.count() == 1960
+        index_ids = col._mem.index.ids
+        assert not np.isin(np.arange(300, 350), index_ids).any() and np.isin(np.arange(300), index_ids).all()
+        assert col._mem.index.unreachable() == 0
+        found = col.search(np.concatenate([new_x, x[350:]]), k=1, params={"ef": 128}).ids[:, 0]
+        assert (found == np.concatenate([np.arange(300), np.arange(350, 2000)])).mean() > 0.99
+
+
 def test_the_background_build_runs_on_a_lowered_thread(tmp_path: Path) -> None:
     """Rows are linked into HNSW on the worker's lowered thread (a higher nice value on Linux);
     a failure there reaches the caller; once the worker stops, calls run on the caller."""

@@ -737,8 +737,10 @@ class Collection:
         """One step into an index that links while it is searched (caller holds
         ``_indexing``): rows copied in with searches going on, placed in a short exclusive
         step, linked with searches going on (sized to take about ``LINK_SECONDS``), then
-        published in another short one. Stale entries are removed in exclusive steps as
-        usual. Returns the failure, if any."""
+        published in another short one. Stale entries go first, in the same way
+        (``_remove_stale``). Returns the failure, if any."""
+        if len(mem.staging.stale):
+            return self._remove_stale(mem)
         moves: list[Any] = []
         plans: list[Any] = []
         size = self._link_rows
@@ -761,6 +763,17 @@ class Collection:
             mem.staging.finish(move)
         self._link_rows = int(min(MAX_LINK_ROWS, 2 * size, max(MIN_STEP_ROWS, size * LINK_SECONDS / max(took, 1e-4))))
         return None
+
+    def _remove_stale(self, mem: Memory) -> BaseException | None:
+        """Remove the stale index entries (replaced and deleted points) from an index that
+        links while it is searched: unlinked with searches going on (they stay hidden
+        meanwhile), then freed in a short exclusive step. Returns the failure, if any."""
+        removals: list[Any] = []
+        failed = _failure(lambda: removals.append(self._worker.lowered(lambda: mem.staging.plan_removal(mem.index))))
+        if failed is not None:
+            return failed
+        with self._rw.write():
+            return _failure(lambda: mem.staging.finish_removal(mem.index, removals[0]))
 
     def _maintenance_due(self) -> bool:
         """True when the index should be trained or checkpointed now: a checkpoint waits

@@ -143,6 +143,8 @@ class Index(Protocol):
 
     def add(self, vectors: Any, ids: Any = None, *, tenant: int | None = None) -> None: ...
     def remove(self, ids: Any) -> int: ...
+    def prepare_remove(self, ids: Any) -> Any: ...
+    def finish_remove(self, ids: Any, prepared: Any = None) -> int: ...
     def search(self, queries: Any, k: int, *, allow: Any = None,
                tenant: int | Sequence[int] | None = None, **params: Any) -> SearchResult: ...
     def resolve_params(self, params: Mapping[str, Any]) -> SearchParams: ...
@@ -160,6 +162,8 @@ class Index(Protocol):
     def __len__(self) -> int: ...
     @property
     def ids(self) -> I64Vector: ...
+    @property
+    def ids_version(self) -> int: ...
     def memory_bytes(self) -> int: ...
     def save(self, path: str | os.PathLike[str]) -> None: ...
     def reserve(self, n: int) -> None: ...
@@ -211,7 +215,8 @@ class BaseIndex(abc.ABC):
     #: True when the index takes new rows in two halves, ``begin_add(vectors, ids, placement)``
     #: (slots, no links; the caller keeps searches out) and ``finish_add(slots)`` (links them
     #: while searches run), so a collection's background indexer holds readers off only
-    #: briefly; ``prepare_add(vectors, ids)`` may do ``begin_add``'s work ahead, beside searches.
+    #: briefly; ``prepare_add(vectors, ids)`` may do ``begin_add``'s work ahead, beside searches,
+    #: as ``prepare_remove(ids)`` does for ``finish_remove(ids, prepared)``.
     links_while_searched: ClassVar[bool] = False
     _default_params: ClassVar[SearchParams] = SearchParams()
     _space: "IndexSpace | None" = None
@@ -457,11 +462,28 @@ class BaseIndex(abc.ABC):
         and ``begin_add`` places the rows itself."""
         return None
 
+    def prepare_remove(self, ids: Any) -> Any:
+        """For an index that ``links_while_searched``: the part of removing ``ids`` it can do
+        beside searches (they may still be returned until ``finish_remove``: the caller hides
+        them), as an opaque plan for ``finish_remove``; None when it has none."""
+        return None
+
+    def finish_remove(self, ids: Any, prepared: Any = None) -> int:
+        """Remove ``ids`` (the caller keeps searches out), using ``prepared`` from
+        ``prepare_remove`` of the same ids when the index can; returns how many were removed."""
+        return self.remove(ids)
+
     def __contains__(self, ident: int) -> bool:
         return bool(self._ids.contains(np.array([ident], np.int64))[0])
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    @property
+    def ids_version(self) -> int:
+        """Counts changes of the stored ids: a cache of something derived from ``ids`` stays
+        valid while this is unchanged."""
+        return self._ids.version
 
     @property
     def ids(self) -> I64Vector:

@@ -18,7 +18,7 @@ from vecdb.index.allow import AllowSet
 from vecdb.index.base import BaseIndex, SearchParams
 from vecdb.kernels import graph, graph_build, graph_repair, topk
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
-from vecdb.validation import as_ids, as_matrix, as_positive_int
+from vecdb.validation import as_id_array, as_ids, as_matrix, as_positive_int
 
 #: ef used when the caller gives none (raised to k when k is larger).
 DEFAULT_EF = 64
@@ -102,11 +102,19 @@ class Placement:
     n_up_before: int
     n_up: int
 
-    def current(self, index: "HNSW") -> bool:
-        """True while ``index`` has not changed since the plan: its slots are still free and
-        the copied rows still in its arrays (a growth copies only the used slots)."""
-        return index._ids.version == self.version and index.capacity == self.capacity \
-            and index._n_up == self.n_up_before
+
+@dataclass(frozen=True)
+class Removal:
+    """Nodes unlinked by ``HNSW.prepare_remove`` but not yet freed (``finish_remove``): their
+    ids and slots, the entry point and top level the graph has without them, planned against
+    id-map version ``version`` and ``capacity`` slots."""
+
+    ids: I64Vector
+    slots: I64Vector
+    entry: int
+    max_level: int
+    version: int
+    capacity: int
 
 
 #: where ``_search`` reports its work while ``search_with_stats`` runs in this thread/task
@@ -247,12 +255,18 @@ class HNSW(BaseIndex):
         so no search reaches them yet. ``placement``: these rows from ``prepare_add``, made
         with searches going on (made here when None or outdated). Returns the slots for
         ``finish_add``."""
-        if placement is None or not placement.current(self):
+        if placement is None or not self._unchanged(placement.version, placement.capacity, placement.n_up_before):
             placement = self.prepare_add(vectors, ids)
         if not len(placement.slots):
             return placement.slots
         self._publish(placement)
         return placement.slots
+
+    def _unchanged(self, version: int, capacity: int, n_up: int | None = None) -> bool:
+        """True while the index has not changed since a plan made at id-map ``version``,
+        ``capacity`` slots (and ``n_up`` upper rows): its slots are as planned and the rows
+        copied for it still in its arrays (a growth copies only the used slots)."""
+        return self._ids.version == version and self.capacity == capacity and (n_up is None or self._n_up == n_up)
 
     def finish_add(self, slots: I64Vector) -> None:
         """Second half of ``add``: link the placed ``slots`` into the graph with the parallel
@@ -330,8 +344,9 @@ class HNSW(BaseIndex):
         taken from the hubs that carry the search cost recall."""
         self._unrepaired = 0
         if self._entry >= 0 and self.metric is not Metric.IP:
-            graph_repair.reconnect(self._vecs, self._levels, self._adj0, self._ids.n_slots, self._entry,
-                                   self._metric_code)
+            n = self._ids.n_slots
+            graph_repair.reconnect(self._vecs, self._levels, self._adj0, n, self._entry, self._metric_code,
+                                   np.zeros(n, np.uint8))
 
     def maintain(self) -> bool:
         """The background step of an owner that has caught up (a collection's indexer with
@@ -450,21 +465,58 @@ class HNSW(BaseIndex):
 
     # ---- remove ---------------------------------------------------------------------
     def _remove(self, slots: I64Vector) -> None:
+        self._drop(self._unlink(_NO_IDS, slots))
+
+    def prepare_remove(self, ids: Any) -> Removal:
+        """The O(n) part of removing ``ids``, run while searches go on (no other change of this
+        index meanwhile): every list that leads to them is re-selected without them and the
+        nodes left unreachable are linked again, so the graph is whole without them; they stay
+        stored, and a search may still return them, until ``finish_remove`` frees them (the
+        caller hides them meanwhile, as a collection's staging does)."""
+        ids_arr = np.unique(as_id_array(ids))
+        slots = self._ids.lookup(ids_arr)
+        found = slots >= 0
+        return self._unlink(ids_arr[found], slots[found])
+
+    def finish_remove(self, ids: Any, prepared: Any = None) -> int:
+        """Remove ``ids`` (caller keeps searches out): with ``prepared`` from ``prepare_remove``
+        of the same ids, and the index unchanged since, only their slots are freed, O(ids);
+        else the whole ``remove``. Returns how many were removed."""
+        if not isinstance(prepared, Removal) or not self._unchanged(prepared.version, prepared.capacity):
+            return self.remove(ids)
+        self._ids.release(prepared.ids)
+        self._drop(prepared)
+        return int(len(prepared.slots))
+
+    def _unlink(self, ids: I64Vector, slots: I64Vector) -> Removal:
+        """Unlink ``slots`` (see ``graph_build.unlink``) and repair reachability without them;
+        searches may run meanwhile. The entry point moves off them in ``_drop``."""
         self._writable()
         dead = np.zeros(self.capacity, np.uint8)
         dead[slots] = 1
-        scratch = self._scratch()
-        graph_build.unlink(dead, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
-                           self._metric_code, self.M, scratch[0], scratch[1])
-        self._give_back(scratch)
-        if self._entry >= 0 and dead[self._entry]:
-            levels = self._levels[: self._ids.n_slots]
-            if len(levels) and levels.max() >= 0:
-                self._entry = int(np.argmax(levels))
-                self._max_level = int(levels[self._entry])
-            else:
-                self._entry, self._max_level = -1, -1
-        self._reconnect()   # nodes that lost their last inbound link get one back
+        entry, max_level = self._entry, self._max_level
+        if len(slots):
+            scratch = self._scratch()
+            graph_build.unlink(dead, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
+                               self._metric_code, self.M, scratch[0], scratch[1])
+            self._give_back(scratch)
+            n = self._ids.n_slots
+            if entry >= 0 and dead[entry]:
+                levels = np.where(dead[:n] == 0, self._levels[:n], -1)
+                entry = int(np.argmax(levels)) if n and levels.max() >= 0 else -1
+                max_level = int(levels[entry]) if entry >= 0 else -1
+            if entry >= 0 and self.metric is not Metric.IP:   # see _reconnect
+                graph_repair.reconnect(self._vecs, self._levels, self._adj0, n, entry, self._metric_code, dead[:n])
+        return Removal(ids, slots, entry, max_level, self._ids.version, self.capacity)
+
+    def _drop(self, removal: Removal) -> None:
+        """Free unlinked slots (their ids released already): lists emptied, levels marked free,
+        the entry point moved off them. O(slots): the exclusive part of a removal."""
+        if not len(removal.slots):
+            return
+        graph_build.drop_nodes(removal.slots, self._levels, self._adj0, self._adjU, self._uoff)
+        self._entry, self._max_level = removal.entry, removal.max_level
+        self._unrepaired = 0   # the repair ran in _unlink
 
     # ---- persistence ----------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

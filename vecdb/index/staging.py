@@ -26,7 +26,9 @@ the fresh arrays: some microseconds per point at 1M points). The per-row ids, no
 dead flags (13 bytes a row) still grow by copying, as before.
 
 An index that can link new rows while it is searched (``begin_add`` / ``finish_add``, e.g.
-HNSW) takes them in a ``Move`` instead: chosen and copied into the index's arrays while
+HNSW) drops stale entries in a ``Removal`` (unlinked while searches go on, by the index's
+``prepare_remove``, and freed in one short exclusive step, ``finish_removal``; hidden from
+answers until then) and takes new rows in a ``Move``: chosen and copied into the index's arrays while
 searches go on (``plan``, then the index's ``prepare_add``), placed in one short exclusive
 step (``begin``: it only publishes them), linked while searches go on (``link``), and
 published in another short exclusive step (``finish``). Meanwhile those rows are still answered from here, and a search may also get
@@ -128,6 +130,15 @@ class Plan:
     placement: Any
 
 
+@dataclass(frozen=True)
+class Removal:
+    """Stale ids on their way out of an index (``Staging.plan_removal``): the ids and the
+    index's own plan for them (``prepare_remove``; None when it has none)."""
+
+    ids: I64Vector
+    prepared: Any
+
+
 @dataclass
 class Prepared:
     """A batch copied in beyond ``tail`` by ``Staging.prepare``, for ``stage`` to publish."""
@@ -165,6 +176,7 @@ class Staging:
         self._live_rows: np.ndarray | None = None   # array rows of the live ones, cached between changes
         self.stale = np.zeros(0, np.int64)
         self.moving: Move | None = None
+        self._visible_cache: tuple[I64Vector, int, AllowSet] | None = None   # see _visible
 
     @property
     def busy(self) -> bool:
@@ -295,12 +307,29 @@ class Staging:
             take = self.stale[:budget]
             index.remove(take)
             self.stale = self.stale[budget:]
+            self._visible_cache = None
             return
         if not self._live:
             return
         pos = self._oldest(budget)
         index.add(self._vecs.take(pos, self.dim), self._ids[pos - self._base])
         self._advance(pos)
+
+    def plan_removal(self, index: BaseIndex) -> "Removal":
+        """The stale entries' removal, prepared beside searches and the writer (the indexer
+        runs it before its exclusive step; the index may still return them meanwhile: they
+        stay hidden until ``finish_removal``). All of them at once: an index's removal
+        costs O(n) whatever the count (see ``index.prepare_remove``)."""
+        ids = self.stale   # never changed in place: the writer swaps in a new array
+        return Removal(ids, index.prepare_remove(ids))
+
+    def finish_removal(self, index: BaseIndex, removal: "Removal") -> None:
+        """Publish a planned removal (caller excludes searches): the entries leave the index
+        (only freed, when the plan still holds) and stop being hidden; ids hidden since the
+        plan stay hidden for the next one."""
+        index.finish_remove(removal.ids, removal.prepared)
+        self.stale = np.setdiff1d(self.stale, removal.ids, assume_unique=True)
+        self._visible_cache = None
 
     def plan(self, index: BaseIndex, budget: int) -> "Plan | None":
         """What ``begin`` would take next, prepared with searches and the writer going on
@@ -417,9 +446,7 @@ class Staging:
             elif len(stale) <= OVERFETCH_LIMIT:
                 fetch = k + len(stale)
             else:
-                indexed = index.ids
-                indexed.sort(kind="stable")             # slot order is often sorted already: O(n) then
-                in_index = AllowSet.from_sorted(indexed[~np.isin(indexed, stale, assume_unique=True)])
+                in_index = self._visible(index, stale)
         res = index.search_trusted(queries, fetch, in_index, tenant, params)
         ids, dists = res.ids, res.distances
         if fetch > k:
@@ -433,6 +460,21 @@ class Staging:
             merge_sorted(ids, dists, extra[0], extra[1], out_ids, out_d)
             ids, dists = out_ids, out_d
         return SearchResult(ids, dists)
+
+    def _visible(self, index: BaseIndex, stale: I64Vector) -> AllowSet:
+        """The index's ids minus ``stale``: built once (an O(n) pass) and reused by every
+        search until the stale set or the index's ids change, so hiding many stale entries
+        (while a removal is unlinked, or a burst of replacements waits) costs a search nothing."""
+        version = index.ids_version
+        cached = self._visible_cache
+        if cached is not None and cached[0] is stale and cached[1] == version:
+            return cached[2]
+        indexed = index.ids
+        if len(indexed) > 1 and not (indexed[1:] > indexed[:-1]).all():
+            indexed.sort()                      # slot order is usually id order already
+        visible = AllowSet.from_sorted(indexed).without(stale)
+        self._visible_cache = (stale, version, visible)   # benign race: searches build the same set
+        return visible
 
     def _fold_in(self, queries: F32Matrix, ids: np.ndarray, dists: np.ndarray) -> SearchResult:
         """The index's answer with every live staged row folded in by exact distance, for a
@@ -448,9 +490,11 @@ class Staging:
         return SearchResult(ids, dists)
 
     def memory_bytes(self) -> int:
-        """Bytes held by the staged rows' arrays (spare capacity included) and the stale set."""
+        """Bytes held by the staged rows' arrays (spare capacity included), the stale set and
+        the cached set of ids not stale (``_visible``)."""
         arrays = self._vecs.nbytes() + self._norms.nbytes + self._ids.nbytes + self._dead.nbytes
-        return int(arrays + self.stale.nbytes)
+        cached = self._visible_cache
+        return int(arrays + self.stale.nbytes + (cached[2].nbytes() if cached is not None else 0))
 
 
 def _cosine_of_raw(queries: F32Matrix, dists: np.ndarray) -> None:

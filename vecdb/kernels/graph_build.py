@@ -60,9 +60,11 @@ def _prune_into(row, buf_d, buf_i, n, max_n, floor, vecs, metric):
     out_d = np.empty(max_n, np.float32)
     kept = select_neighbors(sd, si, n, max_n, vecs, metric, out_i, out_d)
     kept = top_up(sd, si, n, kept, min(floor, max_n), out_i, out_d)
-    row[0] = kept
+    if kept < row[0]:
+        row[0] = kept          # a lock-free reader never counts past the entries written
     for j in range(kept):
         row[1 + j] = out_i[j]
+    row[0] = kept
 
 
 @kernel
@@ -191,13 +193,14 @@ def insert_nodes(nodes, vecs, levels, adj0, adjU, uoff, metric, state, M, ef_c, 
 
 @kernel(parallel=True)
 def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags):
-    """Remove the slots flagged in ``dead`` (uint8 per slot) from the graph.
+    """Take the slots flagged in ``dead`` (uint8 per slot) out of every live node's lists.
 
     Every live node that links to a dead one re-selects its neighbours (heuristic; at layer 0
     at least M, as a new node's) from its live neighbours plus the live neighbours reached
-    through dead ones (two hops at most),
-    so the graph stays navigable after many deletes. Each thread rewrites only the lists of
-    the nodes it owns; dead lists are read, then cleared at the end. Returns the number of
+    through dead ones (two hops at most), so the graph stays navigable after many deletes.
+    Each thread rewrites only the lists of the nodes it owns; the dead nodes are only read
+    (``drop_nodes`` clears them), so searches may run meanwhile: they reach a dead node only
+    through a list not yet rewritten, and its lists still lead on. Returns the number of
     lists rewritten.
     """
     n = levels.shape[0]
@@ -258,9 +261,17 @@ def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags):
             for j in range(nb_count):
                 buf_d[j] = distance(uv, row_of(vecs, buf_i[j]), metric)
             _prune_into(row, buf_d, buf_i, nb_count, max_n, M if layer == 0 else 0, vecs, metric)
-    for u in numba.prange(n):
-        if dead[u] and levels[u] >= 0:
+    return int(rewritten.sum())
+
+
+@kernel
+def drop_nodes(slots, levels, adj0, adjU, uoff):
+    """Free unlinked ``slots``: their lists emptied and their levels stored as -1 - level (a
+    freed slot keeps its upper-layer rows for reuse). O(slots): after ``unlink`` no live list
+    leads to them, so this is the only step that must keep searches out."""
+    for i in range(slots.shape[0]):
+        u = slots[i]
+        if levels[u] >= 0:
             for layer in range(np.int64(levels[u]) + 1):
                 adj_row(adj0, adjU, uoff, u, layer)[0] = 0
             levels[u] = -1 - levels[u]
-    return int(rewritten.sum())

@@ -107,13 +107,15 @@ def _attach(y, vecs, levels, adj0, indeg, reached, n, metric):
 
 
 @kernel
-def reconnect(vecs, levels, adj0, n, entry, metric):
-    """Make every live node (``levels >= 0``, slots below ``n``) reachable from ``entry`` at
-    layer 0. Returns (linked, left): nodes given an inbound link, and nodes that could not be
-    (no reached node could take a link)."""
+def reconnect(vecs, levels, adj0, n, entry, metric, dead):
+    """Make every live node (``levels >= 0`` and not flagged in ``dead``, slots below ``n``)
+    reachable from ``entry`` at layer 0. ``dead`` (uint8 per slot, at least ``n``): nodes
+    being removed, already unlinked (no live list leads to them, so no walk reaches them)
+    but not yet freed, so the repair can run before they are. Returns (linked, left): nodes
+    given an inbound link, and nodes that could not be (no reached node could take a link)."""
     indeg = np.zeros(n, np.int32)
     for u in range(n):
-        if levels[u] >= 0:
+        if levels[u] >= 0 and not dead[u]:
             row = adj0[u]
             for j in range(1, row[0] + 1):
                 indeg[row[j]] += 1
@@ -123,7 +125,7 @@ def reconnect(vecs, levels, adj0, n, entry, metric):
     linked = 0
     left = 0
     for y in range(n):
-        if levels[y] < 0 or reached[y]:
+        if levels[y] < 0 or reached[y] or dead[y]:
             continue
         if _attach(y, vecs, levels, adj0, indeg, reached, n, metric):
             linked += 1

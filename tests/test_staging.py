@@ -182,6 +182,10 @@ def test_a_move_links_while_searched_and_survives_replacements_and_deletes() -> 
     got = staging.search_trusted(index, new_row, 3, None, None, {"ef": 64})
     assert got.ids[0, 0] == replaced and np.isclose(got.distances[0, 0], 0, atol=1e-4)
     while staging.busy:
+        if len(staging.stale):                           # stale entries go first, beside searches
+            removal = staging.plan_removal(index)
+            check_all_found()                            # unlinked, not freed: still hidden
+            staging.finish_removal(index, removal)
         move = staging.begin(index, 64)
         if move is not None:
             Staging.link(index, move)
@@ -294,6 +298,12 @@ def test_a_plan_made_beside_the_writer_is_used_only_while_it_holds() -> None:
     del logical[gone]
     assert staging.begin(index, 100, plan) is None        # the stale entry goes first; the plan is dropped
     check(staging, index, logical, queries, 6, None, "cosine")
+    removal = staging.plan_removal(index)                 # it never reached the index: nothing to unlink
+    assert np.array_equal(removal.ids, [gone])
+    check(staging, index, logical, queries, 6, None, "cosine")
+    staging.finish_removal(index, removal)
+    assert gone not in index and not len(staging.stale)
+    check(staging, index, logical, queries, 6, None, "cosine")
 
     plan = staging.plan(index, 50)                       # the staged arrays regrow meanwhile
     assert plan is not None
@@ -304,6 +314,8 @@ def test_a_plan_made_beside_the_writer_is_used_only_while_it_holds() -> None:
     assert move is not None and plan.vecs is not staging._vecs
     publish(move)
     while staging.busy:
+        if len(staging.stale):
+            staging.finish_removal(index, staging.plan_removal(index))
         move = staging.begin(index, 512, staging.plan(index, 512))
         if move is not None:
             publish(move)

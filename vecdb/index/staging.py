@@ -351,12 +351,13 @@ class Staging:
 
     def begin(self, index: BaseIndex, budget: int, plan: "Plan | None" = None) -> Move | None:
         """Start moving up to ``budget`` staged rows into ``index`` (one that links while it is
-        searched; caller excludes searches): stale entries go first, in the ``step`` way
-        (None is returned then, as when nothing is staged); else the rows are placed in the
-        index, unlinked, and the returned ``Move`` is for ``link`` then ``finish``. ``plan``:
-        from ``plan``, used when it still holds (else the rows are taken here)."""
+        searched; caller excludes searches): None when stale entries must go first (the
+        caller removes them beside searches: ``plan_removal``, ``finish_removal``; the
+        writer may have hidden some since ``plan``) or nothing is staged; else the rows are
+        placed in the index, unlinked, and the returned ``Move`` is for ``link`` then
+        ``finish``. ``plan``: from ``plan``, used when it still holds (else the rows are
+        taken here)."""
         if len(self.stale) or not self._live:
-            self.step(index, budget)
             return None
         if plan is not None and plan.vecs is self._vecs and plan.base == self._base \
                 and int(plan.positions[0]) >= self._head and not self._dead[plan.positions - self._base].any():

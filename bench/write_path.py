@@ -15,7 +15,8 @@ Parts (one synthetic clustered data set, n x 128 float32, l2, HNSW M=16 ef_const
   d  p99 of 4 searching threads (one query per call) on the idle collection, then while a
      writer upserts new points at full speed for the whole load (the held-out rows, again
      shifted when they run out), then while one replaces stored points (new vectors for ids
-     0, 1, ...: the index's old entries are removed meanwhile); every search asks for a point
+     0, 1, ...: the index's old entries are removed meanwhile; its first batch is written
+     before the load starts); every search asks for a point
      of the newest acknowledged batch at its start and must find it (read-your-writes,
      counted; the check of a miss, a wider search, runs after the search's latency is taken);
      the collection's exclusive lock holds of each load are counted (over 10 / 100 ms)
@@ -267,20 +268,27 @@ def _writer_load(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, seconds
     unlinked: list[int] = []   # visible, but missed even at ef = 2,000 (found by the exact check)
     written = [0]
 
+    def write_one() -> None:
+        s = written[0] % len(extra)
+        rows = extra[s:s + batch] + np.float32(0.01 * (1 + written[0] // len(extra)) if replace else
+                                               0.01 * (written[0] // len(extra)))
+        first = written[0] % (n - len(rows)) if replace else n + written[0]
+        ids = np.arange(first, first + len(rows))
+        # a replaced point carries its id as payload, for the exact check of a miss below
+        col.upsert(ids, rows, [{"w": i} for i in ids.tolist()] if replace else None)
+        latest[0] = (ids, rows)   # acknowledged: from now on every search must see it
+        written[0] += len(ids)
+
     def writer(stop: threading.Event, errors: list[BaseException]) -> None:
         try:
             while not stop.is_set():
-                s = written[0] % len(extra)
-                rows = extra[s:s + batch] + np.float32(0.01 * (1 + written[0] // len(extra)) if replace else
-                                                       0.01 * (written[0] // len(extra)))
-                first = written[0] % (n - len(rows)) if replace else n + written[0]
-                ids = np.arange(first, first + len(rows))
-                # a replaced point carries its id as payload, for the exact check of a miss below
-                col.upsert(ids, rows, [{"w": i} for i in ids.tolist()] if replace else None)
-                latest[0] = (ids, rows)   # acknowledged: from now on every search must see it
-                written[0] += len(ids)
+                write_one()
         except Exception as exc:
             errors.append(exc)
+
+    if replace:   # the first batch before the load: every search then asks for a replaced point
+        write_one()
+    before = written[0]
 
     def newest_search(seed: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
         ids, rows = latest[0]              # the newest batch acknowledged before this search starts
@@ -312,7 +320,7 @@ def _writer_load(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, seconds
     if busy.errors:
         raise RuntimeError(f"errors during the {'replacing' if replace else 'writing'} load: {busy.errors[:3]}")
     return {"p50_ms": busy.percentile_ms(50), "p99_ms": busy.percentile_ms(99), "qps": round(busy.qps),
-            "written": written[0], "vectors_per_s": round(written[0] / busy.seconds),
+            "written": written[0] - before, "vectors_per_s": round((written[0] - before) / busy.seconds),
             "searches_checked": busy.calls, "read_your_writes_violations": len(violations),
             "graph_misses_found_at_ef_2000": len(graph_misses), "graph_misses_found_only_exactly": len(unlinked),
             "exclusive_holds": _exclusive_holds(holds)}

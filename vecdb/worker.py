@@ -30,8 +30,12 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 #: nice value of ``Lowered`` threads (0 is normal, 19 the lowest priority): each runnable
-#: normal thread then gets about 9x the CPU share of a lowered one (CFS weights 1024 : 110)
-BACKGROUND_NICE = 10
+#: normal thread then gets about 68x the CPU share of a lowered one (CFS weights 1024 : 15).
+#: With 4 searching threads on 2 cores, nice 10 (1024 : 110) still let the build preempt
+#: searchers holding the GIL often enough to show in their p99 (1M, part d of
+#: bench/write_path.py, two runs each: under a writer 10.5-10.7 ms at nice 10, 8.3-9.1 ms at
+#: 19); the price is a slower build while searches keep every core busy.
+BACKGROUND_NICE = 19
 
 
 class Lowered:

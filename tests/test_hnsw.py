@@ -71,6 +71,13 @@ def test_single_query_path_matches_batch(metric: str, layout: str, data: tuple[n
         np.testing.assert_array_equal(batch.ids, np.vstack([r.ids for r in singles]))
         np.testing.assert_array_equal(batch.distances, np.vstack([r.distances for r in singles]))
         assert not np.isin(batch.ids, ids[::10]).any()
+    live = np.setdiff1d(ids, ids[::10])
+    for allow, mode in ((live[::3], "graph"), (live[5:], "auto"), (live[:40], "auto"), (live[::2], "scan")):
+        batch = index.search(queries, 10, allow=allow, ef=40, filter_mode=mode)   # walked under a mask / scanned
+        singles = [index.search(q, 10, allow=allow, ef=40, filter_mode=mode) for q in queries]
+        np.testing.assert_array_equal(batch.ids, np.vstack([r.ids for r in singles]))
+        np.testing.assert_allclose(batch.distances, np.vstack([r.distances for r in singles]), rtol=1e-6, atol=1e-6)
+        assert np.isin(batch.ids[batch.ids >= 0], allow).all()
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip"])

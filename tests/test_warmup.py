@@ -56,8 +56,9 @@ after = signatures()
 print(json.dumps({"before": before, "warm": warm, "after": after}))
 '''
 
-#: kernels that compile lazily (no eager signature) and serve searches, inserts and deletes
-REQUEST_KERNELS = {"graph.search_serial", "graph.search_serial_ids", "graph.search_batch", "graph_build.insert_nodes", "graph_build.unlink",
+#: kernels that compile lazily (no eager signature) and serve searches, inserts and deletes (a
+#: one-query search, filtered or not, is one ``search_serial_ids`` call)
+REQUEST_KERNELS = {"graph.search_serial_ids", "graph.search_batch", "graph_build.insert_nodes", "graph_build.unlink",
                    "topk.scan_topk", "topk.scan_topk_subset"}
 
 

@@ -376,23 +376,34 @@ class HNSW(BaseIndex):
     # ---- search ---------------------------------------------------------------------
     def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
                        params: SearchParams) -> SearchResult:
-        """The base's ``search_trusted``, with the common case of a few unfiltered queries in
-        one kernel entry (normalisation, walk, id mapping and distance fix-up): at small ef a
-        one-query call is ~50 us, and the Python steps between kernels were a tenth of it."""
+        """The base's ``search_trusted``, with the common case of a few queries in one kernel
+        entry (normalisation, walk, id mapping and distance fix-up): at small ef a one-query
+        call is ~50 us, and the Python steps between kernels were a tenth of it. A filter the
+        graph is walked under (not scanned exactly, see ``_search_slots``) goes the same way:
+        e.g. a collection hiding the stale entries of replaced points from every search."""
         nq = len(queries)
-        if allow is not None or nq >= SERIAL_QUERIES or self._entry < 0 or _STATS_SINK.get() is not None:
+        if nq >= SERIAL_QUERIES or self._entry < 0 or _STATS_SINK.get() is not None:
             return super().search_trusted(queries, k, allow, tenant, params)
         if nq == 0 or len(self._ids) == 0:
             return SearchResult.empty(nq, k)
-        ef = params.ef  # type: ignore[attr-defined]
-        ef = max(DEFAULT_EF if ef is None else ef, k)
+        p: HNSWParams = params  # type: ignore[assignment]
+        ef = max(DEFAULT_EF if p.ef is None else p.ef, k)
+        mask, filtered = _NO_MASK, False
+        if allow is not None:
+            slots = self._slot_allow(allow)   # cached per allow-set: the base's call below reuses it
+            if not len(slots):
+                return SearchResult.empty(nq, k)
+            if len(slots) < len(self._ids):
+                if p.filter_mode == "scan" or (p.filter_mode == "auto" and self.prefers_exact(len(slots), ef)):
+                    return super().search_trusted(queries, k, allow, tenant, params)
+                mask, filtered = slots.bitmap(self._ids.n_slots), True
         idmap = self._ids
         ids = np.empty((nq, k), np.int64)
         dists = np.empty((nq, k), np.float32)
         work = np.empty((nq, 2), np.int64)
         scratch = self._scratch()
         graph.search_serial_ids(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
-                                self._entry, self._max_level, scratch[0], scratch[1], _NO_MASK, False,
+                                self._entry, self._max_level, scratch[0], scratch[1], mask, filtered,
                                 self._cosine, _NO_IDS if idmap.is_identity else idmap.slot_ids,
                                 _COSINE_SHIFT if self._cosine else 0.0, ids, dists, work)
         self._give_back(scratch)

@@ -258,8 +258,9 @@ def test_a_prepared_batch_is_published_whole_after_indexer_steps() -> None:
 def test_a_plan_made_beside_the_writer_is_used_only_while_it_holds() -> None:
     """The indexer copies the next rows into the graph's arrays before its exclusive step
     (``plan``); ``begin`` publishes exactly those rows when nothing they depend on changed,
-    and takes the rows again itself when one was unstaged or the staged arrays regrew, so
-    searches answer like the logical state either way."""
+    (a row at a position never changes: also when the writer has swapped in grown arrays
+    since) and takes the rows again itself when one of them was unstaged, so searches answer
+    like the logical state either way."""
     rng = np.random.default_rng(23)
     n0, fresh = 200, 300
     index = HNSW(DIM, "cosine", M=8, seed=4)
@@ -311,7 +312,8 @@ def test_a_plan_made_beside_the_writer_is_used_only_while_it_holds() -> None:
     staging.stage(big, np.arange(2000, 5000), stale=np.zeros(0, np.int64))
     logical.update(zip(range(2000, 5000), big))
     move = staging.begin(index, 50, plan)
-    assert move is not None and plan.vecs is not staging._vecs
+    assert move is not None and plan.vecs is not staging._vecs and plan.base != staging._base
+    assert np.array_equal(move.slots, plan.placement.slots) and np.array_equal(move.ids, plan.ids)   # still used
     publish(move)
     while staging.busy:
         if len(staging.stale):

@@ -337,7 +337,7 @@ class Staging:
         and the index's placement of them (``prepare_add``: the copy into its arrays, or
         None when the index has no work to do ahead). None when stale entries go first or nothing is staged.
         ``begin`` checks that the plan still holds (it takes published rows only, which do
-        not change, so it holds unless one of them was unstaged or the arrays regrew)."""
+        not change, so it holds unless one of them was unstaged since)."""
         vecs, ids, dead, base = self._vecs, self._ids, self._dead, self._base   # the writer may swap them in
         head, tail = self._head, self._tail
         if len(self.stale) or not self._live or head < base or tail - base > len(ids) or tail > vecs.end \
@@ -347,6 +347,8 @@ class Staging:
         if not len(pos):
             return None
         take, x = ids[pos - base], vecs.take(pos, self.dim)
+        if self._vecs is not vecs or self._ids is not ids or self._base != base:
+            return None   # the writer swapped arrays while they were read: maybe a torn read
         return Plan(pos, take, x, vecs, base, index.prepare_add(x, take))
 
     def begin(self, index: BaseIndex, budget: int, plan: "Plan | None" = None) -> Move | None:
@@ -359,8 +361,11 @@ class Staging:
         taken here)."""
         if len(self.stale) or not self._live:
             return None
-        if plan is not None and plan.vecs is self._vecs and plan.base == self._base \
-                and int(plan.positions[0]) >= self._head and not self._dead[plan.positions - self._base].any():
+        # the plan's rows were read from one generation of the arrays (``plan`` checks it);
+        # a row at a position never changes once published, and arrays the writer has swapped
+        # in since hold the same rows there, so the plan holds while its rows are all live
+        if plan is not None and int(plan.positions[0]) >= self._head \
+                and not self._dead[plan.positions - self._base].any():
             pos, take, x, placement = plan.positions, plan.ids, plan.rows, plan.placement
         else:
             pos = self._oldest(budget)

@@ -394,7 +394,7 @@ class HNSW(BaseIndex):
             if not len(slots):
                 return SearchResult.empty(nq, k)
             if len(slots) < len(self._ids):
-                if p.filter_mode == "scan" or (p.filter_mode == "auto" and self.prefers_exact(len(slots), ef)):
+                if self._scans(p, len(slots), ef):
                     return super().search_trusted(queries, k, allow, tenant, params)
                 mask, filtered = slots.bitmap(self._ids.n_slots), True
         idmap = self._ids
@@ -418,7 +418,7 @@ class HNSW(BaseIndex):
         sink = _STATS_SINK.get()
         if allow is not None and len(allow) >= len(self._ids):
             allow = None
-        if allow is not None and (p.filter_mode == "scan" or (p.filter_mode == "auto" and self.prefers_exact(len(allow), ef))):
+        if allow is not None and self._scans(p, len(allow), ef):
             slots, dists = topk.scan_subset(queries, self._vecs, allow.ids, self._metric_code, k)
             if sink is not None:
                 sink.append(SearchStats(np.full(len(queries), len(allow), np.int64), np.zeros(len(queries), np.int64), "scan"))
@@ -461,6 +461,11 @@ class HNSW(BaseIndex):
             return result, sink[0]
         zeros = np.zeros(len(result.ids), np.int64)
         return result, SearchStats(zeros, zeros.copy(), "none")
+
+    def _scans(self, p: HNSWParams, n_allowed: int, ef: int) -> bool:
+        """Whether a filter admitting ``n_allowed`` slots is served by an exact scan of them
+        (``filter_mode`` "scan", or "auto" and ``prefers_exact``) rather than a walk."""
+        return p.filter_mode == "scan" or (p.filter_mode == "auto" and self.prefers_exact(n_allowed, ef))
 
     def prefers_exact(self, n_allowed: int, ef: int = DEFAULT_EF) -> bool:
         """True when a filter admitting ``n_allowed`` ids is searched by an exact scan of those

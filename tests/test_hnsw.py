@@ -499,3 +499,27 @@ def test_finish_remove_with_an_outdated_plan_removes_in_full(data: tuple[np.ndar
     assert index.unreachable() == 0
     hits = index.search(base[100:1100], 1, ef=64).ids[:, 0]
     assert (hits == np.arange(100, 1100)).mean() > 0.99
+
+
+def test_a_prepared_layout_switch_of_the_id_map_is_built_ahead_and_swapped_in(
+        data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Rows whose ids are not their slots switch the id map to another layout (an O(n) step):
+    ``prepare_add`` builds that map beside searches, the index keeps answering from the old
+    one until ``begin_add`` swaps it in, and the result is the map ``add`` would have built."""
+    base, _ = data
+    index = HNSW(DIM, "l2", M=8, ef_construction=40, seed=3)
+    index.add(base[:1000])
+    new_ids = np.arange(10**6, 10**6 + 200)
+    placement = index.prepare_add(base[1000:1200], new_ids)
+    assert placement.id_map is not None and placement.id_map.layout != "identity"
+    assert not np.isin(new_ids, index.ids).any() and len(index) == 1000
+    slots = index.begin_add(base[1000:1200], new_ids, placement)
+    index.finish_add(slots)
+    twin = HNSW(DIM, "l2", M=8, ef_construction=40, seed=3)
+    twin.add(base[:1000])
+    twin.add(base[1000:1200], ids=new_ids)
+    np.testing.assert_array_equal(np.sort(index.ids), np.sort(twin.ids))
+    hits = index.search(base[1000:1200], 1, ef=64).ids[:, 0]
+    assert (hits == new_ids).mean() > 0.99
+    # a row the map takes in place (no layout switch, no growth) has nothing built ahead
+    assert twin.prepare_add(base[1200:1201], [10**6 + 200]).id_map is None

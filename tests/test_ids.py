@@ -16,7 +16,7 @@ from vecdb.index.ids import IdMap
 ID_VALUES = st.one_of(st.integers(0, 40), st.integers(0, 2**62), st.integers(10**6, 10**6 + 50))
 
 ops = st.lists(st.one_of(
-    st.tuples(st.just("add"), st.lists(ID_VALUES, max_size=12), st.booleans()),
+    st.tuples(st.just("add"), st.lists(ID_VALUES, max_size=12), st.booleans(), st.booleans()),
     st.tuples(st.just("add_identity"), st.integers(1, 10)),
     st.tuples(st.just("remove"), st.lists(ID_VALUES, max_size=8), st.floats(0, 1)),
     st.tuples(st.just("move"), st.integers(0, 10**6)),
@@ -56,6 +56,24 @@ def check(m: IdMap, o: Oracle, probes: list[int]) -> None:
         assert m.is_identity
 
 
+def assign(m: IdMap, ids: np.ndarray, slots: np.ndarray, planned: bool) -> IdMap:
+    """``m`` with ``ids`` assigned to ``slots``: in place, or through ``planned`` (a copy built
+    ahead when the assignment is an O(n) step, which leaves ``m`` itself unchanged)."""
+    if not planned:
+        m.assign(ids, slots)
+        return m
+    before = (m.slot_ids.copy(), m.layout, m.memory_bytes(), m.version)
+    twin = m.planned(ids, slots)
+    if twin is None:          # assigning in place is then O(len(ids)): no layout switch, no growth
+        m.assign(ids, slots)
+        assert (m.layout, m.memory_bytes()) == before[1:3]
+        return m
+    np.testing.assert_array_equal(m.slot_ids, before[0])
+    assert (m.layout, m.memory_bytes(), m.version) == before[1:]
+    assert twin.version == m.version + 1
+    return twin
+
+
 @settings(max_examples=150, deadline=None)
 @given(ops, st.randoms(use_true_random=False))
 def test_idmap_matches_a_dict_oracle(sequence, rnd) -> None:
@@ -67,7 +85,7 @@ def test_idmap_matches_a_dict_oracle(sequence, rnd) -> None:
             ids = [i for i in dict.fromkeys(op[1]) if i not in o.slot_of]
             free = o.free_slots() if op[2] else []       # reuse freed slots (HNSW) or append (flat)
             slots = (free + list(range(o.n_slots, o.n_slots + len(ids))))[: len(ids)]
-            m.assign(np.array(ids, np.int64), np.array(slots, np.int64))
+            m = assign(m, np.array(ids, np.int64), np.array(slots, np.int64), planned=op[3])
             for i, s in zip(ids, slots):
                 o.slot_of[i] = s
             o.n_slots = max([o.n_slots] + [s + 1 for s in slots])

@@ -16,6 +16,7 @@ import numpy as np
 from vecdb.errors import AlreadyExistsError, InvalidArgumentError
 from vecdb.index.allow import AllowSet
 from vecdb.index.base import BaseIndex, SearchParams
+from vecdb.index.ids import IdMap
 from vecdb.kernels import graph, graph_build, graph_repair, topk
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
 from vecdb.validation import as_id_array, as_ids, as_matrix, as_positive_int
@@ -89,7 +90,8 @@ class Placement:
     """New rows placed by ``HNSW.prepare_add`` but not yet published (``begin_add``): their
     slots, ids, levels, upper-layer row starts (for ``fresh``: slots that get new upper rows)
     and upper rows to clear, planned against id-map version ``version``, ``capacity`` slots
-    and ``n_up_before`` upper rows."""
+    and ``n_up_before`` upper rows; ``id_map``: the id map with these rows assigned, built
+    ahead when assigning them in place would be an O(n) step (else None)."""
 
     slots: I64Vector
     ids: I64Vector
@@ -101,6 +103,7 @@ class Placement:
     capacity: int
     n_up_before: int
     n_up: int
+    id_map: IdMap | None
 
 
 @dataclass(frozen=True)
@@ -303,7 +306,8 @@ class HNSW(BaseIndex):
         rows = np.repeat(uoff[up], levels[up])
         rows += np.arange(len(rows)) - np.repeat(np.cumsum(levels[up]) - levels[up], levels[up])
         self._put_rows(slots, x)
-        return Placement(slots, ids, levels, starts, fresh, rows, self._ids.version, self.capacity, self._n_up, n_up)
+        return Placement(slots, ids, levels, starts, fresh, rows, self._ids.version, self.capacity, self._n_up, n_up,
+                         self._ids.planned(ids, slots))
 
     def _publish(self, p: "Placement") -> None:
         """Make a planned placement part of the index: levels, upper rows and ids (no links)."""
@@ -312,7 +316,10 @@ class HNSW(BaseIndex):
         self._adjU[p.upper_rows, 0] = 0
         self._levels[p.slots] = p.levels
         self._adj0[p.slots, 0] = 0
-        self._ids.assign(p.ids, p.slots)
+        if p.id_map is None:
+            self._ids.assign(p.ids, p.slots)
+        else:
+            self._ids = p.id_map
 
     def _link(self, slots: I64Vector) -> None:
         """Insert ``slots`` concurrently, in chunks so the progress bar can move."""

@@ -243,6 +243,28 @@ class IdMap:
                 return
             _hash_insert(self._table, self._slot_ids, ids, np.ascontiguousarray(slots, np.int64), self._shift)
 
+    def planned(self, ids: I64Vector, slots: I64Vector) -> "IdMap | None":
+        """A copy of this map with ``ids[i]`` stored in ``slots[i]`` when ``assign`` would take
+        an O(n) step here (a layout switch or a grown array), so that a caller can build it
+        beside readers and only swap it in while they wait; None when ``assign`` is O(len(ids))."""
+        if not len(slots) or not self._assign_is_linear(np.ascontiguousarray(ids, np.int64), slots):
+            return None
+        twin = IdMap.__new__(IdMap)
+        twin.__dict__.update(self.__dict__)
+        twin._slot_ids, twin._dense, twin._table = self._slot_ids.copy(), self._dense.copy(), self._table.copy()
+        twin.assign(ids, slots)
+        return twin
+
+    def _assign_is_linear(self, ids: I64Vector, slots: I64Vector) -> bool:
+        """True when ``assign(ids, slots)`` would rebuild the layout or grow an array."""
+        if int(slots.max()) + 2 > len(self._slot_ids):
+            return True
+        if self._mode == IDENTITY:
+            return not np.array_equal(ids, slots)
+        if self._mode == DENSE:
+            return int(ids.max()) >= len(self._dense)
+        return self._count + len(ids) > _MAX_LOAD * len(self._table)
+
     def release(self, ids: I64Vector) -> I64Vector:
         """Forget the stored ones among ``ids`` (unique); returns their freed slots."""
         slots = self.lookup(ids)

@@ -237,6 +237,7 @@ def part_d_latency(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, secon
             misses.append(i)
 
     picks = np.random.default_rng(1).integers(0, 1 << 30, (4096, 1))
+    locks.record_cpu_time(True)   # every load alike: a hold's CPU time tells its work from its waits
     holds = _exclusive_holds()
     idle = loadgen.run_load(idle_search, picks, threads=4, seconds=seconds)
     out = {"idle_p50_ms": idle.percentile_ms(50), "idle_p99_ms": idle.percentile_ms(99), "idle_qps": round(idle.qps),
@@ -250,6 +251,7 @@ def part_d_latency(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, secon
                 "graph_misses_found_at_ef_2000": writing["graph_misses_found_at_ef_2000"]})
     replacing = _writer_load(col, x, extra, batch, seconds, picks, replace=True)
     out.update({f"replacing_{key}": value for key, value in replacing.items()})
+    locks.record_cpu_time(False)
     if idle.errors:
         raise RuntimeError(f"errors during the idle load: {idle.errors[:3]}")
     return out
@@ -328,10 +330,11 @@ def _writer_load(col: Any, x: np.ndarray, extra: np.ndarray, batch: int, seconds
 
 def _exclusive_holds(since: dict[str, int] | None = None) -> dict[str, int]:
     """Exclusive holds of collection locks in this process (count, and over 10 ms / 100 ms:
-    the waits a search can meet), since the ``since`` snapshot when given."""
-    st = locks.hold_stats().get(("collection", "write", "wall"))
-    per = st.per_bucket if st is not None else [0] * (len(locks.HOLD_BUCKETS) + 1)
-    now = {"count": sum(per), "over_10ms": sum(per[2:]), "over_100ms": sum(per[3:])}
+    the waits a search can meet; ``cpu_over_10ms``: those whose holding thread itself ran
+    over 10 ms, the rest waited for the GIL or a core), since the ``since`` snapshot."""
+    stats, empty = locks.hold_stats(), [0] * (len(locks.HOLD_BUCKETS) + 1)
+    wall, cpu = (getattr(stats.get(("collection", "write", clock)), "per_bucket", empty) for clock in ("wall", "cpu"))
+    now = {"count": sum(wall), "over_10ms": sum(wall[2:]), "over_100ms": sum(wall[3:]), "cpu_over_10ms": sum(cpu[2:])}
     return {key: now[key] - (since or {}).get(key, 0) for key in now}
 
 
@@ -425,7 +428,8 @@ def summary(rec: dict[str, Any]) -> list[str]:
                          f"{d[f'{key}read_your_writes_violations']} of {d[f'{key}searches_checked']:,} (graph misses: "
                          f"{d[f'{key}graph_misses_found_at_ef_2000']} found at ef=2000, "
                          f"{d.get(f'{key}graph_misses_found_only_exactly', 0)} only exactly); exclusive "
-                         f"holds {held['count']} ({held['over_10ms']} over 10 ms, {held['over_100ms']} over 100 ms)")
+                         f"holds {held['count']} ({held['over_10ms']} over 10 ms, {held['over_100ms']} over 100 ms"
+                         + (f"; {held['cpu_over_10ms']} ran over 10 ms of CPU)" if "cpu_over_10ms" in held else ")"))
     for r in rec.get("e_filtered", []):
         lines.append(f"filtered {r['selectivity_pct']:>2}% ef={r['ef']:<4}     vecdb {r['vecdb_qps']:>7,} QPS "
                      f"r={r['vecdb_recall']:.3f}   hnswlib {r['hnswlib_qps']:>7,} QPS r={r['hnswlib_recall']:.3f}")

@@ -257,8 +257,10 @@ class Collection:
                 txn.put(b"next_iid", K.u64(next_iid), db=h["ctr"])
                 for_index(txn)
 
-            # the rows are copied into staging now, readers searching: publishing them is O(1)
+            # the rows are copied into staging now, and the per-id arrays grown (after a reopen
+            # they are full: an O(n) copy), readers searching: publishing them is O(batch)
             prepared = mem.staging.prepare(x, iids, known=iids[~is_new])
+            mem.reserve(next_iid)
             self._commit(batch, lambda: apply_upsert(self._mem, iids, is_new, uids, x, pays, tsets, ops, seq, next_iid,
                                                      prepared, shape))
 

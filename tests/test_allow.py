@@ -44,6 +44,28 @@ def test_from_mask_keeps_the_mask_as_bitmap(flags: list[bool]) -> None:
     assert (not len(mask) or np.shares_memory(bm, mask)) and set(np.flatnonzero(bm).tolist()) == members(allow)
 
 
+@given(id_lists, st.integers(0, 400), id_lists, st.booleans())
+def test_a_set_made_from_its_bitmap_answers_like_one_made_from_its_ids(ids: list[int], size: int, other: list[int],
+                                                                      list_first: bool) -> None:
+    """``of_bitmap`` lists its ids only when asked; every answer equals the id-built set's,
+    whichever is asked first (the count and the largest id come from the bitmap)."""
+    want = AllowSet.from_ids(ids)
+    mask = np.zeros(max(ids, default=-1) + 1 + size % 5, np.uint8)   # trailing zeros too
+    mask[ids] = 1
+    got = AllowSet.of_bitmap(mask)
+    if list_first:
+        assert members(got) == set(ids)
+    assert len(got) == len(want) and got.max_id() == want.max_id()
+    assert np.flatnonzero(got.bitmap(size)).tolist() == want.ids.tolist() and len(got.bitmap(size)) >= size
+    for i in range(0, 302, 7):
+        assert (i in got) == (i in want)
+    right = np.array(other, np.int64)
+    assert members(got.without(right)) == members(want.without(right))
+    assert members(got.intersect(AllowSet.from_ids(other))) == set(ids) & set(other)
+    assert members(AllowSet.union([got, AllowSet.from_ids(other)])) == set(ids) | set(other)
+    assert got.ids.tolist() == want.ids.tolist() and not got.ids.flags.writeable
+
+
 @given(id_lists, st.lists(st.booleans(), max_size=320))
 def test_intersect_mask_is_set_intersection(ids: list[int], flags: list[bool]) -> None:
     got = AllowSet.from_ids(ids).intersect_mask(np.array(flags, bool))

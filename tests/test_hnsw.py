@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from vecdb.errors import AlreadyExistsError, DimensionMismatchError, InvalidArgumentError
 from vecdb.eval import recall_at_k
 from vecdb.index import HNSW, FlatIndex, load_index
+from vecdb.index.allow import AllowSet
 from vecdb.index.hnsw import SearchStats
 from vecdb.kernels._jit import threads
 
@@ -523,3 +524,25 @@ def test_a_prepared_layout_switch_of_the_id_map_is_built_ahead_and_swapped_in(
     assert (hits == new_ids).mean() > 0.99
     # a row the map takes in place (no layout switch, no growth) has nothing built ahead
     assert twin.prepare_add(base[1200:1201], [10**6 + 200]).id_map is None
+
+
+@pytest.mark.parametrize("share", [0.02, 0.5, 1.0])
+def test_allow_sets_after_removals_answer_like_the_oracle(data: tuple[np.ndarray, np.ndarray], share: float) -> None:
+    """After removals (freed slots), small allow-sets are translated by their ids, large ones
+    by masks, whether made from ids or from a bitmap: the same answers as the exact index."""
+    base, queries = data
+    index = HNSW(DIM, "l2", M=8, ef_construction=60, seed=4)
+    index.add(base[:2000])
+    index.remove(np.arange(0, 2000, 3))
+    rng = np.random.default_rng(5)
+    chosen = np.sort(rng.choice(2000, int(2000 * share), replace=False))
+    mask = np.zeros(2000, np.uint8)
+    mask[chosen] = 1
+    flat = FlatIndex(DIM, "l2")
+    keep = np.setdiff1d(np.arange(2000), np.arange(0, 2000, 3))
+    flat.add(base[keep], keep)
+    want = flat.search(queries[:50], 10, allow=chosen).ids
+    for allow in (AllowSet.from_ids(chosen), AllowSet.of_bitmap(mask)):
+        got = index.search(queries[:50], 10, allow=allow, ef=400).ids
+        assert recall_at_k(got, want, 10) > 0.97
+        assert np.isin(got[got >= 0], keep).all() and np.isin(got[got >= 0], chosen).all()

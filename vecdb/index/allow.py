@@ -1,6 +1,7 @@
 """Allow-sets: the ids a search may return, as sorted unique int64 ids plus a lazily built
 uint8 bitmap, so a caller can build one once (per tenant, per filter) and every search reuses
-both forms instead of converting mask -> array -> mask on each call."""
+both forms instead of converting mask -> array -> mask on each call. A set made from a bitmap
+(``of_bitmap``) lists its ids only if asked: a graph walk takes the bitmap alone."""
 from __future__ import annotations
 
 from typing import Any
@@ -18,14 +19,15 @@ class AllowSet:
     bytes and one copy wins (a benign race: no lock on the search path).
     """
 
-    __slots__ = ("_ids", "_bitmap")
+    __slots__ = ("_sorted", "_bitmap", "_count")
 
     def __init__(self, ids: np.ndarray, bitmap: np.ndarray | None = None) -> None:
         """Trusted constructor: ``ids`` sorted unique int64; ``bitmap`` (uint8) marks exactly them."""
         ids = ids.view()
         ids.flags.writeable = False
-        self._ids = ids
+        self._sorted: np.ndarray | None = ids
         self._bitmap = bitmap
+        self._count = len(ids)
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
@@ -66,32 +68,51 @@ class AllowSet:
         mask = np.asarray(mask)
         if mask.ndim != 1 or mask.dtype not in (np.bool_, np.uint8):
             raise InvalidArgumentError(f"allow mask must be a 1-D bool or uint8 array, got {mask.dtype} shape {mask.shape}")
-        bitmap = np.ascontiguousarray(mask).view(np.uint8)
-        return cls(np.flatnonzero(bitmap).astype(np.int64, copy=False), bitmap)
+        return cls.of_bitmap(np.ascontiguousarray(mask).view(np.uint8))
+
+    @classmethod
+    def of_bitmap(cls, bitmap: np.ndarray) -> "AllowSet":
+        """The set a uint8 ``bitmap`` marks (trusted: 1-D, 0/1, not changed afterwards). Its
+        sorted ids are made only if asked for: a search that takes the bitmap never pays the
+        O(n) pass that lists them."""
+        out = cls.__new__(cls)
+        out._sorted, out._bitmap, out._count = None, bitmap, int(np.count_nonzero(bitmap))
+        return out
 
     # ---- reading --------------------------------------------------------------------
     @property
     def ids(self) -> np.ndarray:
         """The members, sorted unique int64 (read-only view)."""
-        return self._ids
+        ids = self._sorted
+        if ids is None:   # a set made from its bitmap: listed on first use (a benign race, as the bitmap)
+            assert self._bitmap is not None
+            ids = np.flatnonzero(self._bitmap).astype(np.int64, copy=False)
+            ids.flags.writeable = False
+            self._sorted = ids
+        return ids
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._count
 
     def __contains__(self, ident: object) -> bool:
-        ids = self._ids
+        ids = self.ids
         if not isinstance(ident, (int, np.integer)) or not len(ids):
             return False
         pos = int(np.searchsorted(ids, ident))
         return pos < len(ids) and int(ids[pos]) == int(ident)
 
     def __repr__(self) -> str:
-        shown = ", ".join(str(i) for i in self._ids[:6].tolist()) + (", ..." if len(self._ids) > 6 else "")
-        return f"AllowSet([{shown}], n={len(self._ids)})"
+        shown = ", ".join(str(i) for i in self.ids[:6].tolist()) + (", ..." if len(self.ids) > 6 else "")
+        return f"AllowSet([{shown}], n={len(self.ids)})"
 
     def max_id(self) -> int:
         """Largest member, -1 when empty."""
-        return int(self._ids[-1]) if len(self._ids) else -1
+        if not self._count:
+            return -1
+        if self._sorted is None:
+            assert self._bitmap is not None
+            return len(self._bitmap) - 1 - int(np.argmax(self._bitmap[::-1] != 0))
+        return int(self._sorted[-1])
 
     def bitmap(self, size: int) -> np.ndarray:
         """A uint8 mask of length >= ``size`` with 1 exactly at the members (below its length),
@@ -99,16 +120,19 @@ class AllowSet:
         bm = self._bitmap
         if bm is not None and len(bm) >= size:
             return bm
-        ids = self._ids
-        bm = np.zeros(max(size, self.max_id() + 1, 1), np.uint8)
-        bm[ids] = 1
+        grown = np.zeros(max(size, self.max_id() + 1, 1), np.uint8)
+        if bm is not None:
+            grown[: len(bm)] = bm
+        else:
+            grown[self.ids] = 1
+        bm = grown
         self._bitmap = bm
         return bm
 
     # ---- deriving -------------------------------------------------------------------
     def intersect_mask(self, mask: np.ndarray) -> "AllowSet":
         """Members whose entry in bool/uint8 ``mask`` is true (members past its end are dropped)."""
-        ids = self._ids
+        ids = self.ids
         if len(ids) and ids[-1] >= len(mask):
             ids = ids[: np.searchsorted(ids, len(mask))]
         return AllowSet(ids[np.asarray(mask)[ids] != 0])
@@ -116,7 +140,7 @@ class AllowSet:
     def without(self, ids: np.ndarray) -> "AllowSet":
         """Members not in ``ids`` (any int ids, e.g. stale staged rows); ``self`` when none go."""
         gone = np.asarray(ids, np.int64).reshape(-1)
-        members = self._ids
+        members = self.ids
         if not len(gone) or not len(members):
             return self
         pos = np.minimum(np.searchsorted(members, gone), len(members) - 1)   # O(len(ids) log n)
@@ -127,18 +151,18 @@ class AllowSet:
 
     def intersect(self, other: "AllowSet") -> "AllowSet":
         """Members of both sets (e.g. a tenant's set and a filter's set)."""
-        return AllowSet(np.intersect1d(self._ids, other._ids, assume_unique=True))
+        return AllowSet(np.intersect1d(self.ids, other.ids, assume_unique=True))
 
     @classmethod
     def union(cls, sets: "list[AllowSet]") -> "AllowSet":
         """Members of any of ``sets`` (e.g. the points of several tenants), each once."""
         if len(sets) == 1:
             return sets[0]
-        return cls(np.unique(np.concatenate([s._ids for s in sets])) if sets else np.empty(0, np.int64))
+        return cls(np.unique(np.concatenate([s.ids for s in sets])) if sets else np.empty(0, np.int64))
 
     def nbytes(self) -> int:
         """Bytes held: the ids plus the bitmap once built."""
-        return int(self._ids.nbytes + (0 if self._bitmap is None else self._bitmap.nbytes))
+        return int((0 if self._sorted is None else self._sorted.nbytes) + (0 if self._bitmap is None else self._bitmap.nbytes))
 
 
 def as_allow(allow: Any) -> AllowSet:

@@ -33,6 +33,9 @@ _REGISTRY: dict[str, type["BaseIndex"]] = {}
 _PARAMS_CACHE_SIZE = 64
 #: allow-sets remembered per index with their slot-space translation (per id-map version).
 _ALLOW_CACHE_SIZE = 4
+#: an allow-set with at least 1/this of the slots is translated by masks (vectorised passes over
+#: the slots) rather than by listing its ids (a list of ~n ids, its scatter into a bitmap)
+_LIST_SHARE = 8
 _ONE = np.float32(1.0)
 _INT64_MAX = int(np.iinfo(np.int64).max)
 
@@ -164,6 +167,7 @@ class Index(Protocol):
     def ids(self) -> I64Vector: ...
     @property
     def ids_version(self) -> int: ...
+    def id_mask(self) -> np.ndarray: ...
     def memory_bytes(self) -> int: ...
     def save(self, path: str | os.PathLike[str]) -> None: ...
     def reserve(self, n: int) -> None: ...
@@ -491,6 +495,11 @@ class BaseIndex(abc.ABC):
         live = self._ids.slot_ids
         return live[live >= 0].copy()
 
+    def id_mask(self) -> np.ndarray:
+        """A new uint8 mask over ids, 1 at the stored ones (the caller may change it): what
+        ``ids`` lists, without listing them."""
+        return self._ids.id_mask()
+
     def memory_bytes(self) -> int:
         """Bytes held in memory by this index: its structures plus the id map."""
         return int(self._memory_bytes() + self._ids.memory_bytes())
@@ -525,18 +534,21 @@ class BaseIndex(abc.ABC):
         and all are live, ``allow`` itself (its cached bitmap is reused); other translations
         are cached per allow-set and id-map version."""
         idmap = self._ids
-        ids = allow.ids
-        if idmap.is_identity and (not len(ids) or ids[-1] < idmap.n_slots) and len(idmap) == idmap.n_slots:
+        if idmap.is_identity and allow.max_id() < idmap.n_slots and len(idmap) == idmap.n_slots:
             return allow
         hit = self._allow_cache.get(id(allow))
         if hit is not None and hit[0] is allow and hit[1] == idmap.version:
             return hit[2]
-        if idmap.is_identity:
-            ids = ids[: np.searchsorted(ids, idmap.n_slots)]
+        n = idmap.n_slots
+        if idmap.is_identity and len(allow) * _LIST_SHARE >= n:   # a large set: by masks, no list of ids
+            out = AllowSet.of_bitmap(allow.bitmap(n)[:n] & idmap.id_mask()[:n])
+        elif idmap.is_identity:
+            ids = allow.ids
+            ids = ids[: np.searchsorted(ids, n)]
             slots = ids[idmap.slot_ids[ids] >= 0]
             out = allow if len(slots) == len(allow) else AllowSet(slots)
         else:
-            slots = idmap.lookup(ids)
+            slots = idmap.lookup(allow.ids)
             slots = slots[slots >= 0]
             slots.sort()
             out = AllowSet(slots)

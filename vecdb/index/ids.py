@@ -183,6 +183,16 @@ class IdMap:
             return slots
         return self._slot_ids[slots]
 
+    def id_mask(self) -> np.ndarray:
+        """A new uint8 mask over ids, 1 at the stored ones (at least ``max_id() + 1`` long):
+        under the identity layout one vectorised pass over the slots, no scatter."""
+        if self._mode == IDENTITY:
+            return (self.slot_ids >= 0).view(np.uint8)
+        live = self.slot_ids
+        mask = np.zeros(self.max_id() + 1, np.uint8)
+        mask[live[live >= 0]] = 1
+        return mask
+
     def live_slots(self) -> I64Vector:
         """Sorted slots that hold an id."""
         return np.flatnonzero(self.slot_ids >= 0).astype(np.int64)

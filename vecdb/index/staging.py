@@ -475,10 +475,9 @@ class Staging:
         cached = self._visible_cache
         if cached is not None and cached[0] is stale and cached[1] == version:
             return cached[2]
-        indexed = index.ids
-        if len(indexed) > 1 and not (indexed[1:] > indexed[:-1]).all():
-            indexed.sort()                      # slot order is usually id order already
-        visible = AllowSet.from_sorted(indexed).without(stale)
+        mask = index.id_mask()                  # vectorised passes: no list of the ~n ids
+        mask[stale[stale < len(mask)]] = 0
+        visible = AllowSet.of_bitmap(mask)
         self._visible_cache = (stale, version, visible)   # benign race: searches build the same set
         return visible
 

@@ -19,7 +19,7 @@ class AllowSet:
     bytes and one copy wins (a benign race: no lock on the search path).
     """
 
-    __slots__ = ("_sorted", "_bitmap", "_count")
+    __slots__ = ("_sorted", "_bitmap", "_count", "_max")
 
     def __init__(self, ids: np.ndarray, bitmap: np.ndarray | None = None) -> None:
         """Trusted constructor: ``ids`` sorted unique int64; ``bitmap`` (uint8) marks exactly them."""
@@ -28,6 +28,7 @@ class AllowSet:
         self._sorted: np.ndarray | None = ids
         self._bitmap = bitmap
         self._count = len(ids)
+        self._max: int | None = None
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
@@ -76,7 +77,7 @@ class AllowSet:
         sorted ids are made only if asked for: a search that takes the bitmap never pays the
         O(n) pass that lists them."""
         out = cls.__new__(cls)
-        out._sorted, out._bitmap, out._count = None, bitmap, int(np.count_nonzero(bitmap))
+        out._sorted, out._bitmap, out._count, out._max = None, bitmap, int(np.count_nonzero(bitmap)), None
         return out
 
     # ---- reading --------------------------------------------------------------------
@@ -106,13 +107,18 @@ class AllowSet:
         return f"AllowSet([{shown}], n={len(self.ids)})"
 
     def max_id(self) -> int:
-        """Largest member, -1 when empty."""
-        if not self._count:
-            return -1
-        if self._sorted is None:
-            assert self._bitmap is not None
-            return len(self._bitmap) - 1 - int(np.argmax(self._bitmap[::-1] != 0))
-        return int(self._sorted[-1])
+        """Largest member, -1 when empty (found once: every search of an index asks for it)."""
+        top = self._max
+        if top is None:
+            if not self._count:
+                top = -1
+            elif self._sorted is not None:
+                top = int(self._sorted[-1])
+            else:
+                assert self._bitmap is not None
+                top = len(self._bitmap) - 1 - int(np.argmax(self._bitmap[::-1] != 0))
+            self._max = top
+        return top
 
     def bitmap(self, size: int) -> np.ndarray:
         """A uint8 mask of length >= ``size`` with 1 exactly at the members (below its length),

@@ -168,7 +168,8 @@ class AllowSet:
 
     def nbytes(self) -> int:
         """Bytes held: the ids plus the bitmap once built."""
-        return int((0 if self._sorted is None else self._sorted.nbytes) + (0 if self._bitmap is None else self._bitmap.nbytes))
+        listed = 0 if self._sorted is None else self._sorted.nbytes
+        return int(listed + (0 if self._bitmap is None else self._bitmap.nbytes))
 
 
 def as_allow(allow: Any) -> AllowSet:

@@ -11,6 +11,8 @@ Per id: 8 B for ``slot_ids`` plus at most 8 B (dense) or 11.4 B (hash), below 24
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from vecdb.errors import ResourceExhaustedError
@@ -259,8 +261,7 @@ class IdMap:
         beside readers and only swap it in while they wait; None when ``assign`` is O(len(ids))."""
         if not len(slots) or not self._assign_is_linear(np.ascontiguousarray(ids, np.int64), slots):
             return None
-        twin = IdMap.__new__(IdMap)
-        twin.__dict__.update(self.__dict__)
+        twin = copy.copy(self)                   # scalars shared, then the arrays it changes copied
         twin._slot_ids, twin._dense, twin._table = self._slot_ids.copy(), self._dense.copy(), self._table.copy()
         twin.assign(ids, slots)
         return twin

@@ -62,6 +62,21 @@ def test_non_finite_float32_queries_are_rejected_on_the_fast_path(index, bad, sh
     assert len(index) == 10
 
 
+@pytest.mark.parametrize("nq, dim", [(1, 4), (1, 500), (1, 501), (2, 384), (1, 1536), (1, 4000), (1, 4001), (30, 384)])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_search_boundary_finds_any_non_finite_value_at_any_size(nq, dim, bad):
+    """``checked_queries`` sums small queries in chunks (numpy keeps the GIL for each): a bad
+    value in any chunk, the last partial one included, is found; finite ones, however large, pass."""
+    from vecdb.validation import checked_queries
+    size = nq * dim
+    for at in sorted({0, 499, 500, size // 2, size - 1} & set(range(size))):
+        q = np.full((nq, dim), 3e38, np.float32)
+        assert checked_queries(q, dim) is q
+        q.reshape(-1)[at] = bad
+        with pytest.raises(InvalidArgumentError, match="queries contain NaN or inf"):
+            checked_queries(q, dim)
+
+
 def test_huge_finite_values_are_accepted(index):
     """A sum of squares that overflows float32 is no reason to reject finite input."""
     big = np.full((1, 4), 3e38, np.float32)

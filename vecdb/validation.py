@@ -49,33 +49,34 @@ def as_matrix(vectors: Any, dim: int | None, *, what: str = "vectors") -> F32Mat
 
 def checked_queries(queries: Any, dim: int) -> F32Matrix:
     """``queries`` as the trusted search path takes them (C-contiguous finite float32 (nq, dim)):
-    the common case (such an array, or one such row) is checked in about a microsecond, the
-    rest goes through ``as_matrix`` (InvalidArgumentError / DimensionMismatchError).
-
-    The finiteness test is one dot product with a vector of 2**-64: every finite float32
-    times that is below 2**64, so the sum cannot overflow (no warning on valid input),
-    while NaN or inf anywhere makes it NaN or inf."""
+    the common case (such an array, or one such row) is checked in a microsecond or two, the
+    rest goes through ``as_matrix`` (InvalidArgumentError / DimensionMismatchError)."""
     if (type(queries) is np.ndarray and queries.dtype == np.float32 and 0 < queries.ndim <= 2
             and queries.shape[-1] == dim and queries.flags.c_contiguous):
         q = queries if queries.ndim == 2 else queries.reshape(1, dim)
-        flat = q.reshape(-1)
-        scale = _SCALE
-        if len(scale) < len(flat):
-            scale = _scale_for(len(flat))
-        if math.isfinite(flat.dot(scale[: len(flat)])):
+        if _finite(q.reshape(-1)):
             return q
     return as_matrix(queries, dim, what="queries")
 
 
-_SCALE = np.full(4096, 2.0 ** -64, np.float32)
+#: numpy lets the GIL go in a reduction over more than 500 elements; a search thread that lets
+#: it go waits to take it back behind every thread running Python (milliseconds under load,
+#: for a microsecond of work), so a query of up to ``_CHUNKED_MAX`` values is summed in chunks
+_GIL_CHUNK = 500
+_CHUNKED_MAX = 8 * _GIL_CHUNK
+_sum = np.add.reduce
 
 
-def _scale_for(n: int) -> np.ndarray:
-    """The 2**-64 vector, at least ``n`` long (kept for later calls; racing threads may each
-    build one, either is fine)."""
-    global _SCALE
-    _SCALE = np.full(max(n, 2 * len(_SCALE)), 2.0 ** -64, np.float32)
-    return _SCALE
+def _finite(flat: np.ndarray) -> bool:
+    """True when no value of the float32 vector ``flat`` is NaN or inf: their float64 sum is
+    finite (finite float32 values cannot overflow it, NaN or inf anywhere makes it NaN or inf)."""
+    n = len(flat)
+    if n <= _GIL_CHUNK or n > _CHUNKED_MAX:
+        return math.isfinite(_sum(flat, dtype=np.float64))
+    total = 0.0
+    for lo in range(0, n, _GIL_CHUNK):
+        total += _sum(flat[lo:lo + _GIL_CHUNK], dtype=np.float64)
+    return math.isfinite(total)
 
 
 def as_ids(ids: Any, n: int, *, what: str = "ids") -> I64Vector:

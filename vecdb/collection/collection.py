@@ -942,7 +942,9 @@ class Collection:
         """User ids of internal ids (-1 / None where no hit)."""
         uid_of = self._mem.uid_of
         if len(uid_of):
-            return uid_of.take(iids)   # -1 (no hit) reads the last entry, always unused (Memory.reserve)
+            # -1 (no hit) reads the last entry, always unused (Memory.reserve); indexing, not
+            # ``take``, which lets the GIL go and waits to get it back: a wait per search under load
+            return uid_of[iids]
         return np.full(iids.shape, -1, np.int64) if uid_of.dtype != object else np.full(iids.shape, None, object)
 
 

@@ -30,11 +30,14 @@ ARITH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 METRIC_L2, METRIC_IP, METRIC_COSINE = 0, 1, 2
 
 
-def kernel(signature: Any = None, *, fastmath: Any = False, parallel: bool = False, inline: bool = False) -> Callable:
+def kernel(signature: Any = None, *, fastmath: Any = False, parallel: bool = False, inline: bool = False,
+           holds_gil: bool = False) -> Callable:
     """``numba.njit`` with vecdb's fixed policy: cached, GIL released, fast-math only when asked.
     ``inline``: inlined into jitted callers at Numba IR level (for small helpers called in hot
-    loops, where a call that LLVM does not inline costs more than the work)."""
-    options = dict(cache=True, nogil=True, fastmath=fastmath, parallel=parallel, error_model="numpy",
+    loops, where a call that LLVM does not inline costs more than the work). ``holds_gil``:
+    keep the GIL, for checks of a microsecond on every search: releasing it means taking it
+    back after, and with other threads running Python that wait is far longer than the work."""
+    options = dict(cache=True, nogil=not holds_gil, fastmath=fastmath, parallel=parallel, error_model="numpy",
                    inline="always" if inline else "never")
     return numba.njit(signature, **options) if signature is not None else numba.njit(**options)
 

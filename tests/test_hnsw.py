@@ -546,3 +546,47 @@ def test_allow_sets_after_removals_answer_like_the_oracle(data: tuple[np.ndarray
         got = index.search(queries[:50], 10, allow=allow, ef=400).ids
         assert recall_at_k(got, want, 10) > 0.97
         assert np.isin(got[got >= 0], keep).all() and np.isin(got[got >= 0], chosen).all()
+
+
+@given(seed=st.integers(0, 2**31), nq=st.integers(1, 3), n_fold=st.integers(0, 40), shared=st.integers(0, 10),
+       metric=st.sampled_from(["l2", "ip", "cosine"]), filtered=st.booleans(), k=st.integers(1, 12))
+def test_rows_folded_in_the_kernel_answer_like_folding_them_after(seed, nq, n_fold, shared, metric, filtered, k):
+    """``search_folded`` (the index merges rows searched beside it within its own kernel
+    entry) gives exactly ``search_trusted``'s answer with the rows merged in after by
+    ``merge_rows``: dead rows skipped, ids in both kept once, integer coordinates for ties."""
+    from vecdb.index.base import FoldRows
+    from vecdb.kernels.merge import merge_rows
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 4, (120, 8)).astype(np.float32)
+    index = HNSW(8, metric, M=6, ef_construction=40, seed=seed % 1000)
+    index.add(x, np.arange(120))
+    rows = rng.integers(-3, 4, (n_fold, 8)).astype(np.float32)
+    ids = np.concatenate([np.arange(min(shared, n_fold)), 1000 + np.arange(n_fold - min(shared, n_fold))]).astype(np.int64)
+    dead = rng.random(n_fold) < 0.2
+    fold = FoldRows(rows, ids, dead, 0 if metric == "l2" else 1)
+    queries = rng.integers(-3, 4, (nq, 8)).astype(np.float32)
+    allow = AllowSet(np.sort(rng.choice(120, int(rng.integers(20, 120)), replace=False))) if filtered else None
+    params = index.resolve_params({"ef": 50, "filter_mode": "graph"})   # a filter walked, not scanned
+    got = index.search_folded(queries, k, allow, None, params, fold)
+    want = index.search_trusted(queries, k, allow, None, params)
+    want_ids, want_d = want.ids.copy(), want.distances.copy()
+    merge_rows(queries, rows, ids, dead, fold.metric, want_ids, want_d)
+    assert got is not None
+    np.testing.assert_array_equal(got.distances, want_d)
+    np.testing.assert_array_equal(got.ids, want_ids)
+
+
+def test_an_index_that_cannot_fold_rows_in_says_so():
+    """Queries past the one-kernel path, a filter scanned exactly, and indexes without such a
+    path return None: the caller folds the rows in."""
+    from vecdb.index.base import FoldRows
+    rng = np.random.default_rng(0)
+    fold = FoldRows(rng.normal(size=(5, 8)).astype(np.float32), np.arange(5), np.zeros(5, bool), 0)
+    q = rng.normal(size=(8, 8)).astype(np.float32)
+    hnsw, flat = HNSW(8, "l2"), FlatIndex(8, "l2")
+    for ix in (hnsw, flat):
+        ix.add(rng.normal(size=(50, 8)))
+        assert ix.search_folded(q, 3, None, None, ix.resolve_params({}), fold) is None
+    assert hnsw.search_folded(q[:1], 3, None, None, hnsw.resolve_params({}), fold) is not None
+    scan = hnsw.resolve_params({"filter_mode": "scan"})
+    assert hnsw.search_folded(q[:1], 3, AllowSet(np.arange(10)), None, scan, fold) is None

@@ -340,3 +340,31 @@ def test_cosine_staged_rows_are_scored_from_the_raw_query() -> None:
     got = staging.search_trusted(index, queries, 8, None, None, {})
     assert np.allclose(got.distances[2, :5], 1.0) and np.isinf(got.distances[:, 5:]).all()
     assert (got.ids[:, 5:] == -1).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), metric=st.sampled_from(["l2", "ip"]),
+       n_stale=st.sampled_from([0, 7, OVERFETCH_LIMIT + 5]), k=st.integers(1, 10))
+def test_one_query_searches_over_a_graph_fold_the_staged_rows_in_like_the_oracle(seed: int, metric: str,
+                                                                                 n_stale: int, k: int) -> None:
+    """With rows staged, a one-query search over an HNSW graph answers like the oracle: the
+    graph merges them in (``search_folded``) when no stale entry is over-fetched (none, or many
+    hidden by an allow-set), else they are merged after the stale ones are dropped."""
+    rng = np.random.default_rng(seed)
+    n = 3 * OVERFETCH_LIMIT
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    index = HNSW(DIM, metric, M=8, seed=seed % 1000)
+    index.add(x, np.arange(n))
+    logical = {i: x[i] for i in range(n)}
+    staging = Staging(DIM, metric)
+    replaced = rng.choice(n, n_stale, replace=False).astype(np.int64)
+    ids = np.concatenate([replaced, np.arange(n, n + 30)]).astype(np.int64)
+    rows = rng.normal(size=(len(ids), DIM)).astype(np.float32)
+    staging.stage(rows, ids, stale=replaced)
+    logical.update({int(i): r for i, r in zip(ids, rows)})
+    for j in range(5):
+        q = rows[j * 7:j * 7 + 1] if j % 2 else rng.normal(size=(1, DIM)).astype(np.float32)
+        got = staging.search_trusted(index, q, k, None, None, {"ef": n})   # ef >= n: the walk sees every node
+        want_ids, want_d = oracle(logical, q, k, None, metric)
+        np.testing.assert_allclose(got.distances, want_d, rtol=1e-5, atol=1e-5)
+        assert len(set(got.ids[0].tolist())) == k and set(got.ids[0].tolist()) <= set(logical)

@@ -15,7 +15,7 @@ import numpy as np
 
 from vecdb.errors import AlreadyExistsError, InvalidArgumentError
 from vecdb.index.allow import AllowSet
-from vecdb.index.base import BaseIndex, SearchParams
+from vecdb.index.base import BaseIndex, FoldRows, SearchParams
 from vecdb.index.ids import IdMap
 from vecdb.kernels import graph, graph_build, graph_repair, topk
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
@@ -36,6 +36,7 @@ MAX_LEVEL = 60
 _GROWTH = 1.5
 _NO_MASK = np.zeros(1, np.uint8)
 _NO_IDS = np.empty(0, np.int64)   # slot -> id map passed to kernels under the identity layout
+_NO_FOLD = FoldRows(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), 0)   # nothing to merge in
 #: kernel distance + this = 1 - cos; a Python float: a numpy scalar argument takes Numba's slow typing path
 _COSINE_SHIFT = 1.0
 #: once the nodes linked since the last reachability repair reach 1/REPAIR_BATCH_SHARE of the
@@ -384,25 +385,35 @@ class HNSW(BaseIndex):
     def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
                        params: SearchParams) -> SearchResult:
         """The base's ``search_trusted``, with the common case of a few queries in one kernel
-        entry (normalisation, walk, id mapping and distance fix-up): at small ef a one-query
-        call is ~50 us, and the Python steps between kernels were a tenth of it. A filter the
-        graph is walked under (not scanned exactly, see ``_search_slots``) goes the same way:
-        e.g. a collection hiding the stale entries of replaced points from every search."""
+        entry (``_serial``)."""
+        res = self._serial(queries, k, allow, params, _NO_FOLD)
+        return res if res is not None else super().search_trusted(queries, k, allow, tenant, params)
+
+    def search_folded(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: int | None,
+                      params: SearchParams, fold: FoldRows) -> SearchResult | None:
+        """See ``BaseIndex.search_folded``: the rows are merged in by the one-kernel path's
+        entry (``_serial``), for a few queries walked on the graph."""
+        return self._serial(queries, k, allow, params, fold)
+
+    def _serial(self, queries: F32Matrix, k: int, allow: AllowSet | None, params: SearchParams,
+                fold: FoldRows) -> SearchResult | None:
+        """A few queries in one kernel entry (normalisation, walk, id mapping, distance fix-up
+        and ``fold``'s rows merged in): at small ef a one-query call is ~50 us, and the Python
+        steps between kernels were a tenth of it. A filter the graph is walked under (not
+        scanned exactly, see ``_search_slots``) goes the same way: e.g. a collection hiding
+        the stale entries of replaced points from every search. None where the general path
+        serves (more queries, an empty graph, stats collected, an exact scan)."""
         nq = len(queries)
-        if nq >= SERIAL_QUERIES or self._entry < 0 or _STATS_SINK.get() is not None:
-            return super().search_trusted(queries, k, allow, tenant, params)
-        if nq == 0 or len(self._ids) == 0:
-            return SearchResult.empty(nq, k)
+        if nq >= SERIAL_QUERIES or nq == 0 or self._entry < 0 or not len(self._ids) or _STATS_SINK.get() is not None:
+            return None
         p: HNSWParams = params  # type: ignore[assignment]
         ef = max(DEFAULT_EF if p.ef is None else p.ef, k)
         mask, filtered = _NO_MASK, False
         if allow is not None:
-            slots = self._slot_allow(allow)   # cached per allow-set: the base's call below reuses it
-            if not len(slots):
-                return SearchResult.empty(nq, k)
+            slots = self._slot_allow(allow)   # cached per allow-set: the base's call reuses it
+            if not len(slots) or len(slots) < len(self._ids) and self._scans(p, len(slots), ef):
+                return None
             if len(slots) < len(self._ids):
-                if self._scans(p, len(slots), ef):
-                    return super().search_trusted(queries, k, allow, tenant, params)
                 mask, filtered = slots.bitmap(self._ids.n_slots), True
         idmap = self._ids
         ids = np.empty((nq, k), np.int64)
@@ -412,7 +423,7 @@ class HNSW(BaseIndex):
         graph.search_serial_ids(queries, k, ef, self._vecs, self._adj0, self._adjU, self._uoff, self._metric_code,
                                 self._entry, self._max_level, scratch[0], scratch[1], mask, filtered,
                                 self._cosine, _NO_IDS if idmap.is_identity else idmap.slot_ids,
-                                _COSINE_SHIFT if self._cosine else 0.0, ids, dists, work)
+                                _COSINE_SHIFT if self._cosine else 0.0, ids, dists, work, *fold)
         self._give_back(scratch)
         return SearchResult(ids, dists)
 

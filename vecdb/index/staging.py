@@ -44,7 +44,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vecdb.index.allow import AllowSet
-from vecdb.index.base import BaseIndex, SearchParams
+from vecdb.index.base import BaseIndex, FoldRows, SearchParams
 from vecdb.index.flat import BLAS_MIN_QUERIES, exact_search
 from vecdb.kernels.distances import normalize_rows
 from vecdb.kernels.merge import merge_rows, merge_sorted
@@ -453,6 +453,12 @@ class Staging:
                 fetch = k + len(stale)
             else:
                 in_index = self._visible(index, stale)
+        if allow is None and fetch == k and len(queries) < BLAS_MIN_QUERIES and self.metric is not Metric.COSINE:
+            fold = self._fold_rows()
+            if fold is not None:   # the index merges the staged rows in within its own kernel entry
+                folded = index.search_folded(queries, k, in_index, tenant, params, fold)
+                if folded is not None:
+                    return folded
         res = index.search_trusted(queries, fetch, in_index, tenant, params)
         ids, dists = res.ids, res.distances
         if fetch > k:
@@ -480,6 +486,19 @@ class Staging:
         visible = AllowSet.of_bitmap(mask)
         self._visible_cache = (stale, version, visible)   # benign race: searches build the same set
         return visible
+
+    def _fold_rows(self) -> FoldRows | None:
+        """The live staged rows as one ``FoldRows`` for ``index.search_folded``, when they lie
+        in one segment (the common case: a segment holds up to ``SEGMENT_BYTES`` of rows);
+        None when nothing is staged or they span several (``_fold_in`` folds those in)."""
+        if not self._live:
+            return None
+        spans = self._vecs.spans(self._head, self._tail)
+        if len(spans) != 1:
+            return None
+        a, b, arr = spans[0]
+        base = self._base
+        return FoldRows(arr, self._ids[a - base:b - base], self._dead[a - base:b - base], self._code)
 
     def _fold_in(self, queries: F32Matrix, ids: np.ndarray, dists: np.ndarray) -> SearchResult:
         """The index's answer with every live staged row folded in by exact distance, for a

@@ -35,6 +35,7 @@ from vecdb.kernels._jit import kernel
 from vecdb.kernels.atomics import atomic_add
 from vecdb.kernels.distances import distance, unit_row
 from vecdb.kernels.heaps import max_push, max_replace, max_sort, min_pop, min_push, min_push_grow
+from vecdb.kernels.merge import merge_rows
 from vecdb.kernels.prefetch import prefetch
 from vecdb.kernels.rows import dims, finish_answer, prefetch_row, row_of
 
@@ -335,12 +336,14 @@ def search_serial(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_lev
 
 @kernel
 def search_serial_ids(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, mask, filtered,
-                      unit, slot_ids, shift, out_ids, out_d, work):
+                      unit, slot_ids, shift, out_ids, out_d, work, fold_rows, fold_ids, fold_dead, fold_metric):
     """``search_serial`` with the index's whole per-call arithmetic inside one kernel entry:
     each query unit-normalised first when ``unit`` (cosine), result slots mapped to ids through
     ``slot_ids`` (left as slots when it is empty: the identity layout) and ``shift`` added to
-    every found distance (cosine: 1 - cos = -<q, x> + 1). What a one-query call pays for
-    besides the graph walk is then a single dispatch."""
+    every found distance (cosine: 1 - cos = -<q, x> + 1); then rows searched beside the index
+    (``fold_rows``, ids ``fold_ids``, ``fold_dead`` skipped; none: zero rows) merged in by exact
+    ``fold_metric`` distance to the queries as given (``merge.merge_rows``). What a one-query
+    call pays for besides the graph walk is then a single dispatch."""
     qbuf = np.empty(queries.shape[1], np.float32)
     for i in range(queries.shape[0]):
         if unit:   # two calls, not one on a reassigned row: unifying the two array types costs the SIMD loops
@@ -351,3 +354,4 @@ def search_serial_ids(queries, k, ef, vecs, adj0, adjU, uoff, metric, entry, max
             search_one(queries[i], k, ef, vecs, adj0, adjU, uoff, metric, entry, max_level, vis, tags, 0,
                        mask, filtered, out_ids[i], out_d[i], work[i])
         finish_answer(out_ids[i], out_d[i], slot_ids, shift)
+    merge_rows(queries, fold_rows, fold_ids, fold_dead, fold_metric, out_ids, out_d)

@@ -590,3 +590,35 @@ def test_an_index_that_cannot_fold_rows_in_says_so():
     assert hnsw.search_folded(q[:1], 3, None, None, hnsw.resolve_params({}), fold) is not None
     scan = hnsw.resolve_params({"filter_mode": "scan"})
     assert hnsw.search_folded(q[:1], 3, AllowSet(np.arange(10)), None, scan, fold) is None
+
+
+@given(seed=st.integers(0, 2**31), rounds=st.integers(1, 4), reload=st.booleans())
+def test_freed_slots_are_reused_through_removals_adds_and_a_reload(seed, rounds, reload, tmp_path_factory):
+    """Rows added after removals take the freed slots until none are left (the
+    list of freed slots is kept across steps, and built again by a loaded graph): capacity
+    does not grow, and every live point finds itself."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    index = HNSW(8, "l2", M=6, ef_construction=40, seed=seed % 1000)
+    index.add(x[:200], np.arange(200))
+    live = dict(enumerate(x[:200]))
+    next_id = 1000
+    for r in range(rounds):
+        gone = rng.choice(sorted(live), int(rng.integers(1, 40)), replace=False)
+        index.remove(gone)
+        for i in gone.tolist():
+            del live[i]
+        if reload and r == 0:
+            path = tmp_path_factory.mktemp("hnsw") / "g.vecdb"
+            index.save(path)
+            index = load_index(path)
+        cap = index.capacity
+        fresh = rng.normal(size=(int(rng.integers(1, len(gone) + 1)), 8)).astype(np.float32)
+        ids = np.arange(next_id, next_id + len(fresh))
+        next_id += len(fresh)
+        index.add(fresh, ids)
+        live.update(zip(ids.tolist(), fresh))
+        assert index.capacity == cap and len(index) == len(live)
+    keys = np.array(sorted(live))
+    found = index.search(np.stack([live[i] for i in keys.tolist()]), 1, ef=300).ids[:, 0]
+    assert (found == keys).mean() >= 0.99

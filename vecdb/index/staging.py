@@ -453,10 +453,11 @@ class Staging:
                 fetch = k + len(stale)
             else:
                 in_index = self._visible(index, stale)
-        if allow is None and fetch == k and len(queries) < BLAS_MIN_QUERIES and self.metric is not Metric.COSINE:
-            fold = self._fold_rows()
-            if fold is not None:   # the index merges the staged rows in within its own kernel entry
-                folded = index.search_folded(queries, k, in_index, tenant, params, fold)
+        foldable = allow is None and len(queries) < BLAS_MIN_QUERIES and self.metric is not Metric.COSINE
+        if foldable and fetch == k:
+            parts = self._fold_parts()
+            if len(parts) == 1:    # the index merges the staged rows in within its own kernel entry
+                folded = index.search_folded(queries, k, in_index, tenant, params, parts[0])
                 if folded is not None:
                     return folded
         res = index.search_trusted(queries, fetch, in_index, tenant, params)
@@ -464,7 +465,7 @@ class Staging:
         if fetch > k:
             hidden = np.isin(ids, stale)
             ids, dists = _first_k(np.where(hidden, -1, ids), np.where(hidden, np.inf, dists).astype(np.float32), k)
-        if allow is None and len(queries) < BLAS_MIN_QUERIES and self.metric is not Metric.COSINE:
+        if foldable:
             return self._fold_in(queries, ids, dists)
         extra = self._scan(queries, k, allow)
         if extra is not None:   # both sorted: one merge (a moving row may come from both: kept once)
@@ -487,18 +488,14 @@ class Staging:
         self._visible_cache = (stale, version, visible)   # benign race: searches build the same set
         return visible
 
-    def _fold_rows(self) -> FoldRows | None:
-        """The live staged rows as one ``FoldRows`` for ``index.search_folded``, when they lie
-        in one segment (the common case: a segment holds up to ``SEGMENT_BYTES`` of rows);
-        None when nothing is staged or they span several (``_fold_in`` folds those in)."""
+    def _fold_parts(self) -> list[FoldRows]:
+        """The live staged rows as one ``FoldRows`` per segment they lie in (none when nothing
+        is staged; one in the common case: a segment holds up to ``SEGMENT_BYTES`` of rows)."""
         if not self._live:
-            return None
-        spans = self._vecs.spans(self._head, self._tail)
-        if len(spans) != 1:
-            return None
-        a, b, arr = spans[0]
-        base = self._base
-        return FoldRows(arr, self._ids[a - base:b - base], self._dead[a - base:b - base], self._code)
+            return []
+        base, code = self._base, self._code
+        return [FoldRows(arr, self._ids[a - base:b - base], self._dead[a - base:b - base], code)
+                for a, b, arr in self._vecs.spans(self._head, self._tail)]
 
     def _fold_in(self, queries: F32Matrix, ids: np.ndarray, dists: np.ndarray) -> SearchResult:
         """The index's answer with every live staged row folded in by exact distance, for a
@@ -507,10 +504,8 @@ class Staging:
         the GIL between kernels, is a large part of its latency while a writer stages rows).
         ``ids``/``dists`` are the index's fresh answer (a search result is its caller's):
         changed in place."""
-        if self._live:
-            base, dead, row_ids = self._base, self._dead, self._ids
-            for a, b, arr in self._vecs.spans(self._head, self._tail):
-                merge_rows(queries, arr, row_ids[a - base:b - base], dead[a - base:b - base], self._code, ids, dists)
+        for part in self._fold_parts():
+            merge_rows(queries, *part, ids, dists)
         return SearchResult(ids, dists)
 
     def memory_bytes(self) -> int:

@@ -53,13 +53,15 @@ def select_replicas(x, cand, cand_d, rows, centroids, eps, limit, rng_factor, ou
 
 
 @kernel
-def route_query(q, rows, centroids, offsets, members, metric, min_groups, min_heads, hd, hs):
+def route_query(q, member_rows, centroids, offsets, members, metric, min_groups, min_heads, hd, hs):
     """Nearest heads of one query by groups (``vecdb.index.spann.routing``): the group
     centroids are ranked, then the heads of the nearest groups are scanned exactly, group by
     group, until at least ``min_groups`` groups and ``min_heads`` heads were scanned. Group g
-    holds the head slots ``members[offsets[g]:offsets[g+1]]`` (rows of ``rows``; a head may
-    be in several groups, it enters the heap once). Fills the top-k heap ``hd``/``hs``
-    (sorted on return). ``metric`` 0: squared L2, else -<q, x>."""
+    holds the head slots ``members[offsets[g]:offsets[g+1]]``, their rows laid out in the
+    same order in ``member_rows`` (a group is one sequential read, not a row gathered from
+    the whole head table per member; a head may be in several groups, it enters the heap
+    once). Fills the top-k heap ``hd``/``hs`` (sorted on return). ``metric`` 0: squared L2,
+    else -<q, x>."""
     n_groups = centroids.shape[0]
     gd = np.empty(n_groups, np.float32)
     for g in range(n_groups):
@@ -71,32 +73,32 @@ def route_query(q, rows, centroids, offsets, members, metric, min_groups, min_he
             break
         g = order[t]
         for r in range(offsets[g], offsets[g + 1]):
-            s = members[r]
-            d = l2_sq(q, rows[s]) if metric == 0 else -dot(q, rows[s])
-            offer_unique(hd, hs, d, s)           # a head may be a member of several groups
+            d = l2_sq(q, member_rows[r]) if metric == 0 else -dot(q, member_rows[r])
+            offer_unique(hd, hs, d, members[r])   # a head may be a member of several groups
         scanned += offsets[g + 1] - offsets[g]
     heap_sort(hd, hs)
 
 
 @kernel
-def route_groups_serial(queries, rows, centroids, offsets, members, metric, min_groups, min_heads, out_s, out_d):
+def route_groups_serial(queries, member_rows, centroids, offsets, members, metric, min_groups, min_heads, out_s,
+                        out_d):
     """``route_query`` for every query on the calling thread (a few queries), into rows of
     ``out_s``/``out_d`` (filled with -1 / +inf by the caller)."""
     for qi in range(queries.shape[0]):
-        route_query(queries[qi], rows, centroids, offsets, members, metric, min_groups, min_heads,
+        route_query(queries[qi], member_rows, centroids, offsets, members, metric, min_groups, min_heads,
                     out_d[qi], out_s[qi])
 
 
 @kernel(parallel=True)
-def route_groups(queries, rows, centroids, offsets, members, metric, min_groups, min_heads, out_s, out_d):
+def route_groups(queries, member_rows, centroids, offsets, members, metric, min_groups, min_heads, out_s, out_d):
     """``route_groups_serial`` in parallel over the queries (insert batches, query batches)."""
     for qi in numba.prange(queries.shape[0]):
-        route_query(queries[qi], rows, centroids, offsets, members, metric, min_groups, min_heads,
+        route_query(queries[qi], member_rows, centroids, offsets, members, metric, min_groups, min_heads,
                     out_d[qi], out_s[qi])
 
 
 @kernel
-def route_plan(queries, rows, slot_ids, centroids, offsets, members, metric, min_groups, min_heads, n_heads,
+def route_plan(queries, member_rows, slot_ids, centroids, offsets, members, metric, min_groups, min_heads, n_heads,
                count, eps2, k):
     """``route_groups_serial`` for the ``n_heads`` nearest heads (slots mapped to head ids by
     ``slot_ids``), then ``plan_reads`` on them: a few queries' postings to read in one call."""
@@ -104,11 +106,19 @@ def route_plan(queries, rows, slot_ids, centroids, offsets, members, metric, min
     hs = np.full((nq, n_heads), -1, np.int64)
     hd = np.full((nq, n_heads), np.inf, np.float32)
     for qi in range(nq):
-        route_query(queries[qi], rows, centroids, offsets, members, metric, min_groups, min_heads, hd[qi], hs[qi])
+        route_query(queries[qi], member_rows, centroids, offsets, members, metric, min_groups, min_heads, hd[qi],
+                    hs[qi])
         for j in range(n_heads):
             if hs[qi, j] >= 0:
                 hs[qi, j] = slot_ids[hs[qi, j]]
     return plan_reads(hs, hd, count, eps2, k)
+
+
+#: LIVE_LAST (a rule, not a value): a scan checks an entry's slot against ``live`` (past it,
+#: or ``live[slot] < 0``: a tombstone, skipped) only once its distance ranks before the heap's
+#: root. ``live`` has a word per slot (40 MB at 5M), so a check per entry scanned was a
+#: random read each (2,000+ a query, from DRAM once other work evicts it); only the few dozen
+#: entries that would enter a top-k heap need one.
 
 
 @kernel(inline=True)
@@ -135,16 +145,15 @@ def offer_entries(rec, a, c, dim, q, live, allow, use_allow, metric, hd, hs):
     vectors = rec[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
     for r in range(c):
         s = slots[r]
-        if s < 0 or s >= n_live or live[s] < 0:
-            continue
-        if use_allow and (s >= n_allow or allow[s] == 0):
+        if use_allow and (s < 0 or s >= n_allow or allow[s] == 0):
             continue
         row = vectors[r * dim : (r + 1) * dim]
         if metric == 0:
             d = l2_sq(q, row)
         else:
             d = -dot(q, row)
-        offer_unique(hd, hs, d, s)
+        if after(hd[0], hs[0], d, s) and s >= 0 and s < n_live and live[s] >= 0:   # see LIVE_LAST
+            offer_unique(hd, hs, d, s)
 
 
 @kernel
@@ -312,16 +321,15 @@ def offer_codes(rec, a, c, dim, q, weights, b, mode, live, allow, use_allow, hd,
     codes = rec[a + 8 * c : a + 8 * c + c * dim]
     for r in range(c):
         s = slots[r]
-        if s < 0 or s >= n_live or live[s] < 0:
-            continue
-        if use_allow and (s >= n_allow or allow[s] == 0):
+        if use_allow and (s < 0 or s >= n_allow or allow[s] == 0):
             continue
         row = codes[r * dim : (r + 1) * dim]
         if mode == 0:
             d = code_l2(q, weights, row) + b
         else:
             d = b - code_dot(q, row)
-        offer_unique(hd, hs, d, s)
+        if after(hd[0], hs[0], d, s) and s >= 0 and s < n_live and live[s] >= 0:   # see LIVE_LAST
+            offer_unique(hd, hs, d, s)
 
 
 @kernel

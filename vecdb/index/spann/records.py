@@ -20,7 +20,7 @@ import numpy as np
 from vecdb.index.spann.kernels import HEADER_BYTES, MAGIC, code_dot, code_l2, offer_codes, offer_entries, offer_unique
 from vecdb.kernels._jit import kernel
 from vecdb.kernels.distances import dot, l2_sq
-from vecdb.kernels.heaps import heap_sort
+from vecdb.kernels.heaps import after, heap_sort
 from vecdb.kernels.prefetch import prefetch
 
 OK, TRUNCATED, FOREIGN, WRONG_DIM, BAD_CHECKSUM = 0, 1, 2, 3, 4
@@ -224,18 +224,15 @@ def _prefetch(body, lo, hi):
 
 
 @kernel(inline=True)
-def _prefetch_slots(slots, lo, hi, live, allow, use_allow):
-    """Ask for the entries of ``live`` (and with ``use_allow`` of ``allow``) that the rows
-    ``lo:hi`` (clipped) of a record will look up: one random load per row into an array of
-    every slot (8 MB at 1M slots), which a scan of SQ8 codes otherwise waits for: a check and
-    scan of 5 random records out of 2,000 took ~41 instead of ~53 ns per entry (no change
-    when everything is in cache)."""
+def _prefetch_allowed(slots, lo, hi, allow):
+    """Ask for the entries of ``allow`` that the rows ``lo:hi`` (clipped) of a record will
+    look up (a filtered scan checks every entry's slot first: one random load per row into
+    a byte per slot, which a scan of SQ8 codes otherwise waits for; ``live`` is read only
+    for the entries that rank, ``kernels.LIVE_LAST``)."""
     for r in range(lo, min(hi, slots.shape[0])):
         s = slots[r]
-        if s >= 0 and s < live.shape[0]:
-            prefetch(live, s, 0)
-            if use_allow and s < allow.shape[0]:
-                prefetch(allow, s, 0)
+        if s >= 0 and s < allow.shape[0]:
+            prefetch(allow, s, 0)
 
 
 @kernel
@@ -257,13 +254,12 @@ def _scan_summed(rec, c, dim, q, live, allow, use_allow, metric, hd, hs):
         _prefetch(body, split + 4 * (r + 1) * dim + AHEAD - 4 * dim, split + 4 * (r + 1) * dim + AHEAD)
         s1, s2 = _sums(words[r * dim : (r + 1) * dim], pos + r * dim, s1, s2)
         slot = slots[r]
-        if slot < 0 or slot >= n_live or live[slot] < 0:
-            continue
-        if use_allow and (slot >= n_allow or allow[slot] == 0):
+        if use_allow and (slot < 0 or slot >= n_allow or allow[slot] == 0):
             continue
         row = vectors[r * dim : (r + 1) * dim]
         d = l2_sq(q, row) if metric == 0 else -dot(q, row)
-        offer_unique(hd, hs, d, slot)
+        if after(hd[0], hs[0], d, slot) and slot >= 0 and slot < n_live and live[slot] >= 0:   # kernels.LIVE_LAST
+            offer_unique(hd, hs, d, slot)
     s1, s2 = _sums(body[end:].view(np.uint32), pos + c * dim, s1, s2)
     return _finish(s1, s2, body.shape[0]) == rec[16:24].view(np.uint64)[0]
 
@@ -325,24 +321,25 @@ def _scan_codes_summed(rec, c, dim, q, weights, b, mode, live, allow, use_allow,
     pos = 2 * c
     chunk = CODE_ROWS * dim
     _prefetch(body, split, split + AHEAD)
-    _prefetch_slots(slots, 0, 2 * CODE_ROWS, live, allow, use_allow)
+    if use_allow:
+        _prefetch_allowed(slots, 0, 2 * CODE_ROWS, allow)
     if c == 0:
         s1, s2 = _sums(words, pos, s1, s2)
     for lo in range(0, c, CODE_ROWS):
         hi = min(lo + CODE_ROWS, c)
         ahead = split + hi * dim + AHEAD
         _prefetch(body, ahead - chunk, ahead)
-        _prefetch_slots(slots, hi + CODE_ROWS, hi + 2 * CODE_ROWS, live, allow, use_allow)
+        if use_allow:
+            _prefetch_allowed(slots, hi + CODE_ROWS, hi + 2 * CODE_ROWS, allow)
         w_lo = lo * dim // 4
         w_hi = hi * dim // 4 if hi < c else words.shape[0]
         s1, s2 = _sums(words[w_lo:w_hi], pos + w_lo, s1, s2)
         for r in range(lo, hi):
             slot = slots[r]
-            if slot < 0 or slot >= n_live or live[slot] < 0:
-                continue
-            if use_allow and (slot >= n_allow or allow[slot] == 0):
+            if use_allow and (slot < 0 or slot >= n_allow or allow[slot] == 0):
                 continue
             row = codes[r * dim : (r + 1) * dim]
             d = code_l2(q, weights, row) + b if mode == 0 else b - code_dot(q, row)
-            offer_unique(hd, hs, d, slot)
+            if after(hd[0], hs[0], d, slot) and slot >= 0 and slot < n_live and live[slot] >= 0:   # kernels.LIVE_LAST
+                offer_unique(hd, hs, d, slot)
     return _finish(s1, s2, body.shape[0]) == rec[16:24].view(np.uint64)[0]

@@ -399,19 +399,45 @@ def code_record(count: int, dim: int, seed: int, version: int = postings.VERSION
     return postings.encode(slots, vectors, codec, version=version), slots
 
 
+def code_ranges(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """An SQ8 codec's ``vmin``/``step`` for the scan tests (one constant dimension, step 0)."""
+    vmin = np.linspace(-3.0, 1.0, dim).astype(np.float32)
+    step = np.linspace(0.5, 2.0, dim).astype(np.float32)
+    step[dim // 2] = 0.0
+    return vmin, step
+
+
+@settings(max_examples=40, deadline=None)
+@given(dim=st.integers(1, 40), seed=st.integers(0, 1000), mode=st.sampled_from([0, 1]))
+def test_the_code_distance_is_the_distance_to_the_decoded_vector(dim: int, seed: int, mode: int) -> None:
+    """What a scan ranks SQ8 rows by (``fold_code_query``, then ``code_l2`` or the bias minus
+    ``code_dot``) is the squared L2 (mode 0) or -ip (mode 1) from the query to the row decoded
+    as vmin + c * step (a constant dimension, step 0, included)."""
+    rng = np.random.default_rng(seed)
+    vmin, step = code_ranges(dim)
+    q = (rng.standard_normal(dim) * 3).astype(np.float32)
+    rows = rng.integers(0, 256, (6, dim)).astype(np.uint8)
+    decoded = vmin.astype(np.float64) + rows * step.astype(np.float64)
+    terms, bias = kernels.fold_code_query(q, vmin, step, mode)
+    for row, x in zip(rows, decoded):
+        got = kernels.code_l2(terms, step, row) if mode == 0 else bias - kernels.code_dot(terms, row)
+        want = ((q - x) ** 2).sum() if mode == 0 else -(q @ x)
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-3)
+
+
 def scan_code_runs(raws: list[bytes], dim: int, q: np.ndarray, width: int, live: np.ndarray, allow: np.ndarray,
                    use_allow: bool, mode: int = 0) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
     """The one-query scan of SQ8 ``raws`` in runs of ``records.RUN`` (``check_scan_codes_records``):
     (index of the first bad record or -1, its problem, counts, sorted heap slots, distances)."""
     hd, hs = np.full(width, np.inf, np.float32), np.full(width, -1, np.int64)
     counts = np.zeros(len(raws), np.int64)
-    weights = np.linspace(0.5, 2.0, dim).astype(np.float32)
+    vmin, step = code_ranges(dim)
     views = [memoryview(raw) for raw in raws]
     for lo in range(0, len(raws), records.RUN):
         run = views[lo : lo + records.RUN]
         n = len(run)
         bad, problem = records.check_scan_codes_records(tuple(run + [memoryview(b"")] * (records.RUN - n)), n,
-                                                        np.arange(lo, lo + n), dim, q, weights, 0.25, mode, live,
+                                                        np.arange(lo, lo + n), dim, q, vmin, step, mode, live,
                                                         allow, use_allow, counts, hd, hs, lo + n >= len(raws))
         if problem:
             return lo + int(bad), int(problem), counts, hs, hd
@@ -439,8 +465,8 @@ def test_the_sq8_run_scan_equals_the_checked_copied_scan(counts: list[int], dim:
     buf, starts, want_counts = postings.check_many(raws, np.arange(len(raws)), dim, SQ8(dim))
     np.testing.assert_array_equal(got_counts, want_counts)
     out_s, out_d = np.full((1, width), -1, np.int64), np.full((1, width), np.inf, np.float32)
-    weights = np.linspace(0.5, 2.0, dim).astype(np.float32)
-    kernels.scan_codes_serial(q[None], weights, np.array([0.25], np.float32), mode, buf, starts, want_counts,
+    vmin, step = code_ranges(dim)
+    kernels.scan_codes_serial(q[None], vmin, step, mode, buf, starts, want_counts,
                               np.array([0, len(raws)]), np.arange(len(raws)), live, allow, use_allow, out_s, out_d)
     np.testing.assert_allclose(hd, out_d[0], rtol=1e-5, atol=1e-3)
     same = hs == out_s[0]

@@ -18,7 +18,7 @@ from vecdb.index.spann import postings
 from vecdb.index.spann.kernels import rerank_rows, scan_codes, scan_codes_serial
 from vecdb.index.spann.records import RUN, check_scan_codes_records
 from vecdb.quant.sq8 import SQ8
-from vecdb.types import F32Matrix, I64Vector, Metric
+from vecdb.types import F32Matrix, I64Vector
 
 if TYPE_CHECKING:
     from vecdb.index.spann.index import SPANN
@@ -77,10 +77,9 @@ class CodePostings:
         width = self._rerank_width(k, rerank)
         cand_s = np.full((nq, width), -1, np.int64)
         cand_d = np.full((nq, width), np.inf, np.float32)
-        qt, weights, bias, mode = codec.fold_queries_trusted(queries, Metric.L2 if self._scan_code == 0 else Metric.IP)
         scan = scan_codes_serial if serial else scan_codes
-        scan(qt, weights, np.ascontiguousarray(bias, np.float32), mode, buf, starts, counts, qptr, qlist,
-             self._ids.slot_ids, mask, allow is not None, cand_s, cand_d)
+        scan(queries, codec.vmin, codec.step, self._scan_code, buf, starts, counts, qptr, qlist, self._ids.slot_ids, mask,
+             allow is not None, cand_s, cand_d)
         wanted = np.unique(cand_s[cand_s >= 0])
         if not len(wanted):
             return 0
@@ -122,8 +121,7 @@ class CodePostings:
         counts = np.zeros(len(raws), np.int64)
         width = self._rerank_width(k, rerank)
         code = self._scan_code
-        qt, weights, bias, mode = codec.fold_queries_trusted(queries, Metric.L2 if code == 0 else Metric.IP)
-        bias = bias.tolist()
+        vmin, step = codec.vmin, codec.step
         live, use_allow, dim = self._ids.slot_ids, allow is not None, self.dim
         vectors = txn.cursor(db=self._vdb)           # a lookup by cursor: ~15% less than by txn.get
         find, value, size = vectors.set_key, vectors.value, 4 * self.dim
@@ -144,7 +142,7 @@ class CodePostings:
                     run = [raws[pos] for pos in at.tolist()]
                 n = len(run)
                 bad, problem = check_scan_codes_records(tuple(run) if n == RUN else tuple(run + [_PAD] * (RUN - n)), n,
-                                                        at, dim, qt[qi], weights, bias[qi], mode, live, mask,
+                                                        at, dim, queries[qi], vmin, step, code, live, mask,
                                                         use_allow, counts, cd, cs, hi == end)
                 if problem:
                     raise DataLossError(postings.problem_message(int(wanted[at[bad]]), int(problem)))

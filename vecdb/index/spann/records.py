@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vecdb.index.spann.kernels import HEADER_BYTES, MAGIC, code_dot, code_l2, offer_codes, offer_entries, offer_unique
+from vecdb.index.spann.kernels import (HEADER_BYTES, MAGIC, code_dot, code_l2, fold_code_query, offer_codes, offer_entries,
+                                       offer_unique)
 from vecdb.kernels._jit import kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort
@@ -265,10 +266,10 @@ def _scan_summed(rec, c, dim, q, live, allow, use_allow, metric, hd, hs):
 
 
 @kernel
-def check_scan_codes_record(rec, dim, q, weights, b, mode, live, allow, use_allow, hd, hs):
+def check_scan_codes_record(rec, dim, q, step, b, mode, live, allow, use_allow, hd, hs):
     """``check_scan_record`` for a posting of SQ8 codes (header flags 1): its entries ranked
-    on codes for the folded query ``q`` (``weights``, bias ``b``, ``mode`` as
-    ``kernels.scan_codes_query``) into the candidate heap ``hd``/``hs``. Format 3: checked in
+    on codes for the folded query ``q`` (bias ``b``, ``mode``: ``kernels.fold_code_query``;
+    ``step``: the codec's) into the candidate heap ``hd``/``hs``. Format 3: checked in
     the same pass (``_scan_codes_summed``); format 2: checked first. Returns (problem code,
     entry count); on a problem the heap may hold entries of the bad record, so the caller
     must discard it."""
@@ -277,25 +278,27 @@ def check_scan_codes_record(rec, dim, q, weights, b, mode, live, allow, use_allo
     if problem != OK:
         return problem, 0
     if version == 3:
-        if not _scan_codes_summed(rec, c, dim, q, weights, b, mode, live, allow, use_allow, hd, hs):
+        if not _scan_codes_summed(rec, c, dim, q, step, b, mode, live, allow, use_allow, hd, hs):
             return BAD_CHECKSUM, 0
         return OK, c
     if not _sum_matches(rec, 0, n, version):
         return BAD_CHECKSUM, 0
-    offer_codes(rec, HEADER_BYTES, c, dim, q, weights, b, mode, live, allow, use_allow, hd, hs)
+    offer_codes(rec, HEADER_BYTES, c, dim, q, step, b, mode, live, allow, use_allow, hd, hs)
     return OK, c
 
 
 @kernel
-def check_scan_codes_records(recs, n, order, dim, q, weights, b, mode, live, allow, use_allow, counts, hd, hs,
+def check_scan_codes_records(recs, n, order, dim, query, vmin, step, mode, live, allow, use_allow, counts, hd, hs,
                              finish):
     """``check_scan_records`` for postings of SQ8 codes (``check_scan_codes_record`` over the
-    first ``n`` of the ``RUN`` buffers ``recs``, record i being posting ``order[i]``; the
-    candidate heap ``hd``/``hs`` sorted at the end when ``finish``). Returns (index in
+    first ``n`` of the ``RUN`` buffers ``recs``, record i being posting ``order[i]``, for
+    ``query`` folded here with the codec's ``vmin``/``step``, ``mode`` 0: squared L2, 1: -ip;
+    the candidate heap ``hd``/``hs`` sorted at the end when ``finish``). Returns (index in
     ``recs`` of the first record that fails, or -1; its problem code)."""
+    q, b = fold_code_query(query, vmin, step, mode)
     for i in range(n):
         rec = np.frombuffer(recs[i], np.uint8)
-        problem, c = check_scan_codes_record(rec, dim, q, weights, b, mode, live, allow, use_allow, hd, hs)
+        problem, c = check_scan_codes_record(rec, dim, q, step, b, mode, live, allow, use_allow, hd, hs)
         if problem != OK:
             return i, problem
         counts[order[i]] = c
@@ -305,7 +308,7 @@ def check_scan_codes_records(recs, n, order, dim, q, weights, b, mode, live, all
 
 
 @kernel
-def _scan_codes_summed(rec, c, dim, q, weights, b, mode, live, allow, use_allow, hd, hs):
+def _scan_codes_summed(rec, c, dim, q, step, b, mode, live, allow, use_allow, hd, hs):
     """``_scan_summed`` for a format-3 record of SQ8 codes, ``CODE_ROWS`` rows at a time: the
     rows' words summed in one ``_sums`` call (a row of codes is a quarter of a float row, too
     short for a call of its own; ``CODE_ROWS`` rows are whole 4-byte words for any ``dim``),
@@ -339,7 +342,7 @@ def _scan_codes_summed(rec, c, dim, q, weights, b, mode, live, allow, use_allow,
             if use_allow and (slot < 0 or slot >= n_allow or allow[slot] == 0):
                 continue
             row = codes[r * dim : (r + 1) * dim]
-            d = code_l2(q, weights, row) + b if mode == 0 else b - code_dot(q, row)
+            d = code_l2(q, step, row) if mode == 0 else b - code_dot(q, row)
             if after(hd[0], hs[0], d, slot) and slot >= 0 and slot < n_live and live[slot] >= 0:   # kernels.LIVE_LAST
                 offer_unique(hd, hs, d, slot)
     return _finish(s1, s2, body.shape[0]) == rec[16:24].view(np.uint64)[0]

@@ -10,9 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vecdb.errors import InvalidArgumentError
 from vecdb.index import SPANN, FlatIndex
+from vecdb.index.spann.kernels import route_query
 from vecdb.index.spann.routing import nearest_heads
 
 
@@ -208,3 +211,40 @@ def test_head_route_is_checked_and_recorded_and_groups_count_as_resident(tmp_pat
         np.testing.assert_array_equal(again.search(x[:20], 5).ids, before.ids)
     finally:
         again.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_groups=st.integers(1, 12), seed=st.integers(0, 10_000), min_groups=st.integers(1, 6),
+       min_heads=st.integers(1, 80), k=st.integers(1, 8), metric=st.sampled_from([0, 1]))
+def test_route_query_scans_the_nearest_groups_and_keeps_their_nearest_heads(n_groups: int, seed: int, min_groups: int,
+                                                                              min_heads: int, k: int, metric: int) -> None:
+    """``route_query`` against numpy: groups taken nearest centroid first until at least
+    ``min_groups`` groups and ``min_heads`` member entries were scanned (all of them when
+    there are fewer), and the top-k of the distinct heads among their members."""
+    rng = np.random.default_rng(seed)
+    dim, n_slots = 6, 30
+    heads = rng.standard_normal((n_slots, dim)).astype(np.float32)
+    sizes = rng.integers(1, 9, n_groups)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    members = rng.integers(0, n_slots, int(offsets[-1])).astype(np.int64)   # a head may sit in several groups
+    centroids = rng.standard_normal((n_groups, dim)).astype(np.float32)
+    q = rng.standard_normal(dim).astype(np.float32)
+    hd, hs = np.full(k, np.inf, np.float32), np.full(k, -1, np.int64)
+    route_query(q, np.ascontiguousarray(heads[members]), centroids, offsets, members, metric, min_groups, min_heads,
+                hd, hs)
+
+    def dist(x: np.ndarray) -> np.ndarray:
+        return ((x - q) ** 2).sum(-1) if metric == 0 else -(x @ q)
+
+    scanned: set[int] = set()
+    taken = entries = 0
+    for g in np.argsort(dist(centroids), kind="stable"):
+        if taken >= min_groups and entries >= min_heads:
+            break
+        scanned.update(members[offsets[g] : offsets[g + 1]].tolist())
+        taken, entries = taken + 1, entries + int(sizes[g])
+    cand = np.array(sorted(scanned), np.int64)
+    d = dist(heads[cand])
+    want = cand[np.lexsort((cand, d))][:k]
+    assert hs[: len(want)].tolist() == want.tolist() and (hs[len(want) :] == -1).all()
+    np.testing.assert_allclose(hd[: len(want)], np.sort(d)[: len(want)], rtol=1e-5, atol=1e-5)

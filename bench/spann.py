@@ -17,7 +17,8 @@ whose memory is capped by a cgroup v2 ``memory.max`` (``--mem-cap-mb``) where /s
 allows creating one (otherwise it reports its RSS and the page-cache residency of the LMDB
 file, mincore): both one query per call on one thread, their sweep points timed in
 ``--rounds`` interleaved rounds (this machine's speed drifts), each reporting its median pass.
-``--ivf-reuse`` searches the faiss build a previous run saved (``ivf.index``), with its figures.
+``--ivf-reuse`` searches the faiss build a previous run saved (``ivf.index``), with its figures;
+``--spann-reuse`` serves the SPANN index a previous run built with the same parameters.
 
     python bench/spann.py --datasets glove-6b-50d-angular,mnist-784-euclidean,arxiv-minilm-384 --cold
     python bench/spann.py --datasets glove-6b-50d-angular --n-base 20000 --n-queries 200   # a quick try
@@ -298,11 +299,22 @@ def synthetic(n: int, dim: int, n_queries: int, k: int, folder: Path,
 
 
 def build_spann_chunked(base: np.ndarray, metric: str, path: Path, params: dict[str, Any],
-                        train: int | None = None) -> dict[str, Any]:
+                        train: int | None = None, reuse: bool = False) -> dict[str, Any]:
     """SPANN built from ``base`` (a memmap) in chunks of ``SYNTH_CHUNK`` rows: one commit
-    each, memory bounded by a chunk and the postings it touches."""
+    each, memory bounded by a chunk and the postings it touches; its build info is saved
+    beside it (``spann.build.json``). ``reuse`` serves the index a previous run built there
+    with the same parameters and rows (its info then names the commit that built it)."""
+    from vecdb.bench.machine import provenance
     from vecdb.index import SPANN
 
+    record = path.parent / "spann.build.json"
+    wanted = {"n": len(base), "requested": params, "train": train}
+    if reuse:
+        saved = json.loads(record.read_text()) if record.exists() and path.exists() else None
+        if saved is None or saved.get("build") != wanted:
+            raise SystemExit(f"no saved SPANN build in {path} for {wanted} (see {record}): run without --spann-reuse")
+        return {**saved["info"], "reused_build": True, "built_by_commit": saved.get("commit")}
+    record.unlink(missing_ok=True)
     rng = np.random.default_rng(0)
     sample = np.asarray(base[np.sort(rng.choice(len(base), train_size(len(base), train), replace=False))])
     shutil.rmtree(path, ignore_errors=True)                   # a fresh build (the data file is kept)
@@ -322,6 +334,7 @@ def build_spann_chunked(base: np.ndarray, metric: str, path: Path, params: dict[
             "build_peak_rss_bytes": peak_rss(), "train_sample": len(sample), "train_s": train_s,
             "trained_heads": trained_heads}
     index.close()
+    record.write_text(json.dumps({"build": wanted, "info": info, "commit": provenance()["commit"]}))
     return info
 
 
@@ -364,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="synthetic run: timed rounds of SPANN's and faiss's sweep points, interleaved")
     ap.add_argument("--ivf-reuse", action="store_true",
                     help="search the faiss IVF a previous run saved under the workdir (ivf.index, ivf.build.json)")
+    ap.add_argument("--spann-reuse", action="store_true",
+                    help="synthetic run: serve the SPANN index a previous run built under the workdir with the same "
+                         "--spann-params, rows and --train-sample (spann.build.json), instead of building it again")
     args = ap.parse_args(argv)
 
     from vecdb.bench.machine import run_recorded
@@ -402,7 +418,7 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                     spann_path = ivf_path = None
                     if "spann" in targets:
                         spann_info = build_spann_chunked(base, metric, work / "spann", json.loads(args.spann_params),
-                                                         args.train_sample)
+                                                         args.train_sample, args.spann_reuse)
                         spann_path = work / "spann"
                     if "faiss-ivfflat" in targets:
                         ivf_info, ivf_index = build_ivf(base, metric, work, args.ivf_nlist, args.train_sample,

@@ -106,14 +106,14 @@ class CodePostings:
 
     def _scan_codes_in_place(self: "SPANN", txn: Any, queries: F32Matrix, k: int, allow: AllowSet | None,
                              mask: np.ndarray, plan: Any, rerank: int | None, out_s: np.ndarray,
-                             out_d: np.ndarray) -> tuple[np.ndarray, int, int]:
+                             out_d: np.ndarray) -> tuple[np.ndarray, int]:
         """``_scan_codes`` for a few queries with the SQ8 records scanned where LMDB maps them
         (no copy; format 3 checked in the same pass, ``records``), ``RUN`` records per kernel
         call as the float scan, and each query's candidates re-ranked with the float rows read
         through ``txn`` (one kernel call on the rows laid end to end), into ``out_s``/``out_d``
         (their rows, +inf / -1, are the re-rank's heaps). ``plan``: (raws, wanted, qptr,
-        qlist) of ``_scan_in_place``. Returns (entries per posting, bytes of postings read,
-        bytes of float rows read); DataLossError for a corrupt posting or float record (the
+        qlist) of ``_scan_in_place``. Returns (entries per posting, bytes of float rows read);
+        DataLossError for a corrupt posting or float record (the
         rows then hold partial results: never returned)."""
         codec = self._codec
         assert codec is not None
@@ -159,8 +159,7 @@ class CodePostings:
                 raise DataLossError(f"SPANN vector record of slot {bad_slot} is not {size} bytes")
             floats += len(joined)
             rerank_rows(np.frombuffer(joined, np.float32), dim, queries[qi], cand, code, out_d[qi], out_s[qi])
-        read = sum(len(raw) for raw in raws if raw is not None)
-        return counts, read, floats
+        return counts, floats
 
     def _float_rows(self: "SPANN", txn: Any, slots: I64Vector) -> F32Matrix:
         """Float32 rows of ``slots`` (sorted) from their LMDB records (from the overlay when

@@ -803,9 +803,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                 if raw is None and count[head] > 0:
                     raise DataLossError(f"SPANN posting {head} is missing ({count[head]} entries expected)")
         if self._codec is not None:
-            counts, read, floats = self._scan_codes_in_place(txn, queries, k, allow, mask, (raws, wanted, qptr, qlist),
-                                                             p.rerank, out_s, out_d)
-            return (read, floats, np.array(counts, np.int64), qptr, qlist) if stats else None
+            counts, floats = self._scan_codes_in_place(txn, queries, k, allow, mask, (raws, wanted, qptr, qlist),
+                                                       p.rerank, out_s, out_d)
+            return (_bytes_of(raws), floats, counts, qptr, qlist) if stats else None
         empty = _EMPTY_VIEWS[self.dim]          # an empty posting (no record) reads as one
         recs = raws if all_found else [empty if raw is None else raw for raw in raws]
         counts = np.zeros(len(raws), np.int64)
@@ -822,10 +822,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                                                   hd, hs, hi == end)
                 if problem:
                     raise DataLossError(postings.problem_message(int(wanted[order[lo + bad]]), int(problem)))
-        if not stats:
-            return None
-        read = sum(len(raw) for raw in raws if raw is not None)
-        return read, 0, counts, qptr, qlist
+        return (_bytes_of(raws), 0, counts, qptr, qlist) if stats else None
 
     def search_with_stats(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> tuple[SearchResult, SearchStats]:
         """``search`` (same arguments and checks) plus the postings and bytes it read."""
@@ -951,6 +948,11 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         space.write(index._persist_all)
         index._sync(index._inflight.state.token if index._inflight else None)
         return index
+
+
+def _bytes_of(raws: list[Any]) -> int:
+    """Bytes of the posting records read (None: a posting with no record)."""
+    return sum(len(raw) for raw in raws if raw is not None)
 
 
 def _no_work(nq: int) -> SearchStats:

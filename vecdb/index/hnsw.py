@@ -34,6 +34,11 @@ SERIAL_QUERIES = 4
 PROGRESS_MIN = 50_000
 MAX_LEVEL = 60
 _GROWTH = 1.5
+#: a layer-0 list that loses at most this many entries to a removal, and keeps at least M live
+#: neighbours, only drops them instead of re-selecting its neighbours (the re-selection is most
+#: of a removal's cost: 5,000 of 1M replaced in a stream, nearly every list loses one entry;
+#: 200k x 128, 2 % removed: 0.69 s vs 2.3 s, and recall after rounds of churn is no lower)
+MAX_LOST = 2
 _NO_MASK = np.zeros(1, np.uint8)
 _NO_IDS = np.empty(0, np.int64)   # slot -> id map passed to kernels under the identity layout
 _NO_FOLD = FoldRows(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), 0)   # nothing to merge in
@@ -544,7 +549,7 @@ class HNSW(BaseIndex):
         if len(slots):
             scratch = self._scratch()
             graph_build.unlink(dead, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
-                               self._metric_code, self.M, scratch[0], scratch[1])
+                               self._metric_code, self.M, scratch[0], scratch[1], self.M, MAX_LOST)
             self._give_back(scratch)
             n = self._ids.n_slots
             if entry >= 0 and dead[entry]:

@@ -34,11 +34,6 @@ SERIAL_QUERIES = 4
 PROGRESS_MIN = 50_000
 MAX_LEVEL = 60
 _GROWTH = 1.5
-#: a layer-0 list that loses at most this many entries to a removal, and keeps at least M live
-#: neighbours, only drops them instead of re-selecting its neighbours (the re-selection is most
-#: of a removal's cost: 5,000 of 1M replaced in a stream, nearly every list loses one entry;
-#: 200k x 128, 2 % removed: 0.69 s vs 2.3 s, and recall after rounds of churn is no lower)
-MAX_LOST = 2
 _NO_MASK = np.zeros(1, np.uint8)
 _NO_IDS = np.empty(0, np.int64)   # slot -> id map passed to kernels under the identity layout
 _NO_FOLD = FoldRows(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), 0)   # nothing to merge in
@@ -525,8 +520,8 @@ class HNSW(BaseIndex):
         ``graph_build.unlink``) and the nodes left unreachable are linked again, at once when
         the nodes linked or removed since the last repair reach 1/``REPAIR_BATCH_SHARE`` of
         the graph or the entry point is among them, else later as after adds (``maintain``): a
-        stream of small replacements pays that O(n) pass once per many batches (5,000 of 1M:
-        unlink ~0.3 s, the pass ~0.35 s, finding 0-3 nodes to link). They stay stored, and a
+        stream of small replacements pays that O(n) pass once per many batches (5,000 of 1M,
+        idle: unlink ~0.85 s, the pass ~0.35 s, finding 0-3 nodes to link). They stay stored, and a
         search may still return them, until ``finish_remove`` frees them (the caller hides them
         meanwhile, as a collection's staging does)."""
         ids_arr = np.unique(as_id_array(ids))
@@ -555,7 +550,7 @@ class HNSW(BaseIndex):
         if len(slots):
             scratch = self._scratch()
             graph_build.unlink(dead, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
-                               self._metric_code, self.M, scratch[0], scratch[1], self.M, MAX_LOST)
+                               self._metric_code, self.M, scratch[0], scratch[1])
             self._give_back(scratch)
             n = self._ids.n_slots
             if entry >= 0 and dead[entry]:

@@ -192,14 +192,12 @@ def insert_nodes(nodes, vecs, levels, adj0, adjU, uoff, metric, state, M, ef_c, 
 
 
 @kernel(parallel=True)
-def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags, keep_min, max_lost):
+def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags):
     """Take the slots flagged in ``dead`` (uint8 per slot) out of every live node's lists.
 
-    A layer-0 list that loses at most ``max_lost`` entries and keeps at least ``keep_min`` live
-    neighbours only drops its dead entries (``max_lost`` 0: never). Every other list that links
-    to a dead node re-selects its neighbours (heuristic; at layer 0 at least M, as a new
-    node's) from its live neighbours plus the live neighbours reached through dead ones (two
-    hops at most), so the graph stays navigable after many deletes.
+    Every live node that links to a dead one re-selects its neighbours (heuristic; at layer 0
+    at least M, as a new node's) from its live neighbours plus the live neighbours reached
+    through dead ones (two hops at most), so the graph stays navigable after many deletes.
     Each thread rewrites only the lists of the nodes it owns; the dead nodes are only read
     (``drop_nodes`` clears them), so searches may run meanwhile: they reach a dead node only
     through a list not yet rewritten, and its lists still lead on. Returns the number of
@@ -215,16 +213,14 @@ def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags, keep_min,
         for layer in range(np.int64(levels[u]) + 1):
             row = adj_row(adj0, adjU, uoff, u, layer)
             c = row[0]
-            n_dead = 0
+            hit = False
             for j in range(1, c + 1):
                 if dead[row[j]]:
-                    n_dead += 1
-            if n_dead == 0:
+                    hit = True
+                    break
+            if not hit:
                 continue
             rewritten[u] = 1
-            if layer == 0 and n_dead <= max_lost and c - n_dead >= keep_min:
-                _drop_dead(row, dead)
-                continue
             max_n = M0 if layer == 0 else M
             tag = next_tag(vis[t], tags, t)
             vis[t, u] = tag
@@ -266,17 +262,6 @@ def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags, keep_min,
                 buf_d[j] = distance(uv, row_of(vecs, buf_i[j]), metric)
             _prune_into(row, buf_d, buf_i, nb_count, max_n, M if layer == 0 else 0, vecs, metric)
     return int(rewritten.sum())
-
-
-@kernel
-def _drop_dead(row, dead):
-    """Compact the list ``row`` (count first) without its ``dead`` entries, order kept."""
-    w = 1
-    for j in range(1, row[0] + 1):
-        if not dead[row[j]]:
-            row[w] = row[j]
-            w += 1
-    row[0] = w - 1
 
 
 @kernel

@@ -171,6 +171,24 @@ def test_remove_keeps_recall_and_readd_works(data: tuple[np.ndarray, np.ndarray]
     assert index.capacity == N  # freed slots were reused
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rows_written_over_replaced_ones_find_themselves(seed: int) -> None:
+    """A stream of replacements (a collection's two-phase removal of 200 ids, then their new
+    rows added; ten rounds) leaves the new rows findable: each is in its own top 10 at ef 32.
+    Measured 1.000 / 0.9885 (2 threads); a removal that only dropped the removed entries from
+    full lists, leaving no room for the new rows' backlinks, gave 0.997 / 0.9655."""
+    x = mixture(8000, 32, seed=seed)
+    base, extra = x[:6000], x[6000:]
+    index = HNSW(32, M=8, ef_construction=64, seed=seed)
+    index.add(base)
+    for r in range(10):
+        ids = np.arange(r * 200, (r + 1) * 200)
+        index.finish_remove(ids, index.prepare_remove(ids))
+        index.add(extra[r * 200:(r + 1) * 200], ids)
+    found = index.search(extra, 10, ef=32).ids
+    assert np.mean([i in row for i, row in enumerate(found.tolist())]) >= 0.98
+
+
 def test_remove_everything_then_add(data: tuple[np.ndarray, np.ndarray]) -> None:
     base = data[0][:300]
     index = HNSW(DIM, M=4, ef_construction=20)

@@ -382,6 +382,14 @@ def background_nice() -> int | None:
     return getattr(worker, "BACKGROUND_NICE", None)
 
 
+def background_sched_idle() -> bool | None:
+    """Whether the indexer's build threads also take Linux's SCHED_IDLE policy; None in a tree
+    without the switch (they took nice only)."""
+    from vecdb import worker
+
+    return getattr(worker, "BACKGROUND_SCHED_IDLE", None)
+
+
 def summary(rec: dict[str, Any]) -> list[str]:
     """The issue's figures with their goals."""
     a, b, d = rec.get("a_raw_lmdb"), rec.get("b_upserts"), rec.get("d_latency")   # absent: part not run
@@ -415,7 +423,8 @@ def summary(rec: dict[str, Any]) -> list[str]:
     if d:
         lines.append(f"p99 4 threads             idle {d['idle_p99_ms']:.2f} ms, writing {d['writing_p99_ms']:.2f} ms -> "
                      f"{d['writing_p99_ms'] / max(d['idle_p99_ms'], 1e-9):.2f} x (goal <= {GOALS['p99_ratio']}); writer "
-                     f"{d['written_vectors_per_s']:,} vec/s; switch interval {rec.get('switch_interval_ms')} ms; "
+                     f"{d['written_vectors_per_s']:,} vec/s; switch interval {rec.get('switch_interval_ms')} ms; build threads "
+                     f"nice {rec.get('background_nice')}{' + SCHED_IDLE' if rec.get('background_sched_idle') else ''}; "
                      f"read-your-writes violations {d['read_your_writes_violations']}"
                      f" (graph misses found at ef=2000: {d['graph_misses_found_at_ef_2000']})"
                      f" of {d['searches_checked']:,} searches")
@@ -470,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     rec: dict[str, Any] = {"n": n, "dim": DIM, "batch": batch, "M": M, "ef_construction": EF_C,
                            "threads": numba.config.NUMBA_NUM_THREADS, "goals": GOALS,
                            "serving_pending": serving_pending(), "background_nice": background_nice(),
+                           "background_sched_idle": background_sched_idle(),
                            "switch_interval_ms": round(sys.getswitchinterval() * 1000, 3)}
     try:
         with machine.bench_lock():

@@ -222,12 +222,13 @@ def test_searches_and_writes_go_on_while_replaced_points_are_unlinked(tmp_path: 
 
 
 def test_the_background_build_runs_on_a_lowered_thread(tmp_path: Path) -> None:
-    """Rows are linked into HNSW on the worker's lowered thread (a higher nice value on Linux);
+    """Rows are linked into HNSW on the worker's lowered thread (on Linux a higher nice value
+    and the SCHED_IDLE policy);
     a failure there reaches the caller; once the worker stops, calls run on the caller."""
     import os
     import sys
 
-    from vecdb.worker import BACKGROUND_NICE, Lowered
+    from vecdb.worker import BACKGROUND_NICE, BACKGROUND_SCHED_IDLE, Lowered
 
     with vecdb.open(tmp_path / "db") as db:
         col = db.create_collection("c", DIM, metric="l2", index="hnsw")
@@ -238,6 +239,8 @@ def test_the_background_build_runs_on_a_lowered_thread(tmp_path: Path) -> None:
         if sys.platform.startswith("linux"):
             assert lowered.lowered
             assert os.getpriority(os.PRIO_PROCESS, lowered._thread.native_id) == BACKGROUND_NICE
+            if BACKGROUND_SCHED_IDLE:
+                assert os.sched_getscheduler(lowered._thread.native_id) == os.SCHED_IDLE
         res = col.search(vecs(500, 1)[:5], k=1)
         assert res.ids[:, 0].tolist() == [0, 1, 2, 3, 4]
     assert lowered._thread is None               # stopped with the collection

@@ -9,10 +9,10 @@ of work and returns True when more remains) and wakes waiters after each round a
 counted (``failures``); the worker then waits for the next wake instead of spinning.
 
 Heavy parallel work of a round (linking rows into an HNSW graph) can run on the worker's
-``Lowered`` thread instead (``lowered``): a thread at a lower OS priority (Linux: a higher
-nice value, which each thread has of its own), so that when the cores are busy, searches and
-writes preempt the build instead of waiting behind it, and when they are idle the build takes
-them whole. Numba's OpenMP workers are started by the thread that enters a parallel region
+``Lowered`` thread instead (``lowered``): a thread at background OS priority (Linux: the SCHED_IDLE policy,
+which each thread has of its own; elsewhere a higher nice value where the OS has one), so that
+when the cores are busy, searches and writes preempt the build instead of waiting behind it,
+and when they are idle the build takes them whole. Numba's OpenMP workers are started by the thread that enters a parallel region
 and inherit its priority, so the build threads are lowered too, and only they: the short
 exclusive steps of a round stay on the worker's own thread at normal priority.
 """
@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 #: bench/write_path.py, two runs each: under a writer 10.5-10.7 ms at nice 10, 8.3-9.1 ms at
 #: 19); the price is a slower build while searches keep every core busy.
 BACKGROUND_NICE = 19
+#: whether ``Lowered`` threads also take Linux's SCHED_IDLE policy (above it, nice no longer
+#: counts): a waking normal thread then preempts a build thread at once, where nice 19 can still
+#: leave it running for a while. A search that takes the GIL back after its kernel no longer
+#: waits for a build thread to leave its core, and while it holds the GIL nothing lowered takes
+#: the core from it (1M, 4 searching threads under a new-points writer, two alternated pairs on
+#: copies of one database: p99 4.45 / 4.11 ms SCHED_IDLE, 6.06 / 6.32 ms nice 19, idle p99
+#: 2.23-2.27 ms in all four; bench/README.md, session 25). SCHED_IDLE threads still get a
+#: small fair share (weight 3 : 1024), so a build under a full search load slows, never stops.
+BACKGROUND_SCHED_IDLE = True
 
 
 class Lowered:
@@ -82,12 +91,7 @@ class Lowered:
             thread.join()
 
     def _loop(self) -> None:
-        if sys.platform.startswith("linux"):
-            try:   # this thread only: on Linux PRIO_PROCESS with a thread id sets that thread's nice value
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-                self.lowered = True
-            except OSError as exc:
-                log.warning("thread %s: cannot lower its priority (%s); it runs at normal priority", self.name, exc)
+        self.lowered = _lower(self.name, self.nice)
         while True:
             job = self._jobs.get()
             if job is None:
@@ -98,6 +102,26 @@ class Lowered:
             except BaseException as exc:   # handed to the caller, who raises it
                 out.extend((None, exc))
             done.set()
+
+
+def _lower(name: str, nice: int) -> bool:
+    """Lower the calling thread's OS priority (and so that of the threads it starts): nice
+    ``nice``, then SCHED_IDLE where Linux has it (``BACKGROUND_SCHED_IDLE``). True when at
+    least the nice value took; a failure is logged and the thread runs at normal priority."""
+    if not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    try:   # this thread only: on Linux PRIO_PROCESS with a thread id sets that thread's nice value
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError as exc:
+        log.warning("thread %s: cannot lower its priority (%s); it runs at normal priority", name, exc)
+        return False
+    if BACKGROUND_SCHED_IDLE and hasattr(os, "SCHED_IDLE"):
+        try:   # any thread may move itself to SCHED_IDLE, no privilege needed
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:
+            log.warning("thread %s: cannot take SCHED_IDLE (%s); it runs at nice %d", name, exc, nice)
+    return True
 
 
 class Worker:

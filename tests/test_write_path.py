@@ -222,9 +222,10 @@ def test_searches_and_writes_go_on_while_replaced_points_are_unlinked(tmp_path: 
 
 
 def test_the_background_build_runs_on_a_lowered_thread(tmp_path: Path) -> None:
-    """Rows are linked into HNSW on the worker's lowered thread (on Linux a higher nice value
-    and the SCHED_IDLE policy);
-    a failure there reaches the caller; once the worker stops, calls run on the caller."""
+    """Rows are linked into HNSW on the worker's lowered link thread (on Linux a higher nice
+    value and the SCHED_IDLE policy), stale entries removed on its other lowered thread (the
+    nice value only); a failure there reaches the caller; once the worker stops, calls run
+    on the caller."""
     import os
     import sys
 
@@ -234,16 +235,20 @@ def test_the_background_build_runs_on_a_lowered_thread(tmp_path: Path) -> None:
         col = db.create_collection("c", DIM, metric="l2", index="hnsw")
         col.upsert(np.arange(500), vecs(500, 1))
         assert col.wait_indexed()
-        lowered = col._worker._lowered
-        assert lowered._thread is not None       # the link ran there
+        col.delete([499])
+        assert col.wait_indexed()
+        link, remove = col._worker._idle, col._worker._lowered
+        assert link._thread is not None and remove._thread is not None      # the link and the removal ran there
         if sys.platform.startswith("linux"):
-            assert lowered.lowered
-            assert os.getpriority(os.PRIO_PROCESS, lowered._thread.native_id) == BACKGROUND_NICE
-            if BACKGROUND_SCHED_IDLE:
-                assert os.sched_getscheduler(lowered._thread.native_id) == os.SCHED_IDLE
+            assert link.lowered and remove.lowered
+            for lowered in (link, remove):
+                assert os.getpriority(os.PRIO_PROCESS, lowered._thread.native_id) == BACKGROUND_NICE
+            policy = os.SCHED_IDLE if BACKGROUND_SCHED_IDLE else os.SCHED_OTHER
+            assert os.sched_getscheduler(link._thread.native_id) == policy
+            assert os.sched_getscheduler(remove._thread.native_id) == os.SCHED_OTHER
         res = col.search(vecs(500, 1)[:5], k=1)
         assert res.ids[:, 0].tolist() == [0, 1, 2, 3, 4]
-    assert lowered._thread is None               # stopped with the collection
+    assert link._thread is None and remove._thread is None                # stopped with the collection
     runner = Lowered("vecdb-test-lowered")
     assert runner.call(threading.get_ident) != threading.get_ident()
     with pytest.raises(ZeroDivisionError):

@@ -36,24 +36,26 @@ log = logging.getLogger(__name__)
 #: bench/write_path.py, two runs each: under a writer 10.5-10.7 ms at nice 10, 8.3-9.1 ms at
 #: 19); the price is a slower build while searches keep every core busy.
 BACKGROUND_NICE = 19
-#: whether ``Lowered`` threads also take Linux's SCHED_IDLE policy (above it, nice no longer
-#: counts): a waking normal thread then preempts a build thread at once, where nice 19 can still
-#: leave it running for a while. A search that takes the GIL back after its kernel no longer
-#: waits for a build thread to leave its core, and while it holds the GIL nothing lowered takes
-#: the core from it (1M, 4 searching threads under a new-points writer, two alternated pairs on
-#: copies of one database: p99 4.45 / 4.11 ms SCHED_IDLE, 6.06 / 6.32 ms nice 19, idle p99
-#: 2.23-2.27 ms in all four; bench/README.md, session 25). SCHED_IDLE threads still get a
-#: small fair share (weight 3 : 1024), so a build under a full search load slows, never stops.
+#: whether an ``idle`` ``Lowered`` thread (the one a collection links rows on) also takes
+#: Linux's SCHED_IDLE policy (above it, nice no longer counts): a waking normal thread then
+#: preempts it at once, where nice 19 can leave it running for a while, so a search taking
+#: the GIL back after its kernel does not wait for a build thread to leave its core. 1M, 4
+#: searching threads under a new-points writer (bench/write_path.py part d, session 25): p99
+#: 1.84-1.97x idle against 2.9-3.6x at nice 19. Removals stay at nice 19: on SCHED_IDLE
+#: (weight 3 : 1024) a removal under a full search load crawled, searches meanwhile scanned
+#: the replacing batch exactly and masked the stale entries, and the replacing load's p99
+#: rose to 3.6-3.8x idle. A build under a full search load slows, never stops.
 BACKGROUND_SCHED_IDLE = True
 
 
 class Lowered:
-    """A daemon thread at background OS priority (``nice``) that runs the calls handed to
-    ``call`` one at a time, started on first use; ``stop`` ends it."""
+    """A daemon thread at background OS priority (``nice``; with ``idle`` also SCHED_IDLE)
+    that runs the calls handed to ``call`` one at a time, started on first use; ``stop`` ends it."""
 
-    def __init__(self, name: str, nice: int = BACKGROUND_NICE) -> None:
+    def __init__(self, name: str, nice: int = BACKGROUND_NICE, idle: bool = False) -> None:
         self.name = name
         self.nice = nice
+        self.idle = idle   # also SCHED_IDLE (Linux, when BACKGROUND_SCHED_IDLE)
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event] | None] = \
             queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -91,7 +93,7 @@ class Lowered:
             thread.join()
 
     def _loop(self) -> None:
-        self.lowered = _lower(self.name, self.nice)
+        self.lowered = _lower(self.name, self.nice, self.idle and BACKGROUND_SCHED_IDLE)
         while True:
             job = self._jobs.get()
             if job is None:
@@ -104,10 +106,10 @@ class Lowered:
             done.set()
 
 
-def _lower(name: str, nice: int) -> bool:
+def _lower(name: str, nice: int, idle: bool) -> bool:
     """Lower the calling thread's OS priority (and so that of the threads it starts): nice
-    ``nice``, then SCHED_IDLE where Linux has it (``BACKGROUND_SCHED_IDLE``). True when at
-    least the nice value took; a failure is logged and the thread runs at normal priority."""
+    ``nice``, then with ``idle`` SCHED_IDLE where Linux has it. True when at least the nice
+    value took; a failure is logged and the thread runs at normal priority."""
     if not sys.platform.startswith("linux"):
         return False
     tid = threading.get_native_id()
@@ -116,7 +118,7 @@ def _lower(name: str, nice: int) -> bool:
     except OSError as exc:
         log.warning("thread %s: cannot lower its priority (%s); it runs at normal priority", name, exc)
         return False
-    if BACKGROUND_SCHED_IDLE and hasattr(os, "SCHED_IDLE"):
+    if idle and hasattr(os, "SCHED_IDLE"):
         try:   # any thread may move itself to SCHED_IDLE, no privilege needed
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         except OSError as exc:
@@ -140,6 +142,7 @@ class Worker:
         self.failures = 0
         self.last_error: BaseException | None = None
         self._lowered = Lowered(f"vecdb-{role}-{name}-build")
+        self._idle = Lowered(f"vecdb-{role}-{name}-link", idle=True)
 
     @property
     def stopping(self) -> bool:
@@ -173,9 +176,10 @@ class Worker:
         with self._cond:
             return bool(self._cond.wait_for(ready, timeout))
 
-    def lowered(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on this worker's lowered thread (see the module docstring); returns its result."""
-        return self._lowered.call(fn)
+    def lowered(self, fn: Callable[[], T], idle: bool = False) -> T:
+        """Run ``fn`` on this worker's lowered thread (see the module docstring), with ``idle``
+        on its SCHED_IDLE one (see ``BACKGROUND_SCHED_IDLE``); returns its result."""
+        return (self._idle if idle else self._lowered).call(fn)
 
     def stop(self) -> None:
         """Stop the thread after its current step and wait for it (unless called from it)."""
@@ -186,6 +190,7 @@ class Worker:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         self._lowered.stop()
+        self._idle.stop()
 
     def _loop(self) -> None:
         while True:

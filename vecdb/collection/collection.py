@@ -757,7 +757,7 @@ class Collection:
         if failed is not None or move is None:
             return failed
         start = time.perf_counter()
-        failed = _failure(lambda: self._worker.lowered(lambda: mem.staging.link(mem.index, move)))   # yields the cores
+        failed = _failure(lambda: self._worker.lowered(lambda: mem.staging.link(mem.index, move), idle=True))   # yields the cores
         took = time.perf_counter() - start
         if failed is not None:
             return failed   # the half-linked rows stay staged (answers are deduplicated) until memory is rebuilt

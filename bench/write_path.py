@@ -383,8 +383,8 @@ def background_nice() -> int | None:
 
 
 def background_sched_idle() -> bool | None:
-    """Whether the indexer's build threads also take Linux's SCHED_IDLE policy; None in a tree
-    without the switch (they took nice only)."""
+    """Whether the indexer's link threads also take Linux's SCHED_IDLE policy (removals stay
+    at the nice value); None in a tree without the switch (nice only)."""
     from vecdb import worker
 
     return getattr(worker, "BACKGROUND_SCHED_IDLE", None)
@@ -424,7 +424,7 @@ def summary(rec: dict[str, Any]) -> list[str]:
         lines.append(f"p99 4 threads             idle {d['idle_p99_ms']:.2f} ms, writing {d['writing_p99_ms']:.2f} ms -> "
                      f"{d['writing_p99_ms'] / max(d['idle_p99_ms'], 1e-9):.2f} x (goal <= {GOALS['p99_ratio']}); writer "
                      f"{d['written_vectors_per_s']:,} vec/s; switch interval {rec.get('switch_interval_ms')} ms; build threads "
-                     f"nice {rec.get('background_nice')}{' + SCHED_IDLE' if rec.get('background_sched_idle') else ''}; "
+                     f"nice {rec.get('background_nice')}{' (link + SCHED_IDLE)' if rec.get('background_sched_idle') else ''}; "
                      f"read-your-writes violations {d['read_your_writes_violations']}"
                      f" (graph misses found at ef=2000: {d['graph_misses_found_at_ef_2000']})"
                      f" of {d['searches_checked']:,} searches")

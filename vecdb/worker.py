@@ -8,13 +8,14 @@ of work and returns True when more remains) and wakes waiters after each round a
 ``progress`` is called. An exception escaping a round is logged with its traceback and
 counted (``failures``); the worker then waits for the next wake instead of spinning.
 
-Heavy parallel work of a round (linking rows into an HNSW graph) can run on the worker's
-``Lowered`` thread instead (``lowered``): a thread at background OS priority (Linux: the SCHED_IDLE policy,
-which each thread has of its own; elsewhere a higher nice value where the OS has one), so that
-when the cores are busy, searches and writes preempt the build instead of waiting behind it,
-and when they are idle the build takes them whole. Numba's OpenMP workers are started by the thread that enters a parallel region
-and inherit its priority, so the build threads are lowered too, and only they: the short
-exclusive steps of a round stay on the worker's own thread at normal priority.
+Heavy parallel work of a round can run on one of the worker's two ``Lowered`` threads
+instead (``lowered``): threads at background OS priority (Linux: a higher nice value, which
+each thread has of its own; the one that links rows into an HNSW graph also the SCHED_IDLE
+policy, see ``BACKGROUND_SCHED_IDLE``; removals run on the other), so that when the cores are
+busy, searches and writes preempt the build instead of waiting behind it, and when they are
+idle the build takes them whole. Numba's OpenMP workers are started by the thread that enters
+a parallel region and inherit its priority, so the build threads are lowered too, and only
+they: the short exclusive steps of a round stay on the worker's own thread at normal priority.
 """
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ class Worker:
         self._stopping = False
         self.failures = 0
         self.last_error: BaseException | None = None
-        self._lowered = Lowered(f"vecdb-{role}-{name}-build")
+        self._lowered = Lowered(f"vecdb-{role}-{name}-remove")
         self._idle = Lowered(f"vecdb-{role}-{name}-link", idle=True)
 
     @property

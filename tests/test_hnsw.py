@@ -497,7 +497,10 @@ def test_property_remove_in_two_halves_equals_remove(seed: int, n_remove: int, m
         found = two.search(x[:20], 5, ef=32).ids
         assert np.isin(found[found >= 0], ids).all()
         if metric != "ip" and entry_id not in gone:   # the walk starts at the old entry until the finish
-            assert two.unreachable() == n_remove      # exactly the removed nodes
+            # the removed nodes, and (while the repair is owed, below 1/REPAIR_BATCH_SHARE of
+            # the graph) any node whose only ways in led through them
+            stranded = two.unreachable()
+            assert stranded == n_remove if plan.repaired else stranded >= n_remove
         assert two.finish_remove(gone, plan) == n_remove
         two.repair()   # a removal below 1/REPAIR_BATCH_SHARE of the graph leaves it owed
     for name, arr in one.state()[1].items():

@@ -6,6 +6,7 @@ to the kernels, grows capacity and picks the filtered-search strategy.
 from __future__ import annotations
 
 import math
+import os
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,11 @@ REPAIR_BATCH_SHARE = 16
 #: ``maintain`` repairs once the nodes linked since the last repair reach 1/REPAIR_IDLE_SHARE
 #: of the graph (a trickle of single inserts then pays at most ~10 % for it)
 REPAIR_IDLE_SHARE = 64
+#: a removal from a graph of fewer nodes repairs reachability at once, however few it removes:
+#: the pass is cheap there (100k x 128: ~0.03 s), and a small sparse graph is where a few
+#: removed nodes can be the only ways into a whole cluster (300 points, M=4: 5 removed left
+#: 51 more unreachable), which no search could find until the deferred repair ran
+REPAIR_ALWAYS_BELOW = 100_000
 #: filtered search scans the allowed set exactly when that costs fewer distance computations
 #: than a filtered traversal is expected to need (about ef * 2M * FILTER_COST / selectivity).
 FILTER_COST = 0.5
@@ -521,7 +527,8 @@ class HNSW(BaseIndex):
         the nodes linked or removed since the last repair reach 1/``REPAIR_BATCH_SHARE`` of
         the graph or the entry point is among them, else later as after adds (``maintain``): a
         stream of small replacements pays that O(n) pass once per many batches (5,000 of 1M,
-        idle: unlink ~0.85 s, the pass ~0.35 s, finding 0-3 nodes to link). They stay stored, and a
+        idle: unlink ~0.85 s, the pass ~0.35 s, finding 0-3 nodes to link); below
+        ``REPAIR_ALWAYS_BELOW`` nodes it always runs at once. They stay stored, and a
         search may still return them, until ``finish_remove`` frees them (the caller hides them
         meanwhile, as a collection's staging does)."""
         ids_arr = np.unique(as_id_array(ids))
@@ -557,7 +564,7 @@ class HNSW(BaseIndex):
                 levels = np.where(dead[:n] == 0, self._levels[:n], -1)
                 entry = int(np.argmax(levels)) if n and levels.max() >= 0 else -1
                 max_level = int(levels[entry]) if entry >= 0 else -1
-            due = (not defer_repair or entry != self._entry
+            due = (not defer_repair or entry != self._entry or n < REPAIR_ALWAYS_BELOW
                    or (self._unrepaired + len(slots)) * REPAIR_BATCH_SHARE >= n)
             if not due:
                 return Removal(ids, slots, entry, max_level, self._ids.version, self.capacity, False)
@@ -577,6 +584,14 @@ class HNSW(BaseIndex):
         self._unrepaired = 0 if removal.repaired else self._unrepaired + len(removal.slots)
 
     # ---- persistence ----------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """``BaseIndex.save``, after the reachability repair if one is owed (``prepare_remove``
+        and small adds defer it): a saved graph has every stored point reachable, as the
+        count of what is owed is not saved with it."""
+        if self._unrepaired:
+            self._reconnect()
+        super().save(path)
+
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         n = self._ids.n_slots
         params = {"M": self.M, "ef_construction": self.ef_construction, "seed": self.seed}

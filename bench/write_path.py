@@ -403,13 +403,16 @@ def summary(rec: dict[str, Any]) -> list[str]:
         lines.append("  raw LMDB before / after part b: " + " / ".join(
             f"{r['a_raw_lmdb']['vectors_per_s']:,} vectors only, {r['a_raw_lmdb_request']['vectors_per_s']:,} same request"
             for r in rec["a_raw_lmdb_runs"]) + " (the faster of each used)")
-    if a and b:
-        lines.append(f"  vs raw LMDB             {b['ack_vectors_per_s'] / a['vectors_per_s']:>10.2f} x       goal >= "
-                     f"{GOALS['ack_vs_lmdb']} (raw LMDB {a['vectors_per_s']:,} vec/s)")
-    req = rec.get("a_raw_lmdb_request")   # absent in records made before it was measured
+    # the goal is set against the same request written raw (vector + payload per id, like
+    # for like); records made before that was measured set it against the vectors alone
+    req = rec.get("a_raw_lmdb_request")
     if req and b:
-        lines.append(f"  vs raw LMDB, same request {b['ack_vectors_per_s'] / req['vectors_per_s']:>8.2f} x       "
-                     f"(vector + payload per id: {req['vectors_per_s']:,} vec/s)")
+        lines.append(f"  vs raw LMDB, same request {b['ack_vectors_per_s'] / req['vectors_per_s']:>8.2f} x       goal >= "
+                     f"{GOALS['ack_vs_lmdb']} (vector + payload per id: {req['vectors_per_s']:,} vec/s)")
+    if a and b:
+        goal = "" if req else f"goal >= {GOALS['ack_vs_lmdb']} "
+        lines.append(f"  vs raw LMDB, vectors only {b['ack_vectors_per_s'] / a['vectors_per_s']:>8.2f} x       {goal}"
+                     f"(no payloads: {a['vectors_per_s']:,} vec/s)")
     if b and "hnswlib_build_s" in rec:
         runs = rec.get("hnswlib_build_runs_s", [rec["hnswlib_build_s"]])
         lines.append(f"fully indexed after       {b['indexed_seconds']:>10.1f} s       hnswlib add_items "

@@ -388,6 +388,37 @@ def test_a_corrupt_sq8_posting_or_vector_raises_from_a_one_query_search(tmp_path
         again.close()
 
 
+@pytest.mark.parametrize("change", ["deleted", "emptied"])
+def test_sq8_candidates_without_their_vector_record(tmp_path: Path, change: str) -> None:
+    """A one-query search re-ranks the candidates that still have a float record: one
+    without (removed since the posting was read) is no candidate, so with every record gone
+    nothing is returned and nothing raised; an empty record is corrupt: DataLossError."""
+    dim = 24
+    x = closed_sq8_index(tmp_path / "s", dim)
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
+    try:
+        handle = env.open_db(b"spann.vectors")
+        with env.begin(write=True) as txn:
+            keys = [bytes(key) for key, _ in txn.cursor(handle).iternext()]
+            for key in keys if change == "deleted" else keys[:1]:
+                if change == "deleted":
+                    txn.delete(key, db=handle)
+                else:
+                    txn.put(key, b"", db=handle)
+    finally:
+        env.close()
+    again = SPANN(dim, "l2", tmp_path / "s")
+    try:
+        if change == "deleted":
+            res = again.search(x[0], 10, **EVERYTHING)
+            assert (res.ids == -1).all() and np.isinf(res.distances).all()
+        else:
+            with pytest.raises(DataLossError, match="vector record"):
+                again.search(x[0], 10, **EVERYTHING, rerank=1000)
+    finally:
+        again.close()
+
+
 # ---- SQ8 records: the run kernel, the re-rank kernel ---------------------------------------
 def code_record(count: int, dim: int, seed: int, version: int = postings.VERSION) -> tuple[bytes, np.ndarray]:
     """An SQ8 posting record of ``count`` random entries (its own codec): (record, slots)."""

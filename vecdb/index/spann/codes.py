@@ -126,7 +126,7 @@ class CodePostings:
         vectors = txn.cursor(db=self._vdb)           # a lookup by cursor: ~15% less than by txn.get
         find, value, size = vectors.set_key, vectors.value, 4 * self.dim
         bounds, order = qptr.tolist(), qlist.tolist()
-        all_found = None not in raws
+        all_found = all(raws)                        # see SPANN._scan_in_place
         cd, cs = np.empty(width, np.float32), np.empty(width, np.int64)
         floats = 0
         for qi in range(len(queries)):
@@ -146,10 +146,12 @@ class CodePostings:
                                                         use_allow, counts, cd, cs, hi == end)
                 if problem:
                     raise DataLossError(postings.problem_message(int(wanted[at[bad]]), int(problem)))
-            cand = cs[: np.count_nonzero(cs >= 0)]    # sorted: the -1 sentinels last
-            rows = [value() if find(slot_key) else None for slot_key in postings.keys(cand.tolist())]
-            if None in rows:                          # removed since (no float record): not a candidate
-                present = np.array([raw is not None for raw in rows])
+            slots = cs.tolist()
+            n_cand = slots.index(-1) if slots[-1] < 0 else len(slots)   # sorted: the -1 sentinels last
+            cand = cs[:n_cand]
+            rows = [value() if find(slot_key) else None for slot_key in postings.keys(slots[:n_cand])]
+            if not all(rows):                         # removed since (no float record): not a candidate
+                present = np.array([raw is not None for raw in rows], bool)   # (an empty one fails the size check)
                 cand, rows = cand[present], [raw for raw in rows if raw is not None]
             if not rows:
                 continue

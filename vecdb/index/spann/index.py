@@ -796,7 +796,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         wanted, qptr, qlist = self._plan(heads, queries, k, p)
         get, db, key = txn.get, self._pdb, postings.key
         raws = [get(key(head), db=db) for head in wanted.tolist()]
-        all_found = None not in raws
+        # a record is never empty, so this is False only for a missing one (or an empty, corrupt
+        # one: the scan rejects it); ``None in raws`` compares each memoryview, ~0.3 us apiece
+        all_found = all(raws)
         if not all_found:                        # an empty posting has no record; a missing one is lost
             count = heads.count
             for head, raw in zip(wanted.tolist(), raws):

@@ -855,7 +855,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         else:
             get, db = txn.get, self._pdb
             raws = [get(postings.key(head), db=db) for head in wanted.tolist()]
-            if None in raws:
+            if not all(raws):                    # a missing one (see _scan_in_place; an empty one fails the check)
                 count = heads.count
                 lost = [h for h, raw in zip(wanted.tolist(), raws) if raw is None and count[h] > 0]
                 if lost:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lmdb
 import numpy as np
@@ -364,20 +364,30 @@ def closed_sq8_index(path: Path, dim: int) -> np.ndarray:
     return x
 
 
+def edit_records(path: Path, name: bytes, edit: Callable[[Any, Any], None]) -> None:
+    """Change the records of sub-database ``name`` of the closed index at ``path``: ``edit``
+    (write transaction, database handle), in one transaction."""
+    env = lmdb.open(str(path), max_dbs=16)
+    try:
+        handle = env.open_db(name)
+        with env.begin(write=True) as txn:
+            edit(txn, handle)
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("dim", [24, 22])
 @pytest.mark.parametrize("where", ["code", "vector record"])
 def test_a_corrupt_sq8_posting_or_vector_raises_from_a_one_query_search(tmp_path: Path, dim: int, where: str) -> None:
     x = closed_sq8_index(tmp_path / "s", dim)
-    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
-    try:
-        handle = env.open_db(b"spann.postings" if where == "code" else b"spann.vectors")
-        with env.begin(write=True) as txn:
-            for key, value in txn.cursor(handle).iternext():
-                raw = bytes(value)
-                bad = raw[:-2] + bytes([raw[-2] ^ 0x04]) + raw[-1:] if where == "code" else raw[:-4]
-                txn.put(bytes(key), bad, db=handle)             # every posting / every vector record
-    finally:
-        env.close()
+
+    def corrupt(txn: Any, handle: Any) -> None:
+        for key, value in txn.cursor(handle).iternext():
+            raw = bytes(value)
+            bad = raw[:-2] + bytes([raw[-2] ^ 0x04]) + raw[-1:] if where == "code" else raw[:-4]
+            txn.put(bytes(key), bad, db=handle)                 # every posting / every vector record
+
+    edit_records(tmp_path / "s", b"spann.postings" if where == "code" else b"spann.vectors", corrupt)
     again = SPANN(dim, "l2", tmp_path / "s")
     try:
         with pytest.raises(DataLossError):
@@ -395,18 +405,16 @@ def test_sq8_candidates_without_their_vector_record(tmp_path: Path, change: str)
     nothing is returned and nothing raised; an empty record is corrupt: DataLossError."""
     dim = 24
     x = closed_sq8_index(tmp_path / "s", dim)
-    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
-    try:
-        handle = env.open_db(b"spann.vectors")
-        with env.begin(write=True) as txn:
-            keys = [bytes(key) for key, _ in txn.cursor(handle).iternext()]
-            for key in keys if change == "deleted" else keys[:1]:
-                if change == "deleted":
-                    txn.delete(key, db=handle)
-                else:
-                    txn.put(key, b"", db=handle)
-    finally:
-        env.close()
+
+    def take_away(txn: Any, handle: Any) -> None:
+        keys = [bytes(key) for key, _ in txn.cursor(handle).iternext()]
+        for key in keys if change == "deleted" else keys[:1]:
+            if change == "deleted":
+                txn.delete(key, db=handle)
+            else:
+                txn.put(key, b"", db=handle)
+
+    edit_records(tmp_path / "s", b"spann.vectors", take_away)
     again = SPANN(dim, "l2", tmp_path / "s")
     try:
         if change == "deleted":
@@ -573,15 +581,13 @@ def test_sq8_vector_records_of_wrong_lengths_that_sum_right_still_raise(tmp_path
     long and another 4 bytes short (the joined length right) still raise DataLossError."""
     dim = 24
     x = closed_sq8_index(tmp_path / "s", dim)
-    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
-    try:
-        handle = env.open_db(b"spann.vectors")
-        with env.begin(write=True) as txn:
-            (k1, v1), (k2, v2) = list(txn.cursor(handle).iternext())[:2]
-            txn.put(bytes(k1), bytes(v1) + bytes(4), db=handle)
-            txn.put(bytes(k2), bytes(v2)[:-4], db=handle)
-    finally:
-        env.close()
+
+    def mislength(txn: Any, handle: Any) -> None:
+        (k1, v1), (k2, v2) = list(txn.cursor(handle).iternext())[:2]
+        txn.put(bytes(k1), bytes(v1) + bytes(4), db=handle)
+        txn.put(bytes(k2), bytes(v2)[:-4], db=handle)
+
+    edit_records(tmp_path / "s", b"spann.vectors", mislength)
     again = SPANN(dim, "l2", tmp_path / "s")
     try:
         with pytest.raises(DataLossError, match="vector record"):

@@ -366,28 +366,17 @@ def part_e_filtered(col: Any, hnsw: Any, x: np.ndarray, sel: np.ndarray, q: np.n
     return rows
 
 
-def serving_pending() -> int | None:
-    """The staged-point bound writers keep to while searches run (part d runs under it);
-    None in a tree without one (an older commit measured for comparison)."""
-    from vecdb.collection import collection
+def tree_settings() -> dict[str, Any]:
+    """The write path's tuning constants of the tree measured, recorded with every run (None
+    for one an older commit lacks): the staged-point bound writers keep to while searches run
+    (part d runs under it), the indexer's build threads' nice value, and whether its link
+    thread also takes Linux's SCHED_IDLE policy (removals stay at the nice value)."""
+    import importlib
 
-    return getattr(collection, "SERVING_PENDING", None)
-
-
-def background_nice() -> int | None:
-    """The nice value of the indexer's build threads (they yield the cores to searches);
-    None in a tree without one."""
-    from vecdb import worker
-
-    return getattr(worker, "BACKGROUND_NICE", None)
-
-
-def background_sched_idle() -> bool | None:
-    """Whether the indexer's link threads also take Linux's SCHED_IDLE policy (removals stay
-    at the nice value); None in a tree without the switch (nice only)."""
-    from vecdb import worker
-
-    return getattr(worker, "BACKGROUND_SCHED_IDLE", None)
+    where = {"serving_pending": ("vecdb.collection.collection", "SERVING_PENDING"),
+             "background_nice": ("vecdb.worker", "BACKGROUND_NICE"),
+             "background_sched_idle": ("vecdb.worker", "BACKGROUND_SCHED_IDLE")}
+    return {key: getattr(importlib.import_module(module), name, None) for key, (module, name) in where.items()}
 
 
 def summary(rec: dict[str, Any]) -> list[str]:
@@ -481,8 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     n, batch = args.n, args.batch
     rec: dict[str, Any] = {"n": n, "dim": DIM, "batch": batch, "M": M, "ef_construction": EF_C,
                            "threads": numba.config.NUMBA_NUM_THREADS, "goals": GOALS,
-                           "serving_pending": serving_pending(), "background_nice": background_nice(),
-                           "background_sched_idle": background_sched_idle(),
+                           **tree_settings(),
                            "switch_interval_ms": round(sys.getswitchinterval() * 1000, 3)}
     try:
         with machine.bench_lock():

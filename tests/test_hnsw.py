@@ -193,6 +193,53 @@ def test_rows_written_over_replaced_ones_find_themselves(seed: int) -> None:
     assert np.mean([i in row for i, row in enumerate(found.tolist())]) >= 0.98
 
 
+def test_a_paced_removal_unlinks_as_an_unpaced_one_in_chunks(tmp_path) -> None:
+    """``prepare_remove`` with a pace: the same lists as without (each node's rewrite reads
+    only its own list and the removed nodes' ones), done in chunks of nodes with the pace
+    called after each with the seconds the chunk took."""
+    x = mixture(3000, 16, seed=5)
+    index = HNSW(16, M=8, ef_construction=64, seed=5)
+    index.add(x)
+    index.save(tmp_path / "g")
+    paced, plain = load_index(tmp_path / "g"), load_index(tmp_path / "g")
+    gone = np.arange(0, 3000, 7)
+    calls: list[float] = []
+    with hnsw_module_chunk(0.0):                       # a chunk "takes" its whole budget at once: many chunks
+        paced.finish_remove(gone, paced.prepare_remove(gone, calls.append))
+    plain.finish_remove(gone, plain.prepare_remove(gone))
+    assert len(calls) > 10 and all(c >= 0 for c in calls)
+    np.testing.assert_array_equal(paced._adj0, plain._adj0)
+    np.testing.assert_array_equal(paced._adjU, plain._adjU)
+    assert paced.unreachable() == plain.unreachable() == 0
+
+
+def test_paced_links_find_every_row() -> None:
+    """``finish_add`` with a pace links every placed row (each finds itself), in chunks with
+    the pace called between them."""
+    x = mixture(2500, 16, seed=6)
+    index = HNSW(16, M=8, ef_construction=64, seed=6)
+    index.add(x[:1500])
+    calls: list[float] = []
+    with hnsw_module_chunk(0.0):
+        slots = index.begin_add(x[1500:], np.arange(1500, 2500))
+        index.finish_add(slots, calls.append)
+    assert len(calls) > 10
+    found = index.search(x[1500:], 1, ef=64).ids[:, 0]
+    assert (found == np.arange(1500, 2500)).mean() >= 0.99
+
+
+@contextlib.contextmanager
+def hnsw_module_chunk(seconds: float) -> Iterator[None]:
+    """``PACE_SECONDS`` set to ``seconds`` for the block (0: every paced chunk stays as small
+    as it starts, so a small graph still goes in many chunks)."""
+    before = hnsw_module.PACE_SECONDS
+    hnsw_module.PACE_SECONDS = seconds
+    try:
+        yield
+    finally:
+        hnsw_module.PACE_SECONDS = before
+
+
 def test_remove_everything_then_add(data: tuple[np.ndarray, np.ndarray]) -> None:
     base = data[0][:300]
     index = HNSW(DIM, M=4, ef_construction=20)

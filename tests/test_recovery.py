@@ -63,12 +63,12 @@ class Fault:
         self.fired = 0
         original = HNSW._link
 
-        def _link(index: HNSW, slots: Any) -> None:
+        def _link(index: HNSW, slots: Any, pace: Any = None) -> None:
             if self.once or self.always:
                 self.once = False
                 self.fired += 1
                 raise RuntimeError("injected failure while adding to the index")
-            original(index, slots)
+            original(index, slots, pace)
 
         monkeypatch.setattr(HNSW, "_link", _link)
 

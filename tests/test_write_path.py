@@ -179,10 +179,10 @@ def test_searches_and_writes_go_on_while_replaced_points_are_unlinked(tmp_path: 
     entered, release = threading.Event(), threading.Event()
     original = HNSW.prepare_remove
 
-    def held(self: HNSW, ids: Any) -> Any:
+    def held(self: HNSW, ids: Any, pace: Any = None) -> Any:
         entered.set()
         assert release.wait(60)
-        return original(self, ids)
+        return original(self, ids, pace)
 
     monkeypatch.setattr(HNSW, "prepare_remove", held)
     x = vecs(2000, 1)
@@ -607,3 +607,35 @@ def test_a_bad_payload_in_a_one_shape_batch_is_named_and_nothing_is_written(tmp_
             col.upsert(np.arange(20), vecs(20, 3), pays)
         assert col.count() == 0
     db.close()
+
+
+def test_the_indexer_rests_between_chunks_only_while_searches_are_served(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The indexer's linking and unlinking go straight while nobody searches, and rest
+    between chunks while searches are served (``SERVING_REST``); every point is indexed and
+    found either way. The rests are recorded instead of slept."""
+    from types import SimpleNamespace
+    import time
+
+    from vecdb.collection import collection as collection_module
+
+    rests: list[float] = []
+    clock = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    clock.sleep = rests.append
+    monkeypatch.setattr(collection_module, "time", clock)
+    monkeypatch.setattr(collection_module, "SERVING_SECONDS", 3600.0)   # one search: serving from then on
+    x = vecs(3000, 7)
+    with vecdb.open(tmp_path / "db") as db:
+        col = db.create_collection("c", DIM, metric="l2", index="hnsw")
+        col.upsert(np.arange(1000), x[:1000])
+        assert col.wait_indexed()
+        assert rests == []                                    # nobody searched yet: no rest
+        assert col.search(x[:1], k=1).ids[0][0] == 0
+        col.upsert(np.arange(1000, 2000), x[1000:2000])       # new points: linked in paced chunks
+        col.upsert(np.arange(500), x[2000:2500])              # replacements: unlinked in paced chunks
+        assert col.wait_indexed()
+        assert len(rests) > 1 and all(r >= 0 for r in rests)
+        assert col.stats().pending == 0
+        want = np.concatenate([np.arange(500), np.arange(1000, 2000)])
+        rows = np.concatenate([x[2000:2500], x[1000:2000]])
+        assert (col.search(rows, k=1).ids[:, 0] == want).mean() >= 0.99

@@ -105,6 +105,14 @@ CHECKPOINT_BACKLOG = 10_000
 #: absorbed meanwhile is smaller.
 SERVING_PENDING = 4096
 SERVING_SECONDS = 1.0
+#: while searches are served, the indexer's work beside them (linking staged rows, unlinking
+#: removed ones: ``Pace``) rests this many times as long as each ~1 ms chunk of it took. That
+#: work reads vectors and lists all over memory, and the searches' own random reads wait
+#: behind it: a real unlink pass running beside 4 searching threads (1M collection) added
+#: ~1.2 ms to their p99 when run straight, ~0.3 ms in 1 ms chunks with rests as long
+#: (probe in bench/README, session 27). The work then takes about twice as long while
+#: searches go on, and writers wait for it (back-pressure); idle, it runs straight.
+SERVING_REST = 1.0
 #: a search of more query rows runs in steps of this many, each under its own read lock, so a
 #: writer waits for one step (tens of ms for a flat scan), never for a whole 10k-row batch
 SEARCH_STEP_ROWS = 1024
@@ -757,7 +765,8 @@ class Collection:
         if failed is not None or move is None:
             return failed
         start = time.perf_counter()
-        failed = _failure(lambda: self._worker.lowered(lambda: mem.staging.link(mem.index, move), idle=True))   # yields the cores
+        failed = _failure(lambda: self._worker.lowered(lambda: mem.staging.link(mem.index, move, self._pace),
+                                                       idle=True))   # yields the cores
         took = time.perf_counter() - start
         if failed is not None:
             return failed   # the half-linked rows stay staged (answers are deduplicated) until memory is rebuilt
@@ -771,11 +780,18 @@ class Collection:
         links while it is searched: unlinked with searches going on (they stay hidden
         meanwhile), then freed in a short exclusive step. Returns the failure, if any."""
         removals: list[Any] = []
-        failed = _failure(lambda: removals.append(self._worker.lowered(lambda: mem.staging.plan_removal(mem.index))))
+        failed = _failure(lambda: removals.append(self._worker.lowered(
+            lambda: mem.staging.plan_removal(mem.index, self._pace))))
         if failed is not None:
             return failed
         with self._rw.write():
             return _failure(lambda: mem.staging.finish_removal(mem.index, removals[0]))
+
+    def _pace(self, worked: float) -> None:
+        """``Pace`` of the indexer's work beside searches: while they are served (and the
+        collection is not closing), rest ``SERVING_REST`` times as long as the chunk took."""
+        if time.monotonic() - self._last_search < SERVING_SECONDS and not self._worker.stopping:
+            time.sleep(worked * SERVING_REST)
 
     def _maintenance_due(self) -> bool:
         """True when the index should be trained or checkpointed now: a checkpoint waits

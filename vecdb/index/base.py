@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping as abc_Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from vecdb.storage.space import IndexSpace
 
 FORMAT = "vecdb-index"
+#: what a long step of background index work (``prepare_remove``, ``finish_add``) calls
+#: between the chunks it runs in, with the seconds the chunk took: the caller may rest there
+#: (a collection serving searches does, so the step takes less of the memory bandwidth and
+#: cores the searches need)
+Pace = Callable[[float], None]
 FORMAT_VERSION = 1
 _REGISTRY: dict[str, type["BaseIndex"]] = {}
 #: distinct knob mappings remembered per index (resolving ``{"ef": 32}`` again is a dict hit).
@@ -158,7 +163,7 @@ class Index(Protocol):
 
     def add(self, vectors: Any, ids: Any = None, *, tenant: int | None = None) -> None: ...
     def remove(self, ids: Any) -> int: ...
-    def prepare_remove(self, ids: Any) -> Any: ...
+    def prepare_remove(self, ids: Any, pace: Pace | None = None) -> Any: ...
     def finish_remove(self, ids: Any, prepared: Any = None) -> int: ...
     def search(self, queries: Any, k: int, *, allow: Any = None,
                tenant: int | Sequence[int] | None = None, **params: Any) -> SearchResult: ...
@@ -232,8 +237,8 @@ class BaseIndex(abc.ABC):
     multi_tenant_search: ClassVar[bool] = False
     persistence: ClassVar[str] = "checkpoint"
     #: True when the index takes new rows in two halves, ``begin_add(vectors, ids, placement)``
-    #: (slots, no links; the caller keeps searches out) and ``finish_add(slots)`` (links them
-    #: while searches run), so a collection's background indexer holds readers off only
+    #: (slots, no links; the caller keeps searches out) and ``finish_add(slots, pace)`` (links
+    #: them while searches run; ``Pace``), so a collection's background indexer holds readers off only
     #: briefly; ``prepare_add(vectors, ids)`` may do ``begin_add``'s work ahead, beside searches,
     #: as ``prepare_remove(ids)`` does for ``finish_remove(ids, prepared)``.
     links_while_searched: ClassVar[bool] = False
@@ -492,10 +497,11 @@ class BaseIndex(abc.ABC):
         and ``begin_add`` places the rows itself."""
         return None
 
-    def prepare_remove(self, ids: Any) -> Any:
+    def prepare_remove(self, ids: Any, pace: Pace | None = None) -> Any:
         """For an index that ``links_while_searched``: the part of removing ``ids`` it can do
         beside searches (they may still be returned until ``finish_remove``: the caller hides
-        them), as an opaque plan for ``finish_remove``; None when it has none."""
+        them), as an opaque plan for ``finish_remove``; None when it has none. ``pace``: see
+        ``Pace``."""
         return None
 
     def finish_remove(self, ids: Any, prepared: Any = None) -> int:

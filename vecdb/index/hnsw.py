@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numba
 import numpy as np
 
 from vecdb.errors import AlreadyExistsError, InvalidArgumentError
 from vecdb.index.allow import AllowSet
-from vecdb.index.base import BaseIndex, FoldRows, SearchParams
+from vecdb.index.base import BaseIndex, FoldRows, Pace, SearchParams
 from vecdb.index.ids import IdMap
 from vecdb.kernels import graph, graph_build, graph_repair, topk
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
@@ -29,6 +30,10 @@ DEFAULT_EF = 64
 MAX_EF = 100_000
 #: nodes per insertion call (one parallel region each); the progress bar moves per chunk.
 PROGRESS_CHUNK = 20_000
+#: with a ``Pace``, linking and unlinking go in chunks sized to take about this long each (the
+#: caller's rests between them then interleave finely with searches: a search of ~1-4 ms
+#: overlaps part of a chunk, not a whole step of work)
+PACE_SECONDS = 0.001
 #: below this many queries the serial kernel is used (no parallel-region launch per call).
 SERIAL_QUERIES = 4
 #: adds of at least this many vectors show a progress bar unless ``progress=False``.
@@ -281,13 +286,14 @@ class HNSW(BaseIndex):
         copied for it still in its arrays (a growth copies only the used slots)."""
         return self._ids.version == version and self.capacity == capacity and (n_up is None or self._n_up == n_up)
 
-    def finish_add(self, slots: I64Vector) -> None:
+    def finish_add(self, slots: I64Vector, pace: Pace | None = None) -> None:
         """Second half of ``add``: link the placed ``slots`` into the graph with the parallel
         build, while searches run (they read the lists without locks, as the build's own
-        searches do; a search may already return some of these ids). No other change of
-        this index may run meanwhile."""
+        searches do; a search may already return some of these ids), in chunks of about
+        ``PACE_SECONDS`` with ``pace`` called between them. No other change of this index
+        may run meanwhile."""
         if len(slots):
-            self._link(slots)
+            self._link(slots, pace)
 
     def _place(self, x: F32Matrix, ids: I64Vector) -> I64Vector:
         """Slots, levels, vectors and ids for new rows, unlinked (upper-layer rows reserved)."""
@@ -341,20 +347,22 @@ class HNSW(BaseIndex):
         else:
             self._ids = p.id_map
 
-    def _link(self, slots: I64Vector) -> None:
-        """Insert ``slots`` concurrently, in chunks so the progress bar can move."""
+    def _link(self, slots: I64Vector, pace: Pace | None = None) -> None:
+        """Insert ``slots`` concurrently, in chunks so the progress bar can move (and, with
+        ``pace``, so the caller can rest between them: ``_in_chunks``)."""
         show = self.progress if self.progress is not None else len(slots) >= PROGRESS_MIN
         scratch = self._scratch()
         locks = np.zeros(self.capacity + 1, np.int32)
         state = np.array([self._entry, self._max_level], np.int64)
         workers = numba.get_num_threads()
         with _progress_bar(show, len(slots)) as bar:
-            for start in range(0, len(slots), PROGRESS_CHUNK):
-                chunk = slots[start : start + PROGRESS_CHUNK]
-                graph_build.insert_nodes(chunk, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
+            def insert(lo: int, hi: int) -> None:
+                graph_build.insert_nodes(slots[lo:hi], self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
                                          self._metric_code, state, self.M, self.ef_construction, scratch[0],
                                          scratch[1], locks, workers)
-                bar.update(len(chunk))
+                bar.update(hi - lo)
+
+            _in_chunks(len(slots), insert, PROGRESS_CHUNK, pace)
         # entry first: a search reading the two in between starts at a node with that many levels
         self._entry, self._max_level = int(state[0]), int(state[1])
         self._give_back(scratch)
@@ -520,7 +528,7 @@ class HNSW(BaseIndex):
     def _remove(self, slots: I64Vector) -> None:
         self._drop(self._unlink(_NO_IDS, slots, defer_repair=False))
 
-    def prepare_remove(self, ids: Any) -> Removal:
+    def prepare_remove(self, ids: Any, pace: Pace | None = None) -> Removal:
         """The O(n) part of removing ``ids``, run while searches go on (no other change of this
         index meanwhile): they are taken out of every list that leads to them (see
         ``graph_build.unlink``) and the nodes left unreachable are linked again, at once when
@@ -530,11 +538,12 @@ class HNSW(BaseIndex):
         idle: unlink ~0.85 s, the pass ~0.35 s, finding 0-3 nodes to link); below
         ``REPAIR_ALWAYS_BELOW`` nodes it always runs at once. They stay stored, and a
         search may still return them, until ``finish_remove`` frees them (the caller hides them
-        meanwhile, as a collection's staging does)."""
+        meanwhile, as a collection's staging does). With ``pace`` the unlinking goes in chunks
+        of nodes of about ``PACE_SECONDS``, ``pace`` called between them."""
         ids_arr = np.unique(as_id_array(ids))
         slots = self._ids.lookup(ids_arr)
         found = slots >= 0
-        return self._unlink(ids_arr[found], slots[found], defer_repair=True)
+        return self._unlink(ids_arr[found], slots[found], defer_repair=True, pace=pace)
 
     def finish_remove(self, ids: Any, prepared: Any = None) -> int:
         """Remove ``ids`` (caller keeps searches out): with ``prepared`` from ``prepare_remove``
@@ -546,18 +555,24 @@ class HNSW(BaseIndex):
         self._drop(prepared)
         return int(len(prepared.slots))
 
-    def _unlink(self, ids: I64Vector, slots: I64Vector, defer_repair: bool) -> Removal:
-        """Unlink ``slots`` (see ``graph_build.unlink``) and repair reachability without them
-        (``defer_repair``: only when due, see ``prepare_remove``); searches may run meanwhile.
-        The entry point moves off them in ``_drop``."""
+    def _unlink(self, ids: I64Vector, slots: I64Vector, defer_repair: bool, pace: Pace | None = None) -> Removal:
+        """Unlink ``slots`` (see ``graph_build.unlink``; with ``pace``, by ``_in_chunks`` of
+        nodes) and repair reachability without them (``defer_repair``: only when due, see
+        ``prepare_remove``); searches may run meanwhile. The entry point moves off them in
+        ``_drop``."""
         self._writable()
-        dead = np.zeros(self.capacity, np.uint8)
+        cap = self.capacity
+        dead = np.zeros(cap, np.uint8)
         dead[slots] = 1
         entry, max_level = self._entry, self._max_level
         if len(slots):
             scratch = self._scratch()
-            graph_build.unlink(dead, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
-                               self._metric_code, self.M, scratch[0], scratch[1])
+
+            def unlink(lo: int, hi: int) -> None:
+                graph_build.unlink(dead, self._vecs, self._levels, self._adj0, self._adjU, self._uoff,
+                                   self._metric_code, self.M, scratch[0], scratch[1], lo, hi)
+
+            _in_chunks(cap, unlink, cap, pace)
             self._give_back(scratch)
             n = self._ids.n_slots
             if entry >= 0 and dead[entry]:
@@ -649,6 +664,25 @@ def _progress_bar(show: bool, total: int) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="hnsw add", unit="vec", mininterval=1.0)
+
+
+def _in_chunks(n: int, run: Callable[[int, int], None], chunk: int, pace: Pace | None) -> None:
+    """``run(lo, hi)`` over the items ``0:n`` in chunks: of ``chunk`` items without ``pace``;
+    with it, of as many as took about ``PACE_SECONDS`` last time (the first one small), each
+    followed by ``pace(seconds it took)``."""
+    if pace is None:
+        for lo in range(0, n, chunk):
+            run(lo, min(n, lo + chunk))
+        return
+    lo, size = 0, 8
+    while lo < n:
+        hi = min(n, lo + size)
+        start = time.perf_counter()
+        run(lo, hi)
+        took = time.perf_counter() - start
+        pace(took)
+        lo = hi
+        size = max(1, min(2 * size, int(size * PACE_SECONDS / max(took, 1e-6))))
 
 
 def _grown(arr: np.ndarray, cap: int, used: int, fill: int) -> np.ndarray:

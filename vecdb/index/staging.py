@@ -44,7 +44,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vecdb.index.allow import AllowSet
-from vecdb.index.base import BaseIndex, FoldRows, SearchParams
+from vecdb.index.base import BaseIndex, FoldRows, Pace, SearchParams
 from vecdb.index.flat import BLAS_MIN_QUERIES, exact_search
 from vecdb.kernels.distances import normalize_rows
 from vecdb.kernels.merge import merge_rows, merge_sorted
@@ -315,13 +315,13 @@ class Staging:
         index.add(self._vecs.take(pos, self.dim), self._ids[pos - self._base])
         self._advance(pos)
 
-    def plan_removal(self, index: BaseIndex) -> "Removal":
+    def plan_removal(self, index: BaseIndex, pace: Pace | None = None) -> "Removal":
         """The stale entries' removal, prepared beside searches and the writer (the indexer
         runs it before its exclusive step; the index may still return them meanwhile: they
         stay hidden until ``finish_removal``). All of them at once: an index's removal
         costs O(n) whatever the count (see ``index.prepare_remove``)."""
         ids = self.stale   # never changed in place: the writer swaps in a new array
-        return Removal(ids, index.prepare_remove(ids))
+        return Removal(ids, index.prepare_remove(ids, pace))
 
     def finish_removal(self, index: BaseIndex, removal: "Removal") -> None:
         """Publish a planned removal (caller excludes searches): the entries leave the index
@@ -375,9 +375,9 @@ class Staging:
         return self.moving
 
     @staticmethod
-    def link(index: BaseIndex, move: Move) -> None:
-        """Link the moving rows into ``index`` (searches go on meanwhile)."""
-        index.finish_add(move.slots)  # type: ignore[attr-defined]
+    def link(index: BaseIndex, move: Move, pace: Pace | None = None) -> None:
+        """Link the moving rows into ``index`` (searches go on meanwhile; ``Pace``)."""
+        index.finish_add(move.slots, pace)  # type: ignore[attr-defined]
 
     def finish(self, move: Move) -> None:
         """Publish a linked move (caller excludes searches): its rows are answered by the

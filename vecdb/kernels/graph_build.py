@@ -192,8 +192,10 @@ def insert_nodes(nodes, vecs, levels, adj0, adjU, uoff, metric, state, M, ef_c, 
 
 
 @kernel(parallel=True)
-def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags):
-    """Take the slots flagged in ``dead`` (uint8 per slot) out of every live node's lists.
+def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags, lo, hi):
+    """Take the slots flagged in ``dead`` (uint8 per slot) out of the lists of every live
+    node among ``lo:hi`` (all of them: 0 to ``levels.shape[0]``; a caller may go in ranges,
+    pausing between them).
 
     Every live node that links to a dead one re-selects its neighbours (heuristic; at layer 0
     at least M, as a new node's) from its live neighbours plus the live neighbours reached
@@ -203,10 +205,10 @@ def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags):
     through a list not yet rewritten, and its lists still lead on. Returns the number of
     lists rewritten.
     """
-    n = levels.shape[0]
     M0 = adj0.shape[1] - 1
-    rewritten = np.zeros(n, np.uint8)
-    for u in numba.prange(n):
+    rewritten = np.zeros(hi - lo, np.uint8)
+    for i in numba.prange(hi - lo):
+        u = lo + i
         if levels[u] < 0 or dead[u]:
             continue
         t = numba.get_thread_id()
@@ -220,7 +222,7 @@ def unlink(dead, vecs, levels, adj0, adjU, uoff, metric, M, vis, tags):
                     break
             if not hit:
                 continue
-            rewritten[u] = 1
+            rewritten[i] = 1
             max_n = M0 if layer == 0 else M
             tag = next_tag(vis[t], tags, t)
             vis[t, u] = tag

@@ -3,7 +3,7 @@ and the kernels' own work counts, which show that a search walks a small part of
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -205,7 +205,7 @@ def test_a_paced_removal_unlinks_as_an_unpaced_one_in_chunks(tmp_path) -> None:
     gone = np.arange(0, 3000, 7)
     calls: list[float] = []
     with hnsw_module_chunk(0.0):                       # a chunk "takes" its whole budget at once: many chunks
-        paced.finish_remove(gone, paced.prepare_remove(gone, calls.append))
+        paced.finish_remove(gone, paced.prepare_remove(gone, rest_logged(calls)))
     plain.finish_remove(gone, plain.prepare_remove(gone))
     assert len(calls) > 10 and all(c >= 0 for c in calls)
     np.testing.assert_array_equal(paced._adj0, plain._adj0)
@@ -222,10 +222,27 @@ def test_paced_links_find_every_row() -> None:
     calls: list[float] = []
     with hnsw_module_chunk(0.0):
         slots = index.begin_add(x[1500:], np.arange(1500, 2500))
-        index.finish_add(slots, calls.append)
+        index.finish_add(slots, rest_logged(calls))
     assert len(calls) > 10
     found = index.search(x[1500:], 1, ef=64).ids[:, 0]
     assert (found == np.arange(1500, 2500)).mean() >= 0.99
+
+
+def rest_logged(calls: list[float]) -> Callable[[float], float]:
+    """A pace that logs the seconds of each chunk and says it rested (so chunks stay short)."""
+    def pace(seconds: float) -> float:
+        calls.append(seconds)
+        return 1e-3
+    return pace
+
+
+def test_chunks_grow_while_the_pace_does_not_rest() -> None:
+    """A pace that never rests lets the chunks double up to the plain chunk size: the work
+    is not cut into small parallel calls when nobody is served."""
+    seen: list[tuple[int, int]] = []
+    hnsw_module._in_chunks(1000, lambda lo, hi: seen.append((lo, hi)), 100, lambda seconds: 0.0)
+    assert [hi - lo for lo, hi in seen] == [8, 16, 32, 64, 100, 100, 100, 100, 100, 100, 100, 100, 80]
+    assert seen[0][0] == 0 and seen[-1][1] == 1000 and all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
 
 
 @contextlib.contextmanager

@@ -621,7 +621,7 @@ def test_the_indexer_rests_between_chunks_only_while_searches_are_served(tmp_pat
 
     rests: list[float] = []
     clock = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    clock.sleep = rests.append
+    clock.sleep = rests.append                                # (returns None: the rest is not slept)
     monkeypatch.setattr(collection_module, "time", clock)
     monkeypatch.setattr(collection_module, "SERVING_SECONDS", 3600.0)   # one search: serving from then on
     x = vecs(3000, 7)

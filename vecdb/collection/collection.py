@@ -787,11 +787,15 @@ class Collection:
         with self._rw.write():
             return _failure(lambda: mem.staging.finish_removal(mem.index, removals[0]))
 
-    def _pace(self, worked: float) -> None:
+    def _pace(self, worked: float) -> float:
         """``Pace`` of the indexer's work beside searches: while they are served (and the
-        collection is not closing), rest ``SERVING_REST`` times as long as the chunk took."""
-        if time.monotonic() - self._last_search < SERVING_SECONDS and not self._worker.stopping:
-            time.sleep(worked * SERVING_REST)
+        collection is not closing), rest ``SERVING_REST`` times as long as the chunk took.
+        Returns the seconds rested."""
+        if time.monotonic() - self._last_search >= SERVING_SECONDS or self._worker.stopping:
+            return 0.0
+        rest = worked * SERVING_REST
+        time.sleep(rest)
+        return rest
 
     def _maintenance_due(self) -> bool:
         """True when the index should be trained or checkpointed now: a checkpoint waits

@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 
 FORMAT = "vecdb-index"
 #: what a long step of background index work (``prepare_remove``, ``finish_add``) calls
-#: between the chunks it runs in, with the seconds the chunk took: the caller may rest there
-#: (a collection serving searches does, so the step takes less of the memory bandwidth and
-#: cores the searches need)
-Pace = Callable[[float], None]
+#: between the chunks it runs in, with the seconds the chunk took; returns the seconds it
+#: rested there (a collection serving searches rests, so the step takes less of the memory
+#: bandwidth and cores the searches need). The index keeps its chunks short while the caller
+#: rests, and lets them grow while it does not.
+Pace = Callable[[float], float]
 FORMAT_VERSION = 1
 _REGISTRY: dict[str, type["BaseIndex"]] = {}
 #: distinct knob mappings remembered per index (resolving ``{"ef": 32}`` again is a dict hit).

@@ -667,9 +667,10 @@ def _progress_bar(show: bool, total: int) -> Any:
 
 
 def _in_chunks(n: int, run: Callable[[int, int], None], chunk: int, pace: Pace | None) -> None:
-    """``run(lo, hi)`` over the items ``0:n`` in chunks: of ``chunk`` items without ``pace``;
-    with it, of as many as took about ``PACE_SECONDS`` last time (the first one small), each
-    followed by ``pace(seconds it took)``."""
+    """``run(lo, hi)`` over the items ``0:n`` in chunks of ``chunk`` items; with ``pace``,
+    each chunk is followed by ``pace(seconds it took)``, and while the pace rests the chunks
+    are sized to take about ``PACE_SECONDS`` (while it does not, they double up to ``chunk``:
+    many small parallel calls would slow the work down; the first one is small)."""
     if pace is None:
         for lo in range(0, n, chunk):
             run(lo, min(n, lo + chunk))
@@ -680,9 +681,11 @@ def _in_chunks(n: int, run: Callable[[int, int], None], chunk: int, pace: Pace |
         start = time.perf_counter()
         run(lo, hi)
         took = time.perf_counter() - start
-        pace(took)
         lo = hi
-        size = max(1, min(2 * size, int(size * PACE_SECONDS / max(took, 1e-6))))
+        if pace(took) > 0:
+            size = max(1, min(2 * size, int(size * PACE_SECONDS / max(took, 1e-6))))
+        else:
+            size = min(chunk, 2 * size)
 
 
 def _grown(arr: np.ndarray, cap: int, used: int, fill: int) -> np.ndarray:

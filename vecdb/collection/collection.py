@@ -106,7 +106,7 @@ CHECKPOINT_BACKLOG = 10_000
 SERVING_PENDING = 4096
 SERVING_SECONDS = 1.0
 #: while searches are served, the indexer's work beside them (linking staged rows, unlinking
-#: removed ones: ``Pace``) rests this many times as long as each ~1 ms chunk of it took. That
+#: removed ones: ``Pace``) rests this many times as long as each ~1 ms chunk of it took (CPU). That
 #: work reads vectors and lists all over memory, and the searches' own random reads wait
 #: behind it: a real unlink pass running beside 4 searching threads (1M collection) added
 #: ~1.2 ms to their p99 when run straight, ~0.3 ms in 1 ms chunks with rests as long

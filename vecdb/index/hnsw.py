@@ -30,9 +30,9 @@ DEFAULT_EF = 64
 MAX_EF = 100_000
 #: nodes per insertion call (one parallel region each); the progress bar moves per chunk.
 PROGRESS_CHUNK = 20_000
-#: with a ``Pace``, linking and unlinking go in chunks sized to take about this long each (the
-#: caller's rests between them then interleave finely with searches: a search of ~1-4 ms
-#: overlaps part of a chunk, not a whole step of work)
+#: while a ``Pace`` rests, linking and unlinking go in chunks sized to take about this long
+#: each (the caller's rests between them then interleave finely with searches: a search of
+#: ~1-4 ms overlaps part of a chunk, not a whole step of work; ``_in_chunks``)
 PACE_SECONDS = 0.001
 #: below this many queries the serial kernel is used (no parallel-region launch per call).
 SERIAL_QUERIES = 4
@@ -289,9 +289,8 @@ class HNSW(BaseIndex):
     def finish_add(self, slots: I64Vector, pace: Pace | None = None) -> None:
         """Second half of ``add``: link the placed ``slots`` into the graph with the parallel
         build, while searches run (they read the lists without locks, as the build's own
-        searches do; a search may already return some of these ids), in chunks of about
-        ``PACE_SECONDS`` with ``pace`` called between them. No other change of this index
-        may run meanwhile."""
+        searches do; a search may already return some of these ids), with ``pace`` called
+        after each chunk (``_in_chunks``). No other change of this index may run meanwhile."""
         if len(slots):
             self._link(slots, pace)
 
@@ -538,8 +537,8 @@ class HNSW(BaseIndex):
         idle: unlink ~0.85 s, the pass ~0.35 s, finding 0-3 nodes to link); below
         ``REPAIR_ALWAYS_BELOW`` nodes it always runs at once. They stay stored, and a
         search may still return them, until ``finish_remove`` frees them (the caller hides them
-        meanwhile, as a collection's staging does). With ``pace`` the unlinking goes in chunks
-        of nodes of about ``PACE_SECONDS``, ``pace`` called between them."""
+        meanwhile, as a collection's staging does). With ``pace``, the unlinking goes in
+        chunks of nodes with ``pace`` called after each (``_in_chunks``)."""
         ids_arr = np.unique(as_id_array(ids))
         slots = self._ids.lookup(ids_arr)
         found = slots >= 0
@@ -670,7 +669,10 @@ def _in_chunks(n: int, run: Callable[[int, int], None], chunk: int, pace: Pace |
     """``run(lo, hi)`` over the items ``0:n`` in chunks of ``chunk`` items; with ``pace``,
     each chunk is followed by ``pace(seconds it took)``, and while the pace rests the chunks
     are sized to take about ``PACE_SECONDS`` (while it does not, they double up to ``chunk``:
-    many small parallel calls would slow the work down; the first one is small)."""
+    many small parallel calls would slow the work down; the first one is small). The seconds
+    are the calling thread's CPU time, which its share of the parallel work takes: a chunk
+    whose thread was preempted by searches meanwhile took no more of the memory than its work
+    needs, and resting for the wall time would starve the work under a full search load."""
     if pace is None:
         for lo in range(0, n, chunk):
             run(lo, min(n, lo + chunk))
@@ -678,9 +680,9 @@ def _in_chunks(n: int, run: Callable[[int, int], None], chunk: int, pace: Pace |
     lo, size = 0, 8
     while lo < n:
         hi = min(n, lo + size)
-        start = time.perf_counter()
+        start = time.thread_time()
         run(lo, hi)
-        took = time.perf_counter() - start
+        took = time.thread_time() - start
         lo = hi
         if pace(took) > 0:
             size = max(1, min(2 * size, int(size * PACE_SECONDS / max(took, 1e-6))))

@@ -609,11 +609,12 @@ def test_a_bad_payload_in_a_one_shape_batch_is_named_and_nothing_is_written(tmp_
     db.close()
 
 
-def test_the_indexer_rests_between_chunks_only_while_searches_are_served(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("serving_rest", [1.0, 0.0])
+def test_the_indexer_rests_between_chunks_only_while_searches_are_served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                          serving_rest: float) -> None:
     """The indexer's linking and unlinking go straight while nobody searches, and rest
-    between chunks while searches are served (``SERVING_REST``); every point is indexed and
-    found either way. The rests are recorded instead of slept."""
+    between chunks while searches are served (``serving_rest`` per second of work; never with
+    0); every point is indexed and found either way. The rests are recorded instead of slept."""
     from types import SimpleNamespace
     import time
 
@@ -625,7 +626,7 @@ def test_the_indexer_rests_between_chunks_only_while_searches_are_served(tmp_pat
     monkeypatch.setattr(collection_module, "time", clock)
     monkeypatch.setattr(collection_module, "SERVING_SECONDS", 3600.0)   # one search: serving from then on
     x = vecs(3000, 7)
-    with vecdb.open(tmp_path / "db") as db:
+    with vecdb.open(tmp_path / "db", serving_rest=serving_rest) as db:
         col = db.create_collection("c", DIM, metric="l2", index="hnsw")
         col.upsert(np.arange(1000), x[:1000])
         assert col.wait_indexed()
@@ -634,8 +635,18 @@ def test_the_indexer_rests_between_chunks_only_while_searches_are_served(tmp_pat
         col.upsert(np.arange(1000, 2000), x[1000:2000])       # new points: linked in paced chunks
         col.upsert(np.arange(500), x[2000:2500])              # replacements: unlinked in paced chunks
         assert col.wait_indexed()
-        assert len(rests) > 1 and all(r >= 0 for r in rests)
+        if serving_rest:
+            assert len(rests) > 1 and all(r >= 0 for r in rests)
+        else:
+            assert rests == []
         assert col.stats().pending == 0
         want = np.concatenate([np.arange(500), np.arange(1000, 2000)])
         rows = np.concatenate([x[2000:2500], x[1000:2000]])
         assert (col.search(rows, k=1).ids[:, 0] == want).mean() >= 0.99
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "fast", True])
+def test_serving_rest_must_be_a_finite_number_at_least_zero(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="serving_rest"):
+        vecdb.open(tmp_path / "db", serving_rest=bad)
+    assert not (tmp_path / "db").exists()                     # checked before anything is created

@@ -27,6 +27,7 @@ calls about other collections go on. Drop and close wait for loads in progress.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import re
 import shutil
@@ -37,7 +38,8 @@ from typing import Any, Iterator, Mapping
 
 from vecdb.api import CollectionInfo, default_index
 from vecdb.collection import PARTS, CheckpointPolicy, Collection, CollectionHost
-from vecdb.collection.layout import DEFAULT_MAX_PENDING, checkpoint_root, index_space_prefix, part_names
+from vecdb.collection.layout import (DEFAULT_MAX_PENDING, DEFAULT_SERVING_REST, checkpoint_root, index_space_prefix,
+                                     part_names)
 from vecdb.errors import (AlreadyExistsError, CollectionNotFoundError, DataLossError, FailedPreconditionError,
                           InvalidArgumentError, ResourceExhaustedError, VecdbError)
 from vecdb.index.base import index_class
@@ -66,8 +68,10 @@ class Database:
     def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
                  max_map_size: int = DEFAULT_MAX_MAP_SIZE, sync: bool = True, max_readers: int = 256,
                  max_collections: int = 500, checkpoint_points: int = 100_000,
-                 checkpoint_seconds: float = 600.0, max_pending: int = DEFAULT_MAX_PENDING) -> None:
+                 checkpoint_seconds: float = 600.0, max_pending: int = DEFAULT_MAX_PENDING,
+                 serving_rest: float = DEFAULT_SERVING_REST) -> None:
         max_pending = as_positive_int(max_pending, "max_pending")   # before anything is created
+        serving_rest = _as_rest(serving_rest)
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise InvalidArgumentError(f"{self.path} exists and is not a directory")
@@ -104,7 +108,8 @@ class Database:
         self._ckpt_lock = threading.Lock()
         # what every collection is handed explicitly (it reads nothing else of the database)
         self._host = CollectionHost(store=self._store, manifest=self._manifest, checkpoint_lock=self._ckpt_lock,
-                                    index_root=self._index_root, policy=policy, max_pending=max_pending)
+                                    index_root=self._index_root, policy=policy, max_pending=max_pending,
+                                    serving_rest=serving_rest)
         self._collections: dict[str, Collection] = {}
         self._loading: dict[str, _Loading] = {}
         self._closed = False
@@ -398,6 +403,17 @@ def _info_of(record: dict[str, Any]) -> tuple[CollectionInfo, int]:
         raise DataLossError(f"corrupt collection record {record!r}: {exc}") from None
 
 
+def _as_rest(value: Any) -> float:
+    """``serving_rest`` checked: a finite number >= 0."""
+    try:
+        rest = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"serving_rest must be a number >= 0, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(rest) or rest < 0:
+        raise InvalidArgumentError(f"serving_rest must be a finite number >= 0, got {value!r}")
+    return rest
+
+
 def open(path: str | os.PathLike[str], **options: Any) -> Database:  # noqa: A001 - the public name is vecdb.open
     """Open (creating when missing) the database in directory ``path``.
 
@@ -406,7 +422,11 @@ def open(path: str | os.PathLike[str], **options: Any) -> Database:  # noqa: A00
     ``max_readers``, ``max_collections``, ``checkpoint_points`` / ``checkpoint_seconds``
     (index checkpoint policy), ``max_pending`` (per collection, how many written points may
     wait for the background indexer, searched exactly meanwhile, before writers wait for it:
-    the bound on that buffer's memory, about 4 * dim bytes per point; default 200,000). Use
-    as ``with vecdb.open(path) as db: ...``.
+    the bound on that buffer's memory, about 4 * dim bytes per point; default 200,000),
+    ``serving_rest`` (while searches are served, the background indexer works in ~1 ms chunks
+    and rests this many times as long after each, leaving the searches most of the memory
+    bandwidth: a lower tail under writers, for a slower indexer meanwhile, and under a replacing
+    writer a higher median, as replaced entries stay hidden for longer; 0 never rests; default
+    1.0). Use as ``with vecdb.open(path) as db: ...``.
     """
     return Database(path, **options)

@@ -105,14 +105,6 @@ CHECKPOINT_BACKLOG = 10_000
 #: absorbed meanwhile is smaller.
 SERVING_PENDING = 4096
 SERVING_SECONDS = 1.0
-#: while searches are served, the indexer's work beside them (linking staged rows, unlinking
-#: removed ones: ``Pace``) rests this many times as long as each ~1 ms chunk of it took (CPU). That
-#: work reads vectors and lists all over memory, and the searches' own random reads wait
-#: behind it: a real unlink pass running beside 4 searching threads (1M collection) added
-#: ~1.2 ms to their p99 when run straight, ~0.3 ms in 1 ms chunks with rests as long
-#: (probe in bench/README, session 27). The work then takes about twice as long while
-#: searches go on, and writers wait for it (back-pressure); idle, it runs straight.
-SERVING_REST = 1.0
 #: a search of more query rows runs in steps of this many, each under its own read lock, so a
 #: writer waits for one step (tens of ms for a flat scan), never for a whole 10k-row batch
 SEARCH_STEP_ROWS = 1024
@@ -141,6 +133,7 @@ class Collection:
         self._step_rows = 256
         self._link_rows = 256
         self._max_pending = host.max_pending
+        self._serving_rest = host.serving_rest
         self._last_search = -SERVING_SECONDS   # time.monotonic() of the latest search
         self._worker = Worker(info.name, self._index_round)
         with self._writer:
@@ -789,11 +782,12 @@ class Collection:
 
     def _pace(self, worked: float) -> float:
         """``Pace`` of the indexer's work beside searches: while they are served (and the
-        collection is not closing), rest ``SERVING_REST`` times as long as the chunk took.
-        Returns the seconds rested."""
-        if time.monotonic() - self._last_search >= SERVING_SECONDS or self._worker.stopping:
+        collection is not closing), rest ``serving_rest`` times as long as the chunk took
+        (``layout.DEFAULT_SERVING_REST``). Returns the seconds rested."""
+        if (not self._serving_rest or time.monotonic() - self._last_search >= SERVING_SECONDS
+                or self._worker.stopping):
             return 0.0
-        rest = worked * SERVING_REST
+        rest = worked * self._serving_rest
         time.sleep(rest)
         return rest
 

@@ -33,6 +33,15 @@ PARTS = ("ids", "rev", "vec", "vblk", "pay", "pblk", "ten", "mem", "log", "ctr")
 
 #: default of ``CollectionHost.max_pending`` (about 100 MB of staged rows at 128 dimensions)
 DEFAULT_MAX_PENDING = 200_000
+#: default of ``CollectionHost.serving_rest``: while searches are served, the indexer's work
+#: beside them (linking staged rows, unlinking removed ones: ``Pace``) rests this many times as
+#: long as each ~1 ms chunk of it took (its CPU time). That work reads vectors and lists all
+#: over memory, and the searches' own random reads wait behind it: a real unlink pass beside 4
+#: searching threads (1M collection) added ~1.2 ms to their p99 run straight, ~0.3 ms in short
+#: chunks with rests (bench/README, session 27). The work then takes about twice as long while
+#: searches go on: under a replacing writer the replaced entries stay hidden (searches filter
+#: them out) for longer, which raised the median search there (see ``vecdb.open``).
+DEFAULT_SERVING_REST = 1.0
 
 # Access levels, as stored in ``mem`` values. Databases written before owners existed hold
 # b"" for every membership, which therefore reads as a read grant (the least access).
@@ -56,7 +65,8 @@ class CollectionHost:
     ``manifest`` sub-database (collection number -> newest checkpoint), the lock that keeps
     checkpoints apart from snapshots, the folder of index checkpoints, the policy, and
     ``max_pending``: how many committed points may wait for the background indexer (staged,
-    searched exactly) before writers wait for it."""
+    searched exactly) before writers wait for it; ``serving_rest``: how long the indexer
+    rests between chunks of its work while searches are served, per second of work (0: never)."""
 
     store: Store
     manifest: Any
@@ -64,6 +74,7 @@ class CollectionHost:
     index_root: Path
     policy: CheckpointPolicy
     max_pending: int = DEFAULT_MAX_PENDING
+    serving_rest: float = DEFAULT_SERVING_REST
 
 
 def part_names(cid: int) -> dict[str, str]:

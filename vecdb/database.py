@@ -27,7 +27,6 @@ calls about other collections go on. Drop and close wait for loads in progress.
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import re
 import shutil
@@ -48,7 +47,7 @@ from vecdb.storage.arrays import decode_json, encode_json
 from vecdb.storage.env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Store
 from vecdb.storage.space import MAX_SPACE_DBS
 from vecdb.types import Metric
-from vecdb.validation import as_fs_path, as_positive_int
+from vecdb.validation import as_finite_float, as_fs_path, as_positive_int
 
 #: version 2 stores each upsert batch's new points as one vector block and one payload block
 #: (``vecdb.collection.blocks``); a version-1 database (a record per point) opens unchanged and
@@ -71,7 +70,7 @@ class Database:
                  checkpoint_seconds: float = 600.0, max_pending: int = DEFAULT_MAX_PENDING,
                  serving_rest: float = DEFAULT_SERVING_REST) -> None:
         max_pending = as_positive_int(max_pending, "max_pending")   # before anything is created
-        serving_rest = _as_rest(serving_rest)
+        serving_rest = as_finite_float(serving_rest, "serving_rest")
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise InvalidArgumentError(f"{self.path} exists and is not a directory")
@@ -401,17 +400,6 @@ def _info_of(record: dict[str, Any]) -> tuple[CollectionInfo, int]:
         return info, int(record["cid"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DataLossError(f"corrupt collection record {record!r}: {exc}") from None
-
-
-def _as_rest(value: Any) -> float:
-    """``serving_rest`` checked: a finite number >= 0."""
-    try:
-        rest = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"serving_rest must be a number >= 0, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(rest) or rest < 0:
-        raise InvalidArgumentError(f"serving_rest must be a finite number >= 0, got {value!r}")
-    return rest
 
 
 def open(path: str | os.PathLike[str], **options: Any) -> Database:  # noqa: A001 - the public name is vecdb.open

@@ -129,6 +129,17 @@ def as_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int | N
     return int(value)
 
 
+def as_finite_float(value: Any, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
+    """Return ``value`` as a finite float >= ``minimum`` (> ``minimum`` when ``strict``), for
+    build knobs and options; InvalidArgumentError for anything else (bools and strings too)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out) or out < minimum or (strict and out == minimum):
+        raise InvalidArgumentError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
+    return out
+
+
 def as_tenant(tenant: Any) -> int:
     """Return a tenant number (a collection's int64 tenant key, as indexes see tenants) as a
     non-negative int; InvalidArgumentError otherwise."""

@@ -27,13 +27,13 @@ if TYPE_CHECKING:
     from vecdb.storage.space import IndexSpace
 
 FORMAT = "vecdb-index"
+FORMAT_VERSION = 1
 #: what a long step of background index work (``prepare_remove``, ``finish_add``) calls
 #: between the chunks it runs in, with the seconds the chunk took; returns the seconds it
 #: rested there (a collection serving searches rests, so the step takes less of the memory
 #: bandwidth and cores the searches need). The index keeps its chunks short while the caller
 #: rests, and lets them grow while it does not.
 Pace = Callable[[float], float]
-FORMAT_VERSION = 1
 _REGISTRY: dict[str, type["BaseIndex"]] = {}
 #: distinct knob mappings remembered per index (resolving ``{"ef": 32}`` again is a dict hit).
 _PARAMS_CACHE_SIZE = 64

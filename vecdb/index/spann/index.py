@@ -22,7 +22,6 @@ collection the collection's indexer calls ``maintain``. SQ8 posting codes: ``cod
 """
 from __future__ import annotations
 
-import math
 import secrets
 import shutil
 import tempfile
@@ -52,7 +51,7 @@ from vecdb.index.spann.updates import FANOUT, HeadState, Plan, Source, Work, gra
 from vecdb.storage.env import Store
 from vecdb.storage.space import IndexSpace
 from vecdb.types import F32Matrix, I64Vector, Metric, SearchResult
-from vecdb.validation import as_fs_path, as_id_array, as_k, as_matrix, as_positive_int
+from vecdb.validation import as_finite_float, as_fs_path, as_id_array, as_k, as_matrix, as_positive_int
 
 FORMAT = "vecdb-spann"
 FORMAT_VERSION = 1
@@ -113,16 +112,6 @@ class _EmptyViews(dict):
 _EMPTY_VIEWS = _EmptyViews()
 
 
-def _as_float(value: Any, name: str, *, minimum: float = 0.0, strict: bool = False) -> float:
-    """A finite float >= minimum (> minimum when ``strict``); InvalidArgumentError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r}")
-    out = float(value)
-    if not math.isfinite(out) or out < minimum or (strict and out == minimum):
-        raise InvalidArgumentError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
-    return out
-
-
 @dataclass(frozen=True)
 class SPANNParams(SearchParams):
     """SPANN search knobs: ``max_postings`` (postings read per query at most, default 64),
@@ -141,7 +130,7 @@ class SPANNParams(SearchParams):
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_postings", as_positive_int(self.max_postings, "max_postings", maximum=MAX_POSTINGS))
         if self.eps2 is not None:
-            object.__setattr__(self, "eps2", _as_float(self.eps2, "eps2"))
+            object.__setattr__(self, "eps2", as_finite_float(self.eps2, "eps2"))
         if self.ef is not None:
             object.__setattr__(self, "ef", as_positive_int(self.ef, "ef", maximum=MAX_EF))
         if self.rerank is not None:
@@ -226,8 +215,8 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         self.posting_limit = as_positive_int(posting_limit, "posting_limit", minimum=4, maximum=1 << 20)
         self.head_size = as_positive_int(head_size, "head_size", maximum=self.posting_limit)
         self.replicas = as_positive_int(replicas, "replicas", maximum=64)
-        self.eps1 = _as_float(eps1, "eps1")
-        self.rng_factor = _as_float(rng_factor, "rng_factor", strict=True)
+        self.eps1 = as_finite_float(eps1, "eps1")
+        self.rng_factor = as_finite_float(rng_factor, "rng_factor", strict=True)
         self.head_M = as_positive_int(head_M, "head_M", minimum=2, maximum=256)
         self.head_ef_construction = as_positive_int(head_ef_construction, "head_ef_construction", maximum=MAX_EF)
         self.min_train = as_positive_int(min_train, "min_train")

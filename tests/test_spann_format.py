@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lmdb
+from numba import njit
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from vecdb.errors import DataLossError
 from vecdb.index import SPANN, FlatIndex
 from vecdb.index.spann import kernels, postings, records
+from vecdb.kernels import int_dot
 from vecdb.quant import SQ8
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
@@ -80,11 +82,17 @@ def test_format_3_checksum_is_the_stated_sums(count: int, dim: int) -> None:
 
 
 def test_an_unknown_format_is_neither_written_nor_read() -> None:
-    with pytest.raises(ValueError):
-        postings.encode(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), version=4)
-    raw, _, _ = record(3, 4, 0)
-    foreign = raw[:4] + (4).to_bytes(2, "little") + raw[6:]
-    assert checked(foreign, 4) == records.FOREIGN == scan(foreign, 4, np.zeros(4, np.float32))[0]
+    """Format 5 is unknown; format 4 exists for SQ8 postings only."""
+    for version in (4, 5):
+        with pytest.raises(ValueError):
+            postings.encode(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), version=version)
+        raw, _, _ = record(3, 4, 0)
+        foreign = raw[:4] + version.to_bytes(2, "little") + raw[6:]
+        assert checked(foreign, 4) == records.FOREIGN == scan(foreign, 4, np.zeros(4, np.float32))[0]
+    raw, _ = code_record(3, 4, 0)
+    foreign = raw[:4] + (5).to_bytes(2, "little") + raw[6:]
+    assert scan_code_runs([foreign], 4, np.zeros(4, np.float32), 5, np.arange(64), np.zeros(1, np.uint8),
+                          False)[:2] == (0, records.FOREIGN)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -428,7 +436,7 @@ def test_sq8_candidates_without_their_vector_record(tmp_path: Path, change: str)
 
 
 # ---- SQ8 records: the run kernel, the re-rank kernel ---------------------------------------
-def code_record(count: int, dim: int, seed: int, version: int = postings.VERSION) -> tuple[bytes, np.ndarray]:
+def code_record(count: int, dim: int, seed: int, version: int | None = None) -> tuple[bytes, np.ndarray]:
     """An SQ8 posting record of ``count`` random entries (its own codec): (record, slots)."""
     rng = np.random.default_rng(seed)
     slots = rng.permutation(4 * count + 8)[:count].astype(np.int64)
@@ -485,7 +493,7 @@ def scan_code_runs(raws: list[bytes], dim: int, q: np.ndarray, width: int, live:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=19), dim=st.integers(1, 40), seed=st.integers(0, 1000),
-       version=st.sampled_from([2, 3]), use_allow=st.booleans(), mode=st.sampled_from([0, 1]))
+       version=st.sampled_from([2, 3, 4]), use_allow=st.booleans(), mode=st.sampled_from([0, 1]))
 def test_the_sq8_run_scan_equals_the_checked_copied_scan(counts: list[int], dim: int, seed: int, version: int,
                                                          use_allow: bool, mode: int) -> None:
     """Records checked and ranked in the same pass, ``records.RUN`` per call (format 3: rows
@@ -514,7 +522,7 @@ def test_the_sq8_run_scan_equals_the_checked_copied_scan(counts: list[int], dim:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(counts=st.lists(st.integers(1, 40), min_size=1, max_size=12), dim=st.integers(1, 40), seed=st.integers(0, 1000),
-       which=st.floats(0, 1), where=st.floats(0, 1), bit=st.integers(0, 7), version=st.sampled_from([2, 3]))
+       which=st.floats(0, 1), where=st.floats(0, 1), bit=st.integers(0, 7), version=st.sampled_from([2, 3, 4]))
 def test_a_flipped_bit_of_an_sq8_body_fails_the_run_scan(counts: list[int], dim: int, seed: int, which: float,
                                                          where: float, bit: int, version: int) -> None:
     """A bit flipped anywhere in one record's body (slots, codes of any row, padding) is
@@ -594,3 +602,156 @@ def test_sq8_vector_records_of_wrong_lengths_that_sum_right_still_raise(tmp_path
             again.search(x[0], 10, **EVERYTHING, rerank=1000)
     finally:
         again.close()
+
+
+# ---- format 4: SQ8 entries with a norm, ranked by one integer dot product ----------------
+def reference_v4(body: bytes) -> int:
+    """Format 4's checksum in plain Python: format 3's sums taken mod 2^32."""
+    words = np.frombuffer(body, "<u4").tolist()
+    s1 = sum(words) & 0xFFFFFFFF
+    s2 = sum((i + 1) * w for i, w in enumerate(words)) & 0xFFFFFFFF
+
+    def mix(h: int, x: int) -> int:
+        h = ((h ^ x) * 0xFF51AFD7ED558CCD) & _M64
+        return h ^ (h >> 31)
+
+    return mix(mix(mix(0x9E3779B97F4A7C15, len(body)), s1), s2)
+
+
+@pytest.mark.parametrize("count,dim", [(0, 8), (1, 1), (3, 20), (7, 24), (600, 4), (2, 1500)])
+def test_format_4_is_written_for_sq8_with_the_stated_sums_and_norms(count: int, dim: int) -> None:
+    raw, slots = code_record(count, dim, count + dim)
+    body = raw[postings.HEADER_BYTES :]
+    assert int.from_bytes(raw[4:6], "little") == 4 == postings.CODES_VERSION
+    assert int.from_bytes(raw[16:24], "little") == reference_v4(body)
+    np.testing.assert_array_equal(np.frombuffer(body[: 8 * count], "<i8"), slots)
+    rng = np.random.default_rng(count + dim)                # code_record's codec and rows, again
+    rng.permutation(4 * count + 8)
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    codec = SQ8(dim)
+    codec.train_trusted(rng.standard_normal((16, dim)).astype(np.float32) * 2)
+    codes = codec.encode_trusted(vectors)
+    norms = np.frombuffer(body[8 * count : 12 * count], "<f4")
+    want = (((codes.astype(np.float64) - 128) * codec.step.astype(np.float64)) ** 2).sum(1) if count else np.zeros(0)
+    np.testing.assert_allclose(norms, want, rtol=1e-6)
+    np.testing.assert_array_equal(np.frombuffer(body[12 * count : 12 * count + count * dim], np.uint8),
+                                  codes.reshape(-1))
+    got_slots, got_vectors = postings.decode(raw, dim, 0, codec)
+    np.testing.assert_array_equal(got_slots, slots)
+    np.testing.assert_array_equal(got_vectors, codec.decode_trusted(codes))
+
+
+@njit(cache=False)
+def _dots(u: np.ndarray, codes: np.ndarray, generic: bool) -> np.ndarray:
+    dim = u.shape[0]
+    out = np.empty(codes.shape[0] // dim, np.int64)
+    whole = dim - dim % int_dot.LANES
+    for r in range(out.shape[0]):
+        if generic:
+            out[r] = int_dot.dot_lanes_generic(u, codes, r * dim, whole)
+        else:
+            out[r] = int_dot.dot_lanes(u, codes, r * dim, whole)
+        for i in range(whole, dim):
+            out[r] += np.int64(u[i]) * np.int64(codes[r * dim + i])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(dim=st.integers(1, 100), rows=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_the_integer_dot_is_exact_on_every_path(dim: int, rows: int, seed: int) -> None:
+    """``dot_u8_i16`` (AVX2 where compiled for it) and the plain vector form equal numpy's
+    int64 products, at any dimension, any row offset, and terms up to the bound
+    ``fold_int_query`` keeps (dim * 255 * max|u| < 2^31)."""
+    rng = np.random.default_rng(seed)
+    top = min(16383, (2**31 - 1) // (255 * dim))
+    u = rng.integers(-top, top + 1, dim).astype(np.int16)
+    codes = rng.integers(0, 256, rows * dim + 3).astype(np.uint8)[3:]   # rows start at odd addresses
+    want = codes.reshape(rows, dim).astype(np.int64) @ u.astype(np.int64)
+    np.testing.assert_array_equal(_dots(u, codes, False), want)
+    np.testing.assert_array_equal(_dots(u, codes, True), want)
+    np.testing.assert_array_equal([int_dot.dot_u8_i16(u, codes, r * dim) for r in range(rows)], want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dim=st.integers(1, 700), seed=st.integers(0, 1000), mode=st.sampled_from([0, 1]), scale=st.sampled_from([0.01, 1, 300]))
+def test_the_integer_distance_is_the_decoded_distance_within_its_rounding(dim: int, seed: int, mode: int,
+                                                                         scale: float) -> None:
+    """Format 4's distance (``fold_int_query`` terms, the stored norm, ``code_int``) is the
+    squared L2 (mode 0) or -ip (mode 1) from the query to the row decoded as vmin + c * step,
+    up to the stated error of rounding the terms: half a unit of each, |scale| * 0.5 *
+    sum |c - 128| (mode 0) or sum c (mode 1), plus float32 rounding."""
+    rng = np.random.default_rng(seed)
+    vmin, step = code_ranges(dim)
+    vmin, step = vmin * np.float32(scale), step * np.float32(scale)
+    q = (rng.standard_normal(dim) * 3 * scale).astype(np.float32)
+    rows = rng.integers(0, 256, (6, dim)).astype(np.uint8)
+    if seed % 3 == 0:
+        rows[0] = np.clip(np.round((q - vmin) / np.where(step > 0, step, 1)), 0, 255)   # a row near the query
+    norms = postings.code_norms(rows, step)
+    u, usum, unit, base = kernels.fold_int_query(q, vmin, step, mode)
+    decoded = vmin.astype(np.float64) + rows * step.astype(np.float64)
+    flat = rows.reshape(-1)
+    for r, (row, x) in enumerate(zip(rows, decoded)):
+        got = kernels.code_int(u, usum, unit, base, mode, flat, r * dim, norms[r])
+        want = ((q - x) ** 2).sum() if mode == 0 else -(q @ x)
+        spread = np.abs(row.astype(np.float64) - 128).sum() if mode == 0 else row.astype(np.float64).sum()
+        magnitude = abs(float(base)) + float(norms[r]) + abs(want)
+        assert abs(got - want) <= float(unit) * 0.5 * spread * 1.001 + 1e-5 * magnitude + 1e-6
+
+
+def as_format_3(raw: bytes) -> bytes:
+    """An SQ8 posting record of format 4 rewritten as format 3 held it (no norms)."""
+    count = int.from_bytes(raw[8:12], "little")
+    body = raw[postings.HEADER_BYTES :]
+    dim = int.from_bytes(raw[12:16], "little")
+    new = body[: 8 * count] + body[12 * count : 12 * count + count * dim]
+    new += b"\0" * (-len(new) % 8)
+    sums = int(records.checksum_v3(np.frombuffer(new, np.uint8) if new else np.zeros(8, np.uint8), 0, len(new)))
+    return raw[:4] + (3).to_bytes(2, "little") + raw[6:16] + sums.to_bytes(8, "little") + new
+
+
+def posting_formats(path: Path) -> set[int]:
+    """The formats of the posting records of the closed index at ``path``."""
+    found: set[int] = set()
+    edit_records(path, b"spann.postings", lambda txn, db: found.update(int.from_bytes(raw[4:6], "little")
+                                                                      for _, raw in txn.cursor(db=db)))
+    return found
+
+
+def test_an_sq8_index_with_postings_in_formats_3_and_4_searches_updates_and_reopens(tmp_path: Path) -> None:
+    """An SQ8 index written before format 4 (its postings rewritten here in format 3, as they
+    were) answers as it did in format 4, batched and one query at a time; an update then
+    rewrites some postings in format 4, and reopened the index mixes both and finds every row."""
+    dim, path = 24, tmp_path / "s"
+    x = closed_sq8_index(path, dim)
+    assert posting_formats(path) == {4}
+    q = x[::37] + np.float32(0.01)
+    index = SPANN(dim, "l2", path)
+    try:
+        before = index.search(q, 10, **EVERYTHING)
+    finally:
+        index.close()
+    edit_records(path, b"spann.postings", lambda txn, db: [txn.put(key, as_format_3(bytes(raw)), db=db)
+                                                           for key, raw in list(txn.cursor(db=db))])
+    assert posting_formats(path) == {3}
+    more = x[:20] + np.float32(0.05)                          # near a few heads: a few postings rewritten
+    index = SPANN(dim, "l2", path)
+    try:
+        after = index.search(q, 10, **EVERYTHING)
+        np.testing.assert_array_equal(after.ids, before.ids)
+        np.testing.assert_allclose(after.distances, before.distances, rtol=1e-6)
+        one = np.vstack([index.search(row, 10, **EVERYTHING).ids for row in q[:5]])   # in place, one query each
+        np.testing.assert_array_equal(one, before.ids[:5])
+        index.add(more, ids=np.arange(600, 620))
+    finally:
+        index.close()
+    assert posting_formats(path) == {3, 4}
+    index = SPANN(dim, "l2", path)
+    try:
+        both = np.vstack([x, more])
+        got = index.search(both[::7], 1, **EVERYTHING)
+        np.testing.assert_array_equal(got.ids[:, 0], np.arange(0, 620, 7))
+        for row, want in zip(both[::31], range(0, 620, 31)):
+            assert index.search(row, 1, **EVERYTHING).ids[0, 0] == want
+    finally:
+        index.close()

@@ -8,6 +8,7 @@ import numpy as np
 from vecdb.kernels._jit import ARITH, kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort, max_sift_down
+from vecdb.kernels.int_dot import dot_u8_i16
 
 
 # ---- posting records (see vecdb.index.spann.postings for the layout) -------------------
@@ -324,6 +325,54 @@ def fold_code_query(q, vmin, step, mode):
     return terms, b
 
 
+@kernel(inline=True)
+def fold_int_query(q, vmin, step, mode):
+    """The terms query ``q`` is ranked with on format-4 SQ8 rows (``code_int``): int16 terms
+    ``u`` (rounded to ``lam`` times their exact values), ``usum``, ``scale`` and ``base``.
+    Mode 0 (squared L2) centres the codes: with a = q - v - 128 s and x = s (c - 128),
+    |a - x|^2 = |a|^2 + |x|^2 - 2 sum a_i s_i (c_i - 128), |x|^2 being the row's stored norm;
+    mode 1 (-ip): -<q, v + s c> = -<q, v> - sum q_i s_i c_i. ``lam`` keeps every int32 sum
+    of ``code_int`` exact (dim * 255 * max|u| < 2^31): the terms keep 14 bits or more up to
+    514 components and 12 at 1,536."""
+    dim = q.shape[0]
+    exact = np.empty(dim, np.float64)
+    base = 0.0
+    for i in range(dim):
+        s = np.float64(step[i])
+        if mode == 0:
+            a = np.float64(q[i]) - np.float64(vmin[i]) - 128.0 * s
+            exact[i] = a * s
+            base += a * a
+        else:
+            exact[i] = np.float64(q[i]) * s
+            base -= np.float64(q[i]) * np.float64(vmin[i])
+    top = 0.0
+    for i in range(dim):
+        top = max(top, abs(exact[i]))
+    limit = min(16383, (2**31 - 1) // (255 * dim))
+    lam = limit / top if top > 0.0 else 1.0
+    u = np.empty(dim, np.int16)
+    total = 0
+    for i in range(dim):
+        t = np.int64(np.round(exact[i] * lam))
+        u[i] = t
+        total += t
+    usum = np.int32(128 * total) if mode == 0 else np.int32(0)
+    scale = np.float32((2.0 if mode == 0 else 1.0) / lam)
+    return u, usum, scale, np.float32(base)
+
+
+@kernel(inline=True)
+def code_int(u, usum, scale, base, mode, codes, start, norm):
+    """The distance ``fold_int_query``'s terms rank the format-4 row ``codes[start:start +
+    len(u)]`` (stored norm ``norm``) by: one integer dot (``dot_u8_i16``), then
+    base + norm - scale (dot - usum) for squared L2, base - scale dot for -ip."""
+    dot = np.float32(dot_u8_i16(u, codes, start) - usum)
+    if mode == 0:
+        return base + norm - scale * dot
+    return base - scale * dot
+
+
 @kernel(fastmath=ARITH)
 def code_l2(a, step, row):
     """sum_i (a_i - s_i c_i)^2 of one SQ8 code row: the squared L2 from the query to the
@@ -368,20 +417,46 @@ def offer_codes(rec, a, c, dim, q, step, b, mode, live, allow, use_allow, hd, hs
             offer_unique(hd, hs, d, s)
 
 
+@kernel(inline=True)
+def offer_codes_v4(rec, a, c, u, usum, scale, base, mode, live, allow, use_allow, hd, hs):
+    """``offer_codes`` for a format-4 record (``c`` int64 slots, ``c`` float32 norms, then
+    the codes), ranked by ``code_int`` with ``fold_int_query``'s terms."""
+    n_live = live.shape[0]
+    n_allow = allow.shape[0]
+    dim = u.shape[0]
+    slots = rec[a : a + 8 * c].view(np.int64)
+    norms = rec[a + 8 * c : a + 12 * c].view(np.float32)
+    at = a + 12 * c
+    for r in range(c):
+        s = slots[r]
+        if use_allow and (s < 0 or s >= n_allow or allow[s] == 0):
+            continue
+        d = code_int(u, usum, scale, base, mode, rec, at + r * dim, norms[r])
+        if after(hd[0], hs[0], d, s) and s >= 0 and s < n_live and live[s] >= 0:   # see LIVE_LAST
+            offer_unique(hd, hs, d, s)
+
+
 @kernel
 def scan_codes_query(qi, queries, vmin, step, mode, buf, starts, counts, qptr, qlist, live, allow, use_allow, out_s,
                      out_d):
     """``scan_query`` over postings of SQ8 codes (the codec's ``vmin``/``step``; mode 0:
-    squared L2, 1: -ip to the decoded vectors): query ``qi``'s top candidates into row ``qi``
-    of ``out_s``/``out_d``."""
+    squared L2, 1: -ip to the decoded vectors; each record ranked in the form of its format,
+    read from its checked header): query ``qi``'s top candidates into row ``qi`` of
+    ``out_s``/``out_d``."""
     k = out_s.shape[1]
     dim = queries.shape[1]
     hd = np.full(k, np.inf, np.float32)
     hs = np.full(k, -1, np.int64)
     q, b = fold_code_query(queries[qi], vmin, step, mode)
+    u, usum, scale, base = fold_int_query(queries[qi], vmin, step, mode)
     for t in range(qptr[qi], qptr[qi + 1]):
         p = qlist[t]
-        offer_codes(buf, starts[p] + HEADER_BYTES, counts[p], dim, q, step, b, mode, live, allow, use_allow, hd, hs)
+        if buf[starts[p] + 4] == 4:             # the format (a checked record: 2, 3 or 4)
+            offer_codes_v4(buf, starts[p] + HEADER_BYTES, counts[p], u, usum, scale, base, mode, live, allow,
+                           use_allow, hd, hs)
+        else:
+            offer_codes(buf, starts[p] + HEADER_BYTES, counts[p], dim, q, step, b, mode, live, allow, use_allow, hd,
+                        hs)
     heap_sort(hd, hs)
     out_s[qi] = hs
     out_d[qi] = hd

@@ -5,8 +5,11 @@ version (u16), flags (u16: 0 float32 vectors, 1 SQ8 codes), entry count (u32), d
 (u32), 64-bit checksum of the body), then the body: the entries' slots (int64
 little-endian), their vectors (float32 little-endian, row-major; or SQ8 codes, one byte per
 component, when the index stores codes), zero padding to a multiple of 8 bytes. Format 3
-(written) and format 2 (read) differ only in the checksum (``records``: format 3's is
-checked in the same pass as a one-query scan). A record whose header, length or checksum
+(written for float32 postings) and format 2 (read) differ only in the checksum (``records``:
+format 3's is checked in the same pass as a one-query scan). Format 4 (written for SQ8
+postings) puts each entry's norm (float32: |s (c - 128)|^2 of its codes c, the codec's steps
+s) between the slots and the codes, so that a scan ranks a row with one integer dot product
+(``kernels.fold_int_query``), and sums its words mod 2^32. A record whose header, length or checksum
 does not match raises DataLossError: no result of a corrupt or truncated posting is ever
 returned. Where a search copies the records it reads (several queries over SQ8 codes, or
 postings not yet written), they are laid end to end and checked in one Numba call
@@ -24,8 +27,9 @@ from vecdb.index.spann import kernels, records
 from vecdb.types import F32Matrix, I64Vector
 
 MAGIC = b"SPNP"
-#: the format written (``records.FORMATS`` are read)
+#: the formats written for float32 and for SQ8 postings (``records.FORMATS`` are read)
 VERSION = records.LATEST
+CODES_VERSION = records.LATEST_CODES
 _HEADER = struct.Struct("<4sHHIIQ")
 HEADER_BYTES = _HEADER.size
 assert HEADER_BYTES == kernels.HEADER_BYTES
@@ -49,23 +53,37 @@ def keys(heads: list[int]) -> list[bytes]:
     return list(map(_KEY.pack, heads))
 
 
-def encode(slots: I64Vector, vectors: F32Matrix, codec: Any = None, version: int = VERSION) -> bytes:
+def encode(slots: I64Vector, vectors: F32Matrix, codec: Any = None, version: int | None = None) -> bytes:
     """The record of a posting holding ``slots`` with their ``vectors`` (as the codes of
-    ``codec``, a trained SQ8, when given), in format ``version`` (the latest; format 2 is
-    kept for tests of old data)."""
-    if version not in records.FORMATS:
-        raise ValueError(f"SPANN posting format {version} is not one of {records.FORMATS}")
+    ``codec``, a trained SQ8, when given), in format ``version`` (None: the latest, 3 for
+    float32 and 4 for SQ8 postings; formats 2 and 3 of SQ8 postings are kept for tests of
+    old data)."""
+    if version is None:
+        version = VERSION if codec is None else CODES_VERSION
+    if version not in records.FORMATS or (version == 4 and codec is None):
+        raise ValueError(f"SPANN posting format {version} is not one of {records.FORMATS} "
+                         f"(4: SQ8 postings only)")
     if codec is None:
         rows = np.ascontiguousarray(vectors, _F32)
     else:
         rows = codec.encode_trusted(np.asarray(vectors, np.float32))
-    body = np.ascontiguousarray(slots, _I64).tobytes() + rows.tobytes()
+    body = np.ascontiguousarray(slots, _I64).tobytes()
+    if version == 4:
+        body += code_norms(rows, codec.step).tobytes()
+    body += rows.tobytes()
     body += b"\0" * (-len(body) % 8)
     raw = np.frombuffer(body, np.uint8) if body else np.zeros(8, np.uint8)
     n = len(body)
-    sums = records.checksum_v2(raw, 0, n) if version == 2 else records.checksum_v3(raw, 0, n)
+    sums = {2: records.checksum_v2, 3: records.checksum_v3, 4: records.checksum_v4}[version](raw, 0, n)
     flags = 0 if codec is None else 1
     return _HEADER.pack(MAGIC, version, flags, len(slots), vectors.shape[1], int(sums)) + body
+
+
+def code_norms(codes: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Format 4's norm of each row of SQ8 ``codes``: |step (c - 128)|^2 (float32, summed in
+    float64)."""
+    centred = (codes.astype(np.float64) - 128.0) * step.astype(np.float64)
+    return np.einsum("ij,ij->i", centred, centred).astype(_F32)
 
 
 def decode(raw: bytes | memoryview, dim: int, head: int, codec: Any = None) -> tuple[I64Vector, F32Matrix]:
@@ -105,8 +123,9 @@ def read_many(raws: list[Any], heads: np.ndarray, dim: int, codec: Any = None) -
     if codec is not None:
         slot_parts, code_parts = [np.zeros(0, np.int64)], [np.zeros((0, dim), np.uint8)]
         for a, c in zip((starts + HEADER_BYTES).tolist(), counts.tolist()):
+            at = a + (records.V4_ENTRY if buf[a - HEADER_BYTES + 4] == 4 else 8) * c   # past the norms of format 4
             slot_parts.append(buf[a : a + 8 * c].view(np.int64))
-            code_parts.append(buf[a + 8 * c : a + 8 * c + c * dim].reshape(c, dim))
+            code_parts.append(buf[at : at + c * dim].reshape(c, dim))
         codes = np.concatenate(code_parts)
         return np.concatenate(slot_parts), codec.decode_trusted(codes), offsets
     slots = np.empty(total, np.int64)

@@ -687,7 +687,9 @@ def test_the_integer_distance_is_the_decoded_distance_within_its_rounding(dim: i
     rows = rng.integers(0, 256, (6, dim)).astype(np.uint8)
     if seed % 3 == 0:
         rows[0] = np.clip(np.round((q - vmin) / np.where(step > 0, step, 1)), 0, 255)   # a row near the query
-    norms = postings.code_norms(rows, step)
+    codec = SQ8(dim)
+    codec.restore({"vmin": vmin, "step": step})
+    norms = codec.centred_norms(rows)
     u, usum, unit, base = kernels.fold_int_query(q, vmin, step, mode)
     decoded = vmin.astype(np.float64) + rows * step.astype(np.float64)
     flat = rows.reshape(-1)

@@ -72,6 +72,13 @@ class SQ8(BaseCodec):
         c = np.rint((x - self.vmin) / safe)
         return np.clip(c, 0, 255).astype(np.uint8)
 
+    def centred_norms(self, codes: np.ndarray) -> np.ndarray:
+        """|s (c - 128)|^2 of each row of ``codes`` (float32, summed in float64): the norm a
+        distance in integer form needs (squared L2 from a query to the decoded rows as
+        |a|^2 + norm - 2 sum a_i s_i (c_i - 128), with a = q - v - 128 s)."""
+        centred = (np.asarray(codes, np.float64) - 128.0) * self._step64
+        return np.einsum("ij,ij->i", centred, centred).astype(np.float32)
+
     def _decode(self, codes: np.ndarray) -> F32Matrix:
         return np.ascontiguousarray(self.vmin + codes.astype(np.float32) * self.step, dtype=np.float32)
 

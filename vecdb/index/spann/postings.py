@@ -69,7 +69,7 @@ def encode(slots: I64Vector, vectors: F32Matrix, codec: Any = None, version: int
         rows = codec.encode_trusted(np.asarray(vectors, np.float32))
     body = np.ascontiguousarray(slots, _I64).tobytes()
     if version == 4:
-        body += code_norms(rows, codec.step).tobytes()
+        body += codec.centred_norms(rows).tobytes()
     body += rows.tobytes()
     body += b"\0" * (-len(body) % 8)
     raw = np.frombuffer(body, np.uint8) if body else np.zeros(8, np.uint8)
@@ -77,13 +77,6 @@ def encode(slots: I64Vector, vectors: F32Matrix, codec: Any = None, version: int
     sums = {2: records.checksum_v2, 3: records.checksum_v3, 4: records.checksum_v4}[version](raw, 0, n)
     flags = 0 if codec is None else 1
     return _HEADER.pack(MAGIC, version, flags, len(slots), vectors.shape[1], int(sums)) + body
-
-
-def code_norms(codes: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """Format 4's norm of each row of SQ8 ``codes``: |step (c - 128)|^2 (float32, summed in
-    float64)."""
-    centred = (codes.astype(np.float64) - 128.0) * step.astype(np.float64)
-    return np.einsum("ij,ij->i", centred, centred).astype(_F32)
 
 
 def decode(raw: bytes | memoryview, dim: int, head: int, codec: Any = None) -> tuple[I64Vector, F32Matrix]:

@@ -110,7 +110,7 @@ def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: i
         if len(x) < PARALLEL_QUERIES:             # a few queries: route and plan in one call
             return route_plan(x, vmin, step, mode, codes.centroid_codes, codes.centroid_norms, codes.member_codes,
                               codes.member_norms, slot_ids, groups.offsets, groups.members, MIN_GROUPS,
-                              max(ef, n_heads), n_heads, count, _as_f32(eps2), k)
+                              max(ef, n_heads), n_heads, count, float(eps2), k)
         slots = np.full((len(x), n_heads), -1, np.int64)
         dists = np.full((len(x), n_heads), np.inf, np.float32)
         route_codes(x, vmin, step, mode, codes.centroid_codes, codes.centroid_norms, codes.member_codes,

@@ -68,6 +68,23 @@ def _take_nearest(gd):
     return best
 
 
+@kernel(inline=True)
+def groups_to_scan(gd, offsets, min_groups, min_heads, taken):
+    """The groups a grouped route scans, nearest centroid first (``gd``: the centroids'
+    distances, consumed): until at least ``min_groups`` groups and ``min_heads`` member
+    entries were taken (all groups when there are fewer), into ``taken``; returns how many."""
+    scanned = 0
+    n = 0
+    for t in range(gd.shape[0]):
+        if t >= min_groups and scanned >= min_heads:
+            break
+        g = _take_nearest(gd)
+        taken[n] = g
+        n += 1
+        scanned += offsets[g + 1] - offsets[g]
+    return n
+
+
 @kernel
 def route_query(q, member_rows, centroids, offsets, members, metric, min_groups, min_heads, hd, hs):
     """Nearest heads of one query by groups (``vecdb.index.spann.routing``): the group
@@ -82,15 +99,12 @@ def route_query(q, member_rows, centroids, offsets, members, metric, min_groups,
     gd = np.empty(n_groups, np.float32)
     for g in range(n_groups):
         gd[g] = l2_sq(q, centroids[g]) if metric == 0 else -dot(q, centroids[g])
-    scanned = 0
-    for t in range(n_groups):
-        if t >= min_groups and scanned >= min_heads:
-            break
-        g = _take_nearest(gd)
+    taken = np.empty(n_groups, np.int64)
+    for t in range(groups_to_scan(gd, offsets, min_groups, min_heads, taken)):
+        g = taken[t]
         for r in range(offsets[g], offsets[g + 1]):
             d = l2_sq(q, member_rows[r]) if metric == 0 else -dot(q, member_rows[r])
             offer_unique(hd, hs, d, members[r])   # a head may be a member of several groups
-        scanned += offsets[g + 1] - offsets[g]
     heap_sort(hd, hs)
 
 
@@ -126,15 +140,12 @@ def route_codes_query(ints, mode, centroid_codes, centroid_norms, member_codes, 
     gd = np.empty(n_groups, np.float32)
     for g in range(n_groups):
         gd[g] = code_int(u, usum, scale, base, mode, centroid_codes, g * dim, centroid_norms[g])
-    scanned = 0
-    for t in range(n_groups):
-        if t >= min_groups and scanned >= min_heads:
-            break
-        g = _take_nearest(gd)
+    taken = np.empty(n_groups, np.int64)
+    for t in range(groups_to_scan(gd, offsets, min_groups, min_heads, taken)):
+        g = taken[t]
         for r in range(offsets[g], offsets[g + 1]):
             d = code_int(u, usum, scale, base, mode, member_codes, r * dim, member_norms[r])
             offer_unique(hd, hs, d, members[r])   # a head may be a member of several groups
-        scanned += offsets[g + 1] - offsets[g]
     heap_sort(hd, hs)
 
 

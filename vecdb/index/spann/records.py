@@ -346,6 +346,27 @@ def check_scan_codes_records(recs, n, order, dim, query, vmin, step, mode, live,
     return -1, OK
 
 
+@kernel(inline=True)
+def _start_codes(body, slots, split, use_allow, allow):
+    """Ask for the first ``AHEAD`` bytes of an SQ8 record's codes (from byte ``split`` of
+    its ``body``) and, filtered, for the allow entries of its first rows."""
+    _prefetch(body, split, split + AHEAD)
+    if use_allow:
+        _prefetch_allowed(slots, 0, 2 * CODE_ROWS, allow)
+
+
+@kernel(inline=True)
+def _next_codes(body, slots, split, lo, hi, c, dim, n_words, use_allow, allow):
+    """Before the rows ``lo:hi`` of an SQ8 record are summed and ranked: ask for the codes
+    ``AHEAD`` bytes past them and the allow entries of the rows after, and return the
+    rows' 4-byte words (w_lo, w_hi) in the codes' words (the last rows take the padding)."""
+    ahead = split + hi * dim + AHEAD
+    _prefetch(body, ahead - CODE_ROWS * dim, ahead)
+    if use_allow:
+        _prefetch_allowed(slots, hi + CODE_ROWS, hi + 2 * CODE_ROWS, allow)
+    return lo * dim // 4, hi * dim // 4 if hi < c else n_words
+
+
 @kernel
 def _scan_codes_summed(rec, c, dim, q, step, b, mode, live, allow, use_allow, hd, hs):
     """``_scan_summed`` for a format-3 record of SQ8 codes, ``CODE_ROWS`` rows at a time: the
@@ -361,20 +382,12 @@ def _scan_codes_summed(rec, c, dim, q, step, b, mode, live, allow, use_allow, hd
     words = body[split:].view(np.uint32)      # the codes, then the padding (the body is whole 8-byte words)
     codes = body[split : split + c * dim]
     pos = 2 * c
-    chunk = CODE_ROWS * dim
-    _prefetch(body, split, split + AHEAD)
-    if use_allow:
-        _prefetch_allowed(slots, 0, 2 * CODE_ROWS, allow)
+    _start_codes(body, slots, split, use_allow, allow)
     if c == 0:
         s1, s2 = _sums(words, pos, s1, s2)
     for lo in range(0, c, CODE_ROWS):
         hi = min(lo + CODE_ROWS, c)
-        ahead = split + hi * dim + AHEAD
-        _prefetch(body, ahead - chunk, ahead)
-        if use_allow:
-            _prefetch_allowed(slots, hi + CODE_ROWS, hi + 2 * CODE_ROWS, allow)
-        w_lo = lo * dim // 4
-        w_hi = hi * dim // 4 if hi < c else words.shape[0]
+        w_lo, w_hi = _next_codes(body, slots, split, lo, hi, c, dim, words.shape[0], use_allow, allow)
         s1, s2 = _sums(words[w_lo:w_hi], pos + w_lo, s1, s2)
         for r in range(lo, hi):
             slot = slots[r]
@@ -403,20 +416,12 @@ def _scan_codes_v4(rec, c, u, usum, scale, base, mode, live, allow, use_allow, h
     s1, s2 = _sums32(body[:split].view(np.uint32), 0, np.uint32(0), np.uint32(0))
     words = body[split:].view(np.uint32)      # the codes, then the padding
     pos = 3 * c
-    chunk = CODE_ROWS * dim
-    _prefetch(body, split, split + AHEAD)
-    if use_allow:
-        _prefetch_allowed(slots, 0, 2 * CODE_ROWS, allow)
+    _start_codes(body, slots, split, use_allow, allow)
     if c == 0:
         s1, s2 = _sums32(words, pos, s1, s2)
     for lo in range(0, c, CODE_ROWS):
         hi = min(lo + CODE_ROWS, c)
-        ahead = split + hi * dim + AHEAD
-        _prefetch(body, ahead - chunk, ahead)
-        if use_allow:
-            _prefetch_allowed(slots, hi + CODE_ROWS, hi + 2 * CODE_ROWS, allow)
-        w_lo = lo * dim // 4
-        w_hi = hi * dim // 4 if hi < c else words.shape[0]
+        w_lo, w_hi = _next_codes(body, slots, split, lo, hi, c, dim, words.shape[0], use_allow, allow)
         s1, s2 = _sums32(words[w_lo:w_hi], pos + w_lo, s1, s2)
         for r in range(lo, hi):
             slot = slots[r]

@@ -7,13 +7,13 @@ little-endian), their vectors (float32 little-endian, row-major; or SQ8 codes, o
 component, when the index stores codes), zero padding to a multiple of 8 bytes. Format 3
 (written for float32 postings) and format 2 (read) differ only in the checksum (``records``:
 format 3's is checked in the same pass as a one-query scan). Format 4 (written for SQ8
-postings) puts each entry's norm (float32: |s (c - 128)|^2 of its codes c, the codec's steps
-s) between the slots and the codes, so that a scan ranks a row with one integer dot product
-(``kernels.fold_int_query``), and sums its words mod 2^32. A record whose header, length or checksum
-does not match raises DataLossError: no result of a corrupt or truncated posting is ever
-returned. Where a search copies the records it reads (several queries over SQ8 codes, or
-postings not yet written), they are laid end to end and checked in one Numba call
-(``check_many``); ``read_many`` also copies them out (for rewrites).
+postings) puts each entry's norm (float32: |s (c - 128)|^2 of its codes c, the codec's
+steps s) between the slots and the codes, so that a scan ranks a row with one integer dot
+product (``kernels.fold_int_query``), and sums its words mod 2^32. A record whose header,
+length or checksum does not match raises DataLossError: no result of a corrupt or
+truncated posting is ever returned. Where a search copies the records it reads (several
+queries over SQ8 codes, or postings not yet written), they are laid end to end and checked in
+one Numba call (``check_many``); ``read_many`` also copies them out (for rewrites).
 """
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vecdb.index.spann.kernels import (HEADER_BYTES, MAGIC, code_dot, code_int, code_l2, fold_code_query, fold_int_query,
-                                       offer_codes, offer_entries, offer_unique)
+from vecdb.index.spann.kernels import (HEADER_BYTES, MAGIC, fold_code_query, fold_int_query, offer_code_rows,
+                                       offer_code_rows_v4, offer_codes, offer_entries, offer_unique)
 from vecdb.kernels._jit import kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort
@@ -333,7 +333,11 @@ def check_scan_codes_records(recs, n, order, dim, query, vmin, step, mode, live,
     ``query`` folded here with the codec's ``vmin``/``step``, ``mode`` 0: squared L2, 1: -ip;
     the candidate heap ``hd``/``hs`` sorted at the end when ``finish``). Returns (index in
     ``recs`` of the first record that fails, or -1; its problem code)."""
-    q, b = fold_code_query(query, vmin, step, mode)
+    older = False                              # any record of format 2 or 3 (ranked in float form)?
+    for i in range(n):
+        head = np.frombuffer(recs[i], np.uint8)
+        older = older or (head.shape[0] >= HEADER_BYTES and head[4] != 4)
+    q, b = fold_code_query(query, vmin, step, mode) if older else (query, np.float32(0.0))
     ints = fold_int_query(query, vmin, step, mode)
     for i in range(n):
         rec = np.frombuffer(recs[i], np.uint8)
@@ -373,8 +377,6 @@ def _scan_codes_summed(rec, c, dim, q, step, b, mode, live, allow, use_allow, hd
     rows' words summed in one ``_sums`` call (a row of codes is a quarter of a float row, too
     short for a call of its own; ``CODE_ROWS`` rows are whole 4-byte words for any ``dim``),
     then ranked while in cache. Whether the sum matches."""
-    n_live = live.shape[0]
-    n_allow = allow.shape[0]
     body = rec[HEADER_BYTES:]
     split = 8 * c
     slots = body[:split].view(np.int64)
@@ -389,14 +391,7 @@ def _scan_codes_summed(rec, c, dim, q, step, b, mode, live, allow, use_allow, hd
         hi = min(lo + CODE_ROWS, c)
         w_lo, w_hi = _next_codes(body, slots, split, lo, hi, c, dim, words.shape[0], use_allow, allow)
         s1, s2 = _sums(words[w_lo:w_hi], pos + w_lo, s1, s2)
-        for r in range(lo, hi):
-            slot = slots[r]
-            if use_allow and (slot < 0 or slot >= n_allow or allow[slot] == 0):
-                continue
-            row = codes[r * dim : (r + 1) * dim]
-            d = code_l2(q, step, row) if mode == 0 else b - code_dot(q, row)
-            if after(hd[0], hs[0], d, slot) and slot >= 0 and slot < n_live and live[slot] >= 0:   # kernels.LIVE_LAST
-                offer_unique(hd, hs, d, slot)
+        offer_code_rows(slots, codes, lo, hi, dim, q, step, b, mode, live, allow, use_allow, hd, hs)
     return _finish(s1, s2, body.shape[0]) == rec[16:24].view(np.uint64)[0]
 
 
@@ -406,8 +401,6 @@ def _scan_codes_v4(rec, c, u, usum, scale, base, mode, live, allow, use_allow, h
     codes): rows ranked by ``kernels.code_int`` (one integer dot each) with the query's
     terms (``kernels.fold_int_query``) while the body is summed ``CODE_ROWS`` rows at a
     time (``_sums32``). Whether the sum matches."""
-    n_live = live.shape[0]
-    n_allow = allow.shape[0]
     dim = u.shape[0]
     body = rec[HEADER_BYTES:]
     split = V4_ENTRY * c
@@ -423,11 +416,6 @@ def _scan_codes_v4(rec, c, u, usum, scale, base, mode, live, allow, use_allow, h
         hi = min(lo + CODE_ROWS, c)
         w_lo, w_hi = _next_codes(body, slots, split, lo, hi, c, dim, words.shape[0], use_allow, allow)
         s1, s2 = _sums32(words[w_lo:w_hi], pos + w_lo, s1, s2)
-        for r in range(lo, hi):
-            slot = slots[r]
-            if use_allow and (slot < 0 or slot >= n_allow or allow[slot] == 0):
-                continue
-            d = code_int(u, usum, scale, base, mode, body, split + r * dim, norms[r])
-            if after(hd[0], hs[0], d, slot) and slot >= 0 and slot < n_live and live[slot] >= 0:   # kernels.LIVE_LAST
-                offer_unique(hd, hs, d, slot)
+        offer_code_rows_v4(slots, norms, body, split, lo, hi, u, usum, scale, base, mode, live, allow, use_allow, hd,
+                           hs)
     return _finish(np.uint64(s1), np.uint64(s2), body.shape[0]) == rec[16:24].view(np.uint64)[0]

@@ -91,8 +91,12 @@ def nearest_heads(graph: HNSW, x: np.ndarray, k: int, ef: int, exact_heads: int,
         slots, dists = topk.scan_topk(x, rows, metric, k)
     else:
         slots, dists = topk.scan_topk_chunked(x, rows, metric, k, 1)
-    ids = np.where(slots >= 0, slot_ids[np.maximum(slots, 0)], -1).astype(np.int64, copy=False)
-    return ids, dists
+    return _ids_of(slots, slot_ids), dists
+
+
+def _ids_of(slots: np.ndarray, slot_ids: np.ndarray) -> np.ndarray:
+    """The head ids of graph ``slots`` (-1 stays -1)."""
+    return np.where(slots >= 0, slot_ids[np.maximum(slots, 0)], -1).astype(np.int64, copy=False)
 
 
 def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: int, route: str, count: np.ndarray,
@@ -115,8 +119,7 @@ def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: i
         dists = np.full((len(x), n_heads), np.inf, np.float32)
         route_codes(x, vmin, step, mode, codes.centroid_codes, codes.centroid_norms, codes.member_codes,
                     codes.member_norms, groups.offsets, groups.members, MIN_GROUPS, max(ef, n_heads), slots, dists)
-        hid = np.where(slots >= 0, slot_ids[np.maximum(slots, 0)], -1).astype(np.int64, copy=False)
-        return plan_reads(hid, dists, count, _as_f32(eps2), k)
+        return plan_reads(_ids_of(slots, slot_ids), dists, count, _as_f32(eps2), k)
     hid, hd = nearest_heads(graph, x, n_heads, ef, exact_heads, route)
     return plan_reads(hid, hd, count, _as_f32(eps2), k)
 

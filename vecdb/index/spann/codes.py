@@ -16,7 +16,7 @@ from vecdb.errors import DataLossError
 from vecdb.index.allow import AllowSet
 from vecdb.index.spann import postings
 from vecdb.index.spann.kernels import rerank_rows, scan_codes, scan_codes_serial
-from vecdb.index.spann.records import RUN, check_scan_codes_records
+from vecdb.index.spann.records import RUN, RUN_PAD, check_scan_codes_records
 from vecdb.quant.sq8 import SQ8
 from vecdb.types import F32Matrix, I64Vector
 
@@ -29,8 +29,6 @@ CODES = ("sq8",)
 MAX_RERANK = 4096
 #: queries re-ranked together (their candidates' float rows gathered at once)
 RERANK_BLOCK = 64
-#: what pads a run of fewer than ``RUN`` records (never read: the kernel takes its length)
-_PAD = memoryview(b"")
 
 
 def new_codec(codes: str | None, dim: int) -> SQ8 | None:
@@ -104,64 +102,48 @@ class CodePostings:
         """Candidates per query ranked on codes, then re-ranked with float vectors."""
         return max(k, rerank if rerank is not None else max(4 * k, 40))
 
-    def _scan_codes_in_place(self: "SPANN", txn: Any, queries: F32Matrix, k: int, allow: AllowSet | None,
-                             mask: np.ndarray, plan: Any, rerank: int | None, out_s: np.ndarray,
-                             out_d: np.ndarray) -> tuple[np.ndarray, int]:
-        """``_scan_codes`` for a few queries with the SQ8 records scanned where LMDB maps them
-        (no copy; format 3 checked in the same pass, ``records``), ``RUN`` records per kernel
-        call as the float scan, and each query's candidates re-ranked with the float rows read
-        through ``txn`` (one kernel call on the rows laid end to end), into ``out_s``/``out_d``
-        (their rows, +inf / -1, are the re-rank's heaps). ``plan``: (raws, wanted, qptr,
-        qlist) of ``_scan_in_place``. Returns (entries per posting, bytes of float rows read);
-        DataLossError for a corrupt posting or float record (the
-        rows then hold partial results: never returned)."""
+    def _rank_codes(self: "SPANN", vectors: Any, query: np.ndarray, recs: list[Any], at: np.ndarray, heads: np.ndarray,
+                    counts: np.ndarray, width: int, use_allow: bool, mask: np.ndarray, out_s: np.ndarray,
+                    out_d: np.ndarray) -> int:
+        """Top-k of ``query`` over the SQ8 posting records ``recs`` scanned where LMDB maps
+        them (record i: posting ``heads[at[i]]``, its entries counted in ``counts[at[i]]``;
+        format 3 and 4 checked in the same pass, ``records``), ``RUN`` records per kernel
+        call: its best ``width`` candidates on codes, re-ranked with their float rows read
+        through the cursor ``vectors`` (one kernel call on the rows laid end to end) into the
+        heap rows ``out_s``/``out_d`` (+inf / -1). Returns the bytes of float rows read;
+        DataLossError for a corrupt posting or float record (the rows then hold partial
+        results: never returned)."""
         codec = self._codec
         assert codec is not None
-        raws, wanted, qptr, qlist = plan
-        counts = np.zeros(len(raws), np.int64)
-        width = self._rerank_width(k, rerank)
-        code = self._scan_code
-        vmin, step = codec.vmin, codec.step
-        live, use_allow, dim = self._ids.slot_ids, allow is not None, self.dim
-        vectors = txn.cursor(db=self._vdb)           # a lookup by cursor: ~15% less than by txn.get
-        find, value, size = vectors.set_key, vectors.value, 4 * self.dim
-        bounds, order = qptr.tolist(), qlist.tolist()
-        all_found = all(raws)                        # see SPANN._scan_in_place
+        vmin, step, code, live, dim = codec.vmin, codec.step, self._scan_code, self._ids.slot_ids, self.dim
         cd, cs = np.empty(width, np.float32), np.empty(width, np.int64)
-        floats = 0
-        for qi in range(len(queries)):
-            cd.fill(np.inf)
-            cs.fill(-1)
-            end = bounds[qi + 1]
-            for lo in range(bounds[qi], end, RUN):    # runs of RUN records, one kernel call each
-                hi = min(lo + RUN, end)
-                if all_found:
-                    run, at = [raws[pos] for pos in order[lo:hi]], qlist[lo:hi]
-                else:                                 # none: an empty posting (a missing one raised already)
-                    at = np.array([pos for pos in order[lo:hi] if raws[pos] is not None], np.int64)
-                    run = [raws[pos] for pos in at.tolist()]
-                n = len(run)
-                bad, problem = check_scan_codes_records(tuple(run) if n == RUN else tuple(run + [_PAD] * (RUN - n)), n,
-                                                        at, dim, queries[qi], vmin, step, code, live, mask,
-                                                        use_allow, counts, cd, cs, hi == end)
-                if problem:
-                    raise DataLossError(postings.problem_message(int(wanted[at[bad]]), int(problem)))
-            slots = cs.tolist()
-            n_cand = slots.index(-1) if slots[-1] < 0 else len(slots)   # sorted: the -1 sentinels last
-            cand = cs[:n_cand]
-            rows = [value() if find(slot_key) else None for slot_key in postings.keys(slots[:n_cand])]
-            if not all(rows):                         # removed since (no float record): not a candidate
-                present = np.array([raw is not None for raw in rows], bool)   # (an empty one fails the size check)
-                cand, rows = cand[present], [raw for raw in rows if raw is not None]
-            if not rows:
-                continue
-            joined = b"".join(rows)
-            if len(joined) != size * len(rows) or max(map(len, rows)) != size:
-                bad_slot = next(slot for slot, raw in zip(cand.tolist(), rows) if len(raw) != size)
-                raise DataLossError(f"SPANN vector record of slot {bad_slot} is not {size} bytes")
-            floats += len(joined)
-            rerank_rows(np.frombuffer(joined, np.float32), dim, queries[qi], cand, code, out_d[qi], out_s[qi])
-        return counts, floats
+        cd.fill(np.inf)
+        cs.fill(-1)
+        n = len(recs)
+        for lo in range(0, n, RUN):
+            hi = min(lo + RUN, n)
+            run = recs[lo:hi] if n > RUN else recs
+            bad, problem = check_scan_codes_records(tuple(run) if hi - lo == RUN else tuple(run + [RUN_PAD] * (RUN - hi + lo)),
+                                                    hi - lo, at[lo:hi] if n > RUN else at, dim, query, vmin, step, code,
+                                                    live, mask, use_allow, counts, cd, cs, hi == n)
+            if problem:
+                raise DataLossError(postings.problem_message(int(heads[at[lo + bad]]), int(problem)))
+        slots = cs.tolist()
+        n_cand = slots.index(-1) if slots[-1] < 0 else len(slots)   # sorted: the -1 sentinels last
+        cand = cs[:n_cand]
+        find, value, size = vectors.set_key, vectors.value, 4 * dim   # a lookup by cursor: ~15% less than txn.get
+        rows = [value() if find(slot_key) else None for slot_key in postings.keys(slots[:n_cand])]
+        if not all(rows):                         # removed since (no float record): not a candidate
+            present = np.array([raw is not None for raw in rows], bool)   # (an empty one fails the size check)
+            cand, rows = cand[present], [raw for raw in rows if raw is not None]
+        if not rows:
+            return 0
+        joined = b"".join(rows)
+        if len(joined) != size * len(rows) or max(map(len, rows)) != size:
+            bad_slot = next(slot for slot, raw in zip(cand.tolist(), rows) if len(raw) != size)
+            raise DataLossError(f"SPANN vector record of slot {bad_slot} is not {size} bytes")
+        rerank_rows(np.frombuffer(joined, np.float32), dim, query, cand, code, out_d, out_s)
+        return len(joined)
 
     def _float_rows(self: "SPANN", txn: Any, slots: I64Vector) -> F32Matrix:
         """Float32 rows of ``slots`` (sorted) from their LMDB records (from the overlay when

@@ -43,10 +43,10 @@ from vecdb.worker import Worker
 from vecdb.index.spann.clustering import centroids_of, split_until
 from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
 from vecdb.index.spann.kernels import scan_postings, scan_postings_serial
-from vecdb.index.spann.records import RUN, check_scan_records
+from vecdb.index.spann.records import RUN, RUN_PAD, check_scan_records
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
-from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, groups_bytes, plan_heads
+from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, groups_bytes, plan_heads, plan_one
 from vecdb.index.spann.updates import FANOUT, HeadState, Plan, Source, Work, graph_from
 from vecdb.storage.env import Store
 from vecdb.storage.space import IndexSpace
@@ -80,6 +80,8 @@ BUILD_HEADS = 256
 #: default eps2 by routing metric: squared L2 grows fast away from a head, -ip does not
 DEFAULT_EPS2 = {Metric.L2: 1.0, Metric.IP: 0.3}
 _NO_MASK = np.zeros(1, np.uint8)
+#: positions 0, 1, ...: where a one-query scan counts the entries of its i-th posting
+_POSITIONS = np.arange(MAX_POSTINGS, dtype=np.int64)
 _EMPTY_IDS = np.zeros(0, np.int64)
 
 
@@ -97,19 +99,6 @@ class _EmptyRecords(dict):
 
 
 _EMPTY_RECORD = _EmptyRecords()
-
-
-class _EmptyViews(dict):
-    """The record of an empty float32 posting as a memoryview (the type of the records LMDB
-    returns), per dimension: what a one-query scan reads for a head with no record, and pads
-    its runs of records with."""
-
-    def __missing__(self, dim: int) -> memoryview:
-        out = self[dim] = memoryview(_EMPTY_RECORD[dim, False])
-        return out
-
-
-_EMPTY_VIEWS = _EmptyViews()
 
 
 @dataclass(frozen=True)
@@ -726,6 +715,11 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                     if heads is None:            # a snapshot older than every state remembered: read again
                         continue
                     overlay = self._overlay is not None
+                    if not overlay and nq == 1:  # one query: its own path, fewest calls
+                        in_place = self._search_one(txn, heads, queries, k, allow, mask, p, out_s[0], out_d[0], stats)
+                        if not stats:
+                            return out_s, out_d, None
+                        break
                     if not overlay and (serial or (FLOAT_IN_PLACE and self._codec is None)):   # no copy
                         in_place = self._scan_in_place(txn, heads, queries, k, allow, mask, p, out_s, out_d, stats)
                         if not stats:            # the rows are the result
@@ -756,15 +750,17 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             entries = np.where(per_query > 0, sums, 0).astype(np.int64)
         return out_s, out_d, SearchStats(per_query, len(counts), int(read) + rerank_bytes, entries, rerank_bytes)
 
+    def _nprobe_ef_eps2(self, heads: HeadState, p: SPANNParams) -> tuple[int, int, float]:
+        """The heads a query routes to, the route's beam and the pruning's eps2 of ``p``."""
+        nprobe = min(p.max_postings, len(heads.graph))
+        ef = p.ef if p.ef is not None else max(64, 2 * nprobe)
+        return nprobe, max(ef, nprobe), DEFAULT_EPS2[self._route] if p.eps2 is None else p.eps2
+
     def _plan(self, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The postings the queries read (nearest heads, then query-aware pruning): (wanted
         heads, sorted; qptr; qlist), as ``plan_reads`` returns them."""
-        graph = heads.graph
-        nprobe = min(p.max_postings, len(graph))
-        ef = p.ef if p.ef is not None else max(64, 2 * nprobe)
-        eps2 = DEFAULT_EPS2[self._route] if p.eps2 is None else p.eps2
-        return plan_heads(graph, queries, nprobe, max(ef, nprobe), self.exact_heads, self.head_route, heads.count,
-                          eps2, k)
+        nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
+        return plan_heads(heads.graph, queries, nprobe, ef, self.exact_heads, self.head_route, heads.count, eps2, k)
 
     def _gather(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> Any:
         """The posting records the queries read (query-aware pruning), checked and laid end to
@@ -774,46 +770,81 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         buf, starts, counts = self._read_records(txn, heads, wanted)
         return buf, starts, counts, qptr, qlist
 
+    def _search_one(self, txn: Any, heads: HeadState, query: F32Matrix, k: int, allow: AllowSet | None,
+                    mask: np.ndarray, p: SPANNParams, out_s: np.ndarray, out_d: np.ndarray, stats: bool) -> Any:
+        """``_scan_in_place`` for one query (``query`` (1, dim)) with the fewest calls: its
+        postings planned in one kernel call (``plan_one``), read nearest first and ranked into
+        the rows ``out_s``/``out_d``; with ``stats`` the same tuple as ``_scan_in_place``."""
+        nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
+        read = plan_one(heads.graph, query, nprobe, ef, self.exact_heads, self.head_route, heads.count, eps2, k)
+        cursor = txn.cursor(db=self._pdb)        # by cursor: ~15% less than txn.get
+        find, value = cursor.set_key, cursor.value
+        raws = [value() if find(key) else None for key in postings.keys(read.tolist())]
+        recs, at = raws, _POSITIONS[: len(raws)]
+        if not all(raws):                        # a missing record: an empty posting (or a lost one: raises)
+            _check_present(heads, read, raws)
+            recs, at = _records_at(raws, range(len(raws)))
+        counts = np.zeros(len(raws), np.int64)
+        floats = 0
+        if self._codec is not None:
+            floats = self._rank_codes(txn.cursor(db=self._vdb), query[0], recs, at, read, counts,
+                                      self._rerank_width(k, p.rerank), allow is not None, mask, out_s, out_d)
+        else:
+            self._rank_floats(query[0], recs, at, read, counts, allow is not None, mask, out_s, out_d)
+        if not stats:
+            return None
+        return _bytes_of(raws), floats, counts, np.array([0, len(raws)], np.int64), _POSITIONS[: len(raws)]
+
     def _scan_in_place(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, allow: AllowSet | None,
                        mask: np.ndarray, p: SPANNParams, out_s: np.ndarray, out_d: np.ndarray, stats: bool) -> Any:
         """Top-k of the queries over postings scanned where LMDB maps them (no copy; a
-        format-3 record is checked in the same pass, see ``records``; SQ8 codes then
-        re-ranked, ``_scan_codes_in_place``), into ``out_s``/``out_d``: with ``stats``,
-        (bytes of postings read, bytes of float rows read to re-rank, entries per posting,
-        qptr, qlist), else None. DataLossError for a corrupt, truncated or missing posting, as
+        format-3 or 4 record is checked in the same pass, see ``records``; SQ8 codes then
+        re-ranked, ``_rank_codes``), into ``out_s``/``out_d``: with ``stats``, (bytes of
+        postings read, bytes of float rows read to re-rank, entries per posting, qptr, qlist),
+        else None. DataLossError for a corrupt, truncated or missing posting, as
         ``_read_records`` (the rows then hold partial results: never returned)."""
         wanted, qptr, qlist = self._plan(heads, queries, k, p)
         get, db, key = txn.get, self._pdb, postings.key
         raws = [get(key(head), db=db) for head in wanted.tolist()]
-        # a record is never empty, so this is False only for a missing one (or an empty, corrupt
-        # one: the scan rejects it); ``None in raws`` compares each memoryview, ~0.3 us apiece
         all_found = all(raws)
-        if not all_found:                        # an empty posting has no record; a missing one is lost
-            count = heads.count
-            for head, raw in zip(wanted.tolist(), raws):
-                if raw is None and count[head] > 0:
-                    raise DataLossError(f"SPANN posting {head} is missing ({count[head]} entries expected)")
-        if self._codec is not None:
-            counts, floats = self._scan_codes_in_place(txn, queries, k, allow, mask, (raws, wanted, qptr, qlist),
-                                                       p.rerank, out_s, out_d)
-            return (_bytes_of(raws), floats, counts, qptr, qlist) if stats else None
-        empty = _EMPTY_VIEWS[self.dim]          # an empty posting (no record) reads as one
-        recs = raws if all_found else [empty if raw is None else raw for raw in raws]
+        if not all_found:                        # a missing record: an empty posting (or a lost one: raises)
+            _check_present(heads, wanted, raws)
         counts = np.zeros(len(raws), np.int64)
-        live, use_allow, dim, code = self._ids.slot_ids, allow is not None, self.dim, self._scan_code
+        use_allow = allow is not None
+        codes = self._codec is not None
+        cursor = txn.cursor(db=self._vdb) if codes else None
+        width = self._rerank_width(k, p.rerank)
         bounds, order = qptr.tolist(), qlist.tolist()
+        floats = 0
         for qi in range(len(queries)):
-            hd, hs, q = out_d[qi], out_s[qi], queries[qi]   # the caller's rows (+inf / -1): the heap itself
-            end = bounds[qi + 1]
-            for lo in range(bounds[qi], end, RUN):   # runs of RUN records, one kernel call each
-                hi = min(lo + RUN, end)
-                run = [recs[pos] for pos in order[lo:hi]]
-                bad, problem = check_scan_records(tuple(run) if hi - lo == RUN else tuple(run + [empty] * (RUN - hi + lo)),
-                                                  hi - lo, qlist[lo:hi], dim, q, live, mask, use_allow, code, counts,
-                                                  hd, hs, hi == end)
-                if problem:
-                    raise DataLossError(postings.problem_message(int(wanted[order[lo + bad]]), int(problem)))
-        return (_bytes_of(raws), 0, counts, qptr, qlist) if stats else None
+            lo, hi = bounds[qi], bounds[qi + 1]
+            if all_found:
+                recs, at = [raws[pos] for pos in order[lo:hi]], qlist[lo:hi]
+            else:
+                recs, at = _records_at(raws, order[lo:hi])
+            if codes:
+                floats += self._rank_codes(cursor, queries[qi], recs, at, wanted, counts, width, use_allow, mask,
+                                           out_s[qi], out_d[qi])
+            else:
+                self._rank_floats(queries[qi], recs, at, wanted, counts, use_allow, mask, out_s[qi], out_d[qi])
+        return (_bytes_of(raws), floats, counts, qptr, qlist) if stats else None
+
+    def _rank_floats(self, query: np.ndarray, recs: list[Any], at: np.ndarray, heads: np.ndarray, counts: np.ndarray,
+                     use_allow: bool, mask: np.ndarray, out_s: np.ndarray, out_d: np.ndarray) -> None:
+        """Top-k of ``query`` over the float32 posting records ``recs`` (record i: posting
+        ``heads[at[i]]``, its entries counted in ``counts[at[i]]``) into the heap rows
+        ``out_s``/``out_d`` (+inf / -1: the heap itself), ``RUN`` records per kernel call,
+        each checked in the same pass. DataLossError for a corrupt or truncated one."""
+        n = len(recs)
+        live, dim, code = self._ids.slot_ids, self.dim, self._scan_code
+        for lo in range(0, n, RUN):
+            hi = min(lo + RUN, n)
+            run = recs[lo:hi] if n > RUN else recs
+            bad, problem = check_scan_records(tuple(run) if hi - lo == RUN else tuple(run + [RUN_PAD] * (RUN - hi + lo)),
+                                              hi - lo, at[lo:hi] if n > RUN else at, dim, query, live, mask, use_allow,
+                                              code, counts, out_d, out_s, hi == n)
+            if problem:
+                raise DataLossError(postings.problem_message(int(heads[at[lo + bad]]), int(problem)))
 
     def search_with_stats(self, queries: Any, k: int, *, allow: Any = None, **params: Any) -> tuple[SearchResult, SearchStats]:
         """``search`` (same arguments and checks) plus the postings and bytes it read."""
@@ -939,6 +970,22 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         space.write(index._persist_all)
         index._sync(index._inflight.state.token if index._inflight else None)
         return index
+
+
+def _check_present(heads: HeadState, read: np.ndarray, raws: list[Any]) -> None:
+    """DataLossError when a posting of ``read`` with no record (None in ``raws``) should hold
+    entries (a lost record); with none it is an empty posting."""
+    count = heads.count
+    for head, raw in zip(read.tolist(), raws):
+        if raw is None and count[head] > 0:
+            raise DataLossError(f"SPANN posting {head} is missing ({count[head]} entries expected)")
+
+
+def _records_at(raws: list[Any], positions: Any) -> tuple[list[Any], np.ndarray]:
+    """The records of ``raws`` at ``positions`` that exist (an empty posting has none), and
+    their positions: a scan's run, and where it counts each record's entries."""
+    kept = [pos for pos in positions if raws[pos] is not None]
+    return [raws[pos] for pos in kept], np.array(kept, np.int64)
 
 
 def _bytes_of(raws: list[Any]) -> int:

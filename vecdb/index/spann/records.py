@@ -47,6 +47,8 @@ AHEAD = 4096
 #: records one ``check_scan_records`` call takes: its tuple of records always has this length
 #: (a shorter run is padded), so one compiled kernel serves every run
 RUN = 8
+#: what pads a run of fewer than ``RUN`` records (never read: the kernels take the run's length)
+RUN_PAD = memoryview(b"")
 #: rows of SQ8 codes a one-query scan sums in one go before ranking them (a multiple of 4, so
 #: that they are whole 4-byte words whatever the dimension)
 CODE_ROWS = 8

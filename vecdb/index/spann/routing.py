@@ -43,7 +43,8 @@ import numpy as np
 from vecdb.index.hnsw import HNSW
 from vecdb.index.spann.clustering import centroids_of, split_until, sq_dists
 from vecdb.quant.sq8 import SQ8
-from vecdb.index.spann.kernels import plan_reads, route_codes, route_groups, route_groups_serial, route_plan
+from vecdb.index.spann.kernels import (plan_reads, route_codes, route_groups, route_groups_serial, route_plan,
+                                      route_plan_one)
 from vecdb.kernels import topk
 
 #: default ``exact_heads``: heads up to which nearest-head search is an exact scan
@@ -122,6 +123,24 @@ def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: i
         return plan_reads(_ids_of(slots, slot_ids), dists, count, _as_f32(eps2), k)
     hid, hd = nearest_heads(graph, x, n_heads, ef, exact_heads, route)
     return plan_reads(hid, hd, count, _as_f32(eps2), k)
+
+
+def plan_one(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: int, route: str, count: np.ndarray,
+             eps2: float, k: int) -> np.ndarray:
+    """``plan_heads`` for one query (``x`` (1, dim)): the heads whose postings it reads,
+    nearest first. On the grouped route on codes one kernel call that returns only a count."""
+    rows, slot_ids, metric = graph.stored_rows()
+    n = len(slot_ids)
+    if route == "groups" and exact_heads < n and len(graph) == n:
+        groups = groups_of(graph, rows)
+        codes = groups.codes
+        out = np.empty(n_heads, np.int64)
+        got = route_plan_one(x[0], codes.codec.vmin, codes.codec.step, 0 if metric == 0 else 1, codes.centroid_codes,
+                             codes.centroid_norms, codes.member_codes, codes.member_norms, slot_ids, groups.offsets,
+                             groups.members, MIN_GROUPS, max(ef, n_heads), n_heads, count, float(eps2), k, out)
+        return out[:got]
+    wanted, _, qlist = plan_heads(graph, x, n_heads, ef, exact_heads, route, count, eps2, k)
+    return wanted[qlist]
 
 
 @functools.lru_cache(maxsize=64)

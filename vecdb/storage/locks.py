@@ -164,8 +164,30 @@ class RWLock:
                 self._waiting_writers -= 1
             self._writer = True
 
-    def _release(self, exclusive: bool, held: float, cpu: float | None) -> None:
-        with self._mutex:
+    def enter_shared(self) -> tuple[float, float | None]:
+        """Take the shared side (what ``read()`` holds, without a context manager object: a
+        search's read transaction takes one per call). Returns what ``exit_shared`` takes."""
+        mutex = self._mutex
+        mutex.acquire()                      # not ``with``: half the cost (~0.2 us a side)
+        try:
+            if self._writer or (self._waiting_writers and not self._admit):
+                _enter_shared(self)
+            else:
+                self._readers += 1
+        finally:
+            mutex.release()
+        return _clocks()
+
+    def exit_shared(self, since: tuple[float, float | None]) -> None:
+        """Release a hold taken by ``enter_shared`` (``since``: what it returned)."""
+        self._release(False, since)
+
+    def _release(self, exclusive: bool, since: tuple[float, float | None]) -> None:
+        held = time.perf_counter() - since[0]
+        cpu = None if since[1] is None else time.thread_time() - since[1]
+        mutex = self._mutex
+        mutex.acquire()
+        try:
             if exclusive:
                 self._writer = False
                 self._admit = self._waiting_readers
@@ -180,6 +202,13 @@ class RWLock:
                 self._read_wall.add(held)
                 if cpu is not None:
                     self._read_cpu.add(cpu)
+        finally:
+            mutex.release()
+
+
+def _clocks() -> tuple[float, float | None]:
+    """When a hold starts: the wall clock, and the thread's CPU clock once ``record_cpu_time``."""
+    return time.perf_counter(), time.thread_time() if _CPU_CLOCK[0] else None
 
 
 def _enter_shared(lock: RWLock) -> None:
@@ -199,29 +228,20 @@ def _enter_shared(lock: RWLock) -> None:
 
 
 class _Hold:
-    """One hold of an RWLock (a plain context manager: a search takes one per call, so taking
-    the shared side when nothing is in its way is written out here)."""
+    """One hold of an RWLock (a plain context manager)."""
 
-    __slots__ = ("_lock", "_exclusive", "_start", "_cpu")
+    __slots__ = ("_lock", "_exclusive", "_since")
 
     def __init__(self, lock: RWLock, exclusive: bool) -> None:
         self._lock = lock
         self._exclusive = exclusive
 
     def __enter__(self) -> None:
-        lock = self._lock
         if self._exclusive:
-            lock._acquire_exclusive()
+            self._lock._acquire_exclusive()
+            self._since = _clocks()
         else:
-            with lock._mutex:
-                if lock._writer or (lock._waiting_writers and not lock._admit):
-                    _enter_shared(lock)
-                else:
-                    lock._readers += 1
-        self._cpu = time.thread_time() if _CPU_CLOCK[0] else None
-        self._start = time.perf_counter()
+            self._since = self._lock.enter_shared()
 
     def __exit__(self, *exc: object) -> None:
-        held = time.perf_counter() - self._start
-        cpu = None if self._cpu is None else time.thread_time() - self._cpu
-        self._lock._release(self._exclusive, held, cpu)
+        self._lock._release(self._exclusive, self._since)

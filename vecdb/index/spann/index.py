@@ -234,7 +234,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         self._pending: dict[int, None] = {}        # heads queued for a split (insertion order)
         self._dead = 0                             # removals not yet purged from the postings
         self._purge: list[int] | None = None       # [next head, removals the running sweep covers]
-        self._recent: dict[str, HeadState] = {}    # recent committed states by token
+        self._recent: dict[bytes, HeadState] = {}  # recent committed states by token
         self._bg: Worker | None = None
         self._pdb: Any = None                      # sub-databases of the attached space: postings,
         self._mdb: Any = None                      # meta (resident arrays, token),
@@ -333,11 +333,11 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         recent older state when a reader's snapshot predates the last promotion; None when
         the snapshot is older still (the reader retries with a new one). Searches take no
         lock unless they promote."""
-        tok = token if token is None or isinstance(token, str) else bytes(token).decode()
         disk = self._disk
         assert disk is not None
-        if tok is None or disk.token == tok:
+        if token is None or disk.token == token:   # bytes against LMDB's bytes or memoryview: no copy
             return disk
+        tok = bytes(token)
         plan = self._inflight
         if plan is not None and plan.state.token == tok:
             with self._sync_lock:
@@ -503,7 +503,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         gids = graph.ids
         if token is None or (len(gids) and (gids.max() >= len(count) or (count[gids] < 0).any())):
             raise DataLossError(f"corrupt SPANN state in {space!r}: the head counts do not match the head graph")
-        self._disk = HeadState(graph, count, bytes(token).decode())
+        self._disk = HeadState(graph, count, bytes(token))
         self._ids = IdMap(slot_ids)
         self._disk_ids = IdMap(slot_ids) if not self._own else self._ids
         self._dead = int(meta.get("dead", np.count_nonzero(slot_ids < 0)))
@@ -556,9 +556,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             arrays = self._arrays(disk.graph, disk.count)
             arrays["slot_ids"] = self._cids.slot_ids
             described = state.write_arrays(txn, self._mdb, arrays, None)
-            token = secrets.token_hex(8)
+            token = secrets.token_hex(8).encode()
             state.write_meta(txn, self._mdb, self._meta(disk.graph, described, self._dead))
-            txn.put(TOKEN_KEY, token.encode(), db=self._mdb)
+            txn.put(TOKEN_KEY, token, db=self._mdb)
             self._inflight = Plan(removed=_EMPTY_IDS, ids=_EMPTY_IDS, new_slots=_EMPTY_IDS, rem_slots=_EMPTY_IDS,
                                   postings={}, state=HeadState(disk.graph, disk.count, token), written=True)
 
@@ -597,8 +597,8 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         if plan.sweep is not None and plan.sweep[0] < 0:
             dead -= plan.sweep[1]
         state.write_meta(txn, self._mdb, self._meta(plan.state.graph, described, max(dead, 0)))
-        plan.state.token = secrets.token_hex(8)
-        txn.put(TOKEN_KEY, plan.state.token.encode(), db=self._mdb)
+        plan.state.token = secrets.token_hex(8).encode()
+        txn.put(TOKEN_KEY, plan.state.token, db=self._mdb)
         plan.written = True
 
     def _plan_and_write(self, txn: Any, removed: I64Vector, ids: I64Vector, vectors: F32Matrix) -> Plan:

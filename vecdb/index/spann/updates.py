@@ -38,7 +38,7 @@ class HeadState:
 
     graph: HNSW
     count: np.ndarray
-    token: str | None
+    token: bytes | None
 
 
 @dataclass

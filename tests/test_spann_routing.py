@@ -272,10 +272,7 @@ def test_searches_route_on_codes_to_the_heads_the_float_route_finds(metric: str)
         groups = routing.groups_of(graph, rows)
         want, _ = nearest_heads(graph, q, 5, 64, 0)               # the float route (what writes use)
         slots, dists = np.full((len(q), 5), -1, np.int64), np.full((len(q), 5), np.inf, np.float32)
-        codes = groups.codes
-        route_codes(q, codes.codec.vmin, codes.codec.step, 0 if code == 0 else 1, codes.centroid_codes,
-                    codes.centroid_norms, codes.member_codes, codes.member_norms, groups.offsets, groups.members,
-                    routing.MIN_GROUPS, 64, slots, dists)
+        route_codes(q, 0 if code == 0 else 1, *groups.code_route, routing.MIN_GROUPS, 64, slots, dists)
         got = slot_ids[slots]
         assert (got[:, 0] == want[:, 0]).mean() >= 0.95
         assert recall(got, want) >= 0.9

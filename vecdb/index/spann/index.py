@@ -775,8 +775,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         """``_scan_in_place`` for one query (``query`` (1, dim)) with the fewest calls: its
         postings planned in one kernel call (``plan_one``), read nearest first and ranked into
         the rows ``out_s``/``out_d``; with ``stats`` the same tuple as ``_scan_in_place``."""
+        q = query[0]
         nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
-        read = plan_one(heads.graph, query, nprobe, ef, self.exact_heads, self.head_route, heads.count, eps2, k)
+        read = plan_one(heads.graph, q, nprobe, ef, self.exact_heads, self.head_route, heads.count, eps2, k)
         cursor = txn.cursor(db=self._pdb)        # by cursor: ~15% less than txn.get
         find, value = cursor.set_key, cursor.value
         raws = [value() if find(key) else None for key in postings.keys(read.tolist())]
@@ -787,10 +788,10 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         counts = np.zeros(len(raws), np.int64)
         floats = 0
         if self._codec is not None:
-            floats = self._rank_codes(txn.cursor(db=self._vdb), query[0], recs, at, read, counts,
+            floats = self._rank_codes(txn.cursor(db=self._vdb), q, recs, at, read, counts,
                                       self._rerank_width(k, p.rerank), allow is not None, mask, out_s, out_d)
         else:
-            self._rank_floats(query[0], recs, at, read, counts, allow is not None, mask, out_s, out_d)
+            self._rank_floats(q, recs, at, read, counts, allow is not None, mask, out_s, out_d)
         if not stats:
             return None
         return _bytes_of(raws), floats, counts, np.array([0, len(raws)], np.int64), _POSITIONS[: len(raws)]

@@ -150,10 +150,11 @@ def route_codes_query(ints, mode, centroid_codes, centroid_norms, member_codes, 
 
 
 @kernel(parallel=True)
-def route_codes(queries, vmin, step, mode, centroid_codes, centroid_norms, member_codes, member_norms, offsets,
+def route_codes(queries, mode, vmin, step, centroid_codes, centroid_norms, member_codes, member_norms, offsets,
                 members, min_groups, min_heads, out_s, out_d):
     """``route_codes_query`` for every query, in parallel, into rows of ``out_s``/``out_d``
-    (filled with -1 / +inf by the caller): the grouped route of batched searches."""
+    (filled with -1 / +inf by the caller): the grouped route of batched searches. The
+    arrays from ``vmin`` to ``members`` are ``HeadGroups.code_route``, as in ``route_plan``."""
     for qi in numba.prange(queries.shape[0]):
         ints = fold_int_query(queries[qi], vmin, step, mode)
         route_codes_query(ints, mode, centroid_codes, centroid_norms, member_codes, member_norms, offsets, members,
@@ -161,39 +162,44 @@ def route_codes(queries, vmin, step, mode, centroid_codes, centroid_norms, membe
 
 
 @kernel
-def route_plan(queries, vmin, step, mode, centroid_codes, centroid_norms, member_codes, member_norms, slot_ids,
-               offsets, members, min_groups, min_heads, n_heads, count, eps2, k):
-    """``route_codes_query`` for the ``n_heads`` nearest heads of a few queries (slots
-    mapped to head ids by ``slot_ids``), then ``plan_reads`` on them: their postings to read
-    in one call. ``eps2`` is a Python float, made float32 here (an ``np.float32`` argument
-    costs a one-query search ~1 us of Numba's slower type lookup)."""
+def route_heads(query, mode, vmin, step, centroid_codes, centroid_norms, member_codes, member_norms, offsets, members,
+                slot_ids, min_groups, min_heads, hd, hs):
+    """``route_codes_query`` for one query into the heap ``hd``/``hs`` (+inf / -1), its graph
+    slots then mapped to head ids by ``slot_ids``."""
+    ints = fold_int_query(query, vmin, step, mode)
+    route_codes_query(ints, mode, centroid_codes, centroid_norms, member_codes, member_norms, offsets, members,
+                      min_groups, min_heads, hd, hs)
+    for j in range(hs.shape[0]):
+        if hs[j] >= 0:
+            hs[j] = slot_ids[hs[j]]
+
+
+@kernel
+def route_plan(queries, mode, vmin, step, centroid_codes, centroid_norms, member_codes, member_norms, offsets, members,
+               slot_ids, min_groups, min_heads, n_heads, count, eps2, k):
+    """``route_heads`` for the ``n_heads`` nearest heads of a few queries, then ``plan_reads``
+    on them: their postings to read in one call. ``eps2`` is a Python float, made float32
+    here (an ``np.float32`` argument costs a one-query search ~1 us of Numba's slower type
+    lookup)."""
     nq = queries.shape[0]
     hs = np.full((nq, n_heads), -1, np.int64)
     hd = np.full((nq, n_heads), np.inf, np.float32)
     for qi in range(nq):
-        ints = fold_int_query(queries[qi], vmin, step, mode)
-        route_codes_query(ints, mode, centroid_codes, centroid_norms, member_codes, member_norms, offsets, members,
-                          min_groups, min_heads, hd[qi], hs[qi])
-        for j in range(n_heads):
-            if hs[qi, j] >= 0:
-                hs[qi, j] = slot_ids[hs[qi, j]]
+        route_heads(queries[qi], mode, vmin, step, centroid_codes, centroid_norms, member_codes, member_norms, offsets,
+                    members, slot_ids, min_groups, min_heads, hd[qi], hs[qi])
     return plan_reads(hs, hd, count, np.float32(eps2), k)
 
 
 @kernel
-def route_plan_one(query, vmin, step, mode, centroid_codes, centroid_norms, member_codes, member_norms, slot_ids,
-                   offsets, members, min_groups, min_heads, n_heads, count, eps2, k, out):
+def route_plan_one(query, mode, vmin, step, centroid_codes, centroid_norms, member_codes, member_norms, offsets,
+                   members, slot_ids, min_groups, min_heads, n_heads, count, eps2, k, out):
     """``route_plan`` for one query, its postings to read written to ``out`` nearest first
     (``keep_heads``); returns how many. No array is returned: Numba boxes each returned
     array at ~0.8 us, most of a one-query route's fixed cost."""
     hs = np.full(n_heads, -1, np.int64)
     hd = np.full(n_heads, np.inf, np.float32)
-    ints = fold_int_query(query, vmin, step, mode)
-    route_codes_query(ints, mode, centroid_codes, centroid_norms, member_codes, member_norms, offsets, members,
-                      min_groups, min_heads, hd, hs)
-    for j in range(n_heads):
-        if hs[j] >= 0:
-            hs[j] = slot_ids[hs[j]]
+    route_heads(query, mode, vmin, step, centroid_codes, centroid_norms, member_codes, member_norms, offsets, members,
+                slot_ids, min_groups, min_heads, hd, hs)
     return keep_heads(hs, hd, count, np.float32(eps2), k, out)
 
 

@@ -104,42 +104,34 @@ def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: i
                eps2: float, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The postings queries ``x`` read: their ``n_heads`` nearest heads (``nearest_heads``),
     pruned by ``plan_reads`` (eps2, ``count`` entries per head, ``k``): (wanted, qptr, qlist).
-    A few queries on the grouped route do both in one kernel call (the one-query path)."""
+    A few queries on the grouped route do both in one kernel call (one query: ``plan_one``)."""
     rows, slot_ids, metric = graph.stored_rows()
     n = len(slot_ids)
     if route == "groups" and exact_heads < n and len(graph) == n:     # the grouped route on codes
-        groups = groups_of(graph, rows)
-        codes = groups.codes
-        vmin, step = codes.codec.vmin, codes.codec.step
+        arrays = groups_of(graph, rows).code_route
         mode = 0 if metric == 0 else 1
         if len(x) < PARALLEL_QUERIES:             # a few queries: route and plan in one call
-            return route_plan(x, vmin, step, mode, codes.centroid_codes, codes.centroid_norms, codes.member_codes,
-                              codes.member_norms, slot_ids, groups.offsets, groups.members, MIN_GROUPS,
-                              max(ef, n_heads), n_heads, count, float(eps2), k)
+            return route_plan(x, mode, *arrays, slot_ids, MIN_GROUPS, max(ef, n_heads), n_heads, count, float(eps2), k)
         slots = np.full((len(x), n_heads), -1, np.int64)
         dists = np.full((len(x), n_heads), np.inf, np.float32)
-        route_codes(x, vmin, step, mode, codes.centroid_codes, codes.centroid_norms, codes.member_codes,
-                    codes.member_norms, groups.offsets, groups.members, MIN_GROUPS, max(ef, n_heads), slots, dists)
+        route_codes(x, mode, *arrays, MIN_GROUPS, max(ef, n_heads), slots, dists)
         return plan_reads(_ids_of(slots, slot_ids), dists, count, _as_f32(eps2), k)
     hid, hd = nearest_heads(graph, x, n_heads, ef, exact_heads, route)
     return plan_reads(hid, hd, count, _as_f32(eps2), k)
 
 
-def plan_one(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: int, route: str, count: np.ndarray,
+def plan_one(graph: HNSW, q: np.ndarray, n_heads: int, ef: int, exact_heads: int, route: str, count: np.ndarray,
              eps2: float, k: int) -> np.ndarray:
-    """``plan_heads`` for one query (``x`` (1, dim)): the heads whose postings it reads,
+    """``plan_heads`` for the one query ``q`` (dim,): the heads whose postings it reads,
     nearest first. On the grouped route on codes one kernel call that returns only a count."""
     rows, slot_ids, metric = graph.stored_rows()
     n = len(slot_ids)
     if route == "groups" and exact_heads < n and len(graph) == n:
-        groups = groups_of(graph, rows)
-        codes = groups.codes
         out = np.empty(n_heads, np.int64)
-        got = route_plan_one(x[0], codes.codec.vmin, codes.codec.step, 0 if metric == 0 else 1, codes.centroid_codes,
-                             codes.centroid_norms, codes.member_codes, codes.member_norms, slot_ids, groups.offsets,
-                             groups.members, MIN_GROUPS, max(ef, n_heads), n_heads, count, float(eps2), k, out)
+        got = route_plan_one(q, 0 if metric == 0 else 1, *groups_of(graph, rows).code_route, slot_ids, MIN_GROUPS,
+                             max(ef, n_heads), n_heads, count, float(eps2), k, out)
         return out[:got]
-    wanted, _, qlist = plan_heads(graph, x, n_heads, ef, exact_heads, route, count, eps2, k)
+    wanted, _, qlist = plan_heads(graph, q[None], n_heads, ef, exact_heads, route, count, eps2, k)
     return wanted[qlist]
 
 
@@ -218,6 +210,16 @@ class HeadGroups:
     made_for: int
     codes: RouteCodes
     moved: set[int] = field(default_factory=set, compare=False)
+
+    @functools.cached_property
+    def code_route(self) -> tuple[np.ndarray, ...]:
+        """What the code route kernels take after the query and mode (``kernels.route_codes``,
+        ``route_plan``, ``route_plan_one``): the codec's vmin and step, the centroids' and
+        members' codes and norms, the offsets and members (one tuple: a one-query route
+        splats it instead of reading ten attributes)."""
+        c = self.codes
+        return (c.codec.vmin, c.codec.step, c.centroid_codes, c.centroid_norms, c.member_codes, c.member_norms,
+                self.offsets, self.members)
 
     @property
     def nbytes(self) -> int:

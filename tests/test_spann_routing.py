@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from vecdb.errors import InvalidArgumentError
 from vecdb.index import SPANN, FlatIndex
-from vecdb.index.spann.kernels import route_query
+from vecdb.index.spann.kernels import keep_heads, plan_reads, route_query
 from vecdb.index.spann.routing import nearest_heads
 
 
@@ -71,24 +71,31 @@ def test_the_first_posting_read_is_the_nearest_head(mixed: tuple[SPANN, np.ndarr
     np.testing.assert_array_equal(ids_b[::2, 0], ids[:, 0])
 
 
+@pytest.mark.parametrize("codes", [None, "sq8"])
 @pytest.mark.parametrize("route", ["groups", "graph"])
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_both_routes_serve_an_index_past_exact_heads(metric: str, route: str) -> None:
+def test_both_routes_serve_an_index_past_exact_heads(metric: str, route: str, codes: str | None) -> None:
     rng = np.random.default_rng(5)
     centres = rng.standard_normal((40, 24)).astype(np.float32) * 2
     x = (centres[rng.integers(0, 40, 5000)] + rng.standard_normal((5000, 24))).astype(np.float32)
     q = (centres[rng.integers(0, 40, 100)] + rng.standard_normal((100, 24))).astype(np.float32)
     flat = FlatIndex(24, metric)
     flat.add(x)
-    index = SPANN(24, metric, posting_limit=64, head_size=16, exact_heads=0, head_route=route, background=False)
+    index = SPANN(24, metric, posting_limit=64, head_size=16, exact_heads=0, head_route=route, background=False,
+                  codes=codes)
     try:
         index.train(x)
         index.add(x)
         assert index.n_heads > index.exact_heads and index.head_route == route
         batched = index.search(q, 10)
         assert recall(batched.ids, flat.search(q, 10).ids) >= 0.9
-        one = np.vstack([index.search(row, 10).ids for row in q[:20]])   # routed and planned in one call
-        np.testing.assert_array_equal(one, batched.ids[:20])
+        one = [index.search(row, 10) for row in q[:20]]        # one query: routed and planned in one call
+        np.testing.assert_array_equal(np.vstack([r.ids for r in one]), batched.ids[:20])
+        np.testing.assert_allclose(np.vstack([r.distances for r in one]), batched.distances[:20], rtol=1e-5, atol=1e-5)
+        for row in q[:5]:                                      # the one-query plan reads what a batch would
+            _, alone = index.search_with_stats(row, 10, max_postings=12)
+            _, in_batch = index.search_with_stats(np.stack([row, row]), 10, max_postings=12)
+            assert alone.postings[0] == in_batch.postings[0] and alone.entries[0] == in_batch.entries[0] > 0
     finally:
         index.close()
 
@@ -279,3 +286,44 @@ def test_searches_route_on_codes_to_the_heads_the_float_route_finds(metric: str)
         assert (np.diff(dists, axis=1) >= 0).all()
     finally:
         index.close()
+
+
+def _kept(hid: np.ndarray, hd: np.ndarray, count: np.ndarray, eps2: float, k: int) -> list[int]:
+    """The pruning rule of ``keep_heads`` written out: head j (sorted by distance, -1 padded)
+    is read while d_j - d_1 <= eps2 * |d_1|, or while the heads before it hold fewer than k
+    entries."""
+    bound = np.float32(hd[0] + np.float32(eps2) * abs(hd[0]))
+    out, seen = [], 0
+    for h, d in zip(hid.tolist(), hd.tolist()):
+        if h < 0:
+            break
+        if np.float32(d) <= bound or seen < k:
+            out.append(h)
+        seen += max(int(count[h]), 0)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), nq=st.integers(1, 6), p=st.integers(1, 8), eps2=st.sampled_from([0.0, 0.3, 1.0]),
+       k=st.integers(1, 30))
+def test_query_aware_pruning_keeps_the_heads_the_rule_names(seed: int, nq: int, p: int, eps2: float, k: int) -> None:
+    """``keep_heads`` (one query) and ``plan_reads`` (a batch: distinct heads, and each
+    query's positions in them, nearest first) against the rule written out in Python, on
+    random sorted head lists with -1 padding, empty and tombstoned (-1 count) postings."""
+    rng = np.random.default_rng(seed)
+    n_heads = 12
+    count = rng.integers(-1, 12, n_heads).astype(np.int64)
+    hid = np.full((nq, p), -1, np.int64)
+    hd = np.full((nq, p), np.inf, np.float32)
+    for q in range(nq):
+        m = int(rng.integers(1, p + 1))
+        hid[q, :m] = rng.choice(n_heads, m, replace=False)
+        hd[q, :m] = np.sort(rng.uniform(-5, 20, m)).astype(np.float32)
+    wanted, qptr, qlist = plan_reads(hid, hd, count, np.float32(eps2), k)
+    for q in range(nq):
+        rule = _kept(hid[q], hd[q], count, eps2, k)
+        out = np.empty(p, np.int64)
+        n = keep_heads(hid[q], hd[q], count, np.float32(eps2), k, out)
+        assert out[:n].tolist() == rule
+        assert wanted[qlist[qptr[q] : qptr[q + 1]]].tolist() == rule
+    assert wanted.tolist() == sorted({h for q in range(nq) for h in _kept(hid[q], hd[q], count, eps2, k)})

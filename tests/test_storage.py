@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vecdb.errors import DataLossError, ResourceExhaustedError
-from vecdb.storage import RWLock, Store
+from vecdb.storage import RWLock, Store, locks
 from vecdb.storage import keys as K
 from vecdb.storage.arrays import F32_LE, U64_LE, decode_json, encode_json, from_bytes, rows_to_bytes, to_bytes
 
@@ -142,6 +142,34 @@ def test_rwlock_writer_excludes_readers_and_readers_share() -> None:
     assert events == ["r", "r", "w"]
 
 
+def test_a_shared_hold_without_a_context_manager_excludes_writers_and_is_counted() -> None:
+    """``enter_shared`` / ``exit_shared`` (what a read transaction holds) keep a writer out
+    until released, like ``read()``, and the hold is timed like any other."""
+    name = "test-enter-shared"
+    lock = RWLock(name)
+    before = locks.hold_stats().get((name, "read", "wall"))
+    since = lock.enter_shared()
+    entered = threading.Event()
+
+    def writer() -> None:
+        with lock.write():
+            entered.set()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    for _ in range(60_000):  # bounded poll of the lock's own count: the writer is waiting
+        with lock._cond:
+            if lock._waiting_writers == 1:
+                break
+        time.sleep(0.001)
+    assert lock._waiting_writers == 1 and not entered.is_set()
+    lock.exit_shared(since)
+    w.join(timeout=60)
+    assert entered.is_set()
+    after = locks.hold_stats()[(name, "read", "wall")]
+    assert after.count == (0 if before is None else before.count) + 1 and after.total >= 0
+
+
 def test_dir_bytes_counts_every_file_below_and_zero_when_missing(tmp_path: Path) -> None:
     from vecdb.storage.files import dir_bytes, fsync_tree
 
@@ -158,8 +186,6 @@ def test_hold_stats_survive_a_lock_collected_while_they_are_read() -> None:
     collector does, which includes any allocation made while ``hold_stats`` holds the stats
     lock: run there, it must not wait for that lock (it hung a /metrics scrape for good), and
     the collected lock's holds still count (white-box: the finalizer is run by hand)."""
-    from vecdb.storage import locks
-
     name = "test-collected-while-read"
     lock = RWLock(name)
     with lock.write():

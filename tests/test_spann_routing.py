@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from vecdb.errors import InvalidArgumentError
 from vecdb.index import SPANN, FlatIndex
+from vecdb.index.spann import routing
 from vecdb.index.spann.kernels import keep_heads, plan_reads, route_query
 from vecdb.index.spann.routing import nearest_heads
 
@@ -148,7 +149,6 @@ def test_the_grouped_route_finds_the_nearest_heads_after_heads_moved_between_clu
     the exact route). The grouped route regroups moved heads and finds what the exact route
     finds; the graph route on the same graph does not."""
     from vecdb.index import HNSW
-    from vecdb.index.spann import routing
 
     heads, queries, centres = heads_of_a_mixture(500, 6, 0)
     graph = HNSW(128, "l2", M=16, ef_construction=128, seed=0, progress=False)
@@ -204,7 +204,6 @@ def test_heads_born_in_splits_stay_reachable_on_the_graph_route() -> None:
 
 
 def test_head_route_is_checked_and_recorded_and_groups_count_as_resident(tmp_path: Path) -> None:
-    from vecdb.index.spann import routing
 
     for bad in ("hnsw", 1, None):
         with pytest.raises(InvalidArgumentError):
@@ -266,7 +265,6 @@ def test_searches_route_on_codes_to_the_heads_the_float_route_finds(metric: str)
     by integer dots (``RouteCodes``); writes keep the float route. On a 64-d mixture, past
     ``exact_heads``, the code route's nearest head is the float route's for >= 95 % of the
     queries and its 5 nearest share >= 90 % with the float route's 5."""
-    from vecdb.index.spann import routing
     from vecdb.index.spann.kernels import route_codes
 
     x, q = mixture(12_000, 4, dim=64, components=200), mixture(300, 5, dim=64, components=200)
@@ -327,3 +325,26 @@ def test_query_aware_pruning_keeps_the_heads_the_rule_names(seed: int, nq: int, 
         assert out[:n].tolist() == rule
         assert wanted[qlist[qptr[q] : qptr[q + 1]]].tolist() == rule
     assert wanted.tolist() == sorted({h for q in range(nq) for h in _kept(hid[q], hd[q], count, eps2, k)})
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize("exact_heads", [4096, 0])
+def test_one_query_plan_reads_the_postings_a_batch_plans_for_it(metric: str, exact_heads: int) -> None:
+    """``plan_one`` (one kernel call on the exact and the grouped route) returns, nearest
+    first, the postings ``plan_heads`` gives a batch for that query."""
+    x = mixture(4000, 31, dim=16, components=60)
+    q = mixture(30, 32, dim=16, components=60)
+    index = SPANN(16, metric, posting_limit=64, head_size=16, exact_heads=exact_heads, background=False)
+    try:
+        index.train(x)
+        index.add(x)
+        heads = index._disk
+        assert (index.n_heads <= exact_heads) == (exact_heads > 0)
+        for eps2 in (0.0, 0.5, 10.0):
+            for k in (1, 10, 200):
+                wanted, qptr, qlist = routing.plan_heads(heads.graph, q, 8, 64, exact_heads, "groups", heads.count, eps2, k)
+                for i in range(len(q)):
+                    one = routing.plan_one(heads.graph, q[i], 8, 64, exact_heads, "groups", heads.count, eps2, k)
+                    np.testing.assert_array_equal(one, wanted[qlist[qptr[i] : qptr[i + 1]]])
+    finally:
+        index.close()

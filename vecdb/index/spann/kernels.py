@@ -9,6 +9,8 @@ from vecdb.kernels._jit import ARITH, kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort, max_sift_down
 from vecdb.kernels.int_dot import dot_u8_i16
+from vecdb.kernels.scan import no_subset, serial_topk
+from vecdb.kernels.topk import FloatQueries
 
 
 # ---- posting records (see vecdb.index.spann.postings for the layout) -------------------
@@ -201,6 +203,20 @@ def route_plan_one(query, mode, vmin, step, centroid_codes, centroid_norms, memb
     route_heads(query, mode, vmin, step, centroid_codes, centroid_norms, member_codes, member_norms, offsets, members,
                 slot_ids, min_groups, min_heads, hd, hs)
     return keep_heads(hs, hd, count, np.float32(eps2), k, out)
+
+
+@kernel
+def exact_plan_one(queries, rows, metric, slot_ids, n_heads, count, eps2, k, out):
+    """The exact route and plan of one query (``queries`` (1, dim)): its ``n_heads`` nearest
+    of the head ``rows`` (every slot live; ``metric`` the rows' kernel code), mapped to head
+    ids by ``slot_ids`` and pruned (``keep_heads``) into ``out``; returns how many. What
+    ``nearest_heads`` then ``plan_reads`` do for it, without their five boxed arrays."""
+    hs, hd = serial_topk(FloatQueries(queries, metric), 1, rows, no_subset(), False, n_heads)
+    heads = hs[0]
+    for j in range(heads.shape[0]):
+        if heads[j] >= 0:
+            heads[j] = slot_ids[heads[j]]
+    return keep_heads(heads, hd[0], count, np.float32(eps2), k, out)
 
 
 #: LIVE_LAST (a rule, not a value): a scan checks an entry's slot against ``live`` (past it,

@@ -43,8 +43,8 @@ import numpy as np
 from vecdb.index.hnsw import HNSW
 from vecdb.index.spann.clustering import centroids_of, split_until, sq_dists
 from vecdb.quant.sq8 import SQ8
-from vecdb.index.spann.kernels import (plan_reads, route_codes, route_groups, route_groups_serial, route_plan,
-                                      route_plan_one)
+from vecdb.index.spann.kernels import (exact_plan_one, plan_reads, route_codes, route_groups, route_groups_serial,
+                                      route_plan, route_plan_one)
 from vecdb.kernels import topk
 
 #: default ``exact_heads``: heads up to which nearest-head search is an exact scan
@@ -123,13 +123,17 @@ def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: i
 def plan_one(graph: HNSW, q: np.ndarray, n_heads: int, ef: int, exact_heads: int, route: str, count: np.ndarray,
              eps2: float, k: int) -> np.ndarray:
     """``plan_heads`` for the one query ``q`` (dim,): the heads whose postings it reads,
-    nearest first. On the grouped route on codes one kernel call that returns only a count."""
+    nearest first. On the exact route and the grouped route on codes one kernel call that
+    returns only a count."""
     rows, slot_ids, metric = graph.stored_rows()
     n = len(slot_ids)
-    if route == "groups" and exact_heads < n and len(graph) == n:
+    if len(graph) == n and (n <= exact_heads or route == "groups"):   # every slot live: the exact or grouped route
         out = np.empty(n_heads, np.int64)
-        got = route_plan_one(q, 0 if metric == 0 else 1, *groups_of(graph, rows).code_route, slot_ids, MIN_GROUPS,
-                             max(ef, n_heads), n_heads, count, float(eps2), k, out)
+        if n <= exact_heads:
+            got = exact_plan_one(q[None], rows, metric, slot_ids, n_heads, count, float(eps2), k, out)
+        else:
+            got = route_plan_one(q, 0 if metric == 0 else 1, *groups_of(graph, rows).code_route, slot_ids, MIN_GROUPS,
+                                 max(ef, n_heads), n_heads, count, float(eps2), k, out)
         return out[:got]
     wanted, _, qlist = plan_heads(graph, q[None], n_heads, ef, exact_heads, route, count, eps2, k)
     return wanted[qlist]

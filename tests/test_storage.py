@@ -102,6 +102,15 @@ def test_reopened_store_keeps_values_and_copy_is_consistent(tmp_path: Path) -> N
         again.close()
 
 
+def _wait_for_a_waiting_writer(lock: RWLock) -> None:
+    """Bounded poll of the lock's own count until a writer waits for it (no guessed delay)."""
+    for _ in range(60_000):
+        with lock._cond:
+            if lock._waiting_writers == 1:
+                return
+        time.sleep(0.001)
+
+
 def test_rwlock_writer_excludes_readers_and_readers_share() -> None:
     """Two readers hold the lock at once; a writer that arrives meanwhile (provably waiting:
     the lock counts it) gets in only after both have left. Events and the lock's own state
@@ -129,11 +138,7 @@ def test_rwlock_writer_excludes_readers_and_readers_share() -> None:
     inside.wait(timeout=60)  # both readers now hold the lock
     w = threading.Thread(target=writer)
     w.start()
-    for _ in range(60_000):  # bounded poll of the lock's own count: the writer is waiting
-        with lock._cond:
-            if lock._waiting_writers == 1:
-                break
-        time.sleep(0.001)
+    _wait_for_a_waiting_writer(lock)
     assert lock._waiting_writers == 1
     assert not entered.is_set() and events == []
     release.set()
@@ -157,11 +162,7 @@ def test_a_shared_hold_without_a_context_manager_excludes_writers_and_is_counted
 
     w = threading.Thread(target=writer)
     w.start()
-    for _ in range(60_000):  # bounded poll of the lock's own count: the writer is waiting
-        with lock._cond:
-            if lock._waiting_writers == 1:
-                break
-        time.sleep(0.001)
+    _wait_for_a_waiting_writer(lock)
     assert lock._waiting_writers == 1 and not entered.is_set()
     lock.exit_shared(since)
     w.join(timeout=60)

@@ -49,6 +49,8 @@ AHEAD = 4096
 RUN = 8
 #: what pads a run of fewer than ``RUN`` records (never read: the kernels take the run's length)
 RUN_PAD = memoryview(b"")
+#: 4-byte words of float32 rows a format-3 scan sums in one ``_sums`` call (whole rows)
+SUM_WORDS = 256
 #: rows of SQ8 codes a one-query scan sums in one go before ranking them (a multiple of 4, so
 #: that they are whole 4-byte words whatever the dimension)
 CODE_ROWS = 8
@@ -273,7 +275,9 @@ def _prefetch_allowed(slots, lo, hi, allow):
 @kernel
 def _scan_summed(rec, c, dim, q, live, allow, use_allow, metric, hd, hs):
     """Offer the ``c`` entries of the format-3 float32 record ``rec`` (header checked) to the
-    heap while summing its body (``_sums``, one row at a time): whether the sum matches."""
+    heap while summing its body (``_sums``), ``SUM_WORDS // dim`` rows (at least one) a call:
+    a short row alone is too short for a call of its own (glove's 50 floats: 62 ns an entry a
+    row at a time, as slow as checking and scanning in two passes). Whether the sum matches."""
     n_live = live.shape[0]
     n_allow = allow.shape[0]
     body = rec[HEADER_BYTES:]
@@ -284,17 +288,21 @@ def _scan_summed(rec, c, dim, q, live, allow, use_allow, metric, hd, hs):
     words = body[split:end].view(np.uint32)
     vectors = body[split:end].view(np.float32)
     pos = 2 * c
+    step = max(1, SUM_WORDS // dim)
     _prefetch(body, split, split + AHEAD)
-    for r in range(c):
-        _prefetch(body, split + 4 * (r + 1) * dim + AHEAD - 4 * dim, split + 4 * (r + 1) * dim + AHEAD)
-        s1, s2 = _sums(words[r * dim : (r + 1) * dim], pos + r * dim, s1, s2)
-        slot = slots[r]
-        if use_allow and (slot < 0 or slot >= n_allow or allow[slot] == 0):
-            continue
-        row = vectors[r * dim : (r + 1) * dim]
-        d = l2_sq(q, row) if metric == 0 else -dot(q, row)
-        if after(hd[0], hs[0], d, slot) and slot >= 0 and slot < n_live and live[slot] >= 0:   # kernels.LIVE_LAST
-            offer_unique(hd, hs, d, slot)
+    for lo in range(0, c, step):
+        hi = min(lo + step, c)
+        ahead = split + 4 * hi * dim + AHEAD
+        _prefetch(body, ahead - 4 * (hi - lo) * dim, ahead)
+        s1, s2 = _sums(words[lo * dim : hi * dim], pos + lo * dim, s1, s2)
+        for r in range(lo, hi):
+            slot = slots[r]
+            if use_allow and (slot < 0 or slot >= n_allow or allow[slot] == 0):
+                continue
+            row = vectors[r * dim : (r + 1) * dim]
+            d = l2_sq(q, row) if metric == 0 else -dot(q, row)
+            if after(hd[0], hs[0], d, slot) and slot >= 0 and slot < n_live and live[slot] >= 0:   # kernels.LIVE_LAST
+                offer_unique(hd, hs, d, slot)
     s1, s2 = _sums(body[end:].view(np.uint32), pos + c * dim, s1, s2)
     return _finish(s1, s2, body.shape[0]) == rec[16:24].view(np.uint64)[0]
 

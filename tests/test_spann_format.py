@@ -435,6 +435,97 @@ def test_sq8_candidates_without_their_vector_record(tmp_path: Path, change: str)
         again.close()
 
 
+def vector_records(path: Path) -> dict[int, np.ndarray]:
+    """The records of the float-vector sub-database of the closed index at ``path``, by
+    record number, as float32 rows."""
+    env = lmdb.open(str(path), max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            handle = env.open_db(b"spann.vectors", txn=txn, create=False)
+            return {int.from_bytes(k, "big"): np.frombuffer(v, np.float32).copy() for k, v in txn.cursor(handle)}
+    finally:
+        env.close()
+
+
+def test_float_vectors_are_kept_in_blocks_and_removals_leave_nan_rows(tmp_path: Path) -> None:
+    """``VECTOR_BLOCK`` rows a record: a removed vector becomes a NaN row (no candidate of the
+    re-rank, never returned), a record whose every row was removed is deleted, and the index
+    reopens to the same answers."""
+    from vecdb.index.spann.codes import VECTOR_BLOCK
+
+    dim = 24
+    x = closed_sq8_index(tmp_path / "s", dim)
+    got = vector_records(tmp_path / "s")
+    assert len(got) == -(-len(x) // VECTOR_BLOCK)
+    np.testing.assert_array_equal(got[1].reshape(VECTOR_BLOCK, dim), x[VECTOR_BLOCK : 2 * VECTOR_BLOCK])
+    index = SPANN(dim, "l2", tmp_path / "s", background=False)
+    gone = np.r_[np.arange(VECTOR_BLOCK, 2 * VECTOR_BLOCK), [3, 40]]          # all of record 1, two rows elsewhere
+    try:
+        index.remove(gone)
+        flat = FlatIndex(dim, "l2")
+        flat.add(np.delete(x, gone, 0), np.delete(np.arange(len(x)), gone))
+        want = flat.search(x[:30], 10)
+        for i in range(30):
+            res = index.search(x[i], 10, **EVERYTHING, rerank=1000)
+            assert not np.isin(res.ids, gone).any()
+            np.testing.assert_array_equal(res.ids[0], want.ids[i])
+        many = index.search(x[:30], 10, **EVERYTHING, rerank=1000)          # the batched re-rank
+        np.testing.assert_array_equal(many.ids, want.ids)
+    finally:
+        index.close()
+    got = vector_records(tmp_path / "s")
+    assert 1 not in got and np.isnan(got[0].reshape(VECTOR_BLOCK, dim)[3]).all()
+    assert np.isnan(got[2].reshape(VECTOR_BLOCK, dim)[40 - 2 * VECTOR_BLOCK]).all()
+    again = SPANN(dim, "l2", tmp_path / "s")
+    try:
+        np.testing.assert_array_equal(again.search(x[:30], 10, **EVERYTHING, rerank=1000).ids, want.ids)
+    finally:
+        again.close()
+
+
+def test_an_index_written_a_vector_a_record_keeps_that_layout(tmp_path: Path) -> None:
+    """An SQ8 index written before vectors were kept in blocks (one row a record, no
+    ``vector_block`` in its meta) searches, takes adds and removals in that layout, and
+    answers as one written in blocks."""
+    from vecdb.index.spann import state
+
+    dim = 24
+    x = clustered(600, dim, 7)
+    more = clustered(100, dim, 8)
+    answers = []
+    for layout in ("rows", "blocks"):
+        path = tmp_path / layout
+        index = SPANN(dim, "l2", path, posting_limit=64, head_size=16, background=False, codes="sq8")
+        if layout == "rows":
+            index._vector_block = 1                                  # as written before blocks
+        index.train(x)
+        index.add(x)
+        index.close()
+        if layout == "rows":                                         # and its meta says nothing of them
+            env = lmdb.open(str(path), max_dbs=16)
+            try:
+                handle = env.open_db(b"spann.meta")
+                with env.begin(write=True) as txn:
+                    meta = state.read_meta(txn, handle)
+                    del meta["vector_block"]
+                    state.write_meta(txn, handle, meta)
+            finally:
+                env.close()
+            assert len(vector_records(path)) == len(x)
+        again = SPANN(dim, "l2", path, background=False)
+        try:
+            again.add(more, np.arange(600, 700))
+            again.remove(np.arange(0, 600, 9))
+            answers.append(again.search(x[:40], 10, **EVERYTHING, rerank=1000).ids)
+            answers.append(np.vstack([again.search(q, 10, **EVERYTHING, rerank=1000).ids for q in more[:20]]))
+        finally:
+            again.close()
+        if layout == "rows":
+            assert len(vector_records(path)) == len(x) + len(more) - len(np.arange(0, 600, 9))
+    np.testing.assert_array_equal(answers[0], answers[2])
+    np.testing.assert_array_equal(answers[1], answers[3])
+
+
 # ---- SQ8 records: the run kernel, the re-rank kernel ---------------------------------------
 def code_record(count: int, dim: int, seed: int, version: int | None = None) -> tuple[bytes, np.ndarray]:
     """An SQ8 posting record of ``count`` random entries (its own codec): (record, slots)."""

@@ -1,9 +1,7 @@
 """SQ8 posting codes of SPANN: postings hold one byte per component instead of float32
 (a quarter of the bytes read), trained with the heads; a search ranks on the codes and
 re-ranks the best ``rerank`` candidates per query with their float32 vectors, kept in LMDB
-``VECTOR_BLOCK`` slots a record (sub-database ``vectors``, record b holding the rows of slots
-b * VECTOR_BLOCK ...; a NaN row: no vector; indexes written before blocks hold one row a
-record, and keep doing so: ``_vector_block`` is recorded with the index).
+one record per vector (sub-database ``vectors``, keyed like the postings, by slot).
 
 ``CodePostings`` is mixed into ``SPANN``: ``_codec`` is its trained SQ8 (None for float
 postings), ``_vdb`` the float-vector sub-database, ``_overlay`` the postings not yet written.
@@ -31,9 +29,6 @@ CODES = ("sq8",)
 MAX_RERANK = 4096
 #: queries re-ranked together (their candidates' float rows gathered at once)
 RERANK_BLOCK = 64
-#: float rows one record of the ``vectors`` sub-database holds: a re-rank lookup walks a
-#: B-tree of a sixteenth of the records (5M x 128: ~4 us less a one-query search, 10 lookups)
-VECTOR_BLOCK = 16
 
 
 def new_codec(codes: str | None, dim: int) -> SQ8 | None:
@@ -45,7 +40,6 @@ class CodePostings:
     """Training, storing and scanning SQ8 posting codes (see the module doc)."""
 
     _codec: SQ8 | None
-    _vector_block: int
 
     def _train_codes(self, sample: F32Matrix) -> None:
         """Train the codec (if any) on the heads' training sample."""
@@ -63,43 +57,11 @@ class CodePostings:
             return {}
         return {"q_vmin": self._codec.vmin, "q_step": self._codec.step}
 
-    def _write_vectors(self: "SPANN", txn: Any, slots: I64Vector, rows: F32Matrix | None) -> None:
-        """Store the float32 rows of ``slots`` (SQ8 postings re-rank with them); None: remove
-        them. Each record touched is rewritten whole (read first unless every row of it is
-        given); a record left with no row is deleted."""
-        block, vdb, dim = self._vector_block, self._vdb, self.dim
-        slots = np.asarray(slots, np.int64)
-        if not len(slots):
-            return
-        order = np.argsort(slots // block, kind="stable")
-        slots = slots[order]
-        given = None if rows is None else np.ascontiguousarray(rows, np.float32)[order]
-        numbers = slots // block
-        starts = np.flatnonzero(np.r_[True, numbers[1:] != numbers[:-1]])
-        for lo, hi in zip(starts.tolist(), [*starts[1:].tolist(), len(slots)]):
-            key = postings.key(int(numbers[lo]))
-            at = slots[lo:hi] % block
-            if given is not None and len(np.unique(at)) == block:   # every row given: nothing to keep
-                record = np.empty((block, dim), np.float32)
-            else:
-                raw = txn.get(key, db=vdb)
-                record = (np.full((block, dim), np.nan, np.float32) if raw is None
-                          else self._vector_record(raw, int(numbers[lo])).copy())
-            record[at] = np.nan if given is None else given[lo:hi]
-            if np.isnan(record[:, 0]).all():
-                txn.delete(key, db=vdb)
-            else:
-                txn.put(key, record.tobytes(), db=vdb)
-
-    def _vector_record(self: "SPANN", raw: Any, number: int) -> F32Matrix:
-        """The rows of float-vector record ``number`` (``_vector_block`` x dim, a view of
-        ``raw``); DataLossError for a record of the wrong length."""
-        size = 4 * self.dim * self._vector_block
-        if len(raw) != size:
-            first = number * self._vector_block
-            raise DataLossError(f"SPANN vector record of slots {first}-{first + self._vector_block - 1} is "
-                                f"{len(raw)} bytes, not {size}")
-        return np.frombuffer(raw, np.float32).reshape(self._vector_block, self.dim)
+    def _write_vectors(self: "SPANN", txn: Any, slots: I64Vector, rows: F32Matrix) -> None:
+        """Store the float32 rows of ``slots`` (SQ8 postings re-rank with them), one record each."""
+        vdb = self._vdb
+        for slot, row in zip(slots.tolist(), np.ascontiguousarray(rows, np.float32)):
+            txn.put(postings.key(slot), row.tobytes(), db=vdb)
 
     def _scan_codes(self: "SPANN", txn: Any, queries: F32Matrix, found: Any, allow: AllowSet | None,
                     mask: np.ndarray, serial: bool, rerank: int | None, out_s: np.ndarray, out_d: np.ndarray) -> int:
@@ -169,20 +131,17 @@ class CodePostings:
         slots = cs.tolist()
         n_cand = slots.index(-1) if slots[-1] < 0 else len(slots)   # sorted: the -1 sentinels last
         cand = cs[:n_cand]
-        block, size = self._vector_block, 4 * dim
-        find, value = vectors.set_key, vectors.value   # a lookup by cursor: ~15% less than txn.get
-        raws = [value() if find(key) else None for key in postings.keys([slot // block for slot in slots[:n_cand]])]
-        if not all(raws):                         # removed since (no float record): not a candidate
-            present = np.array([raw is not None for raw in raws], bool)   # (an empty one fails the size check)
-            cand, raws = cand[present], [raw for raw in raws if raw is not None]
-        if not raws:
+        find, value, size = vectors.set_key, vectors.value, 4 * dim   # a lookup by cursor: ~15% less than txn.get
+        rows = [value() if find(slot_key) else None for slot_key in postings.keys(slots[:n_cand])]
+        if not all(rows):                         # removed since (no float record): not a candidate
+            present = np.array([raw is not None for raw in rows], bool)   # (an empty one fails the size check)
+            cand, rows = cand[present], [raw for raw in rows if raw is not None]
+        if not rows:
             return 0
-        if max(map(len, raws)) != block * size or min(map(len, raws)) != block * size:
-            bad = next(i for i, raw in enumerate(raws) if len(raw) != block * size)
-            self._vector_record(raws[bad], int(cand[bad]) // block)          # raises, naming the record
-        if block > 1:                             # the candidate's row of its record (a NaN row: none)
-            raws = [raw[slot % block * size : (slot % block + 1) * size] for slot, raw in zip(cand.tolist(), raws)]
-        joined = b"".join(raws)
+        joined = b"".join(rows)
+        if len(joined) != size * len(rows) or max(map(len, rows)) != size:
+            bad_slot = next(slot for slot, raw in zip(cand.tolist(), rows) if len(raw) != size)
+            raise DataLossError(f"SPANN vector record of slot {bad_slot} is not {size} bytes")
         rerank_rows(np.frombuffer(joined, np.float32), dim, query, cand, code, out_d, out_s)
         return len(joined)
 
@@ -195,13 +154,12 @@ class CodePostings:
                 hit = np.isin(slots_h, slots)
                 out[np.searchsorted(slots, slots_h[hit])] = vectors[hit]
             return out
-        get, vdb, block = txn.get, self._vdb, self._vector_block
-        numbers = slots // block
-        for number in np.unique(numbers).tolist():
-            raw = get(postings.key(number), db=vdb)
+        get, vdb, size = txn.get, self._vdb, 4 * self.dim
+        for i, slot in enumerate(slots.tolist()):
+            raw = get(postings.key(slot), db=vdb)
             if raw is None:
                 continue
-            rows = self._vector_record(raw, number)
-            lo, hi = np.searchsorted(numbers, [number, number + 1])
-            out[lo:hi] = rows[slots[lo:hi] % block]
+            if len(raw) != size:
+                raise DataLossError(f"SPANN vector record of slot {slot} is {len(raw)} bytes, not {size}")
+            out[i] = np.frombuffer(raw, np.float32)
         return out

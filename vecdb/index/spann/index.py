@@ -41,7 +41,7 @@ from vecdb.index.ids import IdMap
 from vecdb.index.spann import postings, state
 from vecdb.worker import Worker
 from vecdb.index.spann.clustering import centroids_of, split_until
-from vecdb.index.spann.codes import CODES, MAX_RERANK, VECTOR_BLOCK, CodePostings, new_codec
+from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
 from vecdb.index.spann.kernels import scan_postings, scan_postings_serial
 from vecdb.index.spann.records import RUN, RUN_PAD, check_scan_records
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
@@ -221,7 +221,6 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             raise InvalidArgumentError(f"codes must be None or one of {CODES}, got {codes!r}")
         self.codes = codes
         self._codec = new_codec(codes, self.dim)
-        self._vector_block = VECTOR_BLOCK          # float rows a record of ``vectors`` (codes.py)
         self._route = Metric.IP if self.metric is Metric.IP else Metric.L2
         self._scan_code = 0 if self.metric is Metric.L2 else 1
         self._disk: HeadState | None = None        # heads of the last committed state
@@ -499,9 +498,6 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             count = np.asarray(arrays["h_count"], np.int64)
             slot_ids = np.asarray(arrays["slot_ids"], np.int64)
             self._restore_codes(arrays)
-            block = meta.get("vector_block", 1)          # written before blocks: a row a record
-            if type(block) is not int or not 1 <= block <= 1 << 16:
-                raise ValueError(f"vector_block {block!r}")
         except (KeyError, ValueError, TypeError) as exc:
             raise DataLossError(f"corrupt SPANN state in {space!r}: {exc}") from None
         gids = graph.ids
@@ -511,7 +507,6 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         self._ids = IdMap(slot_ids)
         self._disk_ids = IdMap(slot_ids) if not self._own else self._ids
         self._dead = int(meta.get("dead", np.count_nonzero(slot_ids < 0)))
-        self._vector_block = block
         self._vdb = space.db("vectors") if self._codec is not None else None
         self._requeue()
 
@@ -578,8 +573,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
     def _meta(self, graph: HNSW, described: dict[str, Any], dead: int) -> dict[str, Any]:
         """The meta record; ``dead``: removals not yet purged (a reopened index resumes the purge)."""
         return {"format": FORMAT, "version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric.value,
-                "params": self.params(), "graph": graph.state()[0], "arrays": described, "dead": int(dead),
-                "vector_block": self._vector_block}
+                "params": self.params(), "graph": graph.state()[0], "arrays": described, "dead": int(dead)}
 
     def _write_plan(self, txn: Any, plan: Plan) -> None:
         """Write ``plan``'s postings, the changed chunks of the resident arrays and a new token."""
@@ -592,7 +586,8 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                 txn.delete(postings.key(head), db=self._pdb)
         if self._codec is not None:
             self._write_vectors(txn, plan.new_slots, plan.rows)
-            self._write_vectors(txn, plan.rem_slots, None)
+            for slot in plan.rem_slots.tolist():
+                txn.delete(postings.key(slot), db=self._vdb)
         old = self._arrays(disk.graph, disk.count)
         new = self._arrays(plan.state.graph, plan.state.count)
         described = state.write_arrays(txn, self._mdb, new, old)

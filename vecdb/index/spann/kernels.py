@@ -266,14 +266,13 @@ def rerank_rows(rows, dim, q, slots, metric, hd, hs):
     """Offer the float32 rows ``rows`` (flat, ``len(slots)`` rows of ``dim``: the candidates
     ``slots`` of query ``q``, distinct) at their exact distances (``metric`` 0: squared L2,
     else -<q, x>; the float posting scan's) to the top-k heap ``hd``/``hs``, sorted on
-    return: a one-query search's re-rank of its SQ8 candidates. A NaN row (a slot whose
-    vector was removed from its record, ``codes.VECTOR_BLOCK``) is no candidate."""
+    return: a one-query search's re-rank of its SQ8 candidates."""
     k = hs.shape[0]
     for r in range(slots.shape[0]):
         row = rows[r * dim : (r + 1) * dim]
         d = l2_sq(q, row) if metric == 0 else -dot(q, row)
         s = slots[r]
-        if d == d and after(hd[0], hs[0], d, s):
+        if after(hd[0], hs[0], d, s):
             max_sift_down(hd, hs, k, d, s)
     heap_sort(hd, hs)
 

@@ -778,9 +778,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         q = query[0]
         nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
         read = plan_one(heads.graph, q, nprobe, ef, self.exact_heads, self.head_route, heads.count, eps2, k)
-        cursor = txn.cursor(db=self._pdb)        # by cursor: ~15% less than txn.get
-        find, value = cursor.set_key, cursor.value
-        raws = [value() if find(key) else None for key in postings.keys(read.tolist())]
+        raws = self._posting_records(txn, read)
         recs, at = raws, _POSITIONS[: len(raws)]
         if not all(raws):                        # a missing record: an empty posting (or a lost one: raises)
             _check_present(heads, read, raws)
@@ -805,8 +803,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         else None. DataLossError for a corrupt, truncated or missing posting, as
         ``_read_records`` (the rows then hold partial results: never returned)."""
         wanted, qptr, qlist = self._plan(heads, queries, k, p)
-        get, db, key = txn.get, self._pdb, postings.key
-        raws = [get(key(head), db=db) for head in wanted.tolist()]
+        raws = self._posting_records(txn, wanted)
         all_found = all(raws)
         if not all_found:                        # a missing record: an empty posting (or a lost one: raises)
             _check_present(heads, wanted, raws)
@@ -829,6 +826,13 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             else:
                 self._rank_floats(queries[qi], recs, at, wanted, counts, use_allow, mask, out_s[qi], out_d[qi])
         return (_bytes_of(raws), floats, counts, qptr, qlist) if stats else None
+
+    def _posting_records(self, txn: Any, heads: np.ndarray) -> list[Any]:
+        """The posting records of ``heads`` read through ``txn`` (None: no record, an empty
+        posting or a lost one), by cursor: ~15% less than ``txn.get``."""
+        cursor = txn.cursor(db=self._pdb)
+        find, value = cursor.set_key, cursor.value
+        return [value() if find(key) else None for key in postings.keys(heads.tolist())]
 
     def _rank_floats(self, query: np.ndarray, recs: list[Any], at: np.ndarray, heads: np.ndarray, counts: np.ndarray,
                      use_allow: bool, mask: np.ndarray, out_s: np.ndarray, out_d: np.ndarray) -> None:
@@ -874,13 +878,9 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             empty = (_EMPTY_IDS, _no_rows(self.dim))
             raws = [postings.encode(*overlay.get(head, empty), self._codec) for head in wanted.tolist()]
         else:
-            get, db = txn.get, self._pdb
-            raws = [get(postings.key(head), db=db) for head in wanted.tolist()]
-            if not all(raws):                    # a missing one (see _scan_in_place; an empty one fails the check)
-                count = heads.count
-                lost = [h for h, raw in zip(wanted.tolist(), raws) if raw is None and count[h] > 0]
-                if lost:
-                    raise DataLossError(f"SPANN posting {lost[0]} is missing ({count[lost[0]]} entries expected)")
+            raws = self._posting_records(txn, wanted)
+            if not all(raws):                    # a missing one (an empty one fails the check)
+                _check_present(heads, wanted, raws)
                 raws = [raw if raw is not None else _EMPTY_RECORD[self.dim, self._codec is not None] for raw in raws]
         return postings.check_many(raws, wanted, self.dim, self._codec)
 

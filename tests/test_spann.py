@@ -495,6 +495,57 @@ def test_one_query_scanned_in_place_equals_the_batched_scan(metric: str) -> None
         index.close()
 
 
+@pytest.mark.parametrize("codes", [None, "sq8"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_one_query_reads_through_the_page_map_equal_reads_by_cursor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     codes: str | None, metric: str) -> None:
+    x = clustered(3000, 51)
+    index = built(x, metric, codes=codes, path=tmp_path / "s", background=False)
+    index.remove(np.arange(0, 3000, 7))                    # tombstones (and, SQ8, float records gone)
+    index.close()
+    q = clustered(25, 52)
+    allow = np.arange(1, 3000, 3)
+    deep = {**EVERYTHING, "rerank": 60} if codes else EVERYTHING
+    runs = {}
+    for mapped in (False, True):
+        monkeypatch.setattr(spann_index, "MAPPED_READS", mapped)
+        again = SPANN(DIM, metric, tmp_path / "s")
+        try:
+            runs[mapped] = [again.search_with_stats(q[i : i + 1], 10, **kw)
+                            for kw in ({"max_postings": 4}, {"max_postings": 16, "allow": allow}, deep)
+                            for i in range(len(q))]
+        finally:
+            again.close()
+    for (a, sa), (b, sb) in zip(runs[False], runs[True]):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.distances, b.distances)
+        assert (sa.postings, sa.entries, sa.bytes_read, sa.rerank_bytes) == (sb.postings, sb.entries, sb.bytes_read,
+                                                                             sb.rerank_bytes)
+    assert not np.isin(np.concatenate([r.ids for r, _ in runs[True]]), np.arange(0, 3000, 7)).any()
+
+
+def test_one_query_reads_follow_a_growing_file_and_fall_back_on_pages_they_do_not_know(tmp_path: Path) -> None:
+    x = clustered(5000, 61)
+    index = built(x[:1000], path=tmp_path / "s", background=False)
+    try:
+        index.search(x[:1], 10)
+        before = len(index._space.page_map().pages)
+        index.add(x[1000:], np.arange(1000, 5000))             # the data file grows past the map
+        flat = FlatIndex(DIM, "l2")
+        flat.add(x)
+        want = flat.search(x[4980:], 10)
+        got = np.concatenate([index.search(x[i : i + 1], 10, **EVERYTHING).ids for i in range(4980, 5000)])
+        np.testing.assert_array_equal(got, want.ids)
+        assert len(index._space.page_map().pages) > before     # mapped again
+        with index._space.read() as txn:                     # a meta page as the postings' root: not a
+            tid = txn.id()                                   # tree page, so the search reads by cursor
+        index._mapped._seen = (tid, (1, -1))
+        got = np.concatenate([index.search(x[i : i + 1], 10, **EVERYTHING).ids for i in range(4980, 5000)])
+        np.testing.assert_array_equal(got, want.ids)
+    finally:
+        index.close()
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_a_batch_scanned_in_place_equals_the_copied_scan_and_flat(tmp_path: Path, metric: str,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -974,6 +1025,8 @@ def test_a_corrupt_sq8_vector_record_or_posting_raises_data_loss(tmp_path: Path)
     try:
         with pytest.raises(DataLossError):
             again.search(x, 10, **EVERYTHING, rerank=1000)
+        with pytest.raises(DataLossError, match="vector record"):   # one query: rows looked up in the pages
+            again.search(x[:1], 10, **EVERYTHING, rerank=1000)
     finally:
         again.close()
     corrupt(tmp_path / "s", lambda t, h, k, v: t.put(k, v[:6] + bytes(2) + v[8:], db=h))   # flagged float

@@ -21,6 +21,7 @@ import lmdb
 
 from vecdb.errors import DataLossError, InternalError, ResourceExhaustedError
 from vecdb.storage.locks import RWLock
+from vecdb.storage.pages import PageMap, root_of
 
 T = TypeVar("T")
 DEFAULT_MAP_SIZE = 1 << 30
@@ -65,6 +66,7 @@ class Store:
         self._dbi_lock = threading.Lock()
         self._dbs: dict[str, "lmdb._Database"] = {}
         self._local = _ThreadState()
+        self._pages: PageMap | None = None
 
     # ---- sub-databases ---------------------------------------------------------------
     def db(self, name: str) -> "lmdb._Database":
@@ -106,6 +108,25 @@ class Store:
                         break
                     found.append(bytes(key).decode("utf-8"))
         return found
+
+    # ---- pages read in kernels (``pages``) ----------------------------------------------
+    def page_map(self) -> PageMap:
+        """The read-only map of this environment's data file that kernels walk LMDB's B-trees
+        in (``vecdb.storage.pages``); made on first use."""
+        pages = self._pages
+        if pages is None:
+            with self._dbi_lock:
+                if self._pages is None:
+                    self._pages = PageMap(self.path / "data.mdb", int(self._env.stat()["psize"]))
+                pages = self._pages
+        return pages
+
+    @staticmethod
+    def root(txn: lmdb.Transaction, name: str) -> int | None:
+        """The root page of sub-database ``name`` in the snapshot of the read transaction
+        ``txn`` (-1: empty), from its record in the main database; None when ``pages`` does
+        not read it (a key order other than bytes, or no such sub-database)."""
+        return root_of(txn.get(name.encode("utf-8")))
 
     def forget(self, names: list[str]) -> None:
         """Drop the cached handles of sub-databases deleted by ``drop_in``."""
@@ -218,6 +239,7 @@ class Store:
         """Close the environment; every handle becomes invalid."""
         with self._gate.write():
             self._dbs.clear()
+            self._pages = None               # its map closes when the last array of it goes
             self._env.close()
 
 

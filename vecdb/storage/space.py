@@ -63,6 +63,14 @@ class IndexSpace:
         """Full names of the sub-databases this space holds now, sorted."""
         return self.store.names(self.prefix)
 
+    def page_map(self) -> Any:
+        """The read-only map of the environment's pages (``Store.page_map``)."""
+        return self.store.page_map()
+
+    def root(self, txn: Any, name: str) -> int | None:
+        """Root page of sub-database ``name`` in the read snapshot ``txn`` (``Store.root``)."""
+        return self.store.root(txn, self.prefix + name)
+
     def read(self, *, buffers: bool = False) -> AbstractContextManager[Any]:
         """A short read-only transaction (see ``Store.read``)."""
         return self.store.read(buffers=buffers)

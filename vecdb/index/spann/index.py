@@ -44,6 +44,7 @@ from vecdb.index.spann.clustering import centroids_of, split_until
 from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
 from vecdb.index.spann.kernels import scan_postings, scan_postings_serial
 from vecdb.index.spann.records import RUN, RUN_PAD, check_scan_records
+from vecdb.index.spann.mapped import MappedReads
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
 from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, groups_bytes, plan_heads, plan_one
@@ -69,6 +70,9 @@ SERIAL_QUERIES = 4
 #: postings are scanned in place below ``SERIAL_QUERIES`` only (each query re-ranks with its
 #: own float-row reads: 2,000 queries 1.26x the batched re-rank)
 FLOAT_IN_PLACE = True
+#: a one-query search looks its postings (and SQ8 re-rank rows) up in LMDB's pages inside one
+#: kernel call (``mapped``), not through py-lmdb (~1.5 us a record): False reads by cursor
+MAPPED_READS = True
 #: meta key of the token of the committed state
 TOKEN_KEY = b"token"
 #: committed states a search may still be reading (older snapshots retry with a new one)
@@ -239,6 +243,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         self._pdb: Any = None                      # sub-databases of the attached space: postings,
         self._mdb: Any = None                      # meta (resident arrays, token),
         self._vdb: Any = None                      # float vectors (SQ8 codes)
+        self._mapped: MappedReads | None = None    # one-query reads through the page map
         self._own = False
         self._store: Store | None = None
         self._finalizer: Any = None
@@ -272,6 +277,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             self._finalizer()
             self._space = None
             self._store = None
+            self._mapped = None
             self._own = False
             self._disk = None
             self._inflight = None
@@ -483,6 +489,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             meta = state.read_meta(txn, self._mdb)
         if meta is None:
             self._vdb = space.db("vectors") if self._codec is not None else None
+            self._mapped = MappedReads(space, self._codec is not None) if MAPPED_READS else None
             return
         with space.read() as txn:
             if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
@@ -508,6 +515,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         self._disk_ids = IdMap(slot_ids) if not self._own else self._ids
         self._dead = int(meta.get("dead", np.count_nonzero(slot_ids < 0)))
         self._vdb = space.db("vectors") if self._codec is not None else None
+        self._mapped = MappedReads(space, self._codec is not None) if MAPPED_READS else None
         self._requeue()
 
     def _set_params(self, params: dict[str, Any]) -> None:
@@ -778,6 +786,14 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         q = query[0]
         nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
         read = plan_one(heads.graph, q, nprobe, ef, self.exact_heads, self.head_route, heads.count, eps2, k)
+        mapped = self._mapped
+        if mapped is not None:
+            counts = np.zeros(len(read), np.int64)
+            done = mapped.scan(txn, read, heads.count, q, self._ids.slot_ids, mask, allow is not None, self._scan_code,
+                               self._codec, self._rerank_width(k, p.rerank), counts, out_s, out_d)
+            if done is not None:
+                return (done[0], done[1], counts, np.array([0, len(read)], np.int64), _POSITIONS[: len(read)]) \
+                    if stats else None
         raws = self._posting_records(txn, read)
         recs, at = raws, _POSITIONS[: len(raws)]
         if not all(raws):                        # a missing record: an empty posting (or a lost one: raises)
@@ -979,7 +995,7 @@ def _check_present(heads: HeadState, read: np.ndarray, raws: list[Any]) -> None:
     count = heads.count
     for head, raw in zip(read.tolist(), raws):
         if raw is None and count[head] > 0:
-            raise DataLossError(f"SPANN posting {head} is missing ({count[head]} entries expected)")
+            raise DataLossError(postings.lost_message(head, int(count[head])))
 
 
 def _records_at(raws: list[Any], positions: Any) -> tuple[list[Any], np.ndarray]:

@@ -101,6 +101,12 @@ def check_many(raws: list[Any], heads: np.ndarray, dim: int, codec: Any = None) 
     return buf, starts, counts
 
 
+def lost_message(head: int, expected: int) -> str:
+    """The DataLossError message of posting ``head`` having no record while it should hold
+    ``expected`` entries."""
+    return f"SPANN posting {head} is missing ({expected} entries expected)"
+
+
 def problem_message(head: int, code: int) -> str:
     """The DataLossError message of posting ``head`` failing its check with ``code``."""
     return f"SPANN posting {head} {_PROBLEMS.get(code, 'is corrupt')}"

@@ -1,0 +1,147 @@
+"""LMDB's B+tree read from a map of the data file (``vecdb.kernels.lmdb_pages``,
+``vecdb.storage.pages``) against py-lmdb's own reads: every key found with its exact value,
+absent keys missing, a grown file seen after a remap, and damaged pages never read out of
+bounds."""
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vecdb.kernels.lmdb_pages import BEYOND, MISSING, UNEXPECTED, find
+from vecdb.storage.env import Store
+from vecdb.storage.pages import PageMap, root_of
+
+#: value sizes either side of LMDB's inline limit (~2 KB on 4 KiB pages) and over many pages
+SIZES = [0, 1, 7, 100, 1500, 2030, 2100, 4096, 9000]
+
+
+def written(path: Path, items: dict[bytes, bytes], removed: list[bytes] = (), name: bytes = b"t") -> lmdb.Environment:
+    env = lmdb.open(str(path), map_size=1 << 30, max_dbs=4)
+    db = env.open_db(name)
+    with env.begin(write=True) as txn:
+        for key, value in items.items():
+            txn.put(key, value, db=db)
+    with env.begin(write=True) as txn:
+        for key in removed:
+            txn.delete(key, db=db)
+    return env
+
+
+def lookup(pmap: PageMap, root: int, key: bytes) -> bytes | int:
+    start, size = find(pmap.pages, pmap.page_size, root, np.frombuffer(key, np.uint8))
+    return int(start) if start < 0 else bytes(pmap.pages[start : start + size])
+
+
+def snapshot_root(env: lmdb.Environment, name: bytes = b"t") -> int:
+    with env.begin() as txn:
+        root = root_of(txn.get(name))
+    assert root is not None
+    return root
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.binary(min_size=1, max_size=24), st.sampled_from(SIZES), min_size=0, max_size=300),
+       st.integers(0, 2**32 - 1), st.data())
+def test_every_key_reads_its_value_and_absent_keys_are_missing(tmp_path: Path, sizes: dict[bytes, int], seed: int,
+                                                               draw: st.DataObject) -> None:
+    rng = np.random.default_rng(seed)
+    items = {key: rng.bytes(size) for key, size in sizes.items()}
+    removed = [key for key in items if rng.random() < 0.3]
+    path = tmp_path / f"e{seed}"
+    env = written(path, items, removed)
+    try:
+        root = snapshot_root(env)
+        pmap = PageMap(path / "data.mdb", env.stat()["psize"])
+        for key in removed:
+            items.pop(key)
+        for key, value in items.items():
+            assert lookup(pmap, root, key) == value
+        for key in removed + [draw.draw(st.binary(min_size=0, max_size=24)) for _ in range(20)]:
+            if key not in items:
+                assert lookup(pmap, root, key) == MISSING
+    finally:
+        env.close()
+        shutil.rmtree(path)
+
+
+def test_a_deep_tree_of_big_endian_keys(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    items = {struct.pack(">Q", int(k)): rng.bytes(int(rng.choice([16, 600, 3000])))
+             for k in rng.choice(1 << 40, 40_000, replace=False)}
+    env = written(tmp_path / "e", items)
+    try:
+        with env.begin() as txn:
+            assert txn.stat(env.open_db(b"t", txn=txn))["depth"] >= 3
+        root = snapshot_root(env)
+        pmap = PageMap(tmp_path / "e" / "data.mdb", env.stat()["psize"])
+        for key, value in items.items():
+            assert lookup(pmap, root, key) == value
+        assert lookup(pmap, root, struct.pack(">Q", 1 << 41)) == MISSING
+    finally:
+        env.close()
+
+
+def test_a_grown_file_is_seen_after_a_remap(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    db = store.db("t")
+    store.write(lambda txn: txn.put(b"a", b"x" * 100, db=db))
+    pmap = store.page_map()
+    store.write(lambda txn: [txn.put(b"b%06d" % i, bytes(5000), db=db) for i in range(200)])
+    with store.read() as txn:
+        root = store.root(txn, "t")
+        assert root is not None
+        first = lookup(pmap, root, b"b000199")
+        assert first in (BEYOND, bytes(5000))        # a new page past the old map, or one reused
+        seen = pmap.pages
+        assert pmap.remap(seen) is not seen and pmap.remap(seen) is pmap.pages   # mapped again once
+        assert lookup(pmap, root, b"b000199") == bytes(5000)
+        assert lookup(pmap, root, b"a") == b"x" * 100
+    store.close()
+
+
+def test_roots_of_empty_unknown_and_other_order_sub_databases(tmp_path: Path) -> None:
+    env = lmdb.open(str(tmp_path / "e"), max_dbs=4)
+    env.open_db(b"empty")
+    env.open_db(b"dups", dupsort=True)
+    env.open_db(b"ints", integerkey=True)
+    try:
+        with env.begin() as txn:
+            assert root_of(txn.get(b"empty")) == -1
+            assert root_of(txn.get(b"dups")) is None
+            assert root_of(txn.get(b"ints")) is None
+            assert root_of(txn.get(b"nothing")) is None
+        pmap = PageMap(tmp_path / "e" / "data.mdb", env.stat()["psize"])
+        assert lookup(pmap, -1, b"k") == MISSING
+        assert lookup(pmap, 0, b"k") == UNEXPECTED                  # a meta page is not a tree page
+        assert lookup(pmap, 10**9, b"k") == BEYOND
+    finally:
+        env.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32 - 1))
+def test_damaged_pages_give_codes_or_in_bounds_ranges_never_a_crash(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    items = {struct.pack(">Q", k): rng.bytes(int(rng.choice([8, 900, 5000]))) for k in range(400)}
+    path = tmp_path / f"e{seed}"
+    env = written(path, items)
+    root = snapshot_root(env)
+    psize = env.stat()["psize"]
+    env.close()
+    raw = np.fromfile(path / "data.mdb", np.uint8)
+    flips = rng.integers(2 * psize, len(raw), int(rng.integers(1, 200)))   # not the meta pages
+    raw[flips] ^= rng.integers(1, 256, len(flips)).astype(np.uint8)
+    raw.tofile(path / "data.mdb")
+    pmap = PageMap(path / "data.mdb", psize)
+    n = len(pmap.pages)
+    for key in list(items) + [struct.pack(">Q", 10_000)]:
+        start, size = find(pmap.pages, psize, root, np.frombuffer(key, np.uint8))
+        assert start in (MISSING, BEYOND, UNEXPECTED) or (0 <= start and 0 <= size and start + size <= n)
+    shutil.rmtree(path)

@@ -1,0 +1,204 @@
+"""A one-query SPANN scan in one Numba call over LMDB's pages (``vecdb.kernels.lmdb_pages``): the
+planned postings looked up in the B-tree, checked and ranked where the file is mapped, and
+(SQ8 postings) the best candidates re-ranked with their float rows, looked up the same way.
+Through py-lmdb the same work is a Python call per posting and per re-ranked row (~1.5 us
+each) plus a kernel call per ``RUN`` records.
+
+Each kernel returns (position, code, posting bytes, float bytes): position -1 and code 0 when
+all went well; else the posting (index into ``read``) or re-ranked candidate (index into
+the candidate heap) that stopped it, and a code: a record problem of ``records`` (> 0),
+``LOST`` (a posting that should hold entries has no record), ``BAD_ROW`` (a float record of
+the wrong size), or a lookup code of ``lmdb_pages`` (< 0: ``BEYOND``, ``UNEXPECTED``) after which
+the caller maps the file again or reads through py-lmdb.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vecdb.errors import DataLossError
+from vecdb.index.spann import postings
+from vecdb.index.spann.kernels import HEADER_BYTES, fold_code_query, fold_int_query, rerank_rows
+from vecdb.index.spann.records import OK, check_scan_codes_record, check_scan_record
+from vecdb.kernels._jit import kernel
+from vecdb.kernels.heaps import heap_sort
+from vecdb.kernels.lmdb_pages import BEYOND, MISSING, find, put_key
+
+#: codes besides ``records``' problems and ``pages``' lookup codes (see the module doc)
+LOST = 16
+BAD_ROW = 17
+
+
+@kernel(inline=True)
+def _locate(pages, page_size, root, read, n, head_count, starts, sizes):
+    """Look up the records of postings ``read[:n]`` into ``starts``/``sizes`` (size -1: no
+    record, an empty posting). Returns (position, code) of the first that fails, or (-1, 0)."""
+    key = np.empty(8, np.uint8)
+    for i in range(n):
+        put_key(key, read[i])
+        start, size = find(pages, page_size, root, key)
+        if start == MISSING:
+            if head_count[read[i]] > 0:
+                return i, LOST
+            starts[i] = 0
+            sizes[i] = -1
+            continue
+        if start < 0:
+            return i, start
+        starts[i] = start
+        sizes[i] = size
+    return -1, OK
+
+
+@kernel
+def scan_floats(pages, page_size, root, read, n, head_count, dim, q, live, allow, use_allow, metric, counts, hd, hs):
+    """Top-k of ``q`` over the float32 postings ``read[:n]`` into the heap ``hd``/``hs``
+    (sorted on success), entries of posting i counted in ``counts[i]``."""
+    starts = np.empty(n, np.int64)
+    sizes = np.empty(n, np.int64)
+    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes)
+    if bad >= 0:
+        return bad, code, 0, 0
+    total = 0
+    for i in range(n):
+        if sizes[i] < 0:
+            counts[i] = 0
+            continue
+        rec = pages[starts[i] : starts[i] + sizes[i]]
+        problem, c = check_scan_record(rec, dim, q, live, allow, use_allow, metric, hd, hs)
+        if problem != OK:
+            return i, problem, 0, 0
+        counts[i] = c
+        total += sizes[i]
+    heap_sort(hd, hs)
+    return -1, OK, total, 0
+
+
+@kernel
+def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, step, mode, live, allow, use_allow,
+               counts, cd, cs, hd, hs):
+    """Top-k of ``query`` over the SQ8 postings ``read[:n]``: the best ``len(cd)`` candidates
+    on codes into ``cd``/``cs`` (+inf / -1 on entry), then their float rows (tree ``vroot``,
+    keyed by slot; a candidate with none was removed since) ranked exactly into the heap
+    ``hd``/``hs``, sorted on success."""
+    dim = query.shape[0]
+    starts = np.empty(n, np.int64)
+    sizes = np.empty(n, np.int64)
+    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes)
+    if bad >= 0:
+        return bad, code, 0, 0
+    older = False                              # a record of format 2 or 3 (ranked in float form)?
+    for i in range(n):
+        if sizes[i] >= HEADER_BYTES and pages[starts[i] + 4] != 4:
+            older = True
+    q, b = fold_code_query(query, vmin, step, mode) if older else (query, np.float32(0.0))
+    ints = fold_int_query(query, vmin, step, mode)
+    total = 0
+    for i in range(n):
+        if sizes[i] < 0:
+            counts[i] = 0
+            continue
+        rec = pages[starts[i] : starts[i] + sizes[i]]
+        problem, c = check_scan_codes_record(rec, dim, q, step, b, mode, live, allow, use_allow, cd, cs, ints)
+        if problem != OK:
+            return i, problem, 0, 0
+        counts[i] = c
+        total += sizes[i]
+    heap_sort(cd, cs)
+    rows = np.empty(cs.shape[0] * dim, np.float32)
+    row_bytes = rows.view(np.uint8)            # copied as bytes: a short record sits in its leaf 2-byte aligned
+    kept = np.empty(cs.shape[0], np.int64)
+    key = np.empty(8, np.uint8)
+    m = 0
+    for j in range(cs.shape[0]):
+        slot = cs[j]
+        if slot < 0:
+            break
+        put_key(key, slot)
+        start, size = find(pages, page_size, vroot, key)
+        if start == MISSING:
+            continue
+        if start < 0:
+            return j, start, 0, 0
+        if size != 4 * dim:
+            return j, BAD_ROW, 0, 0
+        row_bytes[m * size : (m + 1) * size] = pages[start : start + size]
+        kept[m] = slot
+        m += 1
+    rerank_rows(rows[: m * dim], dim, query, kept[:m], mode, hd, hs)
+    return -1, OK, total, 4 * dim * m
+
+
+class MappedReads:
+    """One index's one-query scans through the page map of its space: the roots of its
+    posting and float-row trees per read snapshot (cached by transaction id: a snapshot's
+    roots never change), the kernels above, the map renewed when the file has grown."""
+
+    def __init__(self, space: Any, codes: bool) -> None:
+        self._space = space
+        self._map = space.page_map()
+        self._codes = codes
+        self._seen: tuple[int, tuple[int, int] | None] = (-1, None)
+
+    def _roots(self, txn: Any) -> tuple[int, int] | None:
+        tid = txn.id()
+        seen = self._seen
+        if seen[0] == tid:
+            return seen[1]
+        proot = self._space.root(txn, "postings")
+        vroot = self._space.root(txn, "vectors") if self._codes else -1
+        roots = None if proot is None or vroot is None else (proot, vroot)
+        self._seen = (tid, roots)
+        return roots
+
+    def scan(self, txn: Any, read: np.ndarray, head_count: np.ndarray, query: np.ndarray, live: np.ndarray,
+             mask: np.ndarray, use_allow: bool, mode: int, codec: Any, width: int, counts: np.ndarray,
+             out_s: np.ndarray, out_d: np.ndarray) -> tuple[int, int] | None:
+        """Top-k of ``query`` over the postings ``read`` in the snapshot of ``txn`` into the
+        heap rows ``out_s``/``out_d`` (+inf / -1), entries counted in ``counts``; SQ8 postings
+        (``codec``) ranked on codes, the best ``width`` re-ranked with float rows. Returns
+        (posting bytes, float bytes read), or None when the pages are not ones this reader
+        follows (the caller reads through py-lmdb; the rows are reset). DataLossError for a
+        corrupt, truncated or lost posting or a float record of the wrong size."""
+        roots = self._roots(txn)
+        if roots is None:
+            return None
+        pmap = self._map
+        n = len(read)
+        for _ in range(2):
+            pages = pmap.pages
+            if codec is None:
+                bad, code, nbytes, floats = scan_floats(pages, pmap.page_size, roots[0], read, n, head_count,
+                                                        len(query), query, live, mask, use_allow, mode, counts,
+                                                        out_d, out_s)
+            else:
+                cd = np.empty(width, np.float32)
+                cd.fill(np.inf)
+                cs = np.empty(width, np.int64)
+                cs.fill(-1)
+                bad, code, nbytes, floats = scan_codes(pages, pmap.page_size, roots[0], roots[1], read, n, head_count,
+                                                       query, codec.vmin, codec.step, mode, live, mask, use_allow,
+                                                       counts, cd, cs, out_d, out_s)
+            if code == OK:
+                return nbytes, floats
+            if code > 0:
+                raise DataLossError(_problem(int(code), int(bad), read, head_count, cs if codec is not None else None,
+                                             len(query)))
+            out_s.fill(-1)
+            out_d.fill(np.inf)
+            if code != BEYOND:
+                return None
+            pmap.remap(pages)
+        return None
+
+
+def _problem(code: int, bad: int, read: np.ndarray, head_count: np.ndarray, cand: np.ndarray | None, dim: int) -> str:
+    """The DataLossError message of a scan's ``code`` at position ``bad``."""
+    if code == BAD_ROW:
+        assert cand is not None
+        return f"SPANN vector record of slot {int(cand[bad])} is not {4 * dim} bytes"
+    head = int(read[bad])
+    if code == LOST:
+        return postings.lost_message(head, int(head_count[head]))
+    return postings.problem_message(head, code)

@@ -1,0 +1,147 @@
+"""LMDB's B+tree walked in Numba, over a map of the data file's pages (``vecdb.storage.pages``
+maps it and gives a sub-database's root page for a read snapshot).
+
+The page layout is LMDB 0.9's (``mdb.c``): a 16-byte page header (page number, pad, flags,
+lower / upper free bounds or the overflow page count), then 2-byte node offsets; a node is
+its data size (lo, hi 16 bits), flags, key size, the key, then the data or, ``F_BIGDATA``,
+the number of its first overflow page; a branch node's child page number is its lo, hi and
+flags words. Keys compare as bytes (memcmp, then length).
+
+A lookup gives a byte range of the map, or a negative code: ``MISSING`` (no such key),
+``BEYOND`` (a page past the mapped length: the file grew; map it again and retry) or
+``UNEXPECTED`` (a page that is not what the tree says it is — a corrupt page, or a layout
+this reader does not know): the caller then reads through py-lmdb, the reference path.
+Every page number is checked against the map before it is read.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from vecdb.kernels._jit import kernel
+
+MISSING, BEYOND, UNEXPECTED = -1, -2, -3
+PAGE_HEADER = 16
+NODE_HEADER = 8
+P_BRANCH, P_LEAF, P_OVERFLOW = 0x01, 0x02, 0x04
+F_BIGDATA = 0x01
+#: deepest tree walked (LMDB's cursor stack is 32 deep)
+MAX_DEPTH = 32
+
+
+@kernel(inline=True)
+def _u16(pages, at):
+    return np.int64(pages[at]) | (np.int64(pages[at + 1]) << 8)
+
+
+@kernel(inline=True)
+def _u64(pages, at):
+    v = np.int64(0)
+    for b in range(8):
+        v |= np.int64(pages[at + b]) << (8 * b)
+    return v
+
+
+@kernel(inline=True)
+def _compare(pages, at, size, key):
+    """memcmp order of the node key ``pages[at:at+size]`` against ``key``: <0, 0, >0."""
+    n = min(size, key.shape[0])
+    for b in range(n):
+        x = np.int64(pages[at + b]) - np.int64(key[b])
+        if x != 0:
+            return x
+    return size - key.shape[0]
+
+
+@kernel(inline=True)
+def _node(pages, p, i, page_size):
+    """(offset in ``pages``, key size) of node ``i`` of the page at ``p``, or (-1, 0) when
+    the node or its key would reach past the page (a damaged page)."""
+    at = _u16(pages, p + PAGE_HEADER + 2 * i)
+    if at < PAGE_HEADER or at + NODE_HEADER > page_size:
+        return -1, 0
+    ksize = _u16(pages, p + at + 6)
+    if at + NODE_HEADER + ksize > page_size:
+        return -1, 0
+    return p + at, ksize
+
+
+@kernel
+def find(pages, page_size, root, key):
+    """(start, length) of the value of ``key`` (uint8 array) in the tree rooted at page
+    ``root`` of ``pages``, or (code, 0): ``MISSING``, ``BEYOND``, ``UNEXPECTED``."""
+    if root < 0:
+        return MISSING, 0
+    n_pages = pages.shape[0] // page_size
+    pgno = root
+    for _ in range(MAX_DEPTH):
+        if pgno >= n_pages:
+            return BEYOND, 0
+        p = pgno * page_size
+        flags = _u16(pages, p + 10)
+        if _u64(pages, p) != pgno or flags & (P_BRANCH | P_LEAF) == 0 or flags & P_OVERFLOW:
+            return UNEXPECTED, 0
+        lower = _u16(pages, p + 12)
+        upper = _u16(pages, p + 14)
+        n = (lower - PAGE_HEADER) >> 1
+        if n <= 0 or lower > upper or upper > page_size:
+            return UNEXPECTED, 0
+        if flags & P_BRANCH:
+            lo, hi = 1, n - 1                   # the first branch key is implicit (the lowest)
+            at = 0
+            while lo <= hi:                     # the last node whose key <= key
+                mid = (lo + hi) >> 1
+                node, ksize = _node(pages, p, mid, page_size)
+                if node < 0:
+                    return UNEXPECTED, 0
+                if _compare(pages, node + NODE_HEADER, ksize, key) <= 0:
+                    at = mid
+                    lo = mid + 1
+                else:
+                    hi = mid - 1
+            node, _ = _node(pages, p, at, page_size)
+            if node < 0:
+                return UNEXPECTED, 0
+            pgno = _u16(pages, node) | (_u16(pages, node + 2) << 16) | (_u16(pages, node + 4) << 32)
+            continue
+        lo, hi = 0, n - 1
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            node, ksize = _node(pages, p, mid, page_size)
+            if node < 0:
+                return UNEXPECTED, 0
+            c = _compare(pages, node + NODE_HEADER, ksize, key)
+            if c < 0:
+                lo = mid + 1
+            elif c > 0:
+                hi = mid - 1
+            else:
+                size = _u16(pages, node) | (_u16(pages, node + 2) << 16)
+                data = node + NODE_HEADER + ksize
+                node_flags = _u16(pages, node + 4)
+                if node_flags & ~F_BIGDATA:             # a sub-database or duplicates: not a value
+                    return UNEXPECTED, 0
+                if node_flags == 0:
+                    if data + size > p + page_size:
+                        return UNEXPECTED, 0
+                    return data, size
+                if data + 8 > p + page_size:
+                    return UNEXPECTED, 0
+                first = _u64(pages, data)
+                if first < 0 or size > pages.shape[0]:
+                    return UNEXPECTED, 0
+                last = first + (PAGE_HEADER + size + page_size - 1) // page_size
+                if last > n_pages:
+                    return BEYOND, 0
+                o = first * page_size
+                if _u64(pages, o) != first or _u16(pages, o + 10) & P_OVERFLOW == 0:
+                    return UNEXPECTED, 0
+                return o + PAGE_HEADER, size
+        return MISSING, 0
+    return UNEXPECTED, 0
+
+
+@kernel(inline=True)
+def put_key(key, value):
+    """Write ``value`` into the 8-byte ``key`` big-endian (the order of ``struct ">Q"`` keys)."""
+    for b in range(8):
+        key[7 - b] = np.uint8((value >> (8 * b)) & 0xFF)

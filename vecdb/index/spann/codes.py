@@ -40,6 +40,7 @@ class CodePostings:
     """Training, storing and scanning SQ8 posting codes (see the module doc)."""
 
     _codec: SQ8 | None
+    _mapped: Any                                  # MappedReads of the attached space (or None)
 
     def _train_codes(self, sample: F32Matrix) -> None:
         """Train the codec (if any) on the heads' training sample."""
@@ -141,7 +142,7 @@ class CodePostings:
         joined = b"".join(rows)
         if len(joined) != size * len(rows) or max(map(len, rows)) != size:
             bad_slot = next(slot for slot, raw in zip(cand.tolist(), rows) if len(raw) != size)
-            raise DataLossError(f"SPANN vector record of slot {bad_slot} is not {size} bytes")
+            raise DataLossError(postings.bad_row_message(bad_slot, dim))
         rerank_rows(np.frombuffer(joined, np.float32), dim, query, cand, code, out_d, out_s)
         return len(joined)
 
@@ -154,12 +155,17 @@ class CodePostings:
                 hit = np.isin(slots_h, slots)
                 out[np.searchsorted(slots, slots_h[hit])] = vectors[hit]
             return out
+        mapped = self._mapped
+        if mapped is not None:                    # looked up in LMDB's pages in one kernel call
+            rows = mapped.rows(txn, slots, self.dim)
+            if rows is not None:
+                return rows
         get, vdb, size = txn.get, self._vdb, 4 * self.dim
         for i, slot in enumerate(slots.tolist()):
             raw = get(postings.key(slot), db=vdb)
             if raw is None:
                 continue
             if len(raw) != size:
-                raise DataLossError(f"SPANN vector record of slot {slot} is {len(raw)} bytes, not {size}")
+                raise DataLossError(postings.bad_row_message(slot, self.dim))
             out[i] = np.frombuffer(raw, np.float32)
         return out

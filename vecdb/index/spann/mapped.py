@@ -130,6 +130,28 @@ def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, 
     return -1, OK, total, 4 * dim * m
 
 
+@kernel
+def gather_rows(pages, page_size, root, slots, rows):
+    """The float32 records of ``slots`` (tree ``root``, keyed by slot) into the rows of
+    ``rows`` (len(slots), dim); a NaN row for a slot with none (removed). Returns (position,
+    code) of the first that fails (``BAD_ROW`` or a lookup code), or (-1, 0)."""
+    size = 4 * rows.shape[1]
+    flat = rows.reshape(rows.size).view(np.uint8)
+    key = np.empty(8, np.uint8)
+    for i in range(slots.shape[0]):
+        put_key(key, slots[i])
+        start, got = find(pages, page_size, root, key)
+        if start == MISSING:
+            rows[i, :] = np.nan
+            continue
+        if start < 0:
+            return i, start
+        if got != size:
+            return i, BAD_ROW
+        flat[i * size : (i + 1) * size] = pages[start : start + size]
+    return -1, OK
+
+
 class MappedReads:
     """One index's one-query scans through the page map of its space: the roots of its
     posting and float-row trees per read snapshot (cached by transaction id: a snapshot's
@@ -182,9 +204,10 @@ class MappedReads:
                                                        counts, cd, cs, out_d, out_s)
             if code == OK:
                 return nbytes, floats
+            if code == BAD_ROW:
+                raise DataLossError(postings.bad_row_message(int(cs[bad]), len(query)))
             if code > 0:
-                raise DataLossError(_problem(int(code), int(bad), read, head_count, cs if codec is not None else None,
-                                             len(query)))
+                raise DataLossError(_problem(int(code), int(read[bad]), head_count))
             out_s.fill(-1)
             out_d.fill(np.inf)
             if code != BEYOND:
@@ -192,13 +215,30 @@ class MappedReads:
             pmap.remap(pages)
         return None
 
+    def rows(self, txn: Any, slots: np.ndarray, dim: int) -> np.ndarray | None:
+        """Float32 rows (len(slots), dim) of ``slots`` in the snapshot of ``txn``, NaN rows
+        for slots without a record; None when the pages are not ones this reader follows.
+        DataLossError for a record of the wrong size."""
+        roots = self._roots(txn)
+        if roots is None or not self._codes:
+            return None
+        out = np.empty((len(slots), dim), np.float32)
+        pmap = self._map
+        for _ in range(2):
+            pages = pmap.pages
+            bad, code = gather_rows(pages, pmap.page_size, roots[1], slots, out)
+            if code == OK:
+                return out
+            if code == BAD_ROW:
+                raise DataLossError(postings.bad_row_message(int(slots[bad]), dim))
+            if code != BEYOND:
+                return None
+            pmap.remap(pages)
+        return None
 
-def _problem(code: int, bad: int, read: np.ndarray, head_count: np.ndarray, cand: np.ndarray | None, dim: int) -> str:
-    """The DataLossError message of a scan's ``code`` at position ``bad``."""
-    if code == BAD_ROW:
-        assert cand is not None
-        return f"SPANN vector record of slot {int(cand[bad])} is not {4 * dim} bytes"
-    head = int(read[bad])
+
+def _problem(code: int, head: int, head_count: np.ndarray) -> str:
+    """The DataLossError message of posting ``head`` failing a scan with ``code``."""
     if code == LOST:
         return postings.lost_message(head, int(head_count[head]))
     return postings.problem_message(head, code)

@@ -107,6 +107,12 @@ def lost_message(head: int, expected: int) -> str:
     return f"SPANN posting {head} is missing ({expected} entries expected)"
 
 
+def bad_row_message(slot: int, dim: int) -> str:
+    """The DataLossError message of the float record of ``slot`` (SQ8 postings re-rank with
+    it) not being ``dim`` float32 values."""
+    return f"SPANN vector record of slot {slot} is not {4 * dim} bytes"
+
+
 def problem_message(head: int, code: int) -> str:
     """The DataLossError message of posting ``head`` failing its check with ``code``."""
     return f"SPANN posting {head} {_PROBLEMS.get(code, 'is corrupt')}"

@@ -71,7 +71,7 @@ class CodePostings:
         overlay's when None) ranked exactly. Returns the bytes of float vectors read."""
         codec = self._codec
         assert codec is not None
-        buf, starts, counts, qptr, qlist = found
+        buf, starts, counts, qptr, qlist, _ = found
         nq, k = out_s.shape
         width = self._rerank_width(k, rerank)
         cand_s = np.full((nq, width), -1, np.int64)

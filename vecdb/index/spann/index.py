@@ -733,7 +733,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                         if not stats:            # the rows are the result
                             return out_s, out_d, None
                         break
-                    found = self._gather(None if overlay else txn, heads, queries, k, p)
+                    found = self._gather(None if overlay else txn, heads, queries, k, p, self._codec is not None)
                     if self._codec is not None:   # rank on codes, re-rank with floats of the same snapshot
                         rerank_bytes = self._scan_codes(None if overlay else txn, queries, found, allow, mask, serial,
                                                         p.rerank, out_s, out_d)
@@ -743,12 +743,11 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         if in_place is not None:
             read, rerank_bytes, counts, qptr, qlist = in_place
         else:
-            buf, starts, counts, qptr, qlist = found
+            buf, starts, counts, qptr, qlist, read = found
             if self._codec is None or self._space is None:
                 scan = scan_postings_serial if serial else scan_postings
                 scan(queries, buf, starts, counts, qptr, qlist, self._ids.slot_ids, mask, allow is not None,
                      self._scan_code, out_s, out_d)
-            read = len(buf)
         if not stats:
             return out_s, out_d, None
         per_query = np.diff(qptr)
@@ -770,13 +769,14 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
         return plan_heads(heads.graph, queries, nprobe, ef, self.exact_heads, self.head_route, heads.count, eps2, k)
 
-    def _gather(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> Any:
-        """The posting records the queries read (query-aware pruning), checked and laid end to
-        end (read through ``txn``; from the overlay when None): (buffer, starts, counts, qptr,
-        qlist)."""
+    def _gather(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams,
+                in_place: bool = False) -> Any:
+        """The posting records the queries read (query-aware pruning), checked (read through
+        ``txn``; from the overlay when None; ``in_place``: see ``_read_records``): (buffer,
+        starts, counts, qptr, qlist, bytes of the records)."""
         wanted, qptr, qlist = self._plan(heads, queries, k, p)
-        buf, starts, counts = self._read_records(txn, heads, wanted)
-        return buf, starts, counts, qptr, qlist
+        buf, starts, counts, nbytes = self._read_records(txn, heads, wanted, in_place)
+        return buf, starts, counts, qptr, qlist, nbytes
 
     def _search_one(self, txn: Any, heads: HeadState, query: F32Matrix, k: int, allow: AllowSet | None,
                     mask: np.ndarray, p: SPANNParams, out_s: np.ndarray, out_d: np.ndarray, stats: bool) -> Any:
@@ -787,10 +787,11 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
         read = plan_one(heads.graph, q, nprobe, ef, self.exact_heads, self.head_route, heads.count, eps2, k)
         mapped = self._mapped
-        if mapped is not None:
+        if mapped is not None:                   # looked up, checked and ranked in one kernel call
             counts = np.zeros(len(read), np.int64)
             done = mapped.scan(txn, read, heads.count, q, self._ids.slot_ids, mask, allow is not None, self._scan_code,
-                               self._codec, self._rerank_width(k, p.rerank), counts, out_s, out_d)
+                               self._codec, self._rerank_width(k, p.rerank), counts, np.empty(len(read), np.int64),
+                               out_s, out_d)
             if done is not None:
                 return (done[0], done[1], counts, np.array([0, len(read)], np.int64), _POSITIONS[: len(read)]) \
                     if stats else None
@@ -819,6 +820,10 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         else None. DataLossError for a corrupt, truncated or missing posting, as
         ``_read_records`` (the rows then hold partial results: never returned)."""
         wanted, qptr, qlist = self._plan(heads, queries, k, p)
+        if self._mapped is not None:
+            done = self._scan_mapped(txn, heads, queries, k, allow, mask, p, out_s, out_d, wanted, qptr, qlist)
+            if done is not None:
+                return done if stats else None
         raws = self._posting_records(txn, wanted)
         all_found = all(raws)
         if not all_found:                        # a missing record: an empty posting (or a lost one: raises)
@@ -842,6 +847,39 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             else:
                 self._rank_floats(queries[qi], recs, at, wanted, counts, use_allow, mask, out_s[qi], out_d[qi])
         return (_bytes_of(raws), floats, counts, qptr, qlist) if stats else None
+
+    def _scan_mapped(self, txn: Any, heads: HeadState, queries: F32Matrix, k: int, allow: AllowSet | None,
+                     mask: np.ndarray, p: SPANNParams, out_s: np.ndarray, out_d: np.ndarray, wanted: np.ndarray,
+                     qptr: np.ndarray, qlist: np.ndarray) -> Any:
+        """``_scan_in_place`` through the page map (``mapped``): each query's postings looked
+        up, checked and ranked (SQ8: re-ranked) in one kernel call (float postings from
+        ``SERIAL_QUERIES`` queries up: all queries in one parallel call). Returns the tuple of
+        ``_scan_in_place``'s stats, or None when the pages are not ones the map reader
+        follows (the rows are reset: the caller reads by cursor)."""
+        assert self._mapped is not None
+        scan, count, live, code, codec = self._mapped.scan, heads.count, self._ids.slot_ids, self._scan_code, self._codec
+        use_allow, width = allow is not None, self._rerank_width(k, p.rerank)
+        counts = np.zeros(len(wanted), np.int64)
+        sizes = np.full(len(wanted), -1, np.int64)
+        floats = 0
+        if codec is None and len(queries) >= SERIAL_QUERIES:     # float postings: queries in parallel
+            if not self._mapped.scan_many(txn, wanted, qptr, qlist, count, queries, live, mask, use_allow, code,
+                                          counts, sizes, out_s, out_d):
+                return None
+            return int(sizes[sizes > 0].sum()), 0, counts, qptr, qlist
+        for qi in range(len(queries)):
+            at = qlist[qptr[qi] : qptr[qi + 1]]
+            got_counts, got_sizes = np.empty(len(at), np.int64), np.empty(len(at), np.int64)
+            done = scan(txn, wanted[at], count, queries[qi], live, mask, use_allow, code, codec, width, got_counts,
+                        got_sizes, out_s[qi], out_d[qi])
+            if done is None:
+                out_s.fill(-1)
+                out_d.fill(np.inf)
+                return None
+            counts[at] = got_counts
+            sizes[at] = got_sizes
+            floats += done[1]
+        return int(sizes[sizes > 0].sum()), floats, counts, qptr, qlist
 
     def _posting_records(self, txn: Any, heads: np.ndarray) -> list[Any]:
         """The posting records of ``heads`` read through ``txn`` (None: no record, an empty
@@ -885,20 +923,32 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         assert stats is not None
         return SearchResult(self._ids.ids_of(slots), self._finish_distances(dists)), stats
 
-    def _read_records(self, txn: Any, heads: HeadState, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _read_records(self, txn: Any, heads: HeadState, wanted: np.ndarray,
+                      in_place: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """The posting records of ``wanted`` (sorted heads) read through ``txn`` (encoded from
-        the overlay when None), checked: (buffer, starts, counts). A head whose posting is
-        empty has no record; DataLossError for a corrupt, truncated or missing one."""
+        the overlay when None), checked: (buffer, starts, counts, bytes of the records); laid
+        end to end in a copy, or with ``in_place`` (SQ8 postings scanned before ``txn`` ends)
+        where LMDB's pages hold them (``mapped``: the buffer is the page map). A head whose
+        posting is empty has no record; DataLossError for a corrupt, truncated or missing one."""
         if txn is None:
             overlay = self._overlay or {}
             empty = (_EMPTY_IDS, _no_rows(self.dim))
             raws = [postings.encode(*overlay.get(head, empty), self._codec) for head in wanted.tolist()]
         else:
+            mapped = self._mapped
+            if in_place and mapped is not None and self._codec is not None:
+                found = mapped.records(txn, wanted, heads.count, self.dim)
+                if found is not None:
+                    return found
             raws = self._posting_records(txn, wanted)
             if not all(raws):                    # a missing one (an empty one fails the check)
                 _check_present(heads, wanted, raws)
+                nbytes = _bytes_of(raws)         # read: the stand-ins below are not
                 raws = [raw if raw is not None else _EMPTY_RECORD[self.dim, self._codec is not None] for raw in raws]
-        return postings.check_many(raws, wanted, self.dim, self._codec)
+                buf, starts, counts = postings.check_many(raws, wanted, self.dim, self._codec)
+                return buf, starts, counts, nbytes
+        buf, starts, counts = postings.check_many(raws, wanted, self.dim, self._codec)
+        return buf, starts, counts, len(buf)
 
     # ---- the rest of the surface -------------------------------------------------------
     def params(self) -> dict[str, Any]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numba import prange
 
 from vecdb.errors import DataLossError
 from vecdb.index.spann import postings
 from vecdb.index.spann.kernels import HEADER_BYTES, fold_code_query, fold_int_query, rerank_rows
-from vecdb.index.spann.records import OK, check_scan_codes_record, check_scan_record
+from vecdb.index.spann.records import OK, check_records, check_scan_codes_record, check_scan_record
 from vecdb.kernels._jit import kernel
 from vecdb.kernels.heaps import heap_sort
 from vecdb.kernels.lmdb_pages import BEYOND, MISSING, find, put_key
@@ -52,11 +53,18 @@ def _locate(pages, page_size, root, read, n, head_count, starts, sizes):
 
 
 @kernel
-def scan_floats(pages, page_size, root, read, n, head_count, dim, q, live, allow, use_allow, metric, counts, hd, hs):
+def locate(pages, page_size, root, read, head_count, starts, sizes):
+    """``_locate`` of all of ``read`` (a batch's postings)."""
+    return _locate(pages, page_size, root, read, read.shape[0], head_count, starts, sizes)
+
+
+@kernel
+def scan_floats(pages, page_size, root, read, n, head_count, dim, q, live, allow, use_allow, metric, counts, sizes,
+                hd, hs):
     """Top-k of ``q`` over the float32 postings ``read[:n]`` into the heap ``hd``/``hs``
-    (sorted on success), entries of posting i counted in ``counts[i]``."""
+    (sorted on success), entries of posting i counted in ``counts[i]``, its record's bytes
+    in ``sizes[i]`` (-1: none)."""
     starts = np.empty(n, np.int64)
-    sizes = np.empty(n, np.int64)
     bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes)
     if bad >= 0:
         return bad, code, 0, 0
@@ -75,16 +83,51 @@ def scan_floats(pages, page_size, root, read, n, head_count, dim, q, live, allow
     return -1, OK, total, 0
 
 
+@kernel(parallel=True)
+def scan_floats_many(pages, page_size, root, wanted, qptr, qlist, head_count, queries, live, allow, use_allow, metric,
+                     counts, sizes, out_s, out_d):
+    """``scan_floats`` for a batch, queries in parallel: query qi reads the postings
+    ``wanted[qlist[qptr[qi]:qptr[qi+1]]]`` (each looked up once) into the heap rows
+    ``out_s[qi]``/``out_d[qi]``; ``counts``/``sizes`` by position in ``wanted``. Returns
+    (position in ``wanted``, code) of a failure, or (-1, 0)."""
+    n = wanted.shape[0]
+    starts = np.empty(n, np.int64)
+    bad, code = _locate(pages, page_size, root, wanted, n, head_count, starts, sizes)
+    if bad >= 0:
+        return bad, code
+    nq, dim = queries.shape
+    where = np.full(nq, -1, np.int64)
+    problems = np.zeros(nq, np.int64)
+    for qi in prange(nq):
+        hd = out_d[qi]
+        hs = out_s[qi]
+        for t in range(qptr[qi], qptr[qi + 1]):
+            p = qlist[t]
+            if sizes[p] < 0:
+                continue
+            problem, c = check_scan_record(pages[starts[p] : starts[p] + sizes[p]], dim, queries[qi], live, allow,
+                                           use_allow, metric, hd, hs)
+            if problem != OK:
+                where[qi] = p
+                problems[qi] = problem
+                break
+            counts[p] = c                      # the same value from every query reading p
+        heap_sort(hd, hs)
+    for qi in range(nq):
+        if problems[qi] != OK:
+            return where[qi], problems[qi]
+    return -1, OK
+
+
 @kernel
 def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, step, mode, live, allow, use_allow,
-               counts, cd, cs, hd, hs):
+               counts, sizes, cd, cs, hd, hs):
     """Top-k of ``query`` over the SQ8 postings ``read[:n]``: the best ``len(cd)`` candidates
     on codes into ``cd``/``cs`` (+inf / -1 on entry), then their float rows (tree ``vroot``,
     keyed by slot; a candidate with none was removed since) ranked exactly into the heap
-    ``hd``/``hs``, sorted on success."""
+    ``hd``/``hs``, sorted on success (``counts``, ``sizes``: as ``scan_floats``)."""
     dim = query.shape[0]
     starts = np.empty(n, np.int64)
-    sizes = np.empty(n, np.int64)
     bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes)
     if bad >= 0:
         return bad, code, 0, 0
@@ -176,9 +219,10 @@ class MappedReads:
 
     def scan(self, txn: Any, read: np.ndarray, head_count: np.ndarray, query: np.ndarray, live: np.ndarray,
              mask: np.ndarray, use_allow: bool, mode: int, codec: Any, width: int, counts: np.ndarray,
-             out_s: np.ndarray, out_d: np.ndarray) -> tuple[int, int] | None:
+             sizes: np.ndarray, out_s: np.ndarray, out_d: np.ndarray) -> tuple[int, int] | None:
         """Top-k of ``query`` over the postings ``read`` in the snapshot of ``txn`` into the
-        heap rows ``out_s``/``out_d`` (+inf / -1), entries counted in ``counts``; SQ8 postings
+        heap rows ``out_s``/``out_d`` (+inf / -1), entries counted in ``counts``, record bytes
+        in ``sizes`` (-1: no record); SQ8 postings
         (``codec``) ranked on codes, the best ``width`` re-ranked with float rows. Returns
         (posting bytes, float bytes read), or None when the pages are not ones this reader
         follows (the caller reads through py-lmdb; the rows are reset). DataLossError for a
@@ -193,7 +237,7 @@ class MappedReads:
             if codec is None:
                 bad, code, nbytes, floats = scan_floats(pages, pmap.page_size, roots[0], read, n, head_count,
                                                         len(query), query, live, mask, use_allow, mode, counts,
-                                                        out_d, out_s)
+                                                        sizes, out_d, out_s)
             else:
                 cd = np.empty(width, np.float32)
                 cd.fill(np.inf)
@@ -201,7 +245,7 @@ class MappedReads:
                 cs.fill(-1)
                 bad, code, nbytes, floats = scan_codes(pages, pmap.page_size, roots[0], roots[1], read, n, head_count,
                                                        query, codec.vmin, codec.step, mode, live, mask, use_allow,
-                                                       counts, cd, cs, out_d, out_s)
+                                                       counts, sizes, cd, cs, out_d, out_s)
             if code == OK:
                 return nbytes, floats
             if code == BAD_ROW:
@@ -214,6 +258,67 @@ class MappedReads:
                 return None
             pmap.remap(pages)
         return None
+
+    def scan_many(self, txn: Any, wanted: np.ndarray, qptr: np.ndarray, qlist: np.ndarray, head_count: np.ndarray,
+                  queries: np.ndarray, live: np.ndarray, mask: np.ndarray, use_allow: bool, mode: int,
+                  counts: np.ndarray, sizes: np.ndarray, out_s: np.ndarray, out_d: np.ndarray) -> bool:
+        """``scan`` of float32 postings for a batch in one parallel kernel call
+        (``scan_floats_many``); False when the pages are not ones this reader follows (the
+        rows are reset)."""
+        roots = self._roots(txn)
+        if roots is None:
+            return False
+        pmap = self._map
+        for _ in range(2):
+            pages = pmap.pages
+            bad, code = scan_floats_many(pages, pmap.page_size, roots[0], wanted, qptr, qlist, head_count, queries,
+                                         live, mask, use_allow, mode, counts, sizes, out_s, out_d)
+            if code == OK:
+                return True
+            if code > 0:
+                raise DataLossError(_problem(int(code), int(wanted[bad]), head_count))
+            out_s.fill(-1)
+            out_d.fill(np.inf)
+            counts.fill(0)
+            if code != BEYOND:
+                return False
+            pmap.remap(pages)
+        return False
+
+    def records(self, txn: Any, wanted: np.ndarray, head_count: np.ndarray, dim: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        """The SQ8 posting records of ``wanted`` where the map holds them, checked, as
+        ``postings.check_many`` gives copies of them: (the map, record starts, entry counts,
+        bytes of the records; an empty posting counts 0), or None when the pages are not
+        ones this reader follows.
+        Valid only while ``txn`` is open. DataLossError for a corrupt, truncated or lost one."""
+        roots = self._roots(txn)
+        if roots is None:
+            return None
+        n = len(wanted)
+        starts = np.empty(n, np.int64)
+        sizes = np.empty(n, np.int64)
+        pmap = self._map
+        for _ in range(2):
+            pages = pmap.pages
+            bad, code = locate(pages, pmap.page_size, roots[0], wanted, head_count, starts, sizes)
+            if code == LOST:
+                raise DataLossError(_problem(LOST, int(wanted[bad]), head_count))
+            if code == OK:
+                break
+            if code != BEYOND:
+                return None
+            pmap.remap(pages)
+        else:
+            return None
+        counts = np.zeros(n, np.int64)
+        held = np.flatnonzero(sizes >= 0)
+        held_counts = np.zeros(len(held), np.int64)
+        bad, code = check_records(pages, starts[held], starts[held] + sizes[held], dim, 1, 1, held_counts)
+        if bad >= 0:
+            raise DataLossError(_problem(int(code), int(wanted[held[bad]]), head_count))
+        counts[held] = held_counts
+        return pages, starts, counts, int(sizes[held].sum())
 
     def rows(self, txn: Any, slots: np.ndarray, dim: int) -> np.ndarray | None:
         """Float32 rows (len(slots), dim) of ``slots`` in the snapshot of ``txn``, NaN rows

@@ -444,8 +444,11 @@ def corrupt(path: Path, change: Any, db: bytes = b"spann.postings") -> None:
         env.close()
 
 
+@pytest.mark.parametrize("mapped", [True, False], ids=["page-map", "cursor"])
 @pytest.mark.parametrize("how", ["flip", "truncate", "drop", "header"])
-def test_a_corrupt_or_truncated_posting_raises_data_loss(tmp_path: Path, how: str) -> None:
+def test_a_corrupt_or_truncated_posting_raises_data_loss(tmp_path: Path, how: str, mapped: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spann_index, "MAPPED_READS", mapped)
     x = clustered(1000, 16)
     index = built(x, path=tmp_path / "s")
     with index._space.read() as txn:
@@ -1019,7 +1022,10 @@ def test_sq8_postings_in_a_collection(tmp_path: Path) -> None:
         np.testing.assert_array_equal(col.search(q, 10).ids, before.ids)
 
 
-def test_a_corrupt_sq8_vector_record_or_posting_raises_data_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mapped", [True, False], ids=["page-map", "cursor"])
+def test_a_corrupt_sq8_vector_record_or_posting_raises_data_loss(tmp_path: Path, mapped: bool,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spann_index, "MAPPED_READS", mapped)
     x = clustered(1000, 38)
     index = built(x, codes="sq8", path=tmp_path / "s")
     index.close()
@@ -1037,6 +1043,8 @@ def test_a_corrupt_sq8_vector_record_or_posting_raises_data_loss(tmp_path: Path)
     try:
         with pytest.raises(DataLossError):
             again.search(x[:50], 10, **EVERYTHING)
+        with pytest.raises(DataLossError):
+            again.search(x[:1], 10, **EVERYTHING)
     finally:
         again.close()
     with pytest.raises(InvalidArgumentError):

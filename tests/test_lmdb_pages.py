@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vecdb.kernels.lmdb_pages import BEYOND, MISSING, UNEXPECTED, find
+from vecdb.kernels.lmdb_pages import BEYOND, MISSING, UNEXPECTED, find, find_many
 from vecdb.storage.env import Store
 from vecdb.storage.pages import PageMap, root_of
 
@@ -84,6 +84,13 @@ def test_a_deep_tree_of_big_endian_keys(tmp_path: Path) -> None:
         for key, value in items.items():
             assert lookup(pmap, root, key) == value
         assert lookup(pmap, root, struct.pack(">Q", 1 << 41)) == MISSING
+        keys = list(items)[::97] + [struct.pack(">Q", 1 << 41), struct.pack(">Q", 0)]
+        rows = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), 8)
+        for tree in (root, -1, 10**9):                      # many at once: as one at a time
+            starts, sizes = np.empty(len(keys), np.int64), np.empty(len(keys), np.int64)
+            find_many(pmap.pages, pmap.page_size, tree, rows, starts, sizes)
+            for key, start, size in zip(keys, starts, sizes):
+                assert (start, size) == tuple(find(pmap.pages, pmap.page_size, tree, np.frombuffer(key, np.uint8)))
     finally:
         env.close()
 

@@ -20,11 +20,13 @@ from numba import prange
 
 from vecdb.errors import DataLossError
 from vecdb.index.spann import postings
-from vecdb.index.spann.kernels import HEADER_BYTES, fold_code_query, fold_int_query, rerank_rows
+from vecdb.index.spann.kernels import HEADER_BYTES, fold_code_query, fold_int_query
 from vecdb.index.spann.records import OK, check_records, check_scan_codes_record, check_scan_record
 from vecdb.kernels._jit import kernel
-from vecdb.kernels.heaps import heap_sort
-from vecdb.kernels.lmdb_pages import BEYOND, MISSING, find, put_key
+from vecdb.kernels.distances import dot, l2_sq
+from vecdb.kernels.heaps import after, heap_sort, max_sift_down
+from vecdb.kernels.lmdb_pages import BEYOND, MISSING, find_many, put_key
+from vecdb.kernels.prefetch import prefetch
 
 #: codes besides ``records``' problems and ``pages``' lookup codes (see the module doc)
 LOST = 16
@@ -32,23 +34,49 @@ BAD_ROW = 17
 
 
 @kernel(inline=True)
+def _keys(values, n):
+    """The 8-byte big-endian keys of ``values[:n]`` as rows of a (n, 8) array."""
+    keys = np.empty((n, 8), np.uint8)
+    for i in range(n):
+        put_key(keys[i], values[i])
+    return keys
+
+
+@kernel(inline=True)
 def _locate(pages, page_size, root, read, n, head_count, starts, sizes):
     """Look up the records of postings ``read[:n]`` into ``starts``/``sizes`` (size -1: no
-    record, an empty posting). Returns (position, code) of the first that fails, or (-1, 0)."""
-    key = np.empty(8, np.uint8)
+    record, an empty posting), all at once (``find_many``). Returns (position, code) of the
+    first that fails, or (-1, 0)."""
+    find_many(pages, page_size, root, _keys(read, n), starts, sizes)
     for i in range(n):
-        put_key(key, read[i])
-        start, size = find(pages, page_size, root, key)
-        if start == MISSING:
+        if starts[i] == MISSING:
             if head_count[read[i]] > 0:
                 return i, LOST
             starts[i] = 0
             sizes[i] = -1
+        elif starts[i] < 0:
+            return i, starts[i]
+    return -1, OK
+
+
+@kernel(inline=True)
+def _rows_at(pages, page_size, root, slots, n, dim, starts):
+    """Look up the float records of ``slots[:n]`` all at once and ask for their bytes:
+    ``starts`` gets each one's start (``MISSING``: none). Returns (position, code) of the
+    first that fails (a lookup code, or ``BAD_ROW`` for a record that is not ``dim``
+    floats), or (-1, 0)."""
+    sizes = np.empty(n, np.int64)
+    find_many(pages, page_size, root, _keys(slots, n), starts, sizes)
+    for i in range(n):
+        start = starts[i]
+        if start == MISSING:
             continue
         if start < 0:
             return i, start
-        starts[i] = start
-        sizes[i] = size
+        if sizes[i] != 4 * dim:
+            return i, BAD_ROW
+        for line in range(start, start + sizes[i], 64):
+            prefetch(pages, line, 0)
     return -1, OK
 
 
@@ -149,28 +177,38 @@ def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, 
         counts[i] = c
         total += sizes[i]
     heap_sort(cd, cs)
-    rows = np.empty(cs.shape[0] * dim, np.float32)
-    row_bytes = rows.view(np.uint8)            # copied as bytes: a short record sits in its leaf 2-byte aligned
-    kept = np.empty(cs.shape[0], np.int64)
-    key = np.empty(8, np.uint8)
     m = 0
-    for j in range(cs.shape[0]):
-        slot = cs[j]
-        if slot < 0:
-            break
-        put_key(key, slot)
-        start, size = find(pages, page_size, vroot, key)
-        if start == MISSING:
-            continue
-        if start < 0:
-            return j, start, 0, 0
-        if size != 4 * dim:
-            return j, BAD_ROW, 0, 0
-        row_bytes[m * size : (m + 1) * size] = pages[start : start + size]
-        kept[m] = slot
+    while m < cs.shape[0] and cs[m] >= 0:      # sorted: the -1 sentinels last
         m += 1
-    rerank_rows(rows[: m * dim], dim, query, kept[:m], mode, hd, hs)
-    return -1, OK, total, 4 * dim * m
+    at = np.empty(m, np.int64)
+    bad, code = _rows_at(pages, page_size, vroot, cs, m, dim, at)
+    if bad >= 0:
+        return bad, code, 0, 0
+    scratch = np.empty(dim, np.float32)
+    scratch_bytes = scratch.view(np.uint8)
+    floats = 0
+    for j in range(m):
+        start = at[j]
+        if start == MISSING:                   # removed since: not a candidate
+            continue
+        size = 4 * dim
+        if start % 4 == 0:                     # ranked where it lies (a copy of 1.5 KB costs ~1 us)
+            d = _exact(query, pages[start : start + size].view(np.float32), mode)
+        else:                                  # a short record may sit in its leaf 2-byte aligned
+            scratch_bytes[:] = pages[start : start + size]
+            d = _exact(query, scratch, mode)
+        slot = cs[j]
+        if after(hd[0], hs[0], d, slot):
+            max_sift_down(hd, hs, hs.shape[0], d, slot)
+        floats += size
+    heap_sort(hd, hs)
+    return -1, OK, total, floats
+
+
+@kernel(inline=True)
+def _exact(q, row, mode):
+    """The exact distance the float posting scan ranks by (mode 0: squared L2, else -<q, x>)."""
+    return l2_sq(q, row) if mode == 0 else -dot(q, row)
 
 
 @kernel
@@ -178,20 +216,21 @@ def gather_rows(pages, page_size, root, slots, rows):
     """The float32 records of ``slots`` (tree ``root``, keyed by slot) into the rows of
     ``rows`` (len(slots), dim); a NaN row for a slot with none (removed). Returns (position,
     code) of the first that fails (``BAD_ROW`` or a lookup code), or (-1, 0)."""
-    size = 4 * rows.shape[1]
-    flat = rows.reshape(rows.size).view(np.uint8)
-    key = np.empty(8, np.uint8)
-    for i in range(slots.shape[0]):
-        put_key(key, slots[i])
-        start, got = find(pages, page_size, root, key)
+    n, dim = rows.shape
+    size = 4 * dim
+    flat = rows.reshape(rows.size).view(np.uint8)   # for a record 2-byte aligned in its leaf
+    at = np.empty(n, np.int64)
+    bad, code = _rows_at(pages, page_size, root, slots, n, dim, at)
+    if bad >= 0:
+        return bad, code
+    for i in range(n):
+        start = at[i]
         if start == MISSING:
             rows[i, :] = np.nan
-            continue
-        if start < 0:
-            return i, start
-        if got != size:
-            return i, BAD_ROW
-        flat[i * size : (i + 1) * size] = pages[start : start + size]
+        elif start % 4 == 0:                   # as floats: a byte loop copies 1.5 KB in ~1 us
+            rows[i, :] = pages[start : start + size].view(np.float32)
+        else:
+            flat[i * size : (i + 1) * size] = pages[start : start + size]
     return -1, OK
 
 

@@ -107,9 +107,30 @@ def test_a_grown_file_is_seen_after_a_remap(tmp_path: Path) -> None:
         first = lookup(pmap, root, b"b000199")
         assert first in (BEYOND, bytes(5000))        # a new page past the old map, or one reused
         seen = pmap.pages
-        assert pmap.remap(seen) is not seen and pmap.remap(seen) is pmap.pages   # mapped again once
+        assert pmap.remap(seen) is not seen and pmap.remap(seen) is pmap.pages   # looked at again once
+        longer, same_map = len(pmap.pages) > len(seen), pmap.pages.base is seen.base   # (no repr of a map
+        assert longer and same_map                                                    # past the file's end)
         assert lookup(pmap, root, b"b000199") == bytes(5000)
         assert lookup(pmap, root, b"a") == b"x" * 100
+    store.close()
+
+
+def test_a_file_grown_past_the_reserve_is_mapped_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PageMap, "SLACK", 0)             # reserve: as much again as the file
+    store = Store(tmp_path / "s")
+    db = store.db("t")
+    store.write(lambda txn: txn.put(b"a", b"x" * 100, db=db))
+    pmap = store.page_map()
+    grown = pmap.pages
+    store.write(lambda txn: [txn.put(b"c%06d" % i, bytes(5000), db=db) for i in range(2 * len(grown) // 5000 + 10)])
+    with store.read() as txn:
+        root = store.root(txn, "t")
+        assert root is not None
+        assert lookup(pmap, root, b"c000005") in (BEYOND, bytes(5000))
+        mapped_again = pmap.remap(grown).base is not grown.base
+        assert mapped_again
+        assert lookup(pmap, root, b"c000005") == bytes(5000)
+        assert bytes(grown[:4096]) == bytes(pmap.pages[:4096])   # an old view still reads
     store.close()
 
 

@@ -9,11 +9,13 @@ root that snapshot gives (``Store.root``) stay as they are until the transaction
 environment is opened without ``writemap``, so a page is in the file before its commit. Keys
 compare as bytes in the kernels: sub-databases opened with other key orders are not read
 that way (``root_of`` gives None). A page past the mapped length means the file grew:
-``PageMap.remap`` maps it again.
+``PageMap.remap`` lengthens the view (mapping the file again when it outgrew the map).
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
+import os
 import struct
 import threading
 from pathlib import Path
@@ -42,26 +44,61 @@ def root_of(record: Any) -> int | None:
 
 
 class PageMap:
-    """A read-only map of an LMDB environment's data file, mapped again when the file has
-    grown past it (``remap``). ``pages`` is the map as a uint8 array; an array handed out
-    stays valid after a remap (its map is closed when the last array of it goes)."""
+    """A read-only map of an LMDB environment's data file. ``pages`` is the file's bytes as a
+    uint8 array, as long as the file was when last looked at; the map reserves room past
+    that (``SLACK``), so when the file grows ``remap`` only lengthens the view, and the page
+    tables of what searches touched stay (a new map starts with none: every page a search
+    touches again costs a fault). A new map is made when the file outgrows the reserve; an
+    array handed out stays valid after that (its map is unmapped when the last array of it
+    goes)."""
+
+    #: bytes reserved past the file's length: as much again, at least 1 GiB (address space only)
+    SLACK = 1 << 30
 
     def __init__(self, path: Path, page_size: int) -> None:
         self.path = path
         self.page_size = int(page_size)
         self._lock = threading.Lock()
-        self.pages = self._map()
+        self._whole = np.zeros(0, np.uint8)
+        self.pages = self._view()
 
-    def _map(self) -> np.ndarray:
-        with open(self.path, "rb") as f:
-            size = f.seek(0, 2)
-            if size == 0:
-                return np.zeros(0, np.uint8)
-            return np.frombuffer(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ), np.uint8)
+    def _view(self) -> np.ndarray:
+        """``pages`` for the file's length now, mapping it again when it outgrew the map."""
+        size = os.stat(self.path).st_size
+        if size > len(self._whole):
+            self._whole = _map_file(self.path, max(2 * size, size + self.SLACK))
+        return self._whole[:size]
 
     def remap(self, seen: np.ndarray) -> np.ndarray:
         """The map after the file grew past ``seen`` (the array a lookup found too short)."""
         with self._lock:
             if self.pages is seen:
-                self.pages = self._map()
+                self.pages = self._view()
             return self.pages
+
+
+class _Mapping:
+    """One read-only shared map of ``length`` bytes of a file (past its end: reserved address
+    space, never read), unmapped when the last array over it is collected."""
+
+    def __init__(self, fd: int, length: int) -> None:
+        addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            raise OSError(ctypes.get_errno(), f"mmap of {length} bytes failed")
+        self._addr, self._length = addr, length
+        self.__array_interface__ = {"shape": (length,), "typestr": "|u1", "data": (addr, True), "version": 3}
+
+    def __del__(self) -> None:
+        _libc.munmap(ctypes.c_void_p(self._addr), ctypes.c_size_t(self._length))
+
+
+def _map_file(path: Path, length: int) -> np.ndarray:
+    """``length`` bytes of ``path`` mapped read-only as a uint8 array."""
+    with open(path, "rb") as f:
+        return np.asarray(_Mapping(f.fileno(), length))   # the map outlives the descriptor
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]

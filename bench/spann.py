@@ -46,7 +46,7 @@ import numpy as np
 
 import spann_hnsw  # bench/ (this script's folder) is on sys.path
 from spann_measure import eps2_list, evict, peak_rss, per_query, read_stats, read_work, row
-from spann_serve import ROUNDS, serve_capped
+from spann_serve import ROUNDS, search_sets, serve_capped
 
 #: training sample (SPANN heads, faiss's coarse quantizer): the default floor and ceiling; the
 #: sample is a tenth of the data between them (heads come from training, not from thousands of splits)
@@ -89,7 +89,10 @@ def train_size(n: int, requested: int | None) -> int:
 
 def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int, workdir: Path,
                 sweep: list[int], cold: bool, params: dict[str, Any], eps2s: list[float | None] | None = None,
-                train: int | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                train: int | None = None, searches: list[dict[str, Any]] | None = None
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Build SPANN over ``base`` and sweep max_postings (with each eps2 of ``eps2s`` and each
+    set of search knobs of ``searches``, e.g. rerank), warm and (``cold``) cold."""
     from vecdb.index import SPANN
 
     path = workdir / "spann"
@@ -110,18 +113,20 @@ def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarr
             "splits": index.splits, "background_splits": index.background_splits, "train_sample": len(sample)}
     rows = []
     data_file = path / "data.mdb"
-    for eps2, mp in [(e, m) for e in (eps2s or [None]) for m in sweep]:
+    for knobs, eps2, mp in [(o, e, m) for o in (searches or [{}]) for e in (eps2s or [None]) for m in sweep]:
         for mode in (["warm", "cold"] if cold else ["warm"]):
-            def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2) -> np.ndarray:
-                return index.search(q, k, max_postings=mp, eps2=eps2).ids
+            def search(q: np.ndarray, mp: int = mp, eps2: float | None = eps2, knobs: dict[str, Any] = knobs
+                       ) -> np.ndarray:
+                return index.search(q, k, max_postings=mp, eps2=eps2, **knobs).ids
 
             if mode == "cold" and not evict(data_file):
                 continue
             ids, secs = per_query(search, queries, evict_first=data_file if mode == "cold" else None)
             if mode == "warm":
                 ids, secs = per_query(search, queries)            # the second pass: pages cached
-            stats = read_work(index, queries, k, mp, eps2)
-            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, eps2=eps2, **read_stats(stats, mp)))
+            stats = read_work(index, queries, k, mp, eps2, **knobs)
+            rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, eps2=eps2, **read_stats(stats, mp),
+                            **({"search": knobs} if knobs else {})))
     index.close()
     return info, rows
 
@@ -350,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spann-params", default="{}", help="JSON of SPANN construction parameters")
     ap.add_argument("--spann-eps2", default="", help="eps2 values swept with every max_postings (default: the index's)")
     ap.add_argument("--spann-search", default="{}",
-                    help="JSON of SPANN search knobs for every sweep point of the synthetic run (e.g. '{\"rerank\": 20}'), "
+                    help="JSON of SPANN search knobs for every sweep point (e.g. '{\"rerank\": 20}'), "
                          "or a list of such objects, each swept (e.g. '[{\"rerank\": 10}, {\"rerank\": 20}]')")
     ap.add_argument("--train-sample", type=int, default=None,
                     help=f"training rows (default: a tenth of the data within [{TRAIN_SAMPLE}, {TRAIN_SAMPLE_MAX}])")
@@ -433,7 +438,8 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                     rows += got
                 elif "spann" in targets:
                     info, got = bench_spann(base, queries, metric, gt, args.k, work, ints(args.spann_sweep), args.cold,
-                                            json.loads(args.spann_params), eps2_list(args.spann_eps2), args.train_sample)
+                                            json.loads(args.spann_params), eps2_list(args.spann_eps2), args.train_sample,
+                                            search_sets(args.spann_search))
                     infos.append(info)
                     rows += got
                 if "hnsw" in targets:   # on the synthetic set: the index bench/spann_hnsw.py built and saved

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from vecdb.errors import InvalidArgumentError
 from vecdb.index import SPANN, FlatIndex
 from vecdb.index.spann import routing
-from vecdb.index.spann.kernels import keep_heads, plan_reads, route_query
+from vecdb.index.spann.kernels import exact_plan_one, keep_heads, plan_reads, route_exact, route_query
 from vecdb.index.spann.routing import nearest_heads
 
 
@@ -325,6 +325,31 @@ def test_query_aware_pruning_keeps_the_heads_the_rule_names(seed: int, nq: int, 
         assert out[:n].tolist() == rule
         assert wanted[qlist[qptr[q] : qptr[q + 1]]].tolist() == rule
     assert wanted.tolist() == sorted({h for q in range(nq) for h in _kept(hid[q], hd[q], count, eps2, k)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 40), dim=st.integers(1, 70), nq=st.integers(1, 5),
+       k=st.integers(1, 12), metric=st.sampled_from([0, 1]), ties=st.booleans())
+def test_the_exact_route_ranks_heads_as_brute_force(seed: int, n: int, dim: int, nq: int, k: int, metric: int,
+                                                     ties: bool) -> None:
+    """``route_exact`` (four head rows at a time, any remainder) and ``exact_plan_one`` give
+    the nearest heads a brute-force ranking gives: by distance, ties to the lower slot,
+    -1 / +inf padded past the heads there are."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(-2, 3, (n, dim)).astype(np.float32) if ties else rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.integers(-2, 3, (nq, dim)).astype(np.float32) if ties else rng.standard_normal((nq, dim)).astype(np.float32)
+    slots, dists = route_exact(q, rows, metric, k)
+    for i in range(nq):
+        d = ((rows - q[i]) ** 2).sum(1) if metric == 0 else -(rows @ q[i])
+        order = np.lexsort((np.arange(n), d))[:k]
+        assert slots[i, : len(order)].tolist() == order.tolist()
+        np.testing.assert_allclose(dists[i, : len(order)], d[order], rtol=1e-5, atol=1e-4)
+        assert (slots[i, len(order) :] == -1).all() and np.isinf(dists[i, len(order) :]).all()
+        out = np.empty(k, np.int64)
+        ids = np.arange(100, 100 + n, dtype=np.int64)             # head ids of the slots
+        count = np.ones(200, np.int64)
+        got = exact_plan_one(q[i : i + 1], rows, metric, ids, k, count, np.float32(1e9), 10**6, out)
+        assert out[:got].tolist() == (ids[order]).tolist()
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])

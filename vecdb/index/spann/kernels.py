@@ -7,10 +7,8 @@ import numpy as np
 
 from vecdb.kernels._jit import ARITH, kernel
 from vecdb.kernels.distances import dot, l2_sq
-from vecdb.kernels.heaps import after, heap_sort, max_sift_down
+from vecdb.kernels.heaps import after, heap_push, heap_sort, max_sift_down
 from vecdb.kernels.int_dot import dot_u8_i16
-from vecdb.kernels.scan import no_subset, serial_topk
-from vecdb.kernels.topk import FloatQueries
 
 
 # ---- posting records (see vecdb.index.spann.postings for the layout) -------------------
@@ -205,18 +203,82 @@ def route_plan_one(query, mode, vmin, step, centroid_codes, centroid_norms, memb
     return keep_heads(hs, hd, count, np.float32(eps2), k, out)
 
 
+@kernel(fastmath=ARITH)
+def route_dists(q, rows, metric, out):
+    """The routing distance of ``q`` to every head row (``metric`` 0: squared L2, else
+    -<q, x>) into ``out``, four rows at a time: ranked one by one, a short row (glove's 50
+    floats) costs a call and a reduction of its own (1,314 heads: 21 us against 7)."""
+    n, dim = rows.shape
+    n4 = n - n % 4
+    if metric == 0:
+        for r in range(0, n4, 4):
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(dim):
+                x = q[i]
+                d0 = x - rows[r, i]
+                d1 = x - rows[r + 1, i]
+                d2 = x - rows[r + 2, i]
+                d3 = x - rows[r + 3, i]
+                a0 += d0 * d0
+                a1 += d1 * d1
+                a2 += d2 * d2
+                a3 += d3 * d3
+            out[r], out[r + 1], out[r + 2], out[r + 3] = a0, a1, a2, a3
+        for r in range(n4, n):
+            out[r] = l2_sq(q, rows[r])
+    else:
+        for r in range(0, n4, 4):
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(dim):
+                x = q[i]
+                a0 += x * rows[r, i]
+                a1 += x * rows[r + 1, i]
+                a2 += x * rows[r + 2, i]
+                a3 += x * rows[r + 3, i]
+            out[r], out[r + 1], out[r + 2], out[r + 3] = -a0, -a1, -a2, -a3
+        for r in range(n4, n):
+            out[r] = -dot(q, rows[r])
+
+
+@kernel(inline=True)
+def _route_topk(q, rows, metric, dists, hd, hs):
+    """The nearest ``len(hd)`` head rows of ``q`` (``route_dists``) into the heap ``hd``/``hs``,
+    sorted; ties keep the lower slot."""
+    route_dists(q, rows, metric, dists)
+    bound = hd[0]
+    for j in range(dists.shape[0]):
+        if dists[j] < bound:                   # slots grow along the scan: strict < keeps the lower
+            heap_push(hd, hs, dists[j], j)
+            bound = hd[0]
+    heap_sort(hd, hs)
+
+
+@kernel
+def route_exact(queries, rows, metric, k):
+    """Exact nearest ``k`` head rows (slots) of each of a few queries: (slots (nq, k), dists
+    (nq, k)), sorted, -1 / +inf padded. The exact route of ``exact_plan_one``, for a batch."""
+    nq = queries.shape[0]
+    hs = np.full((nq, k), -1, np.int64)
+    hd = np.full((nq, k), np.inf, np.float32)
+    dists = np.empty(rows.shape[0], np.float32)
+    for qi in range(nq):
+        _route_topk(queries[qi], rows, metric, dists, hd[qi], hs[qi])
+    return hs, hd
+
+
 @kernel
 def exact_plan_one(queries, rows, metric, slot_ids, n_heads, count, eps2, k, out):
     """The exact route and plan of one query (``queries`` (1, dim)): its ``n_heads`` nearest
-    of the head ``rows`` (every slot live; ``metric`` the rows' kernel code), mapped to head
+    of the head ``rows`` (every slot live; ``metric`` 0: squared L2, 1: -ip), mapped to head
     ids by ``slot_ids`` and pruned (``keep_heads``) into ``out``; returns how many. What
     ``nearest_heads`` then ``plan_reads`` do for it, without their five boxed arrays."""
-    hs, hd = serial_topk(FloatQueries(queries, metric), 1, rows, no_subset(), False, n_heads)
-    heads = hs[0]
-    for j in range(heads.shape[0]):
-        if heads[j] >= 0:
-            heads[j] = slot_ids[heads[j]]
-    return keep_heads(heads, hd[0], count, np.float32(eps2), k, out)
+    hs = np.full(n_heads, -1, np.int64)
+    hd = np.full(n_heads, np.inf, np.float32)
+    _route_topk(queries[0], rows, metric, np.empty(rows.shape[0], np.float32), hd, hs)
+    for j in range(hs.shape[0]):
+        if hs[j] >= 0:
+            hs[j] = slot_ids[hs[j]]
+    return keep_heads(hs, hd, count, np.float32(eps2), k, out)
 
 
 #: LIVE_LAST (a rule, not a value): a scan checks an entry's slot against ``live`` (past it,

@@ -43,8 +43,8 @@ import numpy as np
 from vecdb.index.hnsw import HNSW
 from vecdb.index.spann.clustering import centroids_of, split_until, sq_dists
 from vecdb.quant.sq8 import SQ8
-from vecdb.index.spann.kernels import (exact_plan_one, plan_reads, route_codes, route_groups, route_groups_serial,
-                                      route_plan, route_plan_one)
+from vecdb.index.spann.kernels import (exact_plan_one, plan_reads, route_codes, route_exact, route_groups,
+                                      route_groups_serial, route_plan, route_plan_one)
 from vecdb.kernels import topk
 
 #: default ``exact_heads``: heads up to which nearest-head search is an exact scan
@@ -57,6 +57,8 @@ MIN_GROUPS = 4
 REGROUP_GROWTH = 2.0
 #: queries from which the exact scan runs in parallel over queries
 PARALLEL_QUERIES = 16
+#: metric codes of the head rows the one-query exact route ranks (squared L2, -ip)
+_ROUTE_METRICS = (0, 1)
 #: rows from which the exact scan is matrix products (inserts come in batches)
 BLAS_ROWS = 256
 #: distances per block of the blocked scan (rows x heads; 64 MB of float32)
@@ -88,6 +90,8 @@ def nearest_heads(graph: HNSW, x: np.ndarray, k: int, ef: int, exact_heads: int,
                dists)
     elif len(x) >= BLAS_ROWS:
         slots, dists = _blocked(x, rows, metric == 0, k)
+    elif len(x) < PARALLEL_QUERIES and metric in _ROUTE_METRICS:   # as ``plan_one`` ranks one query
+        slots, dists = route_exact(x, rows, metric, k)
     elif len(x) < PARALLEL_QUERIES:
         slots, dists = topk.scan_topk(x, rows, metric, k)
     else:
@@ -127,9 +131,10 @@ def plan_one(graph: HNSW, q: np.ndarray, n_heads: int, ef: int, exact_heads: int
     returns only a count."""
     rows, slot_ids, metric = graph.stored_rows()
     n = len(slot_ids)
-    if len(graph) == n and (n <= exact_heads or route == "groups"):   # every slot live: the exact or grouped route
+    exact = n <= exact_heads
+    if len(graph) == n and ((exact and metric in _ROUTE_METRICS) or (not exact and route == "groups")):   # all live
         out = np.empty(n_heads, np.int64)
-        if n <= exact_heads:
+        if exact:
             got = exact_plan_one(q[None], rows, metric, slot_ids, n_heads, count, float(eps2), k, out)
         else:
             got = route_plan_one(q, 0 if metric == 0 else 1, *groups_of(graph, rows).code_route, slot_ids, MIN_GROUPS,

@@ -775,6 +775,8 @@ def test_searches_during_background_splits_see_whole_states() -> None:
                     assert len(set(row.tolist())) == len(row)          # a replica enters a row once
                     want = ((x[row] - x[row[0]]) ** 2).sum(1)
                     assert (row < 5000).all() and np.all(np.diff(want) >= -1e-3)
+                one = rows[searched[0] % len(rows)]                    # one query: its own read path
+                assert index.search(x[one], 3, **EVERYTHING).ids[0, 0] == one
                 searched[0] += 1
         except BaseException as exc:  # noqa: BLE001 (reported below)
             errors.append(exc)

@@ -116,18 +116,24 @@ def worker(args: argparse.Namespace) -> int:
         faiss.omp_set_num_threads(1)             # one query per call on one thread, as SPANN's path
     from vecdb.kernels._jit import threads      # after faiss: its OpenMP runtime is limited too
 
-    with threads(1):
+    def open_target() -> tuple[Any, list[Callable[[np.ndarray], np.ndarray]]]:
         if args.spann:
-            data_file = Path(args.spann) / "data.mdb"
-            knobs = spann_knobs(args)
-            index, searches = spann_searches(Path(args.spann), queries.shape[1], args.metric, args.k, knobs)
-        else:
-            data_file = Path(args.ivf).with_suffix(".ivfdata")
-            index, searches = ivf_searches(Path(args.ivf), args.k, ints(args.ivf_sweep))
+            return spann_searches(Path(args.spann), queries.shape[1], args.metric, args.k, knobs)
+        return ivf_searches(Path(args.ivf), args.k, ints(args.ivf_sweep))
+
+    with threads(1):
+        knobs = spann_knobs(args) if args.spann else []
+        data_file = Path(args.spann) / "data.mdb" if args.spann else Path(args.ivf).with_suffix(".ivfdata")
+        index, searches = open_target()
         reply({"ready": True, "rss_after_open": current_rss()})
         for line in sys.stdin:
             cmd = json.loads(line)
             if "pass" in cmd:
+                if cmd["cold"]:                   # DONTNEED skips pages this process maps: drop the maps
+                    if args.spann:               # (the target opened again), then evict (``per_query``)
+                        index.close()
+                    index = searches = None
+                    index, searches = open_target()
                 ids, secs = per_query(searches[cmd["pass"]], queries, evict_first=data_file if cmd["cold"] else None)
                 reply({"ids": ids.tolist(), "secs": secs.tolist()})
             elif "reads" in cmd:

@@ -19,13 +19,17 @@ def recall(got: np.ndarray, gt: np.ndarray) -> float:
 
 
 def per_query(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
-              evict_first: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+              evict_first: Path | None = None, after_evict: Callable[[], Any] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Ids of each query searched alone, and the seconds each call took (with the file
-    ``evict_first`` dropped from the page cache after the warm-up: a cold pass)."""
+    ``evict_first`` dropped from the page cache after the warm-up: a cold pass; then
+    ``after_evict`` called, untimed)."""
     ids, secs = [], np.empty(len(queries))
     search(queries[:1])                                            # warm-up (JIT load)
     if evict_first is not None:
         evict(evict_first)
+        if after_evict is not None:
+            after_evict()
     for i in range(len(queries)):
         t0 = time.perf_counter()
         ids.append(search(queries[i : i + 1]))
@@ -99,7 +103,7 @@ def resident_pages(path: Path) -> tuple[int, int]:
             vec = ctypes.create_string_buffer(pages)
             if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
                 return -1, pages
-            return int(sum(b & 1 for b in vec.raw)), pages
+            return int((np.frombuffer(vec.raw, np.uint8) & 1).sum()), pages
         finally:
             libc.munmap(ctypes.c_void_p(addr), size)
     finally:

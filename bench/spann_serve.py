@@ -15,6 +15,7 @@ A worker (``--worker``) reads one JSON command a line on stdin and answers one J
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -133,9 +134,12 @@ def worker(args: argparse.Namespace) -> int:
                     if args.spann:               # (the target opened again), then evict (``per_query``)
                         index.close()
                     index = searches = None
+                    gc.collect()                 # (a closed target in a reference cycle would keep its maps)
                     index, searches = open_target()
-                ids, secs = per_query(searches[cmd["pass"]], queries, evict_first=data_file if cmd["cold"] else None)
-                reply({"ids": ids.tolist(), "secs": secs.tolist()})
+                cached: list[int] = []
+                ids, secs = per_query(searches[cmd["pass"]], queries, evict_first=data_file if cmd["cold"] else None,
+                                      after_evict=lambda: cached.append(resident_pages(data_file)[0]))
+                reply({"ids": ids.tolist(), "secs": secs.tolist(), "cached_at_start": cached[0] if cached else None})
             elif "reads" in cmd:
                 mp, eps2, search = knobs[cmd["reads"]]
                 cached, pages = resident_pages(data_file)
@@ -202,6 +206,8 @@ class Point:
     def run_pass(self, cold: bool) -> None:
         got = self.worker.ask({"pass": self.at, "cold": cold})
         self.passes.append((np.asarray(got["ids"]), np.asarray(got["secs"])))
+        if got.get("cached_at_start") is not None:          # how cold the pass began (pages of the file)
+            self.extra.setdefault("cached_pages_at_start", []).append(got["cached_at_start"])
 
     def result(self, gt: np.ndarray, cache: str) -> dict[str, Any]:
         """The row of the pass of median speed, with every pass's QPS."""

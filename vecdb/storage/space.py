@@ -16,6 +16,7 @@ import lmdb
 
 from vecdb.errors import InvalidArgumentError, ResourceExhaustedError
 from vecdb.storage.env import Store
+from vecdb.storage.pages import PageMap
 
 T = TypeVar("T")
 #: most sub-databases one space may own (the database sizes LMDB's table of names for it)
@@ -63,7 +64,7 @@ class IndexSpace:
         """Full names of the sub-databases this space holds now, sorted."""
         return self.store.names(self.prefix)
 
-    def page_map(self) -> Any:
+    def page_map(self) -> PageMap:
         """The read-only map of the environment's pages (``Store.page_map``)."""
         return self.store.page_map()
 

@@ -70,8 +70,9 @@ SERIAL_QUERIES = 4
 #: postings are scanned in place below ``SERIAL_QUERIES`` only (each query re-ranks with its
 #: own float-row reads: 2,000 queries 1.26x the batched re-rank)
 FLOAT_IN_PLACE = True
-#: a one-query search looks its postings (and SQ8 re-rank rows) up in LMDB's pages inside one
-#: kernel call (``mapped``), not through py-lmdb (~1.5 us a record): False reads by cursor
+#: searches look their postings (and SQ8 re-rank rows) up in LMDB's pages inside their kernel
+#: calls (``mapped``; one query: one call), not through py-lmdb (~1.5 us a record): False
+#: reads by cursor (the reference path, also taken for pages the map reader does not follow)
 MAPPED_READS = True
 #: meta key of the token of the committed state
 TOKEN_KEY = b"token"

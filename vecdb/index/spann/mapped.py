@@ -1,19 +1,20 @@
-"""A one-query SPANN scan in one Numba call over LMDB's pages (``vecdb.kernels.lmdb_pages``): the
-planned postings looked up in the B-tree, checked and ranked where the file is mapped, and
-(SQ8 postings) the best candidates re-ranked with their float rows, looked up the same way.
+"""SPANN's posting reads in Numba calls over LMDB's pages (``vecdb.kernels.lmdb_pages``): a
+query's planned postings looked up in the B-tree, checked and ranked where the file is
+mapped, and (SQ8 postings) the best candidates re-ranked with their float rows, looked up
+the same way: one call for one query, one parallel call for a batch of float postings.
 Through py-lmdb the same work is a Python call per posting and per re-ranked row (~1.5 us
 each) plus a kernel call per ``RUN`` records.
 
-Each kernel returns (position, code, posting bytes, float bytes): position -1 and code 0 when
-all went well; else the posting (index into ``read``) or re-ranked candidate (index into
-the candidate heap) that stopped it, and a code: a record problem of ``records`` (> 0),
-``LOST`` (a posting that should hold entries has no record), ``BAD_ROW`` (a float record of
-the wrong size), or a lookup code of ``lmdb_pages`` (< 0: ``BEYOND``, ``UNEXPECTED``) after which
-the caller maps the file again or reads through py-lmdb.
+Each kernel returns (position, code, ...): position -1 and code 0 when all went well; else
+the posting (index into ``read``) or row that stopped it (``scan_codes``' ``BAD_ROW``: the
+slot), and a code: a record problem of ``records`` (> 0), ``LOST`` (a posting that should hold entries
+has no record), ``BAD_ROW`` (a float record of the wrong size), or a lookup code of
+``lmdb_pages`` (< 0: ``BEYOND``, ``UNEXPECTED``) after which the caller maps the file again
+or reads through py-lmdb (``MappedReads._on_pages``).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numba import prange
@@ -149,12 +150,14 @@ def scan_floats_many(pages, page_size, root, wanted, qptr, qlist, head_count, qu
 
 @kernel
 def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, step, mode, live, allow, use_allow,
-               counts, sizes, cd, cs, hd, hs):
-    """Top-k of ``query`` over the SQ8 postings ``read[:n]``: the best ``len(cd)`` candidates
-    on codes into ``cd``/``cs`` (+inf / -1 on entry), then their float rows (tree ``vroot``,
-    keyed by slot; a candidate with none was removed since) ranked exactly into the heap
-    ``hd``/``hs``, sorted on success (``counts``, ``sizes``: as ``scan_floats``)."""
+               counts, sizes, width, hd, hs):
+    """Top-k of ``query`` over the SQ8 postings ``read[:n]``: the best ``width`` candidates
+    on codes, then their float rows (tree ``vroot``, keyed by slot; a candidate with none
+    was removed since) ranked exactly into the heap ``hd``/``hs``, sorted on success
+    (``counts``, ``sizes``: as ``scan_floats``)."""
     dim = query.shape[0]
+    cd = np.full(width, np.inf, np.float32)
+    cs = np.full(width, -1, np.int64)
     starts = np.empty(n, np.int64)
     bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes)
     if bad >= 0:
@@ -183,7 +186,7 @@ def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, 
     at = np.empty(m, np.int64)
     bad, code = _rows_at(pages, page_size, vroot, cs, m, dim, at)
     if bad >= 0:
-        return bad, code, 0, 0
+        return (cs[bad] if code == BAD_ROW else bad), code, 0, 0
     scratch = np.empty(dim, np.float32)
     scratch_bytes = scratch.view(np.uint8)
     floats = 0
@@ -235,7 +238,7 @@ def gather_rows(pages, page_size, root, slots, rows):
 
 
 class MappedReads:
-    """One index's one-query scans through the page map of its space: the roots of its
+    """One index's reads through the page map of its space: the roots of its
     posting and float-row trees per read snapshot (cached by transaction id: a snapshot's
     roots never change), the kernels above, the map renewed when the file has grown."""
 
@@ -256,47 +259,54 @@ class MappedReads:
         self._seen = (tid, roots)
         return roots
 
+    def _on_pages(self, run: Callable[[np.ndarray], tuple], reset: Callable[[], None] | None = None) -> tuple | None:
+        """``run(pages)`` (a kernel call returning (position, code, ...)) on the current map,
+        and once more on the map made again when a page lay past it (the file grew). Its
+        result, or None after a lookup code (``reset`` called first: the outputs are
+        partial): pages this reader does not follow, the caller reads through py-lmdb."""
+        pmap = self._map
+        for _ in range(2):
+            pages = pmap.pages
+            got = run(pages)
+            if got[1] >= 0:
+                return got
+            if reset is not None:
+                reset()
+            if got[1] != BEYOND:
+                return None
+            pmap.remap(pages)
+        return None
+
     def scan(self, txn: Any, read: np.ndarray, head_count: np.ndarray, query: np.ndarray, live: np.ndarray,
              mask: np.ndarray, use_allow: bool, mode: int, codec: Any, width: int, counts: np.ndarray,
              sizes: np.ndarray, out_s: np.ndarray, out_d: np.ndarray) -> tuple[int, int] | None:
         """Top-k of ``query`` over the postings ``read`` in the snapshot of ``txn`` into the
         heap rows ``out_s``/``out_d`` (+inf / -1), entries counted in ``counts``, record bytes
-        in ``sizes`` (-1: no record); SQ8 postings
-        (``codec``) ranked on codes, the best ``width`` re-ranked with float rows. Returns
-        (posting bytes, float bytes read), or None when the pages are not ones this reader
-        follows (the caller reads through py-lmdb; the rows are reset). DataLossError for a
-        corrupt, truncated or lost posting or a float record of the wrong size."""
+        in ``sizes`` (-1: no record); SQ8 postings (``codec``) ranked on codes, the best
+        ``width`` re-ranked with float rows. Returns (posting bytes, float bytes read), or
+        None when the pages are not ones this reader follows (the caller reads through
+        py-lmdb; the rows are reset). DataLossError for a corrupt, truncated or lost posting
+        or a float record of the wrong size."""
         roots = self._roots(txn)
         if roots is None:
             return None
-        pmap = self._map
-        n = len(read)
-        for _ in range(2):
-            pages = pmap.pages
-            if codec is None:
-                bad, code, nbytes, floats = scan_floats(pages, pmap.page_size, roots[0], read, n, head_count,
-                                                        len(query), query, live, mask, use_allow, mode, counts,
-                                                        sizes, out_d, out_s)
-            else:
-                cd = np.empty(width, np.float32)
-                cd.fill(np.inf)
-                cs = np.empty(width, np.int64)
-                cs.fill(-1)
-                bad, code, nbytes, floats = scan_codes(pages, pmap.page_size, roots[0], roots[1], read, n, head_count,
-                                                       query, codec.vmin, codec.step, mode, live, mask, use_allow,
-                                                       counts, sizes, cd, cs, out_d, out_s)
-            if code == OK:
-                return nbytes, floats
-            if code == BAD_ROW:
-                raise DataLossError(postings.bad_row_message(int(cs[bad]), len(query)))
-            if code > 0:
-                raise DataLossError(_problem(int(code), int(read[bad]), head_count))
-            out_s.fill(-1)
-            out_d.fill(np.inf)
-            if code != BEYOND:
-                return None
-            pmap.remap(pages)
-        return None
+        size, proot, n = self._map.page_size, roots[0], len(read)
+        if codec is None:
+            run = lambda pages: scan_floats(pages, size, proot, read, n, head_count, len(query), query, live,  # noqa: E731
+                                            mask, use_allow, mode, counts, sizes, out_d, out_s)
+        else:
+            run = lambda pages: scan_codes(pages, size, proot, roots[1], read, n, head_count, query,  # noqa: E731
+                                           codec.vmin, codec.step, mode, live, mask, use_allow, counts, sizes, width,
+                                           out_d, out_s)
+        got = self._on_pages(run, lambda: _reset(out_s, out_d))
+        if got is None:
+            return None
+        bad, code, nbytes, floats = got
+        if code == BAD_ROW:
+            raise DataLossError(postings.bad_row_message(int(bad), len(query)))
+        if code != OK:
+            raise DataLossError(_problem(int(code), int(read[bad]), head_count))
+        return nbytes, floats
 
     def scan_many(self, txn: Any, wanted: np.ndarray, qptr: np.ndarray, qlist: np.ndarray, head_count: np.ndarray,
                   queries: np.ndarray, live: np.ndarray, mask: np.ndarray, use_allow: bool, mode: int,
@@ -307,57 +317,46 @@ class MappedReads:
         roots = self._roots(txn)
         if roots is None:
             return False
-        pmap = self._map
-        for _ in range(2):
-            pages = pmap.pages
-            bad, code = scan_floats_many(pages, pmap.page_size, roots[0], wanted, qptr, qlist, head_count, queries,
-                                         live, mask, use_allow, mode, counts, sizes, out_s, out_d)
-            if code == OK:
-                return True
-            if code > 0:
-                raise DataLossError(_problem(int(code), int(wanted[bad]), head_count))
-            out_s.fill(-1)
-            out_d.fill(np.inf)
-            counts.fill(0)
-            if code != BEYOND:
-                return False
-            pmap.remap(pages)
-        return False
+        size = self._map.page_size
+        got = self._on_pages(lambda pages: scan_floats_many(pages, size, roots[0], wanted, qptr, qlist, head_count,
+                                                            queries, live, mask, use_allow, mode, counts, sizes,
+                                                            out_s, out_d),
+                             lambda: (_reset(out_s, out_d), counts.fill(0)))
+        if got is None:
+            return False
+        bad, code = got
+        if code != OK:
+            raise DataLossError(_problem(int(code), int(wanted[bad]), head_count))
+        return True
 
     def records(self, txn: Any, wanted: np.ndarray, head_count: np.ndarray, dim: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
         """The SQ8 posting records of ``wanted`` where the map holds them, checked, as
         ``postings.check_many`` gives copies of them: (the map, record starts, entry counts,
         bytes of the records; an empty posting counts 0), or None when the pages are not
-        ones this reader follows.
-        Valid only while ``txn`` is open. DataLossError for a corrupt, truncated or lost one."""
+        ones this reader follows. Valid only while ``txn`` is open. DataLossError for a
+        corrupt, truncated or lost one."""
         roots = self._roots(txn)
         if roots is None:
             return None
-        n = len(wanted)
+        n, size = len(wanted), self._map.page_size
         starts = np.empty(n, np.int64)
         sizes = np.empty(n, np.int64)
-        pmap = self._map
-        for _ in range(2):
-            pages = pmap.pages
-            bad, code = locate(pages, pmap.page_size, roots[0], wanted, head_count, starts, sizes)
-            if code == LOST:
-                raise DataLossError(_problem(LOST, int(wanted[bad]), head_count))
-            if code == OK:
-                break
-            if code != BEYOND:
-                return None
-            pmap.remap(pages)
-        else:
+        got = self._on_pages(lambda pages: (*locate(pages, size, roots[0], wanted, head_count, starts, sizes), pages))
+        if got is None:
             return None
-        counts = np.zeros(n, np.int64)
+        bad, code, pages = got
+        if code != OK:
+            raise DataLossError(_problem(int(code), int(wanted[bad]), head_count))
         held = np.flatnonzero(sizes >= 0)
+        held_starts, held_sizes = starts[held], sizes[held]
         held_counts = np.zeros(len(held), np.int64)
-        bad, code = check_records(pages, starts[held], starts[held] + sizes[held], dim, 1, 1, held_counts)
+        bad, code = check_records(pages, held_starts, held_starts + held_sizes, dim, 1, 1, held_counts)
         if bad >= 0:
             raise DataLossError(_problem(int(code), int(wanted[held[bad]]), head_count))
+        counts = np.zeros(n, np.int64)
         counts[held] = held_counts
-        return pages, starts, counts, int(sizes[held].sum())
+        return pages, starts, counts, int(held_sizes.sum())
 
     def rows(self, txn: Any, slots: np.ndarray, dim: int) -> np.ndarray | None:
         """Float32 rows (len(slots), dim) of ``slots`` in the snapshot of ``txn``, NaN rows
@@ -367,18 +366,20 @@ class MappedReads:
         if roots is None or not self._codes:
             return None
         out = np.empty((len(slots), dim), np.float32)
-        pmap = self._map
-        for _ in range(2):
-            pages = pmap.pages
-            bad, code = gather_rows(pages, pmap.page_size, roots[1], slots, out)
-            if code == OK:
-                return out
-            if code == BAD_ROW:
-                raise DataLossError(postings.bad_row_message(int(slots[bad]), dim))
-            if code != BEYOND:
-                return None
-            pmap.remap(pages)
-        return None
+        size = self._map.page_size
+        got = self._on_pages(lambda pages: gather_rows(pages, size, roots[1], slots, out))
+        if got is None:
+            return None
+        bad, code = got
+        if code == BAD_ROW:
+            raise DataLossError(postings.bad_row_message(int(slots[bad]), dim))
+        return out
+
+
+def _reset(out_s: np.ndarray, out_d: np.ndarray) -> None:
+    """Heap rows back to empty (-1 / +inf) after a scan that stopped part way."""
+    out_s.fill(-1)
+    out_d.fill(np.inf)
 
 
 def _problem(code: int, head: int, head_count: np.ndarray) -> str:

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from vecdb.index.spann.kernels import (HEADER_BYTES, MAGIC, fold_code_query, fold_int_query, offer_code_rows,
-                                       offer_code_rows_v4, offer_codes, offer_entries, offer_unique)
+from vecdb.index.spann.kernels import (HEADER_BYTES, MAGIC, SHORT_BLOCK, SHORT_ROW, fold_code_query, fold_int_query,
+                                       offer_code_rows, offer_code_rows_v4, offer_codes, offer_entries, offer_unique,
+                                       row_dists)
 from vecdb.kernels._jit import kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort
@@ -275,9 +276,10 @@ def _prefetch_allowed(slots, lo, hi, allow):
 @kernel
 def _scan_summed(rec, c, dim, q, live, allow, use_allow, metric, hd, hs):
     """Offer the ``c`` entries of the format-3 float32 record ``rec`` (header checked) to the
-    heap while summing its body (``_sums``), ``SUM_WORDS // dim`` rows (at least one) a call:
-    a short row alone is too short for a call of its own (glove's 50 floats: 62 ns an entry a
-    row at a time, as slow as checking and scanning in two passes). Whether the sum matches."""
+    heap while summing its body (``_sums``), ``SUM_WORDS // dim`` rows (at least one) a call,
+    or ``SHORT_BLOCK`` short ones: a short row alone is too short for a call of its own
+    (glove's 50 floats: 62 ns an entry a row at a time, as slow as checking and scanning in
+    two passes). Whether the sum matches."""
     n_live = live.shape[0]
     n_allow = allow.shape[0]
     body = rec[HEADER_BYTES:]
@@ -288,19 +290,26 @@ def _scan_summed(rec, c, dim, q, live, allow, use_allow, metric, hd, hs):
     words = body[split:end].view(np.uint32)
     vectors = body[split:end].view(np.float32)
     pos = 2 * c
-    step = max(1, SUM_WORDS // dim)
+    short = dim <= SHORT_ROW
+    step = SHORT_BLOCK if short else max(1, SUM_WORDS // dim)
+    dists = np.empty(SHORT_BLOCK, np.float32)
     _prefetch(body, split, split + AHEAD)
     for lo in range(0, c, step):
         hi = min(lo + step, c)
         ahead = split + 4 * hi * dim + AHEAD
         _prefetch(body, ahead - 4 * (hi - lo) * dim, ahead)
         s1, s2 = _sums(words[lo * dim : hi * dim], pos + lo * dim, s1, s2)
+        if short:
+            row_dists(q, vectors, lo, hi, metric, dists)
         for r in range(lo, hi):
             slot = slots[r]
             if use_allow and (slot < 0 or slot >= n_allow or allow[slot] == 0):
                 continue
-            row = vectors[r * dim : (r + 1) * dim]
-            d = l2_sq(q, row) if metric == 0 else -dot(q, row)
+            if short:
+                d = dists[r - lo]
+            else:
+                row = vectors[r * dim : (r + 1) * dim]
+                d = l2_sq(q, row) if metric == 0 else -dot(q, row)
             if after(hd[0], hs[0], d, slot) and slot >= 0 and slot < n_live and live[slot] >= 0:   # kernels.LIVE_LAST
                 offer_unique(hd, hs, d, slot)
     s1, s2 = _sums(body[end:].view(np.uint32), pos + c * dim, s1, s2)

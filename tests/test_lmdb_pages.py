@@ -4,6 +4,7 @@ absent keys missing, a grown file seen after a remap, and damaged pages never re
 bounds."""
 from __future__ import annotations
 
+import itertools
 import shutil
 import struct
 from pathlib import Path
@@ -86,9 +87,9 @@ def test_a_deep_tree_of_big_endian_keys(tmp_path: Path) -> None:
         assert lookup(pmap, root, struct.pack(">Q", 1 << 41)) == MISSING
         keys = list(items)[::97] + [struct.pack(">Q", 1 << 41), struct.pack(">Q", 0)]
         rows = np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), 8)
-        for tree in (root, -1, 10**9):                      # many at once: as one at a time
+        for tree, advise in itertools.product((root, -1, 10**9), (False, True)):   # many at once: as one at a time
             starts, sizes = np.empty(len(keys), np.int64), np.empty(len(keys), np.int64)
-            find_many(pmap.pages, pmap.page_size, tree, rows, starts, sizes)
+            find_many(pmap.pages, pmap.page_size, tree, rows, starts, sizes, advise)      # advise: the same answers
             for key, start, size in zip(keys, starts, sizes):
                 assert (start, size) == tuple(find(pmap.pages, pmap.page_size, tree, np.frombuffer(key, np.uint8)))
     finally:

@@ -28,6 +28,7 @@ from vecdb.errors import (AlreadyExistsError, DataLossError, DimensionMismatchEr
                           InvalidArgumentError)
 from vecdb.index import SPANN, FlatIndex, index_class, load_index
 from vecdb.index.spann import index as spann_index
+from vecdb.index.spann import mapped as mapped_reads
 from vecdb.index.spann import postings
 from vecdb.index.spann.clustering import split_until
 
@@ -513,21 +514,50 @@ def test_reads_through_the_page_map_equal_reads_by_cursor(tmp_path: Path, monkey
     deep = {**EVERYTHING, "rerank": 60} if codes else EVERYTHING
     batches = [q[i : i + 1] for i in range(len(q))] + [q]
     runs = {}
-    for mapped in (False, True):
+    for mapped, advised in ((False, False), (True, False), (True, True)):
         monkeypatch.setattr(spann_index, "MAPPED_READS", mapped)
         again = SPANN(DIM, metric, tmp_path / "s")
+        if advised:                                        # as after a scan that waited on the disk
+            again._mapped._advise_left = 1 << 40
         try:
-            runs[mapped] = [again.search_with_stats(batch, 10, **kw) for batch in batches
-                            for kw in ({"max_postings": 4}, {"max_postings": 16, "allow": allow}, deep)]
+            runs[mapped, advised] = [again.search_with_stats(batch, 10, **kw) for batch in batches
+                                     for kw in ({"max_postings": 4}, {"max_postings": 16, "allow": allow}, deep)]
         finally:
             again.close()
-    for (a, sa), (b, sb) in zip(runs[False], runs[True]):
-        np.testing.assert_array_equal(a.ids, b.ids)
-        np.testing.assert_array_equal(a.distances, b.distances)
-        np.testing.assert_array_equal(sa.postings, sb.postings)
-        np.testing.assert_array_equal(sa.entries, sb.entries)
-        assert (sa.bytes_read, sa.rerank_bytes) == (sb.bytes_read, sb.rerank_bytes)
-    assert not np.isin(np.concatenate([r.ids for r, _ in runs[True]]), np.arange(0, 3000, 7)).any()
+    for other in ((True, False), (True, True)):
+        for (a, sa), (b, sb) in zip(runs[False, False], runs[other]):
+            np.testing.assert_array_equal(a.ids, b.ids)
+            np.testing.assert_array_equal(a.distances, b.distances)
+            np.testing.assert_array_equal(sa.postings, sb.postings)
+            np.testing.assert_array_equal(sa.entries, sb.entries)
+            assert (sa.bytes_read, sa.rerank_bytes) == (sb.bytes_read, sb.rerank_bytes)
+    assert not np.isin(np.concatenate([r.ids for r, _ in runs[True, False]]), np.arange(0, 3000, 7)).any()
+
+
+def test_scans_ask_for_their_pages_ahead_only_after_one_waited_on_the_disk(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow scan turns on ``will_need`` for the next ``ADVISE_SCANS`` scans only when the
+    process took major page faults since the last slow scan (a preempted warm scan does
+    not); advised scans count down while they stay fast."""
+    index = built(clustered(1000, 53), path=tmp_path / "s", background=False)
+    try:
+        reads = index._mapped
+        faults = [0]
+        monkeypatch.setattr(mapped_reads, "_major_faults", lambda: faults[0])
+        reads._faults, reads._advise_left = 0, 0
+        reads._timed(1.0, 1000, False)                      # slow, but no page came from the disk
+        assert reads._advise_left == 0
+        faults[0] = 2
+        reads._timed(reads.COLD_SECONDS / 2, 0, False)      # fast: faults alone do not count
+        assert reads._advise_left == 0
+        reads._timed(1.0, 1000, False)
+        assert reads._advise_left == reads.ADVISE_SCANS
+        reads._timed(1e-6, 1000, True)
+        assert reads._advise_left == reads.ADVISE_SCANS - 1
+        reads._timed(1.0, 1000, True)                       # slow again, no new faults: counts down
+        assert reads._advise_left == reads.ADVISE_SCANS - 2
+    finally:
+        index.close()
 
 
 def test_one_query_reads_follow_a_growing_file_and_fall_back_on_pages_they_do_not_know(tmp_path: Path) -> None:

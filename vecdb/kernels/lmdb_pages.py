@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from vecdb.kernels._jit import kernel
-from vecdb.kernels.prefetch import prefetch
+from vecdb.kernels.prefetch import prefetch, will_need
 
 MISSING, BEYOND, UNEXPECTED = -1, -2, -3
 PAGE_HEADER = 16
@@ -156,12 +156,14 @@ def find(pages, page_size, root, key):
 
 
 @kernel
-def find_many(pages, page_size, root, keys, starts, sizes):
+def find_many(pages, page_size, root, keys, starts, sizes, advise):
     """``find`` of every row of ``keys`` ((n, key bytes) uint8) into ``starts``/``sizes``
     (a code of ``find`` in ``starts``, size 0, where it gives one), level by level: each key
     descends one level per round and the page it will read next is prefetched, so the
     cache and TLB misses of different keys overlap instead of following one another (a
-    random lookup in a large tree is a chain of misses: ~2 us a record alone)."""
+    random lookup in a large tree is a chain of misses: ~2 us a record alone). With
+    ``advise`` (``pages`` a file map whose pages may not be cached), the file reads of a
+    round's pages are asked for together (``will_need``) before any of them is read."""
     n = keys.shape[0]
     n_pages = pages.shape[0] // page_size
     pgno = np.full(n, root, np.int64)
@@ -183,6 +185,8 @@ def find_many(pages, page_size, root, keys, starts, sizes):
             if got == _CHILD:
                 pgno[i] = value
                 if 0 <= value < n_pages:
+                    if advise:
+                        will_need(pages, value * page_size, (value + 1) * page_size)
                     prefetch(pages, value * page_size, 0)          # its header
                     prefetch(pages, value * page_size + 64, 0)     # and the first node offsets
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba import njit
 from numba.extending import intrinsic
 
 
@@ -36,3 +37,21 @@ def prefetch(typingctx, arr, row, col):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+#: madvise(2) from jitted code: LLVM resolves the symbol in the process (libc), so the
+#: kernels that call it stay cacheable (a ctypes function pointer would not be)
+_madvise = types.ExternalFunction("madvise", types.int32(types.uintp, types.uintp, types.int32))
+MADV_WILLNEED = 3
+_OS_PAGE = 4096
+
+
+@njit(cache=True, nogil=True, inline="always")
+def will_need(arr, lo, hi):
+    """Ask the kernel to start reading the file pages behind ``arr[lo:hi]`` (a file map) in
+    the background: the reads of several ranges are then in flight together, where touching
+    them would fault one page (or read-around window) at a time. Costs a system call even
+    when the pages are cached."""
+    base = arr.ctypes.data
+    start = (base + lo) // _OS_PAGE * _OS_PAGE
+    _madvise(start, base + hi - start, MADV_WILLNEED)

@@ -87,6 +87,10 @@ class _Mapping:
             raise OSError(ctypes.get_errno(), f"mmap of {length} bytes failed")
         self._addr, self._length = addr, length
         self.__array_interface__ = {"shape": (length,), "typestr": "|u1", "data": (addr, True), "version": 3}
+        # reads here are lookups of a few pages each: without this, every fault on an uncached
+        # page also reads the kernel's read-around window (5M SQ8 postings cold: 10.2 MB read
+        # a query for 0.36 MB used; 4.1 -> 2.5 ms a query)
+        _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(length), _MADV_RANDOM)
 
     def __del__(self) -> None:
         _libc.munmap(ctypes.c_void_p(self._addr), ctypes.c_size_t(self._length))
@@ -98,7 +102,9 @@ def _map_file(path: Path, length: int) -> np.ndarray:
         return np.asarray(_Mapping(f.fileno(), length))   # the map outlives the descriptor
 
 
+_MADV_RANDOM = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]

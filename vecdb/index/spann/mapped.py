@@ -14,6 +14,8 @@ or reads through py-lmdb (``MappedReads._on_pages``).
 """
 from __future__ import annotations
 
+import resource
+from time import perf_counter
 from typing import Any, Callable
 
 import numpy as np
@@ -27,7 +29,7 @@ from vecdb.kernels._jit import kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort, max_sift_down
 from vecdb.kernels.lmdb_pages import BEYOND, MISSING, find_many, put_key
-from vecdb.kernels.prefetch import prefetch
+from vecdb.kernels.prefetch import prefetch, will_need
 
 #: codes besides ``records``' problems and ``pages``' lookup codes (see the module doc)
 LOST = 16
@@ -44,11 +46,12 @@ def _keys(values, n):
 
 
 @kernel(inline=True)
-def _locate(pages, page_size, root, read, n, head_count, starts, sizes):
+def _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise):
     """Look up the records of postings ``read[:n]`` into ``starts``/``sizes`` (size -1: no
-    record, an empty posting), all at once (``find_many``). Returns (position, code) of the
-    first that fails, or (-1, 0)."""
-    find_many(pages, page_size, root, _keys(read, n), starts, sizes)
+    record, an empty posting), all at once (``find_many``); with ``advise``, the reads of
+    their pages are asked for together (``will_need``) before any is scanned. Returns
+    (position, code) of the first that fails, or (-1, 0)."""
+    find_many(pages, page_size, root, _keys(read, n), starts, sizes, advise)
     for i in range(n):
         if starts[i] == MISSING:
             if head_count[read[i]] > 0:
@@ -57,17 +60,19 @@ def _locate(pages, page_size, root, read, n, head_count, starts, sizes):
             sizes[i] = -1
         elif starts[i] < 0:
             return i, starts[i]
+        elif advise:
+            will_need(pages, starts[i], starts[i] + sizes[i])
     return -1, OK
 
 
 @kernel(inline=True)
-def _rows_at(pages, page_size, root, slots, n, dim, starts):
+def _rows_at(pages, page_size, root, slots, n, dim, starts, advise):
     """Look up the float records of ``slots[:n]`` all at once and ask for their bytes:
     ``starts`` gets each one's start (``MISSING``: none). Returns (position, code) of the
     first that fails (a lookup code, or ``BAD_ROW`` for a record that is not ``dim``
-    floats), or (-1, 0)."""
+    floats), or (-1, 0). ``advise``: as ``_locate``'s."""
     sizes = np.empty(n, np.int64)
-    find_many(pages, page_size, root, _keys(slots, n), starts, sizes)
+    find_many(pages, page_size, root, _keys(slots, n), starts, sizes, advise)
     for i in range(n):
         start = starts[i]
         if start == MISSING:
@@ -76,25 +81,27 @@ def _rows_at(pages, page_size, root, slots, n, dim, starts):
             return i, start
         if sizes[i] != 4 * dim:
             return i, BAD_ROW
+        if advise:
+            will_need(pages, start, start + sizes[i])
         for line in range(start, start + sizes[i], 64):
             prefetch(pages, line, 0)
     return -1, OK
 
 
 @kernel
-def locate(pages, page_size, root, read, head_count, starts, sizes):
+def locate(pages, page_size, root, read, head_count, starts, sizes, advise):
     """``_locate`` of all of ``read`` (a batch's postings)."""
-    return _locate(pages, page_size, root, read, read.shape[0], head_count, starts, sizes)
+    return _locate(pages, page_size, root, read, read.shape[0], head_count, starts, sizes, advise)
 
 
 @kernel
 def scan_floats(pages, page_size, root, read, n, head_count, dim, q, live, allow, use_allow, metric, counts, sizes,
-                hd, hs):
+                hd, hs, advise):
     """Top-k of ``q`` over the float32 postings ``read[:n]`` into the heap ``hd``/``hs``
     (sorted on success), entries of posting i counted in ``counts[i]``, its record's bytes
     in ``sizes[i]`` (-1: none)."""
     starts = np.empty(n, np.int64)
-    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes)
+    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise)
     if bad >= 0:
         return bad, code, 0, 0
     total = 0
@@ -114,14 +121,14 @@ def scan_floats(pages, page_size, root, read, n, head_count, dim, q, live, allow
 
 @kernel(parallel=True)
 def scan_floats_many(pages, page_size, root, wanted, qptr, qlist, head_count, queries, live, allow, use_allow, metric,
-                     counts, sizes, out_s, out_d):
+                     counts, sizes, out_s, out_d, advise):
     """``scan_floats`` for a batch, queries in parallel: query qi reads the postings
     ``wanted[qlist[qptr[qi]:qptr[qi+1]]]`` (each looked up once) into the heap rows
     ``out_s[qi]``/``out_d[qi]``; ``counts``/``sizes`` by position in ``wanted``. Returns
     (position in ``wanted``, code) of a failure, or (-1, 0)."""
     n = wanted.shape[0]
     starts = np.empty(n, np.int64)
-    bad, code = _locate(pages, page_size, root, wanted, n, head_count, starts, sizes)
+    bad, code = _locate(pages, page_size, root, wanted, n, head_count, starts, sizes, advise)
     if bad >= 0:
         return bad, code
     nq, dim = queries.shape
@@ -150,7 +157,7 @@ def scan_floats_many(pages, page_size, root, wanted, qptr, qlist, head_count, qu
 
 @kernel
 def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, step, mode, live, allow, use_allow,
-               counts, sizes, width, hd, hs):
+               counts, sizes, width, hd, hs, advise):
     """Top-k of ``query`` over the SQ8 postings ``read[:n]``: the best ``width`` candidates
     on codes, then their float rows (tree ``vroot``, keyed by slot; a candidate with none
     was removed since) ranked exactly into the heap ``hd``/``hs``, sorted on success
@@ -159,7 +166,7 @@ def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, 
     cd = np.full(width, np.inf, np.float32)
     cs = np.full(width, -1, np.int64)
     starts = np.empty(n, np.int64)
-    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes)
+    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise)
     if bad >= 0:
         return bad, code, 0, 0
     older = False                              # a record of format 2 or 3 (ranked in float form)?
@@ -184,7 +191,7 @@ def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, 
     while m < cs.shape[0] and cs[m] >= 0:      # sorted: the -1 sentinels last
         m += 1
     at = np.empty(m, np.int64)
-    bad, code = _rows_at(pages, page_size, vroot, cs, m, dim, at)
+    bad, code = _rows_at(pages, page_size, vroot, cs, m, dim, at, advise)
     if bad >= 0:
         return (cs[bad] if code == BAD_ROW else bad), code, 0, 0
     scratch = np.empty(dim, np.float32)
@@ -215,7 +222,7 @@ def _exact(q, row, mode):
 
 
 @kernel
-def gather_rows(pages, page_size, root, slots, rows):
+def gather_rows(pages, page_size, root, slots, rows, advise):
     """The float32 records of ``slots`` (tree ``root``, keyed by slot) into the rows of
     ``rows`` (len(slots), dim); a NaN row for a slot with none (removed). Returns (position,
     code) of the first that fails (``BAD_ROW`` or a lookup code), or (-1, 0)."""
@@ -223,7 +230,7 @@ def gather_rows(pages, page_size, root, slots, rows):
     size = 4 * dim
     flat = rows.reshape(rows.size).view(np.uint8)   # for a record 2-byte aligned in its leaf
     at = np.empty(n, np.int64)
-    bad, code = _rows_at(pages, page_size, root, slots, n, dim, at)
+    bad, code = _rows_at(pages, page_size, root, slots, n, dim, at, advise)
     if bad >= 0:
         return bad, code
     for i in range(n):
@@ -242,11 +249,34 @@ class MappedReads:
     posting and float-row trees per read snapshot (cached by transaction id: a snapshot's
     roots never change), the kernels above, the map renewed when the file has grown."""
 
+    #: a scan slower than ``COLD_SECONDS`` plus ``COLD_SECONDS_PER_BYTE`` for each byte it
+    #: read (a warm one reads ~1 GB/s or more), when the process has taken major page faults
+    #: since the last such scan, met pages the page cache did not hold: the next
+    #: ``ADVISE_SCANS`` scans ask the kernel for all their pages at once (``will_need``: a
+    #: system call a page looked up, ~0.5 us when cached, so not while the cache holds
+    #: them). 5M SQ8, mp 5 rerank 10, cold: 4.1 -> 0.7 ms a query.
+    COLD_SECONDS = 200e-6
+    COLD_SECONDS_PER_BYTE = 2e-9
+    ADVISE_SCANS = 256
+
     def __init__(self, space: Any, codes: bool) -> None:
         self._space = space
         self._map = space.page_map()
         self._codes = codes
         self._seen: tuple[int, tuple[int, int] | None] = (-1, None)
+        self._advise_left = 0                  # scans left that ask for their pages ahead
+        self._faults = _major_faults()
+
+    def _timed(self, seconds: float, nbytes: int, advised: bool) -> None:
+        """Account a scan that took ``seconds`` for ``nbytes``: see ``COLD_SECONDS``.
+        (Threads race on the count: it only steers a hint.)"""
+        if seconds > self.COLD_SECONDS + nbytes * self.COLD_SECONDS_PER_BYTE:
+            before, self._faults = self._faults, _major_faults()
+            if self._faults > before:          # slow, and the disk was read: not a preempted warm scan
+                self._advise_left = self.ADVISE_SCANS
+                return
+        if advised:
+            self._advise_left -= 1
 
     def _roots(self, txn: Any) -> tuple[int, int] | None:
         tid = txn.id()
@@ -290,14 +320,15 @@ class MappedReads:
         roots = self._roots(txn)
         if roots is None:
             return None
-        size, proot, n = self._map.page_size, roots[0], len(read)
+        size, proot, n, advise = self._map.page_size, roots[0], len(read), self._advise_left > 0
         if codec is None:
             run = lambda pages: scan_floats(pages, size, proot, read, n, head_count, len(query), query, live,  # noqa: E731
-                                            mask, use_allow, mode, counts, sizes, out_d, out_s)
+                                            mask, use_allow, mode, counts, sizes, out_d, out_s, advise)
         else:
             run = lambda pages: scan_codes(pages, size, proot, roots[1], read, n, head_count, query,  # noqa: E731
                                            codec.vmin, codec.step, mode, live, mask, use_allow, counts, sizes, width,
-                                           out_d, out_s)
+                                           out_d, out_s, advise)
+        began = perf_counter()
         got = self._on_pages(run, lambda: _reset(out_s, out_d))
         if got is None:
             return None
@@ -306,6 +337,7 @@ class MappedReads:
             raise DataLossError(postings.bad_row_message(int(bad), len(query)))
         if code != OK:
             raise DataLossError(_problem(int(code), int(read[bad]), head_count))
+        self._timed(perf_counter() - began, nbytes + floats, advise)
         return nbytes, floats
 
     def scan_many(self, txn: Any, wanted: np.ndarray, qptr: np.ndarray, qlist: np.ndarray, head_count: np.ndarray,
@@ -317,16 +349,18 @@ class MappedReads:
         roots = self._roots(txn)
         if roots is None:
             return False
-        size = self._map.page_size
+        size, advise = self._map.page_size, self._advise_left > 0
+        began = perf_counter()
         got = self._on_pages(lambda pages: scan_floats_many(pages, size, roots[0], wanted, qptr, qlist, head_count,
                                                             queries, live, mask, use_allow, mode, counts, sizes,
-                                                            out_s, out_d),
+                                                            out_s, out_d, advise),
                              lambda: (_reset(out_s, out_d), counts.fill(0)))
         if got is None:
             return False
         bad, code = got
         if code != OK:
             raise DataLossError(_problem(int(code), int(wanted[bad]), head_count))
+        self._timed(perf_counter() - began, int(sizes[sizes > 0].sum()), advise)
         return True
 
     def records(self, txn: Any, wanted: np.ndarray, head_count: np.ndarray, dim: int
@@ -342,7 +376,9 @@ class MappedReads:
         n, size = len(wanted), self._map.page_size
         starts = np.empty(n, np.int64)
         sizes = np.empty(n, np.int64)
-        got = self._on_pages(lambda pages: (*locate(pages, size, roots[0], wanted, head_count, starts, sizes), pages))
+        advise = self._advise_left > 0
+        got = self._on_pages(lambda pages: (*locate(pages, size, roots[0], wanted, head_count, starts, sizes, advise),
+                                            pages))
         if got is None:
             return None
         bad, code, pages = got
@@ -367,13 +403,19 @@ class MappedReads:
             return None
         out = np.empty((len(slots), dim), np.float32)
         size = self._map.page_size
-        got = self._on_pages(lambda pages: gather_rows(pages, size, roots[1], slots, out))
+        advise = self._advise_left > 0
+        got = self._on_pages(lambda pages: gather_rows(pages, size, roots[1], slots, out, advise))
         if got is None:
             return None
         bad, code = got
         if code == BAD_ROW:
             raise DataLossError(postings.bad_row_message(int(slots[bad]), dim))
         return out
+
+
+def _major_faults() -> int:
+    """Page faults of this process that read the disk, so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
 
 
 def _reset(out_s: np.ndarray, out_d: np.ndarray) -> None:

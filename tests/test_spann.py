@@ -522,6 +522,8 @@ def test_reads_through_the_page_map_equal_reads_by_cursor(tmp_path: Path, monkey
         try:
             runs[mapped, advised] = [again.search_with_stats(batch, 10, **kw) for batch in batches
                                      for kw in ({"max_postings": 4}, {"max_postings": 16, "allow": allow}, deep)]
+            if mapped:                                     # later queries found postings where earlier ones did
+                assert (again._mapped._seen[2] != mapped_reads.NOT_LOOKED_UP).sum() > 16
         finally:
             again.close()
     for other in ((True, False), (True, True)):
@@ -575,7 +577,7 @@ def test_one_query_reads_follow_a_growing_file_and_fall_back_on_pages_they_do_no
         assert len(index._space.page_map().pages) > before     # mapped again
         with index._space.read() as txn:                     # a meta page as the postings' root: not a
             tid = txn.id()                                   # tree page, so the search reads by cursor
-        index._mapped._seen = (tid, (1, -1))
+        index._mapped._seen = (tid, (1, -1), np.zeros(0, np.int64))
         got = np.concatenate([index.search(x[i : i + 1], 10, **EVERYTHING).ids for i in range(4980, 5000)])
         np.testing.assert_array_equal(got, want.ids)
     finally:

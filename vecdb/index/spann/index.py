@@ -87,6 +87,34 @@ DEFAULT_EPS2 = {Metric.L2: 1.0, Metric.IP: 0.3}
 _NO_MASK = np.zeros(1, np.uint8)
 #: positions 0, 1, ...: where a one-query scan counts the entries of its i-th posting
 _POSITIONS = np.arange(MAX_POSTINGS, dtype=np.int64)
+_PADDED: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+_SCRATCH = threading.local()
+
+
+def _padded_rows(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh (nq, k) result rows, -1 / +inf: copies of kept ones for a few queries (a copy
+    costs half of ``np.full``), made for more."""
+    if nq > SERIAL_QUERIES:
+        out_s = np.empty((nq, k), np.int64)
+        out_s.fill(-1)
+        out_d = np.empty((nq, k), np.float32)
+        out_d.fill(np.inf)
+        return out_s, out_d
+    kept = _PADDED.get((nq, k))
+    if kept is None:
+        if len(_PADDED) >= 64:
+            _PADDED.clear()
+        kept = _PADDED[nq, k] = (np.full((nq, k), -1, np.int64), np.full((nq, k), np.inf, np.float32))
+    return kept[0].copy(), kept[1].copy()
+
+
+def _scratch_counts() -> tuple[np.ndarray, np.ndarray]:
+    """This thread's arrays for the per-posting counts a one-query scan writes and nobody
+    reads (a search without stats)."""
+    got = getattr(_SCRATCH, "counts", None)
+    if got is None:
+        got = _SCRATCH.counts = (np.empty(MAX_POSTINGS, np.int64), np.empty(MAX_POSTINGS, np.int64))
+    return got
 _EMPTY_IDS = np.zeros(0, np.int64)
 
 
@@ -245,6 +273,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         self._mdb: Any = None                      # meta (resident arrays, token),
         self._vdb: Any = None                      # float vectors (SQ8 codes)
         self._mapped: MappedReads | None = None    # one-query reads through the page map
+        self._route_knobs: tuple[Any, int, tuple[int, int, float]] = (None, -1, (0, 0, 0.0))
         self._own = False
         self._store: Store | None = None
         self._finalizer: Any = None
@@ -704,10 +733,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
                      stats: bool = False) -> tuple[np.ndarray, np.ndarray, SearchStats | None]:
         """Top-k slots and kernel distances of prepared queries, and (when ``stats``) the work."""
         nq = len(queries)
-        out_s = np.empty((nq, k), np.int64)      # empty + fill: half of np.full's cost
-        out_s.fill(-1)
-        out_d = np.empty((nq, k), np.float32)
-        out_d.fill(np.inf)
+        out_s, out_d = _padded_rows(nq, k)
         if self._disk is None or not len(self._disk.graph):
             return out_s, out_d, _no_work(nq) if stats else None
         mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
@@ -759,10 +785,17 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         return out_s, out_d, SearchStats(per_query, len(counts), int(read) + rerank_bytes, entries, rerank_bytes)
 
     def _nprobe_ef_eps2(self, heads: HeadState, p: SPANNParams) -> tuple[int, int, float]:
-        """The heads a query routes to, the route's beam and the pruning's eps2 of ``p``."""
+        """The heads a query routes to, the route's beam and the pruning's eps2 of ``p``
+        (remembered for the last ``p`` and head count: the same on every call of a sweep)."""
+        n_heads = len(heads.count)
+        last = self._route_knobs
+        if last[0] is p and last[1] == n_heads:
+            return last[2]
         nprobe = min(p.max_postings, len(heads.graph))
         ef = p.ef if p.ef is not None else max(64, 2 * nprobe)
-        return nprobe, max(ef, nprobe), DEFAULT_EPS2[self._route] if p.eps2 is None else p.eps2
+        knobs = nprobe, max(ef, nprobe), DEFAULT_EPS2[self._route] if p.eps2 is None else p.eps2
+        self._route_knobs = (p, n_heads, knobs)
+        return knobs
 
     def _plan(self, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The postings the queries read (nearest heads, then query-aware pruning): (wanted
@@ -789,10 +822,12 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         read = plan_one(heads.graph, q, nprobe, ef, self.exact_heads, self.head_route, heads.count, eps2, k)
         mapped = self._mapped
         if mapped is not None:                   # looked up, checked and ranked in one kernel call
-            counts = np.zeros(len(read), np.int64)
+            if stats:
+                counts, sizes = np.zeros(len(read), np.int64), np.empty(len(read), np.int64)
+            else:                                # what the kernel counts goes unread: this thread's scratch
+                counts, sizes = _scratch_counts()
             done = mapped.scan(txn, read, heads.count, q, self._ids.slot_ids, mask, allow is not None, self._scan_code,
-                               self._codec, self._rerank_width(k, p.rerank), counts, np.empty(len(read), np.int64),
-                               out_s, out_d)
+                               self._codec, self._rerank_width(k, p.rerank), counts, sizes, out_s, out_d)
             if done is not None:
                 return (done[0], done[1], counts, np.array([0, len(read)], np.int64), _POSITIONS[: len(read)]) \
                     if stats else None
@@ -980,6 +1015,8 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             total += slots.nbytes + vectors.nbytes
         if self._codec is not None:
             total += self._codec.memory_bytes()
+        if self._mapped is not None:
+            total += self._mapped.memory_bytes()
         return int(total)
 
     def disk_bytes(self) -> int:

@@ -36,6 +36,16 @@ LOST = 16
 BAD_ROW = 17
 
 
+#: ``MappedReads``' note of where a snapshot's postings lie, one int64 a head: the record's
+#: start times 2^``_SIZE_BITS`` plus its size (one word: a search reading it while another
+#: writes it sees all of it or none), ``_KNOWN_MISSING`` (no record), or ``NOT_LOOKED_UP``
+NOT_LOOKED_UP = -1
+_KNOWN_MISSING = -2
+_SIZE_BITS = 24
+_SIZE_MASK = (1 << _SIZE_BITS) - 1
+_START_LIMIT = 1 << (63 - _SIZE_BITS)
+
+
 @kernel(inline=True)
 def _keys(values, n):
     """The 8-byte big-endian keys of ``values[:n]`` as rows of a (n, 8) array."""
@@ -46,12 +56,38 @@ def _keys(values, n):
 
 
 @kernel(inline=True)
-def _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise):
+def _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise, known):
     """Look up the records of postings ``read[:n]`` into ``starts``/``sizes`` (size -1: no
-    record, an empty posting), all at once (``find_many``); with ``advise``, the reads of
-    their pages are asked for together (``will_need``) before any is scanned. Returns
-    (position, code) of the first that fails, or (-1, 0)."""
-    find_many(pages, page_size, root, _keys(read, n), starts, sizes, advise)
+    record, an empty posting): from ``known`` (where this snapshot's postings were found
+    before, ``_pack``ed by head; ``NOT_LOOKED_UP`` if not), the rest all at once
+    (``find_many``) and noted there; with ``advise``, the reads of their pages are asked
+    for together (``will_need``) before any is scanned. Returns (position, code) of the
+    first that fails, or (-1, 0)."""
+    todo = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        head = read[i]
+        at = known[head] if head < known.shape[0] else NOT_LOOKED_UP
+        if at == NOT_LOOKED_UP:
+            todo[m] = i
+            m += 1
+        elif at == _KNOWN_MISSING:
+            starts[i] = MISSING
+        else:
+            starts[i] = at >> _SIZE_BITS
+            sizes[i] = at & _SIZE_MASK
+    if m:
+        heads = np.empty(m, np.int64)
+        for j in range(m):
+            heads[j] = read[todo[j]]
+        found, lengths = np.empty(m, np.int64), np.empty(m, np.int64)
+        find_many(pages, page_size, root, _keys(heads, m), found, lengths, advise)
+        for j in range(m):
+            i, head, start, size = todo[j], heads[j], found[j], lengths[j]
+            starts[i] = start
+            sizes[i] = size
+            if head < known.shape[0] and (start == MISSING or (0 <= start < _START_LIMIT and size <= _SIZE_MASK)):
+                known[head] = _KNOWN_MISSING if start == MISSING else (start << _SIZE_BITS) | size
     for i in range(n):
         if starts[i] == MISSING:
             if head_count[read[i]] > 0:
@@ -89,19 +125,19 @@ def _rows_at(pages, page_size, root, slots, n, dim, starts, advise):
 
 
 @kernel
-def locate(pages, page_size, root, read, head_count, starts, sizes, advise):
+def locate(pages, page_size, root, read, head_count, starts, sizes, advise, known):
     """``_locate`` of all of ``read`` (a batch's postings)."""
-    return _locate(pages, page_size, root, read, read.shape[0], head_count, starts, sizes, advise)
+    return _locate(pages, page_size, root, read, read.shape[0], head_count, starts, sizes, advise, known)
 
 
 @kernel
 def scan_floats(pages, page_size, root, read, n, head_count, dim, q, live, allow, use_allow, metric, counts, sizes,
-                hd, hs, advise):
+                hd, hs, advise, known):
     """Top-k of ``q`` over the float32 postings ``read[:n]`` into the heap ``hd``/``hs``
     (sorted on success), entries of posting i counted in ``counts[i]``, its record's bytes
     in ``sizes[i]`` (-1: none)."""
     starts = np.empty(n, np.int64)
-    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise)
+    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise, known)
     if bad >= 0:
         return bad, code, 0, 0
     total = 0
@@ -121,14 +157,14 @@ def scan_floats(pages, page_size, root, read, n, head_count, dim, q, live, allow
 
 @kernel(parallel=True)
 def scan_floats_many(pages, page_size, root, wanted, qptr, qlist, head_count, queries, live, allow, use_allow, metric,
-                     counts, sizes, out_s, out_d, advise):
+                     counts, sizes, out_s, out_d, advise, known):
     """``scan_floats`` for a batch, queries in parallel: query qi reads the postings
     ``wanted[qlist[qptr[qi]:qptr[qi+1]]]`` (each looked up once) into the heap rows
     ``out_s[qi]``/``out_d[qi]``; ``counts``/``sizes`` by position in ``wanted``. Returns
     (position in ``wanted``, code) of a failure, or (-1, 0)."""
     n = wanted.shape[0]
     starts = np.empty(n, np.int64)
-    bad, code = _locate(pages, page_size, root, wanted, n, head_count, starts, sizes, advise)
+    bad, code = _locate(pages, page_size, root, wanted, n, head_count, starts, sizes, advise, known)
     if bad >= 0:
         return bad, code
     nq, dim = queries.shape
@@ -157,7 +193,7 @@ def scan_floats_many(pages, page_size, root, wanted, qptr, qlist, head_count, qu
 
 @kernel
 def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, step, mode, live, allow, use_allow,
-               counts, sizes, width, hd, hs, advise):
+               counts, sizes, width, hd, hs, advise, known):
     """Top-k of ``query`` over the SQ8 postings ``read[:n]``: the best ``width`` candidates
     on codes, then their float rows (tree ``vroot``, keyed by slot; a candidate with none
     was removed since) ranked exactly into the heap ``hd``/``hs``, sorted on success
@@ -166,7 +202,7 @@ def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, 
     cd = np.full(width, np.inf, np.float32)
     cs = np.full(width, -1, np.int64)
     starts = np.empty(n, np.int64)
-    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise)
+    bad, code = _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise, known)
     if bad >= 0:
         return bad, code, 0, 0
     older = False                              # a record of format 2 or 3 (ranked in float form)?
@@ -263,9 +299,13 @@ class MappedReads:
         self._space = space
         self._map = space.page_map()
         self._codes = codes
-        self._seen: tuple[int, tuple[int, int] | None] = (-1, None)
+        self._seen: tuple[int, tuple[int, int] | None, np.ndarray] = (-1, None, _NOTHING_KNOWN)
         self._advise_left = 0                  # scans left that ask for their pages ahead
         self._faults = _major_faults()
+
+    def memory_bytes(self) -> int:
+        """Bytes this reader keeps besides the map: the note of where postings lie."""
+        return int(self._seen[2].nbytes)
 
     def _timed(self, seconds: float, nbytes: int, advised: bool) -> None:
         """Account a scan that took ``seconds`` for ``nbytes``: see ``COLD_SECONDS``.
@@ -278,16 +318,23 @@ class MappedReads:
         if advised:
             self._advise_left -= 1
 
-    def _roots(self, txn: Any) -> tuple[int, int] | None:
+    def _roots(self, txn: Any, n_heads: int = 0) -> tuple[int, int, np.ndarray] | None:
+        """The roots of the posting and float-row trees in the snapshot of ``txn`` and the
+        note of where its postings lie (for heads below ``n_heads``; see ``_locate``), or
+        None when this reader does not follow its trees. Kept per snapshot (transaction id:
+        a read snapshot's pages never change, and the next commit gives a new id)."""
         tid = txn.id()
         seen = self._seen
-        if seen[0] == tid:
-            return seen[1]
-        proot = self._space.root(txn, "postings")
-        vroot = self._space.root(txn, "vectors") if self._codes else -1
-        roots = None if proot is None or vroot is None else (proot, vroot)
-        self._seen = (tid, roots)
-        return roots
+        if seen[0] != tid:
+            proot = self._space.root(txn, "postings")
+            vroot = self._space.root(txn, "vectors") if self._codes else -1
+            roots = None if proot is None or vroot is None else (proot, vroot)
+            seen = self._seen = (tid, roots, _NOTHING_KNOWN)
+        if seen[1] is None:
+            return None
+        if len(seen[2]) < n_heads:             # threads may each make one: either serves
+            seen = self._seen = (tid, seen[1], np.full(n_heads, NOT_LOOKED_UP, np.int64))
+        return seen[1][0], seen[1][1], seen[2]
 
     def _on_pages(self, run: Callable[[np.ndarray], tuple], reset: Callable[[], None] | None = None) -> tuple | None:
         """``run(pages)`` (a kernel call returning (position, code, ...)) on the current map,
@@ -317,17 +364,17 @@ class MappedReads:
         None when the pages are not ones this reader follows (the caller reads through
         py-lmdb; the rows are reset). DataLossError for a corrupt, truncated or lost posting
         or a float record of the wrong size."""
-        roots = self._roots(txn)
+        roots = self._roots(txn, len(head_count))
         if roots is None:
             return None
-        size, proot, n, advise = self._map.page_size, roots[0], len(read), self._advise_left > 0
+        size, (proot, vroot, known), n, advise = self._map.page_size, roots, len(read), self._advise_left > 0
         if codec is None:
             run = lambda pages: scan_floats(pages, size, proot, read, n, head_count, len(query), query, live,  # noqa: E731
-                                            mask, use_allow, mode, counts, sizes, out_d, out_s, advise)
+                                            mask, use_allow, mode, counts, sizes, out_d, out_s, advise, known)
         else:
-            run = lambda pages: scan_codes(pages, size, proot, roots[1], read, n, head_count, query,  # noqa: E731
+            run = lambda pages: scan_codes(pages, size, proot, vroot, read, n, head_count, query,  # noqa: E731
                                            codec.vmin, codec.step, mode, live, mask, use_allow, counts, sizes, width,
-                                           out_d, out_s, advise)
+                                           out_d, out_s, advise, known)
         began = perf_counter()
         got = self._on_pages(run, lambda: _reset(out_s, out_d))
         if got is None:
@@ -346,14 +393,14 @@ class MappedReads:
         """``scan`` of float32 postings for a batch in one parallel kernel call
         (``scan_floats_many``); False when the pages are not ones this reader follows (the
         rows are reset)."""
-        roots = self._roots(txn)
+        roots = self._roots(txn, len(head_count))
         if roots is None:
             return False
         size, advise = self._map.page_size, self._advise_left > 0
         began = perf_counter()
         got = self._on_pages(lambda pages: scan_floats_many(pages, size, roots[0], wanted, qptr, qlist, head_count,
                                                             queries, live, mask, use_allow, mode, counts, sizes,
-                                                            out_s, out_d, advise),
+                                                            out_s, out_d, advise, roots[2]),
                              lambda: (_reset(out_s, out_d), counts.fill(0)))
         if got is None:
             return False
@@ -370,15 +417,15 @@ class MappedReads:
         bytes of the records; an empty posting counts 0), or None when the pages are not
         ones this reader follows. Valid only while ``txn`` is open. DataLossError for a
         corrupt, truncated or lost one."""
-        roots = self._roots(txn)
+        roots = self._roots(txn, len(head_count))
         if roots is None:
             return None
         n, size = len(wanted), self._map.page_size
         starts = np.empty(n, np.int64)
         sizes = np.empty(n, np.int64)
         advise = self._advise_left > 0
-        got = self._on_pages(lambda pages: (*locate(pages, size, roots[0], wanted, head_count, starts, sizes, advise),
-                                            pages))
+        got = self._on_pages(lambda pages: (*locate(pages, size, roots[0], wanted, head_count, starts, sizes, advise,
+                                                    roots[2]), pages))
         if got is None:
             return None
         bad, code, pages = got
@@ -411,6 +458,9 @@ class MappedReads:
         if code == BAD_ROW:
             raise DataLossError(postings.bad_row_message(int(slots[bad]), dim))
         return out
+
+
+_NOTHING_KNOWN = np.full(0, NOT_LOOKED_UP, np.int64)
 
 
 def _major_faults() -> int:

@@ -3,7 +3,10 @@ query's planned postings looked up in the B-tree, checked and ranked where the f
 mapped, and (SQ8 postings) the best candidates re-ranked with their float rows, looked up
 the same way: one call for one query, one parallel call for a batch of float postings.
 Through py-lmdb the same work is a Python call per posting and per re-ranked row (~1.5 us
-each) plus a kernel call per ``RUN`` records.
+each) plus a kernel call per ``RUN`` records. Where a snapshot's postings lie is noted as
+they are found (``_locate``), so until the next commit a posting costs one tree walk; and
+after a search waited on the disk the next ones ask for their pages ahead
+(``MappedReads.COLD_SECONDS``).
 
 Each kernel returns (position, code, ...): position -1 and code 0 when all went well; else
 the posting (index into ``read``) or row that stopped it (``scan_codes``' ``BAD_ROW``: the

@@ -273,7 +273,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
         self._mdb: Any = None                      # meta (resident arrays, token),
         self._vdb: Any = None                      # float vectors (SQ8 codes)
         self._mapped: MappedReads | None = None    # one-query reads through the page map
-        self._route_knobs: tuple[Any, int, tuple[int, int, float]] = (None, -1, (0, 0, 0.0))
+        self._route_knobs: tuple[Any, Any, int, tuple[int, int, float]] = (None, None, -1, (0, 0, 0.0))
         self._own = False
         self._store: Store | None = None
         self._finalizer: Any = None
@@ -786,15 +786,14 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
 
     def _nprobe_ef_eps2(self, heads: HeadState, p: SPANNParams) -> tuple[int, int, float]:
         """The heads a query routes to, the route's beam and the pruning's eps2 of ``p``
-        (remembered for the last ``p`` and head count: the same on every call of a sweep)."""
-        n_heads = len(heads.count)
-        last = self._route_knobs
-        if last[0] is p and last[1] == n_heads:
-            return last[2]
+        (remembered for the last ``p`` and heads: the same on every call of a sweep)."""
+        last, n = self._route_knobs, len(heads.count)
+        if last[0] is p and last[1] is heads and last[2] == n:
+            return last[3]
         nprobe = min(p.max_postings, len(heads.graph))
         ef = p.ef if p.ef is not None else max(64, 2 * nprobe)
         knobs = nprobe, max(ef, nprobe), DEFAULT_EPS2[self._route] if p.eps2 is None else p.eps2
-        self._route_knobs = (p, n_heads, knobs)
+        self._route_knobs = (p, heads, n, knobs)
         return knobs
 
     def _plan(self, heads: HeadState, queries: F32Matrix, k: int, p: SPANNParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -203,13 +203,42 @@ def route_plan_one(query, mode, vmin, step, centroid_codes, centroid_norms, memb
     return keep_heads(hs, hd, count, np.float32(eps2), k, out)
 
 
-@kernel
+@kernel(fastmath=ARITH)
 def route_dists(q, rows, metric, out):
     """The routing distance of ``q`` to every head row (``metric`` 0: squared L2, else
-    -<q, x>) into ``out``: ``row_dists`` of the rows end to end (ranked one by one, a short
-    row, glove's 50 floats, costs a call and a reduction of its own: 1,314 heads 21 us
-    against 7)."""
-    row_dists(q, rows.reshape(rows.size), 0, rows.shape[0], metric, out)
+    -<q, x>) into ``out``, four rows at a time: ranked one by one, a short row (glove's 50
+    floats) costs a call and a reduction of its own (1,314 heads: 21 us against 7)."""
+    n, dim = rows.shape
+    n4 = n - n % 4
+    if metric == 0:
+        for r in range(0, n4, 4):
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(dim):
+                x = q[i]
+                d0 = x - rows[r, i]
+                d1 = x - rows[r + 1, i]
+                d2 = x - rows[r + 2, i]
+                d3 = x - rows[r + 3, i]
+                a0 += d0 * d0
+                a1 += d1 * d1
+                a2 += d2 * d2
+                a3 += d3 * d3
+            out[r], out[r + 1], out[r + 2], out[r + 3] = a0, a1, a2, a3
+        for r in range(n4, n):
+            out[r] = l2_sq(q, rows[r])
+    else:
+        for r in range(0, n4, 4):
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(dim):
+                x = q[i]
+                a0 += x * rows[r, i]
+                a1 += x * rows[r + 1, i]
+                a2 += x * rows[r + 2, i]
+                a3 += x * rows[r + 3, i]
+            out[r], out[r + 1], out[r + 2], out[r + 3] = -a0, -a1, -a2, -a3
+        for r in range(n4, n):
+            out[r] = -dot(q, rows[r])
+
 
 
 #: rows of at most this many floats a float posting scan ranks ``SHORT_BLOCK`` at a time,
@@ -224,16 +253,19 @@ SHORT_BLOCK = 8
 def row_dists(q, flat, lo, hi, metric, out):
     """Distances (``metric`` 0: squared L2, else -<q, x>) of ``q`` to the rows ``lo:hi`` of
     ``flat`` (rows of ``len(q)`` floats end to end) into ``out[: hi - lo]``, four rows at a
-    time (the last ``(hi - lo) % 4`` one by one: their rounding differs, so scans that must
-    agree call this on the same row ranges)."""
+    time; a last group of fewer takes its last row again, so every row's distance comes out
+    of the same instructions wherever it lies (a replicated vector read from two postings
+    gets one distance on every path: a search's results do not depend on which replica it
+    met first). ``route_dists`` is the head route's: faster, its rounding position-bound."""
     dim = q.shape[0]
     n = hi - lo
-    n4 = n - n % 4
-    if metric == 0:
-        for r in range(0, n4, 4):
+    if metric == 0:                            # the metric outside the loops: inside, 2x slower
+        for g in range((n + 3) // 4):
+            r = 4 * g
             a = (lo + r) * dim
-            r0, r1, r2, r3 = flat[a : a + dim], flat[a + dim : a + 2 * dim], flat[a + 2 * dim : a + 3 * dim], \
-                flat[a + 3 * dim : a + 4 * dim]
+            last = n - 1 - r                   # rows of the group past its first (>= 3: whole)
+            b1, b2, b3 = a + dim * min(1, last), a + dim * min(2, last), a + dim * min(3, last)
+            r0, r1, r2, r3 = flat[a : a + dim], flat[b1 : b1 + dim], flat[b2 : b2 + dim], flat[b3 : b3 + dim]
             a0 = a1 = a2 = a3 = np.float32(0.0)
             for i in range(dim):
                 x = q[i]
@@ -245,14 +277,14 @@ def row_dists(q, flat, lo, hi, metric, out):
                 a1 += d1 * d1
                 a2 += d2 * d2
                 a3 += d3 * d3
-            out[r], out[r + 1], out[r + 2], out[r + 3] = a0, a1, a2, a3
-        for r in range(n4, n):
-            out[r] = l2_sq(q, flat[(lo + r) * dim : (lo + r + 1) * dim])
+            _put_four(out, r, last, a0, a1, a2, a3)
     else:
-        for r in range(0, n4, 4):
+        for g in range((n + 3) // 4):
+            r = 4 * g
             a = (lo + r) * dim
-            r0, r1, r2, r3 = flat[a : a + dim], flat[a + dim : a + 2 * dim], flat[a + 2 * dim : a + 3 * dim], \
-                flat[a + 3 * dim : a + 4 * dim]
+            last = n - 1 - r
+            b1, b2, b3 = a + dim * min(1, last), a + dim * min(2, last), a + dim * min(3, last)
+            r0, r1, r2, r3 = flat[a : a + dim], flat[b1 : b1 + dim], flat[b2 : b2 + dim], flat[b3 : b3 + dim]
             a0 = a1 = a2 = a3 = np.float32(0.0)
             for i in range(dim):
                 x = q[i]
@@ -260,9 +292,19 @@ def row_dists(q, flat, lo, hi, metric, out):
                 a1 += x * r1[i]
                 a2 += x * r2[i]
                 a3 += x * r3[i]
-            out[r], out[r + 1], out[r + 2], out[r + 3] = -a0, -a1, -a2, -a3
-        for r in range(n4, n):
-            out[r] = -dot(q, flat[(lo + r) * dim : (lo + r + 1) * dim])
+            _put_four(out, r, last, -a0, -a1, -a2, -a3)
+
+
+@kernel(inline=True)
+def _put_four(out, r, last, a0, a1, a2, a3):
+    """Store a group's distances at ``out[r:]``: the first and the ``last`` more there are."""
+    out[r] = a0
+    if last >= 1:
+        out[r + 1] = a1
+    if last >= 2:
+        out[r + 2] = a2
+    if last >= 3:
+        out[r + 3] = a3
 
 
 @kernel(inline=True)

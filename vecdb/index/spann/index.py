@@ -87,7 +87,10 @@ DEFAULT_EPS2 = {Metric.L2: 1.0, Metric.IP: 0.3}
 _NO_MASK = np.zeros(1, np.uint8)
 #: positions 0, 1, ...: where a one-query scan counts the entries of its i-th posting
 _POSITIONS = np.arange(MAX_POSTINGS, dtype=np.int64)
+_EMPTY_IDS = np.zeros(0, np.int64)
+#: padded result rows by (queries, k), copied for each search of a few queries
 _PADDED: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+#: each thread's scratch for what a one-query scan counts and nobody reads
 _SCRATCH = threading.local()
 
 
@@ -115,7 +118,6 @@ def _scratch_counts() -> tuple[np.ndarray, np.ndarray]:
     if got is None:
         got = _SCRATCH.counts = (np.empty(MAX_POSTINGS, np.int64), np.empty(MAX_POSTINGS, np.int64))
     return got
-_EMPTY_IDS = np.zeros(0, np.int64)
 
 
 class _EmptyRecords(dict):

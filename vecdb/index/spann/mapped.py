@@ -62,7 +62,7 @@ def _keys(values, n):
 def _locate(pages, page_size, root, read, n, head_count, starts, sizes, advise, known):
     """Look up the records of postings ``read[:n]`` into ``starts``/``sizes`` (size -1: no
     record, an empty posting): from ``known`` (where this snapshot's postings were found
-    before, ``_pack``ed by head; ``NOT_LOOKED_UP`` if not), the rest all at once
+    before, a word per head, see ``NOT_LOOKED_UP``), the rest all at once
     (``find_many``) and noted there; with ``advise``, the reads of their pages are asked
     for together (``will_need``) before any is scanned. Returns (position, code) of the
     first that fails, or (-1, 0)."""

@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 import spann_hnsw  # bench/ (this script's folder) is on sys.path
-from spann_measure import eps2_list, evict, peak_rss, per_query, read_stats, read_work, row
+from spann_measure import at_recall, eps2_list, evict, peak_rss, per_query, read_stats, read_work, row
 from spann_serve import ROUNDS, search_sets, serve_capped
 
 #: training sample (SPANN heads, faiss's coarse quantizer): the default floor and ceiling; the
@@ -481,8 +481,16 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                 print(f"  {r['target']:14} {knob:>14} {r['cache']:>6} {r['recall']:7.3f} {r['mean_ms']:8.3f} "
                       f"{r['p99_ms']:8.3f} {r['qps']:8.0f} {r.get('postings_per_q', float('nan')):10.1f} "
                       f"{r.get('pruned_share', float('nan')):7.2f} {r.get('bytes_per_q', float('nan')) / 1024:8.1f}")
+            summary = at_recall(rows)
+            if summary:
+                print("  QPS at recall (interpolated on each curve) and ratio to faiss-ivfflat in the same cache:")
+            for a in summary:
+                search = "".join(f" {n}={v}" for n, v in (a["search"] or {}).items())
+                shown = "not reached" if a["qps"] is None else f"{a['qps']:8.0f}"
+                ratio = "" if a["ratio"] is None else f"  {a['ratio']:.2f}x"
+                print(f"  {a['target']:14}{search:>14} {a['cache']:>6} @{a['recall']:.2f} {shown}{ratio}")
             results["datasets"][name] = {"n_base": len(base), "dim": base.shape[1], "metric": metric, "builds": infos,
-                                         "rows": rows}
+                                         "rows": rows, "at_recall": summary}
     finally:
         if not args.workdir:
             shutil.rmtree(work_root, ignore_errors=True)

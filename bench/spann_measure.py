@@ -4,6 +4,8 @@ recall, RSS, and the per-query reads SPANN reports."""
 from __future__ import annotations
 
 import ctypes
+import json
+import math
 import os
 import time
 from pathlib import Path
@@ -53,6 +55,46 @@ def evict(path: Path) -> bool:
 def row(target: str, knob: str, value: Any, ids: np.ndarray, secs: np.ndarray, gt: np.ndarray, **extra: Any) -> dict[str, Any]:
     return {"target": target, knob: value, "recall": recall(ids, gt), "mean_ms": 1e3 * float(secs.mean()),
             "p99_ms": 1e3 * float(np.percentile(secs, 99)), "qps": float(len(secs) / secs.sum()), **extra}
+
+
+def qps_at_recall(points: list[tuple[float, float]], recall: float) -> float | None:
+    """The QPS a sweep reaches at ``recall``, from its (recall, QPS) points: between two
+    neighbouring points that bracket it, log QPS taken linear in recall; a point at or above
+    it as measured; the best of those (None when no point reaches it). "First setting >=
+    0.90" favours whichever sweep is coarser; this compares curves like with like."""
+    pts = sorted(points)
+    best = None
+    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
+        if r0 <= recall <= r1 and r1 > r0:
+            t = (recall - r0) / (r1 - r0)
+            got = math.exp(math.log(q0) + t * (math.log(q1) - math.log(q0)))
+            best = got if best is None else max(best, got)
+    for r, q in pts:
+        if r >= recall:
+            best = q if best is None else max(best, q)
+    return best
+
+
+def at_recall(rows: list[dict[str, Any]], recalls: tuple[float, ...] = (0.9, 0.95),
+              reference: str = "faiss-ivfflat") -> list[dict[str, Any]]:
+    """Per target, search setting and cache: QPS at each of ``recalls`` (``qps_at_recall``)
+    and its ratio to ``reference``'s in the same cache."""
+    curves: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for r in rows:
+        key = (r["target"], json.dumps(r.get("search"), sort_keys=True), r["cache"])
+        curves.setdefault(key, []).append((r["recall"], r["qps"]))
+    out = []
+    for (target, search, cache), pts in sorted(curves.items()):
+        if target == reference:
+            continue
+        refs = [p for (t, _, c), p in curves.items() if t == reference and c == cache]
+        for recall in recalls:
+            qps = qps_at_recall(pts, recall)
+            ref = qps_at_recall(refs[0], recall) if refs else None
+            out.append({"target": target, "search": json.loads(search), "cache": cache, "recall": recall, "qps": qps,
+                        "reference": reference, "reference_qps": ref,
+                        "ratio": None if qps is None or ref is None else qps / ref})
+    return out
 
 
 def read_stats(stats: list[Any], max_postings: int) -> dict[str, float]:

@@ -511,3 +511,31 @@ def test_contract_smoke_run_covers_every_part(tmp_path):
     assert (tmp_path / "f-rss.json").exists() and (tmp_path / "g-grpc.json").exists()
     grpc = json.loads((tmp_path / "g-grpc.json").read_text())
     assert all(ph["errors"] == 0 and ph["calls"] > 0 for ph in grpc["raw"]["phases"])
+
+
+def test_spann_bench_compares_qps_at_a_recall_on_both_curves() -> None:
+    """``bench/spann_measure.py``: QPS at a recall is interpolated between the sweep points
+    that bracket it (log QPS linear in recall), so a coarse sweep is not favoured; ratios
+    are taken against faiss in the same cache."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("spann_measure_t", Path(__file__).resolve().parents[1] / "bench" / "spann_measure.py")
+    assert spec and spec.loader
+    measure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure)
+    faiss = [(0.8, 20_000.0), (1.0, 5_000.0)]
+    assert measure.qps_at_recall(faiss, 0.9) == pytest.approx(10_000.0)       # the geometric middle
+    assert measure.qps_at_recall(faiss, 0.8) == pytest.approx(20_000.0)
+    assert measure.qps_at_recall([(0.5, 9.0), (0.7, 8.0)], 0.9) is None         # not reached
+    assert measure.qps_at_recall([(0.95, 100.0), (0.91, 300.0), (0.85, 50.0)], 0.9) == pytest.approx(300.0)  # best
+    rows = ([{"target": "faiss-ivfflat", "cache": "warm", "recall": r, "qps": q} for r, q in faiss]
+            + [{"target": "spann", "cache": "warm", "recall": r, "qps": q, "search": {"rerank": 10}}
+               for r, q in [(0.85, 9_000.0), (0.95, 6_000.0)]]
+            + [{"target": "spann", "cache": "cold", "recall": 0.92, "qps": 700.0}])
+    got = {(a["target"], a["cache"], a["recall"]): a for a in measure.at_recall(rows)}
+    warm = got["spann", "warm", 0.9]
+    assert warm["search"] == {"rerank": 10} and warm["qps"] == pytest.approx((9_000.0 * 6_000.0) ** 0.5)
+    assert warm["ratio"] == pytest.approx(warm["qps"] / 10_000.0)
+    assert got["spann", "cold", 0.9]["qps"] == 700.0 and got["spann", "cold", 0.9]["ratio"] is None   # no cold faiss
+    assert got["spann", "warm", 0.95]["qps"] == pytest.approx(6_000.0)

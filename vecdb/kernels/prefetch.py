@@ -9,8 +9,9 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba import njit
 from numba.extending import intrinsic
+
+from vecdb.kernels._jit import kernel
 
 
 @intrinsic
@@ -46,7 +47,7 @@ MADV_WILLNEED = 3
 _OS_PAGE = 4096
 
 
-@njit(cache=True, nogil=True, inline="always")
+@kernel(inline=True)
 def will_need(arr, lo, hi):
     """Ask the kernel to start reading the file pages behind ``arr[lo:hi]`` (a file map) in
     the background: the reads of several ranges are then in flight together, where touching

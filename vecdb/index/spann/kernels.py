@@ -240,7 +240,6 @@ def route_dists(q, rows, metric, out):
             out[r] = -dot(q, rows[r])
 
 
-
 #: rows of at most this many floats a float posting scan ranks ``SHORT_BLOCK`` at a time,
 #: four distances together (``row_dists``): one at a time, a 50-float row costs a call and
 #: a reduction (glove, mp 32 in situ: 100 -> 84 us a query); longer rows gain nothing (384

@@ -6,12 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vecdb.kernels import distances, hamming, heaps, pq, scan, sq8, topk
+from vecdb.kernels import distances, hamming, heaps, pq, scan, sq8, topk, views
 from vecdb.kernels.binary_codes import plane_scan_topk
 
 
@@ -268,3 +269,28 @@ def test_normalize_rows_gives_new_unit_float32_rows(rng, dtype):
         norms = np.linalg.norm(ref, axis=1, keepdims=True)
         np.testing.assert_allclose(out, np.divide(ref, norms, out=np.zeros_like(ref), where=norms > 0), rtol=1e-6, atol=1e-7)
         assert (out[3] == 0).all()
+
+
+@numba.njit(cache=False)
+def _typed_reads(buf, lo, n):
+    return (views.view_as(buf, lo, n, np.int64), views.view_as(buf, lo, 2 * n, np.float32),
+            views.view_as(buf, lo, 2 * n, np.uint32), views.load_as(buf, lo, np.uint64),
+            views.load_as(buf, lo + 1, np.uint16), views.load_be_u64(buf, lo))
+
+
+@given(st.integers(0, 2**31), st.integers(0, 40), st.integers(1, 12))
+def test_typed_views_and_loads_read_what_numpy_views_read(seed: int, lo: int, n: int) -> None:
+    """``views``' pointer casts give NumPy's views and loads of the same bytes, at any byte
+    offset (unaligned too), and share the buffer's memory and its read-only flag."""
+    buf = np.random.default_rng(seed).integers(0, 256, lo + 8 * n + 2, dtype=np.uint8)
+    ints, floats, words, u64, u16, be = _typed_reads(buf, lo, n)
+    raw = buf[lo : lo + 8 * n].copy()                    # NumPy views need not be aligned either
+    np.testing.assert_array_equal(ints, raw.view(np.int64))
+    np.testing.assert_array_equal(floats.view(np.uint32), raw.view(np.uint32))
+    np.testing.assert_array_equal(words, raw.view(np.uint32))
+    assert u64 == raw[:8].view(np.uint64)[0] and be == int.from_bytes(raw[:8].tobytes(), "big")
+    assert u16 == buf[lo + 1 : lo + 3].copy().view(np.uint16)[0]
+    assert np.shares_memory(ints, buf) and ints.flags.writeable
+    frozen = buf.copy()
+    frozen.setflags(write=False)
+    assert not _typed_reads(frozen, lo, n)[0].flags.writeable

@@ -19,6 +19,7 @@ import numpy as np
 
 from vecdb.kernels._jit import kernel
 from vecdb.kernels.prefetch import prefetch, will_need
+from vecdb.kernels.views import load_be_u64
 
 MISSING, BEYOND, UNEXPECTED = -1, -2, -3
 PAGE_HEADER = 16
@@ -44,7 +45,13 @@ def _u64(pages, at):
 
 @kernel(inline=True)
 def _compare(pages, at, size, key):
-    """memcmp order of the node key ``pages[at:at+size]`` against ``key``: <0, 0, >0."""
+    """memcmp order of the node key ``pages[at:at+size]`` against ``key``: <0, 0, >0. Two
+    8-byte keys (vecdb's, big-endian integers) compare as one integer each: a byte loop
+    that exits at the first difference mispredicts on most nodes of a binary search."""
+    if size == 8 and key.shape[0] == 8:
+        a = load_be_u64(pages, at)
+        b = load_be_u64(key, 0)
+        return np.int64(a > b) - np.int64(a < b)
     n = min(size, key.shape[0])
     for b in range(n):
         x = np.int64(pages[at + b]) - np.int64(key[b])

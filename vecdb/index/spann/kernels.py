@@ -9,6 +9,7 @@ from vecdb.kernels._jit import ARITH, kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_push, heap_sort, max_sift_down
 from vecdb.kernels.int_dot import dot_u8_i16
+from vecdb.kernels.views import view_as
 
 
 # ---- posting records (see vecdb.index.spann.postings for the layout) -------------------
@@ -361,10 +362,11 @@ def offer_unique(hd, hs, d, s):
     k = hs.shape[0]
     if not after(hd[0], hs[0], d, s):
         return
-    for j in range(k):
-        if hs[j] == s:
-            return
-    max_sift_down(hd, hs, k, d, s)
+    seen = False
+    for j in range(k):                         # no early exit: the loop vectorises
+        seen |= hs[j] == s
+    if not seen:
+        max_sift_down(hd, hs, k, d, s)
 
 
 @kernel(inline=True)
@@ -374,8 +376,8 @@ def offer_entries(rec, a, c, dim, q, live, allow, use_allow, metric, hd, hs):
     query ``q``, skipping dead and (with ``use_allow``) disallowed slots (see ``scan_query``)."""
     n_live = live.shape[0]
     n_allow = allow.shape[0]
-    slots = rec[a : a + 8 * c].view(np.int64)
-    vectors = rec[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
+    slots = view_as(rec, a, c, np.int64)
+    vectors = view_as(rec, a + 8 * c, c * dim, np.float32)
     short = dim <= SHORT_ROW
     dists = np.empty(SHORT_BLOCK, np.float32)
     for r in range(c):
@@ -653,7 +655,7 @@ def offer_codes(rec, a, c, dim, q, step, b, mode, live, allow, use_allow, hd, hs
     """Offer the ``c`` entries of the SQ8 posting record whose entries start at byte ``a`` of
     ``rec`` (``c`` int64 slots, then ``c`` rows of ``dim`` codes) to the heap ``hd``/``hs``
     (``offer_code_rows``)."""
-    offer_code_rows(rec[a : a + 8 * c].view(np.int64), rec[a + 8 * c : a + 8 * c + c * dim], 0, c, dim, q, step, b,
+    offer_code_rows(view_as(rec, a, c, np.int64), rec[a + 8 * c : a + 8 * c + c * dim], 0, c, dim, q, step, b,
                     mode, live, allow, use_allow, hd, hs)
 
 
@@ -661,7 +663,7 @@ def offer_codes(rec, a, c, dim, q, step, b, mode, live, allow, use_allow, hd, hs
 def offer_codes_v4(rec, a, c, u, usum, scale, base, mode, live, allow, use_allow, hd, hs):
     """``offer_codes`` for a format-4 record (``c`` int64 slots, ``c`` float32 norms, then
     the codes; ``offer_code_rows_v4``)."""
-    offer_code_rows_v4(rec[a : a + 8 * c].view(np.int64), rec[a + 8 * c : a + 12 * c].view(np.float32), rec,
+    offer_code_rows_v4(view_as(rec, a, c, np.int64), view_as(rec, a + 8 * c, c, np.float32), rec,
                        a + 12 * c, 0, c, u, usum, scale, base, mode, live, allow, use_allow, hd, hs)
 
 

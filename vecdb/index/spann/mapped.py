@@ -33,6 +33,7 @@ from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort, max_sift_down
 from vecdb.kernels.lmdb_pages import BEYOND, MISSING, find_many, put_key
 from vecdb.kernels.prefetch import prefetch, will_need
+from vecdb.kernels.views import view_as
 
 #: codes besides ``records``' problems and ``pages``' lookup codes (see the module doc)
 LOST = 16
@@ -242,7 +243,7 @@ def scan_codes(pages, page_size, root, vroot, read, n, head_count, query, vmin, 
             continue
         size = 4 * dim
         if start % 4 == 0:                     # ranked where it lies (a copy of 1.5 KB costs ~1 us)
-            d = _exact(query, pages[start : start + size].view(np.float32), mode)
+            d = _exact(query, view_as(pages, start, dim, np.float32), mode)
         else:                                  # a short record may sit in its leaf 2-byte aligned
             scratch_bytes[:] = pages[start : start + size]
             d = _exact(query, scratch, mode)
@@ -277,7 +278,7 @@ def gather_rows(pages, page_size, root, slots, rows, advise):
         if start == MISSING:
             rows[i, :] = np.nan
         elif start % 4 == 0:                   # as floats: a byte loop copies 1.5 KB in ~1 us
-            rows[i, :] = pages[start : start + size].view(np.float32)
+            rows[i, :] = view_as(pages, start, dim, np.float32)
         else:
             flat[i * size : (i + 1) * size] = pages[start : start + size]
     return -1, OK

@@ -29,6 +29,7 @@ from vecdb.kernels._jit import kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort
 from vecdb.kernels.prefetch import prefetch
+from vecdb.kernels.views import load_as, view_as
 
 OK, TRUNCATED, FOREIGN, WRONG_DIM, BAD_CHECKSUM = 0, 1, 2, 3, 4
 #: the record formats read; ``LATEST`` is the one written for float32 postings,
@@ -77,7 +78,7 @@ def checksum_v2(buf, lo, hi):
     h1 = np.uint64(0xC2B2AE3D27D4EB4F)
     h2 = np.uint64(0x165667B19E3779F9)
     h3 = np.uint64(0x27D4EB2F165667C5)
-    words = buf[lo:hi].view(np.uint64)
+    words = view_as(buf, lo, (hi - lo) // 8, np.uint64)
     n = words.shape[0]
     n4 = n - n % 4
     for i in range(0, n4, 4):
@@ -128,7 +129,7 @@ def _finish(s1, s2, nbytes):
 def checksum_v3(buf, lo, hi):
     """Format 3's checksum of ``buf[lo:hi]`` (a multiple of 8 bytes): over its 4-byte words
     w_0..w_{n-1}, the sums of w_i and of (i + 1) w_i (mod 2^64), mixed with the length."""
-    s1, s2 = _sums(buf[lo:hi].view(np.uint32), 0, np.uint64(0), np.uint64(0))
+    s1, s2 = _sums(view_as(buf, lo, (hi - lo) // 4, np.uint32), 0, np.uint64(0), np.uint64(0))
     return _finish(s1, s2, hi - lo)
 
 
@@ -147,7 +148,7 @@ def _sums32(w, pos, s1, s2):
 def checksum_v4(buf, lo, hi):
     """Format 4's checksum of ``buf[lo:hi]`` (a multiple of 8 bytes): format 3's sums of its
     4-byte words taken mod 2^32 (a flipped bit still changes s1), mixed with the length."""
-    s1, s2 = _sums32(buf[lo:hi].view(np.uint32), 0, np.uint32(0), np.uint32(0))
+    s1, s2 = _sums32(view_as(buf, lo, (hi - lo) // 4, np.uint32), 0, np.uint32(0), np.uint32(0))
     return _finish(np.uint64(s1), np.uint64(s2), hi - lo)
 
 
@@ -162,8 +163,8 @@ def _header(rec, a, b, dim, width, flags):
             or version < 2 or version > 4 or (version == 4 and flags != 1)
             or np.int64(rec[a + 6]) + 256 * np.int64(rec[a + 7]) != flags):
         return FOREIGN, 0, 0
-    count = np.int64(rec[a + 8 : a + 12].view(np.uint32)[0])
-    if np.int64(rec[a + 12 : a + 16].view(np.uint32)[0]) != dim:
+    count = np.int64(load_as(rec, a + 8, np.uint32))
+    if np.int64(load_as(rec, a + 12, np.uint32)) != dim:
         return WRONG_DIM, version, 0
     entry = (V4_ENTRY if version == 4 else 8) + width * dim
     if b - a != HEADER_BYTES + (count * entry + 7) // 8 * 8:
@@ -175,7 +176,7 @@ def _header(rec, a, b, dim, width, flags):
 def _sum_matches(rec, a, b, version):
     """Whether the record ``rec[a:b]`` (header sound) matches its stored checksum."""
     lo = a + HEADER_BYTES
-    want = rec[a + 16 : a + 24].view(np.uint64)[0]
+    want = load_as(rec, a + 16, np.uint64)
     if version == 2:
         return checksum_v2(rec, lo, b) == want
     if version == 4:
@@ -209,8 +210,8 @@ def gather_records(buf, starts, counts, offsets, dim, slots_out, vectors_out):
         a = starts[i] + HEADER_BYTES
         c = counts[i]
         o = offsets[i]
-        slots_out[o : o + c] = buf[a : a + 8 * c].view(np.int64)
-        vectors_out[o * dim : (o + c) * dim] = buf[a + 8 * c : a + 8 * c + 4 * c * dim].view(np.float32)
+        slots_out[o : o + c] = view_as(buf, a, c, np.int64)
+        vectors_out[o * dim : (o + c) * dim] = view_as(buf, a + 8 * c, c * dim, np.float32)
 
 
 @kernel
@@ -285,10 +286,10 @@ def _scan_summed(rec, c, dim, q, live, allow, use_allow, metric, hd, hs):
     body = rec[HEADER_BYTES:]
     split = 8 * c
     end = split + 4 * c * dim
-    slots = body[:split].view(np.int64)
-    s1, s2 = _sums(body[:split].view(np.uint32), 0, np.uint64(0), np.uint64(0))
-    words = body[split:end].view(np.uint32)
-    vectors = body[split:end].view(np.float32)
+    slots = view_as(body, 0, c, np.int64)
+    s1, s2 = _sums(view_as(body, 0, 2 * c, np.uint32), 0, np.uint64(0), np.uint64(0))
+    words = view_as(body, split, c * dim, np.uint32)
+    vectors = view_as(body, split, c * dim, np.float32)
     pos = 2 * c
     short = dim <= SHORT_ROW
     step = SHORT_BLOCK if short else max(1, SUM_WORDS // dim)
@@ -312,8 +313,8 @@ def _scan_summed(rec, c, dim, q, live, allow, use_allow, metric, hd, hs):
                 d = l2_sq(q, row) if metric == 0 else -dot(q, row)
             if after(hd[0], hs[0], d, slot) and slot >= 0 and slot < n_live and live[slot] >= 0:   # kernels.LIVE_LAST
                 offer_unique(hd, hs, d, slot)
-    s1, s2 = _sums(body[end:].view(np.uint32), pos + c * dim, s1, s2)
-    return _finish(s1, s2, body.shape[0]) == rec[16:24].view(np.uint64)[0]
+    s1, s2 = _sums(view_as(body, end, (body.shape[0] - end) // 4, np.uint32), pos + c * dim, s1, s2)
+    return _finish(s1, s2, body.shape[0]) == load_as(rec, 16, np.uint64)
 
 
 @kernel
@@ -398,9 +399,9 @@ def _scan_codes_summed(rec, c, dim, q, step, b, mode, live, allow, use_allow, hd
     then ranked while in cache. Whether the sum matches."""
     body = rec[HEADER_BYTES:]
     split = 8 * c
-    slots = body[:split].view(np.int64)
-    s1, s2 = _sums(body[:split].view(np.uint32), 0, np.uint64(0), np.uint64(0))
-    words = body[split:].view(np.uint32)      # the codes, then the padding (the body is whole 8-byte words)
+    slots = view_as(body, 0, c, np.int64)
+    s1, s2 = _sums(view_as(body, 0, 2 * c, np.uint32), 0, np.uint64(0), np.uint64(0))
+    words = view_as(body, split, (body.shape[0] - split) // 4, np.uint32)   # the codes, then the padding
     codes = body[split : split + c * dim]
     pos = 2 * c
     _start_codes(body, slots, split, use_allow, allow)
@@ -411,7 +412,7 @@ def _scan_codes_summed(rec, c, dim, q, step, b, mode, live, allow, use_allow, hd
         w_lo, w_hi = _next_codes(body, slots, split, lo, hi, c, dim, words.shape[0], use_allow, allow)
         s1, s2 = _sums(words[w_lo:w_hi], pos + w_lo, s1, s2)
         offer_code_rows(slots, codes, lo, hi, dim, q, step, b, mode, live, allow, use_allow, hd, hs)
-    return _finish(s1, s2, body.shape[0]) == rec[16:24].view(np.uint64)[0]
+    return _finish(s1, s2, body.shape[0]) == load_as(rec, 16, np.uint64)
 
 
 @kernel
@@ -423,10 +424,10 @@ def _scan_codes_v4(rec, c, u, usum, scale, base, mode, live, allow, use_allow, h
     dim = u.shape[0]
     body = rec[HEADER_BYTES:]
     split = V4_ENTRY * c
-    slots = body[: 8 * c].view(np.int64)
-    norms = body[8 * c : split].view(np.float32)
-    s1, s2 = _sums32(body[:split].view(np.uint32), 0, np.uint32(0), np.uint32(0))
-    words = body[split:].view(np.uint32)      # the codes, then the padding
+    slots = view_as(body, 0, c, np.int64)
+    norms = view_as(body, 8 * c, c, np.float32)
+    s1, s2 = _sums32(view_as(body, 0, 3 * c, np.uint32), 0, np.uint32(0), np.uint32(0))
+    words = view_as(body, split, (body.shape[0] - split) // 4, np.uint32)   # the codes, then the padding
     pos = 3 * c
     _start_codes(body, slots, split, use_allow, allow)
     if c == 0:
@@ -437,4 +438,4 @@ def _scan_codes_v4(rec, c, u, usum, scale, base, mode, live, allow, use_allow, h
         s1, s2 = _sums32(words[w_lo:w_hi], pos + w_lo, s1, s2)
         offer_code_rows_v4(slots, norms, body, split, lo, hi, u, usum, scale, base, mode, live, allow, use_allow, hd,
                            hs)
-    return _finish(np.uint64(s1), np.uint64(s2), body.shape[0]) == rec[16:24].view(np.uint64)[0]
+    return _finish(np.uint64(s1), np.uint64(s2), body.shape[0]) == load_as(rec, 16, np.uint64)

@@ -46,6 +46,7 @@ from vecdb.index.spann.kernels import scan_postings, scan_postings_serial
 from vecdb.index.spann.records import RUN, RUN_PAD, check_scan_records
 from vecdb.index.spann.mapped import MappedReads
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
+from vecdb.index.spann.one_query import OneQuery
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
 from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, groups_bytes, plan_heads, plan_one
 from vecdb.index.spann.updates import FANOUT, HeadState, Plan, Source, Work, graph_from
@@ -173,7 +174,7 @@ class SearchStats:
     rerank_bytes: int = 0                    # of bytes_read: float vectors read to re-rank (SQ8 codes)
 
 
-class SPANN(Maintenance, CodePostings, BaseIndex):
+class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
     """Approximate k-NN with heads in memory and posting lists in LMDB.
 
     Parameters
@@ -386,9 +387,13 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             return self._disk
         return self._recent.get(tok)
 
+    def _heads_of(self, txn: Any) -> HeadState | None:
+        """``_sync`` to the committed state of ``txn``'s snapshot."""
+        return self._sync(txn.get(TOKEN_KEY, db=self._mdb))
+
     def _sync_writer(self, txn: Any) -> HeadState:
         """``_sync`` for a writer, inside its write transaction: the state it plans from."""
-        heads = self._sync(txn.get(TOKEN_KEY, db=self._mdb))
+        heads = self._heads_of(txn)
         if heads is not self._disk:
             raise FailedPreconditionError("SPANN: the stored state is not the one in memory (another writer?)")
         self._inflight = None                # not committed (aborted, or run again after the map grew)
@@ -748,7 +753,7 @@ class SPANN(Maintenance, CodePostings, BaseIndex):
             found = None
             for _ in range(SEARCH_RETRIES):
                 with self._space.read(buffers=True) as txn:
-                    heads = self._sync(txn.get(TOKEN_KEY, db=self._mdb))   # drops the overlay once it is committed
+                    heads = self._heads_of(txn)   # drops the overlay once it is committed
                     if heads is None:            # a snapshot older than every state remembered: read again
                         continue
                     overlay = self._overlay is not None

@@ -1,0 +1,94 @@
+"""SPANN's one-query search in one kernel call (``vecdb.index.spann.one_query``) against the
+general path it shortens (``BaseIndex.search_trusted``: route, plan and scan in two calls,
+the id map and distance finish in numpy): the same ids and the same distances, bit for bit,
+for float and SQ8 postings, both one-call routes, every metric, filters, tombstones and
+ids that are not slots; and where it cannot answer it hands the query to the general path
+(a corrupt posting still raises DataLossError)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+from vecdb.errors import DataLossError
+from vecdb.index import SPANN
+from vecdb.index.allow import as_allow
+from vecdb.index.base import BaseIndex
+
+DIM = 20
+
+
+def mixture(n: int, seed: int) -> np.ndarray:
+    centres = np.random.default_rng(99).standard_normal((30, DIM)).astype(np.float32) * 3
+    rng = np.random.default_rng(seed)
+    return (centres[rng.integers(0, 30, n)] + rng.standard_normal((n, DIM))).astype(np.float32)
+
+
+def general(index: SPANN, q: np.ndarray, k: int, allow: object, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The general path's answer for the one query ``q``."""
+    got = BaseIndex.search_trusted(index, q[None].copy(), k, None if allow is None else as_allow(allow), None,
+                                   index.resolve_params(params))
+    return got.ids, got.distances
+
+
+@pytest.mark.parametrize("codes", [None, "sq8"])
+@pytest.mark.parametrize("route", ["exact", "groups"])
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_the_one_call_search_equals_the_general_path(metric: str, route: str, codes: str | None) -> None:
+    x = mixture(3000, 1)
+    q = mixture(25, 2)
+    ids = np.arange(3000, dtype=np.int64) * 3 + 7 if metric == "ip" else None   # ids that are not slots
+    extra = {"exact_heads": 0, "head_route": "groups"} if route == "groups" else {}
+    index = SPANN(DIM, metric, posting_limit=48, head_size=12, background=False, codes=codes, **extra)
+    try:
+        index.train(x)
+        index.add(x, ids)
+        stored = np.arange(3000) * 3 + 7 if ids is not None else np.arange(3000)
+        index.remove(stored[::9])                              # tombstones both paths skip
+        assert (index.n_heads > index.exact_heads) == (route == "groups")
+        cases = [({}, None), ({"max_postings": 3}, None), ({"max_postings": 12, "rerank": 30}, stored[1::4]),
+                 ({"max_postings": 4096, "eps2": 1e9}, None)]
+        for params, allow in cases:
+            for k in (1, 10, 40):
+                for row in q:
+                    lean = index._search_lean(row, k, None if allow is None else as_allow(allow),
+                                              index.resolve_params(params))
+                    assert lean is not None                    # the one-call path took it
+                    got = index.search(row, k, allow=allow, **params)
+                    want_ids, want_d = general(index, row, k, allow, params)
+                    np.testing.assert_array_equal(lean.ids, want_ids)
+                    np.testing.assert_array_equal(lean.distances, want_d)
+                    np.testing.assert_array_equal(got.ids, want_ids)
+                    np.testing.assert_array_equal(got.distances, want_d)
+                    assert not np.isin(got.ids, stored[::9]).any()
+                    if allow is not None:
+                        assert np.isin(got.ids[got.ids >= 0], allow).all()
+    finally:
+        index.close()
+
+
+def test_a_query_the_one_call_path_cannot_answer_goes_the_general_way(tmp_path: Path) -> None:
+    x = mixture(800, 3)
+    index = SPANN(DIM, "l2", tmp_path / "s", posting_limit=64, head_size=16, background=False)
+    index.train(x)
+    index.add(x)
+    p = index.resolve_params({"max_postings": 4096, "eps2": 1e9})
+    assert index._search_lean(x[0], 5, None, p) is not None
+    index.close()
+    env = lmdb.open(str(tmp_path / "s"), max_dbs=16)
+    with env.begin(write=True) as txn:                         # flip a bit of the first posting's last word
+        handle = env.open_db(b"spann.postings", txn=txn)
+        key, value = next(iter(txn.cursor(handle).iternext()))
+        value = bytes(value)
+        txn.put(bytes(key), value[:-1] + bytes([value[-1] ^ 0x80]), db=handle)
+    env.close()
+    again = SPANN(DIM, "l2", tmp_path / "s")
+    try:
+        assert again._search_lean(x[0], 5, None, again.resolve_params({"max_postings": 4096, "eps2": 1e9})) is None
+        with pytest.raises(DataLossError):                     # the general path names the posting
+            again.search(x[0], 5, max_postings=4096, eps2=1e9)
+        assert again.search(x[:0], 5).ids.shape == (0, 5)
+    finally:
+        again.close()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vecdb.kernels import distances, hamming, heaps, pq, scan, sq8, topk, views
+from vecdb.kernels import distances, hamming, heaps, pq, scan, sq8, topk, views, word_sums
 from vecdb.kernels.binary_codes import plane_scan_topk
 
 
@@ -294,3 +294,18 @@ def test_typed_views_and_loads_read_what_numpy_views_read(seed: int, lo: int, n:
     frozen = buf.copy()
     frozen.setflags(write=False)
     assert not _typed_reads(frozen, lo, n)[0].flags.writeable
+
+
+@numba.njit(cache=False)
+def _word_sums(w, start, n):
+    return word_sums.word_sums(w, start, n)
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=70), st.integers(0, 9))
+def test_word_sums_are_the_plain_position_weighted_sums(words: list[int], start: int) -> None:
+    """The eight-lane running sums give S = sum w_i and T = sum i w_i mod 2^32 for any length
+    (whole rounds of eight words, a remainder, none at all) and any start."""
+    w = np.array([0] * start + words, dtype=np.uint32)
+    total, weighted = _word_sums(w, start, len(words))
+    assert int(total) == sum(words) % 2**32
+    assert int(weighted) == sum(i * x for i, x in enumerate(words)) % 2**32

@@ -30,6 +30,7 @@ from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort
 from vecdb.kernels.prefetch import prefetch
 from vecdb.kernels.views import load_as, view_as
+from vecdb.kernels.word_sums import word_sums
 
 OK, TRUNCATED, FOREIGN, WRONG_DIM, BAD_CHECKSUM = 0, 1, 2, 3, 4
 #: the record formats read; ``LATEST`` is the one written for float32 postings,
@@ -135,12 +136,11 @@ def checksum_v3(buf, lo, hi):
 
 @kernel(inline=True)
 def _sums32(w, pos, s1, s2):
-    """Format 4's sums: ``_sums`` in 32-bit lanes (mod 2^32; each step cast back to uint32,
-    or Numba widens it to 64 bits and the vectoriser takes 4 lanes instead of 8)."""
-    for i in range(w.shape[0]):
-        x = w[i]
-        s1 = np.uint32(s1 + x)
-        s2 = np.uint32(s2 + np.uint32(np.uint32(pos + i + 1) * x))
+    """Format 4's sums: ``_sums`` mod 2^32 (s1 += S, s2 += (pos + 1) S + T for the words'
+    sum S and T = sum_i i w_i, ``kernels.word_sums``: adds only, no multiply a word)."""
+    total, weighted = word_sums(w, 0, w.shape[0])
+    s1 = np.uint32(s1 + total)
+    s2 = np.uint32(np.uint32(s2 + np.uint32(np.uint32(pos + 1) * total)) + weighted)
     return s1, s2
 
 

@@ -298,14 +298,15 @@ def test_typed_views_and_loads_read_what_numpy_views_read(seed: int, lo: int, n:
 
 @numba.njit(cache=False)
 def _word_sums(w, start, n):
-    return word_sums.word_sums(w, start, n)
+    return word_sums.word_sums(w, start, n), word_sums.word_sums64(w, start, n)
 
 
 @given(st.lists(st.integers(0, 2**32 - 1), max_size=70), st.integers(0, 9))
 def test_word_sums_are_the_plain_position_weighted_sums(words: list[int], start: int) -> None:
-    """The eight-lane running sums give S = sum w_i and T = sum i w_i mod 2^32 for any length
+    """The eight-lane running sums give S = sum w_i and T = sum i w_i mod 2^32 (and 2^64) for any length
     (whole rounds of eight words, a remainder, none at all) and any start."""
     w = np.array([0] * start + words, dtype=np.uint32)
-    total, weighted = _word_sums(w, start, len(words))
-    assert int(total) == sum(words) % 2**32
+    (total, weighted), (total64, weighted64) = _word_sums(w, start, len(words))
+    assert int(total) == sum(words) % 2**32 and int(total64) == sum(words) % 2**64
     assert int(weighted) == sum(i * x for i, x in enumerate(words)) % 2**32
+    assert int(weighted64) == sum(i * x for i, x in enumerate(words)) % 2**64

@@ -30,7 +30,7 @@ from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort
 from vecdb.kernels.prefetch import prefetch
 from vecdb.kernels.views import load_as, view_as
-from vecdb.kernels.word_sums import word_sums
+from vecdb.kernels.word_sums import word_sums, word_sums64
 
 OK, TRUNCATED, FOREIGN, WRONG_DIM, BAD_CHECKSUM = 0, 1, 2, 3, 4
 #: the record formats read; ``LATEST`` is the one written for float32 postings,
@@ -40,9 +40,6 @@ LATEST = 3
 LATEST_CODES = 4
 #: bytes a format-4 SQ8 entry carries besides its codes: the slot (int64) and the norm (float32)
 V4_ENTRY = 12
-#: words per block of format 3's sums (their weights within a block: ``_WEIGHTS``)
-BLOCK = 1024
-_WEIGHTS = np.arange(BLOCK, dtype=np.uint32)
 #: bytes a one-query scan asks the CPU to load ahead of the row it sums and ranks: summing and
 #: ranking a row stalls the hardware prefetcher's stream; 4 KB ahead (8 rows of 128 floats)
 #: took a check and scan of records read from memory (not cache) from ~102 to ~72 ns per entry
@@ -103,21 +100,11 @@ def checksum_v2(buf, lo, hi):
 @kernel(inline=True)
 def _sums(w, pos, s1, s2):
     """Format 3's sums ``s1``, ``s2`` after the 4-byte words ``w`` at word positions
-    ``pos``, ``pos`` + 1, ...: s1 += w_i, s2 += (i + 1) w_i (mod 2^64), block by block: in a
-    block the weights are small (``_WEIGHTS``, 32-bit), so the products are 32 x 32 -> 64-bit
-    multiplies LLVM vectorises, and each block adds its start position times its sum."""
-    n = w.shape[0]
-    for lo in range(0, n, BLOCK):
-        block = w[lo : min(lo + BLOCK, n)]
-        r1 = np.uint64(0)
-        r2 = np.uint64(0)
-        for k in range(block.shape[0]):
-            x = np.uint64(block[k])
-            r1 += x
-            r2 += np.uint64(_WEIGHTS[k]) * x
-        s1 += r1
-        s2 += np.uint64(pos + lo + 1) * r1 + r2
-    return s1, s2
+    ``pos``, ``pos`` + 1, ...: s1 += w_i, s2 += (i + 1) w_i (mod 2^64), as s1 += S and
+    s2 += (pos + 1) S + T for the words' sum S and T = sum_i i w_i (``kernels.word_sums64``:
+    adds only)."""
+    total, weighted = word_sums64(w, 0, w.shape[0])
+    return s1 + total, s2 + np.uint64(pos + 1) * total + weighted
 
 
 @kernel(inline=True)

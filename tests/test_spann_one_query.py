@@ -92,3 +92,23 @@ def test_a_query_the_one_call_path_cannot_answer_goes_the_general_way(tmp_path: 
         assert again.search(x[:0], 5).ids.shape == (0, 5)
     finally:
         again.close()
+
+
+def test_the_remembered_route_follows_the_route_settings() -> None:
+    x = mixture(3000, 4)
+    q = mixture(10, 5)
+    index = SPANN(DIM, "l2", posting_limit=48, head_size=12, background=False, codes="sq8")
+    try:
+        index.train(x)
+        index.add(x)
+        for exact_heads, head_route in ((4096, "groups"), (0, "groups"), (0, "graph"), (4096, "groups")):
+            index.exact_heads, index.head_route = exact_heads, head_route
+            for row in q:
+                got = index.search(row, 10, max_postings=6)
+                want_ids, want_d = general(index, row, 10, None, {"max_postings": 6})
+                np.testing.assert_array_equal(got.ids, want_ids)
+                np.testing.assert_array_equal(got.distances, want_d)
+            taken = index._search_lean(q[0], 10, None, index.resolve_params({"max_postings": 6}))
+            assert (taken is None) == (head_route == "graph" and exact_heads == 0)   # the graph route: two calls
+    finally:
+        index.close()

@@ -285,19 +285,18 @@ def gather_rows(pages, page_size, root, slots, rows, advise):
 
 
 @kernel
-def search_one(query, cosine, exact, rows, metric, route, slot_ids, min_groups, min_heads, n_heads, count, eps2, k, pages,
-               page_size, proot, vroot, live, identity, mask, use_allow, mode, codes, vmin, step, width, advise, known,
-               ids, dists):
+def search_one(query, cosine, exact, rows, metric, route, slot_ids, min_groups, min_heads, n_heads, count, eps2, k,
+               pages, page_size, proot, vroot, live, identity, mask, use_allow, mode, codes, vmin, step, width, advise,
+               known, ids, dists):
     """A whole one-query search in one call: ``query`` unit-normalised when ``cosine``, its
     postings planned (``exact``: over every head row, ``kernels.exact_plan_one``; else the
-    grouped route on codes, ``route``: ``HeadGroups.code_route`` then the route's
-    ``vmin``/``step`` included, ``kernels.route_plan_one``), then ranked as ``scan_codes``
-    (``codes``) or ``scan_floats`` rank them, and the top ``k`` written as ids (``live``
-    maps slots, or ``identity``: a slot is its id) and distances as the metric defines them
-    (cosine: 1 - cos) into ``ids``/``dists``. Returns ``scan_*``'s (position, code, posting
-    bytes, float bytes); on a code the rows are partial (the caller searches again by the
-    longer path, which raises or reads through py-lmdb). One dispatch instead of two and no
-    Python between them: ~25 us less a glove query."""
+    grouped route on codes, ``route``: ``HeadGroups.code_route``, ``kernels.route_plan_one``),
+    ranked as ``scan_codes`` (``codes``) or ``scan_floats`` rank them, and the top ``k``
+    written as ids (``live`` maps slots, or ``identity``: a slot is its id) and distances as
+    the metric defines them (cosine: 1 - cos) into the rows ``ids``/``dists`` (1, k).
+    Returns ``scan_*``'s (position, code, posting bytes, float bytes); on a code the rows
+    are partial (the caller searches again by the longer path, which raises or reads
+    through py-lmdb). One dispatch instead of two, and no Python between them."""
     dim = query.shape[0]
     q = np.empty(dim, np.float32)
     if cosine:
@@ -325,11 +324,11 @@ def search_one(query, cosine, exact, rows, metric, route, slot_ids, min_groups, 
     for j in range(k):
         s = hs[j]
         if s < 0:
-            ids[j] = -1
-            dists[j] = np.inf
+            ids[0, j] = -1
+            dists[0, j] = np.inf
         else:
-            ids[j] = s if identity else live[s]
-            dists[j] = hd[j] + np.float32(1.0) if cosine else hd[j]
+            ids[0, j] = s if identity else live[s]
+            dists[0, j] = hd[j] + np.float32(1.0) if cosine else hd[j]
     return -1, OK, nbytes, floats
 
 
@@ -440,28 +439,25 @@ class MappedReads:
         self._timed(perf_counter() - began, nbytes + floats, advise)
         return nbytes, floats
 
-    def search_one(self, txn: Any, query: np.ndarray, cosine: bool, route: tuple, head_count: np.ndarray, k: int,
-                   live: np.ndarray, identity: bool, mask: np.ndarray, use_allow: bool, mode: int, codec: Any,
-                   width: int, ids: np.ndarray, dists: np.ndarray) -> bool:
+    def search_one(self, txn: Any, query: np.ndarray, route: tuple, head_count: np.ndarray, k: int, live: np.ndarray,
+                   identity: bool, mask: np.ndarray, use_allow: bool, ids: np.ndarray, dists: np.ndarray) -> bool:
         """The whole search of one ``query`` in the snapshot of ``txn`` (kernel
-        ``search_one``; ``route``: (exact, rows, metric, code route, slot ids, min groups,
-        min heads, heads to read, eps2), see ``SPANN._lean_route``) into the result rows
-        ``ids``/``dists``. False when the search stopped on anything but success (a problem
-        record, pages this reader does not follow): the caller searches again by the
-        longer path, which raises or reads through py-lmdb."""
+        ``search_one``; ``route``: see ``SPANN._lean_route``) into the result rows ``ids``/
+        ``dists`` (1, k). False when the search stopped on anything but success (a problem
+        record, pages this reader does not follow): the caller searches again by the longer
+        path, which raises or reads through py-lmdb."""
         roots = self._roots(txn, len(head_count))
         if roots is None:
             return False
         proot, vroot, known = roots
-        exact, rows, metric, code_route, slot_ids, min_groups, min_heads, n_heads, eps2 = route
+        cosine, exact, rows, metric, code_route, slot_ids, min_groups, min_heads, n_heads, eps2, mode, codec, width = route
         size, advise = self._map.page_size, self._advise_left > 0
-        codes = codec is not None
-        vmin, step = (codec.vmin, codec.step) if codes else (_NO_FLOATS, _NO_FLOATS)
+        vmin, step = (codec.vmin, codec.step) if codec is not None else (_NO_FLOATS, _NO_FLOATS)
         began = perf_counter()
         got = self._on_pages(lambda pages: search_one(query, cosine, exact, rows, metric, code_route, slot_ids,
                                                       min_groups, min_heads, n_heads, head_count, eps2, k, pages, size,
-                                                      proot, vroot, live, identity, mask, use_allow, mode, codes,
-                                                      vmin, step, width, advise, known, ids, dists))
+                                                      proot, vroot, live, identity, mask, use_allow, mode,
+                                                      codec is not None, vmin, step, width, advise, known, ids, dists))
         if got is None or got[1] != OK:
             return False
         self._timed(perf_counter() - began, got[2] + got[3], advise)

@@ -3,7 +3,7 @@ routed, its postings planned, looked up, checked and ranked (SQ8: re-ranked) and
 written as ids and final distances, between one read transaction's begin and end. The
 general path (``SPANN._search_work``) makes the same answer in two kernel calls with ~15
 Python steps between them and around them (result rows, plan and scan wrappers, the id map,
-the distance finish): ~35 us of a ~105 us glove query.
+the distance finish).
 
 Anything the lean path does not cover (no page map, an overlay of unwritten postings, a
 route that is not one kernel, a record problem, pages the map reader does not follow) falls
@@ -63,25 +63,36 @@ class OneQuery:
             if heads is None or self._overlay is not None:   # type: ignore[attr-defined]
                 return None
             route = self._lean_route(heads, p, k)
-            if route is None:
+            if route is None or not self._mapped.search_one(   # type: ignore[attr-defined]
+                    txn, query, route, heads.count, k, idmap.slot_ids, idmap.is_identity, mask, use_allow, ids,
+                    dists):
                 return None
-            done = self._mapped.search_one(     # type: ignore[attr-defined]
-                txn, query, self._cosine, route, heads.count, k, idmap.slot_ids, idmap.is_identity, mask,  # type: ignore[attr-defined]
-                use_allow, self._scan_code, self._codec, self._rerank_width(k, p.rerank), ids[0], dists[0])  # type: ignore[attr-defined]
-        return SearchResult(ids, dists) if done else None
+        return SearchResult(ids, dists)
 
     def _lean_route(self, heads: "HeadState", p: Any, k: int) -> tuple | None:
-        """What ``mapped.search_one`` routes by for ``heads`` and params ``p``: (exact, head
-        rows, metric, grouped route arrays, slot ids, min groups, min heads, heads to read,
-        eps2); None where routing is not one kernel (``routing.plan_one``'s other cases)."""
+        """What ``mapped.search_one`` routes and ranks by for ``heads``, params ``p`` and
+        ``k``: (cosine, exact, head rows, metric, grouped route arrays, slot ids, min groups,
+        min heads, heads to read, eps2, scan mode, codec, re-rank width); None where routing
+        is not one kernel (``routing.plan_one``'s other cases). Remembered for the last
+        (params, heads, k, route settings, codec): a committed state's head graph is not
+        changed once searched (an update clones it), so its rows and groups stay those of the
+        cached route."""
+        last = self._lean_key
+        if (last[0] is p and last[1] is heads and last[2] == k and last[3] == len(heads.count)
+                and last[4] == (self.exact_heads, self.head_route) and last[5] is self._codec):   # type: ignore[attr-defined]
+            return last[6]
         graph = heads.graph
         rows, slot_ids, metric = graph.stored_rows()
         n = len(slot_ids)
-        if not n or len(graph) != n:              # a free slot among the heads
-            return None
+        route = None
         exact = n <= self.exact_heads             # type: ignore[attr-defined]
-        if exact and metric not in _ROUTE_METRICS or not exact and self.head_route != "groups":   # type: ignore[attr-defined]
-            return None
-        nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)   # type: ignore[attr-defined]
-        code_route = _NO_ROUTE if exact else groups_of(graph, rows).code_route
-        return exact, rows, metric, code_route, slot_ids, MIN_GROUPS, max(ef, nprobe), nprobe, float(eps2)
+        one_call = exact and metric in _ROUTE_METRICS or not exact and self.head_route == "groups"   # type: ignore[attr-defined]
+        if n and len(graph) == n and one_call:    # every head slot live
+            nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)   # type: ignore[attr-defined]
+            code_route = _NO_ROUTE if exact else groups_of(graph, rows).code_route
+            width = self._rerank_width(k, p.rerank)  # type: ignore[attr-defined]
+            route = (self._cosine, exact, rows, metric, code_route, slot_ids, MIN_GROUPS, max(ef, nprobe),  # type: ignore[attr-defined]
+                     nprobe, float(eps2), self._scan_code, self._codec, width)   # type: ignore[attr-defined]
+        self._lean_key = (p, heads, k, len(heads.count), (self.exact_heads, self.head_route), self._codec,  # type: ignore[attr-defined]
+                          route)
+        return route

@@ -17,6 +17,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from vecdb.kernels._jit import kernel
+from vecdb.kernels.vector_ir import lane_sum
 
 #: components one vector step takes
 LANES = 16
@@ -67,15 +68,7 @@ def _dot_codegen(avx2: bool):
             builder.store(builder.add(builder.load(acc1), products(builder.add(i, lanes))), acc1)
         with builder.if_then(builder.icmp_signed("<", pairs, n)):
             builder.store(builder.add(builder.load(acc0), products(pairs)), acc0)
-        v = builder.add(builder.load(acc0), builder.load(acc1))
-        width = acc_type.count
-        while width > 1:                          # a tree of halves, not a lane at a time
-            half = width // 2
-            low = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, half), list(range(half))))
-            high = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, half), list(range(half, width))))
-            v = builder.add(low, high)
-            width = half
-        return builder.extract_element(v, ir.Constant(i32, 0))
+        return lane_sum(builder, builder.add(builder.load(acc0), builder.load(acc1)))
 
     return codegen
 

@@ -17,21 +17,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from vecdb.kernels._jit import kernel
+from vecdb.kernels.vector_ir import lane_sum
 
 #: words a round takes (one AVX2 vector of uint32)
 LANES = 8
-
-
-def _hsum(builder, vector, width):
-    """The sum of a vector's lanes, by halves."""
-    i32 = ir.IntType(32)
-    while width > 1:
-        half = width // 2
-        low = builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(i32, half), list(range(half))))
-        high = builder.shuffle_vector(vector, vector, ir.Constant(ir.VectorType(i32, half), list(range(half, width))))
-        vector = builder.add(low, high)
-        width = half
-    return builder.extract_element(vector, ir.Constant(i32, 0))
 
 
 def _lane_sums(bits: int):
@@ -64,8 +53,7 @@ def _lane_sums(bits: int):
                 builder.store(builder.add(builder.load(u), tv), u)
             tv, uv = builder.load(t), builder.load(u)
             weights = ir.Constant(vec, list(range(LANES)))
-            parts = [_hsum(builder, tv, LANES), _hsum(builder, uv, LANES),
-                     _hsum(builder, builder.mul(tv, weights), LANES)]
+            parts = [lane_sum(builder, tv), lane_sum(builder, uv), lane_sum(builder, builder.mul(tv, weights))]
             return context.make_tuple(builder, out_type, parts)
 
         return out_type(w, start, rounds), codegen

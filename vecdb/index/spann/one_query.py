@@ -19,10 +19,11 @@ import numpy as np
 
 from vecdb.index.allow import AllowSet
 from vecdb.index.base import SearchParams
-from vecdb.index.spann.routing import _ROUTE_METRICS, MIN_GROUPS, groups_of
+from vecdb.index.spann.routing import ROUTE_METRICS, MIN_GROUPS, groups_of
 from vecdb.types import F32Matrix, SearchResult
 
 if TYPE_CHECKING:
+    from vecdb.index.spann.index import SPANN
     from vecdb.index.spann.updates import HeadState
 
 #: what the grouped route's arrays are replaced by on the exact route (never read; the
@@ -35,41 +36,42 @@ _NO_MASK = np.zeros(1, np.uint8)
 class OneQuery:
     """The lean one-query search of ``SPANN`` (see the module doc)."""
 
-    def search_trusted(self, queries: F32Matrix, k: int, allow: AllowSet | None, tenant: Any,
+    def search_trusted(self: "SPANN", queries: F32Matrix, k: int, allow: AllowSet | None, tenant: Any,
                        params: SearchParams) -> SearchResult:
         """``BaseIndex.search_trusted``; one query in one kernel call where it can."""
-        if len(queries) == 1 and self._mapped is not None:   # type: ignore[attr-defined]
+        if len(queries) == 1 and self._mapped is not None:
             got = self._search_lean(queries[0], k, allow, params)
             if got is not None:
                 return got
-        return super().search_trusted(queries, k, allow, tenant, params)  # type: ignore[misc]
+        return super().search_trusted(queries, k, allow, tenant, params)
 
-    def _search_lean(self, query: np.ndarray, k: int, allow: AllowSet | None, p: Any) -> SearchResult | None:
+    def _search_lean(self: "SPANN", query: np.ndarray, k: int, allow: AllowSet | None, p: Any) -> SearchResult | None:
         """The answer for the raw ``query`` (dim,), or None where the general path must
         make it (see the module doc)."""
-        idmap = self._ids                         # type: ignore[attr-defined]
+        idmap = self._ids
         if not len(idmap):
             return None
         mask, use_allow = _NO_MASK, False
         if allow is not None:
-            allow = self._slot_allow(allow)       # type: ignore[attr-defined]
+            allow = self._slot_allow(allow)
             if not len(allow):
                 return None
             mask, use_allow = allow.bitmap(idmap.n_slots), True
         ids = np.empty((1, k), np.int64)
         dists = np.empty((1, k), np.float32)
-        with self._space.read(buffers=True) as txn:   # type: ignore[attr-defined]
-            heads = self._heads_of(txn)             # type: ignore[attr-defined]
-            if heads is None or self._overlay is not None:   # type: ignore[attr-defined]
+        mapped = self._mapped
+        assert mapped is not None and self._space is not None
+        with self._space.read(buffers=True) as txn:
+            heads = self._heads_of(txn)
+            if heads is None or self._overlay is not None:
                 return None
             route = self._lean_route(heads, p, k)
-            if route is None or not self._mapped.search_one(   # type: ignore[attr-defined]
-                    txn, query, route, heads.count, k, idmap.slot_ids, idmap.is_identity, mask, use_allow, ids,
-                    dists):
+            if route is None or not mapped.search_one(txn, query, route, heads.count, k, idmap.slot_ids,
+                                                      idmap.is_identity, mask, use_allow, ids, dists):
                 return None
         return SearchResult(ids, dists)
 
-    def _lean_route(self, heads: "HeadState", p: Any, k: int) -> tuple | None:
+    def _lean_route(self: "SPANN", heads: "HeadState", p: Any, k: int) -> tuple | None:
         """What ``mapped.search_one`` routes and ranks by for ``heads``, params ``p`` and
         ``k``: (cosine, exact, head rows, metric, grouped route arrays, slot ids, min groups,
         min heads, heads to read, eps2, scan mode, codec, re-rank width); None where routing
@@ -78,21 +80,20 @@ class OneQuery:
         changed once searched (an update clones it), so its rows and groups stay those of the
         cached route."""
         last = self._lean_key
+        settings = (self.exact_heads, self.head_route)
         if (last[0] is p and last[1] is heads and last[2] == k and last[3] == len(heads.count)
-                and last[4] == (self.exact_heads, self.head_route) and last[5] is self._codec):   # type: ignore[attr-defined]
+                and last[4] == settings and last[5] is self._codec):
             return last[6]
         graph = heads.graph
         rows, slot_ids, metric = graph.stored_rows()
         n = len(slot_ids)
         route = None
-        exact = n <= self.exact_heads             # type: ignore[attr-defined]
-        one_call = exact and metric in _ROUTE_METRICS or not exact and self.head_route == "groups"   # type: ignore[attr-defined]
+        exact = n <= self.exact_heads
+        one_call = exact and metric in ROUTE_METRICS or not exact and self.head_route == "groups"
         if n and len(graph) == n and one_call:    # every head slot live
-            nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)   # type: ignore[attr-defined]
+            nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
             code_route = _NO_ROUTE if exact else groups_of(graph, rows).code_route
-            width = self._rerank_width(k, p.rerank)  # type: ignore[attr-defined]
-            route = (self._cosine, exact, rows, metric, code_route, slot_ids, MIN_GROUPS, max(ef, nprobe),  # type: ignore[attr-defined]
-                     nprobe, float(eps2), self._scan_code, self._codec, width)   # type: ignore[attr-defined]
-        self._lean_key = (p, heads, k, len(heads.count), (self.exact_heads, self.head_route), self._codec,  # type: ignore[attr-defined]
-                          route)
+            route = (self._cosine, exact, rows, metric, code_route, slot_ids, MIN_GROUPS, max(ef, nprobe), nprobe,
+                     float(eps2), self._scan_code, self._codec, self._rerank_width(k, p.rerank))
+        self._lean_key = (p, heads, k, len(heads.count), settings, self._codec, route)
         return route

@@ -58,7 +58,7 @@ REGROUP_GROWTH = 2.0
 #: queries from which the exact scan runs in parallel over queries
 PARALLEL_QUERIES = 16
 #: metric codes of the head rows the one-query exact route ranks (squared L2, -ip)
-_ROUTE_METRICS = (0, 1)
+ROUTE_METRICS = (0, 1)
 #: rows from which the exact scan is matrix products (inserts come in batches)
 BLAS_ROWS = 256
 #: distances per block of the blocked scan (rows x heads; 64 MB of float32)
@@ -90,7 +90,7 @@ def nearest_heads(graph: HNSW, x: np.ndarray, k: int, ef: int, exact_heads: int,
                dists)
     elif len(x) >= BLAS_ROWS:
         slots, dists = _blocked(x, rows, metric == 0, k)
-    elif len(x) < PARALLEL_QUERIES and metric in _ROUTE_METRICS:   # as ``plan_one`` ranks one query
+    elif len(x) < PARALLEL_QUERIES and metric in ROUTE_METRICS:   # as ``plan_one`` ranks one query
         slots, dists = route_exact(x, rows, metric, k)
     elif len(x) < PARALLEL_QUERIES:
         slots, dists = topk.scan_topk(x, rows, metric, k)
@@ -132,7 +132,7 @@ def plan_one(graph: HNSW, q: np.ndarray, n_heads: int, ef: int, exact_heads: int
     rows, slot_ids, metric = graph.stored_rows()
     n = len(slot_ids)
     exact = n <= exact_heads
-    if len(graph) == n and ((exact and metric in _ROUTE_METRICS) or (not exact and route == "groups")):   # all live
+    if len(graph) == n and ((exact and metric in ROUTE_METRICS) or (not exact and route == "groups")):   # all live
         out = np.empty(n_heads, np.int64)
         if exact:
             got = exact_plan_one(q[None], rows, metric, slot_ids, n_heads, count, float(eps2), k, out)

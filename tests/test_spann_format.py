@@ -656,6 +656,16 @@ def _dots(u: np.ndarray, codes: np.ndarray, generic: bool) -> np.ndarray:
     return out
 
 
+@njit(cache=False)
+def _whole_rows(u: np.ndarray, codes: np.ndarray, generic: bool) -> np.ndarray:
+    """Each row's dot in one intrinsic call, its last dim % 16 components included."""
+    dim = u.shape[0]
+    out = np.empty(codes.shape[0] // dim, np.int64)
+    for r in range(out.shape[0]):
+        out[r] = int_dot.dot_lanes_generic(u, codes, r * dim, dim) if generic else int_dot.dot_lanes(u, codes, r * dim, dim)
+    return out
+
+
 @settings(max_examples=60, deadline=None)
 @given(dim=st.integers(1, 100), rows=st.integers(1, 6), seed=st.integers(0, 1000))
 def test_the_integer_dot_is_exact_on_every_path(dim: int, rows: int, seed: int) -> None:
@@ -670,6 +680,9 @@ def test_the_integer_dot_is_exact_on_every_path(dim: int, rows: int, seed: int) 
     np.testing.assert_array_equal(_dots(u, codes, False), want)
     np.testing.assert_array_equal(_dots(u, codes, True), want)
     np.testing.assert_array_equal([int_dot.dot_u8_i16(u, codes, r * dim) for r in range(rows)], want)
+    if dim >= int_dot.LANES:                                 # the tail as a masked step over the row's last 16
+        np.testing.assert_array_equal(_whole_rows(u, codes, False), want)
+        np.testing.assert_array_equal(_whole_rows(u, codes, True), want)
 
 
 @settings(max_examples=60, deadline=None)

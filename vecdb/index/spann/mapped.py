@@ -285,18 +285,21 @@ def gather_rows(pages, page_size, root, slots, rows, advise):
 
 
 @kernel
-def search_one(query, cosine, exact, rows, metric, route, slot_ids, min_groups, min_heads, n_heads, count, eps2, k,
-               pages, page_size, proot, vroot, live, identity, mask, use_allow, mode, codes, vmin, step, width, advise,
-               known, ids, dists):
+def search_one(query, cosine, rows, metric, route, slot_ids, min_groups, min_heads, n_heads, count, eps2, k, pages,
+               page_size, proot, vroot, live, identity, mask, use_allow, mode, vmin, step, width, advise, known, ids,
+               dists):
     """A whole one-query search in one call: ``query`` unit-normalised when ``cosine``, its
-    postings planned (``exact``: over every head row, ``kernels.exact_plan_one``; else the
-    grouped route on codes, ``route``: ``HeadGroups.code_route``, ``kernels.route_plan_one``),
-    ranked as ``scan_codes`` (``codes``) or ``scan_floats`` rank them, and the top ``k``
-    written as ids (``live`` maps slots, or ``identity``: a slot is its id) and distances as
-    the metric defines them (cosine: 1 - cos) into the rows ``ids``/``dists`` (1, k).
-    Returns ``scan_*``'s (position, code, posting bytes, float bytes); on a code the rows
-    are partial (the caller searches again by the longer path, which raises or reads
-    through py-lmdb). One dispatch instead of two, and no Python between them."""
+    postings planned (``route`` None: the exact route over the head ``rows``,
+    ``kernels.exact_plan_one``; else the grouped route on codes, ``route`` being
+    ``HeadGroups.code_route``, ``kernels.route_plan_one``), ranked as ``scan_floats`` rank
+    them (``vmin`` None) or as ``scan_codes`` do (SQ8, ``vmin``/``step`` the codec's), and
+    the top ``k`` written as ids (``live`` maps slots, or ``identity``: a slot is its id)
+    and distances as the metric defines them (cosine: 1 - cos) into the rows ``ids``/
+    ``dists`` (1, k). Returns ``scan_*``'s (position, code, posting bytes, float bytes); on
+    a code the rows are partial (the caller searches again by the longer path, which raises
+    or reads through py-lmdb). The routes and scans are chosen by None arguments, so each
+    compiled form holds only its own (one holding all four took 75 s to compile on a fresh
+    machine, past a client's deadline for a first search)."""
     dim = query.shape[0]
     q = np.empty(dim, np.float32)
     if cosine:
@@ -304,7 +307,7 @@ def search_one(query, cosine, exact, rows, metric, route, slot_ids, min_groups, 
     else:
         q[:] = query
     read = np.empty(n_heads, np.int64)
-    if exact:
+    if route is None:
         n = exact_plan_one(q.reshape((1, dim)), rows, metric, slot_ids, n_heads, count, eps2, k, read)
     else:
         n = route_plan_one(q, 0 if metric == 0 else 1, route[0], route[1], route[2], route[3], route[4], route[5],
@@ -313,12 +316,12 @@ def search_one(query, cosine, exact, rows, metric, route, slot_ids, min_groups, 
     sizes = np.empty(n, np.int64)
     hd = np.full(k, np.inf, np.float32)
     hs = np.full(k, -1, np.int64)
-    if codes:
-        bad, code, nbytes, floats = scan_codes(pages, page_size, proot, vroot, read, n, count, q, vmin, step, mode, live,
-                                               mask, use_allow, counts, sizes, width, hd, hs, advise, known)
-    else:
+    if vmin is None:
         bad, code, nbytes, floats = scan_floats(pages, page_size, proot, read, n, count, dim, q, live, mask, use_allow,
                                                 mode, counts, sizes, hd, hs, advise, known)
+    else:
+        bad, code, nbytes, floats = scan_codes(pages, page_size, proot, vroot, read, n, count, q, vmin, step, mode, live,
+                                               mask, use_allow, counts, sizes, width, hd, hs, advise, known)
     if code != OK:
         return bad, code, 0, 0
     for j in range(k):
@@ -450,14 +453,14 @@ class MappedReads:
         if roots is None:
             return False
         proot, vroot, known = roots
-        cosine, exact, rows, metric, code_route, slot_ids, min_groups, min_heads, n_heads, eps2, mode, codec, width = route
+        cosine, rows, metric, code_route, slot_ids, min_groups, min_heads, n_heads, eps2, mode, codec, width = route
         size, advise = self._map.page_size, self._advise_left > 0
-        vmin, step = (codec.vmin, codec.step) if codec is not None else (_NO_FLOATS, _NO_FLOATS)
+        vmin, step = (codec.vmin, codec.step) if codec is not None else (None, None)
         began = perf_counter()
-        got = self._on_pages(lambda pages: search_one(query, cosine, exact, rows, metric, code_route, slot_ids,
-                                                      min_groups, min_heads, n_heads, head_count, eps2, k, pages, size,
-                                                      proot, vroot, live, identity, mask, use_allow, mode,
-                                                      codec is not None, vmin, step, width, advise, known, ids, dists))
+        got = self._on_pages(lambda pages: search_one(query, cosine, rows, metric, code_route, slot_ids, min_groups,
+                                                      min_heads, n_heads, head_count, eps2, k, pages, size, proot,
+                                                      vroot, live, identity, mask, use_allow, mode, vmin, step, width,
+                                                      advise, known, ids, dists))
         if got is None or got[1] != OK:
             return False
         self._timed(perf_counter() - began, got[2] + got[3], advise)
@@ -537,7 +540,6 @@ class MappedReads:
 
 
 _NOTHING_KNOWN = np.full(0, NOT_LOOKED_UP, np.int64)
-_NO_FLOATS = np.zeros(0, np.float32)
 
 
 def _major_faults() -> int:

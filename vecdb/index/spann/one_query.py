@@ -26,10 +26,6 @@ if TYPE_CHECKING:
     from vecdb.index.spann.index import SPANN
     from vecdb.index.spann.updates import HeadState
 
-#: what the grouped route's arrays are replaced by on the exact route (never read; the
-#: dtypes of ``HeadGroups.code_route``, so the kernel compiles once for both routes)
-_NO_ROUTE = (np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.uint8), np.zeros(0, np.float32),
-             np.zeros(0, np.uint8), np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
 _NO_MASK = np.zeros(1, np.uint8)
 
 
@@ -73,9 +69,9 @@ class OneQuery:
 
     def _lean_route(self: "SPANN", heads: "HeadState", p: Any, k: int) -> tuple | None:
         """What ``mapped.search_one`` routes and ranks by for ``heads``, params ``p`` and
-        ``k``: (cosine, exact, head rows, metric, grouped route arrays, slot ids, min groups,
-        min heads, heads to read, eps2, scan mode, codec, re-rank width); None where routing
-        is not one kernel (``routing.plan_one``'s other cases). Remembered for the last
+        ``k``: (cosine, head rows, metric, grouped route arrays (None: the exact route), slot
+        ids, min groups, min heads, heads to read, eps2, scan mode, codec, re-rank width); None
+        where routing is not one kernel (``routing.plan_one``'s other cases). Remembered for the last
         (params, heads, k, route settings, codec): a committed state's head graph is not
         changed once searched (an update clones it), so its rows and groups stay those of the
         cached route."""
@@ -92,8 +88,8 @@ class OneQuery:
         one_call = exact and metric in ROUTE_METRICS or not exact and self.head_route == "groups"
         if n and len(graph) == n and one_call:    # every head slot live
             nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
-            code_route = _NO_ROUTE if exact else groups_of(graph, rows).code_route
-            route = (self._cosine, exact, rows, metric, code_route, slot_ids, MIN_GROUPS, max(ef, nprobe), nprobe,
+            code_route = None if exact else groups_of(graph, rows).code_route
+            route = (self._cosine, rows, metric, code_route, slot_ids, MIN_GROUPS, max(ef, nprobe), nprobe,
                      float(eps2), self._scan_code, self._codec, self._rerank_width(k, p.rerank))
         self._lean_key = (p, heads, k, len(heads.count), settings, self._codec, route)
         return route

@@ -44,7 +44,7 @@ from vecdb.index.spann.clustering import centroids_of, split_until
 from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
 from vecdb.index.spann.kernels import scan_postings, scan_postings_serial
 from vecdb.index.spann.records import RUN, RUN_PAD, check_scan_records
-from vecdb.index.spann.mapped import MappedReads
+from vecdb.index.spann.mapped import NO_MASK, MappedReads
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.one_query import OneQuery
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
@@ -85,7 +85,6 @@ SEARCH_RETRIES = 64
 BUILD_HEADS = 256
 #: default eps2 by routing metric: squared L2 grows fast away from a head, -ip does not
 DEFAULT_EPS2 = {Metric.L2: 1.0, Metric.IP: 0.3}
-_NO_MASK = np.zeros(1, np.uint8)
 #: positions 0, 1, ...: where a one-query scan counts the entries of its i-th posting
 _POSITIONS = np.arange(MAX_POSTINGS, dtype=np.int64)
 _EMPTY_IDS = np.zeros(0, np.int64)
@@ -744,7 +743,7 @@ class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
         out_s, out_d = _padded_rows(nq, k)
         if self._disk is None or not len(self._disk.graph):
             return out_s, out_d, _no_work(nq) if stats else None
-        mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+        mask = NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
         serial = nq < SERIAL_QUERIES
         rerank_bytes = 0
         in_place = None

@@ -19,14 +19,14 @@ import numpy as np
 
 from vecdb.index.allow import AllowSet
 from vecdb.index.base import SearchParams
-from vecdb.index.spann.routing import ROUTE_METRICS, MIN_GROUPS, groups_of
+from vecdb.index.spann.mapped import NO_MASK
+from vecdb.index.spann.routing import MIN_GROUPS, one_call_route
 from vecdb.types import F32Matrix, SearchResult
 
 if TYPE_CHECKING:
     from vecdb.index.spann.index import SPANN
     from vecdb.index.spann.updates import HeadState
 
-_NO_MASK = np.zeros(1, np.uint8)
 
 
 class OneQuery:
@@ -47,7 +47,7 @@ class OneQuery:
         idmap = self._ids
         if not len(idmap):
             return None
-        mask, use_allow = _NO_MASK, False
+        mask, use_allow = NO_MASK, False
         if allow is not None:
             allow = self._slot_allow(allow)
             if not len(allow):
@@ -71,7 +71,7 @@ class OneQuery:
         """What ``mapped.search_one`` routes and ranks by for ``heads``, params ``p`` and
         ``k``: (cosine, head rows, metric, grouped route arrays (None: the exact route), slot
         ids, min groups, min heads, heads to read, eps2, scan mode, codec, re-rank width); None
-        where routing is not one kernel (``routing.plan_one``'s other cases). Remembered for the last
+        where routing is not one kernel (``routing.one_call_route``). Remembered for the last
         (params, heads, k, route settings, codec): a committed state's head graph is not
         changed once searched (an update clones it), so its rows and groups stay those of the
         cached route."""
@@ -80,15 +80,11 @@ class OneQuery:
         if (last[0] is p and last[1] is heads and last[2] == k and last[3] == len(heads.count)
                 and last[4] == settings and last[5] is self._codec):
             return last[6]
-        graph = heads.graph
-        rows, slot_ids, metric = graph.stored_rows()
-        n = len(slot_ids)
+        one_call = one_call_route(heads.graph, self.exact_heads, self.head_route)
         route = None
-        exact = n <= self.exact_heads
-        one_call = exact and metric in ROUTE_METRICS or not exact and self.head_route == "groups"
-        if n and len(graph) == n and one_call:    # every head slot live
+        if one_call is not None and len(one_call[1]):
+            rows, slot_ids, metric, code_route = one_call
             nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
-            code_route = None if exact else groups_of(graph, rows).code_route
             route = (self._cosine, rows, metric, code_route, slot_ids, MIN_GROUPS, max(ef, nprobe), nprobe,
                      float(eps2), self._scan_code, self._codec, self._rerank_width(k, p.rerank))
         self._lean_key = (p, heads, k, len(heads.count), settings, self._codec, route)

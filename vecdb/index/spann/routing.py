@@ -58,7 +58,7 @@ REGROUP_GROWTH = 2.0
 #: queries from which the exact scan runs in parallel over queries
 PARALLEL_QUERIES = 16
 #: metric codes of the head rows the one-query exact route ranks (squared L2, -ip)
-ROUTE_METRICS = (0, 1)
+_ROUTE_METRICS = (0, 1)
 #: rows from which the exact scan is matrix products (inserts come in batches)
 BLAS_ROWS = 256
 #: distances per block of the blocked scan (rows x heads; 64 MB of float32)
@@ -90,7 +90,7 @@ def nearest_heads(graph: HNSW, x: np.ndarray, k: int, ef: int, exact_heads: int,
                dists)
     elif len(x) >= BLAS_ROWS:
         slots, dists = _blocked(x, rows, metric == 0, k)
-    elif len(x) < PARALLEL_QUERIES and metric in ROUTE_METRICS:   # as ``plan_one`` ranks one query
+    elif len(x) < PARALLEL_QUERIES and metric in _ROUTE_METRICS:   # as ``plan_one`` ranks one query
         slots, dists = route_exact(x, rows, metric, k)
     elif len(x) < PARALLEL_QUERIES:
         slots, dists = topk.scan_topk(x, rows, metric, k)
@@ -124,21 +124,33 @@ def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: i
     return plan_reads(hid, hd, count, _as_f32(eps2), k)
 
 
+def one_call_route(graph: HNSW, exact_heads: int, route: str) -> tuple[np.ndarray, np.ndarray, int, tuple | None] | None:
+    """What one query's route and plan in one kernel call rank by: (head rows, slot ids,
+    metric code, ``HeadGroups.code_route``, None on the exact route), when every head slot
+    is live and the route is the exact one on a metric it ranks (up to ``exact_heads``
+    heads) or the grouped one past it; None where routing takes more calls."""
+    rows, slot_ids, metric = graph.stored_rows()
+    if len(graph) != len(slot_ids):
+        return None
+    if len(slot_ids) <= exact_heads:
+        return (rows, slot_ids, metric, None) if metric in _ROUTE_METRICS else None
+    return (rows, slot_ids, metric, groups_of(graph, rows).code_route) if route == "groups" else None
+
+
 def plan_one(graph: HNSW, q: np.ndarray, n_heads: int, ef: int, exact_heads: int, route: str, count: np.ndarray,
              eps2: float, k: int) -> np.ndarray:
     """``plan_heads`` for the one query ``q`` (dim,): the heads whose postings it reads,
     nearest first. On the exact route and the grouped route on codes one kernel call that
     returns only a count."""
-    rows, slot_ids, metric = graph.stored_rows()
-    n = len(slot_ids)
-    exact = n <= exact_heads
-    if len(graph) == n and ((exact and metric in ROUTE_METRICS) or (not exact and route == "groups")):   # all live
+    one_call = one_call_route(graph, exact_heads, route)
+    if one_call is not None:
+        rows, slot_ids, metric, code_route = one_call
         out = np.empty(n_heads, np.int64)
-        if exact:
+        if code_route is None:
             got = exact_plan_one(q[None], rows, metric, slot_ids, n_heads, count, float(eps2), k, out)
         else:
-            got = route_plan_one(q, 0 if metric == 0 else 1, *groups_of(graph, rows).code_route, slot_ids, MIN_GROUPS,
-                                 max(ef, n_heads), n_heads, count, float(eps2), k, out)
+            got = route_plan_one(q, 0 if metric == 0 else 1, *code_route, slot_ids, MIN_GROUPS, max(ef, n_heads),
+                                 n_heads, count, float(eps2), k, out)
         return out[:got]
     wanted, _, qlist = plan_heads(graph, q[None], n_heads, ef, exact_heads, route, count, eps2, k)
     return wanted[qlist]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vecdb.kernels import distances, hamming, heaps, pq, scan, sq8, topk, views, word_sums
+from vecdb.kernels import distances, hamming, heaps, pq, scan, select, sq8, topk, views, word_sums
 from vecdb.kernels.binary_codes import plane_scan_topk
 
 
@@ -86,6 +86,47 @@ def test_topk_rows_and_subset_scan(data, k):
     subset = np.arange(0, x.shape[0], 2, dtype=np.int64)
     s2, _ = topk.scan_topk_subset(q, x, subset, 1, k)
     assert set(s2[s2 >= 0].ravel().tolist()) <= set(subset.tolist())
+
+
+@st.composite
+def distance_arrays(draw):
+    """float32 distances: few distinct values (ties), outliers that stretch the histogram,
+    +inf and NaN entries, runs long enough for the heap fallback (> RANK_MAX candidates)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    n = draw(st.integers(0, 1200))
+    kind = draw(st.sampled_from(["normal", "ties", "outliers", "constant", "specials"]))
+    d = rng.standard_normal(n).astype(np.float32)
+    if kind == "ties":
+        d = rng.integers(0, 5, n).astype(np.float32)
+    elif kind == "outliers" and n:
+        d[rng.integers(0, n, 3)] = np.float32(1e30)
+    elif kind == "constant":
+        d[:] = np.float32(2.5)
+    elif kind == "specials" and n:
+        d[rng.integers(0, n, max(1, n // 3))] = np.float32(np.inf)
+        d[rng.integers(0, n, max(1, n // 5))] = np.float32(np.nan)
+    return d
+
+
+@given(d=distance_arrays(), k=st.integers(0, 300))
+def test_smallest_k_is_what_a_top_k_heap_gives(d, k):
+    hd, hs = np.full(k, 7.0, np.float32), np.full(k, 7, np.int64)
+    select.smallest_k(d, None, hd, hs)
+    heap_d, heap_s = np.full(k, np.inf, np.float32), np.full(k, -1, np.int64)
+    for j, x in enumerate(d):
+        heaps.heap_push(heap_d, heap_s, x, j)
+    heaps.heap_sort(heap_d, heap_s)
+    np.testing.assert_array_equal(hs, heap_s)
+    np.testing.assert_array_equal(hd, heap_d)
+    finite = np.flatnonzero(np.isfinite(d))                # the oracle: (distance, index) order
+    want = finite[np.lexsort((finite, d[finite]))][:k]
+    np.testing.assert_array_equal(hs[: len(want)], want)
+    assert (hs[len(want):] == -1).all() and np.isinf(hd[len(want):]).all()
+    ids = np.random.default_rng(len(d)).permutation(3 * len(d))[: len(d)].astype(np.int64)   # ids, not indices
+    select.smallest_k(d, ids, hd, hs)
+    want = finite[np.lexsort((ids[finite], d[finite]))][:k]
+    np.testing.assert_array_equal(hs[: len(want)], ids[want])
+    np.testing.assert_array_equal(hd[: len(want)], d[want])
 
 
 @given(data=matrices(), k=st.integers(1, 10))

@@ -16,14 +16,16 @@ from vecdb.errors import DataLossError
 from vecdb.index import SPANN
 from vecdb.index.allow import as_allow
 from vecdb.index.base import BaseIndex
+from vecdb.index.spann import routing
+from vecdb.index.spann.routing import CODED_ROUTE_DIM
 
 DIM = 20
 
 
-def mixture(n: int, seed: int) -> np.ndarray:
-    centres = np.random.default_rng(99).standard_normal((30, DIM)).astype(np.float32) * 3
+def mixture(n: int, seed: int, dim: int = DIM) -> np.ndarray:
+    centres = np.random.default_rng(99).standard_normal((30, dim)).astype(np.float32) * 3
     rng = np.random.default_rng(seed)
-    return (centres[rng.integers(0, 30, n)] + rng.standard_normal((n, DIM))).astype(np.float32)
+    return (centres[rng.integers(0, 30, n)] + rng.standard_normal((n, dim))).astype(np.float32)
 
 
 def general(index: SPANN, q: np.ndarray, k: int, allow: object, params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -34,20 +36,23 @@ def general(index: SPANN, q: np.ndarray, k: int, allow: object, params: dict) ->
 
 
 @pytest.mark.parametrize("codes", [None, "sq8"])
-@pytest.mark.parametrize("route", ["exact", "groups"])
+@pytest.mark.parametrize("route", ["exact", "groups", "coded"])
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 def test_the_one_call_search_equals_the_general_path(metric: str, route: str, codes: str | None) -> None:
-    x = mixture(3000, 1)
-    q = mixture(25, 2)
+    dim = CODED_ROUTE_DIM if route == "coded" else DIM            # the exact route over long rows ranks codes first
+    x = mixture(3000, 1, dim)
+    q = mixture(25, 2, dim)
     ids = np.arange(3000, dtype=np.int64) * 3 + 7 if metric == "ip" else None   # ids that are not slots
     extra = {"exact_heads": 0, "head_route": "groups"} if route == "groups" else {}
-    index = SPANN(DIM, metric, posting_limit=48, head_size=12, background=False, codes=codes, **extra)
+    index = SPANN(dim, metric, posting_limit=48, head_size=12, background=False, codes=codes, **extra)
     try:
         index.train(x)
         index.add(x, ids)
         stored = np.arange(3000) * 3 + 7 if ids is not None else np.arange(3000)
         index.remove(stored[::9])                              # tombstones both paths skip
         assert (index.n_heads > index.exact_heads) == (route == "groups")
+        graph = index._disk.graph
+        assert (routing.head_codes_of(graph, graph.stored_rows()[0]) is not None) == (route == "coded")
         cases = [({}, None), ({"max_postings": 3}, None), ({"max_postings": 12, "rerank": 30}, stored[1::4]),
                  ({"max_postings": 4096, "eps2": 1e9}, None)]
         for params, allow in cases:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 from vecdb.errors import InvalidArgumentError
 from vecdb.index import SPANN, FlatIndex
 from vecdb.index.spann import routing
-from vecdb.index.spann.kernels import exact_plan_one, keep_heads, plan_reads, route_exact, route_query, row_dists
+from vecdb.index.spann.kernels import (SHORTLIST_EXTRA, coded_route_topk, exact_plan_one, fold_route_query, keep_heads,
+                                      plan_reads, route_exact, route_query, row_dists)
+from vecdb.kernels import int_dot
 from vecdb.index.spann.routing import nearest_heads
 
 
@@ -211,7 +214,7 @@ def test_head_route_is_checked_and_recorded_and_groups_count_as_resident(tmp_pat
     x = mixture(3000, 3, dim=16, components=60)
     index, before = built(tmp_path / "s", x, exact_heads=0, posting_limit=32, head_size=8)
     graph = index._disk.graph
-    grouped = routing.groups_bytes(graph)
+    grouped = routing.route_bytes(graph)
     assert grouped > 0 and index.memory_bytes() >= index._disk.count.nbytes + graph.memory_bytes() + grouped
     index.close()
     again = SPANN(16, "l2", tmp_path / "s", head_route="graph")   # parameters come from the store
@@ -348,8 +351,95 @@ def test_the_exact_route_ranks_heads_as_brute_force(seed: int, n: int, dim: int,
         out = np.empty(k, np.int64)
         ids = np.arange(100, 100 + n, dtype=np.int64)             # head ids of the slots
         count = np.ones(200, np.int64)
-        got = exact_plan_one(q[i : i + 1], rows, metric, ids, k, count, np.float32(1e9), 10**6, out)
+        got = exact_plan_one(q[i : i + 1], rows, metric, ids, None, k, count, np.float32(1e9), 10**6, out)
         assert out[:got].tolist() == (ids[order]).tolist()
+        if n <= 2 * k + SHORTLIST_EXTRA:                          # the coded route's shortlist holds every head
+            coded = routing.HeadCodes.of(rows).arrays
+            got = exact_plan_one(q[i : i + 1], rows, metric, ids, coded, k, count, np.float32(1e9), 10**6, out)
+            assert out[:got].tolist() == (ids[order]).tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 300), dim=st.sampled_from([1, 31, 32, 33, 64, 130]),
+       k=st.integers(1, 12), metric=st.sampled_from([0, 1]), ties=st.booleans(), generic=st.booleans())
+def test_the_coded_route_returns_heads_ranked_by_their_float_rows(seed: int, n: int, dim: int, k: int, metric: int,
+                                                                   ties: bool, generic: bool) -> None:
+    """The exact route over 7-bit copies of the heads (``HeadCodes``, ``coded_route_topk``):
+    each head's approximate distance is within the codes' error of its float distance (the
+    7-bit dot on both code paths equals numpy's); the heads it returns are distinct, ranked
+    by their float distances (ties to the lower slot), and are the float route's whenever
+    those are among the shortlist's 2 k + SHORTLIST_EXTRA nearest by codes."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(-2, 3, (n, dim)).astype(np.float32) if ties else rng.standard_normal((n, dim)).astype(np.float32)
+    q = rng.standard_normal(dim).astype(np.float32)
+    hc = routing.HeadCodes.of(rows)
+    stride = len(hc.codes) // n
+    codes = hc.codes.reshape(n, stride)
+    assert stride % 32 == 0 and codes.max() < 128 and (codes[:, dim:] == 0).all()
+    u, usum, inv, base = fold_route_query(q, hc.vmin, hc.step, stride, metric)
+    assert np.abs(u).max() <= 127 and (u[dim:] == 0).all() and usum == int(u.astype(np.int64).sum())
+    dots = codes.astype(np.int64) @ u.astype(np.int64)
+    assert _dots7(generic, u, hc.codes, n, stride).tolist() == dots.tolist()
+    decoded = hc.vmin + hc.step * codes[:, :dim].astype(np.float32)
+    approx = base + hc.norms - 2 * inv * (dots - 64 * usum) if metric == 0 else base - inv * dots
+    exact_dec = ((decoded - q) ** 2).sum(1) if metric == 0 else -(decoded @ q)
+    # only the query's terms are rounded (by <= 1/2 each, over lam): |error| <= 64 dim / lam
+    # (squared L2: 2 sum |c_i - 64| / 2) or 127 dim / (2 lam) (-ip), plus float32 rounding
+    bound = (64 if metric == 0 else 63.5) * dim * inv * 1.001 + 1e-4 * (1 + abs(base) + hc.norms + np.abs(exact_dec))
+    assert np.all(np.abs(approx - exact_dec) <= bound)
+    d = ((rows - q) ** 2).sum(1) if metric == 0 else -(rows @ q)
+    hd, hs = np.empty(k, np.float32), np.empty(k, np.int64)
+    coded_route_topk(q, rows, metric, hc.arrays, hd, hs)
+    got = hs[hs >= 0]
+    assert len(got) == min(k, n) and len(set(got.tolist())) == len(got)
+    np.testing.assert_allclose(hd[: len(got)], d[got], rtol=1e-5, atol=1e-4)
+    assert all((hd[j], hs[j]) <= (hd[j + 1], hs[j + 1]) for j in range(len(got) - 1))
+    shortlist = np.lexsort((np.arange(n), approx))[: 2 * k + SHORTLIST_EXTRA]
+    want = np.lexsort((np.arange(n), d))[:k]
+    if set(want.tolist()) <= set(shortlist.tolist()):
+        assert set(got.tolist()) == set(want.tolist())
+
+
+@numba.njit
+def _dots7(generic, u, codes, n, stride):
+    out = np.empty(n, np.int64)
+    for r in range(n):
+        out[r] = int_dot.dot_u7_i8_generic(u, codes, r * stride, stride) if generic else \
+            int_dot.dot_u7_i8(u, codes, r * stride, stride)
+    return out
+
+
+def test_the_coded_route_plans_what_the_float_route_plans_on_long_rows() -> None:
+    """On 160-d mixture heads (past ``CODED_ROUTE_DIM``) one query's plan by the coded route
+    is the float route's plan for every query; a moved head drops the coded copies (made
+    again on next use), and a plan's copy of the graph starts from them."""
+    assert routing.CODED_ROUTE_DIM <= 160
+    x, q = mixture(6000, 41, dim=160, components=120), mixture(200, 42, dim=160, components=120)
+    index = SPANN(160, "l2", posting_limit=48, head_size=12, background=False)
+    try:
+        index.train(x)
+        index.add(x)
+        heads = index._disk
+        rows, slot_ids, metric = heads.graph.stored_rows()
+        assert len(rows) > 4 * (2 * 8 + SHORTLIST_EXTRA)            # a shortlist is a small part of the heads
+        coded = routing.head_codes_of(heads.graph, rows)
+        assert coded is not None and routing.head_codes_of(heads.graph, rows) is coded
+        for x_q in q:
+            for eps2 in (0.5, 10.0):
+                a, b = np.empty(8, np.int64), np.empty(8, np.int64)
+                na = exact_plan_one(x_q[None], rows, metric, slot_ids, None, 8, heads.count, np.float32(eps2), 10, a)
+                nb = exact_plan_one(x_q[None], rows, metric, slot_ids, coded.arrays, 8, heads.count, np.float32(eps2), 10,
+                                    b)
+                assert a[:na].tolist() == b[:nb].tolist()
+        copy = routing.HNSW(160, "l2")
+        routing.inherit(copy, heads.graph)
+        assert routing.head_codes_of(copy, rows) is coded
+        routing.moved(heads.graph, 0)
+        again = routing.head_codes_of(heads.graph, rows)
+        assert again is not coded and np.array_equal(again.codes, coded.codes)
+        assert routing.route_bytes(heads.graph) >= again.nbytes > 0
+    finally:
+        index.close()
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])

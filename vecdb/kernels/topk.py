@@ -15,6 +15,7 @@ from vecdb.kernels._jit import ARITH, METRIC_IP, METRIC_L2, kernel
 from vecdb.kernels.distances import cosine_distance, distance, dot, l2_sq
 from vecdb.kernels.heaps import heap_push, heap_sort, merge_chunk_heaps, new_heaps
 from vecdb.kernels.scan import no_subset, row_scanner, serial_topk, topk_scan
+from vecdb.kernels.select import smallest_k
 
 __all__ = ["heap_push", "heap_sort", "merge_chunk_heaps", "new_heaps", "FloatQueries", "topk_rows", "scan_topk",
            "scan_topk_chunked", "scan_topk_subset", "scan_topk_subset_batch", "merge_gram_block", "rescore",
@@ -63,12 +64,10 @@ def _float_rows(ctx, qi, rows, subset, use_subset, lo, hi, heap_d, heap_s):
 @kernel(parallel=True)
 def topk_rows(dist_matrix, k):
     """Top-k of every row of a (n, m) distance matrix: (slots (n, k), dists (n, k)), sorted."""
-    n, m = dist_matrix.shape
+    n = dist_matrix.shape[0]
     hd, hs = new_heaps(n, k)
     for i in numba.prange(n):
-        for j in range(m):
-            heap_push(hd[i], hs[i], dist_matrix[i, j], j)
-        heap_sort(hd[i], hs[i])
+        smallest_k(dist_matrix[i], None, hd[i], hs[i])
     return hs, hd
 
 

@@ -48,7 +48,7 @@ from vecdb.index.spann.mapped import NO_MASK, MappedReads
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.one_query import OneQuery
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
-from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, groups_bytes, plan_heads, plan_one
+from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, plan_heads, plan_one, route_bytes
 from vecdb.index.spann.updates import FANOUT, HeadState, Plan, Source, Work, graph_from
 from vecdb.storage.env import Store
 from vecdb.storage.space import IndexSpace
@@ -1014,7 +1014,7 @@ class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
         total = 0
         disk = self._disk
         if disk is not None:
-            total += disk.count.nbytes + disk.graph.memory_bytes() + groups_bytes(disk.graph)
+            total += disk.count.nbytes + disk.graph.memory_bytes() + route_bytes(disk.graph)
         if not self._own:
             total += self._disk_ids.memory_bytes()
         for slots, vectors in (self._overlay or {}).values():

@@ -8,7 +8,8 @@ import numpy as np
 from vecdb.kernels._jit import ARITH, kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_push, heap_sort, max_sift_down
-from vecdb.kernels.int_dot import dot_u8_i16
+from vecdb.kernels.int_dot import dot_u7_i8, dot_u8_i16
+from vecdb.kernels.select import smallest_k
 from vecdb.kernels.views import view_as
 
 
@@ -309,15 +310,80 @@ def _put_four(out, r, last, a0, a1, a2, a3):
 
 @kernel(inline=True)
 def _route_topk(q, rows, metric, dists, hd, hs):
-    """The nearest ``len(hd)`` head rows of ``q`` (``route_dists``) into the heap ``hd``/``hs``,
-    sorted; ties keep the lower slot."""
+    """The nearest ``len(hd)`` head rows of ``q`` (``route_dists``) into ``hd``/``hs``, sorted;
+    ties keep the lower slot (``smallest_k``)."""
     route_dists(q, rows, metric, dists)
-    bound = hd[0]
-    for j in range(dists.shape[0]):
-        if dists[j] < bound:                   # slots grow along the scan: strict < keeps the lower
-            heap_push(hd, hs, dists[j], j)
-            bound = hd[0]
-    heap_sort(hd, hs)
+    smallest_k(dists, None, hd, hs)
+
+
+#: a coded exact route ranks this many heads again by their float rows: two times the heads
+#: it returns, plus this many (see ``coded_route_topk``)
+SHORTLIST_EXTRA = 16
+
+
+@kernel(inline=True)
+def coded_route_topk(q, rows, metric, head_codes, hd, hs):
+    """``_route_topk`` over long rows: every head ranked by its 7-bit copy (``head_codes``:
+    ``routing.HeadCodes.arrays``; one ``dot_u7_i8`` a row, ``fold_route_query``), the nearest
+    2 ``len(hd)`` + ``SHORTLIST_EXTRA`` of them ranked again by their float rows. The same
+    heads as the float route unless the codes' error moves one past that shortlist."""
+    vmin, step, codes, norms = head_codes
+    n = norms.shape[0]
+    stride = codes.shape[0] // n
+    u, usum, inv, base = fold_route_query(q, vmin, step, stride, metric)
+    approx = np.empty(n, np.float32)
+    shift = np.float32(64 * usum)
+    if metric == 0:
+        two = np.float32(2.0 * inv)
+        for h in range(n):
+            approx[h] = base + norms[h] - two * (np.float32(dot_u7_i8(u, codes, h * stride, stride)) - shift)
+    else:
+        for h in range(n):
+            approx[h] = base - np.float32(inv) * np.float32(dot_u7_i8(u, codes, h * stride, stride))
+    m = min(n, 2 * hd.shape[0] + SHORTLIST_EXTRA)
+    sd = np.empty(m, np.float32)
+    ss = np.empty(m, np.int64)
+    smallest_k(approx, None, sd, ss)
+    for t in range(m):
+        if ss[t] < 0:                          # not finite (never, for finite rows and query)
+            sd[t] = np.inf
+            ss[t] = n + t
+            continue
+        row = rows[ss[t]]
+        sd[t] = l2_sq(q, row) if metric == 0 else -dot(q, row)
+    smallest_k(sd, ss, hd, hs)
+
+
+@kernel
+def fold_route_query(q, vmin, step, stride, metric):
+    """The int8 terms ``u`` (``stride`` long, zero past ``len(q)``), their sum, 1 / lam and
+    ``base`` by which ``coded_route_topk`` ranks 7-bit rows x = vmin + step c: with a = q - vmin
+    - 64 step and u ~ lam a step, squared L2 |q - x|^2 = base + norm - (2 / lam) (u.c - 64
+    sum u) (``metric`` 0; base = |a|^2, norm the row's centred norm); -<q, x> = base - (1 /
+    lam) u.c (base = -<q, vmin>). lam puts the largest term at 127: a coarse query, which
+    the float ranking of the shortlist makes exact."""
+    dim = q.shape[0]
+    exact = np.empty(dim, np.float64)
+    base = 0.0
+    top = 0.0
+    for i in range(dim):
+        s = np.float64(step[i])
+        if metric == 0:
+            a = np.float64(q[i]) - np.float64(vmin[i]) - 64.0 * s
+            exact[i] = a * s
+            base += a * a
+        else:
+            exact[i] = np.float64(q[i]) * s
+            base -= np.float64(q[i]) * np.float64(vmin[i])
+        top = max(top, abs(exact[i]))
+    lam = 127.0 / top if top > 0.0 else 1.0
+    u = np.zeros(stride, np.int8)
+    total = 0
+    for i in range(dim):
+        t = np.int64(np.round(exact[i] * lam))
+        u[i] = t
+        total += t
+    return u, total, 1.0 / lam, np.float32(base)
 
 
 @kernel
@@ -334,14 +400,18 @@ def route_exact(queries, rows, metric, k):
 
 
 @kernel
-def exact_plan_one(queries, rows, metric, slot_ids, n_heads, count, eps2, k, out):
+def exact_plan_one(queries, rows, metric, slot_ids, head_codes, n_heads, count, eps2, k, out):
     """The exact route and plan of one query (``queries`` (1, dim)): its ``n_heads`` nearest
-    of the head ``rows`` (every slot live; ``metric`` 0: squared L2, 1: -ip), mapped to head
-    ids by ``slot_ids`` and pruned (``keep_heads``) into ``out``; returns how many. What
+    of the head ``rows`` (every slot live; ``metric`` 0: squared L2, 1: -ip; by their SQ8
+    copies first where ``head_codes`` is not None: ``coded_route_topk``), mapped to head ids
+    by ``slot_ids`` and pruned (``keep_heads``) into ``out``; returns how many. What
     ``nearest_heads`` then ``plan_reads`` do for it, without their five boxed arrays."""
     hs = np.full(n_heads, -1, np.int64)
     hd = np.full(n_heads, np.inf, np.float32)
-    _route_topk(queries[0], rows, metric, np.empty(rows.shape[0], np.float32), hd, hs)
+    if head_codes is None:
+        _route_topk(queries[0], rows, metric, np.empty(rows.shape[0], np.float32), hd, hs)
+    else:
+        coded_route_topk(queries[0], rows, metric, head_codes, hd, hs)
     for j in range(hs.shape[0]):
         if hs[j] >= 0:
             hs[j] = slot_ids[hs[j]]

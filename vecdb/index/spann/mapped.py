@@ -287,12 +287,13 @@ def gather_rows(pages, page_size, root, slots, rows, advise):
 
 
 @kernel
-def search_one(query, cosine, rows, metric, route, slot_ids, min_groups, min_heads, n_heads, count, eps2, k, pages,
-               page_size, proot, vroot, live, identity, mask, use_allow, mode, vmin, step, width, advise, known, ids,
-               dists):
+def search_one(query, cosine, rows, metric, route, head_codes, slot_ids, min_groups, min_heads, n_heads, count, eps2, k,
+               pages, page_size, proot, vroot, live, identity, mask, use_allow, mode, vmin, step, width, advise, known,
+               ids, dists):
     """A whole one-query search in one call: ``query`` unit-normalised when ``cosine``, its
-    postings planned (``route`` None: the exact route over the head ``rows``,
-    ``kernels.exact_plan_one``; else the grouped route on codes, ``route`` being
+    postings planned (``route`` None: the exact route over the head ``rows``, by their SQ8
+    copies first unless ``head_codes`` is None, ``kernels.exact_plan_one``; else the
+    grouped route on codes, ``route`` being
     ``HeadGroups.code_route``, ``kernels.route_plan_one``), ranked as ``scan_floats`` rank
     them (``vmin`` None) or as ``scan_codes`` do (SQ8, ``vmin``/``step`` the codec's), and
     the top ``k`` written as ids (``live`` maps slots, or ``identity``: a slot is its id)
@@ -310,7 +311,7 @@ def search_one(query, cosine, rows, metric, route, slot_ids, min_groups, min_hea
         q[:] = query
     read = np.empty(n_heads, np.int64)
     if route is None:
-        n = exact_plan_one(q.reshape((1, dim)), rows, metric, slot_ids, n_heads, count, eps2, k, read)
+        n = exact_plan_one(q.reshape((1, dim)), rows, metric, slot_ids, head_codes, n_heads, count, eps2, k, read)
     else:
         n = route_plan_one(q, 0 if metric == 0 else 1, route[0], route[1], route[2], route[3], route[4], route[5],
                            route[6], route[7], slot_ids, min_groups, min_heads, n_heads, count, eps2, k, read)
@@ -455,14 +456,15 @@ class MappedReads:
         if roots is None:
             return False
         proot, vroot, known = roots
-        cosine, rows, metric, code_route, slot_ids, min_groups, min_heads, n_heads, eps2, mode, codec, width = route
+        cosine, rows, metric, code_route, head_codes, slot_ids, min_groups, min_heads, n_heads, eps2, mode, codec, \
+            width = route
         size, advise = self._map.page_size, self._advise_left > 0
         vmin, step = (codec.vmin, codec.step) if codec is not None else (None, None)
         began = perf_counter()
-        got = self._on_pages(lambda pages: search_one(query, cosine, rows, metric, code_route, slot_ids, min_groups,
-                                                      min_heads, n_heads, head_count, eps2, k, pages, size, proot,
-                                                      vroot, live, identity, mask, use_allow, mode, vmin, step, width,
-                                                      advise, known, ids, dists))
+        got = self._on_pages(lambda pages: search_one(query, cosine, rows, metric, code_route, head_codes, slot_ids,
+                                                      min_groups, min_heads, n_heads, head_count, eps2, k, pages, size,
+                                                      proot, vroot, live, identity, mask, use_allow, mode, vmin, step,
+                                                      width, advise, known, ids, dists))
         if got is None or got[1] != OK:
             return False
         self._timed(perf_counter() - began, got[2] + got[3], advise)

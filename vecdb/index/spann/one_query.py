@@ -69,8 +69,9 @@ class OneQuery:
 
     def _lean_route(self: "SPANN", heads: "HeadState", p: Any, k: int) -> tuple | None:
         """What ``mapped.search_one`` routes and ranks by for ``heads``, params ``p`` and
-        ``k``: (cosine, head rows, metric, grouped route arrays (None: the exact route), slot
-        ids, min groups, min heads, heads to read, eps2, scan mode, codec, re-rank width); None
+        ``k``: (cosine, head rows, metric, grouped route arrays (None: the exact route), the
+        heads' coded copies (None: not ranked by them), slot ids, min groups, min heads, heads
+        to read, eps2, scan mode, codec, re-rank width); None
         where routing is not one kernel (``routing.one_call_route``). Remembered for the last
         (params, heads, k, route settings, codec): a committed state's head graph is not
         changed once searched (an update clones it), so its rows and groups stay those of the
@@ -83,9 +84,9 @@ class OneQuery:
         one_call = one_call_route(heads.graph, self.exact_heads, self.head_route)
         route = None
         if one_call is not None and len(one_call[1]):
-            rows, slot_ids, metric, code_route = one_call
+            rows, slot_ids, metric, code_route, head_codes = one_call
             nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
-            route = (self._cosine, rows, metric, code_route, slot_ids, MIN_GROUPS, max(ef, nprobe), nprobe,
+            route = (self._cosine, rows, metric, code_route, head_codes, slot_ids, MIN_GROUPS, max(ef, nprobe), nprobe,
                      float(eps2), self._scan_code, self._codec, self._rerank_width(k, p.rerank))
         self._lean_key = (p, heads, k, len(heads.count), settings, self._codec, route)
         return route

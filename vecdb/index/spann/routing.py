@@ -30,6 +30,11 @@ Searches rank the groups on SQ8 copies of their centroids and member rows (``Rou
 each row by one integer dot product, as format-4 postings are scanned: on the 5M benchmark
 the same postings for 190 of 200 queries, the same recall@10 (0.9145), 6 us a query less.
 Writes (which postings a vector is stored in) keep the float route.
+
+One query's exact route over long head rows (``CODED_ROUTE_DIM`` components or more) ranks
+7-bit copies of the heads first (``HeadCodes``: a quarter of the bytes, a row 32 components
+an instruction) and the nearest two times the heads it returns, plus 16, again by their
+float rows (``kernels.coded_route_topk``).
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ from vecdb.quant.sq8 import SQ8
 from vecdb.index.spann.kernels import (exact_plan_one, plan_reads, route_codes, route_exact, route_groups,
                                       route_groups_serial, route_plan, route_plan_one)
 from vecdb.kernels import topk
+from vecdb.kernels.int_dot import WIDE_LANES
 
 #: default ``exact_heads``: heads up to which nearest-head search is an exact scan
 EXACT_HEADS = 4096
@@ -59,6 +65,10 @@ REGROUP_GROWTH = 2.0
 PARALLEL_QUERIES = 16
 #: metric codes of the head rows the one-query exact route ranks (squared L2, -ip)
 _ROUTE_METRICS = (0, 1)
+#: head rows of at least this many components: one query's exact route ranks their SQ8
+#: copies first (``HeadCodes``); shorter rows are cheaper to rank as floats than as codes
+#: (glove's 50: 4.8 us float, 4.4 coded, before the shortlist's second ranking)
+CODED_ROUTE_DIM = 128
 #: rows from which the exact scan is matrix products (inserts come in batches)
 BLAS_ROWS = 256
 #: distances per block of the blocked scan (rows x heads; 64 MB of float32)
@@ -124,17 +134,22 @@ def plan_heads(graph: HNSW, x: np.ndarray, n_heads: int, ef: int, exact_heads: i
     return plan_reads(hid, hd, count, _as_f32(eps2), k)
 
 
-def one_call_route(graph: HNSW, exact_heads: int, route: str) -> tuple[np.ndarray, np.ndarray, int, tuple | None] | None:
+def one_call_route(graph: HNSW, exact_heads: int, route: str
+                   ) -> tuple[np.ndarray, np.ndarray, int, tuple | None, tuple | None] | None:
     """What one query's route and plan in one kernel call rank by: (head rows, slot ids,
-    metric code, ``HeadGroups.code_route``, None on the exact route), when every head slot
-    is live and the route is the exact one on a metric it ranks (up to ``exact_heads``
-    heads) or the grouped one past it; None where routing takes more calls."""
+    metric code, ``HeadGroups.code_route`` (None on the exact route), ``HeadCodes.arrays``
+    (the exact route over long rows; else None)), when every head slot is live and the
+    route is the exact one on a metric it ranks (up to ``exact_heads`` heads) or the grouped
+    one past it; None where routing takes more calls."""
     rows, slot_ids, metric = graph.stored_rows()
     if len(graph) != len(slot_ids):
         return None
     if len(slot_ids) <= exact_heads:
-        return (rows, slot_ids, metric, None) if metric in _ROUTE_METRICS else None
-    return (rows, slot_ids, metric, groups_of(graph, rows).code_route) if route == "groups" else None
+        if metric not in _ROUTE_METRICS:
+            return None
+        codes = head_codes_of(graph, rows)
+        return rows, slot_ids, metric, None, None if codes is None else codes.arrays
+    return (rows, slot_ids, metric, groups_of(graph, rows).code_route, None) if route == "groups" else None
 
 
 def plan_one(graph: HNSW, q: np.ndarray, n_heads: int, ef: int, exact_heads: int, route: str, count: np.ndarray,
@@ -144,10 +159,10 @@ def plan_one(graph: HNSW, q: np.ndarray, n_heads: int, ef: int, exact_heads: int
     returns only a count."""
     one_call = one_call_route(graph, exact_heads, route)
     if one_call is not None:
-        rows, slot_ids, metric, code_route = one_call
+        rows, slot_ids, metric, code_route, head_codes = one_call
         out = np.empty(n_heads, np.int64)
         if code_route is None:
-            got = exact_plan_one(q[None], rows, metric, slot_ids, n_heads, count, float(eps2), k, out)
+            got = exact_plan_one(q[None], rows, metric, slot_ids, head_codes, n_heads, count, float(eps2), k, out)
         else:
             got = route_plan_one(q, 0 if metric == 0 else 1, *code_route, slot_ids, MIN_GROUPS, max(ef, n_heads),
                                  n_heads, count, float(eps2), k, out)
@@ -209,6 +224,43 @@ class RouteCodes:
     def nbytes(self) -> int:
         return int(self.centroid_codes.nbytes + self.centroid_norms.nbytes + self.member_codes.nbytes
                    + self.member_norms.nbytes + self.codec.vmin.nbytes + self.codec.step.nbytes)
+
+
+@dataclass(frozen=True)
+class HeadCodes:
+    """7-bit copies of a head graph's rows (``kernels.fold_route_query`` explains the ranking
+    by them): per component ``vmin`` and ``step`` over the rows' range in 127 steps, each row
+    its codes (below 128) zero-padded to a multiple of ``WIDE_LANES`` (flat, in slot order),
+    and its centred squared norm sum_i (step_i (c_i - 64))^2. What one query's exact route
+    over long rows ranks first (``kernels.coded_route_topk``)."""
+
+    vmin: np.ndarray
+    step: np.ndarray
+    codes: np.ndarray
+    norms: np.ndarray
+
+    @classmethod
+    def of(cls, rows: np.ndarray) -> "HeadCodes":
+        """The copies of ``rows`` (float32 (n, dim), finite)."""
+        n, dim = rows.shape
+        vmin = rows.min(axis=0)
+        step = ((rows.max(axis=0) - vmin) / np.float32(127)).astype(np.float32)
+        safe = np.where(step > 0, step, np.float32(1))
+        codes = np.clip(np.rint((rows - vmin) / safe), 0, 127).astype(np.uint8)
+        centred = (codes.astype(np.float32) - np.float32(64)) * step
+        padded = np.zeros((n, -(-dim // WIDE_LANES) * WIDE_LANES), np.uint8)
+        padded[:, :dim] = codes
+        return cls(vmin.astype(np.float32), step, padded.reshape(-1),
+                   np.einsum("ij,ij->i", centred, centred).astype(np.float32))
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What the route kernels take: (vmin, step, codes, norms)."""
+        return self.vmin, self.step, self.codes, self.norms
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.norms.nbytes + self.vmin.nbytes + self.step.nbytes)
 
 
 @dataclass(frozen=True)
@@ -314,22 +366,45 @@ def _csr(groups: np.ndarray, heads: np.ndarray, n_groups: int) -> tuple[np.ndarr
     return offsets, members.astype(np.int64)
 
 
+#: the coded copies of each head graph's rows in use (``head_codes_of``)
+_HEAD_CODES: "weakref.WeakKeyDictionary[HNSW, HeadCodes]" = weakref.WeakKeyDictionary()
+
+
+def head_codes_of(graph: HNSW, rows: np.ndarray) -> HeadCodes | None:
+    """The SQ8 copies of ``graph``'s head ``rows`` (``graph.stored_rows()[0]``) that one
+    query's exact route ranks first, made when missing or out of date (heads added; a moved
+    head drops them: ``moved``); None for rows shorter than ``CODED_ROUTE_DIM``. Never
+    changes copies a search may be reading: an update is a new object."""
+    if rows.shape[1] < CODED_ROUTE_DIM:
+        return None
+    got = _HEAD_CODES.get(graph)
+    if got is None or len(got.norms) != len(rows):
+        got = _HEAD_CODES[graph] = HeadCodes.of(rows)
+    return got
+
+
 def moved(graph: HNSW, slot: int) -> None:
-    """Head ``slot`` of ``graph`` moved (a split re-centred it): it rejoins its nearest group."""
+    """Head ``slot`` of ``graph`` moved (a split re-centred it): it rejoins its nearest group,
+    and the heads' coded copies are made again."""
     got = _GROUPS.get(graph)
     if got is not None:
         got.moved.add(int(slot))
+    _HEAD_CODES.pop(graph, None)
 
 
 def inherit(copy: HNSW, graph: HNSW) -> None:
-    """``copy`` (a plan's copy of ``graph``) starts from ``graph``'s groups."""
+    """``copy`` (a plan's copy of ``graph``) starts from ``graph``'s groups and coded copies."""
     got = _GROUPS.get(graph)
     if got is not None:
         _GROUPS[copy] = HeadGroups(got.centroids, got.offsets, got.members, got.rows, got.label, got.made_for,
                                    got.codes, set(got.moved))
+    codes = _HEAD_CODES.get(graph)
+    if codes is not None:
+        _HEAD_CODES[copy] = codes
 
 
-def groups_bytes(graph: HNSW) -> int:
-    """Resident bytes of ``graph``'s groups (0 while it has none)."""
-    got = _GROUPS.get(graph)
-    return 0 if got is None else got.nbytes
+def route_bytes(graph: HNSW) -> int:
+    """Resident bytes of what routes over ``graph``'s heads besides the graph: its groups
+    and the coded copies of its rows (0 while it has neither)."""
+    groups, codes = _GROUPS.get(graph), _HEAD_CODES.get(graph)
+    return (0 if groups is None else groups.nbytes) + (0 if codes is None else codes.nbytes)

@@ -174,3 +174,26 @@ def test_damaged_pages_give_codes_or_in_bounds_ranges_never_a_crash(tmp_path: Pa
         start, size = find(pmap.pages, psize, root, np.frombuffer(key, np.uint8))
         assert start in (MISSING, BEYOND, UNEXPECTED) or (0 <= start and 0 <= size and start + size <= n)
     shutil.rmtree(path)
+
+
+def test_a_small_file_is_read_with_read_around_and_a_large_one_page_by_page(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read policy follows the file's size against the memory the process may use
+    (``small_file``): a small file keeps the kernel's read-around, a file past the share is
+    read page by page; decided again when the map is looked at after the file grew."""
+    from vecdb.storage import pages
+
+    assert pages.memory_limit() > 0                              # Linux: MemAvailable at least
+    assert pages.small_file(0, 1 / 16) and not pages.small_file(1 << 62, 1 / 16)
+    env = written(tmp_path / "e", {struct.pack(">Q", k): b"x" * 100 for k in range(100)})
+    try:
+        pmap = PageMap(tmp_path / "e" / "data.mdb", env.stat()["psize"])
+        assert not pmap.random_reads
+        monkeypatch.setattr(PageMap, "SMALL_SHARE", 0.0)          # every file is large now
+        with env.begin(write=True) as txn:                         # the file grows: the view is renewed
+            for k in range(100, 3000):
+                txn.put(struct.pack(">Q", k), b"y" * 900)
+        grown = pmap.remap(pmap.pages)
+        assert len(grown) > 0 and pmap.random_reads
+    finally:
+        env.close()

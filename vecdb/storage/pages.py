@@ -54,19 +54,32 @@ class PageMap:
 
     #: bytes reserved past the file's length: as much again, at least 1 GiB (address space only)
     SLACK = 1 << 30
+    #: a file up to this share of the memory the process may use is read with the kernel's
+    #: read-around (``small_file``); a larger one page by page
+    SMALL_SHARE = 1 / 16
 
     def __init__(self, path: Path, page_size: int) -> None:
         self.path = path
         self.page_size = int(page_size)
         self._lock = threading.Lock()
         self._whole = np.zeros(0, np.uint8)
+        self._mapping: _Mapping | None = None
         self.pages = self._view()
 
+    @property
+    def random_reads(self) -> bool:
+        """Whether the map is read page by page (a large file), not with read-around."""
+        return bool(self._mapping is not None and self._mapping.random)
+
     def _view(self) -> np.ndarray:
-        """``pages`` for the file's length now, mapping it again when it outgrew the map."""
+        """``pages`` for the file's length now, mapping it again when it outgrew the map, and
+        its read policy set for that length (``small_file``)."""
         size = os.stat(self.path).st_size
         if size > len(self._whole):
-            self._whole = _map_file(self.path, max(2 * size, size + self.SLACK))
+            self._mapping = _Mapping.of(self.path, max(2 * size, size + self.SLACK))
+            self._whole = np.asarray(self._mapping)
+        assert self._mapping is not None
+        self._mapping.advise(random=not small_file(size, self.SMALL_SHARE))
         return self._whole[:size]
 
     def remap(self, seen: np.ndarray) -> np.ndarray:
@@ -75,6 +88,41 @@ class PageMap:
             if self.pages is seen:
                 self.pages = self._view()
             return self.pages
+
+
+def small_file(size: int, share: float) -> bool:
+    """Whether a file of ``size`` bytes is small against the memory this process may use
+    (its cgroup's ``memory.max`` where set, else the machine's available memory): at most
+    ``share`` of it. A search of such a file soon has all of it cached, and the kernel's
+    read-around only brings forward pages it would read anyway (arxiv's 34 MB of SQ8
+    postings, cold: the first queries fault 128 KB windows instead of single pages); in a
+    larger one the window is mostly pages no query wants, which push out ones they do."""
+    return size <= share * memory_limit()
+
+
+def memory_limit() -> int:
+    """Bytes this process may use: its cgroup v2 ``memory.max`` where set, else
+    ``MemAvailable`` (0 when neither can be read: every file counts as large)."""
+    limits = []
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as f:
+            rel = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
+        if rel is not None:
+            with open(f"/sys/fs/cgroup{rel.rstrip('/')}/memory.max", encoding="ascii") as f:
+                text = f.read().strip()
+            if text.isdigit():
+                limits.append(int(text))
+    except (OSError, IndexError):
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(limits) if limits else 0
 
 
 class _Mapping:
@@ -86,22 +134,30 @@ class _Mapping:
         if addr is None or addr == ctypes.c_void_p(-1).value:
             raise OSError(ctypes.get_errno(), f"mmap of {length} bytes failed")
         self._addr, self._length = addr, length
+        self.random: bool | None = None
         self.__array_interface__ = {"shape": (length,), "typestr": "|u1", "data": (addr, True), "version": 3}
-        # reads here are lookups of a few pages each: without this, every fault on an uncached
-        # page also reads the kernel's read-around window (5M SQ8 postings cold: 10.2 MB read
-        # a query for 0.36 MB used; 4.1 -> 2.5 ms a query)
-        _libc.madvise(ctypes.c_void_p(addr), ctypes.c_size_t(length), _MADV_RANDOM)
+
+    @classmethod
+    def of(cls, path: Path, length: int) -> "_Mapping":
+        """``length`` bytes of ``path`` mapped read-only (the map outlives the descriptor)."""
+        with open(path, "rb") as f:
+            return cls(f.fileno(), length)
+
+    def advise(self, random: bool) -> None:
+        """Read the map page by page (``random``: reads of a large file are lookups of a few
+        pages each, and read-around on every fault of an uncached page read 10.2 MB a query
+        for 0.36 MB used: 5M SQ8 postings cold, 4.1 -> 2.5 ms a query) or with the kernel's
+        read-around (a small file: ``small_file``)."""
+        if random != self.random:
+            _libc.madvise(ctypes.c_void_p(self._addr), ctypes.c_size_t(self._length),
+                          _MADV_RANDOM if random else _MADV_NORMAL)
+            self.random = random
 
     def __del__(self) -> None:
         _libc.munmap(ctypes.c_void_p(self._addr), ctypes.c_size_t(self._length))
 
 
-def _map_file(path: Path, length: int) -> np.ndarray:
-    """``length`` bytes of ``path`` mapped read-only as a uint8 array."""
-    with open(path, "rb") as f:
-        return np.asarray(_Mapping(f.fileno(), length))   # the map outlives the descriptor
-
-
+_MADV_NORMAL = 0
 _MADV_RANDOM = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p

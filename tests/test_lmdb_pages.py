@@ -197,3 +197,29 @@ def test_a_small_file_is_read_with_read_around_and_a_large_one_page_by_page(tmp_
         assert len(grown) > 0 and pmap.random_reads
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("value_size", [16, 200, 1500, 3000])
+def test_dense_integer_keys_with_gaps_are_found_as_py_lmdb_finds_them(tmp_path: Path, value_size: int) -> None:
+    """vecdb's keys (big-endian slot numbers, mostly dense, some removed): the interpolated
+    first probes of each page's search find every present key and miss every removed one,
+    one at a time and many at once, on leaves of many small nodes and of a few big ones."""
+    rng = np.random.default_rng(value_size)
+    keys = [struct.pack(">Q", k) for k in range(20_000)]
+    items = {k: rng.bytes(value_size) for k in keys}
+    removed = [k for k in keys if rng.random() < 0.3] + [keys[0], keys[-1]]
+    env = written(tmp_path / "e", items, removed)
+    try:
+        root = snapshot_root(env)
+        pmap = PageMap(tmp_path / "e" / "data.mdb", env.stat()["psize"])
+        gone = set(removed)
+        probe = keys[::7] + removed[::5] + [struct.pack(">Q", 1 << 40), struct.pack(">Q", 20_000)]
+        for key in probe:
+            assert lookup(pmap, root, key) == (MISSING if key in gone or key not in items else items[key])
+        rows = np.frombuffer(b"".join(probe), np.uint8).reshape(len(probe), 8)
+        starts, sizes = np.empty(len(probe), np.int64), np.empty(len(probe), np.int64)
+        find_many(pmap.pages, pmap.page_size, root, rows, starts, sizes, False)
+        for key, start, size in zip(probe, starts, sizes):
+            assert (start, size) == tuple(find(pmap.pages, pmap.page_size, root, np.frombuffer(key, np.uint8)))
+    finally:
+        env.close()

@@ -214,7 +214,7 @@ def test_head_route_is_checked_and_recorded_and_groups_count_as_resident(tmp_pat
     x = mixture(3000, 3, dim=16, components=60)
     index, before = built(tmp_path / "s", x, exact_heads=0, posting_limit=32, head_size=8)
     graph = index._disk.graph
-    grouped = routing.route_bytes(graph)
+    grouped = routing.route_bytes(graph, index.exact_heads)
     assert grouped > 0 and index.memory_bytes() >= index._disk.count.nbytes + graph.memory_bytes() + grouped
     index.close()
     again = SPANN(16, "l2", tmp_path / "s", head_route="graph")   # parameters come from the store
@@ -437,7 +437,15 @@ def test_the_coded_route_plans_what_the_float_route_plans_on_long_rows() -> None
         routing.moved(heads.graph, 0)
         again = routing.head_codes_of(heads.graph, rows)
         assert again is not coded and np.array_equal(again.codes, coded.codes)
-        assert routing.route_bytes(heads.graph) >= again.nbytes > 0
+        assert routing.route_bytes(heads.graph, index.exact_heads) >= again.nbytes > 0
+        fresh = SPANN(160, "l2", posting_limit=48, head_size=12, background=False)   # counted before any search
+        try:
+            fresh.train(x[:2000])
+            graph = fresh._disk.graph
+            want = routing.HeadCodes.of(graph.stored_rows()[0]).nbytes
+            assert fresh.memory_bytes() >= fresh._disk.count.nbytes + graph.memory_bytes() + want
+        finally:
+            fresh.close()
     finally:
         index.close()
 

@@ -1014,7 +1014,7 @@ class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
         total = 0
         disk = self._disk
         if disk is not None:
-            total += disk.count.nbytes + disk.graph.memory_bytes() + route_bytes(disk.graph)
+            total += disk.count.nbytes + disk.graph.memory_bytes() + route_bytes(disk.graph, self.exact_heads)
         if not self._own:
             total += self._disk_ids.memory_bytes()
         for slots, vectors in (self._overlay or {}).values():

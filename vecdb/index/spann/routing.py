@@ -403,8 +403,13 @@ def inherit(copy: HNSW, graph: HNSW) -> None:
         _HEAD_CODES[copy] = codes
 
 
-def route_bytes(graph: HNSW) -> int:
+def route_bytes(graph: HNSW, exact_heads: int) -> int:
     """Resident bytes of what routes over ``graph``'s heads besides the graph: its groups
-    and the coded copies of its rows (0 while it has neither)."""
-    groups, codes = _GROUPS.get(graph), _HEAD_CODES.get(graph)
-    return (0 if groups is None else groups.nbytes) + (0 if codes is None else codes.nbytes)
+    (0 until made) and, where one query's route ranks them (``one_call_route``), the coded
+    copies of its rows, made here if a search has not made them yet."""
+    groups = _GROUPS.get(graph)
+    total = 0 if groups is None else groups.nbytes
+    one_call = one_call_route(graph, exact_heads, "graph")
+    if one_call is not None and one_call[4] is not None:
+        total += sum(int(a.nbytes) for a in one_call[4])
+    return total

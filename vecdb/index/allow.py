@@ -10,6 +10,10 @@ import numpy as np
 
 from vecdb.errors import InvalidArgumentError
 
+#: the mask a search kernel takes when there is no allow-set (with its "filtered" flag off:
+#: never read), one for every index
+NO_MASK = np.zeros(1, np.uint8)
+
 
 class AllowSet:
     """Ids an index may return: sorted unique int64 ids plus a lazily built uint8 bitmap.

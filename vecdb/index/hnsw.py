@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from vecdb.errors import AlreadyExistsError, InvalidArgumentError
-from vecdb.index.allow import AllowSet
+from vecdb.index.allow import NO_MASK, AllowSet
 from vecdb.index.base import BaseIndex, FoldRows, Pace, SearchParams
 from vecdb.index.ids import IdMap
 from vecdb.kernels import graph, graph_build, graph_repair, topk
@@ -40,7 +40,6 @@ SERIAL_QUERIES = 4
 PROGRESS_MIN = 50_000
 MAX_LEVEL = 60
 _GROWTH = 1.5
-_NO_MASK = np.zeros(1, np.uint8)
 _NO_IDS = np.empty(0, np.int64)   # slot -> id map passed to kernels under the identity layout
 _NO_FOLD = FoldRows(np.zeros((0, 1), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), 0)   # nothing to merge in
 #: kernel distance + this = 1 - cos; a Python float: a numpy scalar argument takes Numba's slow typing path
@@ -434,7 +433,7 @@ class HNSW(BaseIndex):
             return None
         p: HNSWParams = params  # type: ignore[assignment]
         ef = max(DEFAULT_EF if p.ef is None else p.ef, k)
-        mask, filtered = _NO_MASK, False
+        mask, filtered = NO_MASK, False
         if allow is not None:
             slots = self._slot_allow(allow)   # cached per allow-set: the base's call reuses it
             if not len(slots) or len(slots) < len(self._ids) and self._scans(p, len(slots), ef):
@@ -467,7 +466,7 @@ class HNSW(BaseIndex):
             if sink is not None:
                 sink.append(SearchStats(np.full(len(queries), len(allow), np.int64), np.zeros(len(queries), np.int64), "scan"))
             return slots, dists
-        mask = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+        mask = NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
         nq = len(queries)
         entry, max_level = self._entry, self._max_level
         if entry < 0:   # rows placed by begin_add, none linked yet: the graph has no entry point

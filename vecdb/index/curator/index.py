@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from vecdb.errors import FailedPreconditionError, InvalidArgumentError
-from vecdb.index.allow import AllowSet
+from vecdb.index.allow import NO_MASK, AllowSet
 from vecdb.index.base import BaseIndex, SearchParams
 from vecdb.index.curator import search as kernels
 from vecdb.index.curator.members import Memberships, member_mask
@@ -30,7 +30,6 @@ MAX_BUDGET = 1 << 40
 #: below this many queries the serial kernel runs (no parallel-region launch per call).
 SERIAL_QUERIES = 4
 _GROWTH = 1.5
-_NO_MASK = np.zeros(1, np.uint8)
 #: stand-ins for the code arguments of a float scan
 _NO_CODES = np.zeros((1, 1), np.uint8)
 _NO_FOLD = np.zeros((1, 1), np.float32)
@@ -391,7 +390,7 @@ class Curator(BaseIndex):
             return np.full((nq, k), -1, np.int64), np.full((nq, k), np.inf, np.float32)
         out_s = np.empty((nq, k), np.int64)            # the kernels fill every row
         out_d = np.empty((nq, k), np.float32)
-        bitmap = _NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
+        bitmap = NO_MASK if allow is None else allow.bitmap(self._ids.n_slots)
         members = self._members
         scanned = np.empty(nq, np.int64)
         codec = self._codec

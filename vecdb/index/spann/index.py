@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from vecdb.errors import AlreadyExistsError, DataLossError, FailedPreconditionError, InvalidArgumentError, UnavailableError
-from vecdb.index.allow import AllowSet, as_allow
+from vecdb.index.allow import NO_MASK, AllowSet, as_allow
 from vecdb.index.base import BaseIndex, IndexBatch, SearchParams
 from vecdb.index.hnsw import HNSW, MAX_EF
 from vecdb.index.ids import IdMap
@@ -44,7 +44,7 @@ from vecdb.index.spann.clustering import centroids_of, split_until
 from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
 from vecdb.index.spann.kernels import scan_postings, scan_postings_serial
 from vecdb.index.spann.records import RUN, RUN_PAD, check_scan_records
-from vecdb.index.spann.mapped import NO_MASK, MappedReads
+from vecdb.index.spann.mapped import MappedReads
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.one_query import OneQuery
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head

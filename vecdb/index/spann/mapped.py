@@ -35,8 +35,6 @@ from vecdb.kernels.lmdb_pages import BEYOND, MISSING, find_many, put_key
 from vecdb.kernels.prefetch import prefetch, will_need
 from vecdb.kernels.views import view_as
 
-#: the allow mask of a search without an allow-set (never read: its kernels get use_allow False)
-NO_MASK = np.zeros(1, np.uint8)
 #: codes besides ``records``' problems and ``pages``' lookup codes (see the module doc)
 LOST = 16
 BAD_ROW = 17

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vecdb.index.allow import AllowSet
+from vecdb.index.allow import NO_MASK, AllowSet
 from vecdb.index.base import SearchParams
-from vecdb.index.spann.mapped import NO_MASK
 from vecdb.index.spann.routing import MIN_GROUPS, one_call_route
 from vecdb.types import F32Matrix, SearchResult
 

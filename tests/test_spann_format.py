@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from vecdb.errors import DataLossError
 from vecdb.index import SPANN, FlatIndex
 from vecdb.index.spann import kernels, postings, records
-from vecdb.kernels import int_dot
+from vecdb.kernels import dot_sums, int_dot
 from vecdb.quant import SQ8
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
@@ -30,6 +30,8 @@ import make_spann_v2  # noqa: E402 (the fixture's rows, made by the same code th
 FIXTURE = Path(__file__).parent / "data" / "spann_v2"
 EVERYTHING = {"max_postings": 4096, "eps2": 1e9}   # every posting read: an exact search
 _M64 = (1 << 64) - 1
+#: dimensions whose SQ8 rows are whole steps of ``dot_sums`` (ranked and summed in one pass)
+WHOLE_STEPS = st.sampled_from([32, 64, 96])
 
 
 def reference_v3(body: bytes) -> int:
@@ -492,12 +494,13 @@ def scan_code_runs(raws: list[bytes], dim: int, q: np.ndarray, width: int, live:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=19), dim=st.integers(1, 40), seed=st.integers(0, 1000),
-       version=st.sampled_from([2, 3, 4]), use_allow=st.booleans(), mode=st.sampled_from([0, 1]))
+@given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=19), dim=st.one_of(st.integers(1, 40), WHOLE_STEPS),
+       seed=st.integers(0, 1000), version=st.sampled_from([2, 3, 4]), use_allow=st.booleans(), mode=st.sampled_from([0, 1]))
 def test_the_sq8_run_scan_equals_the_checked_copied_scan(counts: list[int], dim: int, seed: int, version: int,
                                                          use_allow: bool, mode: int) -> None:
     """Records checked and ranked in the same pass, ``records.RUN`` per call (format 3: rows
-    summed ``CODE_ROWS`` at a time, any dimension), rank as the copied path does: every
+    summed ``CODE_ROWS`` at a time, any dimension; format 4 rows of a multiple of 32 codes
+    ranked and summed in one pass, ``dot_sums``), rank as the copied path does: every
     record checked first (``check_records``), then ``scan_codes_serial``; dead and
     disallowed slots skipped."""
     raws = [code_record(c, dim, seed + i, version)[0] for i, c in enumerate(counts)]
@@ -521,8 +524,9 @@ def test_the_sq8_run_scan_equals_the_checked_copied_scan(counts: list[int], dim:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(counts=st.lists(st.integers(1, 40), min_size=1, max_size=12), dim=st.integers(1, 40), seed=st.integers(0, 1000),
-       which=st.floats(0, 1), where=st.floats(0, 1), bit=st.integers(0, 7), version=st.sampled_from([2, 3, 4]))
+@given(counts=st.lists(st.integers(1, 40), min_size=1, max_size=12), dim=st.one_of(st.integers(1, 40), WHOLE_STEPS),
+       seed=st.integers(0, 1000), which=st.floats(0, 1), where=st.floats(0, 1), bit=st.integers(0, 7),
+       version=st.sampled_from([2, 3, 4]))
 def test_a_flipped_bit_of_an_sq8_body_fails_the_run_scan(counts: list[int], dim: int, seed: int, which: float,
                                                          where: float, bit: int, version: int) -> None:
     """A bit flipped anywhere in one record's body (slots, codes of any row, padding) is
@@ -683,6 +687,39 @@ def test_the_integer_dot_is_exact_on_every_path(dim: int, rows: int, seed: int) 
     if dim >= int_dot.LANES:                                 # the tail as a masked step over the row's last 16
         np.testing.assert_array_equal(_whole_rows(u, codes, False), want)
         np.testing.assert_array_equal(_whole_rows(u, codes, True), want)
+
+
+@njit
+def _dot_sums(u: np.ndarray, codes: np.ndarray, rows: int, generic: bool) -> np.ndarray:
+    """``dot_sums`` of each row: (dot, S, T) a row."""
+    dim = u.shape[0]
+    out = np.empty((rows, 3), np.int64)
+    for r in range(rows):
+        got = dot_sums.dot_sums_generic(u, codes, r * dim, dim) if generic else dot_sums.dot_sums(u, codes, r * dim, dim)
+        out[r, 0], out[r, 1], out[r, 2] = got[0], got[1], got[2]
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(1, 30), rows=st.integers(1, 5), seed=st.integers(0, 1000))
+def test_the_fused_dot_and_word_sums_equal_their_separate_forms(steps: int, rows: int, seed: int) -> None:
+    """``dot_sums`` (AVX2 where compiled for it, and the plain vector form) gives each row's
+    integer dot as numpy's int64 products and its words' sum S and sum_j j w_j as the
+    checksum's ``word_sums`` (mod 2^32), for rows of any multiple of 32 codes at odd
+    addresses."""
+    dim = steps * dot_sums.STEP
+    rng = np.random.default_rng(seed)
+    top = min(16383, (2**31 - 1) // (255 * dim))
+    u = rng.integers(-top, top + 1, dim).astype(np.int16)
+    codes = rng.integers(0, 256, rows * dim + 3).astype(np.uint8)[3:]
+    want = codes.reshape(rows, dim).astype(np.int64) @ u.astype(np.int64)
+    words = codes.reshape(rows, dim).view("<u4").astype(np.int64)
+    weights = np.arange(dim // 4, dtype=np.int64)
+    for generic in (False, True):
+        got = _dot_sums(u, codes, rows, generic)
+        np.testing.assert_array_equal(got[:, 0], want)
+        np.testing.assert_array_equal(got[:, 1], words.sum(1) % 2**32)
+        np.testing.assert_array_equal(got[:, 2], (words * weights).sum(1) % 2**32)
 
 
 @settings(max_examples=60, deadline=None)

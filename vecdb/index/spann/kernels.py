@@ -8,6 +8,7 @@ import numpy as np
 from vecdb.kernels._jit import ARITH, kernel
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_push, heap_sort, max_sift_down
+from vecdb.kernels.dot_sums import dot_sums
 from vecdb.kernels.int_dot import dot_u7_i8, dot_u8_i16
 from vecdb.kernels.select import smallest_k
 from vecdb.kernels.views import view_as
@@ -662,6 +663,17 @@ def code_int(u, usum, scale, base, mode, codes, start, norm):
     if mode == 0:
         return base + norm - scale * dot
     return base - scale * dot
+
+
+@kernel(inline=True)
+def code_int_summed(u, usum, scale, base, mode, codes, start, norm):
+    """``code_int`` of a row of a multiple of ``dot_sums.STEP`` codes, with the row's word
+    sums (S, T: ``word_sums``) from the same pass over its bytes (``dot_sums``)."""
+    raw, total, weighted = dot_sums(u, codes, start, u.shape[0])
+    dot = np.float32(raw - usum)
+    if mode == 0:
+        return base + norm - scale * dot, total, weighted
+    return base - scale * dot, total, weighted
 
 
 @kernel(fastmath=ARITH)

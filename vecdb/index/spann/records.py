@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from vecdb.index.spann.kernels import (HEADER_BYTES, MAGIC, SHORT_BLOCK, SHORT_ROW, fold_code_query, fold_int_query,
-                                       offer_code_rows, offer_code_rows_v4, offer_codes, offer_entries, offer_unique,
-                                       row_dists)
+from vecdb.index.spann.kernels import (HEADER_BYTES, MAGIC, SHORT_BLOCK, SHORT_ROW, code_int_summed, fold_code_query,
+                                       fold_int_query, offer_code_rows, offer_code_rows_v4, offer_codes, offer_entries,
+                                       offer_unique, row_dists)
 from vecdb.kernels._jit import kernel
+from vecdb.kernels.dot_sums import STEP as DOT_STEP
 from vecdb.kernels.distances import dot, l2_sq
 from vecdb.kernels.heaps import after, heap_sort
 from vecdb.kernels.prefetch import prefetch
@@ -417,6 +418,24 @@ def _scan_codes_v4(rec, c, u, usum, scale, base, mode, live, allow, use_allow, h
     words = view_as(body, split, (body.shape[0] - split) // 4, np.uint32)   # the codes, then the padding
     pos = 3 * c
     _start_codes(body, slots, split, use_allow, allow)
+    if dim % DOT_STEP == 0:                    # each row ranked and summed in one pass (``dot_sums``)
+        per_row = dim // 4
+        n_live = live.shape[0]
+        n_allow = allow.shape[0]
+        for lo in range(0, c, CODE_ROWS):
+            hi = min(lo + CODE_ROWS, c)
+            _next_codes(body, slots, split, lo, hi, c, dim, words.shape[0], use_allow, allow)
+            for r in range(lo, hi):
+                d, total, weighted = code_int_summed(u, usum, scale, base, mode, body, split + r * dim, norms[r])
+                s1 = np.uint32(s1 + total)
+                s2 = np.uint32(np.uint32(s2 + np.uint32(np.uint32(pos + r * per_row + 1) * total)) + weighted)
+                s = slots[r]                   # the offer as ``offer_code_rows_v4`` makes it
+                if use_allow and (s < 0 or s >= n_allow or allow[s] == 0):
+                    continue
+                if after(hd[0], hs[0], d, s) and s >= 0 and s < n_live and live[s] >= 0:   # see LIVE_LAST
+                    offer_unique(hd, hs, d, s)
+        s1, s2 = _sums32(words[c * per_row :], pos + c * per_row, s1, s2)   # the padding after the codes
+        return _finish(np.uint64(s1), np.uint64(s2), body.shape[0]) == load_as(rec, 16, np.uint64)
     if c == 0:
         s1, s2 = _sums32(words, pos, s1, s2)
     for lo in range(0, c, CODE_ROWS):

@@ -33,6 +33,7 @@ tenth of the data within [65,536, 500,000], for SPANN and faiss alike).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import subprocess
@@ -45,7 +46,8 @@ from typing import Any, Callable
 import numpy as np
 
 import spann_hnsw  # bench/ (this script's folder) is on sys.path
-from spann_measure import at_recall, eps2_list, evict, peak_rss, per_query, read_stats, read_work, row
+from spann_measure import (at_recall, cached_share, eps2_list, evict, peak_rss, per_query, read_stats, read_work,
+                           row)
 from spann_serve import ROUNDS, search_sets, serve_capped
 
 #: training sample (SPANN heads, faiss's coarse quantizer): the default floor and ceiling; the
@@ -119,19 +121,28 @@ def bench_spann(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarr
                        ) -> np.ndarray:
                 return index.search(q, k, max_postings=mp, eps2=eps2, **knobs).ids
 
+            cached: list[int] = []
             if mode == "cold":                    # DONTNEED skips pages this process maps: open again
                 index.close()
+                index = None
+                gc.collect()                      # (a closed index in a reference cycle would keep its maps)
                 index = SPANN(base.shape[1], metric, path)
                 if not evict(data_file):
                     continue
-            ids, secs = per_query(search, queries, evict_first=data_file if mode == "cold" else None)
+            ids, secs = per_query(search, queries, evict_first=data_file if mode == "cold" else None,
+                                  after_evict=lambda: cached.append(cached_share(data_file)))
             if mode == "warm":
                 ids, secs = per_query(search, queries)            # the second pass: pages cached
             stats = read_work(index, queries, k, mp, eps2, **knobs)
             rows.append(row("spann", "max_postings", mp, ids, secs, gt, cache=mode, eps2=eps2, **read_stats(stats, mp),
-                            **({"search": knobs} if knobs else {})))
+                            **({"search": knobs} if knobs else {}),
+                            **({"cached_share_at_start": cached[0]} if cached else {})))
     index.close()
     return info, rows
+
+
+#: share of a file still cached when its cold pass starts past which the pass is flagged
+COLD_CACHED_MAX = 0.05
 
 
 def bench_hnsw(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray, k: int,
@@ -219,18 +230,22 @@ def bench_ivf(base: np.ndarray, queries: np.ndarray, metric: str, gt: np.ndarray
     for nprobe in sweep:
         index.nprobe = nprobe
         for mode in (["warm", "cold"] if cold and info["on_disk"] else ["warm"]):
+            cached: list[int] = []
             if mode == "cold":                    # DONTNEED skips pages this process maps: read again
                 index = lists = None
+                gc.collect()
                 index = faiss.read_index(str(workdir / "ivf.index"))
                 lists = faiss.downcast_InvertedLists(index.invlists)
                 if hasattr(lists, "prefetch_nthread"):
                     lists.prefetch_nthread = 0
                 index.nprobe = nprobe
             ids, secs = per_query(lambda q: index.search(q, k)[1], xq,
-                                  evict_first=lists_file if mode == "cold" else None)
+                                  evict_first=lists_file if mode == "cold" else None,
+                                  after_evict=lambda: cached.append(cached_share(lists_file)))
             if mode == "warm":
                 ids, secs = per_query(lambda q: index.search(q, k)[1], xq)
-            rows.append(row("faiss-ivfflat", "nprobe", nprobe, ids, secs, gt, cache=mode))
+            rows.append(row("faiss-ivfflat", "nprobe", nprobe, ids, secs, gt, cache=mode,
+                            **({"cached_share_at_start": cached[0]} if cached else {})))
     return info, rows
 
 
@@ -481,6 +496,10 @@ def _run(args: argparse.Namespace, threads: Callable[[int], Any]) -> dict[str, A
                 print(f"  {r['target']:14} {knob:>14} {r['cache']:>6} {r['recall']:7.3f} {r['mean_ms']:8.3f} "
                       f"{r['p99_ms']:8.3f} {r['qps']:8.0f} {r.get('postings_per_q', float('nan')):10.1f} "
                       f"{r.get('pruned_share', float('nan')):7.2f} {r.get('bytes_per_q', float('nan')) / 1024:8.1f}")
+            warm_left = [r for r in rows if (r.get("cached_share_at_start") or 0) > COLD_CACHED_MAX]
+            if warm_left:                         # a cold pass that did not start cold measured nothing
+                print(f"  WARNING: {len(warm_left)} cold passes started with more than {COLD_CACHED_MAX:.0%} of their "
+                      f"file cached (pages this process still mapped): their cold figures are not cold")
             summary = at_recall(rows)
             if summary:
                 print("  QPS at recall (interpolated on each curve) and ratio to faiss-ivfflat in the same cache:")

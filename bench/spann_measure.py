@@ -152,6 +152,13 @@ def resident_pages(path: Path) -> tuple[int, int]:
         os.close(fd)
 
 
+def cached_share(path: Path) -> float | None:
+    """Share of ``path``'s pages in the page cache (``resident_pages``): a cold pass records it
+    when it starts (pages this process still maps are not dropped); None without mincore."""
+    cached, pages = resident_pages(path)
+    return None if cached < 0 else round(cached / max(pages, 1), 4)
+
+
 def current_rss() -> int:
     """Resident set size of this process (VmRSS), bytes."""
     return status_bytes("VmRSS")

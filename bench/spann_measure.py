@@ -23,12 +23,15 @@ def recall(got: np.ndarray, gt: np.ndarray) -> float:
 def per_query(search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray,
               evict_first: Path | None = None, after_evict: Callable[[], Any] | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Ids of each query searched alone, and the seconds each call took (with the file
-    ``evict_first`` dropped from the page cache after the warm-up: a cold pass; then
-    ``after_evict`` called, untimed)."""
+    """Ids of each query searched alone, and the seconds each call took, after one untimed
+    warm-up query (JIT load); or, a cold pass, with the file ``evict_first`` dropped from
+    the page cache first and no warm-up (the warm pass before it loaded the process's JIT;
+    a warm-up query here left its pages mapped, which DONTNEED skips: faiss's cold passes
+    began with 10-15 % of their file cached), then ``after_evict`` called, untimed."""
     ids, secs = [], np.empty(len(queries))
-    search(queries[:1])                                            # warm-up (JIT load)
-    if evict_first is not None:
+    if evict_first is None:
+        search(queries[:1])
+    else:
         evict(evict_first)
         if after_evict is not None:
             after_evict()

@@ -494,3 +494,25 @@ def test_row_distances_do_not_depend_on_where_a_row_lies(seed: int, n: int, dim:
     part = np.empty(hi - lo, np.float32)
     row_dists(q, flat, lo, hi, metric, part)
     np.testing.assert_array_equal(part, whole[lo:hi])
+
+
+@pytest.mark.parametrize("dim,exact_heads", [(160, 4096), (16, 0)])
+def test_an_opened_index_has_its_route_ready_before_the_first_search(tmp_path: Path, dim: int, exact_heads: int) -> None:
+    """What one query's route ranks by (the heads' coded copies on the exact route over long
+    rows; the groups past ``exact_heads``) is made when the index is trained and when it is
+    opened, not in the first search (5M: ~0.4 s of a cold first query): a search leaves
+    them as the open made them."""
+    x = mixture(3000, 51, dim=dim, components=60)
+    index = SPANN(dim, "l2", tmp_path / "s", posting_limit=48, head_size=12, exact_heads=exact_heads, background=False)
+    index.train(x)
+    index.add(x)
+    index.close()
+    again = SPANN(dim, "l2", tmp_path / "s")
+    try:
+        graph = again._disk.graph
+        made = routing._HEAD_CODES.get(graph) if dim >= routing.CODED_ROUTE_DIM else routing._GROUPS.get(graph)
+        assert made is not None                                  # made by the open, not by a search
+        again.search(x[0], 5)
+        assert (routing._HEAD_CODES if dim >= routing.CODED_ROUTE_DIM else routing._GROUPS).get(graph) is made
+    finally:
+        again.close()

@@ -48,7 +48,7 @@ from vecdb.index.spann.mapped import MappedReads
 from vecdb.index.spann.maintenance import Maintenance, maintain_weakly
 from vecdb.index.spann.one_query import OneQuery
 from vecdb.index.spann.replication import DEFAULT_REPLICAS, assign_heads, group_by_head
-from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, plan_heads, plan_one, route_bytes
+from vecdb.index.spann.routing import EXACT_HEADS, ROUTES, plan_heads, plan_one, prepare, route_bytes
 from vecdb.index.spann.updates import FANOUT, HeadState, Plan, Source, Work, graph_from
 from vecdb.storage.env import Store
 from vecdb.storage.space import IndexSpace
@@ -345,6 +345,7 @@ class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
         clusters = split_until(sample, self.head_size, rng, fanout=FANOUT)
         graph = self._new_graph()
         graph.add(centroids_of(sample, clusters), np.arange(len(clusters), dtype=np.int64))
+        prepare(graph, self.exact_heads, self.head_route)
         self._train_codes(sample)
         with self._lock:
             self._disk = HeadState(graph, np.zeros(len(clusters), np.int64), None)
@@ -547,6 +548,7 @@ class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
         gids = graph.ids
         if token is None or (len(gids) and (gids.max() >= len(count) or (count[gids] < 0).any())):
             raise DataLossError(f"corrupt SPANN state in {space!r}: the head counts do not match the head graph")
+        prepare(graph, self.exact_heads, self.head_route)
         self._disk = HeadState(graph, count, bytes(token))
         self._ids = IdMap(slot_ids)
         self._disk_ids = IdMap(slot_ids) if not self._own else self._ids
@@ -1072,6 +1074,7 @@ class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
         if len(offsets) != len(heads) + 1 or offsets[-1] != len(arrays["p_slots"]):
             raise ValueError("posting offsets do not match the posting arrays")
         index._restore_codes(arrays)
+        prepare(disk.graph, index.exact_heads, index.head_route)
         index._disk = disk
         index._overlay = {int(h): (np.array(arrays["p_slots"][offsets[i] : offsets[i + 1]], np.int64),
                                    np.array(arrays["p_vectors"][offsets[i] : offsets[i + 1]], np.float32))

@@ -152,6 +152,13 @@ def one_call_route(graph: HNSW, exact_heads: int, route: str
     return (rows, slot_ids, metric, groups_of(graph, rows).code_route, None) if route == "groups" else None
 
 
+def prepare(graph: HNSW, exact_heads: int, route: str) -> None:
+    """Make now what one query's route over ``graph`` ranks by (its groups, or its heads'
+    coded copies; ``one_call_route``), so that an index just opened or trained does not
+    make them in its first search (5M, 12,355 heads: ~0.4 s)."""
+    one_call_route(graph, exact_heads, route)
+
+
 def plan_one(graph: HNSW, q: np.ndarray, n_heads: int, ef: int, exact_heads: int, route: str, count: np.ndarray,
              eps2: float, k: int) -> np.ndarray:
     """``plan_heads`` for the one query ``q`` (dim,): the heads whose postings it reads,
@@ -375,7 +382,7 @@ def head_codes_of(graph: HNSW, rows: np.ndarray) -> HeadCodes | None:
     query's exact route ranks first, made when missing or out of date (heads added; a moved
     head drops them: ``moved``); None for rows shorter than ``CODED_ROUTE_DIM``. Never
     changes copies a search may be reading: an update is a new object."""
-    if rows.shape[1] < CODED_ROUTE_DIM:
+    if rows.shape[1] < CODED_ROUTE_DIM or not len(rows):
         return None
     got = _HEAD_CODES.get(graph)
     if got is None or len(got.norms) != len(rows):

@@ -12,10 +12,9 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
 
 from vecdb.kernels.int_dot import AVX2
-from vecdb.kernels.vector_ir import lane_sum
+from vecdb.kernels.vector_ir import codes_args, codes_intrinsic, lane_sum
 
 #: bytes one step takes (a multiple of this is what ``dot_sums`` accepts)
 STEP = 32
@@ -29,10 +28,7 @@ def _codegen(avx2: bool):
     and the same bytes as 8 words added to the running sums t and u."""
 
     def codegen(context, builder, signature, args):
-        u = context.make_array(signature.args[0])(context, builder, args[0])
-        codes = context.make_array(signature.args[1])(context, builder, args[1])
-        start = context.cast(builder, args[2], signature.args[2], types.intp)
-        n = context.cast(builder, args[3], signature.args[3], types.intp)
+        u, codes, start, n = codes_args(context, builder, signature, args)
         i32 = ir.IntType(32)
         v32i8 = ir.VectorType(ir.IntType(8), STEP)
         v16i16, v8i32 = ir.VectorType(ir.IntType(16), STEP // 2), ir.VectorType(i32, WORDS)
@@ -72,19 +68,12 @@ def _codegen(avx2: bool):
     return codegen
 
 
-def _intrinsic(avx2: bool):
-    def typer(typingctx, u, codes, start, n):
-        if not (isinstance(u, types.Array) and u.dtype == types.int16 and isinstance(codes, types.Array)
-                and codes.dtype == types.uint8 and isinstance(start, types.Integer) and isinstance(n, types.Integer)):
-            return None
-        return types.Tuple((types.int32, types.uint32, types.uint32))(u, codes, start, n), _codegen(avx2)
-
-    return intrinsic(typer)
-
+#: what ``dot_sums`` returns: the dot, S and T
+_RESULT = types.Tuple((types.int32, types.uint32, types.uint32))
 
 #: (sum_i u[i] * codes[start + i] (int32), S, T) over the ``n`` bytes from ``start``, ``n`` a
 #: multiple of ``STEP``, for C-contiguous int16 ``u`` (``n`` long) and uint8 ``codes``: S and
 #: T are ``word_sums`` of those bytes as 4-byte words (their sum and sum_j j w_j, mod 2^32)
-dot_sums = _intrinsic(AVX2)
+dot_sums = codes_intrinsic(types.int16, _RESULT, _codegen(AVX2))
 #: the same in plain vector IR (what other CPUs run; tests check it on any CPU)
-dot_sums_generic = _intrinsic(False)
+dot_sums_generic = codes_intrinsic(types.int16, _RESULT, _codegen(False))

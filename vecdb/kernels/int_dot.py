@@ -18,10 +18,9 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
 
 from vecdb.kernels._jit import kernel
-from vecdb.kernels.vector_ir import lane_sum
+from vecdb.kernels.vector_ir import codes_args, codes_intrinsic, lane_sum
 
 #: components one vector step takes
 LANES = 16
@@ -46,11 +45,7 @@ def _dot_codegen(avx2: bool):
     ``avx2`` selects ``vpmaddwd``."""
 
     def codegen(context, builder, signature, args):
-        uty, cty = signature.args[0], signature.args[1]
-        u = context.make_array(uty)(context, builder, args[0])
-        codes = context.make_array(cty)(context, builder, args[1])
-        start = context.cast(builder, args[2], signature.args[2], types.intp)
-        n = context.cast(builder, args[3], signature.args[3], types.intp)
+        u, codes, start, n = codes_args(context, builder, signature, args)
         i32 = ir.IntType(32)
         v16i8, v16i16 = ir.VectorType(ir.IntType(8), LANES), ir.VectorType(ir.IntType(16), LANES)
         acc_type = ir.VectorType(i32, LANES // 2 if avx2 else LANES)
@@ -90,22 +85,12 @@ def _dot_codegen(avx2: bool):
     return codegen
 
 
-def _dot_intrinsic(avx2: bool):
-    def typer(typingctx, u, codes, start, n):
-        if not (isinstance(u, types.Array) and u.dtype == types.int16 and isinstance(codes, types.Array)
-                and codes.dtype == types.uint8 and isinstance(start, types.Integer) and isinstance(n, types.Integer)):
-            return None
-        return types.int32(u, codes, start, n), _dot_codegen(avx2)
-
-    return intrinsic(typer)
-
-
 #: ``sum_{i < n} u[i] * codes[start + i]`` for C-contiguous int16 ``u`` and uint8 ``codes``,
 #: ``n`` a multiple of ``LANES`` or at least ``LANES`` (below, the caller sums the rest): AVX2
 #: where compiled for it
-dot_lanes = _dot_intrinsic(AVX2)
+dot_lanes = codes_intrinsic(types.int16, types.int32, _dot_codegen(AVX2))
 #: the same in plain vector IR (what other CPUs run; tests check it on any CPU)
-dot_lanes_generic = _dot_intrinsic(False)
+dot_lanes_generic = codes_intrinsic(types.int16, types.int32, _dot_codegen(False))
 
 
 @kernel(inline=True)
@@ -132,10 +117,7 @@ def _dot7_codegen(avx2: bool):
     by ones on AVX2; the same sums in plain vector IR elsewhere."""
 
     def codegen(context, builder, signature, args):
-        u = context.make_array(signature.args[0])(context, builder, args[0])
-        codes = context.make_array(signature.args[1])(context, builder, args[1])
-        start = context.cast(builder, args[2], signature.args[2], types.intp)
-        n = context.cast(builder, args[3], signature.args[3], types.intp)
+        u, codes, start, n = codes_args(context, builder, signature, args)
         i32 = ir.IntType(32)
         v32i8, v32i16 = ir.VectorType(ir.IntType(8), WIDE_LANES), ir.VectorType(ir.IntType(16), WIDE_LANES)
         v16i16, v8i32 = ir.VectorType(ir.IntType(16), WIDE_LANES // 2), ir.VectorType(i32, WIDE_LANES // 4)
@@ -169,18 +151,8 @@ def _dot7_codegen(avx2: bool):
     return codegen
 
 
-def _dot7_intrinsic(avx2: bool):
-    def typer(typingctx, u, codes, start, n):
-        if not (isinstance(u, types.Array) and u.dtype == types.int8 and isinstance(codes, types.Array)
-                and codes.dtype == types.uint8 and isinstance(start, types.Integer) and isinstance(n, types.Integer)):
-            return None
-        return types.int32(u, codes, start, n), _dot7_codegen(avx2)
-
-    return intrinsic(typer)
-
-
 #: ``sum_{i < n} u[i] * codes[start + i]`` for C-contiguous int8 ``u`` (in [-127, 127]) and
 #: uint8 ``codes`` (below 128), ``n`` a multiple of ``WIDE_LANES``: AVX2 where compiled for it
-dot_u7_i8 = _dot7_intrinsic(AVX2)
+dot_u7_i8 = codes_intrinsic(types.int8, types.int32, _dot7_codegen(AVX2))
 #: the same in plain vector IR (what other CPUs run; tests check it on any CPU)
-dot_u7_i8_generic = _dot7_intrinsic(False)
+dot_u7_i8_generic = codes_intrinsic(types.int8, types.int32, _dot7_codegen(False))

@@ -363,28 +363,39 @@ def fold_route_query(q, vmin, step, stride, metric):
     sum u) (``metric`` 0; base = |a|^2, norm the row's centred norm); -<q, x> = base - (1 /
     lam) u.c (base = -<q, vmin>). lam puts the largest term at 127: a coarse query, which
     the float ranking of the shortlist makes exact."""
+    exact, base, top = centred_terms(q, vmin, step, metric, 64.0)
+    lam = 127.0 / top if top > 0.0 else 1.0
+    u = np.zeros(stride, np.int8)
+    total = 0
+    for i in range(q.shape[0]):
+        t = np.int64(np.round(exact[i] * lam))
+        u[i] = t
+        total += t
+    return u, total, 1.0 / lam, np.float32(base)
+
+
+@kernel(inline=True)
+def centred_terms(q, vmin, step, mode, centre):
+    """The exact terms an integer ranking of codes c rounds (float64 (dim,)), its ``base``
+    and the largest term's magnitude: rows x = vmin + step c with codes centred on
+    ``centre``; mode 0 (squared L2): a = q - vmin - centre step, terms a step, base |a|^2;
+    mode 1 (-ip): terms q step, base -<q, vmin>. ``fold_int_query`` and
+    ``fold_route_query`` round them to their integer widths."""
     dim = q.shape[0]
     exact = np.empty(dim, np.float64)
     base = 0.0
     top = 0.0
     for i in range(dim):
         s = np.float64(step[i])
-        if metric == 0:
-            a = np.float64(q[i]) - np.float64(vmin[i]) - 64.0 * s
+        if mode == 0:
+            a = np.float64(q[i]) - np.float64(vmin[i]) - centre * s
             exact[i] = a * s
             base += a * a
         else:
             exact[i] = np.float64(q[i]) * s
             base -= np.float64(q[i]) * np.float64(vmin[i])
         top = max(top, abs(exact[i]))
-    lam = 127.0 / top if top > 0.0 else 1.0
-    u = np.zeros(stride, np.int8)
-    total = 0
-    for i in range(dim):
-        t = np.int64(np.round(exact[i] * lam))
-        u[i] = t
-        total += t
-    return u, total, 1.0 / lam, np.float32(base)
+    return exact, base, top
 
 
 @kernel
@@ -627,20 +638,7 @@ def fold_int_query(q, vmin, step, mode):
     of ``code_int`` exact (dim * 255 * max|u| < 2^31): the terms keep 14 bits or more up to
     514 components and 12 at 1,536."""
     dim = q.shape[0]
-    exact = np.empty(dim, np.float64)
-    base = 0.0
-    for i in range(dim):
-        s = np.float64(step[i])
-        if mode == 0:
-            a = np.float64(q[i]) - np.float64(vmin[i]) - 128.0 * s
-            exact[i] = a * s
-            base += a * a
-        else:
-            exact[i] = np.float64(q[i]) * s
-            base -= np.float64(q[i]) * np.float64(vmin[i])
-    top = 0.0
-    for i in range(dim):
-        top = max(top, abs(exact[i]))
+    exact, base, top = centred_terms(q, vmin, step, mode, 128.0)
     limit = min(16383, (2**31 - 1) // (255 * dim))
     lam = limit / top if top > 0.0 else 1.0
     u = np.empty(dim, np.int16)

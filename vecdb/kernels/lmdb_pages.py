@@ -151,7 +151,7 @@ def _step(pages, page_size, n_pages, pgno, key):
         at = _last_at_most(pages, p, 1, n - 1, page_size, key)   # the first branch key is implicit (the lowest)
         if at == _DAMAGED:
             return UNEXPECTED, 0
-        node, _ = _node(pages, p, max(at, 0), page_size)
+        node, _ = _node(pages, p, at, page_size)
         if node < 0:
             return UNEXPECTED, 0
         return _CHILD, _u16(pages, node) | (_u16(pages, node + 2) << 16) | (_u16(pages, node + 4) << 32)

@@ -18,6 +18,28 @@ from vecdb.types import F32Matrix, Metric
 from vecdb.validation import as_matrix
 
 
+def scalar_ranges(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension (vmin, step) mapping the range of the rows ``x`` onto ``levels`` steps
+    (float32; step computed in float64)."""
+    lo = x.min(axis=0)
+    hi = x.max(axis=0)
+    return lo.astype(np.float32), ((hi.astype(np.float64) - lo) / float(levels)).astype(np.float32)
+
+
+def scalar_codes(x: np.ndarray, vmin: np.ndarray, step: np.ndarray, levels: int) -> np.ndarray:
+    """Rows ``x`` as codes round((x - vmin) / step) clipped to 0..``levels`` (uint8; a
+    constant dimension, step 0, codes 0)."""
+    safe = np.where(step > 0, step, np.float32(1.0))
+    return np.clip(np.rint((x - vmin) / safe), 0, levels).astype(np.uint8)
+
+
+def centred_norms(codes: np.ndarray, step64: np.ndarray, centre: float) -> np.ndarray:
+    """|step (c - centre)|^2 of each row of ``codes`` (float32, summed in float64): the norm
+    a squared L2 in integer form needs (``SQ8.centred_norms``)."""
+    centred = (np.asarray(codes, np.float64) - centre) * step64
+    return np.einsum("ij,ij->i", centred, centred).astype(np.float32)
+
+
 class SQ8(BaseCodec):
     """Per-dimension uint8 scalar quantizer (``dim`` bytes per vector)."""
 
@@ -58,9 +80,7 @@ class SQ8(BaseCodec):
         self._set(vmin, step)
 
     def _train(self, x: F32Matrix) -> None:
-        lo = x.min(axis=0)
-        hi = x.max(axis=0)
-        self._set(lo.astype(np.float32), ((hi.astype(np.float64) - lo) / 255.0).astype(np.float32))
+        self._set(*scalar_ranges(x, 255))
 
     def max_error(self) -> np.ndarray:
         """Largest per-dimension decoding error for values inside the trained range: step / 2."""
@@ -68,16 +88,13 @@ class SQ8(BaseCodec):
         return self.step / 2
 
     def _encode(self, x: F32Matrix) -> np.ndarray:
-        safe = np.where(self.step > 0, self.step, np.float32(1.0))
-        c = np.rint((x - self.vmin) / safe)
-        return np.clip(c, 0, 255).astype(np.uint8)
+        return scalar_codes(x, self.vmin, self.step, 255)
 
     def centred_norms(self, codes: np.ndarray) -> np.ndarray:
         """|s (c - 128)|^2 of each row of ``codes`` (float32, summed in float64): the norm a
         distance in integer form needs (squared L2 from a query to the decoded rows as
         |a|^2 + norm - 2 sum a_i s_i (c_i - 128), with a = q - v - 128 s)."""
-        centred = (np.asarray(codes, np.float64) - 128.0) * self._step64
-        return np.einsum("ij,ij->i", centred, centred).astype(np.float32)
+        return centred_norms(codes, self._step64, 128.0)
 
     def _decode(self, codes: np.ndarray) -> F32Matrix:
         return np.ascontiguousarray(self.vmin + codes.astype(np.float32) * self.step, dtype=np.float32)

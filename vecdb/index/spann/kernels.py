@@ -414,7 +414,7 @@ def route_exact(queries, rows, metric, k):
 @kernel
 def exact_plan_one(queries, rows, metric, slot_ids, head_codes, n_heads, count, eps2, k, out):
     """The exact route and plan of one query (``queries`` (1, dim)): its ``n_heads`` nearest
-    of the head ``rows`` (every slot live; ``metric`` 0: squared L2, 1: -ip; by their SQ8
+    of the head ``rows`` (every slot live; ``metric`` 0: squared L2, 1: -ip; by their 7-bit
     copies first where ``head_codes`` is not None: ``coded_route_topk``), mapped to head ids
     by ``slot_ids`` and pruned (``keep_heads``) into ``out``; returns how many. What
     ``nearest_heads`` then ``plan_reads`` do for it, without their five boxed arrays."""

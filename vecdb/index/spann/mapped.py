@@ -289,7 +289,7 @@ def search_one(query, cosine, rows, metric, route, head_codes, slot_ids, min_gro
                pages, page_size, proot, vroot, live, identity, mask, use_allow, mode, vmin, step, width, advise, known,
                ids, dists):
     """A whole one-query search in one call: ``query`` unit-normalised when ``cosine``, its
-    postings planned (``route`` None: the exact route over the head ``rows``, by their SQ8
+    postings planned (``route`` None: the exact route over the head ``rows``, by their 7-bit
     copies first unless ``head_codes`` is None, ``kernels.exact_plan_one``; else the
     grouped route on codes, ``route`` being
     ``HeadGroups.code_route``, ``kernels.route_plan_one``), ranked as ``scan_floats`` rank
@@ -454,10 +454,9 @@ class MappedReads:
         if roots is None:
             return False
         proot, vroot, known = roots
-        cosine, rows, metric, code_route, head_codes, slot_ids, min_groups, min_heads, n_heads, eps2, mode, codec, \
+        cosine, rows, metric, code_route, head_codes, slot_ids, min_groups, min_heads, n_heads, eps2, mode, vmin, step, \
             width = route
         size, advise = self._map.page_size, self._advise_left > 0
-        vmin, step = (codec.vmin, codec.step) if codec is not None else (None, None)
         began = perf_counter()
         got = self._on_pages(lambda pages: search_one(query, cosine, rows, metric, code_route, head_codes, slot_ids,
                                                       min_groups, min_heads, n_heads, head_count, eps2, k, pages, size,

@@ -70,11 +70,13 @@ class OneQuery:
         """What ``mapped.search_one`` routes and ranks by for ``heads``, params ``p`` and
         ``k``: (cosine, head rows, metric, grouped route arrays (None: the exact route), the
         heads' coded copies (None: not ranked by them), slot ids, min groups, min heads, heads
-        to read, eps2, scan mode, codec, re-rank width); None
+        to read, eps2, scan mode, the codec's vmin and step (None: float postings), re-rank
+        width); None
         where routing is not one kernel (``routing.one_call_route``). Remembered for the last
         (params, heads, k, route settings, codec): a committed state's head graph is not
         changed once searched (an update clones it), so its rows and groups stay those of the
-        cached route."""
+        cached route; the codec's arrays are set only by training and opening, which make a
+        new heads state."""
         last = self._lean_key
         settings = (self.exact_heads, self.head_route)
         if (last[0] is p and last[1] is heads and last[2] == k and last[3] == len(heads.count)
@@ -85,7 +87,9 @@ class OneQuery:
         if one_call is not None and len(one_call[1]):
             rows, slot_ids, metric, code_route, head_codes = one_call
             nprobe, ef, eps2 = self._nprobe_ef_eps2(heads, p)
+            codec = self._codec
+            vmin, step = (codec.vmin, codec.step) if codec is not None else (None, None)
             route = (self._cosine, rows, metric, code_route, head_codes, slot_ids, MIN_GROUPS, max(ef, nprobe), nprobe,
-                     float(eps2), self._scan_code, self._codec, self._rerank_width(k, p.rerank))
+                     float(eps2), self._scan_code, vmin, step, self._rerank_width(k, p.rerank))
         self._lean_key = (p, heads, k, len(heads.count), settings, self._codec, route)
         return route

@@ -47,7 +47,7 @@ import numpy as np
 
 from vecdb.index.hnsw import HNSW
 from vecdb.index.spann.clustering import centroids_of, split_until, sq_dists
-from vecdb.quant.sq8 import SQ8
+from vecdb.quant.sq8 import SQ8, centred_norms, scalar_codes, scalar_ranges
 from vecdb.index.spann.kernels import (exact_plan_one, plan_reads, route_codes, route_exact, route_groups,
                                       route_groups_serial, route_plan, route_plan_one)
 from vecdb.kernels import topk
@@ -65,7 +65,7 @@ REGROUP_GROWTH = 2.0
 PARALLEL_QUERIES = 16
 #: metric codes of the head rows the one-query exact route ranks (squared L2, -ip)
 _ROUTE_METRICS = (0, 1)
-#: head rows of at least this many components: one query's exact route ranks their SQ8
+#: head rows of at least this many components: one query's exact route ranks their 7-bit
 #: copies first (``HeadCodes``); shorter rows are cheaper to rank as floats than as codes
 #: (glove's 50: 4.8 us float, 4.4 coded, before the shortlist's second ranking)
 CODED_ROUTE_DIM = 128
@@ -250,15 +250,11 @@ class HeadCodes:
     def of(cls, rows: np.ndarray) -> "HeadCodes":
         """The copies of ``rows`` (float32 (n, dim), finite)."""
         n, dim = rows.shape
-        vmin = rows.min(axis=0)
-        step = ((rows.max(axis=0) - vmin) / np.float32(127)).astype(np.float32)
-        safe = np.where(step > 0, step, np.float32(1))
-        codes = np.clip(np.rint((rows - vmin) / safe), 0, 127).astype(np.uint8)
-        centred = (codes.astype(np.float32) - np.float32(64)) * step
+        vmin, step = scalar_ranges(rows, 127)
+        codes = scalar_codes(rows, vmin, step, 127)
         padded = np.zeros((n, -(-dim // WIDE_LANES) * WIDE_LANES), np.uint8)
         padded[:, :dim] = codes
-        return cls(vmin.astype(np.float32), step, padded.reshape(-1),
-                   np.einsum("ij,ij->i", centred, centred).astype(np.float32))
+        return cls(vmin, step, padded.reshape(-1), centred_norms(codes, step.astype(np.float64), 64.0))
 
     @property
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -378,7 +374,7 @@ _HEAD_CODES: "weakref.WeakKeyDictionary[HNSW, HeadCodes]" = weakref.WeakKeyDicti
 
 
 def head_codes_of(graph: HNSW, rows: np.ndarray) -> HeadCodes | None:
-    """The SQ8 copies of ``graph``'s head ``rows`` (``graph.stored_rows()[0]``) that one
+    """The 7-bit copies of ``graph``'s head ``rows`` (``graph.stored_rows()[0]``) that one
     query's exact route ranks first, made when missing or out of date (heads added; a moved
     head drops them: ``moved``); None for rows shorter than ``CODED_ROUTE_DIM``. Never
     changes copies a search may be reading: an update is a new object."""

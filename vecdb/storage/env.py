@@ -62,7 +62,7 @@ class Store:
             raise DataLossError(f"{self.path} is not a valid LMDB environment: {exc}") from None
         except lmdb.Error as exc:
             raise DataLossError(f"cannot open LMDB environment at {self.path}: {exc}") from None
-        self._gate = RWLock()
+        self._gate = RWLock("lmdb-map", time_reads=False)   # held shared by every transaction; exclusive to grow the map
         self._dbi_lock = threading.Lock()
         self._dbs: dict[str, "lmdb._Database"] = {}
         self._local = _ThreadState()

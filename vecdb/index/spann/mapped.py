@@ -456,16 +456,21 @@ class MappedReads:
         proot, vroot, known = roots
         cosine, rows, metric, code_route, head_codes, slot_ids, min_groups, min_heads, n_heads, eps2, mode, vmin, step, \
             width = route
-        size, advise = self._map.page_size, self._advise_left > 0
-        began = perf_counter()
-        got = self._on_pages(lambda pages: search_one(query, cosine, rows, metric, code_route, head_codes, slot_ids,
-                                                      min_groups, min_heads, n_heads, head_count, eps2, k, pages, size,
-                                                      proot, vroot, live, identity, mask, use_allow, mode, vmin, step,
-                                                      width, advise, known, ids, dists))
-        if got is None or got[1] != OK:
-            return False
-        self._timed(perf_counter() - began, got[2] + got[3], advise)
-        return True
+        pmap = self._map
+        advise = self._advise_left > 0
+        for _ in range(2):                     # ``_on_pages``, inline (no closure to make)
+            pages = pmap.pages
+            began = perf_counter()
+            got = search_one(query, cosine, rows, metric, code_route, head_codes, slot_ids, min_groups, min_heads,
+                             n_heads, head_count, eps2, k, pages, pmap.page_size, proot, vroot, live, identity, mask,
+                             use_allow, mode, vmin, step, width, advise, known, ids, dists)
+            if got[1] == OK:
+                self._timed(perf_counter() - began, got[2] + got[3], advise)
+                return True
+            if got[1] != BEYOND:
+                return False
+            pmap.remap(pages)
+        return False
 
     def scan_many(self, txn: Any, wanted: np.ndarray, qptr: np.ndarray, qlist: np.ndarray, head_count: np.ndarray,
                   queries: np.ndarray, live: np.ndarray, mask: np.ndarray, use_allow: bool, mode: int,

@@ -30,7 +30,8 @@ from vecdb.index import SPANN, FlatIndex, index_class, load_index
 from vecdb.index.spann import index as spann_index
 from vecdb.index.spann import mapped as mapped_reads
 from vecdb.index.spann import postings
-from vecdb.index.spann.clustering import split_until
+from vecdb.index.spann.clustering import centroids_of, refine, split_until
+from vecdb.index.spann.kernels import capacity_assign
 
 DIM = 24
 SMALL = {"posting_limit": 64, "head_size": 16}
@@ -114,6 +115,52 @@ def test_clustering_is_balanced_and_bounded() -> None:
     assert sizes.max() <= 100 and sizes.sum() == len(x)          # at most twice the target
     assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(x)))
     assert sizes.min() >= 25 and np.percentile(sizes, 10) >= 50   # no starved clusters
+
+
+def inertia(x: np.ndarray, parts: list[np.ndarray]) -> float:
+    """Sum of squared distances of the rows to their cluster's mean."""
+    cen = centroids_of(x, parts)
+    return float(sum(((x[p] - cen[i]) ** 2).sum() for i, p in enumerate(parts)))
+
+
+def test_refining_the_split_tightens_clusters_within_their_size_bound() -> None:
+    """Global rounds after the hierarchical split: every row kept once, no cluster past
+    1.5x the mean size, and the clusters tighter than the split's (which cuts each level
+    without seeing the rest). Overlapping centres: the split's cuts matter."""
+    x = clustered(6000, 7, spread=0.6)
+    parts = split_until(x, 40, np.random.default_rng(0))
+    better = refine(x, parts, rounds=4, slack=1.5)
+    sizes = np.array([len(p) for p in better])
+    assert np.array_equal(np.sort(np.concatenate(better)), np.arange(len(x)))
+    assert sizes.min() >= 1 and sizes.max() <= np.ceil(1.5 * len(x) / len(parts))
+    assert inertia(x, better) < 0.97 * inertia(x, parts)
+    assert refine(x, parts, rounds=0) is parts and refine(x, parts[:1]) == parts[:1]
+
+
+@given(st.integers(1, 40), st.integers(1, 6), st.integers(1, 12), st.integers(0, 2 ** 31))
+@settings(max_examples=60, deadline=None)
+def test_capacity_assign_takes_nearest_pairs_first_within_capacity(n: int, c: int, k: int, seed: int) -> None:
+    """Each point gets one of its candidates; no part past ``cap`` unless all of a point's
+    candidates were full (it then takes its nearest); and the greedy order: a point sits
+    farther than a candidate only if that candidate was full of points nearer to it."""
+    rng = np.random.default_rng(seed)
+    c = min(c, k)
+    cand = np.stack([rng.choice(k, c, replace=False) for _ in range(n)]).astype(np.int64)
+    cand_d = rng.random((n, c)).astype(np.float32)
+    cap = int(rng.integers(1, n + 1))
+    labels = capacity_assign(cand, cand_d, cap)
+    assert all(labels[i] in cand[i] for i in range(n))
+    taken = {i: cand_d[i][list(cand[i]).index(labels[i])] for i in range(n)}
+    for i in range(n):
+        for t in range(c):
+            j, d = cand[i, t], cand_d[i, t]
+            if d < taken[i] and j != labels[i]:   # a nearer candidate was passed over: it was full
+                holders = [h for h in range(n) if labels[h] == j and taken[h] <= d]
+                assert len(holders) >= cap, (i, j)
+    for j in np.flatnonzero(np.bincount(labels, minlength=k) > cap):
+        # past capacity only by points whose candidates were all full, each at its nearest
+        elsewhere = [i for i in np.flatnonzero(labels == j) if taken[i] != cand_d[i].min()]
+        assert len(elsewhere) <= cap
 
 
 def test_filters_apply_inside_the_scan(data: tuple[np.ndarray, np.ndarray]) -> None:

@@ -40,7 +40,7 @@ from vecdb.index.hnsw import HNSW, MAX_EF
 from vecdb.index.ids import IdMap
 from vecdb.index.spann import postings, state
 from vecdb.worker import Worker
-from vecdb.index.spann.clustering import centroids_of, split_until
+from vecdb.index.spann.clustering import centroids_of, refine, split_until
 from vecdb.index.spann.codes import CODES, MAX_RERANK, CodePostings, new_codec
 from vecdb.index.spann.kernels import scan_postings, scan_postings_serial
 from vecdb.index.spann.records import RUN, RUN_PAD, check_scan_records
@@ -342,7 +342,7 @@ class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
         if not len(sample):
             raise InvalidArgumentError("SPANN needs at least one training vector")
         rng = np.random.default_rng(self.seed)
-        clusters = split_until(sample, self.head_size, rng, fanout=FANOUT)
+        clusters = refine(sample, split_until(sample, self.head_size, rng, fanout=FANOUT))
         graph = self._new_graph()
         graph.add(centroids_of(sample, clusters), np.arange(len(clusters), dtype=np.int64))
         prepare(graph, self.exact_heads, self.head_route)

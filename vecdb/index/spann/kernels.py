@@ -588,25 +588,48 @@ def plan_reads(hid, hd, count, eps2, k):
 
 
 @kernel
-def capacity_assign(d, cap):
-    """Balanced assignment of n points to k parts from their distances ``d`` (n, k): the
-    (point, part) pairs are taken nearest first, a point going to the first part that still
-    has room (at most ``cap`` points each). Returns labels (n,) int64."""
-    n, k = d.shape
-    order = np.argsort(d.ravel())
+def capacity_assign(cand, cand_d, cap):
+    """Balanced assignment of n points to parts from their candidate parts ``cand`` (n, c)
+    and distances to them ``cand_d`` (n, c): the (point, candidate) pairs are taken nearest
+    first, a point going to the first candidate that still has room (at most ``cap`` points
+    each); a point whose candidates are all full goes to its nearest. Returns labels (n,)
+    int64 (parts numbered as in ``cand``)."""
+    n, c = cand.shape
+    order = np.argsort(cand_d.ravel())
     labels = np.full(n, -1, np.int64)
-    used = np.zeros(k, np.int64)
+    used = np.zeros(cand.max() + 1 if n else 0, np.int64)
     left = n
     for t in order:
-        i = t // k
-        j = t % k
+        i = t // c
+        j = cand[i, t % c]
         if labels[i] < 0 and used[j] < cap:
             labels[i] = j
             used[j] += 1
             left -= 1
             if left == 0:
                 break
+    if left:
+        for i in range(n):
+            if labels[i] < 0:
+                labels[i] = cand[i, np.argmin(cand_d[i])]
     return labels
+
+
+@kernel
+def pair_sq_dists(x, centroids, cand):
+    """Squared L2 distances (n, c) float32 of each row of ``x`` to its candidate centroids
+    ``cand`` (n, c)."""
+    n, c = cand.shape
+    out = np.empty((n, c), np.float32)
+    for i in range(n):
+        for t in range(c):
+            row = centroids[cand[i, t]]
+            acc = np.float32(0.0)
+            for j in range(x.shape[1]):
+                diff = x[i, j] - row[j]
+                acc += diff * diff
+            out[i, t] = acc
+    return out
 
 
 @kernel(inline=True)

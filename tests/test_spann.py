@@ -134,6 +134,7 @@ def test_refining_the_split_tightens_clusters_within_their_size_bound() -> None:
     assert np.array_equal(np.sort(np.concatenate(better)), np.arange(len(x)))
     assert sizes.min() >= 1 and sizes.max() <= np.ceil(1.5 * len(x) / len(parts))
     assert inertia(x, better) < 0.97 * inertia(x, parts)
+    assert inertia(x, better) < inertia(x, refine(x, parts, rounds=1, slack=1.5))   # the centroids move
     assert refine(x, parts, rounds=0) is parts and refine(x, parts[:1]) == parts[:1]
 
 

@@ -117,3 +117,31 @@ def test_the_remembered_route_follows_the_route_settings() -> None:
             assert (taken is None) == (head_route == "graph" and exact_heads == 0)   # the graph route: two calls
     finally:
         index.close()
+
+
+def test_the_remembered_heads_follow_every_commit() -> None:
+    """The lean path keeps the heads its last read snapshot found; each commit (adds that
+    split postings, removals) gives a new snapshot, so a search right after one answers from
+    the new state: new points found, removed ones gone, the same as the general path."""
+    x = mixture(1200, 6)
+    index = SPANN(DIM, "l2", posting_limit=48, head_size=12, background=False)
+    try:
+        index.train(x[:600])
+        index.add(x[:600])
+        p = {"max_postings": 4096, "eps2": 1e9}
+        assert index.search(x[0], 1, **p).ids[0, 0] == 0
+        states = {id(index._lean_heads[1])}
+        for start in range(600, 1200, 150):                   # enough to split postings
+            index.add(x[start:start + 150], np.arange(start, start + 150))
+            got = index.search(x[start + 149], 1, **p)
+            assert got.ids[0, 0] == start + 149
+            states.add(id(index._lean_heads[1]))
+            index.remove([start + 149])
+            got = index.search(x[start + 149], 3, **p)
+            want_ids, want_d = general(index, x[start + 149], 3, None, p)
+            assert start + 149 not in got.ids
+            np.testing.assert_array_equal(got.ids, want_ids)
+            np.testing.assert_array_equal(got.distances, want_d)
+        assert len(states) >= 4
+    finally:
+        index.close()

@@ -277,6 +277,7 @@ class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
         self._mapped: MappedReads | None = None    # one-query reads through the page map
         self._route_knobs: tuple[Any, Any, int, tuple[int, int, float]] = (None, None, -1, (0, 0, 0.0))
         self._lean_key: tuple = (None,) * 7        # the one-call route of the last (params, heads, k, ...)
+        self._lean_heads: tuple = (-1, None)       # (read snapshot id, the committed heads it found)
         self._own = False
         self._store: Store | None = None
         self._finalizer: Any = None

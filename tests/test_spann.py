@@ -1131,3 +1131,18 @@ def test_a_corrupt_sq8_vector_record_or_posting_raises_data_loss(tmp_path: Path,
         again.close()
     with pytest.raises(InvalidArgumentError):
         SPANN(DIM, "l2", codes="pq")
+
+
+def test_three_knobs_are_cached_by_value_and_type() -> None:
+    """A search's three knobs (the benchmark's max_postings, eps2, rerank) are resolved once
+    and cached; the key holds each value's type, so True never hits the entry of 1."""
+    index = SPANN(4, "l2")
+    try:
+        p = index.resolve_params({"max_postings": 6, "eps2": None, "rerank": 1})
+        assert index.resolve_params({"max_postings": 6, "eps2": None, "rerank": 1}) is p and p.rerank == 1
+        with pytest.raises(InvalidArgumentError):
+            index.resolve_params({"max_postings": 6, "eps2": None, "rerank": True})
+        with pytest.raises(InvalidArgumentError):
+            index.resolve_params({"max_postings": 6, "eps2": None, "ef_search": 3})
+    finally:
+        index.close()

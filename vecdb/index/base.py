@@ -339,6 +339,9 @@ class BaseIndex(abc.ABC):
         elif len(params) == 2:                   # unrolled: a generator costs ~0.3 us more
             (name, value), (name2, value2) = params.items()
             key = (name, value.__class__, value, name2, value2.__class__, value2)
+        elif len(params) == 3:                   # e.g. SPANN's max_postings, eps2, rerank
+            (name, value), (name2, value2), (name3, value3) = params.items()
+            key = (name, value.__class__, value, name2, value2.__class__, value2, name3, value3.__class__, value3)
         else:
             key = tuple((name, value.__class__, value) for name, value in params.items())
         try:

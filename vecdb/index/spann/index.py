@@ -187,7 +187,8 @@ class SPANN(OneQuery, Maintenance, CodePostings, BaseIndex):
     posting_limit : most entries (vectors, replicas included) of one posting; a posting
         growing past it is split by balanced k-means into parts of about half of it.
     head_size : training splits the sample into clusters of about this many points (at most
-        twice as many): the initial head count is about len(sample) / head_size. More heads
+        twice as many; global k-means rounds then hold each to 1.5x the mean size,
+        ``clustering.refine``): the initial head count is about len(sample) / head_size. More heads
         (smaller head_size / posting_limit) cost memory (dim * 4 bytes + the graph's links
         per head) and buy recall per posting read where the data has locality below the
         posting size; where it has none (an isotropic cluster larger than a posting: its

@@ -171,6 +171,32 @@ def test_a_shared_hold_without_a_context_manager_excludes_writers_and_is_counted
     assert after.count == (0 if before is None else before.count) + 1 and after.total >= 0
 
 
+def test_untimed_reads_still_exclude_writers_and_only_writes_are_exported() -> None:
+    """``time_reads=False`` (the store's map gate, held by every read transaction): a shared
+    hold keeps a writer out as before, but no read figures are exported; write holds are."""
+    name = "test-untimed-reads"
+    lock = RWLock(name, time_reads=False)
+    since = lock.enter_shared()
+    entered = threading.Event()
+
+    def writer() -> None:
+        with lock.write():
+            entered.set()
+
+    w = threading.Thread(target=writer)
+    w.start()
+    _wait_for_a_waiting_writer(lock)
+    assert not entered.is_set()
+    lock.exit_shared(since)
+    w.join(timeout=60)
+    assert entered.is_set() and lock._readers == 0
+    with lock.read():
+        pass
+    stats = locks.hold_stats()
+    assert (name, "read", "wall") not in stats and (name, "read", "cpu") not in stats
+    assert stats[(name, "write", "wall")].count == 1 and lock.longest_read == 0.0
+
+
 def test_dir_bytes_counts_every_file_below_and_zero_when_missing(tmp_path: Path) -> None:
     from vecdb.storage.files import dir_bytes, fsync_tree
 

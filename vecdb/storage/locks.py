@@ -134,8 +134,10 @@ class RWLock:
         # (else a writer taking it back to back, e.g. an index builder's steps, starves them)
         self._waiting_readers = 0
         self._admit = 0
-        self._own = {(mode, clock): HoldStats() for mode in _MODES for clock in ("wall", "cpu")}
-        self._read_wall, self._read_cpu = self._own[("read", "wall")], self._own[("read", "cpu")]
+        modes = _MODES if time_reads else ("write",)         # untimed reads: nothing to export
+        self._own = {(mode, clock): HoldStats() for mode in modes for clock in ("wall", "cpu")}
+        self._read_wall, self._read_cpu = ((self._own[("read", "wall")], self._own[("read", "cpu")]) if time_reads
+                                           else (HoldStats(), HoldStats()))
         self._write_wall, self._write_cpu = self._own[("write", "wall")], self._own[("write", "cpu")]
         with _STATS_LOCK:
             _merge_retired()  # keeps _PENDING short where hold_stats is never called

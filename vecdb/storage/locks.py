@@ -189,6 +189,8 @@ class RWLock:
         self._release(False, since)
 
     def _release(self, exclusive: bool, since: tuple[float, float | None]) -> None:
+        held: float | None
+        cpu: float | None
         if since is _UNTIMED:
             held, cpu = None, None
         else:
@@ -201,7 +203,8 @@ class RWLock:
                 self._writer = False
                 self._admit = self._waiting_readers
                 self._cond.notify_all()
-                self._write_wall.add(held)
+                if held is not None:                 # always: exclusive holds are timed
+                    self._write_wall.add(held)
                 if cpu is not None:
                     self._write_cpu.add(cpu)
             else:

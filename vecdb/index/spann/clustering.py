@@ -51,9 +51,9 @@ def balanced_kmeans(x: F32Matrix, k: int, rng: np.random.Generator, *, iteration
     cap = int(np.ceil(slack * n / k))
     centroids = x[rng.choice(n, k, replace=False)].astype(np.float32, copy=True)
     labels = np.zeros(n, np.int64)
+    every = np.tile(np.arange(k, dtype=np.int64), (n, 1))     # each point's candidates: every part
     for _ in range(iterations):
-        d = sq_dists(x, centroids)
-        labels = capacity_assign(np.tile(np.arange(k, dtype=np.int64), (n, 1)), d, cap)
+        labels = capacity_assign(every, sq_dists(x, centroids), cap)
         sums, counts = cluster_sums(x, labels, k)
         centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
     return labels, centroids

@@ -9,7 +9,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from vecdb.kernels import distances, hamming, heaps, pq, scan, select, sq8, topk, views, word_sums
@@ -94,7 +94,7 @@ def distance_arrays(draw):
     +inf and NaN entries, runs long enough for the heap fallback (> RANK_MAX candidates)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     n = draw(st.integers(0, 1200))
-    kind = draw(st.sampled_from(["normal", "ties", "outliers", "constant", "specials"]))
+    kind = draw(st.sampled_from(["normal", "ties", "outliers", "constant", "specials", "extremes"]))
     d = rng.standard_normal(n).astype(np.float32)
     if kind == "ties":
         d = rng.integers(0, 5, n).astype(np.float32)
@@ -105,10 +105,16 @@ def distance_arrays(draw):
     elif kind == "specials" and n:
         d[rng.integers(0, n, max(1, n // 3))] = np.float32(np.inf)
         d[rng.integers(0, n, max(1, n // 5))] = np.float32(np.nan)
+    elif kind == "extremes" and n:                             # x - min overflows float32; -inf ranks first
+        d[rng.integers(0, n, max(1, n // 4))] = np.float32(3e38)
+        d[rng.integers(0, n, max(1, n // 4))] = np.float32(-3e38)
+        d[rng.integers(0, n, max(1, n // 50))] = np.float32(-np.inf)
     return d
 
 
 @given(d=distance_arrays(), k=st.integers(0, 300))
+@example(d=np.array([1, 2, np.inf, 3, np.nan, -np.inf], np.float32), k=8)    # k past the rankable entries
+@example(d=np.array([3e38, -3e38, 0.5, 3e38, -1.0], np.float32), k=3)         # x - min overflows float32
 def test_smallest_k_is_what_a_top_k_heap_gives(d, k):
     hd, hs = np.full(k, 7.0, np.float32), np.full(k, 7, np.int64)
     select.smallest_k(d, None, hd, hs)
@@ -118,7 +124,7 @@ def test_smallest_k_is_what_a_top_k_heap_gives(d, k):
     heaps.heap_sort(heap_d, heap_s)
     np.testing.assert_array_equal(hs, heap_s)
     np.testing.assert_array_equal(hd, heap_d)
-    finite = np.flatnonzero(np.isfinite(d))                # the oracle: (distance, index) order
+    finite = np.flatnonzero(d < np.inf)                    # the oracle: (distance, index) order (not NaN or +inf)
     want = finite[np.lexsort((finite, d[finite]))][:k]
     np.testing.assert_array_equal(hs[: len(want)], want)
     assert (hs[len(want):] == -1).all() and np.isinf(hd[len(want):]).all()

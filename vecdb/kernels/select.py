@@ -5,7 +5,8 @@ levels whose branches the CPU cannot predict: ~50 ns a push (the 32 nearest of a
 1,314 route distances: 8.5 us). ``smallest_k`` finds the bucket of a 256-bucket histogram
 over [min, max] that holds the k-th smallest, gathers the entries up to it (a few more than
 k) and places each by counting the entries that order before it: loops without
-unpredictable branches (the same 32 of 1,314: 4.4 us). The answer is a top-k heap's: the
+unpredictable branches (the same 32 of 1,314: 4.4 us). The bucket numbers are float32 and
+made in a loop of their own, counted in the next (911 route distances: 3.7 -> 2.9 us). The answer is a top-k heap's: the
 k smallest by (distance, index), +inf / -1 past the finite entries.
 """
 from __future__ import annotations
@@ -45,17 +46,17 @@ def smallest_k(d, ids, hd, hs):
     if not hi >= lo:                           # nothing finite
         return
     width = np.float64(hi) - np.float64(lo)
-    scale = BUCKETS / width if width > 0.0 else 0.0
+    scale = np.float32(BUCKETS / width if width > 0.0 else 0.0)
+    low = np.float32(lo)
     bucket = np.empty(n, np.int32)
-    counts = np.zeros(BUCKETS + 1, np.int64)
-    for j in range(n):
+    for j in range(n):                         # bucket numbers, in a loop without branches
         x = d[j]
-        b = BUCKETS                            # not finite: a bucket past the histogram
-        if x < np.inf:
-            t = (np.float64(x) - lo) * scale
-            b = int(t) if t < BUCKETS - 1 else BUCKETS - 1
-        bucket[j] = b
-        counts[b] += 1
+        t = (x - low) * scale                  # >= 0 and monotone in x (NaN when lo is -inf: the last bucket)
+        b = np.int32(t) if t < BUCKETS - 1 else np.int32(BUCKETS - 1)
+        bucket[j] = b if x < np.inf else np.int32(BUCKETS)    # +inf, NaN: a bucket past the histogram
+    counts = np.zeros(BUCKETS + 1, np.int64)
+    for j in range(n):                         # counted apart: 911 distances 2.2 -> 1.5 us with the loop above
+        counts[bucket[j]] += 1
     top = BUCKETS - 1
     seen = 0
     for b in range(BUCKETS):

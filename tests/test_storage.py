@@ -147,12 +147,9 @@ def test_rwlock_writer_excludes_readers_and_readers_share() -> None:
     assert events == ["r", "r", "w"]
 
 
-def test_a_shared_hold_without_a_context_manager_excludes_writers_and_is_counted() -> None:
-    """``enter_shared`` / ``exit_shared`` (what a read transaction holds) keep a writer out
-    until released, like ``read()``, and the hold is timed like any other."""
-    name = "test-enter-shared"
-    lock = RWLock(name)
-    before = locks.hold_stats().get((name, "read", "wall"))
+def _a_shared_hold_keeps_a_writer_out(lock: RWLock) -> None:
+    """Take ``lock``'s shared side with ``enter_shared``, start a writer, check it waits, then
+    release with ``exit_shared`` and check the writer got in."""
     since = lock.enter_shared()
     entered = threading.Event()
 
@@ -166,7 +163,16 @@ def test_a_shared_hold_without_a_context_manager_excludes_writers_and_is_counted
     assert lock._waiting_writers == 1 and not entered.is_set()
     lock.exit_shared(since)
     w.join(timeout=60)
-    assert entered.is_set()
+    assert entered.is_set() and lock._readers == 0
+
+
+def test_a_shared_hold_without_a_context_manager_excludes_writers_and_is_counted() -> None:
+    """``enter_shared`` / ``exit_shared`` (what a read transaction holds) keep a writer out
+    until released, like ``read()``, and the hold is timed like any other."""
+    name = "test-enter-shared"
+    lock = RWLock(name)
+    before = locks.hold_stats().get((name, "read", "wall"))
+    _a_shared_hold_keeps_a_writer_out(lock)
     after = locks.hold_stats()[(name, "read", "wall")]
     assert after.count == (0 if before is None else before.count) + 1 and after.total >= 0
 
@@ -176,20 +182,7 @@ def test_untimed_reads_still_exclude_writers_and_only_writes_are_exported() -> N
     hold keeps a writer out as before, but no read figures are exported; write holds are."""
     name = "test-untimed-reads"
     lock = RWLock(name, time_reads=False)
-    since = lock.enter_shared()
-    entered = threading.Event()
-
-    def writer() -> None:
-        with lock.write():
-            entered.set()
-
-    w = threading.Thread(target=writer)
-    w.start()
-    _wait_for_a_waiting_writer(lock)
-    assert not entered.is_set()
-    lock.exit_shared(since)
-    w.join(timeout=60)
-    assert entered.is_set() and lock._readers == 0
+    _a_shared_hold_keeps_a_writer_out(lock)
     with lock.read():
         pass
     stats = locks.hold_stats()

@@ -110,7 +110,6 @@ def refine(x: F32Matrix, clusters: list[np.ndarray], *, rounds: int = REFINE_ROU
     centroids = centroids_of(x, clusters)
     cand = nearest_centroids(x, centroids, candidates)
     cap = int(np.ceil(slack * len(x) / k))
-    labels = np.empty(len(x), np.int64)
     for _ in range(rounds):
         labels = capacity_assign(cand, pair_sq_dists(x, centroids, cand), cap)
         sums, counts = cluster_sums(x, labels, k)

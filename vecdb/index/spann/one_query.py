@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from vecdb.index.spann.updates import HeadState
 
 
-
 class OneQuery:
     """The lean one-query search of ``SPANN`` (see the module doc)."""
 
@@ -80,12 +79,11 @@ class OneQuery:
         ``k``: (cosine, head rows, metric, grouped route arrays (None: the exact route), the
         heads' coded copies (None: not ranked by them), slot ids, min groups, min heads, heads
         to read, eps2, scan mode, the codec's vmin and step (None: float postings), re-rank
-        width); None
-        where routing is not one kernel (``routing.one_call_route``). Remembered for the last
-        (params, heads, k, route settings, codec): a committed state's head graph is not
-        changed once searched (an update clones it), so its rows and groups stay those of the
-        cached route; the codec's arrays are set only by training and opening, which make a
-        new heads state."""
+        width); None where routing is not one kernel (``routing.one_call_route``).
+        Remembered for the last (params, heads, k, route settings, codec): a committed
+        state's head graph is not changed once searched (an update clones it), so its rows
+        and groups stay those of the cached route; the codec's arrays are set only by
+        training and opening, which make a new heads state."""
         last = self._lean_key
         settings = (self.exact_heads, self.head_route)
         if (last[0] is p and last[1] is heads and last[2] == k and last[3] == len(heads.count)

@@ -413,6 +413,5 @@ def route_bytes(graph: HNSW, exact_heads: int) -> int:
     groups = _GROUPS.get(graph)
     total = 0 if groups is None else groups.nbytes
     one_call = one_call_route(graph, exact_heads, "graph")
-    if one_call is not None and one_call[4] is not None:
-        total += sum(int(a.nbytes) for a in one_call[4])
-    return total
+    codes = None if one_call is None else head_codes_of(graph, one_call[0])
+    return total + (0 if codes is None else codes.nbytes)

@@ -13,6 +13,9 @@ import logging
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +101,125 @@ def test_warm_up_stops_after_the_call_in_progress(caplog: pytest.LogCaptureFixtu
         warm_up(stop)
     messages = [r.getMessage() for r in caplog.records]
     assert "warm-up stopped early" in messages and not any("kernels ready" in m for m in messages)
+
+
+SPANN_PROBE = r'''
+import importlib, json, pkgutil, tempfile
+import numpy as np
+from numba.core.registry import CPUDispatcher
+import vecdb, vecdb.kernels, vecdb.index.spann
+
+def signatures():
+    out = {}
+    for package in (vecdb.kernels, vecdb.index.spann):
+        for info in pkgutil.iter_modules(package.__path__):
+            mod = importlib.import_module(f"{package.__name__}.{info.name}")
+            for name, obj in vars(mod).items():
+                if isinstance(obj, CPUDispatcher) and obj.__module__ == mod.__name__:
+                    out[f"{mod.__name__}.{name}"] = sorted(map(str, obj.signatures))
+    return out
+
+from vecdb.index.warmup import warm_up
+warm_up()
+before = signatures()
+warm_up(kinds=("spann",))
+warm = signatures()
+with tempfile.TemporaryDirectory() as tmp, vecdb.open(tmp + "/db") as db:
+    rng = np.random.default_rng(1)
+    for metric in ("l2", "ip", "cosine"):
+        for name, dim, params in (("float", 48, {}), ("sq8", 48, {"codes": "sq8"}), ("long", 136, {}),
+                                  ("long_sq8", 136, {"codes": "sq8"}), ("groups", 48, {"codes": "sq8", "exact_heads": 0})):
+            coll = db.create_collection(f"{name}_{metric}", dim=dim, metric=metric, index="spann",
+                                        index_params={"min_train": 200, "posting_limit": 32, "head_size": 16, **params})
+            coll.create_tenant("t")
+            x = rng.standard_normal((600, dim)).astype(np.float32)
+            coll.upsert(np.arange(600), x, [{"i": i} for i in range(600)])
+            coll.grant("t", [1, 2, 3])
+            assert coll.wait_indexed(300)
+            for q in (x[0], x[:3], x[:20]):
+                coll.search(q, k=5)
+                coll.search(q, k=5, filter={"i": {"lt": 300}})
+                coll.search(q, k=5, tenant="t")
+            coll.delete(np.arange(5, 60))
+            coll.upsert(np.arange(600, 700), rng.standard_normal((100, dim)).astype(np.float32))
+            assert coll.wait_indexed(300)
+            coll.search(x[:20], k=5)
+            coll.search(x[0], k=5)
+after = signatures()
+print(json.dumps({"before": before, "warm": warm, "after": after}))
+'''
+
+#: SPANN's request-path kernels: the one-query search, the batch's plan and scan
+SPANN_KERNELS = {"vecdb.index.spann.mapped.search_one", "vecdb.index.spann.kernels.route_exact"}
+
+
+def test_a_spann_collection_compiles_nothing_after_its_kind_is_warmed() -> None:
+    """A server warms SPANN once a SPANN collection is opened or made: after that, a
+    collection of every metric and form (float32 and SQ8 postings; the exact route over short
+    and over long head rows, the grouped route; one query, a batch, filters, tenants, deletes, inserts and splits) finds every
+    kernel signature it needs (a first search of a fresh machine compiled for ~20 s)."""
+    out = subprocess.run([sys.executable, "-c", SPANN_PROBE], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    probe = json.loads(out.stdout.splitlines()[-1])
+    before, warm, after = probe["before"], probe["warm"], probe["after"]
+    assert SPANN_KERNELS <= set(before), "a kernel was renamed; update SPANN_KERNELS"
+    assert all(warm[name] for name in SPANN_KERNELS)
+    new = {name: sorted(set(after[name]) - set(warm.get(name, []))) for name in after}
+    assert not {name: sigs for name, sigs in new.items() if sigs}, (new, warm)
+
+
+def test_the_warmer_warms_each_kind_once_and_skips_kinds_without_a_workload(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from vecdb.index.warmup import Warmer
+
+    warmer = Warmer()
+    with caplog.at_level(logging.INFO, logger="vecdb.index.warmup"):
+        warmer.want(["flat", "pq", "flat"])
+        warmer.want(["flat"])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("kernels ready" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        time.sleep(0.6)                            # a second flat warm-up would have begun
+        warmer.stop(60)
+    ready = [r for r in caplog.records if "kernels ready" in r.getMessage()]
+    assert [r.kinds for r in ready] == [["flat"]]  # type: ignore[attr-defined]
+    warmer.want(["hnsw"])                          # a stopped warmer starts nothing
+    assert not any(t.name == "vecdb-warm-up" and t.is_alive() for t in threading.enumerate())
+
+
+def test_warm_up_names_a_kind_it_has_no_workload_for() -> None:
+    with pytest.raises(ValueError, match="no warm-up workload"):
+        warm_up(kinds=("pq",))
+
+
+def test_a_server_warms_spann_once_a_spann_collection_is_made_or_found(tmp_path: Path) -> None:
+    """The server warms its default kinds at start, SPANN when a client makes a SPANN
+    collection, and SPANN with the defaults when it starts over data that holds one."""
+    from vecdb.client import connect
+    from vecdb.server.process import start_server_process
+
+    def warmed(server: Any, deadline: float) -> list[list[str]]:
+        """The kinds of each warm-up the server began, once one named SPANN has begun."""
+        while time.monotonic() < deadline:
+            started = [e["kinds"] for e in server.log_events() if e.get("event") == "warm_up_start"]
+            if any("spann" in kinds for kinds in started):
+                return started
+            time.sleep(0.1)
+        return [e["kinds"] for e in server.log_events() if e.get("event") == "warm_up_start"]
+
+    data = tmp_path / "db"
+    server = start_server_process(data, tmp_path / "first.log")
+    try:
+        with connect(server.address) as db:
+            db.create_collection("s", 8, metric="l2", index="spann")
+            db.create_collection("t", 8, metric="l2", index="spann")
+        started = warmed(server, time.monotonic() + 60)
+    finally:
+        server.stop()
+    assert started[0] == ["flat", "hnsw"] and started[1:] == [["spann"]]
+    server = start_server_process(data, tmp_path / "second.log")
+    try:
+        started = warmed(server, time.monotonic() + 60)
+    finally:
+        server.stop()
+    assert started == [["flat", "hnsw", "spann"]]

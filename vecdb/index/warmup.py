@@ -1,17 +1,24 @@
 """Compile (or load from Numba's cache) the kernels a server needs, so the first user
-request does not pay JIT time: on a fresh machine that is tens of seconds.
+request does not pay JIT time: on a fresh machine that is tens of seconds (a SPANN
+collection's first search alone compiled for ~20 s, its first batch ~11 s more).
 
-A server runs it on a thread and, when it stops early, sets ``stop`` and joins that thread:
-the interpreter must not exit while a native kernel (a parallel region's threads, LLVM)
-still runs, or the process aborts ("terminate called without an active exception")."""
+A server warms the default kinds (``DEFAULT_KINDS``) at start, and another kind (``WORKLOADS``)
+once a collection of it is opened or made (``Warmer``). It runs them on a thread and, when it
+stops early, sets ``stop`` and joins that thread: the interpreter must not exit while a
+native kernel (a parallel region's threads, LLVM) still runs, or the process aborts
+("terminate called without an active exception")."""
 from __future__ import annotations
 
 import logging
+import queue
+import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
+
+from vecdb.index.spann.routing import CODED_ROUTE_DIM
 
 if TYPE_CHECKING:
     from vecdb.index.base import BaseIndex
@@ -19,24 +26,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def warm_up(stop: threading.Event | None = None) -> float:
-    """Build tiny Flat and HNSW indexes for each metric and search them every way the
-    collection layer does (one query, a batch, with an allow-set); returns seconds taken.
-    Once ``stop`` is set it returns after the kernel call in progress."""
-    from vecdb.index.flat import FlatIndex
-    from vecdb.index.hnsw import HNSW
+#: the kinds a server warms at start: the collection default (HNSW) and the exact index
+#: (also what staged rows are scanned with)
+DEFAULT_KINDS = ("flat", "hnsw")
 
+
+def warm_up(stop: threading.Event | None = None, kinds: Iterable[str] = DEFAULT_KINDS) -> float:
+    """Run each of ``kinds``' workloads (``WORKLOADS``: small indexes searched every way the
+    collection layer does: one query, a batch, with an allow-set; written to, deleted from);
+    returns seconds taken. Once ``stop`` is set it returns after the kernel call in progress."""
+    kinds = tuple(kinds)
+    unknown = [kind for kind in kinds if kind not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"no warm-up workload for index kinds {unknown}; known: {sorted(WORKLOADS)}")
+    log.info("warming the kernels of %s", ", ".join(kinds), extra={"event": "warm_up_start", "kinds": list(kinds)})
     started = time.perf_counter()
-    data = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
-    for metric in ("l2", "ip", "cosine"):
-        for index in (FlatIndex(8, metric), HNSW(8, metric, M=4, ef_construction=8, seed=0)):
-            for _ in _steps(index, data, metric):
-                if stop is not None and stop.is_set():
-                    log.info("warm-up stopped early", extra={"event": "warm_up_stopped"})
-                    return time.perf_counter() - started
+    for kind in kinds:
+        for _ in WORKLOADS[kind]():
+            if stop is not None and stop.is_set():
+                log.info("warm-up stopped early", extra={"event": "warm_up_stopped"})
+                return time.perf_counter() - started
     seconds = time.perf_counter() - started
-    log.info("kernels ready in %.1f s", seconds, extra={"event": "warm_up", "seconds": round(seconds, 2)})
+    log.info("kernels ready in %.1f s", seconds,
+             extra={"event": "warm_up", "seconds": round(seconds, 2), "kinds": list(kinds)})
     return seconds
+
+
+def _flat_and_hnsw(kind: str) -> Callable[[], Iterator[None]]:
+    """The workload of the in-memory kind ``kind`` ("flat" or "hnsw"), for every metric."""
+    def workload() -> Iterator[None]:
+        from vecdb.index.flat import FlatIndex
+        from vecdb.index.hnsw import HNSW
+
+        data = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+        for metric in ("l2", "ip", "cosine"):
+            index = FlatIndex(8, metric) if kind == "flat" else HNSW(8, metric, M=4, ef_construction=8, seed=0)
+            yield from _steps(index, data, metric)
+    return workload
 
 
 def _steps(index: "BaseIndex", data: np.ndarray, metric: str) -> Iterator[None]:
@@ -77,3 +103,98 @@ def _warm_staging(index: "BaseIndex", data: np.ndarray, metric: str) -> Iterator
         yield
         staging.search_trusted(index, queries, 3, allow, None, None)
         yield
+
+
+#: SPANN forms a workload compiles: (dimension, constructor params): float32 and SQ8
+#: postings routed exactly over short head rows, over long ones (``CODED_ROUTE_DIM`` and up:
+#: by the heads' 7-bit copies first) and by groups of heads (a larger collection)
+_SPANN_FORMS = ((32, {"codes": None}), (32, {"codes": "sq8"}), (CODED_ROUTE_DIM, {"codes": None}),
+                (CODED_ROUTE_DIM, {"codes": "sq8"}), (32, {"codes": None, "exact_heads": 0}),
+                (32, {"codes": "sq8", "exact_heads": 0}))
+
+
+def _spann() -> Iterator[None]:
+    """SPANN as a collection drives it: trained, written, split, searched (one query, a few,
+    a batch, with an allow-set, beside staged rows), deleted from and purged, for every metric
+    and form. Standalone indexes in a temporary directory (the same storage kernels as a
+    collection's environment)."""
+    from vecdb.index.spann import SPANN
+
+    for metric in ("l2", "ip", "cosine"):
+        for dim, form in _SPANN_FORMS:
+            data = np.random.default_rng(0).standard_normal((400, dim)).astype(np.float32)
+            with tempfile.TemporaryDirectory(prefix="vecdb-warm-up-") as tmp:
+                index = SPANN(dim, metric, tmp, posting_limit=16, head_size=8, min_train=64, background=False, **form)
+                try:
+                    index.train(data[:256])
+                    index.add(data[:300])
+                    yield
+                    while index.maintain():         # splits of the postings past their limit
+                        yield
+                    for queries in (data[:1], data[:3], data[:20]):   # one, a few (per query), a batch
+                        index.search(queries, 3)
+                        yield
+                        index.search(queries, 3, allow=np.arange(0, 300, 2))
+                        yield
+                    index.add(data[300:], np.arange(300, 400))
+                    index.remove(np.arange(0, 40))
+                    yield
+                    while index.maintain():         # the tombstones' purge
+                        yield
+                    yield from _warm_staging(index, data[:64], metric)
+                finally:
+                    index.close()
+
+
+#: each warmable index kind's workload: a generator that yields after each step (where a
+#: stopping server may end it)
+WORKLOADS: dict[str, Callable[[], Iterator[None]]] = {
+    "flat": _flat_and_hnsw("flat"),
+    "hnsw": _flat_and_hnsw("hnsw"),
+    "spann": _spann,
+}
+
+
+class Warmer:
+    """Warms index kinds on one background thread, each kind once per process, in the order
+    asked (``want``); kinds without a workload are skipped (they compile on first use).
+    ``stop`` ends it after the kernel call in progress and joins the thread."""
+
+    def __init__(self) -> None:
+        self._asked: set[str] = set()
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def want(self, kinds: Iterable[str]) -> None:
+        """Warm those of ``kinds`` not asked for before (on the thread, started on first use)."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            for kind in kinds:
+                if kind in WORKLOADS and kind not in self._asked:
+                    self._asked.add(kind)
+                    self._queue.put(kind)
+            if self._thread is None and not self._queue.empty():
+                self._thread = threading.Thread(target=self._run, name="vecdb-warm-up", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kinds = [self._queue.get(timeout=0.5)]
+            except queue.Empty:
+                continue
+            while not self._queue.empty():       # those asked for together, in one warm-up
+                kinds.append(self._queue.get())
+            warm_up(self._stop, kinds)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the warm-up after the kernel call in progress and wait for the thread (at most
+        ``timeout`` s)."""
+        with self._lock:
+            self._stop.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)

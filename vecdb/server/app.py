@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 import vecdb
-from vecdb.index.warmup import warm_up
+from vecdb.index.warmup import DEFAULT_KINDS, Warmer
 from vecdb.api import DatabaseAPI
 from vecdb.server.config import ServerConfig
 from vecdb.server.metrics import ServerMetrics
@@ -145,18 +145,18 @@ def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.E
     database = _open_database(config) if db is None else db
     try:
         metrics = ServerMetrics(database)
-        servicer = VecdbServicer(database, config, metrics)
+        warmer = Warmer()
+        servicer = VecdbServicer(database, config, metrics, warmer)
         health_servicer = health.HealthServicer()
         server, port = create_server(database, config.address, config, servicer=servicer,
                                      health_servicer=health_servicer)
         metrics_port = metrics.serve_http(config.metrics_host, config.metrics_port) \
             if config.metrics_port is not None else None
         server.start()
-        # compile kernels now, off the request path (Numba caches them for the next start);
+        # compile kernels now, off the request path (Numba caches them for the next start): the
+        # default kinds', then those of the collections there (and later of each one made);
         # joined before exit: a native kernel still running at interpreter exit aborts the process
-        warming_stop = threading.Event()
-        warming = threading.Thread(target=warm_up, args=(warming_stop,), name="vecdb-warm-up", daemon=True)
-        warming.start()
+        warmer.want([*DEFAULT_KINDS, *(info.index for info in database.list_collections())])
         logger.info("serving", extra={
             "event": "serving", "host": config.host, "port": port, "metrics_host": config.metrics_host,
             "metrics_port": metrics_port,
@@ -170,8 +170,7 @@ def serve(config: ServerConfig, db: DatabaseAPI | None = None, stop: threading.E
         servicer.drain()
         server.stop(config.grace_seconds).wait()
         metrics.stop_http()
-        warming_stop.set()
-        warming.join(WARM_UP_JOIN_SECONDS)
+        warmer.stop(WARM_UP_JOIN_SECONDS)
         logger.info("stopped", extra={"event": "stopped", "seconds": round(time.perf_counter() - started, 3)})
     finally:
         if db is None:

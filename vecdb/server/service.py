@@ -42,6 +42,7 @@ from vecdb.errors import (
     VecdbError,
     VecdbTimeoutError,
 )
+from vecdb.index.warmup import Warmer
 from vecdb.server.auth import OPEN_ACCESS, Principal
 from vecdb.server.config import ServerConfig
 from vecdb.server.errors import abort, as_vecdb_error
@@ -183,10 +184,12 @@ class VecdbServicer:
     Each instance has its own draining flag: two servers never share one servicer.
     """
 
-    def __init__(self, db: DatabaseAPI, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, db: DatabaseAPI, config: ServerConfig, metrics: ServerMetrics | None = None,
+                 warmer: Warmer | None = None) -> None:
         self._db = db
         self._config = config
         self._metrics = metrics
+        self._warmer = warmer            # told each new collection's index kind
         self._draining = threading.Event()
         self._payload_flag = f"--max-response-payload-mb={config.max_response_payload_mb}"
 
@@ -354,6 +357,8 @@ class VecdbServicer:
         if req.multi_tenant:
             options["multi_tenant"] = True
         coll = self._db.create_collection(req.name, int(req.dim), **options)
+        if self._warmer is not None:
+            self._warmer.want([coll.info.index])
         return pb.CreateCollectionResponse(info=wire.info_to_proto(coll.info))
 
     def get_collection(self, req: pb.GetCollectionRequest, who: Principal) -> pb.GetCollectionResponse:

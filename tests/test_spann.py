@@ -209,6 +209,28 @@ def test_standalone_close_and_reopen_give_identical_results(tmp_path: Path, data
         again.close()
 
 
+def test_splits_leave_no_grown_room_in_the_resident_heads(tmp_path: Path) -> None:
+    """Adding heads grows the head graph's arrays by half again; the heads a build's splits
+    commit are copied at their size, so the resident bytes as built are those of the index
+    reopened (before: 14 % more here; arxiv 3.07 MB against 2.30)."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, DIM)).astype(np.float32) * 4
+    x = (centres[rng.integers(0, 40, 8000)] + rng.standard_normal((8000, DIM))).astype(np.float32)
+    index = SPANN(DIM, "l2", tmp_path / "s", posting_limit=64, head_size=32)
+    index.train(x[:3000])
+    index.add(x)
+    assert index.wait_idle(60) and index.splits > 0
+    index.search(x[:20], 10)
+    memory = index.memory_bytes()
+    index.close()
+    again = SPANN(DIM, "l2", tmp_path / "s")
+    try:
+        again.search(x[:20], 10)
+        assert 0.97 * memory <= again.memory_bytes() <= memory
+    finally:
+        again.close()
+
+
 def test_reopen_with_another_dim_or_metric_is_refused(tmp_path: Path) -> None:
     index = built(clustered(300, 5), path=tmp_path / "s")
     index.close()

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -223,3 +223,29 @@ def test_a_server_warms_spann_once_a_spann_collection_is_made_or_found(tmp_path:
     finally:
         server.stop()
     assert started == [["flat", "hnsw", "spann"]]
+
+
+def test_a_failed_warm_up_is_logged_and_the_warmer_goes_on(caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workload that raises (a full temporary directory, say) leaves its kernels to compile
+    on first use: the thread logs it and still warms the kinds asked for after."""
+    from vecdb.index import warmup
+
+    def failing() -> Iterator[None]:
+        raise OSError("no space left on device")
+        yield
+
+    monkeypatch.setitem(warmup.WORKLOADS, "spann", failing)
+    warmer = warmup.Warmer()
+    with caplog.at_level(logging.INFO, logger="vecdb.index.warmup"):
+        warmer.want(["spann"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("failed" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        warmer.want(["flat"])
+        while time.monotonic() < deadline and not any("kernels ready" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        warmer.stop(60)
+    failed = [r for r in caplog.records if r.getMessage() == "warm-up of spann failed"]
+    assert len(failed) == 1 and failed[0].levelname == "WARNING"
+    assert [r.kinds for r in caplog.records if "kernels ready" in r.getMessage()] == [["flat"]]  # type: ignore[attr-defined]

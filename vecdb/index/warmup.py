@@ -157,8 +157,9 @@ WORKLOADS: dict[str, Callable[[], Iterator[None]]] = {
 
 class Warmer:
     """Warms index kinds on one background thread, each kind once per process, in the order
-    asked (``want``); kinds without a workload are skipped (they compile on first use).
-    ``stop`` ends it after the kernel call in progress and joins the thread."""
+    asked (``want``); kinds without a workload are skipped, and a warm-up that fails is
+    logged (either way their kernels compile on first use). ``stop`` ends it after the
+    kernel call in progress and joins the thread."""
 
     def __init__(self) -> None:
         self._asked: set[str] = set()
@@ -188,7 +189,11 @@ class Warmer:
                 continue
             while not self._queue.empty():       # those asked for together, in one warm-up
                 kinds.append(self._queue.get())
-            warm_up(self._stop, kinds)
+            try:
+                warm_up(self._stop, kinds)
+            except Exception:                    # a failed warm-up only leaves compiles to first use
+                log.warning("warm-up of %s failed", ", ".join(kinds), exc_info=True,
+                            extra={"event": "warm_up_failed", "kinds": kinds})
 
     def stop(self, timeout: float | None = None) -> None:
         """End the warm-up after the kernel call in progress and wait for the thread (at most

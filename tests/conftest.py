@@ -86,7 +86,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Compile the request-path kernels once, into Numba's disk cache, before any test starts
     a server or a child process: on a fresh checkout (CI) every such process would otherwise
-    compile them again, each on its own (the server's own warm-up then loads them)."""
-    from vecdb.index.warmup import warm_up
+    compile them again, each on its own (the server's own warm-up then loads them). SPANN's
+    too: a server warms them once a test makes a SPANN collection, and a server stopped in
+    the middle of a long compile waits for it (``WARM_UP_JOIN_SECONDS``)."""
+    from vecdb.index.warmup import DEFAULT_KINDS, warm_up
 
-    warm_up()
+    warm_up(kinds=(*DEFAULT_KINDS, "spann"))

@@ -168,6 +168,13 @@ def test_a_spann_collection_compiles_nothing_after_its_kind_is_warmed() -> None:
     assert not {name: sigs for name, sigs in new.items() if sigs}, (new, warm)
 
 
+def _wait_logged(caplog: pytest.LogCaptureFixture, text: str, seconds: float) -> None:
+    """Wait (at most ``seconds``) until a captured log message contains ``text``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not any(text in r.getMessage() for r in caplog.records):
+        time.sleep(0.05)
+
+
 def test_the_warmer_warms_each_kind_once_and_skips_kinds_without_a_workload(
         caplog: pytest.LogCaptureFixture) -> None:
     from vecdb.index.warmup import Warmer
@@ -176,10 +183,8 @@ def test_the_warmer_warms_each_kind_once_and_skips_kinds_without_a_workload(
     with caplog.at_level(logging.INFO, logger="vecdb.index.warmup"):
         warmer.want(["flat", "pq", "flat"])
         warmer.want(["flat"])
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any("kernels ready" in r.getMessage() for r in caplog.records):
-            time.sleep(0.05)
-        time.sleep(0.6)                            # a second flat warm-up would have begun
+        _wait_logged(caplog, "kernels ready", 120)
+        time.sleep(0.6)                            # a second flat warm-up would have begun by now
         warmer.stop(60)
     ready = [r for r in caplog.records if "kernels ready" in r.getMessage()]
     assert [r.kinds for r in ready] == [["flat"]]  # type: ignore[attr-defined]
@@ -239,12 +244,9 @@ def test_a_failed_warm_up_is_logged_and_the_warmer_goes_on(caplog: pytest.LogCap
     warmer = warmup.Warmer()
     with caplog.at_level(logging.INFO, logger="vecdb.index.warmup"):
         warmer.want(["spann"])
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any("failed" in r.getMessage() for r in caplog.records):
-            time.sleep(0.05)
+        _wait_logged(caplog, "failed", 60)
         warmer.want(["flat"])
-        while time.monotonic() < deadline and not any("kernels ready" in r.getMessage() for r in caplog.records):
-            time.sleep(0.05)
+        _wait_logged(caplog, "kernels ready", 60)
         warmer.stop(60)
     failed = [r for r in caplog.records if r.getMessage() == "warm-up of spann failed"]
     assert len(failed) == 1 and failed[0].levelname == "WARNING"

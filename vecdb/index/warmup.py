@@ -163,7 +163,7 @@ class Warmer:
 
     def __init__(self) -> None:
         self._asked: set[str] = set()
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -182,13 +182,13 @@ class Warmer:
                 self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                kinds = [self._queue.get(timeout=0.5)]
-            except queue.Empty:
-                continue
+        while True:
+            got = [self._queue.get()]            # blocks until asked (None: stopped)
             while not self._queue.empty():       # those asked for together, in one warm-up
-                kinds.append(self._queue.get())
+                got.append(self._queue.get())
+            kinds = [kind for kind in got if kind is not None]
+            if len(kinds) < len(got) or self._stop.is_set():
+                return
             try:
                 warm_up(self._stop, kinds)
             except Exception:                    # a failed warm-up only leaves compiles to first use
@@ -200,6 +200,7 @@ class Warmer:
         ``timeout`` s)."""
         with self._lock:
             self._stop.set()
+            self._queue.put(None)                # wakes the thread if it waits for a kind
             thread = self._thread
         if thread is not None:
             thread.join(timeout)

@@ -623,12 +623,7 @@ def pair_sq_dists(x, centroids, cand):
     out = np.empty((n, c), np.float32)
     for i in range(n):
         for t in range(c):
-            row = centroids[cand[i, t]]
-            acc = np.float32(0.0)
-            for j in range(x.shape[1]):
-                diff = x[i, j] - row[j]
-                acc += diff * diff
-            out[i, t] = acc
+            out[i, t] = l2_sq(x[i], centroids[cand[i, t]])
     return out
 
 

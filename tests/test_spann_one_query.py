@@ -99,6 +99,28 @@ def test_a_query_the_one_call_path_cannot_answer_goes_the_general_way(tmp_path: 
         again.close()
 
 
+
+def test_postings_longer_than_the_file_when_it_was_mapped_are_read_in_one_call(tmp_path: Path) -> None:
+    """Every posting here outgrows the whole file the index mapped when it was made: the
+    one-call path maps the file again and answers (it used to hand every query to the
+    general path, ~3x slower, for good)."""
+    dim = 256
+    x = mixture(3000, 6, dim)
+    index = SPANN(dim, "l2", tmp_path / "s", posting_limit=256, head_size=120, background=False)
+    try:
+        index.train(x)
+        index.add(x)
+        assert index.posting_sizes().min() * dim * 4 > 64 * 1024     # each record ~3x the new file or more
+        p = index.resolve_params({"max_postings": 2})
+        for row in mixture(5, 7, dim):
+            got = index._search_lean(row, 10, None, p)
+            assert got is not None
+            want_ids, want_d = general(index, row, 10, None, {"max_postings": 2})
+            np.testing.assert_array_equal(got.ids, want_ids)
+            np.testing.assert_array_equal(got.distances, want_d)
+    finally:
+        index.close()
+
 def test_the_remembered_route_follows_the_route_settings() -> None:
     x = mixture(3000, 4)
     q = mixture(10, 5)

@@ -225,7 +225,6 @@ def test_dense_integer_keys_with_gaps_are_found_as_py_lmdb_finds_them(tmp_path: 
         env.close()
 
 
-
 def test_a_value_longer_than_the_whole_old_map_asks_for_a_remap(tmp_path: Path) -> None:
     """A value written after the map was made, longer than all of it, under a leaf page the
     map holds (a freed page reused), is BEYOND (map again), never UNEXPECTED: SPANN's

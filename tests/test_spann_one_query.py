@@ -99,7 +99,6 @@ def test_a_query_the_one_call_path_cannot_answer_goes_the_general_way(tmp_path: 
         again.close()
 
 
-
 def test_postings_longer_than_the_file_when_it_was_mapped_are_read_in_one_call(tmp_path: Path) -> None:
     """Every posting here outgrows the whole file the index mapped when it was made: the
     one-call path maps the file again and answers (it used to hand every query to the
@@ -120,6 +119,7 @@ def test_postings_longer_than_the_file_when_it_was_mapped_are_read_in_one_call(t
             np.testing.assert_array_equal(got.distances, want_d)
     finally:
         index.close()
+
 
 def test_the_remembered_route_follows_the_route_settings() -> None:
     x = mixture(3000, 4)

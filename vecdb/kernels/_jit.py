@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from typing import Any, Callable, Iterator
 
@@ -14,7 +15,9 @@ if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import numba  # noqa: E402 - after the OpenMP setting above
-from numba import types as nt
+from numba import types as nt  # noqa: E402
+
+from vecdb.kernels.jit_cache import KernelCache  # noqa: E402
 
 F32 = nt.float32
 I32 = nt.int32
@@ -32,14 +35,31 @@ METRIC_L2, METRIC_IP, METRIC_COSINE = 0, 1, 2
 
 def kernel(signature: Any = None, *, fastmath: Any = False, parallel: bool = False, inline: bool = False,
            holds_gil: bool = False) -> Callable:
-    """``numba.njit`` with vecdb's fixed policy: cached, GIL released, fast-math only when asked.
+    """``numba.njit`` with vecdb's fixed policy: cached (stamped with every kernel source,
+    ``jit_cache``), GIL released, fast-math only when asked.
     ``inline``: inlined into jitted callers at Numba IR level (for small helpers called in hot
     loops, where a call that LLVM does not inline costs more than the work). ``holds_gil``:
     keep the GIL, for checks of a microsecond on every search: releasing it means taking it
     back after, and with other threads running Python that wait is far longer than the work."""
-    options = dict(cache=True, nogil=not holds_gil, fastmath=fastmath, parallel=parallel, error_model="numpy",
+    options = dict(nogil=not holds_gil, fastmath=fastmath, parallel=parallel, error_model="numpy",
                    inline="always" if inline else "never")
-    return numba.njit(signature, **options) if signature is not None else numba.njit(**options)
+    if KernelCache is None:
+        options["cache"] = True
+        return numba.njit(signature, **options) if signature is not None else numba.njit(**options)
+
+    bare = inspect.isfunction(signature)                      # ``@kernel`` without a call
+    sigs = [] if signature is None or bare else signature if isinstance(signature, list) else [signature]
+
+    def define(fn: Callable) -> Any:
+        dispatcher = numba.njit(**options)(fn)
+        dispatcher._cache = KernelCache(dispatcher.py_func)   # what enable_caching does, stamped (jit_cache)
+        for sig in sigs:                                      # compiled now, as njit(signature) does
+            dispatcher.compile(sig)
+        if sigs:
+            dispatcher.disable_compile()
+        return dispatcher
+
+    return define(signature) if bare else define
 
 
 @contextlib.contextmanager

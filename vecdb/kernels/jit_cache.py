@@ -28,25 +28,28 @@ def sources_digest() -> str:
     """One SHA-256 of the paths and contents of every ``.py`` file of ``SOURCES`` (once a
     process: ~2 MB read at the first kernel's definition)."""
     digest = hashlib.sha256()
-    for name in SOURCES:
-        root = PACKAGE / name
-        for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
-            digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes())
+    try:
+        for name in SOURCES:
+            root = PACKAGE / name
+            for path in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+                digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0")
+                digest.update(path.read_bytes())
+    except OSError:                               # sources not readable as files (a zipped package):
+        return ""                                 # each kernel's own stamp only, as plain Numba
     return digest.hexdigest()
 
 
 try:
-    from numba.core.caching import (CompileResultCacheImpl, FunctionCache, InTreeCacheLocator,
-                                    UserProvidedCacheLocator, UserWideCacheLocator, _CacheLocator)
+    from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
 except ImportError:                               # another Numba layout: plain caching
     KernelCache: Any = None
 else:
     class _StampedLocator(_CacheLocator):
-        """Numba's own locator for the function (``NUMBA_CACHE_DIR``, else the module's
-        ``__pycache__``, else the user-wide cache) with ``sources_digest`` in its stamp."""
+        """Numba's own locator for the function (the first of its list that serves it:
+        ``NUMBA_CACHE_DIR``, else the module's ``__pycache__``, else the user-wide cache, ...)
+        with ``sources_digest`` in its stamp."""
 
-        _inner_classes = (UserProvidedCacheLocator, InTreeCacheLocator, UserWideCacheLocator)
+        _inner_classes = tuple(CompileResultCacheImpl._locator_classes)
 
         def __init__(self, inner: Any) -> None:
             self._inner = inner

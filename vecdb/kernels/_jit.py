@@ -43,16 +43,15 @@ def kernel(signature: Any = None, *, fastmath: Any = False, parallel: bool = Fal
     back after, and with other threads running Python that wait is far longer than the work."""
     options = dict(nogil=not holds_gil, fastmath=fastmath, parallel=parallel, error_model="numpy",
                    inline="always" if inline else "never")
-    if KernelCache is None:
-        options["cache"] = True
-        return numba.njit(signature, **options) if signature is not None else numba.njit(**options)
-
     bare = inspect.isfunction(signature)                      # ``@kernel`` without a call
     sigs = [] if signature is None or bare else signature if isinstance(signature, list) else [signature]
 
     def define(fn: Callable) -> Any:
         dispatcher = numba.njit(**options)(fn)
-        dispatcher._cache = KernelCache(dispatcher.py_func)   # what enable_caching does, stamped (jit_cache)
+        if KernelCache is None:                               # Numba's own stamp only (jit_cache)
+            dispatcher.enable_caching()
+        else:                                                 # enable_caching, stamped (jit_cache)
+            dispatcher._cache = KernelCache(dispatcher.py_func)
         for sig in sigs:                                      # compiled now, as njit(signature) does
             dispatcher.compile(sig)
         if sigs:

@@ -41,7 +41,8 @@ def sources_digest() -> str:
 
 try:
     from numba.core.caching import CompileResultCacheImpl, FunctionCache, _CacheLocator
-except ImportError:                               # another Numba layout: plain caching
+    _NUMBA_LOCATORS = tuple(CompileResultCacheImpl._locator_classes)
+except (ImportError, AttributeError):             # another Numba layout: plain caching
     KernelCache: Any = None
 else:
     class _StampedLocator(_CacheLocator):
@@ -49,7 +50,7 @@ else:
         ``NUMBA_CACHE_DIR``, else the module's ``__pycache__``, else the user-wide cache, ...)
         with ``sources_digest`` in its stamp."""
 
-        _inner_classes = tuple(CompileResultCacheImpl._locator_classes)
+        _inner_classes = _NUMBA_LOCATORS
 
         def __init__(self, inner: Any) -> None:
             self._inner = inner
